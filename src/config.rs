@@ -1,0 +1,275 @@
+//! Command line and configuration file. Every flag has a key of the same name (with `_`
+//! for `-`) in the TOML file given by `--config`; the command line wins over the file,
+//! the file over the built-in defaults.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+/// The flags. Everything is optional here so that "not given" can fall back to the file.
+#[derive(Parser, Debug, Default, Deserialize)]
+#[command(name = "peregrine", version, about = "Live camera video to web browsers over WebRTC, through the Janus API")]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// TOML configuration file; every flag below is a key in it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on (HTTP, Janus transports, WebRTC media). [default: 127.0.0.1]
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+    /// HTTP port for the bundled pages and /state. [default: 8080]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Janus API WebSocket transport port (subprotocol janus-protocol). [default: 8188]
+    #[arg(long)]
+    pub janus_ws_port: Option<u16>,
+    /// Janus API HTTP long-poll transport port. [default: 8088]
+    #[arg(long)]
+    pub janus_http_port: Option<u16>,
+    /// Base path of the Janus HTTP transport. [default: /janus]
+    #[arg(long)]
+    pub janus_http_path: Option<String>,
+    /// Seconds without activity after which a Janus session expires; 0 disables. [default: 60]
+    #[arg(long)]
+    pub session_timeout: Option<u64>,
+
+    /// Video source: `testsrc` (generated pattern). [default: testsrc]
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Picture size WIDTHxHEIGHT. [default: 1280x720]
+    #[arg(long)]
+    pub resolution: Option<String>,
+    /// Frames per second. [default: 30]
+    #[arg(long)]
+    pub desired_fps: Option<u32>,
+    /// H.264 bitrate in kbit/s (for sources peregrine encodes). [default: 2000]
+    #[arg(long)]
+    pub h264_bitrate: Option<u32>,
+    /// Frames between keyframes (for sources peregrine encodes). [default: 60]
+    #[arg(long)]
+    pub h264_gop: Option<u32>,
+
+    /// STUN/TURN URL given to pages through `features` (repeatable).
+    #[arg(long)]
+    pub ice_server: Option<Vec<String>>,
+    /// Public address to advertise in ICE candidates instead of the local ones.
+    #[arg(long = "nat-1-1-ip")]
+    #[serde(rename = "nat_1_1_ip")]
+    pub nat_1_1_ip: Option<IpAddr>,
+    /// UDP ports for WebRTC media, FIRST-LAST; all viewers share the first free one. [default: 20000-40000]
+    #[arg(long)]
+    pub udp_port_range: Option<String>,
+    /// Also offer loopback candidates when listening on all interfaces.
+    #[arg(long)]
+    pub ice_loopback: Option<bool>,
+    /// Largest RTP packet in bytes, header included. [default: 1150]
+    #[arg(long)]
+    pub rtp_packet_size: Option<usize>,
+}
+
+/// The resolved configuration the program runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub janus_ws_port: u16,
+    pub janus_http_port: u16,
+    pub janus_http_path: String,
+    pub session_timeout_s: u64,
+    pub source: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+    pub gop: u32,
+    pub ice_servers: Vec<String>,
+    pub nat_1_1_ip: Option<IpAddr>,
+    pub udp_ports: (u16, u16),
+    pub ice_loopback: bool,
+    pub rtp_packet_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            janus_ws_port: 8188,
+            janus_http_port: 8088,
+            janus_http_path: "/janus".into(),
+            session_timeout_s: 60,
+            source: "testsrc".into(),
+            width: 1280,
+            height: 720,
+            fps: 30,
+            bitrate_kbps: 2000,
+            gop: 60,
+            ice_servers: Vec::new(),
+            nat_1_1_ip: None,
+            udp_ports: (20000, 40000),
+            ice_loopback: false,
+            rtp_packet_size: 1150,
+        }
+    }
+}
+
+impl Config {
+    /// Resolve flags over the file over the defaults, validating every value.
+    pub fn load(args: Args) -> Result<Config> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<Args>(&text)
+                    .map_err(|e| anyhow!("config file {}: {}", path.display(), e.message()))
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Args::default(),
+        };
+        let mut cfg = Config::default();
+        cfg.apply(file)?;
+        cfg.apply(args)?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, a: Args) -> Result<()> {
+        macro_rules! set {
+            ($field:ident <- $arg:ident) => {
+                if let Some(v) = a.$arg {
+                    self.$field = v;
+                }
+            };
+        }
+        set!(host <- host);
+        set!(port <- port);
+        set!(janus_ws_port <- janus_ws_port);
+        set!(janus_http_port <- janus_http_port);
+        set!(session_timeout_s <- session_timeout);
+        set!(source <- source);
+        set!(fps <- desired_fps);
+        set!(bitrate_kbps <- h264_bitrate);
+        set!(gop <- h264_gop);
+        set!(ice_servers <- ice_server);
+        set!(ice_loopback <- ice_loopback);
+        set!(rtp_packet_size <- rtp_packet_size);
+        if let Some(path) = a.janus_http_path {
+            if !path.starts_with('/') {
+                bail!("janus_http_path must start with '/', got {path:?}");
+            }
+            self.janus_http_path = path.trim_end_matches('/').to_string();
+            if self.janus_http_path.is_empty() {
+                bail!("janus_http_path must not be '/' alone; use e.g. /janus");
+            }
+        }
+        if let Some(ip) = a.nat_1_1_ip {
+            self.nat_1_1_ip = Some(ip);
+        }
+        if let Some(res) = a.resolution {
+            (self.width, self.height) = parse_resolution(&res)?;
+        }
+        if let Some(range) = a.udp_port_range {
+            self.udp_ports = parse_port_range(&range)?;
+        }
+        if self.fps == 0 || self.fps > 120 {
+            bail!("desired_fps must be 1..=120, got {}", self.fps);
+        }
+        if self.gop == 0 {
+            bail!("h264_gop must be at least 1");
+        }
+        if self.bitrate_kbps < 50 {
+            bail!("h264_bitrate is in kbit/s and must be at least 50, got {}", self.bitrate_kbps);
+        }
+        if !(200..=1500).contains(&self.rtp_packet_size) {
+            bail!("rtp_packet_size must be 200..=1500 bytes, got {}", self.rtp_packet_size);
+        }
+        for url in &self.ice_servers {
+            if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:")) {
+                bail!("ice_server {url:?} must be a stun:, turn: or turns: URL");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `1280x720` → (1280, 720); even sizes only, as 4:2:0 encoding needs.
+pub fn parse_resolution(s: &str) -> Result<(u32, u32)> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| anyhow!("resolution must be WIDTHxHEIGHT, e.g. 1280x720, got {s:?}"))?;
+    let w: u32 = w.trim().parse().with_context(|| format!("resolution width in {s:?}"))?;
+    let h: u32 = h.trim().parse().with_context(|| format!("resolution height in {s:?}"))?;
+    if !(16..=4096).contains(&w) || !(16..=4096).contains(&h) || w % 2 != 0 || h % 2 != 0 {
+        bail!("resolution {s:?}: width and height must be even and within 16..=4096");
+    }
+    Ok((w, h))
+}
+
+/// `20000-40000` → (20000, 40000); a single port `9000` → (9000, 9000); `0` → any free port.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.trim().parse().with_context(|| format!("udp_port_range {s:?}"))?;
+    let b: u16 = b.trim().parse().with_context(|| format!("udp_port_range {s:?}"))?;
+    if a > b {
+        bail!("udp_port_range {s:?}: first port is above the last");
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_janus_ports() {
+        let c = Config::load(Args::default()).unwrap();
+        assert_eq!((c.port, c.janus_ws_port, c.janus_http_port), (8080, 8188, 8088));
+        assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!((c.width, c.height, c.fps), (1280, 720, 30));
+    }
+
+    #[test]
+    fn file_keys_apply_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, "port = 9000\nresolution = \"640x480\"\ndesired_fps = 15\n").unwrap();
+        let args = Args::parse_from(["peregrine", "--config", path.to_str().unwrap(), "--desired-fps", "25"]);
+        let c = Config::load(args).unwrap();
+        assert_eq!(c.port, 9000);
+        assert_eq!((c.width, c.height), (640, 480));
+        assert_eq!(c.fps, 25);
+    }
+
+    #[test]
+    fn unknown_or_bad_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, "prot = 9000\n").unwrap();
+        let err = Config::load(Args::parse_from(["peregrine", "--config", path.to_str().unwrap()]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("prot"), "{err:#}");
+        std::fs::write(&path, "port = \"x\"\n").unwrap();
+        let err = Config::load(Args::parse_from(["peregrine", "--config", path.to_str().unwrap()]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("port"), "{err:#}");
+        std::fs::write(&path, "resolution = \"big\"\n").unwrap();
+        let err = Config::load(Args::parse_from(["peregrine", "--config", path.to_str().unwrap()]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("resolution"), "{err:#}");
+    }
+
+    #[test]
+    fn ranges_and_sizes_parse() {
+        assert_eq!(parse_port_range("20000-20010").unwrap(), (20000, 20010));
+        assert_eq!(parse_port_range("0").unwrap(), (0, 0));
+        assert!(parse_port_range("9-1").is_err());
+        assert_eq!(parse_resolution("640x360").unwrap(), (640, 360));
+        assert!(parse_resolution("641x360").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! The main HTTP port: bundled client pages and status.

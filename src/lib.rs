@@ -1,0 +1,8 @@
+//! peregrine: live H.264 video to web browsers over WebRTC, speaking the Janus API.
+
+pub mod config;
+pub mod http;
+pub mod janus;
+pub mod media;
+pub mod rtc;
+pub mod source;

@@ -1,0 +1,277 @@
+//! The hub: one per stream. Sources publish access units into it; outputs subscribe.
+//!
+//! * Fan-out never copies a picture (`Arc<AccessUnit>` over `Bytes`).
+//! * The latest SPS/PPS and the current GOP are kept so a new subscriber can start at once.
+//! * Publishing never waits for a subscriber: a subscriber that falls more than the
+//!   queue length behind loses the old pictures, skips to the next keyframe and asks the
+//!   source for one.
+//! * Keyframe requests and "is anyone watching" flow back to the source.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, Notify};
+
+use super::au::AccessUnit;
+use super::h264::{self, NalType};
+
+/// Pictures a subscriber may fall behind before it is skipped to the next keyframe.
+pub const DEFAULT_QUEUE_FRAMES: usize = 30;
+
+/// Longest GOP kept for new subscribers; a source with no keyframes for longer than
+/// this gives late subscribers a keyframe request instead of a backlog.
+const MAX_GOP_FRAMES: usize = 600;
+
+/// The most recent sequence and picture parameter sets seen in the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSets {
+    /// SPS NAL unit without start code.
+    pub sps: Bytes,
+    /// PPS NAL unit without start code.
+    pub pps: Bytes,
+}
+
+/// A snapshot of the stream for status pages.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct HubInfo {
+    pub width: u32,
+    pub height: u32,
+    pub has_params: bool,
+    pub frames: u64,
+    pub keyframes: u64,
+    pub subscribers: usize,
+    pub online: bool,
+}
+
+/// Where a new subscriber starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// With the cached GOP (from the last keyframe), then live: an instant picture,
+    /// at the cost of replaying up to one GOP. Right for buffered players (MSE).
+    Gop,
+    /// With the next keyframe, which is requested from the source at once: no replay,
+    /// so no added delay. Right for WebRTC.
+    NextKeyframe,
+}
+
+#[derive(Default)]
+struct State {
+    params: Option<ParamSets>,
+    gop: Vec<Arc<AccessUnit>>,
+    width: u32,
+    height: u32,
+}
+
+pub struct Hub {
+    tx: broadcast::Sender<Arc<AccessUnit>>,
+    state: Mutex<State>,
+    keyframe_wanted: AtomicBool,
+    subscribers: AtomicUsize,
+    frames: AtomicU64,
+    keyframes: AtomicU64,
+    online: AtomicBool,
+    subscribers_changed: Notify,
+}
+
+impl Hub {
+    pub fn new(queue_frames: usize) -> Arc<Hub> {
+        let (tx, _) = broadcast::channel(queue_frames.max(2));
+        Arc::new(Hub {
+            tx,
+            state: Mutex::new(State::default()),
+            keyframe_wanted: AtomicBool::new(false),
+            subscribers: AtomicUsize::new(0),
+            frames: AtomicU64::new(0),
+            keyframes: AtomicU64::new(0),
+            online: AtomicBool::new(false),
+            subscribers_changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent in a way that
+        // matters (every field is replaced whole), so recover from poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publish one access unit. Never blocks on subscribers.
+    pub fn publish(&self, au: AccessUnit) {
+        let au = Arc::new(au);
+        let mut state = self.state();
+        if au.key {
+            if let Some(params) = extract_params(&au.data) {
+                state.params = Some(params);
+            }
+            state.gop.clear();
+            self.keyframe_wanted.store(false, Ordering::Relaxed);
+            self.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        state.width = au.width;
+        state.height = au.height;
+        if state.gop.len() < MAX_GOP_FRAMES && (au.key || !state.gop.is_empty()) {
+            state.gop.push(au.clone());
+        } else if !au.key {
+            state.gop.clear();
+        }
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.online.store(true, Ordering::Relaxed);
+        // Sending while holding the lock keeps subscribe() free of gaps and duplicates.
+        let _ = self.tx.send(au);
+    }
+
+    /// Subscribe to the stream.
+    pub fn subscribe(self: &Arc<Self>, start: StartAt) -> Subscriber {
+        let state = self.state();
+        let rx = self.tx.subscribe();
+        let (backlog, wait_key) = match start {
+            StartAt::Gop if !state.gop.is_empty() => (state.gop.iter().cloned().collect(), false),
+            _ => (VecDeque::new(), true),
+        };
+        drop(state);
+        self.subscribers.fetch_add(1, Ordering::SeqCst);
+        self.subscribers_changed.notify_waiters();
+        if wait_key {
+            self.request_keyframe();
+        }
+        Subscriber {
+            hub: self.clone(),
+            rx,
+            backlog,
+            wait_key,
+        }
+    }
+
+    /// Keep the source running without taking pictures (e.g. a Janus handle that is
+    /// attached but not yet watching, as the ustreamer plugin opens its source on attach).
+    pub fn hold(self: &Arc<Self>) -> SourceHold {
+        self.subscribers.fetch_add(1, Ordering::SeqCst);
+        self.subscribers_changed.notify_waiters();
+        SourceHold { hub: self.clone() }
+    }
+
+    /// Ask the source for a keyframe; the flag clears when one is published.
+    pub fn request_keyframe(&self) {
+        self.keyframe_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// For sources: whether a keyframe was requested and not yet produced.
+    pub fn keyframe_wanted(&self) -> bool {
+        self.keyframe_wanted.load(Ordering::Relaxed)
+    }
+
+    /// For sources: is anyone subscribed or holding the source?
+    pub fn has_subscribers(&self) -> bool {
+        self.subscribers.load(Ordering::SeqCst) > 0
+    }
+
+    /// Wait until the subscriber count changes (for sources that idle without viewers).
+    pub async fn subscribers_changed(&self) {
+        self.subscribers_changed.notified().await
+    }
+
+    /// SPS/PPS, once the stream has carried them.
+    pub fn params(&self) -> Option<ParamSets> {
+        self.state().params.clone()
+    }
+
+    /// Mark the source offline (it stopped producing); publishing marks it online again.
+    pub fn set_offline(&self) {
+        self.online.store(false, Ordering::Relaxed);
+    }
+
+    pub fn info(&self) -> HubInfo {
+        let state = self.state();
+        HubInfo {
+            width: state.width,
+            height: state.height,
+            has_params: state.params.is_some(),
+            frames: self.frames.load(Ordering::Relaxed),
+            keyframes: self.keyframes.load(Ordering::Relaxed),
+            subscribers: self.subscribers.load(Ordering::SeqCst),
+            online: self.online.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn extract_params(annexb: &[u8]) -> Option<ParamSets> {
+    let mut sps = None;
+    let mut pps = None;
+    for nal in h264::nal_units(annexb) {
+        match h264::nal_type(nal) {
+            Some(NalType::Sps) => sps = Some(Bytes::copy_from_slice(nal)),
+            Some(NalType::Pps) => pps = Some(Bytes::copy_from_slice(nal)),
+            _ => {}
+        }
+    }
+    Some(ParamSets {
+        sps: sps?,
+        pps: pps?,
+    })
+}
+
+/// A subscription to a hub. Dropping it unsubscribes.
+pub struct Subscriber {
+    hub: Arc<Hub>,
+    rx: broadcast::Receiver<Arc<AccessUnit>>,
+    backlog: VecDeque<Arc<AccessUnit>>,
+    wait_key: bool,
+}
+
+impl Subscriber {
+    /// The next access unit to deliver. `None` only when the hub is gone.
+    pub async fn recv(&mut self) -> Option<Arc<AccessUnit>> {
+        if let Some(au) = self.backlog.pop_front() {
+            return Some(au);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(au) => {
+                    if self.wait_key && !au.key {
+                        continue;
+                    }
+                    self.wait_key = false;
+                    return Some(au);
+                }
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::debug!(skipped, "subscriber fell behind; skipping to next keyframe");
+                    self.wait_key = true;
+                    self.hub.request_keyframe();
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Skip to the next keyframe and ask the source for one (e.g. after a viewer's PLI,
+    /// or when this subscriber's own consumer fell behind).
+    pub fn skip_to_keyframe(&mut self) {
+        self.backlog.clear();
+        self.wait_key = true;
+        self.hub.request_keyframe();
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
+        self.hub.subscribers_changed.notify_waiters();
+    }
+}
+
+/// Keeps the source awake while alive; see [`Hub::hold`].
+pub struct SourceHold {
+    hub: Arc<Hub>,
+}
+
+impl Drop for SourceHold {
+    fn drop(&mut self) {
+        self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
+        self.hub.subscribers_changed.notify_waiters();
+    }
+}

@@ -1,0 +1,10 @@
+//! Media primitives shared by every source and output: access units, the capture
+//! clock, H.264 bitstream helpers and the per-stream hub.
+
+pub mod au;
+pub mod clock;
+pub mod h264;
+pub mod hub;
+
+pub use au::AccessUnit;
+pub use hub::{Hub, SourceHold, StartAt, Subscriber};

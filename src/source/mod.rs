@@ -1,0 +1,3 @@
+//! Sources produce access units into a hub, each on its own thread.
+
+pub mod testsrc;
