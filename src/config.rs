@@ -125,9 +125,9 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
+                // toml's Display quotes the offending line, which names the key.
                 toml::from_str::<Args>(&text)
-                    .map_err(|e| anyhow!("config file {}: {}", path.display(), e.message()))
-                    .with_context(|| format!("invalid config file {}", path.display()))?
+                    .map_err(|e| anyhow!("invalid config file {}: {e}", path.display()))?
             }
             None => Args::default(),
         };
