@@ -4,5 +4,6 @@ pub mod config;
 pub mod http;
 pub mod janus;
 pub mod media;
+pub mod net;
 pub mod rtc;
 pub mod source;

@@ -1,1 +1,42 @@
-//! The main HTTP port: bundled client pages and status.
+//! The main HTTP port: the bundled viewer page and `/state`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+/// Produces the `/state` document on demand.
+pub type StateFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// The bundled client, embedded at build time so the binary needs no files beside it.
+const PAGES: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../../client/index.html")),
+    ("/index.html", "text/html; charset=utf-8", include_str!("../../client/index.html")),
+    ("/peregrine.js", "text/javascript; charset=utf-8", include_str!("../../client/peregrine.js")),
+    ("/codestrip.js", "text/javascript; charset=utf-8", include_str!("../../client/codestrip.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../../client/style.css")),
+];
+
+pub fn router(state: StateFn) -> Router {
+    let mut router = Router::new().route("/state", get(serve_state));
+    for &(path, mime, body) in PAGES {
+        router = router.route(
+            path,
+            get(move || async move {
+                ([(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, "no-cache")], body)
+            }),
+        );
+    }
+    router.with_state(state)
+}
+
+async fn serve_state(State(state): State<StateFn>) -> Response {
+    (
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        Json(state()),
+    )
+        .into_response()
+}

@@ -1,0 +1,203 @@
+// peregrine's bundled viewer: a small Janus API client over WebSocket speaking to the
+// ustreamer plugin (features → watch → offer → answer → start), with reconnects, 503
+// retries and live stats. No dependencies, no build step.
+"use strict";
+
+const RETRY_WATCH_MS = 500;
+const RECONNECT_MS = 1000;
+const KEEPALIVE_MS = 25000;
+
+const $ = (id) => document.getElementById(id);
+const video = $("video");
+const overlay = $("overlay");
+const query = new URLSearchParams(location.search);
+const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
+const serverUrl = query.get("server") || `${wsScheme}//${location.host}/janus/ws`;
+
+// What a test (or a curious person in the console) can read.
+window.peregrine = { state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0 };
+
+function setStatus(text, showOverlay) {
+  window.peregrine.state = text;
+  $("status").textContent = text;
+  overlay.textContent = text;
+  overlay.classList.toggle("hidden", !showOverlay);
+}
+
+function randomTransaction() {
+  return Math.random().toString(36).slice(2, 14);
+}
+
+class Viewer {
+  constructor(url) {
+    this.url = url;
+    this.ws = null;
+    this.session = null;
+    this.handle = null;
+    this.pc = null;
+    this.iceServers = [];
+    this.pending = new Map();
+    this.timers = new Set();
+  }
+
+  later(fn, ms) {
+    const t = setTimeout(() => { this.timers.delete(t); fn(); }, ms);
+    this.timers.add(t);
+  }
+
+  connect() {
+    setStatus("connecting", true);
+    const ws = new WebSocket(this.url, "janus-protocol");
+    this.ws = ws;
+    ws.onopen = () => this.start().catch((e) => this.fail(e));
+    ws.onmessage = (ev) => this.onMessage(JSON.parse(ev.data));
+    ws.onclose = () => this.fail(new Error("connection closed"));
+    ws.onerror = () => {};
+  }
+
+  async start() {
+    const created = await this.request({ janus: "create" });
+    this.session = created.data.id;
+    this.keepalive = setInterval(() => this.send({ janus: "keepalive", session_id: this.session }), KEEPALIVE_MS);
+    const attached = await this.request({ janus: "attach", session_id: this.session, plugin: "janus.plugin.ustreamer" });
+    this.handle = attached.data.id;
+    this.message({ request: "features" });
+  }
+
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  request(msg) {
+    const transaction = randomTransaction();
+    return new Promise((resolve, reject) => {
+      this.pending.set(transaction, { resolve, reject });
+      this.send({ ...msg, transaction });
+    });
+  }
+
+  message(body, jsep) {
+    const msg = { janus: "message", session_id: this.session, handle_id: this.handle, body, transaction: randomTransaction() };
+    if (jsep) msg.jsep = jsep;
+    this.send(msg);
+  }
+
+  onMessage(msg) {
+    const waiter = msg.transaction && this.pending.get(msg.transaction);
+    if (waiter && msg.janus !== "ack" && msg.janus !== "event") {
+      this.pending.delete(msg.transaction);
+      if (msg.janus === "error") waiter.reject(new Error(`${msg.error.code} ${msg.error.reason}`));
+      else waiter.resolve(msg);
+      return;
+    }
+    switch (msg.janus) {
+      case "event": return this.onPluginEvent(msg.plugindata && msg.plugindata.data, msg.jsep);
+      case "webrtcup": return setStatus("playing", false);
+      case "hangup": return this.restartWatch(`hangup: ${msg.reason || ""}`);
+      case "timeout": return this.fail(new Error("session timed out"));
+      default: return undefined;
+    }
+  }
+
+  onPluginEvent(data, jsep) {
+    if (!data) return;
+    if (data.error_code === 503) {
+      window.peregrine.watch503 += 1;
+      setStatus("waiting for the video source", true);
+      this.later(() => this.watch(), RETRY_WATCH_MS);
+      return;
+    }
+    if (data.error_code) {
+      setStatus(`error ${data.error_code}: ${data.error}`, true);
+      this.later(() => this.restartWatch("error"), 2000);
+      return;
+    }
+    const result = data.result || {};
+    if (result.status === "features") {
+      const url = result.features && result.features.ice && result.features.ice.url;
+      this.iceServers = url ? [{ urls: url }] : [];
+      this.watch();
+    } else if (jsep && jsep.type === "offer") {
+      this.answer(jsep).catch((e) => this.fail(e));
+    }
+  }
+
+  watch() {
+    this.message({ request: "watch", params: { orientation: 0, audio: false, mic: false } });
+  }
+
+  async answer(offer) {
+    window.peregrine.offers += 1;
+    this.closePeer();
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc = pc;
+    pc.ontrack = (ev) => {
+      const stream = ev.streams[0] || new MediaStream([ev.track]);
+      if (video.srcObject !== stream) video.srcObject = stream;
+    };
+    pc.onicecandidate = (ev) => {
+      const candidate = ev.candidate
+        ? { candidate: ev.candidate.candidate, sdpMid: ev.candidate.sdpMid, sdpMLineIndex: ev.candidate.sdpMLineIndex }
+        : { completed: true };
+      this.send({ janus: "trickle", session_id: this.session, handle_id: this.handle, candidate, transaction: randomTransaction() });
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc === this.pc && pc.connectionState === "failed") this.restartWatch("connection failed");
+    };
+    await pc.setRemoteDescription(offer);
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    this.message({ request: "start" }, { type: answer.type, sdp: answer.sdp });
+  }
+
+  restartWatch(why) {
+    setStatus(`reconnecting (${why})`, true);
+    this.closePeer();
+    this.later(() => this.watch(), RECONNECT_MS);
+  }
+
+  closePeer() {
+    if (this.pc) { this.pc.close(); this.pc = null; }
+  }
+
+  fail(err) {
+    if (this.closed) return;
+    this.closed = true;
+    console.warn("peregrine:", err.message);
+    clearInterval(this.keepalive);
+    for (const t of this.timers) clearTimeout(t);
+    for (const w of this.pending.values()) w.reject(err);
+    this.closePeer();
+    if (this.ws) { this.ws.onclose = null; this.ws.close(); }
+    setStatus("server unreachable, reconnecting", true);
+    window.peregrine.reconnects += 1;
+    setTimeout(() => new Viewer(this.url).connect(), RECONNECT_MS);
+  }
+}
+
+// ---- stats: resolution, fps, latency from the capture time drawn into the picture ----
+
+const strip = document.createElement("canvas");
+const stripCtx = strip.getContext("2d", { willReadFrequently: true });
+let framesThisSecond = 0;
+
+function onFrame() {
+  framesThisSecond += 1;
+  const ms = readCaptureTime(video, strip, stripCtx);
+  if (ms !== null) {
+    window.peregrine.latencyMs = Date.now() - ms;
+    $("latency").textContent = `${window.peregrine.latencyMs} ms`;
+  }
+  video.requestVideoFrameCallback(onFrame);
+}
+
+setInterval(() => {
+  window.peregrine.fps = framesThisSecond;
+  $("fps").textContent = String(framesThisSecond);
+  framesThisSecond = 0;
+  if (video.videoWidth) $("resolution").textContent = `${video.videoWidth}×${video.videoHeight}`;
+}, 1000);
+
+if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVideoFrameCallback(onFrame);
+
+new Viewer(serverUrl).connect();

@@ -1,0 +1,90 @@
+// The real janus.js (npm janus-gateway) and webrtc-adapter, in the stock ustreamer demo
+// page, in headless Debian Chromium, against peregrine: the page must play.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startPeregrine, startPageServer, launchChromium, waitForFrames } from "./harness.mjs";
+
+const WIDTH = 1280;
+let pages, browser;
+
+before(async () => {
+  pages = await startPageServer();
+  browser = await launchChromium();
+});
+
+after(async () => {
+  await browser?.close();
+  pages?.close();
+});
+
+async function playDemo(server, transportUrl, count) {
+  const context = await browser.newContext();
+  try {
+    const started = Date.now();
+    const tabs = await Promise.all(
+      Array.from({ length: count }, async () => {
+        const page = await context.newPage();
+        const t0 = Date.now();
+        await page.goto(`${pages.base}/demo.html?server=${encodeURIComponent(transportUrl)}`);
+        return { page, t0 };
+      }),
+    );
+    const results = await Promise.all(
+      tabs.map(({ page, t0 }) => waitForFrames(page, { frames: 60, since: t0 })),
+    );
+    const demos = await Promise.all(tabs.map(({ page }) => page.evaluate(() => window.demo)));
+    for (const [i, r] of results.entries()) {
+      assert.ok(r.frames >= 60, `page ${i} decoded ${r.frames} frames`);
+      assert.equal(r.width, WIDTH, `page ${i} video width`);
+      assert.deepEqual(demos[i].errors, [], `page ${i} reported errors`);
+      assert.ok(demos[i].webrtcUp, `page ${i} saw webrtcup`);
+    }
+    const ttff = results.map((r) => r.firstFrameMs);
+    console.log(`# ${count} page(s) over ${transportUrl.split(":")[0]}: first frame after navigation ${ttff.join(", ")} ms (all ${Date.now() - started} ms)`);
+    return { results, demos };
+  } finally {
+    await context.close();
+  }
+}
+
+test("demo page plays over the Janus WebSocket transport", async () => {
+  const server = await startPeregrine();
+  try {
+    await playDemo(server, server.wsUrl, 1);
+  } finally {
+    await server.stop();
+  }
+});
+
+test("demo page plays over the Janus HTTP long-poll transport", async () => {
+  const server = await startPeregrine();
+  try {
+    await playDemo(server, server.httpUrl, 1);
+  } finally {
+    await server.stop();
+  }
+});
+
+test("four demo pages play at once", async () => {
+  const server = await startPeregrine();
+  try {
+    await playDemo(server, server.wsUrl, 4);
+    const state = await server.state();
+    assert.equal(state.janus.sessions, 0, "sessions left after the pages closed");
+  } finally {
+    await server.stop();
+  }
+});
+
+test("page opened before the first keyframe retries on 503 and then plays", async () => {
+  // The source warms up for a second after the first viewer appears (as a camera
+  // does), so the page's first watch lands before any SPS/PPS exists.
+  const server = await startPeregrine(["--testsrc-warmup-ms", "1000"]);
+  try {
+    const { demos } = await playDemo(server, server.wsUrl, 1);
+    assert.ok(demos[0].watch503 >= 1, `page saw ${demos[0].watch503} 503 replies`);
+    assert.equal(demos[0].offers, 1, "exactly one offer after the retries");
+  } finally {
+    await server.stop();
+  }
+});

@@ -1,0 +1,146 @@
+// Shared pieces of the browser tests: start peregrine, serve the demo page from another
+// origin (as pages usually are), drive Debian's Chromium headless, read <video> stats.
+import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const kitDir = path.resolve(here, "..");
+const repoDir = path.resolve(kitDir, "..");
+
+export function peregrineBinary() {
+  const candidates = [
+    process.env.PEREGRINE_BIN,
+    path.join(repoDir, "target/release/peregrine"),
+    path.join(repoDir, "target/debug/peregrine"),
+  ].filter(Boolean);
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new Error(`peregrine binary not found (tried ${candidates.join(", ")}); run cargo build --release`);
+  return found;
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Start peregrine on free loopback ports; resolves once /state answers. */
+export async function startPeregrine(extraArgs = []) {
+  const ports = { http: await freePort(), ws: await freePort(), janusHttp: await freePort() };
+  const args = [
+    "--host", "127.0.0.1",
+    "--port", String(ports.http),
+    "--janus-ws-port", String(ports.ws),
+    "--janus-http-port", String(ports.janusHttp),
+    "--udp-port-range", "0",
+    ...extraArgs,
+  ];
+  const child = spawn(peregrineBinary(), args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+  });
+  let log = "";
+  const keep = (d) => { log += d.toString(); if (log.length > 200_000) log = log.slice(-100_000); };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  const base = `http://127.0.0.1:${ports.http}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`peregrine exited at start:\n${log}`);
+    try {
+      const r = await fetch(`${base}/state`);
+      if (r.ok) break;
+    } catch { /* not up yet */ }
+    if (Date.now() > deadline) { child.kill("SIGKILL"); throw new Error(`peregrine did not come up:\n${log}`); }
+    await sleep(50);
+  }
+  return {
+    ports,
+    base,
+    wsUrl: `ws://127.0.0.1:${ports.ws}/`,
+    httpUrl: `http://127.0.0.1:${ports.janusHttp}/janus`,
+    log: () => log,
+    state: async () => (await fetch(`${base}/state`)).json(),
+    async stop() {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      const res = await Promise.race([exited, sleep(5000).then(() => null)]);
+      if (!res) { child.kill("SIGKILL"); throw new Error("peregrine did not stop within 5 s of SIGTERM"); }
+      return res;
+    },
+  };
+}
+
+/** Serve the kit's pages, janus.js and adapter.js on a loopback port of their own. */
+export async function startPageServer() {
+  const files = {
+    "/demo.html": [path.join(kitDir, "demo.html"), "text/html"],
+    "/janus.js": [path.join(kitDir, "node_modules/janus-gateway/npm/src/janus.js"), "text/javascript"],
+    "/adapter.js": [path.join(kitDir, "node_modules/webrtc-adapter/out/adapter.js"), "text/javascript"],
+  };
+  const server = createServer(async (req, res) => {
+    const entry = files[new URL(req.url, "http://x").pathname];
+    if (!entry) { res.writeHead(404); res.end(); return; }
+    res.writeHead(200, { "content-type": entry[1] });
+    res.end(await readFile(entry[0]));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { base: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+}
+
+export async function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--autoplay-policy=no-user-gesture-required",
+      "--allow-loopback-in-peer-connection",
+      "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ],
+  });
+}
+
+/** Frames decoded by the page's <video> and its size. */
+export async function videoStats(page, selector = "video") {
+  return page.evaluate((sel) => {
+    const v = document.querySelector(sel);
+    if (!v) return { frames: 0, width: 0, height: 0 };
+    const q = v.getVideoPlaybackQuality();
+    return { frames: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight };
+  }, selector);
+}
+
+/**
+ * Wait until the page's video has decoded `frames` frames. Resolves with the time from
+ * `since` to the first decoded frame and the final stats; rejects with the page's state
+ * on timeout.
+ */
+export async function waitForFrames(page, { frames = 60, since = Date.now(), timeoutMs = 30_000, selector = "video" } = {}) {
+  let firstFrameMs = null;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await videoStats(page, selector);
+    if (firstFrameMs === null && s.frames > 0) firstFrameMs = Date.now() - since;
+    if (s.frames >= frames) return { firstFrameMs, ...s };
+    if (Date.now() > deadline) {
+      const demo = await page.evaluate(() => window.demo || null).catch(() => null);
+      throw new Error(`video decoded only ${s.frames} frames in ${timeoutMs} ms; page state ${JSON.stringify(demo)}`);
+    }
+    await sleep(50);
+  }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond a Rust toolchain: Debian's Chromium for the browser
+# tests and the npm packages they load (janus.js, webrtc-adapter, playwright-core).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if ((${#need_apt[@]})); then
+  echo "installing system packages: ${need_apt[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "installing npm packages for the browser tests"
+(cd janus-compat && npm ci --no-audit --no-fund --loglevel=error)

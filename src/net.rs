@@ -1,0 +1,70 @@
+//! Which local addresses to offer as ICE host candidates.
+
+use std::net::IpAddr;
+
+/// Host candidate addresses for a server bound to `bind`.
+///
+/// A specific address is offered as it is (a loopback bind gives loopback candidates,
+/// which is what keeps tests on 127.0.0.1). An unspecified bind (0.0.0.0) offers every
+/// up IPv4 interface, loopback only when `include_loopback` is set.
+pub fn candidate_ips(bind: IpAddr, include_loopback: bool) -> Vec<IpAddr> {
+    if !bind.is_unspecified() {
+        return vec![bind];
+    }
+    let mut ips: Vec<IpAddr> = interface_ipv4s()
+        .into_iter()
+        .filter(|ip| include_loopback || !ip.is_loopback())
+        .collect();
+    if ips.is_empty() {
+        tracing::warn!("no usable network interface found; offering 127.0.0.1 only");
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    ips
+}
+
+/// IPv4 addresses of interfaces that are up.
+fn interface_ipv4s() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; every
+    // pointer is checked for null before it is read.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            let up = ifa.ifa_flags & libc::IFF_UP as libc::c_uint != 0;
+            if up && !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes());
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specific_bind_is_offered_as_is() {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(candidate_ips(lo, false), vec![lo]);
+    }
+
+    #[test]
+    fn unspecified_bind_lists_interfaces() {
+        let ips = candidate_ips(IpAddr::from([0, 0, 0, 0]), true);
+        assert!(ips.contains(&IpAddr::from([127, 0, 0, 1])), "{ips:?}");
+        let ips = candidate_ips(IpAddr::from([0, 0, 0, 0]), false);
+        assert!(ips.iter().all(|ip| !ip.is_unspecified()));
+    }
+}
