@@ -13,7 +13,7 @@ use openh264::formats::{YUVBuffer, YUVSource};
 
 use peregrine::media::{clock, h264, AccessUnit, Hub};
 use peregrine::rtc::receiver::{ReceivedFrame, ReceiverPeer};
-use peregrine::rtc::{PeerEvent, PeerOptions, RtcConfig, RtcEngine, RtcError};
+use peregrine::rtc::{PeerEvent, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError};
 use tokio::sync::mpsc;
 
 const WIDTH: usize = 320;
@@ -326,4 +326,122 @@ async fn pause_keyframes(feeder: &Feeder, hub: &Arc<Hub>) {
         }
     }
     panic!("the hub keeps asking for keyframes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_candidates_orientation_garbage_and_hangup() {
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
+    let engine = RtcEngine::start(config(), hub.clone())
+        .await
+        .expect("engine starts");
+
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let opts = PeerOptions { orientation: 90 };
+    let (id, offer) = engine.create_offer(opts, tx).await.expect("offer");
+    let sps = hub.params().expect("params").sps;
+    let expected_profile = format!(
+        "profile-level-id={:02x}{:02x}{:02x}",
+        sps[1], sps[2], sps[3]
+    );
+    for needle in [
+        "a=group:BUNDLE",
+        "a=rtcp-mux",
+        "a=setup:actpass",
+        "a=ice-ufrag:",
+        "a=ice-pwd:",
+        "a=fingerprint:sha-256",
+        "a=sendonly",
+        "a=rtpmap:96 H264/90000",
+        "packetization-mode=1",
+        expected_profile.as_str(),
+        "a=rtcp-fb:96 nack pli",
+        "a=rtcp-fb:96 ccm fir",
+        "a=extmap:1 urn:3gpp:video-orientation",
+        "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
+        "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time",
+        "a=ssrc:",
+        "127.0.0.1",
+    ] {
+        assert!(offer.contains(needle), "offer lacks {needle:?}:\n{offer}");
+    }
+
+    // The answer's candidates arrive by trickle, before the answer itself, plus one that a
+    // loopback-bound engine must ignore.
+    let (mut peer, answer) = ReceiverPeer::answer(&offer).await.expect("answer");
+    let candidates: Vec<String> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .map(str::to_string)
+        .collect();
+    assert!(!candidates.is_empty());
+    let bare_answer: String = answer
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    engine.add_remote_candidate(
+        id,
+        RemoteCandidate::Candidate("candidate:1 1 udp 2130706431 192.0.2.1 9 typ host".to_string()),
+    );
+    for c in candidates {
+        engine.add_remote_candidate(id, RemoteCandidate::Candidate(c));
+    }
+    engine.add_remote_candidate(id, RemoteCandidate::Completed);
+    engine
+        .apply_answer(id, &bare_answer)
+        .await
+        .expect("answer applies");
+    assert!(matches!(
+        engine.apply_answer(id, &bare_answer).await,
+        Err(RtcError::NoOffer)
+    ));
+
+    peer.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connects through trickled candidates");
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+    assert_eq!(ev.ok().flatten(), Some(PeerEvent::Connected));
+
+    // Garbage on the shared socket: random bytes, a STUN-looking packet for an unknown
+    // ufrag, an empty datagram.
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = engine.local_addr();
+    let mut fake_stun = vec![0, 1, 0, 12, 0x21, 0x12, 0xa4, 0x42];
+    fake_stun.extend_from_slice(&[1; 12]);
+    fake_stun.extend_from_slice(&[0, 6, 0, 7]);
+    fake_stun.extend_from_slice(b"nobody:x\0");
+    for d in [
+        &[0xde, 0xad, 0xbe, 0xef][..],
+        &fake_stun,
+        &[],
+        &[0x80; 1400],
+    ] {
+        junk.send_to(d, target).await.expect("send");
+    }
+
+    let got = frames(&mut peer, 30, Duration::from_secs(10)).await;
+    assert!(decode_all(&got) >= 30);
+    check_packets(&got);
+    for f in &got {
+        assert_eq!(
+            f.video_orientation,
+            Some(3),
+            "90° counter-clockwise is CVO 270° (R=3)"
+        );
+    }
+
+    // The viewer hangs up (DTLS close_notify): the engine reports the peer closed.
+    peer.close();
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert!(
+        matches!(&ev, Ok(Some(PeerEvent::Closed { reason })) if reason == "DTLS alert"),
+        "closed viewer is reported: {ev:?}"
+    );
+    assert!(wait_until(Duration::from_secs(2), || engine.stats().peers == 0).await);
+    engine.shutdown().await;
 }

@@ -74,6 +74,8 @@ struct Entry {
     ufrag: String,
     addrs: Vec<SocketAddr>,
     next_timeout: Option<Instant>,
+    /// `Connected` was reported; an ICE reconnect after Disconnected is not reported again.
+    announced: bool,
 }
 
 pub struct Engine {
@@ -257,6 +259,7 @@ impl Engine {
                 ufrag,
                 addrs: Vec::new(),
                 next_timeout: None,
+                announced: false,
             },
         );
         self.dirty.insert(id);
@@ -353,7 +356,10 @@ impl Engine {
                         tracing::info!(peer = id, "viewer connected");
                         // It starts at the next keyframe; ask for one now.
                         self.hub.request_keyframe();
-                        let _ = e.events.send(PeerEvent::Connected);
+                        if !e.announced {
+                            e.announced = true;
+                            let _ = e.events.send(PeerEvent::Connected);
+                        }
                     }
                     PeerNote::Disconnected => tracing::info!(peer = id, "viewer disconnected"),
                     PeerNote::KeyframeRequest => {

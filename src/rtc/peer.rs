@@ -17,7 +17,8 @@ use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+    CandidateConfig, CandidateHostConfig, RTCDtlsTransportState, RTCIceCandidate,
+    RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -167,6 +168,7 @@ pub struct Peer {
     waiting_key: bool,
     loopback_only: bool,
     early_candidates: Vec<String>,
+    dtls_closed: bool,
     pub created: Instant,
     pub packets_sent: u64,
     write_errors: u64,
@@ -244,6 +246,7 @@ impl Peer {
             waiting_key: true,
             loopback_only: setup.loopback_only,
             early_candidates: Vec::new(),
+            dtls_closed: false,
             created: now,
             packets_sent: 0,
             write_errors: 0,
@@ -386,6 +389,22 @@ impl Peer {
                     RTCPeerConnectionState::Closed => notes.push(PeerNote::Gone("Close PC".into())),
                     _ => {}
                 }
+            }
+        }
+        // A close_notify from the viewer closes DTLS but leaves the W3C connection state at
+        // Connected (ICE is still up), so look at the transport itself, as Janus does when
+        // it reports a "DTLS alert" hangup.
+        if matches!(self.stage, Stage::Connected | Stage::Disconnected) && !self.dtls_closed {
+            let dtls = self
+                .pc
+                .rtp_sender(self.sender)
+                .and_then(|s| s.transport().map(|t| t.state()));
+            if matches!(
+                dtls,
+                Some(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)
+            ) {
+                self.dtls_closed = true;
+                notes.push(PeerNote::Gone("DTLS alert".into()));
             }
         }
     }

@@ -23,7 +23,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::extensions::{self, ABS_CAPTURE_TIME_URI};
+use super::extensions::{self, ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
 use super::peer;
 
 /// One access unit as received.
@@ -34,6 +34,8 @@ pub struct ReceivedFrame {
     pub rtp_timestamp: u32,
     /// abs-capture-time (NTP 32.32) of the picture, when the sender wrote it.
     pub abs_capture_time: Option<u64>,
+    /// Video orientation (CVO byte) carried by the last packet, if any.
+    pub video_orientation: Option<u8>,
     /// Size of each RTP packet (header with extensions, plus payload), in order.
     pub packet_sizes: Vec<usize>,
     /// Marker bit of each RTP packet, in order.
@@ -103,11 +105,13 @@ impl ReceiverPeer {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ReceiverState::Connecting);
         let abs_id = extmap_id(offer_sdp, ABS_CAPTURE_TIME_URI);
+        let cvo_id = extmap_id(offer_sdp, VIDEO_ORIENTATION_URI);
         let driver = Driver {
             pc,
             local_addr,
             assembler: Assembler::default(),
             abs_id,
+            cvo_id,
             media_ssrc: None,
             frame_tx,
             state_tx,
@@ -181,6 +185,7 @@ struct Driver {
     local_addr: SocketAddr,
     assembler: Assembler,
     abs_id: Option<u8>,
+    cvo_id: Option<u8>,
     media_ssrc: Option<u32>,
     frame_tx: mpsc::UnboundedSender<ReceivedFrame>,
     state_tx: watch::Sender<ReceiverState>,
@@ -249,8 +254,16 @@ impl Driver {
                     .abs_id
                     .and_then(|id| packet.header.get_extension(id))
                     .and_then(|b| extensions::parse_abs_capture_time(&b));
+                let cvo = self
+                    .cvo_id
+                    .and_then(|id| packet.header.get_extension(id))
+                    .and_then(|b| b.first().copied());
                 let size = packet.header.marshal_size() + packet.payload.len();
-                if let Some(frame) = self.assembler.push(&packet, size, abs) {
+                let ext = PacketExtensions {
+                    abs_capture_time: abs,
+                    video_orientation: cvo,
+                };
+                if let Some(frame) = self.assembler.push(&packet, size, ext) {
                     let _ = self.frame_tx.send(frame);
                 }
             }
@@ -290,6 +303,13 @@ impl Driver {
     }
 }
 
+/// Header extension values read from one packet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PacketExtensions {
+    pub abs_capture_time: Option<u64>,
+    pub video_orientation: Option<u8>,
+}
+
 /// Reassembles access units: packets of one RTP timestamp up to the marker, in sequence.
 /// A gap in sequence numbers drops the picture being assembled.
 #[derive(Default)]
@@ -303,6 +323,7 @@ struct Partial {
     data: BytesMut,
     broken: bool,
     abs: Option<u64>,
+    cvo: Option<u8>,
     sizes: Vec<usize>,
     markers: Vec<bool>,
 }
@@ -313,7 +334,7 @@ impl Assembler {
         &mut self,
         packet: &rtc::rtp::Packet,
         size: usize,
-        abs: Option<u64>,
+        ext: PacketExtensions,
     ) -> Option<ReceivedFrame> {
         let h = &packet.header;
         let continues = self
@@ -327,6 +348,7 @@ impl Assembler {
                 data: BytesMut::new(),
                 broken: false,
                 abs: None,
+                cvo: None,
                 sizes: Vec::new(),
                 markers: Vec::new(),
             });
@@ -336,7 +358,8 @@ impl Assembler {
             p.broken = true;
         }
         p.next_seq = h.sequence_number.wrapping_add(1);
-        p.abs = p.abs.or(abs);
+        p.abs = p.abs.or(ext.abs_capture_time);
+        p.cvo = ext.video_orientation;
         p.sizes.push(size);
         p.markers.push(h.marker);
         if depacketize(&packet.payload, &mut p.data).is_err() {
@@ -353,6 +376,7 @@ impl Assembler {
             data: p.data.freeze(),
             rtp_timestamp: p.timestamp,
             abs_capture_time: p.abs,
+            video_orientation: p.cvo,
             packet_sizes: p.sizes,
             markers: p.markers,
         })
