@@ -438,3 +438,68 @@ fn random_token(len: usize) -> String {
         .map(char::from)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn engine() -> Engine {
+        let cfg = RtcConfig {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            udp_ports: (0, 0),
+            candidate_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            nat_1_1_ip: None,
+            rtp_packet_size: 1150,
+        };
+        let candidates = vec![SocketAddr::from(([127, 0, 0, 1], 40000))];
+        Engine::new(cfg, Hub::new(4), Arc::default(), candidates)
+    }
+
+    #[test]
+    fn unanswered_offer_expires_with_an_event() {
+        let mut engine = engine();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let (id, offer) = engine
+            .create_offer(t0, PeerOptions::default(), tx)
+            .expect("offer");
+        assert!(offer.contains("a=candidate:"));
+        engine.settle();
+        assert!(engine.next_deadline() <= t0 + OFFER_TIMEOUT);
+        engine.handle_timers(t0 + OFFER_TIMEOUT - Duration::from_secs(1));
+        assert!(engine.peers.contains_key(&id));
+        engine.handle_timers(t0 + OFFER_TIMEOUT + Duration::from_millis(1));
+        assert!(engine.peers.is_empty() && engine.by_ufrag.is_empty());
+        assert!(matches!(rx.try_recv(), Ok(PeerEvent::Closed { .. })));
+    }
+
+    #[test]
+    fn stun_from_a_new_address_routes_by_ufrag_and_is_forgotten_on_close() {
+        let mut engine = engine();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let (id, _) = engine
+            .create_offer(now, PeerOptions::default(), tx)
+            .expect("offer");
+        let ufrag = engine.peers[&id].ufrag.clone();
+        let username = format!("{ufrag}:remote");
+        let mut m = vec![0x00, 0x01];
+        let attr_len = username.len().div_ceil(4) * 4;
+        m.extend_from_slice(&((4 + attr_len) as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        m.extend_from_slice(&[9; 12]);
+        m.extend_from_slice(&[0, 6]);
+        m.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        m.extend_from_slice(username.as_bytes());
+        m.resize(20 + 4 + attr_len, 0);
+        let from = SocketAddr::from(([127, 0, 0, 1], 50000));
+        engine.handle_datagram(now, from, &m);
+        assert_eq!(engine.by_addr.get(&from), Some(&id));
+        // Garbage from that address goes to the same peer and must not hurt it.
+        engine.handle_datagram(now, from, &[0xff; 64]);
+        engine.settle();
+        engine.remove_peer(id, None);
+        assert!(engine.by_addr.is_empty());
+    }
+}
