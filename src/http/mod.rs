@@ -13,11 +13,31 @@ pub type StateFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// The bundled client, embedded at build time so the binary needs no files beside it.
 const PAGES: &[(&str, &str, &str)] = &[
-    ("/", "text/html; charset=utf-8", include_str!("../../client/index.html")),
-    ("/index.html", "text/html; charset=utf-8", include_str!("../../client/index.html")),
-    ("/peregrine.js", "text/javascript; charset=utf-8", include_str!("../../client/peregrine.js")),
-    ("/codestrip.js", "text/javascript; charset=utf-8", include_str!("../../client/codestrip.js")),
-    ("/style.css", "text/css; charset=utf-8", include_str!("../../client/style.css")),
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../client/index.html"),
+    ),
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../client/index.html"),
+    ),
+    (
+        "/peregrine.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../client/peregrine.js"),
+    ),
+    (
+        "/codestrip.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../client/codestrip.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../client/style.css"),
+    ),
 ];
 
 pub fn router(state: StateFn) -> Router {
@@ -26,7 +46,13 @@ pub fn router(state: StateFn) -> Router {
         router = router.route(
             path,
             get(move || async move {
-                ([(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, "no-cache")], body)
+                (
+                    [
+                        (header::CONTENT_TYPE, mime),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    body,
+                )
             }),
         );
     }
@@ -34,9 +60,5 @@ pub fn router(state: StateFn) -> Router {
 }
 
 async fn serve_state(State(state): State<StateFn>) -> Response {
-    (
-        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
-        Json(state()),
-    )
-        .into_response()
+    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(state())).into_response()
 }
