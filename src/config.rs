@@ -58,6 +58,11 @@ pub struct Args {
     #[arg(long)]
     pub h264_gop: Option<u32>,
 
+    /// Delay before the test pattern's first picture after a viewer appears, like a
+    /// camera warming up (exercises clients' retry-on-503 paths). [default: 0]
+    #[arg(long)]
+    pub testsrc_warmup_ms: Option<u64>,
+
     /// STUN/TURN URL given to pages through `features` (repeatable).
     #[arg(long)]
     pub ice_server: Option<Vec<String>>,
@@ -91,6 +96,7 @@ pub struct Config {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub gop: u32,
+    pub testsrc_warmup_ms: u64,
     pub ice_servers: Vec<String>,
     pub nat_1_1_ip: Option<IpAddr>,
     pub udp_ports: (u16, u16),
@@ -113,6 +119,7 @@ impl Default for Config {
             fps: 30,
             bitrate_kbps: 2000,
             gop: 60,
+            testsrc_warmup_ms: 0,
             ice_servers: Vec::new(),
             nat_1_1_ip: None,
             udp_ports: (20000, 40000),
@@ -158,6 +165,7 @@ impl Config {
         set!(fps <- desired_fps);
         set!(bitrate_kbps <- h264_bitrate);
         set!(gop <- h264_gop);
+        set!(testsrc_warmup_ms <- testsrc_warmup_ms);
         set!(ice_servers <- ice_server);
         set!(ice_loopback <- ice_loopback);
         set!(rtp_packet_size <- rtp_packet_size);

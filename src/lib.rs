@@ -6,4 +6,5 @@ pub mod janus;
 pub mod media;
 pub mod net;
 pub mod rtc;
+pub mod server;
 pub mod source;

@@ -1,0 +1,148 @@
+//! Wires the pipeline together: source → hub → WebRTC engine, the Janus transports that
+//! make peers, and the main HTTP port; then runs until Ctrl+C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::http;
+use crate::janus::{JanusConfig, JanusServer};
+use crate::media::hub::DEFAULT_QUEUE_FRAMES;
+use crate::media::Hub;
+use crate::net::candidate_ips;
+use crate::rtc::{RtcConfig, RtcEngine};
+use crate::source::testsrc::{self, TestsrcConfig};
+
+/// Run peregrine until a shutdown signal arrives.
+pub async fn run(cfg: Config) -> Result<()> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+    run_until(cfg, shutdown_rx).await
+}
+
+/// Run peregrine until `shutdown` turns true.
+pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let started = Instant::now();
+    let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
+    let stop_source = Arc::new(AtomicBool::new(false));
+    let source_thread = start_source(&cfg, hub.clone(), stop_source.clone())?;
+
+    let engine = RtcEngine::start(
+        RtcConfig {
+            bind: cfg.host,
+            udp_ports: cfg.udp_ports,
+            candidate_ips: candidate_ips(cfg.host, cfg.ice_loopback),
+            nat_1_1_ip: cfg.nat_1_1_ip,
+            rtp_packet_size: cfg.rtp_packet_size,
+        },
+        hub.clone(),
+    )
+    .await
+    .context("cannot start the WebRTC engine")?;
+    tracing::info!(udp = %engine.local_addr(), "WebRTC media");
+
+    let janus = JanusServer::bind(hub.clone(), engine.clone(), JanusConfig::from_config(&cfg))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the Janus API on {}:{} (WebSocket) and {}:{} (HTTP); \
+                 change janus_ws_port / janus_http_port",
+                cfg.host, cfg.janus_ws_port, cfg.host, cfg.janus_http_port
+            )
+        })?;
+    let janus_status = janus.status();
+    let main_routes = janus.main_port_routes(&cfg.janus_http_path);
+
+    let state_fn: http::StateFn = {
+        let hub = hub.clone();
+        let engine = engine.clone();
+        Arc::new(move || {
+            serde_json::json!({
+                "uptime_s": started.elapsed().as_secs_f64(),
+                "source": hub.info(),
+                "rtc": engine.stats(),
+                "janus": janus_status.counts(),
+            })
+        })
+    };
+    let addr = SocketAddr::new(cfg.host, cfg.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for HTTP; change --port"))?;
+    tracing::info!("viewer page at http://{addr}/");
+
+    let until_shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http_server = axum::serve(listener, http::router(state_fn).merge(main_routes))
+        .with_graceful_shutdown(until_shutdown(shutdown.clone()));
+    let janus_server = janus.serve(until_shutdown(shutdown.clone()));
+
+    let result = tokio::select! {
+        r = http_server => r.context("HTTP server"),
+        r = janus_server => r.context("Janus transports"),
+        _ = shutdown.wait_for(|s| *s) => Ok(()),
+    };
+    engine.shutdown().await;
+    stop_source.store(true, Ordering::Relaxed);
+    if let Some(thread) = source_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    result
+}
+
+fn start_source(
+    cfg: &Config,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>> {
+    match cfg.source.as_str() {
+        "testsrc" => {
+            let thread = testsrc::spawn(
+                TestsrcConfig {
+                    width: cfg.width,
+                    height: cfg.height,
+                    fps: cfg.fps,
+                    bitrate_kbps: cfg.bitrate_kbps,
+                    gop: cfg.gop,
+                    warmup: std::time::Duration::from_millis(cfg.testsrc_warmup_ms),
+                },
+                hub,
+                stop,
+            )?;
+            Ok(Some(thread))
+        }
+        other => bail!("unknown source {other:?}; use --source testsrc"),
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
