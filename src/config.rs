@@ -11,7 +11,11 @@ use serde::Deserialize;
 
 /// The flags. Everything is optional here so that "not given" can fall back to the file.
 #[derive(Parser, Debug, Default, Deserialize)]
-#[command(name = "peregrine", version, about = "Live camera video to web browsers over WebRTC, through the Janus API")]
+#[command(
+    name = "peregrine",
+    version,
+    about = "Live camera video to web browsers over WebRTC, through the Janus API"
+)]
 #[serde(deny_unknown_fields)]
 pub struct Args {
     /// TOML configuration file; every flag below is a key in it.
@@ -182,13 +186,20 @@ impl Config {
             bail!("h264_gop must be at least 1");
         }
         if self.bitrate_kbps < 50 {
-            bail!("h264_bitrate is in kbit/s and must be at least 50, got {}", self.bitrate_kbps);
+            bail!(
+                "h264_bitrate is in kbit/s and must be at least 50, got {}",
+                self.bitrate_kbps
+            );
         }
         if !(200..=1500).contains(&self.rtp_packet_size) {
-            bail!("rtp_packet_size must be 200..=1500 bytes, got {}", self.rtp_packet_size);
+            bail!(
+                "rtp_packet_size must be 200..=1500 bytes, got {}",
+                self.rtp_packet_size
+            );
         }
         for url in &self.ice_servers {
-            if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:")) {
+            if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:"))
+            {
                 bail!("ice_server {url:?} must be a stun:, turn: or turns: URL");
             }
         }
@@ -201,8 +212,14 @@ pub fn parse_resolution(s: &str) -> Result<(u32, u32)> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| anyhow!("resolution must be WIDTHxHEIGHT, e.g. 1280x720, got {s:?}"))?;
-    let w: u32 = w.trim().parse().with_context(|| format!("resolution width in {s:?}"))?;
-    let h: u32 = h.trim().parse().with_context(|| format!("resolution height in {s:?}"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .with_context(|| format!("resolution width in {s:?}"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .with_context(|| format!("resolution height in {s:?}"))?;
     if !(16..=4096).contains(&w) || !(16..=4096).contains(&h) || w % 2 != 0 || h % 2 != 0 {
         bail!("resolution {s:?}: width and height must be even and within 16..=4096");
     }
@@ -212,8 +229,14 @@ pub fn parse_resolution(s: &str) -> Result<(u32, u32)> {
 /// `20000-40000` → (20000, 40000); a single port `9000` → (9000, 9000); `0` → any free port.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: u16 = a.trim().parse().with_context(|| format!("udp_port_range {s:?}"))?;
-    let b: u16 = b.trim().parse().with_context(|| format!("udp_port_range {s:?}"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("udp_port_range {s:?}"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("udp_port_range {s:?}"))?;
     if a > b {
         bail!("udp_port_range {s:?}: first port is above the last");
     }
@@ -227,7 +250,10 @@ mod tests {
     #[test]
     fn defaults_match_janus_ports() {
         let c = Config::load(Args::default()).unwrap();
-        assert_eq!((c.port, c.janus_ws_port, c.janus_http_port), (8080, 8188, 8088));
+        assert_eq!(
+            (c.port, c.janus_ws_port, c.janus_http_port),
+            (8080, 8188, 8088)
+        );
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!((c.width, c.height, c.fps), (1280, 720, 30));
     }
@@ -237,8 +263,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("peregrine-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("p.toml");
-        std::fs::write(&path, "port = 9000\nresolution = \"640x480\"\ndesired_fps = 15\n").unwrap();
-        let args = Args::parse_from(["peregrine", "--config", path.to_str().unwrap(), "--desired-fps", "25"]);
+        std::fs::write(
+            &path,
+            "port = 9000\nresolution = \"640x480\"\ndesired_fps = 15\n",
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "peregrine",
+            "--config",
+            path.to_str().unwrap(),
+            "--desired-fps",
+            "25",
+        ]);
         let c = Config::load(args).unwrap();
         assert_eq!(c.port, 9000);
         assert_eq!((c.width, c.height), (640, 480));
@@ -251,16 +287,28 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("p.toml");
         std::fs::write(&path, "prot = 9000\n").unwrap();
-        let err = Config::load(Args::parse_from(["peregrine", "--config", path.to_str().unwrap()]))
-            .unwrap_err();
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--config",
+            path.to_str().unwrap(),
+        ]))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("prot"), "{err:#}");
         std::fs::write(&path, "port = \"x\"\n").unwrap();
-        let err = Config::load(Args::parse_from(["peregrine", "--config", path.to_str().unwrap()]))
-            .unwrap_err();
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--config",
+            path.to_str().unwrap(),
+        ]))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("port"), "{err:#}");
         std::fs::write(&path, "resolution = \"big\"\n").unwrap();
-        let err = Config::load(Args::parse_from(["peregrine", "--config", path.to_str().unwrap()]))
-            .unwrap_err();
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--config",
+            path.to_str().unwrap(),
+        ]))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("resolution"), "{err:#}");
     }
 
