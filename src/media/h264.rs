@@ -450,7 +450,7 @@ mod tests {
         /// NAL unit with trailing bits and emulation prevention.
         fn nal(&mut self) -> Vec<u8> {
             self.bits.push(true);
-            while self.bits.len() % 8 != 0 {
+            while !self.bits.len().is_multiple_of(8) {
                 self.bits.push(false);
             }
             let mut out = vec![0x67];

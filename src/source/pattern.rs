@@ -135,7 +135,7 @@ const TEXT_COLUMNS: usize = 12;
 
 impl TestPattern {
     pub fn new(width: u32, height: u32) -> Result<TestPattern, BadSize> {
-        let valid = |v: u32| (16..=8192).contains(&v) && v % 2 == 0;
+        let valid = |v: u32| (16..=8192).contains(&v) && v.is_multiple_of(2);
         if !valid(width) || !valid(height) {
             return Err(BadSize(width, height));
         }

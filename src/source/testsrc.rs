@@ -122,7 +122,7 @@ fn run(
             Ok(None) => tracing::trace!(seq, "encoder skipped a picture"),
             Err(e) => {
                 // Log the first failure and then every 100th, not 30 lines a second.
-                if errors % 100 == 0 {
+                if errors.is_multiple_of(100) {
                     tracing::warn!(seq, errors = errors + 1, "testsrc encoding failed: {e:#}");
                 }
                 errors += 1;
