@@ -309,8 +309,11 @@ mod tests {
     }
 
     /// Draw, encode, decode, read the strip back: the numbers must survive compression.
-    fn round_trip(width: u32, height: u32, pictures: u32) {
-        let cfg = config(width, height);
+    fn round_trip(width: u32, height: u32, bitrate_kbps: u32, pictures: u32) {
+        let cfg = TestsrcConfig {
+            bitrate_kbps,
+            ..config(width, height)
+        };
         let mut pattern = TestPattern::new(width, height).unwrap();
         let mut encoder = PictureEncoder::new(&cfg).unwrap();
         let mut decoder = H264Decoder::new().unwrap();
@@ -335,12 +338,18 @@ mod tests {
 
     #[test]
     fn code_strip_survives_encoding_at_320x240() {
-        round_trip(320, 240, 20);
+        round_trip(320, 240, 1000, 20);
     }
 
     #[test]
     fn code_strip_survives_encoding_at_1280x720() {
-        round_trip(1280, 720, 5);
+        round_trip(1280, 720, 2000, 5);
+    }
+
+    #[test]
+    fn code_strip_survives_a_starved_bitrate() {
+        // 50 kbit/s for 720p: the quantiser goes to its maximum.
+        round_trip(1280, 720, 50, 40);
     }
 
     #[test]
@@ -367,6 +376,24 @@ mod tests {
                 assert!(!types.contains(&NalType::Sps), "{types:?}");
             }
         }
+    }
+
+    #[test]
+    fn idr_without_params_gets_the_cached_ones() {
+        let mut pattern = TestPattern::new(320, 240).unwrap();
+        let mut encoder = PictureEncoder::new(&config(320, 240)).unwrap();
+        let first = encoder.encode(pattern.draw(0, 0), 0).unwrap().unwrap();
+        let nals: Vec<&[u8]> = h264::nal_units(&first.data).collect();
+        let idr_only: Vec<u8> = nals
+            .iter()
+            .filter(|n| h264::nal_type(n) == Some(NalType::Idr))
+            .flat_map(|n| [&[0u8, 0, 0, 1][..], n].concat())
+            .collect();
+        let fixed = encoder.with_params(&idr_only).unwrap();
+        assert_eq!(
+            fixed, first.data,
+            "SPS, PPS, then the slice, as the encoder wrote them"
+        );
     }
 
     #[test]
