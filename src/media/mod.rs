@@ -3,6 +3,7 @@
 
 pub mod au;
 pub mod clock;
+pub mod decoder;
 pub mod h264;
 pub mod hub;
 

@@ -1,3 +1,4 @@
 //! Sources produce access units into a hub, each on its own thread.
 
+pub mod pattern;
 pub mod testsrc;
