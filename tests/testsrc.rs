@@ -28,6 +28,7 @@ impl Running {
             fps: 30,
             bitrate_kbps: 1500,
             gop,
+            warmup: Duration::ZERO,
         };
         let thread = spawn(cfg, hub.clone(), stop.clone()).expect("testsrc starts");
         Running {
@@ -202,6 +203,7 @@ fn bad_configuration_is_an_error_not_a_panic() {
         fps,
         bitrate_kbps: 500,
         gop: 30,
+        warmup: Duration::ZERO,
     };
     assert!(spawn(cfg(321, 240, 30), hub.clone(), stop.clone()).is_err());
     assert!(spawn(cfg(320, 240, 0), hub.clone(), stop.clone()).is_err());

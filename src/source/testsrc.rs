@@ -29,6 +29,9 @@ pub struct TestsrcConfig {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub gop: u32,
+    /// Delay before the first picture each time a viewer wakes the source, as a camera
+    /// takes a moment to start; zero in normal use.
+    pub warmup: Duration,
 }
 
 /// Longest single sleep, so `stop` and new subscribers are noticed quickly.
@@ -89,7 +92,7 @@ fn run(
                 tracing::debug!("testsrc active");
                 // Whoever arrives first must be able to start decoding at once.
                 encoder.force_keyframe();
-                Instant::now()
+                Instant::now() + cfg.warmup
             }
         };
         if !sleep_until(deadline, stop) {
@@ -305,6 +308,7 @@ mod tests {
             fps: 30,
             bitrate_kbps: 1000,
             gop: 60,
+            warmup: Duration::ZERO,
         }
     }
 
