@@ -8,9 +8,21 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::media::Hub;
+
+mod demux;
+mod engine;
+pub mod extensions;
+mod feedback;
+pub mod packetizer;
+mod peer;
+pub mod receiver;
+pub mod sdp;
+
+pub use engine::OFFER_TIMEOUT;
 
 /// Identifies one peer connection inside the engine.
 pub type PeerId = u64;
@@ -82,18 +94,38 @@ pub struct RtcStats {
 /// Handle to the engine; cheap to clone.
 #[derive(Clone)]
 pub struct RtcEngine {
-    _inner: Arc<()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::UnboundedSender<engine::Command>,
+    local_addr: SocketAddr,
+    stats: Arc<engine::SharedStats>,
 }
 
 impl RtcEngine {
     /// Bind the UDP socket and start the engine loop, fed by `hub`.
-    pub async fn start(_cfg: RtcConfig, _hub: Arc<Hub>) -> anyhow::Result<RtcEngine> {
-        todo!("engine")
+    pub async fn start(cfg: RtcConfig, hub: Arc<Hub>) -> anyhow::Result<RtcEngine> {
+        let socket = bind_socket(cfg.bind, cfg.udp_ports).await?;
+        let local_addr = socket.local_addr()?;
+        let candidates = advertised_candidates(&cfg, local_addr.port())?;
+        tracing::info!(%local_addr, ?candidates, "WebRTC media socket ready");
+        let stats = Arc::new(engine::SharedStats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = engine::Engine::new(cfg, hub, stats.clone(), candidates);
+        tokio::spawn(engine.run(socket, rx));
+        Ok(RtcEngine {
+            inner: Arc::new(Inner {
+                commands: tx,
+                local_addr,
+                stats,
+            }),
+        })
     }
 
     /// The UDP address all peers share.
     pub fn local_addr(&self) -> SocketAddr {
-        todo!("engine")
+        self.inner.local_addr
     }
 
     /// Create a peer and its offer (sendonly H.264 PT 96, packetization-mode=1,
@@ -101,33 +133,95 @@ impl RtcEngine {
     /// candidates included). Events about the peer go to `events`.
     pub async fn create_offer(
         &self,
-        _opts: PeerOptions,
-        _events: mpsc::UnboundedSender<PeerEvent>,
+        opts: PeerOptions,
+        events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
-        todo!("engine")
+        let (reply, rx) = oneshot::channel();
+        self.command(engine::Command::CreateOffer {
+            opts,
+            events,
+            reply,
+        })?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Apply the viewer's SDP answer.
-    pub async fn apply_answer(&self, _id: PeerId, _sdp: &str) -> Result<(), RtcError> {
-        todo!("engine")
+    pub async fn apply_answer(&self, id: PeerId, sdp: &str) -> Result<(), RtcError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(engine::Command::ApplyAnswer {
+            id,
+            sdp: sdp.to_string(),
+            reply,
+        })?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Add a trickled remote candidate; kept until the answer arrives if it comes first.
-    pub fn add_remote_candidate(&self, _id: PeerId, _candidate: RemoteCandidate) {
-        todo!("engine")
+    pub fn add_remote_candidate(&self, id: PeerId, candidate: RemoteCandidate) {
+        let _ = self.command(engine::Command::AddCandidate { id, candidate });
     }
 
     /// Close a peer (hangup, detach, session gone). No event is sent for it.
-    pub fn close_peer(&self, _id: PeerId) {
-        todo!("engine")
+    pub fn close_peer(&self, id: PeerId) {
+        let _ = self.command(engine::Command::Close { id });
     }
 
     pub fn stats(&self) -> RtcStats {
-        todo!("engine")
+        self.inner.stats.snapshot()
     }
 
     /// Close every peer and stop the loop.
     pub async fn shutdown(&self) {
-        todo!("engine")
+        let (reply, rx) = oneshot::channel();
+        if self.command(engine::Command::Shutdown { reply }).is_ok() {
+            let _ = rx.await;
+        }
     }
+
+    fn command(&self, cmd: engine::Command) -> Result<(), RtcError> {
+        self.inner.commands.send(cmd).map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> RtcError {
+    RtcError::Engine("engine stopped".into())
+}
+
+/// Bind the first free port of `ports` ((0, 0) = any free port).
+async fn bind_socket(ip: IpAddr, ports: (u16, u16)) -> anyhow::Result<UdpSocket> {
+    let (first, last) = ports;
+    let mut last_err = None;
+    for port in first..=last {
+        match UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no free UDP port on {ip} in {first}-{last}: {}",
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// Host candidates put into every offer: the configured addresses (or the bind address),
+/// replaced by the public one when `nat_1_1_ip` is set.
+fn advertised_candidates(cfg: &RtcConfig, port: u16) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Some(public) = cfg.nat_1_1_ip {
+        return Ok(vec![SocketAddr::new(public, port)]);
+    }
+    let mut ips = cfg.candidate_ips.clone();
+    if cfg.bind.is_loopback() {
+        ips.retain(|ip| ip.is_loopback());
+    }
+    if ips.is_empty() {
+        if cfg.bind.is_unspecified() {
+            anyhow::bail!("no candidate addresses to offer for {}", cfg.bind);
+        }
+        ips.push(cfg.bind);
+    }
+    ips.dedup();
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }

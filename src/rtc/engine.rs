@@ -1,0 +1,440 @@
+//! The engine loop: one task owning the UDP socket, every peer, and the hub subscription.
+//! Everything that touches a peer connection happens here, so no locks are needed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rand::Rng;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::extensions;
+use super::packetizer;
+use super::peer::{OutFrame, Peer, PeerNote, PeerSetup};
+use super::{demux, sdp};
+use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
+use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
+
+/// An offer not answered within this time is dropped.
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest datagram we accept; anything longer is not WebRTC traffic we can use.
+const RECV_BUFFER: usize = 2048;
+
+pub enum Command {
+    CreateOffer {
+        opts: PeerOptions,
+        events: mpsc::UnboundedSender<PeerEvent>,
+        reply: oneshot::Sender<Result<(PeerId, String), RtcError>>,
+    },
+    ApplyAnswer {
+        id: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), RtcError>>,
+    },
+    AddCandidate {
+        id: PeerId,
+        candidate: RemoteCandidate,
+    },
+    Close {
+        id: PeerId,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Counters readable without asking the loop.
+#[derive(Default)]
+pub struct SharedStats {
+    pub peers: AtomicUsize,
+    pub connected: AtomicUsize,
+    pub rtp_packets_sent: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+impl SharedStats {
+    pub fn snapshot(&self) -> RtcStats {
+        RtcStats {
+            peers: self.peers.load(Ordering::Relaxed),
+            connected: self.connected.load(Ordering::Relaxed),
+            rtp_packets_sent: self.rtp_packets_sent.load(Ordering::Relaxed),
+            keyframe_requests: self.keyframe_requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Entry {
+    peer: Peer,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    next_timeout: Option<Instant>,
+    /// `Connected` was reported; an ICE reconnect after Disconnected is not reported again.
+    announced: bool,
+}
+
+pub struct Engine {
+    cfg: RtcConfig,
+    hub: Arc<Hub>,
+    stats: Arc<SharedStats>,
+    /// Advertised host candidates (NAT substitution applied).
+    candidates: Vec<SocketAddr>,
+    peers: HashMap<PeerId, Entry>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    next_id: PeerId,
+    dirty: HashSet<PeerId>,
+    outgoing: Vec<(SocketAddr, BytesMut)>,
+}
+
+enum Wake {
+    Command(Option<Command>),
+    Datagram(std::io::Result<(usize, SocketAddr)>),
+    Frame(Option<Arc<AccessUnit>>),
+    Timer,
+}
+
+impl Engine {
+    pub fn new(
+        cfg: RtcConfig,
+        hub: Arc<Hub>,
+        stats: Arc<SharedStats>,
+        candidates: Vec<SocketAddr>,
+    ) -> Engine {
+        Engine {
+            cfg,
+            hub,
+            stats,
+            candidates,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_id: 1,
+            dirty: HashSet::new(),
+            outgoing: Vec::new(),
+        }
+    }
+
+    pub async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut subscriber: Option<Subscriber> = None;
+        loop {
+            self.settle();
+            send_datagrams(&socket, &mut self.outgoing).await;
+            self.publish_stats();
+
+            // Subscribe only while someone may watch; a subscription keeps the source busy.
+            if self.peers.is_empty() {
+                subscriber = None;
+            } else if subscriber.is_none() {
+                subscriber = Some(self.hub.subscribe(StartAt::NextKeyframe));
+            }
+
+            let deadline = self.next_deadline();
+            let wake = tokio::select! {
+                cmd = commands.recv() => Wake::Command(cmd),
+                res = socket.recv_from(&mut buf) => Wake::Datagram(res),
+                au = next_frame(subscriber.as_mut()) => Wake::Frame(au),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+            };
+            let now = Instant::now();
+            match wake {
+                Wake::Command(None) => break,
+                Wake::Command(Some(Command::Shutdown { reply })) => {
+                    self.close_all();
+                    self.settle();
+                    send_datagrams(&socket, &mut self.outgoing).await;
+                    self.publish_stats();
+                    let _ = reply.send(());
+                    break;
+                }
+                Wake::Command(Some(cmd)) => self.handle_command(now, cmd),
+                Wake::Datagram(Ok((len, from))) => self.handle_datagram(now, from, &buf[..len]),
+                Wake::Datagram(Err(e)) => {
+                    // ICMP errors (peer went away) surface here on some systems; not fatal.
+                    tracing::debug!(error = %e, "UDP receive");
+                }
+                Wake::Frame(Some(au)) => self.send_frame(now, &au),
+                Wake::Frame(None) => subscriber = None,
+                Wake::Timer => self.handle_timers(now),
+            }
+        }
+        tracing::debug!("WebRTC engine stopped");
+    }
+
+    fn publish_stats(&self) {
+        self.stats.peers.store(self.peers.len(), Ordering::Relaxed);
+        let connected = self
+            .peers
+            .values()
+            .filter(|e| e.peer.is_connected())
+            .count();
+        self.stats.connected.store(connected, Ordering::Relaxed);
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        self.peers
+            .values()
+            .flat_map(|e| {
+                let offer_expiry = e
+                    .peer
+                    .awaiting_answer()
+                    .then_some(e.peer.created + OFFER_TIMEOUT);
+                [e.next_timeout, offer_expiry]
+            })
+            .flatten()
+            .fold(far, Instant::min)
+    }
+
+    fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::CreateOffer {
+                opts,
+                events,
+                reply,
+            } => {
+                let _ = reply.send(self.create_offer(now, opts, events));
+            }
+            Command::ApplyAnswer { id, sdp, reply } => {
+                let result = match self.peers.get_mut(&id) {
+                    Some(e) => e.peer.apply_answer(now, &sdp),
+                    None => Err(RtcError::NoSuchPeer),
+                };
+                if let Err(e) = &result {
+                    tracing::info!(peer = id, error = %e, "answer refused");
+                }
+                self.dirty.insert(id);
+                let _ = reply.send(result);
+            }
+            Command::AddCandidate { id, candidate } => {
+                if let Some(e) = self.peers.get_mut(&id) {
+                    e.peer.add_remote_candidate(candidate);
+                    self.dirty.insert(id);
+                }
+            }
+            Command::Close { id } => self.remove_peer(id, None),
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn create_offer(
+        &mut self,
+        now: Instant,
+        opts: PeerOptions,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(PeerId, String), RtcError> {
+        let profile_level_id = self
+            .hub
+            .params()
+            .and_then(|p| sdp::profile_level_id(&p.sps))
+            .unwrap_or_else(|| sdp::DEFAULT_PROFILE_LEVEL_ID.to_string());
+        let mut ufrag = random_token(16);
+        while self.by_ufrag.contains_key(&ufrag) {
+            ufrag = random_token(16);
+        }
+        let setup = PeerSetup {
+            ufrag: ufrag.clone(),
+            pwd: random_token(32),
+            ssrc: rand::rng().random_range(1..=u32::MAX),
+            profile_level_id,
+            candidates: self.candidates.clone(),
+            orientation: opts.orientation,
+            loopback_only: self.cfg.bind.is_loopback(),
+        };
+        let (peer, offer) = Peer::offer(setup, now)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.peers.insert(
+            id,
+            Entry {
+                peer,
+                events,
+                ufrag,
+                addrs: Vec::new(),
+                next_timeout: None,
+                announced: false,
+            },
+        );
+        self.dirty.insert(id);
+        tracing::debug!(peer = id, "offer created");
+        Ok((id, offer))
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let id = match self.by_addr.get(&from) {
+            Some(id) => *id,
+            None => {
+                let Some(id) = demux::stun_local_ufrag(data).and_then(|u| self.by_ufrag.get(u))
+                else {
+                    tracing::trace!(%from, len = data.len(), "datagram from unknown address dropped");
+                    return;
+                };
+                let id = *id;
+                if let Some(e) = self.peers.get_mut(&id) {
+                    e.addrs.push(from);
+                }
+                self.by_addr.insert(from, id);
+                id
+            }
+        };
+        if let Some(e) = self.peers.get_mut(&id) {
+            e.peer.handle_datagram(now, from, data);
+            self.dirty.insert(id);
+        }
+    }
+
+    fn handle_timers(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (id, e) in self.peers.iter_mut() {
+            if e.peer.awaiting_answer() && now >= e.peer.created + OFFER_TIMEOUT {
+                expired.push(*id);
+                continue;
+            }
+            if e.next_timeout.is_some_and(|t| t <= now) {
+                e.peer.handle_timeout(now);
+                self.dirty.insert(*id);
+            }
+        }
+        for id in expired {
+            tracing::info!(peer = id, "offer never answered");
+            self.remove_peer(id, Some("Offer timed out".into()));
+        }
+    }
+
+    fn send_frame(&mut self, now: Instant, au: &AccessUnit) {
+        let max_payload = self
+            .cfg
+            .rtp_packet_size
+            .saturating_sub(12 + extensions::MAX_EXTENSION_BYTES);
+        let payloads = packetizer::packetize(&au.data, max_payload);
+        if payloads.is_empty() {
+            return;
+        }
+        let ntp = clock::realtime_us_to_ntp(clock::monotonic_to_realtime_us(au.capture_us));
+        let frame = OutFrame {
+            payloads,
+            timestamp: packetizer::rtp_timestamp_90k(au.capture_us),
+            key: au.key,
+            playout_delay: extensions::playout_delay(0, 0),
+            abs_capture_time: extensions::abs_capture_time(ntp),
+        };
+        let mut sent = 0;
+        for (id, e) in self.peers.iter_mut() {
+            let n = e.peer.send_frame(now, &frame);
+            if n > 0 {
+                sent += n;
+                self.dirty.insert(*id);
+            }
+        }
+        self.stats
+            .rtp_packets_sent
+            .fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Drive every peer touched since the last call: collect its datagrams, act on its
+    /// state changes and keyframe requests, refresh its timer.
+    fn settle(&mut self) {
+        let mut notes = Vec::new();
+        let mut gone = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(e) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            e.peer.poll_notes(&mut notes);
+            e.peer.drain_writes(&mut self.outgoing);
+            e.next_timeout = e.peer.poll_timeout();
+            for note in notes.drain(..) {
+                match note {
+                    PeerNote::Connected => {
+                        tracing::info!(peer = id, "viewer connected");
+                        // It starts at the next keyframe; ask for one now.
+                        self.hub.request_keyframe();
+                        if !e.announced {
+                            e.announced = true;
+                            let _ = e.events.send(PeerEvent::Connected);
+                        }
+                    }
+                    PeerNote::Disconnected => tracing::info!(peer = id, "viewer disconnected"),
+                    PeerNote::KeyframeRequest => {
+                        tracing::debug!(peer = id, "keyframe requested by viewer");
+                        self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        self.hub.request_keyframe();
+                    }
+                    PeerNote::Gone(reason) => gone.push((id, reason)),
+                }
+            }
+        }
+        for (id, reason) in gone {
+            tracing::info!(peer = id, %reason, "viewer gone");
+            self.remove_peer(id, Some(reason));
+        }
+    }
+
+    fn remove_peer(&mut self, id: PeerId, reason: Option<String>) {
+        let Some(mut e) = self.peers.remove(&id) else {
+            return;
+        };
+        e.peer.close();
+        e.peer.drain_writes(&mut self.outgoing);
+        self.by_ufrag.remove(&e.ufrag);
+        for addr in &e.addrs {
+            if self.by_addr.get(addr) == Some(&id) {
+                self.by_addr.remove(addr);
+            }
+        }
+        self.dirty.remove(&id);
+        if let Some(reason) = reason {
+            let _ = e.events.send(PeerEvent::Closed { reason });
+        }
+    }
+
+    fn close_all(&mut self) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.remove_peer(id, None);
+        }
+    }
+}
+
+async fn next_frame(sub: Option<&mut Subscriber>) -> Option<Arc<AccessUnit>> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Put queued datagrams on the wire. All sends go through here, so batching them
+/// (sendmmsg) is a change to this function alone.
+async fn send_datagrams(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>) {
+    for (to, data) in out.drain(..) {
+        loop {
+            match socket.try_send_to(&data, to) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if socket.writable().await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%to, error = %e, "UDP send");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn random_token(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}

@@ -1,0 +1,470 @@
+//! One viewer's `rtc` peer connection behind a small interface the engine loop drives:
+//! datagrams in, datagrams out, timers, state changes, and shared frames to send.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::interceptor::{Registry, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports,
+};
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsTransportState, RTCIceCandidate,
+    RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::extensions::{self, ExtensionIds};
+use super::feedback::{self, KeyframeRequestForwarder};
+use super::packetizer::RtpPayload;
+use super::{sdp, RemoteCandidate, RtcError};
+
+pub const H264_PAYLOAD_TYPE: u8 = 96;
+
+/// An access unit packetized once, ready to be stamped for each peer.
+#[derive(Debug)]
+pub struct OutFrame {
+    pub payloads: Vec<RtpPayload>,
+    pub timestamp: u32,
+    pub key: bool,
+    pub playout_delay: Bytes,
+    pub abs_capture_time: Bytes,
+}
+
+/// The media engine both ends use: H.264 PT 96 with keyframe-request feedback and the
+/// plugin's three header extensions, registered in the order that gives them ids 1-3.
+pub fn media_engine(profile_level_id: &str) -> Result<MediaEngine, RtcError> {
+    let mut me = MediaEngine::default();
+    me.register_codec(h264_codec(profile_level_id), RtpCodecKind::Video)
+        .map_err(engine_err)?;
+    for (_, uri) in extensions::OFFERED {
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_string(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )
+        .map_err(engine_err)?;
+    }
+    Ok(me)
+}
+
+pub fn h264_codec(profile_level_id: &str) -> RTCRtpCodecParameters {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_string(),
+        parameter: parameter.to_string(),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_string(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: sdp::h264_fmtp(profile_level_id),
+            rtcp_feedback: vec![fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
+        },
+        payload_type: H264_PAYLOAD_TYPE,
+    }
+}
+
+/// Interceptors: NACK responder/generator and sender/receiver reports from the crate,
+/// plus our keyframe request forwarder.
+pub fn interceptors(me: &mut MediaEngine) -> Registry {
+    let registry = configure_nack(Registry::new(), me);
+    let registry = configure_rtcp_reports(registry);
+    registry.with(
+        Slot::from(feedback::SLOT),
+        KeyframeRequestForwarder::default(),
+    )
+}
+
+/// Settings shared by both ends: fast acceptance of peer-reflexive pairs (the browser's
+/// checks from loopback arrive before any candidate of its own matches), no mDNS.
+pub fn setting_engine(ufrag: &str, pwd: &str) -> SettingEngineBuilder {
+    SettingEngineBuilder::new()
+        .with_ice_credentials(ufrag.to_string(), pwd.to_string())
+        .with_host_acceptance_min_wait(Some(Duration::ZERO))
+        .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+}
+
+pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, RtcError> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_string(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(engine_err)?;
+    RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(engine_err)
+}
+
+pub fn engine_err(e: impl std::fmt::Display) -> RtcError {
+    RtcError::Engine(e.to_string())
+}
+
+/// What a peer tells the engine after being driven.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerNote {
+    Connected,
+    Disconnected,
+    Gone(String),
+    KeyframeRequest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Offered,
+    Answered,
+    Connected,
+    Disconnected,
+}
+
+pub struct PeerSetup {
+    pub ufrag: String,
+    pub pwd: String,
+    pub ssrc: u32,
+    pub profile_level_id: String,
+    /// Host candidates to advertise (after NAT substitution).
+    pub candidates: Vec<SocketAddr>,
+    pub orientation: u16,
+    /// Ignore remote candidates that are not loopback.
+    pub loopback_only: bool,
+}
+
+pub struct Peer {
+    pc: RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    seq: u16,
+    /// The address handed to the ICE agent as the datagrams' destination; it must be one
+    /// of our advertised candidates for the agent to accept them.
+    local_addr: SocketAddr,
+    stage: Stage,
+    ext: ExtensionIds,
+    orientation: Option<Bytes>,
+    waiting_key: bool,
+    loopback_only: bool,
+    early_candidates: Vec<String>,
+    dtls_closed: bool,
+    pub created: Instant,
+    pub packets_sent: u64,
+    write_errors: u64,
+}
+
+impl Peer {
+    /// Build the peer connection and its offer.
+    pub fn offer(setup: PeerSetup, now: Instant) -> Result<(Peer, String), RtcError> {
+        let local_addr = *setup
+            .candidates
+            .first()
+            .ok_or_else(|| RtcError::Engine("no candidate address".into()))?;
+        let mut me = media_engine(&setup.profile_level_id)?;
+        let registry = interceptors(&mut me);
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(setting_engine(&setup.ufrag, &setup.pwd).build())
+            .with_media_engine(me)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(engine_err)?;
+
+        let codec = h264_codec(&setup.profile_level_id);
+        let track = rtc::media_stream::MediaStreamTrack::new(
+            "peregrine".to_string(),
+            "video".to_string(),
+            "video".to_string(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(setup.ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let transceiver = pc
+            .add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .map_err(engine_err)?;
+        let sender = pc
+            .get_senders()
+            .last()
+            .ok_or_else(|| RtcError::Engine(format!("no sender for {transceiver:?}")))?;
+
+        for addr in &setup.candidates {
+            pc.add_local_candidate(host_candidate(*addr)?)
+                .map_err(engine_err)?;
+        }
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(engine_err)?;
+        let offer = pc.create_offer(None).map_err(engine_err)?;
+        pc.set_local_description(now, offer).map_err(engine_err)?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| RtcError::Engine("no local description".into()))?;
+
+        let peer = Peer {
+            pc,
+            sender,
+            ssrc: setup.ssrc,
+            seq: rand::random(),
+            local_addr,
+            stage: Stage::Offered,
+            ext: ExtensionIds::default(),
+            orientation: extensions::video_orientation(setup.orientation),
+            waiting_key: true,
+            loopback_only: setup.loopback_only,
+            early_candidates: Vec::new(),
+            dtls_closed: false,
+            created: now,
+            packets_sent: 0,
+            write_errors: 0,
+        };
+        Ok((peer, sdp))
+    }
+
+    pub fn awaiting_answer(&self) -> bool {
+        self.stage == Stage::Offered
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.stage == Stage::Connected
+    }
+
+    pub fn apply_answer(&mut self, now: Instant, answer: &str) -> Result<(), RtcError> {
+        if self.stage != Stage::Offered {
+            return Err(RtcError::NoOffer);
+        }
+        sdp::check_answer(answer).map_err(RtcError::InvalidSdp)?;
+        let answer = if self.loopback_only {
+            sdp::keep_loopback_candidates(answer)
+        } else {
+            answer.to_string()
+        };
+        let desc = RTCSessionDescription::answer(answer)
+            .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(now, desc)
+            .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        self.stage = Stage::Answered;
+
+        let negotiated: Vec<(String, u16)> = self
+            .pc
+            .rtp_sender(self.sender)
+            .map(|mut s| {
+                s.get_parameters()
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .map(|h| (h.uri.clone(), h.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
+        tracing::debug!(ext = ?self.ext, "answer applied");
+
+        for c in std::mem::take(&mut self.early_candidates) {
+            self.add_candidate_now(&c);
+        }
+        Ok(())
+    }
+
+    pub fn add_remote_candidate(&mut self, candidate: RemoteCandidate) {
+        let RemoteCandidate::Candidate(c) = candidate else {
+            return; // end of candidates: nothing to do for a host-only agent
+        };
+        let c = c.trim().trim_start_matches("a=").to_string();
+        if self.loopback_only && !sdp::candidate_is_loopback(&c) {
+            tracing::debug!(candidate = %c, "ignoring non-loopback remote candidate");
+            return;
+        }
+        if self.stage == Stage::Offered {
+            self.early_candidates.push(c);
+        } else {
+            self.add_candidate_now(&c);
+        }
+    }
+
+    fn add_candidate_now(&mut self, candidate: &str) {
+        let init = RTCIceCandidateInit {
+            candidate: candidate.to_string(),
+            ..Default::default()
+        };
+        if let Err(e) = self.pc.add_remote_candidate(init) {
+            tracing::debug!(%candidate, error = %e, "remote candidate rejected");
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = self.pc.handle_read(msg) {
+            tracing::debug!(%from, error = %e, "datagram rejected");
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(e) = self.pc.handle_timeout(now) {
+            tracing::debug!(error = %e, "peer timer");
+        }
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    /// Move queued datagrams into `out`.
+    pub fn drain_writes(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) {
+        while let Some(msg) = self.pc.poll_write() {
+            out.push((msg.transport.peer_addr, msg.message));
+        }
+    }
+
+    /// Collect state changes and keyframe requests.
+    pub fn poll_notes(&mut self, notes: &mut Vec<PeerNote>) {
+        while let Some(msg) = self.pc.poll_read() {
+            if let RTCMessage::RtcpPacket(_, packets) = msg.message {
+                for p in packets {
+                    if feedback::is_keyframe_request(p.as_ref()) {
+                        notes.push(PeerNote::KeyframeRequest);
+                    }
+                }
+            }
+        }
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                tracing::debug!(%state, "peer connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        self.stage = Stage::Connected;
+                        self.waiting_key = true;
+                        notes.push(PeerNote::Connected);
+                    }
+                    RTCPeerConnectionState::Disconnected => {
+                        self.stage = Stage::Disconnected;
+                        notes.push(PeerNote::Disconnected);
+                    }
+                    RTCPeerConnectionState::Failed => {
+                        notes.push(PeerNote::Gone("ICE failed".into()))
+                    }
+                    RTCPeerConnectionState::Closed => notes.push(PeerNote::Gone("Close PC".into())),
+                    _ => {}
+                }
+            }
+        }
+        // A close_notify from the viewer closes DTLS but leaves the W3C connection state at
+        // Connected (ICE is still up), so look at the transport itself, as Janus does when
+        // it reports a "DTLS alert" hangup.
+        if matches!(self.stage, Stage::Connected | Stage::Disconnected) && !self.dtls_closed {
+            let dtls = self
+                .pc
+                .rtp_sender(self.sender)
+                .and_then(|s| s.transport().map(|t| t.state()));
+            if matches!(
+                dtls,
+                Some(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)
+            ) {
+                self.dtls_closed = true;
+                notes.push(PeerNote::Gone("DTLS alert".into()));
+            }
+        }
+    }
+
+    /// Stamp and queue one shared frame. A peer that is not connected, or is waiting for a
+    /// keyframe and this is not one, skips it. Returns the packets queued.
+    pub fn send_frame(&mut self, now: Instant, frame: &OutFrame) -> u64 {
+        if self.stage != Stage::Connected || (self.waiting_key && !frame.key) {
+            return 0;
+        }
+        self.waiting_key = false;
+        let last = frame.payloads.len().saturating_sub(1);
+        let mut sent = 0;
+        for (i, p) in frame.payloads.iter().enumerate() {
+            let mut header = rtc::rtp::Header {
+                version: 2,
+                marker: p.marker,
+                payload_type: H264_PAYLOAD_TYPE,
+                sequence_number: self.seq,
+                timestamp: frame.timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            };
+            if i == 0 {
+                if let Some(id) = self.ext.playout_delay {
+                    let _ = header.set_extension(id, frame.playout_delay.clone());
+                }
+                if let Some(id) = self.ext.abs_capture_time {
+                    let _ = header.set_extension(id, frame.abs_capture_time.clone());
+                }
+            }
+            if i == last {
+                if let (Some(id), Some(cvo)) = (self.ext.video_orientation, &self.orientation) {
+                    let _ = header.set_extension(id, cvo.clone());
+                }
+            }
+            self.seq = self.seq.wrapping_add(1);
+            let packet = rtc::rtp::Packet {
+                header,
+                payload: p.payload.clone(),
+            };
+            let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
+                return sent;
+            };
+            match sender.write_rtp(now, packet) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    self.write_errors += 1;
+                    if self.write_errors == 1 {
+                        tracing::warn!(error = %e, "RTP write refused");
+                    }
+                }
+            }
+        }
+        self.packets_sent += sent;
+        sent
+    }
+
+    /// Start closing (DTLS close_notify is queued; drain writes afterwards).
+    pub fn close(&mut self) {
+        let _ = self.pc.close();
+    }
+}

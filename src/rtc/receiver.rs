@@ -1,0 +1,477 @@
+//! A viewer-side WebRTC peer in Rust: answers an engine offer, completes ICE/DTLS/SRTP over
+//! its own UDP socket on 127.0.0.1, and hands back whole H.264 access units (Annex-B).
+//! Used by the integration tests and by load generation, where a browser per viewer
+//! would cost far too much.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceCandidateInit};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::sansio::Protocol;
+use rtc::shared::marshal::MarshalSize;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use super::extensions::{self, ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
+use super::peer;
+
+/// One access unit as received.
+#[derive(Clone, Debug)]
+pub struct ReceivedFrame {
+    /// Annex-B bytes (4-byte start codes) of every NAL unit of the picture.
+    pub data: Bytes,
+    pub rtp_timestamp: u32,
+    /// abs-capture-time (NTP 32.32) of the picture, when the sender wrote it.
+    pub abs_capture_time: Option<u64>,
+    /// Video orientation (CVO byte) carried by the last packet, if any.
+    pub video_orientation: Option<u8>,
+    /// Size of each RTP packet (header with extensions, plus payload), in order.
+    pub packet_sizes: Vec<usize>,
+    /// Marker bit of each RTP packet, in order.
+    pub markers: Vec<bool>,
+}
+
+/// Connection progress of a receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiverState {
+    Connecting,
+    Connected,
+    Closed,
+}
+
+enum Command {
+    SendPli,
+    AddCandidate(String),
+    Close,
+}
+
+pub struct ReceiverPeer {
+    frames: mpsc::UnboundedReceiver<ReceivedFrame>,
+    commands: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<ReceiverState>,
+    local_addr: SocketAddr,
+}
+
+impl ReceiverPeer {
+    /// Answer `offer_sdp`; the answer carries this peer's one host candidate.
+    pub async fn answer(offer_sdp: &str) -> anyhow::Result<(ReceiverPeer, String)> {
+        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)).await?;
+        let local_addr = socket.local_addr()?;
+        let now = Instant::now();
+
+        let profile = fmtp_profile(offer_sdp).unwrap_or("42e01f");
+        let mut me = peer::media_engine(profile)?;
+        let registry = peer::interceptors(&mut me);
+        let settings = peer::setting_engine(&token(16), &token(32))
+            .with_answering_dtls_role(RTCDtlsRole::Client)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(me)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(|e| anyhow!("peer connection: {e}"))?;
+        pc.add_transceiver_from_kind(RtpCodecKind::Video, None)
+            .map_err(|e| anyhow!("transceiver: {e}"))?;
+        let offer = RTCSessionDescription::offer(offer_sdp.to_string())
+            .map_err(|e| anyhow!("offer: {e}"))?;
+        pc.set_remote_description(now, offer)
+            .map_err(|e| anyhow!("set offer: {e}"))?;
+        pc.add_local_candidate(peer::host_candidate(local_addr)?)
+            .map_err(|e| anyhow!("local candidate: {e}"))?;
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(|e| anyhow!("end of candidates: {e}"))?;
+        let answer = pc.create_answer(None).map_err(|e| anyhow!("answer: {e}"))?;
+        pc.set_local_description(now, answer)
+            .map_err(|e| anyhow!("set answer: {e}"))?;
+        let answer_sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .context("no local description")?;
+
+        let (frame_tx, frames) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(ReceiverState::Connecting);
+        let abs_id = extmap_id(offer_sdp, ABS_CAPTURE_TIME_URI);
+        let cvo_id = extmap_id(offer_sdp, VIDEO_ORIENTATION_URI);
+        let driver = Driver {
+            pc,
+            local_addr,
+            assembler: Assembler::default(),
+            abs_id,
+            cvo_id,
+            media_ssrc: None,
+            frame_tx,
+            state_tx,
+        };
+        tokio::spawn(driver.run(socket, command_rx));
+        Ok((
+            ReceiverPeer {
+                frames,
+                commands,
+                state,
+                local_addr,
+            },
+            answer_sdp,
+        ))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next complete access unit; `None` once the peer is closed.
+    pub async fn next_frame(&mut self) -> Option<ReceivedFrame> {
+        self.frames.recv().await
+    }
+
+    /// A frame already received, without waiting.
+    pub fn try_next_frame(&mut self) -> Option<ReceivedFrame> {
+        self.frames.try_recv().ok()
+    }
+
+    pub fn state(&self) -> ReceiverState {
+        *self.state.borrow()
+    }
+
+    /// Wait until connected (ICE + DTLS done), or fail after `timeout`.
+    pub async fn wait_connected(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let wait = self.state.wait_for(|s| *s != ReceiverState::Connecting);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) if *s == ReceiverState::Connected => Ok(()),
+            Ok(Ok(s)) => Err(anyhow!("receiver ended up {:?}", *s)),
+            Ok(Err(_)) => Err(anyhow!("receiver stopped")),
+            Err(_) => Err(anyhow!("not connected within {timeout:?}")),
+        }
+    }
+
+    /// Ask the sender for a keyframe (RTCP PLI).
+    pub fn send_pli(&self) {
+        let _ = self.commands.send(Command::SendPli);
+    }
+
+    /// Deliver a trickled candidate of the sender (`candidate:...`).
+    pub fn add_remote_candidate(&self, candidate: &str) {
+        let _ = self
+            .commands
+            .send(Command::AddCandidate(candidate.to_string()));
+    }
+
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+impl Drop for ReceiverPeer {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+struct Driver {
+    pc: RTCPeerConnection,
+    local_addr: SocketAddr,
+    assembler: Assembler,
+    abs_id: Option<u8>,
+    cvo_id: Option<u8>,
+    media_ssrc: Option<u32>,
+    frame_tx: mpsc::UnboundedSender<ReceivedFrame>,
+    state_tx: watch::Sender<ReceiverState>,
+}
+
+impl Driver {
+    async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            while let Some(out) = self.pc.poll_write() {
+                let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
+            }
+            if !self.poll() {
+                break;
+            }
+            let deadline = self
+                .pc
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    None | Some(Command::Close) => break,
+                    Some(Command::SendPli) => self.send_pli(),
+                    Some(Command::AddCandidate(c)) => {
+                        let init = RTCIceCandidateInit { candidate: c, ..Default::default() };
+                        if let Err(e) = self.pc.add_remote_candidate(init) {
+                            tracing::debug!(error = %e, "receiver: candidate rejected");
+                        }
+                    }
+                },
+                res = socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = res {
+                        let msg = TaggedBytesMut {
+                            now: Instant::now(),
+                            transport: TransportContext {
+                                local_addr: self.local_addr,
+                                peer_addr: from,
+                                ecn: None,
+                                transport_protocol: TransportProtocol::UDP,
+                            },
+                            message: BytesMut::from(&buf[..n]),
+                        };
+                        if let Err(e) = self.pc.handle_read(msg) {
+                            tracing::debug!(error = %e, "receiver: datagram rejected");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let _ = self.pc.handle_timeout(Instant::now());
+                }
+            }
+        }
+        let _ = self.pc.close();
+        while let Some(out) = self.pc.poll_write() {
+            let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
+        }
+        let _ = self.state_tx.send(ReceiverState::Closed);
+    }
+
+    /// Handle received media and state changes; false when the connection is over.
+    fn poll(&mut self) -> bool {
+        while let Some(msg) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, packet) = msg.message {
+                self.media_ssrc = Some(packet.header.ssrc);
+                let abs = self
+                    .abs_id
+                    .and_then(|id| packet.header.get_extension(id))
+                    .and_then(|b| extensions::parse_abs_capture_time(&b));
+                let cvo = self
+                    .cvo_id
+                    .and_then(|id| packet.header.get_extension(id))
+                    .and_then(|b| b.first().copied());
+                let size = packet.header.marshal_size() + packet.payload.len();
+                let ext = PacketExtensions {
+                    abs_capture_time: abs,
+                    video_orientation: cvo,
+                };
+                if let Some(frame) = self.assembler.push(&packet, size, ext) {
+                    let _ = self.frame_tx.send(frame);
+                }
+            }
+        }
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        let _ = self.state_tx.send(ReceiverState::Connected);
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        return false;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        true
+    }
+
+    fn send_pli(&mut self) {
+        let Some(media_ssrc) = self.media_ssrc else {
+            return;
+        };
+        let ids: Vec<_> = self.pc.get_receivers().collect();
+        for id in ids {
+            if let Some(mut r) = self.pc.rtp_receiver(id) {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                };
+                if let Err(e) = r.write_rtcp(Instant::now(), vec![Box::new(pli)]) {
+                    tracing::debug!(error = %e, "receiver: PLI not sent");
+                }
+            }
+        }
+    }
+}
+
+/// Header extension values read from one packet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PacketExtensions {
+    pub abs_capture_time: Option<u64>,
+    pub video_orientation: Option<u8>,
+}
+
+/// Reassembles access units: packets of one RTP timestamp up to the marker, in sequence.
+/// A gap in sequence numbers drops the picture being assembled.
+#[derive(Default)]
+pub struct Assembler {
+    current: Option<Partial>,
+}
+
+struct Partial {
+    timestamp: u32,
+    next_seq: u16,
+    data: BytesMut,
+    broken: bool,
+    abs: Option<u64>,
+    cvo: Option<u8>,
+    sizes: Vec<usize>,
+    markers: Vec<bool>,
+}
+
+impl Assembler {
+    /// Add one packet (`size` is its full RTP size); returns a picture when one completes.
+    pub fn push(
+        &mut self,
+        packet: &rtc::rtp::Packet,
+        size: usize,
+        ext: PacketExtensions,
+    ) -> Option<ReceivedFrame> {
+        let h = &packet.header;
+        let continues = self
+            .current
+            .as_ref()
+            .is_some_and(|p| p.timestamp == h.timestamp);
+        if !continues {
+            self.current = Some(Partial {
+                timestamp: h.timestamp,
+                next_seq: h.sequence_number,
+                data: BytesMut::new(),
+                broken: false,
+                abs: None,
+                cvo: None,
+                sizes: Vec::new(),
+                markers: Vec::new(),
+            });
+        }
+        let p = self.current.as_mut()?;
+        if h.sequence_number != p.next_seq {
+            p.broken = true;
+        }
+        p.next_seq = h.sequence_number.wrapping_add(1);
+        p.abs = p.abs.or(ext.abs_capture_time);
+        p.cvo = ext.video_orientation;
+        p.sizes.push(size);
+        p.markers.push(h.marker);
+        if depacketize(&packet.payload, &mut p.data).is_err() {
+            p.broken = true;
+        }
+        if !h.marker {
+            return None;
+        }
+        let p = self.current.take()?;
+        if p.broken || p.data.is_empty() {
+            return None;
+        }
+        Some(ReceivedFrame {
+            data: p.data.freeze(),
+            rtp_timestamp: p.timestamp,
+            abs_capture_time: p.abs,
+            video_orientation: p.cvo,
+            packet_sizes: p.sizes,
+            markers: p.markers,
+        })
+    }
+}
+
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+/// Append the NAL units of one H.264 RTP payload to `out` in Annex-B form.
+pub fn depacketize(payload: &[u8], out: &mut BytesMut) -> Result<(), &'static str> {
+    let header = *payload.first().ok_or("empty payload")?;
+    match header & 0x1f {
+        1..=23 => {
+            out.put_slice(&START_CODE);
+            out.put_slice(payload);
+        }
+        24 => {
+            let mut rest = &payload[1..];
+            while rest.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                let nal = rest.get(2..2 + len).ok_or("STAP-A unit cut short")?;
+                out.put_slice(&START_CODE);
+                out.put_slice(nal);
+                rest = &rest[2 + len..];
+            }
+        }
+        28 => {
+            let fu = *payload.get(1).ok_or("FU-A without header")?;
+            if fu & 0x80 != 0 {
+                out.put_slice(&START_CODE);
+                out.put_u8((header & 0xe0) | (fu & 0x1f));
+            }
+            out.put_slice(&payload[2..]);
+        }
+        _ => return Err("unsupported NAL unit type"),
+    }
+    Ok(())
+}
+
+/// `profile-level-id` from the offer's H.264 fmtp line.
+fn fmtp_profile(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .filter(|l| l.starts_with("a=fmtp:"))
+        .flat_map(|l| l.split([';', ' ']))
+        .find_map(|kv| kv.strip_prefix("profile-level-id="))
+}
+
+/// The id an `a=extmap` line gives `uri`.
+fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let rest = l.strip_prefix("a=extmap:")?;
+        let (id, rest) = rest.split_once(' ')?;
+        (rest.split_whitespace().next()? == uri)
+            .then(|| id.split('/').next()?.parse().ok())
+            .flatten()
+    })
+}
+
+fn token(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depacketizes_single_stap_and_fu() {
+        let mut out = BytesMut::new();
+        depacketize(&[0x67, 1, 2], &mut out).unwrap();
+        depacketize(&[0x18, 0, 2, 0x68, 9, 0, 1, 0x06], &mut out).unwrap();
+        depacketize(&[0x7c, 0x85, 1, 2], &mut out).unwrap();
+        depacketize(&[0x7c, 0x45, 3], &mut out).unwrap();
+        assert_eq!(
+            &out[..],
+            &[
+                0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x68, 9, 0, 0, 0, 1, 0x06, 0, 0, 0, 1, 0x65, 1,
+                2, 3
+            ]
+        );
+        assert!(depacketize(&[], &mut out).is_err());
+        assert!(depacketize(&[0x18, 0, 9, 1], &mut out).is_err());
+    }
+
+    #[test]
+    fn extmap_and_profile_are_read_from_the_offer() {
+        let sdp = "a=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640028\r\n\
+                   a=extmap:3/sendonly http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time\r\n";
+        assert_eq!(fmtp_profile(sdp), Some("640028"));
+        assert_eq!(extmap_id(sdp, ABS_CAPTURE_TIME_URI), Some(3));
+        assert_eq!(extmap_id(sdp, "urn:x"), None);
+    }
+}

@@ -1,0 +1,447 @@
+//! The WebRTC engine against real viewer peers over 127.0.0.1, fed with real H.264.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openh264::decoder::Decoder;
+use openh264::encoder::{Encoder, FrameType};
+use openh264::formats::{YUVBuffer, YUVSource};
+
+use peregrine::media::{clock, h264, AccessUnit, Hub};
+use peregrine::rtc::receiver::{ReceivedFrame, ReceiverPeer};
+use peregrine::rtc::{PeerEvent, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError};
+use tokio::sync::mpsc;
+
+const WIDTH: usize = 320;
+const HEIGHT: usize = 240;
+const PACKET_SIZE: usize = 1000;
+
+/// Encodes a moving pattern at ~30 fps into the hub, honouring keyframe requests.
+struct Feeder {
+    stop: Arc<AtomicBool>,
+    honor_keyframe_requests: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(hub: Arc<Hub>) -> Feeder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let honor = Arc::new(AtomicBool::new(true));
+        let (stop2, honor2) = (stop.clone(), honor.clone());
+        let thread = std::thread::spawn(move || {
+            let mut encoder = Encoder::new().expect("encoder");
+            let (mut sps, mut pps): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+            let start = Instant::now();
+            let mut n: u64 = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                let yuv = paint(n);
+                if honor2.load(Ordering::Relaxed) && hub.keyframe_wanted() {
+                    encoder.force_intra_frame();
+                }
+                let capture_us = clock::monotonic_us();
+                let bitstream = encoder.encode(&yuv).expect("encode");
+                let key = bitstream.frame_type() == FrameType::IDR;
+                let data = bitstream.to_vec();
+                for nal in h264::nal_units(&data) {
+                    match h264::nal_type(nal) {
+                        Some(h264::NalType::Sps) => sps = Some(nal.to_vec()),
+                        Some(h264::NalType::Pps) => pps = Some(nal.to_vec()),
+                        _ => {}
+                    }
+                }
+                let mut au = Vec::new();
+                let has_params = h264::nal_units(&data)
+                    .any(|nal| h264::nal_type(nal) == Some(h264::NalType::Sps));
+                // Every IDR must carry SPS+PPS in band: the offer has no sprop-parameter-sets.
+                if key && !has_params {
+                    for p in [&sps, &pps].into_iter().flatten() {
+                        au.extend_from_slice(&[0, 0, 0, 1]);
+                        au.extend_from_slice(p);
+                    }
+                }
+                au.extend_from_slice(&data);
+                if !data.is_empty() {
+                    hub.publish(AccessUnit {
+                        data: Bytes::from(au),
+                        width: WIDTH as u32,
+                        height: HEIGHT as u32,
+                        key,
+                        capture_us,
+                        seq: n,
+                    });
+                }
+                n += 1;
+                let next = start + Duration::from_micros(n * 33_333);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        Feeder {
+            stop,
+            honor_keyframe_requests: honor,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A moving gradient with a bouncing block, so every frame differs.
+fn paint(n: u64) -> YUVBuffer {
+    let mut data = vec![0u8; WIDTH * HEIGHT * 3 / 2];
+    let t = n as usize;
+    let bx = (t * 4) % (WIDTH - 32);
+    for y in 0..HEIGHT {
+        for x in 0..WIDTH {
+            let inside = x >= bx && x < bx + 32 && (y / 32) % 2 == 0;
+            data[y * WIDTH + x] = if inside {
+                235
+            } else {
+                ((x + y + t) % 200 + 16) as u8
+            };
+        }
+    }
+    let chroma = &mut data[WIDTH * HEIGHT..];
+    for (i, c) in chroma.iter_mut().enumerate() {
+        *c = (128 + ((i + t) % 64) as i32 - 32) as u8;
+    }
+    YUVBuffer::from_vec(data, WIDTH, HEIGHT)
+}
+
+fn config() -> RtcConfig {
+    RtcConfig {
+        bind: IpAddr::from([127, 0, 0, 1]),
+        udp_ports: (0, 0),
+        candidate_ips: vec![IpAddr::from([127, 0, 0, 1])],
+        nat_1_1_ip: None,
+        rtp_packet_size: PACKET_SIZE,
+    }
+}
+
+struct Viewer {
+    id: u64,
+    peer: ReceiverPeer,
+    events: mpsc::UnboundedReceiver<PeerEvent>,
+}
+
+async fn connect_viewer(engine: &RtcEngine) -> Viewer {
+    let (tx, events) = mpsc::unbounded_channel();
+    let (id, offer) = engine
+        .create_offer(PeerOptions::default(), tx)
+        .await
+        .expect("offer");
+    let (peer, answer) = ReceiverPeer::answer(&offer)
+        .await
+        .expect("receiver answers");
+    engine
+        .apply_answer(id, &answer)
+        .await
+        .expect("answer applies");
+    Viewer { id, peer, events }
+}
+
+async fn frames(peer: &mut ReceiverPeer, count: usize, within: Duration) -> Vec<ReceivedFrame> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, peer.next_frame()).await {
+            Ok(Some(f)) => out.push(f),
+            Ok(None) => panic!("receiver closed after {} frames", out.len()),
+            Err(_) => panic!("only {} of {count} frames within {within:?}", out.len()),
+        }
+    }
+    out
+}
+
+async fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+fn decode_all(frames: &[ReceivedFrame]) -> usize {
+    let mut decoder = Decoder::new().expect("decoder");
+    let mut pictures = 0;
+    for (i, f) in frames.iter().enumerate() {
+        match decoder.decode(&f.data) {
+            Ok(Some(pic)) => {
+                assert_eq!(pic.dimensions(), (WIDTH, HEIGHT), "frame {i}");
+                pictures += 1;
+            }
+            Ok(None) => {}
+            Err(e) => panic!("frame {i} does not decode: {e}"),
+        }
+    }
+    pictures
+}
+
+fn check_packets(frames: &[ReceivedFrame]) {
+    for f in frames {
+        assert!(
+            f.packet_sizes.iter().all(|&s| s <= PACKET_SIZE),
+            "packet over {PACKET_SIZE} bytes: {:?}",
+            f.packet_sizes
+        );
+        let last = f.markers.len() - 1;
+        for (i, &m) in f.markers.iter().enumerate() {
+            assert_eq!(m, i == last, "marker on packet {i} of {}", f.markers.len());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_receive_decodable_video() {
+    let hub = Hub::new(30);
+    let feeder = Feeder::start(hub.clone());
+    assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
+    let engine = RtcEngine::start(config(), hub.clone())
+        .await
+        .expect("engine starts");
+
+    let mut viewers = Vec::new();
+    for _ in 0..3 {
+        viewers.push(connect_viewer(&engine).await);
+    }
+    for v in &mut viewers {
+        v.peer
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .expect("connects");
+        let ev = tokio::time::timeout(Duration::from_secs(5), v.events.recv()).await;
+        assert_eq!(ev.ok().flatten(), Some(PeerEvent::Connected));
+    }
+    assert!(wait_until(Duration::from_secs(2), || engine.stats().connected == 3).await);
+
+    let now_ntp = clock::realtime_us_to_ntp(clock::realtime_us());
+    for v in &mut viewers {
+        let got = frames(&mut v.peer, 60, Duration::from_secs(10)).await;
+        assert!(
+            h264::nal_units(&got[0].data).any(|n| h264::nal_type(n) == Some(h264::NalType::Sps)),
+            "a viewer starts at a keyframe with SPS"
+        );
+        assert!(decode_all(&got) >= 60, "60 pictures decode");
+        check_packets(&got);
+        let abs = got[0]
+            .abs_capture_time
+            .expect("abs-capture-time on the first packet");
+        let diff_s = (abs as i64 - now_ntp as i64).abs() >> 32;
+        assert!(diff_s < 10, "abs-capture-time near now ({diff_s} s off)");
+        // 90 kHz timestamps: ~3000 ticks per frame at 30 fps
+        let span = got[59].rtp_timestamp.wrapping_sub(got[0].rtp_timestamp);
+        assert!(
+            (100_000..300_000).contains(&span),
+            "59 frames span {span} ticks"
+        );
+    }
+    assert!(engine.stats().rtp_packets_sent > 180);
+
+    // A malformed answer is refused and harms no one.
+    let (tx, _bad_events) = mpsc::unbounded_channel();
+    let (bad_id, _) = engine
+        .create_offer(PeerOptions::default(), tx)
+        .await
+        .expect("offer");
+    let err = engine
+        .apply_answer(bad_id, "this is not SDP")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RtcError::InvalidSdp(_)), "{err:?}");
+    let err = engine.apply_answer(bad_id, "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:x\r\na=ice-pwd:y\r\na=fingerprint:sha-256 zz\r\n").await.unwrap_err();
+    assert!(matches!(err, RtcError::InvalidSdp(_)), "{err:?}");
+    assert!(matches!(
+        engine.apply_answer(9999, "v=0").await,
+        Err(RtcError::NoSuchPeer)
+    ));
+    for v in &mut viewers {
+        frames(&mut v.peer, 10, Duration::from_secs(5)).await;
+    }
+
+    // A PLI reaches the hub as a keyframe request.
+    pause_keyframes(&feeder, &hub).await;
+    let before = engine.stats().keyframe_requests;
+    viewers[0].peer.send_pli();
+    assert!(
+        wait_until(Duration::from_secs(3), || engine.stats().keyframe_requests
+            > before)
+        .await,
+        "PLI counted"
+    );
+    assert!(hub.keyframe_wanted(), "PLI turned into a keyframe request");
+    feeder
+        .honor_keyframe_requests
+        .store(true, Ordering::Relaxed);
+
+    // close_peer stops delivery; the count returns to 0.
+    let closed = viewers.remove(0);
+    engine.close_peer(closed.id);
+    engine.close_peer(bad_id);
+    let mut closed_peer = closed.peer;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while closed_peer.try_next_frame().is_some() {}
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        closed_peer.try_next_frame().is_none(),
+        "no frames after close_peer"
+    );
+    for v in &mut viewers {
+        frames(&mut v.peer, 10, Duration::from_secs(5)).await;
+        engine.close_peer(v.id);
+    }
+    assert!(wait_until(Duration::from_secs(2), || engine.stats().peers == 0).await);
+    assert_eq!(engine.stats().connected, 0);
+    assert_eq!(hub.info().subscribers, 0, "no viewers, no subscription");
+    engine.shutdown().await;
+    drop(feeder);
+}
+
+/// Stop the feeder from answering keyframe requests, at a moment when none is pending,
+/// so a new request stays visible in the hub.
+async fn pause_keyframes(feeder: &Feeder, hub: &Arc<Hub>) {
+    for _ in 0..10 {
+        feeder
+            .honor_keyframe_requests
+            .store(true, Ordering::Relaxed);
+        assert!(wait_until(Duration::from_secs(3), || !hub.keyframe_wanted()).await);
+        feeder
+            .honor_keyframe_requests
+            .store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !hub.keyframe_wanted() {
+            return;
+        }
+    }
+    panic!("the hub keeps asking for keyframes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_candidates_orientation_garbage_and_hangup() {
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
+    let engine = RtcEngine::start(config(), hub.clone())
+        .await
+        .expect("engine starts");
+
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let opts = PeerOptions { orientation: 90 };
+    let (id, offer) = engine.create_offer(opts, tx).await.expect("offer");
+    let sps = hub.params().expect("params").sps;
+    let expected_profile = format!(
+        "profile-level-id={:02x}{:02x}{:02x}",
+        sps[1], sps[2], sps[3]
+    );
+    for needle in [
+        "a=group:BUNDLE",
+        "a=rtcp-mux",
+        "a=setup:actpass",
+        "a=ice-ufrag:",
+        "a=ice-pwd:",
+        "a=fingerprint:sha-256",
+        "a=sendonly",
+        "a=rtpmap:96 H264/90000",
+        "packetization-mode=1",
+        expected_profile.as_str(),
+        "a=rtcp-fb:96 nack pli",
+        "a=rtcp-fb:96 ccm fir",
+        "a=extmap:1 urn:3gpp:video-orientation",
+        "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
+        "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time",
+        "a=ssrc:",
+        "127.0.0.1",
+    ] {
+        assert!(offer.contains(needle), "offer lacks {needle:?}:\n{offer}");
+    }
+
+    // The answer's candidates arrive by trickle, before the answer itself, plus one that a
+    // loopback-bound engine must ignore.
+    let (mut peer, answer) = ReceiverPeer::answer(&offer).await.expect("answer");
+    let candidates: Vec<String> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .map(str::to_string)
+        .collect();
+    assert!(!candidates.is_empty());
+    let bare_answer: String = answer
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    engine.add_remote_candidate(
+        id,
+        RemoteCandidate::Candidate("candidate:1 1 udp 2130706431 192.0.2.1 9 typ host".to_string()),
+    );
+    for c in candidates {
+        engine.add_remote_candidate(id, RemoteCandidate::Candidate(c));
+    }
+    engine.add_remote_candidate(id, RemoteCandidate::Completed);
+    engine
+        .apply_answer(id, &bare_answer)
+        .await
+        .expect("answer applies");
+    assert!(matches!(
+        engine.apply_answer(id, &bare_answer).await,
+        Err(RtcError::NoOffer)
+    ));
+
+    peer.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connects through trickled candidates");
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+    assert_eq!(ev.ok().flatten(), Some(PeerEvent::Connected));
+
+    // Garbage on the shared socket: random bytes, a STUN-looking packet for an unknown
+    // ufrag, an empty datagram.
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = engine.local_addr();
+    let mut fake_stun = vec![0, 1, 0, 12, 0x21, 0x12, 0xa4, 0x42];
+    fake_stun.extend_from_slice(&[1; 12]);
+    fake_stun.extend_from_slice(&[0, 6, 0, 7]);
+    fake_stun.extend_from_slice(b"nobody:x\0");
+    for d in [
+        &[0xde, 0xad, 0xbe, 0xef][..],
+        &fake_stun,
+        &[],
+        &[0x80; 1400],
+    ] {
+        junk.send_to(d, target).await.expect("send");
+    }
+
+    let got = frames(&mut peer, 30, Duration::from_secs(10)).await;
+    assert!(decode_all(&got) >= 30);
+    check_packets(&got);
+    for f in &got {
+        assert_eq!(
+            f.video_orientation,
+            Some(3),
+            "90° counter-clockwise is CVO 270° (R=3)"
+        );
+    }
+
+    // The viewer hangs up (DTLS close_notify): the engine reports the peer closed.
+    peer.close();
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert!(
+        matches!(&ev, Ok(Some(PeerEvent::Closed { reason })) if reason == "DTLS alert"),
+        "closed viewer is reported: {ev:?}"
+    );
+    assert!(wait_until(Duration::from_secs(2), || engine.stats().peers == 0).await);
+    engine.shutdown().await;
+}
