@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use peregrine::janus::backend::BoxFuture;
 use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, PeerBackend};
+use peregrine::media::{clock, h264};
 use peregrine::media::{AccessUnit, Hub};
-use peregrine::rtc::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError};
+use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::rtc::{
+    PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -950,4 +954,316 @@ async fn http_poll_keeps_the_session_alive() {
         assert_eq!(r.status, 200, "session expired while polled");
     }
     srv.wait_counts(1, 0).await;
+}
+
+// ---- with the WebRTC engine -----------------------------------------------------------
+
+/// Encodes a moving picture at ~30 fps into the hub, keyframes on request, SPS/PPS in
+/// band before every IDR (the offer carries no sprop-parameter-sets).
+struct Feeder {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(hub: Arc<Hub>) -> Feeder {
+        use std::sync::atomic::Ordering;
+        const W: usize = 160;
+        const H: usize = 120;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut encoder = openh264::encoder::Encoder::new().expect("encoder");
+            let mut params: Vec<u8> = Vec::new();
+            let started = Instant::now();
+            let mut n: u64 = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                let mut yuv = vec![128u8; W * H * 3 / 2];
+                for (i, px) in yuv[..W * H].iter_mut().enumerate() {
+                    *px = ((i % W + i / W + n as usize * 3) % 220 + 16) as u8;
+                }
+                if hub.keyframe_wanted() {
+                    encoder.force_intra_frame();
+                }
+                let capture_us = clock::monotonic_us();
+                let frame = openh264::formats::YUVBuffer::from_vec(yuv, W, H);
+                let bitstream = encoder.encode(&frame).expect("encode");
+                let key = bitstream.frame_type() == openh264::encoder::FrameType::IDR;
+                let data = bitstream.to_vec();
+                let mut has_params = false;
+                for nal in h264::nal_units(&data) {
+                    if matches!(
+                        h264::nal_type(nal),
+                        Some(h264::NalType::Sps | h264::NalType::Pps)
+                    ) {
+                        if !has_params {
+                            params.clear();
+                        }
+                        has_params = true;
+                        params.extend_from_slice(&[0, 0, 0, 1]);
+                        params.extend_from_slice(nal);
+                    }
+                }
+                let mut au = Vec::new();
+                if key && !has_params {
+                    au.extend_from_slice(&params);
+                }
+                au.extend_from_slice(&data);
+                if !data.is_empty() {
+                    hub.publish(AccessUnit {
+                        data: au.into(),
+                        width: W as u32,
+                        height: H as u32,
+                        key,
+                        capture_us,
+                        seq: n,
+                    });
+                }
+                n += 1;
+                let next = started + Duration::from_micros(n * 33_333);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        Feeder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Ws {
+    /// Wait for an event of the given kind for handle `h`, skipping others.
+    async fn event(&mut self, kind: &str, h: u64) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["janus"] == kind && m["sender"] == json!(h) {
+                return m;
+            }
+        }
+    }
+
+    /// `watch`, returning the offer SDP from the `started` event, which arrives
+    /// before the synchronous success.
+    async fn watch(&mut self, s: u64, h: u64, params: Value) -> String {
+        let tx = self
+            .send(json!({"janus":"message","session_id":s,"handle_id":h,
+                         "body":{"request":"watch","params":params}}))
+            .await;
+        let event = self.event("event", h).await;
+        assert_eq!(
+            event["plugindata"]["data"],
+            json!({"ustreamer":"event","result":{"status":"started"}}),
+            "{event}"
+        );
+        assert_eq!(event["jsep"]["type"], "offer");
+        let reply = self.recv().await;
+        assert_eq!(reply["transaction"], json!(tx));
+        assert_eq!(reply["plugindata"]["data"], json!({"ok":true}));
+        event["jsep"]["sdp"]
+            .as_str()
+            .expect("offer SDP")
+            .to_string()
+    }
+}
+
+/// The answer without its candidates, and the candidates as janus.js trickles them.
+fn split_answer(answer: &str) -> (String, Vec<String>) {
+    let candidates = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .map(str::to_string)
+        .collect();
+    let bare = answer
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    (bare, candidates)
+}
+
+async fn frames(peer: &mut ReceiverPeer, count: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut got = 0;
+    while got < count {
+        match tokio::time::timeout_at(deadline, peer.next_frame()).await {
+            Ok(Some(f)) => {
+                assert!(!f.data.is_empty());
+                got += 1;
+            }
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_answer_and_media_through_janus() {
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hub.params().is_none() {
+        assert!(Instant::now() < deadline, "no SPS/PPS from the feeder");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let engine = RtcEngine::start(
+        RtcConfig {
+            bind: loopback,
+            udp_ports: (0, 0),
+            candidate_ips: vec![loopback],
+            nat_1_1_ip: None,
+            rtp_packet_size: 1150,
+        },
+        hub.clone(),
+    )
+    .await
+    .expect("engine starts");
+    let cfg = JanusConfig {
+        ws_port: 0,
+        http_port: 0,
+        ..JanusConfig::default()
+    };
+    let server = JanusServer::bind(hub.clone(), engine.clone(), cfg)
+        .await
+        .expect("bind");
+    let ws_addr = server.ws_addr().unwrap();
+    let status = server.status();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut ws = ws_connect(ws_addr).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+    let offer = ws
+        .watch(s, h, json!({"orientation":0,"audio":false,"mic":false}))
+        .await;
+    assert!(offer.contains("H264/90000"), "{offer}");
+
+    // janus.js trickles its candidates, possibly before `start` carries the answer.
+    let (mut viewer, answer) = ReceiverPeer::answer(&offer).await.expect("viewer answers");
+    let (bare_answer, candidates) = split_answer(&answer);
+    assert!(!candidates.is_empty());
+    for c in &candidates {
+        let r = ws
+            .call(json!({"janus":"trickle","session_id":s,"handle_id":h,
+                         "candidate":{"candidate":c,"sdpMid":"v","sdpMLineIndex":0}}))
+            .await;
+        assert_eq!(r["janus"], "ack", "{r}");
+    }
+    let tx = ws
+        .send(json!({"janus":"message","session_id":s,"handle_id":h,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":bare_answer}}))
+        .await;
+    let event = ws.event("event", h).await;
+    assert_eq!(event["plugindata"]["data"]["result"]["status"], "started");
+    assert!(event.get("jsep").is_none());
+    let reply = ws.recv().await;
+    assert_eq!(reply["transaction"], json!(tx));
+    assert_eq!(reply["janus"], "success", "{reply}");
+    let r = ws
+        .call(
+            json!({"janus":"trickle","session_id":s,"handle_id":h,"candidate":{"completed":true}}),
+        )
+        .await;
+    assert_eq!(r["janus"], "ack");
+
+    ws.event("webrtcup", h).await;
+    viewer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    assert_eq!(frames(&mut viewer, 10).await, 10, "video flows");
+
+    // A second viewer that answers garbage gets 465; the first keeps receiving.
+    let h2 = ws.attach(s).await;
+    ws.watch(s, h2, json!({})).await;
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h2,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":"this is not SDP"}}))
+        .await;
+    assert_error(&r, 465, "invalid SDP");
+    assert_eq!(
+        frames(&mut viewer, 10).await,
+        10,
+        "other viewers unaffected"
+    );
+
+    // A second answer for an offer already answered is unexpected.
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":bare_answer}}))
+        .await;
+    assert_error(&r, 469, "Unexpected ANSWER");
+
+    // hangup closes the peer and says so (the event goes out before the success).
+    let tx = ws
+        .send(json!({"janus":"hangup","session_id":s,"handle_id":h}))
+        .await;
+    let hangup = ws.event("hangup", h).await;
+    assert_eq!(hangup["reason"], "Janus API");
+    let r = ws.recv().await;
+    assert_eq!(
+        (&r["janus"], &r["transaction"]),
+        (&json!("success"), &json!(tx))
+    );
+
+    // Re-watch after hangup gives a fresh offer; destroying the session closes all peers.
+    let offer2 = ws.watch(s, h, json!({"orientation":180})).await;
+    assert_ne!(offer2, offer);
+    let (mut viewer2, answer2) = ReceiverPeer::answer(&offer2).await.expect("viewer answers");
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":answer2}}))
+        .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    ws.event("webrtcup", h).await;
+    viewer2
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    let frame = tokio::time::timeout(Duration::from_secs(10), viewer2.next_frame())
+        .await
+        .expect("a frame")
+        .expect("a frame");
+    assert_eq!(
+        frame.video_orientation,
+        Some(2),
+        "180 degrees: CVO rotation 2"
+    );
+    // The viewer closing its side is reported as a hangup with the engine's reason.
+    viewer2.close();
+    let hangup = ws.event("hangup", h).await;
+    assert_ne!(hangup["reason"], "Janus API", "{hangup}");
+    let offer3 = ws.watch(s, h, json!({})).await;
+    assert_ne!(offer3, offer2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.stats().peers != 2 {
+        assert!(Instant::now() < deadline, "peers: {:?}", engine.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = ws.call(json!({"janus":"destroy","session_id":s})).await;
+    assert_eq!(r["janus"], "success");
+    assert_eq!(status.counts().sessions, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.stats().peers != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "peers left open: {:?}",
+            engine.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hub.info().subscribers, 0);
 }
