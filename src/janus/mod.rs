@@ -1,2 +1,186 @@
 //! The Janus API (sessions, handles, transactions) over WebSocket and HTTP long-poll,
-//! with the `janus.plugin.ustreamer` plugin's semantics.
+//! with the `janus.plugin.ustreamer` plugin's semantics, so janus.js pages (kvmd's
+//! among them) work unchanged.
+//!
+//! * [`message`]: requests and replies as pure data (parsing is fuzzable).
+//! * [`gateway`]: the core both transports share; [`session`] its registry.
+//! * [`plugin`]: the ustreamer plugin's requests and events.
+//! * [`ws`], [`http`]: the two transports.
+
+pub mod backend;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod message;
+pub mod plugin;
+pub mod session;
+pub mod ws;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use backend::PeerBackend;
+pub use error::JanusError;
+pub use gateway::JanusCounts;
+
+use crate::config::Config;
+use crate::media::Hub;
+use crate::rtc::RtcEngine;
+
+/// Janus transport and core settings.
+#[derive(Clone, Debug)]
+pub struct JanusConfig {
+    pub host: IpAddr,
+    /// WebSocket transport port (0 = any free port).
+    pub ws_port: u16,
+    /// HTTP long-poll transport port (0 = any free port).
+    pub http_port: u16,
+    /// Base path of the HTTP transport, e.g. `/janus`.
+    pub http_path: String,
+    /// Idle time before a session expires; zero disables expiry.
+    pub session_timeout: Duration,
+    /// STUN/TURN URLs; the first is given to pages in `features.ice.url`.
+    pub ice_servers: Vec<String>,
+    /// How long an HTTP long poll waits for events before answering `keepalive`.
+    pub long_poll_hold: Duration,
+    /// Largest request accepted on either transport.
+    pub max_message_bytes: usize,
+}
+
+impl Default for JanusConfig {
+    fn default() -> Self {
+        JanusConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            ws_port: 8188,
+            http_port: 8088,
+            http_path: "/janus".into(),
+            session_timeout: Duration::from_secs(60),
+            ice_servers: Vec::new(),
+            long_poll_hold: Duration::from_secs(30),
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+impl JanusConfig {
+    pub fn from_config(cfg: &Config) -> JanusConfig {
+        JanusConfig {
+            host: cfg.host,
+            ws_port: cfg.janus_ws_port,
+            http_port: cfg.janus_http_port,
+            http_path: cfg.janus_http_path.clone(),
+            session_timeout: Duration::from_secs(cfg.session_timeout_s),
+            ice_servers: cfg.ice_servers.clone(),
+            ..JanusConfig::default()
+        }
+    }
+}
+
+/// Read-only view of the Janus side for status pages; cheap to clone.
+#[derive(Clone)]
+pub struct JanusStatus {
+    gateway: Arc<gateway::Gateway>,
+}
+
+impl JanusStatus {
+    pub fn counts(&self) -> JanusCounts {
+        self.gateway.counts()
+    }
+}
+
+/// Both Janus transports, bound and ready to serve.
+pub struct JanusServer {
+    gateway: Arc<gateway::Gateway>,
+    ws: TcpListener,
+    http: TcpListener,
+    http_settings: http::HttpSettings,
+    max_message_bytes: usize,
+}
+
+impl JanusServer {
+    /// Bind both listeners; peers are made by the WebRTC engine.
+    pub async fn bind(hub: Arc<Hub>, engine: RtcEngine, cfg: JanusConfig) -> std::io::Result<Self> {
+        Self::bind_with_backend(hub, Arc::new(engine), cfg).await
+    }
+
+    /// Bind both listeners with any peer backend.
+    pub async fn bind_with_backend(
+        hub: Arc<Hub>,
+        peers: Arc<dyn PeerBackend>,
+        cfg: JanusConfig,
+    ) -> std::io::Result<Self> {
+        let ws = TcpListener::bind((cfg.host, cfg.ws_port)).await?;
+        let http = TcpListener::bind((cfg.host, cfg.http_port)).await?;
+        let settings = gateway::Settings {
+            session_timeout: cfg.session_timeout,
+            ice_url: cfg.ice_servers.first().cloned(),
+        };
+        Ok(JanusServer {
+            gateway: gateway::Gateway::new(hub, peers, settings),
+            ws,
+            http,
+            http_settings: http::HttpSettings {
+                base_path: cfg.http_path.trim_end_matches('/').to_string(),
+                poll_hold: cfg.long_poll_hold,
+                max_body_bytes: cfg.max_message_bytes,
+            },
+            max_message_bytes: cfg.max_message_bytes,
+        })
+    }
+
+    pub fn ws_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ws.local_addr()
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    pub fn status(&self) -> JanusStatus {
+        JanusStatus {
+            gateway: self.gateway.clone(),
+        }
+    }
+
+    /// Serve both transports until `shutdown` resolves, then close every session and
+    /// connection.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let gateway = self.gateway;
+        tracing::info!(
+            ws = %self.ws.local_addr()?,
+            http = %self.http.local_addr()?,
+            path = %self.http_settings.base_path,
+            "Janus API listening"
+        );
+        let watchdog = tokio::spawn(gateway.clone().run_watchdog());
+        let closing = {
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                gateway.shut_down();
+            })
+        };
+        let closed = |gateway: &Arc<gateway::Gateway>| {
+            let mut rx = gateway.closing();
+            async move {
+                let _ = rx.wait_for(|c| *c).await;
+            }
+        };
+        let ws = axum::serve(self.ws, ws::router(gateway.clone(), self.max_message_bytes))
+            .with_graceful_shutdown(closed(&gateway));
+        let http = axum::serve(self.http, http::router(gateway.clone(), self.http_settings))
+            .with_graceful_shutdown(closed(&gateway));
+        let result = tokio::try_join!(async { ws.await }, async { http.await });
+        watchdog.abort();
+        closing.abort();
+        gateway.shut_down();
+        result.map(|_| ())
+    }
+}

@@ -1,0 +1,1269 @@
+//! The Janus API over real sockets: WebSocket and HTTP long-poll transports, the core's
+//! error codes, session lifetime, and the ustreamer plugin's requests that need no
+//! WebRTC peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use peregrine::janus::backend::BoxFuture;
+use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, PeerBackend};
+use peregrine::media::{clock, h264};
+use peregrine::media::{AccessUnit, Hub};
+use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::rtc::{
+    PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const PLUGIN: &str = "janus.plugin.ustreamer";
+
+/// Stands in for the WebRTC engine in tests that never reach a peer: the 503 path
+/// answers before any peer is made.
+struct NoPeers;
+
+impl PeerBackend for NoPeers {
+    fn create_offer(
+        &self,
+        _opts: PeerOptions,
+        _events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> BoxFuture<'_, Result<(PeerId, String), RtcError>> {
+        Box::pin(async { Err(RtcError::Engine("no WebRTC engine in this test".into())) })
+    }
+    fn apply_answer<'a>(
+        &'a self,
+        _id: PeerId,
+        _sdp: &'a str,
+    ) -> BoxFuture<'a, Result<(), RtcError>> {
+        Box::pin(async { Err(RtcError::NoSuchPeer) })
+    }
+    fn add_remote_candidate(&self, _id: PeerId, _candidate: RemoteCandidate) {}
+    fn close_peer(&self, _id: PeerId) {}
+}
+
+struct Server {
+    ws: SocketAddr,
+    http: SocketAddr,
+    status: JanusStatus,
+    hub: Arc<Hub>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(tweak: impl FnOnce(&mut JanusConfig)) -> Server {
+    let mut cfg = JanusConfig {
+        ws_port: 0,
+        http_port: 0,
+        long_poll_hold: Duration::from_millis(400),
+        ..JanusConfig::default()
+    };
+    tweak(&mut cfg);
+    let hub = Hub::new(8);
+    let server = JanusServer::bind_with_backend(hub.clone(), Arc::new(NoPeers), cfg)
+        .await
+        .expect("bind");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let s = Server {
+        ws: server.ws_addr().unwrap(),
+        http: server.http_addr().unwrap(),
+        status: server.status(),
+        hub,
+        _stop: stop,
+    };
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    s
+}
+
+impl Server {
+    async fn wait_counts(&self, sessions: usize, handles: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c = self.status.counts();
+            if (c.sessions, c.handles) == (sessions, handles) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counts stuck at {c:?}, want ({sessions}, {handles})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+// ---- WebSocket client -----------------------------------------------------------------
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+struct Ws {
+    stream: WsStream,
+    next_tx: u32,
+}
+
+async fn ws_connect_with(addr: SocketAddr, path: &str, protocol: &str) -> (Ws, Option<String>) {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let (stream, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect");
+    let chosen = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap().to_string());
+    (Ws { stream, next_tx: 0 }, chosen)
+}
+
+async fn ws_connect(addr: SocketAddr) -> Ws {
+    ws_connect_with(addr, "/", "janus-protocol").await.0
+}
+
+impl Ws {
+    async fn send_raw(&mut self, text: String) {
+        self.stream
+            .send(Message::text(text))
+            .await
+            .expect("ws send");
+    }
+
+    /// Send a request with a fresh transaction; returns the transaction.
+    async fn send(&mut self, mut req: Value) -> String {
+        self.next_tx += 1;
+        let tx = format!("tx{}", self.next_tx);
+        req["transaction"] = json!(tx);
+        self.send_raw(req.to_string()).await;
+        tx
+    }
+
+    async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
+                .await
+                .expect("no message within 5 s")
+                .expect("socket closed")
+                .expect("socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("reply is JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Send a request and return its reply (skipping events that came first).
+    async fn call(&mut self, req: Value) -> Value {
+        let tx = self.send(req).await;
+        loop {
+            let msg = self.recv().await;
+            if msg["transaction"] == json!(tx) {
+                return msg;
+            }
+        }
+    }
+
+    async fn create(&mut self) -> u64 {
+        let r = self.call(json!({"janus":"create"})).await;
+        assert_eq!(r["janus"], "success", "{r}");
+        assert!(
+            r.get("session_id").is_none(),
+            "no session_id key when it would be 0: {r}"
+        );
+        r["data"]["id"]
+            .as_u64()
+            .expect("session id is a JSON integer")
+    }
+
+    async fn attach(&mut self, s: u64) -> u64 {
+        let r = self
+            .call(json!({"janus":"attach","session_id":s,"plugin":PLUGIN,"opaque_id":"oid-abcdefabcdef"}))
+            .await;
+        assert_eq!(r["janus"], "success", "{r}");
+        assert_eq!(r["session_id"], json!(s));
+        r["data"]["id"]
+            .as_u64()
+            .expect("handle id is a JSON integer")
+    }
+}
+
+fn assert_error(reply: &Value, code: u64, reason_part: &str) {
+    assert_eq!(reply["janus"], "error", "{reply}");
+    assert_eq!(reply["error"]["code"], json!(code), "{reply}");
+    let reason = reply["error"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(reason_part),
+        "reason {reason:?} lacks {reason_part:?}"
+    );
+}
+
+// ---- HTTP client ----------------------------------------------------------------------
+
+struct HttpReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    // The server may answer (and close) before reading an oversized body.
+    let _ = conn.write_all(req.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
+        .await
+        .expect("HTTP reply within 10 s");
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
+    let r = http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// A keyframe as an encoder makes it, so the hub learns real SPS/PPS.
+fn publish_keyframe(hub: &Hub) {
+    let mut encoder = openh264::encoder::Encoder::new().unwrap();
+    let frame = openh264::formats::YUVBuffer::new(64, 64);
+    let bitstream = encoder.encode(&frame).unwrap().to_vec();
+    hub.publish(AccessUnit {
+        data: bitstream.into(),
+        width: 64,
+        height: 64,
+        key: true,
+        capture_us: 0,
+        seq: 0,
+    });
+    assert!(hub.params().is_some(), "encoder output carries SPS/PPS");
+}
+
+// ---- WebSocket ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ws_session_lifecycle() {
+    let srv = start(|_| {}).await;
+    let (mut ws, chosen) = ws_connect_with(srv.ws, "/janus/ws", "janus-protocol").await;
+    assert_eq!(chosen.as_deref(), Some("janus-protocol"));
+    let s = ws.create().await;
+    assert!(s < (1 << 53));
+    let r = ws.call(json!({"janus":"keepalive","session_id":s})).await;
+    assert_eq!(
+        r,
+        json!({"janus":"ack","session_id":s,"transaction":r["transaction"]})
+    );
+    let h = ws.attach(s).await;
+    assert!(h < (1 << 53));
+    srv.wait_counts(1, 1).await;
+    assert_eq!(
+        srv.hub.info().subscribers,
+        1,
+        "an attached handle holds the source open"
+    );
+
+    let r = ws
+        .call(json!({"janus":"detach","session_id":s,"handle_id":h}))
+        .await;
+    assert_eq!(r["janus"], "success");
+    srv.wait_counts(1, 0).await;
+    assert_eq!(srv.hub.info().subscribers, 0, "detach releases the source");
+    let r = ws
+        .call(json!({"janus":"detach","session_id":s,"handle_id":h}))
+        .await;
+    assert_error(&r, 459, &format!("No such handle {h} in session {s}"));
+
+    let tx = ws.send(json!({"janus":"destroy","session_id":s})).await;
+    let mut reply = ws.recv().await;
+    while reply["janus"] == "detached" {
+        reply = ws.recv().await;
+    }
+    assert_eq!(
+        reply,
+        json!({"janus":"success","session_id":s,"transaction":tx})
+    );
+    srv.wait_counts(0, 0).await;
+
+    let (_ws2, chosen) = ws_connect_with(srv.ws, "/", "janus-admin-protocol").await;
+    assert_eq!(chosen.as_deref(), Some("janus-admin-protocol"));
+}
+
+#[tokio::test]
+async fn ws_core_errors() {
+    let srv = start(|_| {}).await;
+    let mut ws = ws_connect(srv.ws).await;
+
+    ws.send_raw("{not json".into()).await;
+    assert_error(&ws.recv().await, 454, "JSON error");
+    ws.send_raw("[1,2]".into()).await;
+    assert_error(&ws.recv().await, 455, "not an object");
+    ws.send_raw(r#"{"janus":"create"}"#.into()).await;
+    assert_error(
+        &ws.recv().await,
+        456,
+        "Missing mandatory element (transaction)",
+    );
+
+    let r = ws.call(json!({"janus":"frobnicate"})).await;
+    assert_error(&r, 457, "Unhandled request 'frobnicate' at this path");
+    let r = ws.call(json!({"janus":"keepalive"})).await;
+    assert_error(&r, 457, "Unhandled request 'keepalive' at this path");
+    let r = ws
+        .call(json!({"janus":"keepalive","session_id":12345}))
+        .await;
+    assert_error(&r, 458, "No such session 12345");
+    assert_eq!(r["session_id"], 12345);
+
+    let s = ws.create().await;
+    let r = ws.call(json!({"janus":"frobnicate","session_id":s})).await;
+    assert_error(&r, 453, "Unknown request 'frobnicate'");
+    let r = ws
+        .call(json!({"janus":"attach","session_id":s,"plugin":"janus.plugin.echotest"}))
+        .await;
+    assert_error(&r, 460, "No such plugin 'janus.plugin.echotest'");
+    let r = ws.call(json!({"janus":"attach","session_id":s})).await;
+    assert_error(&r, 456, "Missing mandatory element (plugin)");
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":777,"body":{}}))
+        .await;
+    assert_error(&r, 459, "No such handle 777");
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"body":{}}))
+        .await;
+    assert_error(&r, 457, "Unhandled request 'message' at this path");
+
+    let h = ws.attach(s).await;
+    let r = ws
+        .call(json!({"janus":"attach","session_id":s,"handle_id":h,"plugin":PLUGIN}))
+        .await;
+    assert_error(&r, 457, "Unhandled request 'attach' at this path");
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h}))
+        .await;
+    assert_error(&r, 456, "Missing mandatory element (body)");
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h,"body":[]}))
+        .await;
+    assert_error(&r, 467, "body should be an object");
+    let r = ws
+        .call(
+            json!({"janus":"message","session_id":s,"handle_id":h,"body":{"request":"start"},
+                     "jsep":{"type":"answer","sdp":"v=0\r\n"}}),
+        )
+        .await;
+    assert_error(&r, 469, "Unexpected ANSWER");
+    let r = ws
+        .call(
+            json!({"janus":"message","session_id":s,"handle_id":h,"body":{},
+                     "jsep":{"type":"rollback","sdp":""}}),
+        )
+        .await;
+    assert_error(&r, 464, "rollback");
+    let r = ws
+        .call(json!({"janus":"trickle","session_id":s,"handle_id":h,
+                     "candidate":{"completed":true},"candidates":[]}))
+        .await;
+    assert_error(&r, 454, "Can't have both candidate and candidates");
+    let r = ws
+        .call(json!({"janus":"trickle","session_id":s,"handle_id":h}))
+        .await;
+    assert_error(&r, 456, "candidate");
+
+    let r = ws.call(json!({"janus":"ping"})).await;
+    assert_eq!(r["janus"], "pong");
+    let r = ws.call(json!({"janus":"info"})).await;
+    assert_eq!(r["janus"], "server_info");
+    assert_eq!(r["name"], "peregrine");
+    assert_eq!(r["plugins"][PLUGIN]["version"], 6062);
+    assert_eq!(r["plugins"][PLUGIN]["version_string"], "6.62");
+    assert_eq!(r["plugins"][PLUGIN]["name"], "ustreamer");
+    assert_eq!(r["session-timeout"], 60);
+}
+
+#[tokio::test]
+async fn ws_plugin_requests_without_stream() {
+    let srv = start(|_| {}).await;
+    let mut ws = ws_connect(srv.ws).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+
+    // The event goes out before the synchronous success, on the same socket.
+    let tx = ws
+        .send(json!({"janus":"message","session_id":s,"handle_id":h,"body":{"request":"features"}}))
+        .await;
+    let event = ws.recv().await;
+    assert_eq!(
+        event,
+        json!({"janus":"event","session_id":s,"sender":h,
+               "plugindata":{"plugin":PLUGIN,"data":{"ustreamer":"event",
+                 "result":{"status":"features","features":{"audio":false,"mic":false,"ice":{}}}}}})
+    );
+    let reply = ws.recv().await;
+    assert_eq!(
+        reply,
+        json!({"janus":"success","session_id":s,"transaction":tx,"sender":h,
+               "plugindata":{"plugin":PLUGIN,"data":{"ok":true}}})
+    );
+
+    async fn plugin_event(ws: &mut Ws, s: u64, h: u64, body: Value) -> Value {
+        ws.send(json!({"janus":"message","session_id":s,"handle_id":h,"body":body}))
+            .await;
+        let event = ws.recv().await;
+        let reply = ws.recv().await;
+        assert_eq!(reply["janus"], "success", "{reply}");
+        assert_eq!(event["janus"], "event", "{event}");
+        assert_eq!(event["sender"], json!(h));
+        assert!(event.get("transaction").is_none());
+        event["plugindata"]["data"].clone()
+    }
+    assert_eq!(
+        plugin_event(
+            &mut ws,
+            s,
+            h,
+            json!({"request":"watch","params":{"orientation":90,"audio":false}})
+        )
+        .await,
+        json!({"ustreamer":"event","error_code":503,"error":"Haven't received SPS/PPS from memsink yet"})
+    );
+    assert_eq!(
+        plugin_event(&mut ws, s, h, json!({"params":{}})).await,
+        json!({"ustreamer":"event","error_code":400,"error":"Request missing"})
+    );
+    assert_eq!(
+        plugin_event(&mut ws, s, h, json!({"request":7})).await,
+        json!({"ustreamer":"event","error_code":400,"error":"Request not a string"})
+    );
+    assert_eq!(
+        plugin_event(&mut ws, s, h, json!({"request":"record"})).await,
+        json!({"ustreamer":"event","error_code":405,"error":"Not implemented"})
+    );
+    assert_eq!(
+        plugin_event(&mut ws, s, h, json!({"request":"stop"})).await,
+        json!({"ustreamer":"event","result":{"status":"stopped"}})
+    );
+    assert_eq!(
+        plugin_event(&mut ws, s, h, json!({"request":"start"})).await,
+        json!({"ustreamer":"event","result":{"status":"started"}})
+    );
+
+    // key_required only asks the source for a keyframe: success, no event.
+    assert!(!srv.hub.keyframe_wanted());
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h,"body":{"request":"key_required"}}))
+        .await;
+    assert_eq!(r["plugindata"]["data"], json!({"ok":true}));
+    assert!(srv.hub.keyframe_wanted());
+
+    // Trickle and hangup with no peer yet.
+    let r = ws
+        .call(
+            json!({"janus":"trickle","session_id":s,"handle_id":h,"candidate":{"completed":true}}),
+        )
+        .await;
+    assert_error(&r, 466, "PeerConnection");
+    let r = ws
+        .call(json!({"janus":"hangup","session_id":s,"handle_id":h}))
+        .await;
+    assert_eq!(r["janus"], "success");
+
+    // Once the stream has SPS/PPS, watch goes on to the engine instead of answering 503.
+    publish_keyframe(&srv.hub);
+    let data = plugin_event(&mut ws, s, h, json!({"request":"watch"})).await;
+    assert_ne!(data["error_code"], 503, "{data}");
+}
+
+#[tokio::test]
+async fn features_names_the_first_ice_server() {
+    let srv =
+        start(|c| c.ice_servers = vec!["stun:192.0.2.7:3478".into(), "turn:192.0.2.8".into()])
+            .await;
+    let mut ws = ws_connect(srv.ws).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+    ws.send(json!({"janus":"message","session_id":s,"handle_id":h,"body":{"request":"features"}}))
+        .await;
+    let event = ws.recv().await;
+    assert_eq!(
+        event["plugindata"]["data"]["result"]["features"]["ice"],
+        json!({"url":"stun:192.0.2.7:3478"})
+    );
+}
+
+#[tokio::test]
+async fn ws_oversized_message_is_refused_cleanly() {
+    let srv = start(|_| {}).await;
+    let mut big = ws_connect(srv.ws).await;
+    let s = big.create().await;
+    srv.wait_counts(1, 0).await;
+    let payload = format!(
+        r#"{{"janus":"keepalive","session_id":{s},"transaction":"big","pad":"{}"}}"#,
+        "x".repeat(10 << 20)
+    );
+    // The server may close before the client has written everything.
+    let _ = big.stream.send(Message::text(payload)).await;
+    let mut saw_error = false;
+    let mut saw_close = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), big.stream.next()).await
+    {
+        match msg {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert_error(&v, 450, "too large");
+                saw_error = true;
+            }
+            Ok(Message::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 1009);
+                saw_close = true;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    // The close frame may be lost to a reset, as the server stops reading mid-message;
+    // the error reply before it is what tells the client why.
+    assert!(
+        saw_error,
+        "the client was told why (close frame seen: {saw_close})"
+    );
+    // The socket is gone, so are its sessions; the server serves others.
+    srv.wait_counts(0, 0).await;
+    let mut ws = ws_connect(srv.ws).await;
+    let s2 = ws.create().await;
+    let r = ws.call(json!({"janus":"keepalive","session_id":s2})).await;
+    assert_eq!(r["janus"], "ack");
+}
+
+#[tokio::test]
+async fn closing_the_socket_destroys_its_sessions() {
+    let srv = start(|_| {}).await;
+    let mut ws = ws_connect(srv.ws).await;
+    let s1 = ws.create().await;
+    let s2 = ws.create().await;
+    ws.attach(s1).await;
+    ws.attach(s2).await;
+    ws.attach(s2).await;
+    srv.wait_counts(2, 3).await;
+    assert_eq!(srv.hub.info().subscribers, 3);
+    ws.stream.close(None).await.unwrap();
+    drop(ws);
+    srv.wait_counts(0, 0).await;
+    assert_eq!(srv.hub.info().subscribers, 0);
+}
+
+#[tokio::test]
+async fn claim_moves_events_to_the_new_connection() {
+    let srv = start(|_| {}).await;
+    let mut a = ws_connect(srv.ws).await;
+    let mut b = ws_connect(srv.ws).await;
+    let s = a.create().await;
+    let h = a.attach(s).await;
+    let r = b.call(json!({"janus":"claim","session_id":s})).await;
+    assert_eq!(r["janus"], "success");
+    assert_eq!(r["session_id"], json!(s));
+    let r = b.call(json!({"janus":"claim","session_id":99})).await;
+    assert_error(&r, 458, "No such session 99");
+
+    // A's request, B gets the event.
+    let tx = a
+        .send(json!({"janus":"message","session_id":s,"handle_id":h,"body":{"request":"stop"}}))
+        .await;
+    let reply = a.recv().await;
+    assert_eq!(reply["transaction"], json!(tx));
+    let event = b.recv().await;
+    assert_eq!(event["plugindata"]["data"]["result"]["status"], "stopped");
+
+    // A no longer owns the session: closing it leaves the session alone.
+    a.stream.close(None).await.unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    srv.wait_counts(1, 1).await;
+    b.stream.close(None).await.unwrap();
+    srv.wait_counts(0, 0).await;
+}
+
+#[tokio::test]
+async fn idle_session_times_out() {
+    let srv = start(|c| c.session_timeout = Duration::from_secs(1)).await;
+    let mut ws = ws_connect(srv.ws).await;
+    let s = ws.create().await;
+    ws.attach(s).await;
+    let kept = ws.create().await;
+    // Keep one session busy while the other goes idle.
+    let started = Instant::now();
+    let mut timed_out = None;
+    while started.elapsed() < Duration::from_secs(5) && timed_out.is_none() {
+        let tx = ws
+            .send(json!({"janus":"keepalive","session_id":kept}))
+            .await;
+        loop {
+            let m = ws.recv().await;
+            if m["janus"] == "timeout" {
+                timed_out = Some(m);
+            } else if m["transaction"] == json!(tx) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(timed_out, Some(json!({"janus":"timeout","session_id":s})));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    srv.wait_counts(1, 0).await;
+    let r = ws.call(json!({"janus":"keepalive","session_id":s})).await;
+    assert_error(&r, 458, "No such session");
+    let r = ws
+        .call(json!({"janus":"keepalive","session_id":kept}))
+        .await;
+    assert_eq!(r["janus"], "ack");
+}
+
+// ---- HTTP long poll -------------------------------------------------------------------
+
+#[tokio::test]
+async fn http_session_lifecycle_and_long_poll() {
+    let srv = start(|_| {}).await;
+    let a = srv.http;
+    let r = post(a, "/janus", json!({"janus":"create","transaction":"c1"})).await;
+    assert_eq!(r["janus"], "success");
+    let s = r["data"]["id"].as_u64().unwrap();
+    let r = post(
+        a,
+        &format!("/janus/{s}"),
+        json!({"janus":"attach","transaction":"a1","plugin":PLUGIN}),
+    )
+    .await;
+    let h = r["data"]["id"].as_u64().unwrap();
+    assert_eq!(r["session_id"], json!(s));
+    srv.wait_counts(1, 1).await;
+
+    // Nothing queued: the poll is held, then answers keepalive (array form for maxev>1).
+    let started = Instant::now();
+    let r = http(a, "GET", &format!("/janus/{s}?rid=1&maxev=10"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!([{"janus":"keepalive"}]));
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    let r = http(a, "GET", &format!("/janus/{s}"), &[], "").await;
+    assert_eq!(r.json(), json!({"janus":"keepalive"}));
+
+    // A poll waiting when the event is produced gets it at once.
+    let path = format!("/janus/{s}?maxev=10");
+    let poll = tokio::spawn(async move { http(a, "GET", &path, &[], "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = post(
+        a,
+        &format!("/janus/{s}/{h}"),
+        json!({"janus":"message","transaction":"m1","body":{"request":"features"}}),
+    )
+    .await;
+    assert_eq!(r["plugindata"]["data"], json!({"ok":true}));
+    assert_eq!(r["sender"], json!(h));
+    let events = poll.await.unwrap().json();
+    assert_eq!(events.as_array().unwrap().len(), 1, "{events}");
+    assert_eq!(events[0]["sender"], json!(h));
+    assert_eq!(
+        events[0]["plugindata"]["data"]["result"]["status"],
+        "features"
+    );
+
+    // Queued events come out oldest first, maxev at a time.
+    for body in [
+        json!({"request":"stop"}),
+        json!({"request":"start"}),
+        json!({"request":"watch"}),
+    ] {
+        post(
+            a,
+            &format!("/janus/{s}/{h}"),
+            json!({"janus":"message","transaction":"m","body":body}),
+        )
+        .await;
+    }
+    let r = http(a, "GET", &format!("/janus/{s}?maxev=1"), &[], "")
+        .await
+        .json();
+    assert_eq!(r["plugindata"]["data"]["result"]["status"], "stopped");
+    let r = http(a, "GET", &format!("/janus/{s}?maxev=5"), &[], "")
+        .await
+        .json();
+    assert_eq!(r[0]["plugindata"]["data"]["result"]["status"], "started");
+    assert_eq!(r[1]["plugindata"]["data"]["error_code"], 503);
+
+    // Ids in the path; a different one in the body is a conflict.
+    let r = post(
+        a,
+        &format!("/janus/{s}"),
+        json!({"janus":"keepalive","transaction":"k","session_id":s + 1}),
+    )
+    .await;
+    assert_error(&r, 457, "Conflicting session ID");
+    let r = post(
+        a,
+        &format!("/janus/{s}/{h}"),
+        json!({"janus":"detach","transaction":"d","handle_id":h + 1}),
+    )
+    .await;
+    assert_error(&r, 457, "Conflicting handle ID");
+    let r = post(
+        a,
+        &format!("/janus/{s}/{h}"),
+        json!({"janus":"attach","transaction":"x","plugin":PLUGIN}),
+    )
+    .await;
+    assert_error(&r, 457, "Unhandled request 'attach' at this path");
+    let r = post(
+        a,
+        "/janus",
+        json!({"janus":"attach","transaction":"x","plugin":PLUGIN}),
+    )
+    .await;
+    assert_error(&r, 457, "Unhandled request 'attach' at this path");
+    let r = post(
+        a,
+        "/janus/424242",
+        json!({"janus":"keepalive","transaction":"k"}),
+    )
+    .await;
+    assert_error(&r, 458, "No such session 424242");
+
+    // Transport-level routes.
+    let r = http(a, "GET", &format!("/janus/{s}/{h}"), &[], "").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some(format!("/janus/{s}").as_str()));
+    assert_eq!(http(a, "GET", "/janus/424242", &[], "").await.status, 404);
+    assert_eq!(http(a, "GET", "/janus/1/2/3", &[], "").await.status, 404);
+    assert_eq!(http(a, "GET", "/elsewhere", &[], "").await.status, 404);
+    let r = http(a, "GET", "/janus/info", &[], "").await;
+    assert_eq!(r.json()["janus"], "server_info");
+    let r = http(a, "GET", "/janus/ping", &[], "").await;
+    assert_eq!(r.json()["janus"], "pong");
+    assert_eq!(http(a, "POST", "/janus/info", &[], "{}").await.status, 400);
+
+    // Bad bodies are API errors in a 200.
+    let r = http(a, "POST", "/janus", &[], "{oops").await;
+    assert_eq!(r.status, 200);
+    assert_error(&r.json(), 454, "JSON error");
+    assert_error(
+        &post(a, "/janus", json!("create")).await,
+        455,
+        "not an object",
+    );
+    assert_error(
+        &post(a, "/janus", json!({"janus":"create"})).await,
+        456,
+        "transaction",
+    );
+    assert_error(
+        &post(a, "/janus", json!({"janus":"nope","transaction":"n"})).await,
+        457,
+        "Unhandled request 'nope' at this path",
+    );
+    let r = post(
+        a,
+        &format!("/janus/{s}"),
+        json!({"janus":"nope","transaction":"n"}),
+    )
+    .await;
+    assert_error(&r, 453, "Unknown request 'nope'");
+
+    // An oversized body is refused without harm.
+    let big = format!(
+        r#"{{"janus":"create","transaction":"{}"}}"#,
+        "x".repeat(10 << 20)
+    );
+    let r = http(
+        a,
+        "POST",
+        "/janus",
+        &[("Content-Type", "application/json")],
+        &big,
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    assert_error(&r.json(), 450, "too large");
+
+    // sendBeacon's destroy: text/plain.
+    let body = json!({"janus":"destroy","transaction":"bye"}).to_string();
+    let r = http(
+        a,
+        "POST",
+        &format!("/janus/{s}"),
+        &[("Content-Type", "text/plain;charset=UTF-8")],
+        &body,
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"janus":"success","session_id":s,"transaction":"bye"})
+    );
+    srv.wait_counts(0, 0).await;
+    assert_eq!(
+        http(a, "GET", &format!("/janus/{s}"), &[], "").await.status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn http_cors_like_janus() {
+    let srv = start(|c| c.http_path = "/api/janus".into()).await;
+    let r = http(
+        srv.http,
+        "OPTIONS",
+        "/api/janus",
+        &[
+            ("Origin", "http://page.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-max-age"), Some("86400"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+
+    let r = http(
+        srv.http,
+        "POST",
+        "/api/janus",
+        &[("Origin", "http://page.example")],
+        r#"{"janus":"create","transaction":"t"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.json()["janus"], "success");
+    let r = http(srv.http, "GET", "/api/janus/5", &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        http(srv.http, "GET", "/janus/info", &[], "").await.status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn http_session_times_out() {
+    let srv = start(|c| c.session_timeout = Duration::from_secs(1)).await;
+    let r = post(
+        srv.http,
+        "/janus",
+        json!({"janus":"create","transaction":"c"}),
+    )
+    .await;
+    let s = r["data"]["id"].as_u64().unwrap();
+    post(
+        srv.http,
+        &format!("/janus/{s}"),
+        json!({"janus":"attach","transaction":"a","plugin":PLUGIN}),
+    )
+    .await;
+    srv.wait_counts(1, 1).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    srv.wait_counts(0, 0).await;
+    assert_eq!(srv.hub.info().subscribers, 0);
+    assert_eq!(
+        http(srv.http, "GET", &format!("/janus/{s}"), &[], "")
+            .await
+            .status,
+        404
+    );
+    let r = post(
+        srv.http,
+        &format!("/janus/{s}"),
+        json!({"janus":"keepalive","transaction":"k"}),
+    )
+    .await;
+    assert_error(&r, 458, "No such session");
+}
+
+#[tokio::test]
+async fn http_poll_keeps_the_session_alive() {
+    let srv = start(|c| {
+        c.session_timeout = Duration::from_secs(1);
+        c.long_poll_hold = Duration::from_millis(700);
+    })
+    .await;
+    let r = post(
+        srv.http,
+        "/janus",
+        json!({"janus":"create","transaction":"c"}),
+    )
+    .await;
+    let s = r["data"]["id"].as_u64().unwrap();
+    for _ in 0..5 {
+        let r = http(srv.http, "GET", &format!("/janus/{s}?maxev=10"), &[], "").await;
+        assert_eq!(r.status, 200, "session expired while polled");
+    }
+    srv.wait_counts(1, 0).await;
+}
+
+// ---- with the WebRTC engine -----------------------------------------------------------
+
+/// Encodes a moving picture at ~30 fps into the hub, keyframes on request, SPS/PPS in
+/// band before every IDR (the offer carries no sprop-parameter-sets).
+struct Feeder {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(hub: Arc<Hub>) -> Feeder {
+        use std::sync::atomic::Ordering;
+        const W: usize = 160;
+        const H: usize = 120;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut encoder = openh264::encoder::Encoder::new().expect("encoder");
+            let mut params: Vec<u8> = Vec::new();
+            let started = Instant::now();
+            let mut n: u64 = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                let mut yuv = vec![128u8; W * H * 3 / 2];
+                for (i, px) in yuv[..W * H].iter_mut().enumerate() {
+                    *px = ((i % W + i / W + n as usize * 3) % 220 + 16) as u8;
+                }
+                if hub.keyframe_wanted() {
+                    encoder.force_intra_frame();
+                }
+                let capture_us = clock::monotonic_us();
+                let frame = openh264::formats::YUVBuffer::from_vec(yuv, W, H);
+                let bitstream = encoder.encode(&frame).expect("encode");
+                let key = bitstream.frame_type() == openh264::encoder::FrameType::IDR;
+                let data = bitstream.to_vec();
+                let mut has_params = false;
+                for nal in h264::nal_units(&data) {
+                    if matches!(
+                        h264::nal_type(nal),
+                        Some(h264::NalType::Sps | h264::NalType::Pps)
+                    ) {
+                        if !has_params {
+                            params.clear();
+                        }
+                        has_params = true;
+                        params.extend_from_slice(&[0, 0, 0, 1]);
+                        params.extend_from_slice(nal);
+                    }
+                }
+                let mut au = Vec::new();
+                if key && !has_params {
+                    au.extend_from_slice(&params);
+                }
+                au.extend_from_slice(&data);
+                if !data.is_empty() {
+                    hub.publish(AccessUnit {
+                        data: au.into(),
+                        width: W as u32,
+                        height: H as u32,
+                        key,
+                        capture_us,
+                        seq: n,
+                    });
+                }
+                n += 1;
+                let next = started + Duration::from_micros(n * 33_333);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        Feeder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Ws {
+    /// Wait for an event of the given kind for handle `h`, skipping others.
+    async fn event(&mut self, kind: &str, h: u64) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["janus"] == kind && m["sender"] == json!(h) {
+                return m;
+            }
+        }
+    }
+
+    /// `watch`, returning the offer SDP from the `started` event, which arrives
+    /// before the synchronous success.
+    async fn watch(&mut self, s: u64, h: u64, params: Value) -> String {
+        let tx = self
+            .send(json!({"janus":"message","session_id":s,"handle_id":h,
+                         "body":{"request":"watch","params":params}}))
+            .await;
+        let event = self.event("event", h).await;
+        assert_eq!(
+            event["plugindata"]["data"],
+            json!({"ustreamer":"event","result":{"status":"started"}}),
+            "{event}"
+        );
+        assert_eq!(event["jsep"]["type"], "offer");
+        let reply = self.recv().await;
+        assert_eq!(reply["transaction"], json!(tx));
+        assert_eq!(reply["plugindata"]["data"], json!({"ok":true}));
+        event["jsep"]["sdp"]
+            .as_str()
+            .expect("offer SDP")
+            .to_string()
+    }
+}
+
+/// The answer without its candidates, and the candidates as janus.js trickles them.
+fn split_answer(answer: &str) -> (String, Vec<String>) {
+    let candidates = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .map(str::to_string)
+        .collect();
+    let bare = answer
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    (bare, candidates)
+}
+
+async fn frames(peer: &mut ReceiverPeer, count: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut got = 0;
+    while got < count {
+        match tokio::time::timeout_at(deadline, peer.next_frame()).await {
+            Ok(Some(f)) => {
+                assert!(!f.data.is_empty());
+                got += 1;
+            }
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_answer_and_media_through_janus() {
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hub.params().is_none() {
+        assert!(Instant::now() < deadline, "no SPS/PPS from the feeder");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let engine = RtcEngine::start(
+        RtcConfig {
+            bind: loopback,
+            udp_ports: (0, 0),
+            candidate_ips: vec![loopback],
+            nat_1_1_ip: None,
+            rtp_packet_size: 1150,
+        },
+        hub.clone(),
+    )
+    .await
+    .expect("engine starts");
+    let cfg = JanusConfig {
+        ws_port: 0,
+        http_port: 0,
+        ..JanusConfig::default()
+    };
+    let server = JanusServer::bind(hub.clone(), engine.clone(), cfg)
+        .await
+        .expect("bind");
+    let ws_addr = server.ws_addr().unwrap();
+    let status = server.status();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut ws = ws_connect(ws_addr).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+    let offer = ws
+        .watch(s, h, json!({"orientation":0,"audio":false,"mic":false}))
+        .await;
+    assert!(offer.contains("H264/90000"), "{offer}");
+
+    // janus.js trickles its candidates, possibly before `start` carries the answer.
+    let (mut viewer, answer) = ReceiverPeer::answer(&offer).await.expect("viewer answers");
+    let (bare_answer, candidates) = split_answer(&answer);
+    assert!(!candidates.is_empty());
+    for c in &candidates {
+        let r = ws
+            .call(json!({"janus":"trickle","session_id":s,"handle_id":h,
+                         "candidate":{"candidate":c,"sdpMid":"v","sdpMLineIndex":0}}))
+            .await;
+        assert_eq!(r["janus"], "ack", "{r}");
+    }
+    let tx = ws
+        .send(json!({"janus":"message","session_id":s,"handle_id":h,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":bare_answer}}))
+        .await;
+    let event = ws.event("event", h).await;
+    assert_eq!(event["plugindata"]["data"]["result"]["status"], "started");
+    assert!(event.get("jsep").is_none());
+    let reply = ws.recv().await;
+    assert_eq!(reply["transaction"], json!(tx));
+    assert_eq!(reply["janus"], "success", "{reply}");
+    let r = ws
+        .call(
+            json!({"janus":"trickle","session_id":s,"handle_id":h,"candidate":{"completed":true}}),
+        )
+        .await;
+    assert_eq!(r["janus"], "ack");
+
+    ws.event("webrtcup", h).await;
+    viewer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    assert_eq!(frames(&mut viewer, 10).await, 10, "video flows");
+
+    // A second viewer that answers garbage gets 465; the first keeps receiving.
+    let h2 = ws.attach(s).await;
+    ws.watch(s, h2, json!({})).await;
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h2,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":"this is not SDP"}}))
+        .await;
+    assert_error(&r, 465, "invalid SDP");
+    assert_eq!(
+        frames(&mut viewer, 10).await,
+        10,
+        "other viewers unaffected"
+    );
+
+    // A second answer for an offer already answered is unexpected.
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":bare_answer}}))
+        .await;
+    assert_error(&r, 469, "Unexpected ANSWER");
+
+    // hangup closes the peer and says so (the event goes out before the success).
+    let tx = ws
+        .send(json!({"janus":"hangup","session_id":s,"handle_id":h}))
+        .await;
+    let hangup = ws.event("hangup", h).await;
+    assert_eq!(hangup["reason"], "Janus API");
+    let r = ws.recv().await;
+    assert_eq!(
+        (&r["janus"], &r["transaction"]),
+        (&json!("success"), &json!(tx))
+    );
+
+    // Re-watch after hangup gives a fresh offer; destroying the session closes all peers.
+    let offer2 = ws.watch(s, h, json!({"orientation":180})).await;
+    assert_ne!(offer2, offer);
+    let (mut viewer2, answer2) = ReceiverPeer::answer(&offer2).await.expect("viewer answers");
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":answer2}}))
+        .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    ws.event("webrtcup", h).await;
+    viewer2
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    let frame = tokio::time::timeout(Duration::from_secs(10), viewer2.next_frame())
+        .await
+        .expect("a frame")
+        .expect("a frame");
+    assert_eq!(
+        frame.video_orientation,
+        Some(2),
+        "180 degrees: CVO rotation 2"
+    );
+    // The viewer closing its side is reported as a hangup with the engine's reason.
+    viewer2.close();
+    let hangup = ws.event("hangup", h).await;
+    assert_ne!(hangup["reason"], "Janus API", "{hangup}");
+    let offer3 = ws.watch(s, h, json!({})).await;
+    assert_ne!(offer3, offer2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.stats().peers != 2 {
+        assert!(Instant::now() < deadline, "peers: {:?}", engine.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = ws.call(json!({"janus":"destroy","session_id":s})).await;
+    assert_eq!(r["janus"], "success");
+    assert_eq!(status.counts().sessions, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.stats().peers != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "peers left open: {:?}",
+            engine.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hub.info().subscribers, 0);
+}
