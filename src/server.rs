@@ -61,7 +61,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             )
         })?;
     let janus_status = janus.status();
-    let main_routes = janus.main_port_routes(&cfg.janus_http_path);
+    let main_routes = janus.main_port_routes();
 
     let state_fn: http::StateFn = {
         let hub = hub.clone();

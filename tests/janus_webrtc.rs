@@ -31,8 +31,13 @@ async fn join(server: &Server, transport: Transport) -> Result<(JanusClient, Rec
 
 /// Decode `want` pictures; checks their size and that the drawn frame counter only
 /// moves forward.
-async fn decode_frames(peer: &mut ReceiverPeer, want: usize, width: usize, height: usize) -> Result<()> {
-    let mut decoder = H264Decoder::new()?;
+async fn decode_frames(
+    peer: &mut ReceiverPeer,
+    decoder: &mut H264Decoder,
+    want: usize,
+    width: usize,
+    height: usize,
+) -> Result<()> {
     let mut decoded = 0;
     let mut last_counter = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -57,21 +62,22 @@ async fn decode_frames(peer: &mut ReceiverPeer, want: usize, width: usize, heigh
 async fn receiver_decodes_over_websocket_transport() -> Result<()> {
     let server = Server::start(&[]).await?;
     let (_janus, mut peer) = join(&server, Transport::WebSocket).await?;
-    decode_frames(&mut peer, 60, 1280, 720).await
+    decode_frames(&mut peer, &mut H264Decoder::new()?, 60, 1280, 720).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_decodes_over_http_long_poll_transport() -> Result<()> {
     let server = Server::start(&[]).await?;
     let (_janus, mut peer) = join(&server, Transport::LongPoll).await?;
-    decode_frames(&mut peer, 60, 1280, 720).await
+    decode_frames(&mut peer, &mut H264Decoder::new()?, 60, 1280, 720).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_never_disturbs_a_playing_viewer() -> Result<()> {
     let server = Server::start(&["--resolution", "640x360"]).await?;
     let (_viewer, mut peer) = join(&server, Transport::WebSocket).await?;
-    decode_frames(&mut peer, 10, 640, 360).await?;
+    let mut decoder = H264Decoder::new()?;
+    decode_frames(&mut peer, &mut decoder, 10, 640, 360).await?;
 
     // Protocol-level garbage on another connection: each gets Janus's own error code.
     let mut bad = JanusClient::connect(&server, Transport::WebSocket).await?;
@@ -132,5 +138,5 @@ async fn bad_input_never_disturbs_a_playing_viewer() -> Result<()> {
         .await?;
 
     // And the first viewer still plays.
-    decode_frames(&mut peer, 30, 640, 360).await
+    decode_frames(&mut peer, &mut decoder, 30, 640, 360).await
 }

@@ -140,6 +140,19 @@ impl JanusServer {
         self.http.local_addr()
     }
 
+    /// The same API for another HTTP port (the bundled page uses it from its own
+    /// origin): WebSocket at `/janus/ws`, REST at the HTTP base path.
+    pub fn main_port_routes(&self) -> axum::Router {
+        // As services, not nested routers, so both see the full request path they expect.
+        let ws = ws::router(self.gateway.clone(), self.max_message_bytes).into_service();
+        let rest = http::router(self.gateway.clone(), self.http_settings.clone()).into_service();
+        let base = &self.http_settings.base_path;
+        axum::Router::new()
+            .route_service("/janus/ws", ws)
+            .route_service(base, rest.clone())
+            .route_service(&format!("{base}/{{*rest}}"), rest)
+    }
+
     pub fn status(&self) -> JanusStatus {
         JanusStatus {
             gateway: self.gateway.clone(),
