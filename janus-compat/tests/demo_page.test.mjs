@@ -2,7 +2,7 @@
 // page, in headless Debian Chromium, against peregrine: the page must play.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startPeregrine, startPageServer, launchChromium, waitForFrames } from "./harness.mjs";
+import { startPeregrine, startPageServer, launchChromium, waitForFrames, sleep } from "./harness.mjs";
 
 const WIDTH = 1280;
 let pages, browser;
@@ -69,8 +69,15 @@ test("four demo pages play at once", async () => {
   const server = await startPeregrine();
   try {
     await playDemo(server, server.wsUrl, 4);
-    const state = await server.state();
+    // Closing the pages closes their sockets, which must destroy their sessions and peers.
+    let state;
+    for (let i = 0; i < 50; i++) {
+      state = await server.state();
+      if (state.janus.sessions === 0 && state.rtc.peers === 0) break;
+      await sleep(100);
+    }
     assert.equal(state.janus.sessions, 0, "sessions left after the pages closed");
+    assert.equal(state.rtc.peers, 0, "peers left after the pages closed");
   } finally {
     await server.stop();
   }
