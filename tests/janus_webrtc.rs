@@ -45,12 +45,17 @@ async fn decode_frames(
         let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
             bail!("only {decoded} of {want} pictures decoded");
         };
-        let Some(picture) = decoder.decode(&frame.data)? else { continue };
+        let Some(picture) = decoder.decode(&frame.data)? else {
+            continue;
+        };
         assert_eq!((picture.width, picture.height), (width, height));
         let (counter, _ms) = read_code_strip(&picture.y, picture.y_stride, width, height)
             .expect("every picture carries a readable code strip");
         if let Some(last) = last_counter {
-            assert!(counter > last, "frame counter went from {last} to {counter}");
+            assert!(
+                counter > last,
+                "frame counter went from {last} to {counter}"
+            );
         }
         last_counter = Some(counter);
         decoded += 1;
@@ -84,7 +89,10 @@ async fn bad_input_never_disturbs_a_playing_viewer() -> Result<()> {
     let cases = [
         (json!({"janus": "info2"}), 457),
         (json!({"janus": "keepalive", "session_id": 12345}), 458),
-        (json!({"janus": "attach", "plugin": "janus.plugin.nope", "session_id": 1}), 458),
+        (
+            json!({"janus": "attach", "plugin": "janus.plugin.nope", "session_id": 1}),
+            458,
+        ),
     ];
     for (msg, code) in cases {
         let reply = bad.request(msg.clone()).await?;
@@ -115,10 +123,23 @@ async fn bad_input_never_disturbs_a_playing_viewer() -> Result<()> {
     assert_eq!(code, Some(465), "garbage answer → {reply}");
 
     // A 10 MB message and a malformed frame over raw sockets.
-    let big = format!(r#"{{"janus":"create","transaction":"x","pad":"{}"}}"#, "a".repeat(10 << 20));
-    let (status, _) = support::http_request(server.janus_http_port, "POST", "/janus", Some(big.as_bytes())).await?;
-    assert!(status == 413 || status == 400, "10 MB body answered HTTP {status}");
-    let (status, body) = support::http_request(server.janus_http_port, "POST", "/janus", Some(b"{not json")).await?;
+    let big = format!(
+        r#"{{"janus":"create","transaction":"x","pad":"{}"}}"#,
+        "a".repeat(10 << 20)
+    );
+    let (status, _) = support::http_request(
+        server.janus_http_port,
+        "POST",
+        "/janus",
+        Some(big.as_bytes()),
+    )
+    .await?;
+    assert!(
+        status == 413 || status == 400,
+        "10 MB body answered HTTP {status}"
+    );
+    let (status, body) =
+        support::http_request(server.janus_http_port, "POST", "/janus", Some(b"{not json")).await?;
     assert_eq!(status, 200);
     let reply: serde_json::Value = serde_json::from_slice(&body)?;
     assert_eq!(reply["error"]["code"], 454, "{reply}");

@@ -39,7 +39,10 @@ impl Server {
             .args(["--janus-ws-port", &ws_port.to_string()])
             .args(["--janus-http-port", &janus_http_port.to_string()])
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .context("start peregrine")?;
@@ -72,7 +75,11 @@ impl Server {
     }
 
     /// Wait until `/state` satisfies `pred`, for up to `timeout`.
-    pub async fn wait_state(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub async fn wait_state(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let state = self.state().await?;
@@ -96,7 +103,12 @@ impl Drop for Server {
 
 /// Minimal HTTP/1.1 client (one request per connection), enough for the Janus REST
 /// transport and /state without pulling an HTTP client crate into the build.
-pub async fn http_request(port: u16, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>)> {
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let body = body.unwrap_or(&[]);
     let head = format!(
@@ -121,7 +133,10 @@ pub async fn http_request(port: u16, method: &str, path: &str, body: Option<&[u8
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
     let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body)?;
     }
     Ok((status, body))
@@ -194,7 +209,11 @@ impl JanusClient {
     }
 
     /// The next message satisfying `pred`; others are dropped.
-    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.inbox.recv())
@@ -210,17 +229,23 @@ impl JanusClient {
     /// Send and wait for the reply carrying the same transaction (not an ack for a message).
     pub async fn request(&mut self, msg: Value) -> Result<Value> {
         let tx = self.send(msg);
-        self.wait_for(Duration::from_secs(10), |m| m["transaction"] == json!(tx) && m["janus"] != "ack")
-            .await
+        self.wait_for(Duration::from_secs(10), |m| {
+            m["transaction"] == json!(tx) && m["janus"] != "ack"
+        })
+        .await
     }
 
     pub async fn create_and_attach(&mut self) -> Result<()> {
         let created = self.request(json!({"janus": "create"})).await?;
-        self.session = created["data"]["id"].as_u64().ok_or_else(|| anyhow!("create: {created}"))?;
+        self.session = created["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("create: {created}"))?;
         let attached = self
             .request(json!({"janus": "attach", "plugin": "janus.plugin.ustreamer", "opaque_id": "oid-test"}))
             .await?;
-        self.handle = attached["data"]["id"].as_u64().ok_or_else(|| anyhow!("attach: {attached}"))?;
+        self.handle = attached["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("attach: {attached}"))?;
         Ok(())
     }
 
@@ -280,7 +305,12 @@ async fn spawn_ws(
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", "janus-protocol".parse()?);
     let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
-    if resp.headers().get("sec-websocket-protocol").map(|v| v.as_bytes()) != Some(b"janus-protocol") {
+    if resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.as_bytes())
+        != Some(b"janus-protocol")
+    {
         bail!("server did not select the janus-protocol subprotocol");
     }
     let (mut sink, mut stream) = ws.split();
@@ -304,7 +334,11 @@ async fn spawn_ws(
     Ok(())
 }
 
-fn spawn_long_poll(port: u16, mut out: mpsc::UnboundedReceiver<Value>, inbox: mpsc::UnboundedSender<Value>) {
+fn spawn_long_poll(
+    port: u16,
+    mut out: mpsc::UnboundedReceiver<Value>,
+    inbox: mpsc::UnboundedSender<Value>,
+) {
     let (session_tx, mut session_rx) = mpsc::unbounded_channel::<u64>();
     // Requests: POST to the level the ids say, as janus.js does (ids in the path).
     let replies = inbox.clone();
@@ -334,12 +368,16 @@ fn spawn_long_poll(port: u16, mut out: mpsc::UnboundedReceiver<Value>, inbox: mp
     });
     // Events: one long poll after another, maxev=10 (array replies), like janus.js.
     tokio::spawn(async move {
-        let Some(session) = session_rx.recv().await else { return };
+        let Some(session) = session_rx.recv().await else {
+            return;
+        };
         loop {
             let path = format!("/janus/{session}?rid=1&maxev=10");
             match http_request(port, "GET", &path, None).await {
                 Ok((200, body)) => {
-                    let Ok(v) = serde_json::from_slice::<Value>(&body) else { break };
+                    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                        break;
+                    };
                     let events = match v {
                         Value::Array(items) => items,
                         one => vec![one],
