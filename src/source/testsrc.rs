@@ -36,6 +36,8 @@ pub struct TestsrcConfig {
 
 /// Longest single sleep, so `stop` and new subscribers are noticed quickly.
 const SLEEP_STEP: Duration = Duration::from_millis(10);
+/// How often a keyframe request is looked for between pictures.
+const KEY_POLL_STEP: Duration = Duration::from_millis(2);
 
 /// Start the encoder thread. It publishes into `hub` while anyone is subscribed, idles
 /// otherwise, honours keyframe requests, and exits when `stop` is set.
@@ -77,6 +79,7 @@ fn run(
     let mut params_checked = false;
     // The deadline of the next picture; None while idle.
     let mut schedule: Option<Instant> = None;
+    let mut last_picture: Option<Instant> = None;
 
     while !stop.load(Ordering::Relaxed) {
         if !hub.has_subscribers() {
@@ -95,9 +98,14 @@ fn run(
                 Instant::now() + cfg.warmup
             }
         };
-        if !sleep_until(deadline, stop) {
+        // A requested keyframe (a viewer waiting to start) is encoded at once rather
+        // than at the next tick, but never sooner than half a period after the last
+        // picture, so a flood of requests cannot raise the frame rate.
+        let earliest_key = last_picture.map_or(deadline, |t| t + period / 2);
+        let Some(deadline) = wait_for_picture(deadline, earliest_key, hub, stop) else {
             break;
-        }
+        };
+        last_picture = Some(Instant::now());
 
         let capture_us = clock::monotonic_us();
         let wall_ms = clock::realtime_us() / 1000;
@@ -150,16 +158,27 @@ fn next_deadline(deadline: Instant, period: Duration, now: Instant) -> Instant {
 }
 
 /// Sleep until `deadline` in short steps; false when `stop` was set meanwhile.
-fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
+/// Sleep until `deadline`, or until `earliest_key` once a keyframe has been requested.
+/// Returns the moment the picture is due (the schedule continues from it), or None when
+/// `stop` was set.
+fn wait_for_picture(
+    deadline: Instant,
+    earliest_key: Instant,
+    hub: &Hub,
+    stop: &AtomicBool,
+) -> Option<Instant> {
     loop {
         if stop.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let now = Instant::now();
         if now >= deadline {
-            return true;
+            return Some(deadline);
         }
-        std::thread::sleep((deadline - now).min(SLEEP_STEP));
+        if now >= earliest_key && hub.keyframe_wanted() {
+            return Some(now);
+        }
+        std::thread::sleep((deadline - now).min(KEY_POLL_STEP));
     }
 }
 
