@@ -74,7 +74,7 @@ pub struct Args {
     #[arg(long)]
     pub udp_port_range: Option<String>,
     /// Also offer loopback candidates when listening on all interfaces.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub ice_loopback: Option<bool>,
     /// Largest RTP packet in bytes, header included. [default: 1150]
     #[arg(long)]
