@@ -15,7 +15,7 @@ const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
 const serverUrl = query.get("server") || `${wsScheme}//${location.host}/janus/ws`;
 
 // What a test (or a curious person in the console) can read.
-window.peregrine = { state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0 };
+window.peregrine = { state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0 };
 
 function setStatus(text, showOverlay) {
   window.peregrine.state = text;
@@ -183,6 +183,7 @@ let framesThisSecond = 0;
 
 function onFrame() {
   framesThisSecond += 1;
+  window.peregrine.frames += 1;
   const ms = readCaptureTime(video, strip, stripCtx);
   if (ms !== null) {
     window.peregrine.latencyMs = Date.now() - ms;

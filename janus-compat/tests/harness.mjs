@@ -37,9 +37,12 @@ export function freePort() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Start peregrine on free loopback ports; resolves once /state answers. */
-export async function startPeregrine(extraArgs = []) {
-  const ports = { http: await freePort(), ws: await freePort(), janusHttp: await freePort() };
+/**
+ * Start peregrine on free loopback ports (or the `ports` of an earlier run, to restart
+ * it in place); resolves once /state answers.
+ */
+export async function startPeregrine(extraArgs = [], reusePorts = null) {
+  const ports = reusePorts || { http: await freePort(), ws: await freePort(), janusHttp: await freePort() };
   const args = [
     "--host", "127.0.0.1",
     "--port", String(ports.http),
