@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::extensions;
 use super::packetizer;
-use super::peer::{OutFrame, Peer, PeerNote, PeerSetup};
+use super::peer::{self, OutFrame, Peer, PeerNote, PeerSetup};
 use super::{demux, sdp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
 use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
@@ -234,13 +234,13 @@ impl Engine {
             .params()
             .and_then(|p| sdp::profile_level_id(&p.sps))
             .unwrap_or_else(|| sdp::DEFAULT_PROFILE_LEVEL_ID.to_string());
-        let mut ufrag = random_token(16);
+        let mut ufrag = peer::ice_token(16);
         while self.by_ufrag.contains_key(&ufrag) {
-            ufrag = random_token(16);
+            ufrag = peer::ice_token(16);
         }
         let setup = PeerSetup {
             ufrag: ufrag.clone(),
-            pwd: random_token(32),
+            pwd: peer::ice_token(32),
             ssrc: rand::rng().random_range(1..=u32::MAX),
             profile_level_id,
             candidates: self.candidates.clone(),
@@ -429,14 +429,6 @@ async fn send_datagrams(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)
             }
         }
     }
-}
-
-fn random_token(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&rand::distr::Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
 }
 
 #[cfg(test)]

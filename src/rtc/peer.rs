@@ -113,6 +113,16 @@ pub fn setting_engine(ufrag: &str, pwd: &str) -> SettingEngineBuilder {
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
 }
 
+/// A random ICE username fragment or password of `len` alphanumerics.
+pub fn ice_token(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, RtcError> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {

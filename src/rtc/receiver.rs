@@ -73,7 +73,7 @@ impl ReceiverPeer {
         let profile = fmtp_profile(offer_sdp).unwrap_or("42e01f");
         let mut me = peer::media_engine(profile)?;
         let registry = peer::interceptors(&mut me);
-        let settings = peer::setting_engine(&token(16), &token(32))
+        let settings = peer::setting_engine(&peer::ice_token(16), &peer::ice_token(32))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
@@ -433,15 +433,6 @@ fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
             .then(|| id.split('/').next()?.parse().ok())
             .flatten()
     })
-}
-
-fn token(len: usize) -> String {
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(&rand::distr::Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
 }
 
 #[cfg(test)]
