@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(info.height >= 1 && info.height <= 4096 * 16 * 2);
             let id = info.profile_level_id();
             assert_eq!(id.len(), 6);
-            assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
         if let Some(id) = sdp::profile_level_id(nal) {
             assert_eq!(id.len(), 6);

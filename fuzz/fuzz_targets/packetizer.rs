@@ -34,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
     for (i, p) in payloads.iter().enumerate() {
         assert!(!p.payload.is_empty());
         assert!(p.payload.len() <= limit, "{} > {limit}", p.payload.len());
-        assert_eq!(p.marker, i + 1 == payloads.len(), "marker on the last payload only");
+        assert_eq!(
+            p.marker,
+            i + 1 == payloads.len(),
+            "marker on the last payload only"
+        );
     }
 
     let mut annexb = BytesMut::new();
