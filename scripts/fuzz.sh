@@ -6,8 +6,8 @@
 # Not part of CI: a sanitizer build plus minutes per target is too much for it. Needs
 # cargo-fuzz (`cargo install cargo-fuzz`). cargo-fuzz wants a nightly compiler for the
 # sanitizer flags; on a stable toolchain RUSTC_BOOTSTRAP=1 lets it use them. The build
-# goes to its own target directory (FUZZ_TARGET_DIR, default target-fuzz beside this
-# checkout's target): sanitizer builds cannot share the normal one.
+# goes to its own target directory (FUZZ_TARGET_DIR, default: the normal target
+# directory's path with -fuzz appended): sanitizer builds cannot share the normal one.
 #
 # New inputs found go to fuzz/corpus/TARGET (not committed); the committed seeds in
 # fuzz/seeds/TARGET are read too. A crash leaves its input in fuzz/artifacts/TARGET and
@@ -20,7 +20,9 @@ shift || true
 export RUSTC_BOOTSTRAP="${RUSTC_BOOTSTRAP:-1}"
 # openh264's C code is instrumented too and trips ASan's ODR check on its own tables.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_odr_violation=0}"
-export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$(pwd)/target}-fuzz}"
+target_dir="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$(pwd)/target}}"
+[[ "$target_dir" == *-fuzz ]] || target_dir="$target_dir-fuzz"
+export CARGO_TARGET_DIR="$target_dir"
 
 if ! command -v cargo-fuzz >/dev/null; then
     echo "cargo-fuzz is not installed: cargo install cargo-fuzz" >&2
