@@ -92,7 +92,7 @@ fn status(code: StatusCode) -> Response {
 }
 
 /// Path segments below the base path, or `None` when outside it.
-fn segments<'a>(base: &str, path: &'a str) -> Option<Vec<&'a str>> {
+pub fn segments<'a>(base: &str, path: &'a str) -> Option<Vec<&'a str>> {
     let rest = path.strip_prefix(base)?;
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None;
@@ -100,7 +100,7 @@ fn segments<'a>(base: &str, path: &'a str) -> Option<Vec<&'a str>> {
     Some(rest.split('/').filter(|s| !s.is_empty()).collect())
 }
 
-fn parse_id(segment: &str) -> Option<u64> {
+pub fn parse_id(segment: &str) -> Option<u64> {
     segment.parse::<u64>().ok().filter(|id| *id != 0)
 }
 
@@ -208,7 +208,7 @@ fn apply_path_ids(
 }
 
 /// `maxev` from the query: at least 1, default 1 (Janus's default).
-fn max_events(query: Option<&str>) -> usize {
+pub fn max_events(query: Option<&str>) -> usize {
     query
         .unwrap_or("")
         .split('&')

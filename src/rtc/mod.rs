@@ -13,12 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::media::Hub;
 
-mod demux;
+pub mod demux;
 mod engine;
 pub mod extensions;
 mod feedback;
 pub mod packetizer;
-mod peer;
+pub mod peer;
 pub mod receiver;
 pub mod sdp;
 

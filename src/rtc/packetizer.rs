@@ -30,6 +30,9 @@ pub fn packetize(au: &Bytes, max_payload: usize) -> Vec<RtpPayload> {
         if nal.len() <= 1 {
             continue; // a bare header carries nothing a decoder can use
         }
+        if !is_transmittable(nal[0]) {
+            continue;
+        }
         if nal.len() <= max_payload {
             out.push(RtpPayload {
                 payload: au.slice_ref(nal),
@@ -65,6 +68,14 @@ pub fn packetize(au: &Bytes, max_payload: usize) -> Vec<RtpPayload> {
         last.marker = true;
     }
     out
+}
+
+/// NAL unit types 0 and 24..=31 are unspecified in H.264 and taken by RFC 6184 for its
+/// own packet types (STAP, MTAP, FU): sent as a single NAL unit packet, such a unit
+/// would be read by the receiver as an aggregate or a fragment. No encoder needs them,
+/// so they are dropped rather than sent.
+fn is_transmittable(header: u8) -> bool {
+    matches!(header & 0x1f, 1..=23)
 }
 
 /// 90 kHz RTP timestamp of a capture time in CLOCK_MONOTONIC microseconds, wrapping at
@@ -154,6 +165,24 @@ mod tests {
         );
         assert!(p.last().is_some_and(|x| x.marker));
         assert!(packetize(&Bytes::from_static(&[1, 2, 3]), 100).is_empty());
+    }
+
+    #[test]
+    fn nal_types_rtp_reserves_are_not_sent() {
+        // Found by fuzzing: a type-0 unit went out whole and no receiver could read it.
+        let data = [
+            0xb0, 0x04, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x67, 0x4c, 0x42, 0xc0, 0x1f,
+            0xd9,
+        ];
+        let au = Bytes::copy_from_slice(&data);
+        assert!(packetize(&au, 1200).is_empty());
+        for header in [0x18, 0x1c, 0x7f] {
+            let au = annexb(&[&[header, 1, 2, 3], &[0x65, 4, 5]], true);
+            let p = packetize(&au, 1200);
+            assert_eq!(p.len(), 1, "type {}", header & 0x1f);
+            assert_eq!(&p[0].payload[..], &[0x65, 4, 5]);
+            assert!(p[0].marker);
+        }
     }
 
     #[test]

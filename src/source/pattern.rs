@@ -407,7 +407,11 @@ pub fn read_code_strip(y: &[u8], stride: usize, width: usize, height: usize) -> 
     if width < CODE_WIDTH || height < CODE_HEIGHT || stride < width {
         return None;
     }
-    if y.len() < (CODE_HEIGHT - 1) * stride + CODE_WIDTH {
+    // Checked: the stride comes from a decoder and may be anything.
+    let needed = (CODE_HEIGHT - 1)
+        .checked_mul(stride)
+        .and_then(|n| n.checked_add(CODE_WIDTH))?;
+    if y.len() < needed {
         return None;
     }
     let block_is_white = |row: usize, col: usize| {
@@ -503,6 +507,16 @@ mod tests {
             read_code_strip(&vec![BLACK; 320 * 240], 320, 320, 240),
             None
         );
+    }
+
+    #[test]
+    fn absurd_strides_are_rejected_not_overflowed() {
+        // Found by fuzzing: 95 * stride overflowed before the plane length was checked.
+        let y = vec![BLACK; 320 * 240];
+        let crashing_stride = 0xeb00usize.wrapping_mul(1 << 48);
+        for stride in [crashing_stride, usize::MAX, usize::MAX / 95 + 1] {
+            assert_eq!(read_code_strip(&y, stride, 290, 288), None);
+        }
     }
 
     #[test]
