@@ -419,6 +419,11 @@ impl AnnexBSplitter {
         Ok(())
     }
 
+    /// Emit nothing until the next IDR (after viewers missed pictures this one refers to).
+    pub fn wait_for_idr(&mut self) {
+        self.au.seen_idr = false;
+    }
+
     /// True once the stream has shown a readable SPS.
     pub fn recognised(&self) -> bool {
         self.au.sps.is_some()
