@@ -131,17 +131,23 @@ fn input(state: &Value) -> &Value {
     &state["input"]
 }
 
+/// peregrine listening for an encoder on a port the system picks (no race with the
+/// other ports the test uses); returns the server and the URL to push to.
+async fn listening_server(extra: &[&str]) -> Result<(Server, String)> {
+    let mut args = vec!["--source", "tcp-listen://127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args).await?;
+    let state = server.state().await?;
+    let kind = input(&state)["kind"].as_str().unwrap_or_default();
+    let addr = kind
+        .strip_prefix("tcp-listen://")
+        .with_context(|| format!("listen address in {state}"))?;
+    Ok((server, format!("tcp://{addr}")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_stream_reaches_three_viewers_and_survives_an_encoder_restart() -> Result<()> {
-    let port = free_port();
-    let server = Server::start(&[
-        "--source",
-        &format!("tcp-listen://127.0.0.1:{port}"),
-        "--resolution",
-        "640x360",
-    ])
-    .await?;
-    let push_url = format!("tcp://127.0.0.1:{port}");
+    let (server, push_url) = listening_server(&["--resolution", "640x360"]).await?;
     let encoder = Encoder::start("640x360", &push_url)?;
 
     let (mut j1, mut p1) = join(&server).await?;
@@ -217,6 +223,9 @@ async fn connects_to_a_listening_encoder_and_reconnects_after_it_restarts() -> R
     let port = free_port();
     // peregrine first: it retries with backoff until the encoder listens.
     let server = Server::start(&["--source", &format!("tcp://127.0.0.1:{port}")]).await?;
+    // free_port() hands out released ports; one of peregrine's own would be a false start.
+    let own = [server.http_port, server.ws_port, server.janus_http_port];
+    assert!(!own.contains(&port), "port {port} picked twice; rerun");
     let listen_url = format!("tcp://127.0.0.1:{port}?listen=1");
     let encoder = Encoder::start("640x360", &listen_url)?;
     let (_janus, mut peer) = join(&server).await?;
@@ -266,13 +275,13 @@ async fn a_file_is_paced_and_looped() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_inputs_are_refused_and_the_server_keeps_serving() -> Result<()> {
     use tokio::io::AsyncWriteExt;
-    let port = free_port();
-    let server = Server::start(&["--source", &format!("tcp-listen://127.0.0.1:{port}")]).await?;
+    let (server, push_url) = listening_server(&[]).await?;
+    let addr = push_url.trim_start_matches("tcp://").to_string();
     let (_janus, mut peer) = join(&server).await?;
 
     // An MPEG-TS stream pushed where raw H.264 was expected.
     let ts = include_bytes!("fixtures/testsrc_160x120.ts");
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await?;
     let _ = conn.write_all(ts).await;
     let state = server
         .wait_state(Duration::from_secs(5), |s| {
@@ -285,7 +294,7 @@ async fn garbage_inputs_are_refused_and_the_server_keeps_serving() -> Result<()>
     drop(conn);
 
     // Random bytes: refused after a bounded amount.
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await?;
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let noise: Vec<u8> = (0..(256 << 10))
         .map(|_| {
@@ -307,12 +316,12 @@ async fn garbage_inputs_are_refused_and_the_server_keeps_serving() -> Result<()>
 
     // A truncated stream: real pictures cut short, then the connection ends.
     let h264 = include_bytes!("fixtures/aud_2slices_160x120.h264");
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await?;
     let _ = conn.write_all(&h264[..h264.len() / 3]).await;
     drop(conn);
 
     // Through all of it the viewer stayed connected on NO SIGNAL, and real video plays.
-    let _encoder = Encoder::start("640x360", &format!("tcp://127.0.0.1:{port}"))?;
+    let _encoder = Encoder::start("640x360", &push_url)?;
     let mut decoder = H264Decoder::new()?;
     let got = decode_until(
         &mut peer,

@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { startPeregrine, launchChromium, waitForFrames, freePort, sleep } from "./harness.mjs";
+import { startPeregrine, launchChromium, waitForFrames, sleep } from "./harness.mjs";
 
 let browser;
 before(async () => { browser = await launchChromium(); });
@@ -39,9 +39,9 @@ async function waitUntil(page, fn, what, { timeoutMs = 20_000, arg } = {}) {
 }
 
 test("bundled page plays a byte-stream source, shows no signal, and resumes", async () => {
-  const port = await freePort();
-  const server = await startPeregrine(["--source", `tcp-listen://127.0.0.1:${port}`, "--resolution", "640x360"]);
-  const push = `tcp://127.0.0.1:${port}`;
+  // Port 0: the system picks a free one and /state names it, so no port can be taken twice.
+  const server = await startPeregrine(["--source", "tcp-listen://127.0.0.1:0", "--resolution", "640x360"]);
+  const push = (await server.state()).input.kind.replace("tcp-listen://", "tcp://");
   let encoder = startEncoder("640x360", push);
   const page = await browser.newPage();
   try {

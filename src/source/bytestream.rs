@@ -94,13 +94,15 @@ pub fn spawn(
     status: StatusHandle,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let out = Output::new(hub, status, (cfg.width, cfg.height));
     let listener = match &input {
         Input::Listen(addr) => {
             let l = TcpListener::bind(addr)
                 .with_context(|| format!("source tcp-listen://{addr}: cannot listen"))?;
             l.set_nonblocking(true)?;
-            tracing::info!(addr = %addr, "waiting for an H.264 byte stream");
+            // With port 0 the system picks one; /state tells which.
+            let bound = l.local_addr().unwrap_or(*addr);
+            status.set_kind(format!("tcp-listen://{bound}"));
+            tracing::info!(addr = %bound, "waiting for an H.264 byte stream");
             Some(l)
         }
         Input::File(path) => {
@@ -109,6 +111,7 @@ pub fn spawn(
         }
         _ => None,
     };
+    let out = Output::new(hub, status, (cfg.width, cfg.height));
     std::thread::Builder::new()
         .name("bytestream".into())
         .spawn(move || {

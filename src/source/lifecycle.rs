@@ -47,6 +47,11 @@ impl StatusHandle {
         self.lock().clone()
     }
 
+    /// Name the source by what it really uses (e.g. the port a `:0` listener got).
+    pub fn set_kind(&self, kind: String) {
+        self.lock().kind = kind;
+    }
+
     /// Set the size and rate of a source that does not report them per picture.
     pub fn set_live(&self, width: u32, height: u32, fps: f64) {
         let mut s = self.lock();
