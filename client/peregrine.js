@@ -92,7 +92,7 @@ class Viewer {
     }
     switch (msg.janus) {
       case "event": return this.onPluginEvent(msg.plugindata && msg.plugindata.data, msg.jsep);
-      case "webrtcup": return setStatus("playing", false);
+      case "webrtcup": return window.peregrine.signal === "no signal" ? setStatus("no signal", true) : setStatus("playing", false);
       case "hangup": return this.restartWatch(`hangup: ${msg.reason || ""}`);
       case "timeout": return this.fail(new Error("session timed out"));
       default: return undefined;
@@ -198,6 +198,32 @@ setInterval(() => {
   framesThisSecond = 0;
   if (video.videoWidth) $("resolution").textContent = `${video.videoWidth}×${video.videoHeight}`;
 }, 1000);
+
+// ---- source status: "no signal" while the camera or encoder is gone ----
+// The video keeps playing (the server sends a NO SIGNAL picture), so the page only needs
+// to say so; when the source returns the same connection carries live video again.
+
+const SOURCE_POLL_MS = 500;
+window.peregrine.signal = null;
+
+async function pollSource() {
+  let signal;
+  try {
+    const r = await fetch("state", { cache: "no-store" });
+    const s = await r.json();
+    signal = s.input && s.input.state === "no_signal" ? "no signal" : "live";
+    window.peregrine.viewers = s.viewers;
+  } catch {
+    return; // the server is away; the Janus connection reports that
+  }
+  window.peregrine.signal = signal;
+  $("signal").textContent = signal;
+  const state = window.peregrine.state;
+  if (signal === "no signal" && state === "playing") setStatus("no signal", true);
+  else if (signal === "live" && state === "no signal") setStatus("playing", false);
+}
+setInterval(pollSource, SOURCE_POLL_MS);
+pollSource();
 
 if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVideoFrameCallback(onFrame);
 

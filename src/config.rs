@@ -42,7 +42,9 @@ pub struct Args {
     #[arg(long)]
     pub session_timeout: Option<u64>,
 
-    /// Video source: `testsrc` (generated pattern). [default: testsrc]
+    /// Video source: `testsrc` (generated pattern), `tcp://HOST:PORT` (read an H.264
+    /// byte stream, reconnecting), `tcp-listen://IP:PORT` (accept a pushing encoder),
+    /// `-` (stdin) or a raw H.264 file (paced at --desired-fps, looping). [default: testsrc]
     #[arg(long)]
     pub source: Option<String>,
     /// Picture size WIDTHxHEIGHT. [default: 1280x720]

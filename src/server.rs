@@ -17,6 +17,8 @@ use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::Hub;
 use crate::net::candidate_ips;
 use crate::rtc::{RtcConfig, RtcEngine};
+use crate::source::bytestream::{self, ByteStreamConfig};
+use crate::source::lifecycle::StatusHandle;
 use crate::source::testsrc::{self, TestsrcConfig};
 
 /// Run peregrine until a shutdown signal arrives.
@@ -35,7 +37,13 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let started = Instant::now();
     let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
-    let source_thread = start_source(&cfg, hub.clone(), stop_source.clone())?;
+    let source_status = StatusHandle::new(&cfg.source, "no_signal");
+    let source_thread = start_source(
+        &cfg,
+        hub.clone(),
+        source_status.clone(),
+        stop_source.clone(),
+    )?;
 
     let engine = RtcEngine::start(
         RtcConfig {
@@ -70,6 +78,8 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             serde_json::json!({
                 "uptime_s": started.elapsed().as_secs_f64(),
                 "source": hub.info(),
+                "input": source_status.snapshot(),
+                "viewers": engine.stats().connected,
                 "rtc": engine.stats(),
                 "janus": janus_status.counts(),
             })
@@ -104,10 +114,20 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
 fn start_source(
     cfg: &Config,
     hub: Arc<Hub>,
+    status: StatusHandle,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
+    if let Some(input) = bytestream::Input::parse(&cfg.source)? {
+        let bs = ByteStreamConfig {
+            fps: cfg.fps,
+            width: cfg.width,
+            height: cfg.height,
+        };
+        return Ok(Some(bytestream::spawn(input, bs, hub, status, stop)?));
+    }
     match cfg.source.as_str() {
         "testsrc" => {
+            status.set_live(cfg.width, cfg.height, f64::from(cfg.fps));
             let thread = testsrc::spawn(
                 TestsrcConfig {
                     width: cfg.width,
@@ -122,7 +142,10 @@ fn start_source(
             )?;
             Ok(Some(thread))
         }
-        other => bail!("unknown source {other:?}; use --source testsrc"),
+        other => bail!(
+            "unknown source {other:?}; use --source testsrc, tcp://HOST:PORT, \
+             tcp-listen://IP:PORT, - (stdin) or an H.264 file"
+        ),
     }
 }
 

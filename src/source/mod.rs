@@ -1,4 +1,8 @@
 //! Sources produce access units into a hub, each on its own thread.
 
+pub mod annexb;
+pub mod bytestream;
+pub mod lifecycle;
+pub mod nosignal;
 pub mod pattern;
 pub mod testsrc;

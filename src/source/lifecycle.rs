@@ -1,0 +1,349 @@
+//! What every source that can stop and come back shares: publishing its pictures into
+//! the hub, the NO SIGNAL picture while it is gone (viewers stay connected and keep a
+//! playing stream), restart backoff, and the status `/state` reports.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::annexb::Picture;
+use super::nosignal::{NoSignal, NO_SIGNAL_FPS};
+use crate::media::{clock, AccessUnit, Hub};
+
+/// What `/state` says about the source.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SourceStatus {
+    /// The configured source, e.g. `tcp-listen://0.0.0.0:8000`.
+    pub kind: String,
+    /// `live` while the source delivers video, `no_signal` otherwise.
+    pub state: &'static str,
+    pub width: u32,
+    pub height: u32,
+    /// Measured over the last pictures of live video.
+    pub fps: f64,
+    pub profile_level_id: Option<String>,
+    /// Times the source was lost after delivering video.
+    pub interruptions: u64,
+    pub last_error: Option<String>,
+}
+
+/// Shared, cheap to clone.
+#[derive(Clone, Default)]
+pub struct StatusHandle(Arc<Mutex<SourceStatus>>);
+
+impl StatusHandle {
+    pub fn new(kind: &str, state: &'static str) -> StatusHandle {
+        StatusHandle(Arc::new(Mutex::new(SourceStatus {
+            kind: kind.to_string(),
+            state,
+            ..SourceStatus::default()
+        })))
+    }
+
+    pub fn snapshot(&self) -> SourceStatus {
+        self.lock().clone()
+    }
+
+    /// Name the source by what it really uses (e.g. the port a `:0` listener got).
+    pub fn set_kind(&self, kind: String) {
+        self.lock().kind = kind;
+    }
+
+    /// Set the size and rate of a source that does not report them per picture.
+    pub fn set_live(&self, width: u32, height: u32, fps: f64) {
+        let mut s = self.lock();
+        s.state = "live";
+        (s.width, s.height, s.fps) = (width, height, fps);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SourceStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Restart delays that double from `min` to `max`, and start over after success.
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    /// The delay to wait now; the following one is longer.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Pictures over which the frame rate is measured.
+const FPS_WINDOW: usize = 30;
+
+/// A source's way into the hub.
+pub struct Output {
+    hub: Arc<Hub>,
+    status: StatusHandle,
+    seq: u64,
+    live: bool,
+    fallback_size: (u32, u32),
+    no_signal: Option<NoSignal>,
+    next_no_signal: Option<Instant>,
+    /// The next NO SIGNAL picture must be an IDR (first after live video).
+    no_signal_key: bool,
+    recent: VecDeque<u64>,
+}
+
+impl Output {
+    /// `fallback_size` sizes the NO SIGNAL picture until the source has shown its own.
+    pub fn new(hub: Arc<Hub>, status: StatusHandle, fallback_size: (u32, u32)) -> Output {
+        Output {
+            hub,
+            status,
+            seq: 0,
+            live: false,
+            fallback_size,
+            no_signal: None,
+            next_no_signal: None,
+            no_signal_key: true,
+            recent: VecDeque::with_capacity(FPS_WINDOW),
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Publish one picture of live video.
+    pub fn publish(&mut self, picture: Picture) {
+        let capture_us = clock::monotonic_us();
+        if !self.live {
+            tracing::info!(
+                width = picture.width,
+                height = picture.height,
+                profile_level_id = %picture.profile_level_id,
+                "source live"
+            );
+            self.live = true;
+            self.recent.clear();
+        }
+        if self.recent.len() == FPS_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(capture_us);
+        {
+            let mut s = self.status.lock();
+            s.state = "live";
+            s.width = picture.width;
+            s.height = picture.height;
+            s.fps = measured_fps(&self.recent);
+            if s.profile_level_id.as_deref() != Some(&picture.profile_level_id) {
+                s.profile_level_id = Some(picture.profile_level_id.clone());
+            }
+        }
+        self.fallback_size = (picture.width, picture.height);
+        self.hub.publish(AccessUnit {
+            data: Bytes::from(picture.data),
+            width: picture.width,
+            height: picture.height,
+            key: picture.key,
+            capture_us,
+            seq: self.seq,
+        });
+        self.seq += 1;
+    }
+
+    /// The source is not there yet: viewers get NO SIGNAL until it is.
+    pub fn not_yet(&mut self) {
+        self.status.lock().state = "no_signal";
+        self.live = false;
+        self.no_signal_key = true;
+        self.hub.set_offline();
+    }
+
+    /// The source is gone: viewers get NO SIGNAL from now on.
+    pub fn lost(&mut self, why: &str) {
+        let mut s = self.status.lock();
+        if self.live {
+            tracing::warn!("source lost: {why}");
+            s.interruptions += 1;
+        }
+        s.state = "no_signal";
+        s.fps = 0.0;
+        s.last_error = Some(why.to_string());
+        drop(s);
+        self.live = false;
+        self.no_signal_key = true;
+        self.next_no_signal = None;
+        self.hub.set_offline();
+    }
+
+    /// Call often while not live: publishes a NO SIGNAL picture when one is due and
+    /// someone is watching.
+    pub fn idle(&mut self) {
+        if self.live || !self.hub.has_subscribers() {
+            return;
+        }
+        let now = Instant::now();
+        let period = Duration::from_millis(1000 / u64::from(NO_SIGNAL_FPS));
+        let due = self.next_no_signal.is_none_or(|t| now >= t);
+        // A viewer waiting to start gets its keyframe without waiting for the tick.
+        let wanted =
+            self.hub.keyframe_wanted() && self.next_no_signal.is_none_or(|t| now + period / 2 >= t);
+        if !(due || wanted) {
+            return;
+        }
+        self.next_no_signal = Some(now + period);
+        if let Err(e) = self.publish_no_signal(wanted) {
+            tracing::warn!("NO SIGNAL picture failed: {e:#}");
+        }
+    }
+
+    fn publish_no_signal(&mut self, key_wanted: bool) -> anyhow::Result<()> {
+        let (w, h) = self.fallback_size;
+        let want_size = ((w & !1).max(16), (h & !1).max(16));
+        if self.no_signal.as_ref().map(|n| n.size()) != Some(want_size) {
+            self.no_signal = Some(NoSignal::new(w, h)?);
+            self.no_signal_key = true;
+        }
+        let Some(no_signal) = self.no_signal.as_mut() else {
+            return Ok(());
+        };
+        let key = self.no_signal_key || key_wanted;
+        let Some(picture) = no_signal.encode(key)? else {
+            return Ok(());
+        };
+        self.no_signal_key = false;
+        let (width, height) = no_signal.size();
+        self.hub.publish(AccessUnit {
+            data: Bytes::from(picture.data),
+            width,
+            height,
+            key: picture.key,
+            capture_us: clock::monotonic_us(),
+            seq: self.seq,
+        });
+        // A placeholder is not the source: the hub stays marked offline.
+        self.hub.set_offline();
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Sleep for `delay` in short steps, showing NO SIGNAL meanwhile; false when `stop`
+    /// was set.
+    pub fn wait(&mut self, delay: Duration, stop: &AtomicBool) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.idle();
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(10)));
+        }
+    }
+}
+
+fn measured_fps(recent: &VecDeque<u64>) -> f64 {
+    match (recent.front(), recent.back()) {
+        (Some(first), Some(last)) if recent.len() >= 2 && last > first => {
+            let fps = (recent.len() - 1) as f64 * 1e6 / (last - first) as f64;
+            (fps * 10.0).round() / 10.0
+        }
+        _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::hub::StartAt;
+
+    #[test]
+    fn backoff_doubles_to_its_limit_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(1));
+        let got: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(got, vec![250, 500, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 250);
+    }
+
+    #[tokio::test]
+    async fn no_signal_while_lost_then_live_with_continuous_sequence() {
+        let hub = Hub::new(64);
+        let status = StatusHandle::new("test", "no_signal");
+        let mut out = Output::new(hub.clone(), status.clone(), (320, 240));
+        let mut sub = hub.subscribe(StartAt::NextKeyframe);
+        let stop = AtomicBool::new(false);
+        out.lost("not connected");
+        assert!(out.wait(Duration::from_millis(450), &stop));
+        let first = sub.recv().await.unwrap();
+        assert!(first.key);
+        assert_eq!((first.width, first.height), (320, 240));
+        assert!(!hub.info().online, "placeholders leave the hub offline");
+        assert_eq!(status.snapshot().state, "no_signal");
+
+        let live =
+            super::super::testsrc::PictureEncoder::new(&super::super::testsrc::TestsrcConfig {
+                width: 160,
+                height: 120,
+                fps: 30,
+                bitrate_kbps: 300,
+                gop: 30,
+                warmup: Duration::ZERO,
+            })
+            .unwrap()
+            .encode(&super::super::nosignal::draw(160, 120), 0)
+            .unwrap()
+            .unwrap();
+        out.publish(Picture {
+            data: live.data,
+            key: true,
+            width: 160,
+            height: 120,
+            profile_level_id: "42c00c".into(),
+        });
+        assert!(hub.info().online);
+        let s = status.snapshot();
+        assert_eq!((s.state, s.width, s.height), ("live", 160, 120));
+        let mut last_seq = first.seq;
+        loop {
+            let au = sub.recv().await.unwrap();
+            assert_eq!(au.seq, last_seq + 1, "sequence continues across the switch");
+            last_seq = au.seq;
+            if au.width == 160 {
+                assert!(au.key);
+                break;
+            }
+        }
+        // Lost again: the next placeholder is a keyframe at the live size.
+        out.lost("connection closed");
+        out.wait(Duration::from_millis(10), &stop);
+        let au = sub.recv().await.unwrap();
+        assert!(au.key);
+        assert_eq!((au.width, au.height), (160, 120));
+        assert_eq!(status.snapshot().interruptions, 1);
+    }
+}

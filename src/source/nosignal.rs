@@ -1,0 +1,154 @@
+//! The "NO SIGNAL" picture shown to viewers while a source is gone, so their players
+//! keep a live stream (and stay connected) until the real video returns.
+
+use std::time::Instant;
+
+use super::pattern::I420Frame;
+use super::testsrc::{EncodedPicture, PictureEncoder, TestsrcConfig};
+
+/// Pictures per second while there is no signal: enough to show the page is alive,
+/// cheap enough to cost nothing.
+pub const NO_SIGNAL_FPS: u32 = 5;
+
+const BACKGROUND: u8 = 40;
+const TEXT: u8 = 200;
+const NEUTRAL: u8 = 128;
+
+/// 5x7 glyphs of the letters needed, one row per byte, low 5 bits, MSB first.
+fn glyph(c: char) -> [u8; 7] {
+    match c {
+        'N' => [
+            0b10001, 0b11001, 0b10101, 0b10011, 0b10001, 0b10001, 0b10001,
+        ],
+        'O' => [
+            0b01110, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110,
+        ],
+        'S' => [
+            0b01111, 0b10000, 0b10000, 0b01110, 0b00001, 0b00001, 0b11110,
+        ],
+        'I' => [
+            0b01110, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110,
+        ],
+        'G' => [
+            0b01110, 0b10001, 0b10000, 0b10111, 0b10001, 0b10001, 0b01111,
+        ],
+        'A' => [
+            0b01110, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001,
+        ],
+        'L' => [
+            0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b11111,
+        ],
+        _ => [0; 7],
+    }
+}
+
+/// Draw "NO SIGNAL" in large letters on a dark grey picture. Sizes are made even.
+pub fn draw(width: u32, height: u32) -> I420Frame {
+    let (w, h) = (
+        (width & !1).max(16) as usize,
+        (height & !1).max(16) as usize,
+    );
+    let mut frame = I420Frame {
+        width: w,
+        height: h,
+        y: vec![BACKGROUND; w * h],
+        u: vec![NEUTRAL; (w / 2) * (h / 2)],
+        v: vec![NEUTRAL; (w / 2) * (h / 2)],
+    };
+    const TEXT_STR: &str = "NO SIGNAL";
+    let columns = TEXT_STR.len() * 6 - 1;
+    // The text spans about 60% of the width, and never more than a third of the height.
+    let scale = (w * 6 / 10 / columns).min(h / 3 / 7).max(1);
+    let x0 = w.saturating_sub(columns * scale) / 2;
+    let y0 = h.saturating_sub(7 * scale) / 2;
+    for (i, c) in TEXT_STR.chars().enumerate() {
+        for (row, bits) in glyph(c).iter().enumerate() {
+            for col in 0..5 {
+                if bits & (0x10 >> col) == 0 {
+                    continue;
+                }
+                let x = x0 + (i * 6 + col) * scale;
+                let y = y0 + row * scale;
+                for yy in y..(y + scale).min(h) {
+                    let line = &mut frame.y[yy * w..yy * w + w];
+                    line[x.min(w)..(x + scale).min(w)].fill(TEXT);
+                }
+            }
+        }
+    }
+    frame
+}
+
+/// Encodes the NO SIGNAL picture at a given size; re-created when the size changes.
+pub struct NoSignal {
+    frame: I420Frame,
+    encoder: PictureEncoder,
+    started: Instant,
+}
+
+impl NoSignal {
+    pub fn new(width: u32, height: u32) -> anyhow::Result<NoSignal> {
+        let frame = draw(width, height);
+        let encoder = PictureEncoder::new(&TestsrcConfig {
+            width: frame.width as u32,
+            height: frame.height as u32,
+            fps: NO_SIGNAL_FPS,
+            bitrate_kbps: 300,
+            gop: NO_SIGNAL_FPS * 2,
+            warmup: std::time::Duration::ZERO,
+        })?;
+        Ok(NoSignal {
+            frame,
+            encoder,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn size(&self) -> (u32, u32) {
+        (self.frame.width as u32, self.frame.height as u32)
+    }
+
+    /// Encode the next picture; `key` forces an IDR (the first after live video must be one).
+    pub fn encode(&mut self, key: bool) -> anyhow::Result<Option<EncodedPicture>> {
+        if key {
+            self.encoder.force_keyframe();
+        }
+        let pts_ms = self.started.elapsed().as_millis() as u64;
+        self.encoder.encode(&self.frame, pts_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::decoder::H264Decoder;
+    use crate::media::h264;
+
+    #[test]
+    fn encodes_a_decodable_picture_with_the_text() {
+        let mut ns = NoSignal::new(640, 360).unwrap();
+        let mut decoder = H264Decoder::new().unwrap();
+        let first = ns.encode(true).unwrap().expect("a picture");
+        assert!(first.key);
+        let sps = h264::nal_units(&first.data)
+            .find(|n| h264::nal_type(n) == Some(h264::NalType::Sps))
+            .unwrap();
+        let info = h264::parse_sps(sps).unwrap();
+        assert_eq!((info.width, info.height), (640, 360));
+        let frame = decoder.decode(&first.data).unwrap().expect("decoded");
+        // The middle row of the letters has bright pixels, the corners stay dark.
+        let row = 180 * frame.y_stride;
+        let bright = frame.y[row..row + 640].iter().filter(|&&v| v > 150).count();
+        assert!(bright > 50, "{bright} bright pixels across the text");
+        assert!(frame.y[0] < 60 && frame.y[row + 5] < 60);
+        let next = ns.encode(false).unwrap().expect("a picture");
+        assert!(!next.key);
+        assert!(decoder.decode(&next.data).unwrap().is_some());
+    }
+
+    #[test]
+    fn odd_and_tiny_sizes_are_made_encodable() {
+        let ns = NoSignal::new(175, 9).unwrap();
+        assert_eq!(ns.size(), (174, 16));
+    }
+}
