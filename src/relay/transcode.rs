@@ -143,7 +143,7 @@ impl Transcoder {
         let mut child = Command::new(program)
             .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
             .args(["-fflags", "nobuffer", "-flags", "low_delay"])
-            .args(["-probesize", "500000", "-analyzeduration", "0"])
+            .args(["-probesize", "32", "-analyzeduration", "1"])
             .args([
                 "-threads",
                 "1",
