@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond a Rust toolchain: Debian's Chromium for the browser
-# tests and the npm packages they load (janus.js, webrtc-adapter, playwright-core).
+# tests, ffmpeg for the JSMpeg relay tests, and the npm packages the browser tests load
+# (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

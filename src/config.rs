@@ -362,6 +362,22 @@ mod tests {
     }
 
     #[test]
+    fn jsmpeg_keys() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--jsmpeg-secret",
+            "s3cret",
+            "--jsmpeg-header",
+        ]))
+        .unwrap();
+        assert_eq!(c.jsmpeg_secret.as_deref(), Some("s3cret"));
+        assert!(c.jsmpeg_header);
+        let err =
+            Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "a/b"])).unwrap_err();
+        assert!(format!("{err:#}").contains("jsmpeg_secret"), "{err:#}");
+    }
+
+    #[test]
     fn ranges_and_sizes_parse() {
         assert_eq!(parse_port_range("20000-20010").unwrap(), (20000, 20010));
         assert_eq!(parse_port_range("0").unwrap(), (0, 0));

@@ -265,3 +265,26 @@ async fn transcoder_runs_only_while_viewers_watch() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn jsmpeg_header_for_the_old_player() -> Result<()> {
+    let server = Server::start(&["--jsmpeg-secret", SECRET, "--jsmpeg-header"]).await?;
+    let port = server.http_port;
+    let _video = video_upload(port)?;
+    server
+        .wait_state(Duration::from_secs(15), |s| s["relay"]["uploads"] == 1)
+        .await?;
+    let data = receive(port, "/jsmpeg", Duration::from_secs(3)).await?;
+    assert!(data.len() > 20_000, "only {} bytes", data.len());
+    assert_eq!(&data[..8], b"jsmp\x02\x80\x01\x68", "jsmp, 640, 360");
+    assert_eq!(
+        &data[8..12],
+        &[0, 0, 1, 0xb3],
+        "raw MPEG-1 video from a sequence header"
+    );
+    assert!(
+        !data[8..].windows(4).any(|w| w == b"jsmp"),
+        "the header comes once"
+    );
+    Ok(())
+}

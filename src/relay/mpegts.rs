@@ -25,6 +25,7 @@ const MAX_RESYNC_BYTES: usize = 64 * 1024;
 pub struct PacketSplitter {
     pending: BytesMut,
     started: bool,
+    verified: bool,
     /// Bytes skipped to regain sync since the last good packet.
     skipped: usize,
     /// Total bytes dropped while resynchronising (for logs).
@@ -47,6 +48,13 @@ impl PacketSplitter {
             }
         }
         self.pending.extend_from_slice(data);
+        if !self.verified && self.pending.len() > PACKET_SIZE {
+            // The first byte alone could be chance ('G' is 0x47): want a second packet.
+            if self.pending[PACKET_SIZE] != SYNC_BYTE {
+                return Err(TsError::NotTs(self.pending[0]));
+            }
+            self.verified = true;
+        }
         let mut out = BytesMut::with_capacity(self.pending.len());
         while self.pending.len() >= PACKET_SIZE {
             if self.pending[0] == SYNC_BYTE {
@@ -221,20 +229,24 @@ mod tests {
     #[test]
     fn rejects_non_ts_and_resyncs_after_garbage() {
         assert_eq!(
-            PacketSplitter::new().push(b"GET / HTTP/1.1"),
+            PacketSplitter::new().push(b"hello"),
+            Err(TsError::NotTs(b'h'))
+        );
+        assert_eq!(
+            PacketSplitter::new().push(&b"GET / HTTP/1.1\r\n".repeat(20)),
             Err(TsError::NotTs(b'G'))
         );
         let mut s = PacketSplitter::new();
-        let mut stream = packet(1, false, &[]);
+        let mut stream = [packet(1, false, &[]), packet(1, false, &[])].concat();
         stream.extend_from_slice(&[1, 2, 3, 4, 5]);
         for _ in 0..3 {
             stream.extend(packet(2, false, &[]));
         }
         let out = s.push(&stream).unwrap();
-        assert_eq!(out.len(), 4 * PACKET_SIZE);
+        assert_eq!(out.len(), 5 * PACKET_SIZE);
         assert_eq!(s.dropped_bytes, 5);
         let mut garbage = PacketSplitter::new();
-        let mut long = packet(1, false, &[]);
+        let mut long = [packet(1, false, &[]), packet(1, false, &[])].concat();
         long.extend(vec![0u8; MAX_RESYNC_BYTES + 1000]);
         assert!(matches!(garbage.push(&long), Err(TsError::LostSync(_))));
     }
