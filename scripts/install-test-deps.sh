@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond a Rust toolchain: Debian's Chromium for the browser
-# tests, ffmpeg, and the npm packages they load (janus.js, webrtc-adapter, playwright-core).
+# tests, ffmpeg (the stand-in camera encoder and the JSMpeg transcoder), and the npm
+# packages the browser tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
-# ffmpeg stands in for camera encoders (libcamera-vid) in the byte-stream tests.
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"

@@ -81,6 +81,20 @@ pub struct Args {
     /// Largest RTP packet in bytes, header included. [default: 1150]
     #[arg(long)]
     pub rtp_packet_size: Option<usize>,
+
+    /// Accept MPEG-TS uploads at /upload/SECRET and relay them to JSMpeg viewers
+    /// (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the source transcoded.
+    #[arg(long)]
+    pub jsmpeg_secret: Option<String>,
+    /// Send JSMpeg viewers the 8-byte `jsmp` header and raw MPEG-1 video, for the old jsmpg.js.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub jsmpeg_header: Option<bool>,
+    /// ffmpeg program for the JSMpeg transcode. [default: ffmpeg]
+    #[arg(long)]
+    pub jsmpeg_ffmpeg: Option<String>,
+    /// MPEG-1 bitrate of the JSMpeg transcode in kbit/s. [default: 1500]
+    #[arg(long)]
+    pub jsmpeg_bitrate: Option<u32>,
 }
 
 /// The resolved configuration the program runs with.
@@ -104,6 +118,10 @@ pub struct Config {
     pub udp_ports: (u16, u16),
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
+    pub jsmpeg_secret: Option<String>,
+    pub jsmpeg_header: bool,
+    pub jsmpeg_ffmpeg: String,
+    pub jsmpeg_bitrate_kbps: u32,
 }
 
 impl Default for Config {
@@ -127,6 +145,10 @@ impl Default for Config {
             udp_ports: (20000, 40000),
             ice_loopback: false,
             rtp_packet_size: 1150,
+            jsmpeg_secret: None,
+            jsmpeg_header: false,
+            jsmpeg_ffmpeg: "ffmpeg".into(),
+            jsmpeg_bitrate_kbps: 1500,
         }
     }
 }
@@ -171,6 +193,21 @@ impl Config {
         set!(ice_servers <- ice_server);
         set!(ice_loopback <- ice_loopback);
         set!(rtp_packet_size <- rtp_packet_size);
+        set!(jsmpeg_header <- jsmpeg_header);
+        set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
+        set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
+        if let Some(secret) = a.jsmpeg_secret {
+            if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+                bail!("jsmpeg_secret must be non-empty printable ASCII without '/' or spaces");
+            }
+            self.jsmpeg_secret = Some(secret);
+        }
+        if self.jsmpeg_bitrate_kbps < 100 {
+            bail!(
+                "jsmpeg_bitrate is in kbit/s and must be at least 100, got {}",
+                self.jsmpeg_bitrate_kbps
+            );
+        }
         if let Some(path) = a.janus_http_path {
             if !path.starts_with('/') {
                 bail!("janus_http_path must start with '/', got {path:?}");
@@ -324,6 +361,22 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{err:#}").contains("resolution"), "{err:#}");
+    }
+
+    #[test]
+    fn jsmpeg_keys() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--jsmpeg-secret",
+            "s3cret",
+            "--jsmpeg-header",
+        ]))
+        .unwrap();
+        assert_eq!(c.jsmpeg_secret.as_deref(), Some("s3cret"));
+        assert!(c.jsmpeg_header);
+        let err =
+            Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "a/b"])).unwrap_err();
+        assert!(format!("{err:#}").contains("jsmpeg_secret"), "{err:#}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod http;
 pub mod janus;
 pub mod media;
 pub mod net;
+pub mod relay;
 pub mod rtc;
 pub mod server;
 pub mod source;

@@ -16,6 +16,7 @@ use crate::janus::{JanusConfig, JanusServer};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::Hub;
 use crate::net::candidate_ips;
+use crate::relay::{Relay, RelayConfig};
 use crate::rtc::{RtcConfig, RtcEngine};
 use crate::source::bytestream::{self, ByteStreamConfig};
 use crate::source::lifecycle::StatusHandle;
@@ -68,12 +69,23 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
                 cfg.host, cfg.janus_ws_port, cfg.host, cfg.janus_http_port
             )
         })?;
+    let relay = Relay::new(
+        hub.clone(),
+        RelayConfig {
+            jsmpeg_secret: cfg.jsmpeg_secret.clone(),
+            jsmpeg_header: cfg.jsmpeg_header,
+            ffmpeg: cfg.jsmpeg_ffmpeg.clone(),
+            transcode_kbps: cfg.jsmpeg_bitrate_kbps,
+            fps: cfg.fps,
+        },
+    );
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
 
     let state_fn: http::StateFn = {
         let hub = hub.clone();
         let engine = engine.clone();
+        let relay = relay.clone();
         Arc::new(move || {
             serde_json::json!({
                 "uptime_s": started.elapsed().as_secs_f64(),
@@ -82,6 +94,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
                 "viewers": engine.stats().connected,
                 "rtc": engine.stats(),
                 "janus": janus_status.counts(),
+                "relay": relay.stats(),
             })
         })
     };
@@ -94,7 +107,10 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let until_shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let http_server = axum::serve(listener, http::router(state_fn).merge(main_routes))
+    let main_router = http::router(state_fn)
+        .merge(main_routes)
+        .merge(relay.routes());
+    let http_server = axum::serve(listener, relay.with_root_websocket(main_router))
         .with_graceful_shutdown(until_shutdown(shutdown.clone()));
     let janus_server = janus.serve(until_shutdown(shutdown.clone()));
 

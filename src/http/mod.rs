@@ -34,6 +34,26 @@ const PAGES: &[(&str, &str, &str)] = &[
         include_str!("../../client/codestrip.js"),
     ),
     (
+        "/jmuxer.html",
+        "text/html; charset=utf-8",
+        include_str!("../../client/jmuxer.html"),
+    ),
+    (
+        "/jsmpeg.html",
+        "text/html; charset=utf-8",
+        include_str!("../../client/jsmpeg.html"),
+    ),
+    (
+        "/vendor/jmuxer.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../client/vendor/jmuxer.min.js"),
+    ),
+    (
+        "/vendor/jsmpeg-player.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../client/vendor/jsmpeg-player.min.js"),
+    ),
+    (
         "/style.css",
         "text/css; charset=utf-8",
         include_str!("../../client/style.css"),

@@ -33,7 +33,10 @@ pub struct Server {
 impl Server {
     pub async fn start(extra: &[&str]) -> Result<Server> {
         let (http_port, ws_port, janus_http_port) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_peregrine"))
+        // PEREGRINE_BIN runs a given build (as the browser tests allow).
+        let binary = std::env::var_os("PEREGRINE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_peregrine").into());
+        let child = Command::new(binary)
             .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
             .args(["--port", &http_port.to_string()])
             .args(["--janus-ws-port", &ws_port.to_string()])

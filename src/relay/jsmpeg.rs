@@ -1,0 +1,265 @@
+//! JSMpeg: MPEG-TS in (uploads or the transcoder), WebSocket out.
+//!
+//! Every source cuts its bytes into whole 188-byte packets before publishing them on the
+//! [`TsBus`], so several uploads (say one ffmpeg for video, one for audio) interleave on
+//! packet boundaries. Viewers read the bus through a short ring: a viewer that falls
+//! behind loses the oldest data and rejoins at the next join point, so it stays at the
+//! live edge and never slows the uploads or the other viewers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use super::mpegts::{self, PacketSplitter, VideoEsExtractor};
+use super::Relay;
+
+/// Chunks a viewer may fall behind before it loses data (about a second of a 1 Mbit/s
+/// stream arriving in 4 KiB chunks; uploads from ffmpeg usually arrive in smaller ones).
+const BUS_CHUNKS: usize = 64;
+
+/// A run of whole TS packets, and where in it a new viewer may start.
+#[derive(Clone, Debug)]
+pub struct TsChunk {
+    pub data: Bytes,
+    pub join_at: Option<usize>,
+}
+
+/// The fan-out of MPEG-TS to JSMpeg viewers.
+#[derive(Clone)]
+pub struct TsBus {
+    tx: broadcast::Sender<TsChunk>,
+}
+
+impl TsBus {
+    pub fn new() -> TsBus {
+        let (tx, _) = broadcast::channel(BUS_CHUNKS);
+        TsBus { tx }
+    }
+
+    /// Publish whole packets. Never waits for viewers.
+    pub fn publish(&self, packets: Bytes) {
+        if packets.is_empty() {
+            return;
+        }
+        let join_at = mpegts::find_join_point(&packets);
+        let _ = self.tx.send(TsChunk {
+            data: packets,
+            join_at,
+        });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<TsChunk> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for TsBus {
+    fn default() -> Self {
+        TsBus::new()
+    }
+}
+
+/// Byte-wise comparison whose time does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len().max(b.len());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..len {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// `POST`/`PUT /upload/{secret}`: relay an MPEG-TS body (chunked or not) to the viewers.
+pub async fn upload(
+    State(relay): State<Arc<Relay>>,
+    Path(secret): Path<String>,
+    body: Body,
+) -> Response {
+    let Some(expected) = relay.cfg.jsmpeg_secret.as_deref() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "uploads are disabled; start peregrine with --jsmpeg-secret",
+        )
+            .into_response();
+    };
+    if !constant_time_eq(secret.as_bytes(), expected.as_bytes()) {
+        relay.counters.upload_rejected();
+        tracing::warn!("MPEG-TS upload refused: wrong secret");
+        return (StatusCode::FORBIDDEN, "wrong secret").into_response();
+    }
+    let _upload = relay.counters.upload();
+    tracing::info!("MPEG-TS upload started");
+    let mut splitter = PacketSplitter::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                tracing::info!("MPEG-TS upload ended: {err}");
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+        };
+        relay.counters.upload_bytes(chunk.len());
+        match splitter.push(&chunk) {
+            Ok(packets) => relay.bus.publish(packets),
+            Err(err) => {
+                relay.counters.upload_rejected();
+                tracing::warn!("MPEG-TS upload rejected: {err}");
+                return (StatusCode::BAD_REQUEST, err.to_string()).into_response();
+            }
+        }
+    }
+    if splitter.dropped_bytes > 0 {
+        tracing::warn!(
+            dropped_bytes = splitter.dropped_bytes,
+            "MPEG-TS upload had bytes out of packet sync"
+        );
+    }
+    tracing::info!("MPEG-TS upload finished");
+    StatusCode::OK.into_response()
+}
+
+/// A WebSocket upgrade on `/jsmpeg` or `/`.
+pub fn upgrade(relay: Arc<Relay>, ws: WebSocketUpgrade) -> Response {
+    let transcode = relay.cfg.jsmpeg_secret.is_none();
+    if transcode {
+        if let Err(err) = relay.transcoder.check_available() {
+            tracing::warn!("JSMpeg viewer refused: {err}");
+            return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
+        }
+    }
+    ws.on_upgrade(move |socket| serve_viewer(relay, socket, transcode))
+}
+
+async fn serve_viewer(relay: Arc<Relay>, mut socket: WebSocket, transcode: bool) {
+    let _viewer = relay.counters.jsmpeg_viewer();
+    // Subscribe before the transcoder starts so its first packets are not missed.
+    let mut rx = relay.bus.subscribe();
+    let _transcoding = transcode.then(|| relay.transcoder.viewer_joined());
+    let mut out = ViewerOutput::new(relay.cfg.jsmpeg_header);
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => {
+                let data = match chunk {
+                    Ok(chunk) => out.next(&chunk),
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        relay.counters.jsmpeg_lagged();
+                        tracing::debug!(skipped, "JSMpeg viewer fell behind; rejoining at the live edge");
+                        out.rejoin();
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                for message in data {
+                    if socket.send(Message::Binary(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// What one viewer is sent: TS from a join point on, or (for the old `jsmpg.js`) the
+/// `jsmp` header followed by the raw MPEG-1 video stream from a sequence header on.
+struct ViewerOutput {
+    raw_with_header: bool,
+    joined: bool,
+    header_sent: bool,
+    extractor: VideoEsExtractor,
+}
+
+impl ViewerOutput {
+    fn new(raw_with_header: bool) -> ViewerOutput {
+        ViewerOutput {
+            raw_with_header,
+            joined: false,
+            header_sent: false,
+            extractor: VideoEsExtractor::new(),
+        }
+    }
+
+    fn rejoin(&mut self) {
+        self.joined = false;
+        self.extractor = VideoEsExtractor::new();
+    }
+
+    /// The messages to send for this chunk (none while waiting for a join point).
+    fn next(&mut self, chunk: &TsChunk) -> Vec<Bytes> {
+        if !self.raw_with_header {
+            if !self.joined {
+                let Some(at) = chunk.join_at else {
+                    return Vec::new();
+                };
+                self.joined = true;
+                return vec![chunk.data.slice(at..)];
+            }
+            return vec![chunk.data.clone()];
+        }
+        let mut es = BytesMut::new();
+        self.extractor.extract(&chunk.data, &mut es);
+        let mut es = es.freeze();
+        let mut messages = Vec::new();
+        if !self.joined {
+            let Some(at) = es.windows(4).position(|w| w == [0, 0, 1, 0xb3]) else {
+                return messages;
+            };
+            es = es.slice(at..);
+            self.joined = true;
+            if !self.header_sent {
+                if let Some((w, h)) = mpegts::sequence_header_size(&es) {
+                    messages.push(jsmp_header(w, h));
+                    self.header_sent = true;
+                }
+            }
+        }
+        if !es.is_empty() {
+            messages.push(es);
+        }
+        messages
+    }
+}
+
+/// The header the old `jsmpg.js` expects first: `jsmp`, width, height (big-endian u16).
+pub fn jsmp_header(width: u16, height: u16) -> Bytes {
+    let mut h = Vec::with_capacity(8);
+    h.extend_from_slice(b"jsmp");
+    h.extend_from_slice(&width.to_be_bytes());
+    h.extend_from_slice(&height.to_be_bytes());
+    Bytes::from(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(constant_time_eq(b"supersecret", b"supersecret"));
+        assert!(!constant_time_eq(b"supersecret", b"supersecreT"));
+        assert!(!constant_time_eq(b"supersecret", b"supersecret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn header_layout() {
+        assert_eq!(
+            &jsmp_header(640, 480)[..],
+            &[b'j', b's', b'm', b'p', 2, 128, 1, 224]
+        );
+    }
+}

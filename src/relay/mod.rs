@@ -1,0 +1,220 @@
+//! The WebSocket fallbacks for clients without WebRTC, all on the main HTTP port:
+//!
+//! * `/h264`: H.264 access units for jmuxer ([`h264ws`]).
+//! * `/jsmpeg` and a WebSocket upgrade on `/`: MPEG-TS for JSMpeg ([`jsmpeg`]), fed either
+//!   by uploads to `/upload/SECRET` (when a secret is configured, a drop-in for JSMpeg's
+//!   websocket relay) or by transcoding the hub's H.264 with an ffmpeg child ([`transcode`]).
+
+pub mod h264ws;
+pub mod jsmpeg;
+pub mod mpegts;
+pub mod transcode;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+
+use crate::media::Hub;
+
+/// What the relay needs from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RelayConfig {
+    /// Enables MPEG-TS uploads at `/upload/SECRET`; without it JSMpeg viewers get the
+    /// hub's stream transcoded.
+    pub jsmpeg_secret: Option<String>,
+    /// Send the 8-byte `jsmp` header and a raw MPEG-1 video stream (the old `jsmpg.js`).
+    pub jsmpeg_header: bool,
+    /// The ffmpeg program used for transcoding.
+    pub ffmpeg: String,
+    /// MPEG-1 bitrate of the transcode, kbit/s.
+    pub transcode_kbps: u32,
+    /// Frame rate of the hub's stream.
+    pub fps: u32,
+}
+
+/// Live counts for `/state`: connections, tasks, drops.
+#[derive(Default)]
+pub struct Counters {
+    h264_clients: AtomicUsize,
+    h264_dropped_to_key: AtomicU64,
+    jsmpeg_viewers: AtomicUsize,
+    jsmpeg_lagged: AtomicU64,
+    uploads: AtomicUsize,
+    uploads_total: AtomicU64,
+    uploads_rejected: AtomicU64,
+    upload_bytes: AtomicU64,
+    tasks: AtomicUsize,
+    connections_total: AtomicU64,
+}
+
+/// Decrements a counter when dropped.
+pub struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Like [`CountGuard`], for guards that must move into spawned tasks.
+pub struct OwnedCountGuard {
+    counters: Arc<Counters>,
+    pick: fn(&Counters) -> &AtomicUsize,
+}
+
+impl Drop for OwnedCountGuard {
+    fn drop(&mut self) {
+        (self.pick)(&self.counters).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Counters {
+    fn enter(counter: &AtomicUsize) -> CountGuard<'_> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        CountGuard(counter)
+    }
+
+    pub fn h264_client(&self) -> CountGuard<'_> {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        Self::enter(&self.h264_clients)
+    }
+
+    pub fn jsmpeg_viewer(&self) -> CountGuard<'_> {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        Self::enter(&self.jsmpeg_viewers)
+    }
+
+    pub fn upload(&self) -> CountGuard<'_> {
+        self.uploads_total.fetch_add(1, Ordering::Relaxed);
+        Self::enter(&self.uploads)
+    }
+
+    /// A task spawned for a connection; live until the guard drops.
+    pub fn task(self: &Arc<Self>) -> OwnedCountGuard {
+        self.tasks.fetch_add(1, Ordering::SeqCst);
+        OwnedCountGuard {
+            counters: self.clone(),
+            pick: |c| &c.tasks,
+        }
+    }
+
+    pub fn h264_dropped_to_key(&self) {
+        self.h264_dropped_to_key.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn jsmpeg_lagged(&self) {
+        self.jsmpeg_lagged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn upload_rejected(&self) {
+        self.uploads_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn upload_bytes(&self, n: usize) {
+        self.upload_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The fallbacks' shared state; one per server.
+pub struct Relay {
+    hub: Arc<Hub>,
+    cfg: RelayConfig,
+    counters: Arc<Counters>,
+    bus: jsmpeg::TsBus,
+    transcoder: Arc<transcode::Transcoder>,
+}
+
+impl Relay {
+    pub fn new(hub: Arc<Hub>, cfg: RelayConfig) -> Arc<Relay> {
+        let bus = jsmpeg::TsBus::new();
+        let transcoder = transcode::Transcoder::new(hub.clone(), bus.clone(), &cfg);
+        Arc::new(Relay {
+            hub,
+            cfg,
+            counters: Arc::new(Counters::default()),
+            bus,
+            transcoder,
+        })
+    }
+
+    /// `/h264`, `/jsmpeg` and `/upload/{secret}`.
+    pub fn routes(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/h264", get(h264_upgrade))
+            .route("/jsmpeg", get(jsmpeg_upgrade))
+            .route("/upload/{secret}", any(jsmpeg::upload))
+            .with_state(self.clone())
+    }
+
+    /// Route WebSocket upgrades on `/` to JSMpeg, as JSMpeg's relay serves them, leaving
+    /// plain requests for `/` to `router`.
+    pub fn with_root_websocket(self: &Arc<Self>, router: Router) -> Router {
+        let relay = self.clone();
+        router.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let relay = relay.clone();
+                async move {
+                    if req.uri().path() != "/" || !is_websocket_upgrade(req.headers()) {
+                        return next.run(req).await;
+                    }
+                    let (mut parts, _body) = req.into_parts();
+                    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+                        Ok(ws) => jsmpeg_upgrade(State(relay), ws).await,
+                        Err(rejection) => rejection.into_response(),
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Counts for `/state`.
+    pub fn stats(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "h264_clients": c.h264_clients.load(Ordering::SeqCst),
+            "h264_dropped_to_key": load(&c.h264_dropped_to_key),
+            "jsmpeg_viewers": c.jsmpeg_viewers.load(Ordering::SeqCst),
+            "jsmpeg_lagged": load(&c.jsmpeg_lagged),
+            "uploads": c.uploads.load(Ordering::SeqCst),
+            "uploads_total": load(&c.uploads_total),
+            "uploads_rejected": load(&c.uploads_rejected),
+            "upload_bytes": load(&c.upload_bytes),
+            "tasks": c.tasks.load(Ordering::SeqCst),
+            "connections_total": load(&c.connections_total),
+            "transcoder": self.transcoder.stats(),
+            "rss_kb": rss_kb(),
+        })
+    }
+}
+
+async fn h264_upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Response {
+    let hub = relay.hub.clone();
+    let counters = relay.counters.clone();
+    ws.on_upgrade(move |socket| h264ws::serve(hub, counters, socket))
+}
+
+async fn jsmpeg_upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Response {
+    jsmpeg::upgrade(relay, ws)
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Resident memory of this process in KiB (Linux), for leak checks from outside.
+fn rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
