@@ -15,4 +15,4 @@ cargo build --bins
 echo "== cargo test"
 cargo test --all-targets
 echo "== browser tests"
-PEREGRINE_BIN="$(pwd)/target/debug/peregrine" npm --prefix janus-compat test
+PEREGRINE_BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug/peregrine" npm --prefix janus-compat test
