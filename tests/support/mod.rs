@@ -32,6 +32,11 @@ pub struct Server {
 
 impl Server {
     pub async fn start(extra: &[&str]) -> Result<Server> {
+        Self::start_with_stderr(extra, Stdio::inherit()).await
+    }
+
+    /// As [`Server::start`], with the process's log (stderr) sent to `stderr`.
+    pub async fn start_with_stderr(extra: &[&str], stderr: Stdio) -> Result<Server> {
         let (http_port, ws_port, janus_http_port) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_peregrine"))
             .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
@@ -44,6 +49,7 @@ impl Server {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("start peregrine")?;
         let server = Server {

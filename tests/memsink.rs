@@ -1,0 +1,301 @@
+//! The memsink against an independent C implementation (tests/c/memsink.c, compiled here
+//! with the system C compiler): peregrine's writer read by the C reader, and the C writer
+//! feeding peregrine's `--source memsink:` into a real WebRTC receiver.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use peregrine::media::decoder::H264Decoder;
+use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
+use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
+use peregrine::source::pattern::{read_code_strip, TestPattern};
+use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
+
+const WIDTH: u32 = 640;
+const HEIGHT: u32 = 360;
+
+/// The C peer, compiled once per test binary.
+fn c_tool() -> &'static Path {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/memsink.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("memsink-c-{}", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .args(["-lrt", "-lm"])
+            .status()
+            .expect("the system C compiler (cc) runs");
+        assert!(status.success(), "compiling {} failed", src.display());
+        out
+    })
+}
+
+fn unique_name(tag: &str) -> String {
+    format!("peregrine-it-{tag}-{}::h264", std::process::id())
+}
+
+fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(name)
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Wait for the exit, for at most `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `count` pictures of the test pattern (counter = index), IDR every `gop`.
+fn encode_frames(count: usize, gop: u32) -> Result<Vec<(bool, Vec<u8>)>> {
+    let cfg = TestsrcConfig {
+        width: WIDTH,
+        height: HEIGHT,
+        fps: 30,
+        bitrate_kbps: 1000,
+        gop,
+        warmup: Duration::ZERO,
+    };
+    let mut pattern = TestPattern::new(WIDTH, HEIGHT)?;
+    let mut encoder = PictureEncoder::new(&cfg)?;
+    let mut frames = Vec::new();
+    for i in 0..count {
+        let picture = encoder
+            .encode(pattern.draw(i as u32, 0), i as u64 * 33)?
+            .context("encoder skipped a picture")?;
+        frames.push((picture.key, picture.data));
+    }
+    assert!(frames[0].0, "the first picture is an IDR");
+    Ok(frames)
+}
+
+#[allow(dead_code)] // used by the source tests below
+fn write_frames_file(path: &Path, frames: &[(bool, Vec<u8>)]) -> Result<()> {
+    let mut out = Vec::new();
+    for (key, data) in frames {
+        out.push(u8::from(*key));
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+fn read_records(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path)?;
+    let mut records = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into()?) as usize;
+        records.push(rest[4..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    Ok(records)
+}
+
+/// `frame k=v k=v ...` lines printed by the C reader.
+fn parse_meta(stdout: &str) -> Vec<HashMap<String, String>> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("frame "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn tmp_file(tag: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("memsink-{tag}-{}", std::process::id()))
+}
+
+/// Decode payloads in order; returns the code-strip counter of each decoded picture.
+fn decode_counters(payloads: &[Vec<u8>]) -> Result<Vec<u32>> {
+    let mut decoder = H264Decoder::new()?;
+    let mut counters = Vec::new();
+    for p in payloads {
+        if let Some(picture) = decoder.decode(p)? {
+            assert_eq!(
+                (picture.width, picture.height),
+                (WIDTH as usize, HEIGHT as usize)
+            );
+            let (counter, _) =
+                read_code_strip(&picture.y, picture.y_stride, picture.width, picture.height)
+                    .context("picture without a readable code strip")?;
+            counters.push(counter);
+        }
+    }
+    Ok(counters)
+}
+
+/// Deterministic timestamps for picture `i`, so the C side's long doubles can be checked.
+fn meta_for(i: usize, key: bool) -> FrameMeta {
+    let base = 100_000.0 + i as f64 / 1000.0;
+    FrameMeta {
+        width: WIDTH,
+        height: HEIGHT,
+        format: FORMAT_H264,
+        stride: 0,
+        online: true,
+        key,
+        gop: 30,
+        grab_begin_ts: base,
+        grab_end_ts: base + 0.25,
+        encode_begin_ts: base + 0.5,
+        encode_end_ts: base + 0.75,
+    }
+}
+
+#[test]
+fn c_reader_takes_peregrine_frames_byte_exact() -> Result<()> {
+    let frames = Arc::new(encode_frames(150, 30)?);
+    let name = unique_name("creader");
+    let mut cfg = SinkConfig::new(&name);
+    cfg.remove_on_exit = true;
+    let mut writer = SinkWriter::open(cfg)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_thread = {
+        let (frames, stop) = (frames.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<usize> {
+            let mut puts = 0;
+            let mut i = 0;
+            while i < frames.len() && !stop.load(Ordering::Relaxed) {
+                let (key, data) = &frames[i];
+                match writer.put(&meta_for(i, *key), data)? {
+                    PutOutcome::Written { wants_key } => {
+                        puts += 1;
+                        i += 1;
+                        if wants_key {
+                            while i < frames.len() && !frames[i].0 {
+                                i += 1;
+                            }
+                        }
+                    }
+                    PutOutcome::Busy => {}
+                    PutOutcome::TooBig => bail!("test frame too big"),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(puts)
+        })
+    };
+
+    let out = tmp_file("creader.bin");
+    let want = 40;
+    let reader = Command::new(c_tool())
+        .args(["read", &name, &want.to_string()])
+        .arg(&out)
+        .arg("--key")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut reader = Proc(reader);
+    let status = reader.wait_exit(Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.0.kill();
+    let puts = writer_thread.join().expect("writer thread")?;
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(
+        reader.0.stdout.as_mut().context("reader stdout")?,
+        &mut stdout,
+    )?;
+    let status = status.with_context(|| format!("{puts} puts; C reader printed:\n{stdout}"))?;
+    assert!(status.success(), "C reader failed: {status}");
+    let metas = parse_meta(&stdout);
+    let payloads = read_records(&out)?;
+    let _ = std::fs::remove_file(&out);
+    assert_eq!((metas.len(), payloads.len()), (want, want));
+    println!("{puts} puts, {want} frames read by the C reader");
+
+    // Every payload is byte-for-byte one of the frames, in order, with its meta.
+    let mut last_index = None;
+    let mut indices = Vec::new();
+    for (payload, meta) in payloads.iter().zip(&metas) {
+        let index = frames
+            .iter()
+            .enumerate()
+            .skip(last_index.map_or(0, |i| i + 1))
+            .find(|(_, (_, data))| data == payload)
+            .map(|(i, _)| i)
+            .context("the C reader got bytes that were never written")?;
+        let expect = meta_for(index, frames[index].0);
+        assert_eq!(meta["used"], payload.len().to_string());
+        assert_eq!(meta["width"], WIDTH.to_string());
+        assert_eq!(meta["height"], HEIGHT.to_string());
+        assert_eq!(meta["format"], format!("{FORMAT_H264:08x}"));
+        assert_eq!(meta["key"], u8::from(expect.key).to_string());
+        assert_eq!(meta["online"], "1");
+        assert_eq!(meta["gop"], "30");
+        assert_eq!(meta["grab_begin"], format!("{:.3}", expect.grab_begin_ts));
+        assert_eq!(meta["grab_end"], format!("{:.3}", expect.grab_end_ts));
+        assert_eq!(
+            meta["encode_begin"],
+            format!("{:.3}", expect.encode_begin_ts)
+        );
+        assert_eq!(meta["encode_end"], format!("{:.3}", expect.encode_end_ts));
+        last_index = Some(index);
+        indices.push(index);
+    }
+    // The reader asked for a keyframe after its first frame; the writer jumped to one.
+    assert!(
+        indices[..3].iter().any(|&i| frames[i].0),
+        "no keyframe soon after the request: {indices:?}"
+    );
+
+    // Decode each gap-free run that starts at a keyframe: every picture shows the
+    // counter it was drawn with.
+    let mut decoded = 0;
+    let mut start = 0;
+    while start < indices.len() {
+        let mut end = start + 1;
+        while end < indices.len() && indices[end] == indices[end - 1] + 1 {
+            end += 1;
+        }
+        if frames[indices[start]].0 {
+            let counters = decode_counters(&payloads[start..end])?;
+            let expected: Vec<u32> = indices[start..end].iter().map(|&i| i as u32).collect();
+            assert_eq!(counters, expected);
+            decoded += counters.len();
+        }
+        start = end;
+    }
+    assert!(
+        decoded >= want / 2,
+        "only {decoded} of {want} frames decodable"
+    );
+    assert!(
+        !shm_path(&name).exists(),
+        "the writer removes the object on exit"
+    );
+    Ok(())
+}
