@@ -79,6 +79,23 @@ pub struct Args {
     /// Largest RTP packet in bytes, header included. [default: 1150]
     #[arg(long)]
     pub rtp_packet_size: Option<usize>,
+
+    /// Also write the H.264 stream into this µStreamer memsink (shared-memory object,
+    /// e.g. `demo::ustreamer::h264`) for the Janus ustreamer plugin, kvmd or ustreamer-dump.
+    #[arg(long)]
+    pub h264_sink: Option<String>,
+    /// Permissions of a newly created sink, octal. [default: 660]
+    #[arg(long)]
+    pub h264_sink_mode: Option<String>,
+    /// Remove the sink when peregrine exits.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub h264_sink_rm: Option<bool>,
+    /// Seconds a sink reader counts as present after its last read (1..60). [default: 10]
+    #[arg(long)]
+    pub h264_sink_client_ttl: Option<u64>,
+    /// Seconds to wait for the sink lock (1..60; kept for µStreamer parity). [default: 1]
+    #[arg(long)]
+    pub h264_sink_timeout: Option<u64>,
 }
 
 /// The resolved configuration the program runs with.
@@ -102,6 +119,11 @@ pub struct Config {
     pub udp_ports: (u16, u16),
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
+    pub h264_sink: Option<String>,
+    pub h264_sink_mode: u32,
+    pub h264_sink_rm: bool,
+    pub h264_sink_client_ttl_s: u64,
+    pub h264_sink_timeout_s: u64,
 }
 
 impl Default for Config {
@@ -125,6 +147,11 @@ impl Default for Config {
             udp_ports: (20000, 40000),
             ice_loopback: false,
             rtp_packet_size: 1150,
+            h264_sink: None,
+            h264_sink_mode: 0o660,
+            h264_sink_rm: false,
+            h264_sink_client_ttl_s: 10,
+            h264_sink_timeout_s: 1,
         }
     }
 }
@@ -169,6 +196,22 @@ impl Config {
         set!(ice_servers <- ice_server);
         set!(ice_loopback <- ice_loopback);
         set!(rtp_packet_size <- rtp_packet_size);
+        set!(h264_sink_rm <- h264_sink_rm);
+        set!(h264_sink_client_ttl_s <- h264_sink_client_ttl);
+        set!(h264_sink_timeout_s <- h264_sink_timeout);
+        if let Some(name) = a.h264_sink {
+            crate::memsink::layout::data_size_for_name(&name)
+                .map_err(|e| anyhow!("h264_sink: {e}"))?;
+            self.h264_sink = Some(name);
+        }
+        if let Some(mode) = a.h264_sink_mode {
+            self.h264_sink_mode = u32::from_str_radix(mode.trim(), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| {
+                    anyhow!("h264_sink_mode must be octal permissions like 660, got {mode:?}")
+                })?;
+        }
         if let Some(path) = a.janus_http_path {
             if !path.starts_with('/') {
                 bail!("janus_http_path must start with '/', got {path:?}");
@@ -204,6 +247,19 @@ impl Config {
                 "rtp_packet_size must be 200..=1500 bytes, got {}",
                 self.rtp_packet_size
             );
+        }
+        for (key, v) in [
+            ("h264_sink_client_ttl", self.h264_sink_client_ttl_s),
+            ("h264_sink_timeout", self.h264_sink_timeout_s),
+        ] {
+            if !(1..=60).contains(&v) {
+                bail!("{key} must be 1..=60 seconds, got {v}");
+            }
+        }
+        if let (Some(sink), Some(read)) = (&self.h264_sink, self.source.strip_prefix("memsink:")) {
+            if sink == read {
+                bail!("h264_sink {sink:?} is also the source: peregrine would read its own frames");
+            }
         }
         for url in &self.ice_servers {
             if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:"))
@@ -322,6 +378,42 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{err:#}").contains("resolution"), "{err:#}");
+    }
+
+    #[test]
+    fn sink_flags_parse_and_validate() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--h264-sink",
+            "demo::ustreamer::h264",
+            "--h264-sink-mode",
+            "644",
+            "--h264-sink-rm",
+            "--h264-sink-client-ttl",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(c.h264_sink.as_deref(), Some("demo::ustreamer::h264"));
+        assert_eq!((c.h264_sink_mode, c.h264_sink_rm), (0o644, true));
+        assert_eq!((c.h264_sink_client_ttl_s, c.h264_sink_timeout_s), (3, 1));
+        for (flag, value, key) in [
+            ("--h264-sink", "x:y.h264", "h264_sink"),
+            ("--h264-sink-mode", "9", "h264_sink_mode"),
+            ("--h264-sink-client-ttl", "0", "h264_sink_client_ttl"),
+            ("--h264-sink-timeout", "61", "h264_sink_timeout"),
+        ] {
+            let err = Config::load(Args::parse_from(["peregrine", flag, value])).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--source",
+            "memsink:a::h264",
+            "--h264-sink",
+            "a::h264",
+        ]))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("also the source"), "{err:#}");
     }
 
     #[test]

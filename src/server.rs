@@ -15,8 +15,11 @@ use crate::http;
 use crate::janus::{JanusConfig, JanusServer};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::Hub;
+use crate::memsink::output as memsink_output;
+use crate::memsink::writer::SinkConfig;
 use crate::net::candidate_ips;
 use crate::rtc::{RtcConfig, RtcEngine};
+use crate::source::memsink::{self as memsink_source, MemsinkSourceConfig};
 use crate::source::testsrc::{self, TestsrcConfig};
 
 /// Run peregrine until a shutdown signal arrives.
@@ -36,6 +39,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
     let source_thread = start_source(&cfg, hub.clone(), stop_source.clone())?;
+    let sink_thread = start_sink(&cfg, hub.clone(), stop_source.clone())?;
 
     let engine = RtcEngine::start(
         RtcConfig {
@@ -95,7 +99,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     };
     engine.shutdown().await;
     stop_source.store(true, Ordering::Relaxed);
-    if let Some(thread) = source_thread {
+    for thread in [source_thread, sink_thread].into_iter().flatten() {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     result
@@ -122,8 +126,34 @@ fn start_source(
             )?;
             Ok(Some(thread))
         }
-        other => bail!("unknown source {other:?}; use --source testsrc"),
+        other => match other.strip_prefix("memsink:") {
+            Some(name) => Ok(Some(memsink_source::spawn(
+                MemsinkSourceConfig::new(name),
+                hub,
+                stop,
+            )?)),
+            None => bail!("unknown source {other:?}; use --source testsrc or memsink:NAME"),
+        },
     }
+}
+
+/// The `--h264-sink` output, when configured.
+fn start_sink(
+    cfg: &Config,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(name) = &cfg.h264_sink else {
+        return Ok(None);
+    };
+    let sink = SinkConfig {
+        name: name.clone(),
+        mode: cfg.h264_sink_mode,
+        remove_on_exit: cfg.h264_sink_rm,
+        client_ttl: std::time::Duration::from_secs(cfg.h264_sink_client_ttl_s),
+        timeout: std::time::Duration::from_secs(cfg.h264_sink_timeout_s),
+    };
+    Ok(Some(memsink_output::spawn(sink, cfg.gop, hub, stop)?))
 }
 
 async fn wait_for_signal() {

@@ -17,6 +17,7 @@ use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
 use peregrine::source::pattern::{read_code_strip, TestPattern};
 use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
+use support::Server;
 
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
@@ -97,7 +98,7 @@ fn encode_frames(count: usize, gop: u32) -> Result<Vec<(bool, Vec<u8>)>> {
     Ok(frames)
 }
 
-#[allow(dead_code)] // used by the source tests below
+#[allow(dead_code)]
 fn write_frames_file(path: &Path, frames: &[(bool, Vec<u8>)]) -> Result<()> {
     let mut out = Vec::new();
     for (key, data) in frames {
@@ -158,6 +159,37 @@ fn decode_counters(payloads: &[Vec<u8>]) -> Result<Vec<u32>> {
     Ok(counters)
 }
 
+/// Run the C reader for `want` frames: (meta lines, payloads).
+#[allow(clippy::type_complexity)]
+fn c_read(
+    name: &str,
+    want: usize,
+    timeout: Duration,
+) -> Result<(Vec<HashMap<String, String>>, Vec<Vec<u8>>)> {
+    let out = tmp_file(&format!("read-{}.bin", name.replace(':', "_")));
+    let reader = Command::new(c_tool())
+        .args(["read", name, &want.to_string()])
+        .arg(&out)
+        .arg("--key")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut reader = Proc(reader);
+    let status = reader.wait_exit(timeout);
+    let _ = reader.0.kill();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(
+        reader.0.stdout.as_mut().context("reader stdout")?,
+        &mut stdout,
+    )?;
+    let status = status.with_context(|| format!("C reader printed:\n{stdout}"))?;
+    if !status.success() {
+        bail!("C reader failed ({status}):\n{stdout}");
+    }
+    let payloads = read_records(&out)?;
+    let _ = std::fs::remove_file(&out);
+    Ok((parse_meta(&stdout), payloads))
+}
+
 /// Deterministic timestamps for picture `i`, so the C side's long doubles can be checked.
 fn meta_for(i: usize, key: bool) -> FrameMeta {
     let base = 100_000.0 + i as f64 / 1000.0;
@@ -211,29 +243,11 @@ fn c_reader_takes_peregrine_frames_byte_exact() -> Result<()> {
         })
     };
 
-    let out = tmp_file("creader.bin");
     let want = 40;
-    let reader = Command::new(c_tool())
-        .args(["read", &name, &want.to_string()])
-        .arg(&out)
-        .arg("--key")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut reader = Proc(reader);
-    let status = reader.wait_exit(Duration::from_secs(60));
+    let read = c_read(&name, want, Duration::from_secs(60));
     stop.store(true, Ordering::Relaxed);
-    let _ = reader.0.kill();
     let puts = writer_thread.join().expect("writer thread")?;
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(
-        reader.0.stdout.as_mut().context("reader stdout")?,
-        &mut stdout,
-    )?;
-    let status = status.with_context(|| format!("{puts} puts; C reader printed:\n{stdout}"))?;
-    assert!(status.success(), "C reader failed: {status}");
-    let metas = parse_meta(&stdout);
-    let payloads = read_records(&out)?;
-    let _ = std::fs::remove_file(&out);
+    let (metas, payloads) = read?;
     assert_eq!((metas.len(), payloads.len()), (want, want));
     println!("{puts} puts, {want} frames read by the C reader");
 
@@ -297,5 +311,67 @@ fn c_reader_takes_peregrine_frames_byte_exact() -> Result<()> {
         !shm_path(&name).exists(),
         "the writer removes the object on exit"
     );
+    Ok(())
+}
+
+/// The counters of the decoded pictures in C-reader payloads, from the first keyframe.
+fn decode_from_first_key(
+    metas: &[HashMap<String, String>],
+    payloads: &[Vec<u8>],
+) -> Result<Vec<u32>> {
+    let first_key = metas
+        .iter()
+        .position(|m| m["key"] == "1")
+        .context("no keyframe among the frames read")?;
+    decode_counters(&payloads[first_key..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_sink_of_the_binary_feeds_a_c_reader_only_while_it_reads() -> Result<()> {
+    let name = unique_name("binsink");
+    let server = Server::start(&[
+        "--resolution",
+        "640x360",
+        "--h264-sink",
+        &name,
+        "--h264-sink-rm",
+        "--h264-sink-client-ttl",
+        "1",
+    ])
+    .await?;
+    let reading = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 45, Duration::from_secs(60)))
+    };
+    let (metas, payloads) = reading.await??;
+    for m in &metas {
+        assert_eq!(m["format"], format!("{FORMAT_H264:08x}"));
+        assert_eq!((m["width"].as_str(), m["height"].as_str()), ("640", "360"));
+        assert_eq!(m["online"], "1");
+        assert_eq!(m["stride"], "0");
+    }
+    let counters = decode_from_first_key(&metas, &payloads)?;
+    assert!(counters.len() >= 30, "decoded only {}", counters.len());
+    assert!(
+        counters.windows(2).all(|w| w[1] > w[0]),
+        "counters not increasing: {counters:?}"
+    );
+
+    // The reader is gone: after the client TTL the sink stops pulling pictures.
+    server
+        .wait_state(Duration::from_secs(15), |s| s["source"]["subscribers"] == 0)
+        .await?;
+    // A new reader wakes it again, starting with a keyframe.
+    let (metas, payloads) = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 10, Duration::from_secs(60))).await??
+    };
+    assert!(
+        metas[..3].iter().any(|m| m["key"] == "1"),
+        "no keyframe after waking"
+    );
+    assert!(!decode_from_first_key(&metas, &payloads)?.is_empty());
+    drop(server);
+    let _ = std::fs::remove_file(shm_path(&name));
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! * [`shm`]: the shared-memory object and its `flock`.
 //! * [`writer`] / [`reader`]: the server and client sides of the protocol.
 //! * [`output`]: a task that feeds a hub's pictures into a sink.
-
 pub mod layout;
+pub mod output;
 
 pub mod reader;
 pub mod shm;

@@ -1,4 +1,5 @@
 //! Sources produce access units into a hub, each on its own thread.
 
+pub mod memsink;
 pub mod pattern;
 pub mod testsrc;
