@@ -15,9 +15,10 @@ use anyhow::{bail, Context, Result};
 use peregrine::media::decoder::H264Decoder;
 use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
+use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::{read_code_strip, TestPattern};
 use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
-use support::Server;
+use support::{JanusClient, Server, Transport};
 
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
@@ -98,7 +99,6 @@ fn encode_frames(count: usize, gop: u32) -> Result<Vec<(bool, Vec<u8>)>> {
     Ok(frames)
 }
 
-#[allow(dead_code)]
 fn write_frames_file(path: &Path, frames: &[(bool, Vec<u8>)]) -> Result<()> {
     let mut out = Vec::new();
     for (key, data) in frames {
@@ -373,5 +373,199 @@ async fn h264_sink_of_the_binary_feeds_a_c_reader_only_while_it_reads() -> Resul
     assert!(!decode_from_first_key(&metas, &payloads)?.is_empty());
     drop(server);
     let _ = std::fs::remove_file(shm_path(&name));
+    Ok(())
+}
+
+/// Frames for the C writer: 300 pictures (10 s at 30 fps), IDR every 30, written once.
+fn frames_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = tmp_file("frames.bin");
+        let frames = encode_frames(300, 30).expect("test pattern encodes");
+        write_frames_file(&path, &frames).expect("frames file written");
+        path
+    })
+}
+
+fn start_c_writer(name: &str, extra: &[&str]) -> Result<Proc> {
+    let child = Command::new(c_tool())
+        .args(["write", name])
+        .arg(frames_file())
+        .args(["--size", "640", "360"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+/// Join as janus.js does and return the connected receiver.
+async fn join(server: &Server) -> Result<(JanusClient, ReceiverPeer)> {
+    let mut janus = JanusClient::connect(server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let offer = janus.watch().await?;
+    let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
+    janus.start(&answer).await?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+    Ok((janus, peer))
+}
+
+/// Decode `want` pictures from the viewer; their counters, which must increase.
+async fn decode_viewer(
+    peer: &mut ReceiverPeer,
+    decoder: &mut H264Decoder,
+    want: usize,
+) -> Result<Vec<u32>> {
+    let mut counters: Vec<u32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counters.len() < want {
+        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
+            bail!("only {} of {want} pictures decoded", counters.len());
+        };
+        // Across a writer outage the first pictures may reference ones never received:
+        // ask for a keyframe as a browser would, and only count from there.
+        let picture = match decoder.decode(&frame.data) {
+            Ok(Some(picture)) => picture,
+            Ok(None) => continue,
+            Err(e) if counters.is_empty() => {
+                note_skipped_picture(&e);
+                peer.send_pli();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if (picture.width, picture.height) != (640, 360) {
+            bail!("picture is {}x{}", picture.width, picture.height);
+        }
+        let (counter, _) = read_code_strip(&picture.y, picture.y_stride, 640, 360)
+            .context("picture without a readable code strip")?;
+        if let Some(&last) = counters.last() {
+            if counter <= last {
+                bail!("counter went from {last} to {counter} ({counters:?})");
+            }
+        }
+        counters.push(counter);
+    }
+    Ok(counters)
+}
+
+fn note_skipped_picture(e: &dyn std::fmt::Display) {
+    println!("before the first picture: {e}");
+}
+
+fn source_arg(name: &str) -> String {
+    format!("memsink:{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_writer_feeds_a_webrtc_viewer_through_memsink_source() -> Result<()> {
+    let name = unique_name("csrc");
+    // peregrine first: it waits for the sink to appear.
+    let server = Server::start(&["--source", &source_arg(&name)]).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let (_janus, mut peer) = join(&server).await?;
+    let counters = decode_viewer(&mut peer, &mut H264Decoder::new()?, 45).await?;
+    println!(
+        "decoded counters {}..{}",
+        counters[0],
+        counters[counters.len() - 1]
+    );
+    let state = server.state().await?;
+    assert_eq!(state["source"]["width"], 640);
+    assert_eq!(state["source"]["height"], 360);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
+    let name = unique_name("restart");
+    let writer = start_c_writer(&name, &[])?;
+    let server = Server::start(&["--source", &source_arg(&name)]).await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    decode_viewer(&mut peer, &mut decoder, 15).await?;
+
+    // Killed mid-stream: the object stays with its last frame; a new writer reuses it.
+    drop(writer);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while peer.try_next_frame().is_some() {}
+    let writer = start_c_writer(&name, &[])?;
+    let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
+    println!("after a restart in place: {counters:?}");
+
+    // Killed and the object removed and created anew (µStreamer with --h264-sink-rm).
+    drop(writer);
+    std::fs::remove_file(shm_path(&name))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while peer.try_next_frame().is_some() {}
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
+    println!("after the object was recreated: {counters:?}");
+    Ok(())
+}
+
+/// Wait until the log file contains `needle`.
+async fn wait_log(path: &Path, needle: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("log never said {needle:?}:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_corrupt_and_wrong_version_sinks_are_survived() -> Result<()> {
+    let name = unique_name("faults");
+    let log_path = tmp_file("faults.log");
+    let log = std::fs::File::create(&log_path)?;
+    let writer = start_c_writer(&name, &[])?;
+    let server = Server::start_logged(&["--source", &source_arg(&name)], log).await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    decode_viewer(&mut peer, &mut decoder, 10).await?;
+    drop(writer);
+
+    let header_at = |bytes: &[u8]| -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(shm_path(&name))?;
+        f.write_all_at(bytes, 0)?;
+        Ok(())
+    };
+    // Garbage over the whole header: no magic, so "no frame yet".
+    let garbage: Vec<u8> = (0..160u32).map(|i| (i * 37 + 11) as u8).collect();
+    header_at(&garbage)?;
+    wait_log(&log_path, "magic not set").await?;
+    server.state().await?;
+
+    // Valid magic and version but `used` beyond the data area.
+    let mut corrupt = garbage.clone();
+    corrupt[..8].copy_from_slice(&0xCAFE_BABE_CAFE_BABEu64.to_le_bytes());
+    corrupt[8..12].copy_from_slice(&10u32.to_le_bytes());
+    corrupt[16..24].copy_from_slice(&0x1234_5678u64.to_le_bytes());
+    corrupt[24..32].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    header_at(&corrupt)?;
+    wait_log(&log_path, "corrupt header").await?;
+    server.state().await?;
+
+    // A writer of another protocol version.
+    let old = start_c_writer(&name, &["--version", "9"])?;
+    wait_log(&log_path, "protocol version mismatch: sink=9, required=10").await?;
+    server.state().await?;
+    drop(old);
+
+    // A valid writer returns: the same viewer gets pictures again.
+    while peer.try_next_frame().is_some() {}
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let counters = decode_viewer(&mut peer, &mut decoder, 10).await?;
+    println!("after the faults: {counters:?}");
+    let _ = std::fs::remove_file(&log_path);
     Ok(())
 }

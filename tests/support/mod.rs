@@ -32,11 +32,16 @@ pub struct Server {
 
 impl Server {
     pub async fn start(extra: &[&str]) -> Result<Server> {
-        Self::start_with_stderr(extra, Stdio::inherit()).await
+        Self::start_with_output(extra, Stdio::inherit(), Stdio::inherit()).await
     }
 
-    /// As [`Server::start`], with the process's log (stderr) sent to `stderr`.
-    pub async fn start_with_stderr(extra: &[&str], stderr: Stdio) -> Result<Server> {
+    /// As [`Server::start`], with the process's log and error output in `log`.
+    pub async fn start_logged(extra: &[&str], log: std::fs::File) -> Result<Server> {
+        let err = log.try_clone()?;
+        Self::start_with_output(extra, Stdio::from(log), Stdio::from(err)).await
+    }
+
+    async fn start_with_output(extra: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Server> {
         let (http_port, ws_port, janus_http_port) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_peregrine"))
             .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
@@ -49,6 +54,7 @@ impl Server {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .context("start peregrine")?;
