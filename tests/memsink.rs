@@ -569,3 +569,54 @@ async fn garbage_corrupt_and_wrong_version_sinks_are_survived() -> Result<()> {
     let _ = std::fs::remove_file(&log_path);
     Ok(())
 }
+
+/// `last_client_ts` of the sink, read as any other process would.
+fn last_client_ts(name: &str) -> Result<f64> {
+    use peregrine::memsink::layout::Abi;
+    use peregrine::memsink::shm::{OpenMode, ShmObject};
+    let layout = Abi::host().context("known ABI")?.layout();
+    let shm = ShmObject::open(name, layout.header_size, OpenMode::Existing)?;
+    let mut raw = vec![0u8; layout.header_size];
+    shm.read(0, &mut raw);
+    Ok(layout.decode(&raw).last_client_ts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_reads_the_sink_only_while_somebody_watches() -> Result<()> {
+    let name = unique_name("lazy");
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let server = Server::start(&["--source", &source_arg(&name)]).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(last_client_ts(&name)?, 0.0, "read without any viewer");
+
+    // A Janus handle opens the source, as the ustreamer plugin does on attach.
+    let mut janus = JanusClient::connect(&server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last_client_ts(&name)? == 0.0 {
+        if Instant::now() > deadline {
+            bail!("the source never read the sink while a handle was attached");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["source"]["frames"].as_u64() > Some(5)
+        })
+        .await?;
+
+    // Once the handle is gone the reads stop.
+    drop(janus);
+    server
+        .wait_state(Duration::from_secs(20), |s| s["source"]["subscribers"] == 0)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stamped = last_client_ts(&name)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        last_client_ts(&name)?,
+        stamped,
+        "still reading without viewers"
+    );
+    Ok(())
+}
