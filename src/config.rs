@@ -80,6 +80,12 @@ pub struct Args {
     #[arg(long)]
     pub rtp_packet_size: Option<usize>,
 
+    /// Folder of an existing Janus installation's configs (e.g. /opt/janus/etc/janus):
+    /// the source is the memsink in janus.plugin.ustreamer.jcfg (`video.sink`), the
+    /// ports come from the transport configs. Flags and --config keys still win.
+    #[arg(long)]
+    pub janus_config: Option<PathBuf>,
+
     /// Also write the H.264 stream into this µStreamer memsink (shared-memory object,
     /// e.g. `demo::ustreamer::h264`) for the Janus ustreamer plugin, kvmd or ustreamer-dump.
     #[arg(long)]
@@ -170,6 +176,11 @@ impl Config {
             None => Args::default(),
         };
         let mut cfg = Config::default();
+        if let Some(dir) = args.janus_config.as_ref().or(file.janus_config.as_ref()) {
+            janus_install_args(dir)
+                .and_then(|janus| cfg.apply(janus))
+                .with_context(|| format!("janus_config {}", dir.display()))?;
+        }
         cfg.apply(file)?;
         cfg.apply(args)?;
         Ok(cfg)
@@ -269,6 +280,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The settings an existing Janus installation implies, as if given as keys.
+fn janus_install_args(dir: &std::path::Path) -> Result<Args> {
+    let install = crate::memsink::jcfg::read_install(dir)?;
+    let nat_1_1_ip = install
+        .nat_1_1_ip
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| anyhow!("nat.nat_1_1_mapping {ip:?} is not an IP address"))
+        })
+        .transpose()?;
+    Ok(Args {
+        source: install.sink.map(|s| format!("memsink:{s}")),
+        janus_ws_port: install.ws_port,
+        janus_http_port: install.http_port,
+        janus_http_path: install.http_base_path,
+        session_timeout: install.session_timeout,
+        udp_port_range: install.rtp_port_range,
+        nat_1_1_ip,
+        ice_server: install.stun.map(|s| vec![s]),
+        ..Args::default()
+    })
 }
 
 /// `1280x720` → (1280, 720); even sizes only, as 4:2:0 encoding needs.
@@ -414,6 +448,40 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{err:#}").contains("also the source"), "{err:#}");
+    }
+
+    #[test]
+    fn janus_config_folder_sets_source_and_ports_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-janus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.websockets.jcfg"),
+            "general: { ws = true, ws_port = 9188 }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let c = Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap();
+        assert_eq!(c.source, "memsink:demo::ustreamer::h264");
+        assert_eq!((c.janus_ws_port, c.janus_http_port), (9188, 8088));
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--janus-config",
+            dir_s,
+            "--janus-ws-port",
+            "7000",
+        ]))
+        .unwrap();
+        assert_eq!(c.janus_ws_port, 7000);
+        std::fs::remove_file(dir.join("janus.plugin.ustreamer.jcfg")).unwrap();
+        let err =
+            Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap_err();
+        assert!(format!("{err:#}").contains("janus_config"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
