@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond a Rust toolchain: Debian's Chromium for the browser
-# tests and the npm packages they load (janus.js, webrtc-adapter, playwright-core).
+# tests, a C compiler for the memsink tests, and the npm packages the browser tests load
+# (janus.js, webrtc-adapter, playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The memsink tests compile an independent C peer.
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
