@@ -659,3 +659,52 @@ async fn the_source_reads_the_sink_only_while_somebody_watches() -> Result<()> {
     );
     Ok(())
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| Ok(u8::from_str_radix(&s[i..i + 2], 16)?))
+        .collect()
+}
+
+/// Both `long double` encodings against the C compiler: x87 as `long double` on x86_64,
+/// binary128 as `__float128` (the aarch64 `long double` format).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[test]
+fn long_double_codecs_agree_with_the_c_compiler() -> Result<()> {
+    use peregrine::memsink::layout::{binary128_decode, binary128_encode, x87_decode};
+    for text in [
+        "0",
+        "1",
+        "-2.5",
+        "12345.678",
+        "1000000.001",
+        "1234567.891",
+        "0.001",
+    ] {
+        let value: f64 = text.parse()?;
+        let out = Command::new(c_tool())
+            .args(["ld", text, &hex(&binary128_encode(value))])
+            .output()?;
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout)?;
+        let fields: Vec<&str> = stdout.split_whitespace().collect();
+        let [x87, quad, back] = fields[..] else {
+            bail!("unexpected output {stdout:?}");
+        };
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(x87_decode(&unhex(x87)?), value, "x87 {text}");
+        }
+        assert_eq!(binary128_decode(&unhex(quad)?), value, "binary128 {text}");
+        assert_eq!(
+            back,
+            format!("{value:.6}"),
+            "C reading our binary128 of {text}"
+        );
+    }
+    Ok(())
+}

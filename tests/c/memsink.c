@@ -221,6 +221,33 @@ static int do_write(const char *name, const char *frames_path, int fps, unsigned
 	return 0;
 }
 
+#if defined(__x86_64__) || defined(__aarch64__)
+/* `ld VALUE HEX128`: the bytes of VALUE as this machine's long double and as IEEE
+ * binary128 (__float128 on x86_64, long double on aarch64), then HEX128 read back as a
+ * binary128 number. Lets the tests check both encodings against a real compiler. */
+static int do_ld(const char *value, const char *hex128) {
+	long double v = strtold(value, NULL);
+	unsigned char b[16] = {0};
+	memcpy(b, &v, 10);
+	for (int i = 0; i < 10; i++) printf("%02x", b[i]);
+	printf(" ");
+#if defined(__x86_64__)
+	__float128 q = (__float128)v;
+#else
+	long double q = v;
+#endif
+	memcpy(b, &q, 16);
+	for (int i = 0; i < 16; i++) printf("%02x", b[i]);
+	for (int i = 0; i < 16 && hex128[2 * i] && hex128[2 * i + 1]; i++) {
+		char pair[3] = {hex128[2 * i], hex128[2 * i + 1], 0};
+		b[i] = (unsigned char)strtoul(pair, NULL, 16);
+	}
+	memcpy(&q, b, 16);
+	printf(" %.6Lf\n", (long double)q);
+	return 0;
+}
+#endif
+
 int main(int argc, char **argv) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	signal(SIGTERM, on_signal);
@@ -248,6 +275,9 @@ int main(int argc, char **argv) {
 		if (fps < 1) fps = 1;
 		return do_write(argv[2], argv[3], fps, version, count, rm, width, height);
 	}
+#if defined(__x86_64__) || defined(__aarch64__)
+	if (argc == 4 && !strcmp(argv[1], "ld")) return do_ld(argv[2], argv[3]);
+#endif
 	fprintf(stderr, "usage: memsink read NAME COUNT OUT [--key] | write NAME FRAMES [--fps N] [--version V] [--count N] [--rm] [--size W H]\n");
 	return 1;
 }
