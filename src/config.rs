@@ -95,6 +95,29 @@ pub struct Args {
     /// MPEG-1 bitrate of the JSMpeg transcode in kbit/s. [default: 1500]
     #[arg(long)]
     pub jsmpeg_bitrate: Option<u32>,
+
+    /// Folder of an existing Janus installation's configs (e.g. /opt/janus/etc/janus):
+    /// the source is the memsink in janus.plugin.ustreamer.jcfg (`video.sink`), the
+    /// ports come from the transport configs. Flags and --config keys still win.
+    #[arg(long)]
+    pub janus_config: Option<PathBuf>,
+
+    /// Also write the H.264 stream into this µStreamer memsink (shared-memory object,
+    /// e.g. `demo::ustreamer::h264`) for the Janus ustreamer plugin, kvmd or ustreamer-dump.
+    #[arg(long)]
+    pub h264_sink: Option<String>,
+    /// Permissions of a newly created sink, octal. [default: 660]
+    #[arg(long)]
+    pub h264_sink_mode: Option<String>,
+    /// Remove the sink when peregrine exits.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub h264_sink_rm: Option<bool>,
+    /// Seconds a sink reader counts as present after its last read (1..60). [default: 10]
+    #[arg(long)]
+    pub h264_sink_client_ttl: Option<u64>,
+    /// Seconds to wait for the sink lock (1..60; kept for µStreamer parity). [default: 1]
+    #[arg(long)]
+    pub h264_sink_timeout: Option<u64>,
 }
 
 /// The resolved configuration the program runs with.
@@ -122,6 +145,11 @@ pub struct Config {
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
     pub jsmpeg_bitrate_kbps: u32,
+    pub h264_sink: Option<String>,
+    pub h264_sink_mode: u32,
+    pub h264_sink_rm: bool,
+    pub h264_sink_client_ttl_s: u64,
+    pub h264_sink_timeout_s: u64,
 }
 
 impl Default for Config {
@@ -149,6 +177,11 @@ impl Default for Config {
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
             jsmpeg_bitrate_kbps: 1500,
+            h264_sink: None,
+            h264_sink_mode: 0o660,
+            h264_sink_rm: false,
+            h264_sink_client_ttl_s: 10,
+            h264_sink_timeout_s: 1,
         }
     }
 }
@@ -167,6 +200,11 @@ impl Config {
             None => Args::default(),
         };
         let mut cfg = Config::default();
+        if let Some(dir) = args.janus_config.as_ref().or(file.janus_config.as_ref()) {
+            janus_install_args(dir)
+                .and_then(|janus| cfg.apply(janus))
+                .with_context(|| format!("janus_config {}", dir.display()))?;
+        }
         cfg.apply(file)?;
         cfg.apply(args)?;
         Ok(cfg)
@@ -208,6 +246,22 @@ impl Config {
                 self.jsmpeg_bitrate_kbps
             );
         }
+        set!(h264_sink_rm <- h264_sink_rm);
+        set!(h264_sink_client_ttl_s <- h264_sink_client_ttl);
+        set!(h264_sink_timeout_s <- h264_sink_timeout);
+        if let Some(name) = a.h264_sink {
+            crate::memsink::layout::data_size_for_name(&name)
+                .map_err(|e| anyhow!("h264_sink: {e}"))?;
+            self.h264_sink = Some(name);
+        }
+        if let Some(mode) = a.h264_sink_mode {
+            self.h264_sink_mode = u32::from_str_radix(mode.trim(), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| {
+                    anyhow!("h264_sink_mode must be octal permissions like 660, got {mode:?}")
+                })?;
+        }
         if let Some(path) = a.janus_http_path {
             if !path.starts_with('/') {
                 bail!("janus_http_path must start with '/', got {path:?}");
@@ -244,6 +298,19 @@ impl Config {
                 self.rtp_packet_size
             );
         }
+        for (key, v) in [
+            ("h264_sink_client_ttl", self.h264_sink_client_ttl_s),
+            ("h264_sink_timeout", self.h264_sink_timeout_s),
+        ] {
+            if !(1..=60).contains(&v) {
+                bail!("{key} must be 1..=60 seconds, got {v}");
+            }
+        }
+        if let (Some(sink), Some(read)) = (&self.h264_sink, self.source.strip_prefix("memsink:")) {
+            if sink == read {
+                bail!("h264_sink {sink:?} is also the source: peregrine would read its own frames");
+            }
+        }
         for url in &self.ice_servers {
             if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:"))
             {
@@ -252,6 +319,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The settings an existing Janus installation implies, as if given as keys.
+fn janus_install_args(dir: &std::path::Path) -> Result<Args> {
+    let install = crate::memsink::jcfg::read_install(dir)?;
+    let nat_1_1_ip = install
+        .nat_1_1_ip
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| anyhow!("nat.nat_1_1_mapping {ip:?} is not an IP address"))
+        })
+        .transpose()?;
+    Ok(Args {
+        source: install.sink.map(|s| format!("memsink:{s}")),
+        janus_ws_port: install.ws_port,
+        janus_http_port: install.http_port,
+        janus_http_path: install.http_base_path,
+        session_timeout: install.session_timeout,
+        udp_port_range: install.rtp_port_range,
+        nat_1_1_ip,
+        ice_server: install.stun.map(|s| vec![s]),
+        ..Args::default()
+    })
 }
 
 /// `1280x720` → (1280, 720); even sizes only, as 4:2:0 encoding needs.
@@ -377,6 +467,76 @@ mod tests {
         let err =
             Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "a/b"])).unwrap_err();
         assert!(format!("{err:#}").contains("jsmpeg_secret"), "{err:#}");
+    }
+
+    #[test]
+    fn sink_flags_parse_and_validate() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--h264-sink",
+            "demo::ustreamer::h264",
+            "--h264-sink-mode",
+            "644",
+            "--h264-sink-rm",
+            "--h264-sink-client-ttl",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(c.h264_sink.as_deref(), Some("demo::ustreamer::h264"));
+        assert_eq!((c.h264_sink_mode, c.h264_sink_rm), (0o644, true));
+        assert_eq!((c.h264_sink_client_ttl_s, c.h264_sink_timeout_s), (3, 1));
+        for (flag, value, key) in [
+            ("--h264-sink", "x:y.h264", "h264_sink"),
+            ("--h264-sink-mode", "9", "h264_sink_mode"),
+            ("--h264-sink-client-ttl", "0", "h264_sink_client_ttl"),
+            ("--h264-sink-timeout", "61", "h264_sink_timeout"),
+        ] {
+            let err = Config::load(Args::parse_from(["peregrine", flag, value])).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--source",
+            "memsink:a::h264",
+            "--h264-sink",
+            "a::h264",
+        ]))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("also the source"), "{err:#}");
+    }
+
+    #[test]
+    fn janus_config_folder_sets_source_and_ports_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-janus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.websockets.jcfg"),
+            "general: { ws = true, ws_port = 9188 }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let c = Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap();
+        assert_eq!(c.source, "memsink:demo::ustreamer::h264");
+        assert_eq!((c.janus_ws_port, c.janus_http_port), (9188, 8088));
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--janus-config",
+            dir_s,
+            "--janus-ws-port",
+            "7000",
+        ]))
+        .unwrap();
+        assert_eq!(c.janus_ws_port, 7000);
+        std::fs::remove_file(dir.join("janus.plugin.ustreamer.jcfg")).unwrap();
+        let err =
+            Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap_err();
+        assert!(format!("{err:#}").contains("janus_config"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

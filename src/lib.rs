@@ -4,6 +4,7 @@ pub mod config;
 pub mod http;
 pub mod janus;
 pub mod media;
+pub mod memsink;
 pub mod net;
 pub mod relay;
 pub mod rtc;

@@ -15,11 +15,14 @@ use crate::http;
 use crate::janus::{JanusConfig, JanusServer};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::Hub;
+use crate::memsink::output as memsink_output;
+use crate::memsink::writer::SinkConfig;
 use crate::net::candidate_ips;
 use crate::relay::{Relay, RelayConfig};
 use crate::rtc::{RtcConfig, RtcEngine};
 use crate::source::bytestream::{self, ByteStreamConfig};
 use crate::source::lifecycle::StatusHandle;
+use crate::source::memsink::{self as memsink_source, MemsinkSourceConfig};
 use crate::source::testsrc::{self, TestsrcConfig};
 
 /// Run peregrine until a shutdown signal arrives.
@@ -45,6 +48,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         source_status.clone(),
         stop_source.clone(),
     )?;
+    let sink_thread = start_sink(&cfg, hub.clone(), stop_source.clone())?;
 
     let engine = RtcEngine::start(
         RtcConfig {
@@ -121,7 +125,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     };
     engine.shutdown().await;
     stop_source.store(true, Ordering::Relaxed);
-    if let Some(thread) = source_thread {
+    for thread in [source_thread, sink_thread].into_iter().flatten() {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     result
@@ -133,6 +137,10 @@ fn start_source(
     status: StatusHandle,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
+    if let Some(name) = cfg.source.strip_prefix("memsink:") {
+        let thread = memsink_source::spawn(MemsinkSourceConfig::new(name), hub, stop)?;
+        return Ok(Some(thread));
+    }
     if let Some(input) = bytestream::Input::parse(&cfg.source)? {
         let bs = ByteStreamConfig {
             fps: cfg.fps,
@@ -159,10 +167,29 @@ fn start_source(
             Ok(Some(thread))
         }
         other => bail!(
-            "unknown source {other:?}; use --source testsrc, tcp://HOST:PORT, \
+            "unknown source {other:?}; use --source testsrc, memsink:NAME, tcp://HOST:PORT, \
              tcp-listen://IP:PORT, - (stdin) or an H.264 file"
         ),
     }
+}
+
+/// The `--h264-sink` output, when configured.
+fn start_sink(
+    cfg: &Config,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(name) = &cfg.h264_sink else {
+        return Ok(None);
+    };
+    let sink = SinkConfig {
+        name: name.clone(),
+        mode: cfg.h264_sink_mode,
+        remove_on_exit: cfg.h264_sink_rm,
+        client_ttl: std::time::Duration::from_secs(cfg.h264_sink_client_ttl_s),
+        timeout: std::time::Duration::from_secs(cfg.h264_sink_timeout_s),
+    };
+    Ok(Some(memsink_output::spawn(sink, cfg.gop, hub, stop)?))
 }
 
 async fn wait_for_signal() {

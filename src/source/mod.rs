@@ -3,6 +3,7 @@
 pub mod annexb;
 pub mod bytestream;
 pub mod lifecycle;
+pub mod memsink;
 pub mod nosignal;
 pub mod pattern;
 pub mod testsrc;

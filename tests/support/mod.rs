@@ -32,6 +32,16 @@ pub struct Server {
 
 impl Server {
     pub async fn start(extra: &[&str]) -> Result<Server> {
+        Self::start_with_output(extra, Stdio::inherit(), Stdio::inherit()).await
+    }
+
+    /// As [`Server::start`], with the process's log and error output in `log`.
+    pub async fn start_logged(extra: &[&str], log: std::fs::File) -> Result<Server> {
+        let err = log.try_clone()?;
+        Self::start_with_output(extra, Stdio::from(log), Stdio::from(err)).await
+    }
+
+    async fn start_with_output(extra: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Server> {
         let (http_port, ws_port, janus_http_port) = (free_port(), free_port(), free_port());
         // PEREGRINE_BIN runs a given build (as the browser tests allow).
         let binary = std::env::var_os("PEREGRINE_BIN")
@@ -47,6 +57,8 @@ impl Server {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("start peregrine")?;
         let server = Server {

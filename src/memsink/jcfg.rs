@@ -1,0 +1,482 @@
+//! Janus `.jcfg` files (libconfig syntax), read so an existing Janus + ustreamer plugin
+//! installation can be served by peregrine unchanged: the plugin's memsink name and the
+//! transports' ports.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// A libconfig value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Group(Vec<(String, Value)>),
+    /// Arrays `[...]` and lists `(...)`.
+    List(Vec<Value>),
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Value {
+    /// `a.b.c` inside nested groups.
+    pub fn get(&self, path: &str) -> Option<&Value> {
+        path.split('.').try_fold(self, |v, key| match v {
+            Value::Group(items) => items.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        })
+    }
+
+    /// A scalar as the string Janus stores for it; empty strings count as absent, as in
+    /// the plugin.
+    pub fn get_str(&self, path: &str) -> Option<String> {
+        let s = match self.get(path)? {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => format!("{f:.6}"),
+            Value::Bool(b) => b.to_string(),
+            Value::Group(_) | Value::List(_) => return None,
+        };
+        (!s.is_empty()).then_some(s)
+    }
+
+    pub fn get_int(&self, path: &str) -> Option<i64> {
+        match self.get(path)? {
+            Value::Int(i) => Some(*i),
+            Value::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn get_bool(&self, path: &str) -> Option<bool> {
+        match self.get(path)? {
+            Value::Bool(b) => Some(*b),
+            Value::Str(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => Some(true),
+                "false" | "no" | "0" => Some(false),
+                _ => None,
+            },
+            Value::Int(i) => Some(*i != 0),
+            _ => None,
+        }
+    }
+}
+
+/// Parse a whole `.jcfg` text into its top-level group.
+pub fn parse(text: &str) -> Result<Value> {
+    let mut p = Parser {
+        s: text.as_bytes(),
+        pos: 0,
+    };
+    let items = p.settings(None)?;
+    Ok(Value::Group(items))
+}
+
+/// Read and parse a file, naming it in errors.
+pub fn read(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&text).with_context(|| format!("invalid Janus config {}", path.display()))
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn line(&self) -> usize {
+        1 + self.s[..self.pos.min(self.s.len())]
+            .iter()
+            .filter(|&&c| c == b'\n')
+            .count()
+    }
+
+    fn err<T>(&self, what: &str) -> Result<T> {
+        Err(anyhow!("line {}: {what}", self.line()))
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    fn skip_space(&mut self) -> Result<()> {
+        loop {
+            match (self.peek(), self.s.get(self.pos + 1).copied()) {
+                (Some(c), _) if c.is_ascii_whitespace() => self.pos += 1,
+                (Some(b'#'), _) | (Some(b'/'), Some(b'/')) => {
+                    while self.peek().is_some_and(|c| c != b'\n') {
+                        self.pos += 1;
+                    }
+                }
+                (Some(b'/'), Some(b'*')) => {
+                    let start = self.line();
+                    self.pos += 2;
+                    loop {
+                        match self.peek() {
+                            None => bail!("line {start}: unterminated /* comment"),
+                            Some(b'*') if self.s.get(self.pos + 1) == Some(&b'/') => {
+                                self.pos += 2;
+                                break;
+                            }
+                            Some(_) => self.pos += 1,
+                        }
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Settings up to `close` (or the end of the text for the top level).
+    fn settings(&mut self, close: Option<u8>) -> Result<Vec<(String, Value)>> {
+        let mut items = Vec::new();
+        loop {
+            self.skip_space()?;
+            match self.peek() {
+                None if close.is_none() => return Ok(items),
+                None => return self.err("missing '}'"),
+                Some(c) if Some(c) == close => {
+                    self.pos += 1;
+                    return Ok(items);
+                }
+                _ => {}
+            }
+            let name = self.name()?;
+            self.skip_space()?;
+            match self.peek() {
+                Some(b'=' | b':') => self.pos += 1,
+                _ => return self.err(&format!("expected '=' or ':' after {name:?}")),
+            }
+            let value = self.value()?;
+            self.skip_space()?;
+            if matches!(self.peek(), Some(b';' | b',')) {
+                self.pos += 1;
+            }
+            items.push((name, value));
+        }
+    }
+
+    fn name(&mut self) -> Result<String> {
+        let start = self.pos;
+        match self.peek() {
+            Some(c) if c.is_ascii_alphabetic() || c == b'*' => self.pos += 1,
+            _ => return self.err("expected a setting name"),
+        }
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'*'))
+        {
+            self.pos += 1;
+        }
+        Ok(String::from_utf8_lossy(&self.s[start..self.pos]).into_owned())
+    }
+
+    fn value(&mut self) -> Result<Value> {
+        self.skip_space()?;
+        match self.peek() {
+            Some(b'{') => {
+                self.pos += 1;
+                Ok(Value::Group(self.settings(Some(b'}'))?))
+            }
+            Some(open @ (b'[' | b'(')) => {
+                self.pos += 1;
+                let close = if open == b'[' { b']' } else { b')' };
+                let mut items = Vec::new();
+                loop {
+                    self.skip_space()?;
+                    if self.peek() == Some(close) {
+                        self.pos += 1;
+                        return Ok(Value::List(items));
+                    }
+                    items.push(self.value()?);
+                    self.skip_space()?;
+                    if self.peek() == Some(b',') {
+                        self.pos += 1;
+                    }
+                }
+            }
+            Some(b'"') => {
+                let mut s = self.string()?;
+                // Adjacent strings are joined.
+                loop {
+                    self.skip_space()?;
+                    if self.peek() != Some(b'"') {
+                        return Ok(Value::Str(s));
+                    }
+                    s.push_str(&self.string()?);
+                }
+            }
+            Some(_) => self.scalar(),
+            None => self.err("missing value"),
+        }
+    }
+
+    fn string(&mut self) -> Result<String> {
+        self.pos += 1;
+        let mut out = Vec::new();
+        loop {
+            match self.peek() {
+                None | Some(b'\n') => return self.err("unterminated string"),
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(String::from_utf8_lossy(&out).into_owned());
+                }
+                Some(b'\\') => {
+                    let c = self.s.get(self.pos + 1).copied();
+                    self.pos += 2;
+                    match c {
+                        Some(b'n') => out.push(b'\n'),
+                        Some(b't') => out.push(b'\t'),
+                        Some(b'r') => out.push(b'\r'),
+                        Some(b'f') => out.push(0x0c),
+                        Some(b'x') => {
+                            let hex = self.s.get(self.pos..self.pos + 2).unwrap_or_default();
+                            let byte = std::str::from_utf8(hex)
+                                .ok()
+                                .and_then(|h| u8::from_str_radix(h, 16).ok());
+                            match byte {
+                                Some(b) => out.push(b),
+                                None => return self.err("bad \\x escape"),
+                            }
+                            self.pos += 2;
+                        }
+                        Some(c) => out.push(c),
+                        None => return self.err("unterminated string"),
+                    }
+                }
+                Some(c) => {
+                    out.push(c);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    fn scalar(&mut self) -> Result<Value> {
+        let start = self.pos;
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'+'))
+        {
+            self.pos += 1;
+        }
+        let word = std::str::from_utf8(&self.s[start..self.pos]).unwrap_or_default();
+        let lower = word.to_ascii_lowercase();
+        if lower == "true" {
+            return Ok(Value::Bool(true));
+        }
+        if lower == "false" {
+            return Ok(Value::Bool(false));
+        }
+        let digits = lower.trim_end_matches('l');
+        let (negative, unsigned) = match digits.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, digits.strip_prefix('+').unwrap_or(digits)),
+        };
+        let int = match unsigned.strip_prefix("0x") {
+            Some(hex) => i64::from_str_radix(hex, 16).ok(),
+            None => unsigned.parse::<i64>().ok(),
+        };
+        if let Some(i) = int {
+            return Ok(Value::Int(if negative { -i } else { i }));
+        }
+        if let Ok(f) = digits.parse::<f64>() {
+            return Ok(Value::Float(f));
+        }
+        self.err(&format!("unexpected {word:?}"))
+    }
+}
+
+/// What an existing Janus installation's configs folder says peregrine should do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JanusInstall {
+    /// The ustreamer plugin's memsink (`video.sink`, or the older `memsink.object`).
+    pub sink: Option<String>,
+    pub ws_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub http_base_path: Option<String>,
+    pub session_timeout: Option<u64>,
+    pub rtp_port_range: Option<String>,
+    pub nat_1_1_ip: Option<String>,
+    pub stun: Option<String>,
+}
+
+const PLUGIN_FILE: &str = "janus.plugin.ustreamer.jcfg";
+
+/// Read `DIR/janus.plugin.ustreamer.jcfg` (required) and, when present, `janus.jcfg`,
+/// `janus.transport.websockets.jcfg` and `janus.transport.http.jcfg`.
+pub fn read_install(dir: &Path) -> Result<JanusInstall> {
+    let plugin = read(&dir.join(PLUGIN_FILE))?;
+    let sink = plugin
+        .get_str("video.sink")
+        .or_else(|| plugin.get_str("memsink.object"))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: missing video.sink (the µStreamer memsink name, e.g. \
+                 video: {{ sink = \"demo::ustreamer::h264\" }})",
+                dir.join(PLUGIN_FILE).display()
+            )
+        })?;
+    let mut install = JanusInstall {
+        sink: Some(sink),
+        ..JanusInstall::default()
+    };
+    let optional = |name: &str| -> Result<Option<Value>> {
+        let path = dir.join(name);
+        if path.exists() {
+            read(&path).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let port = |v: &Value, key: &str, file: &str| -> Result<Option<u16>> {
+        v.get_int(key)
+            .map(|p| {
+                u16::try_from(p).map_err(|_| anyhow!("{file}: {key} = {p} is not a port number"))
+            })
+            .transpose()
+    };
+    if let Some(ws) = optional("janus.transport.websockets.jcfg")? {
+        if ws.get_bool("general.ws") != Some(false) {
+            install.ws_port = port(&ws, "general.ws_port", "janus.transport.websockets.jcfg")?;
+        }
+    }
+    if let Some(http) = optional("janus.transport.http.jcfg")? {
+        if http.get_bool("general.http") != Some(false) {
+            install.http_port = port(&http, "general.port", "janus.transport.http.jcfg")?;
+        }
+        install.http_base_path = http.get_str("general.base_path");
+    }
+    if let Some(janus) = optional("janus.jcfg")? {
+        install.session_timeout = janus
+            .get_int("general.session_timeout")
+            .and_then(|t| u64::try_from(t).ok());
+        install.rtp_port_range = janus.get_str("media.rtp_port_range");
+        install.nat_1_1_ip = janus.get_str("nat.nat_1_1_mapping");
+        if let Some(server) = janus.get_str("nat.stun_server") {
+            let port = janus.get_int("nat.stun_port").unwrap_or(3478);
+            install.stun = Some(format!("stun:{server}:{port}"));
+        }
+    }
+    Ok(install)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libconfig_forms() {
+        let v = parse(
+            r#"
+            # comment
+            // another
+            /* block
+               comment */
+            video: {
+                sink = "kvmd::ustreamer::"
+                       "h264";
+            }
+            acap = { device = "hw:tc358743,0", sampling_rate = 48000 },
+            list = ( 1, 0x10, -2.5, true, "x\"y\x41" );
+            arr = [ "a", "b" ];
+            FALSE_ish: FALSE;
+            big = 12L
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            v.get_str("video.sink").as_deref(),
+            Some("kvmd::ustreamer::h264")
+        );
+        assert_eq!(v.get_int("acap.sampling_rate"), Some(48000));
+        assert_eq!(
+            v.get("list"),
+            Some(&Value::List(vec![
+                Value::Int(1),
+                Value::Int(16),
+                Value::Float(-2.5),
+                Value::Bool(true),
+                Value::Str("x\"yA".into()),
+            ]))
+        );
+        assert_eq!(v.get_bool("FALSE_ish"), Some(false));
+        assert_eq!(v.get_int("big"), Some(12));
+        assert_eq!(v.get_str("missing.key"), None);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = parse("a = 1;\nb = {\n c = \"open\n}").unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
+        assert!(parse("a = {").is_err());
+        assert!(parse("= 3").is_err());
+        assert!(parse("/* never closed").is_err());
+    }
+
+    fn dir_with(files: &[(&str, &str)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "peregrine-jcfg-{}-{}",
+            std::process::id(),
+            files.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn reads_an_installation() {
+        let dir = dir_with(&[
+            (
+                PLUGIN_FILE,
+                "memsink: { object = \"demo::ustreamer::h264\" }\n",
+            ),
+            (
+                "janus.transport.websockets.jcfg",
+                "general: { json = \"indented\"\n ws = true\n ws_port = 8189 }\n",
+            ),
+            (
+                "janus.transport.http.jcfg",
+                "general: { http = true; port = 8089; base_path = \"/api\" }",
+            ),
+            (
+                "janus.jcfg",
+                "general: { session_timeout = 30 }\nmedia: { rtp_port_range = \"20000-20100\" }\n\
+                 nat: { stun_server = \"stun.example.org\"\n stun_port = 19302 }",
+            ),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(
+            install,
+            JanusInstall {
+                sink: Some("demo::ustreamer::h264".into()),
+                ws_port: Some(8189),
+                http_port: Some(8089),
+                http_base_path: Some("/api".into()),
+                session_timeout: Some(30),
+                rtp_port_range: Some("20000-20100".into()),
+                nat_1_1_ip: None,
+                stun: Some("stun:stun.example.org:19302".into()),
+            }
+        );
+        // The current form wins over the legacy one.
+        std::fs::write(
+            dir.join(PLUGIN_FILE),
+            "video: { sink = \"kvmd::ustreamer::h264\" }\nmemsink: { object = \"old::h264\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            read_install(&dir).unwrap().sink.as_deref(),
+            Some("kvmd::ustreamer::h264")
+        );
+        std::fs::write(dir.join(PLUGIN_FILE), "video: { sink = \"\" }").unwrap();
+        let err = read_install(&dir).unwrap_err().to_string();
+        assert!(err.contains("video.sink"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

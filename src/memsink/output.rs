@@ -1,0 +1,103 @@
+//! Feeds the hub's pictures into a memsink, as µStreamer's H.264 worker does: only while
+//! the sink has a reader (or still needs its first frame), starting each active period
+//! with a keyframe and turning readers' `wants.key` into keyframe requests.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::layout::{FrameMeta, FORMAT_H264};
+use super::writer::{PutOutcome, SinkConfig, SinkWriter};
+use super::{monotonic_s, us_to_s};
+use crate::media::hub::{StartAt, Subscriber};
+use crate::media::{AccessUnit, Hub};
+
+/// How often an idle sink looks for a reader.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Longest wait for a picture before `stop` is looked at again.
+const RECV_STEP: Duration = Duration::from_millis(100);
+
+/// Create the sink now (so a bad name or permission fails at startup) and start the
+/// thread that feeds it. `gop` is copied into every frame, as µStreamer does.
+pub fn spawn(
+    cfg: SinkConfig,
+    gop: u32,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let writer = SinkWriter::open(cfg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("memsink output runtime")?;
+    std::thread::Builder::new()
+        .name("memsink-out".into())
+        .spawn(move || runtime.block_on(run(writer, gop, hub, stop)))
+        .context("starting the memsink output thread")
+}
+
+fn meta_of(au: &AccessUnit, gop: u32) -> FrameMeta {
+    let captured = us_to_s(au.capture_us);
+    FrameMeta {
+        width: au.width,
+        height: au.height,
+        format: FORMAT_H264,
+        stride: 0,
+        online: true,
+        key: au.key,
+        gop,
+        grab_begin_ts: captured,
+        grab_end_ts: captured,
+        encode_begin_ts: captured,
+        encode_end_ts: monotonic_s(),
+    }
+}
+
+async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBool>) {
+    let mut feeding: Option<Subscriber> = None;
+    let mut written: u64 = 0;
+    let mut geometry = (0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        let Some(sub) = feeding.as_mut() else {
+            if writer.check(None) {
+                tracing::info!(sink = writer.name(), "memsink has a reader; feeding it");
+                // Starts at the next keyframe, which subscribing requests.
+                feeding = Some(hub.subscribe(StartAt::NextKeyframe));
+            } else {
+                tokio::time::sleep(IDLE_POLL).await;
+            }
+            continue;
+        };
+        let au = match tokio::time::timeout(RECV_STEP, sub.recv()).await {
+            Err(_) => continue,
+            Ok(None) => break,
+            Ok(Some(au)) => au,
+        };
+        let meta = meta_of(&au, gop);
+        // Like µStreamer, ask without the frame (its size and key flag change with every
+        // picture); a new picture size is written even without readers.
+        let resized = (au.width, au.height) != geometry;
+        if !writer.check(None) && !resized {
+            tracing::info!(sink = writer.name(), written, "memsink has no reader; idle");
+            feeding = None;
+            continue;
+        }
+        match writer.put(&meta, &au.data) {
+            Ok(PutOutcome::Written { wants_key }) => {
+                written += 1;
+                geometry = (au.width, au.height);
+                if wants_key {
+                    hub.request_keyframe();
+                }
+            }
+            Ok(PutOutcome::TooBig | PutOutcome::Busy) => {}
+            Err(e) => {
+                tracing::warn!(sink = writer.name(), "memsink put failed: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    tracing::info!(sink = writer.name(), written, "memsink output stopped");
+}

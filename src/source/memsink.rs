@@ -1,0 +1,205 @@
+//! `--source memsink:NAME`: frames from a running µStreamer's H.264 memsink, read as
+//! the Janus ustreamer plugin reads them.
+//!
+//! * The sink is open only while somebody watches (readers keep µStreamer encoding).
+//! * A missing sink is waited for; errors (version mismatch, corrupt header) are logged
+//!   once and the sink is reopened after a second, so a fixed or restarted writer is
+//!   picked up without restarting peregrine.
+//! * A writer that removes and recreates the object is noticed by its inode.
+//! * Viewers' keyframe requests are passed on through `wants.key`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+
+use crate::media::{clock, h264, AccessUnit, Hub};
+use crate::memsink::layout::{data_size_for_name, FORMAT_H264};
+use crate::memsink::reader::{Get, SinkReader};
+use crate::memsink::s_to_us;
+
+#[derive(Clone, Debug)]
+pub struct MemsinkSourceConfig {
+    pub name: String,
+    /// Longest wait for the sink lock on each read.
+    pub lock_timeout: Duration,
+    /// Pause before reopening after an error or while the sink is missing.
+    pub reopen_delay: Duration,
+}
+
+impl MemsinkSourceConfig {
+    pub fn new(name: &str) -> MemsinkSourceConfig {
+        MemsinkSourceConfig {
+            name: name.to_string(),
+            lock_timeout: Duration::from_secs(1),
+            reopen_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Without a new frame for this long, check whether the name now points to a new object.
+const REPLACED_CHECK: Duration = Duration::from_secs(1);
+/// Without a new frame for this long the source is reported offline.
+const OFFLINE_AFTER: Duration = Duration::from_secs(2);
+const IDLE_STEP: Duration = Duration::from_millis(10);
+
+pub fn spawn(
+    cfg: MemsinkSourceConfig,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    data_size_for_name(&cfg.name).context("source memsink:NAME")?;
+    std::thread::Builder::new()
+        .name("memsink-in".into())
+        .spawn(move || Reading::new(cfg).run(&hub, &stop))
+        .context("starting the memsink source thread")
+}
+
+struct Reading {
+    cfg: MemsinkSourceConfig,
+    reader: Option<SinkReader>,
+    seq: u64,
+    last_frame: Instant,
+    last_replaced_check: Instant,
+    /// The last problem logged, so a persisting one is logged once, not every second.
+    reported: Option<String>,
+    waiting_for_magic: bool,
+}
+
+impl Reading {
+    fn new(cfg: MemsinkSourceConfig) -> Reading {
+        Reading {
+            cfg,
+            reader: None,
+            seq: 0,
+            last_frame: Instant::now(),
+            last_replaced_check: Instant::now(),
+            reported: None,
+            waiting_for_magic: false,
+        }
+    }
+
+    fn report(&mut self, problem: String, error: bool) {
+        if self.reported.as_deref() != Some(problem.as_str()) {
+            if error {
+                tracing::error!("{problem}");
+            } else {
+                tracing::info!("{problem}");
+            }
+            self.reported = Some(problem);
+        }
+    }
+
+    fn pause(&self, d: Duration, stop: &AtomicBool) {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(IDLE_STEP);
+        }
+    }
+
+    fn run(mut self, hub: &Hub, stop: &AtomicBool) {
+        tracing::info!(sink = %self.cfg.name, "memsink source started");
+        while !stop.load(Ordering::Relaxed) {
+            if !hub.has_subscribers() {
+                if self.reader.take().is_some() {
+                    tracing::info!(sink = %self.cfg.name, "memsink closed: nobody watching");
+                }
+                std::thread::sleep(IDLE_STEP);
+                continue;
+            }
+            if self.reader.is_none() {
+                match SinkReader::open(&self.cfg.name, self.cfg.lock_timeout) {
+                    Ok(r) => {
+                        tracing::info!(sink = %self.cfg.name, "memsink opened");
+                        self.reader = Some(r);
+                        self.last_frame = Instant::now();
+                        self.waiting_for_magic = false;
+                    }
+                    Err(e) => {
+                        self.report(format!("waiting for the memsink: {e}"), false);
+                        hub.set_offline();
+                        self.pause(self.cfg.reopen_delay, stop);
+                        continue;
+                    }
+                }
+            }
+            self.step(hub, stop);
+        }
+        tracing::info!(sink = %self.cfg.name, frames = self.seq, "memsink source stopped");
+    }
+
+    fn step(&mut self, hub: &Hub, stop: &AtomicBool) {
+        let Some(reader) = self.reader.as_mut() else {
+            return;
+        };
+        match reader.get(hub.keyframe_wanted()) {
+            Ok(Get::Frame(frame)) => {
+                self.last_frame = Instant::now();
+                self.reported = None;
+                self.waiting_for_magic = false;
+                if frame.meta.format != FORMAT_H264 {
+                    let fourcc = frame.meta.format.to_le_bytes();
+                    self.report(
+                        format!(
+                            "memsink {:?} carries {:?} frames, not H264; use an --h264-sink",
+                            self.cfg.name,
+                            String::from_utf8_lossy(&fourcc)
+                        ),
+                        true,
+                    );
+                    return;
+                }
+                if frame.data.len() <= 3 {
+                    return;
+                }
+                let capture_us = match s_to_us(frame.meta.grab_begin_ts) {
+                    0 => clock::monotonic_us(),
+                    us => us,
+                };
+                let key = h264::access_unit_is_key(&frame.data);
+                hub.publish(AccessUnit {
+                    data: Bytes::from(frame.data),
+                    width: frame.meta.width,
+                    height: frame.meta.height,
+                    key,
+                    capture_us,
+                    seq: self.seq,
+                });
+                self.seq += 1;
+            }
+            Ok(Get::NoData) => {
+                if reader.bad_magic && !self.waiting_for_magic {
+                    self.waiting_for_magic = true;
+                    tracing::warn!(
+                        sink = %self.cfg.name,
+                        "memsink holds no valid frame (magic not set); waiting for the writer"
+                    );
+                }
+                let idle = self.last_frame.elapsed();
+                if idle > OFFLINE_AFTER {
+                    hub.set_offline();
+                }
+                if idle > REPLACED_CHECK && self.last_replaced_check.elapsed() > REPLACED_CHECK {
+                    self.last_replaced_check = Instant::now();
+                    if reader.replaced() {
+                        tracing::info!(sink = %self.cfg.name, "memsink was recreated; reopening");
+                        self.reader = None;
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                self.report(
+                    format!("{e}; reopening in {:?}", self.cfg.reopen_delay),
+                    true,
+                );
+                self.reader = None;
+                hub.set_offline();
+                self.pause(self.cfg.reopen_delay, stop);
+            }
+        }
+    }
+}

@@ -1,0 +1,710 @@
+//! The memsink against an independent C implementation (tests/c/memsink.c, compiled here
+//! with the system C compiler): peregrine's writer read by the C reader, and the C writer
+//! feeding peregrine's `--source memsink:` into a real WebRTC receiver.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use peregrine::media::decoder::H264Decoder;
+use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
+use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
+use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::source::pattern::{read_code_strip, TestPattern};
+use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
+use support::{JanusClient, Server, Transport};
+
+const WIDTH: u32 = 640;
+const HEIGHT: u32 = 360;
+
+/// The C peer, compiled once per test binary.
+fn c_tool() -> &'static Path {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/memsink.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("memsink-c-{}", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .args(["-lrt", "-lm"])
+            .status()
+            .expect("the system C compiler (cc) runs");
+        assert!(status.success(), "compiling {} failed", src.display());
+        out
+    })
+}
+
+fn unique_name(tag: &str) -> String {
+    format!("peregrine-it-{tag}-{}::h264", std::process::id())
+}
+
+fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(name)
+}
+
+/// Removes the test's object however the test ends (writers are killed with SIGKILL).
+struct RemoveShm(String);
+
+impl Drop for RemoveShm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(shm_path(&self.0));
+    }
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Wait for the exit, for at most `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `count` pictures of the test pattern (counter = index), IDR every `gop`.
+fn encode_frames(count: usize, gop: u32) -> Result<Vec<(bool, Vec<u8>)>> {
+    let cfg = TestsrcConfig {
+        width: WIDTH,
+        height: HEIGHT,
+        fps: 30,
+        bitrate_kbps: 1000,
+        gop,
+        warmup: Duration::ZERO,
+    };
+    let mut pattern = TestPattern::new(WIDTH, HEIGHT)?;
+    let mut encoder = PictureEncoder::new(&cfg)?;
+    let mut frames = Vec::new();
+    for i in 0..count {
+        let picture = encoder
+            .encode(pattern.draw(i as u32, 0), i as u64 * 33)?
+            .context("encoder skipped a picture")?;
+        frames.push((picture.key, picture.data));
+    }
+    assert!(frames[0].0, "the first picture is an IDR");
+    Ok(frames)
+}
+
+fn write_frames_file(path: &Path, frames: &[(bool, Vec<u8>)]) -> Result<()> {
+    let mut out = Vec::new();
+    for (key, data) in frames {
+        out.push(u8::from(*key));
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+fn read_records(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path)?;
+    let mut records = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into()?) as usize;
+        records.push(rest[4..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    Ok(records)
+}
+
+/// `frame k=v k=v ...` lines printed by the C reader.
+fn parse_meta(stdout: &str) -> Vec<HashMap<String, String>> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("frame "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn tmp_file(tag: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("memsink-{tag}-{}", std::process::id()))
+}
+
+/// Decode payloads in order; returns the code-strip counter of each decoded picture.
+fn decode_counters(payloads: &[Vec<u8>]) -> Result<Vec<u32>> {
+    let mut decoder = H264Decoder::new()?;
+    let mut counters = Vec::new();
+    for p in payloads {
+        if let Some(picture) = decoder.decode(p)? {
+            assert_eq!(
+                (picture.width, picture.height),
+                (WIDTH as usize, HEIGHT as usize)
+            );
+            let (counter, _) =
+                read_code_strip(&picture.y, picture.y_stride, picture.width, picture.height)
+                    .context("picture without a readable code strip")?;
+            counters.push(counter);
+        }
+    }
+    Ok(counters)
+}
+
+/// Run the C reader for `want` frames: (meta lines, payloads).
+#[allow(clippy::type_complexity)]
+fn c_read(
+    name: &str,
+    want: usize,
+    timeout: Duration,
+) -> Result<(Vec<HashMap<String, String>>, Vec<Vec<u8>>)> {
+    let out = tmp_file(&format!("read-{}.bin", name.replace(':', "_")));
+    let reader = Command::new(c_tool())
+        .args(["read", name, &want.to_string()])
+        .arg(&out)
+        .arg("--key")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut reader = Proc(reader);
+    let status = reader.wait_exit(timeout);
+    let _ = reader.0.kill();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(
+        reader.0.stdout.as_mut().context("reader stdout")?,
+        &mut stdout,
+    )?;
+    let status = status.with_context(|| format!("C reader printed:\n{stdout}"))?;
+    if !status.success() {
+        bail!("C reader failed ({status}):\n{stdout}");
+    }
+    let payloads = read_records(&out)?;
+    let _ = std::fs::remove_file(&out);
+    Ok((parse_meta(&stdout), payloads))
+}
+
+/// Deterministic timestamps for picture `i`, so the C side's long doubles can be checked.
+fn meta_for(i: usize, key: bool) -> FrameMeta {
+    let base = 100_000.0 + i as f64 / 1000.0;
+    FrameMeta {
+        width: WIDTH,
+        height: HEIGHT,
+        format: FORMAT_H264,
+        stride: 0,
+        online: true,
+        key,
+        gop: 30,
+        grab_begin_ts: base,
+        grab_end_ts: base + 0.25,
+        encode_begin_ts: base + 0.5,
+        encode_end_ts: base + 0.75,
+    }
+}
+
+#[test]
+fn c_reader_takes_peregrine_frames_byte_exact() -> Result<()> {
+    let frames = Arc::new(encode_frames(150, 30)?);
+    let name = unique_name("creader");
+    let _cleanup = RemoveShm(name.clone());
+    let mut cfg = SinkConfig::new(&name);
+    cfg.remove_on_exit = true;
+    let mut writer = SinkWriter::open(cfg)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_thread = {
+        let (frames, stop) = (frames.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<usize> {
+            let mut puts = 0;
+            let mut i = 0;
+            while i < frames.len() && !stop.load(Ordering::Relaxed) {
+                let (key, data) = &frames[i];
+                match writer.put(&meta_for(i, *key), data)? {
+                    PutOutcome::Written { wants_key } => {
+                        puts += 1;
+                        i += 1;
+                        if wants_key {
+                            while i < frames.len() && !frames[i].0 {
+                                i += 1;
+                            }
+                        }
+                    }
+                    PutOutcome::Busy => {}
+                    PutOutcome::TooBig => bail!("test frame too big"),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(puts)
+        })
+    };
+
+    let want = 40;
+    let read = c_read(&name, want, Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let puts = writer_thread.join().expect("writer thread")?;
+    let (metas, payloads) = read?;
+    assert_eq!((metas.len(), payloads.len()), (want, want));
+    println!("{puts} puts, {want} frames read by the C reader");
+
+    // Every payload is byte-for-byte one of the frames, in order, with its meta.
+    let mut last_index = None;
+    let mut indices = Vec::new();
+    for (payload, meta) in payloads.iter().zip(&metas) {
+        let index = frames
+            .iter()
+            .enumerate()
+            .skip(last_index.map_or(0, |i| i + 1))
+            .find(|(_, (_, data))| data == payload)
+            .map(|(i, _)| i)
+            .context("the C reader got bytes that were never written")?;
+        let expect = meta_for(index, frames[index].0);
+        assert_eq!(meta["used"], payload.len().to_string());
+        assert_eq!(meta["width"], WIDTH.to_string());
+        assert_eq!(meta["height"], HEIGHT.to_string());
+        assert_eq!(meta["format"], format!("{FORMAT_H264:08x}"));
+        assert_eq!(meta["key"], u8::from(expect.key).to_string());
+        assert_eq!(meta["online"], "1");
+        assert_eq!(meta["gop"], "30");
+        assert_eq!(meta["grab_begin"], format!("{:.3}", expect.grab_begin_ts));
+        assert_eq!(meta["grab_end"], format!("{:.3}", expect.grab_end_ts));
+        assert_eq!(
+            meta["encode_begin"],
+            format!("{:.3}", expect.encode_begin_ts)
+        );
+        assert_eq!(meta["encode_end"], format!("{:.3}", expect.encode_end_ts));
+        last_index = Some(index);
+        indices.push(index);
+    }
+    // The reader asked for a keyframe after its first frame; the writer jumped to one.
+    assert!(
+        indices[..3].iter().any(|&i| frames[i].0),
+        "no keyframe soon after the request: {indices:?}"
+    );
+
+    // Decode each gap-free run that starts at a keyframe: every picture shows the
+    // counter it was drawn with.
+    let mut decoded = 0;
+    let mut start = 0;
+    while start < indices.len() {
+        let mut end = start + 1;
+        while end < indices.len() && indices[end] == indices[end - 1] + 1 {
+            end += 1;
+        }
+        if frames[indices[start]].0 {
+            let counters = decode_counters(&payloads[start..end])?;
+            let expected: Vec<u32> = indices[start..end].iter().map(|&i| i as u32).collect();
+            assert_eq!(counters, expected);
+            decoded += counters.len();
+        }
+        start = end;
+    }
+    assert!(
+        decoded >= want / 2,
+        "only {decoded} of {want} frames decodable"
+    );
+    assert!(
+        !shm_path(&name).exists(),
+        "the writer removes the object on exit"
+    );
+    Ok(())
+}
+
+/// The counters of the decoded pictures in C-reader payloads. A reader polling a
+/// one-frame sink may miss a frame on a loaded machine; decoding then restarts at the
+/// next keyframe, as a real reader would.
+fn decode_from_first_key(
+    metas: &[HashMap<String, String>],
+    payloads: &[Vec<u8>],
+) -> Result<Vec<u32>> {
+    let mut counters = Vec::new();
+    let mut decoder: Option<H264Decoder> = None;
+    for (meta, payload) in metas.iter().zip(payloads) {
+        if meta["key"] == "1" {
+            decoder = Some(H264Decoder::new()?);
+        }
+        let Some(dec) = decoder.as_mut() else {
+            continue;
+        };
+        match dec.decode(payload) {
+            Ok(Some(picture)) => {
+                let (counter, _) =
+                    read_code_strip(&picture.y, picture.y_stride, picture.width, picture.height)
+                        .context("picture without a readable code strip")?;
+                counters.push(counter);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                println!("missed a frame ({e}); waiting for the next keyframe");
+                decoder = None;
+            }
+        }
+    }
+    if counters.is_empty() {
+        bail!("no picture decoded");
+    }
+    Ok(counters)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_sink_of_the_binary_feeds_a_c_reader_only_while_it_reads() -> Result<()> {
+    let name = unique_name("binsink");
+    let _cleanup = RemoveShm(name.clone());
+    let server = Server::start(&[
+        "--resolution",
+        "640x360",
+        "--h264-sink",
+        &name,
+        "--h264-sink-rm",
+        "--h264-sink-client-ttl",
+        "1",
+    ])
+    .await?;
+    let reading = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 45, Duration::from_secs(60)))
+    };
+    let (metas, payloads) = reading.await??;
+    for m in &metas {
+        assert_eq!(m["format"], format!("{FORMAT_H264:08x}"));
+        assert_eq!((m["width"].as_str(), m["height"].as_str()), ("640", "360"));
+        assert_eq!(m["online"], "1");
+        assert_eq!(m["stride"], "0");
+    }
+    let counters = decode_from_first_key(&metas, &payloads)?;
+    assert!(counters.len() >= 20, "decoded only {}", counters.len());
+    assert!(
+        counters.windows(2).all(|w| w[1] > w[0]),
+        "counters not increasing: {counters:?}"
+    );
+
+    // The reader is gone: after the client TTL the sink stops pulling pictures.
+    server
+        .wait_state(Duration::from_secs(15), |s| s["source"]["subscribers"] == 0)
+        .await?;
+    // A new reader wakes it again, starting with a keyframe.
+    let (metas, payloads) = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 10, Duration::from_secs(60))).await??
+    };
+    assert!(
+        metas[..3].iter().any(|m| m["key"] == "1"),
+        "no keyframe after waking"
+    );
+    assert!(!decode_from_first_key(&metas, &payloads)?.is_empty());
+    drop(server);
+    let _ = std::fs::remove_file(shm_path(&name));
+    Ok(())
+}
+
+/// Frames for the C writer: 300 pictures (10 s at 30 fps), IDR every 30, written once.
+fn frames_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = tmp_file("frames.bin");
+        let frames = encode_frames(300, 30).expect("test pattern encodes");
+        write_frames_file(&path, &frames).expect("frames file written");
+        path
+    })
+}
+
+fn start_c_writer(name: &str, extra: &[&str]) -> Result<Proc> {
+    let child = Command::new(c_tool())
+        .args(["write", name])
+        .arg(frames_file())
+        .args(["--size", "640", "360"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+/// Join as janus.js does and return the connected receiver.
+async fn join(server: &Server) -> Result<(JanusClient, ReceiverPeer)> {
+    let mut janus = JanusClient::connect(server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let offer = janus.watch().await?;
+    let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
+    janus.start(&answer).await?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+    Ok((janus, peer))
+}
+
+/// Decode `want` pictures from the viewer; their counters, which must increase.
+async fn decode_viewer(
+    peer: &mut ReceiverPeer,
+    decoder: &mut H264Decoder,
+    want: usize,
+) -> Result<Vec<u32>> {
+    let mut counters: Vec<u32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counters.len() < want {
+        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
+            bail!("only {} of {want} pictures decoded", counters.len());
+        };
+        // Across a writer outage the first pictures may reference ones never received:
+        // ask for a keyframe as a browser would, and only count from there.
+        let picture = match decoder.decode(&frame.data) {
+            Ok(Some(picture)) => picture,
+            Ok(None) => continue,
+            Err(e) if counters.is_empty() => {
+                note_skipped_picture(&e);
+                peer.send_pli();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if (picture.width, picture.height) != (640, 360) {
+            bail!("picture is {}x{}", picture.width, picture.height);
+        }
+        let (counter, _) = read_code_strip(&picture.y, picture.y_stride, 640, 360)
+            .context("picture without a readable code strip")?;
+        if let Some(&last) = counters.last() {
+            if counter <= last {
+                bail!("counter went from {last} to {counter} ({counters:?})");
+            }
+        }
+        counters.push(counter);
+    }
+    Ok(counters)
+}
+
+fn note_skipped_picture(e: &dyn std::fmt::Display) {
+    println!("before the first picture: {e}");
+}
+
+fn source_arg(name: &str) -> String {
+    format!("memsink:{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_writer_feeds_a_webrtc_viewer_through_memsink_source() -> Result<()> {
+    let name = unique_name("csrc");
+    let _cleanup = RemoveShm(name.clone());
+    // peregrine first: it waits for the sink to appear.
+    let server = Server::start(&["--source", &source_arg(&name)]).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let (_janus, mut peer) = join(&server).await?;
+    let counters = decode_viewer(&mut peer, &mut H264Decoder::new()?, 45).await?;
+    println!(
+        "decoded counters {}..{}",
+        counters[0],
+        counters[counters.len() - 1]
+    );
+    let state = server.state().await?;
+    assert_eq!(state["source"]["width"], 640);
+    assert_eq!(state["source"]["height"], 360);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
+    let name = unique_name("restart");
+    let _cleanup = RemoveShm(name.clone());
+    let writer = start_c_writer(&name, &[])?;
+    let server = Server::start(&["--source", &source_arg(&name)]).await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    decode_viewer(&mut peer, &mut decoder, 15).await?;
+
+    // Killed mid-stream: the object stays with its last frame; a new writer reuses it.
+    drop(writer);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while peer.try_next_frame().is_some() {}
+    let writer = start_c_writer(&name, &[])?;
+    let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
+    println!("after a restart in place: {counters:?}");
+
+    // Killed and the object removed and created anew (µStreamer with --h264-sink-rm).
+    drop(writer);
+    std::fs::remove_file(shm_path(&name))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while peer.try_next_frame().is_some() {}
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
+    println!("after the object was recreated: {counters:?}");
+    Ok(())
+}
+
+/// Wait until the log file contains `needle`.
+async fn wait_log(path: &Path, needle: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("log never said {needle:?}:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_corrupt_and_wrong_version_sinks_are_survived() -> Result<()> {
+    let name = unique_name("faults");
+    let _cleanup = RemoveShm(name.clone());
+    let log_path = tmp_file("faults.log");
+    let log = std::fs::File::create(&log_path)?;
+    let writer = start_c_writer(&name, &[])?;
+    let server = Server::start_logged(&["--source", &source_arg(&name)], log).await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    decode_viewer(&mut peer, &mut decoder, 10).await?;
+    drop(writer);
+
+    let header_at = |bytes: &[u8]| -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(shm_path(&name))?;
+        f.write_all_at(bytes, 0)?;
+        Ok(())
+    };
+    // Garbage over the whole header: no magic, so "no frame yet".
+    let garbage: Vec<u8> = (0..160u32).map(|i| (i * 37 + 11) as u8).collect();
+    header_at(&garbage)?;
+    wait_log(&log_path, "magic not set").await?;
+    server.state().await?;
+
+    // Valid magic and version but `used` beyond the data area.
+    let mut corrupt = garbage.clone();
+    corrupt[..8].copy_from_slice(&0xCAFE_BABE_CAFE_BABEu64.to_le_bytes());
+    corrupt[8..12].copy_from_slice(&10u32.to_le_bytes());
+    corrupt[16..24].copy_from_slice(&0x1234_5678u64.to_le_bytes());
+    corrupt[24..32].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    header_at(&corrupt)?;
+    wait_log(&log_path, "corrupt header").await?;
+    server.state().await?;
+
+    // A writer of another protocol version.
+    let old = start_c_writer(&name, &["--version", "9"])?;
+    wait_log(&log_path, "protocol version mismatch: sink=9, required=10").await?;
+    server.state().await?;
+    drop(old);
+
+    // A valid writer returns: the same viewer gets pictures again.
+    while peer.try_next_frame().is_some() {}
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let counters = decode_viewer(&mut peer, &mut decoder, 10).await?;
+    println!("after the faults: {counters:?}");
+    let _ = std::fs::remove_file(&log_path);
+    Ok(())
+}
+
+/// `last_client_ts` of the sink, read as any other process would.
+fn last_client_ts(name: &str) -> Result<f64> {
+    use peregrine::memsink::layout::Abi;
+    use peregrine::memsink::shm::{OpenMode, ShmObject};
+    let layout = Abi::host().context("known ABI")?.layout();
+    let shm = ShmObject::open(name, layout.header_size, OpenMode::Existing)?;
+    let mut raw = vec![0u8; layout.header_size];
+    shm.read(0, &mut raw);
+    Ok(layout.decode(&raw).last_client_ts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_reads_the_sink_only_while_somebody_watches() -> Result<()> {
+    let name = unique_name("lazy");
+    let _cleanup = RemoveShm(name.clone());
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let server = Server::start(&["--source", &source_arg(&name)]).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(last_client_ts(&name)?, 0.0, "read without any viewer");
+
+    // A Janus handle opens the source, as the ustreamer plugin does on attach.
+    let mut janus = JanusClient::connect(&server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last_client_ts(&name)? == 0.0 {
+        if Instant::now() > deadline {
+            bail!("the source never read the sink while a handle was attached");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["source"]["frames"].as_u64() > Some(5)
+        })
+        .await?;
+
+    // Once the handle is gone the reads stop.
+    drop(janus);
+    server
+        .wait_state(Duration::from_secs(20), |s| s["source"]["subscribers"] == 0)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stamped = last_client_ts(&name)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        last_client_ts(&name)?,
+        stamped,
+        "still reading without viewers"
+    );
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| Ok(u8::from_str_radix(&s[i..i + 2], 16)?))
+        .collect()
+}
+
+/// Both `long double` encodings against the C compiler: x87 as `long double` on x86_64,
+/// binary128 as `__float128` (the aarch64 `long double` format).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[test]
+fn long_double_codecs_agree_with_the_c_compiler() -> Result<()> {
+    use peregrine::memsink::layout::{binary128_decode, binary128_encode, x87_decode};
+    for text in [
+        "0",
+        "1",
+        "-2.5",
+        "12345.678",
+        "1000000.001",
+        "1234567.891",
+        "0.001",
+    ] {
+        let value: f64 = text.parse()?;
+        let out = Command::new(c_tool())
+            .args(["ld", text, &hex(&binary128_encode(value))])
+            .output()?;
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout)?;
+        let fields: Vec<&str> = stdout.split_whitespace().collect();
+        let [x87, quad, back] = fields[..] else {
+            bail!("unexpected output {stdout:?}");
+        };
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(x87_decode(&unhex(x87)?), value, "x87 {text}");
+        }
+        assert_eq!(binary128_decode(&unhex(quad)?), value, "binary128 {text}");
+        assert_eq!(
+            back,
+            format!("{value:.6}"),
+            "C reading our binary128 of {text}"
+        );
+    }
+    Ok(())
+}
