@@ -92,6 +92,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let relay = relay.clone();
         Arc::new(move || {
             serde_json::json!({
+                "pid": std::process::id(),
                 "uptime_s": started.elapsed().as_secs_f64(),
                 "source": hub.info(),
                 "input": source_status.snapshot(),

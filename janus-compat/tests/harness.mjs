@@ -42,6 +42,20 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * it in place); resolves once /state answers.
  */
 export async function startPeregrine(extraArgs = [], reusePorts = null) {
+  // A port found free can be taken by another process before peregrine binds it; the pid
+  // in /state tells our server from a stranger, and fresh ports are tried then.
+  let lastError;
+  for (let attempt = 0; attempt < (reusePorts ? 1 : 3); attempt++) {
+    try {
+      return await tryStart(extraArgs, reusePorts);
+    } catch (e) {
+      lastError = e;
+    }
+  }
+  throw lastError;
+}
+
+async function tryStart(extraArgs, reusePorts) {
   const ports = reusePorts || { http: await freePort(), ws: await freePort(), janusHttp: await freePort() };
   const args = [
     "--host", "127.0.0.1",
@@ -66,8 +80,16 @@ export async function startPeregrine(extraArgs = [], reusePorts = null) {
     if (child.exitCode !== null) throw new Error(`peregrine exited at start:\n${log}`);
     try {
       const r = await fetch(`${base}/state`);
-      if (r.ok) break;
-    } catch { /* not up yet */ }
+      if (r.ok) {
+        const state = await r.json();
+        if (state.pid === child.pid) break;
+        child.kill("SIGKILL");
+        throw new Error(`port ${ports.http} is answered by another process`);
+      }
+    } catch (e) {
+      if (String(e.message).includes("another process")) throw e;
+      /* not up yet */
+    }
     if (Date.now() > deadline) { child.kill("SIGKILL"); throw new Error(`peregrine did not come up:\n${log}`); }
     await sleep(50);
   }

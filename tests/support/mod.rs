@@ -32,16 +32,37 @@ pub struct Server {
 
 impl Server {
     pub async fn start(extra: &[&str]) -> Result<Server> {
-        Self::start_with_output(extra, Stdio::inherit(), Stdio::inherit()).await
+        Self::start_with_output(extra, || Ok((Stdio::inherit(), Stdio::inherit()))).await
     }
 
     /// As [`Server::start`], with the process's log and error output in `log`.
     pub async fn start_logged(extra: &[&str], log: std::fs::File) -> Result<Server> {
-        let err = log.try_clone()?;
-        Self::start_with_output(extra, Stdio::from(log), Stdio::from(err)).await
+        Self::start_with_output(extra, || {
+            Ok((Stdio::from(log.try_clone()?), Stdio::from(log.try_clone()?)))
+        })
+        .await
     }
 
-    async fn start_with_output(extra: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Server> {
+    /// Start on free ports. A port found free can be taken by another process before
+    /// peregrine binds it; then peregrine exits, or `/state` on that port is somebody
+    /// else's. Both are told apart by the pid in `/state`, and the start is retried on
+    /// fresh ports.
+    async fn start_with_output(
+        extra: &[&str],
+        output: impl Fn() -> Result<(Stdio, Stdio)>,
+    ) -> Result<Server> {
+        let mut last_error = anyhow!("not started");
+        for _attempt in 0..3 {
+            let (stdout, stderr) = output()?;
+            match Self::try_start(extra, stdout, stderr).await {
+                Ok(server) => return Ok(server),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn try_start(extra: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Server> {
         let (http_port, ws_port, janus_http_port) = (free_port(), free_port(), free_port());
         // PEREGRINE_BIN runs a given build (as the browser tests allow).
         let binary = std::env::var_os("PEREGRINE_BIN")
@@ -61,20 +82,28 @@ impl Server {
             .stderr(stderr)
             .spawn()
             .context("start peregrine")?;
-        let server = Server {
+        let mut server = Server {
             child,
             http_port,
             ws_port,
             janus_http_port,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while server.state().await.is_err() {
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("peregrine exited at start ({status})");
+            }
+            if let Ok(state) = server.state().await {
+                if state["pid"] == json!(server.child.id()) {
+                    return Ok(server);
+                }
+                bail!("port {http_port} is answered by another process");
+            }
             if Instant::now() > deadline {
                 bail!("peregrine did not answer /state within 20 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(server)
     }
 
     pub fn ws_url(&self) -> String {
