@@ -2,22 +2,11 @@
 // from the picture, and comes back by itself when the server restarts.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startPeregrine, launchChromium, waitForFrames, sleep } from "./harness.mjs";
+import { startPeregrine, launchChromium, waitForFrames, waitUntil } from "./harness.mjs";
 
 let browser;
 before(async () => { browser = await launchChromium(); });
 after(async () => { await browser?.close(); });
-
-async function waitUntil(page, fn, what, { timeoutMs = 20_000, arg } = {}) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await page.evaluate(fn, arg)) return;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}; page state ${JSON.stringify(await page.evaluate(() => window.peregrine))}`);
-    }
-    await sleep(50);
-  }
-}
 
 test("bundled page plays, shows latency, and survives a server restart", async () => {
   let server = await startPeregrine();

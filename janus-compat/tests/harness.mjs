@@ -169,3 +169,15 @@ export async function waitForFrames(page, { frames = 60, since = Date.now(), tim
     await sleep(50);
   }
 }
+
+/** Wait until `fn(arg)` is true in the page (the bundled page's `window.peregrine`). */
+export async function waitUntil(page, fn, what, { timeoutMs = 20_000, arg } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await page.evaluate(fn, arg)) return;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}; page state ${JSON.stringify(await page.evaluate(() => window.peregrine))}`);
+    }
+    await sleep(50);
+  }
+}

@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { startPeregrine, launchChromium, waitForFrames, sleep } from "./harness.mjs";
+import { startPeregrine, launchChromium, waitForFrames, waitUntil } from "./harness.mjs";
 
 let browser;
 before(async () => { browser = await launchChromium(); });
@@ -25,17 +25,6 @@ function startEncoder(size, url) {
       await exited;
     },
   };
-}
-
-async function waitUntil(page, fn, what, { timeoutMs = 20_000, arg } = {}) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await page.evaluate(fn, arg)) return;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}; page state ${JSON.stringify(await page.evaluate(() => window.peregrine))}`);
-    }
-    await sleep(50);
-  }
 }
 
 test("bundled page plays a byte-stream source, shows no signal, and resumes", async () => {

@@ -57,7 +57,7 @@ pub fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Position of the next `00 00 01` at or after `from`, and the index just past it.
-fn find_start_code(data: &[u8], from: usize) -> Option<(usize, usize)> {
+pub fn find_start_code(data: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
     while i + 3 <= data.len() {
         if data[i + 2] > 1 {

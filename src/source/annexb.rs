@@ -94,7 +94,7 @@ impl NalReader {
     fn push(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>) -> u64 {
         let mut garbage = 0u64;
         self.buf.extend_from_slice(data);
-        while let Some((sc, after)) = find_start_code(&self.buf, self.scan) {
+        while let Some((sc, after)) = h264::find_start_code(&self.buf, self.scan) {
             match self.nal_start {
                 Some(start) => {
                     // A 4-byte start code's leading zero (and any trailing_zero_8bits)
@@ -155,21 +155,6 @@ impl NalReader {
         self.scan = 0;
         garbage
     }
-}
-
-/// Position of the next `00 00 01` at or after `from`, and the index just past it.
-fn find_start_code(data: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i + 3 <= data.len() {
-        if data[i + 2] > 1 {
-            i += 3;
-        } else if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            return Some((i, i + 3));
-        } else {
-            i += 1;
-        }
-    }
-    None
 }
 
 /// How a NAL unit takes part in access unit grouping.
