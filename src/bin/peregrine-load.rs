@@ -61,8 +61,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // The DTLS layer warns once per viewer about a missing server name.
-                .unwrap_or_else(|_| "warn,rtc_dtls=error".into()),
+                // The WebRTC stack warns per viewer about things a load run expects (late
+                // duplicates, retransmitted handshakes); errors are what matter here.
+                .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -106,6 +106,8 @@ async fn start_server(cfg: &BenchConfig) -> Result<ServerProcess> {
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdin(Stdio::null())
+        // Its log would interleave with the table; RUST_LOG plus a manual run shows it.
+        .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("start {}", cfg.peregrine.display()))?;
     let mut server = ServerProcess {

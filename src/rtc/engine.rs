@@ -16,7 +16,7 @@ use super::extensions;
 use super::latency::Histogram;
 use super::packetizer;
 use super::peer::{self, OutFrame, Peer, PeerNote, PeerSetup};
-use super::{demux, sdp};
+use super::{demux, sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
 use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
 
@@ -434,25 +434,10 @@ async fn next_frame(sub: Option<&mut Subscriber>) -> Option<Arc<AccessUnit>> {
     }
 }
 
-/// Put queued datagrams on the wire. All sends go through here, so batching them
-/// (sendmmsg) is a change to this function alone.
+/// Put queued datagrams on the wire. All sends go through here; they leave in
+/// sendmmsg batches (see [`udp`]).
 async fn send_datagrams(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>) {
-    for (to, data) in out.drain(..) {
-        loop {
-            match socket.try_send_to(&data, to) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if socket.writable().await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(%to, error = %e, "UDP send");
-                    break;
-                }
-            }
-        }
-    }
+    udp::send_all(socket, out).await;
 }
 
 #[cfg(test)]

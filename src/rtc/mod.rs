@@ -22,6 +22,7 @@ pub mod packetizer;
 pub mod peer;
 pub mod receiver;
 pub mod sdp;
+mod udp;
 
 pub use engine::OFFER_TIMEOUT;
 
