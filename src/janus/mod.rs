@@ -8,6 +8,7 @@
 //! * [`ws`], [`http`]: the two transports.
 
 pub mod backend;
+pub mod client;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -13,9 +13,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::extensions;
+use super::latency::Histogram;
 use super::packetizer;
 use super::peer::{self, OutFrame, Peer, PeerNote, PeerSetup};
-use super::{demux, sdp};
+use super::{demux, sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
 use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
 
@@ -55,6 +56,11 @@ pub struct SharedStats {
     pub connected: AtomicUsize,
     pub rtp_packets_sent: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Access unit taken from the hub → its last RTP packet handed to the kernel.
+    pub send_delay: Histogram,
+    /// Access unit capture (for byte-stream sources: its arrival) → last RTP packet
+    /// handed to the kernel; includes time queued in the hub.
+    pub capture_to_send: Histogram,
 }
 
 impl SharedStats {
@@ -64,6 +70,8 @@ impl SharedStats {
             connected: self.connected.load(Ordering::Relaxed),
             rtp_packets_sent: self.rtp_packets_sent.load(Ordering::Relaxed),
             keyframe_requests: self.keyframe_requests.load(Ordering::Relaxed),
+            send_delay_us: self.send_delay.snapshot(),
+            capture_to_send_us: self.capture_to_send.snapshot(),
         }
     }
 }
@@ -123,9 +131,19 @@ impl Engine {
     pub async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut subscriber: Option<Subscriber> = None;
+        // The access unit whose packets the next send puts on the wire: (taken, captured).
+        let mut in_flight: Option<(Instant, u64)> = None;
         loop {
             self.settle();
             send_datagrams(&socket, &mut self.outgoing).await;
+            if let Some((taken, capture_us)) = in_flight.take() {
+                self.stats
+                    .send_delay
+                    .record(taken.elapsed().as_micros() as u64);
+                self.stats
+                    .capture_to_send
+                    .record(clock::monotonic_us().saturating_sub(capture_us));
+            }
             self.publish_stats();
 
             // Subscribe only while someone may watch; a subscription keeps the source busy.
@@ -159,7 +177,11 @@ impl Engine {
                     // ICMP errors (peer went away) surface here on some systems; not fatal.
                     tracing::debug!(error = %e, "UDP receive");
                 }
-                Wake::Frame(Some(au)) => self.send_frame(now, &au),
+                Wake::Frame(Some(au)) => {
+                    if self.send_frame(now, &au) > 0 {
+                        in_flight = Some((now, au.capture_us));
+                    }
+                }
                 Wake::Frame(None) => subscriber = None,
                 Wake::Timer => self.handle_timers(now),
             }
@@ -308,14 +330,15 @@ impl Engine {
         }
     }
 
-    fn send_frame(&mut self, now: Instant, au: &AccessUnit) {
+    /// Packetize `au` once and queue it for every peer; returns packets queued.
+    fn send_frame(&mut self, now: Instant, au: &AccessUnit) -> u64 {
         let max_payload = self
             .cfg
             .rtp_packet_size
             .saturating_sub(12 + extensions::MAX_EXTENSION_BYTES);
         let payloads = packetizer::packetize(&au.data, max_payload);
         if payloads.is_empty() {
-            return;
+            return 0;
         }
         let ntp = clock::realtime_us_to_ntp(clock::monotonic_to_realtime_us(au.capture_us));
         let frame = OutFrame {
@@ -336,6 +359,7 @@ impl Engine {
         self.stats
             .rtp_packets_sent
             .fetch_add(sent, Ordering::Relaxed);
+        sent
     }
 
     /// Drive every peer touched since the last call: collect its datagrams, act on its
@@ -410,25 +434,10 @@ async fn next_frame(sub: Option<&mut Subscriber>) -> Option<Arc<AccessUnit>> {
     }
 }
 
-/// Put queued datagrams on the wire. All sends go through here, so batching them
-/// (sendmmsg) is a change to this function alone.
+/// Put queued datagrams on the wire. All sends go through here; they leave in
+/// sendmmsg batches (see [`udp`]).
 async fn send_datagrams(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>) {
-    for (to, data) in out.drain(..) {
-        loop {
-            match socket.try_send_to(&data, to) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if socket.writable().await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(%to, error = %e, "UDP send");
-                    break;
-                }
-            }
-        }
-    }
+    udp::send_all(socket, out).await;
 }
 
 #[cfg(test)]

@@ -17,10 +17,12 @@ pub mod demux;
 mod engine;
 pub mod extensions;
 mod feedback;
+pub mod latency;
 pub mod packetizer;
 pub mod peer;
 pub mod receiver;
 pub mod sdp;
+mod udp;
 
 pub use engine::OFFER_TIMEOUT;
 
@@ -89,6 +91,10 @@ pub struct RtcStats {
     pub connected: usize,
     pub rtp_packets_sent: u64,
     pub keyframe_requests: u64,
+    /// Access unit taken by the engine → its last RTP packet sent (all viewers).
+    pub send_delay_us: latency::HistogramSnapshot,
+    /// Access unit captured/arrived at the server → its last RTP packet sent.
+    pub capture_to_send_us: latency::HistogramSnapshot,
 }
 
 /// Handle to the engine; cheap to clone.

@@ -20,6 +20,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::MarshalSize;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::statistics::StatsSelector;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -50,7 +51,59 @@ pub enum ReceiverState {
     Closed,
 }
 
+/// Reception counters of one receiver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// RTP packets received (retransmissions included).
+    pub packets_received: u64,
+    /// Packets the sequence numbers say were sent, first to highest received.
+    pub packets_expected: u64,
+    /// RTCP NACK and PLI packets this receiver sent.
+    pub nacks_sent: u64,
+    pub plis_sent: u64,
+}
+
+impl ReceiverStats {
+    /// Packets never received, retransmissions counted as recovery.
+    pub fn packets_lost(&self) -> u64 {
+        self.packets_expected.saturating_sub(self.packets_received)
+    }
+}
+
+/// Extends 16-bit RTP sequence numbers to count packets across wrap-around.
+#[derive(Default)]
+struct SeqCounter {
+    first: Option<u64>,
+    highest: u64,
+    received: u64,
+}
+
+impl SeqCounter {
+    fn push(&mut self, seq: u16) {
+        self.received += 1;
+        let Some(_) = self.first else {
+            self.first = Some(u64::from(seq) + (1 << 16));
+            self.highest = u64::from(seq) + (1 << 16);
+            return;
+        };
+        // The extended value nearest to the highest seen so far.
+        let cycle = self.highest & !0xffff;
+        let candidates = [cycle.wrapping_sub(1 << 16), cycle, cycle + (1 << 16)];
+        let ext = candidates
+            .iter()
+            .map(|c| c + u64::from(seq))
+            .min_by_key(|v| v.abs_diff(self.highest))
+            .unwrap_or(self.highest);
+        self.highest = self.highest.max(ext);
+    }
+
+    fn expected(&self) -> u64 {
+        self.first.map_or(0, |f| self.highest + 1 - f)
+    }
+}
+
 enum Command {
+    Stats(tokio::sync::oneshot::Sender<ReceiverStats>),
     SendPli,
     AddCandidate(String),
     Close,
@@ -113,6 +166,7 @@ impl ReceiverPeer {
             abs_id,
             cvo_id,
             media_ssrc: None,
+            seq: SeqCounter::default(),
             frame_tx,
             state_tx,
         };
@@ -172,6 +226,13 @@ impl ReceiverPeer {
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
+
+    /// Reception counters so far; `None` once the peer is closed.
+    pub async fn stats(&self) -> Option<ReceiverStats> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands.send(Command::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
 }
 
 impl Drop for ReceiverPeer {
@@ -187,6 +248,7 @@ struct Driver {
     abs_id: Option<u8>,
     cvo_id: Option<u8>,
     media_ssrc: Option<u32>,
+    seq: SeqCounter,
     frame_tx: mpsc::UnboundedSender<ReceivedFrame>,
     state_tx: watch::Sender<ReceiverState>,
 }
@@ -209,6 +271,7 @@ impl Driver {
                 cmd = commands.recv() => match cmd {
                     None | Some(Command::Close) => break,
                     Some(Command::SendPli) => self.send_pli(),
+                    Some(Command::Stats(reply)) => { let _ = reply.send(self.stats()); }
                     Some(Command::AddCandidate(c)) => {
                         let init = RTCIceCandidateInit { candidate: c, ..Default::default() };
                         if let Err(e) = self.pc.add_remote_candidate(init) {
@@ -250,6 +313,7 @@ impl Driver {
         while let Some(msg) = self.pc.poll_read() {
             if let RTCMessage::RtpPacket(_, packet) = msg.message {
                 self.media_ssrc = Some(packet.header.ssrc);
+                self.seq.push(packet.header.sequence_number);
                 let abs = self
                     .abs_id
                     .and_then(|id| packet.header.get_extension(id))
@@ -282,6 +346,19 @@ impl Driver {
             }
         }
         true
+    }
+
+    fn stats(&mut self) -> ReceiverStats {
+        let report = self.pc.get_stats(Instant::now(), StatsSelector::None);
+        let (nacks, plis) = report.inbound_rtp_streams().fold((0, 0), |(n, p), s| {
+            (n + u64::from(s.nack_count), p + u64::from(s.pli_count))
+        });
+        ReceiverStats {
+            packets_received: self.seq.received,
+            packets_expected: self.seq.expected(),
+            nacks_sent: nacks,
+            plis_sent: plis,
+        }
     }
 
     fn send_pli(&mut self) {
@@ -455,6 +532,18 @@ mod tests {
         );
         assert!(depacketize(&[], &mut out).is_err());
         assert!(depacketize(&[0x18, 0, 9, 1], &mut out).is_err());
+    }
+
+    #[test]
+    fn sequence_counter_spans_wrap_around_and_gaps() {
+        let mut c = SeqCounter::default();
+        for seq in [65533u16, 65534, 65535, 0, 2, 3, 1] {
+            c.push(seq);
+        }
+        assert_eq!(c.expected(), 7);
+        assert_eq!(c.received, 7);
+        c.push(10);
+        assert_eq!(c.expected(), 14);
     }
 
     #[test]

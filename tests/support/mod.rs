@@ -6,14 +6,10 @@ use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use anyhow::{bail, Context, Result};
+pub use peregrine::janus::client::Transport;
+use peregrine::janus::client::{self, Endpoint};
+use serde_json::Value;
 
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -145,295 +141,40 @@ impl Drop for Server {
     }
 }
 
-/// Minimal HTTP/1.1 client (one request per connection), enough for the Janus REST
-/// transport and /state without pulling an HTTP client crate into the build.
+/// One HTTP request to a loopback port (see [`peregrine::janus::client::http_request`]).
 pub async fn http_request(
     port: u16,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let body = body.unwrap_or(&[]);
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    // A server may answer (413) and close before an oversized body is written whole;
-    // what counts is the answer, so read it even when the write was cut short.
-    let _ = stream.write_all(body).await;
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP header end"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body)?;
-    }
-    Ok((status, body))
+    client::http_request(&format!("127.0.0.1:{port}"), method, path, body).await
 }
 
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end])?.trim(), 16)?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-/// Which Janus transport a client uses.
-#[derive(Clone, Copy, Debug)]
-pub enum Transport {
-    WebSocket,
-    LongPoll,
-}
-
-/// A Janus API client: requests go out, every reply and event comes back on one queue,
-/// as janus.js sees them.
-pub struct JanusClient {
-    out: mpsc::UnboundedSender<Value>,
-    inbox: mpsc::UnboundedReceiver<Value>,
-    pub session: u64,
-    pub handle: u64,
-    next_tx: u64,
-}
+/// The library's Janus client, connected to a test server by transport.
+pub struct JanusClient(client::JanusClient);
 
 impl JanusClient {
     pub async fn connect(server: &Server, transport: Transport) -> Result<JanusClient> {
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        match transport {
-            Transport::WebSocket => spawn_ws(server.ws_port, out_rx, in_tx).await?,
-            Transport::LongPoll => spawn_long_poll(server.janus_http_port, out_rx, in_tx),
-        }
-        Ok(JanusClient {
-            out: out_tx,
-            inbox: in_rx,
-            session: 0,
-            handle: 0,
-            next_tx: 0,
-        })
-    }
-
-    /// Send a request (adds transaction and the ids) and return its transaction.
-    pub fn send(&mut self, mut msg: Value) -> String {
-        self.next_tx += 1;
-        let tx = format!("t{}", self.next_tx);
-        msg["transaction"] = json!(tx);
-        if self.session != 0 && msg.get("session_id").is_none() {
-            msg["session_id"] = json!(self.session);
-        }
-        if self.handle != 0 && msg.get("handle_id").is_none() && is_handle_level(&msg) {
-            msg["handle_id"] = json!(self.handle);
-        }
-        let _ = self.out.send(msg);
-        tx
-    }
-
-    /// The next message satisfying `pred`; others are dropped.
-    pub async fn wait_for(
-        &mut self,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.inbox.recv())
-                .await
-                .map_err(|_| anyhow!("timed out waiting for a Janus message"))?
-                .ok_or_else(|| anyhow!("Janus connection closed"))?;
-            if pred(&msg) {
-                return Ok(msg);
-            }
-        }
-    }
-
-    /// Send and wait for the reply carrying the same transaction (not an ack for a message).
-    pub async fn request(&mut self, msg: Value) -> Result<Value> {
-        let tx = self.send(msg);
-        self.wait_for(Duration::from_secs(10), |m| {
-            m["transaction"] == json!(tx) && m["janus"] != "ack"
-        })
-        .await
-    }
-
-    pub async fn create_and_attach(&mut self) -> Result<()> {
-        let created = self.request(json!({"janus": "create"})).await?;
-        self.session = created["data"]["id"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("create: {created}"))?;
-        let attached = self
-            .request(json!({"janus": "attach", "plugin": "janus.plugin.ustreamer", "opaque_id": "oid-test"}))
-            .await?;
-        self.handle = attached["data"]["id"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("attach: {attached}"))?;
-        Ok(())
-    }
-
-    /// `watch`, retrying on 503 as pages do; returns the offer SDP.
-    pub async fn watch(&mut self) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            self.send(json!({"janus": "message", "body": {"request": "watch"}}));
-            let ev = self
-                .wait_for(Duration::from_secs(10), |m| m["janus"] == "event")
-                .await?;
-            let data = &ev["plugindata"]["data"];
-            if data["error_code"] == 503 {
-                if Instant::now() > deadline {
-                    bail!("still 503 after 15 s");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            if let Some(sdp) = ev["jsep"]["sdp"].as_str() {
-                if ev["jsep"]["type"] != "offer" {
-                    bail!("watch event with jsep that is not an offer: {ev}");
-                }
-                return Ok(sdp.to_string());
-            }
-            bail!("unexpected watch event {ev}");
-        }
-    }
-
-    /// `start` with the answer; waits for the `started` event.
-    pub async fn start(&mut self, answer_sdp: &str) -> Result<()> {
-        self.send(json!({"janus": "message", "body": {"request": "start"},
-                         "jsep": {"type": "answer", "sdp": answer_sdp}}));
-        let ev = self
-            .wait_for(Duration::from_secs(10), |m| m["janus"] == "event")
-            .await?;
-        if ev["plugindata"]["data"]["result"]["status"] != "started" {
-            bail!("start answered {ev}");
-        }
-        Ok(())
-    }
-}
-
-fn is_handle_level(msg: &Value) -> bool {
-    matches!(
-        msg["janus"].as_str(),
-        Some("message" | "trickle" | "hangup" | "detach")
-    )
-}
-
-async fn spawn_ws(
-    port: u16,
-    mut out: mpsc::UnboundedReceiver<Value>,
-    inbox: mpsc::UnboundedSender<Value>,
-) -> Result<()> {
-    let mut req = format!("ws://127.0.0.1:{port}/").into_client_request()?;
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse()?);
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
-    if resp
-        .headers()
-        .get("sec-websocket-protocol")
-        .map(|v| v.as_bytes())
-        != Some(b"janus-protocol")
-    {
-        bail!("server did not select the janus-protocol subprotocol");
-    }
-    let (mut sink, mut stream) = ws.split();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                msg = out.recv() => match msg {
-                    Some(v) => { if sink.send(Message::Text(v.to_string().into())).await.is_err() { break; } }
-                    None => { let _ = sink.close().await; break; }
-                },
-                frame = stream.next() => match frame {
-                    Some(Ok(Message::Text(t))) => {
-                        if let Ok(v) = serde_json::from_str::<Value>(&t) { let _ = inbox.send(v); }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => break,
-                },
-            }
-        }
-    });
-    Ok(())
-}
-
-fn spawn_long_poll(
-    port: u16,
-    mut out: mpsc::UnboundedReceiver<Value>,
-    inbox: mpsc::UnboundedSender<Value>,
-) {
-    let (session_tx, mut session_rx) = mpsc::unbounded_channel::<u64>();
-    // Requests: POST to the level the ids say, as janus.js does (ids in the path).
-    let replies = inbox.clone();
-    tokio::spawn(async move {
-        while let Some(mut msg) = out.recv().await {
-            let mut path = "/janus".to_string();
-            if let Some(s) = msg.as_object_mut().and_then(|o| o.remove("session_id")) {
-                path += &format!("/{s}");
-            }
-            if let Some(h) = msg.as_object_mut().and_then(|o| o.remove("handle_id")) {
-                path += &format!("/{h}");
-            }
-            match http_request(port, "POST", &path, Some(msg.to_string().as_bytes())).await {
-                Ok((200, body)) => {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                        if v["janus"] == "success" && msg["janus"] == "create" {
-                            if let Some(id) = v["data"]["id"].as_u64() {
-                                let _ = session_tx.send(id);
-                            }
-                        }
-                        let _ = replies.send(v);
-                    }
-                }
-                _ => break,
-            }
-        }
-    });
-    // Events: one long poll after another, maxev=10 (array replies), like janus.js.
-    tokio::spawn(async move {
-        let Some(session) = session_rx.recv().await else {
-            return;
+        let url = match transport {
+            Transport::WebSocket => format!("ws://127.0.0.1:{}/", server.ws_port),
+            Transport::LongPoll => format!("http://127.0.0.1:{}/janus", server.janus_http_port),
         };
-        loop {
-            let path = format!("/janus/{session}?rid=1&maxev=10");
-            match http_request(port, "GET", &path, None).await {
-                Ok((200, body)) => {
-                    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-                        break;
-                    };
-                    let events = match v {
-                        Value::Array(items) => items,
-                        one => vec![one],
-                    };
-                    for ev in events {
-                        if ev["janus"] != "keepalive" && inbox.send(ev).is_err() {
-                            return;
-                        }
-                    }
-                }
-                _ => break,
-            }
-        }
-    });
+        Ok(JanusClient(
+            client::JanusClient::connect(&Endpoint::parse(&url)?).await?,
+        ))
+    }
+}
+
+impl std::ops::Deref for JanusClient {
+    type Target = client::JanusClient;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for JanusClient {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }

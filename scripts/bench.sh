@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The fan-out benchmark: release build, a pre-encoded 1280x720 30 fps ~2 Mbit/s H.264
+# file (so encoding is not in the figures), then peregrine-load --bench, which starts
+# peregrine on it and prints the table. Extra arguments go to peregrine-load
+# (e.g. --steps 1,10 --duration 5 --json out.json). GOP=frames sets the keyframe
+# interval (default 60 = 2 s); a file source cannot make keyframes on request, so
+# time to first frame includes waiting for the next one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v ffmpeg >/dev/null || {
+    echo "bench.sh needs ffmpeg (Debian: apt-get install ffmpeg)" >&2
+    exit 1
+}
+GOP="${GOP:-60}"
+cargo build --release --bins
+target="${CARGO_TARGET_DIR:-target}"
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+echo "encoding the input (1280x720, 30 fps, 2 Mbit/s, GOP $GOP) ..." >&2
+ffmpeg -nostdin -loglevel error \
+    -f lavfi -i "testsrc2=size=1280x720:rate=30,format=yuv420p" -t 20 \
+    -c:v libx264 -profile:v baseline -preset veryfast -tune zerolatency \
+    -b:v 2M -maxrate 2M -bufsize 2M -g "$GOP" -keyint_min "$GOP" -sc_threshold 0 \
+    -x264-params repeat-headers=1 -bsf:v h264_mp4toannexb -f h264 "$tmp/input.h264"
+
+"$target/release/peregrine-load" --bench "$tmp/input.h264" \
+    --peregrine "$target/release/peregrine" "$@"

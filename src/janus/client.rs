@@ -1,0 +1,484 @@
+//! A Janus API client that behaves like janus.js: `create`, `attach`, plugin messages
+//! with JSEP, over WebSocket (`janus-protocol` subprotocol) or HTTP long-poll. It works
+//! against any server speaking the Janus API, and is what the load generator and the
+//! integration tests use to act as viewers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use axum::http::Uri;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long a single request may wait for its reply.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest HTTP answer read; a Janus reply is a few kilobytes.
+const MAX_HTTP_ANSWER: u64 = 4 << 20;
+
+/// Which Janus transport a client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    LongPoll,
+}
+
+/// Where a Janus server listens: `ws://HOST:PORT/PATH` or `http://HOST:PORT/PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub transport: Transport,
+    /// `host:port`
+    pub authority: String,
+    /// Path of the API root, e.g. `/` for WebSocket, `/janus` for HTTP.
+    pub path: String,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        let transport = match uri.scheme_str() {
+            Some("ws") => Transport::WebSocket,
+            Some("http") => Transport::LongPoll,
+            Some(other) => bail!(
+                "{url:?}: scheme {other} is not supported; use ws:// (Janus WebSocket) \
+                 or http:// (Janus HTTP long-poll)"
+            ),
+            None => bail!("{url:?} needs a scheme: ws://HOST:PORT/ or http://HOST:PORT/janus"),
+        };
+        let host = uri.host().ok_or_else(|| anyhow!("{url:?} has no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let path = match uri.path() {
+            "" => "/".to_string(),
+            p => p.to_string(),
+        };
+        Ok(Endpoint {
+            transport,
+            authority: format!("{host}:{port}"),
+            path,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = match self.transport {
+            Transport::WebSocket => "ws",
+            Transport::LongPoll => "http",
+        };
+        format!("{scheme}://{}{}", self.authority, self.path)
+    }
+}
+
+/// A Janus API client: requests go out, every reply and event comes back on one queue,
+/// as janus.js sees them.
+pub struct JanusClient {
+    out: mpsc::UnboundedSender<Value>,
+    inbox: mpsc::UnboundedReceiver<Value>,
+    /// Why the transport stopped, when it did.
+    failure: Arc<Mutex<Option<String>>>,
+    pub session: u64,
+    pub handle: u64,
+    next_tx: u64,
+}
+
+impl JanusClient {
+    /// Connect to `endpoint`. A WebSocket is opened at once (so an unreachable server
+    /// fails here); with long-poll the first request finds out.
+    pub async fn connect(endpoint: &Endpoint) -> Result<JanusClient> {
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let failure = Arc::new(Mutex::new(None));
+        match endpoint.transport {
+            Transport::WebSocket => spawn_ws(endpoint, out_rx, in_tx, failure.clone()).await?,
+            Transport::LongPoll => spawn_long_poll(endpoint, out_rx, in_tx, failure.clone()),
+        }
+        Ok(JanusClient {
+            out: out_tx,
+            inbox: in_rx,
+            failure,
+            session: 0,
+            handle: 0,
+            next_tx: 0,
+        })
+    }
+
+    /// Send a request (adds transaction and the ids) and return its transaction.
+    pub fn send(&mut self, mut msg: Value) -> String {
+        self.next_tx += 1;
+        let tx = format!("t{}", self.next_tx);
+        msg["transaction"] = json!(tx);
+        if self.session != 0 && msg.get("session_id").is_none() {
+            msg["session_id"] = json!(self.session);
+        }
+        if self.handle != 0 && msg.get("handle_id").is_none() && is_handle_level(&msg) {
+            msg["handle_id"] = json!(self.handle);
+        }
+        let _ = self.out.send(msg);
+        tx
+    }
+
+    /// The next message satisfying `pred`; others are dropped.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.inbox.recv())
+                .await
+                .map_err(|_| anyhow!("timed out waiting for a Janus message"))?;
+            let Some(msg) = msg else {
+                let why = self.failure.lock().ok().and_then(|f| f.clone());
+                bail!(
+                    "Janus connection closed{}",
+                    why.map(|w| format!(": {w}")).unwrap_or_default()
+                );
+            };
+            if pred(&msg) {
+                return Ok(msg);
+            }
+        }
+    }
+
+    /// Send and wait for the reply carrying the same transaction (not an ack for a message).
+    pub async fn request(&mut self, msg: Value) -> Result<Value> {
+        let tx = self.send(msg);
+        self.wait_for(REQUEST_TIMEOUT, |m| {
+            m["transaction"] == json!(tx) && m["janus"] != "ack"
+        })
+        .await
+    }
+
+    /// `create` a session and `attach` to the ustreamer plugin.
+    pub async fn create_and_attach(&mut self) -> Result<()> {
+        let created = self.request(json!({"janus": "create"})).await?;
+        self.session = created["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("not a Janus server: create answered {created}"))?;
+        let attached = self
+            .request(json!({"janus": "attach", "plugin": "janus.plugin.ustreamer", "opaque_id": "oid-load"}))
+            .await?;
+        self.handle = attached["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("attach to janus.plugin.ustreamer answered {attached}"))?;
+        Ok(())
+    }
+
+    /// `watch`, retrying on 503 (no stream yet) as pages do; returns the offer SDP.
+    pub async fn watch(&mut self) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            self.send(json!({"janus": "message", "body": {"request": "watch"}}));
+            let ev = self
+                .wait_for(REQUEST_TIMEOUT, |m| m["janus"] == "event")
+                .await?;
+            let data = &ev["plugindata"]["data"];
+            if data["error_code"] == 503 {
+                if Instant::now() > deadline {
+                    bail!("watch still answered 503 (no stream) after 15 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            if let Some(sdp) = ev["jsep"]["sdp"].as_str() {
+                if ev["jsep"]["type"] != "offer" {
+                    bail!("watch event with jsep that is not an offer: {ev}");
+                }
+                return Ok(sdp.to_string());
+            }
+            bail!("unexpected watch event {ev}");
+        }
+    }
+
+    /// `start` with the answer; waits for the `started` event.
+    pub async fn start(&mut self, answer_sdp: &str) -> Result<()> {
+        self.send(json!({"janus": "message", "body": {"request": "start"},
+                         "jsep": {"type": "answer", "sdp": answer_sdp}}));
+        let ev = self
+            .wait_for(REQUEST_TIMEOUT, |m| m["janus"] == "event")
+            .await?;
+        if ev["plugindata"]["data"]["result"]["status"] != "started" {
+            bail!("start answered {ev}");
+        }
+        Ok(())
+    }
+
+    /// Keep the session alive (janus.js sends one every 25 s).
+    pub fn keepalive(&mut self) {
+        self.send(json!({"janus": "keepalive"}));
+    }
+
+    /// End the session (best effort: the reply is not awaited).
+    pub fn destroy(&mut self) {
+        if self.session != 0 {
+            self.send(json!({"janus": "destroy"}));
+        }
+    }
+}
+
+fn is_handle_level(msg: &Value) -> bool {
+    matches!(
+        msg["janus"].as_str(),
+        Some("message" | "trickle" | "hangup" | "detach")
+    )
+}
+
+fn set_failure(slot: &Mutex<Option<String>>, why: String) {
+    if let Ok(mut f) = slot.lock() {
+        f.get_or_insert(why);
+    }
+}
+
+async fn spawn_ws(
+    endpoint: &Endpoint,
+    mut out: mpsc::UnboundedReceiver<Value>,
+    inbox: mpsc::UnboundedSender<Value>,
+    failure: Arc<Mutex<Option<String>>>,
+) -> Result<()> {
+    let url = endpoint.url();
+    let mut req = url.as_str().into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse()?);
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .with_context(|| format!("cannot open a Janus WebSocket at {url}"))?;
+    if resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.as_bytes())
+        != Some(b"janus-protocol")
+    {
+        bail!("{url} did not select the janus-protocol subprotocol: not a Janus WebSocket");
+    }
+    let (mut sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                msg = out.recv() => match msg {
+                    Some(v) => {
+                        if let Err(e) = sink.send(Message::Text(v.to_string().into())).await {
+                            set_failure(&failure, format!("WebSocket send: {e}"));
+                            break;
+                        }
+                    }
+                    None => { let _ = sink.close().await; break; }
+                },
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<Value>(&t) {
+                        Ok(v) => { let _ = inbox.send(v); }
+                        Err(_) => {
+                            set_failure(&failure, "the server sent a text frame that is not JSON".into());
+                            break;
+                        }
+                    },
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => { set_failure(&failure, format!("WebSocket: {e}")); break; }
+                    None => { set_failure(&failure, "the server closed the WebSocket".into()); break; }
+                },
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_long_poll(
+    endpoint: &Endpoint,
+    mut out: mpsc::UnboundedReceiver<Value>,
+    inbox: mpsc::UnboundedSender<Value>,
+    failure: Arc<Mutex<Option<String>>>,
+) {
+    let (session_tx, mut session_rx) = mpsc::unbounded_channel::<u64>();
+    let authority = endpoint.authority.clone();
+    let root = endpoint.path.trim_end_matches('/').to_string();
+    // Requests: POST to the level the ids say, as janus.js does (ids in the path).
+    let replies = inbox.clone();
+    let (req_authority, req_root, req_failure) = (authority.clone(), root.clone(), failure.clone());
+    tokio::spawn(async move {
+        while let Some(mut msg) = out.recv().await {
+            let mut path = req_root.clone();
+            if let Some(s) = msg.as_object_mut().and_then(|o| o.remove("session_id")) {
+                path += &format!("/{s}");
+            }
+            if let Some(h) = msg.as_object_mut().and_then(|o| o.remove("handle_id")) {
+                path += &format!("/{h}");
+            }
+            let answer = http_request(
+                &req_authority,
+                "POST",
+                &path,
+                Some(msg.to_string().as_bytes()),
+            )
+            .await;
+            match answer {
+                Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
+                    Ok(v) => {
+                        if v["janus"] == "success" && msg["janus"] == "create" {
+                            if let Some(id) = v["data"]["id"].as_u64() {
+                                let _ = session_tx.send(id);
+                            }
+                        }
+                        let _ = replies.send(v);
+                    }
+                    Err(_) => {
+                        set_failure(
+                            &req_failure,
+                            format!("POST {path} answered something that is not JSON: not a Janus server"),
+                        );
+                        break;
+                    }
+                },
+                Ok((status, _)) => {
+                    set_failure(
+                        &req_failure,
+                        format!("POST {path} answered HTTP {status}: not a Janus API endpoint"),
+                    );
+                    break;
+                }
+                Err(e) => {
+                    set_failure(
+                        &req_failure,
+                        format!(
+                            "cannot reach the Janus API at http://{req_authority}{path}: {e:#}"
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
+    });
+    // Events: one long poll after another, maxev=10 (array replies), like janus.js.
+    tokio::spawn(async move {
+        let Some(session) = session_rx.recv().await else {
+            return;
+        };
+        loop {
+            let path = format!("{root}/{session}?rid=1&maxev=10");
+            match http_request(&authority, "GET", &path, None).await {
+                Ok((200, body)) => {
+                    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                        set_failure(
+                            &failure,
+                            "a long poll answered something that is not JSON".into(),
+                        );
+                        break;
+                    };
+                    let events = match v {
+                        Value::Array(items) => items,
+                        one => vec![one],
+                    };
+                    for ev in events {
+                        if ev["janus"] != "keepalive" && inbox.send(ev).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok((status, _)) => {
+                    set_failure(&failure, format!("a long poll answered HTTP {status}"));
+                    break;
+                }
+                Err(e) => {
+                    set_failure(&failure, format!("long poll: {e:#}"));
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// Minimal HTTP/1.1 client (one request per connection), enough for the Janus REST
+/// transport and `/state` without an HTTP client crate in the build.
+pub async fn http_request(
+    authority: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connect to {authority}"))?;
+    let body = body.unwrap_or(&[]);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    // A server may answer (413) and close before an oversized body is written whole;
+    // what counts is the answer, so read it even when the write was cut short.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = (&mut stream)
+        .take(MAX_HTTP_ANSWER)
+        .read_to_end(&mut raw)
+        .await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("{authority} did not answer with HTTP"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP status line in {head:?}"))?;
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("bad chunk"))?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end])?.trim(), 16)?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = data.get(..size).ok_or_else(|| anyhow!("chunk cut short"))?;
+        out.extend_from_slice(chunk);
+        data = data.get(size + 2..).unwrap_or(&[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_by_scheme() {
+        let ws = Endpoint::parse("ws://127.0.0.1:8188/").unwrap();
+        assert_eq!(ws.transport, Transport::WebSocket);
+        assert_eq!(ws.authority, "127.0.0.1:8188");
+        assert_eq!(ws.path, "/");
+        let http = Endpoint::parse("http://localhost:8088/janus").unwrap();
+        assert_eq!(http.transport, Transport::LongPoll);
+        assert_eq!(http.path, "/janus");
+        assert_eq!(http.url(), "http://localhost:8088/janus");
+        assert!(Endpoint::parse("https://x/").is_err());
+        assert!(Endpoint::parse("127.0.0.1:8188").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"9\r\nab").is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Load generation: many real WebRTC viewers in one process, joining through the Janus
+//! API, and the benchmark that runs them against a peregrine it starts itself.
+//!
+//! * [`viewer`]: one viewer and what it measures.
+//! * [`summary`]: per-run figures from the viewers' reports.
+//! * [`procstat`]: CPU time and memory of processes, from `/proc`.
+//! * [`bench`]: the benchmark table (server started on a file source, N viewers per step).
+
+pub mod bench;
+pub mod procstat;
+pub mod summary;
+pub mod viewer;
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::janus::client::{Endpoint, JanusClient};
+pub use summary::LoadSummary;
+use viewer::{Progress, ViewerReport};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub endpoint: Endpoint,
+    pub viewers: usize,
+    /// New viewers per second while ramping up.
+    pub ramp_per_s: f64,
+}
+
+/// A load run in progress: viewers are being started or are watching.
+pub struct LoadRun {
+    cfg: LoadConfig,
+    started: Instant,
+    progress: Arc<Progress>,
+    stop: watch::Sender<bool>,
+    ramp: JoinHandle<Vec<JoinHandle<ViewerReport>>>,
+}
+
+/// Check that `endpoint` speaks the Janus API and has the ustreamer plugin, with one
+/// short-lived session; the error says what went wrong.
+pub async fn probe(endpoint: &Endpoint) -> Result<()> {
+    let url = endpoint.url();
+    let attempt = async {
+        let mut janus = JanusClient::connect(endpoint).await?;
+        janus.create_and_attach().await?;
+        janus.destroy();
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 10 s"))
+        .and_then(|r| r)
+        .with_context(|| format!("cannot use the Janus API at {url}"))
+}
+
+impl LoadRun {
+    /// Start ramping viewers up at `cfg.ramp_per_s`.
+    pub fn start(cfg: LoadConfig) -> LoadRun {
+        let progress = Arc::new(Progress::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let ramp = {
+            let (cfg, progress) = (cfg.clone(), progress.clone());
+            tokio::spawn(async move {
+                let gap = Duration::from_secs_f64(1.0 / cfg.ramp_per_s.max(0.001));
+                let t0 = tokio::time::Instant::now();
+                let mut viewers = Vec::with_capacity(cfg.viewers);
+                for id in 0..cfg.viewers {
+                    if *stop_rx.borrow() {
+                        break;
+                    }
+                    tokio::time::sleep_until(t0 + gap * id as u32).await;
+                    viewers.push(tokio::spawn(viewer::run(
+                        id,
+                        cfg.endpoint.clone(),
+                        progress.clone(),
+                        stop_rx.clone(),
+                    )));
+                }
+                viewers
+            })
+        };
+        LoadRun {
+            cfg,
+            started: Instant::now(),
+            progress,
+            stop,
+            ramp,
+        }
+    }
+
+    /// Wait until every viewer was started and has connected or failed, for at most
+    /// `timeout`.
+    pub async fn wait_ramped(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let p = &self.progress;
+            let done = p.connected.load(Ordering::Relaxed) + p.failed.load(Ordering::Relaxed);
+            if done >= self.cfg.viewers {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Print a progress line to stderr every second for `duration`.
+    pub async fn watch_for(&self, duration: Duration, show: bool) {
+        let end = Instant::now() + duration;
+        let mut last_frames = self.progress.frames.load(Ordering::Relaxed);
+        let mut last = Instant::now();
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
+            if !show {
+                continue;
+            }
+            let p = &self.progress;
+            let frames = p.frames.load(Ordering::Relaxed);
+            let connected = p.connected.load(Ordering::Relaxed);
+            let rate = (frames - last_frames) as f64 / last.elapsed().as_secs_f64();
+            let per_viewer = if connected > 0 {
+                rate / connected as f64
+            } else {
+                0.0
+            };
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "[{:6.1}s] viewers {connected}/{} connected, {} failed, {frames} frames, {per_viewer:.1} fps per viewer",
+                self.started.elapsed().as_secs_f64(),
+                self.cfg.viewers,
+                p.failed.load(Ordering::Relaxed),
+            );
+            last_frames = frames;
+            last = Instant::now();
+        }
+    }
+
+    /// Stop every viewer and gather their reports.
+    pub async fn finish(self) -> LoadSummary {
+        let _ = self.stop.send(true);
+        let viewers = self.ramp.await.unwrap_or_default();
+        let mut reports = Vec::with_capacity(viewers.len());
+        for v in viewers {
+            if let Ok(r) = v.await {
+                reports.push(r);
+            }
+        }
+        LoadSummary::from_reports(
+            &self.cfg.endpoint.url(),
+            self.cfg.viewers,
+            self.started.elapsed(),
+            reports,
+        )
+    }
+}

@@ -1,0 +1,151 @@
+//! One simulated viewer: joins through the Janus API as janus.js does, receives the
+//! stream over a real WebRTC peer, and measures what a viewer would notice.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::janus::client::{Endpoint, JanusClient};
+use crate::media::{clock, h264};
+use crate::rtc::receiver::{ReceivedFrame, ReceiverPeer};
+
+/// janus.js sends a keepalive this often; sessions time out without them.
+const KEEPALIVE: Duration = Duration::from_secs(25);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Counters every viewer updates while running, for the progress line.
+#[derive(Default)]
+pub struct Progress {
+    pub started: AtomicUsize,
+    pub connected: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub frames: AtomicU64,
+}
+
+/// What one viewer saw.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ViewerReport {
+    pub id: usize,
+    pub error: Option<String>,
+    /// `watch` sent → ICE and DTLS done.
+    pub connect_ms: Option<f64>,
+    /// `watch` sent → first complete keyframe.
+    pub ttff_ms: Option<f64>,
+    /// Complete pictures from the first keyframe on.
+    pub frames: u64,
+    pub keyframes: u64,
+    /// Seconds from the first keyframe to the end.
+    pub receiving_s: f64,
+    pub packets_received: u64,
+    pub packets_expected: u64,
+    pub packets_lost: u64,
+    pub nacks_sent: u64,
+    pub plis_sent: u64,
+    /// End-to-end delay of each picture (abs-capture-time → complete here), ms.
+    #[serde(skip)]
+    pub delays_ms: Vec<f32>,
+}
+
+/// Run one viewer until `stop` turns true.
+pub async fn run(
+    id: usize,
+    endpoint: Endpoint,
+    progress: Arc<Progress>,
+    stop: watch::Receiver<bool>,
+) -> ViewerReport {
+    let mut report = ViewerReport {
+        id,
+        ..Default::default()
+    };
+    progress.started.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = watch_stream(&endpoint, &progress, stop, &mut report).await {
+        report.error = Some(format!("{e:#}"));
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    report
+}
+
+async fn watch_stream(
+    endpoint: &Endpoint,
+    progress: &Progress,
+    mut stop: watch::Receiver<bool>,
+    report: &mut ViewerReport,
+) -> Result<()> {
+    let mut janus = JanusClient::connect(endpoint).await?;
+    janus.create_and_attach().await?;
+    let watch_sent = Instant::now();
+    let offer = janus.watch().await?;
+    let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
+    janus.start(&answer).await?;
+    peer.wait_connected(CONNECT_TIMEOUT)
+        .await
+        .context("WebRTC connection")?;
+    report.connect_ms = Some(ms(watch_sent.elapsed()));
+    progress.connected.fetch_add(1, Ordering::Relaxed);
+
+    let mut first_key: Option<Instant> = None;
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let result = loop {
+        tokio::select! {
+            frame = peer.next_frame() => {
+                let Some(frame) = frame else {
+                    break Err(anyhow::anyhow!("the WebRTC connection closed"));
+                };
+                let now = Instant::now();
+                let key = is_keyframe(&frame);
+                if first_key.is_none() {
+                    if !key {
+                        continue;
+                    }
+                    first_key = Some(now);
+                    report.ttff_ms = Some(ms(now - watch_sent));
+                }
+                report.frames += 1;
+                report.keyframes += u64::from(key);
+                progress.frames.fetch_add(1, Ordering::Relaxed);
+                if let Some(d) = end_to_end_ms(&frame) {
+                    report.delays_ms.push(d);
+                }
+            }
+            _ = keepalive.tick() => janus.keepalive(),
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        }
+    };
+    progress.connected.fetch_sub(1, Ordering::Relaxed);
+    if let Some(t) = first_key {
+        report.receiving_s = t.elapsed().as_secs_f64();
+    }
+    if let Some(s) = peer.stats().await {
+        report.packets_received = s.packets_received;
+        report.packets_expected = s.packets_expected;
+        report.packets_lost = s.packets_lost();
+        report.nacks_sent = s.nacks_sent;
+        report.plis_sent = s.plis_sent;
+    }
+    peer.close();
+    janus.destroy();
+    // Give the destroy a moment to leave before the client is dropped.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    result
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn is_keyframe(frame: &ReceivedFrame) -> bool {
+    h264::access_unit_is_key(&frame.data)
+}
+
+/// Delay from the picture's capture time (abs-capture-time, NTP 32.32 against the wall
+/// clock) to now. Both ends share this machine's clock, so no offset is applied.
+fn end_to_end_ms(frame: &ReceivedFrame) -> Option<f32> {
+    let sent = frame.abs_capture_time?;
+    let now = clock::realtime_us_to_ntp(clock::realtime_us());
+    let diff = now.checked_sub(sent)?;
+    Some((diff as f64 * 1000.0 / 4_294_967_296.0) as f32)
+}

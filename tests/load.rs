@@ -1,0 +1,206 @@
+//! peregrine-load against real servers: the benchmark machinery at N = 5 (a smoke run,
+//! no speed assertion), both Janus transports, and clear failures.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use support::{free_port, Server};
+
+fn load_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_peregrine-load"))
+}
+
+fn peregrine_bin() -> PathBuf {
+    std::env::var_os("PEREGRINE_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_peregrine").into())
+        .into()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peregrine-load-{name}-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// A short 640x360 30 fps file with a 1 s GOP, made as scripts/bench.sh makes its input.
+fn encode_input(dir: &Path) -> Result<PathBuf> {
+    let file = dir.join("input.h264");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args([
+            "-i",
+            "testsrc2=size=640x360:rate=30,format=yuv420p",
+            "-t",
+            "4",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-preset",
+            "veryfast",
+        ])
+        .args([
+            "-b:v",
+            "1M",
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-sc_threshold",
+            "0",
+        ])
+        .args([
+            "-x264-params",
+            "repeat-headers=1",
+            "-bsf:v",
+            "h264_mp4toannexb",
+        ])
+        .args(["-f", "h264"])
+        .arg(&file)
+        .status()
+        .context("run ffmpeg (scripts/install-test-deps.sh installs it)")?;
+    ensure!(status.success(), "ffmpeg failed: {status}");
+    Ok(file)
+}
+
+fn run(mut cmd: Command) -> Result<Output> {
+    let out = cmd.output().context("run peregrine-load")?;
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(out)
+}
+
+#[test]
+fn benchmark_smoke_run_with_five_viewers() -> Result<()> {
+    let dir = temp_dir("bench");
+    let input = encode_input(&dir)?;
+    let json = dir.join("bench.json");
+    let mut cmd = load_bin();
+    cmd.arg("--bench")
+        .arg(&input)
+        .arg("--peregrine")
+        .arg(peregrine_bin())
+        .args(["--steps", "5", "--duration", "10", "--no-extend", "--quiet"])
+        .arg("--json")
+        .arg(&json);
+    let out = run(cmd)?;
+    ensure!(out.status.success(), "benchmark failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        stdout.contains("viewers") && stdout.contains("srv99"),
+        "no table printed"
+    );
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let row = &report["rows"][0];
+    ensure!(
+        row["viewers"] == 5 && row["receiving"] == 5,
+        "not all 5 viewers got video: {row}"
+    );
+    let num = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+    ensure!(num("fps_per_viewer") > 10.0, "frames do not flow: {row}");
+    ensure!(
+        num("server_cpu_pct") > 0.0 && num("server_cpu_pct") < 400.0,
+        "odd server CPU: {row}"
+    );
+    ensure!(num("load_cpu_pct") > 0.0, "odd load CPU: {row}");
+    ensure!(num("server_rss_kib") > 1000.0, "odd RSS: {row}");
+    ensure!((0.0..50.0).contains(&num("loss_pct")), "odd loss: {row}");
+    let ttff = num("ttff_p50_ms");
+    ensure!(
+        ttff > 0.0 && ttff < 10_000.0,
+        "odd time to first frame: {row}"
+    );
+    let e2e = num("e2e_p50_ms");
+    ensure!(e2e > 0.0 && e2e < 5_000.0, "odd end-to-end delay: {row}");
+    let srv = num("server_delay_p99_us");
+    ensure!(srv > 0.0 && srv < 5_000_000.0, "odd server delay: {row}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn load_against(url: &str, name: &str) -> Result<Value> {
+    let json = temp_dir(name).join("load.json");
+    let mut cmd = load_bin();
+    cmd.args([
+        "--server",
+        url,
+        "--viewers",
+        "2",
+        "--duration",
+        "3",
+        "--quiet",
+    ])
+    .arg("--json")
+    .arg(&json);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    ensure!(out.status.success(), "peregrine-load failed against {url}");
+    Ok(serde_json::from_slice(&std::fs::read(&json)?)?)
+}
+
+#[tokio::test]
+async fn both_janus_transports_carry_viewers() -> Result<()> {
+    let server = Server::start(&["--resolution", "320x240", "--h264-gop", "15"]).await?;
+    let ws = load_against(&server.ws_url(), "ws").await?;
+    let http = format!("http://127.0.0.1:{}/janus", server.janus_http_port);
+    let lp = load_against(&http, "lp").await?;
+    for summary in [&ws, &lp] {
+        ensure!(summary["viewers_receiving"] == 2, "{summary}");
+        ensure!(summary["frames"].as_u64().unwrap_or(0) > 10, "{summary}");
+        // The test pattern carries abs-capture-time, so delays are measured.
+        ensure!(
+            summary["end_to_end_ms"]["samples"].as_u64().unwrap_or(0) > 10,
+            "{summary}"
+        );
+        ensure!(
+            summary["viewers"][0]["packets_received"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+            "{summary}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_or_foreign_servers_fail_clearly() -> Result<()> {
+    let port = free_port();
+    let mut cmd = load_bin();
+    cmd.args([
+        "--server",
+        &format!("ws://127.0.0.1:{port}/"),
+        "--viewers",
+        "1",
+    ]);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("cannot use the Janus API"),
+        "{err}"
+    );
+
+    // Something that is HTTP but not the Janus API: the main port's /state.
+    let server = Server::start(&["--resolution", "320x240"]).await?;
+    let mut cmd = load_bin();
+    let url = format!("http://127.0.0.1:{}/state", server.http_port);
+    cmd.args(["--server", &url, "--viewers", "1"]);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("not a Janus"),
+        "{err}"
+    );
+
+    let mut cmd = load_bin();
+    cmd.args(["--server", "ftp://127.0.0.1/"]);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    ensure!(!out.status.success(), "a bad scheme was accepted");
+    Ok(())
+}
