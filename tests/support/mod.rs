@@ -6,10 +6,10 @@ use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 pub use peregrine::janus::client::Transport;
 use peregrine::janus::client::{self, Endpoint};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
