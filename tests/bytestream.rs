@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use peregrine::media::decoder::{DecodedFrame, H264Decoder};
 use peregrine::rtc::receiver::ReceiverPeer;
 use serde_json::Value;
-use support::{free_port, JanusClient, Server, Transport};
+use support::{free_port, join, Server};
 
 /// An ffmpeg encoder process; killed when dropped.
 struct Encoder(Child);
@@ -58,17 +58,6 @@ impl Drop for Encoder {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Join as janus.js does and return the connected receiver.
-async fn join(server: &Server) -> Result<(JanusClient, ReceiverPeer)> {
-    let mut janus = JanusClient::connect(server, Transport::WebSocket).await?;
-    janus.create_and_attach().await?;
-    let offer = janus.watch().await?;
-    let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
-    janus.start(&answer).await?;
-    peer.wait_connected(Duration::from_secs(10)).await?;
-    Ok((janus, peer))
 }
 
 /// The NO SIGNAL picture is dark grey with light letters; ffmpeg's test source is

@@ -18,7 +18,7 @@ use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
 use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::{read_code_strip, TestPattern};
 use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
-use support::{JanusClient, Server, Transport};
+use support::{join, JanusClient, Server, Transport};
 
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
@@ -431,17 +431,6 @@ fn start_c_writer(name: &str, extra: &[&str]) -> Result<Proc> {
         .stdout(Stdio::null())
         .spawn()?;
     Ok(Proc(child))
-}
-
-/// Join as janus.js does and return the connected receiver.
-async fn join(server: &Server) -> Result<(JanusClient, ReceiverPeer)> {
-    let mut janus = JanusClient::connect(server, Transport::WebSocket).await?;
-    janus.create_and_attach().await?;
-    let offer = janus.watch().await?;
-    let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
-    janus.start(&answer).await?;
-    peer.wait_connected(Duration::from_secs(10)).await?;
-    Ok((janus, peer))
 }
 
 /// Decode `want` pictures from the viewer; their counters, which must increase.

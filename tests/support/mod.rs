@@ -178,3 +178,17 @@ impl std::ops::DerefMut for JanusClient {
         &mut self.0
     }
 }
+
+/// Join over the WebSocket transport as janus.js does (create, attach, watch with 503
+/// retries, answer, start) and return the connected receiver.
+pub async fn join(
+    server: &Server,
+) -> Result<(JanusClient, peregrine::rtc::receiver::ReceiverPeer)> {
+    let mut janus = JanusClient::connect(server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let offer = janus.watch().await?;
+    let (mut peer, answer) = peregrine::rtc::receiver::ReceiverPeer::answer(&offer).await?;
+    janus.start(&answer).await?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+    Ok((janus, peer))
+}
