@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::pattern::I420Frame;
+use super::pattern::{draw_text, I420Frame, GLYPH_ADVANCE, GLYPH_H};
 use super::testsrc::{EncodedPicture, PictureEncoder, TestsrcConfig};
 
 /// Pictures per second while there is no signal: enough to show the page is alive,
@@ -13,34 +13,6 @@ pub const NO_SIGNAL_FPS: u32 = 5;
 const BACKGROUND: u8 = 40;
 const TEXT: u8 = 200;
 const NEUTRAL: u8 = 128;
-
-/// 5x7 glyphs of the letters needed, one row per byte, low 5 bits, MSB first.
-fn glyph(c: char) -> [u8; 7] {
-    match c {
-        'N' => [
-            0b10001, 0b11001, 0b10101, 0b10011, 0b10001, 0b10001, 0b10001,
-        ],
-        'O' => [
-            0b01110, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110,
-        ],
-        'S' => [
-            0b01111, 0b10000, 0b10000, 0b01110, 0b00001, 0b00001, 0b11110,
-        ],
-        'I' => [
-            0b01110, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110,
-        ],
-        'G' => [
-            0b01110, 0b10001, 0b10000, 0b10111, 0b10001, 0b10001, 0b01111,
-        ],
-        'A' => [
-            0b01110, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001,
-        ],
-        'L' => [
-            0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b11111,
-        ],
-        _ => [0; 7],
-    }
-}
 
 /// Draw "NO SIGNAL" in large letters on a dark grey picture. Sizes are made even.
 pub fn draw(width: u32, height: u32) -> I420Frame {
@@ -55,27 +27,13 @@ pub fn draw(width: u32, height: u32) -> I420Frame {
         u: vec![NEUTRAL; (w / 2) * (h / 2)],
         v: vec![NEUTRAL; (w / 2) * (h / 2)],
     };
-    const TEXT_STR: &str = "NO SIGNAL";
-    let columns = TEXT_STR.len() * 6 - 1;
+    const TEXT_STR: &[u8] = b"NO SIGNAL";
+    let columns = TEXT_STR.len() * GLYPH_ADVANCE - 1;
     // The text spans about 60% of the width, and never more than a third of the height.
-    let scale = (w * 6 / 10 / columns).min(h / 3 / 7).max(1);
+    let scale = (w * 6 / 10 / columns).min(h / 3 / GLYPH_H).max(1);
     let x0 = w.saturating_sub(columns * scale) / 2;
-    let y0 = h.saturating_sub(7 * scale) / 2;
-    for (i, c) in TEXT_STR.chars().enumerate() {
-        for (row, bits) in glyph(c).iter().enumerate() {
-            for col in 0..5 {
-                if bits & (0x10 >> col) == 0 {
-                    continue;
-                }
-                let x = x0 + (i * 6 + col) * scale;
-                let y = y0 + row * scale;
-                for yy in y..(y + scale).min(h) {
-                    let line = &mut frame.y[yy * w..yy * w + w];
-                    line[x.min(w)..(x + scale).min(w)].fill(TEXT);
-                }
-            }
-        }
-    }
+    let y0 = h.saturating_sub(GLYPH_H * scale) / 2;
+    draw_text(&mut frame, TEXT_STR, x0, y0, scale, TEXT);
     frame
 }
 

@@ -228,23 +228,35 @@ impl TestPattern {
     fn draw_line(&mut self, text: &[u8], line: usize) {
         let s = self.text_scale;
         let y0 = self.text_y + line * LINE_ADVANCE * s;
-        for (i, &c) in text.iter().enumerate() {
-            let x0 = self.text_x + i * GLYPH_ADVANCE * s;
-            for (row, bits) in glyph(c).iter().enumerate() {
-                // Fill each horizontal run of set bits with one slice fill per line.
-                let mut col = 0;
-                while col < GLYPH_W {
-                    if bits & (1 << (GLYPH_W - 1 - col)) == 0 {
-                        col += 1;
-                        continue;
-                    }
-                    let start = col;
-                    while col < GLYPH_W && bits & (1 << (GLYPH_W - 1 - col)) != 0 {
-                        col += 1;
-                    }
-                    self.frame
-                        .fill_luma(x0 + start * s, y0 + row * s, (col - start) * s, s, WHITE);
+        draw_text(&mut self.frame, text, self.text_x, y0, s, WHITE);
+    }
+}
+
+/// Draw `text` in the built-in 5x7 font with its top-left corner at (`x0`, `y0`), each
+/// font pixel `scale` luma pixels wide and high, clipped to the picture. Characters the
+/// font lacks are left blank.
+pub fn draw_text(frame: &mut I420Frame, text: &[u8], x0: usize, y0: usize, scale: usize, luma: u8) {
+    for (i, &c) in text.iter().enumerate() {
+        let x = x0 + i * GLYPH_ADVANCE * scale;
+        for (row, bits) in glyph(c).iter().enumerate() {
+            // Fill each horizontal run of set bits with one slice fill per line.
+            let mut col = 0;
+            while col < GLYPH_W {
+                if bits & (1 << (GLYPH_W - 1 - col)) == 0 {
+                    col += 1;
+                    continue;
                 }
+                let start = col;
+                while col < GLYPH_W && bits & (1 << (GLYPH_W - 1 - col)) != 0 {
+                    col += 1;
+                }
+                frame.fill_luma(
+                    x + start * scale,
+                    y0 + row * scale,
+                    (col - start) * scale,
+                    scale,
+                    luma,
+                );
             }
         }
     }
@@ -302,8 +314,10 @@ fn format_clock(wall_ms: u64) -> [u8; TEXT_COLUMNS] {
 }
 
 const GLYPH_W: usize = 5;
+/// Height of a glyph in font pixels.
+pub const GLYPH_H: usize = 7;
 /// Horizontal distance between characters, in font pixels (glyph + 1 column gap).
-const GLYPH_ADVANCE: usize = GLYPH_W + 1;
+pub const GLYPH_ADVANCE: usize = GLYPH_W + 1;
 /// Vertical distance between lines, in font pixels (7 rows + 2 rows gap).
 const LINE_ADVANCE: usize = 9;
 
@@ -322,6 +336,14 @@ fn glyph(c: u8) -> [u8; 7] {
         b'9' => [0x0e, 0x11, 0x11, 0x0f, 0x01, 0x02, 0x0c],
         b':' => [0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00],
         b'.' => [0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x0c],
+        // The letters of "NO SIGNAL".
+        b'A' => [0x0e, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11],
+        b'G' => [0x0e, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0f],
+        b'I' => [0x0e, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e],
+        b'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1f],
+        b'N' => [0x11, 0x19, 0x15, 0x13, 0x11, 0x11, 0x11],
+        b'O' => [0x0e, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e],
+        b'S' => [0x0f, 0x10, 0x10, 0x0e, 0x01, 0x01, 0x1e],
         _ => [0; 7],
     }
 }
