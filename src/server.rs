@@ -139,7 +139,7 @@ fn start_source(
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
     if let Some(name) = cfg.source.strip_prefix("memsink:") {
-        let thread = memsink_source::spawn(MemsinkSourceConfig::new(name), hub, stop)?;
+        let thread = memsink_source::spawn(MemsinkSourceConfig::new(name), hub, status, stop)?;
         return Ok(Some(thread));
     }
     if let Some(input) = bytestream::Input::parse(&cfg.source)? {
@@ -152,7 +152,7 @@ fn start_source(
     }
     match cfg.source.as_str() {
         "testsrc" => {
-            status.set_live(cfg.width, cfg.height, f64::from(cfg.fps));
+            status.set_live(cfg.width, cfg.height, Some(f64::from(cfg.fps)));
             let thread = testsrc::spawn(
                 TestsrcConfig {
                     width: cfg.width,

@@ -510,14 +510,25 @@ async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
     let (_janus, mut peer) = join(&server).await?;
     let mut decoder = H264Decoder::new()?;
     decode_viewer(&mut peer, &mut decoder, 15).await?;
+    // /state, which the bundled page shows as "no signal", follows the writer.
+    server
+        .wait_state(Duration::from_secs(5), |s| s["input"]["state"] == "live")
+        .await?;
 
     // Killed mid-stream: the object stays with its last frame; a new writer reuses it.
     drop(writer);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["input"]["state"] == "no_signal" && s["input"]["interruptions"] == 1
+        })
+        .await?;
     while peer.try_next_frame().is_some() {}
     let writer = start_c_writer(&name, &[])?;
     let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
     println!("after a restart in place: {counters:?}");
+    server
+        .wait_state(Duration::from_secs(5), |s| s["input"]["state"] == "live")
+        .await?;
 
     // Killed and the object removed and created anew (µStreamer with --h264-sink-rm).
     drop(writer);

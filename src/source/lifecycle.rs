@@ -52,11 +52,29 @@ impl StatusHandle {
         self.lock().kind = kind;
     }
 
-    /// Set the size and rate of a source that does not report them per picture.
-    pub fn set_live(&self, width: u32, height: u32, fps: f64) {
+    /// Live video of this size; `fps` when the source knows its rate (a source that
+    /// does not leaves the figure as it is).
+    pub fn set_live(&self, width: u32, height: u32, fps: Option<f64>) {
         let mut s = self.lock();
         s.state = "live";
-        (s.width, s.height, s.fps) = (width, height, fps);
+        (s.width, s.height) = (width, height);
+        if let Some(fps) = fps {
+            s.fps = fps;
+        }
+    }
+
+    /// The source is gone (or not there yet), for `why`. Returns whether it had been
+    /// live, i.e. whether this is a new interruption.
+    pub fn set_lost(&self, why: &str) -> bool {
+        let mut s = self.lock();
+        let was_live = s.state == "live";
+        if was_live {
+            s.interruptions += 1;
+        }
+        s.state = "no_signal";
+        s.fps = 0.0;
+        s.last_error = Some(why.to_string());
+        was_live
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SourceStatus> {
@@ -182,15 +200,9 @@ impl Output {
 
     /// The source is gone: viewers get NO SIGNAL from now on.
     pub fn lost(&mut self, why: &str) {
-        let mut s = self.status.lock();
-        if self.live {
+        if self.status.set_lost(why) {
             tracing::warn!("source lost: {why}");
-            s.interruptions += 1;
         }
-        s.state = "no_signal";
-        s.fps = 0.0;
-        s.last_error = Some(why.to_string());
-        drop(s);
         self.live = false;
         self.no_signal_key = true;
         self.next_no_signal = None;

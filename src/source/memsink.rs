@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 
+use super::lifecycle::StatusHandle;
 use crate::media::{clock, h264, AccessUnit, Hub};
 use crate::memsink::layout::{data_size_for_name, FORMAT_H264};
 use crate::memsink::reader::{Get, SinkReader};
@@ -48,17 +49,20 @@ const IDLE_STEP: Duration = Duration::from_millis(10);
 pub fn spawn(
     cfg: MemsinkSourceConfig,
     hub: Arc<Hub>,
+    status: StatusHandle,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     data_size_for_name(&cfg.name).context("source memsink:NAME")?;
     std::thread::Builder::new()
         .name("memsink-in".into())
-        .spawn(move || Reading::new(cfg).run(&hub, &stop))
+        .spawn(move || Reading::new(cfg, status).run(&hub, &stop))
         .context("starting the memsink source thread")
 }
 
 struct Reading {
     cfg: MemsinkSourceConfig,
+    /// What `/state` (and so the bundled page) says about the source.
+    status: StatusHandle,
     reader: Option<SinkReader>,
     seq: u64,
     last_frame: Instant,
@@ -69,9 +73,10 @@ struct Reading {
 }
 
 impl Reading {
-    fn new(cfg: MemsinkSourceConfig) -> Reading {
+    fn new(cfg: MemsinkSourceConfig, status: StatusHandle) -> Reading {
         Reading {
             cfg,
+            status,
             reader: None,
             seq: 0,
             last_frame: Instant::now(),
@@ -118,7 +123,9 @@ impl Reading {
                         self.waiting_for_magic = false;
                     }
                     Err(e) => {
-                        self.report(format!("waiting for the memsink: {e}"), false);
+                        let problem = format!("waiting for the memsink: {e}");
+                        self.status.set_lost(&problem);
+                        self.report(problem, false);
                         hub.set_offline();
                         self.pause(self.cfg.reopen_delay, stop);
                         continue;
@@ -159,6 +166,8 @@ impl Reading {
                     us => us,
                 };
                 let key = h264::access_unit_is_key(&frame.data);
+                self.status
+                    .set_live(frame.meta.width, frame.meta.height, None);
                 hub.publish(AccessUnit {
                     data: Bytes::from(frame.data),
                     width: frame.meta.width,
@@ -179,6 +188,8 @@ impl Reading {
                 }
                 let idle = self.last_frame.elapsed();
                 if idle > OFFLINE_AFTER {
+                    self.status
+                        .set_lost("no frame from the memsink writer for 2 s");
                     hub.set_offline();
                 }
                 if idle > REPLACED_CHECK && self.last_replaced_check.elapsed() > REPLACED_CHECK {
@@ -192,10 +203,9 @@ impl Reading {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => {
-                self.report(
-                    format!("{e}; reopening in {:?}", self.cfg.reopen_delay),
-                    true,
-                );
+                let problem = format!("{e}; reopening in {:?}", self.cfg.reopen_delay);
+                self.status.set_lost(&problem);
+                self.report(problem, true);
                 self.reader = None;
                 hub.set_offline();
                 self.pause(self.cfg.reopen_delay, stop);
