@@ -91,13 +91,14 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let engine = engine.clone();
         let relay = relay.clone();
         Arc::new(move || {
+            let rtc = engine.stats();
             serde_json::json!({
                 "pid": std::process::id(),
                 "uptime_s": started.elapsed().as_secs_f64(),
                 "source": hub.info(),
                 "input": source_status.snapshot(),
-                "viewers": engine.stats().connected,
-                "rtc": engine.stats(),
+                "viewers": rtc.connected,
+                "rtc": rtc,
                 "janus": janus_status.counts(),
                 "relay": relay.stats(),
             })
