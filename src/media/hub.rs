@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use super::au::AccessUnit;
 use super::h264::{self, NalType};
@@ -72,7 +72,6 @@ pub struct Hub {
     frames: AtomicU64,
     keyframes: AtomicU64,
     online: AtomicBool,
-    subscribers_changed: Notify,
 }
 
 impl Hub {
@@ -86,7 +85,6 @@ impl Hub {
             frames: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
             online: AtomicBool::new(false),
-            subscribers_changed: Notify::new(),
         })
     }
 
@@ -131,7 +129,6 @@ impl Hub {
         };
         drop(state);
         self.subscribers.fetch_add(1, Ordering::SeqCst);
-        self.subscribers_changed.notify_waiters();
         if wait_key {
             self.request_keyframe();
         }
@@ -147,7 +144,6 @@ impl Hub {
     /// attached but not yet watching, as the ustreamer plugin opens its source on attach).
     pub fn hold(self: &Arc<Self>) -> SourceHold {
         self.subscribers.fetch_add(1, Ordering::SeqCst);
-        self.subscribers_changed.notify_waiters();
         SourceHold { hub: self.clone() }
     }
 
@@ -164,11 +160,6 @@ impl Hub {
     /// For sources: is anyone subscribed or holding the source?
     pub fn has_subscribers(&self) -> bool {
         self.subscribers.load(Ordering::SeqCst) > 0
-    }
-
-    /// Wait until the subscriber count changes (for sources that idle without viewers).
-    pub async fn subscribers_changed(&self) {
-        self.subscribers_changed.notified().await
     }
 
     /// SPS/PPS, once the stream has carried them.
@@ -243,24 +234,11 @@ impl Subscriber {
             }
         }
     }
-
-    /// Skip to the next keyframe and ask the source for one (e.g. after a viewer's PLI,
-    /// or when this subscriber's own consumer fell behind).
-    pub fn skip_to_keyframe(&mut self) {
-        self.backlog.clear();
-        self.wait_key = true;
-        self.hub.request_keyframe();
-    }
-
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
         self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
-        self.hub.subscribers_changed.notify_waiters();
     }
 }
 
@@ -272,6 +250,5 @@ pub struct SourceHold {
 impl Drop for SourceHold {
     fn drop(&mut self) {
         self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
-        self.hub.subscribers_changed.notify_waiters();
     }
 }

@@ -147,10 +147,6 @@ impl Output {
         self.live
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
     /// Publish one picture of live video.
     pub fn publish(&mut self, picture: Picture) {
         let capture_us = clock::monotonic_us();
