@@ -9,6 +9,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::source::camera::device::PixelFormat;
+
+/// The camera used when none is named.
+pub const DEFAULT_DEVICE: &str = "/dev/video0";
+
 /// The flags. Everything is optional here so that "not given" can fall back to the file.
 #[derive(Parser, Debug, Default, Deserialize)]
 #[command(
@@ -42,11 +47,28 @@ pub struct Args {
     #[arg(long)]
     pub session_timeout: Option<u64>,
 
-    /// Video source: `testsrc` (generated pattern), `tcp://HOST:PORT` (read an H.264
-    /// byte stream, reconnecting), `tcp-listen://IP:PORT` (accept a pushing encoder),
-    /// `-` (stdin) or a raw H.264 file (paced at --desired-fps, looping). [default: testsrc]
+    /// Video source: `v4l2` (the camera at --device), `testsrc` (generated pattern),
+    /// `tcp://HOST:PORT` (read an H.264 byte stream, reconnecting), `tcp-listen://IP:PORT`
+    /// (accept a pushing encoder), `memsink:NAME` (a µStreamer sink), `-` (stdin) or a raw
+    /// H.264 file (paced at --desired-fps, looping). [default: `v4l2` when --device is
+    /// given or /dev/video0 exists, else `testsrc`]
     #[arg(long)]
     pub source: Option<String>,
+    /// V4L2 capture device. [default: /dev/video0]
+    #[arg(long)]
+    pub device: Option<PathBuf>,
+    /// Camera pixel format: auto (the camera's own H.264 if it has one, else MJPEG,
+    /// YUYV, NV12, YU12) or one of those. [default: auto]
+    #[arg(long)]
+    pub format: Option<String>,
+    /// List the V4L2 devices and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub list_devices: bool,
+    /// List the formats, sizes and frame rates of --device and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub list_formats: bool,
     /// Picture size WIDTHxHEIGHT. [default: 1280x720]
     #[arg(long)]
     pub resolution: Option<String>,
@@ -130,6 +152,11 @@ pub struct Config {
     pub janus_http_path: String,
     pub session_timeout_s: u64,
     pub source: String,
+    /// No source was configured: it was chosen by whether the camera exists.
+    pub source_chosen: bool,
+    pub device: PathBuf,
+    /// `None`: auto.
+    pub format: Option<PixelFormat>,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
@@ -162,6 +189,9 @@ impl Default for Config {
             janus_http_path: "/janus".into(),
             session_timeout_s: 60,
             source: "testsrc".into(),
+            source_chosen: false,
+            device: PathBuf::from(DEFAULT_DEVICE),
+            format: None,
             width: 1280,
             height: 720,
             fps: 30,
@@ -199,14 +229,25 @@ impl Config {
             }
             None => Args::default(),
         };
+        let source_given = args.source.is_some() || file.source.is_some();
+        let device_given = args.device.is_some() || file.device.is_some();
         let mut cfg = Config::default();
         if let Some(dir) = args.janus_config.as_ref().or(file.janus_config.as_ref()) {
             janus_install_args(dir)
                 .and_then(|janus| cfg.apply(janus))
                 .with_context(|| format!("janus_config {}", dir.display()))?;
         }
+        let janus_source = cfg.source != Config::default().source;
         cfg.apply(file)?;
         cfg.apply(args)?;
+        if !(source_given || janus_source) {
+            // Like µStreamer, the camera by default; a machine without one (a laptop,
+            // CI, a first try) gets the test pattern instead of an error.
+            cfg.source_chosen = true;
+            if device_given || cfg.device.exists() {
+                cfg.source = "v4l2".into();
+            }
+        }
         Ok(cfg)
     }
 
@@ -224,6 +265,15 @@ impl Config {
         set!(janus_http_port <- janus_http_port);
         set!(session_timeout_s <- session_timeout);
         set!(source <- source);
+        set!(device <- device);
+        if let Some(name) = a.format {
+            self.format = match name.to_ascii_lowercase().as_str() {
+                "auto" => None,
+                _ => Some(PixelFormat::parse(&name).ok_or_else(|| {
+                    anyhow!("format must be auto, H264, MJPEG, YUYV, NV12 or YU12, got {name:?}")
+                })?),
+            };
+        }
         set!(fps <- desired_fps);
         set!(bitrate_kbps <- h264_bitrate);
         set!(gop <- h264_gop);

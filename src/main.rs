@@ -2,6 +2,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use peregrine::config::{Args, Config};
+use peregrine::source::camera::v4l2;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -10,13 +11,31 @@ fn main() -> std::process::ExitCode {
         )
         .with_target(false)
         .init();
-    let config = match Config::load(Args::parse()) {
+    let args = Args::parse();
+    let (list_devices, list_formats) = (args.list_devices, args.list_formats);
+    let config = match Config::load(args) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("peregrine: {err:#}");
             return std::process::ExitCode::from(2);
         }
     };
+    if list_devices {
+        print!("{}", v4l2::list_devices());
+        return std::process::ExitCode::SUCCESS;
+    }
+    if list_formats {
+        return match v4l2::list_formats(&config.device) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("peregrine: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

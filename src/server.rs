@@ -21,6 +21,8 @@ use crate::net::candidate_ips;
 use crate::relay::{Relay, RelayConfig};
 use crate::rtc::{RtcConfig, RtcEngine};
 use crate::source::bytestream::{self, ByteStreamConfig};
+use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
+use crate::source::camera::{self, CameraConfig};
 use crate::source::lifecycle::StatusHandle;
 use crate::source::memsink::{self as memsink_source, MemsinkSourceConfig};
 use crate::source::testsrc::{self, TestsrcConfig};
@@ -143,6 +145,29 @@ fn start_source(
         let thread = memsink_source::spawn(MemsinkSourceConfig::new(name), hub, status, stop)?;
         return Ok(Some(thread));
     }
+    if cfg.source == "v4l2" {
+        if cfg.source_chosen {
+            tracing::info!(device = %cfg.device.display(), "no --source given: using the camera");
+        }
+        let opener = V4l2Opener::new(V4l2Settings {
+            path: cfg.device.clone(),
+            format: cfg.format,
+            width: cfg.width,
+            height: cfg.height,
+            fps: cfg.fps,
+            bitrate_kbps: cfg.bitrate_kbps,
+            gop: cfg.gop,
+        });
+        let camera = CameraConfig::new(cfg.fps, cfg.bitrate_kbps, cfg.gop);
+        let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
+        return Ok(Some(thread));
+    }
+    if cfg.source_chosen {
+        tracing::info!(
+            device = %cfg.device.display(),
+            "no --source given and no camera: using the test pattern"
+        );
+    }
     if let Some(input) = bytestream::Input::parse(&cfg.source)? {
         let bs = ByteStreamConfig {
             fps: cfg.fps,
@@ -169,7 +194,7 @@ fn start_source(
             Ok(Some(thread))
         }
         other => bail!(
-            "unknown source {other:?}; use --source testsrc, memsink:NAME, tcp://HOST:PORT, \
+            "unknown source {other:?}; use --source v4l2, testsrc, memsink:NAME, tcp://HOST:PORT, \
              tcp-listen://IP:PORT, - (stdin) or an H.264 file"
         ),
     }

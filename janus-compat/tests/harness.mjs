@@ -63,6 +63,10 @@ async function tryStart(extraArgs, reusePorts) {
     "--janus-ws-port", String(ports.ws),
     "--janus-http-port", String(ports.janusHttp),
     "--udp-port-range", "0",
+    // Without a named source, a machine with a camera would stream the camera.
+    ...(extraArgs.some((a) => ["--source", "--janus-config", "--config", "--device"].includes(a))
+      ? []
+      : ["--source", "testsrc"]),
     ...extraArgs,
   ];
   const child = spawn(peregrineBinary(), args, {

@@ -50,6 +50,68 @@ impl H264Decoder {
     }
 }
 
+/// All three planes of one decoded picture, tightly packed (chroma at half size).
+#[derive(Clone, Debug)]
+pub struct DecodedPicture {
+    pub width: usize,
+    pub height: usize,
+    pub y: Vec<u8>,
+    pub u: Vec<u8>,
+    pub v: Vec<u8>,
+}
+
+impl H264Decoder {
+    /// Like [`H264Decoder::decode`], with the chroma planes too (for picture
+    /// comparisons; measurements need only luma).
+    pub fn decode_planes(&mut self, annexb: &[u8]) -> Result<Option<DecodedPicture>, DecodeError> {
+        let picture = self
+            .inner
+            .decode(annexb)
+            .map_err(|e| DecodeError(e.to_string()))?;
+        Ok(picture.map(|yuv| {
+            let (width, height) = yuv.dimensions();
+            let (ys, us, vs) = yuv.strides();
+            let plane = |data: &[u8], stride: usize, w: usize, h: usize| {
+                let mut out = Vec::with_capacity(w * h);
+                for row in data.chunks(stride).take(h) {
+                    out.extend_from_slice(&row[..w.min(row.len())]);
+                }
+                out
+            };
+            DecodedPicture {
+                width,
+                height,
+                y: plane(yuv.y(), ys, width, height),
+                u: plane(yuv.u(), us, width / 2, height / 2),
+                v: plane(yuv.v(), vs, width / 2, height / 2),
+            }
+        }))
+    }
+}
+
+/// Peak signal-to-noise ratio of two 8-bit planes of equal size, in dB (capped at 99
+/// for identical planes). The usual measure of how close a coded picture is to its
+/// source: about 30 dB and up is hard to tell apart by eye.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let sum: u64 = a[..n]
+        .iter()
+        .zip(&b[..n])
+        .map(|(&x, &y)| {
+            let d = i64::from(x) - i64::from(y);
+            (d * d) as u64
+        })
+        .sum();
+    if sum == 0 {
+        return 99.0;
+    }
+    let mse = sum as f64 / n as f64;
+    (10.0 * (255.0 * 255.0 / mse).log10()).min(99.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,9 +147,14 @@ impl Output {
         self.live
     }
 
-    /// Publish one picture of live video.
+    /// Publish one picture of live video, captured now.
     pub fn publish(&mut self, picture: Picture) {
-        let capture_us = clock::monotonic_us();
+        self.publish_captured(picture, clock::monotonic_us());
+    }
+
+    /// Publish one picture of live video captured at `capture_us` (CLOCK_MONOTONIC),
+    /// e.g. the driver's timestamp, so latency figures start at the sensor.
+    pub fn publish_captured(&mut self, picture: Picture, capture_us: u64) {
         if !self.live {
             tracing::info!(
                 width = picture.width,

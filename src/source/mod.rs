@@ -2,6 +2,7 @@
 
 pub mod annexb;
 pub mod bytestream;
+pub mod camera;
 pub mod lifecycle;
 pub mod memsink;
 pub mod nosignal;

@@ -44,7 +44,8 @@ pub struct I420Frame {
 }
 
 impl I420Frame {
-    fn new(width: usize, height: usize) -> I420Frame {
+    /// A black picture.
+    pub fn new(width: usize, height: usize) -> I420Frame {
         let chroma = (width / 2) * (height / 2);
         I420Frame {
             width,

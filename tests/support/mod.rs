@@ -68,6 +68,7 @@ impl Server {
             .args(["--port", &http_port.to_string()])
             .args(["--janus-ws-port", &ws_port.to_string()])
             .args(["--janus-http-port", &janus_http_port.to_string()])
+            .args(default_source(extra))
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -191,4 +192,17 @@ pub async fn join(
     janus.start(&answer).await?;
     peer.wait_connected(Duration::from_secs(10)).await?;
     Ok((janus, peer))
+}
+
+/// The test pattern unless the test names a source: without one, a machine with a
+/// camera at /dev/video0 would stream the camera.
+fn default_source(extra: &[&str]) -> &'static [&'static str] {
+    if extra
+        .iter()
+        .any(|a| matches!(*a, "--source" | "--janus-config" | "--config" | "--device"))
+    {
+        &[]
+    } else {
+        &["--source", "testsrc"]
+    }
 }
