@@ -51,11 +51,15 @@ impl Fixtures {
             ("ref.yuv", &["-pix_fmt", "yuv420p", "-f", "rawvideo"]),
             (
                 "420.mjpeg",
-                &["-pix_fmt", "yuvj420p", "-c:v", "mjpeg", "-q:v", "3", "-f", "mjpeg"],
+                &[
+                    "-pix_fmt", "yuvj420p", "-c:v", "mjpeg", "-q:v", "3", "-f", "mjpeg",
+                ],
             ),
             (
                 "422.mjpeg",
-                &["-pix_fmt", "yuvj422p", "-c:v", "mjpeg", "-q:v", "3", "-f", "mjpeg"],
+                &[
+                    "-pix_fmt", "yuvj422p", "-c:v", "mjpeg", "-q:v", "3", "-f", "mjpeg",
+                ],
             ),
             ("yuyv.raw", &["-pix_fmt", "yuyv422", "-f", "rawvideo"]),
             ("nv12.raw", &["-pix_fmt", "nv12", "-f", "rawvideo"]),
@@ -132,7 +136,10 @@ struct Running {
 }
 
 impl Running {
-    fn start(recording: Recording, script: &[Step]) -> Result<(Running, peregrine::media::Subscriber)> {
+    fn start(
+        recording: Recording,
+        script: &[Step],
+    ) -> Result<(Running, peregrine::media::Subscriber)> {
         let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
         let status = StatusHandle::new("camera", "no_signal");
         let stop = Arc::new(AtomicBool::new(false));
@@ -141,8 +148,13 @@ impl Running {
         let mut cfg = CameraConfig::new(FPS, 1500, 30);
         cfg.reopen_min = Duration::from_millis(100);
         cfg.reopen_max = Duration::from_millis(200);
-        let (thread, counters) =
-            camera::spawn(cfg, Box::new(opener), hub.clone(), status.clone(), stop.clone())?;
+        let (thread, counters) = camera::spawn(
+            cfg,
+            Box::new(opener),
+            hub.clone(),
+            status.clone(),
+            stop.clone(),
+        )?;
         Ok((
             Running {
                 hub,
@@ -222,7 +234,10 @@ async fn check_pictures(
             None => next_au(sub).await?,
         };
         let Some(index) = run.log.index_at(au.capture_us) else {
-            bail!("access unit at {} µs matches no device timestamp", au.capture_us);
+            bail!(
+                "access unit at {} µs matches no device timestamp",
+                au.capture_us
+            );
         };
         let picture = decoder
             .decode_planes(&au.data)?
@@ -285,7 +300,11 @@ async fn run_case(recording: Recording, reference: &[DecodedPicture], what: &str
     let s = run.status.snapshot();
     ensure!(s.state == "live", "{what}: state {}", s.state);
     ensure!((s.width, s.height) == (W, H), "{what}: /state size");
-    ensure!((s.fps - f64::from(FPS)).abs() < 5.0, "{what}: /state fps {}", s.fps);
+    ensure!(
+        (s.fps - f64::from(FPS)).abs() < 5.0,
+        "{what}: /state fps {}",
+        s.fps
+    );
     ensure!(run.counters.bad_frames.load(Ordering::Relaxed) == 0);
     Ok(())
 }
@@ -294,7 +313,11 @@ async fn run_case(recording: Recording, reference: &[DecodedPicture], what: &str
 async fn h264_camera_passes_through_untouched_and_takes_keyframe_requests() -> Result<()> {
     let fx = Fixtures::record()?;
     let recording = Recording::h264(&fx.read("camera.h264"));
-    ensure!(recording.frames.len() == FRAMES, "{} access units", recording.frames.len());
+    ensure!(
+        recording.frames.len() == FRAMES,
+        "{} access units",
+        recording.frames.len()
+    );
     let frames = recording.frames.clone();
     let (run, mut sub) = Running::start(recording, &[])?;
     let mut decoder = H264Decoder::new()?;
@@ -304,7 +327,10 @@ async fn h264_camera_passes_through_untouched_and_takes_keyframe_requests() -> R
             .log
             .index_at(au.capture_us)
             .context("timestamp not from the device")?;
-        ensure!(au.data[..] == frames[index][..], "picture {n} (buffer {index}) was changed");
+        ensure!(
+            au.data[..] == frames[index][..],
+            "picture {n} (buffer {index}) was changed"
+        );
         ensure!(decoder.decode_planes(&au.data)?.is_some() || n == 0);
     }
     // One request when watching began; a viewer's request is passed on too.
@@ -341,10 +367,17 @@ async fn unplugged_camera_shows_no_signal_then_live_pictures_again() -> Result<(
     last_seq = Some(first.seq);
     phases.push(("live", 1));
     while phases.len() < 3 || phases[2].1 < 30 {
-        ensure!(tokio::time::Instant::now() < deadline, "phases so far: {phases:?}");
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "phases so far: {phases:?}"
+        );
         let au = next_au(&mut sub).await?;
         if let Some(prev) = last_seq {
-            ensure!(au.seq == prev + 1, "sequence jumps from {prev} to {}", au.seq);
+            ensure!(
+                au.seq == prev + 1,
+                "sequence jumps from {prev} to {}",
+                au.seq
+            );
         }
         last_seq = Some(au.seq);
         let Some(picture) = decoder.decode_planes(&au.data)? else {
@@ -353,11 +386,17 @@ async fn unplugged_camera_shows_no_signal_then_live_pictures_again() -> Result<(
         let phase = match run.log.index_at(au.capture_us) {
             Some(index) => {
                 let y = psnr(&picture.y, &reference[index].y);
-                ensure!(y >= MIN_LUMA_PSNR, "live picture {index} after replug: {y:.1} dB");
+                ensure!(
+                    y >= MIN_LUMA_PSNR,
+                    "live picture {index} after replug: {y:.1} dB"
+                );
                 "live"
             }
             None => {
-                ensure!(looks_like_no_signal(&picture), "a picture neither live nor NO SIGNAL");
+                ensure!(
+                    looks_like_no_signal(&picture),
+                    "a picture neither live nor NO SIGNAL"
+                );
                 "no_signal"
             }
         };
@@ -389,12 +428,17 @@ async fn broken_buffers_are_skipped_and_good_ones_still_play() -> Result<()> {
     for (i, frame) in recording.frames.iter_mut().enumerate() {
         match i % 9 {
             2 => frame.truncate(frame.len() / 3),
-            5 => frame.iter_mut().skip(2).for_each(|b| *b = b.wrapping_mul(31) ^ 0x5A),
+            5 => frame
+                .iter_mut()
+                .skip(2)
+                .for_each(|b| *b = b.wrapping_mul(31) ^ 0x5A),
             8 => frame.clear(),
             _ => {}
         }
     }
-    let broken: Vec<usize> = (0..FRAMES).filter(|i| [2, 5, 8].contains(&(i % 9))).collect();
+    let broken: Vec<usize> = (0..FRAMES)
+        .filter(|i| [2, 5, 8].contains(&(i % 9)))
+        .collect();
     let (run, mut sub) = Running::start(recording, &[])?;
     let mut decoder = H264Decoder::new()?;
     let mut good = 0;
@@ -448,7 +492,10 @@ async fn missing_device_keeps_the_server_up_with_no_signal() -> Result<()> {
         .await?;
     assert_eq!(state["input"]["state"], "no_signal", "{state}");
     assert!(
-        state["input"]["last_error"].as_str().unwrap_or_default().contains(device),
+        state["input"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(device),
         "{state}"
     );
     Ok(())

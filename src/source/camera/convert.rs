@@ -172,7 +172,7 @@ fn average4(a: u8, b: u8, c: u8, d: u8) -> u8 {
 }
 
 fn average2(a: u8, b: u8) -> u8 {
-    ((u16::from(a) + u16::from(b) + 1) / 2) as u8
+    (u16::from(a) + u16::from(b)).div_ceil(2) as u8
 }
 
 fn check_len(n: &Negotiated, data: &[u8], need: usize) -> Result<(), ConvertError> {
@@ -324,11 +324,19 @@ mod tests {
         let mut conv = Converter::new();
         let mut out = I420Frame::new(16, 16);
         let err = conv
-            .to_i420(&negotiated(PixelFormat::Yuyv, 640, 480, 0), &[0; 1000], &mut out)
+            .to_i420(
+                &negotiated(PixelFormat::Yuyv, 640, 480, 0),
+                &[0; 1000],
+                &mut out,
+            )
             .unwrap_err();
         assert!(matches!(err, ConvertError::Truncated { need: 614400, .. }));
         let mjpeg = negotiated(PixelFormat::Mjpeg, 640, 480, 0);
-        for junk in [&[][..], &[0xFF, 0xD8][..], &[0xFF, 0xD8, 0xFF, 0xC0, 0, 2][..]] {
+        for junk in [
+            &[][..],
+            &[0xFF, 0xD8][..],
+            &[0xFF, 0xD8, 0xFF, 0xC0, 0, 2][..],
+        ] {
             assert!(matches!(
                 conv.to_i420(&mjpeg, junk, &mut out),
                 Err(ConvertError::Jpeg(_))

@@ -397,7 +397,10 @@ fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handov
     }
 }
 
-fn new_encoder(cfg: &CameraConfig, (width, height): (usize, usize)) -> anyhow::Result<PictureEncoder> {
+fn new_encoder(
+    cfg: &CameraConfig,
+    (width, height): (usize, usize),
+) -> anyhow::Result<PictureEncoder> {
     tracing::info!(width, height, fps = cfg.fps, "camera encoder started");
     PictureEncoder::new(&TestsrcConfig {
         width: width as u32,

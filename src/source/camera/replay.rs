@@ -175,7 +175,9 @@ impl DeviceOpener for ReplayOpener {
             _ => None,
         };
         if self.recording.frames.is_empty() {
-            return Err(DeviceError::Unusable("replay: the recording is empty".into()));
+            return Err(DeviceError::Unusable(
+                "replay: the recording is empty".into(),
+            ));
         }
         self.log.opens.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(ReplayDevice {

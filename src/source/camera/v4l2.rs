@@ -87,9 +87,8 @@ impl DeviceOpener for V4l2Opener {
             .into_iter()
             .map(|d| d.fourcc)
             .collect();
-        let format = choose_format(s.format, &offered).map_err(|why| {
-            DeviceError::Unusable(format!("{path} ({}): {why}", caps.card))
-        })?;
+        let format = choose_format(s.format, &offered)
+            .map_err(|why| DeviceError::Unusable(format!("{path} ({}): {why}", caps.card)))?;
         let wanted = Format::new(s.width, s.height, FourCC::new(&format.fourcc()));
         let got = dev
             .set_format(&wanted)
@@ -229,7 +228,8 @@ impl CaptureDevice for V4l2Device {
             .ok()
             .zip(u64::try_from(meta.timestamp.usec).ok())
             .map(|(s, us)| s * 1_000_000 + us);
-        let monotonic = meta.flags & BufferFlags::TIMESTAMP_MASK == BufferFlags::TIMESTAMP_MONOTONIC;
+        let monotonic =
+            meta.flags & BufferFlags::TIMESTAMP_MASK == BufferFlags::TIMESTAMP_MONOTONIC;
         let capture_us = match driver_us {
             Some(t) if monotonic && t > 0 && t <= now && now - t < TIMESTAMP_TOLERANCE_US => t,
             _ => now,
@@ -287,9 +287,10 @@ fn open_error(path: &Path, e: &io::Error) -> DeviceError {
 
 fn gone_or_unusable(path: &Path, doing: &str, e: &io::Error) -> DeviceError {
     match e.raw_os_error() {
-        Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EIO) => {
-            DeviceError::Gone(format!("{}: device lost while {doing}: {e}", path.display()))
-        }
+        Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EIO) => DeviceError::Gone(format!(
+            "{}: device lost while {doing}: {e}",
+            path.display()
+        )),
         _ => DeviceError::Unusable(format!("{}: {doing}: {e}", path.display())),
     }
 }
@@ -453,7 +454,10 @@ mod tests {
             Ok(PixelFormat::Yuyv)
         );
         let err = choose_format(Some(PixelFormat::Nv12), &offered).unwrap_err();
-        assert!(err.contains("does not offer NV12") && err.contains("MJPG"), "{err}");
+        assert!(
+            err.contains("does not offer NV12") && err.contains("MJPG"),
+            "{err}"
+        );
         let err = choose_format(None, &fourccs(&[b"BA81", b"pRAA"])).unwrap_err();
         assert!(err.contains("no format peregrine can use"), "{err}");
     }
