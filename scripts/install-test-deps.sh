@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond a Rust toolchain: Debian's Chromium for the browser
-# tests, ffmpeg (the stand-in camera encoder and the JSMpeg transcoder), a C compiler for
-# the memsink tests, and the npm packages the browser tests load (janus.js, webrtc-adapter,
-# playwright-core, JSMpeg, jmuxer).
+# Installs what the tests need beyond a Rust toolchain: the build prerequisites
+# (scripts/install-build-deps.sh; its C compiler also builds the memsink tests' C peer),
+# Debian's Chromium for the browser tests, ffmpeg (the stand-in camera encoder, the
+# camera test recordings and the JSMpeg transcoder), and the npm packages the browser
+# tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+scripts/install-build-deps.sh
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
-# The memsink tests compile an independent C peer.
-command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

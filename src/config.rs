@@ -556,6 +556,34 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/peregrine.toml");
+        let c = Config::load(Args::parse_from(["peregrine", "--config", path])).unwrap();
+        assert_eq!(c.device, PathBuf::from("/dev/video0"));
+        assert_eq!(c.format, None);
+        assert_eq!((c.width, c.height, c.fps), (1280, 720, 30));
+    }
+
+    #[test]
+    fn source_defaults_to_the_camera_only_when_there_is_one() {
+        let c = Config::load(Args::parse_from(["peregrine", "--device", "/dev/nope"])).unwrap();
+        assert_eq!(
+            c.source, "v4l2",
+            "a named device is used even if absent (persistent)"
+        );
+        let c = Config::load(Args::parse_from(["peregrine"])).unwrap();
+        let camera = std::path::Path::new(DEFAULT_DEVICE).exists();
+        assert_eq!(c.source, if camera { "v4l2" } else { "testsrc" });
+        assert!(c.source_chosen);
+        let c = Config::load(Args::parse_from(["peregrine", "--source", "testsrc"])).unwrap();
+        assert!(!c.source_chosen);
+        let c = Config::load(Args::parse_from(["peregrine", "--format", "mjpg"])).unwrap();
+        assert_eq!(c.format, Some(PixelFormat::Mjpeg));
+        let err = Config::load(Args::parse_from(["peregrine", "--format", "rgb"])).unwrap_err();
+        assert!(format!("{err:#}").contains("format must be"), "{err:#}");
+    }
+
+    #[test]
     fn janus_config_folder_sets_source_and_ports_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("peregrine-cfg-janus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::media::decoder::H264Decoder;
+use peregrine::media::decoder::{DecodedFrame, H264Decoder};
 use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
 use peregrine::rtc::receiver::ReceiverPeer;
@@ -457,6 +457,10 @@ async fn decode_viewer(
             }
             Err(e) => return Err(e.into()),
         };
+        // While the writer is away (or not there yet) viewers get NO SIGNAL.
+        if is_no_signal(&picture) {
+            continue;
+        }
         if (picture.width, picture.height) != (640, 360) {
             bail!("picture is {}x{}", picture.width, picture.height);
         }
@@ -470,6 +474,31 @@ async fn decode_viewer(
         counters.push(counter);
     }
     Ok(counters)
+}
+
+/// The NO SIGNAL picture is dark grey with light letters; the test pattern is not.
+fn is_no_signal(picture: &DecodedFrame) -> bool {
+    let mut sum = 0u64;
+    for row in 0..picture.height {
+        let line = &picture.y[row * picture.y_stride..][..picture.width];
+        sum += line.iter().map(|&v| u64::from(v)).sum::<u64>();
+    }
+    sum / (picture.width * picture.height) as u64 <= 70
+}
+
+/// Decode until the viewer shows the NO SIGNAL picture.
+async fn wait_no_signal(peer: &mut ReceiverPeer, decoder: &mut H264Decoder) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
+            bail!("no NO SIGNAL picture while the writer was gone");
+        };
+        match decoder.decode(&frame.data) {
+            Ok(Some(picture)) if is_no_signal(&picture) => return Ok(()),
+            Ok(_) => {}
+            Err(_) => peer.send_pli(),
+        }
+    }
 }
 
 fn note_skipped_picture(e: &dyn std::fmt::Display) {
@@ -522,7 +551,8 @@ async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
             s["input"]["state"] == "no_signal" && s["input"]["interruptions"] == 1
         })
         .await?;
-    while peer.try_next_frame().is_some() {}
+    // Viewers stay connected and see NO SIGNAL meanwhile.
+    wait_no_signal(&mut peer, &mut decoder).await?;
     let writer = start_c_writer(&name, &[])?;
     let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
     println!("after a restart in place: {counters:?}");

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
 
-use super::lifecycle::StatusHandle;
-use crate::media::{clock, h264, AccessUnit, Hub};
+use super::annexb::{AnnexBSplitter, Picture};
+use super::lifecycle::{Output, StatusHandle};
+use crate::media::{clock, Hub};
 use crate::memsink::layout::{data_size_for_name, FORMAT_H264};
 use crate::memsink::reader::{Get, SinkReader};
 use crate::memsink::s_to_us;
@@ -55,16 +55,22 @@ pub fn spawn(
     data_size_for_name(&cfg.name).context("source memsink:NAME")?;
     std::thread::Builder::new()
         .name("memsink-in".into())
-        .spawn(move || Reading::new(cfg, status).run(&hub, &stop))
+        .spawn(move || {
+            let output = Output::new(hub.clone(), status, (640, 480));
+            Reading::new(cfg, output).run(&hub, &stop)
+        })
         .context("starting the memsink source thread")
 }
 
 struct Reading {
     cfg: MemsinkSourceConfig,
-    /// What `/state` (and so the bundled page) says about the source.
-    status: StatusHandle,
+    /// Into the hub, with NO SIGNAL while the writer is gone and `/state` kept true.
+    output: Output,
+    /// Each memsink frame is one access unit; this checks it and reads its SPS.
+    splitter: AnnexBSplitter,
+    pictures: Vec<Picture>,
     reader: Option<SinkReader>,
-    seq: u64,
+    frames: u64,
     last_frame: Instant,
     last_replaced_check: Instant,
     /// The last problem logged, so a persisting one is logged once, not every second.
@@ -73,12 +79,14 @@ struct Reading {
 }
 
 impl Reading {
-    fn new(cfg: MemsinkSourceConfig, status: StatusHandle) -> Reading {
+    fn new(cfg: MemsinkSourceConfig, output: Output) -> Reading {
         Reading {
             cfg,
-            status,
+            output,
+            splitter: AnnexBSplitter::new(),
+            pictures: Vec::new(),
             reader: None,
-            seq: 0,
+            frames: 0,
             last_frame: Instant::now(),
             last_replaced_check: Instant::now(),
             reported: None,
@@ -97,11 +105,10 @@ impl Reading {
         }
     }
 
-    fn pause(&self, d: Duration, stop: &AtomicBool) {
-        let until = Instant::now() + d;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(IDLE_STEP);
-        }
+    fn lost(&mut self, why: &str) {
+        self.output.lost(why);
+        // The next writer's stream starts over (and must start at an IDR).
+        self.splitter = AnnexBSplitter::new();
     }
 
     fn run(mut self, hub: &Hub, stop: &AtomicBool) {
@@ -124,17 +131,16 @@ impl Reading {
                     }
                     Err(e) => {
                         let problem = format!("waiting for the memsink: {e}");
-                        self.status.set_lost(&problem);
+                        self.lost(&problem);
                         self.report(problem, false);
-                        hub.set_offline();
-                        self.pause(self.cfg.reopen_delay, stop);
+                        self.output.wait(self.cfg.reopen_delay, stop);
                         continue;
                     }
                 }
             }
             self.step(hub, stop);
         }
-        tracing::info!(sink = %self.cfg.name, frames = self.seq, "memsink source stopped");
+        tracing::info!(sink = %self.cfg.name, frames = self.frames, "memsink source stopped");
     }
 
     fn step(&mut self, hub: &Hub, stop: &AtomicBool) {
@@ -165,18 +171,20 @@ impl Reading {
                     0 => clock::monotonic_us(),
                     us => us,
                 };
-                let key = h264::access_unit_is_key(&frame.data);
-                self.status
-                    .set_live(frame.meta.width, frame.meta.height, None);
-                hub.publish(AccessUnit {
-                    data: Bytes::from(frame.data),
-                    width: frame.meta.width,
-                    height: frame.meta.height,
-                    key,
-                    capture_us,
-                    seq: self.seq,
-                });
-                self.seq += 1;
+                self.frames += 1;
+                let split = self
+                    .splitter
+                    .push(&frame.data, &mut self.pictures)
+                    .map(|()| self.splitter.flush(&mut self.pictures));
+                if let Err(e) = split {
+                    let problem = format!("memsink {:?}: {e}", self.cfg.name);
+                    self.lost(&problem);
+                    self.report(problem, true);
+                    return;
+                }
+                for picture in self.pictures.drain(..) {
+                    self.output.publish_captured(picture, capture_us);
+                }
             }
             Ok(Get::NoData) => {
                 if reader.bad_magic && !self.waiting_for_magic {
@@ -187,12 +195,9 @@ impl Reading {
                     );
                 }
                 let idle = self.last_frame.elapsed();
-                if idle > OFFLINE_AFTER {
-                    self.status
-                        .set_lost("no frame from the memsink writer for 2 s");
-                    hub.set_offline();
-                }
-                if idle > REPLACED_CHECK && self.last_replaced_check.elapsed() > REPLACED_CHECK {
+                let check_replaced =
+                    idle > REPLACED_CHECK && self.last_replaced_check.elapsed() > REPLACED_CHECK;
+                if check_replaced {
                     self.last_replaced_check = Instant::now();
                     if reader.replaced() {
                         tracing::info!(sink = %self.cfg.name, "memsink was recreated; reopening");
@@ -200,15 +205,20 @@ impl Reading {
                         return;
                     }
                 }
+                if idle > OFFLINE_AFTER && self.output.is_live() {
+                    self.lost("no frame from the memsink writer for 2 s");
+                }
+                if !self.output.is_live() {
+                    self.output.idle();
+                }
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => {
                 let problem = format!("{e}; reopening in {:?}", self.cfg.reopen_delay);
-                self.status.set_lost(&problem);
+                self.lost(&problem);
                 self.report(problem, true);
                 self.reader = None;
-                hub.set_offline();
-                self.pause(self.cfg.reopen_delay, stop);
+                self.output.wait(self.cfg.reopen_delay, stop);
             }
         }
     }
