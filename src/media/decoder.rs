@@ -1,7 +1,7 @@
 //! H.264 decoding with openh264, for checking what the encoders and outputs carry (tests,
 //! load generators). Only the luma plane is kept: it is what measurements read.
 
-use openh264::decoder::Decoder;
+use openh264::decoder::{DecodedYUV, Decoder};
 use openh264::formats::YUVSource;
 
 /// The decoder rejected the stream or could not start.
@@ -32,11 +32,7 @@ impl H264Decoder {
     /// Decode one access unit (Annex-B, parameter sets included before an IDR). Returns
     /// the picture once the decoder has one to show.
     pub fn decode(&mut self, annexb: &[u8]) -> Result<Option<DecodedFrame>, DecodeError> {
-        let picture = self
-            .inner
-            .decode(annexb)
-            .map_err(|e| DecodeError(e.to_string()))?;
-        Ok(picture.map(|yuv| {
+        Ok(self.decode_yuv(annexb)?.map(|yuv| {
             let (width, height) = yuv.dimensions();
             let (y_stride, _, _) = yuv.strides();
             let rows = y_stride * height;
@@ -61,14 +57,16 @@ pub struct DecodedPicture {
 }
 
 impl H264Decoder {
+    fn decode_yuv(&mut self, annexb: &[u8]) -> Result<Option<DecodedYUV<'_>>, DecodeError> {
+        self.inner
+            .decode(annexb)
+            .map_err(|e| DecodeError(e.to_string()))
+    }
+
     /// Like [`H264Decoder::decode`], with the chroma planes too (for picture
     /// comparisons; measurements need only luma).
     pub fn decode_planes(&mut self, annexb: &[u8]) -> Result<Option<DecodedPicture>, DecodeError> {
-        let picture = self
-            .inner
-            .decode(annexb)
-            .map_err(|e| DecodeError(e.to_string()))?;
-        Ok(picture.map(|yuv| {
+        Ok(self.decode_yuv(annexb)?.map(|yuv| {
             let (width, height) = yuv.dimensions();
             let (ys, us, vs) = yuv.strides();
             let plane = |data: &[u8], stride: usize, w: usize, h: usize| {

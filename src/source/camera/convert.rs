@@ -88,18 +88,15 @@ impl Converter {
                 yuyv_to_i420(data, stride, out);
                 Ok(())
             }
-            PixelFormat::Nv12 => {
+            PixelFormat::Nv12 | PixelFormat::Yu12 => {
                 let stride = (negotiated.stride as usize).max(w as usize);
                 check_len(negotiated, data, stride * h as usize * 3 / 2)?;
                 resize(out, w, h)?;
-                nv12_to_i420(data, stride, h as usize, out);
-                Ok(())
-            }
-            PixelFormat::Yu12 => {
-                let stride = (negotiated.stride as usize).max(w as usize);
-                check_len(negotiated, data, stride * h as usize * 3 / 2)?;
-                resize(out, w, h)?;
-                yu12_to_i420(data, stride, h as usize, out);
+                if negotiated.format == PixelFormat::Nv12 {
+                    nv12_to_i420(data, stride, h as usize, out);
+                } else {
+                    yu12_to_i420(data, stride, h as usize, out);
+                }
                 Ok(())
             }
         }
