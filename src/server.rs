@@ -2,6 +2,7 @@
 //! make peers, and the main HTTP port; then runs until Ctrl+C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use crate::net::candidate_ips;
 use crate::relay::{Relay, RelayConfig};
 use crate::rtc::{RtcConfig, RtcEngine};
 use crate::source::bytestream::{self, ByteStreamConfig};
+use crate::source::camera::replay::{self, ReplayOpener};
 use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
 use crate::source::camera::{self, CameraConfig};
 use crate::source::lifecycle::StatusHandle;
@@ -162,6 +164,20 @@ fn start_source(
         let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
         return Ok(Some(thread));
     }
+    if let Some(recording) =
+        replay::recording_from_file(Path::new(&cfg.source), cfg.width, cfg.height)?
+    {
+        tracing::info!(
+            file = %cfg.source,
+            format = %recording.negotiated.format,
+            pictures = recording.frames.len(),
+            "replaying a camera recording through the camera pipeline"
+        );
+        let (opener, _) = ReplayOpener::new(recording, cfg.fps, &[]);
+        let camera = CameraConfig::new(cfg.fps, cfg.bitrate_kbps, cfg.gop);
+        let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
+        return Ok(Some(thread));
+    }
     if cfg.source_chosen {
         tracing::info!(
             device = %cfg.device.display(),
@@ -195,7 +211,8 @@ fn start_source(
         }
         other => bail!(
             "unknown source {other:?}; use --source v4l2, testsrc, memsink:NAME, tcp://HOST:PORT, \
-             tcp-listen://IP:PORT, - (stdin) or an H.264 file"
+             tcp-listen://IP:PORT, - (stdin), an H.264 file or a camera recording \
+             (.mjpeg, .yuyv, .nv12, .yuv)"
         ),
     }
 }

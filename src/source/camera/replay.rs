@@ -1,11 +1,15 @@
 //! A capture device that plays recorded camera buffers (MJPEG, YUYV, NV12, YU12, H.264)
 //! at a steady rate, and can be scripted to be unplugged and plugged in again. It lets
-//! everything after the driver run for real where no camera exists.
+//! everything after the driver run for real where no camera exists: in tests, and as
+//! `--source FILE.mjpeg` to replay a camera's own recording.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 
 use super::device::{CaptureDevice, DeviceError, DeviceOpener, Frame, Negotiated, PixelFormat};
 use crate::media::clock;
@@ -88,6 +92,52 @@ impl Recording {
             frames: pictures.into_iter().map(|p| p.data).collect(),
         }
     }
+}
+
+/// Largest recording loaded into memory.
+const MAX_RECORDING_BYTES: u64 = 512 << 20;
+
+/// A recording named by its file's extension: `.mjpeg`/`.mjpg` (concatenated JPEG, e.g.
+/// `ffmpeg -f v4l2 -input_format mjpeg -i /dev/video0 -c copy -f mjpeg cam.mjpeg`), or
+/// raw `.yuyv`, `.nv12`, `.yuv` (I420) pictures of `width`x`height`. `Ok(None)` when the
+/// extension is none of these.
+pub fn recording_from_file(
+    path: &Path,
+    width: u32,
+    height: u32,
+) -> anyhow::Result<Option<Recording>> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let format = match ext.as_str() {
+        "mjpeg" | "mjpg" => PixelFormat::Mjpeg,
+        "yuyv" => PixelFormat::Yuyv,
+        "nv12" => PixelFormat::Nv12,
+        "yuv" => PixelFormat::Yu12,
+        _ => return Ok(None),
+    };
+    let shown = path.display();
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("source {shown}"))?
+        .len();
+    if size > MAX_RECORDING_BYTES {
+        bail!(
+            "source {shown}: {} MiB is more than the {} MiB a recording may have",
+            size >> 20,
+            MAX_RECORDING_BYTES >> 20
+        );
+    }
+    let data = std::fs::read(path).with_context(|| format!("source {shown}"))?;
+    let recording = match format {
+        PixelFormat::Mjpeg => Recording::mjpeg(&data, width, height),
+        raw => Recording::raw(raw, &data, width, height),
+    };
+    if recording.frames.is_empty() {
+        bail!("source {shown}: no complete {format} picture of {width}x{height} in it");
+    }
+    Ok(Some(recording))
 }
 
 /// One step of the device's life.
@@ -243,5 +293,48 @@ impl CaptureDevice for ReplayDevice {
     fn force_keyframe(&mut self) -> Result<(), DeviceError> {
         self.log.keyframe_requests.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recordings_are_recognised_by_extension_and_checked() {
+        let dir = std::env::temp_dir().join(format!("peregrine-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let other = dir.join("clip.h264");
+        assert!(recording_from_file(&other, 640, 480).unwrap().is_none());
+        let missing = dir.join("gone.mjpeg");
+        let err = recording_from_file(&missing, 640, 480).unwrap_err();
+        assert!(format!("{err:#}").contains("gone.mjpeg"), "{err:#}");
+        let junk = dir.join("junk.mjpeg");
+        std::fs::write(&junk, b"not a jpeg at all").unwrap();
+        let err = recording_from_file(&junk, 640, 480).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no complete MJPEG picture"),
+            "{err:#}"
+        );
+        // Two whole YUYV pictures of 16x16 and a partial third.
+        let raw = dir.join("cam.yuyv");
+        std::fs::write(&raw, vec![128u8; 16 * 16 * 2 * 2 + 100]).unwrap();
+        let rec = recording_from_file(&raw, 16, 16).unwrap().unwrap();
+        assert_eq!(rec.frames.len(), 2);
+        assert_eq!(rec.negotiated.format, PixelFormat::Yuyv);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concatenated_jpegs_split_into_pictures() {
+        let mut data = b"junk".to_vec();
+        for body in [&b"one"[..], b"two"] {
+            data.extend_from_slice(&[0xFF, 0xD8]);
+            data.extend_from_slice(body);
+            data.extend_from_slice(&[0xFF, 0xD9]);
+        }
+        let rec = Recording::mjpeg(&data, 8, 8);
+        assert_eq!(rec.frames.len(), 2);
+        assert_eq!(rec.frames[1], [0xFF, 0xD8, b't', b'w', b'o', 0xFF, 0xD9]);
     }
 }
