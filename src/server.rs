@@ -160,7 +160,7 @@ fn start_source(
             bitrate_kbps: cfg.bitrate_kbps,
             gop: cfg.gop,
         });
-        let camera = CameraConfig::new(cfg.fps, cfg.bitrate_kbps, cfg.gop);
+        let camera = CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
         let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
         return Ok(Some(thread));
     }
@@ -174,7 +174,7 @@ fn start_source(
             "replaying a camera recording through the camera pipeline"
         );
         let (opener, _) = ReplayOpener::new(recording, cfg.fps, &[]);
-        let camera = CameraConfig::new(cfg.fps, cfg.bitrate_kbps, cfg.gop);
+        let camera = CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
         let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
         return Ok(Some(thread));
     }

@@ -145,7 +145,7 @@ impl Running {
         let stop = Arc::new(AtomicBool::new(false));
         let sub = hub.subscribe(StartAt::NextKeyframe);
         let (opener, log) = ReplayOpener::new(recording, FPS, script);
-        let mut cfg = CameraConfig::new(FPS, 1500, 30);
+        let mut cfg = CameraConfig::new((W, H), FPS, 1500, 30);
         cfg.reopen_min = Duration::from_millis(100);
         cfg.reopen_max = Duration::from_millis(200);
         let (thread, counters) = camera::spawn(

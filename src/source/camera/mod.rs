@@ -37,6 +37,8 @@ use crate::media::Hub;
 
 #[derive(Clone, Debug)]
 pub struct CameraConfig {
+    /// Size of the NO SIGNAL picture until the camera has shown its own.
+    pub size: (u32, u32),
     /// For sources peregrine encodes.
     pub fps: u32,
     pub bitrate_kbps: u32,
@@ -47,8 +49,9 @@ pub struct CameraConfig {
 }
 
 impl CameraConfig {
-    pub fn new(fps: u32, bitrate_kbps: u32, gop: u32) -> CameraConfig {
+    pub fn new(size: (u32, u32), fps: u32, bitrate_kbps: u32, gop: u32) -> CameraConfig {
         CameraConfig {
+            size,
             fps,
             bitrate_kbps,
             gop,
@@ -330,7 +333,7 @@ const PUBLISH_POLL: Duration = Duration::from_millis(10);
 const KEY_AFTER_GAP: Duration = Duration::from_millis(500);
 
 fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handover: &Handover) {
-    let mut output = Output::new(hub.clone(), status, (640, 480));
+    let mut output = Output::new(hub.clone(), status, cfg.size);
     output.not_yet();
     let mut encoder: Option<(PictureEncoder, (usize, usize))> = None;
     let mut splitter = AnnexBSplitter::new();

@@ -158,10 +158,15 @@ pub struct Delivered {
     pub sequence: u32,
 }
 
+/// Deliveries remembered (over two minutes at 30 fps); older ones are forgotten, so a
+/// recording replayed for days does not grow the log.
+const LOG_DELIVERIES: usize = 4096;
+
 /// Shared with the test that drives the device.
 #[derive(Default)]
 pub struct ReplayLog {
-    pub delivered: Mutex<Vec<Delivered>>,
+    /// The most recent deliveries, oldest first.
+    pub delivered: Mutex<VecDeque<Delivered>>,
     pub opens: AtomicU64,
     pub keyframe_requests: AtomicU64,
 }
@@ -172,6 +177,7 @@ impl ReplayLog {
         let delivered = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
         delivered
             .iter()
+            .rev()
             .find(|d| d.capture_us == capture_us)
             .map(|d| d.index)
     }
@@ -278,11 +284,13 @@ impl CaptureDevice for ReplayDevice {
             capture_us: clock::monotonic_us().saturating_sub(SENSOR_LEAD_US),
             sequence,
         };
-        self.log
-            .delivered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(delivered);
+        {
+            let mut log = self.log.delivered.lock().unwrap_or_else(|e| e.into_inner());
+            if log.len() == LOG_DELIVERIES {
+                log.pop_front();
+            }
+            log.push_back(delivered);
+        }
         Ok(Frame {
             data: &self.recording.frames[index],
             capture_us: delivered.capture_us,
