@@ -3,8 +3,8 @@
 # file (so encoding is not in the figures), then peregrine-load --bench, which starts
 # peregrine on it and prints the table. Extra arguments go to peregrine-load
 # (e.g. --steps 1,10 --duration 5 --json out.json). GOP=frames sets the keyframe
-# interval (default 60 = 2 s); a file source cannot make keyframes on request, so
-# time to first frame includes waiting for the next one.
+# interval (default 60 = 2 s); a file source cannot make keyframes on request, so a
+# new viewer starts from the cached GOP, which the first pictures it gets replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

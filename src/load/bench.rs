@@ -379,7 +379,7 @@ pub fn print_table(report: &BenchReport) {
     }
     let _ = writeln!(
         out,
-        "TTFF and e2e in ms. TTFF includes waiting for the file's next IDR: a file source cannot make keyframes on request."
+        "TTFF and e2e in ms. A new viewer starts from the server's cached GOP, so e2e p99 includes the replayed (older) pictures of each viewer's first GOP."
     );
 }
 

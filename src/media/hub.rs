@@ -49,10 +49,11 @@ pub struct HubInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartAt {
     /// With the cached GOP (from the last keyframe), then live: an instant picture,
-    /// at the cost of replaying up to one GOP. Right for buffered players (MSE).
+    /// at the cost of replaying up to one GOP. Right for buffered players (MSE), and for
+    /// the WebRTC engine, which keeps the GOP to start each new viewer from it.
     Gop,
     /// With the next keyframe, which is requested from the source at once: no replay,
-    /// so no added delay. Right for WebRTC.
+    /// so no added delay.
     NextKeyframe,
 }
 

@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::extensions;
+use super::gop::GopCache;
 use super::latency::Histogram;
 use super::packetizer;
 use super::peer::{self, OutFrame, Peer, PeerNote, PeerSetup};
@@ -25,6 +26,13 @@ pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest datagram we accept; anything longer is not WebRTC traffic we can use.
 const RECV_BUFFER: usize = 2048;
+
+/// A viewer starting from the cached GOP gets it in steps of this many packets (whole
+/// frames, at least one) every [`CATCH_UP_TICK`]: about 30 Mbit/s, so a 2 s GOP of a
+/// 2 Mbit/s stream is through in under 200 ms without one burst overflowing the
+/// viewer's receive buffer.
+const CATCH_UP_PACKETS: usize = 16;
+const CATCH_UP_TICK: Duration = Duration::from_millis(5);
 
 pub enum Command {
     CreateOffer {
@@ -98,6 +106,10 @@ pub struct Engine {
     next_id: PeerId,
     dirty: HashSet<PeerId>,
     outgoing: Vec<(SocketAddr, BytesMut)>,
+    gop: GopCache,
+    /// Peers still sending the cached GOP, and when their next step is due.
+    catching_up: HashSet<PeerId>,
+    next_catch_up: Option<Instant>,
 }
 
 enum Wake {
@@ -125,6 +137,9 @@ impl Engine {
             next_id: 1,
             dirty: HashSet::new(),
             outgoing: Vec::new(),
+            gop: GopCache::default(),
+            catching_up: HashSet::new(),
+            next_catch_up: None,
         }
     }
 
@@ -134,7 +149,7 @@ impl Engine {
         // The access unit whose packets the next send puts on the wire: (taken, captured).
         let mut in_flight: Option<(Instant, u64)> = None;
         loop {
-            self.settle();
+            self.settle(Instant::now());
             send_datagrams(&socket, &mut self.outgoing).await;
             if let Some((taken, capture_us)) = in_flight.take() {
                 self.stats
@@ -147,10 +162,12 @@ impl Engine {
             self.publish_stats();
 
             // Subscribe only while someone may watch; a subscription keeps the source busy.
+            // It starts with the hub's GOP, to have it cached for the first viewers.
             if self.peers.is_empty() {
                 subscriber = None;
+                self.gop.clear();
             } else if subscriber.is_none() {
-                subscriber = Some(self.hub.subscribe(StartAt::NextKeyframe));
+                subscriber = Some(self.hub.subscribe(StartAt::Gop));
             }
 
             let deadline = self.next_deadline();
@@ -165,7 +182,7 @@ impl Engine {
                 Wake::Command(None) => break,
                 Wake::Command(Some(Command::Shutdown { reply })) => {
                     self.close_all();
-                    self.settle();
+                    self.settle(now);
                     send_datagrams(&socket, &mut self.outgoing).await;
                     self.publish_stats();
                     let _ = reply.send(());
@@ -182,7 +199,10 @@ impl Engine {
                         in_flight = Some((now, au.capture_us));
                     }
                 }
-                Wake::Frame(None) => subscriber = None,
+                Wake::Frame(None) => {
+                    subscriber = None;
+                    self.gop.clear();
+                }
                 Wake::Timer => self.handle_timers(now),
             }
         }
@@ -201,6 +221,7 @@ impl Engine {
 
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
+        let far = self.next_catch_up.map_or(far, |t| t.min(far));
         self.peers
             .values()
             .flat_map(|e| {
@@ -313,6 +334,9 @@ impl Engine {
     }
 
     fn handle_timers(&mut self, now: Instant) {
+        if self.next_catch_up.is_some_and(|t| t <= now) {
+            self.send_catch_up(now);
+        }
         let mut expired = Vec::new();
         for (id, e) in self.peers.iter_mut() {
             if e.peer.awaiting_answer() && now >= e.peer.created + OFFER_TIMEOUT {
@@ -330,6 +354,23 @@ impl Engine {
         }
     }
 
+    /// Next step of every catch-up in progress.
+    fn send_catch_up(&mut self, now: Instant) {
+        let mut sent = 0;
+        self.catching_up.retain(|id| {
+            let Some(e) = self.peers.get_mut(id) else {
+                return false;
+            };
+            sent += e.peer.send_catch_up(now, CATCH_UP_PACKETS);
+            self.dirty.insert(*id);
+            e.peer.is_catching_up()
+        });
+        self.stats
+            .rtp_packets_sent
+            .fetch_add(sent, Ordering::Relaxed);
+        self.next_catch_up = (!self.catching_up.is_empty()).then(|| now + CATCH_UP_TICK);
+    }
+
     /// Packetize `au` once and queue it for every peer; returns packets queued.
     fn send_frame(&mut self, now: Instant, au: &AccessUnit) -> u64 {
         let max_payload = self
@@ -341,13 +382,14 @@ impl Engine {
             return 0;
         }
         let ntp = clock::realtime_us_to_ntp(clock::monotonic_to_realtime_us(au.capture_us));
-        let frame = OutFrame {
+        let frame = Arc::new(OutFrame {
             payloads,
             timestamp: packetizer::rtp_timestamp_90k(au.capture_us),
             key: au.key,
             playout_delay: extensions::playout_delay(0, 0),
             abs_capture_time: extensions::abs_capture_time(ntp),
-        };
+        });
+        self.gop.push(au.seq, &frame);
         let mut sent = 0;
         for (id, e) in self.peers.iter_mut() {
             let n = e.peer.send_frame(now, &frame);
@@ -364,7 +406,7 @@ impl Engine {
 
     /// Drive every peer touched since the last call: collect its datagrams, act on its
     /// state changes and keyframe requests, refresh its timer.
-    fn settle(&mut self) {
+    fn settle(&mut self, now: Instant) {
         let mut notes = Vec::new();
         let mut gone = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
@@ -372,14 +414,24 @@ impl Engine {
                 continue;
             };
             e.peer.poll_notes(&mut notes);
-            e.peer.drain_writes(&mut self.outgoing);
-            e.next_timeout = e.peer.poll_timeout();
             for note in notes.drain(..) {
                 match note {
                     PeerNote::Connected => {
                         tracing::info!(peer = id, "viewer connected");
-                        // It starts at the next keyframe; ask for one now.
-                        self.hub.request_keyframe();
+                        if e.peer.start_from(self.gop.frames()) {
+                            // The keyframe leaves now, the rest paced by the timer.
+                            let sent = e.peer.send_catch_up(now, CATCH_UP_PACKETS);
+                            self.stats
+                                .rtp_packets_sent
+                                .fetch_add(sent, Ordering::Relaxed);
+                            if e.peer.is_catching_up() {
+                                self.catching_up.insert(id);
+                                self.next_catch_up.get_or_insert(now + CATCH_UP_TICK);
+                            }
+                        } else {
+                            // No GOP cached: it starts at the next keyframe; ask for one.
+                            self.hub.request_keyframe();
+                        }
                         if !e.announced {
                             e.announced = true;
                             let _ = e.events.send(PeerEvent::Connected);
@@ -394,6 +446,8 @@ impl Engine {
                     PeerNote::Gone(reason) => gone.push((id, reason)),
                 }
             }
+            e.peer.drain_writes(&mut self.outgoing);
+            e.next_timeout = e.peer.poll_timeout();
         }
         for (id, reason) in gone {
             tracing::info!(peer = id, %reason, "viewer gone");
@@ -414,6 +468,7 @@ impl Engine {
             }
         }
         self.dirty.remove(&id);
+        self.catching_up.remove(&id);
         if let Some(reason) = reason {
             let _ = e.events.send(PeerEvent::Closed { reason });
         }
@@ -466,7 +521,7 @@ mod tests {
             .create_offer(t0, PeerOptions::default(), tx)
             .expect("offer");
         assert!(offer.contains("a=candidate:"));
-        engine.settle();
+        engine.settle(Instant::now());
         assert!(engine.next_deadline() <= t0 + OFFER_TIMEOUT);
         engine.handle_timers(t0 + OFFER_TIMEOUT - Duration::from_secs(1));
         assert!(engine.peers.contains_key(&id));
@@ -499,7 +554,7 @@ mod tests {
         assert_eq!(engine.by_addr.get(&from), Some(&id));
         // Garbage from that address goes to the same peer and must not hurt it.
         engine.handle_datagram(now, from, &[0xff; 64]);
-        engine.settle();
+        engine.settle(Instant::now());
         engine.remove_peer(id, None);
         assert!(engine.by_addr.is_empty());
     }

@@ -17,6 +17,7 @@ pub mod demux;
 mod engine;
 pub mod extensions;
 mod feedback;
+mod gop;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;

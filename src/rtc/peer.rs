@@ -1,11 +1,13 @@
 //! One viewer's `rtc` peer connection behind a small interface the engine loop drives:
 //! datagrams in, datagrams out, timers, state changes, and shared frames to send.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports,
 };
@@ -82,9 +84,32 @@ pub fn h264_codec(profile_level_id: &str) -> RTCRtpCodecParameters {
     }
 }
 
-/// Interceptors: NACK responder/generator and sender/receiver reports from the crate,
-/// plus our keyframe request forwarder.
-pub fn interceptors(me: &mut MediaEngine) -> Registry {
+/// Packets kept per viewer for retransmission on NACK. 256 is about a second of a
+/// 2 Mbit/s stream, several round trips; the crate's default (1024) costs each viewer
+/// about 100 KiB more for packets no NACK arrives in time to use.
+const NACK_HISTORY_PACKETS: u16 = 256;
+
+/// Interceptors of the sending end (the server): NACK responder, sender reports, and our
+/// keyframe request forwarder. Nothing comes in that needs NACKs or receiver reports
+/// generated, and every interceptor in the chain costs on every packet sent.
+pub fn sender_interceptors() -> Registry {
+    Registry::new()
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new()
+                .with_size(NACK_HISTORY_PACKETS)
+                .build(),
+        )
+        .with(Slot::SenderReport, SenderReportBuilder::new().build())
+        .with(
+            Slot::from(feedback::SLOT),
+            KeyframeRequestForwarder::default(),
+        )
+}
+
+/// Interceptors of a receiving end (test and load viewers): the crate's NACK
+/// responder/generator and sender/receiver reports, plus the keyframe request forwarder.
+pub fn receiver_interceptors(me: &mut MediaEngine) -> Registry {
     let registry = configure_nack(Registry::new(), me);
     let registry = configure_rtcp_reports(registry);
     registry.with(
@@ -190,6 +215,9 @@ pub struct Peer {
     ext: ExtensionIds,
     orientation: Option<Bytes>,
     waiting_key: bool,
+    /// Frames still to send to a viewer that started from the cached GOP, oldest first;
+    /// live frames queue behind them until it has caught up.
+    catch_up: VecDeque<Arc<OutFrame>>,
     loopback_only: bool,
     early_candidates: Vec<String>,
     /// Datagrams (the browser's first connectivity checks) that arrived before the
@@ -209,8 +237,8 @@ impl Peer {
             .candidates
             .first()
             .ok_or_else(|| RtcError::Engine("no candidate address".into()))?;
-        let mut me = media_engine(&setup.profile_level_id)?;
-        let registry = interceptors(&mut me);
+        let me = media_engine(&setup.profile_level_id)?;
+        let registry = sender_interceptors();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(setting_engine(&setup.ufrag, &setup.pwd).build())
@@ -272,6 +300,7 @@ impl Peer {
             ext: ExtensionIds::default(),
             orientation: extensions::video_orientation(setup.orientation),
             waiting_key: true,
+            catch_up: VecDeque::new(),
             loopback_only: setup.loopback_only,
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
@@ -419,6 +448,7 @@ impl Peer {
                     RTCPeerConnectionState::Connected => {
                         self.stage = Stage::Connected;
                         self.waiting_key = true;
+                        self.catch_up.clear();
                         notes.push(PeerNote::Connected);
                     }
                     RTCPeerConnectionState::Disconnected => {
@@ -451,13 +481,53 @@ impl Peer {
         }
     }
 
+    /// Start a just connected viewer from `gop` (keyframe first) instead of the next
+    /// keyframe; the frames leave through [`Peer::send_catch_up`]. Returns false, and
+    /// changes nothing, when `gop` does not start with a keyframe.
+    pub fn start_from(&mut self, gop: &[Arc<OutFrame>]) -> bool {
+        if self.stage != Stage::Connected || !gop.first().is_some_and(|f| f.key) {
+            return false;
+        }
+        self.catch_up = gop.iter().cloned().collect();
+        self.waiting_key = false;
+        true
+    }
+
+    pub fn is_catching_up(&self) -> bool {
+        !self.catch_up.is_empty()
+    }
+
+    /// Send queued catch-up frames, whole frames of at most `budget` packets in all (but
+    /// at least one frame). Returns the packets queued.
+    pub fn send_catch_up(&mut self, now: Instant, budget: usize) -> u64 {
+        let mut sent = 0;
+        while let Some(frame) = self.catch_up.front() {
+            if sent > 0 && sent + frame.payloads.len() > budget {
+                break;
+            }
+            let frame = frame.clone();
+            self.catch_up.pop_front();
+            sent += self.write_frame(now, &frame) as usize;
+        }
+        sent as u64
+    }
+
     /// Stamp and queue one shared frame. A peer that is not connected, or is waiting for a
-    /// keyframe and this is not one, skips it. Returns the packets queued.
-    pub fn send_frame(&mut self, now: Instant, frame: &OutFrame) -> u64 {
+    /// keyframe and this is not one, skips it; one still catching up queues it. Returns
+    /// the packets queued.
+    pub fn send_frame(&mut self, now: Instant, frame: &Arc<OutFrame>) -> u64 {
         if self.stage != Stage::Connected || (self.waiting_key && !frame.key) {
             return 0;
         }
         self.waiting_key = false;
+        if !self.catch_up.is_empty() {
+            self.catch_up.push_back(frame.clone());
+            return 0;
+        }
+        self.write_frame(now, frame)
+    }
+
+    fn write_frame(&mut self, now: Instant, frame: &OutFrame) -> u64 {
         let last = frame.payloads.len().saturating_sub(1);
         let mut sent = 0;
         for (i, p) in frame.payloads.iter().enumerate() {

@@ -125,7 +125,7 @@ impl ReceiverPeer {
 
         let profile = fmtp_profile(offer_sdp).unwrap_or("42e01f");
         let mut me = peer::media_engine(profile)?;
-        let registry = peer::interceptors(&mut me);
+        let registry = peer::receiver_interceptors(&mut me);
         let settings = peer::setting_engine(&peer::ice_token(16), &peer::ice_token(32))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
