@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use peregrine::media::decoder::H264Decoder;
 use peregrine::media::h264::{self, NalType};
+use peregrine::media::hub::KEYFRAME_MIN_SPACING_US;
 use peregrine::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
 use peregrine::source::pattern::read_code_strip;
 use peregrine::source::testsrc::{spawn, TestsrcConfig};
@@ -145,6 +146,8 @@ async fn keyframe_request_gives_an_idr_within_two_pictures() {
         assert!(!next(&mut sub).await.key);
     }
     for _ in 0..3 {
+        // Requested keyframes are spaced; wait that out so the request is due at once.
+        tokio::time::sleep(Duration::from_micros(KEYFRAME_MIN_SPACING_US)).await;
         src.hub.request_keyframe();
         // Pictures published so far; the one being encoded now may have missed the request.
         let requested_at = src.published();
@@ -160,6 +163,35 @@ async fn keyframe_request_gives_an_idr_within_two_pictures() {
             key.seq
         );
         assert_eq!(&nal_types(&key)[..2], &[NalType::Sps, NalType::Pps]);
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_keyframe_requests_gives_spaced_keyframes() {
+    let src = Running::start(320, 240, 1000);
+    let mut sub = src.hub.subscribe(StartAt::NextKeyframe);
+    assert!(next(&mut sub).await.key);
+    let started = std::time::Instant::now();
+    let mut keys = Vec::new();
+    while started.elapsed() < Duration::from_millis(1600) {
+        // A viewer sending a PLI before every picture.
+        src.hub.request_keyframe();
+        let au = next(&mut sub).await;
+        if au.key {
+            keys.push(au.capture_us);
+        }
+    }
+    assert!(
+        (2..=4).contains(&keys.len()),
+        "{} keyframes in 1.6 s of requests",
+        keys.len()
+    );
+    for pair in keys.windows(2) {
+        // Capture times come from the encoding thread: allow one picture of jitter.
+        assert!(
+            pair[1] - pair[0] >= KEYFRAME_MIN_SPACING_US - 40_000,
+            "{keys:?}"
+        );
     }
 }
 

@@ -15,10 +15,16 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use super::au::AccessUnit;
+use super::clock;
 use super::h264::{self, NalType};
 
 /// Pictures a subscriber may fall behind before it is skipped to the next keyframe.
 pub const DEFAULT_QUEUE_FRAMES: usize = 30;
+
+/// Keyframes made on request are at least this far apart, so a viewer that floods the
+/// server with PLIs cannot turn the stream into all keyframes for every other viewer.
+/// A request that comes sooner waits, it is not dropped.
+pub const KEYFRAME_MIN_SPACING_US: u64 = 500_000;
 
 /// Longest GOP kept for new subscribers; a source with no keyframes for longer than
 /// this gives late subscribers a keyframe request instead of a backlog.
@@ -69,6 +75,8 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<AccessUnit>>,
     state: Mutex<State>,
     keyframe_wanted: AtomicBool,
+    /// When the last keyframe was published (CLOCK_MONOTONIC µs; 0 before any).
+    last_keyframe_us: AtomicU64,
     subscribers: AtomicUsize,
     frames: AtomicU64,
     keyframes: AtomicU64,
@@ -82,6 +90,7 @@ impl Hub {
             tx,
             state: Mutex::new(State::default()),
             keyframe_wanted: AtomicBool::new(false),
+            last_keyframe_us: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
             frames: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
@@ -105,6 +114,8 @@ impl Hub {
             }
             state.gop.clear();
             self.keyframe_wanted.store(false, Ordering::Relaxed);
+            self.last_keyframe_us
+                .store(clock::monotonic_us(), Ordering::Relaxed);
             self.keyframes.fetch_add(1, Ordering::Relaxed);
         }
         state.width = au.width;
@@ -153,9 +164,17 @@ impl Hub {
         self.keyframe_wanted.store(true, Ordering::Relaxed);
     }
 
-    /// For sources: whether a keyframe was requested and not yet produced.
+    /// Whether a keyframe was requested and not yet produced.
     pub fn keyframe_wanted(&self) -> bool {
         self.keyframe_wanted.load(Ordering::Relaxed)
+    }
+
+    /// For sources: make the next picture a keyframe. True when one was requested and
+    /// the last one is at least [`KEYFRAME_MIN_SPACING_US`] old.
+    pub fn keyframe_due(&self) -> bool {
+        self.keyframe_wanted()
+            && clock::monotonic_us().saturating_sub(self.last_keyframe_us.load(Ordering::Relaxed))
+                >= KEYFRAME_MIN_SPACING_US
     }
 
     /// For sources: is anyone subscribed or holding the source?
@@ -251,5 +270,38 @@ pub struct SourceHold {
 impl Drop for SourceHold {
     fn drop(&mut self) {
         self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn au(key: bool, seq: u64) -> AccessUnit {
+        AccessUnit {
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88]),
+            width: 16,
+            height: 16,
+            key,
+            capture_us: clock::monotonic_us(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn keyframe_requests_wait_out_the_spacing_and_are_kept() {
+        let hub = Hub::new(8);
+        hub.request_keyframe();
+        assert!(hub.keyframe_due(), "the first request is due at once");
+        hub.publish(au(true, 0));
+        assert!(!hub.keyframe_wanted());
+        // A request right after a keyframe is kept but not yet due.
+        hub.request_keyframe();
+        assert!(hub.keyframe_wanted());
+        assert!(!hub.keyframe_due());
+        std::thread::sleep(std::time::Duration::from_micros(KEYFRAME_MIN_SPACING_US));
+        assert!(hub.keyframe_due());
+        hub.publish(au(false, 1));
+        assert!(hub.keyframe_due(), "only a keyframe answers the request");
     }
 }

@@ -221,7 +221,7 @@ impl Output {
         let due = self.next_no_signal.is_none_or(|t| now >= t);
         // A viewer waiting to start gets its keyframe without waiting for the tick.
         let wanted =
-            self.hub.keyframe_wanted() && self.next_no_signal.is_none_or(|t| now + period / 2 >= t);
+            self.hub.keyframe_due() && self.next_no_signal.is_none_or(|t| now + period / 2 >= t);
         if !(due || wanted) {
             return;
         }

@@ -147,7 +147,7 @@ impl Reading {
         let Some(reader) = self.reader.as_mut() else {
             return;
         };
-        match reader.get(hub.keyframe_wanted()) {
+        match reader.get(hub.keyframe_due()) {
             Ok(Get::Frame(frame)) => {
                 self.last_frame = Instant::now();
                 self.reported = None;

@@ -185,7 +185,8 @@ struct Capture {
 
 /// Pause between looks at `stop` while waiting to reopen.
 const STOP_POLL: Duration = Duration::from_millis(10);
-/// Keyframe requests passed to an H.264 device at most this often.
+/// A device answers the force-key-frame control a few pictures later; the control is
+/// sent again only after this long without a keyframe.
 const KEY_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// This many broken pictures in a row and the source counts as lost.
 const BAD_FRAMES_LOST: u32 = 30;
@@ -280,7 +281,7 @@ impl Capture {
                 self.convert(&mut converter, &negotiated, frame.data, capture_us)
             };
             key_now |= negotiated.format.is_h264()
-                && self.hub.keyframe_wanted()
+                && self.hub.keyframe_due()
                 && last_key_request.is_none_or(|t| t.elapsed() >= KEY_REQUEST_INTERVAL);
             if key_now {
                 last_key_request = Some(Instant::now());
@@ -369,8 +370,7 @@ fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handov
                 let Some((enc, _)) = encoder.as_mut() else {
                     continue;
                 };
-                if hub.keyframe_wanted() || last_encoded.is_none_or(|t| t.elapsed() > KEY_AFTER_GAP)
-                {
+                if hub.keyframe_due() || last_encoded.is_none_or(|t| t.elapsed() > KEY_AFTER_GAP) {
                     enc.force_keyframe();
                 }
                 let pts_ms = started.elapsed().as_millis() as u64;
