@@ -340,7 +340,10 @@ async fn h264_camera_passes_through_untouched_and_takes_keyframe_requests() -> R
     run.hub.request_keyframe();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while run.log.keyframe_requests.load(Ordering::Relaxed) == before {
-        ensure!(std::time::Instant::now() < deadline, "the request never reached the device");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the device"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
