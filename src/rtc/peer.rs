@@ -498,8 +498,13 @@ impl Peer {
     }
 
     /// Send queued catch-up frames, whole frames of at most `budget` packets in all (but
-    /// at least one frame). Returns the packets queued.
-    pub fn send_catch_up(&mut self, now: Instant, budget: usize) -> u64 {
+    /// at least one frame); their datagrams go to `out`. Returns the packets queued.
+    pub fn send_catch_up(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> u64 {
         let mut sent = 0;
         while let Some(frame) = self.catch_up.front() {
             if sent > 0 && sent + frame.payloads.len() > budget {
@@ -507,15 +512,20 @@ impl Peer {
             }
             let frame = frame.clone();
             self.catch_up.pop_front();
-            sent += self.write_frame(now, &frame) as usize;
+            sent += self.write_frame(now, &frame, out) as usize;
         }
         sent as u64
     }
 
     /// Stamp and queue one shared frame. A peer that is not connected, or is waiting for a
-    /// keyframe and this is not one, skips it; one still catching up queues it. Returns
-    /// the packets queued.
-    pub fn send_frame(&mut self, now: Instant, frame: &Arc<OutFrame>) -> u64 {
+    /// keyframe and this is not one, skips it; one still catching up queues it. The
+    /// datagrams go to `out`. Returns the packets queued.
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        frame: &Arc<OutFrame>,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> u64 {
         if self.stage != Stage::Connected || (self.waiting_key && !frame.key) {
             return 0;
         }
@@ -524,10 +534,19 @@ impl Peer {
             self.catch_up.push_back(frame.clone());
             return 0;
         }
-        self.write_frame(now, frame)
+        self.write_frame(now, frame, out)
     }
 
-    fn write_frame(&mut self, now: Instant, frame: &OutFrame) -> u64 {
+    /// Each packet is taken out of the connection as soon as it is written: the crate
+    /// moves queued writes through its handlers one handler at a time, so a whole
+    /// picture written before polling grows every handler's queue to the picture's
+    /// packet count, capacity each viewer then keeps for good.
+    fn write_frame(
+        &mut self,
+        now: Instant,
+        frame: &OutFrame,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> u64 {
         let last = frame.payloads.len().saturating_sub(1);
         let mut sent = 0;
         for (i, p) in frame.payloads.iter().enumerate() {
@@ -562,7 +581,12 @@ impl Peer {
                 return sent;
             };
             match sender.write_rtp(now, packet) {
-                Ok(()) => sent += 1,
+                Ok(()) => {
+                    sent += 1;
+                    if let Some(msg) = self.pc.poll_write() {
+                        out.push((msg.transport.peer_addr, msg.message));
+                    }
+                }
                 Err(e) => {
                     self.write_errors += 1;
                     if self.write_errors == 1 {
