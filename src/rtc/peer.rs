@@ -15,7 +15,7 @@ use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
@@ -225,6 +225,10 @@ pub struct Peer {
     /// after the browser's retransmission backoff.
     early_datagrams: Vec<(SocketAddr, BytesMut)>,
     dtls_closed: bool,
+    /// The answer accepted our H.264 payload type: packets go straight into the
+    /// connection (see [`Peer::write_packet`]).
+    h264_negotiated: bool,
+    track_id: String,
     pub created: Instant,
     pub packets_sent: u64,
     write_errors: u64,
@@ -248,9 +252,10 @@ impl Peer {
             .map_err(engine_err)?;
 
         let codec = h264_codec(&setup.profile_level_id);
+        let track_id = "video".to_string();
         let track = rtc::media_stream::MediaStreamTrack::new(
             "peregrine".to_string(),
-            "video".to_string(),
+            track_id.clone(),
             "video".to_string(),
             RtpCodecKind::Video,
             vec![RTCRtpEncodingParameters {
@@ -305,6 +310,8 @@ impl Peer {
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
             dtls_closed: false,
+            h264_negotiated: false,
+            track_id,
             created: now,
             packets_sent: 0,
             write_errors: 0,
@@ -337,19 +344,22 @@ impl Peer {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         self.stage = Stage::Answered;
 
-        let negotiated: Vec<(String, u16)> = self
+        let params = self
             .pc
             .rtp_sender(self.sender)
-            .map(|mut s| {
-                s.get_parameters()
-                    .rtp_parameters
-                    .header_extensions
+            .map(|mut s| s.get_parameters().rtp_parameters.clone());
+        let negotiated: Vec<(String, u16)> = params
+            .as_ref()
+            .map(|p| {
+                p.header_extensions
                     .iter()
                     .map(|h| (h.uri.clone(), h.id))
                     .collect()
             })
             .unwrap_or_default();
         self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
+        self.h264_negotiated =
+            params.is_some_and(|p| p.codecs.iter().any(|c| c.payload_type == H264_PAYLOAD_TYPE));
         tracing::debug!(ext = ?self.ext, "answer applied");
 
         for c in std::mem::take(&mut self.early_candidates) {
@@ -577,10 +587,7 @@ impl Peer {
                 header,
                 payload: p.payload.clone(),
             };
-            let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
-                return sent;
-            };
-            match sender.write_rtp(now, packet) {
+            match self.write_packet(now, packet) {
                 Ok(()) => {
                     sent += 1;
                     if let Some(msg) = self.pc.poll_write() {
@@ -597,6 +604,27 @@ impl Peer {
         }
         self.packets_sent += sent;
         sent
+    }
+
+    /// Hand one RTP packet to the connection. `RTCRtpSender::write_rtp` rebuilds the
+    /// sender's parameters (codec list, extension URIs) for every packet only to check
+    /// that its SSRC, payload type and extension ids were negotiated; ours are so by
+    /// construction (our SSRC, the payload type checked once in the answer, extension ids
+    /// taken from it), so the packet goes straight to the connection's write path,
+    /// which is where `write_rtp` would put it after the checks.
+    fn write_packet(&mut self, now: Instant, packet: rtc::rtp::Packet) -> Result<(), String> {
+        if !self.h264_negotiated {
+            let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
+                return Err("no RTP sender".into());
+            };
+            return sender.write_rtp(now, packet).map_err(|e| e.to_string());
+        }
+        self.pc
+            .handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(self.track_id.clone(), packet),
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// Start closing (DTLS close_notify is queued; drain writes afterwards).
