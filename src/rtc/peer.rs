@@ -170,6 +170,11 @@ pub fn engine_err(e: impl std::fmt::Display) -> RtcError {
     RtcError::Engine(e.to_string())
 }
 
+/// RTP packets written to a connection between two polls of its output: a few at a
+/// time keep the crate's per-handler queues at their smallest allocation (4 entries)
+/// while each handler still works through several packets in one go.
+const PACKETS_PER_POLL: u64 = 4;
+
 /// What a peer tells the engine after being driven.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PeerNote {
@@ -547,7 +552,7 @@ impl Peer {
         self.write_frame(now, frame, out)
     }
 
-    /// Each packet is taken out of the connection as soon as it is written: the crate
+    /// Packets are taken out of the connection every [`PACKETS_PER_POLL`]: the crate
     /// moves queued writes through its handlers one handler at a time, so a whole
     /// picture written before polling grows every handler's queue to the picture's
     /// packet count, capacity each viewer then keeps for good.
@@ -590,8 +595,8 @@ impl Peer {
             match self.write_packet(now, packet) {
                 Ok(()) => {
                     sent += 1;
-                    if let Some(msg) = self.pc.poll_write() {
-                        out.push((msg.transport.peer_addr, msg.message));
+                    if sent % PACKETS_PER_POLL == 0 {
+                        self.drain_writes(out);
                     }
                 }
                 Err(e) => {
@@ -602,6 +607,7 @@ impl Peer {
                 }
             }
         }
+        self.drain_writes(out);
         self.packets_sent += sent;
         sent
     }
