@@ -19,6 +19,11 @@ use super::session::Owner;
 /// janus.js asks for `janus-protocol`; the admin name is accepted as a harmless alias.
 const SUBPROTOCOLS: [&str; 2] = ["janus-protocol", "janus-admin-protocol"];
 
+/// Bytes read from the socket at a time. Janus requests are a few hundred bytes, and
+/// the 128 KiB default is allocated up front for every connection, i.e. every viewer;
+/// larger messages still arrive whole (up to the message size limit).
+const READ_BUFFER_BYTES: usize = 4096;
+
 #[derive(Clone)]
 struct WsState {
     gateway: Arc<Gateway>,
@@ -34,6 +39,7 @@ pub fn router(gateway: Arc<Gateway>, max_message_bytes: usize) -> Router {
 
 async fn upgrade(State(state): State<WsState>, ws: WebSocketUpgrade) -> Response {
     ws.protocols(SUBPROTOCOLS)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(state.max_message_bytes)
         .max_frame_size(state.max_message_bytes)
         .on_upgrade(move |socket| serve_socket(state.gateway, socket, state.max_message_bytes))

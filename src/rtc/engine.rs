@@ -34,6 +34,12 @@ const RECV_BUFFER: usize = 2048;
 const CATCH_UP_PACKETS: usize = 16;
 const CATCH_UP_TICK: Duration = Duration::from_millis(5);
 
+/// A picture goes out to this many viewers at a time, their datagrams handed to the
+/// kernel before the next ones are encrypted: the datagrams waiting in memory stay
+/// bounded by this instead of growing with the audience (a keyframe is tens of
+/// packets per viewer), and the first viewers' packets leave sooner.
+const FAN_OUT_PEERS: usize = 32;
+
 pub enum Command {
     CreateOffer {
         opts: PeerOptions,
@@ -195,8 +201,10 @@ impl Engine {
                     tracing::debug!(error = %e, "UDP receive");
                 }
                 Wake::Frame(Some(au)) => {
-                    if self.send_frame(now, &au) > 0 {
-                        in_flight = Some((now, au.capture_us));
+                    if let Some(frame) = self.prepare_frame(&au) {
+                        if self.fan_out(now, &frame, &socket).await > 0 {
+                            in_flight = Some((now, au.capture_us));
+                        }
                     }
                 }
                 Wake::Frame(None) => {
@@ -361,7 +369,9 @@ impl Engine {
             let Some(e) = self.peers.get_mut(id) else {
                 return false;
             };
-            sent += e.peer.send_catch_up(now, CATCH_UP_PACKETS);
+            sent += e
+                .peer
+                .send_catch_up(now, CATCH_UP_PACKETS, &mut self.outgoing);
             self.dirty.insert(*id);
             e.peer.is_catching_up()
         });
@@ -371,15 +381,15 @@ impl Engine {
         self.next_catch_up = (!self.catching_up.is_empty()).then(|| now + CATCH_UP_TICK);
     }
 
-    /// Packetize `au` once and queue it for every peer; returns packets queued.
-    fn send_frame(&mut self, now: Instant, au: &AccessUnit) -> u64 {
+    /// Packetize `au` once, for every peer, and keep it in the GOP cache.
+    fn prepare_frame(&mut self, au: &AccessUnit) -> Option<Arc<OutFrame>> {
         let max_payload = self
             .cfg
             .rtp_packet_size
             .saturating_sub(12 + extensions::MAX_EXTENSION_BYTES);
         let payloads = packetizer::packetize(&au.data, max_payload);
         if payloads.is_empty() {
-            return 0;
+            return None;
         }
         let ntp = clock::realtime_us_to_ntp(clock::monotonic_to_realtime_us(au.capture_us));
         let frame = Arc::new(OutFrame {
@@ -390,9 +400,28 @@ impl Engine {
             abs_capture_time: extensions::abs_capture_time(ntp),
         });
         self.gop.push(au.seq, &frame);
+        Some(frame)
+    }
+
+    /// Send `frame` to every peer, [`FAN_OUT_PEERS`] at a time; returns packets sent.
+    async fn fan_out(&mut self, now: Instant, frame: &Arc<OutFrame>, socket: &UdpSocket) -> u64 {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         let mut sent = 0;
-        for (id, e) in self.peers.iter_mut() {
-            let n = e.peer.send_frame(now, &frame);
+        for chunk in ids.chunks(FAN_OUT_PEERS) {
+            sent += self.send_frame_to(now, frame, chunk);
+            send_datagrams(socket, &mut self.outgoing).await;
+        }
+        sent
+    }
+
+    /// Queue `frame` for the peers `ids`; returns packets queued.
+    fn send_frame_to(&mut self, now: Instant, frame: &Arc<OutFrame>, ids: &[PeerId]) -> u64 {
+        let mut sent = 0;
+        for id in ids {
+            let Some(e) = self.peers.get_mut(id) else {
+                continue;
+            };
+            let n = e.peer.send_frame(now, frame, &mut self.outgoing);
             if n > 0 {
                 sent += n;
                 self.dirty.insert(*id);
@@ -420,7 +449,9 @@ impl Engine {
                         tracing::info!(peer = id, "viewer connected");
                         if e.peer.start_from(self.gop.frames()) {
                             // The keyframe leaves now, the rest paced by the timer.
-                            let sent = e.peer.send_catch_up(now, CATCH_UP_PACKETS);
+                            let sent =
+                                e.peer
+                                    .send_catch_up(now, CATCH_UP_PACKETS, &mut self.outgoing);
                             self.stats
                                 .rtp_packets_sent
                                 .fetch_add(sent, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
@@ -170,6 +170,11 @@ pub fn engine_err(e: impl std::fmt::Display) -> RtcError {
     RtcError::Engine(e.to_string())
 }
 
+/// RTP packets written to a connection between two polls of its output: a few at a
+/// time keep the crate's per-handler queues at their smallest allocation (4 entries)
+/// while each handler still works through several packets in one go.
+const PACKETS_PER_POLL: u64 = 4;
+
 /// What a peer tells the engine after being driven.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PeerNote {
@@ -225,6 +230,10 @@ pub struct Peer {
     /// after the browser's retransmission backoff.
     early_datagrams: Vec<(SocketAddr, BytesMut)>,
     dtls_closed: bool,
+    /// The answer accepted our H.264 payload type: packets go straight into the
+    /// connection (see [`Peer::write_packet`]).
+    h264_negotiated: bool,
+    track_id: String,
     pub created: Instant,
     pub packets_sent: u64,
     write_errors: u64,
@@ -248,9 +257,10 @@ impl Peer {
             .map_err(engine_err)?;
 
         let codec = h264_codec(&setup.profile_level_id);
+        let track_id = "video".to_string();
         let track = rtc::media_stream::MediaStreamTrack::new(
             "peregrine".to_string(),
-            "video".to_string(),
+            track_id.clone(),
             "video".to_string(),
             RtpCodecKind::Video,
             vec![RTCRtpEncodingParameters {
@@ -305,6 +315,8 @@ impl Peer {
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
             dtls_closed: false,
+            h264_negotiated: false,
+            track_id,
             created: now,
             packets_sent: 0,
             write_errors: 0,
@@ -337,19 +349,22 @@ impl Peer {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         self.stage = Stage::Answered;
 
-        let negotiated: Vec<(String, u16)> = self
+        let params = self
             .pc
             .rtp_sender(self.sender)
-            .map(|mut s| {
-                s.get_parameters()
-                    .rtp_parameters
-                    .header_extensions
+            .map(|mut s| s.get_parameters().rtp_parameters.clone());
+        let negotiated: Vec<(String, u16)> = params
+            .as_ref()
+            .map(|p| {
+                p.header_extensions
                     .iter()
                     .map(|h| (h.uri.clone(), h.id))
                     .collect()
             })
             .unwrap_or_default();
         self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
+        self.h264_negotiated =
+            params.is_some_and(|p| p.codecs.iter().any(|c| c.payload_type == H264_PAYLOAD_TYPE));
         tracing::debug!(ext = ?self.ext, "answer applied");
 
         for c in std::mem::take(&mut self.early_candidates) {
@@ -498,8 +513,13 @@ impl Peer {
     }
 
     /// Send queued catch-up frames, whole frames of at most `budget` packets in all (but
-    /// at least one frame). Returns the packets queued.
-    pub fn send_catch_up(&mut self, now: Instant, budget: usize) -> u64 {
+    /// at least one frame); their datagrams go to `out`. Returns the packets queued.
+    pub fn send_catch_up(
+        &mut self,
+        now: Instant,
+        budget: usize,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> u64 {
         let mut sent = 0;
         while let Some(frame) = self.catch_up.front() {
             if sent > 0 && sent + frame.payloads.len() > budget {
@@ -507,15 +527,20 @@ impl Peer {
             }
             let frame = frame.clone();
             self.catch_up.pop_front();
-            sent += self.write_frame(now, &frame) as usize;
+            sent += self.write_frame(now, &frame, out) as usize;
         }
         sent as u64
     }
 
     /// Stamp and queue one shared frame. A peer that is not connected, or is waiting for a
-    /// keyframe and this is not one, skips it; one still catching up queues it. Returns
-    /// the packets queued.
-    pub fn send_frame(&mut self, now: Instant, frame: &Arc<OutFrame>) -> u64 {
+    /// keyframe and this is not one, skips it; one still catching up queues it. The
+    /// datagrams go to `out`. Returns the packets queued.
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        frame: &Arc<OutFrame>,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> u64 {
         if self.stage != Stage::Connected || (self.waiting_key && !frame.key) {
             return 0;
         }
@@ -524,10 +549,19 @@ impl Peer {
             self.catch_up.push_back(frame.clone());
             return 0;
         }
-        self.write_frame(now, frame)
+        self.write_frame(now, frame, out)
     }
 
-    fn write_frame(&mut self, now: Instant, frame: &OutFrame) -> u64 {
+    /// Packets are taken out of the connection every [`PACKETS_PER_POLL`]: the crate
+    /// moves queued writes through its handlers one handler at a time, so a whole
+    /// picture written before polling grows every handler's queue to the picture's
+    /// packet count, capacity each viewer then keeps for good.
+    fn write_frame(
+        &mut self,
+        now: Instant,
+        frame: &OutFrame,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> u64 {
         let last = frame.payloads.len().saturating_sub(1);
         let mut sent = 0;
         for (i, p) in frame.payloads.iter().enumerate() {
@@ -558,11 +592,13 @@ impl Peer {
                 header,
                 payload: p.payload.clone(),
             };
-            let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
-                return sent;
-            };
-            match sender.write_rtp(now, packet) {
-                Ok(()) => sent += 1,
+            match self.write_packet(now, packet) {
+                Ok(()) => {
+                    sent += 1;
+                    if sent % PACKETS_PER_POLL == 0 {
+                        self.drain_writes(out);
+                    }
+                }
                 Err(e) => {
                     self.write_errors += 1;
                     if self.write_errors == 1 {
@@ -571,8 +607,30 @@ impl Peer {
                 }
             }
         }
+        self.drain_writes(out);
         self.packets_sent += sent;
         sent
+    }
+
+    /// Hand one RTP packet to the connection. `RTCRtpSender::write_rtp` rebuilds the
+    /// sender's parameters (codec list, extension URIs) for every packet only to check
+    /// that its SSRC, payload type and extension ids were negotiated; ours are so by
+    /// construction (our SSRC, the payload type checked once in the answer, extension ids
+    /// taken from it), so the packet goes straight to the connection's write path,
+    /// which is where `write_rtp` would put it after the checks.
+    fn write_packet(&mut self, now: Instant, packet: rtc::rtp::Packet) -> Result<(), String> {
+        if !self.h264_negotiated {
+            let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
+                return Err("no RTP sender".into());
+            };
+            return sender.write_rtp(now, packet).map_err(|e| e.to_string());
+        }
+        self.pc
+            .handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(self.track_id.clone(), packet),
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// Start closing (DTLS close_notify is queued; drain writes afterwards).
