@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use peregrine::media::decoder::{psnr, DecodedPicture, H264Decoder};
+use peregrine::media::decoder::{psnr, H264Decoder};
 use peregrine::media::hub::DEFAULT_QUEUE_FRAMES;
+use peregrine::media::yuv::I420Frame;
 use peregrine::media::{AccessUnit, Hub, StartAt};
 use peregrine::source::camera::device::PixelFormat;
 use peregrine::source::camera::replay::{Recording, ReplayLog, ReplayOpener, Step};
@@ -103,12 +104,12 @@ impl Fixtures {
     }
 
     /// ffmpeg's I420 pictures: the reference every path is measured against.
-    fn reference(&self) -> Vec<DecodedPicture> {
+    fn reference(&self) -> Vec<I420Frame> {
         let (w, h) = (W as usize, H as usize);
         let size = w * h * 3 / 2;
         self.read("ref.yuv")
             .chunks_exact(size)
-            .map(|f| DecodedPicture {
+            .map(|f| I420Frame {
                 width: w,
                 height: h,
                 y: f[..w * h].to_vec(),
@@ -220,7 +221,7 @@ async fn next_live_au(
 async fn check_pictures(
     run: &Running,
     sub: &mut peregrine::media::Subscriber,
-    reference: &[DecodedPicture],
+    reference: &[I420Frame],
     count: usize,
 ) -> Result<(f64, f64)> {
     let mut decoder = H264Decoder::new()?;
@@ -291,7 +292,7 @@ async fn recorded_camera_formats_match_the_source_pictures() -> Result<()> {
     Ok(())
 }
 
-async fn run_case(recording: Recording, reference: &[DecodedPicture], what: &str) -> Result<()> {
+async fn run_case(recording: Recording, reference: &[I420Frame], what: &str) -> Result<()> {
     let (run, mut sub) = Running::start(recording, &[])?;
     let (y, c) = check_pictures(&run, &mut sub, reference, 45).await?;
     eprintln!("{what}: worst PSNR luma {y:.1} dB, chroma {c:.1} dB over 45 pictures");
@@ -350,7 +351,7 @@ async fn h264_camera_passes_through_untouched_and_takes_keyframe_requests() -> R
 }
 
 /// The NO SIGNAL picture at the camera's size, as encoded and decoded.
-fn looks_like_no_signal(picture: &DecodedPicture) -> bool {
+fn looks_like_no_signal(picture: &I420Frame) -> bool {
     let drawn = nosignal::draw(picture.width as u32, picture.height as u32);
     psnr(&picture.y, &drawn.y) > 25.0
 }

@@ -4,6 +4,8 @@
 use openh264::decoder::{DecodedYUV, Decoder};
 use openh264::formats::YUVSource;
 
+use super::yuv::I420Frame;
+
 /// The decoder rejected the stream or could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("H.264 decoding failed: {0}")]
@@ -46,16 +48,6 @@ impl H264Decoder {
     }
 }
 
-/// All three planes of one decoded picture, tightly packed (chroma at half size).
-#[derive(Clone, Debug)]
-pub struct DecodedPicture {
-    pub width: usize,
-    pub height: usize,
-    pub y: Vec<u8>,
-    pub u: Vec<u8>,
-    pub v: Vec<u8>,
-}
-
 impl H264Decoder {
     fn decode_yuv(&mut self, annexb: &[u8]) -> Result<Option<DecodedYUV<'_>>, DecodeError> {
         self.inner
@@ -65,7 +57,7 @@ impl H264Decoder {
 
     /// Like [`H264Decoder::decode`], with the chroma planes too (for picture
     /// comparisons; measurements need only luma).
-    pub fn decode_planes(&mut self, annexb: &[u8]) -> Result<Option<DecodedPicture>, DecodeError> {
+    pub fn decode_planes(&mut self, annexb: &[u8]) -> Result<Option<I420Frame>, DecodeError> {
         Ok(self.decode_yuv(annexb)?.map(|yuv| {
             let (width, height) = yuv.dimensions();
             let (ys, us, vs) = yuv.strides();
@@ -76,7 +68,7 @@ impl H264Decoder {
                 }
                 out
             };
-            DecodedPicture {
+            I420Frame {
                 width,
                 height,
                 y: plane(yuv.y(), ys, width, height),

@@ -1,11 +1,12 @@
 //! Media primitives shared by every source and output: access units, the capture
-//! clock, H.264 bitstream helpers and the per-stream hub.
+//! clock, H.264 bitstream helpers, uncompressed pictures and the per-stream hub.
 
 pub mod au;
 pub mod clock;
 pub mod decoder;
 pub mod h264;
 pub mod hub;
+pub mod yuv;
 
 pub use au::AccessUnit;
 pub use hub::{Hub, SourceHold, StartAt, Subscriber};

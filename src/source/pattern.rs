@@ -24,38 +24,17 @@ pub const CODE_WIDTH: usize = CODE_BLOCK * CODE_COLUMNS;
 /// Height of the code strip in pixels (96).
 pub const CODE_HEIGHT: usize = CODE_BLOCK * CODE_ROWS;
 
-/// Video-range luma of black and white.
-const BLACK: u8 = 16;
+use crate::media::yuv::{BLACK, NEUTRAL};
+
+/// Video-range luma of white.
 const WHITE: u8 = 235;
-/// Chroma of a grey (no colour).
-const NEUTRAL: u8 = 128;
 /// A block reads as 1 when the mean luma of its centre reaches this.
 const THRESHOLD: u32 = 128;
 
-/// One picture in I420: full-size Y plane, U and V planes at half size in both directions.
-/// Each plane is tightly packed (stride = plane width).
-#[derive(Clone, Debug)]
-pub struct I420Frame {
-    pub width: usize,
-    pub height: usize,
-    pub y: Vec<u8>,
-    pub u: Vec<u8>,
-    pub v: Vec<u8>,
-}
+pub use crate::media::yuv::I420Frame;
 
+// Drawing helpers; the picture type itself is shared with the camera path and decoder.
 impl I420Frame {
-    /// A black picture.
-    pub fn new(width: usize, height: usize) -> I420Frame {
-        let chroma = (width / 2) * (height / 2);
-        I420Frame {
-            width,
-            height,
-            y: vec![BLACK; width * height],
-            u: vec![NEUTRAL; chroma],
-            v: vec![NEUTRAL; chroma],
-        }
-    }
-
     /// Fill a rectangle (luma coordinates, clipped to the picture) with one colour.
     fn fill(&mut self, x: usize, y: usize, w: usize, h: usize, (ly, lu, lv): (u8, u8, u8)) {
         fill_plane(&mut self.y, self.width, self.height, x, y, w, h, ly);
