@@ -340,3 +340,48 @@ fn a_file_that_is_not_h264_stops_the_program_with_a_clear_message() -> Result<()
     assert!(stderr.contains("MPEG-TS"), "{stderr}");
     Ok(())
 }
+
+/// What ffmpeg makes with its defaults (High profile with B-frames) cannot be shown in
+/// order by a WebRTC player: the server says so, once, where the user looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_b_frames_is_reported() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("peregrine-bframes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("defaults.h264");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+            "-t",
+            "2",
+        ])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "h264"])
+        .arg(&file)
+        .status()
+        .context("run ffmpeg")?;
+    assert!(status.success());
+    let log_path = dir.join("server.log");
+    let server = Server::start_logged(
+        &["--source", file.to_str().unwrap()],
+        std::fs::File::create(&log_path)?,
+    )
+    .await?;
+    let (_janus, _peer) = join(&server).await?;
+    let state = server
+        .wait_state(Duration::from_secs(10), |s| input(s)["b_frames"] == true)
+        .await?;
+    assert!(
+        input(&state)["profile_level_id"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("64")),
+        "{state}"
+    );
+    let log = std::fs::read_to_string(&log_path)?;
+    assert_eq!(log.matches("the stream has B-frames").count(), 1, "{log}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -161,3 +161,51 @@ async fn bad_input_never_disturbs_a_playing_viewer() -> Result<()> {
     // And the first viewer still plays.
     decode_frames(&mut peer, &mut decoder, 30, 640, 360).await
 }
+
+/// A browser that cannot decode what is offered answers `m=video 0`. The viewer gets
+/// Janus's SDP error and a hangup, and the peer is gone at once instead of checking ICE
+/// pairs forever with no media behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_declining_the_video_ends_the_viewer_with_an_error() -> Result<()> {
+    let server = Server::start(&["--resolution", "320x240"]).await?;
+    let mut janus = JanusClient::connect(&server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let offer = janus.watch().await?;
+    let (_peer, answer) = ReceiverPeer::answer(&offer).await?;
+    let declined = answer.replacen("m=video 9 ", "m=video 0 ", 1);
+    assert_ne!(
+        declined, answer,
+        "the answer has an m=video 9 line: {answer}"
+    );
+    janus.send(json!({"janus": "message", "body": {"request": "start"},
+                      "jsep": {"type": "answer", "sdp": declined}}));
+    // The error answers the message; the hangup comes from the engine: either first.
+    let (mut error, mut hangup) = (None, None);
+    while error.is_none() || hangup.is_none() {
+        let m = janus
+            .wait_for(Duration::from_secs(10), |m| {
+                m["janus"] == "error" || m["janus"] == "hangup"
+            })
+            .await?;
+        if m["janus"] == "error" {
+            error = Some(m);
+        } else {
+            hangup = Some(m);
+        }
+    }
+    let (error, hangup) = (error.unwrap(), hangup.unwrap());
+    assert_eq!(error["error"]["code"], 465, "{error}");
+    let reason = error["error"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("m=video 0"), "{error}");
+    assert!(
+        hangup["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("declined"),
+        "{hangup}"
+    );
+    server
+        .wait_state(Duration::from_secs(5), |s| s["rtc"]["peers"] == 0)
+        .await?;
+    Ok(())
+}

@@ -242,7 +242,9 @@ impl Gateway {
                 .apply_answer(peer, &jsep.sdp)
                 .await
                 .map_err(|e| match e {
-                    RtcError::InvalidSdp(detail) => JanusError::invalid_sdp(detail),
+                    RtcError::InvalidSdp(detail) | RtcError::VideoRejected(detail) => {
+                        JanusError::invalid_sdp(detail)
+                    }
                     RtcError::NoOffer | RtcError::NoSuchPeer => JanusError::unexpected_answer(),
                     RtcError::Engine(detail) => JanusError::internal(detail),
                 })?;

@@ -76,6 +76,21 @@ pub fn access_unit_is_key(annexb: &[u8]) -> bool {
     nal_units(annexb).any(|nal| nal_type(nal) == Some(NalType::Idr))
 }
 
+/// True when the access unit's first slice is a B slice (slice_type 1 or 6, H.264
+/// §7.4.3): such streams are sent out of display order, which WebRTC receivers do not
+/// reorder. Reads only the first bytes of the slice header.
+pub fn access_unit_has_b_slice(annexb: &[u8]) -> bool {
+    nal_units(annexb)
+        .find(|nal| matches!(nal_type(nal), Some(NalType::Slice | NalType::Idr)))
+        .is_some_and(|nal| {
+            // Two exp-Golomb codes fit in a few bytes; unescaping those is enough.
+            let head = unescape_rbsp(&nal[1..nal.len().min(12)]);
+            let mut r = BitReader::new(&head);
+            let slice_type = r.ue("first_mb_in_slice").and_then(|_| r.ue("slice_type"));
+            matches!(slice_type, Ok(1 | 6))
+        })
+}
+
 /// Why a sequence parameter set could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum H264Error {
@@ -317,6 +332,33 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn b_slices_are_recognised_from_the_slice_header() {
+        // first_mb_in_slice ue(0) = "1", then slice_type as ue(v).
+        let au = |slice_header: u8| vec![0, 0, 0, 1, 0x41, slice_header, 0x80];
+        assert!(
+            access_unit_has_b_slice(&au(0b1010_0000)),
+            "slice_type 1 (B)"
+        );
+        assert!(
+            access_unit_has_b_slice(&au(0b1001_1100)),
+            "slice_type 6 (B, all)"
+        );
+        assert!(
+            !access_unit_has_b_slice(&au(0b1100_0000)),
+            "slice_type 0 (P)"
+        );
+        assert!(
+            !access_unit_has_b_slice(&au(0b1001_1000)),
+            "slice_type 5 (P, all)"
+        );
+        assert!(!access_unit_has_b_slice(&[0, 0, 1, 0x67, 0x42]), "no slice");
+        assert!(
+            !access_unit_has_b_slice(&[0, 0, 1, 0x41]),
+            "truncated slice"
+        );
+    }
 
     #[test]
     fn splits_three_and_four_byte_start_codes() {

@@ -30,6 +30,10 @@ pub const KEYFRAME_MIN_SPACING_US: u64 = 500_000;
 /// this gives late subscribers a keyframe request instead of a backlog.
 const MAX_GOP_FRAMES: usize = 600;
 
+/// A cached GOP with nothing published for this long is the past, not the live stream
+/// (the source paused or stalled); a new subscriber gets a keyframe request instead.
+const STALE_GOP_US: u64 = 1_000_000;
+
 /// The most recent sequence and picture parameter sets seen in the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSets {
@@ -67,6 +71,8 @@ pub enum StartAt {
 struct State {
     params: Option<ParamSets>,
     gop: Vec<Arc<AccessUnit>>,
+    /// When the last access unit was published (CLOCK_MONOTONIC µs).
+    last_publish_us: u64,
     width: u32,
     height: u32,
 }
@@ -120,6 +126,7 @@ impl Hub {
         }
         state.width = au.width;
         state.height = au.height;
+        state.last_publish_us = clock::monotonic_us();
         if state.gop.len() < MAX_GOP_FRAMES && (au.key || !state.gop.is_empty()) {
             state.gop.push(au.clone());
         } else if !au.key {
@@ -135,8 +142,11 @@ impl Hub {
     pub fn subscribe(self: &Arc<Self>, start: StartAt) -> Subscriber {
         let state = self.state();
         let rx = self.tx.subscribe();
+        let current = clock::monotonic_us().saturating_sub(state.last_publish_us) <= STALE_GOP_US;
         let (backlog, wait_key) = match start {
-            StartAt::Gop if !state.gop.is_empty() => (state.gop.iter().cloned().collect(), false),
+            StartAt::Gop if current && !state.gop.is_empty() => {
+                (state.gop.iter().cloned().collect(), false)
+            }
             _ => (VecDeque::new(), true),
         };
         drop(state);
@@ -157,6 +167,20 @@ impl Hub {
     pub fn hold(self: &Arc<Self>) -> SourceHold {
         self.subscribers.fetch_add(1, Ordering::SeqCst);
         SourceHold { hub: self.clone() }
+    }
+
+    /// Forget the cached GOP: the source restarted or lost its signal, so what follows
+    /// does not continue it. New subscribers wait for (and request) a keyframe.
+    pub fn drop_gop(&self) {
+        self.state().gop.clear();
+    }
+
+    /// One subscriber or hold fewer. With nobody left the source idles, so its GOP
+    /// stops being the live stream's: it is dropped, never replayed later.
+    fn release(&self) {
+        if self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.drop_gop();
+        }
     }
 
     /// Ask the source for a keyframe; the flag clears when one is published.
@@ -258,7 +282,7 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
+        self.hub.release();
     }
 }
 
@@ -269,7 +293,7 @@ pub struct SourceHold {
 
 impl Drop for SourceHold {
     fn drop(&mut self) {
-        self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
+        self.hub.release();
     }
 }
 
@@ -286,6 +310,44 @@ mod tests {
             capture_us: clock::monotonic_us(),
             seq,
         }
+    }
+
+    fn backlog_len(sub: &Subscriber) -> usize {
+        sub.backlog.len()
+    }
+
+    #[test]
+    fn the_gop_is_dropped_when_the_last_viewer_leaves() {
+        let hub = Hub::new(8);
+        let first = hub.subscribe(StartAt::Gop);
+        hub.publish(au(true, 0));
+        hub.publish(au(false, 1));
+        let second = hub.subscribe(StartAt::Gop);
+        assert_eq!(backlog_len(&second), 2, "a current GOP is replayed");
+        drop((first, second));
+        // The source idles now; its last GOP must not greet the next viewer.
+        hub.publish(au(false, 2));
+        let hub_wants_key = {
+            let late = hub.subscribe(StartAt::Gop);
+            assert_eq!(backlog_len(&late), 0);
+            hub.keyframe_wanted()
+        };
+        assert!(hub_wants_key);
+    }
+
+    #[test]
+    fn a_gop_with_nothing_new_for_a_second_is_not_replayed() {
+        let hub = Hub::new(8);
+        let _hold = hub.hold();
+        hub.publish(au(true, 0));
+        assert_eq!(backlog_len(&hub.subscribe(StartAt::Gop)), 1);
+        hub.state().last_publish_us -= STALE_GOP_US + 1;
+        let late = hub.subscribe(StartAt::Gop);
+        assert_eq!(backlog_len(&late), 0, "stale GOP replayed");
+        assert!(
+            hub.keyframe_wanted(),
+            "the late subscriber asks for a keyframe"
+        );
     }
 
     #[test]

@@ -257,8 +257,15 @@ impl Engine {
                     Some(e) => e.peer.apply_answer(now, &sdp),
                     None => Err(RtcError::NoSuchPeer),
                 };
-                if let Err(e) = &result {
-                    tracing::info!(peer = id, error = %e, "answer refused");
+                match &result {
+                    Err(e @ RtcError::VideoRejected(_)) => {
+                        // Nothing can be sent to this viewer: end it now rather than
+                        // leave its ICE agent checking pairs with no media behind them.
+                        tracing::warn!(peer = id, error = %e, "viewer declined the video");
+                        self.remove_peer(id, Some(e.to_string()));
+                    }
+                    Err(e) => tracing::info!(peer = id, error = %e, "answer refused"),
+                    Ok(()) => {}
                 }
                 self.dirty.insert(id);
                 let _ = reply.send(result);
@@ -399,7 +406,7 @@ impl Engine {
             playout_delay: extensions::playout_delay(0, 0),
             abs_capture_time: extensions::abs_capture_time(ntp),
         });
-        self.gop.push(au.seq, &frame);
+        self.gop.push(Instant::now(), au.seq, &frame);
         Some(frame)
     }
 
@@ -447,7 +454,7 @@ impl Engine {
                 match note {
                     PeerNote::Connected => {
                         tracing::info!(peer = id, "viewer connected");
-                        if e.peer.start_from(self.gop.frames()) {
+                        if e.peer.start_from(self.gop.current(now)) {
                             // The keyframe leaves now, the rest paced by the timer.
                             let sent =
                                 e.peer

@@ -77,6 +77,9 @@ pub enum RemoteCandidate {
 pub enum RtcError {
     #[error("invalid SDP: {0}")]
     InvalidSdp(String),
+    /// The answer declined the video (or kept none of our payload types).
+    #[error("the viewer declined the video: {0}")]
+    VideoRejected(String),
     #[error("no such peer")]
     NoSuchPeer,
     #[error("unexpected answer: no offer pending")]

@@ -36,7 +36,11 @@ use super::feedback::{self, KeyframeRequestForwarder};
 use super::packetizer::RtpPayload;
 use super::{sdp, RemoteCandidate, RtcError};
 
+/// The payload type that carries the stream under its own `profile-level-id`.
 pub const H264_PAYLOAD_TYPE: u8 = 96;
+/// The payload type that carries it under Constrained Baseline, offered next to the
+/// first when the stream has another profile (see [`sdp::h264_offer_profiles`]).
+pub const H264_FALLBACK_PAYLOAD_TYPE: u8 = 97;
 
 /// An access unit packetized once, ready to be stamped for each peer.
 #[derive(Debug)]
@@ -48,12 +52,15 @@ pub struct OutFrame {
     pub abs_capture_time: Bytes,
 }
 
-/// The media engine both ends use: H.264 PT 96 with keyframe-request feedback and the
-/// plugin's three header extensions, registered in the order that gives them ids 1-3.
+/// The media engine both ends use: H.264 on PT 96 (and PT 97, see
+/// [`sdp::h264_offer_profiles`]) with keyframe-request feedback, and the plugin's three
+/// header extensions, registered in the order that gives them ids 1-3.
 pub fn media_engine(profile_level_id: &str) -> Result<MediaEngine, RtcError> {
     let mut me = MediaEngine::default();
-    me.register_codec(h264_codec(profile_level_id), RtpCodecKind::Video)
-        .map_err(engine_err)?;
+    for codec in h264_codecs(profile_level_id) {
+        me.register_codec(codec, RtpCodecKind::Video)
+            .map_err(engine_err)?;
+    }
     for (_, uri) in extensions::OFFERED {
         me.register_header_extension(
             RTCRtpHeaderExtensionCapability {
@@ -67,7 +74,17 @@ pub fn media_engine(profile_level_id: &str) -> Result<MediaEngine, RtcError> {
     Ok(me)
 }
 
-pub fn h264_codec(profile_level_id: &str) -> RTCRtpCodecParameters {
+/// The H.264 payload types to offer for a stream of `profile_level_id`, preferred first.
+pub fn h264_codecs(profile_level_id: &str) -> Vec<RTCRtpCodecParameters> {
+    let payload_types = [H264_PAYLOAD_TYPE, H264_FALLBACK_PAYLOAD_TYPE];
+    sdp::h264_offer_profiles(profile_level_id)
+        .into_iter()
+        .zip(payload_types)
+        .map(|(profile, pt)| h264_codec(&profile, pt))
+        .collect()
+}
+
+pub fn h264_codec(profile_level_id: &str, payload_type: u8) -> RTCRtpCodecParameters {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_string(),
         parameter: parameter.to_string(),
@@ -80,7 +97,7 @@ pub fn h264_codec(profile_level_id: &str) -> RTCRtpCodecParameters {
             sdp_fmtp_line: sdp::h264_fmtp(profile_level_id),
             rtcp_feedback: vec![fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
         },
-        payload_type: H264_PAYLOAD_TYPE,
+        payload_type,
     }
 }
 
@@ -230,9 +247,9 @@ pub struct Peer {
     /// after the browser's retransmission backoff.
     early_datagrams: Vec<(SocketAddr, BytesMut)>,
     dtls_closed: bool,
-    /// The answer accepted our H.264 payload type: packets go straight into the
-    /// connection (see [`Peer::write_packet`]).
-    h264_negotiated: bool,
+    /// The H.264 payload type the answer kept (the first of ours it lists); packets go
+    /// straight into the connection with it (see [`Peer::write_packet`]).
+    payload_type: Option<u8>,
     track_id: String,
     pub created: Instant,
     pub packets_sent: u64,
@@ -256,7 +273,7 @@ impl Peer {
             .build(now)
             .map_err(engine_err)?;
 
-        let codec = h264_codec(&setup.profile_level_id);
+        let codec = h264_codec(&setup.profile_level_id, H264_PAYLOAD_TYPE);
         let track_id = "video".to_string();
         let track = rtc::media_stream::MediaStreamTrack::new(
             "peregrine".to_string(),
@@ -281,6 +298,12 @@ impl Peer {
                     send_encodings: vec![],
                 }),
             )
+            .map_err(engine_err)?;
+        // The track's codec alone would be offered; offer every payload type we can
+        // send the stream under, the stream's own profile first.
+        pc.rtp_transceiver(transceiver)
+            .ok_or_else(|| RtcError::Engine("no transceiver".into()))?
+            .set_codec_preferences(h264_codecs(&setup.profile_level_id))
             .map_err(engine_err)?;
         let sender = pc
             .get_senders()
@@ -315,7 +338,7 @@ impl Peer {
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
             dtls_closed: false,
-            h264_negotiated: false,
+            payload_type: None,
             track_id,
             created: now,
             packets_sent: 0,
@@ -337,6 +360,9 @@ impl Peer {
             return Err(RtcError::NoOffer);
         }
         sdp::check_answer(answer).map_err(RtcError::InvalidSdp)?;
+        let payload_type =
+            sdp::chosen_payload_type(answer, &[H264_PAYLOAD_TYPE, H264_FALLBACK_PAYLOAD_TYPE])
+                .map_err(RtcError::VideoRejected)?;
         let answer = if self.loopback_only {
             sdp::keep_loopback_candidates(answer)
         } else {
@@ -363,9 +389,8 @@ impl Peer {
             })
             .unwrap_or_default();
         self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
-        self.h264_negotiated =
-            params.is_some_and(|p| p.codecs.iter().any(|c| c.payload_type == H264_PAYLOAD_TYPE));
-        tracing::debug!(ext = ?self.ext, "answer applied");
+        self.payload_type = Some(payload_type);
+        tracing::debug!(ext = ?self.ext, payload_type, "answer applied");
 
         for c in std::mem::take(&mut self.early_candidates) {
             self.add_candidate_now(&c);
@@ -562,13 +587,17 @@ impl Peer {
         frame: &OutFrame,
         out: &mut Vec<(SocketAddr, BytesMut)>,
     ) -> u64 {
+        // Frames are sent only once connected, which takes an applied answer.
+        let Some(payload_type) = self.payload_type else {
+            return 0;
+        };
         let last = frame.payloads.len().saturating_sub(1);
         let mut sent = 0;
         for (i, p) in frame.payloads.iter().enumerate() {
             let mut header = rtc::rtp::Header {
                 version: 2,
                 marker: p.marker,
-                payload_type: H264_PAYLOAD_TYPE,
+                payload_type,
                 sequence_number: self.seq,
                 timestamp: frame.timestamp,
                 ssrc: self.ssrc,
@@ -619,12 +648,6 @@ impl Peer {
     /// taken from it), so the packet goes straight to the connection's write path,
     /// which is where `write_rtp` would put it after the checks.
     fn write_packet(&mut self, now: Instant, packet: rtc::rtp::Packet) -> Result<(), String> {
-        if !self.h264_negotiated {
-            let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
-                return Err("no RTP sender".into());
-            };
-            return sender.write_rtp(now, packet).map_err(|e| e.to_string());
-        }
         self.pc
             .handle_write(TaggedRTCMessage {
                 now,

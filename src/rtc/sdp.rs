@@ -16,6 +16,30 @@ pub fn profile_level_id(sps: &[u8]) -> Option<String> {
     Some(format!("{:02x}{:02x}{:02x}", b[0], b[1], b[2]))
 }
 
+/// The `profile-level-id`s to offer for a stream, preferred first: the stream's own, and
+/// when that is not Constrained Baseline also Constrained Baseline at the stream's level.
+///
+/// A browser answers with the payload types it can decode and drops the others; some
+/// (Debian's Chromium among them) decline High outright although their decoder handles
+/// it. Sending a Main or High stream under Constrained Baseline is what the ustreamer
+/// plugin does for every stream, and browsers decode it: their H.264 decoder takes any
+/// of the 8-bit 4:2:0 profiles, whatever the SDP said.
+pub fn h264_offer_profiles(profile_level_id: &str) -> Vec<String> {
+    let own = profile_level_id.to_ascii_lowercase();
+    if is_constrained_baseline(&own) {
+        return vec![own];
+    }
+    let level = own.get(4..6).unwrap_or("1f");
+    vec![own.clone(), format!("42e0{level}")]
+}
+
+/// Constrained Baseline: profile_idc 66 with constraint_set1 (RFC 6184 §8.1 table 5).
+fn is_constrained_baseline(profile_level_id: &str) -> bool {
+    let bytes = u32::from_str_radix(profile_level_id, 16).unwrap_or(0);
+    let (profile_idc, constraints) = ((bytes >> 16) as u8, (bytes >> 8) as u8);
+    profile_level_id.len() == 6 && profile_idc == 0x42 && constraints & 0x40 != 0
+}
+
 /// The fmtp line of our H.264 payload type.
 pub fn h264_fmtp(profile_level_id: &str) -> String {
     format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}")
@@ -69,6 +93,30 @@ pub fn check_answer(sdp: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The first of `ours` (payload types in preference order) that the answer's video
+/// section keeps. An error says why none is there: the section is declined (port 0, as
+/// a browser answers an offer it cannot decode) or lists none of ours.
+pub fn chosen_payload_type(answer: &str, ours: &[u8]) -> Result<u8, String> {
+    let mline = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("m=video "))
+        .ok_or("no m=video section")?;
+    let mut fields = mline.split_whitespace();
+    let port = fields.next().unwrap_or_default();
+    if port == "0" {
+        return Err(
+            "the answer declines the video section (m=video 0): the browser \
+                    cannot decode any of the offered H.264 profiles"
+                .into(),
+        );
+    }
+    let kept: Vec<u8> = fields.skip(1).filter_map(|f| f.parse().ok()).collect();
+    ours.iter()
+        .copied()
+        .find(|pt| kept.contains(pt))
+        .ok_or_else(|| format!("the answer keeps none of the offered payload types {ours:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +162,33 @@ mod tests {
             Some(IpAddr::from([127, 0, 0, 1]))
         );
         assert_eq!(candidate_address("candidate:garbage"), None);
+    }
+
+    #[test]
+    fn non_baseline_streams_are_also_offered_as_constrained_baseline() {
+        assert_eq!(h264_offer_profiles("42e01f"), vec!["42e01f"]);
+        assert_eq!(h264_offer_profiles("42C01F"), vec!["42c01f"]);
+        assert_eq!(h264_offer_profiles("64001e"), vec!["64001e", "42e01e"]);
+        assert_eq!(h264_offer_profiles("4d0028"), vec!["4d0028", "42e028"]);
+        assert_eq!(h264_offer_profiles("42001f"), vec!["42001f", "42e01f"]);
+    }
+
+    #[test]
+    fn payload_type_is_the_first_of_ours_the_answer_keeps() {
+        let answer = |m: &str| format!("v=0\r\n{m}\r\na=rtpmap:97 H264/90000\r\n");
+        let ours = [96, 97];
+        assert_eq!(
+            chosen_payload_type(&answer("m=video 9 UDP/TLS/RTP/SAVPF 97"), &ours),
+            Ok(97)
+        );
+        assert_eq!(
+            chosen_payload_type(&answer("m=video 9 UDP/TLS/RTP/SAVPF 97 96"), &ours),
+            Ok(96)
+        );
+        let declined = chosen_payload_type(&answer("m=video 0 UDP/TLS/RTP/SAVPF 0"), &ours);
+        assert!(declined.unwrap_err().contains("m=video 0"));
+        assert!(chosen_payload_type(&answer("m=video 9 UDP/TLS/RTP/SAVPF 102"), &ours).is_err());
+        assert!(chosen_payload_type("v=0\r\n", &ours).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::annexb::Picture;
 use super::nosignal::{NoSignal, NO_SIGNAL_FPS};
-use crate::media::{clock, AccessUnit, Hub};
+use crate::media::{clock, h264, AccessUnit, Hub};
 
 /// What `/state` says about the source.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -25,6 +25,8 @@ pub struct SourceStatus {
     /// Measured over the last pictures of live video.
     pub fps: f64,
     pub profile_level_id: Option<String>,
+    /// The stream has B-frames, which WebRTC players cannot show in order.
+    pub b_frames: bool,
     /// Times the source was lost after delivering video.
     pub interruptions: u64,
     pub last_error: Option<String>,
@@ -125,6 +127,8 @@ pub struct Output {
     /// The next NO SIGNAL picture must be an IDR (first after live video).
     no_signal_key: bool,
     recent: VecDeque<u64>,
+    /// B-frames were seen (and warned about) in this source's stream.
+    b_frames: bool,
 }
 
 impl Output {
@@ -140,6 +144,7 @@ impl Output {
             next_no_signal: None,
             no_signal_key: true,
             recent: VecDeque::with_capacity(FPS_WINDOW),
+            b_frames: false,
         }
     }
 
@@ -179,6 +184,15 @@ impl Output {
                 s.profile_level_id = Some(picture.profile_level_id.clone());
             }
         }
+        if !picture.key && !self.b_frames && h264::access_unit_has_b_slice(&picture.data) {
+            self.b_frames = true;
+            self.status.lock().b_frames = true;
+            tracing::warn!(
+                "the stream has B-frames: browsers cannot play it over WebRTC (pictures \
+                 arrive out of display order). Encode without them: x264 -bf 0 or \
+                 -tune zerolatency, or a camera's baseline/main setting"
+            );
+        }
         self.fallback_size = (picture.width, picture.height);
         self.hub.publish(AccessUnit {
             data: Bytes::from(picture.data),
@@ -197,6 +211,7 @@ impl Output {
         self.live = false;
         self.no_signal_key = true;
         self.hub.set_offline();
+        self.hub.drop_gop();
     }
 
     /// The source is gone: viewers get NO SIGNAL from now on.
@@ -208,6 +223,7 @@ impl Output {
         self.no_signal_key = true;
         self.next_no_signal = None;
         self.hub.set_offline();
+        self.hub.drop_gop();
     }
 
     /// Call often while not live: publishes a NO SIGNAL picture when one is due and

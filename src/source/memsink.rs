@@ -45,6 +45,10 @@ const REPLACED_CHECK: Duration = Duration::from_secs(1);
 /// Without a new frame for this long the source is reported offline.
 const OFFLINE_AFTER: Duration = Duration::from_secs(2);
 const IDLE_STEP: Duration = Duration::from_millis(10);
+/// After opening the sink, NO SIGNAL is shown only if no picture came for this long: a
+/// live writer delivers well within it, and a placeholder shown meanwhile would be what
+/// the first viewer sees instead of the camera.
+const NO_SIGNAL_GRACE: Duration = Duration::from_millis(500);
 
 pub fn spawn(
     cfg: MemsinkSourceConfig,
@@ -72,6 +76,10 @@ struct Reading {
     reader: Option<SinkReader>,
     frames: u64,
     last_frame: Instant,
+    opened: Instant,
+    /// The stream (re)starts here: ask the writer for a keyframe on every read until one
+    /// came, instead of waiting for its next scheduled one.
+    need_key: bool,
     last_replaced_check: Instant,
     /// The last problem logged, so a persisting one is logged once, not every second.
     reported: Option<String>,
@@ -88,6 +96,8 @@ impl Reading {
             reader: None,
             frames: 0,
             last_frame: Instant::now(),
+            opened: Instant::now(),
+            need_key: true,
             last_replaced_check: Instant::now(),
             reported: None,
             waiting_for_magic: false,
@@ -107,8 +117,14 @@ impl Reading {
 
     fn lost(&mut self, why: &str) {
         self.output.lost(why);
-        // The next writer's stream starts over (and must start at an IDR).
+        self.restart_stream();
+    }
+
+    /// What comes next does not continue what came before (another writer, or the same
+    /// one after a pause): start again at an IDR, and ask for one.
+    fn restart_stream(&mut self) {
         self.splitter = AnnexBSplitter::new();
+        self.need_key = true;
     }
 
     fn run(mut self, hub: &Hub, stop: &AtomicBool) {
@@ -117,6 +133,7 @@ impl Reading {
             if !hub.has_subscribers() {
                 if self.reader.take().is_some() {
                     tracing::info!(sink = %self.cfg.name, "memsink closed: nobody watching");
+                    self.restart_stream();
                 }
                 std::thread::sleep(IDLE_STEP);
                 continue;
@@ -127,6 +144,7 @@ impl Reading {
                         tracing::info!(sink = %self.cfg.name, "memsink opened");
                         self.reader = Some(r);
                         self.last_frame = Instant::now();
+                        self.opened = Instant::now();
                         self.waiting_for_magic = false;
                     }
                     Err(e) => {
@@ -147,7 +165,7 @@ impl Reading {
         let Some(reader) = self.reader.as_mut() else {
             return;
         };
-        match reader.get(hub.keyframe_due()) {
+        match reader.get(self.need_key || hub.keyframe_due()) {
             Ok(Get::Frame(frame)) => {
                 self.last_frame = Instant::now();
                 self.reported = None;
@@ -183,6 +201,7 @@ impl Reading {
                     return;
                 }
                 for picture in self.pictures.drain(..) {
+                    self.need_key &= !picture.key;
                     self.output.publish_captured(picture, capture_us);
                 }
             }
@@ -208,7 +227,7 @@ impl Reading {
                 if idle > OFFLINE_AFTER && self.output.is_live() {
                     self.lost("no frame from the memsink writer for 2 s");
                 }
-                if !self.output.is_live() {
+                if !self.output.is_live() && self.opened.elapsed() > NO_SIGNAL_GRACE {
                     self.output.idle();
                 }
                 std::thread::sleep(Duration::from_millis(1));
