@@ -732,6 +732,69 @@ mod tests {
     }
 
     #[test]
+    fn janus_unix_sockets_from_keys_flags_and_the_janus_config() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("p.toml");
+        std::fs::write(
+            &toml,
+            "janus_ws_unix = \"/run/x/ws.sock\"\njanus_ws_unix_mode = \"600\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--config",
+            toml.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.janus_ws_listen(),
+            Listen::Unix {
+                path: "/run/x/ws.sock".into(),
+                mode: 0o600
+            }
+        );
+        assert_eq!(c.janus_http_listen(), Listen::Tcp(8088));
+        std::fs::write(&toml, "janus_http_unix_mode = \"rw\"\n").unwrap();
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--config",
+            toml.to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("janus_http_unix_mode"),
+            "{err:#}"
+        );
+
+        // A Janus config that turns a transport off; a flag turns it on again.
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.http.jcfg"),
+            "general: { http = false }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let c = Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap();
+        assert_eq!(c.janus_http_listen(), Listen::Off);
+        assert_eq!(c.janus_ws_listen(), Listen::Tcp(8188));
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--janus-config",
+            dir_s,
+            "--janus-http-port",
+            "9088",
+        ]))
+        .unwrap();
+        assert_eq!(c.janus_http_listen(), Listen::Tcp(9088));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn ranges_and_sizes_parse() {
         assert_eq!(parse_port_range("20000-20010").unwrap(), (20000, 20010));
         assert_eq!(parse_port_range("0").unwrap(), (0, 0));
