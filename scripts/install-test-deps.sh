@@ -2,7 +2,8 @@
 # Installs what the tests need beyond a Rust toolchain: the build prerequisites
 # (scripts/install-build-deps.sh; its C compiler also builds the memsink tests' C peer),
 # Debian's Chromium for the browser tests, ffmpeg (the stand-in camera encoder, the
-# camera test recordings and the JSMpeg transcoder), and the npm packages the browser
+# camera test recordings and the JSMpeg transcoder), Debian's nginx (the reverse proxy
+# in front of a unix socket, as on PiKVM), and the npm packages the browser
 # tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# /usr/sbin is not on every user's PATH.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::janus::Listen;
 use crate::source::camera::device::PixelFormat;
 
 /// The camera used when none is named.
@@ -43,6 +44,20 @@ pub struct Args {
     /// Base path of the Janus HTTP transport. [default: /janus]
     #[arg(long)]
     pub janus_http_path: Option<String>,
+    /// Serve the Janus WebSocket transport on this unix socket instead of
+    /// --janus-ws-port (Janus's `ws_unix`; PiKVM's nginx proxies /janus/ws to one).
+    /// A socket file left by a process that is gone is replaced.
+    #[arg(long)]
+    pub janus_ws_unix: Option<PathBuf>,
+    /// Permissions of the --janus-ws-unix socket, octal. [default: 660]
+    #[arg(long)]
+    pub janus_ws_unix_mode: Option<String>,
+    /// Serve the Janus HTTP transport on this unix socket instead of --janus-http-port.
+    #[arg(long)]
+    pub janus_http_unix: Option<PathBuf>,
+    /// Permissions of the --janus-http-unix socket, octal. [default: 660]
+    #[arg(long)]
+    pub janus_http_unix_mode: Option<String>,
     /// Seconds without activity after which a Janus session expires; 0 disables. [default: 60]
     #[arg(long)]
     pub session_timeout: Option<u64>,
@@ -150,6 +165,14 @@ pub struct Config {
     pub janus_ws_port: u16,
     pub janus_http_port: u16,
     pub janus_http_path: String,
+    pub janus_ws_unix: Option<PathBuf>,
+    pub janus_ws_unix_mode: u32,
+    pub janus_http_unix: Option<PathBuf>,
+    pub janus_http_unix_mode: u32,
+    /// Turned off by a Janus config (`ws = false`, `http = false`) until a flag or key
+    /// gives the transport a port or socket again.
+    pub janus_ws_off: bool,
+    pub janus_http_off: bool,
     pub session_timeout_s: u64,
     pub source: String,
     /// No source was configured: it was chosen by whether the camera exists.
@@ -187,6 +210,12 @@ impl Default for Config {
             janus_ws_port: 8188,
             janus_http_port: 8088,
             janus_http_path: "/janus".into(),
+            janus_ws_unix: None,
+            janus_ws_unix_mode: 0o660,
+            janus_http_unix: None,
+            janus_http_unix_mode: 0o660,
+            janus_ws_off: false,
+            janus_http_off: false,
             session_timeout_s: 60,
             source: "testsrc".into(),
             source_chosen: false,
@@ -233,9 +262,13 @@ impl Config {
         let device_given = args.device.is_some() || file.device.is_some();
         let mut cfg = Config::default();
         if let Some(dir) = args.janus_config.as_ref().or(file.janus_config.as_ref()) {
-            janus_install_args(dir)
+            let install = crate::memsink::jcfg::read_install(dir)
+                .with_context(|| format!("janus_config {}", dir.display()))?;
+            let (ws_off, http_off) = (install.ws_off, install.http_off);
+            janus_install_args(install)
                 .and_then(|janus| cfg.apply(janus))
                 .with_context(|| format!("janus_config {}", dir.display()))?;
+            (cfg.janus_ws_off, cfg.janus_http_off) = (ws_off, http_off);
         }
         let janus_source = cfg.source != Config::default().source;
         cfg.apply(file)?;
@@ -258,6 +291,53 @@ impl Config {
                     self.$field = v;
                 }
             };
+        }
+        // A port or socket given by a later layer turns a transport on again.
+        if a.janus_ws_port.is_some() || a.janus_ws_unix.is_some() {
+            self.janus_ws_off = false;
+        }
+        if a.janus_http_port.is_some() || a.janus_http_unix.is_some() {
+            self.janus_http_off = false;
+        }
+        for (key, path) in [
+            ("janus_ws_unix", &a.janus_ws_unix),
+            ("janus_http_unix", &a.janus_http_unix),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                bail!("{key} must be a path, got an empty one");
+            }
+        }
+        if let (Some(ws), Some(http)) = (&a.janus_ws_unix, &a.janus_http_unix) {
+            if ws == http {
+                bail!(
+                    "janus_ws_unix and janus_http_unix are both {}",
+                    ws.display()
+                );
+            }
+        }
+        for (key, mode, field) in [
+            (
+                "janus_ws_unix_mode",
+                &a.janus_ws_unix_mode,
+                &mut self.janus_ws_unix_mode,
+            ),
+            (
+                "janus_http_unix_mode",
+                &a.janus_http_unix_mode,
+                &mut self.janus_http_unix_mode,
+            ),
+        ] {
+            if let Some(mode) = mode {
+                *field = crate::janus::listen::parse_mode(mode).ok_or_else(|| {
+                    anyhow!("{key} must be octal permissions like 660, got {mode:?}")
+                })?;
+            }
+        }
+        if let Some(path) = a.janus_ws_unix {
+            self.janus_ws_unix = Some(path);
+        }
+        if let Some(path) = a.janus_http_unix {
+            self.janus_http_unix = Some(path);
         }
         set!(host <- host);
         set!(port <- port);
@@ -371,9 +451,42 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Where the Janus WebSocket transport listens.
+    pub fn janus_ws_listen(&self) -> Listen {
+        listen(
+            self.janus_ws_off,
+            &self.janus_ws_unix,
+            self.janus_ws_unix_mode,
+            self.janus_ws_port,
+        )
+    }
+
+    /// Where the Janus HTTP transport listens.
+    pub fn janus_http_listen(&self) -> Listen {
+        listen(
+            self.janus_http_off,
+            &self.janus_http_unix,
+            self.janus_http_unix_mode,
+            self.janus_http_port,
+        )
+    }
+}
+
+/// A unix socket, when given, takes the place of the port (as `ws_unix` in Janus).
+fn listen(off: bool, unix: &Option<PathBuf>, mode: u32, port: u16) -> Listen {
+    match unix {
+        _ if off => Listen::Off,
+        Some(path) => Listen::Unix {
+            path: path.clone(),
+            mode,
+        },
+        None => Listen::Tcp(port),
+    }
+}
+
 /// The settings an existing Janus installation implies, as if given as keys.
-fn janus_install_args(dir: &std::path::Path) -> Result<Args> {
-    let install = crate::memsink::jcfg::read_install(dir)?;
+fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Args> {
     let nat_1_1_ip = install
         .nat_1_1_ip
         .map(|ip| {
@@ -384,6 +497,7 @@ fn janus_install_args(dir: &std::path::Path) -> Result<Args> {
     Ok(Args {
         source: install.sink.map(|s| format!("memsink:{s}")),
         janus_ws_port: install.ws_port,
+        janus_ws_unix: install.ws_unix,
         janus_http_port: install.http_port,
         janus_http_path: install.http_base_path,
         session_timeout: install.session_timeout,
@@ -614,6 +728,69 @@ mod tests {
         let err =
             Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap_err();
         assert!(format!("{err:#}").contains("janus_config"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn janus_unix_sockets_from_keys_flags_and_the_janus_config() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("p.toml");
+        std::fs::write(
+            &toml,
+            "janus_ws_unix = \"/run/x/ws.sock\"\njanus_ws_unix_mode = \"600\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--config",
+            toml.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.janus_ws_listen(),
+            Listen::Unix {
+                path: "/run/x/ws.sock".into(),
+                mode: 0o600
+            }
+        );
+        assert_eq!(c.janus_http_listen(), Listen::Tcp(8088));
+        std::fs::write(&toml, "janus_http_unix_mode = \"rw\"\n").unwrap();
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--config",
+            toml.to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("janus_http_unix_mode"),
+            "{err:#}"
+        );
+
+        // A Janus config that turns a transport off; a flag turns it on again.
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.http.jcfg"),
+            "general: { http = false }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let c = Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap();
+        assert_eq!(c.janus_http_listen(), Listen::Off);
+        assert_eq!(c.janus_ws_listen(), Listen::Tcp(8188));
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--janus-config",
+            dir_s,
+            "--janus-http-port",
+            "9088",
+        ]))
+        .unwrap();
+        assert_eq!(c.janus_http_listen(), Listen::Tcp(9088));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

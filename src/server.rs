@@ -68,15 +68,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     .context("cannot start the WebRTC engine")?;
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");
 
-    let janus = JanusServer::bind(hub.clone(), engine.clone(), JanusConfig::from_config(&cfg))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for the Janus API on {}:{} (WebSocket) and {}:{} (HTTP); \
-                 change janus_ws_port / janus_http_port",
-                cfg.host, cfg.janus_ws_port, cfg.host, cfg.janus_http_port
-            )
-        })?;
+    // The error names the one listener that could not be bound.
+    let janus =
+        JanusServer::bind(hub.clone(), engine.clone(), JanusConfig::from_config(&cfg)).await?;
     let relay = Relay::new(
         hub.clone(),
         RelayConfig {

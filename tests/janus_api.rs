@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use peregrine::janus::backend::BoxFuture;
-use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, PeerBackend};
+use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, Listen, PeerBackend};
 use peregrine::media::{clock, h264};
 use peregrine::media::{AccessUnit, Hub};
 use peregrine::rtc::receiver::ReceiverPeer;
@@ -57,8 +57,8 @@ struct Server {
 
 async fn start(tweak: impl FnOnce(&mut JanusConfig)) -> Server {
     let mut cfg = JanusConfig {
-        ws_port: 0,
-        http_port: 0,
+        ws: Listen::Tcp(0),
+        http: Listen::Tcp(0),
         long_poll_hold: Duration::from_millis(400),
         ..JanusConfig::default()
     };
@@ -1129,8 +1129,8 @@ async fn watch_answer_and_media_through_janus() {
     .await
     .expect("engine starts");
     let cfg = JanusConfig {
-        ws_port: 0,
-        http_port: 0,
+        ws: Listen::Tcp(0),
+        http: Listen::Tcp(0),
         ..JanusConfig::default()
     };
     let server = JanusServer::bind(hub.clone(), engine.clone(), cfg)

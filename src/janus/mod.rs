@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod listen;
 pub mod message;
 pub mod plugin;
 pub mod session;
@@ -22,11 +23,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use anyhow::Result;
 
 pub use backend::PeerBackend;
 pub use error::JanusError;
 pub use gateway::JanusCounts;
+pub use listen::Listen;
 
 use crate::config::Config;
 use crate::media::Hub;
@@ -36,10 +38,10 @@ use crate::rtc::RtcEngine;
 #[derive(Clone, Debug)]
 pub struct JanusConfig {
     pub host: IpAddr,
-    /// WebSocket transport port (0 = any free port).
-    pub ws_port: u16,
-    /// HTTP long-poll transport port (0 = any free port).
-    pub http_port: u16,
+    /// Where the WebSocket transport listens.
+    pub ws: Listen,
+    /// Where the HTTP long-poll transport listens.
+    pub http: Listen,
     /// Base path of the HTTP transport, e.g. `/janus`.
     pub http_path: String,
     /// Idle time before a session expires; zero disables expiry.
@@ -56,8 +58,8 @@ impl Default for JanusConfig {
     fn default() -> Self {
         JanusConfig {
             host: IpAddr::from([127, 0, 0, 1]),
-            ws_port: 8188,
-            http_port: 8088,
+            ws: Listen::Tcp(8188),
+            http: Listen::Tcp(8088),
             http_path: "/janus".into(),
             session_timeout: Duration::from_secs(60),
             ice_servers: Vec::new(),
@@ -71,8 +73,8 @@ impl JanusConfig {
     pub fn from_config(cfg: &Config) -> JanusConfig {
         JanusConfig {
             host: cfg.host,
-            ws_port: cfg.janus_ws_port,
-            http_port: cfg.janus_http_port,
+            ws: cfg.janus_ws_listen(),
+            http: cfg.janus_http_listen(),
             http_path: cfg.janus_http_path.clone(),
             session_timeout: Duration::from_secs(cfg.session_timeout_s),
             ice_servers: cfg.ice_servers.clone(),
@@ -93,18 +95,27 @@ impl JanusStatus {
     }
 }
 
+fn tcp_addr(bound: &Option<listen::Bound>) -> std::io::Result<SocketAddr> {
+    match bound.as_ref().and_then(|b| b.tcp()) {
+        Some(l) => l.local_addr(),
+        None => Err(std::io::Error::other(
+            "the transport does not listen on TCP",
+        )),
+    }
+}
+
 /// Both Janus transports, bound and ready to serve.
 pub struct JanusServer {
     gateway: Arc<gateway::Gateway>,
-    ws: TcpListener,
-    http: TcpListener,
+    ws: Option<listen::Bound>,
+    http: Option<listen::Bound>,
     http_settings: http::HttpSettings,
     max_message_bytes: usize,
 }
 
 impl JanusServer {
     /// Bind both listeners; peers are made by the WebRTC engine.
-    pub async fn bind(hub: Arc<Hub>, engine: RtcEngine, cfg: JanusConfig) -> std::io::Result<Self> {
+    pub async fn bind(hub: Arc<Hub>, engine: RtcEngine, cfg: JanusConfig) -> Result<Self> {
         Self::bind_with_backend(hub, Arc::new(engine), cfg).await
     }
 
@@ -113,9 +124,22 @@ impl JanusServer {
         hub: Arc<Hub>,
         peers: Arc<dyn PeerBackend>,
         cfg: JanusConfig,
-    ) -> std::io::Result<Self> {
-        let ws = TcpListener::bind((cfg.host, cfg.ws_port)).await?;
-        let http = TcpListener::bind((cfg.host, cfg.http_port)).await?;
+    ) -> Result<Self> {
+        // Each error names only the listener that failed and the setting to change.
+        let ws = listen::Bound::bind(
+            cfg.host,
+            &cfg.ws,
+            "Janus WebSocket transport",
+            "janus_ws_port",
+        )
+        .await?;
+        let http = listen::Bound::bind(
+            cfg.host,
+            &cfg.http,
+            "Janus HTTP transport",
+            "janus_http_port",
+        )
+        .await?;
         let settings = gateway::Settings {
             session_timeout: cfg.session_timeout,
             ice_url: cfg.ice_servers.first().cloned(),
@@ -133,12 +157,14 @@ impl JanusServer {
         })
     }
 
+    /// The WebSocket transport's TCP address; an error when it listens elsewhere.
     pub fn ws_addr(&self) -> std::io::Result<SocketAddr> {
-        self.ws.local_addr()
+        tcp_addr(&self.ws)
     }
 
+    /// The HTTP transport's TCP address; an error when it listens elsewhere.
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
-        self.http.local_addr()
+        tcp_addr(&self.http)
     }
 
     /// The same API for another HTTP port (the bundled page uses it from its own
@@ -167,9 +193,11 @@ impl JanusServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let gateway = self.gateway;
+        let describe =
+            |b: &Option<listen::Bound>| b.as_ref().map_or("off".into(), |b| b.describe());
         tracing::info!(
-            ws = %self.ws.local_addr()?,
-            http = %self.http.local_addr()?,
+            ws = %describe(&self.ws),
+            http = %describe(&self.http),
             path = %self.http_settings.base_path,
             "Janus API listening"
         );
@@ -187,11 +215,22 @@ impl JanusServer {
                 let _ = rx.wait_for(|c| *c).await;
             }
         };
-        let ws = axum::serve(self.ws, ws::router(gateway.clone(), self.max_message_bytes))
-            .with_graceful_shutdown(closed(&gateway));
-        let http = axum::serve(self.http, http::router(gateway.clone(), self.http_settings))
-            .with_graceful_shutdown(closed(&gateway));
-        let result = tokio::try_join!(async { ws.await }, async { http.await });
+        let serve = |bound: Option<listen::Bound>, router: axum::Router| {
+            let closed = closed(&gateway);
+            async move {
+                match bound {
+                    Some(bound) => bound.serve(router, closed).await,
+                    // Off: nothing to serve, but the server keeps running.
+                    None => {
+                        closed.await;
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let ws = serve(self.ws, ws::router(gateway.clone(), self.max_message_bytes));
+        let http = serve(self.http, http::router(gateway.clone(), self.http_settings));
+        let result = tokio::try_join!(ws, http);
         watchdog.abort();
         closing.abort();
         gateway.shut_down();

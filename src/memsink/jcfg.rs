@@ -2,7 +2,7 @@
 //! installation can be served by peregrine unchanged: the plugin's memsink name and the
 //! transports' ports.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -294,7 +294,13 @@ pub struct JanusInstall {
     /// The ustreamer plugin's memsink (`video.sink`, or the older `memsink.object`).
     pub sink: Option<String>,
     pub ws_port: Option<u16>,
+    /// `ws_unix`: the WebSocket transport listens on this unix socket, not a port.
+    pub ws_unix: Option<PathBuf>,
+    /// The transport's file exists and does not enable it (`ws = true` is required, as
+    /// in Janus).
+    pub ws_off: bool,
     pub http_port: Option<u16>,
+    pub http_off: bool,
     pub http_base_path: Option<String>,
     pub session_timeout: Option<u64>,
     pub rtp_port_range: Option<String>,
@@ -303,6 +309,9 @@ pub struct JanusInstall {
 }
 
 const PLUGIN_FILE: &str = "janus.plugin.ustreamer.jcfg";
+const WS_FILE: &str = "janus.transport.websockets.jcfg";
+const HTTP_FILE: &str = "janus.transport.http.jcfg";
+const CORE_FILE: &str = "janus.jcfg";
 
 /// Read `DIR/janus.plugin.ustreamer.jcfg` (required) and, when present, `janus.jcfg`,
 /// `janus.transport.websockets.jcfg` and `janus.transport.http.jcfg`.
@@ -337,18 +346,26 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             })
             .transpose()
     };
-    if let Some(ws) = optional("janus.transport.websockets.jcfg")? {
-        if ws.get_bool("general.ws") != Some(false) {
-            install.ws_port = port(&ws, "general.ws_port", "janus.transport.websockets.jcfg")?;
+    let mut refused = Vec::new();
+    if let Some(ws) = optional(WS_FILE)? {
+        // As in Janus, the transport runs only when `ws = true`; `ws_unix` then takes
+        // the place of the port.
+        install.ws_off = ws.get_bool("general.ws") != Some(true);
+        if !install.ws_off {
+            install.ws_port = port(&ws, "general.ws_port", WS_FILE)?;
+            install.ws_unix = ws.get_str("general.ws_unix").map(PathBuf::from);
         }
+        refused.extend(unsupported_ws(&ws, !install.ws_off));
     }
-    if let Some(http) = optional("janus.transport.http.jcfg")? {
-        if http.get_bool("general.http") != Some(false) {
-            install.http_port = port(&http, "general.port", "janus.transport.http.jcfg")?;
+    if let Some(http) = optional(HTTP_FILE)? {
+        install.http_off = http.get_bool("general.http") != Some(true);
+        if !install.http_off {
+            install.http_port = port(&http, "general.port", HTTP_FILE)?;
         }
         install.http_base_path = http.get_str("general.base_path");
+        refused.extend(unsupported_http(&http, !install.http_off));
     }
-    if let Some(janus) = optional("janus.jcfg")? {
+    if let Some(janus) = optional(CORE_FILE)? {
         install.session_timeout = janus
             .get_int("general.session_timeout")
             .and_then(|t| u64::try_from(t).ok());
@@ -358,8 +375,106 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             let port = janus.get_int("nat.stun_port").unwrap_or(3478);
             install.stun = Some(format!("stun:{server}:{port}"));
         }
+        refused.extend(unsupported_core(&janus));
+        if janus.get_str("certificates.cert_pem").is_some() {
+            // Not a loss of security: browsers check the DTLS certificate against the
+            // fingerprint in the SDP, whichever certificate it is.
+            tracing::warn!(
+                file = %dir.join(CORE_FILE).display(),
+                "certificates.cert_pem is not used: peregrine makes its own DTLS certificate"
+            );
+        }
+    }
+    if !refused.is_empty() {
+        let list: Vec<String> = refused
+            .iter()
+            .map(|(file, setting, why)| format!("{}: {setting}: {why}", dir.join(file).display()))
+            .collect();
+        bail!(
+            "refusing to start: the Janus configuration sets security settings peregrine \
+             does not support yet, and serving without them would make the installation \
+             less secure:\n  {}",
+            list.join("\n  ")
+        );
     }
     Ok(install)
+}
+
+/// A security setting peregrine cannot honour: file, setting, what it would lose.
+type Refusal = (&'static str, String, &'static str);
+
+/// `api_secret` and `token_auth` in `janus.jcfg`.
+fn unsupported_core(janus: &Value) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if janus.get_str("general.api_secret").is_some() {
+        out.push((
+            CORE_FILE,
+            "general.api_secret".into(),
+            "API secrets are not checked yet, so requests without the secret would be accepted",
+        ));
+    }
+    if janus.get_bool("general.token_auth") == Some(true) {
+        out.push((
+            CORE_FILE,
+            "general.token_auth = true".into(),
+            "token authentication is not supported yet, so requests without a token would be accepted",
+        ));
+    }
+    out
+}
+
+/// Secure WebSockets, the address ACL and enforced CORS in the WebSocket transport.
+fn unsupported_ws(ws: &Value, enabled: bool) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if ws.get_bool("general.wss") == Some(true) {
+        out.push((
+            WS_FILE,
+            "general.wss = true".into(),
+            "secure WebSockets (TLS) are not served; terminate TLS in a proxy in front of peregrine",
+        ));
+    }
+    if enabled && ws.get_str("general.ws_acl").is_some() {
+        out.push((
+            WS_FILE,
+            "general.ws_acl".into(),
+            "address allow-lists are not supported, so every address would be accepted",
+        ));
+    }
+    if ws.get_bool("cors.enforce_cors") == Some(true) && ws.get_str("cors.allow_origin").is_some() {
+        out.push((
+            WS_FILE,
+            "cors.enforce_cors = true".into(),
+            "WebSocket origins are not checked, so pages from any origin would be accepted",
+        ));
+    }
+    out
+}
+
+/// HTTPS, the address ACL and a restricted CORS origin in the HTTP transport.
+fn unsupported_http(http: &Value, enabled: bool) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if http.get_bool("general.https") == Some(true) {
+        out.push((
+            HTTP_FILE,
+            "general.https = true".into(),
+            "HTTPS is not served; terminate TLS in a proxy in front of peregrine",
+        ));
+    }
+    if enabled && http.get_str("general.acl").is_some() {
+        out.push((
+            HTTP_FILE,
+            "general.acl".into(),
+            "address allow-lists are not supported, so every address would be accepted",
+        ));
+    }
+    if http.get_str("cors.allow_origin").is_some() {
+        out.push((
+            HTTP_FILE,
+            "cors.allow_origin".into(),
+            "peregrine answers CORS with any origin (*), so pages from any origin could use the API",
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -416,10 +531,12 @@ mod tests {
     }
 
     fn dir_with(files: &[(&str, &str)]) -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "peregrine-jcfg-{}-{}",
             std::process::id(),
-            files.len()
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -456,7 +573,10 @@ mod tests {
             JanusInstall {
                 sink: Some("demo::ustreamer::h264".into()),
                 ws_port: Some(8189),
+                ws_unix: None,
+                ws_off: false,
                 http_port: Some(8089),
+                http_off: false,
                 http_base_path: Some("/api".into()),
                 session_timeout: Some(30),
                 rtp_port_range: Some("20000-20100".into()),
@@ -477,6 +597,79 @@ mod tests {
         std::fs::write(dir.join(PLUGIN_FILE), "video: { sink = \"\" }").unwrap();
         let err = read_install(&dir).unwrap_err().to_string();
         assert!(err.contains("video.sink"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const PLUGIN: (&str, &str) = (PLUGIN_FILE, "video: { sink = \"kvmd::ustreamer::h264\" }");
+
+    #[test]
+    fn pikvm_unix_socket_and_disabled_transports() {
+        // PiKVM's own janus.transport.websockets.jcfg.
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                WS_FILE,
+                "general: {\n\tws = true\n\tws_unix = \"/run/kvmd/janus-ws.sock\"\n}\n",
+            ),
+            (HTTP_FILE, "general: { http = false, port = 8088 }"),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(
+            install.ws_unix.as_deref(),
+            Some(Path::new("/run/kvmd/janus-ws.sock"))
+        );
+        assert!(!install.ws_off);
+        assert!(install.http_off);
+        assert_eq!(install.http_port, None);
+        // Without `ws = true` Janus starts no WebSocket server at all.
+        std::fs::write(dir.join(WS_FILE), "general: { ws_port = 8188 }").unwrap();
+        let install = read_install(&dir).unwrap();
+        assert!(install.ws_off);
+        assert_eq!((install.ws_port, install.ws_unix), (None, None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn security_settings_are_refused_by_name_and_file() {
+        let cases = [
+            (CORE_FILE, "general: { api_secret = \"janusrocks\" }", "general.api_secret"),
+            (CORE_FILE, "general: { token_auth = true }", "general.token_auth"),
+            (WS_FILE, "general: { ws = true, wss = true }", "general.wss"),
+            (WS_FILE, "general: { ws = true, ws_acl = \"127.\" }", "general.ws_acl"),
+            (
+                WS_FILE,
+                "general: { ws = true }\ncors: { allow_origin = \"http://a\", enforce_cors = true }",
+                "cors.enforce_cors",
+            ),
+            (HTTP_FILE, "general: { http = true, https = true }", "general.https"),
+            (HTTP_FILE, "general: { http = true, acl = \"127.,10.\" }", "general.acl"),
+            (
+                HTTP_FILE,
+                "general: { http = true }\ncors: { allow_origin = \"http://a\" }",
+                "cors.allow_origin",
+            ),
+        ];
+        for (file, text, setting) in cases {
+            let dir = dir_with(&[PLUGIN, (file, text)]);
+            let err = format!("{:#}", read_install(&dir).unwrap_err());
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(
+                err.contains(&dir.join(file).display().to_string()),
+                "{setting} names the file: {err}"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        // Settings that lose nothing are accepted: an ACL of a disabled transport, an
+        // empty secret, token_auth off, the admin API's secret.
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                CORE_FILE,
+                "general: { api_secret = \"\", token_auth = false, admin_secret = \"x\" }",
+            ),
+            (WS_FILE, "general: { ws = false, ws_acl = \"127.\" }"),
+        ]);
+        read_install(&dir).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
