@@ -5,6 +5,7 @@
 # camera test recordings and the JSMpeg transcoder), and the npm packages the browser
 # tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
+. "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
 
 scripts/install-build-deps.sh
@@ -15,9 +16,7 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt_install "${need_apt[@]}"
 fi
 
 echo "installing npm packages for the browser tests"
