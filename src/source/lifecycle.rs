@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::annexb::Picture;
+use super::failure_log::{FailureLog, Verdict};
 use super::nosignal::{NoSignal, NO_SIGNAL_FPS};
+use crate::media::hub::HubInfo;
 use crate::media::{clock, AccessUnit, Hub};
 
 /// What `/state` says about the source.
@@ -27,7 +29,39 @@ pub struct SourceStatus {
     pub profile_level_id: Option<String>,
     /// Times the source was lost after delivering video.
     pub interruptions: u64,
+    /// Why the source is not live (or was last lost), e.g. `cannot connect to ...`.
     pub last_error: Option<String>,
+    /// Failed attempts since the source was last live.
+    pub failures: u64,
+}
+
+/// `/state`'s `source`: what the source says about itself, with what the hub has seen
+/// of its stream.
+#[derive(Debug, serde::Serialize)]
+pub struct SourceReport {
+    #[serde(flatten)]
+    pub status: SourceStatus,
+    /// SPS and PPS are known: viewers can start.
+    pub has_params: bool,
+    pub frames: u64,
+    pub keyframes: u64,
+    /// Outputs taking pictures (WebRTC engine, relays, memsink writer).
+    pub subscribers: usize,
+    /// The hub carries the source's own pictures (not NO SIGNAL).
+    pub online: bool,
+}
+
+impl SourceReport {
+    pub fn new(status: SourceStatus, hub: &HubInfo) -> SourceReport {
+        SourceReport {
+            status,
+            has_params: hub.has_params,
+            frames: hub.frames,
+            keyframes: hub.keyframes,
+            subscribers: hub.subscribers,
+            online: hub.online,
+        }
+    }
 }
 
 /// Shared, cheap to clone.
@@ -74,6 +108,7 @@ impl StatusHandle {
         s.state = "no_signal";
         s.fps = 0.0;
         s.last_error = Some(why.to_string());
+        s.failures = if was_live { 1 } else { s.failures + 1 };
         was_live
     }
 
@@ -125,6 +160,7 @@ pub struct Output {
     /// The next NO SIGNAL picture must be an IDR (first after live video).
     no_signal_key: bool,
     recent: VecDeque<u64>,
+    failure_log: FailureLog,
 }
 
 impl Output {
@@ -140,6 +176,7 @@ impl Output {
             next_no_signal: None,
             no_signal_key: true,
             recent: VecDeque::with_capacity(FPS_WINDOW),
+            failure_log: FailureLog::default(),
         }
     }
 
@@ -164,6 +201,7 @@ impl Output {
             );
             self.live = true;
             self.recent.clear();
+            self.failure_log.reset();
         }
         if self.recent.len() == FPS_WINDOW {
             self.recent.pop_front();
@@ -172,6 +210,7 @@ impl Output {
         {
             let mut s = self.status.lock();
             s.state = "live";
+            s.failures = 0;
             s.width = picture.width;
             s.height = picture.height;
             s.fps = measured_fps(&self.recent);
@@ -199,10 +238,20 @@ impl Output {
         self.hub.set_offline();
     }
 
-    /// The source is gone: viewers get NO SIGNAL from now on.
+    /// The source is gone, or another attempt to reach it failed: viewers get NO
+    /// SIGNAL from now on. Said at warn level, but not at every retry.
     pub fn lost(&mut self, why: &str) {
+        let verdict = self.failure_log.judge(why, Instant::now());
         if self.status.set_lost(why) {
             tracing::warn!("source lost: {why}");
+        } else {
+            match verdict {
+                Verdict::New => tracing::warn!("source unavailable: {why}"),
+                Verdict::Repeated(n) => {
+                    tracing::warn!("source still unavailable ({n} more failed attempts): {why}")
+                }
+                Verdict::Quiet => tracing::debug!("source unavailable: {why}"),
+            }
         }
         self.live = false;
         self.no_signal_key = true;

@@ -132,7 +132,6 @@ impl Reading {
                     Err(e) => {
                         let problem = format!("waiting for the memsink: {e}");
                         self.lost(&problem);
-                        self.report(problem, false);
                         self.output.wait(self.cfg.reopen_delay, stop);
                         continue;
                     }
@@ -179,7 +178,6 @@ impl Reading {
                 if let Err(e) = split {
                     let problem = format!("memsink {:?}: {e}", self.cfg.name);
                     self.lost(&problem);
-                    self.report(problem, true);
                     return;
                 }
                 for picture in self.pictures.drain(..) {
@@ -216,7 +214,6 @@ impl Reading {
             Err(e) => {
                 let problem = format!("{e}; reopening in {:?}", self.cfg.reopen_delay);
                 self.lost(&problem);
-                self.report(problem, true);
                 self.reader = None;
                 self.output.wait(self.cfg.reopen_delay, stop);
             }
