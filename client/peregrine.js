@@ -20,6 +20,7 @@ window.peregrine = { state: "connecting", offers: 0, watch503: 0, reconnects: 0,
 function setStatus(text, showOverlay) {
   window.peregrine.state = text;
   $("status").textContent = text;
+  $("status").title = text; // the whole text, where the bar has to cut it
   overlay.textContent = text;
   overlay.classList.toggle("hidden", !showOverlay);
 }
@@ -92,7 +93,8 @@ class Viewer {
     }
     switch (msg.janus) {
       case "event": return this.onPluginEvent(msg.plugindata && msg.plugindata.data, msg.jsep);
-      case "webrtcup": return window.peregrine.signal === "no signal" ? setStatus("no signal", true) : setStatus("playing", false);
+      // While the source is gone the picture itself says NO SIGNAL: no overlay on top.
+      case "webrtcup": return setStatus(window.peregrine.signal === "no signal" ? "no signal" : "playing", false);
       case "hangup": return this.restartWatch(`hangup: ${msg.reason || ""}`);
       case "timeout": return this.fail(new Error("session timed out"));
       default: return undefined;
@@ -199,31 +201,58 @@ setInterval(() => {
   if (video.videoWidth) $("resolution").textContent = `${video.videoWidth}×${video.videoHeight}`;
 }, 1000);
 
-// ---- source status: "no signal" while the camera or encoder is gone ----
+// ---- source status: "no signal" while the camera or encoder is gone, and why ----
 // The video keeps playing (the server sends a NO SIGNAL picture), so the page only needs
-// to say so; when the source returns the same connection carries live video again.
+// to say so, and the reason /state gives, along the bottom edge; when the source returns
+// the same connection carries live video again.
 
 const SOURCE_POLL_MS = 500;
 window.peregrine.signal = null;
+window.peregrine.reason = null;
+
+function showNotice(text) {
+  const notice = $("notice");
+  notice.textContent = text || "";
+  notice.classList.toggle("hidden", !text);
+}
 
 async function pollSource() {
-  let signal;
+  let source;
   try {
     const r = await fetch("state", { cache: "no-store" });
     const s = await r.json();
-    signal = s.input && s.input.state === "no_signal" ? "no signal" : "live";
+    source = s.source || {};
     window.peregrine.viewers = s.viewers;
   } catch {
     return; // the server is away; the Janus connection reports that
   }
+  const signal = source.state === "no_signal" ? "no signal" : "live";
+  const reason = signal === "no signal" ? source.last_error || null : null;
   window.peregrine.signal = signal;
+  window.peregrine.reason = reason;
   $("signal").textContent = signal;
+  showNotice(signal === "no signal" ? (reason ? `no signal: ${reason}` : "no signal") : null);
   const state = window.peregrine.state;
-  if (signal === "no signal" && state === "playing") setStatus("no signal", true);
+  if (signal === "no signal" && state === "playing") setStatus("no signal", false);
   else if (signal === "live" && state === "no signal") setStatus("playing", false);
 }
 setInterval(pollSource, SOURCE_POLL_MS);
 pollSource();
+
+// ---- fullscreen: the picture and its notice, without the stats bar ----
+
+$("fullscreen").addEventListener("click", () => {
+  const stage = $("stage");
+  if (document.fullscreenElement || document.webkitFullscreenElement) {
+    (document.exitFullscreen || document.webkitExitFullscreen).call(document);
+  } else if (stage.requestFullscreen) {
+    stage.requestFullscreen().catch((e) => console.warn("peregrine: fullscreen:", e.message));
+  } else if (stage.webkitRequestFullscreen) {
+    stage.webkitRequestFullscreen();
+  } else if (video.webkitEnterFullscreen) {
+    video.webkitEnterFullscreen(); // iPhone Safari: only a video element can go fullscreen
+  }
+});
 
 if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVideoFrameCallback(onFrame);
 

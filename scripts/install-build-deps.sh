@@ -3,6 +3,7 @@
 # (openh264 is built from source) and libclang (the V4L2 bindings are generated from the
 # kernel headers at build time). Uses apt-get for whatever is missing.
 set -euo pipefail
+. "$(dirname "$0")/lib/apt.sh"
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
@@ -25,7 +26,5 @@ if ((${#need_apt[@]})); then
     exit 1
   fi
   echo "installing build prerequisites: ${need_apt[*]}"
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt_install "${need_apt[@]}"
 fi

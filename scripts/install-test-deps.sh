@@ -6,6 +6,7 @@
 # in front of a unix socket, as on PiKVM), and the npm packages the browser
 # tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
+. "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
 
 scripts/install-build-deps.sh
@@ -18,9 +19,7 @@ command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt_install "${need_apt[@]}"
 fi
 
 echo "installing npm packages for the browser tests"

@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let (list_devices, list_formats) = (args.list_devices, args.list_formats);

@@ -25,7 +25,7 @@ use crate::source::bytestream::{self, ByteStreamConfig};
 use crate::source::camera::replay::{self, ReplayOpener};
 use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
 use crate::source::camera::{self, CameraConfig};
-use crate::source::lifecycle::StatusHandle;
+use crate::source::lifecycle::{SourceReport, StatusHandle};
 use crate::source::memsink::{self as memsink_source, MemsinkSourceConfig};
 use crate::source::testsrc::{self, TestsrcConfig};
 
@@ -91,10 +91,10 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         Arc::new(move || {
             let rtc = engine.stats();
             serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
                 "pid": std::process::id(),
                 "uptime_s": started.elapsed().as_secs_f64(),
-                "source": hub.info(),
-                "input": source_status.snapshot(),
+                "source": SourceReport::new(source_status.snapshot(), &hub.info()),
                 "viewers": rtc.connected,
                 "rtc": rtc,
                 "janus": janus_status.counts(),
@@ -142,8 +142,13 @@ fn start_source(
         return Ok(Some(thread));
     }
     if cfg.source == "v4l2" {
-        if cfg.source_chosen {
+        if cfg.source_chosen && cfg.device.exists() {
             tracing::info!(device = %cfg.device.display(), "no --source given: using the camera");
+        } else if cfg.source_chosen {
+            tracing::warn!(
+                device = %cfg.device.display(),
+                "no --source given and the device named is not there: waiting for it"
+            );
         }
         let opener = V4l2Opener::new(V4l2Settings {
             path: cfg.device.clone(),

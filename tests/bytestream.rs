@@ -117,7 +117,7 @@ async fn decode_until(
 }
 
 fn input(state: &Value) -> &Value {
-    &state["input"]
+    &state["source"]
 }
 
 /// peregrine listening for an encoder on a port the system picks (no race with the

@@ -493,14 +493,14 @@ async fn missing_device_keeps_the_server_up_with_no_signal() -> Result<()> {
     let server = Server::start(&["--source", "v4l2", "--device", device]).await?;
     let state = server
         .wait_state(Duration::from_secs(5), |s| {
-            s["input"]["last_error"]
+            s["source"]["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("no such device"))
         })
         .await?;
-    assert_eq!(state["input"]["state"], "no_signal", "{state}");
+    assert_eq!(state["source"]["state"], "no_signal", "{state}");
     assert!(
-        state["input"]["last_error"]
+        state["source"]["last_error"]
             .as_str()
             .unwrap_or_default()
             .contains(device),

@@ -541,14 +541,14 @@ async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
     decode_viewer(&mut peer, &mut decoder, 15).await?;
     // /state, which the bundled page shows as "no signal", follows the writer.
     server
-        .wait_state(Duration::from_secs(5), |s| s["input"]["state"] == "live")
+        .wait_state(Duration::from_secs(5), |s| s["source"]["state"] == "live")
         .await?;
 
     // Killed mid-stream: the object stays with its last frame; a new writer reuses it.
     drop(writer);
     server
         .wait_state(Duration::from_secs(10), |s| {
-            s["input"]["state"] == "no_signal" && s["input"]["interruptions"] == 1
+            s["source"]["state"] == "no_signal" && s["source"]["interruptions"] == 1
         })
         .await?;
     // Viewers stay connected and see NO SIGNAL meanwhile.
@@ -557,7 +557,7 @@ async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
     let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
     println!("after a restart in place: {counters:?}");
     server
-        .wait_state(Duration::from_secs(5), |s| s["input"]["state"] == "live")
+        .wait_state(Duration::from_secs(5), |s| s["source"]["state"] == "live")
         .await?;
 
     // Killed and the object removed and created anew (µStreamer with --h264-sink-rm).

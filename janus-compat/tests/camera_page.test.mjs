@@ -36,9 +36,9 @@ test("bundled page plays a replayed MJPEG camera through conversion and encoding
     assert.equal(played.width, 640);
     assert.equal(played.height, 480);
     const state = await server.state();
-    assert.equal(state.input.state, "live");
-    assert.match(state.input.kind, /MJPEG 640x480/);
-    assert.ok(state.input.fps > 20, `fps ${state.input.fps}`);
+    assert.equal(state.source.state, "live");
+    assert.match(state.source.kind, /MJPEG 640x480/);
+    assert.ok(state.source.fps > 20, `fps ${state.source.fps}`);
   } finally {
     await page.close();
     await server.stop();

@@ -30,7 +30,7 @@ function startEncoder(size, url) {
 test("bundled page plays a byte-stream source, shows no signal, and resumes", async () => {
   // Port 0: the system picks a free one and /state names it, so no port can be taken twice.
   const server = await startPeregrine(["--source", "tcp-listen://127.0.0.1:0", "--resolution", "640x360"]);
-  const push = (await server.state()).input.kind.replace("tcp-listen://", "tcp://");
+  const push = (await server.state()).source.kind.replace("tcp-listen://", "tcp://");
   let encoder = startEncoder("640x360", push);
   const page = await browser.newPage();
   try {
@@ -43,7 +43,9 @@ test("bundled page plays a byte-stream source, shows no signal, and resumes", as
     const lostAt = Date.now();
     await waitUntil(page, () => window.peregrine.state === "no signal", "the page to show no signal");
     console.log(`# no signal shown ${Date.now() - lostAt} ms after the encoder died`);
-    assert.equal(await page.textContent("#overlay"), "no signal");
+    // The picture says NO SIGNAL in its middle; the page says so along the bottom edge.
+    assert.equal(await page.isVisible("#overlay"), false);
+    assert.match(await page.textContent("#notice"), /^no signal/);
     assert.equal(await page.textContent("#signal"), "no signal");
     // The NO SIGNAL picture keeps the video element playing.
     const during = await page.evaluate(() => window.peregrine.frames);

@@ -58,6 +58,17 @@ const PAGES: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../client/style.css"),
     ),
+    (
+        "/favicon.svg",
+        "image/svg+xml",
+        include_str!("../../client/favicon.svg"),
+    ),
+    // Asked for by browsers on their own, e.g. when /state is opened in a tab.
+    (
+        "/favicon.ico",
+        "image/svg+xml",
+        include_str!("../../client/favicon.svg"),
+    ),
 ];
 
 pub fn router(state: StateFn) -> Router {

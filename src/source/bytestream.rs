@@ -328,7 +328,6 @@ fn run_connect(addr: &str, out: &mut Output, stop: &AtomicBool) {
                 session_over(out, &ended, &mut backoff);
             }
             Err(e) => {
-                tracing::debug!(addr, "connect failed: {e:#}");
                 out.lost(&format!("cannot connect to {addr}: {e:#}"));
             }
         }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::annexb::Picture;
+use super::failure_log::{FailureLog, Verdict};
 use super::nosignal::{NoSignal, NO_SIGNAL_FPS};
+use crate::media::hub::HubInfo;
 use crate::media::{clock, h264, AccessUnit, Hub};
 
 /// What `/state` says about the source.
@@ -29,7 +31,39 @@ pub struct SourceStatus {
     pub b_frames: bool,
     /// Times the source was lost after delivering video.
     pub interruptions: u64,
+    /// Why the source is not live (or was last lost), e.g. `cannot connect to ...`.
     pub last_error: Option<String>,
+    /// Failed attempts since the source was last live.
+    pub failures: u64,
+}
+
+/// `/state`'s `source`: what the source says about itself, with what the hub has seen
+/// of its stream.
+#[derive(Debug, serde::Serialize)]
+pub struct SourceReport {
+    #[serde(flatten)]
+    pub status: SourceStatus,
+    /// SPS and PPS are known: viewers can start.
+    pub has_params: bool,
+    pub frames: u64,
+    pub keyframes: u64,
+    /// Outputs taking pictures (WebRTC engine, relays, memsink writer).
+    pub subscribers: usize,
+    /// The hub carries the source's own pictures (not NO SIGNAL).
+    pub online: bool,
+}
+
+impl SourceReport {
+    pub fn new(status: SourceStatus, hub: &HubInfo) -> SourceReport {
+        SourceReport {
+            status,
+            has_params: hub.has_params,
+            frames: hub.frames,
+            keyframes: hub.keyframes,
+            subscribers: hub.subscribers,
+            online: hub.online,
+        }
+    }
 }
 
 /// Shared, cheap to clone.
@@ -76,6 +110,7 @@ impl StatusHandle {
         s.state = "no_signal";
         s.fps = 0.0;
         s.last_error = Some(why.to_string());
+        s.failures = if was_live { 1 } else { s.failures + 1 };
         was_live
     }
 
@@ -129,6 +164,7 @@ pub struct Output {
     recent: VecDeque<u64>,
     /// B-frames were seen (and warned about) in this source's stream.
     b_frames: bool,
+    failure_log: FailureLog,
 }
 
 impl Output {
@@ -145,6 +181,7 @@ impl Output {
             no_signal_key: true,
             recent: VecDeque::with_capacity(FPS_WINDOW),
             b_frames: false,
+            failure_log: FailureLog::default(),
         }
     }
 
@@ -169,6 +206,7 @@ impl Output {
             );
             self.live = true;
             self.recent.clear();
+            self.failure_log.reset();
         }
         if self.recent.len() == FPS_WINDOW {
             self.recent.pop_front();
@@ -177,6 +215,7 @@ impl Output {
         {
             let mut s = self.status.lock();
             s.state = "live";
+            s.failures = 0;
             s.width = picture.width;
             s.height = picture.height;
             s.fps = measured_fps(&self.recent);
@@ -214,16 +253,29 @@ impl Output {
         self.hub.drop_gop();
     }
 
-    /// The source is gone: viewers get NO SIGNAL from now on.
+    /// The source is gone, or another attempt to reach it failed: viewers get NO
+    /// SIGNAL from now on. Said at warn level, but not at every retry.
     pub fn lost(&mut self, why: &str) {
+        let verdict = self.failure_log.judge(why, Instant::now());
         if self.status.set_lost(why) {
             tracing::warn!("source lost: {why}");
+        } else {
+            match verdict {
+                Verdict::New => tracing::warn!("source unavailable: {why}"),
+                Verdict::Repeated(n) => {
+                    tracing::warn!("source still unavailable ({n} more failed attempts): {why}")
+                }
+                Verdict::Quiet => tracing::debug!("source unavailable: {why}"),
+            }
+        }
+        if self.live {
+            // What comes next (placeholders, or the source back) does not continue it.
+            self.hub.drop_gop();
         }
         self.live = false;
         self.no_signal_key = true;
         self.next_no_signal = None;
         self.hub.set_offline();
-        self.hub.drop_gop();
     }
 
     /// Call often while not live: publishes a NO SIGNAL picture when one is due and

@@ -150,7 +150,6 @@ impl Reading {
                     Err(e) => {
                         let problem = format!("waiting for the memsink: {e}");
                         self.lost(&problem);
-                        self.report(problem, false);
                         self.output.wait(self.cfg.reopen_delay, stop);
                         continue;
                     }
@@ -197,7 +196,6 @@ impl Reading {
                 if let Err(e) = split {
                     let problem = format!("memsink {:?}: {e}", self.cfg.name);
                     self.lost(&problem);
-                    self.report(problem, true);
                     return;
                 }
                 for picture in self.pictures.drain(..) {
@@ -235,7 +233,6 @@ impl Reading {
             Err(e) => {
                 let problem = format!("{e}; reopening in {:?}", self.cfg.reopen_delay);
                 self.lost(&problem);
-                self.report(problem, true);
                 self.reader = None;
                 self.output.wait(self.cfg.reopen_delay, stop);
             }

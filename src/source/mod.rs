@@ -3,6 +3,7 @@
 pub mod annexb;
 pub mod bytestream;
 pub mod camera;
+pub mod failure_log;
 pub mod lifecycle;
 pub mod memsink;
 pub mod nosignal;

@@ -195,12 +195,10 @@ impl Capture {
     fn run(&mut self, stop: &AtomicBool) {
         let name = self.opener.name();
         let mut backoff = Backoff::new(self.cfg.reopen_min, self.cfg.reopen_max);
-        let mut last_error = String::new();
         while !stop.load(Ordering::Relaxed) {
             let error = match self.opener.open() {
                 Ok(mut device) => {
                     self.counters.opens.fetch_add(1, Ordering::Relaxed);
-                    last_error.clear();
                     match self.stream(device.as_mut(), stop, &mut backoff) {
                         Ok(()) => break,
                         Err(e) => e,
@@ -208,13 +206,8 @@ impl Capture {
                 }
                 Err(e) => e,
             };
-            let why = error.to_string();
-            // Say it once, not at every retry.
-            if why != last_error {
-                tracing::warn!(device = %name, "camera unavailable: {why}; retrying");
-                last_error = why.clone();
-            }
-            self.handover.put(Delivery::Lost(why));
+            // The publisher logs it (once, not at every retry) and shows it in /state.
+            self.handover.put(Delivery::Lost(error.to_string()));
             let until = Instant::now() + backoff.next_delay();
             while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(STOP_POLL);
