@@ -57,6 +57,8 @@ pub enum Command {
     },
     Close {
         id: PeerId,
+        /// Why, for the log: "hangup", "WebSocket closed", "session timed out", ...
+        reason: &'static str,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -269,7 +271,7 @@ impl Engine {
                     self.dirty.insert(id);
                 }
             }
-            Command::Close { id } => self.remove_peer(id, None),
+            Command::Close { id, reason } => self.remove_peer(id, reason, false),
             Command::Shutdown { .. } => {}
         }
     }
@@ -357,8 +359,7 @@ impl Engine {
             }
         }
         for id in expired {
-            tracing::info!(peer = id, "offer never answered");
-            self.remove_peer(id, Some("Offer timed out".into()));
+            self.remove_peer(id, "Offer timed out", true);
         }
     }
 
@@ -481,15 +482,18 @@ impl Engine {
             e.next_timeout = e.peer.poll_timeout();
         }
         for (id, reason) in gone {
-            tracing::info!(peer = id, %reason, "viewer gone");
-            self.remove_peer(id, Some(reason));
+            self.remove_peer(id, &reason, true);
         }
     }
 
-    fn remove_peer(&mut self, id: PeerId, reason: Option<String>) {
+    /// Drop a peer, logging one "viewer gone" line with `reason` whatever the path
+    /// (hangup, closed WebSocket, expired session, ICE failure, DTLS alert, ...);
+    /// `notify` tells its owner with a [`PeerEvent::Closed`].
+    fn remove_peer(&mut self, id: PeerId, reason: &str, notify: bool) {
         let Some(mut e) = self.peers.remove(&id) else {
             return;
         };
+        tracing::info!(peer = id, %reason, "viewer gone");
         e.peer.close();
         e.peer.drain_writes(&mut self.outgoing);
         self.by_ufrag.remove(&e.ufrag);
@@ -500,15 +504,17 @@ impl Engine {
         }
         self.dirty.remove(&id);
         self.catching_up.remove(&id);
-        if let Some(reason) = reason {
-            let _ = e.events.send(PeerEvent::Closed { reason });
+        if notify {
+            let _ = e.events.send(PeerEvent::Closed {
+                reason: reason.to_string(),
+            });
         }
     }
 
     fn close_all(&mut self) {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
-            self.remove_peer(id, None);
+            self.remove_peer(id, "server shutting down", false);
         }
     }
 }
@@ -586,7 +592,7 @@ mod tests {
         // Garbage from that address goes to the same peer and must not hurt it.
         engine.handle_datagram(now, from, &[0xff; 64]);
         engine.settle(Instant::now());
-        engine.remove_peer(id, None);
+        engine.remove_peer(id, "test", false);
         assert!(engine.by_addr.is_empty());
     }
 }
