@@ -46,6 +46,7 @@ async fn default_log_is_plain_text_without_library_noise() -> Result<()> {
         !text.contains("Unsupported Extension Type"),
         "DTLS noise:\n{text}"
     );
+    ensure!(!text.contains("[OpenH264]"), "raw encoder output:\n{text}");
     // Every info line is peregrine's own: no library chatter at the default level.
     for line in lines_with(&text, " INFO ") {
         ensure!(!line.contains("rtc_"), "library INFO line: {line}");
