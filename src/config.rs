@@ -20,46 +20,47 @@ pub const DEFAULT_DEVICE: &str = "/dev/video0";
 #[command(
     name = "peregrine",
     version,
-    about = "Live camera video to web browsers over WebRTC, through the Janus API"
+    about = "Live camera video to web browsers over WebRTC, through the Janus API",
+    after_help = EXAMPLES
 )]
 #[serde(deny_unknown_fields)]
 pub struct Args {
     /// TOML configuration file; every flag below is a key in it.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// Address to listen on (HTTP, Janus transports, WebRTC media). [default: 127.0.0.1]
-    #[arg(long)]
+    #[arg(long, value_name = "IP", help_heading = "Server")]
     pub host: Option<IpAddr>,
     /// HTTP port for the bundled pages and /state. [default: 8080]
-    #[arg(long)]
+    #[arg(long, value_name = "PORT", help_heading = "Server")]
     pub port: Option<u16>,
     /// Janus API WebSocket transport port (subprotocol janus-protocol). [default: 8188]
-    #[arg(long)]
+    #[arg(long, value_name = "PORT", help_heading = "Janus API")]
     pub janus_ws_port: Option<u16>,
     /// Janus API HTTP long-poll transport port. [default: 8088]
-    #[arg(long)]
+    #[arg(long, value_name = "PORT", help_heading = "Janus API")]
     pub janus_http_port: Option<u16>,
     /// Base path of the Janus HTTP transport. [default: /janus]
-    #[arg(long)]
+    #[arg(long, value_name = "PATH", help_heading = "Janus API")]
     pub janus_http_path: Option<String>,
     /// Serve the Janus WebSocket transport on this unix socket instead of
     /// --janus-ws-port (Janus's `ws_unix`; PiKVM's nginx proxies /janus/ws to one).
     /// A socket file left by a process that is gone is replaced.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH", help_heading = "Janus API")]
     pub janus_ws_unix: Option<PathBuf>,
     /// Permissions of the --janus-ws-unix socket, octal. [default: 660]
-    #[arg(long)]
+    #[arg(long, value_name = "OCTAL", help_heading = "Janus API")]
     pub janus_ws_unix_mode: Option<String>,
     /// Serve the Janus HTTP transport on this unix socket instead of --janus-http-port.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH", help_heading = "Janus API")]
     pub janus_http_unix: Option<PathBuf>,
     /// Permissions of the --janus-http-unix socket, octal. [default: 660]
-    #[arg(long)]
+    #[arg(long, value_name = "OCTAL", help_heading = "Janus API")]
     pub janus_http_unix_mode: Option<String>,
     /// Seconds without activity after which a Janus session expires; 0 disables. [default: 60]
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS", help_heading = "Janus API")]
     pub session_timeout: Option<u64>,
 
     /// Video source: `v4l2` (the camera at --device), `testsrc` (generated pattern),
@@ -67,94 +68,170 @@ pub struct Args {
     /// (accept a pushing encoder), `memsink:NAME` (a µStreamer sink), `-` (stdin) or a raw
     /// H.264 file (paced at --desired-fps, looping). [default: `v4l2` when --device is
     /// given or /dev/video0 exists, else `testsrc`]
-    #[arg(long)]
+    #[arg(long, value_name = "SOURCE", help_heading = "Input")]
     pub source: Option<String>,
     /// V4L2 capture device. [default: /dev/video0]
-    #[arg(long)]
+    #[arg(long, value_name = "PATH", help_heading = "Input")]
     pub device: Option<PathBuf>,
     /// Camera pixel format: auto (the camera's own H.264 if it has one, else MJPEG,
     /// YUYV, NV12, YU12) or one of those. [default: auto]
-    #[arg(long)]
+    #[arg(long, value_name = "FORMAT", help_heading = "Input")]
     pub format: Option<String>,
     /// List the V4L2 devices and exit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Input")]
     #[serde(skip)]
     pub list_devices: bool,
     /// List the formats, sizes and frame rates of --device and exit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Input")]
     #[serde(skip)]
     pub list_formats: bool,
     /// Picture size WIDTHxHEIGHT. [default: 1280x720]
-    #[arg(long)]
+    #[arg(long, value_name = "WxH", help_heading = "Input")]
     pub resolution: Option<String>,
     /// Frames per second. [default: 30]
-    #[arg(long)]
+    #[arg(long, value_name = "FPS", help_heading = "Input")]
     pub desired_fps: Option<u32>,
     /// H.264 bitrate in kbit/s (for sources peregrine encodes). [default: 2000]
-    #[arg(long)]
+    #[arg(long, value_name = "KBPS", help_heading = "Encoder")]
     pub h264_bitrate: Option<u32>,
     /// Frames between keyframes (for sources peregrine encodes). [default: 60]
-    #[arg(long)]
+    #[arg(long, value_name = "FRAMES", help_heading = "Encoder")]
     pub h264_gop: Option<u32>,
 
     /// Delay before the test pattern's first picture after a viewer appears, like a
     /// camera warming up (exercises clients' retry-on-503 paths). [default: 0]
-    #[arg(long)]
+    #[arg(long, value_name = "MS", help_heading = "Input")]
     pub testsrc_warmup_ms: Option<u64>,
 
     /// STUN/TURN URL given to pages through `features` (repeatable).
-    #[arg(long)]
+    #[arg(long, value_name = "URL", help_heading = "WebRTC")]
     pub ice_server: Option<Vec<String>>,
     /// Public address to advertise in ICE candidates instead of the local ones.
-    #[arg(long = "nat-1-1-ip")]
+    #[arg(long = "nat-1-1-ip", value_name = "IP", help_heading = "WebRTC")]
     #[serde(rename = "nat_1_1_ip")]
     pub nat_1_1_ip: Option<IpAddr>,
     /// UDP ports for WebRTC media, FIRST-LAST; all viewers share the first free one. [default: 20000-40000]
-    #[arg(long)]
+    #[arg(long, value_name = "FIRST-LAST", help_heading = "WebRTC")]
     pub udp_port_range: Option<String>,
     /// Also offer loopback candidates when listening on all interfaces.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "WebRTC",
+    )]
     pub ice_loopback: Option<bool>,
     /// Largest RTP packet in bytes, header included. [default: 1150]
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", help_heading = "WebRTC")]
     pub rtp_packet_size: Option<usize>,
 
     /// Accept MPEG-TS uploads at /upload/SECRET and relay them to JSMpeg viewers
     /// (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the source transcoded.
-    #[arg(long)]
+    #[arg(long, value_name = "SECRET", help_heading = "Relays (JSMpeg, jmuxer)")]
     pub jsmpeg_secret: Option<String>,
     /// Send JSMpeg viewers the 8-byte `jsmp` header and raw MPEG-1 video, for the old jsmpg.js.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Relays (JSMpeg, jmuxer)",
+    )]
     pub jsmpeg_header: Option<bool>,
     /// ffmpeg program for the JSMpeg transcode. [default: ffmpeg]
-    #[arg(long)]
+    #[arg(long, value_name = "PATH", help_heading = "Relays (JSMpeg, jmuxer)")]
     pub jsmpeg_ffmpeg: Option<String>,
     /// MPEG-1 bitrate of the JSMpeg transcode in kbit/s. [default: 1500]
-    #[arg(long)]
+    #[arg(long, value_name = "KBPS", help_heading = "Relays (JSMpeg, jmuxer)")]
     pub jsmpeg_bitrate: Option<u32>,
 
     /// Folder of an existing Janus installation's configs (e.g. /opt/janus/etc/janus):
     /// the source is the memsink in janus.plugin.ustreamer.jcfg (`video.sink`), the
     /// ports come from the transport configs. Flags and --config keys still win.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR", help_heading = "Janus API")]
     pub janus_config: Option<PathBuf>,
 
     /// Also write the H.264 stream into this µStreamer memsink (shared-memory object,
     /// e.g. `demo::ustreamer::h264`) for the Janus ustreamer plugin, kvmd or ustreamer-dump.
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
     pub h264_sink: Option<String>,
     /// Permissions of a newly created sink, octal. [default: 660]
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "OCTAL",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
     pub h264_sink_mode: Option<String>,
     /// Remove the sink when peregrine exits.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Memsink output (as µStreamer)",
+    )]
     pub h264_sink_rm: Option<bool>,
     /// Seconds a sink reader counts as present after its last read (1..60). [default: 10]
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
     pub h264_sink_client_ttl: Option<u64>,
     /// Seconds to wait for the sink lock (1..60; kept for µStreamer parity). [default: 1]
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
     pub h264_sink_timeout: Option<u64>,
+
+    /// peregrine's own log level: error, warn, info, debug or trace; other libraries
+    /// log warnings and errors only. RUST_LOG directives are applied on top. [default: info]
+    #[arg(long, value_name = "LEVEL", help_heading = "Logging")]
+    pub log_level: Option<String>,
+    /// Log line format: text (coloured only on a terminal) or json (one object per line).
+    /// [default: text]
+    #[arg(long, value_name = "FORMAT", help_heading = "Logging")]
+    pub log_format: Option<String>,
+}
+
+/// Shown after the flags in `--help`; every line starting with `peregrine` is checked
+/// to parse by the tests.
+const EXAMPLES: &str = "\
+Examples:
+  # the camera at /dev/video0 (or the test pattern without one), for this machine only
+  peregrine
+  # a camera for the whole network
+  peregrine --host 0.0.0.0 --device /dev/video0 --resolution 1920x1080 --desired-fps 30
+  # an encoder pushing H.264 (e.g. ffmpeg ... -f h264 tcp://127.0.0.1:8000)
+  peregrine --source tcp-listen://127.0.0.1:8000
+  # in place of Janus + ustreamer plugin, reading uStreamer's H.264 memsink
+  peregrine --source memsink:demo::ustreamer::h264
+  # behind NAT, with a narrow UDP port range opened in the firewall
+  peregrine --host 0.0.0.0 --nat-1-1-ip 203.0.113.7 --udp-port-range 20000-20100
+  # debug lines from peregrine, JSON for a log collector
+  peregrine --log-level debug --log-format json
+
+Exit status: 0 after a clean stop, 2 when the command line or configuration is
+invalid (nothing was started), 1 when starting or running failed.";
+
+/// Every form `--source` takes, for error messages.
+pub const SOURCE_FORMS: &str = "v4l2 (the camera at --device), testsrc, memsink:NAME, \
+tcp://HOST:PORT, tcp-listen://IP:PORT, - (stdin), an H.264 file (.h264) or a camera \
+recording (.mjpeg, .yuyv, .nv12, .yuv)";
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The resolved configuration the program runs with.
@@ -200,6 +277,11 @@ pub struct Config {
     pub h264_sink_rm: bool,
     pub h264_sink_client_ttl_s: u64,
     pub h264_sink_timeout_s: u64,
+    /// peregrine's own log level (`error` … `trace`).
+    pub log_level: tracing::Level,
+    /// The level was given (flag or file), so it wins over a bare level in RUST_LOG.
+    pub log_level_given: bool,
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -241,6 +323,9 @@ impl Default for Config {
             h264_sink_rm: false,
             h264_sink_client_ttl_s: 10,
             h264_sink_timeout_s: 1,
+            log_level: tracing::Level::INFO,
+            log_level_given: false,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -281,6 +366,7 @@ impl Config {
                 cfg.source = "v4l2".into();
             }
         }
+        check_source(&cfg.source)?;
         Ok(cfg)
     }
 
@@ -375,6 +461,19 @@ impl Config {
                 "jsmpeg_bitrate is in kbit/s and must be at least 100, got {}",
                 self.jsmpeg_bitrate_kbps
             );
+        }
+        if let Some(level) = a.log_level {
+            self.log_level = level.parse().map_err(|_| {
+                anyhow!("log_level must be error, warn, info, debug or trace, got {level:?}")
+            })?;
+            self.log_level_given = true;
+        }
+        if let Some(format) = a.log_format {
+            self.log_format = match format.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => bail!("log_format must be text or json, got {format:?}"),
+            };
         }
         set!(h264_sink_rm <- h264_sink_rm);
         set!(h264_sink_client_ttl_s <- h264_sink_client_ttl);
@@ -485,6 +584,64 @@ fn listen(off: bool, unix: &Option<PathBuf>, mode: u32, port: u16) -> Listen {
     }
 }
 
+/// A mistake in what was asked for (flags, config file, the named source) rather than a
+/// failure while running: the program exits with status 2 for it, as for bad flags.
+#[derive(Debug)]
+pub struct UsageError(pub anyhow::Error);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Tag `err` as a [`UsageError`].
+pub fn usage_error(err: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(UsageError(err))
+}
+
+/// Check the form of a `--source` value before anything starts, so that a typo or an
+/// unsupported URL is reported with the forms that work.
+fn check_source(source: &str) -> Result<()> {
+    if matches!(source, "v4l2" | "testsrc" | "-") {
+        return Ok(());
+    }
+    if let Some(name) = source.strip_prefix("memsink:") {
+        if name.is_empty() {
+            bail!("source {source:?}: memsink: needs the sink's name, e.g. memsink:demo::ustreamer::h264");
+        }
+        return Ok(());
+    }
+    if source.starts_with("tcp://") || source.starts_with("tcp-listen://") {
+        crate::source::bytestream::Input::parse(source)?;
+        return Ok(());
+    }
+    if let Some((scheme, _)) = source.split_once("://") {
+        let hint = if matches!(
+            scheme,
+            "rtsp" | "rtsps" | "http" | "https" | "rtmp" | "srt" | "udp"
+        ) {
+            "; let ffmpeg pull it and push H.264 in, e.g. `ffmpeg -i URL -c:v copy -f h264 \
+             tcp://127.0.0.1:8000` with --source tcp-listen://127.0.0.1:8000"
+        } else {
+            ""
+        };
+        bail!("source {source:?}: {scheme}:// is not supported{hint}. Supported sources: {SOURCE_FORMS}");
+    }
+    let path = std::path::Path::new(source);
+    if !path.is_file() {
+        let what = if path.exists() {
+            "not a file"
+        } else {
+            "no such file"
+        };
+        bail!("source {source:?}: {what}. Supported sources: {SOURCE_FORMS}");
+    }
+    Ok(())
+}
+
 /// The settings an existing Janus installation implies, as if given as keys.
 fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Args> {
     let nat_1_1_ip = install
@@ -533,15 +690,15 @@ pub fn parse_resolution(s: &str) -> Result<(u32, u32)> {
 
 /// `20000-40000` → (20000, 40000); a single port `9000` → (9000, 9000); `0` → any free port.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let expected = || {
+        anyhow!(
+            "udp_port_range {s:?}: expected FIRST-LAST, e.g. 20000-20100 \
+             (or one port, or 0 for any free port)"
+        )
+    };
     let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: u16 = a
-        .trim()
-        .parse()
-        .with_context(|| format!("udp_port_range {s:?}"))?;
-    let b: u16 = b
-        .trim()
-        .parse()
-        .with_context(|| format!("udp_port_range {s:?}"))?;
+    let a: u16 = a.trim().parse().map_err(|_| expected())?;
+    let b: u16 = b.trim().parse().map_err(|_| expected())?;
     if a > b {
         bail!("udp_port_range {s:?}: first port is above the last");
     }
@@ -799,7 +956,133 @@ mod tests {
         assert_eq!(parse_port_range("20000-20010").unwrap(), (20000, 20010));
         assert_eq!(parse_port_range("0").unwrap(), (0, 0));
         assert!(parse_port_range("9-1").is_err());
+        // Janus writes ranges as FIRST-LAST; other tools' FIRST:LAST gets the form.
+        let err = parse_port_range("29000:29100").unwrap_err().to_string();
+        assert!(
+            err.contains("expected FIRST-LAST, e.g. 20000-20100"),
+            "{err}"
+        );
         assert_eq!(parse_resolution("640x360").unwrap(), (640, 360));
         assert!(parse_resolution("641x360").is_err());
+    }
+
+    #[test]
+    fn unsupported_sources_are_refused_with_the_supported_forms() {
+        for source in [
+            "http://camera.local/stream",
+            "rtsp://camera.local:554/h264",
+            "/nonexistent/clip.h264",
+            "nosuchthing",
+        ] {
+            let err = Config::load(Args::parse_from(["peregrine", "--source", source]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(source), "{err}");
+            assert!(
+                err.contains("tcp-listen://IP:PORT") && err.contains("memsink:NAME"),
+                "{err}"
+            );
+        }
+        let err = Config::load(Args::parse_from(["peregrine", "--source", "rtsp://c/x"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rtsp:// is not supported") && err.contains("ffmpeg"),
+            "{err}"
+        );
+        for ok in [
+            "testsrc",
+            "v4l2",
+            "-",
+            "tcp://127.0.0.1:8000",
+            "memsink:a::h264",
+        ] {
+            Config::load(Args::parse_from(["peregrine", "--source", ok])).unwrap();
+        }
+    }
+
+    #[test]
+    fn log_flags_parse_and_validate() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.log_level, c.log_level_given, c.log_format),
+            (tracing::Level::DEBUG, true, LogFormat::Json)
+        );
+        let c = Config::load(Args::default()).unwrap();
+        assert_eq!(
+            (c.log_level, c.log_level_given, c.log_format),
+            (tracing::Level::INFO, false, LogFormat::Text)
+        );
+        for (flag, value, key) in [
+            ("--log-level", "loud", "log_level"),
+            ("--log-format", "xml", "log_format"),
+        ] {
+            let err = Config::load(Args::parse_from(["peregrine", flag, value])).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
+    }
+
+    /// `--help` groups the flags under headings, names values by what they are (not
+    /// by the field), and its examples are real command lines.
+    #[test]
+    fn help_is_grouped_with_real_value_names_and_examples_that_parse() {
+        use clap::CommandFactory;
+        let mut cmd = Args::command();
+        let help = cmd.render_long_help().to_string();
+        for heading in [
+            "Server:",
+            "Input:",
+            "Encoder:",
+            "WebRTC:",
+            "Janus API:",
+            "Relays (JSMpeg, jmuxer):",
+            "Memsink output (as µStreamer):",
+            "Logging:",
+            "Examples:",
+        ] {
+            assert!(help.contains(heading), "no {heading:?} in\n{help}");
+        }
+        assert!(help.contains("--udp-port-range <FIRST-LAST>"), "{help}");
+        assert!(help.contains("--janus-ws-port <PORT>"), "{help}");
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            assert!(
+                arg.get_help_heading().is_some() || id == "config",
+                "{id} has no heading"
+            );
+            if !arg.get_action().takes_values() {
+                continue;
+            }
+            for name in arg.get_value_names().unwrap_or_default() {
+                assert!(!name.contains('_'), "{id} shows its field name {name}");
+            }
+        }
+        let snake = help
+            .split(['<', '>'])
+            .skip(1)
+            .step_by(2)
+            .find(|v| v.contains('_'));
+        assert_eq!(snake, None, "a value name derived from a field in\n{help}");
+        let examples: Vec<&str> = EXAMPLES
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("peregrine"))
+            .collect();
+        assert!(examples.len() >= 5, "{EXAMPLES}");
+        for line in examples {
+            let args = Args::try_parse_from(line.split_whitespace())
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            Config::load(args).unwrap_or_else(|e| panic!("{line}: {e:#}"));
+        }
     }
 }

@@ -1,26 +1,36 @@
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
+//! Exit status: 0 after a clean stop, 2 for a usage or configuration error (clap's own
+//! for bad flags, and [`UsageError`]), 1 for a failure while starting or running.
 
-use peregrine::config::{Args, Config};
+use clap::Parser;
+
+use peregrine::config::{Args, Config, UsageError};
+use peregrine::logging;
 use peregrine::source::camera::v4l2;
 
+const USAGE: u8 = 2;
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     let (list_devices, list_formats) = (args.list_devices, args.list_formats);
     let config = match Config::load(args) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("peregrine: {err:#}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(USAGE);
         }
     };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    match logging::filter(
+        config.log_level,
+        config.log_level_given,
+        rust_log.as_deref(),
+    ) {
+        Ok(filter) => logging::init(filter, config.log_format),
+        Err(err) => {
+            eprintln!("peregrine: {err:#}");
+            return std::process::ExitCode::from(USAGE);
+        }
+    }
     if list_devices {
         print!("{}", v4l2::list_devices());
         return std::process::ExitCode::SUCCESS;
@@ -51,7 +61,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("peregrine: {err:#}");
-            std::process::ExitCode::FAILURE
+            if err.downcast_ref::<UsageError>().is_some() {
+                std::process::ExitCode::from(USAGE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

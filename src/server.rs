@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{usage_error, Config, SOURCE_FORMS};
 use crate::http;
 use crate::janus::{JanusConfig, JanusServer};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
@@ -163,8 +163,10 @@ fn start_source(
         let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
         return Ok(Some(thread));
     }
+    // A named file that cannot be used is a usage error, like a bad flag.
     if let Some(recording) =
-        replay::recording_from_file(Path::new(&cfg.source), cfg.width, cfg.height)?
+        replay::recording_from_file(Path::new(&cfg.source), cfg.width, cfg.height)
+            .map_err(usage_error)?
     {
         tracing::info!(
             file = %cfg.source,
@@ -189,7 +191,12 @@ fn start_source(
             width: cfg.width,
             height: cfg.height,
         };
-        return Ok(Some(bytestream::spawn(input, bs, hub, status, stop)?));
+        let from_file = matches!(input, bytestream::Input::File(_));
+        return match bytestream::spawn(input, bs, hub, status, stop) {
+            Ok(thread) => Ok(Some(thread)),
+            Err(e) if from_file => Err(usage_error(e)),
+            Err(e) => Err(e),
+        };
     }
     match cfg.source.as_str() {
         "testsrc" => {
@@ -208,11 +215,9 @@ fn start_source(
             )?;
             Ok(Some(thread))
         }
-        other => bail!(
-            "unknown source {other:?}; use --source v4l2, testsrc, memsink:NAME, tcp://HOST:PORT, \
-             tcp-listen://IP:PORT, - (stdin), an H.264 file or a camera recording \
-             (.mjpeg, .yuyv, .nv12, .yuv)"
-        ),
+        other => Err(usage_error(anyhow!(
+            "unknown source {other:?}; supported sources: {SOURCE_FORMS}"
+        ))),
     }
 }
 

@@ -44,7 +44,7 @@ impl PeerBackend for NoPeers {
         Box::pin(async { Err(RtcError::NoSuchPeer) })
     }
     fn add_remote_candidate(&self, _id: PeerId, _candidate: RemoteCandidate) {}
-    fn close_peer(&self, _id: PeerId) {}
+    fn close_peer(&self, _id: PeerId, _reason: &'static str) {}
 }
 
 struct Server {

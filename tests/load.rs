@@ -204,3 +204,51 @@ async fn unreachable_or_foreign_servers_fail_clearly() -> Result<()> {
     ensure!(!out.status.success(), "a bad scheme was accepted");
     Ok(())
 }
+
+/// A viewer joining mid-GOP gets the GOP so far as a burst: the progress lines count it
+/// apart instead of reporting it as a frame rate far above the source's 30 fps.
+#[tokio::test]
+async fn the_catch_up_burst_is_not_reported_as_frame_rate() -> Result<()> {
+    let server = Server::start(&["--resolution", "320x240", "--h264-gop", "150"]).await?;
+    // One viewer keeps the pattern running, so the GOP grows before the load joins.
+    let (_janus, mut peer) = support::join(&server).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    while std::time::Instant::now() < deadline {
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(100), peer.next_frame()).await;
+    }
+    let mut cmd = load_bin();
+    cmd.args([
+        "--server",
+        &server.ws_url(),
+        "--viewers",
+        "1",
+        "--duration",
+        "2",
+    ]);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    ensure!(out.status.success(), "peregrine-load failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let rates: Vec<f64> = err
+        .lines()
+        .filter_map(|l| {
+            l.split(" fps per viewer")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ensure!(!rates.is_empty(), "no progress lines:\n{err}");
+    for rate in &rates {
+        ensure!(
+            *rate < 45.0,
+            "{rate} fps per viewer from a 30 fps source:\n{err}"
+        );
+    }
+    ensure!(err.contains("catch-up frames"), "burst not shown:\n{err}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    ensure!(!summary.is_empty());
+    Ok(())
+}

@@ -288,8 +288,8 @@ async fn viewers_receive_decodable_video() {
 
     // close_peer stops delivery; the count returns to 0.
     let closed = viewers.remove(0);
-    engine.close_peer(closed.id);
-    engine.close_peer(bad_id);
+    engine.close_peer(closed.id, "test");
+    engine.close_peer(bad_id, "test");
     let mut closed_peer = closed.peer;
     tokio::time::sleep(Duration::from_millis(300)).await;
     while closed_peer.try_next_frame().is_some() {}
@@ -300,7 +300,7 @@ async fn viewers_receive_decodable_video() {
     );
     for v in &mut viewers {
         frames(&mut v.peer, 10, Duration::from_secs(5)).await;
-        engine.close_peer(v.id);
+        engine.close_peer(v.id, "test");
     }
     assert!(wait_until(Duration::from_secs(2), || engine.stats().peers == 0).await);
     assert_eq!(engine.stats().connected, 0);

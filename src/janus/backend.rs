@@ -23,8 +23,8 @@ pub trait PeerBackend: Send + Sync + 'static {
 
     fn add_remote_candidate(&self, id: PeerId, candidate: RemoteCandidate);
 
-    /// Close a peer; no event follows.
-    fn close_peer(&self, id: PeerId);
+    /// Close a peer; `reason` is for the log. No event follows.
+    fn close_peer(&self, id: PeerId, reason: &'static str);
 }
 
 impl PeerBackend for RtcEngine {
@@ -44,7 +44,7 @@ impl PeerBackend for RtcEngine {
         RtcEngine::add_remote_candidate(self, id, candidate)
     }
 
-    fn close_peer(&self, id: PeerId) {
-        RtcEngine::close_peer(self, id)
+    fn close_peer(&self, id: PeerId, reason: &'static str) {
+        RtcEngine::close_peer(self, id, reason)
     }
 }

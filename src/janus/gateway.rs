@@ -36,6 +36,30 @@ pub struct JanusCounts {
     pub handles: usize,
 }
 
+/// How a session ended; said in the "viewer gone" log line of its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// `destroy` from the client.
+    Destroyed,
+    /// No activity for the session timeout.
+    TimedOut,
+    /// The WebSocket that created it closed.
+    ConnectionClosed,
+    /// peregrine is stopping.
+    ShutDown,
+}
+
+impl SessionEnd {
+    pub fn reason(self) -> &'static str {
+        match self {
+            SessionEnd::Destroyed => "session destroyed",
+            SessionEnd::TimedOut => "session timed out",
+            SessionEnd::ConnectionClosed => "WebSocket closed",
+            SessionEnd::ShutDown => "server shutting down",
+        }
+    }
+}
+
 pub struct Gateway {
     pub(super) hub: Arc<Hub>,
     pub(super) peers: Arc<dyn PeerBackend>,
@@ -152,7 +176,7 @@ impl Gateway {
             Verb::Keepalive => Ok(message::ack(tx, s)),
             Verb::Attach => self.attach(req),
             Verb::Destroy => {
-                self.destroy_session(s, false);
+                self.destroy_session(s, SessionEnd::Destroyed);
                 Ok(message::success(tx, s))
             }
             Verb::Claim => {
@@ -166,7 +190,7 @@ impl Gateway {
             Verb::Detach => {
                 let handle = self.registry().remove_handle(s, h);
                 let handle = handle.ok_or_else(|| JanusError::no_handle(s, h))?;
-                self.teardown_handle(handle);
+                self.teardown_handle(handle, "detach");
                 self.with_session(s, |session| {
                     session.deliver(message::detached(s, h));
                     Some(())
@@ -175,7 +199,7 @@ impl Gateway {
             }
             Verb::Hangup => {
                 if let Some(Some(peer)) = self.with_handle(s, h, |p| p.take_peer()) {
-                    self.peers.close_peer(peer);
+                    self.peers.close_peer(peer, "hangup");
                     self.emit_to_handle(s, h, |s, h| message::hangup(s, h, "Janus API"));
                 }
                 Ok(message::success(tx, s))
@@ -281,16 +305,17 @@ impl Gateway {
         Ok(message::ack(&req.transaction, s))
     }
 
-    fn teardown_handle(&self, mut handle: Handle) {
+    fn teardown_handle(&self, mut handle: Handle, reason: &'static str) {
         if let Some(peer) = handle.plugin.take_peer() {
-            self.peers.close_peer(peer);
+            self.peers.close_peer(peer, reason);
         }
         tracing::debug!(handle = handle.id, "handle destroyed");
         // Dropping the handle releases its hold on the source.
     }
 
-    /// Destroy a session and its handles; `timed_out` first tells the owner why.
-    pub fn destroy_session(&self, session_id: u64, timed_out: bool) {
+    /// Destroy a session and its handles; a timeout is first told to the owner.
+    pub fn destroy_session(&self, session_id: u64, end: SessionEnd) {
+        let timed_out = end == SessionEnd::TimedOut;
         let handles = {
             let mut registry = self.registry();
             if timed_out {
@@ -304,7 +329,7 @@ impl Gateway {
             }
         };
         for handle in handles {
-            self.teardown_handle(handle);
+            self.teardown_handle(handle, end.reason());
         }
         tracing::debug!(session = session_id, timed_out, "Janus session destroyed");
     }
@@ -313,7 +338,7 @@ impl Gateway {
     pub fn connection_closed(&self, conn: ConnId) {
         let owned = self.registry().owned_by(conn);
         for id in owned {
-            self.destroy_session(id, false);
+            self.destroy_session(id, SessionEnd::ConnectionClosed);
         }
     }
 
@@ -340,7 +365,7 @@ impl Gateway {
             let expired = self.registry().expired(timeout);
             for id in expired {
                 tracing::info!(session = id, "Janus session timed out");
-                self.destroy_session(id, true);
+                self.destroy_session(id, SessionEnd::TimedOut);
             }
         }
     }
@@ -350,7 +375,7 @@ impl Gateway {
         self.closing.send_replace(true);
         let ids = self.registry().session_ids();
         for id in ids {
-            self.destroy_session(id, false);
+            self.destroy_session(id, SessionEnd::ShutDown);
         }
     }
 }

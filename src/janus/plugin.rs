@@ -188,7 +188,7 @@ impl Gateway {
         });
         match old {
             None => return, // handle vanished meanwhile
-            Some(Some(old)) => self.peers.close_peer(old),
+            Some(Some(old)) => self.peers.close_peer(old, "watch again"),
             Some(None) => {}
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -218,12 +218,12 @@ impl Gateway {
             Some(replaced)
         });
         match installed {
-            Some(Some(replaced)) => self.peers.close_peer(replaced),
+            Some(Some(replaced)) => self.peers.close_peer(replaced, "replaced by a newer watch"),
             Some(None) => {}
             None => {
                 // The handle went away while the offer was being made.
                 relay.abort();
-                self.peers.close_peer(peer_id);
+                self.peers.close_peer(peer_id, "handle gone");
             }
         }
     }

@@ -2,11 +2,13 @@
 //! API, and the benchmark that runs them against a peregrine it starts itself.
 //!
 //! * [`viewer`]: one viewer and what it measures.
+//! * [`catchup`]: which of a new viewer's first pictures are the GOP catch-up burst.
 //! * [`summary`]: per-run figures from the viewers' reports.
 //! * [`procstat`]: CPU time and memory of processes, from `/proc`.
 //! * [`bench`]: the benchmark table (server started on a file source, N viewers per step).
 
 pub mod bench;
+pub mod catchup;
 pub mod procstat;
 pub mod summary;
 pub mod viewer;
@@ -116,6 +118,7 @@ impl LoadRun {
     pub async fn watch_for(&self, duration: Duration, show: bool) {
         let end = Instant::now() + duration;
         let mut last_frames = self.progress.frames.load(Ordering::Relaxed);
+        let mut last_catch_up = self.progress.catch_up_frames.load(Ordering::Relaxed);
         let mut last = Instant::now();
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
@@ -124,22 +127,32 @@ impl LoadRun {
             }
             let p = &self.progress;
             let frames = p.frames.load(Ordering::Relaxed);
+            let catch_up = p.catch_up_frames.load(Ordering::Relaxed);
             let connected = p.connected.load(Ordering::Relaxed);
-            let rate = (frames - last_frames) as f64 / last.elapsed().as_secs_f64();
+            // The catch-up burst is not a frame rate; it is shown apart.
+            let new_catch_up = catch_up - last_catch_up;
+            let live = (frames - last_frames).saturating_sub(new_catch_up);
+            let rate = live as f64 / last.elapsed().as_secs_f64();
             let per_viewer = if connected > 0 {
                 rate / connected as f64
             } else {
                 0.0
             };
+            let burst = if new_catch_up > 0 {
+                format!(" (+{new_catch_up} catch-up frames)")
+            } else {
+                String::new()
+            };
             let mut err = std::io::stderr().lock();
             let _ = writeln!(
                 err,
-                "[{:6.1}s] viewers {connected}/{} connected, {} failed, {frames} frames, {per_viewer:.1} fps per viewer",
+                "[{:6.1}s] viewers {connected}/{} connected, {} failed, {frames} frames, {per_viewer:.1} fps per viewer{burst}",
                 self.started.elapsed().as_secs_f64(),
                 self.cfg.viewers,
                 p.failed.load(Ordering::Relaxed),
             );
             last_frames = frames;
+            last_catch_up = catch_up;
             last = Instant::now();
         }
     }

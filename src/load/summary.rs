@@ -72,7 +72,8 @@ impl LoadSummary {
         let fps: Vec<f64> = receiving
             .iter()
             .filter(|v| v.receiving_s > 0.5)
-            .map(|v| v.frames as f64 / v.receiving_s)
+            // The catch-up burst is pictures from the past, not a frame rate.
+            .map(|v| v.frames.saturating_sub(v.catch_up_frames) as f64 / v.receiving_s)
             .collect();
         let expected: u64 = viewers.iter().map(|v| v.packets_expected).sum();
         let lost: u64 = viewers.iter().map(|v| v.packets_lost).sum();

@@ -12,6 +12,8 @@ use crate::janus::client::{Endpoint, JanusClient};
 use crate::media::{clock, h264};
 use crate::rtc::receiver::{ReceivedFrame, ReceiverPeer};
 
+use super::catchup::CatchUp;
+
 /// janus.js sends a keepalive this often; sessions time out without them.
 const KEEPALIVE: Duration = Duration::from_secs(25);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -22,7 +24,10 @@ pub struct Progress {
     pub started: AtomicUsize,
     pub connected: AtomicUsize,
     pub failed: AtomicUsize,
+    /// All complete pictures, catch-up included.
     pub frames: AtomicU64,
+    /// Of `frames`, those of the catch-up burst that starts a viewer (see [`CatchUp`]).
+    pub catch_up_frames: AtomicU64,
 }
 
 /// What one viewer saw.
@@ -36,6 +41,8 @@ pub struct ViewerReport {
     pub ttff_ms: Option<f64>,
     /// Complete pictures from the first keyframe on.
     pub frames: u64,
+    /// Of `frames`, those of the catch-up burst at the start (not counted in fps).
+    pub catch_up_frames: u64,
     pub keyframes: u64,
     /// Seconds from the first keyframe to the end.
     pub receiving_s: f64,
@@ -87,6 +94,7 @@ async fn watch_stream(
     progress.connected.fetch_add(1, Ordering::Relaxed);
 
     let mut first_key: Option<Instant> = None;
+    let mut catch_up = CatchUp::default();
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let result = loop {
@@ -107,6 +115,10 @@ async fn watch_stream(
                 report.frames += 1;
                 report.keyframes += u64::from(key);
                 progress.frames.fetch_add(1, Ordering::Relaxed);
+                if catch_up.is_catch_up(now, frame.rtp_timestamp) {
+                    report.catch_up_frames += 1;
+                    progress.catch_up_frames.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(d) = end_to_end_ms(&frame) {
                     report.delays_ms.push(d);
                 }

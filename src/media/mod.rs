@@ -6,6 +6,7 @@ pub mod clock;
 pub mod decoder;
 pub mod h264;
 pub mod hub;
+pub mod openh264_log;
 pub mod yuv;
 
 pub use au::AccessUnit;

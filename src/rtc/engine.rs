@@ -57,6 +57,8 @@ pub enum Command {
     },
     Close {
         id: PeerId,
+        /// Why, for the log: "hangup", "WebSocket closed", "session timed out", ...
+        reason: &'static str,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -262,7 +264,7 @@ impl Engine {
                         // Nothing can be sent to this viewer: end it now rather than
                         // leave its ICE agent checking pairs with no media behind them.
                         tracing::warn!(peer = id, error = %e, "viewer declined the video");
-                        self.remove_peer(id, Some(e.to_string()));
+                        self.remove_peer(id, &e.to_string(), true);
                     }
                     Err(e) => tracing::info!(peer = id, error = %e, "answer refused"),
                     Ok(()) => {}
@@ -276,7 +278,7 @@ impl Engine {
                     self.dirty.insert(id);
                 }
             }
-            Command::Close { id } => self.remove_peer(id, None),
+            Command::Close { id, reason } => self.remove_peer(id, reason, false),
             Command::Shutdown { .. } => {}
         }
     }
@@ -364,8 +366,7 @@ impl Engine {
             }
         }
         for id in expired {
-            tracing::info!(peer = id, "offer never answered");
-            self.remove_peer(id, Some("Offer timed out".into()));
+            self.remove_peer(id, "Offer timed out", true);
         }
     }
 
@@ -488,15 +489,18 @@ impl Engine {
             e.next_timeout = e.peer.poll_timeout();
         }
         for (id, reason) in gone {
-            tracing::info!(peer = id, %reason, "viewer gone");
-            self.remove_peer(id, Some(reason));
+            self.remove_peer(id, &reason, true);
         }
     }
 
-    fn remove_peer(&mut self, id: PeerId, reason: Option<String>) {
+    /// Drop a peer, logging one "viewer gone" line with `reason` whatever the path
+    /// (hangup, closed WebSocket, expired session, ICE failure, DTLS alert, ...);
+    /// `notify` tells its owner with a [`PeerEvent::Closed`].
+    fn remove_peer(&mut self, id: PeerId, reason: &str, notify: bool) {
         let Some(mut e) = self.peers.remove(&id) else {
             return;
         };
+        tracing::info!(peer = id, %reason, "viewer gone");
         e.peer.close();
         e.peer.drain_writes(&mut self.outgoing);
         self.by_ufrag.remove(&e.ufrag);
@@ -507,15 +511,17 @@ impl Engine {
         }
         self.dirty.remove(&id);
         self.catching_up.remove(&id);
-        if let Some(reason) = reason {
-            let _ = e.events.send(PeerEvent::Closed { reason });
+        if notify {
+            let _ = e.events.send(PeerEvent::Closed {
+                reason: reason.to_string(),
+            });
         }
     }
 
     fn close_all(&mut self) {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
-            self.remove_peer(id, None);
+            self.remove_peer(id, "server shutting down", false);
         }
     }
 }
@@ -593,7 +599,7 @@ mod tests {
         // Garbage from that address goes to the same peer and must not hurt it.
         engine.handle_datagram(now, from, &[0xff; 64]);
         engine.settle(Instant::now());
-        engine.remove_peer(id, None);
+        engine.remove_peer(id, "test", false);
         assert!(engine.by_addr.is_empty());
     }
 }

@@ -171,9 +171,10 @@ impl RtcEngine {
         let _ = self.command(engine::Command::AddCandidate { id, candidate });
     }
 
-    /// Close a peer (hangup, detach, session gone). No event is sent for it.
-    pub fn close_peer(&self, id: PeerId) {
-        let _ = self.command(engine::Command::Close { id });
+    /// Close a peer (hangup, detach, session gone); `reason` is logged. No event is
+    /// sent for it.
+    pub fn close_peer(&self, id: PeerId, reason: &'static str) {
+        let _ = self.command(engine::Command::Close { id, reason });
     }
 
     pub fn stats(&self) -> RtcStats {

@@ -239,8 +239,9 @@ impl PictureEncoder {
             .scene_change_detect(false)
             .complexity(Complexity::Low)
             .num_threads(1);
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .context("creating the H.264 encoder")?;
+        crate::media::openh264_log::route_encoder_log(&mut encoder);
         Ok(PictureEncoder {
             encoder,
             sps: None,

@@ -2,8 +2,10 @@
 //! ports, and talk the Janus API to it over either transport like janus.js does.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,6 +41,24 @@ impl Server {
         .await
     }
 
+    /// As [`Server::start`], with stderr read from a pipe into the returned [`Captured`]
+    /// and `RUST_LOG` as given (`None`: unset, so the program's own defaults apply).
+    pub async fn start_piped(extra: &[&str], rust_log: Option<&str>) -> Result<(Server, Captured)> {
+        let mut last_error = anyhow!("not started");
+        for _attempt in 0..3 {
+            let captured = Captured::default();
+            let launch = Launch {
+                rust_log: rust_log.map(String::from),
+                capture: Some(captured.clone()),
+            };
+            match Self::try_start(extra, Stdio::null(), Stdio::piped(), launch).await {
+                Ok(server) => return Ok((server, captured)),
+                Err(e) => last_error = e.context(captured.text()),
+            }
+        }
+        Err(last_error)
+    }
+
     /// Start on free ports. A port found free can be taken by another process before
     /// peregrine binds it; then peregrine exits, or `/state` on that port is somebody
     /// else's. Both are told apart by the pid in `/state`, and the start is retried on
@@ -50,7 +70,11 @@ impl Server {
         let mut last_error = anyhow!("not started");
         for _attempt in 0..3 {
             let (stdout, stderr) = output()?;
-            match Self::try_start(extra, stdout, stderr).await {
+            let launch = Launch {
+                rust_log: Some(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
+                capture: None,
+            };
+            match Self::try_start(extra, stdout, stderr, launch).await {
                 Ok(server) => return Ok(server),
                 Err(e) => last_error = e,
             }
@@ -58,27 +82,35 @@ impl Server {
         Err(last_error)
     }
 
-    async fn try_start(extra: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Server> {
+    async fn try_start(
+        extra: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+        launch: Launch,
+    ) -> Result<Server> {
         let (http_port, ws_port, janus_http_port) = (free_port(), free_port(), free_port());
         // PEREGRINE_BIN runs a given build (as the browser tests allow).
         let binary = std::env::var_os("PEREGRINE_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_peregrine").into());
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
             .args(["--port", &http_port.to_string()])
             .args(["--janus-ws-port", &ws_port.to_string()])
             .args(["--janus-http-port", &janus_http_port.to_string()])
             .args(default_source(extra))
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .context("start peregrine")?;
+            .stderr(stderr);
+        match &launch.rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command.spawn().context("start peregrine")?;
+        if let (Some(captured), Some(pipe)) = (&launch.capture, child.stderr.take()) {
+            captured.read_from(pipe);
+        }
         let mut server = Server {
             child,
             http_port,
@@ -139,6 +171,56 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How [`Server::try_start`] runs the process beyond its arguments.
+struct Launch {
+    /// `RUST_LOG` for the process; `None` removes it.
+    rust_log: Option<String>,
+    /// Where a piped stderr goes.
+    capture: Option<Captured>,
+}
+
+/// Bytes read from a child's pipe on a thread of their own, until it closes.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn read_from(&self, mut pipe: impl Read + Send + 'static) {
+        let buf = self.0.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
+    /// Wait until the output satisfies `pred`, for up to `timeout`; returns it.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.text();
+            if pred(&text) {
+                return Ok(text);
+            }
+            if Instant::now() > deadline {
+                bail!("output never matched:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
