@@ -112,6 +112,12 @@ pub struct SpsInfo {
     /// constraint_set0..5 flags and the two reserved bits, as the byte in the SPS.
     pub constraint_flags: u8,
     pub level_idc: u8,
+    /// Bits of `frame_num` in slice headers (log2_max_frame_num_minus4 + 4).
+    pub log2_max_frame_num: u8,
+    /// Slice headers carry a colour_plane_id (4:4:4 coded as three planes).
+    pub separate_colour_plane: bool,
+    /// gaps_in_frame_num_value_allowed_flag: frame_num may skip values on purpose.
+    pub frame_num_gaps_allowed: bool,
 }
 
 impl SpsInfo {
@@ -142,13 +148,13 @@ pub fn unescape_rbsp(nal: &[u8]) -> Vec<u8> {
 
 /// Reads bits MSB first, with the exp-Golomb codes H.264 headers use. Every read checks
 /// the length, so malformed input ends in an error instead of a panic.
-struct BitReader<'a> {
+pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         BitReader { data, pos: 0 }
     }
 
@@ -166,7 +172,7 @@ impl<'a> BitReader<'a> {
         Ok(self.bit(field)? == 1)
     }
 
-    fn bits(&mut self, n: u32, field: &'static str) -> Result<u32, H264Error> {
+    pub(crate) fn bits(&mut self, n: u32, field: &'static str) -> Result<u32, H264Error> {
         let mut v = 0;
         for _ in 0..n {
             v = (v << 1) | self.bit(field)?;
@@ -175,7 +181,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// ue(v). Values above 2^32 - 2 do not occur in valid streams and are rejected.
-    fn ue(&mut self, field: &'static str) -> Result<u32, H264Error> {
+    pub(crate) fn ue(&mut self, field: &'static str) -> Result<u32, H264Error> {
         let mut zeros = 0;
         while self.bit(field)? == 0 {
             zeros += 1;
@@ -264,7 +270,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
         }
     }
 
-    r.ue_max(12, "log2_max_frame_num_minus4")?;
+    let log2_max_frame_num = r.ue_max(12, "log2_max_frame_num_minus4")? as u8 + 4;
     match r.ue_max(2, "pic_order_cnt_type")? {
         0 => {
             r.ue_max(12, "log2_max_pic_order_cnt_lsb_minus4")?;
@@ -281,7 +287,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
         _ => {}
     }
     r.ue("max_num_ref_frames")?;
-    r.flag("gaps_in_frame_num_value_allowed_flag")?;
+    let frame_num_gaps_allowed = r.flag("gaps_in_frame_num_value_allowed_flag")?;
     // Far beyond any level's limit, small enough that the arithmetic below cannot overflow.
     let width_mbs = u64::from(r.ue_max(4095, "pic_width_in_mbs_minus1")?) + 1;
     let height_map_units = u64::from(r.ue_max(4095, "pic_height_in_map_units_minus1")?) + 1;
@@ -326,6 +332,9 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, H264Error> {
         profile_idc,
         constraint_flags,
         level_idc,
+        log2_max_frame_num,
+        separate_colour_plane,
+        frame_num_gaps_allowed,
     })
 }
 
@@ -456,6 +465,9 @@ mod tests {
             profile_idc: 0x42,
             constraint_flags: 0xe0,
             level_idc: 0x1f,
+            log2_max_frame_num: 4,
+            separate_colour_plane: false,
+            frame_num_gaps_allowed: false,
         };
         assert_eq!(info.profile_level_id(), "42e01f");
     }

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod h264;
 pub mod hub;
 pub mod openh264_log;
+pub mod refchain;
 pub mod yuv;
 
 pub use au::AccessUnit;

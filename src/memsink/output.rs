@@ -59,6 +59,7 @@ async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBo
     let mut feeding: Option<Subscriber> = None;
     let mut written: u64 = 0;
     let mut geometry = (0, 0);
+    let mut skip_to_key = false;
     while !stop.load(Ordering::Relaxed) {
         let Some(sub) = feeding.as_mut() else {
             if writer.check(None) {
@@ -84,6 +85,10 @@ async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBo
             feeding = None;
             continue;
         }
+        if skip_to_key && !au.key {
+            continue;
+        }
+        skip_to_key = false;
         match writer.put(&meta, &au.data) {
             Ok(PutOutcome::Written { wants_key }) => {
                 written += 1;
@@ -92,7 +97,12 @@ async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBo
                     hub.request_keyframe();
                 }
             }
-            Ok(PutOutcome::TooBig | PutOutcome::Busy) => {}
+            Ok(PutOutcome::TooBig | PutOutcome::Busy) => {
+                // Readers miss this picture: what follows cannot be decoded without it,
+                // so they get nothing until a new keyframe, which is asked for now.
+                skip_to_key = true;
+                hub.request_keyframe();
+            }
             Err(e) => {
                 tracing::warn!(sink = writer.name(), "memsink put failed: {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -13,6 +13,7 @@ use super::annexb::Picture;
 use super::failure_log::{FailureLog, Verdict};
 use super::nosignal::{NoSignal, NO_SIGNAL_FPS};
 use crate::media::hub::HubInfo;
+use crate::media::refchain::{Link, ReferenceChain};
 use crate::media::{clock, h264, AccessUnit, Hub};
 
 /// What `/state` says about the source.
@@ -29,6 +30,8 @@ pub struct SourceStatus {
     pub profile_level_id: Option<String>,
     /// The stream has B-frames, which WebRTC players cannot show in order.
     pub b_frames: bool,
+    /// Pictures held back because a reference picture before them never arrived.
+    pub lost_references: u64,
     /// Times the source was lost after delivering video.
     pub interruptions: u64,
     /// Why the source is not live (or was last lost), e.g. `cannot connect to ...`.
@@ -164,6 +167,9 @@ pub struct Output {
     recent: VecDeque<u64>,
     /// B-frames were seen (and warned about) in this source's stream.
     b_frames: bool,
+    /// Follows frame_num to hold back pictures whose reference was lost.
+    chain: ReferenceChain,
+    chain_broken: bool,
     failure_log: FailureLog,
 }
 
@@ -181,6 +187,8 @@ impl Output {
             no_signal_key: true,
             recent: VecDeque::with_capacity(FPS_WINDOW),
             b_frames: false,
+            chain: ReferenceChain::default(),
+            chain_broken: false,
             failure_log: FailureLog::default(),
         }
     }
@@ -223,6 +231,19 @@ impl Output {
                 s.profile_level_id = Some(picture.profile_level_id.clone());
             }
         }
+        if self.chain.push(&picture.data) == Link::Broken {
+            // Sent on, it would be decoded against the wrong picture and show as a
+            // smeared ghost in every browser until the next IDR: hold back until then.
+            let first = !self.chain_broken;
+            self.chain_broken = true;
+            self.status.lock().lost_references += 1;
+            if first {
+                tracing::info!("a reference picture was lost before it reached peregrine; waiting for the next keyframe");
+            }
+            self.hub.request_keyframe();
+            return;
+        }
+        self.chain_broken = false;
         if !picture.key && !self.b_frames && h264::access_unit_has_b_slice(&picture.data) {
             self.b_frames = true;
             self.status.lock().b_frames = true;
@@ -246,6 +267,7 @@ impl Output {
 
     /// The source is not there yet: viewers get NO SIGNAL until it is.
     pub fn not_yet(&mut self) {
+        self.chain.reset();
         self.status.lock().state = "no_signal";
         self.live = false;
         self.no_signal_key = true;
@@ -272,6 +294,7 @@ impl Output {
             // What comes next (placeholders, or the source back) does not continue it.
             self.hub.drop_gop();
         }
+        self.chain.reset();
         self.live = false;
         self.no_signal_key = true;
         self.next_no_signal = None;

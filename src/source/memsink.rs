@@ -49,6 +49,8 @@ const IDLE_STEP: Duration = Duration::from_millis(10);
 /// live writer delivers well within it, and a placeholder shown meanwhile would be what
 /// the first viewer sees instead of the camera.
 const NO_SIGNAL_GRACE: Duration = Duration::from_millis(500);
+/// A frame captured longer ago than this is not live video (see where it is used).
+const STALE_FRAME_US: u64 = 1_000_000;
 
 pub fn spawn(
     cfg: MemsinkSourceConfig,
@@ -184,10 +186,20 @@ impl Reading {
                 if frame.data.len() <= 3 {
                     return;
                 }
+                let now_us = clock::monotonic_us();
                 let capture_us = match s_to_us(frame.meta.grab_begin_ts) {
-                    0 => clock::monotonic_us(),
+                    0 => now_us,
                     us => us,
                 };
+                if now_us.saturating_sub(capture_us) > STALE_FRAME_US {
+                    // The sink keeps its last frame after the writer stops or idles: what
+                    // a reader finds on opening can be from long ago. Not the live stream.
+                    tracing::debug!(
+                        age_ms = now_us.saturating_sub(capture_us) / 1000,
+                        "memsink frame too old; skipped"
+                    );
+                    return;
+                }
                 self.frames += 1;
                 let split = self
                     .splitter
