@@ -1,8 +1,11 @@
-//! Splitting an Annex-B byte stream (a camera's or an encoder's output) into NAL units.
+//! Splitting an Annex-B byte stream (a camera's or an encoder's output) into NAL units,
+//! and what is read from slice headers: B-slices, and the reference chain run over the
+//! input cut into access units.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peregrine::media::h264::{access_unit_is_key, nal_type, nal_units};
+use peregrine::media::h264::{access_unit_has_b_slice, access_unit_is_key, nal_type, nal_units};
+use peregrine::media::refchain::ReferenceChain;
 
 fuzz_target!(|data: &[u8]| {
     let nals: Vec<&[u8]> = nal_units(data).collect();
@@ -25,4 +28,9 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(total <= data.len());
     let _ = access_unit_is_key(data);
+    let _ = access_unit_has_b_slice(data);
+    let mut chain = ReferenceChain::default();
+    for unit in data.split(|&b| b == 0xff) {
+        chain.push(unit);
+    }
 });
