@@ -42,6 +42,14 @@ pub struct Args {
     /// Janus API HTTP long-poll transport port. [default: 8088]
     #[arg(long, value_name = "PORT", help_heading = "Janus API")]
     pub janus_http_port: Option<u16>,
+    /// Address the Janus WebSocket transport listens on (Janus's `ws_ip`), instead of
+    /// --host. [default: --host, or ws_ip / ws_interface from --janus-config]
+    #[arg(long, value_name = "IP", help_heading = "Janus API")]
+    pub janus_ws_host: Option<IpAddr>,
+    /// Address the Janus HTTP transport listens on (Janus's `ip`), instead of --host.
+    /// [default: --host, or ip / interface from --janus-config]
+    #[arg(long, value_name = "IP", help_heading = "Janus API")]
+    pub janus_http_host: Option<IpAddr>,
     /// Base path of the Janus HTTP transport. [default: /janus]
     #[arg(long, value_name = "PATH", help_heading = "Janus API")]
     pub janus_http_path: Option<String>,
@@ -242,6 +250,10 @@ pub struct Config {
     pub janus_ws_port: u16,
     pub janus_http_port: u16,
     pub janus_http_path: String,
+    /// The Janus transports' own addresses; `None`: `host`. A Janus config's `ws_ip` /
+    /// `ip` lands here, so `--host` alone does not widen what it bound.
+    pub janus_ws_host: Option<IpAddr>,
+    pub janus_http_host: Option<IpAddr>,
     pub janus_ws_unix: Option<PathBuf>,
     pub janus_ws_unix_mode: u32,
     pub janus_http_unix: Option<PathBuf>,
@@ -292,6 +304,8 @@ impl Default for Config {
             janus_ws_port: 8188,
             janus_http_port: 8088,
             janus_http_path: "/janus".into(),
+            janus_ws_host: None,
+            janus_http_host: None,
             janus_ws_unix: None,
             janus_ws_unix_mode: 0o660,
             janus_http_unix: None,
@@ -429,6 +443,12 @@ impl Config {
         set!(port <- port);
         set!(janus_ws_port <- janus_ws_port);
         set!(janus_http_port <- janus_http_port);
+        if let Some(ip) = a.janus_ws_host {
+            self.janus_ws_host = Some(ip);
+        }
+        if let Some(ip) = a.janus_http_host {
+            self.janus_http_host = Some(ip);
+        }
         set!(session_timeout_s <- session_timeout);
         set!(source <- source);
         set!(device <- device);
@@ -655,7 +675,9 @@ fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Arg
         source: install.sink.map(|s| format!("memsink:{s}")),
         janus_ws_port: install.ws_port,
         janus_ws_unix: install.ws_unix,
+        janus_ws_host: install.ws_ip,
         janus_http_port: install.http_port,
+        janus_http_host: install.http_ip,
         janus_http_path: install.http_base_path,
         session_timeout: install.session_timeout,
         udp_port_range: install.rtp_port_range,
@@ -885,6 +907,45 @@ mod tests {
         let err =
             Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap_err();
         assert!(format!("{err:#}").contains("janus_config"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn janus_config_transport_addresses_outrank_host_but_not_their_flags() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-ip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.websockets.jcfg"),
+            "general: { ws = true, ws_ip = \"127.0.0.1\" }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let load = |extra: &[&str]| {
+            let mut argv = vec!["peregrine", "--janus-config", dir_s];
+            argv.extend_from_slice(extra);
+            Config::load(Args::parse_from(argv)).unwrap()
+        };
+        // --host moves everything else, not a transport its Janus file pinned.
+        let c = load(&["--host", "0.0.0.0"]);
+        assert_eq!(c.host, ip("0.0.0.0"));
+        assert_eq!(
+            (c.janus_ws_host, c.janus_http_host),
+            (Some(ip("127.0.0.1")), None)
+        );
+        let j = crate::janus::JanusConfig::from_config(&c);
+        assert_eq!((j.ws_host, j.http_host), (Some(ip("127.0.0.1")), None));
+        // The transport's own flag wins over the file.
+        let c = load(&["--janus-ws-host", "0.0.0.0", "--janus-http-host", "::1"]);
+        assert_eq!(
+            (c.janus_ws_host, c.janus_http_host),
+            (Some(ip("0.0.0.0")), Some(ip("::1")))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

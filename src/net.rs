@@ -1,4 +1,5 @@
-//! Which local addresses to offer as ICE host candidates.
+//! Which local addresses to offer as ICE host candidates, and the addresses of a named
+//! interface.
 
 use std::net::IpAddr;
 
@@ -25,6 +26,27 @@ pub fn candidate_ips(bind: IpAddr, include_loopback: bool) -> Vec<IpAddr> {
 /// IPv4 addresses of interfaces that are up.
 fn interface_ipv4s() -> Vec<IpAddr> {
     let mut out = Vec::new();
+    for (_, ip) in named_interface_ipv4s() {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The first IPv4 address of the interface called `name` (compared as Janus does,
+/// ignoring case), if it is up and has one.
+pub fn interface_ipv4(name: &str) -> Option<IpAddr> {
+    named_interface_ipv4s()
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, ip)| ip)
+}
+
+/// Every IPv4 address of every interface that is up, with the interface's name, in
+/// the order the kernel lists them.
+fn named_interface_ipv4s() -> Vec<(String, IpAddr)> {
+    let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; every
     // pointer is checked for null before it is read.
@@ -39,9 +61,14 @@ fn interface_ipv4s() -> Vec<IpAddr> {
             if up && !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
                 let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
                 let ip = IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes());
-                if !out.contains(&ip) {
-                    out.push(ip);
-                }
+                let name = if ifa.ifa_name.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(ifa.ifa_name)
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                out.push((name, ip));
             }
             cur = ifa.ifa_next;
         }
@@ -66,5 +93,13 @@ mod tests {
         assert!(ips.contains(&IpAddr::from([127, 0, 0, 1])), "{ips:?}");
         let ips = candidate_ips(IpAddr::from([0, 0, 0, 0]), false);
         assert!(ips.iter().all(|ip| !ip.is_unspecified()));
+    }
+
+    #[test]
+    fn interfaces_are_found_by_name() {
+        let lo = Some(IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(interface_ipv4("lo"), lo);
+        assert_eq!(interface_ipv4("LO"), lo, "names compare as in Janus");
+        assert_eq!(interface_ipv4("no-such-if0"), None);
     }
 }

@@ -17,6 +17,7 @@ use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use peregrine::janus::client;
 use support::{free_port, http_request};
 
 fn binary() -> PathBuf {
@@ -72,11 +73,16 @@ struct Running {
 
 impl Running {
     async fn start(args: &[&str]) -> Result<Running> {
+        Self::start_on("127.0.0.1", args).await
+    }
+
+    /// Started with `--host host`; `/state` is asked there.
+    async fn start_on(host: &str, args: &[&str]) -> Result<Running> {
         let port = free_port();
         let child = Command::new(binary())
             .args([
                 "--host",
-                "127.0.0.1",
+                host,
                 "--udp-port-range",
                 "0",
                 "--source",
@@ -94,7 +100,8 @@ impl Running {
             if let Some(status) = running.child.try_wait()? {
                 bail!("peregrine exited at start ({status})");
             }
-            if let Ok((200, body)) = http_request(port, "GET", "/state", None).await {
+            let main = format!("{host}:{port}");
+            if let Ok((200, body)) = client::http_request(&main, "GET", "/state", None).await {
                 let state: Value = serde_json::from_slice(&body)?;
                 if state["pid"] == json!(running.child.id()) {
                     return Ok(running);
@@ -395,4 +402,144 @@ fn a_file_in_the_socket_path_is_left_alone() {
     assert!(stderr.contains("not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The local addresses process `pid` listens on with TCP port `port`, from /proc
+/// (IPv4 only, which is what these tests bind).
+fn listening_addresses(pid: u32, port: u16) -> Vec<std::net::Ipv4Addr> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
+            let (ip, p) = cols[1].split_once(':').unwrap();
+            if u16::from_str_radix(p, 16).unwrap() == port {
+                // /proc writes the address as a host-order (little-endian) word.
+                let word = u32::from_str_radix(ip, 16).unwrap();
+                out.push(std::net::Ipv4Addr::from(word.swap_bytes()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn ws_ip_from_the_janus_config_binds_that_address_only() -> Result<()> {
+    let (ws_port, http_port) = (free_port(), free_port());
+    let dir = folder(
+        "ws-ip",
+        &[
+            PLUGIN,
+            (
+                "janus.transport.websockets.jcfg",
+                &format!("general: {{ ws = true, ws_port = {ws_port}, ws_ip = \"127.0.0.1\" }}"),
+            ),
+        ],
+    );
+    // Everything else goes to 127.0.0.2 (the later --host wins over the harness's).
+    let server = Running::start_on(
+        "127.0.0.2",
+        &[
+            "--janus-config",
+            dir.to_str().unwrap(),
+            "--janus-http-port",
+            &http_port.to_string(),
+        ],
+    )
+    .await?;
+    let pid = server.child.id();
+    let loopback = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
+    assert_eq!(listening_addresses(pid, ws_port), vec![loopback(1)]);
+    assert_eq!(listening_addresses(pid, http_port), vec![loopback(2)]);
+    // The WebSocket transport answers on its address and not on --host's.
+    let url = format!("ws://127.0.0.1:{ws_port}/");
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    ws.send(Message::text(
+        json!({"janus": "ping", "transaction": "p"}).to_string(),
+    ))
+    .await?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await?
+        .context("socket closed")??;
+    let reply: Value = serde_json::from_str(reply.to_text()?)?;
+    assert_eq!(reply["janus"], "pong", "{reply}");
+    assert!(std::net::TcpStream::connect(("127.0.0.2", ws_port)).is_err());
+    drop(server);
+
+    // Its own flag moves it.
+    let server = Running::start_on(
+        "127.0.0.2",
+        &[
+            "--janus-config",
+            dir.to_str().unwrap(),
+            "--janus-http-port",
+            &http_port.to_string(),
+            "--janus-ws-host",
+            "127.0.0.2",
+        ],
+    )
+    .await?;
+    assert_eq!(
+        listening_addresses(server.child.id(), ws_port),
+        vec![loopback(2)]
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn a_bad_transport_address_stops_the_start_naming_setting_and_file() {
+    for (file, text, setting) in [
+        (
+            "janus.transport.websockets.jcfg",
+            "general: { ws = true, ws_ip = \"not-an-ip\" }",
+            "general.ws_ip",
+        ),
+        (
+            "janus.transport.websockets.jcfg",
+            "general: { ws = true, ws_interface = \"no-such-if0\" }",
+            "general.ws_interface",
+        ),
+        (
+            "janus.transport.http.jcfg",
+            "general: { http = true, ip = \"127.0.0.256\" }",
+            "general.ip",
+        ),
+        (
+            "janus.transport.http.jcfg",
+            "general: { http = true, interface = \"no-such-if0\" }",
+            "general.interface",
+        ),
+    ] {
+        let dir = folder("bad-ip", &[PLUGIN, (file, text)]);
+        let out = run_to_exit(&[
+            "--janus-config",
+            dir.to_str().unwrap(),
+            "--port",
+            &free_port().to_string(),
+            "--janus-ws-port",
+            &free_port().to_string(),
+            "--janus-http-port",
+            &free_port().to_string(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{setting}: {stderr}");
+        assert!(stderr.contains(setting), "{stderr}");
+        let path = dir.join(file);
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

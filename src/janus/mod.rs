@@ -38,6 +38,9 @@ use crate::rtc::RtcEngine;
 #[derive(Clone, Debug)]
 pub struct JanusConfig {
     pub host: IpAddr,
+    /// The transports' own addresses, instead of `host`.
+    pub ws_host: Option<IpAddr>,
+    pub http_host: Option<IpAddr>,
     /// Where the WebSocket transport listens.
     pub ws: Listen,
     /// Where the HTTP long-poll transport listens.
@@ -58,6 +61,8 @@ impl Default for JanusConfig {
     fn default() -> Self {
         JanusConfig {
             host: IpAddr::from([127, 0, 0, 1]),
+            ws_host: None,
+            http_host: None,
             ws: Listen::Tcp(8188),
             http: Listen::Tcp(8088),
             http_path: "/janus".into(),
@@ -73,6 +78,8 @@ impl JanusConfig {
     pub fn from_config(cfg: &Config) -> JanusConfig {
         JanusConfig {
             host: cfg.host,
+            ws_host: cfg.janus_ws_host,
+            http_host: cfg.janus_http_host,
             ws: cfg.janus_ws_listen(),
             http: cfg.janus_http_listen(),
             http_path: cfg.janus_http_path.clone(),
@@ -127,17 +134,25 @@ impl JanusServer {
     ) -> Result<Self> {
         // Each error names only the listener that failed and the setting to change.
         let ws = listen::Bound::bind(
-            cfg.host,
+            cfg.ws_host.unwrap_or(cfg.host),
             &cfg.ws,
             "Janus WebSocket transport",
-            "janus_ws_port",
+            if cfg.ws_host.is_some() {
+                "janus_ws_port or janus_ws_host"
+            } else {
+                "janus_ws_port"
+            },
         )
         .await?;
         let http = listen::Bound::bind(
-            cfg.host,
+            cfg.http_host.unwrap_or(cfg.host),
             &cfg.http,
             "Janus HTTP transport",
-            "janus_http_port",
+            if cfg.http_host.is_some() {
+                "janus_http_port or janus_http_host"
+            } else {
+                "janus_http_port"
+            },
         )
         .await?;
         let settings = gateway::Settings {

@@ -1,7 +1,8 @@
 //! Janus `.jcfg` files (libconfig syntax), read so an existing Janus + ustreamer plugin
 //! installation can be served by peregrine unchanged: the plugin's memsink name and the
-//! transports' ports.
+//! transports' ports and addresses.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -299,7 +300,11 @@ pub struct JanusInstall {
     /// The transport's file exists and does not enable it (`ws = true` is required, as
     /// in Janus).
     pub ws_off: bool,
+    /// `ws_ip` (or `ws_interface`): the only address the WebSocket transport binds.
+    pub ws_ip: Option<IpAddr>,
     pub http_port: Option<u16>,
+    /// `ip` (or `interface`): the only address the HTTP transport binds.
+    pub http_ip: Option<IpAddr>,
     pub http_off: bool,
     pub http_base_path: Option<String>,
     pub session_timeout: Option<u64>,
@@ -354,6 +359,16 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
         if !install.ws_off {
             install.ws_port = port(&ws, "general.ws_port", WS_FILE)?;
             install.ws_unix = ws.get_str("general.ws_unix").map(PathBuf::from);
+            // A unix socket takes the place of the address too, as in Janus.
+            if install.ws_unix.is_none() {
+                install.ws_ip = bind_address(
+                    &ws,
+                    &dir.join(WS_FILE),
+                    "ws_ip",
+                    "ws_interface",
+                    "--janus-ws-host",
+                )?;
+            }
         }
         refused.extend(unsupported_ws(&ws, !install.ws_off));
     }
@@ -361,6 +376,13 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
         install.http_off = http.get_bool("general.http") != Some(true);
         if !install.http_off {
             install.http_port = port(&http, "general.port", HTTP_FILE)?;
+            install.http_ip = bind_address(
+                &http,
+                &dir.join(HTTP_FILE),
+                "ip",
+                "interface",
+                "--janus-http-host",
+            )?;
         }
         install.http_base_path = http.get_str("general.base_path");
         refused.extend(unsupported_http(&http, !install.http_off));
@@ -376,6 +398,16 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             install.stun = Some(format!("stun:{server}:{port}"));
         }
         refused.extend(unsupported_core(&janus));
+        if let Some(interface) = janus.get_str("general.interface") {
+            // Janus only writes this address into its SDP; it still gathers candidates
+            // on every interface, so nothing is exposed that was not before.
+            tracing::warn!(
+                file = %dir.join(CORE_FILE).display(),
+                interface,
+                "general.interface is not used: peregrine offers the --host address as \
+                 its ICE candidate (every interface with --host 0.0.0.0)"
+            );
+        }
         if janus.get_str("certificates.cert_pem").is_some() {
             // Not a loss of security: browsers check the DTLS certificate against the
             // fingerprint in the SDP, whichever certificate it is.
@@ -398,6 +430,43 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
         );
     }
     Ok(install)
+}
+
+/// The one address a transport's file binds it to: `ip_key` (an address) wins over
+/// `interface_key` (an interface name, or an address), as in Janus. Both are under
+/// `general`. A value that names no address of this machine stops the start rather
+/// than letting the transport listen more widely than the file says.
+fn bind_address(
+    v: &Value,
+    file: &Path,
+    ip_key: &str,
+    interface_key: &str,
+    flag: &str,
+) -> Result<Option<IpAddr>> {
+    if let Some(ip) = v.get_str(&format!("general.{ip_key}")) {
+        return ip.trim().parse().map(Some).map_err(|_| {
+            anyhow!(
+                "{}: general.{ip_key} = {ip:?} is not an IP address (set the address the \
+                 transport should listen on, e.g. \"127.0.0.1\")",
+                file.display()
+            )
+        });
+    }
+    let Some(interface) = v.get_str(&format!("general.{interface_key}")) else {
+        return Ok(None);
+    };
+    if let Ok(ip) = interface.trim().parse() {
+        return Ok(Some(ip));
+    }
+    match crate::net::interface_ipv4(interface.trim()) {
+        Some(ip) => Ok(Some(ip)),
+        None => bail!(
+            "{}: general.{interface_key} = {interface:?}: no network interface of that name \
+             is up with an IPv4 address; set general.{ip_key} to the address to listen on \
+             instead, or remove the setting and choose the address with {flag} or --host",
+            file.display()
+        ),
+    }
 }
 
 /// A security setting peregrine cannot honour: file, setting, what it would lose.
@@ -575,7 +644,9 @@ mod tests {
                 ws_port: Some(8189),
                 ws_unix: None,
                 ws_off: false,
+                ws_ip: None,
                 http_port: Some(8089),
+                http_ip: None,
                 http_off: false,
                 http_base_path: Some("/api".into()),
                 session_timeout: Some(30),
@@ -671,5 +742,98 @@ mod tests {
         ]);
         read_install(&dir).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn transport_addresses_are_honoured() {
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let dir = dir_with(&[
+            PLUGIN,
+            (WS_FILE, "general: { ws = true, ws_ip = \"127.0.0.1\" }"),
+            (HTTP_FILE, "general: { http = true, ip = \"::1\" }"),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(
+            (install.ws_ip, install.http_ip),
+            (ip("127.0.0.1"), ip("::1"))
+        );
+        // An interface by name is its IPv4 address; the address wins over it, as in
+        // Janus; an interface may also be given as an address.
+        std::fs::write(
+            dir.join(WS_FILE),
+            "general: { ws = true, ws_interface = \"lo\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(HTTP_FILE),
+            "general: { http = true, interface = \"no-such-if0\", ip = \"127.0.0.2\" }",
+        )
+        .unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!(
+            (install.ws_ip, install.http_ip),
+            (ip("127.0.0.1"), ip("127.0.0.2"))
+        );
+        std::fs::write(
+            dir.join(HTTP_FILE),
+            "general: { http = true, interface = \"127.0.0.3\" }",
+        )
+        .unwrap();
+        assert_eq!(read_install(&dir).unwrap().http_ip, ip("127.0.0.3"));
+        // A transport that is off or on a unix socket binds no address: nothing to check.
+        std::fs::write(
+            dir.join(WS_FILE),
+            "general: { ws = true, ws_unix = \"/run/j.sock\", ws_interface = \"no-such-if0\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(HTTP_FILE),
+            "general: { http = false, ip = \"not an address\" }",
+        )
+        .unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!((install.ws_ip, install.http_ip), (None, None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_transport_addresses_are_refused_by_name_and_file() {
+        let cases = [
+            (
+                WS_FILE,
+                "general: { ws = true, ws_ip = \"localhost\" }",
+                "general.ws_ip",
+            ),
+            (
+                WS_FILE,
+                "general: { ws = true, ws_ip = \"10.0.0.300\" }",
+                "general.ws_ip",
+            ),
+            (
+                WS_FILE,
+                "general: { ws = true, ws_interface = \"no-such-if0\" }",
+                "general.ws_interface",
+            ),
+            (
+                HTTP_FILE,
+                "general: { http = true, ip = \"eth0\" }",
+                "general.ip",
+            ),
+            (
+                HTTP_FILE,
+                "general: { http = true, interface = \"no-such-if0\" }",
+                "general.interface",
+            ),
+        ];
+        for (file, text, setting) in cases {
+            let dir = dir_with(&[PLUGIN, (file, text)]);
+            let err = format!("{:#}", read_install(&dir).unwrap_err());
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(
+                err.contains(&dir.join(file).display().to_string()),
+                "{setting} names the file: {err}"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
