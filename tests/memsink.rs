@@ -1078,3 +1078,104 @@ async fn a_stale_frame_left_in_the_sink_is_not_shown() -> Result<()> {
     );
     Ok(())
 }
+
+/// Read frames from the binary's sink from its first keyframe on; after `before` frames,
+/// hold the sink lock for `hold`, as a stuck reader would, then read `after` more.
+/// Returns the frames (key, data) and the index of the first one read after the hold.
+#[allow(clippy::type_complexity)]
+fn read_across_a_held_lock(
+    name: &str,
+    before: usize,
+    hold: Duration,
+    after: usize,
+) -> Result<(Vec<(bool, Vec<u8>)>, usize)> {
+    use peregrine::memsink::layout::Abi;
+    use peregrine::memsink::reader::{Get, SinkReader};
+    use peregrine::memsink::shm::{OpenMode, ShmObject};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reader = SinkReader::open(name, Duration::from_secs(1))?;
+    let mut frames: Vec<(bool, Vec<u8>)> = Vec::new();
+    let mut released_at = None;
+    while frames.len() < before + after {
+        if Instant::now() > deadline {
+            bail!("only {} frames read", frames.len());
+        }
+        if frames.len() == before && released_at.is_none() {
+            let layout = Abi::host().context("known ABI")?.layout();
+            let holder = ShmObject::open(name, layout.header_size, OpenMode::Existing)?;
+            if !holder.lock_timed(Duration::from_secs(1))? {
+                bail!("could not take the sink lock");
+            }
+            std::thread::sleep(hold);
+            holder.unlock()?;
+            released_at = Some(frames.len());
+        }
+        match reader.get(frames.is_empty())? {
+            Get::Frame(frame) if frames.is_empty() && !frame.meta.key => {}
+            Get::Frame(frame) => frames.push((frame.meta.key, frame.data)),
+            Get::NoData => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    Ok((frames, released_at.unwrap_or(before)))
+}
+
+/// A reader that stalls while holding the sink lock makes the writer give up on a picture
+/// (Busy). Every reader must then get nothing it cannot decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: the writer skips to a keyframe after Busy, but then writes the keyframe \
+            and the pictures queued behind it back to back when the lock comes free, so \
+            readers find a P-frame whose references they never saw"]
+async fn after_a_busy_sink_the_writer_goes_on_at_a_keyframe() -> Result<()> {
+    let name = unique_name("busy");
+    let _cleanup = RemoveShm(name.clone());
+    // 10 fps: what queues up while the sink is held stays within the hub's queue.
+    let (_server, log) = Server::start_piped(
+        &[
+            "--resolution",
+            "640x360",
+            "--desired-fps",
+            "10",
+            "--h264-sink",
+            &name,
+            "--h264-sink-rm",
+        ],
+        Some("peregrine::memsink=debug"),
+    )
+    .await?;
+    // Held past the writer's 1 s put timeout: it gives up on at least one picture.
+    let (frames, released_at) = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || {
+            read_across_a_held_lock(&name, 10, Duration::from_millis(1500), 15)
+        })
+        .await??
+    };
+    log.wait_for(Duration::from_secs(5), |l| l.contains("memsink busy"))
+        .await?;
+    // Every frame decodes: a P-frame after the picture the writer gave up on would be
+    // decoded against the wrong reference (openh264 reports the lost reference).
+    let keys: Vec<bool> = frames.iter().map(|f| f.0).collect();
+    let payloads: Vec<Vec<u8>> = frames.into_iter().map(|(_, data)| data).collect();
+    let counters =
+        decode_counters(&payloads).with_context(|| format!("frames read (key flags) {keys:?}"))?;
+    assert_eq!(counters.len(), payloads.len(), "{counters:?}");
+    // Pictures are missing only where the writer gave up, and it went on at a keyframe.
+    let gaps: Vec<usize> = (1..counters.len())
+        .filter(|&i| counters[i] != counters[i - 1] + 1)
+        .collect();
+    assert!(
+        gaps.iter().any(|&i| i >= released_at),
+        "no picture missing after the sink was held: {counters:?}"
+    );
+    for &i in &gaps {
+        assert!(
+            counters[i] > counters[i - 1] && keys[i],
+            "after picture {} came {} (key: {}): {counters:?}",
+            counters[i - 1],
+            counters[i],
+            keys[i]
+        );
+    }
+    println!("read across the busy sink: {counters:?}");
+    Ok(())
+}
