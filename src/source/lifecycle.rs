@@ -450,4 +450,61 @@ mod tests {
         assert_eq!((au.width, au.height), (160, 120));
         assert_eq!(status.snapshot().interruptions, 1);
     }
+
+    #[tokio::test]
+    async fn pictures_after_a_lost_reference_are_held_back_until_the_next_idr() {
+        use super::super::pattern::TestPattern;
+        use super::super::testsrc::{PictureEncoder, TestsrcConfig};
+        let hub = Hub::new(64);
+        let status = StatusHandle::new("test", "no_signal");
+        let mut out = Output::new(hub.clone(), status.clone(), (160, 120));
+        let mut sub = hub.subscribe(StartAt::NextKeyframe);
+        let mut encoder = PictureEncoder::new(&TestsrcConfig {
+            width: 160,
+            height: 120,
+            fps: 30,
+            bitrate_kbps: 300,
+            gop: 300,
+            warmup: Duration::ZERO,
+        })
+        .unwrap();
+        let mut pattern = TestPattern::new(160, 120).unwrap();
+        for i in 0..12u32 {
+            if i == 9 {
+                encoder.force_keyframe();
+            }
+            let picture = encoder
+                .encode(pattern.draw(i, 0), u64::from(i) * 33)
+                .unwrap()
+                .unwrap();
+            assert_eq!(picture.key, i == 0 || i == 9, "picture {i}");
+            // Picture 4, a reference P-frame, never arrives.
+            if i == 4 {
+                continue;
+            }
+            out.publish(Picture {
+                data: picture.data,
+                key: picture.key,
+                width: 160,
+                height: 120,
+                profile_level_id: "42c00c".into(),
+            });
+            if (5..9).contains(&i) {
+                assert!(hub.keyframe_wanted(), "no keyframe asked for at {i}");
+            }
+        }
+        // 0..=3, then the IDR and what follows it: nothing of the broken chain 5..=8.
+        let mut keys = Vec::new();
+        while let Ok(Some(au)) = tokio::time::timeout(Duration::from_millis(100), sub.recv()).await
+        {
+            keys.push(au.key);
+        }
+        assert_eq!(
+            keys,
+            [true, false, false, false, true, false, false],
+            "access units the hub passed on (key flags)"
+        );
+        assert_eq!(status.snapshot().lost_references, 4);
+        assert!(!hub.keyframe_wanted(), "the IDR answered the request");
+    }
 }
