@@ -255,6 +255,12 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// Access units already waiting to be taken: how far behind the stream this
+    /// subscriber is.
+    pub fn waiting(&self) -> usize {
+        self.backlog.len() + self.rx.len()
+    }
+
     /// The next access unit to deliver. `None` only when the hub is gone.
     pub async fn recv(&mut self) -> Option<Arc<AccessUnit>> {
         if let Some(au) = self.backlog.pop_front() {

@@ -18,6 +18,13 @@ use crate::media::{AccessUnit, Hub};
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Longest wait for a picture before `stop` is looked at again.
 const RECV_STEP: Duration = Duration::from_millis(100);
+/// Least time between two puts: readers poll the sink every millisecond or so, and a
+/// frame overwritten before they looked is lost to them (with everything predicted
+/// from it). Live pictures are tens of milliseconds apart; only a backlog is slowed.
+const BACKLOG_PACING: Duration = Duration::from_millis(4);
+/// Pictures waiting beyond this mean the writer stalled: they are dropped, and the
+/// stream resumes at a keyframe asked for at once.
+const MAX_PACED_BACKLOG: usize = 2;
 
 /// Create the sink now (so a bad name or permission fails at startup) and start the
 /// thread that feeds it. `gop` is copied into every frame, as µStreamer does.
@@ -60,6 +67,7 @@ async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBo
     let mut written: u64 = 0;
     let mut geometry = (0, 0);
     let mut skip_to_key = false;
+    let mut last_put: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let Some(sub) = feeding.as_mut() else {
             if writer.check(None) {
@@ -85,13 +93,33 @@ async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBo
             feeding = None;
             continue;
         }
-        if skip_to_key && !au.key {
+        // The sink holds one frame: pictures written faster than readers poll are
+        // overwritten unseen, and the ones after them decode wrong. A short backlog is
+        // paced out; a long one (the writer stalled) is dropped for a new keyframe.
+        let behind = sub.waiting();
+        if behind > MAX_PACED_BACKLOG && !skip_to_key {
+            tracing::debug!(
+                sink = writer.name(),
+                behind,
+                "memsink writer behind; skipping to a keyframe"
+            );
+            skip_to_key = true;
+            hub.request_keyframe();
+        }
+        if skip_to_key && !(au.key && behind == 0) {
             continue;
         }
         skip_to_key = false;
+        if let Some(last) = last_put {
+            let since = last.elapsed();
+            if since < BACKLOG_PACING {
+                tokio::time::sleep(BACKLOG_PACING - since).await;
+            }
+        }
         match writer.put(&meta, &au.data) {
             Ok(PutOutcome::Written { wants_key }) => {
                 written += 1;
+                last_put = Some(std::time::Instant::now());
                 geometry = (au.width, au.height);
                 if wants_key {
                     hub.request_keyframe();

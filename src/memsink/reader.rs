@@ -164,9 +164,11 @@ impl SinkReader {
             })
         };
         // Our request replaces the block, but a pending key request stays set: only the
-        // writer's put of a keyframe clears it.
+        // writer's put of a keyframe clears it. A keyframe taken now answers our own
+        // request: asking again would make the writer send a second one right after.
+        let answered = matches!(&got, Get::Frame(f) if f.meta.key);
         let mut wants = [0u8; super::layout::WANTS_LEN];
-        wants[l.wants_key - l.wants] = u8::from(want_key || header.wants_key);
+        wants[l.wants_key - l.wants] = u8::from((want_key && !answered) || header.wants_key);
         self.shm.write(l.wants, &wants);
         Ok(got)
     }
