@@ -217,8 +217,14 @@ mod tests {
         };
         assert_eq!(f.data, b"\0\0\0\x01\x67abc");
         assert_eq!(f.meta, meta(true));
-        // Same id again: nothing new, but the reader stamped last_client_ts.
-        assert!(matches!(r.get(false).unwrap(), Get::NoData));
+        // The keyframe taken answers the request made with it: no second one is asked.
+        assert_eq!(
+            w.put(&meta(false), b"p0").unwrap(),
+            PutOutcome::Written { wants_key: false }
+        );
+        assert!(matches!(r.get(false).unwrap(), Get::Frame(_)));
+        // Same id again: nothing new, but the reader stamped last_client_ts (and asks).
+        assert!(matches!(r.get(true).unwrap(), Get::NoData));
         assert!(w.check(None));
         assert!(w.has_clients());
         // The request is sticky through a non-key put and cleared by a key put.
