@@ -52,7 +52,11 @@ mod tests {
             assert_eq!(log.hit(), None);
         }
         std::thread::sleep(Duration::from_millis(220));
-        assert_eq!(log.hit(), Some(100), "the line says how many were held back");
+        assert_eq!(
+            log.hit(),
+            Some(100),
+            "the line says how many were held back"
+        );
         assert_eq!(log.hit(), None);
     }
 }

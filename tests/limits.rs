@@ -194,11 +194,17 @@ async fn slow_and_idle_connections_are_closed() {
     let mut kept = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     kept.write_all(head).await.unwrap();
 
-    let took = closed_within(&mut silent, Duration::from_secs(8)).await.unwrap();
+    let took = closed_within(&mut silent, Duration::from_secs(8))
+        .await
+        .unwrap();
     assert!(took >= Duration::from_millis(1500), "closed after {took:?}");
-    closed_within(&mut kept, Duration::from_secs(8)).await.unwrap();
+    closed_within(&mut kept, Duration::from_secs(8))
+        .await
+        .unwrap();
     let mut slow = dripper.await.unwrap();
-    closed_within(&mut slow, Duration::from_secs(8)).await.unwrap();
+    closed_within(&mut slow, Duration::from_secs(8))
+        .await
+        .unwrap();
 
     let (status, _) = support::http_request(port, "GET", "/janus/info", None)
         .await
@@ -221,7 +227,11 @@ async fn sessions_and_handles_are_capped() {
     let mut a = ws_connect(&server).await;
     let mut sessions = Vec::new();
     for n in 0..2 {
-        let r = ws_request(&mut a, json!({"janus": "create", "transaction": format!("c{n}")})).await;
+        let r = ws_request(
+            &mut a,
+            json!({"janus": "create", "transaction": format!("c{n}")}),
+        )
+        .await;
         assert_eq!(r["janus"], "success", "{r}");
         sessions.push(r["data"]["id"].as_u64().unwrap());
     }
@@ -229,7 +239,10 @@ async fn sessions_and_handles_are_capped() {
     assert_eq!(r["janus"], "error", "{r}");
     assert_eq!(r["error"]["code"], 472, "{r}");
     assert!(
-        r["error"]["reason"].as_str().unwrap().contains("connection"),
+        r["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connection"),
         "{r}"
     );
 

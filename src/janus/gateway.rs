@@ -281,10 +281,12 @@ impl Gateway {
     fn check_connection_cap(&self, registry: &Registry, origin: &Owner) -> Result<(), JanusError> {
         let cap = self.settings.caps.sessions_per_connection;
         match origin {
-            Owner::Socket { conn, .. } if over(cap, registry.count_owned_by(*conn)) => Err(refused(
-                code::NOT_ACCEPTING_SESSIONS,
-                format!("Too many sessions on this connection (limit {cap})"),
-            )),
+            Owner::Socket { conn, .. } if over(cap, registry.count_owned_by(*conn)) => {
+                Err(refused(
+                    code::NOT_ACCEPTING_SESSIONS,
+                    format!("Too many sessions on this connection (limit {cap})"),
+                ))
+            }
             _ => Ok(()),
         }
     }

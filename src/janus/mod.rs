@@ -32,9 +32,9 @@ pub use gateway::JanusCounts;
 pub use listen::Listen;
 
 use crate::config::Config;
-use crate::serve::{ConnLimits, ConnPolicy};
 use crate::media::Hub;
 use crate::rtc::RtcEngine;
+use crate::serve::{ConnLimits, ConnPolicy};
 
 /// Janus transport and core settings.
 #[derive(Clone, Debug)]

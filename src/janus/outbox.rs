@@ -99,6 +99,9 @@ mod tests {
         assert!(outbox.send(&big).await, "sending frees the room");
         let huge = json!({"x": "b".repeat(1000)});
         drop(rx.recv().await.unwrap());
-        assert!(outbox.send(&huge).await, "a message above the budget takes all of it");
+        assert!(
+            outbox.send(&huge).await,
+            "a message above the budget takes all of it"
+        );
     }
 }

@@ -32,10 +32,7 @@ pub type ConnId = u64;
 #[derive(Clone, Debug)]
 pub enum Owner {
     /// The WebSocket connection that created or last claimed the session.
-    Socket {
-        conn: ConnId,
-        tx: Outbox,
-    },
+    Socket { conn: ConnId, tx: Outbox },
     /// The HTTP transport: events wait in the session's queue for the next long poll.
     LongPoll,
 }

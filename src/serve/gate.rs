@@ -83,8 +83,11 @@ impl Gate {
         {
             drop(state);
             if let Some(n) = REFUSED.hit() {
-                tracing::warn!(refused = n, cap = self.caps.total,
-                    "connection refused: too many connections in total");
+                tracing::warn!(
+                    refused = n,
+                    cap = self.caps.total,
+                    "connection refused: too many connections in total"
+                );
             }
             return None;
         }
@@ -202,7 +205,10 @@ mod tests {
         assert!(!b.evicted_already(), "another address is untouched");
         assert_eq!(gate.open(), 3);
         a3.prove();
-        assert!(gate.admit(ip(1)).is_none(), "only proven ones left: refused");
+        assert!(
+            gate.admit(ip(1)).is_none(),
+            "only proven ones left: refused"
+        );
         drop(a1);
         assert_eq!(gate.open(), 3, "an evicted permit is not released twice");
         drop((a2, a3, b));
