@@ -71,6 +71,41 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", help_heading = "Janus API")]
     pub session_timeout: Option<u64>,
 
+    /// Janus sessions in total (both transports); more get error 472; 0: no cap. [default: 1000]
+    #[arg(long, value_name = "COUNT", help_heading = "Limits")]
+    pub max_sessions: Option<usize>,
+    /// Janus sessions one WebSocket connection may own; more get error 472; 0: no cap.
+    /// [default: 10]
+    #[arg(long, value_name = "COUNT", help_heading = "Limits")]
+    pub max_sessions_per_connection: Option<usize>,
+    /// Plugin handles in one Janus session; more get error 461; 0: no cap. [default: 10]
+    #[arg(long, value_name = "COUNT", help_heading = "Limits")]
+    pub max_handles_per_session: Option<usize>,
+    /// Bytes of replies and events a Janus WebSocket may have waiting; while full, its
+    /// requests are not read. [default: 4194304]
+    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
+    pub ws_queue_bytes: Option<usize>,
+    /// Seconds one WebSocket message may take to send before the client is
+    /// disconnected (and its sessions destroyed). [default: 10]
+    #[arg(long, value_name = "SECONDS", help_heading = "Limits")]
+    pub ws_send_timeout: Option<u64>,
+    /// Open connections in total over every HTTP and WebSocket listener; always kept
+    /// below the open-file limit (raised to its hard maximum at start); 0: as many as
+    /// that limit allows. [default: 0]
+    #[arg(long, value_name = "COUNT", help_heading = "Limits")]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address; 0: no cap. [default: 256]
+    #[arg(long, value_name = "COUNT", help_heading = "Limits")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds a connection has to send a complete request head, after connecting and
+    /// between requests (closes slow and idle keep-alive connections). [default: 10]
+    #[arg(long, value_name = "SECONDS", help_heading = "Limits")]
+    pub header_timeout: Option<u64>,
+    /// Seconds with no byte moving in either direction after which an HTTP connection
+    /// is closed; more than the 30 s long-poll hold. [default: 60]
+    #[arg(long, value_name = "SECONDS", help_heading = "Limits")]
+    pub idle_timeout: Option<u64>,
+
     /// Video source: `v4l2` (the camera at --device), `testsrc` (generated pattern),
     /// `tcp://HOST:PORT` (read an H.264 byte stream, reconnecting), `tcp-listen://IP:PORT`
     /// (accept a pushing encoder), `memsink:NAME` (a µStreamer sink), `-` (stdin) or a raw
@@ -263,6 +298,15 @@ pub struct Config {
     pub janus_ws_off: bool,
     pub janus_http_off: bool,
     pub session_timeout_s: u64,
+    pub max_sessions: usize,
+    pub max_sessions_per_connection: usize,
+    pub max_handles_per_session: usize,
+    pub ws_queue_bytes: usize,
+    pub ws_send_timeout_s: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub header_timeout_s: u64,
+    pub idle_timeout_s: u64,
     pub source: String,
     /// No source was configured: it was chosen by whether the camera exists.
     pub source_chosen: bool,
@@ -313,6 +357,15 @@ impl Default for Config {
             janus_ws_off: false,
             janus_http_off: false,
             session_timeout_s: 60,
+            max_sessions: 1000,
+            max_sessions_per_connection: 10,
+            max_handles_per_session: 10,
+            ws_queue_bytes: 4 << 20,
+            ws_send_timeout_s: 10,
+            max_connections: 0,
+            max_connections_per_ip: 256,
+            header_timeout_s: 10,
+            idle_timeout_s: 60,
             source: "testsrc".into(),
             source_chosen: false,
             device: PathBuf::from(DEFAULT_DEVICE),
@@ -450,6 +503,15 @@ impl Config {
             self.janus_http_host = Some(ip);
         }
         set!(session_timeout_s <- session_timeout);
+        set!(max_sessions <- max_sessions);
+        set!(max_sessions_per_connection <- max_sessions_per_connection);
+        set!(max_handles_per_session <- max_handles_per_session);
+        set!(ws_queue_bytes <- ws_queue_bytes);
+        set!(ws_send_timeout_s <- ws_send_timeout);
+        set!(max_connections <- max_connections);
+        set!(max_connections_per_ip <- max_connections_per_ip);
+        set!(header_timeout_s <- header_timeout);
+        set!(idle_timeout_s <- idle_timeout);
         set!(source <- source);
         set!(device <- device);
         if let Some(name) = a.format {
@@ -560,6 +622,27 @@ impl Config {
                 bail!("h264_sink {sink:?} is also the source: peregrine would read its own frames");
             }
         }
+        if self.ws_queue_bytes < 4096 {
+            bail!(
+                "ws_queue_bytes must be at least 4096, got {}",
+                self.ws_queue_bytes
+            );
+        }
+        for (key, v) in [
+            ("ws_send_timeout", self.ws_send_timeout_s),
+            ("header_timeout", self.header_timeout_s),
+        ] {
+            if !(1..=3600).contains(&v) {
+                bail!("{key} must be 1..=3600 seconds, got {v}");
+            }
+        }
+        // A long poll is held 30 s without a byte moving.
+        if !(31..=86400).contains(&self.idle_timeout_s) {
+            bail!(
+                "idle_timeout must be 31..=86400 seconds (more than the 30 s long-poll hold), got {}",
+                self.idle_timeout_s
+            );
+        }
         for url in &self.ice_servers {
             if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:"))
             {
@@ -571,6 +654,18 @@ impl Config {
 }
 
 impl Config {
+    /// Connection caps and timeouts of every listener.
+    pub fn conn_limits(&self) -> crate::serve::ConnLimits {
+        crate::serve::ConnLimits {
+            caps: crate::serve::Caps {
+                total: self.max_connections,
+                per_ip: self.max_connections_per_ip,
+            },
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_s),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+        }
+    }
+
     /// Where the Janus WebSocket transport listens.
     pub fn janus_ws_listen(&self) -> Listen {
         listen(

@@ -114,8 +114,12 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let main_router = http::router(state_fn)
         .merge(main_routes)
         .merge(relay.routes());
-    let http_server = axum::serve(listener, relay.with_root_websocket(main_router))
-        .with_graceful_shutdown(until_shutdown(shutdown.clone()));
+    let http_server = crate::serve::serve(
+        listener,
+        relay.with_root_websocket(main_router),
+        janus.conn_policy(),
+        until_shutdown(shutdown.clone()),
+    );
     let janus_server = janus.serve(until_shutdown(shutdown.clone()));
 
     let result = tokio::select! {

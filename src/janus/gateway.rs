@@ -15,6 +15,7 @@ use super::message::{self, Request, ServerInfo, TrickleCandidate, Verb};
 use super::plugin::{self, UstreamerHandle};
 use super::session::{ConnId, EventQueue, Handle, Owner, Registry, Session};
 use crate::media::Hub;
+use crate::ratelog::{RateLimited, PERIOD};
 use crate::rtc::{RemoteCandidate, RtcError};
 
 /// Longest pause between two checks for expired sessions (Janus checks every 2 s).
@@ -27,6 +28,32 @@ pub struct Settings {
     pub session_timeout: Duration,
     /// Given to pages in the `features` event.
     pub ice_url: Option<String>,
+    pub caps: SessionCaps,
+}
+
+/// Limits on what clients may create; 0 means no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionCaps {
+    /// Sessions in total, over both transports.
+    pub sessions: usize,
+    /// Sessions one WebSocket connection may own.
+    pub sessions_per_connection: usize,
+    /// Handles in one session.
+    pub handles_per_session: usize,
+}
+
+fn over(cap: usize, count: usize) -> bool {
+    cap > 0 && count >= cap
+}
+
+static REFUSED: RateLimited = RateLimited::new(PERIOD);
+
+/// A refusal by a cap: logged rate-limited, answered with `code`.
+fn refused(code: u16, reason: String) -> JanusError {
+    if let Some(n) = REFUSED.hit() {
+        tracing::warn!(refused = n, "Janus request refused: {reason}");
+    }
+    JanusError::new(code, reason)
 }
 
 /// Live objects, for `/state`.
@@ -57,6 +84,18 @@ impl SessionEnd {
             SessionEnd::ConnectionClosed => "WebSocket closed",
             SessionEnd::ShutDown => "server shutting down",
         }
+    }
+}
+
+/// A long poll being held on a session (also when the client goes away mid-poll).
+pub struct PollHold {
+    gateway: Arc<Gateway>,
+    session_id: u64,
+}
+
+impl Drop for PollHold {
+    fn drop(&mut self) {
+        self.gateway.poll_ended(self.session_id);
     }
 }
 
@@ -180,11 +219,7 @@ impl Gateway {
                 Ok(message::success(tx, s))
             }
             Verb::Claim => {
-                self.with_session(s, |session| {
-                    session.owner = origin.clone();
-                    Some(())
-                })
-                .ok_or_else(|| JanusError::no_session(s))?;
+                self.claim(s, origin)?;
                 Ok(message::success(tx, s))
             }
             Verb::Detach => {
@@ -225,12 +260,54 @@ impl Gateway {
 
     fn create(&self, req: &Request, origin: &Owner) -> Result<Value, JanusError> {
         let wanted = message::parse_create(req)?;
-        let id = self
-            .registry()
+        let caps = self.settings.caps;
+        let mut registry = self.registry();
+        if over(caps.sessions, registry.counts().0) {
+            return Err(refused(
+                code::NOT_ACCEPTING_SESSIONS,
+                format!("Too many sessions (limit {})", caps.sessions),
+            ));
+        }
+        self.check_connection_cap(&registry, origin)?;
+        let id = registry
             .create_session(origin.clone(), wanted)
             .ok_or_else(|| JanusError::new(code::SESSION_CONFLICT, "Session ID already in use"))?;
+        drop(registry);
         tracing::debug!(session = id, "Janus session created");
         Ok(message::success_with_id(&req.transaction, 0, id))
+    }
+
+    /// Sessions one WebSocket may own.
+    fn check_connection_cap(&self, registry: &Registry, origin: &Owner) -> Result<(), JanusError> {
+        let cap = self.settings.caps.sessions_per_connection;
+        match origin {
+            Owner::Socket { conn, .. } if over(cap, registry.count_owned_by(*conn)) => {
+                Err(refused(
+                    code::NOT_ACCEPTING_SESSIONS,
+                    format!("Too many sessions on this connection (limit {cap})"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Move a session's events to the connection the claim came on.
+    fn claim(&self, s: u64, origin: &Owner) -> Result<(), JanusError> {
+        let mut registry = self.registry();
+        let owner = &registry
+            .session(s)
+            .ok_or_else(|| JanusError::no_session(s))?
+            .owner;
+        let already_here = matches!((owner, origin),
+            (Owner::Socket { conn: a, .. }, Owner::Socket { conn: b, .. }) if a == b);
+        if !already_here {
+            self.check_connection_cap(&registry, origin)?;
+        }
+        let session = registry
+            .session_mut(s)
+            .ok_or_else(|| JanusError::no_session(s))?;
+        session.owner = origin.clone();
+        Ok(())
     }
 
     fn attach(&self, req: &Request) -> Result<Value, JanusError> {
@@ -238,6 +315,14 @@ impl Gateway {
         let attach = message::parse_attach(req)?;
         if attach.plugin != plugin::PACKAGE {
             return Err(JanusError::no_plugin(&attach.plugin));
+        }
+        let cap = self.settings.caps.handles_per_session;
+        let handles = self.with_session(s, |session| Some(session.handle_count()));
+        if over(cap, handles.unwrap_or(0)) {
+            return Err(refused(
+                code::PLUGIN_ATTACH,
+                format!("Too many handles in this session (limit {cap})"),
+            ));
         }
         let handle = UstreamerHandle::new(self.hub.hold());
         let id = self
@@ -342,14 +427,23 @@ impl Gateway {
         }
     }
 
-    /// The queue an HTTP long poll drains; the poll counts as activity.
-    pub fn poll_queue(&self, session_id: u64) -> Option<Arc<EventQueue>> {
-        self.registry().touch(session_id).map(|s| s.queue.clone())
+    /// The queue an HTTP long poll drains; the session does not expire while the
+    /// returned hold lives, and its end counts as activity.
+    pub fn hold_poll(self: &Arc<Self>, session_id: u64) -> Option<(Arc<EventQueue>, PollHold)> {
+        let mut registry = self.registry();
+        let session = registry.touch(session_id)?;
+        session.polls_held += 1;
+        let hold = PollHold {
+            gateway: self.clone(),
+            session_id,
+        };
+        Some((session.queue.clone(), hold))
     }
 
-    /// Count activity on a session (a long poll that is still being held).
-    pub fn touch(&self, session_id: u64) {
-        self.registry().touch(session_id);
+    fn poll_ended(&self, session_id: u64) {
+        if let Some(session) = self.registry().touch(session_id) {
+            session.polls_held = session.polls_held.saturating_sub(1);
+        }
     }
 
     /// Expire idle sessions until the gateway is dropped.

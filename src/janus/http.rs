@@ -220,14 +220,14 @@ pub fn max_events(query: Option<&str>) -> usize {
 }
 
 async fn long_poll(state: &HttpState, session_id: u64, query: Option<&str>) -> Response {
-    let Some(queue) = state.gateway.poll_queue(session_id) else {
+    // While the poll is held the session cannot expire (even with a session timeout
+    // shorter than the hold), and its end counts as activity.
+    let Some((queue, hold)) = state.gateway.hold_poll(session_id) else {
         return status(StatusCode::NOT_FOUND);
     };
     let max = max_events(query);
     let mut events = queue.wait(max, state.settings.poll_hold).await;
-    // Holding the poll was activity too: a poll held past a short session timeout
-    // must not let the session expire under it.
-    state.gateway.touch(session_id);
+    drop(hold);
     if events.is_empty() {
         if queue.is_closed() {
             return status(StatusCode::NOT_FOUND);

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
+use crate::serve::{self, ConnPolicy};
+
 /// Where one transport listens.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Listen {
@@ -82,23 +84,16 @@ impl Bound {
         }
     }
 
-    /// Serve `router` until `shutdown` resolves.
+    /// Serve `router` with `policy` until `shutdown` resolves.
     pub async fn serve(
         self,
         router: axum::Router,
+        policy: ConnPolicy,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         match self {
-            Bound::Tcp(l) => {
-                axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Bound::Unix(l, _file) => {
-                axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
+            Bound::Tcp(l) => serve::serve(l, router, policy, shutdown).await,
+            Bound::Unix(l, _file) => serve::serve(l, router, policy, shutdown).await,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod http;
 pub mod listen;
 pub mod message;
+pub mod outbox;
 pub mod plugin;
 pub mod session;
 pub mod ws;
@@ -33,6 +34,7 @@ pub use listen::Listen;
 use crate::config::Config;
 use crate::media::Hub;
 use crate::rtc::RtcEngine;
+use crate::serve::{ConnLimits, ConnPolicy};
 
 /// Janus transport and core settings.
 #[derive(Clone, Debug)]
@@ -55,6 +57,14 @@ pub struct JanusConfig {
     pub long_poll_hold: Duration,
     /// Largest request accepted on either transport.
     pub max_message_bytes: usize,
+    /// Sessions and handles clients may create.
+    pub caps: gateway::SessionCaps,
+    /// Bytes a WebSocket may have waiting to be sent before requests stop being read.
+    pub ws_queue_bytes: usize,
+    /// Longest a WebSocket message may take to send before the client counts as gone.
+    pub ws_send_timeout: Duration,
+    /// Connection caps and timeouts of both listeners (and, shared, the main port's).
+    pub conn: ConnLimits,
 }
 
 impl Default for JanusConfig {
@@ -70,6 +80,14 @@ impl Default for JanusConfig {
             ice_servers: Vec::new(),
             long_poll_hold: Duration::from_secs(30),
             max_message_bytes: 1 << 20,
+            caps: gateway::SessionCaps {
+                sessions: 1000,
+                sessions_per_connection: 10,
+                handles_per_session: 10,
+            },
+            ws_queue_bytes: 4 << 20,
+            ws_send_timeout: Duration::from_secs(10),
+            conn: ConnLimits::default(),
         }
     }
 }
@@ -85,6 +103,14 @@ impl JanusConfig {
             http_path: cfg.janus_http_path.clone(),
             session_timeout: Duration::from_secs(cfg.session_timeout_s),
             ice_servers: cfg.ice_servers.clone(),
+            caps: gateway::SessionCaps {
+                sessions: cfg.max_sessions,
+                sessions_per_connection: cfg.max_sessions_per_connection,
+                handles_per_session: cfg.max_handles_per_session,
+            },
+            ws_queue_bytes: cfg.ws_queue_bytes,
+            ws_send_timeout: Duration::from_secs(cfg.ws_send_timeout_s),
+            conn: cfg.conn_limits(),
             ..JanusConfig::default()
         }
     }
@@ -117,7 +143,8 @@ pub struct JanusServer {
     ws: Option<listen::Bound>,
     http: Option<listen::Bound>,
     http_settings: http::HttpSettings,
-    max_message_bytes: usize,
+    ws_limits: ws::WsLimits,
+    conn: ConnPolicy,
 }
 
 impl JanusServer {
@@ -158,6 +185,7 @@ impl JanusServer {
         let settings = gateway::Settings {
             session_timeout: cfg.session_timeout,
             ice_url: cfg.ice_servers.first().cloned(),
+            caps: cfg.caps,
         };
         Ok(JanusServer {
             gateway: gateway::Gateway::new(hub, peers, settings),
@@ -168,7 +196,12 @@ impl JanusServer {
                 poll_hold: cfg.long_poll_hold,
                 max_body_bytes: cfg.max_message_bytes,
             },
-            max_message_bytes: cfg.max_message_bytes,
+            ws_limits: ws::WsLimits {
+                max_message_bytes: cfg.max_message_bytes,
+                queue_bytes: cfg.ws_queue_bytes,
+                send_timeout: cfg.ws_send_timeout,
+            },
+            conn: ConnPolicy::new(cfg.conn),
         })
     }
 
@@ -186,13 +219,18 @@ impl JanusServer {
     /// origin): WebSocket at `/janus/ws`, REST at the HTTP base path.
     pub fn main_port_routes(&self) -> axum::Router {
         // As services, not nested routers, so both see the full request path they expect.
-        let ws = ws::router(self.gateway.clone(), self.max_message_bytes).into_service();
+        let ws = ws::router(self.gateway.clone(), self.ws_limits).into_service();
         let rest = http::router(self.gateway.clone(), self.http_settings.clone()).into_service();
         let base = &self.http_settings.base_path;
         axum::Router::new()
             .route_service("/janus/ws", ws)
             .route_service(base, rest.clone())
             .route_service(&format!("{base}/{{*rest}}"), rest)
+    }
+
+    /// The connection policy, to share its caps with the main port.
+    pub fn conn_policy(&self) -> ConnPolicy {
+        self.conn.clone()
     }
 
     pub fn status(&self) -> JanusStatus {
@@ -232,9 +270,10 @@ impl JanusServer {
         };
         let serve = |bound: Option<listen::Bound>, router: axum::Router| {
             let closed = closed(&gateway);
+            let policy = self.conn.clone();
             async move {
                 match bound {
-                    Some(bound) => bound.serve(router, closed).await,
+                    Some(bound) => bound.serve(router, policy, closed).await,
                     // Off: nothing to serve, but the server keeps running.
                     None => {
                         closed.await;
@@ -243,7 +282,7 @@ impl JanusServer {
                 }
             }
         };
-        let ws = serve(self.ws, ws::router(gateway.clone(), self.max_message_bytes));
+        let ws = serve(self.ws, ws::router(gateway.clone(), self.ws_limits));
         let http = serve(self.http, http::router(gateway.clone(), self.http_settings));
         let result = tokio::try_join!(ws, http);
         watchdog.abort();

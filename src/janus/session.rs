@@ -5,15 +5,19 @@
 //! Plain data behind one lock held by the gateway; nothing here awaits.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
+use super::outbox::Outbox;
 use super::plugin::UstreamerHandle;
+use crate::ratelog::{RateLimited, PERIOD};
+
+static EVENTS_DROPPED: RateLimited = RateLimited::new(PERIOD);
 
 /// Janus ids must survive a JavaScript `Number`, so they stay below 2^53.
 const ID_MASK: u64 = (1 << 53) - 1;
@@ -28,10 +32,7 @@ pub type ConnId = u64;
 #[derive(Clone, Debug)]
 pub enum Owner {
     /// The WebSocket connection that created or last claimed the session.
-    Socket {
-        conn: ConnId,
-        tx: mpsc::UnboundedSender<Value>,
-    },
+    Socket { conn: ConnId, tx: Outbox },
     /// The HTTP transport: events wait in the session's queue for the next long poll.
     LongPoll,
 }
@@ -42,6 +43,8 @@ pub struct EventQueue {
     events: Mutex<VecDeque<Value>>,
     changed: Notify,
     closed: AtomicBool,
+    /// Events dropped because nobody polled them in time.
+    dropped: AtomicU64,
 }
 
 impl EventQueue {
@@ -53,7 +56,14 @@ impl EventQueue {
         let mut events = self.events();
         if events.len() >= MAX_QUEUED_EVENTS {
             events.pop_front();
-            tracing::warn!("long-poll event queue full; dropping the oldest event");
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = EVENTS_DROPPED.hit() {
+                tracing::warn!(
+                    dropped = n,
+                    kept = MAX_QUEUED_EVENTS,
+                    "long-poll event queues full (sessions nobody polls); dropped the oldest events"
+                );
+            }
         }
         events.push_back(event);
         drop(events);
@@ -71,6 +81,11 @@ impl EventQueue {
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// How many events this queue dropped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -107,6 +122,8 @@ pub struct Session {
     pub owner: Owner,
     pub last_activity: Instant,
     pub queue: Arc<EventQueue>,
+    /// HTTP long polls waiting on this session now; it does not expire meanwhile.
+    pub polls_held: usize,
     handles: HashMap<u64, Handle>,
 }
 
@@ -115,9 +132,7 @@ impl Session {
     pub fn deliver(&self, event: Value) {
         match &self.owner {
             // A closed socket is being torn down; its sessions go with it.
-            Owner::Socket { tx, .. } => {
-                let _ = tx.send(event);
-            }
+            Owner::Socket { tx, .. } => tx.push(&event),
             Owner::LongPoll => self.queue.push(event),
         }
     }
@@ -128,6 +143,10 @@ impl Session {
 
     pub fn has_handle(&self, id: u64) -> bool {
         self.handles.contains_key(&id)
+    }
+
+    pub fn handle_count(&self) -> usize {
+        self.handles.len()
     }
 
     pub fn handle_ids(&self) -> Vec<u64> {
@@ -174,6 +193,7 @@ impl Registry {
                 owner,
                 last_activity: Instant::now(),
                 queue: Arc::new(EventQueue::default()),
+                polls_held: 0,
                 handles: HashMap::new(),
             },
         );
@@ -231,11 +251,11 @@ impl Registry {
         Some(handle)
     }
 
-    /// Sessions idle for at least `timeout`.
+    /// Sessions idle for at least `timeout` (one with a long poll held is not idle).
     pub fn expired(&self, timeout: Duration) -> Vec<u64> {
         self.sessions
             .values()
-            .filter(|s| s.last_activity.elapsed() >= timeout)
+            .filter(|s| s.polls_held == 0 && s.last_activity.elapsed() >= timeout)
             .map(|s| s.id)
             .collect()
     }
@@ -247,6 +267,14 @@ impl Registry {
             .filter(|s| matches!(&s.owner, Owner::Socket { conn: c, .. } if *c == conn))
             .map(|s| s.id)
             .collect()
+    }
+
+    /// How many sessions deliver to the given WebSocket connection.
+    pub fn count_owned_by(&self, conn: ConnId) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| matches!(&s.owner, Owner::Socket { conn: c, .. } if *c == conn))
+            .count()
     }
 
     pub fn session_ids(&self) -> Vec<u64> {
@@ -302,5 +330,27 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(45));
         q.close();
         assert!(q.wait(10, Duration::from_secs(5)).await.is_empty());
+    }
+
+    #[test]
+    fn unpolled_queue_keeps_the_newest_events_and_counts_the_rest() {
+        let q = EventQueue::default();
+        for n in 0..MAX_QUEUED_EVENTS + 10 {
+            q.push(serde_json::json!({ "n": n }));
+        }
+        assert_eq!(q.dropped(), 10);
+        let kept = q.take(usize::MAX);
+        assert_eq!(kept.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(kept[0]["n"], 10);
+    }
+
+    #[test]
+    fn a_held_poll_keeps_the_session_from_expiring() {
+        let mut reg = Registry::default();
+        let id = reg.create_session(Owner::LongPoll, None).unwrap();
+        reg.session_mut(id).unwrap().polls_held = 1;
+        assert!(reg.expired(Duration::ZERO).is_empty());
+        reg.session_mut(id).unwrap().polls_held = 0;
+        assert_eq!(reg.expired(Duration::ZERO), vec![id]);
     }
 }

@@ -3,18 +3,24 @@
 //! creates or claims, and closing it destroys them, as Janus does.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use axum::Router;
-use serde_json::Value;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::error::{code, JanusError};
 use super::gateway::Gateway;
 use super::message;
+use super::outbox::{self, Outbox, Queued};
 use super::session::Owner;
+use crate::ratelog::{RateLimited, PERIOD};
+
+static SLOW_CLIENT: RateLimited = RateLimited::new(PERIOD);
 
 /// janus.js asks for `janus-protocol`; the admin name is accepted as a harmless alias.
 const SUBPROTOCOLS: [&str; 2] = ["janus-protocol", "janus-admin-protocol"];
@@ -24,72 +30,138 @@ const SUBPROTOCOLS: [&str; 2] = ["janus-protocol", "janus-admin-protocol"];
 /// larger messages still arrive whole (up to the message size limit).
 const READ_BUFFER_BYTES: usize = 4096;
 
+/// Bounds of one WebSocket connection.
+#[derive(Clone, Copy, Debug)]
+pub struct WsLimits {
+    /// Largest message read.
+    pub max_message_bytes: usize,
+    /// Replies and events waiting to be sent; when full, no more requests are read.
+    pub queue_bytes: usize,
+    /// Longest one message may take to go out before the client counts as gone.
+    pub send_timeout: Duration,
+}
+
 #[derive(Clone)]
 struct WsState {
     gateway: Arc<Gateway>,
-    max_message_bytes: usize,
+    limits: WsLimits,
 }
 
-pub fn router(gateway: Arc<Gateway>, max_message_bytes: usize) -> Router {
-    Router::new().fallback(upgrade).with_state(WsState {
-        gateway,
-        max_message_bytes,
-    })
+pub fn router(gateway: Arc<Gateway>, limits: WsLimits) -> Router {
+    Router::new()
+        .fallback(upgrade)
+        .with_state(WsState { gateway, limits })
 }
 
 async fn upgrade(State(state): State<WsState>, ws: WebSocketUpgrade) -> Response {
+    let max = state.limits.max_message_bytes;
     ws.protocols(SUBPROTOCOLS)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(state.max_message_bytes)
-        .max_frame_size(state.max_message_bytes)
-        .on_upgrade(move |socket| serve_socket(state.gateway, socket, state.max_message_bytes))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve_socket(state.gateway, socket, state.limits))
 }
 
-async fn serve_socket(gateway: Arc<Gateway>, mut socket: WebSocket, limit: usize) {
+/// Why the connection ends.
+enum End {
+    /// The client closed it, or the socket broke.
+    Gone,
+    /// A frame the socket layer refused.
+    Refused(String),
+    /// The client stopped reading what it is sent.
+    TooSlow,
+    ServerClosing,
+}
+
+async fn serve_socket(gateway: Arc<Gateway>, socket: WebSocket, limits: WsLimits) {
     let conn = gateway.new_conn_id();
     // Replies and events share one queue so an event pushed while a request is being
     // handled goes out before that request's reply, as on a real Janus.
-    let (tx, mut outgoing) = mpsc::unbounded_channel::<Value>();
+    let (outbox, mut queue) = outbox::channel(limits.queue_bytes);
     let owner = Owner::Socket {
         conn,
-        tx: tx.clone(),
+        tx: outbox.clone(),
     };
+    let (mut sink, mut stream) = socket.split();
     let mut closing = gateway.closing();
     tracing::debug!(conn, "Janus WebSocket connected");
-    loop {
-        tokio::select! {
-            incoming = socket.recv() => match incoming {
-                None | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(Message::Text(text))) => {
-                    handle_frame(&gateway, &owner, &tx, text.as_bytes()).await;
-                }
-                Some(Ok(Message::Binary(data))) => {
-                    handle_frame(&gateway, &owner, &tx, &data).await;
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Err(e)) => {
-                    refuse(&mut socket, &e.to_string(), limit).await;
-                    break;
-                }
-            },
-            Some(event) = outgoing.recv() => {
-                if socket.send(Message::text(event.to_string())).await.is_err() {
-                    break;
+    let end = tokio::select! {
+        end = read_requests(&gateway, &owner, &outbox, &mut stream) => end,
+        end = write_queue(&mut sink, &mut queue, limits.send_timeout) => end,
+        _ = outbox.overflowed() => End::TooSlow,
+        _ = server_closing(&mut closing) => End::ServerClosing,
+    };
+    // Sessions go first, so nothing is queued for a socket that is closing.
+    gateway.connection_closed(conn);
+    drop(owner);
+    let last_words = async {
+        match end {
+            End::Gone => {}
+            End::TooSlow => {
+                if let Some(n) = SLOW_CLIENT.hit() {
+                    tracing::info!(
+                        conn,
+                        closed = n,
+                        "closed Janus WebSockets whose client did not read its replies"
+                    );
                 }
             }
-            _ = server_closing(&mut closing) => {
-                let _ = socket
+            End::Refused(detail) => refuse(&mut sink, &detail, limits.max_message_bytes).await,
+            End::ServerClosing => {
+                let _ = sink
                     .send(Message::Close(Some(CloseFrame {
                         code: close_code::AWAY,
                         reason: "server shutting down".into(),
                     })))
                     .await;
-                break;
             }
         }
-    }
-    gateway.connection_closed(conn);
+    };
+    // A client that does not read gets no more time than any other write.
+    let _ = tokio::time::timeout(limits.send_timeout, last_words).await;
     tracing::debug!(conn, "Janus WebSocket closed");
+}
+
+/// Read and answer requests until the client goes; waits (and so stops reading) while
+/// the outbox is full.
+async fn read_requests(
+    gateway: &Arc<Gateway>,
+    owner: &Owner,
+    outbox: &Outbox,
+    stream: &mut SplitStream<WebSocket>,
+) -> End {
+    loop {
+        let ok = match stream.next().await {
+            None | Some(Ok(Message::Close(_))) => return End::Gone,
+            Some(Ok(Message::Text(text))) => {
+                handle_frame(gateway, owner, outbox, text.as_bytes()).await
+            }
+            Some(Ok(Message::Binary(data))) => handle_frame(gateway, owner, outbox, &data).await,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
+            Some(Err(e)) => return End::Refused(e.to_string()),
+        };
+        if !ok {
+            return End::Gone;
+        }
+    }
+}
+
+/// Send queued messages, each within `timeout`.
+async fn write_queue(
+    sink: &mut SplitSink<WebSocket, Message>,
+    queue: &mut mpsc::UnboundedReceiver<Queued>,
+    timeout: Duration,
+) -> End {
+    while let Some(queued) = queue.recv().await {
+        // The message's room in the outbox is given back once it is on the wire.
+        let message = Message::text(queued.text.as_str());
+        match tokio::time::timeout(timeout, sink.send(message)).await {
+            Ok(Ok(())) => drop(queued),
+            Ok(Err(_)) => return End::Gone,
+            Err(_) => return End::TooSlow,
+        }
+    }
+    End::Gone
 }
 
 async fn server_closing(rx: &mut tokio::sync::watch::Receiver<bool>) {
@@ -97,24 +169,28 @@ async fn server_closing(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|closing| *closing).await;
 }
 
+/// Answer every request in one frame; false when the connection is gone.
 async fn handle_frame(
     gateway: &Arc<Gateway>,
     owner: &Owner,
-    tx: &mpsc::UnboundedSender<Value>,
+    outbox: &Outbox,
     bytes: &[u8],
-) {
+) -> bool {
     for parsed in message::parse_frame(bytes) {
         let reply = match parsed {
             Ok(req) => gateway.handle(req, owner).await,
             Err(rejected) => rejected.to_reply(),
         };
-        let _ = tx.send(reply);
+        if !outbox.send(&reply).await {
+            return false;
+        }
     }
+    true
 }
 
 /// A frame the socket layer refused (too large, or broken framing): say why in the
 /// Janus error format, then close with the matching WebSocket code.
-async fn refuse(socket: &mut WebSocket, detail: &str, limit: usize) {
+async fn refuse(socket: &mut SplitSink<WebSocket, Message>, detail: &str, limit: usize) {
     let too_big = detail.contains("too long") || detail.contains("too big");
     tracing::info!(
         error = detail,

@@ -50,6 +50,7 @@ impl Server {
             let launch = Launch {
                 rust_log: rust_log.map(String::from),
                 capture: Some(captured.clone()),
+                nofile: None,
             };
             match Self::try_start(extra, Stdio::null(), Stdio::piped(), launch).await {
                 Ok(server) => return Ok((server, captured)),
@@ -67,12 +68,32 @@ impl Server {
         extra: &[&str],
         output: impl Fn() -> Result<(Stdio, Stdio)>,
     ) -> Result<Server> {
+        Self::start_with_nofile(extra, output, None).await
+    }
+
+    /// As [`Server::start`], with the process's open-file limit (soft and hard) set to
+    /// `nofile`, as a service under the common 1024 default runs.
+    pub async fn start_fd_limited(extra: &[&str], nofile: u64) -> Result<Server> {
+        Self::start_with_nofile(
+            extra,
+            || Ok((Stdio::inherit(), Stdio::inherit())),
+            Some(nofile),
+        )
+        .await
+    }
+
+    async fn start_with_nofile(
+        extra: &[&str],
+        output: impl Fn() -> Result<(Stdio, Stdio)>,
+        nofile: Option<u64>,
+    ) -> Result<Server> {
         let mut last_error = anyhow!("not started");
         for _attempt in 0..3 {
             let (stdout, stderr) = output()?;
             let launch = Launch {
                 rust_log: Some(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
                 capture: None,
+                nofile,
             };
             match Self::try_start(extra, stdout, stderr, launch).await {
                 Ok(server) => return Ok(server),
@@ -107,6 +128,22 @@ impl Server {
             Some(filter) => command.env("RUST_LOG", filter),
             None => command.env_remove("RUST_LOG"),
         };
+        if let Some(n) = launch.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().context("start peregrine")?;
         if let (Some(captured), Some(pipe)) = (&launch.capture, child.stderr.take()) {
             captured.read_from(pipe);
@@ -133,6 +170,20 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", self.pid()))
     }
 
     pub fn ws_url(&self) -> String {
@@ -180,6 +231,8 @@ struct Launch {
     rust_log: Option<String>,
     /// Where a piped stderr goes.
     capture: Option<Captured>,
+    /// The process's open-file limit, when not inherited.
+    nofile: Option<u64>,
 }
 
 /// Bytes read from a child's pipe on a thread of their own, until it closes.

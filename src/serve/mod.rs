@@ -1,0 +1,341 @@
+//! Serving an axum router on a listener with the protections a network-facing server
+//! needs: connection caps (see [`gate`]), a deadline for each request head (which also
+//! closes idle keep-alive connections), an idle timeout while no bytes move, and an
+//! accept loop that backs off instead of spinning when descriptors run out.
+
+pub mod gate;
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+
+pub use gate::{Caps, Gate, Permit};
+
+use crate::ratelog::{RateLimited, PERIOD};
+
+static ACCEPT_FAILED: RateLimited = RateLimited::new(PERIOD);
+
+/// Descriptors kept free for everything but connections (media socket, memsink,
+/// ffmpeg pipes, files).
+const FD_RESERVE: u64 = 64;
+
+/// Connection limits as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// 0 for the total: as many as the open-file limit allows.
+    pub caps: Caps,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            caps: Caps {
+                total: 0,
+                per_ip: 256,
+            },
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How connections are served; shared by every listener of the process.
+#[derive(Clone)]
+pub struct ConnPolicy {
+    pub gate: Arc<Gate>,
+    /// From accept to a complete request head, and between requests on a kept-alive
+    /// connection.
+    pub header_timeout: Duration,
+    /// Longest time with no byte read or written before the request is answered
+    /// (upgraded WebSockets have their own timeouts).
+    pub idle_timeout: Duration,
+}
+
+impl ConnPolicy {
+    /// A policy whose total cap fits the descriptors the process may open.
+    pub fn new(limits: ConnLimits) -> ConnPolicy {
+        let ConnLimits {
+            caps,
+            header_timeout,
+            idle_timeout,
+        } = limits;
+        let budget = fd_budget();
+        let total = match (caps.total, budget) {
+            (0, Some(b)) => b,
+            (t, Some(b)) if t > b => {
+                tracing::info!(
+                    max_connections = t,
+                    lowered_to = b,
+                    "max_connections lowered to fit the open-file limit"
+                );
+                b
+            }
+            (t, _) => t,
+        };
+        ConnPolicy {
+            gate: Gate::new(Caps { total, ..caps }),
+            header_timeout,
+            idle_timeout,
+        }
+    }
+}
+
+/// Raise the soft open-file limit to the hard one (as most servers do) and return how
+/// many connections fit below it with a reserve; `None` when unlimited.
+fn fd_budget() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let soft = lim.rlim_cur;
+    Some(soft.saturating_sub(FD_RESERVE.min(soft / 2)).max(1) as usize)
+}
+
+/// A listener whose connections can be served.
+pub trait Accept: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Option<IpAddr>)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+        let (stream, addr) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Some(addr.ip())))
+    }
+}
+
+impl Accept for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, None))
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves; then stop accepting and let
+/// open requests finish.
+pub async fn serve<L: Accept>(
+    listener: L,
+    router: Router,
+    policy: ConnPolicy,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = &mut shutdown => break,
+        };
+        let (io, ip) = match accepted {
+            Ok(x) => {
+                backoff = Duration::ZERO;
+                x
+            }
+            Err(e) => {
+                if is_transient(&e) {
+                    continue;
+                }
+                // Out of descriptors or memory: free one if an idle client holds it,
+                // and wait before trying again rather than spinning.
+                policy.gate.evict_any();
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                if let Some(n) = ACCEPT_FAILED.hit() {
+                    tracing::warn!(error = %e, failures = n, "cannot accept connections");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
+        let Some(permit) = policy.gate.admit(ip) else {
+            continue; // dropping `io` closes it
+        };
+        let timeouts = (policy.header_timeout, policy.idle_timeout);
+        let conn = serve_connection(io, permit, router.clone(), timeouts, stop_rx.clone());
+        tokio::spawn(conn);
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+/// Errors about one connection that went away before it was accepted.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+async fn serve_connection<I>(
+    io: I,
+    permit: Permit,
+    router: Router,
+    (header_timeout, idle): (Duration, Duration),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let permit = Arc::new(permit);
+    let activity = Arc::new(Activity::new());
+    let io = Tracked {
+        inner: io,
+        activity: activity.clone(),
+        _permit: permit.clone(),
+    };
+    let service = {
+        let permit = permit.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            permit.prove();
+            tower_service::Service::call(&mut router.clone(), req)
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        let idle_left = idle.saturating_sub(activity.since());
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = permit.evicted() => return,
+            _ = tokio::time::sleep(idle_left) => {
+                if activity.since() >= idle {
+                    tracing::debug!("closing a connection idle for {idle:?}");
+                    return;
+                }
+            }
+            _ = stop.wait_for(|s| *s), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// When bytes last moved on a connection.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn since(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// The connection's socket, noting activity and holding its place in the gate for as
+/// long as it lives (an upgraded WebSocket keeps it).
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+    _permit: Arc<Permit>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.mark();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.mark();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.mark();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
