@@ -338,3 +338,61 @@ fn advertised_candidates(cfg: &RtcConfig, port: u16) -> anyhow::Result<Vec<Socke
         .map(|ip| SocketAddr::new(ip, port))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wait (bounded) until the published peer count is `n`.
+    async fn peers_become(engine: &RtcEngine, n: usize) {
+        for _ in 0..100 {
+            if engine.stats().peers == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("peers stayed at {}, not {n}", engine.stats().peers);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_engine_restarts_without_its_peers() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let cfg = RtcConfig {
+            bind: loopback,
+            udp_ports: (0, 0),
+            candidate_ips: vec![loopback],
+            nat_1_1_ip: None,
+            rtp_packet_size: 1150,
+            max_viewers: 10,
+        };
+        let engine = RtcEngine::start(cfg, Hub::new(4)).await.expect("engine");
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let (first, _) = engine
+            .create_offer(PeerOptions::default(), tx)
+            .await
+            .expect("offer");
+        peers_become(&engine, 1).await;
+
+        engine.panic_engine().await;
+        // The lost peer's owner sees its event channel end (the Janus side turns that
+        // into a hangup).
+        let ended = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+        let (tx, _events) = mpsc::unbounded_channel();
+        let made = tokio::time::timeout(
+            Duration::from_secs(5),
+            engine.create_offer(PeerOptions::default(), tx),
+        )
+        .await;
+        let (second, offer) = made.expect("in time").expect("an offer after the restart");
+        assert!(
+            second > first,
+            "peer ids are not reused: {first} then {second}"
+        );
+        assert!(offer.contains("a=candidate:"));
+        peers_become(&engine, 1).await;
+        assert_eq!(engine.local_addr().ip(), loopback);
+        engine.shutdown().await;
+    }
+}
