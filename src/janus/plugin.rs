@@ -32,7 +32,7 @@ pub const NO_PARAMS_REASON: &str = "Haven't received SPS/PPS from memsink yet";
 pub const TOO_MANY_VIEWERS_CODE: u16 = 429;
 
 /// Hangup reason for peers lost with the WebRTC engine.
-pub const ENGINE_GONE_REASON: &str = "WebRTC engine restarted";
+pub const ENGINE_GONE_REASON: &str = "WebRTC engine stopped";
 
 /// What the page asked for in `watch.params`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
