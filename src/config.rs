@@ -168,6 +168,10 @@ pub struct Args {
     /// Largest RTP packet in bytes, header included. [default: 1150]
     #[arg(long, value_name = "BYTES", help_heading = "WebRTC")]
     pub rtp_packet_size: Option<usize>,
+    /// WebRTC viewers at most, connected or still negotiating; `watch` beyond gets
+    /// error 429. [default: 1000]
+    #[arg(long, value_name = "N", help_heading = "WebRTC")]
+    pub max_viewers: Option<usize>,
 
     /// Accept MPEG-TS uploads at /upload/SECRET and relay them to JSMpeg viewers
     /// (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the source transcoded.
@@ -324,6 +328,7 @@ pub struct Config {
     pub udp_ports: (u16, u16),
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
+    pub max_viewers: usize,
     pub jsmpeg_secret: Option<String>,
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
@@ -381,6 +386,7 @@ impl Default for Config {
             udp_ports: (20000, 40000),
             ice_loopback: false,
             rtp_packet_size: 1150,
+            max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
             jsmpeg_secret: None,
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
@@ -529,6 +535,7 @@ impl Config {
         set!(ice_servers <- ice_server);
         set!(ice_loopback <- ice_loopback);
         set!(rtp_packet_size <- rtp_packet_size);
+        set!(max_viewers <- max_viewers);
         set!(jsmpeg_header <- jsmpeg_header);
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
@@ -602,6 +609,9 @@ impl Config {
                 "h264_bitrate is in kbit/s and must be at least 50, got {}",
                 self.bitrate_kbps
             );
+        }
+        if self.max_viewers == 0 {
+            bail!("max_viewers must be at least 1");
         }
         if !(200..=1500).contains(&self.rtp_packet_size) {
             bail!(

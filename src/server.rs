@@ -61,6 +61,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             candidate_ips: candidate_ips(cfg.host, cfg.ice_loopback),
             nat_1_1_ip: cfg.nat_1_1_ip,
             rtp_packet_size: cfg.rtp_packet_size,
+            max_viewers: cfg.max_viewers,
         },
         hub.clone(),
     )

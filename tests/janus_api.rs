@@ -1123,6 +1123,7 @@ async fn watch_answer_and_media_through_janus() {
             candidate_ips: vec![loopback],
             nat_1_1_ip: None,
             rtp_packet_size: 1150,
+            max_viewers: 1000,
         },
         hub.clone(),
     )

@@ -125,6 +125,7 @@ fn config() -> RtcConfig {
         candidate_ips: vec![IpAddr::from([127, 0, 0, 1])],
         nat_1_1_ip: None,
         rtp_packet_size: PACKET_SIZE,
+        max_viewers: peregrine::rtc::DEFAULT_MAX_VIEWERS,
     }
 }
 

@@ -16,7 +16,7 @@ use super::plugin::{self, UstreamerHandle};
 use super::session::{ConnId, EventQueue, Handle, Owner, Registry, Session};
 use crate::media::Hub;
 use crate::ratelog::{RateLimited, PERIOD};
-use crate::rtc::{RemoteCandidate, RtcError};
+use crate::rtc::{RemoteCandidate, RtcError, MAX_REMOTE_CANDIDATES};
 
 /// Longest pause between two checks for expired sessions (Janus checks every 2 s).
 const WATCHDOG_PERIOD: Duration = Duration::from_secs(2);
@@ -355,7 +355,9 @@ impl Gateway {
                         JanusError::invalid_sdp(detail)
                     }
                     RtcError::NoOffer | RtcError::NoSuchPeer => JanusError::unexpected_answer(),
-                    RtcError::Engine(detail) => JanusError::internal(detail),
+                    e @ (RtcError::Engine(_) | RtcError::TooManyViewers(_)) => {
+                        JanusError::internal(e.to_string())
+                    }
                 })?;
         }
         let data = self.plugin_message(s, h, &msg.body).await;
@@ -375,9 +377,15 @@ impl Gateway {
             .with_handle(s, h, |p| p.peer_id())
             .flatten()
             .ok_or_else(JanusError::no_stream)?;
+        // A peer takes no more than this in all, so more in one message is only load.
+        let count = candidates.len();
+        if count > MAX_REMOTE_CANDIDATES {
+            tracing::debug!(session = s, count, "trickle message cut short");
+        }
         for candidate in candidates
             .into_iter()
             .filter(TrickleCandidate::is_for_first_mline)
+            .take(MAX_REMOTE_CANDIDATES)
         {
             let candidate = match candidate {
                 TrickleCandidate::Candidate { candidate, .. } => {

@@ -14,7 +14,7 @@ use tokio::task::AbortHandle;
 use super::gateway::Gateway;
 use super::message;
 use crate::media::hub::SourceHold;
-use crate::rtc::{PeerEvent, PeerId, PeerOptions};
+use crate::rtc::{PeerEvent, PeerId, PeerOptions, RtcError};
 
 pub const PACKAGE: &str = "janus.plugin.ustreamer";
 pub const NAME: &str = "ustreamer";
@@ -27,6 +27,12 @@ pub const VERSION_STRING: &str = "6.62";
 /// clients have understood as "retry shortly" since the first plugin versions.
 pub const NO_PARAMS_CODE: u16 = 503;
 pub const NO_PARAMS_REASON: &str = "Haven't received SPS/PPS from memsink yet";
+
+/// `watch` answers this when `--max-viewers` peers exist already.
+pub const TOO_MANY_VIEWERS_CODE: u16 = 429;
+
+/// Hangup reason for peers lost with the WebRTC engine.
+pub const ENGINE_GONE_REASON: &str = "WebRTC engine stopped";
 
 /// What the page asked for in `watch.params`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,6 +203,13 @@ impl Gateway {
         };
         let (peer_id, sdp) = match self.peers.create_offer(opts, events_tx).await {
             Ok(offer) => offer,
+            Err(RtcError::TooManyViewers(max)) => {
+                error(
+                    TOO_MANY_VIEWERS_CODE,
+                    &format!("Too many viewers (at most {max})"),
+                );
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create a WebRTC offer");
                 error(500, &format!("Can't create offer: {e}"));
@@ -242,6 +255,12 @@ impl Gateway {
                     return;
                 };
                 gateway.peer_event(session_id, handle_id, peer_id, event);
+            }
+            // The engine dropped the peer without a word: it stopped, or panicked and
+            // was restarted. A handle still holding the peer gets its hangup.
+            if let Some(gateway) = gateway.upgrade() {
+                let reason = ENGINE_GONE_REASON.to_string();
+                gateway.peer_event(session_id, handle_id, peer_id, PeerEvent::Closed { reason });
             }
         })
         .abort_handle()

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::Rng;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::candidates::Refusal;
 use super::extensions;
 use super::gop::GopCache;
 use super::latency::Histogram;
 use super::packetizer;
 use super::peer::{self, OutFrame, Peer, PeerNote, PeerSetup};
+use super::ratelimit::LogLimiter;
 use super::{demux, sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
 use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
@@ -40,6 +42,10 @@ const CATCH_UP_TICK: Duration = Duration::from_millis(5);
 /// packets per viewer), and the first viewers' packets leave sooner.
 const FAN_OUT_PEERS: usize = 32;
 
+/// Remote addresses one peer may be reached from (a browser checks from each of its
+/// interfaces); more would only be someone spoofing sources with the viewer's password.
+const MAX_ADDRS_PER_PEER: usize = 16;
+
 pub enum Command {
     CreateOffer {
         opts: PeerOptions,
@@ -55,14 +61,25 @@ pub enum Command {
         id: PeerId,
         candidate: RemoteCandidate,
     },
-    Close {
-        id: PeerId,
-        /// Why, for the log: "hangup", "WebSocket closed", "session timed out", ...
-        reason: &'static str,
-    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Panics the loop, to test its supervision.
+    #[cfg(test)]
+    Panic,
+}
+
+/// Close a peer.
+pub struct Close {
+    pub id: PeerId,
+    /// Why, for the log: "hangup", "WebSocket closed", "session timed out", ...
+    pub reason: &'static str,
+}
+
+/// What the loop receives; it outlives a loop that panicked, for the next one.
+pub struct Inbox {
+    pub commands: mpsc::Receiver<Command>,
+    pub closes: mpsc::UnboundedReceiver<Close>,
 }
 
 /// Counters readable without asking the loop.
@@ -96,6 +113,8 @@ struct Entry {
     peer: Peer,
     events: mpsc::UnboundedSender<PeerEvent>,
     ufrag: String,
+    /// Our ICE password: the key of the checks that bind an address to this peer.
+    pwd: String,
     addrs: Vec<SocketAddr>,
     next_timeout: Option<Instant>,
     /// `Connected` was reported; an ICE reconnect after Disconnected is not reported again.
@@ -111,17 +130,24 @@ pub struct Engine {
     peers: HashMap<PeerId, Entry>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
-    next_id: PeerId,
+    /// Shared with the supervisor, so ids stay unique across restarts.
+    next_id: Arc<AtomicU64>,
     dirty: HashSet<PeerId>,
     outgoing: Vec<(SocketAddr, BytesMut)>,
     gop: GopCache,
     /// Peers still sending the cached GOP, and when their next step is due.
     catching_up: HashSet<PeerId>,
     next_catch_up: Option<Instant>,
+    /// One log line per period for what anyone can send: garbage datagrams, refused
+    /// candidates, viewers over the limit.
+    garbage_log: LogLimiter,
+    candidate_log: LogLimiter,
+    refusal_log: LogLimiter,
 }
 
 enum Wake {
     Command(Option<Command>),
+    Close(Option<Close>),
     Datagram(std::io::Result<(usize, SocketAddr)>),
     Frame(Option<Arc<AccessUnit>>),
     Timer,
@@ -133,6 +159,7 @@ impl Engine {
         hub: Arc<Hub>,
         stats: Arc<SharedStats>,
         candidates: Vec<SocketAddr>,
+        next_id: Arc<AtomicU64>,
     ) -> Engine {
         Engine {
             cfg,
@@ -142,16 +169,22 @@ impl Engine {
             peers: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
-            next_id: 1,
+            next_id,
             dirty: HashSet::new(),
             outgoing: Vec::new(),
             gop: GopCache::default(),
             catching_up: HashSet::new(),
             next_catch_up: None,
+            garbage_log: LogLimiter::default(),
+            candidate_log: LogLimiter::default(),
+            refusal_log: LogLimiter::default(),
         }
     }
 
-    pub async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub async fn run(mut self, socket: Arc<UdpSocket>, inbox: Arc<Mutex<Inbox>>) {
+        // Held for the loop's life; a panic releases it for the next loop.
+        let mut inbox = inbox.lock_owned().await;
+        let Inbox { commands, closes } = &mut *inbox;
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut subscriber: Option<Subscriber> = None;
         // The access unit whose packets the next send puts on the wire: (taken, captured).
@@ -181,13 +214,15 @@ impl Engine {
             let deadline = self.next_deadline();
             let wake = tokio::select! {
                 cmd = commands.recv() => Wake::Command(cmd),
+                close = closes.recv() => Wake::Close(close),
                 res = socket.recv_from(&mut buf) => Wake::Datagram(res),
                 au = next_frame(subscriber.as_mut()) => Wake::Frame(au),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
             let now = Instant::now();
             match wake {
-                Wake::Command(None) => break,
+                Wake::Command(None) | Wake::Close(None) => break,
+                Wake::Close(Some(Close { id, reason })) => self.remove_peer(id, reason, false),
                 Wake::Command(Some(Command::Shutdown { reply })) => {
                     self.close_all();
                     self.settle(now);
@@ -274,12 +309,31 @@ impl Engine {
             }
             Command::AddCandidate { id, candidate } => {
                 if let Some(e) = self.peers.get_mut(&id) {
-                    e.peer.add_remote_candidate(candidate);
-                    self.dirty.insert(id);
+                    match e.peer.add_remote_candidate(candidate) {
+                        Ok(()) => {
+                            self.dirty.insert(id);
+                        }
+                        Err(refusal) => self.candidate_refused(now, id, refusal),
+                    }
                 }
             }
-            Command::Close { id, reason } => self.remove_peer(id, reason, false),
             Command::Shutdown { .. } => {}
+            #[cfg(test)]
+            Command::Panic => panic!("engine panic requested by a test"),
+        }
+    }
+
+    fn candidate_refused(&mut self, now: Instant, id: PeerId, refusal: Refusal) {
+        let Some(left_out) = self.candidate_log.allow(now) else {
+            return;
+        };
+        let reason = refusal.as_str();
+        // Over the budget only a misbehaving client gets; the rest is ordinary (mDNS
+        // names, TCP candidates, addresses a loopback server cannot reach).
+        if refusal == Refusal::OverBudget {
+            tracing::info!(peer = id, reason, left_out, "remote ICE candidate dropped");
+        } else {
+            tracing::debug!(peer = id, reason, left_out, "remote ICE candidate dropped");
         }
     }
 
@@ -289,6 +343,16 @@ impl Engine {
         opts: PeerOptions,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
+        if self.peers.len() >= self.cfg.max_viewers {
+            if let Some(left_out) = self.refusal_log.allow(now) {
+                tracing::warn!(
+                    max_viewers = self.cfg.max_viewers,
+                    left_out,
+                    "viewer refused: --max-viewers reached"
+                );
+            }
+            return Err(RtcError::TooManyViewers(self.cfg.max_viewers));
+        }
         let profile_level_id = self
             .hub
             .params()
@@ -298,9 +362,10 @@ impl Engine {
         while self.by_ufrag.contains_key(&ufrag) {
             ufrag = peer::ice_token(16);
         }
+        let pwd = peer::ice_token(32);
         let setup = PeerSetup {
             ufrag: ufrag.clone(),
-            pwd: peer::ice_token(32),
+            pwd: pwd.clone(),
             ssrc: rand::rng().random_range(1..=u32::MAX),
             profile_level_id,
             candidates: self.candidates.clone(),
@@ -308,8 +373,7 @@ impl Engine {
             loopback_only: self.cfg.bind.is_loopback(),
         };
         let (peer, offer) = Peer::offer(setup, now)?;
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
             id,
@@ -317,6 +381,7 @@ impl Engine {
                 peer,
                 events,
                 ufrag,
+                pwd,
                 addrs: Vec::new(),
                 next_timeout: None,
                 announced: false,
@@ -327,26 +392,52 @@ impl Engine {
         Ok((id, offer))
     }
 
+    /// Route a datagram to its peer. An address is bound to a peer only by a STUN check
+    /// carrying our ufrag and a MESSAGE-INTEGRITY made with our password, so nobody but
+    /// the viewer (who got both in the offer) can make the engine route, answer or
+    /// keep state for an address; everything else from unknown addresses is dropped here.
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let id = match self.by_addr.get(&from) {
             Some(id) => *id,
-            None => {
-                let Some(id) = demux::stun_local_ufrag(data).and_then(|u| self.by_ufrag.get(u))
-                else {
-                    tracing::trace!(%from, len = data.len(), "datagram from unknown address dropped");
-                    return;
-                };
-                let id = *id;
-                if let Some(e) = self.peers.get_mut(&id) {
+            None => match self.authenticated_peer(data) {
+                Some(id) => {
+                    let e = self.peers.get_mut(&id).expect("routed peers exist");
+                    if e.addrs.len() >= MAX_ADDRS_PER_PEER {
+                        self.garbage(now, from, data.len(), "viewer has too many addresses");
+                        return;
+                    }
                     e.addrs.push(from);
+                    self.by_addr.insert(from, id);
+                    id
                 }
-                self.by_addr.insert(from, id);
-                id
-            }
+                None => {
+                    self.garbage(now, from, data.len(), "not a viewer's authenticated check");
+                    return;
+                }
+            },
         };
+        if !demux::is_webrtc(data) {
+            self.garbage(now, from, data.len(), "neither STUN, DTLS nor RTP");
+            return;
+        }
         if let Some(e) = self.peers.get_mut(&id) {
             e.peer.handle_datagram(now, from, data);
             self.dirty.insert(id);
+        }
+    }
+
+    /// The peer a STUN binding request is for, if it names the peer's ufrag and its
+    /// MESSAGE-INTEGRITY checks out with the peer's password.
+    fn authenticated_peer(&self, data: &[u8]) -> Option<PeerId> {
+        let id = *self.by_ufrag.get(demux::stun_local_ufrag(data)?)?;
+        let e = self.peers.get(&id)?;
+        demux::stun_request_authentic(data, e.pwd.as_bytes()).then_some(id)
+    }
+
+    /// Count a dropped datagram; one debug line per period says how many.
+    fn garbage(&mut self, now: Instant, from: SocketAddr, len: usize, why: &'static str) {
+        if let Some(left_out) = self.garbage_log.allow(now) {
+            tracing::debug!(%from, len, why, left_out, "datagram dropped");
         }
     }
 
@@ -551,9 +642,10 @@ mod tests {
             candidate_ips: vec![IpAddr::from([127, 0, 0, 1])],
             nat_1_1_ip: None,
             rtp_packet_size: 1150,
+            max_viewers: 2,
         };
         let candidates = vec![SocketAddr::from(([127, 0, 0, 1], 40000))];
-        Engine::new(cfg, Hub::new(4), Arc::default(), candidates)
+        Engine::new(cfg, Hub::new(4), Arc::default(), candidates, Arc::default())
     }
 
     #[test]
@@ -583,23 +675,48 @@ mod tests {
             .create_offer(now, PeerOptions::default(), tx)
             .expect("offer");
         let ufrag = engine.peers[&id].ufrag.clone();
+        let pwd = engine.peers[&id].pwd.clone();
         let username = format!("{ufrag}:remote");
-        let mut m = vec![0x00, 0x01];
-        let attr_len = username.len().div_ceil(4) * 4;
-        m.extend_from_slice(&((4 + attr_len) as u16).to_be_bytes());
-        m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-        m.extend_from_slice(&[9; 12]);
-        m.extend_from_slice(&[0, 6]);
-        m.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        m.extend_from_slice(username.as_bytes());
-        m.resize(20 + 4 + attr_len, 0);
         let from = SocketAddr::from(([127, 0, 0, 1], 50000));
-        engine.handle_datagram(now, from, &m);
+        // The ufrag alone, or the wrong password, binds nothing.
+        let unsigned = demux::signed_binding_request(&username, None);
+        engine.handle_datagram(now, from, &unsigned);
+        let forged = demux::signed_binding_request(&username, Some(b"guessed"));
+        engine.handle_datagram(now, from, &forged);
+        assert!(engine.by_addr.is_empty());
+        let signed = demux::signed_binding_request(&username, Some(pwd.as_bytes()));
+        engine.handle_datagram(now, from, &signed);
         assert_eq!(engine.by_addr.get(&from), Some(&id));
+        // A viewer's addresses are capped.
+        for port in 1..=100 {
+            let other = SocketAddr::from(([127, 0, 0, 1], port));
+            engine.handle_datagram(now, other, &signed);
+        }
+        assert_eq!(engine.peers[&id].addrs.len(), MAX_ADDRS_PER_PEER);
         // Garbage from that address goes to the same peer and must not hurt it.
         engine.handle_datagram(now, from, &[0xff; 64]);
         engine.settle(Instant::now());
         engine.remove_peer(id, "test", false);
         assert!(engine.by_addr.is_empty());
+    }
+
+    #[test]
+    fn offers_beyond_max_viewers_are_refused() {
+        let mut engine = engine();
+        let now = Instant::now();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (first, _) = engine
+            .create_offer(now, PeerOptions::default(), tx.clone())
+            .expect("offer");
+        engine
+            .create_offer(now, PeerOptions::default(), tx.clone())
+            .expect("offer");
+        let refused = engine.create_offer(now, PeerOptions::default(), tx.clone());
+        assert!(matches!(refused, Err(RtcError::TooManyViewers(2))));
+        engine.remove_peer(first, "test", false);
+        let (third, _) = engine
+            .create_offer(now, PeerOptions::default(), tx)
+            .expect("room again after a viewer left");
+        assert!(third > first + 1, "ids are never reused");
     }
 }

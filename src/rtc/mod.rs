@@ -6,13 +6,16 @@
 //! from `rtc::`, so the engine choice stays local to this module.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::media::Hub;
 
+pub mod candidates;
 pub mod demux;
 mod engine;
 pub mod extensions;
@@ -21,11 +24,26 @@ mod gop;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;
+mod ratelimit;
 pub mod receiver;
 pub mod sdp;
 mod udp;
 
+pub use candidates::MAX_REMOTE_CANDIDATES;
 pub use engine::OFFER_TIMEOUT;
+
+/// Default for `--max-viewers`: far above what one machine streams to (the benchmark
+/// saturates two cores at a few hundred), low enough that a flood of `watch` cannot
+/// make peers without bound.
+pub const DEFAULT_MAX_VIEWERS: usize = 1000;
+
+/// Requests (offers, answers, candidates) waiting for the engine. Callers that make
+/// offers or apply answers wait for room; candidates beyond it are dropped.
+const COMMAND_QUEUE: usize = 256;
+
+/// Pause before restarting the engine after a panic, so a panic on every datagram does
+/// not spin.
+const RESTART_PAUSE: Duration = Duration::from_millis(200);
 
 /// Identifies one peer connection inside the engine.
 pub type PeerId = u64;
@@ -45,6 +63,8 @@ pub struct RtcConfig {
     pub nat_1_1_ip: Option<IpAddr>,
     /// Largest RTP packet, header included (default 1150 like the ustreamer plugin).
     pub rtp_packet_size: usize,
+    /// Peers (viewers, connected or not yet) the engine holds at most.
+    pub max_viewers: usize,
 }
 
 /// Per-viewer choices made by the page in `watch`.
@@ -84,6 +104,9 @@ pub enum RtcError {
     NoSuchPeer,
     #[error("unexpected answer: no offer pending")]
     NoOffer,
+    /// `max_viewers` peers exist already.
+    #[error("too many viewers (at most {0})")]
+    TooManyViewers(usize),
     #[error("WebRTC engine: {0}")]
     Engine(String),
 }
@@ -108,25 +131,40 @@ pub struct RtcEngine {
 }
 
 struct Inner {
-    commands: mpsc::UnboundedSender<engine::Command>,
+    commands: mpsc::Sender<engine::Command>,
+    /// Closes go apart from the bounded queue so that one is never lost or waited for:
+    /// there are never more of them than peers made.
+    closes: mpsc::UnboundedSender<engine::Close>,
     local_addr: SocketAddr,
     stats: Arc<engine::SharedStats>,
 }
 
 impl RtcEngine {
-    /// Bind the UDP socket and start the engine loop, fed by `hub`.
+    /// Bind the UDP socket and start the engine loop, fed by `hub`. The loop is
+    /// supervised: a panic in it is logged and the engine starts afresh (every peer
+    /// closed, their owners told) on the same socket and queues.
     pub async fn start(cfg: RtcConfig, hub: Arc<Hub>) -> anyhow::Result<RtcEngine> {
         let socket = bind_socket(cfg.bind, cfg.udp_ports).await?;
         let local_addr = socket.local_addr()?;
         let candidates = advertised_candidates(&cfg, local_addr.port())?;
         tracing::info!(%local_addr, ?candidates, "WebRTC media socket ready");
         let stats = Arc::new(engine::SharedStats::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let engine = engine::Engine::new(cfg, hub, stats.clone(), candidates);
-        tokio::spawn(engine.run(socket, rx));
+        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (close_tx, closes) = mpsc::unbounded_channel();
+        let supervisor = Supervisor {
+            cfg,
+            hub,
+            stats: stats.clone(),
+            candidates,
+            socket: Arc::new(socket),
+            inbox: Arc::new(Mutex::new(engine::Inbox { commands, closes })),
+            next_id: Arc::new(AtomicU64::new(1)),
+        };
+        tokio::spawn(supervisor.run());
         Ok(RtcEngine {
             inner: Arc::new(Inner {
                 commands: tx,
+                closes: close_tx,
                 local_addr,
                 stats,
             }),
@@ -151,7 +189,8 @@ impl RtcEngine {
             opts,
             events,
             reply,
-        })?;
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -162,19 +201,28 @@ impl RtcEngine {
             id,
             sdp: sdp.to_string(),
             reply,
-        })?;
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
     }
 
     /// Add a trickled remote candidate; kept until the answer arrives if it comes first.
+    /// Dropped when the engine's queue is full: a flood of candidates must not hold up
+    /// offers, and ICE gets by with the candidates it has (peer-reflexive ones included).
     pub fn add_remote_candidate(&self, id: PeerId, candidate: RemoteCandidate) {
-        let _ = self.command(engine::Command::AddCandidate { id, candidate });
+        if let Err(mpsc::error::TrySendError::Full(_)) = self
+            .inner
+            .commands
+            .try_send(engine::Command::AddCandidate { id, candidate })
+        {
+            tracing::debug!(peer = id, "engine busy: remote candidate dropped");
+        }
     }
 
     /// Close a peer (hangup, detach, session gone); `reason` is logged. No event is
     /// sent for it.
     pub fn close_peer(&self, id: PeerId, reason: &'static str) {
-        let _ = self.command(engine::Command::Close { id, reason });
+        let _ = self.inner.closes.send(engine::Close { id, reason });
     }
 
     pub fn stats(&self) -> RtcStats {
@@ -184,13 +232,67 @@ impl RtcEngine {
     /// Close every peer and stop the loop.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.command(engine::Command::Shutdown { reply }).is_ok() {
+        if self
+            .command(engine::Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
 
-    fn command(&self, cmd: engine::Command) -> Result<(), RtcError> {
-        self.inner.commands.send(cmd).map_err(|_| stopped())
+    /// Queue a command, waiting for room: back-pressure on whoever floods requests.
+    async fn command(&self, cmd: engine::Command) -> Result<(), RtcError> {
+        self.inner.commands.send(cmd).await.map_err(|_| stopped())
+    }
+
+    /// Make the engine panic, to test its supervision.
+    #[cfg(test)]
+    async fn panic_engine(&self) {
+        let _ = self.command(engine::Command::Panic).await;
+    }
+}
+
+/// Runs the engine loop and starts a fresh one when it panics. The socket, the queues
+/// and the peer ids outlive each loop: callers keep their handle, and an id is never
+/// given twice (a late close for an old peer must not hit a new one).
+struct Supervisor {
+    cfg: RtcConfig,
+    hub: Arc<Hub>,
+    stats: Arc<engine::SharedStats>,
+    candidates: Vec<SocketAddr>,
+    socket: Arc<UdpSocket>,
+    inbox: Arc<Mutex<engine::Inbox>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        loop {
+            let engine = engine::Engine::new(
+                self.cfg.clone(),
+                self.hub.clone(),
+                self.stats.clone(),
+                self.candidates.clone(),
+                self.next_id.clone(),
+            );
+            let task = tokio::spawn(engine.run(self.socket.clone(), self.inbox.clone()));
+            match task.await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    // Dropping the engine closed every peer's event channel: their
+                    // Janus handles get a hangup.
+                    let lost = self.stats.peers.swap(0, Ordering::Relaxed);
+                    self.stats.connected.store(0, Ordering::Relaxed);
+                    tracing::error!(
+                        viewers_lost = lost,
+                        "WebRTC engine panicked; restarting it with no viewers"
+                    );
+                    tokio::time::sleep(RESTART_PAUSE).await;
+                }
+                Err(_) => return, // cancelled: the runtime is shutting down
+            }
+        }
     }
 }
 
@@ -235,4 +337,62 @@ fn advertised_candidates(cfg: &RtcConfig, port: u16) -> anyhow::Result<Vec<Socke
         .into_iter()
         .map(|ip| SocketAddr::new(ip, port))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wait (bounded) until the published peer count is `n`.
+    async fn peers_become(engine: &RtcEngine, n: usize) {
+        for _ in 0..100 {
+            if engine.stats().peers == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("peers stayed at {}, not {n}", engine.stats().peers);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_engine_restarts_without_its_peers() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let cfg = RtcConfig {
+            bind: loopback,
+            udp_ports: (0, 0),
+            candidate_ips: vec![loopback],
+            nat_1_1_ip: None,
+            rtp_packet_size: 1150,
+            max_viewers: 10,
+        };
+        let engine = RtcEngine::start(cfg, Hub::new(4)).await.expect("engine");
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let (first, _) = engine
+            .create_offer(PeerOptions::default(), tx)
+            .await
+            .expect("offer");
+        peers_become(&engine, 1).await;
+
+        engine.panic_engine().await;
+        // The lost peer's owner sees its event channel end (the Janus side turns that
+        // into a hangup).
+        let ended = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+        let (tx, _events) = mpsc::unbounded_channel();
+        let made = tokio::time::timeout(
+            Duration::from_secs(5),
+            engine.create_offer(PeerOptions::default(), tx),
+        )
+        .await;
+        let (second, offer) = made.expect("in time").expect("an offer after the restart");
+        assert!(
+            second > first,
+            "peer ids are not reused: {first} then {second}"
+        );
+        assert!(offer.contains("a=candidate:"));
+        peers_become(&engine, 1).await;
+        assert_eq!(engine.local_addr().ip(), loopback);
+        engine.shutdown().await;
+    }
 }

@@ -31,6 +31,7 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTra
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
 use super::extensions::{self, ExtensionIds};
 use super::feedback::{self, KeyframeRequestForwarder};
 use super::packetizer::RtpPayload;
@@ -241,6 +242,9 @@ pub struct Peer {
     /// live frames queue behind them until it has caught up.
     catch_up: VecDeque<Arc<OutFrame>>,
     loopback_only: bool,
+    /// Remote candidates taken so far (trickled, early or not, and in the answer),
+    /// against [`MAX_REMOTE_CANDIDATES`].
+    remote_candidates: usize,
     early_candidates: Vec<String>,
     /// Datagrams (the browser's first connectivity checks) that arrived before the
     /// answer; replayed once it is applied so they are answered at once instead of
@@ -335,6 +339,7 @@ impl Peer {
             waiting_key: true,
             catch_up: VecDeque::new(),
             loopback_only: setup.loopback_only,
+            remote_candidates: 0,
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
             dtls_closed: false,
@@ -363,17 +368,18 @@ impl Peer {
         let payload_type =
             sdp::chosen_payload_type(answer, &[H264_PAYLOAD_TYPE, H264_FALLBACK_PAYLOAD_TYPE])
                 .map_err(RtcError::VideoRejected)?;
-        let answer = if self.loopback_only {
-            sdp::keep_loopback_candidates(answer)
-        } else {
-            answer.to_string()
-        };
+        let budget = MAX_REMOTE_CANDIDATES.saturating_sub(self.remote_candidates);
+        let (answer, kept, dropped) = candidates::filter_answer(answer, self.loopback_only, budget);
+        if dropped > 0 {
+            tracing::debug!(kept, dropped, "answer candidates left out");
+        }
         let desc = RTCSessionDescription::answer(answer)
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         self.pc
             .set_remote_description(now, desc)
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         self.stage = Stage::Answered;
+        self.remote_candidates += kept;
 
         let params = self
             .pc
@@ -401,20 +407,24 @@ impl Peer {
         Ok(())
     }
 
-    pub fn add_remote_candidate(&mut self, candidate: RemoteCandidate) {
+    /// Take a trickled candidate, or say why not (the caller logs refusals, rate-limited).
+    pub fn add_remote_candidate(&mut self, candidate: RemoteCandidate) -> Result<(), Refusal> {
         let RemoteCandidate::Candidate(c) = candidate else {
-            return; // end of candidates: nothing to do for a host-only agent
+            return Ok(()); // end of candidates: nothing to do for a host-only agent
         };
-        let c = c.trim().trim_start_matches("a=").to_string();
-        if self.loopback_only && !sdp::candidate_is_loopback(&c) {
-            tracing::debug!(candidate = %c, "ignoring non-loopback remote candidate");
-            return;
+        let c = c.trim().trim_start_matches("a=");
+        candidates::check(c, self.loopback_only)?;
+        if self.remote_candidates >= MAX_REMOTE_CANDIDATES {
+            return Err(Refusal::OverBudget);
         }
+        self.remote_candidates += 1;
+        let c = c.to_string();
         if self.stage == Stage::Offered {
             self.early_candidates.push(c);
         } else {
             self.add_candidate_now(&c);
         }
+        Ok(())
     }
 
     fn add_candidate_now(&mut self, candidate: &str) {

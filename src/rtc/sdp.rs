@@ -48,11 +48,17 @@ pub fn h264_fmtp(profile_level_id: &str) -> String {
 /// Drop `a=candidate` lines whose address is not loopback. A loopback-bound socket
 /// cannot reach them, and checks towards them would only delay connecting.
 pub fn keep_loopback_candidates(sdp: &str) -> String {
+    retain_candidates(sdp, candidate_is_loopback)
+}
+
+/// The SDP with only the `a=candidate` lines `keep` says yes to (given the value after
+/// `a=`), in order; other lines untouched.
+pub fn retain_candidates(sdp: &str, mut keep: impl FnMut(&str) -> bool) -> String {
     let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.lines() {
         if let Some(candidate) = line.strip_prefix("a=") {
-            if candidate.starts_with("candidate:") && !candidate_is_loopback(candidate) {
+            if candidate.starts_with("candidate:") && !keep(candidate) {
                 continue;
             }
         }
