@@ -78,6 +78,15 @@ pub struct Args {
     /// given or /dev/video0 exists, else `testsrc`]
     #[arg(long, value_name = "SOURCE", help_heading = "Input")]
     pub source: Option<String>,
+    /// With --source tcp-listen://: the only peer addresses allowed to push (comma-
+    /// separated); others are closed at once. [default: any]
+    #[arg(
+        long,
+        value_name = "IP[,IP...]",
+        value_delimiter = ',',
+        help_heading = "Input"
+    )]
+    pub source_allow: Option<Vec<IpAddr>>,
     /// V4L2 capture device. [default: /dev/video0]
     #[arg(long, value_name = "PATH", help_heading = "Input")]
     pub device: Option<PathBuf>,
@@ -280,6 +289,7 @@ pub struct Config {
     pub udp_ports: (u16, u16),
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
+    pub source_allow: Vec<IpAddr>,
     pub jsmpeg_secret: Option<String>,
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
@@ -328,6 +338,7 @@ impl Default for Config {
             udp_ports: (20000, 40000),
             ice_loopback: false,
             rtp_packet_size: 1150,
+            source_allow: Vec::new(),
             jsmpeg_secret: None,
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
@@ -381,6 +392,12 @@ impl Config {
             }
         }
         check_source(&cfg.source)?;
+        if !cfg.source_allow.is_empty() && !cfg.source.starts_with("tcp-listen://") {
+            bail!(
+                "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
+                cfg.source
+            );
+        }
         Ok(cfg)
     }
 
@@ -451,6 +468,7 @@ impl Config {
         }
         set!(session_timeout_s <- session_timeout);
         set!(source <- source);
+        set!(source_allow <- source_allow);
         set!(device <- device);
         if let Some(name) = a.format {
             self.format = match name.to_ascii_lowercase().as_str() {

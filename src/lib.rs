@@ -4,6 +4,7 @@ pub mod config;
 pub mod http;
 pub mod janus;
 pub mod load;
+pub mod log_every;
 pub mod logging;
 pub mod media;
 pub mod memsink;
