@@ -470,3 +470,33 @@ async fn source_allow_closes_connections_from_other_addresses() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_left_open_does_not_keep_the_stream() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (server, push_url) = listening_server(&["--resolution", "640x360"]).await?;
+    let addr = push_url.trim_start_matches("tcp://").to_string();
+    let (_janus, mut peer) = join(&server).await?;
+    // An encoder that pushed, then hung without closing (a half-open connection after
+    // a crash or a network loss): the socket stays open on this side.
+    let mut stale = tokio::net::TcpStream::connect(&addr).await?;
+    stale
+        .write_all(include_bytes!("fixtures/aud_2slices_160x120.h264"))
+        .await?;
+    server
+        .wait_state(Duration::from_secs(10), |s| input(s)["width"] == 160)
+        .await?;
+    // The restarted encoder is let in once the old connection has been silent for 2 s.
+    let _encoder = Encoder::start("640x360", &push_url)?;
+    decode_until(
+        &mut peer,
+        &mut H264Decoder::new()?,
+        30,
+        0,
+        (640, 360),
+        Duration::from_secs(30),
+    )
+    .await?;
+    drop(stale);
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //! * `tcp://HOST:PORT` — connect and read; reconnect with backoff when it ends.
 //! * `tcp-listen://HOST:PORT` — accept a pushing encoder. The connected encoder keeps the
 //!   stream until it leaves or stays silent for [`STALL`]; other connections meanwhile are
-//!   closed at once, so nobody else who can reach the port can put their video in front
+//!   closed unread, so nobody else who can reach the port can put their video in front
 //!   of the viewers. An allow-list of peer addresses can narrow who may push at all.
 //! * `-` — standard input.
 //! * a file — paced at the configured frame rate, looping.
@@ -215,6 +215,9 @@ enum Ended {
 struct Gate {
     allow: Vec<std::net::IpAddr>,
     refusals: LogEvery,
+    /// A connection that arrived while the current encoder was pushing, unread, and
+    /// when it arrived. It goes next if the current one ends or falls silent.
+    waiting: Option<(TcpStream, SocketAddr, Instant)>,
 }
 
 impl Gate {
@@ -222,6 +225,7 @@ impl Gate {
         Gate {
             allow: allow.into_iter().map(|ip| ip.to_canonical()).collect(),
             refusals: LogEvery::new(REFUSAL_LOG_EVERY),
+            waiting: None,
         }
     }
 
@@ -241,9 +245,11 @@ impl Gate {
 }
 
 /// Split and publish one input until it ends. With `listen`, new connections are
-/// polled for: one that arrives while this input is silent for longer than [`STALL`]
-/// (an encoder that restarted, leaving a dead or half-open connection behind) replaces
-/// it; any other is refused.
+/// polled for. The first one to arrive waits, unread, for up to [`STALL`]: if this input
+/// goes silent meanwhile (an encoder that restarted, leaving a dead or half-open
+/// connection behind), it takes over; if this input keeps sending, it is refused. Any
+/// other connection meanwhile is refused at once, so only the current encoder's video
+/// ever reaches the viewers.
 fn pump(
     rx: &Receiver<Chunk>,
     out: &mut Output,
@@ -263,13 +269,23 @@ fn pump(
             if let Ok((stream, peer)) = l.accept() {
                 if !gate.allowed(&peer) {
                     gate.refuse(stream, peer, "address not in source_allow");
-                } else if last_data.elapsed() > STALL {
+                } else if gate.waiting.is_some() {
+                    gate.refuse(stream, peer, "another encoder is pushing");
+                } else {
+                    gate.waiting = Some((stream, peer, Instant::now()));
+                }
+            }
+            if let Some((_, _, since)) = &gate.waiting {
+                if last_data.elapsed() > STALL {
+                    let (stream, peer, _) = gate.waiting.take().expect("checked above");
                     tracing::info!(
                         %peer,
                         "a new encoder connection replaces the silent current one"
                     );
                     return Ended::Replaced(stream);
-                } else {
+                }
+                if since.elapsed() > STALL {
+                    let (stream, peer, _) = gate.waiting.take().expect("checked above");
                     gate.refuse(stream, peer, "another encoder is pushing");
                 }
             }
@@ -322,7 +338,12 @@ fn run_listen(listener: &TcpListener, gate: &mut Gate, out: &mut Output, stop: &
     let mut next: Option<TcpStream> = None;
     let mut backoff = Backoff::new(Duration::ZERO, Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
-        let stream = match next.take() {
+        // A connection that waited while the previous encoder pushed goes first.
+        let waited = gate.waiting.take().map(|(s, peer, _)| {
+            tracing::info!(%peer, "encoder connected");
+            s
+        });
+        let stream = match next.take().or(waited) {
             Some(s) => s,
             None => match listener.accept() {
                 Ok((s, peer)) if !gate.allowed(&peer) => {
