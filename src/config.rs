@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::janus::Listen;
 use crate::source::camera::device::PixelFormat;
 
+/// Shortest `--jsmpeg-secret` accepted.
+pub const MIN_SECRET_LEN: usize = 8;
+
 /// The camera used when none is named.
 pub const DEFAULT_DEVICE: &str = "/dev/video0";
 
@@ -143,8 +146,9 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", help_heading = "WebRTC")]
     pub rtp_packet_size: Option<usize>,
 
-    /// Accept MPEG-TS uploads at /upload/SECRET and relay them to JSMpeg viewers
-    /// (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the source transcoded.
+    /// Accept MPEG-TS uploads at /upload/SECRET (8 characters or more) and relay them to
+    /// JSMpeg viewers (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the
+    /// source transcoded.
     #[arg(long, value_name = "SECRET", help_heading = "Relays (JSMpeg, jmuxer)")]
     pub jsmpeg_secret: Option<String>,
     /// Send JSMpeg viewers the 8-byte `jsmp` header and raw MPEG-1 video, for the old jsmpg.js.
@@ -489,8 +493,16 @@ impl Config {
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
         if let Some(secret) = a.jsmpeg_secret {
-            if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-                bail!("jsmpeg_secret must be non-empty printable ASCII without '/' or spaces");
+            if !secret.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+                bail!("jsmpeg_secret must be printable ASCII without '/' or spaces");
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                bail!(
+                    "jsmpeg_secret must be at least {MIN_SECRET_LEN} characters (it is all that \
+                     stands between anyone who can reach the port and the viewers' screens), \
+                     got {}; e.g. `openssl rand -hex 16` makes one",
+                    secret.len()
+                );
             }
             self.jsmpeg_secret = Some(secret);
         }
@@ -815,19 +827,51 @@ mod tests {
     }
 
     #[test]
+    fn source_allow_takes_addresses_for_tcp_listen_only() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--source",
+            "tcp-listen://127.0.0.1:8000",
+            "--source-allow",
+            "127.0.0.1,::1",
+        ]))
+        .unwrap();
+        assert_eq!(c.source_allow.len(), 2);
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--source",
+            "testsrc",
+            "--source-allow",
+            "127.0.0.1",
+        ]))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("tcp-listen"), "{err:#}");
+        assert!(Args::try_parse_from(["peregrine", "--source-allow", "nohost"]).is_err());
+    }
+
+    #[test]
     fn jsmpeg_keys() {
         let c = Config::load(Args::parse_from([
             "peregrine",
             "--jsmpeg-secret",
-            "s3cret",
+            "s3cret-upload",
             "--jsmpeg-header",
         ]))
         .unwrap();
-        assert_eq!(c.jsmpeg_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.jsmpeg_secret.as_deref(), Some("s3cret-upload"));
         assert!(c.jsmpeg_header);
-        let err =
-            Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "a/b"])).unwrap_err();
+        let err = Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "a/bcdefgh"]))
+            .unwrap_err();
         assert!(format!("{err:#}").contains("jsmpeg_secret"), "{err:#}");
+        for short in ["x", "1234567"] {
+            let err = Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", short]))
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("at least 8 characters"),
+                "{err:#}"
+            );
+        }
+        Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "12345678"])).unwrap();
     }
 
     #[test]

@@ -114,7 +114,11 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let main_router = http::router(state_fn)
         .merge(main_routes)
         .merge(relay.routes());
-    let http_server = axum::serve(listener, relay.with_root_websocket(main_router))
+    // The peer's address goes with each request: upload-secret tries are counted by it.
+    let main_service = relay
+        .with_root_websocket(main_router)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let http_server = axum::serve(listener, main_service)
         .with_graceful_shutdown(until_shutdown(shutdown.clone()));
     let janus_server = janus.serve(until_shutdown(shutdown.clone()));
 

@@ -8,6 +8,7 @@
 pub mod h264ws;
 pub mod jsmpeg;
 pub mod mpegts;
+pub mod secret_guard;
 pub mod transcode;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
+use crate::log_every::LogEvery;
 use crate::media::Hub;
 
 /// What the relay needs from the configuration.
@@ -49,6 +51,7 @@ pub struct Counters {
     uploads: AtomicUsize,
     uploads_total: AtomicU64,
     uploads_rejected: AtomicU64,
+    uploads_throttled: AtomicU64,
     upload_bytes: AtomicU64,
     tasks: AtomicUsize,
     connections_total: AtomicU64,
@@ -117,6 +120,10 @@ impl Counters {
         self.uploads_rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn upload_throttled(&self) {
+        self.uploads_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn upload_bytes(&self, n: usize) {
         self.upload_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -129,6 +136,30 @@ pub struct Relay {
     counters: Arc<Counters>,
     bus: jsmpeg::TsBus,
     transcoder: Arc<transcode::Transcoder>,
+    secret_guard: secret_guard::SecretGuard,
+    logs: RelayLogs,
+}
+
+/// Log lines any client can trigger, each said at most every [`LOG_EVERY`].
+struct RelayLogs {
+    wrong_secret: LockedLog,
+    blocked: LockedLog,
+    bad_upload: LockedLog,
+    viewer_refused: LockedLog,
+}
+
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+struct LockedLog(std::sync::Mutex<LogEvery>);
+
+impl LockedLog {
+    fn new() -> LockedLog {
+        LockedLog(std::sync::Mutex::new(LogEvery::new(LOG_EVERY)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogEvery> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Relay {
@@ -141,6 +172,13 @@ impl Relay {
             counters: Arc::new(Counters::default()),
             bus,
             transcoder,
+            secret_guard: secret_guard::SecretGuard::new(),
+            logs: RelayLogs {
+                wrong_secret: LockedLog::new(),
+                blocked: LockedLog::new(),
+                bad_upload: LockedLog::new(),
+                viewer_refused: LockedLog::new(),
+            },
         })
     }
 
@@ -186,6 +224,7 @@ impl Relay {
             "uploads": c.uploads.load(Ordering::SeqCst),
             "uploads_total": load(&c.uploads_total),
             "uploads_rejected": load(&c.uploads_rejected),
+            "uploads_throttled": load(&c.uploads_throttled),
             "upload_bytes": load(&c.upload_bytes),
             "tasks": c.tasks.load(Ordering::SeqCst),
             "connections_total": load(&c.connections_total),
