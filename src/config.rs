@@ -860,8 +860,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.jsmpeg_secret.as_deref(), Some("s3cret-upload"));
         assert!(c.jsmpeg_header);
-        let err = Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "a/bcdefgh"]))
-            .unwrap_err();
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--jsmpeg-secret",
+            "a/bcdefgh",
+        ]))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("jsmpeg_secret"), "{err:#}");
         for short in ["x", "1234567"] {
             let err = Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", short]))
@@ -871,7 +875,12 @@ mod tests {
                 "{err:#}"
             );
         }
-        Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "12345678"])).unwrap();
+        Config::load(Args::parse_from([
+            "peregrine",
+            "--jsmpeg-secret",
+            "12345678",
+        ]))
+        .unwrap();
     }
 
     #[test]

@@ -410,7 +410,10 @@ async fn a_second_encoder_cannot_take_over_a_pushed_stream() -> Result<()> {
         }
         let state = server.state().await?;
         if input(&state)["width"] == 320 {
-            bail!("the second connection took over the stream: {}", input(&state));
+            bail!(
+                "the second connection took over the stream: {}",
+                input(&state)
+            );
         }
         if Instant::now() > deadline {
             bail!("the second encoder's connection was never closed");
@@ -420,7 +423,10 @@ async fn a_second_encoder_cannot_take_over_a_pushed_stream() -> Result<()> {
     // Two more seconds of video: all of it the first encoder's.
     let got = decode_until(&mut peer, &mut decoder, 60, 0, (640, 360), t).await?;
     println!("while a second encoder tried: {got:?}");
-    assert_eq!(got.other_size, 0, "the viewer saw the second encoder's video");
+    assert_eq!(
+        got.other_size, 0,
+        "the viewer saw the second encoder's video"
+    );
     let state = server.state().await?;
     assert_eq!(input(&state)["width"], 640, "{state}");
     assert_eq!(input(&state)["interruptions"], 0, "{state}");

@@ -761,9 +761,11 @@ async fn a_sink_truncated_under_the_reading_server_is_survived() -> Result<()> {
     let _cleanup = RemoveShm(name.clone());
     let log_path = tmp_file("trunc-src.log");
     let writer = start_c_writer(&name, &[])?;
-    let server =
-        Server::start_logged(&["--source", &source_arg(&name)], std::fs::File::create(&log_path)?)
-            .await?;
+    let server = Server::start_logged(
+        &["--source", &source_arg(&name)],
+        std::fs::File::create(&log_path)?,
+    )
+    .await?;
     let (_janus, mut peer) = join(&server).await?;
     let mut decoder = H264Decoder::new()?;
     decode_viewer(&mut peer, &mut decoder, 10).await?;
@@ -846,7 +848,14 @@ async fn sink_start_error(name: &str) -> Result<Option<String>> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_peregrine"))
         .args(["--source", "testsrc", "--h264-sink", name])
         .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
-        .args(["--port", "0", "--janus-ws-port", "0", "--janus-http-port", "0"])
+        .args([
+            "--port",
+            "0",
+            "--janus-ws-port",
+            "0",
+            "--janus-http-port",
+            "0",
+        ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

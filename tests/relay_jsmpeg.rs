@@ -398,7 +398,10 @@ fn a_short_upload_secret_stops_the_start() -> Result<()> {
         .output()?;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("jsmpeg_secret must be at least 8"), "{stderr}");
+    assert!(
+        stderr.contains("jsmpeg_secret must be at least 8"),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -227,7 +227,8 @@ impl SinkWriter {
             wants_key = false;
         }
         self.shm.write(l.header_size, payload)?;
-        self.shm.write(l.used, &l.encode_used(payload.len() as u64))?;
+        self.shm
+            .write(l.used, &l.encode_used(payload.len() as u64))?;
         for (off, bytes) in l.encode_meta(meta) {
             self.shm.write(off, &bytes)?;
         }

@@ -314,7 +314,9 @@ mod tests {
 
     #[test]
     fn random_bytes_after_a_valid_stream_are_never_passed_on() {
-        let valid: Vec<u8> = (0..20).flat_map(|i| packet(0x100 + i, i == 0, &[])).collect();
+        let valid: Vec<u8> = (0..20)
+            .flat_map(|i| packet(0x100 + i, i == 0, &[]))
+            .collect();
         for piece in [100, 188, 1316, 4096] {
             let mut stream = valid.clone();
             stream.extend(noise(1 << 20));
