@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::janus::Listen;
 use crate::source::camera::device::PixelFormat;
 
+/// Shortest `--jsmpeg-secret` accepted.
+pub const MIN_SECRET_LEN: usize = 8;
+
 /// The camera used when none is named.
 pub const DEFAULT_DEVICE: &str = "/dev/video0";
 
@@ -113,6 +116,15 @@ pub struct Args {
     /// given or /dev/video0 exists, else `testsrc`]
     #[arg(long, value_name = "SOURCE", help_heading = "Input")]
     pub source: Option<String>,
+    /// With --source tcp-listen://: the only peer addresses allowed to push (comma-
+    /// separated); others are closed at once. [default: any]
+    #[arg(
+        long,
+        value_name = "IP[,IP...]",
+        value_delimiter = ',',
+        help_heading = "Input"
+    )]
+    pub source_allow: Option<Vec<IpAddr>>,
     /// V4L2 capture device. [default: /dev/video0]
     #[arg(long, value_name = "PATH", help_heading = "Input")]
     pub device: Option<PathBuf>,
@@ -173,8 +185,9 @@ pub struct Args {
     #[arg(long, value_name = "N", help_heading = "WebRTC")]
     pub max_viewers: Option<usize>,
 
-    /// Accept MPEG-TS uploads at /upload/SECRET and relay them to JSMpeg viewers
-    /// (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the source transcoded.
+    /// Accept MPEG-TS uploads at /upload/SECRET (8 characters or more) and relay them to
+    /// JSMpeg viewers (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the
+    /// source transcoded.
     #[arg(long, value_name = "SECRET", help_heading = "Relays (JSMpeg, jmuxer)")]
     pub jsmpeg_secret: Option<String>,
     /// Send JSMpeg viewers the 8-byte `jsmp` header and raw MPEG-1 video, for the old jsmpg.js.
@@ -329,6 +342,7 @@ pub struct Config {
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
     pub max_viewers: usize,
+    pub source_allow: Vec<IpAddr>,
     pub jsmpeg_secret: Option<String>,
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
@@ -387,6 +401,7 @@ impl Default for Config {
             ice_loopback: false,
             rtp_packet_size: 1150,
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
+            source_allow: Vec::new(),
             jsmpeg_secret: None,
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
@@ -440,6 +455,12 @@ impl Config {
             }
         }
         check_source(&cfg.source)?;
+        if !cfg.source_allow.is_empty() && !cfg.source.starts_with("tcp-listen://") {
+            bail!(
+                "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
+                cfg.source
+            );
+        }
         Ok(cfg)
     }
 
@@ -519,6 +540,7 @@ impl Config {
         set!(header_timeout_s <- header_timeout);
         set!(idle_timeout_s <- idle_timeout);
         set!(source <- source);
+        set!(source_allow <- source_allow);
         set!(device <- device);
         if let Some(name) = a.format {
             self.format = match name.to_ascii_lowercase().as_str() {
@@ -540,8 +562,16 @@ impl Config {
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
         if let Some(secret) = a.jsmpeg_secret {
-            if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-                bail!("jsmpeg_secret must be non-empty printable ASCII without '/' or spaces");
+            if !secret.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+                bail!("jsmpeg_secret must be printable ASCII without '/' or spaces");
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                bail!(
+                    "jsmpeg_secret must be at least {MIN_SECRET_LEN} characters (it is all that \
+                     stands between anyone who can reach the port and the viewers' screens), \
+                     got {}; e.g. `openssl rand -hex 16` makes one",
+                    secret.len()
+                );
             }
             self.jsmpeg_secret = Some(secret);
         }
@@ -902,19 +932,60 @@ mod tests {
     }
 
     #[test]
+    fn source_allow_takes_addresses_for_tcp_listen_only() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--source",
+            "tcp-listen://127.0.0.1:8000",
+            "--source-allow",
+            "127.0.0.1,::1",
+        ]))
+        .unwrap();
+        assert_eq!(c.source_allow.len(), 2);
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--source",
+            "testsrc",
+            "--source-allow",
+            "127.0.0.1",
+        ]))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("tcp-listen"), "{err:#}");
+        assert!(Args::try_parse_from(["peregrine", "--source-allow", "nohost"]).is_err());
+    }
+
+    #[test]
     fn jsmpeg_keys() {
         let c = Config::load(Args::parse_from([
             "peregrine",
             "--jsmpeg-secret",
-            "s3cret",
+            "s3cret-upload",
             "--jsmpeg-header",
         ]))
         .unwrap();
-        assert_eq!(c.jsmpeg_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.jsmpeg_secret.as_deref(), Some("s3cret-upload"));
         assert!(c.jsmpeg_header);
-        let err =
-            Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", "a/b"])).unwrap_err();
+        let err = Config::load(Args::parse_from([
+            "peregrine",
+            "--jsmpeg-secret",
+            "a/bcdefgh",
+        ]))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("jsmpeg_secret"), "{err:#}");
+        for short in ["x", "1234567"] {
+            let err = Config::load(Args::parse_from(["peregrine", "--jsmpeg-secret", short]))
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("at least 8 characters"),
+                "{err:#}"
+            );
+        }
+        Config::load(Args::parse_from([
+            "peregrine",
+            "--jsmpeg-secret",
+            "12345678",
+        ]))
+        .unwrap();
     }
 
     #[test]

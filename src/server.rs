@@ -195,6 +195,7 @@ fn start_source(
             fps: cfg.fps,
             width: cfg.width,
             height: cfg.height,
+            allow: cfg.source_allow.clone(),
         };
         let from_file = matches!(input, bytestream::Input::File(_));
         return match bytestream::spawn(input, bs, hub, status, stop) {

@@ -385,3 +385,124 @@ async fn a_stream_with_b_frames_is_reported() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Whether `encoder` has exited (ffmpeg ends when peregrine closes its connection).
+fn exited(encoder: &mut Encoder) -> Result<bool> {
+    Ok(encoder.0.try_wait()?.is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_encoder_cannot_take_over_a_pushed_stream() -> Result<()> {
+    let (server, push_url) = listening_server(&["--resolution", "640x360"]).await?;
+    let first = Encoder::start("640x360", &push_url)?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    let t = Duration::from_secs(30);
+    decode_until(&mut peer, &mut decoder, 30, 0, (640, 360), t).await?;
+
+    // Somebody else who can reach the port pushes their own video (another size, so
+    // each picture shows whose it is) while the first encoder streams.
+    let mut intruder = Encoder::start("320x240", &push_url)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if exited(&mut intruder)? {
+            break;
+        }
+        let state = server.state().await?;
+        if input(&state)["width"] == 320 {
+            bail!(
+                "the second connection took over the stream: {}",
+                input(&state)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the second encoder's connection was never closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two more seconds of video: all of it the first encoder's.
+    let got = decode_until(&mut peer, &mut decoder, 60, 0, (640, 360), t).await?;
+    println!("while a second encoder tried: {got:?}");
+    assert_eq!(
+        got.other_size, 0,
+        "the viewer saw the second encoder's video"
+    );
+    let state = server.state().await?;
+    assert_eq!(input(&state)["width"], 640, "{state}");
+    assert_eq!(input(&state)["interruptions"], 0, "{state}");
+
+    // Once the first encoder leaves, a new one takes over.
+    first.kill();
+    let _next = Encoder::start("320x240", &push_url)?;
+    decode_until(&mut peer, &mut decoder, 30, 0, (320, 240), t).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_allow_closes_connections_from_other_addresses() -> Result<()> {
+    // Only 127.0.0.2 may push: ffmpeg connects from 127.0.0.1 and is closed at once.
+    let (server, push_url) =
+        listening_server(&["--resolution", "640x360", "--source-allow", "127.0.0.2"]).await?;
+    let mut refused = Encoder::start("640x360", &push_url)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !exited(&mut refused)? {
+        if Instant::now() > deadline {
+            bail!("a connection from outside source_allow was kept open");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = server.state().await?;
+    assert_eq!(input(&state)["frames"], 0, "{state}");
+    drop(server);
+
+    // Listed, the same encoder streams.
+    let (server, push_url) = listening_server(&[
+        "--resolution",
+        "640x360",
+        "--source-allow",
+        "127.0.0.2,127.0.0.1",
+    ])
+    .await?;
+    let _encoder = Encoder::start("640x360", &push_url)?;
+    let (_janus, mut peer) = join(&server).await?;
+    decode_until(
+        &mut peer,
+        &mut H264Decoder::new()?,
+        30,
+        0,
+        (640, 360),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_left_open_does_not_keep_the_stream() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (server, push_url) = listening_server(&["--resolution", "640x360"]).await?;
+    let addr = push_url.trim_start_matches("tcp://").to_string();
+    let (_janus, mut peer) = join(&server).await?;
+    // An encoder that pushed, then hung without closing (a half-open connection after
+    // a crash or a network loss): the socket stays open on this side.
+    let mut stale = tokio::net::TcpStream::connect(&addr).await?;
+    stale
+        .write_all(include_bytes!("fixtures/aud_2slices_160x120.h264"))
+        .await?;
+    server
+        .wait_state(Duration::from_secs(10), |s| input(s)["width"] == 160)
+        .await?;
+    // The restarted encoder is let in once the old connection has been silent for 2 s.
+    let _encoder = Encoder::start("640x360", &push_url)?;
+    decode_until(
+        &mut peer,
+        &mut H264Decoder::new()?,
+        30,
+        0,
+        (640, 360),
+        Duration::from_secs(30),
+    )
+    .await?;
+    drop(stale);
+    Ok(())
+}

@@ -646,7 +646,7 @@ fn last_client_ts(name: &str) -> Result<f64> {
     let layout = Abi::host().context("known ABI")?.layout();
     let shm = ShmObject::open(name, layout.header_size, OpenMode::Existing)?;
     let mut raw = vec![0u8; layout.header_size];
-    shm.read(0, &mut raw);
+    shm.read(0, &mut raw)?;
     Ok(layout.decode(&raw).last_client_ts)
 }
 
@@ -1174,5 +1174,181 @@ async fn after_a_busy_sink_the_writer_goes_on_at_a_keyframe() -> Result<()> {
         );
     }
     println!("read across the busy sink: {counters:?}");
+    Ok(())
+}
+
+/// Shrink the object to nothing, as `truncate -s 0 /dev/shm/NAME` does.
+fn truncate_object(name: &str) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm_path(name))?
+        .set_len(0)?;
+    Ok(())
+}
+
+/// The full size of an H.264 sink on this machine.
+fn sink_size(name: &str) -> Result<u64> {
+    use peregrine::memsink::layout::{data_size_for_name, Abi};
+    let layout = Abi::host().context("known ABI")?.layout();
+    Ok((layout.header_size + data_size_for_name(name)?) as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_truncated_under_the_reading_server_is_survived() -> Result<()> {
+    let name = unique_name("trunc-src");
+    let _cleanup = RemoveShm(name.clone());
+    let log_path = tmp_file("trunc-src.log");
+    let writer = start_c_writer(&name, &[])?;
+    let server = Server::start_logged(
+        &["--source", &source_arg(&name)],
+        std::fs::File::create(&log_path)?,
+    )
+    .await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    decode_viewer(&mut peer, &mut decoder, 10).await?;
+
+    // Another local process shrinks the object while peregrine reads it every
+    // millisecond. (The C writer maps it, so it dies of SIGBUS here; peregrine must not.)
+    truncate_object(&name)?;
+    drop(writer);
+    wait_log(&log_path, "truncated by another process").await?;
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["source"]["state"] == "no_signal"
+        })
+        .await
+        .context("peregrine no longer answers after the truncation")?;
+    wait_no_signal(&mut peer, &mut decoder).await?;
+
+    // The object is whole again (a writer restarts and sizes it): video resumes on the
+    // same connection.
+    while peer.try_next_frame().is_some() {}
+    let _writer = start_c_writer(&name, &["--rm"])?;
+    let counters = decode_viewer(&mut peer, &mut decoder, 10).await?;
+    println!("after the truncation: {counters:?}");
+    let _ = std::fs::remove_file(&log_path);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_truncated_under_the_writing_server_is_restored() -> Result<()> {
+    let name = unique_name("trunc-sink");
+    let _cleanup = RemoveShm(name.clone());
+    let log_path = tmp_file("trunc-sink.log");
+    let server = Server::start_logged(
+        &[
+            "--resolution",
+            "640x360",
+            "--h264-sink",
+            &name,
+            "--h264-sink-client-ttl",
+            "1",
+        ],
+        std::fs::File::create(&log_path)?,
+    )
+    .await?;
+    let first = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 10, Duration::from_secs(60))).await??
+    };
+    assert!(!decode_from_first_key(&first.0, &first.1)?.is_empty());
+
+    for round in 0..3 {
+        truncate_object(&name)?;
+        // The writer notices on its next look at the object and gives it its size back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(shm_path(&name))?.len() != sink_size(&name)? {
+            if Instant::now() > deadline {
+                bail!("round {round}: the writer never restored the object's size");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+            .state()
+            .await
+            .with_context(|| format!("round {round}: peregrine died"))?;
+    }
+    wait_log(&log_path, "truncated by another process; restored its size").await?;
+
+    // A reader that comes afterwards gets decodable pictures again.
+    let (metas, payloads) = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 15, Duration::from_secs(60))).await??
+    };
+    assert!(!decode_from_first_key(&metas, &payloads)?.is_empty());
+    let _ = std::fs::remove_file(&log_path);
+    Ok(())
+}
+
+/// Run the binary with `--h264-sink NAME` until it either fails or serves.
+async fn sink_start_error(name: &str) -> Result<Option<String>> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_peregrine"))
+        .args(["--source", "testsrc", "--h264-sink", name])
+        .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
+        .args([
+            "--port",
+            "0",
+            "--janus-ws-port",
+            "0",
+            "--janus-http-port",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(5), out).await {
+        Ok(out) => {
+            let out = out?;
+            assert!(!out.status.success());
+            Ok(Some(String::from_utf8_lossy(&out.stderr).into_owned()))
+        }
+        // Still running: it took the sink.
+        Err(_) => Ok(None),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_someone_else_created_is_refused_and_our_own_is_reused() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let name = unique_name("owner");
+    let _cleanup = RemoveShm(name.clone());
+    let path = shm_path(&name);
+
+    // Pre-created writable by everyone: anyone could read or forge the frames.
+    std::fs::write(&path, b"")?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    let err = sink_start_error(&name)
+        .await?
+        .context("a world-writable object was used")?;
+    println!("{err}");
+    assert!(err.contains(&name), "{err}");
+    assert!(err.contains("writable by every user"), "{err}");
+    assert!(err.contains(&format!("rm /dev/shm/{name}")), "{err}");
+    assert_eq!(std::fs::metadata(&path)?.len(), 0, "the object was touched");
+
+    // Pre-created by another user (the tests run as root, which may hand it over).
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534))?;
+        let err = sink_start_error(&name)
+            .await?
+            .context("another user's object was used")?;
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+    }
+
+    // Our own stale object (a previous run without --h264-sink-rm): taken over, with
+    // the mode asked for and the full size.
+    std::fs::remove_file(&path)?;
+    std::fs::write(&path, b"stale")?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    assert!(
+        sink_start_error(&name).await?.is_none(),
+        "our own stale object was refused"
+    );
+    let meta = std::fs::metadata(&path)?;
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.len(), sink_size(&name)?);
     Ok(())
 }

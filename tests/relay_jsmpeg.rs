@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use support::{http_request, Server};
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "s3cret";
+const SECRET: &str = "s3cret-upload";
 
 /// A child process killed when dropped.
 struct Proc(Child);
@@ -152,7 +152,7 @@ async fn wrong_secret_and_garbage_are_refused() -> Result<()> {
 
     let (status, _) = http_request(port, "POST", "/upload/wrong", Some(&packet)).await?;
     assert_eq!(status, 403);
-    let (status, _) = http_request(port, "PUT", "/upload/s3cre", Some(&packet)).await?;
+    let (status, _) = http_request(port, "PUT", "/upload/s3cret-uploa", Some(&packet)).await?;
     assert_eq!(status, 403);
     let garbage = b"this is not a transport stream at all, just some text".repeat(10);
     let (status, body) =
@@ -285,6 +285,164 @@ async fn jsmpeg_header_for_the_old_player() -> Result<()> {
     assert!(
         !data[8..].windows(4).any(|w| w == b"jsmp"),
         "the header comes once"
+    );
+    Ok(())
+}
+
+/// One request from the local address `from` (any 127.0.0.0/8 address works on
+/// loopback): the status and the whole response as text.
+async fn request_from(
+    from: std::net::IpAddr,
+    port: u16,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((from, 0).into())?;
+    let mut conn = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    // A refused upload may be answered (and closed) before the body is all sent.
+    let _ = conn.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {text:?}"))?;
+    Ok((status, text))
+}
+
+fn ts_packets(count: usize) -> Vec<u8> {
+    let mut p = vec![0xffu8; 188 * count];
+    for chunk in p.chunks_mut(188) {
+        chunk[..4].copy_from_slice(&[0x47, 0x40, 0x00, 0x10]);
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_secret_is_throttled_per_address_and_logged_sparingly() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("peregrine-guess-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let log_path = dir.join("server.log");
+    let server = Server::start_logged(
+        &["--jsmpeg-secret", SECRET],
+        std::fs::File::create(&log_path)?,
+    )
+    .await?;
+    let port = server.http_port;
+    let packets = ts_packets(4);
+
+    // Twenty addresses guess twelve times each.
+    let started = Instant::now();
+    let mut statuses = std::collections::BTreeMap::new();
+    for host in 10..30u8 {
+        let from = std::net::IpAddr::from([127, 0, 0, host]);
+        for guess in 0..12 {
+            let path = format!("/upload/guess-{host}-{guess}");
+            let (status, _) = request_from(from, port, &path, &packets).await?;
+            let want = if guess < 10 { 403 } else { 429 };
+            assert_eq!(status, want, "guess {guess} from {from}");
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+    }
+    println!("240 guesses in {:?}: {statuses:?}", started.elapsed());
+
+    // A blocked address is refused even with the right secret, and told when to retry.
+    let blocked = std::net::IpAddr::from([127, 0, 0, 10]);
+    let (status, response) =
+        request_from(blocked, port, &format!("/upload/{SECRET}"), &packets).await?;
+    assert_eq!(status, 429);
+    assert!(
+        response.to_ascii_lowercase().contains("retry-after:"),
+        "{response}"
+    );
+    // Everybody else still uploads.
+    let (status, _) = request_from(
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        port,
+        &format!("/upload/{SECRET}"),
+        &packets,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let state = server.state().await?;
+    assert_eq!(state["relay"]["uploads_rejected"], 200);
+    assert_eq!(state["relay"]["uploads_throttled"], 41);
+
+    // A line per 10 s with a count, not one per guess.
+    let log = std::fs::read_to_string(&log_path)?;
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let bound = 1 + started.elapsed().as_secs() as usize / 10;
+    assert!(lines("refused: wrong secret") <= bound, "{log}");
+    assert!(lines("refusing the address") <= bound, "{log}");
+    assert!(log.contains("refused=1"), "{log}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn a_short_upload_secret_stops_the_start() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_peregrine"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--source", "testsrc"])
+        .args(["--jsmpeg-secret", "x"])
+        .stdin(Stdio::null())
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jsmpeg_secret must be at least 8"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_after_a_valid_stream_never_reach_viewers() -> Result<()> {
+    let server = Server::start(&["--jsmpeg-secret", SECRET]).await?;
+    let port = server.http_port;
+    let viewer = tokio::spawn(receive(port, "/jsmpeg", Duration::from_secs(3)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let valid = include_bytes!("fixtures/testsrc_160x120.ts").to_vec();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..(256 << 10))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let body = [valid.clone(), noise].concat();
+    let (status, response) = request_from(
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        port,
+        &format!("/upload/{SECRET}"),
+        &body,
+    )
+    .await?;
+    assert_eq!(status, 400, "{response}");
+    assert!(response.contains("sync"), "{response}");
+
+    let received = viewer.await??;
+    println!(
+        "viewer received {} bytes of the {} valid ones",
+        received.len(),
+        valid.len()
+    );
+    assert!(!received.is_empty(), "the valid part never arrived");
+    assert!(
+        valid.ends_with(&received),
+        "the viewer got bytes that were not part of the valid stream"
     );
     Ok(())
 }

@@ -37,7 +37,7 @@ test("jmuxer page plays /h264", async () => {
 function upload(port, input, output) {
   const child = spawn("ffmpeg", [
     "-hide_banner", "-loglevel", "error", "-nostdin", "-re", ...input,
-    "-f", "mpegts", "-muxdelay", "0.001", ...output, `http://127.0.0.1:${port}/upload/s3cret`,
+    "-f", "mpegts", "-muxdelay", "0.001", ...output, `http://127.0.0.1:${port}/upload/s3cret-upload`,
   ], { stdio: ["ignore", "inherit", "inherit"] });
   return { stop: () => child.kill("SIGKILL") };
 }
@@ -50,7 +50,7 @@ async function jsmpegFrames(page, url, frames = 60) {
 }
 
 test("JSMpeg page decodes an ffmpeg upload, with a second upload carrying MP2 audio", async () => {
-  const server = await startPeregrine(["--jsmpeg-secret", "s3cret"]);
+  const server = await startPeregrine(["--jsmpeg-secret", "s3cret-upload"]);
   const port = server.ports.http;
   const video = upload(port, ["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"],
     ["-codec:v", "mpeg1video", "-b:v", "1000k", "-bf", "0"]);

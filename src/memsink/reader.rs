@@ -130,7 +130,7 @@ impl SinkReader {
     fn locked_get(&mut self, want_key: bool) -> Result<Get, ReadError> {
         let l = self.layout;
         let mut raw = vec![0u8; l.header_size];
-        self.shm.read(0, &mut raw);
+        self.shm.read(0, &mut raw).map_err(|e| self.io(e))?;
         let header = l.decode(&raw);
         self.bad_magic = header.magic != MAGIC;
         if self.bad_magic {
@@ -144,7 +144,8 @@ impl SinkReader {
             });
         }
         self.shm
-            .write(l.last_client_ts, &l.encode_ld(monotonic_s()));
+            .write(l.last_client_ts, &l.encode_ld(monotonic_s()))
+            .map_err(|e| self.io(e))?;
         let got = if header.id == self.last_id {
             Get::NoData
         } else if header.used > self.data_size as u64 {
@@ -154,9 +155,11 @@ impl SinkReader {
                 limit: self.data_size,
             });
         } else {
-            self.last_id = header.id;
             let mut data = vec![0u8; header.used as usize];
-            self.shm.read(l.header_size, &mut data);
+            self.shm
+                .read(l.header_size, &mut data)
+                .map_err(|e| self.io(e))?;
+            self.last_id = header.id;
             Get::Frame(SinkFrame {
                 id: header.id,
                 meta: header.meta,
@@ -169,7 +172,7 @@ impl SinkReader {
         let answered = matches!(&got, Get::Frame(f) if f.meta.key);
         let mut wants = [0u8; super::layout::WANTS_LEN];
         wants[l.wants_key - l.wants] = u8::from((want_key && !answered) || header.wants_key);
-        self.shm.write(l.wants, &wants);
+        self.shm.write(l.wants, &wants).map_err(|e| self.io(e))?;
         Ok(got)
     }
 }
@@ -252,12 +255,12 @@ mod tests {
         w.put(&meta(true), b"x").unwrap();
         let l = Abi::host().unwrap().layout();
         let raw = ShmObject::open(&name, l.header_size, OpenMode::Existing).unwrap();
-        raw.write(l.version, &9u32.to_le_bytes());
+        raw.write(l.version, &9u32.to_le_bytes()).unwrap();
         let mut r = SinkReader::open(&name, Duration::from_secs(1)).unwrap();
         let err = r.get(false).unwrap_err().to_string();
         assert!(err.contains("sink=9, required=10"), "{err}");
-        raw.write(l.version, &10u32.to_le_bytes());
-        raw.write(l.used, &u64::MAX.to_le_bytes());
+        raw.write(l.version, &10u32.to_le_bytes()).unwrap();
+        raw.write(l.used, &u64::MAX.to_le_bytes()).unwrap();
         let err = r.get(false).unwrap_err().to_string();
         assert!(err.contains("corrupt header"), "{err}");
     }

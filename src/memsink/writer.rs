@@ -11,6 +11,8 @@ use super::{frame_id, monotonic_s};
 
 /// The put waits this long for a reader to release the lock (fixed in µStreamer).
 const PUT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Repeated truncations by another process are logged at most this often.
+const TRUNCATION_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// `--h264-sink*` options.
 #[derive(Clone, Debug)]
@@ -57,6 +59,9 @@ pub struct SinkWriter {
     seen_client_ts: f64,
     has_clients: bool,
     last_id: u64,
+    /// Truncations by other processes since the last log line about them.
+    truncations: u64,
+    truncation_logged: Option<std::time::Instant>,
 }
 
 impl SinkWriter {
@@ -80,6 +85,8 @@ impl SinkWriter {
             seen_client_ts: 0.0,
             has_clients: false,
             last_id: 0,
+            truncations: 0,
+            truncation_logged: None,
         })
     }
 
@@ -93,22 +100,10 @@ impl SinkWriter {
         self.has_clients
     }
 
-    fn read_u64(&self, off: usize) -> u64 {
-        let mut b = [0u8; 8];
-        self.shm.read(off, &mut b);
-        u64::from_le_bytes(b)
-    }
-
-    fn read_u32(&self, off: usize) -> u32 {
-        let mut b = [0u8; 4];
-        self.shm.read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn read_header(&self) -> super::layout::Header {
+    fn read_header(&self) -> std::io::Result<super::layout::Header> {
         let mut b = vec![0u8; self.layout.header_size];
-        self.shm.read(0, &mut b);
-        self.layout.decode(&b)
+        self.shm.read(0, &mut b)?;
+        Ok(self.layout.decode(&b))
     }
 
     fn client_ts_alive(&self, client_ts: f64) -> bool {
@@ -118,12 +113,14 @@ impl SinkWriter {
     /// Should a frame be produced and put now? True when the object is not initialised,
     /// a reader is present, or (with `frame`) the frame differs from the stored meta.
     pub fn check(&mut self, frame: Option<(&FrameMeta, usize)>) -> bool {
-        if self.read_u64(self.layout.magic) != MAGIC
-            || self.read_u32(self.layout.version) != VERSION
-        {
+        // A header that cannot be read (another process shrank the object) needs a put
+        // too: the put gives the object its size back.
+        let Ok(header) = self.read_header() else {
+            return true;
+        };
+        if header.magic != MAGIC || header.version != VERSION {
             return true;
         }
-        let header = self.read_header();
         if header.last_client_ts != self.seen_client_ts {
             self.seen_client_ts = header.last_client_ts;
             self.has_clients = true;
@@ -131,8 +128,10 @@ impl SinkWriter {
         }
         match self.shm.try_lock() {
             Ok(true) => {
-                let header = self.read_header();
-                self.has_clients = self.client_ts_alive(header.last_client_ts);
+                self.has_clients = match self.read_header() {
+                    Ok(header) => self.client_ts_alive(header.last_client_ts),
+                    Err(_) => true,
+                };
                 if let Err(e) = self.shm.unlock() {
                     tracing::warn!(sink = %self.cfg.name, "memsink unlock: {e}");
                 }
@@ -152,7 +151,9 @@ impl SinkWriter {
         }
         match frame {
             Some((meta, used)) => {
-                let h = self.read_header();
+                let Ok(h) = self.read_header() else {
+                    return true;
+                };
                 let m = &h.meta;
                 h.used != used as u64
                     || (
@@ -200,29 +201,61 @@ impl SinkWriter {
             tracing::debug!(sink = %self.cfg.name, "memsink busy; frame skipped");
             return Ok(PutOutcome::Busy);
         }
-        let l = self.layout;
-        let id = self.new_id();
-        self.shm.write(l.id, &id.to_le_bytes());
-        let mut wants = [0u8; WANTS_LEN];
-        self.shm.read(l.wants, &mut wants);
-        let mut wants_key = wants[l.wants_key - l.wants] != 0;
-        if wants_key && meta.key {
-            self.shm.write(l.wants_key, &[0]);
-            wants_key = false;
-        }
-        self.shm.write(l.header_size, payload);
-        self.shm.write(l.used, &l.encode_used(payload.len() as u64));
-        for (off, bytes) in l.encode_meta(meta) {
-            self.shm.write(off, &bytes);
-        }
-        self.shm.write(l.magic, &MAGIC.to_le_bytes());
-        self.shm.write(l.version, &VERSION.to_le_bytes());
-        let header = self.read_header();
-        self.has_clients = self.client_ts_alive(header.last_client_ts);
+        let written = self.locked_put(meta, payload);
         self.shm
             .unlock()
             .with_context(|| format!("memsink {:?}: unlock", self.cfg.name))?;
+        let wants_key = written.with_context(|| format!("memsink {:?}", self.cfg.name))?;
         Ok(PutOutcome::Written { wants_key })
+    }
+}
+
+impl SinkWriter {
+    /// The body of a put, with the lock held.
+    fn locked_put(&mut self, meta: &FrameMeta, payload: &[u8]) -> std::io::Result<bool> {
+        if let Some(was) = self.shm.restore_size()? {
+            self.note_truncated(was);
+        }
+        let l = self.layout;
+        let id = self.new_id();
+        self.shm.write(l.id, &id.to_le_bytes())?;
+        let mut wants = [0u8; WANTS_LEN];
+        self.shm.read(l.wants, &mut wants)?;
+        let mut wants_key = wants[l.wants_key - l.wants] != 0;
+        if wants_key && meta.key {
+            self.shm.write(l.wants_key, &[0])?;
+            wants_key = false;
+        }
+        self.shm.write(l.header_size, payload)?;
+        self.shm
+            .write(l.used, &l.encode_used(payload.len() as u64))?;
+        for (off, bytes) in l.encode_meta(meta) {
+            self.shm.write(off, &bytes)?;
+        }
+        self.shm.write(l.magic, &MAGIC.to_le_bytes())?;
+        self.shm.write(l.version, &VERSION.to_le_bytes())?;
+        let header = self.read_header()?;
+        self.has_clients = self.client_ts_alive(header.last_client_ts);
+        Ok(wants_key)
+    }
+
+    /// Another process shrank the object (its size is restored now): say so, at most
+    /// once per [`TRUNCATION_LOG_EVERY`], with how often it happened.
+    fn note_truncated(&mut self, was: u64) {
+        self.truncations += 1;
+        let due = self
+            .truncation_logged
+            .is_none_or(|at| at.elapsed() >= TRUNCATION_LOG_EVERY);
+        if due {
+            tracing::warn!(
+                sink = %self.cfg.name,
+                size = was,
+                times = self.truncations,
+                "memsink was truncated by another process; restored its size"
+            );
+            self.truncation_logged = Some(std::time::Instant::now());
+            self.truncations = 0;
+        }
     }
 }
 

@@ -8,16 +8,19 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
 use super::mpegts::{self, PacketSplitter, VideoEsExtractor};
+use super::secret_guard::{self, Failure};
 use super::Relay;
 
 /// Chunks a viewer may fall behind before it loses data (about a second of a 1 Mbit/s
@@ -82,7 +85,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn upload(
     State(relay): State<Arc<Relay>>,
     Path(secret): Path<String>,
-    body: Body,
+    request: Request,
 ) -> Response {
     let Some(expected) = relay.cfg.jsmpeg_secret.as_deref() else {
         return (
@@ -91,11 +94,40 @@ pub async fn upload(
         )
             .into_response();
     };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |c| c.0.ip());
+    let now = Instant::now();
+    if let Some(left) = relay.secret_guard.blocked(peer, now) {
+        relay.counters.upload_throttled();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, left.as_secs().max(1).to_string())],
+            "too many wrong secrets from this address; try again later",
+        )
+            .into_response();
+    }
     if !constant_time_eq(secret.as_bytes(), expected.as_bytes()) {
         relay.counters.upload_rejected();
-        tracing::warn!("MPEG-TS upload refused: wrong secret");
+        if relay.secret_guard.failed(peer, now) == Failure::Blocked {
+            if let Some(count) = relay.logs.blocked.hit() {
+                tracing::warn!(
+                    %peer,
+                    addresses = count,
+                    "MPEG-TS uploads: {} wrong secrets within {} s; refusing the address for {} s",
+                    secret_guard::MAX_FAILURES,
+                    secret_guard::WINDOW.as_secs(),
+                    secret_guard::BLOCK.as_secs()
+                );
+            }
+        }
+        if let Some(count) = relay.logs.wrong_secret.hit() {
+            tracing::warn!(%peer, refused = count, "MPEG-TS upload refused: wrong secret");
+        }
         return (StatusCode::FORBIDDEN, "wrong secret").into_response();
     }
+    let body = request.into_body();
     let _upload = relay.counters.upload();
     tracing::info!("MPEG-TS upload started");
     let mut splitter = PacketSplitter::new();
@@ -113,7 +145,9 @@ pub async fn upload(
             Ok(packets) => relay.bus.publish(packets),
             Err(err) => {
                 relay.counters.upload_rejected();
-                tracing::warn!("MPEG-TS upload rejected: {err}");
+                if let Some(count) = relay.logs.bad_upload.hit() {
+                    tracing::warn!(rejected = count, "MPEG-TS upload rejected: {err}");
+                }
                 return (StatusCode::BAD_REQUEST, err.to_string()).into_response();
             }
         }
@@ -133,7 +167,9 @@ pub fn upgrade(relay: Arc<Relay>, ws: WebSocketUpgrade) -> Response {
     let transcode = relay.cfg.jsmpeg_secret.is_none();
     if transcode {
         if let Err(err) = relay.transcoder.check_available() {
-            tracing::warn!("JSMpeg viewer refused: {err}");
+            if let Some(count) = relay.logs.viewer_refused.hit() {
+                tracing::warn!(refused = count, "JSMpeg viewer refused: {err}");
+            }
             return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
         }
     }

@@ -8,6 +8,7 @@
 pub mod h264ws;
 pub mod jsmpeg;
 pub mod mpegts;
+pub mod secret_guard;
 pub mod transcode;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use axum::routing::{any, get};
 use axum::Router;
 
 use crate::media::Hub;
+use crate::ratelog::{RateLimited, PERIOD};
 
 /// What the relay needs from the configuration.
 #[derive(Clone, Debug, Default)]
@@ -49,6 +51,7 @@ pub struct Counters {
     uploads: AtomicUsize,
     uploads_total: AtomicU64,
     uploads_rejected: AtomicU64,
+    uploads_throttled: AtomicU64,
     upload_bytes: AtomicU64,
     tasks: AtomicUsize,
     connections_total: AtomicU64,
@@ -117,6 +120,10 @@ impl Counters {
         self.uploads_rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn upload_throttled(&self) {
+        self.uploads_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn upload_bytes(&self, n: usize) {
         self.upload_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -129,6 +136,16 @@ pub struct Relay {
     counters: Arc<Counters>,
     bus: jsmpeg::TsBus,
     transcoder: Arc<transcode::Transcoder>,
+    secret_guard: secret_guard::SecretGuard,
+    logs: RelayLogs,
+}
+
+/// Log lines any client can trigger, each said at most every [`PERIOD`].
+struct RelayLogs {
+    wrong_secret: RateLimited,
+    blocked: RateLimited,
+    bad_upload: RateLimited,
+    viewer_refused: RateLimited,
 }
 
 impl Relay {
@@ -141,6 +158,13 @@ impl Relay {
             counters: Arc::new(Counters::default()),
             bus,
             transcoder,
+            secret_guard: secret_guard::SecretGuard::new(),
+            logs: RelayLogs {
+                wrong_secret: RateLimited::new(PERIOD),
+                blocked: RateLimited::new(PERIOD),
+                bad_upload: RateLimited::new(PERIOD),
+                viewer_refused: RateLimited::new(PERIOD),
+            },
         })
     }
 
@@ -186,6 +210,7 @@ impl Relay {
             "uploads": c.uploads.load(Ordering::SeqCst),
             "uploads_total": load(&c.uploads_total),
             "uploads_rejected": load(&c.uploads_rejected),
+            "uploads_throttled": load(&c.uploads_throttled),
             "upload_bytes": load(&c.upload_bytes),
             "tasks": c.tasks.load(Ordering::SeqCst),
             "connections_total": load(&c.connections_total),

@@ -18,10 +18,10 @@ use super::gop::GopCache;
 use super::latency::Histogram;
 use super::packetizer;
 use super::peer::{self, OutFrame, Peer, PeerNote, PeerSetup};
-use super::ratelimit::LogLimiter;
 use super::{demux, sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
 use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
+use crate::ratelog::{RateLimited, PERIOD};
 
 /// An offer not answered within this time is dropped.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -140,9 +140,9 @@ pub struct Engine {
     next_catch_up: Option<Instant>,
     /// One log line per period for what anyone can send: garbage datagrams, refused
     /// candidates, viewers over the limit.
-    garbage_log: LogLimiter,
-    candidate_log: LogLimiter,
-    refusal_log: LogLimiter,
+    garbage_log: RateLimited,
+    candidate_log: RateLimited,
+    refusal_log: RateLimited,
 }
 
 enum Wake {
@@ -175,9 +175,9 @@ impl Engine {
             gop: GopCache::default(),
             catching_up: HashSet::new(),
             next_catch_up: None,
-            garbage_log: LogLimiter::default(),
-            candidate_log: LogLimiter::default(),
-            refusal_log: LogLimiter::default(),
+            garbage_log: RateLimited::new(PERIOD),
+            candidate_log: RateLimited::new(PERIOD),
+            refusal_log: RateLimited::new(PERIOD),
         }
     }
 
@@ -313,7 +313,7 @@ impl Engine {
                         Ok(()) => {
                             self.dirty.insert(id);
                         }
-                        Err(refusal) => self.candidate_refused(now, id, refusal),
+                        Err(refusal) => self.candidate_refused(id, refusal),
                     }
                 }
             }
@@ -323,17 +323,17 @@ impl Engine {
         }
     }
 
-    fn candidate_refused(&mut self, now: Instant, id: PeerId, refusal: Refusal) {
-        let Some(left_out) = self.candidate_log.allow(now) else {
+    fn candidate_refused(&mut self, id: PeerId, refusal: Refusal) {
+        let Some(times) = self.candidate_log.hit() else {
             return;
         };
         let reason = refusal.as_str();
         // Over the budget only a misbehaving client gets; the rest is ordinary (mDNS
         // names, TCP candidates, addresses a loopback server cannot reach).
         if refusal == Refusal::OverBudget {
-            tracing::info!(peer = id, reason, left_out, "remote ICE candidate dropped");
+            tracing::info!(peer = id, reason, times, "remote ICE candidate dropped");
         } else {
-            tracing::debug!(peer = id, reason, left_out, "remote ICE candidate dropped");
+            tracing::debug!(peer = id, reason, times, "remote ICE candidate dropped");
         }
     }
 
@@ -344,10 +344,10 @@ impl Engine {
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
         if self.peers.len() >= self.cfg.max_viewers {
-            if let Some(left_out) = self.refusal_log.allow(now) {
+            if let Some(times) = self.refusal_log.hit() {
                 tracing::warn!(
                     max_viewers = self.cfg.max_viewers,
-                    left_out,
+                    times,
                     "viewer refused: --max-viewers reached"
                 );
             }
@@ -403,7 +403,7 @@ impl Engine {
                 Some(id) => {
                     let e = self.peers.get_mut(&id).expect("routed peers exist");
                     if e.addrs.len() >= MAX_ADDRS_PER_PEER {
-                        self.garbage(now, from, data.len(), "viewer has too many addresses");
+                        self.garbage(from, data.len(), "viewer has too many addresses");
                         return;
                     }
                     e.addrs.push(from);
@@ -411,13 +411,13 @@ impl Engine {
                     id
                 }
                 None => {
-                    self.garbage(now, from, data.len(), "not a viewer's authenticated check");
+                    self.garbage(from, data.len(), "not a viewer's authenticated check");
                     return;
                 }
             },
         };
         if !demux::is_webrtc(data) {
-            self.garbage(now, from, data.len(), "neither STUN, DTLS nor RTP");
+            self.garbage(from, data.len(), "neither STUN, DTLS nor RTP");
             return;
         }
         if let Some(e) = self.peers.get_mut(&id) {
@@ -435,9 +435,9 @@ impl Engine {
     }
 
     /// Count a dropped datagram; one debug line per period says how many.
-    fn garbage(&mut self, now: Instant, from: SocketAddr, len: usize, why: &'static str) {
-        if let Some(left_out) = self.garbage_log.allow(now) {
-            tracing::debug!(%from, len, why, left_out, "datagram dropped");
+    fn garbage(&mut self, from: SocketAddr, len: usize, why: &'static str) {
+        if let Some(times) = self.garbage_log.hit() {
+            tracing::debug!(%from, len, why, times, "datagram dropped");
         }
     }
 

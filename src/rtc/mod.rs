@@ -24,7 +24,6 @@ mod gop;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;
-mod ratelimit;
 pub mod receiver;
 pub mod sdp;
 mod udp;

@@ -7,7 +7,7 @@ pub mod gate;
 
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -124,21 +124,21 @@ fn fd_budget() -> Option<usize> {
 /// A listener whose connections can be served.
 pub trait Accept: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Option<IpAddr>)>> + Send;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Option<SocketAddr>)>> + Send;
 }
 
 impl Accept for TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+    async fn accept(&self) -> io::Result<(Self::Io, Option<SocketAddr>)> {
         let (stream, addr) = TcpListener::accept(self).await?;
         let _ = stream.set_nodelay(true);
-        Ok((stream, Some(addr.ip())))
+        Ok((stream, Some(addr)))
     }
 }
 
 impl Accept for UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+    async fn accept(&self) -> io::Result<(Self::Io, Option<SocketAddr>)> {
         let (stream, _) = UnixListener::accept(self).await?;
         Ok((stream, None))
     }
@@ -160,7 +160,7 @@ pub async fn serve<L: Accept>(
             r = listener.accept() => r,
             _ = &mut shutdown => break,
         };
-        let (io, ip) = match accepted {
+        let (io, peer) = match accepted {
             Ok(x) => {
                 backoff = Duration::ZERO;
                 x
@@ -182,11 +182,11 @@ pub async fn serve<L: Accept>(
                 }
             }
         };
-        let Some(permit) = policy.gate.admit(ip) else {
+        let Some(permit) = policy.gate.admit(peer.map(|a| a.ip())) else {
             continue; // dropping `io` closes it
         };
         let timeouts = (policy.header_timeout, policy.idle_timeout);
-        let conn = serve_connection(io, permit, router.clone(), timeouts, stop_rx.clone());
+        let conn = serve_connection(io, peer, permit, router.clone(), timeouts, stop_rx.clone());
         tokio::spawn(conn);
     }
     let _ = stop_tx.send(true);
@@ -207,6 +207,7 @@ fn is_transient(e: &io::Error) -> bool {
 
 async fn serve_connection<I>(
     io: I,
+    peer: Option<SocketAddr>,
     permit: Permit,
     router: Router,
     (header_timeout, idle): (Duration, Duration),
@@ -223,8 +224,13 @@ async fn serve_connection<I>(
     };
     let service = {
         let permit = permit.clone();
-        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             permit.prove();
+            // Handlers that count by client address read it as axum's ConnectInfo.
+            if let Some(peer) = peer {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
             tower_service::Service::call(&mut router.clone(), req)
         })
     };

@@ -2,8 +2,10 @@
 //! `ffmpeg -f h264 ...` or any encoder writing raw Annex-B produces.
 //!
 //! * `tcp://HOST:PORT` — connect and read; reconnect with backoff when it ends.
-//! * `tcp-listen://HOST:PORT` — accept a pushing encoder; a new connection replaces the
-//!   current one (the encoder restarted).
+//! * `tcp-listen://HOST:PORT` — accept a pushing encoder. The connected encoder keeps the
+//!   stream until it leaves or stays silent for [`STALL`]; other connections meanwhile are
+//!   closed unread, so nobody else who can reach the port can put their video in front
+//!   of the viewers. An allow-list of peer addresses can narrow who may push at all.
 //! * `-` — standard input.
 //! * a file — paced at the configured frame rate, looping.
 //!
@@ -24,6 +26,7 @@ use anyhow::{bail, Context, Result};
 use super::annexb::{AnnexBSplitter, Picture};
 use super::lifecycle::{Backoff, Output, StatusHandle};
 use crate::media::Hub;
+use crate::ratelog::RateLimited;
 
 /// A pause this long after input means the picture in progress is complete: encoders
 /// write each picture at once, so waiting for the next picture's start code would add
@@ -33,6 +36,8 @@ const IDLE_FLUSH: Duration = Duration::from_millis(15);
 const STALL: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 64 << 10;
+/// Refused encoder connections are logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Where the byte stream comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +88,8 @@ pub struct ByteStreamConfig {
     /// Size of the NO SIGNAL picture before the stream has shown its own.
     pub width: u32,
     pub height: u32,
+    /// `tcp-listen://`: peers allowed to push (empty: any).
+    pub allow: Vec<std::net::IpAddr>,
 }
 
 /// Start the source thread. Problems that configuration can fix (a port in use, a file
@@ -118,7 +125,10 @@ pub fn spawn(
             let mut out = out;
             out.not_yet();
             match (input, listener) {
-                (Input::Listen(_), Some(l)) => run_listen(&l, &mut out, &stop),
+                (Input::Listen(_), Some(l)) => {
+                    let mut gate = Gate::new(cfg.allow.clone());
+                    run_listen(&l, &mut gate, &mut out, &stop)
+                }
                 (Input::Connect(addr), _) => run_connect(&addr, &mut out, &stop),
                 (Input::Stdin, _) => run_stdin(&mut out, &stop),
                 (Input::File(path), _) => run_file(&path, &cfg, &mut out, &stop),
@@ -201,30 +211,88 @@ enum Ended {
     Replaced(TcpStream),
 }
 
-/// Split and publish one input until it ends. `listener` is polled so that a restarted
-/// encoder's new connection replaces a dead one at once.
+/// Who may push to a `tcp-listen://` source, and the log of those refused.
+struct Gate {
+    allow: Vec<std::net::IpAddr>,
+    refusals: RateLimited,
+    /// A connection that arrived while the current encoder was pushing, unread, and
+    /// when it arrived. It goes next if the current one ends or falls silent.
+    waiting: Option<(TcpStream, SocketAddr, Instant)>,
+}
+
+impl Gate {
+    fn new(allow: Vec<std::net::IpAddr>) -> Gate {
+        Gate {
+            allow: allow.into_iter().map(|ip| ip.to_canonical()).collect(),
+            refusals: RateLimited::new(REFUSAL_LOG_EVERY),
+            waiting: None,
+        }
+    }
+
+    fn allowed(&self, peer: &SocketAddr) -> bool {
+        self.allow.is_empty() || self.allow.contains(&peer.ip().to_canonical())
+    }
+
+    /// Close `stream` at once and say so (rate-limited: anyone who reaches the port
+    /// can cause this as often as they like).
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, why: &str) {
+        let _ = stream.shutdown(Shutdown::Both);
+        drop(stream);
+        if let Some(count) = self.refusals.hit() {
+            tracing::warn!(%peer, refused = count, "encoder connection refused: {why}");
+        }
+    }
+}
+
+/// Split and publish one input until it ends. With `listen`, new connections are
+/// polled for. The first one to arrive waits, unread, for up to [`STALL`]: if this input
+/// goes silent meanwhile (an encoder that restarted, leaving a dead or half-open
+/// connection behind), it takes over; if this input keeps sending, it is refused. Any
+/// other connection meanwhile is refused at once, so only the current encoder's video
+/// ever reaches the viewers.
 fn pump(
     rx: &Receiver<Chunk>,
     out: &mut Output,
     stop: &AtomicBool,
-    listener: Option<&TcpListener>,
+    mut listen: Option<(&TcpListener, &mut Gate)>,
 ) -> Ended {
     let mut splitter = AnnexBSplitter::new();
     let mut pictures: Vec<Picture> = Vec::new();
     let mut unflushed = false;
     let mut last_picture = Instant::now();
+    let mut last_data = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ended::Stopped;
         }
-        if let Some(l) = listener {
+        if let Some((l, gate)) = listen.as_mut() {
             if let Ok((stream, peer)) = l.accept() {
-                tracing::info!(%peer, "a new encoder connection replaces the current one");
-                return Ended::Replaced(stream);
+                if !gate.allowed(&peer) {
+                    gate.refuse(stream, peer, "address not in source_allow");
+                } else if gate.waiting.is_some() {
+                    gate.refuse(stream, peer, "another encoder is pushing");
+                } else {
+                    gate.waiting = Some((stream, peer, Instant::now()));
+                }
+            }
+            if let Some((_, _, since)) = &gate.waiting {
+                if last_data.elapsed() > STALL {
+                    let (stream, peer, _) = gate.waiting.take().expect("checked above");
+                    tracing::info!(
+                        %peer,
+                        "a new encoder connection replaces the silent current one"
+                    );
+                    return Ended::Replaced(stream);
+                }
+                if since.elapsed() > STALL {
+                    let (stream, peer, _) = gate.waiting.take().expect("checked above");
+                    gate.refuse(stream, peer, "another encoder is pushing");
+                }
             }
         }
         match rx.recv_timeout(IDLE_FLUSH) {
             Ok(Chunk::Data(data)) => {
+                last_data = Instant::now();
                 if let Err(e) = splitter.push(&data, &mut pictures) {
                     return Ended::Lost(e.to_string());
                 }
@@ -266,13 +334,22 @@ fn session_over(out: &mut Output, ended: &Ended, backoff: &mut Backoff) {
     }
 }
 
-fn run_listen(listener: &TcpListener, out: &mut Output, stop: &AtomicBool) {
+fn run_listen(listener: &TcpListener, gate: &mut Gate, out: &mut Output, stop: &AtomicBool) {
     let mut next: Option<TcpStream> = None;
     let mut backoff = Backoff::new(Duration::ZERO, Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
-        let stream = match next.take() {
+        // A connection that waited while the previous encoder pushed goes first.
+        let waited = gate.waiting.take().map(|(s, peer, _)| {
+            tracing::info!(%peer, "encoder connected");
+            s
+        });
+        let stream = match next.take().or(waited) {
             Some(s) => s,
             None => match listener.accept() {
+                Ok((s, peer)) if !gate.allowed(&peer) => {
+                    gate.refuse(s, peer, "address not in source_allow");
+                    continue;
+                }
                 Ok((s, peer)) => {
                     tracing::info!(%peer, "encoder connected");
                     s
@@ -288,7 +365,7 @@ fn run_listen(listener: &TcpListener, out: &mut Output, stop: &AtomicBool) {
                 }
             },
         };
-        let ended = read_stream(stream, out, stop, Some(listener));
+        let ended = read_stream(stream, out, stop, Some((listener, &mut *gate)));
         session_over(out, &ended, &mut backoff);
         if let Ended::Replaced(s) = ended {
             next = Some(s);
@@ -301,7 +378,7 @@ fn read_stream(
     stream: TcpStream,
     out: &mut Output,
     stop: &AtomicBool,
-    listener: Option<&TcpListener>,
+    listen: Option<(&TcpListener, &mut Gate)>,
 ) -> Ended {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
@@ -313,7 +390,7 @@ fn read_stream(
         Ok(rx) => rx,
         Err(e) => return Ended::Lost(format!("{e:#}")),
     };
-    let ended = pump(&rx, out, stop, listener);
+    let ended = pump(&rx, out, stop, listen);
     let _ = stream.shutdown(Shutdown::Both);
     ended
 }
