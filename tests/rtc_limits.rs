@@ -148,7 +148,16 @@ async fn a_watch_flood_stops_at_max_viewers() -> Result<()> {
     let total = env("PEREGRINE_WATCH_FLOOD", 300);
     let max_viewers = env("PEREGRINE_WATCH_FLOOD_MAX", 50);
     let max = max_viewers.to_string();
-    let server = Server::start(&["--resolution", "320x240", "--max-viewers", &max]).await?;
+    // Many sessions per socket is the attack measured here, not the session caps.
+    let server = Server::start(&[
+        "--resolution",
+        "320x240",
+        "--max-viewers",
+        &max,
+        "--max-sessions-per-connection",
+        "0",
+    ])
+    .await?;
     let pid = server.state().await?["pid"].as_u64().unwrap_or_default();
     let (_viewer, mut viewer_peer) = support::join(&server).await?;
     let baseline = frames_in(&mut viewer_peer, Duration::from_secs(1)).await;
