@@ -24,6 +24,30 @@ use support::{join, JanusClient, Server, Transport};
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
 
+/// The tests here run real readers and writers against each other at frame rate; run
+/// side by side on a small machine, a reader starved of CPU misses frames and the
+/// checks of what it got measure the machine, not the code. One at a time.
+fn serial() -> Serial {
+    while SERIAL
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Serial
+}
+
+static SERIAL: AtomicBool = AtomicBool::new(false);
+
+/// Held for a test's whole run, across awaits (a std mutex guard is not meant to be).
+struct Serial;
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        SERIAL.store(false, Ordering::Release);
+    }
+}
+
 /// The C peer, compiled once per test binary.
 fn c_tool() -> &'static Path {
     static TOOL: OnceLock<PathBuf> = OnceLock::new();
@@ -220,6 +244,7 @@ fn meta_for(i: usize, key: bool) -> FrameMeta {
 
 #[test]
 fn c_reader_takes_peregrine_frames_byte_exact() -> Result<()> {
+    let _serial = serial();
     let frames = Arc::new(encode_frames(150, 30)?);
     let name = unique_name("creader");
     let _cleanup = RemoveShm(name.clone());
@@ -363,6 +388,7 @@ fn decode_from_first_key(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_sink_of_the_binary_feeds_a_c_reader_only_while_it_reads() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("binsink");
     let _cleanup = RemoveShm(name.clone());
     let server = Server::start(&[
@@ -512,6 +538,7 @@ fn source_arg(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_writer_feeds_a_webrtc_viewer_through_memsink_source() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("csrc");
     let _cleanup = RemoveShm(name.clone());
     // peregrine first: it waits for the sink to appear.
@@ -533,6 +560,7 @@ async fn c_writer_feeds_a_webrtc_viewer_through_memsink_source() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("restart");
     let _cleanup = RemoveShm(name.clone());
     let writer = start_c_writer(&name, &[])?;
@@ -589,6 +617,7 @@ async fn wait_log(path: &Path, needle: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_corrupt_and_wrong_version_sinks_are_survived() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("faults");
     let _cleanup = RemoveShm(name.clone());
     let log_path = tmp_file("faults.log");
@@ -652,6 +681,7 @@ fn last_client_ts(name: &str) -> Result<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_reads_the_sink_only_while_somebody_watches() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("lazy");
     let _cleanup = RemoveShm(name.clone());
     let _writer = start_c_writer(&name, &["--rm"])?;
@@ -707,6 +737,7 @@ fn unhex(s: &str) -> Result<Vec<u8>> {
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[test]
 fn long_double_codecs_agree_with_the_c_compiler() -> Result<()> {
+    let _serial = serial();
     use peregrine::memsink::layout::{binary128_decode, binary128_encode, x87_decode};
     for text in [
         "0",
@@ -952,6 +983,7 @@ async fn next_counter(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reference_picture_never_reaches_the_viewer() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("lostref");
     let _cleanup = RemoveShm(name.clone());
     // A long GOP: only the key request for the gap brings the next IDR soon.
@@ -1031,6 +1063,7 @@ impl Drop for StopOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_frame_left_in_the_sink_is_not_shown() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("stale");
     let _cleanup = RemoveShm(name.clone());
     // The sink holds one keyframe captured 5 s ago, as after a writer stopped.
@@ -1123,6 +1156,7 @@ fn read_across_a_held_lock(
 /// (Busy). Every reader must then get nothing it cannot decode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_busy_sink_the_writer_goes_on_at_a_keyframe() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("busy");
     let _cleanup = RemoveShm(name.clone());
     // 10 fps: what queues up while the sink is held stays within the hub's queue.
@@ -1195,6 +1229,7 @@ fn sink_size(name: &str) -> Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_truncated_under_the_reading_server_is_survived() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("trunc-src");
     let _cleanup = RemoveShm(name.clone());
     let log_path = tmp_file("trunc-src.log");
@@ -1233,6 +1268,7 @@ async fn a_sink_truncated_under_the_reading_server_is_survived() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_truncated_under_the_writing_server_is_restored() -> Result<()> {
+    let _serial = serial();
     let name = unique_name("trunc-sink");
     let _cleanup = RemoveShm(name.clone());
     let log_path = tmp_file("trunc-sink.log");
@@ -1310,6 +1346,7 @@ async fn sink_start_error(name: &str) -> Result<Option<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_someone_else_created_is_refused_and_our_own_is_reused() -> Result<()> {
+    let _serial = serial();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let name = unique_name("owner");
     let _cleanup = RemoveShm(name.clone());
