@@ -311,6 +311,10 @@ pub struct JanusInstall {
     pub rtp_port_range: Option<String>,
     pub nat_1_1_ip: Option<String>,
     pub stun: Option<String>,
+    /// `general.api_secret`, when not empty.
+    pub api_secret: Option<String>,
+    /// `general.token_auth = true`.
+    pub token_auth: bool,
 }
 
 const PLUGIN_FILE: &str = "janus.plugin.ustreamer.jcfg";
@@ -397,6 +401,10 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             let port = janus.get_int("nat.stun_port").unwrap_or(3478);
             install.stun = Some(format!("stun:{server}:{port}"));
         }
+        install.api_secret = janus
+            .get_str("general.api_secret")
+            .filter(|s| !s.is_empty());
+        install.token_auth = janus.get_bool("general.token_auth") == Some(true);
         refused.extend(unsupported_core(&janus));
         if let Some(interface) = janus.get_str("general.interface") {
             // Janus only writes this address into its SDP; it still gathers candidates
@@ -472,21 +480,16 @@ fn bind_address(
 /// A security setting peregrine cannot honour: file, setting, what it would lose.
 type Refusal = (&'static str, String, &'static str);
 
-/// `api_secret` and `token_auth` in `janus.jcfg`.
+/// `token_auth_secret` in `janus.jcfg` (signed, expiring tokens).
 fn unsupported_core(janus: &Value) -> Vec<Refusal> {
     let mut out = Vec::new();
-    if janus.get_str("general.api_secret").is_some() {
+    if janus.get_bool("general.token_auth") == Some(true)
+        && janus.get_str("general.token_auth_secret").is_some()
+    {
         out.push((
             CORE_FILE,
-            "general.api_secret".into(),
-            "API secrets are not checked yet, so requests without the secret would be accepted",
-        ));
-    }
-    if janus.get_bool("general.token_auth") == Some(true) {
-        out.push((
-            CORE_FILE,
-            "general.token_auth = true".into(),
-            "token authentication is not supported yet, so requests without a token would be accepted",
+            "general.token_auth_secret".into(),
+            "signed tokens are not supported; list the accepted tokens with --janus-token instead",
         ));
     }
     out
@@ -653,6 +656,8 @@ mod tests {
                 rtp_port_range: Some("20000-20100".into()),
                 nat_1_1_ip: None,
                 stun: Some("stun:stun.example.org:19302".into()),
+                api_secret: None,
+                token_auth: false,
             }
         );
         // The current form wins over the legacy one.
@@ -703,8 +708,11 @@ mod tests {
     #[test]
     fn security_settings_are_refused_by_name_and_file() {
         let cases = [
-            (CORE_FILE, "general: { api_secret = \"janusrocks\" }", "general.api_secret"),
-            (CORE_FILE, "general: { token_auth = true }", "general.token_auth"),
+            (
+                CORE_FILE,
+                "general: { token_auth = true, token_auth_secret = \"k\" }",
+                "general.token_auth_secret",
+            ),
             (WS_FILE, "general: { ws = true, wss = true }", "general.wss"),
             (WS_FILE, "general: { ws = true, ws_acl = \"127.\" }", "general.ws_acl"),
             (
@@ -741,6 +749,25 @@ mod tests {
             (WS_FILE, "general: { ws = false, ws_acl = \"127.\" }"),
         ]);
         read_install(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn api_secret_and_token_auth_are_honoured() {
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                CORE_FILE,
+                "general: { api_secret = \"janusrocks\", token_auth = true }",
+            ),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.api_secret.as_deref(), Some("janusrocks"));
+        assert!(install.token_auth);
+        // An empty secret is no secret, in Janus as here.
+        std::fs::write(dir.join(CORE_FILE), "general: { api_secret = \"\" }").unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!((install.api_secret, install.token_auth), (None, false));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
