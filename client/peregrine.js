@@ -13,6 +13,9 @@ const overlay = $("overlay");
 const query = new URLSearchParams(location.search);
 const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
 const serverUrl = query.get("server") || `${wsScheme}//${location.host}/janus/ws`;
+// The server's API secret or token (--janus-api-secret, --janus-token), when it needs one.
+const credentials = {};
+for (const key of ["apisecret", "token"]) if (query.get(key)) credentials[key] = query.get(key);
 
 // What a test (or a curious person in the console) can read.
 window.peregrine = { state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0 };
@@ -66,7 +69,7 @@ class Viewer {
   }
 
   send(msg) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ ...msg, ...credentials }));
   }
 
   request(msg) {
