@@ -90,7 +90,7 @@ class Viewer {
     const waiter = msg.transaction && this.pending.get(msg.transaction);
     if (waiter && msg.janus !== "ack" && msg.janus !== "event") {
       this.pending.delete(msg.transaction);
-      if (msg.janus === "error") waiter.reject(new Error(`${msg.error.code} ${msg.error.reason}`));
+      if (msg.janus === "error") waiter.reject(Object.assign(new Error(`${msg.error.code} ${msg.error.reason}`), { fromServer: true }));
       else waiter.resolve(msg);
       return;
     }
@@ -174,7 +174,8 @@ class Viewer {
     for (const w of this.pending.values()) w.reject(err);
     this.closePeer();
     if (this.ws) { this.ws.onclose = null; this.ws.close(); }
-    setStatus("server unreachable, reconnecting", true);
+    // A refusal (such as 403 for a missing ?apisecret=) is worth showing as it is.
+    setStatus(err.fromServer ? `${err.message}, retrying` : "server unreachable, reconnecting", true);
     window.peregrine.reconnects += 1;
     setTimeout(() => new Viewer(this.url).connect(), RECONNECT_MS);
   }

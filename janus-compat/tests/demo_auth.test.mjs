@@ -71,6 +71,25 @@ test("demo page with the API secret plays over both transports; without it it is
   }
 });
 
+test("bundled page passes ?apisecret= on; without it, it shows the refusal", async () => {
+  const server = await startPeregrine(["--janus-api-secret", SECRET]);
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    const t0 = Date.now();
+    await page.goto(`${server.base}/?apisecret=${SECRET}`);
+    const played = await waitForFrames(page, { frames: 30, since: t0, selector: "#video" });
+    assert.ok(played.frames >= 30, `decoded ${played.frames} frames`);
+    const refused = await context.newPage();
+    await refused.goto(`${server.base}/`);
+    await waitUntil(refused, () => /^403 Unauthorized/.test(window.peregrine.state), "the 403 on the page");
+    assert.match(await refused.textContent("#status"), /403 Unauthorized request/);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
+
 test("demo page with a stored token plays; with another token it is refused", async () => {
   const server = await startPeregrine(["--janus-token-auth", "--janus-token", TOKEN]);
   try {
