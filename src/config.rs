@@ -1111,6 +1111,42 @@ mod tests {
     }
 
     #[test]
+    fn janus_auth_flags_and_their_mistakes() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["peregrine", "--source", "testsrc"];
+            all.extend_from_slice(args);
+            Config::load(Args::parse_from(all))
+        };
+        let c = load(&[
+            "--janus-token-auth",
+            "--janus-token",
+            "a",
+            "--janus-token",
+            "b",
+        ])
+        .unwrap();
+        assert!(c.janus_token_auth);
+        assert_eq!(c.janus_tokens, ["a", "b"]);
+        let c = load(&["--janus-api-secret", "s", "--janus-token-auth"]).unwrap();
+        assert_eq!(c.janus_api_secret.as_deref(), Some("s"));
+        for (args, needle) in [
+            (
+                &["--janus-api-secret", ""][..],
+                "janus_api_secret must not be empty",
+            ),
+            (
+                &["--janus-token-auth", "--janus-token", ""][..],
+                "janus_token must not be empty",
+            ),
+            (&["--janus-token", "a"][..], "janus_token_auth is off"),
+            (&["--janus-token-auth"][..], "every Janus request"),
+        ] {
+            let err = format!("{:#}", load(args).unwrap_err());
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
     fn janus_config_folder_sets_source_and_ports_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("peregrine-cfg-janus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
