@@ -93,6 +93,12 @@ pub struct Args {
     /// A token accepted by --janus-token-auth (repeatable).
     #[arg(long, value_name = "TOKEN", help_heading = "Janus API")]
     pub janus_token: Option<Vec<String>>,
+    /// With --janus-token-auth: accept instead tokens signed with this secret
+    /// (`EXPIRY,janus,janus.plugin.ustreamer:BASE64_HMAC_SHA1`; Janus's
+    /// `token_auth_secret`). [default: none, or general.token_auth_secret from
+    /// --janus-config]
+    #[arg(long, value_name = "SECRET", help_heading = "Janus API")]
+    pub janus_token_auth_secret: Option<String>,
 
     /// Janus sessions in total (both transports); more get error 472; 0: no cap. [default: 1000]
     #[arg(long, value_name = "COUNT", help_heading = "Limits")]
@@ -338,6 +344,7 @@ pub struct Config {
     pub janus_api_secret: Option<String>,
     pub janus_token_auth: bool,
     pub janus_tokens: Vec<String>,
+    pub janus_token_auth_secret: Option<String>,
     pub max_sessions: usize,
     pub max_sessions_per_connection: usize,
     pub max_handles_per_session: usize,
@@ -402,6 +409,7 @@ impl Default for Config {
             janus_api_secret: None,
             janus_token_auth: false,
             janus_tokens: Vec::new(),
+            janus_token_auth_secret: None,
             max_sessions: 1000,
             max_sessions_per_connection: 10,
             max_handles_per_session: 10,
@@ -569,6 +577,12 @@ impl Config {
                 bail!("janus_token must not be empty");
             }
             self.janus_tokens = tokens;
+        }
+        if let Some(secret) = a.janus_token_auth_secret {
+            if secret.is_empty() {
+                bail!("janus_token_auth_secret must not be empty");
+            }
+            self.janus_token_auth_secret = Some(secret);
         }
         set!(max_sessions <- max_sessions);
         set!(max_sessions_per_connection <- max_sessions_per_connection);
@@ -753,7 +767,19 @@ impl Config {
         if !self.janus_token_auth && !self.janus_tokens.is_empty() {
             bail!("janus_token is given but janus_token_auth is off; turn it on with --janus-token-auth");
         }
-        if self.janus_token_auth && self.janus_tokens.is_empty() && self.janus_api_secret.is_none()
+        if self.janus_token_auth_secret.is_some() && !self.janus_tokens.is_empty() {
+            bail!(
+                "janus_token and janus_token_auth_secret exclude each other: tokens are either \
+                 listed or signed"
+            );
+        }
+        if !self.janus_token_auth && self.janus_token_auth_secret.is_some() {
+            bail!("janus_token_auth_secret is given but janus_token_auth is off; turn it on with --janus-token-auth");
+        }
+        if self.janus_token_auth
+            && self.janus_tokens.is_empty()
+            && self.janus_token_auth_secret.is_none()
+            && self.janus_api_secret.is_none()
         {
             bail!(
                 "janus_token_auth is on but no janus_token is given, so every Janus request \
@@ -873,6 +899,7 @@ fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Arg
         session_timeout: install.session_timeout,
         janus_api_secret: install.api_secret,
         janus_token_auth: install.token_auth.then_some(true),
+        janus_token_auth_secret: install.token_auth_secret,
         udp_port_range: install.rtp_port_range,
         nat_1_1_ip,
         ice_server: install.stun.map(|s| vec![s]),
@@ -1140,6 +1167,20 @@ mod tests {
             ),
             (&["--janus-token", "a"][..], "janus_token_auth is off"),
             (&["--janus-token-auth"][..], "every Janus request"),
+            (
+                &[
+                    "--janus-token-auth",
+                    "--janus-token",
+                    "a",
+                    "--janus-token-auth-secret",
+                    "k",
+                ][..],
+                "exclude each other",
+            ),
+            (
+                &["--janus-token-auth-secret", "k"][..],
+                "janus_token_auth is off",
+            ),
         ] {
             let err = format!("{:#}", load(args).unwrap_err());
             assert!(err.contains(needle), "{args:?}: {err}");

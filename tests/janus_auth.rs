@@ -242,3 +242,75 @@ async fn janus_config_api_secret_and_token_auth_are_enforced() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A token signed by the `openssl` command, as an application would sign one for Janus.
+fn signed_token(secret: &str, expiry: u64, plugins: &str) -> String {
+    let data = format!("{expiry},janus,{plugins}");
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf %s \"$1\" | openssl dgst -sha1 -hmac \"$2\" -binary | base64",
+        ])
+        .args(["sign", &data, secret])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{data}:{}", String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[tokio::test]
+async fn signed_tokens_from_the_janus_config_are_checked() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("peregrine-auth-signed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("janus.plugin.ustreamer.jcfg"),
+        "video: { sink = \"kvmd::ustreamer::h264\" }",
+    )?;
+    std::fs::write(
+        dir.join("janus.jcfg"),
+        "general: { token_auth = true, token_auth_secret = \"signing-key\" }",
+    )?;
+    let server = Server::start(&[
+        "--janus-config",
+        dir.to_str().unwrap(),
+        "--source",
+        "testsrc",
+    ])
+    .await?;
+    let info = info(&server).await?;
+    assert_eq!(
+        (&info["api_secret"], &info["auth_token"]),
+        (&json!(false), &json!(true))
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let good = signed_token("signing-key", now + 3600, "janus.plugin.ustreamer");
+    let expired = signed_token("signing-key", now - 10, "janus.plugin.ustreamer");
+    let wrong_key = signed_token("other-key", now + 3600, "janus.plugin.ustreamer");
+    for ws in [true, false] {
+        session_id(&create(&server, ws, json!({ "token": good })).await?);
+        assert_unauthorized(&create(&server, ws, json!({ "token": expired })).await?);
+        assert_unauthorized(&create(&server, ws, json!({ "token": wrong_key })).await?);
+        assert_unauthorized(&create(&server, ws, json!({})).await?);
+    }
+    // A token that does not name the plugin opens a session but cannot attach to it.
+    let other = signed_token("signing-key", now + 3600, "janus.plugin.echotest");
+    let s = session_id(&create(&server, false, json!({ "token": other })).await?);
+    let attach = |token: &str| json!({"janus": "attach", "plugin": "janus.plugin.ustreamer", "transaction": "a", "token": token});
+    let refused = http_post(&server, &format!("/{s}"), attach(&other)).await?;
+    assert_eq!(refused["error"]["code"], 405, "{refused}");
+    assert_eq!(
+        refused["error"]["reason"],
+        "Provided token can't access plugin 'janus.plugin.ustreamer'"
+    );
+    let attached = http_post(&server, &format!("/{s}"), attach(&good)).await?;
+    assert_eq!(attached["janus"], "success", "{attached}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

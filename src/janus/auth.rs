@@ -1,8 +1,14 @@
 //! Janus's request authentication: an API secret shared by every client
-//! (`apisecret`), stored tokens (`token`), or both, where either one is enough, as in
-//! the Janus core. `info` and `ping` need neither.
+//! (`apisecret`), tokens (`token`), or both, where either one is enough, as in the
+//! Janus core. `info` and `ping` need neither. Tokens are either a stored list or, with
+//! a token secret, signed by the application: `EXPIRY,janus,PLUGIN...:SIGNATURE`,
+//! where SIGNATURE is the base64 HMAC-SHA1 of the part before the colon.
 
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
 
 use serde_json::{Map, Value};
 
@@ -14,9 +20,76 @@ use crate::relay::jsmpeg::constant_time_eq;
 pub struct Auth {
     /// `apisecret` must equal this.
     pub api_secret: Option<String>,
-    /// Token authentication is on: `token` must be one of these. An empty list refuses
-    /// every token.
-    pub tokens: Option<Vec<String>>,
+    /// Token authentication is on, with these tokens.
+    pub tokens: Option<Tokens>,
+}
+
+/// Which tokens are valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tokens {
+    /// One of these (an empty list refuses every token).
+    Stored(Vec<String>),
+    /// Any unexpired token signed with this secret (Janus's `token_auth_secret`).
+    Signed(String),
+}
+
+impl Tokens {
+    fn accepts(&self, token: &str) -> bool {
+        match self {
+            // Every stored token is compared, so the time taken says nothing about which
+            // one came close.
+            Tokens::Stored(tokens) => tokens.iter().fold(false, |found, t| {
+                constant_time_eq(t.as_bytes(), token.as_bytes()) | found
+            }),
+            Tokens::Signed(secret) => signed_token_plugins(secret, token, unix_now()).is_some(),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The plugins a signed token names, if its signature is right, its realm is `janus`
+/// and it has not expired at `now` (Unix seconds).
+pub fn signed_token_plugins<'a>(secret: &str, token: &'a str, now: u64) -> Option<Vec<&'a str>> {
+    let (data, signature) = token.split_once(':')?;
+    if signature.contains(':') {
+        return None;
+    }
+    let mut fields = data.split(',');
+    let expiry: u64 = fields.next()?.trim().parse().ok()?;
+    if fields.next()? != "janus" || now > expiry {
+        return None;
+    }
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).ok()?;
+    mac.update(data.as_bytes());
+    let expected = base64(&mac.finalize().into_bytes());
+    constant_time_eq(expected.as_bytes(), signature.as_bytes()).then(|| fields.collect())
+}
+
+/// Standard base64 with padding (as GLib's `g_base64_encode`).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 impl Auth {
@@ -31,12 +104,8 @@ impl Auth {
         }
         let secret_ok = matches!((&self.api_secret, apisecret),
             (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.as_bytes()));
-        // Every stored token is compared, so the time taken says nothing about which
-        // one came close.
         let token_ok = match (&self.tokens, token) {
-            (Some(tokens), Some(got)) => tokens.iter().fold(false, |found, t| {
-                constant_time_eq(t.as_bytes(), got.as_bytes()) | found
-            }),
+            (Some(tokens), Some(got)) => tokens.accepts(got),
             _ => false,
         };
         secret_ok || token_ok
@@ -50,6 +119,27 @@ impl Auth {
             Ok(())
         } else {
             Err(unauthorized())
+        }
+    }
+
+    /// `attach`: a signed token that is given must name the plugin (a stored token
+    /// may use the one plugin there is).
+    pub fn check_plugin(
+        &self,
+        fields: &Map<String, Value>,
+        plugin: &str,
+    ) -> Result<(), JanusError> {
+        let (Some(Tokens::Signed(secret)), Some(token)) =
+            (&self.tokens, fields.get("token").and_then(Value::as_str))
+        else {
+            return Ok(());
+        };
+        match signed_token_plugins(secret, token, unix_now()) {
+            Some(plugins) if plugins.contains(&plugin) => Ok(()),
+            _ => Err(JanusError::new(
+                code::UNAUTHORIZED_PLUGIN,
+                format!("Provided token can't access plugin '{plugin}'"),
+            )),
         }
     }
 
@@ -75,7 +165,7 @@ mod tests {
     fn auth(secret: Option<&str>, tokens: Option<&[&str]>) -> Auth {
         Auth {
             api_secret: secret.map(str::to_string),
-            tokens: tokens.map(|t| t.iter().map(|s| s.to_string()).collect()),
+            tokens: tokens.map(|t| Tokens::Stored(t.iter().map(|s| s.to_string()).collect())),
         }
     }
 
@@ -112,6 +202,74 @@ mod tests {
         assert!(a.allows(None, Some("tok")));
         assert!(a.allows(Some("wrong"), Some("tok")));
         assert!(!a.allows(Some("wrong"), Some("wrong")));
+    }
+
+    /// A token as Janus's documentation signs it.
+    fn sign(secret: &str, data: &str) -> String {
+        let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(data.as_bytes());
+        format!("{data}:{}", base64(&mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn base64_as_glib() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn signed_tokens_check_signature_realm_and_expiry() {
+        let token = "1700000000,janus,janus.plugin.ustreamer";
+        let signed = sign("janus", token);
+        let hmac = signed.split_once(':').unwrap().1;
+        assert_eq!(hmac.len(), 28, "20 bytes of SHA-1 in base64: {hmac}");
+        assert_eq!(
+            signed_token_plugins("janus", &signed, 1_700_000_000),
+            Some(vec!["janus.plugin.ustreamer"])
+        );
+        assert_eq!(signed_token_plugins("janus", &signed, 1_700_000_001), None);
+        assert_eq!(signed_token_plugins("other", &signed, 0), None);
+        let other_realm = sign("janus", "1700000000,admin,janus.plugin.ustreamer");
+        assert_eq!(signed_token_plugins("janus", &other_realm, 0), None);
+        let tampered = signed.replace("1700000000", "1800000000");
+        assert_eq!(signed_token_plugins("janus", &tampered, 0), None);
+        for junk in ["", ":", "x:y", "1,janus", "1,janus:a:b", "-1,janus:x"] {
+            assert_eq!(signed_token_plugins("janus", junk, 0), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn signed_tokens_must_name_the_plugin_to_attach() {
+        let a = Auth {
+            api_secret: None,
+            tokens: Some(Tokens::Signed("k".into())),
+        };
+        let far = unix_now() + 3600;
+        let good = sign("k", &format!("{far},janus,janus.plugin.ustreamer"));
+        let other = sign("k", &format!("{far},janus,janus.plugin.echotest"));
+        let fields = |t: &str| {
+            serde_json::json!({ "token": t })
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        assert!(a.allows(None, Some(&good)));
+        assert!(a.allows(None, Some(&other)));
+        assert!(!a.allows(None, Some(&sign("k", "1,janus,janus.plugin.ustreamer"))));
+        assert!(a
+            .check_plugin(&fields(&good), "janus.plugin.ustreamer")
+            .is_ok());
+        let err = a
+            .check_plugin(&fields(&other), "janus.plugin.ustreamer")
+            .unwrap_err();
+        assert_eq!(err.code, 405);
+        assert_eq!(
+            err.reason,
+            "Provided token can't access plugin 'janus.plugin.ustreamer'"
+        );
     }
 
     #[test]

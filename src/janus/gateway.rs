@@ -328,6 +328,9 @@ impl Gateway {
         if attach.plugin != plugin::PACKAGE {
             return Err(JanusError::no_plugin(&attach.plugin));
         }
+        self.settings
+            .auth
+            .check_plugin(&req.fields, plugin::PACKAGE)?;
         let cap = self.settings.caps.handles_per_session;
         let handles = self.with_session(s, |session| Some(session.handle_count()));
         if over(cap, handles.unwrap_or(0)) {

@@ -117,7 +117,12 @@ impl JanusConfig {
             conn: cfg.conn_limits(),
             auth: auth::Auth {
                 api_secret: cfg.janus_api_secret.clone(),
-                tokens: cfg.janus_token_auth.then(|| cfg.janus_tokens.clone()),
+                tokens: cfg
+                    .janus_token_auth
+                    .then(|| match &cfg.janus_token_auth_secret {
+                        Some(secret) => auth::Tokens::Signed(secret.clone()),
+                        None => auth::Tokens::Stored(cfg.janus_tokens.clone()),
+                    }),
             },
             ..JanusConfig::default()
         }

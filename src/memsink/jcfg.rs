@@ -315,6 +315,8 @@ pub struct JanusInstall {
     pub api_secret: Option<String>,
     /// `general.token_auth = true`.
     pub token_auth: bool,
+    /// `general.token_auth_secret` with token_auth on: tokens are signed with it.
+    pub token_auth_secret: Option<String>,
 }
 
 const PLUGIN_FILE: &str = "janus.plugin.ustreamer.jcfg";
@@ -405,7 +407,11 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             .get_str("general.api_secret")
             .filter(|s| !s.is_empty());
         install.token_auth = janus.get_bool("general.token_auth") == Some(true);
-        refused.extend(unsupported_core(&janus));
+        if install.token_auth {
+            install.token_auth_secret = janus
+                .get_str("general.token_auth_secret")
+                .filter(|s| !s.is_empty());
+        }
         if let Some(interface) = janus.get_str("general.interface") {
             // Janus only writes this address into its SDP; it still gathers candidates
             // on every interface, so nothing is exposed that was not before.
@@ -479,21 +485,6 @@ fn bind_address(
 
 /// A security setting peregrine cannot honour: file, setting, what it would lose.
 type Refusal = (&'static str, String, &'static str);
-
-/// `token_auth_secret` in `janus.jcfg` (signed, expiring tokens).
-fn unsupported_core(janus: &Value) -> Vec<Refusal> {
-    let mut out = Vec::new();
-    if janus.get_bool("general.token_auth") == Some(true)
-        && janus.get_str("general.token_auth_secret").is_some()
-    {
-        out.push((
-            CORE_FILE,
-            "general.token_auth_secret".into(),
-            "signed tokens are not supported; list the accepted tokens with --janus-token instead",
-        ));
-    }
-    out
-}
 
 /// Secure WebSockets, the address ACL and enforced CORS in the WebSocket transport.
 fn unsupported_ws(ws: &Value, enabled: bool) -> Vec<Refusal> {
@@ -658,6 +649,7 @@ mod tests {
                 stun: Some("stun:stun.example.org:19302".into()),
                 api_secret: None,
                 token_auth: false,
+                token_auth_secret: None,
             }
         );
         // The current form wins over the legacy one.
@@ -708,11 +700,6 @@ mod tests {
     #[test]
     fn security_settings_are_refused_by_name_and_file() {
         let cases = [
-            (
-                CORE_FILE,
-                "general: { token_auth = true, token_auth_secret = \"k\" }",
-                "general.token_auth_secret",
-            ),
             (WS_FILE, "general: { ws = true, wss = true }", "general.wss"),
             (WS_FILE, "general: { ws = true, ws_acl = \"127.\" }", "general.ws_acl"),
             (
@@ -764,6 +751,16 @@ mod tests {
         let install = read_install(&dir).unwrap();
         assert_eq!(install.api_secret.as_deref(), Some("janusrocks"));
         assert!(install.token_auth);
+        assert_eq!(install.token_auth_secret, None);
+        std::fs::write(
+            dir.join(CORE_FILE),
+            "general: { token_auth = true, token_auth_secret = \"k\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            read_install(&dir).unwrap().token_auth_secret.as_deref(),
+            Some("k")
+        );
         // An empty secret is no secret, in Janus as here.
         std::fs::write(dir.join(CORE_FILE), "general: { api_secret = \"\" }").unwrap();
         let install = read_install(&dir).unwrap();
