@@ -1156,6 +1156,19 @@ mod tests {
         assert_eq!(c.janus_tokens, ["a", "b"]);
         let c = load(&["--janus-api-secret", "s", "--janus-token-auth"]).unwrap();
         assert_eq!(c.janus_api_secret.as_deref(), Some("s"));
+        // The same as keys of the --config file.
+        let file =
+            std::env::temp_dir().join(format!("peregrine-cfg-auth-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "janus_api_secret = \"s\"\njanus_token_auth = true\njanus_token = [\"a\"]\n",
+        )
+        .unwrap();
+        let c = load(&["--config", file.to_str().unwrap()]).unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(c.janus_api_secret.as_deref(), Some("s"));
+        assert!(c.janus_token_auth);
+        assert_eq!(c.janus_tokens, ["a"]);
         for (args, needle) in [
             (
                 &["--janus-api-secret", ""][..],
