@@ -97,6 +97,18 @@ impl Auth {
         self.api_secret.is_some() || self.tokens.is_some()
     }
 
+    /// What requests must carry, for the start-up log line.
+    pub fn describe(&self) -> &'static str {
+        match (&self.api_secret, &self.tokens) {
+            (None, None) => "none",
+            (Some(_), None) => "api secret",
+            (None, Some(Tokens::Stored(_))) => "listed tokens",
+            (None, Some(Tokens::Signed(_))) => "signed tokens",
+            (Some(_), Some(Tokens::Stored(_))) => "api secret or listed tokens",
+            (Some(_), Some(Tokens::Signed(_))) => "api secret or signed tokens",
+        }
+    }
+
     /// Whether a request carrying these values may go on.
     pub fn allows(&self, apisecret: Option<&str>, token: Option<&str>) -> bool {
         if !self.is_enabled() {

@@ -266,6 +266,7 @@ impl JanusServer {
             ws = %describe(&self.ws),
             http = %describe(&self.http),
             path = %self.http_settings.base_path,
+            auth = gateway.settings.auth.describe(),
             "Janus API listening"
         );
         let watchdog = tokio::spawn(gateway.clone().run_watchdog());
