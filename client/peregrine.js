@@ -13,6 +13,9 @@ const overlay = $("overlay");
 const query = new URLSearchParams(location.search);
 const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
 const serverUrl = query.get("server") || `${wsScheme}//${location.host}/janus/ws`;
+// The server's API secret or token (--janus-api-secret, --janus-token), when it needs one.
+const credentials = {};
+for (const key of ["apisecret", "token"]) if (query.get(key)) credentials[key] = query.get(key);
 
 // What a test (or a curious person in the console) can read.
 window.peregrine = { state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0 };
@@ -66,7 +69,7 @@ class Viewer {
   }
 
   send(msg) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ ...msg, ...credentials }));
   }
 
   request(msg) {
@@ -87,7 +90,7 @@ class Viewer {
     const waiter = msg.transaction && this.pending.get(msg.transaction);
     if (waiter && msg.janus !== "ack" && msg.janus !== "event") {
       this.pending.delete(msg.transaction);
-      if (msg.janus === "error") waiter.reject(new Error(`${msg.error.code} ${msg.error.reason}`));
+      if (msg.janus === "error") waiter.reject(Object.assign(new Error(`${msg.error.code} ${msg.error.reason}`), { fromServer: true }));
       else waiter.resolve(msg);
       return;
     }
@@ -171,7 +174,8 @@ class Viewer {
     for (const w of this.pending.values()) w.reject(err);
     this.closePeer();
     if (this.ws) { this.ws.onclose = null; this.ws.close(); }
-    setStatus("server unreachable, reconnecting", true);
+    // A refusal (such as 403 for a missing ?apisecret=) is worth showing as it is.
+    setStatus(err.fromServer ? `${err.message}, retrying` : "server unreachable, reconnecting", true);
     window.peregrine.reconnects += 1;
     setTimeout(() => new Viewer(this.url).connect(), RECONNECT_MS);
   }

@@ -73,6 +73,32 @@ pub struct Args {
     /// Seconds without activity after which a Janus session expires; 0 disables. [default: 60]
     #[arg(long, value_name = "SECONDS", help_heading = "Janus API")]
     pub session_timeout: Option<u64>,
+    /// Every Janus request except info and ping must carry this as `apisecret`
+    /// (Janus's `api_secret`; janus.js: `new Janus({apisecret})`); else error 403.
+    /// [default: none, or general.api_secret from --janus-config]
+    #[arg(long, value_name = "SECRET", help_heading = "Janus API")]
+    pub janus_api_secret: Option<String>,
+    /// Every Janus request except info and ping must carry one of the --janus-token
+    /// values as `token` (Janus's `token_auth`; janus.js: `new Janus({token})`); else
+    /// error 403. With --janus-api-secret too, either one is enough. [default: false, or
+    /// general.token_auth from --janus-config]
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Janus API",
+    )]
+    pub janus_token_auth: Option<bool>,
+    /// A token accepted by --janus-token-auth (repeatable).
+    #[arg(long, value_name = "TOKEN", help_heading = "Janus API")]
+    pub janus_token: Option<Vec<String>>,
+    /// With --janus-token-auth: accept instead tokens signed with this secret
+    /// (`EXPIRY,janus,janus.plugin.ustreamer:BASE64_HMAC_SHA1`; Janus's
+    /// `token_auth_secret`). [default: none, or general.token_auth_secret from
+    /// --janus-config]
+    #[arg(long, value_name = "SECRET", help_heading = "Janus API")]
+    pub janus_token_auth_secret: Option<String>,
 
     /// Janus sessions in total (both transports); more get error 472; 0: no cap. [default: 1000]
     #[arg(long, value_name = "COUNT", help_heading = "Limits")]
@@ -315,6 +341,10 @@ pub struct Config {
     pub janus_ws_off: bool,
     pub janus_http_off: bool,
     pub session_timeout_s: u64,
+    pub janus_api_secret: Option<String>,
+    pub janus_token_auth: bool,
+    pub janus_tokens: Vec<String>,
+    pub janus_token_auth_secret: Option<String>,
     pub max_sessions: usize,
     pub max_sessions_per_connection: usize,
     pub max_handles_per_session: usize,
@@ -376,6 +406,10 @@ impl Default for Config {
             janus_ws_off: false,
             janus_http_off: false,
             session_timeout_s: 60,
+            janus_api_secret: None,
+            janus_token_auth: false,
+            janus_tokens: Vec::new(),
+            janus_token_auth_secret: None,
             max_sessions: 1000,
             max_sessions_per_connection: 10,
             max_handles_per_session: 10,
@@ -455,6 +489,7 @@ impl Config {
             }
         }
         check_source(&cfg.source)?;
+        cfg.check_janus_auth()?;
         if !cfg.source_allow.is_empty() && !cfg.source.starts_with("tcp-listen://") {
             bail!(
                 "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
@@ -530,6 +565,25 @@ impl Config {
             self.janus_http_host = Some(ip);
         }
         set!(session_timeout_s <- session_timeout);
+        if let Some(secret) = a.janus_api_secret {
+            if secret.is_empty() {
+                bail!("janus_api_secret must not be empty");
+            }
+            self.janus_api_secret = Some(secret);
+        }
+        set!(janus_token_auth <- janus_token_auth);
+        if let Some(tokens) = a.janus_token {
+            if tokens.iter().any(String::is_empty) {
+                bail!("janus_token must not be empty");
+            }
+            self.janus_tokens = tokens;
+        }
+        if let Some(secret) = a.janus_token_auth_secret {
+            if secret.is_empty() {
+                bail!("janus_token_auth_secret must not be empty");
+            }
+            self.janus_token_auth_secret = Some(secret);
+        }
         set!(max_sessions <- max_sessions);
         set!(max_sessions_per_connection <- max_sessions_per_connection);
         set!(max_handles_per_session <- max_handles_per_session);
@@ -707,6 +761,34 @@ impl Config {
     }
 
     /// Where the Janus WebSocket transport listens.
+    /// Tokens only make sense with token authentication, and token authentication
+    /// without tokens (and no secret) would refuse every request.
+    fn check_janus_auth(&self) -> Result<()> {
+        if !self.janus_token_auth && !self.janus_tokens.is_empty() {
+            bail!("janus_token is given but janus_token_auth is off; turn it on with --janus-token-auth");
+        }
+        if self.janus_token_auth_secret.is_some() && !self.janus_tokens.is_empty() {
+            bail!(
+                "janus_token and janus_token_auth_secret exclude each other: tokens are either \
+                 listed or signed"
+            );
+        }
+        if !self.janus_token_auth && self.janus_token_auth_secret.is_some() {
+            bail!("janus_token_auth_secret is given but janus_token_auth is off; turn it on with --janus-token-auth");
+        }
+        if self.janus_token_auth
+            && self.janus_tokens.is_empty()
+            && self.janus_token_auth_secret.is_none()
+            && self.janus_api_secret.is_none()
+        {
+            bail!(
+                "janus_token_auth is on but no janus_token is given, so every Janus request \
+                 would be refused; give the accepted tokens with --janus-token"
+            );
+        }
+        Ok(())
+    }
+
     pub fn janus_ws_listen(&self) -> Listen {
         listen(
             self.janus_ws_off,
@@ -815,6 +897,9 @@ fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Arg
         janus_http_host: install.http_ip,
         janus_http_path: install.http_base_path,
         session_timeout: install.session_timeout,
+        janus_api_secret: install.api_secret,
+        janus_token_auth: install.token_auth.then_some(true),
+        janus_token_auth_secret: install.token_auth_secret,
         udp_port_range: install.rtp_port_range,
         nat_1_1_ip,
         ice_server: install.stun.map(|s| vec![s]),
@@ -1050,6 +1135,69 @@ mod tests {
         assert_eq!(c.format, Some(PixelFormat::Mjpeg));
         let err = Config::load(Args::parse_from(["peregrine", "--format", "rgb"])).unwrap_err();
         assert!(format!("{err:#}").contains("format must be"), "{err:#}");
+    }
+
+    #[test]
+    fn janus_auth_flags_and_their_mistakes() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["peregrine", "--source", "testsrc"];
+            all.extend_from_slice(args);
+            Config::load(Args::parse_from(all))
+        };
+        let c = load(&[
+            "--janus-token-auth",
+            "--janus-token",
+            "a",
+            "--janus-token",
+            "b",
+        ])
+        .unwrap();
+        assert!(c.janus_token_auth);
+        assert_eq!(c.janus_tokens, ["a", "b"]);
+        let c = load(&["--janus-api-secret", "s", "--janus-token-auth"]).unwrap();
+        assert_eq!(c.janus_api_secret.as_deref(), Some("s"));
+        // The same as keys of the --config file.
+        let file =
+            std::env::temp_dir().join(format!("peregrine-cfg-auth-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "janus_api_secret = \"s\"\njanus_token_auth = true\njanus_token = [\"a\"]\n",
+        )
+        .unwrap();
+        let c = load(&["--config", file.to_str().unwrap()]).unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(c.janus_api_secret.as_deref(), Some("s"));
+        assert!(c.janus_token_auth);
+        assert_eq!(c.janus_tokens, ["a"]);
+        for (args, needle) in [
+            (
+                &["--janus-api-secret", ""][..],
+                "janus_api_secret must not be empty",
+            ),
+            (
+                &["--janus-token-auth", "--janus-token", ""][..],
+                "janus_token must not be empty",
+            ),
+            (&["--janus-token", "a"][..], "janus_token_auth is off"),
+            (&["--janus-token-auth"][..], "every Janus request"),
+            (
+                &[
+                    "--janus-token-auth",
+                    "--janus-token",
+                    "a",
+                    "--janus-token-auth-secret",
+                    "k",
+                ][..],
+                "exclude each other",
+            ),
+            (
+                &["--janus-token-auth-secret", "k"][..],
+                "janus_token_auth is off",
+            ),
+        ] {
+            let err = format!("{:#}", load(args).unwrap_err());
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
     }
 
     #[test]

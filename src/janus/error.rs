@@ -8,6 +8,7 @@ use std::fmt;
 /// Numeric codes of the Janus core.
 pub mod code {
     pub const UNAUTHORIZED: u16 = 403;
+    pub const UNAUTHORIZED_PLUGIN: u16 = 405;
     pub const TRANSPORT_SPECIFIC: u16 = 450;
     pub const MISSING_REQUEST: u16 = 452;
     pub const UNKNOWN_REQUEST: u16 = 453;

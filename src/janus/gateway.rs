@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::auth::Auth;
 use super::backend::PeerBackend;
 use super::error::{code, JanusError};
 use super::message::{self, Request, ServerInfo, TrickleCandidate, Verb};
@@ -29,6 +30,8 @@ pub struct Settings {
     /// Given to pages in the `features` event.
     pub ice_url: Option<String>,
     pub caps: SessionCaps,
+    /// The API secret and tokens requests must carry.
+    pub auth: Auth,
 }
 
 /// Limits on what clients may create; 0 means no limit.
@@ -191,12 +194,19 @@ impl Gateway {
         let (tx, s, h) = (req.transaction.as_str(), req.session_id, req.handle_id);
         if s == 0 {
             return match req.verb {
-                Verb::Create => self.create(req, origin),
+                Verb::Create => {
+                    // As in Janus, after the path is known to be right.
+                    self.settings.auth.check_request(&req.fields)?;
+                    self.create(req, origin)
+                }
                 Verb::Info => Ok(message::server_info(tx, &self.server_info())),
                 Verb::Ping => Ok(message::pong(tx)),
                 _ => Err(JanusError::unhandled_at_path(&req.verb_name)),
             };
         }
+        // Checked before the session is looked up, so that without the secret nobody
+        // learns which sessions exist.
+        self.settings.auth.check_request(&req.fields)?;
         {
             let mut registry = self.registry();
             let session = registry.touch(s).ok_or_else(|| JanusError::no_session(s))?;
@@ -255,6 +265,8 @@ impl Gateway {
             plugin_description: plugin::DESCRIPTION,
             plugin_version: plugin::VERSION,
             plugin_version_string: plugin::VERSION_STRING,
+            api_secret: self.settings.auth.api_secret.is_some(),
+            auth_token: self.settings.auth.tokens.is_some(),
         }
     }
 
@@ -316,6 +328,9 @@ impl Gateway {
         if attach.plugin != plugin::PACKAGE {
             return Err(JanusError::no_plugin(&attach.plugin));
         }
+        self.settings
+            .auth
+            .check_plugin(&req.fields, plugin::PACKAGE)?;
         let cap = self.settings.caps.handles_per_session;
         let handles = self.with_session(s, |session| Some(session.handle_count()));
         if over(cap, handles.unwrap_or(0)) {

@@ -9,11 +9,12 @@
 //! Every API outcome is HTTP 200 with a JSON body, since janus.js treats any other
 //! status as a broken transport; CORS headers go on every response.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -125,6 +126,7 @@ async fn route(state: &HttpState, method: &Method, uri: &Uri, body: Body) -> Res
         }
         [s] => match parse_id(s) {
             None => status(StatusCode::NOT_FOUND),
+            Some(_) if is_get && !long_poll_allowed(state, uri) => status(StatusCode::FORBIDDEN),
             Some(s) if is_get => long_poll(state, s, uri.query()).await,
             Some(s) => post(state, body, Some(s), None).await,
         },
@@ -217,6 +219,18 @@ pub fn max_events(query: Option<&str>) -> usize {
         .and_then(|(_, v)| v.parse::<usize>().ok())
         .unwrap_or(1)
         .clamp(1, 1000)
+}
+
+/// The long poll bypasses the core, so it checks `apisecret` and `token` (query
+/// parameters) itself; like Janus it answers a bare 403 when they are wrong.
+fn long_poll_allowed(state: &HttpState, uri: &Uri) -> bool {
+    let auth = &state.gateway.settings.auth;
+    if !auth.is_enabled() {
+        return true;
+    }
+    let query: Query<HashMap<String, String>> =
+        Query::try_from_uri(uri).unwrap_or_else(|_| Query(HashMap::new()));
+    auth.check_query(&query.0)
 }
 
 async fn long_poll(state: &HttpState, session_id: u64, query: Option<&str>) -> Response {

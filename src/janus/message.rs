@@ -448,6 +448,10 @@ pub struct ServerInfo {
     pub plugin_description: &'static str,
     pub plugin_version: u32,
     pub plugin_version_string: &'static str,
+    /// Requests need `apisecret`.
+    pub api_secret: bool,
+    /// Requests need a stored `token`.
+    pub auth_token: bool,
 }
 
 pub fn server_info(transaction: &str, info: &ServerInfo) -> Value {
@@ -468,8 +472,8 @@ pub fn server_info(transaction: &str, info: &ServerInfo) -> Value {
         "ice-tcp": false,
         "full-trickle": false,
         "session-timeout": info.session_timeout_s,
-        "api_secret": false,
-        "auth_token": false,
+        "api_secret": info.api_secret,
+        "auth_token": info.auth_token,
         "plugins": {
             info.plugin_package: {
                 "name": info.plugin_name,

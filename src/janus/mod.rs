@@ -7,6 +7,7 @@
 //! * [`plugin`]: the ustreamer plugin's requests and events.
 //! * [`ws`], [`http`]: the two transports.
 
+pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod error;
@@ -65,6 +66,8 @@ pub struct JanusConfig {
     pub ws_send_timeout: Duration,
     /// Connection caps and timeouts of both listeners (and, shared, the main port's).
     pub conn: ConnLimits,
+    /// API secret and tokens (Janus's `api_secret`, `token_auth`).
+    pub auth: auth::Auth,
 }
 
 impl Default for JanusConfig {
@@ -88,6 +91,7 @@ impl Default for JanusConfig {
             ws_queue_bytes: 4 << 20,
             ws_send_timeout: Duration::from_secs(10),
             conn: ConnLimits::default(),
+            auth: auth::Auth::default(),
         }
     }
 }
@@ -111,6 +115,15 @@ impl JanusConfig {
             ws_queue_bytes: cfg.ws_queue_bytes,
             ws_send_timeout: Duration::from_secs(cfg.ws_send_timeout_s),
             conn: cfg.conn_limits(),
+            auth: auth::Auth {
+                api_secret: cfg.janus_api_secret.clone(),
+                tokens: cfg
+                    .janus_token_auth
+                    .then(|| match &cfg.janus_token_auth_secret {
+                        Some(secret) => auth::Tokens::Signed(secret.clone()),
+                        None => auth::Tokens::Stored(cfg.janus_tokens.clone()),
+                    }),
+            },
             ..JanusConfig::default()
         }
     }
@@ -186,6 +199,7 @@ impl JanusServer {
             session_timeout: cfg.session_timeout,
             ice_url: cfg.ice_servers.first().cloned(),
             caps: cfg.caps,
+            auth: cfg.auth,
         };
         Ok(JanusServer {
             gateway: gateway::Gateway::new(hub, peers, settings),
@@ -252,6 +266,7 @@ impl JanusServer {
             ws = %describe(&self.ws),
             http = %describe(&self.http),
             path = %self.http_settings.base_path,
+            auth = gateway.settings.auth.describe(),
             "Janus API listening"
         );
         let watchdog = tokio::spawn(gateway.clone().run_watchdog());

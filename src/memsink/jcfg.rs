@@ -311,6 +311,12 @@ pub struct JanusInstall {
     pub rtp_port_range: Option<String>,
     pub nat_1_1_ip: Option<String>,
     pub stun: Option<String>,
+    /// `general.api_secret`, when not empty.
+    pub api_secret: Option<String>,
+    /// `general.token_auth = true`.
+    pub token_auth: bool,
+    /// `general.token_auth_secret` with token_auth on: tokens are signed with it.
+    pub token_auth_secret: Option<String>,
 }
 
 const PLUGIN_FILE: &str = "janus.plugin.ustreamer.jcfg";
@@ -397,7 +403,15 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             let port = janus.get_int("nat.stun_port").unwrap_or(3478);
             install.stun = Some(format!("stun:{server}:{port}"));
         }
-        refused.extend(unsupported_core(&janus));
+        install.api_secret = janus
+            .get_str("general.api_secret")
+            .filter(|s| !s.is_empty());
+        install.token_auth = janus.get_bool("general.token_auth") == Some(true);
+        if install.token_auth {
+            install.token_auth_secret = janus
+                .get_str("general.token_auth_secret")
+                .filter(|s| !s.is_empty());
+        }
         if let Some(interface) = janus.get_str("general.interface") {
             // Janus only writes this address into its SDP; it still gathers candidates
             // on every interface, so nothing is exposed that was not before.
@@ -471,26 +485,6 @@ fn bind_address(
 
 /// A security setting peregrine cannot honour: file, setting, what it would lose.
 type Refusal = (&'static str, String, &'static str);
-
-/// `api_secret` and `token_auth` in `janus.jcfg`.
-fn unsupported_core(janus: &Value) -> Vec<Refusal> {
-    let mut out = Vec::new();
-    if janus.get_str("general.api_secret").is_some() {
-        out.push((
-            CORE_FILE,
-            "general.api_secret".into(),
-            "API secrets are not checked yet, so requests without the secret would be accepted",
-        ));
-    }
-    if janus.get_bool("general.token_auth") == Some(true) {
-        out.push((
-            CORE_FILE,
-            "general.token_auth = true".into(),
-            "token authentication is not supported yet, so requests without a token would be accepted",
-        ));
-    }
-    out
-}
 
 /// Secure WebSockets, the address ACL and enforced CORS in the WebSocket transport.
 fn unsupported_ws(ws: &Value, enabled: bool) -> Vec<Refusal> {
@@ -653,6 +647,9 @@ mod tests {
                 rtp_port_range: Some("20000-20100".into()),
                 nat_1_1_ip: None,
                 stun: Some("stun:stun.example.org:19302".into()),
+                api_secret: None,
+                token_auth: false,
+                token_auth_secret: None,
             }
         );
         // The current form wins over the legacy one.
@@ -703,8 +700,6 @@ mod tests {
     #[test]
     fn security_settings_are_refused_by_name_and_file() {
         let cases = [
-            (CORE_FILE, "general: { api_secret = \"janusrocks\" }", "general.api_secret"),
-            (CORE_FILE, "general: { token_auth = true }", "general.token_auth"),
             (WS_FILE, "general: { ws = true, wss = true }", "general.wss"),
             (WS_FILE, "general: { ws = true, ws_acl = \"127.\" }", "general.ws_acl"),
             (
@@ -741,6 +736,35 @@ mod tests {
             (WS_FILE, "general: { ws = false, ws_acl = \"127.\" }"),
         ]);
         read_install(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn api_secret_and_token_auth_are_honoured() {
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                CORE_FILE,
+                "general: { api_secret = \"janusrocks\", token_auth = true }",
+            ),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.api_secret.as_deref(), Some("janusrocks"));
+        assert!(install.token_auth);
+        assert_eq!(install.token_auth_secret, None);
+        std::fs::write(
+            dir.join(CORE_FILE),
+            "general: { token_auth = true, token_auth_secret = \"k\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            read_install(&dir).unwrap().token_auth_secret.as_deref(),
+            Some("k")
+        );
+        // An empty secret is no secret, in Janus as here.
+        std::fs::write(dir.join(CORE_FILE), "general: { api_secret = \"\" }").unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!((install.api_secret, install.token_auth), (None, false));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,0 +1,299 @@
+//! Janus's request authentication: an API secret shared by every client
+//! (`apisecret`), tokens (`token`), or both, where either one is enough, as in the
+//! Janus core. `info` and `ping` need neither. Tokens are either a stored list or, with
+//! a token secret, signed by the application: `EXPIRY,janus,PLUGIN...:SIGNATURE`,
+//! where SIGNATURE is the base64 HMAC-SHA1 of the part before the colon.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
+use serde_json::{Map, Value};
+
+use super::error::{code, JanusError};
+use crate::relay::jsmpeg::constant_time_eq;
+
+/// What a request must carry. Nothing configured: every request is allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// `apisecret` must equal this.
+    pub api_secret: Option<String>,
+    /// Token authentication is on, with these tokens.
+    pub tokens: Option<Tokens>,
+}
+
+/// Which tokens are valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tokens {
+    /// One of these (an empty list refuses every token).
+    Stored(Vec<String>),
+    /// Any unexpired token signed with this secret (Janus's `token_auth_secret`).
+    Signed(String),
+}
+
+impl Tokens {
+    fn accepts(&self, token: &str) -> bool {
+        match self {
+            // Every stored token is compared, so the time taken says nothing about which
+            // one came close.
+            Tokens::Stored(tokens) => tokens.iter().fold(false, |found, t| {
+                constant_time_eq(t.as_bytes(), token.as_bytes()) | found
+            }),
+            Tokens::Signed(secret) => signed_token_plugins(secret, token, unix_now()).is_some(),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The plugins a signed token names, if its signature is right, its realm is `janus`
+/// and it has not expired at `now` (Unix seconds).
+pub fn signed_token_plugins<'a>(secret: &str, token: &'a str, now: u64) -> Option<Vec<&'a str>> {
+    let (data, signature) = token.split_once(':')?;
+    if signature.contains(':') {
+        return None;
+    }
+    let mut fields = data.split(',');
+    let expiry: u64 = fields.next()?.trim().parse().ok()?;
+    if fields.next()? != "janus" || now > expiry {
+        return None;
+    }
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).ok()?;
+    mac.update(data.as_bytes());
+    let expected = base64(&mac.finalize().into_bytes());
+    constant_time_eq(expected.as_bytes(), signature.as_bytes()).then(|| fields.collect())
+}
+
+/// Standard base64 with padding (as GLib's `g_base64_encode`).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Auth {
+    pub fn is_enabled(&self) -> bool {
+        self.api_secret.is_some() || self.tokens.is_some()
+    }
+
+    /// What requests must carry, for the start-up log line.
+    pub fn describe(&self) -> &'static str {
+        match (&self.api_secret, &self.tokens) {
+            (None, None) => "none",
+            (Some(_), None) => "api secret",
+            (None, Some(Tokens::Stored(_))) => "listed tokens",
+            (None, Some(Tokens::Signed(_))) => "signed tokens",
+            (Some(_), Some(Tokens::Stored(_))) => "api secret or listed tokens",
+            (Some(_), Some(Tokens::Signed(_))) => "api secret or signed tokens",
+        }
+    }
+
+    /// Whether a request carrying these values may go on.
+    pub fn allows(&self, apisecret: Option<&str>, token: Option<&str>) -> bool {
+        if !self.is_enabled() {
+            return true;
+        }
+        let secret_ok = matches!((&self.api_secret, apisecret),
+            (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.as_bytes()));
+        let token_ok = match (&self.tokens, token) {
+            (Some(tokens), Some(got)) => tokens.accepts(got),
+            _ => false,
+        };
+        secret_ok || token_ok
+    }
+
+    /// Check a request's `apisecret` and `token` fields (ignored unless strings, as in
+    /// Janus).
+    pub fn check_request(&self, fields: &Map<String, Value>) -> Result<(), JanusError> {
+        let get = |key: &str| fields.get(key).and_then(Value::as_str);
+        if self.allows(get("apisecret"), get("token")) {
+            Ok(())
+        } else {
+            Err(unauthorized())
+        }
+    }
+
+    /// `attach`: a signed token that is given must name the plugin (a stored token
+    /// may use the one plugin there is).
+    pub fn check_plugin(
+        &self,
+        fields: &Map<String, Value>,
+        plugin: &str,
+    ) -> Result<(), JanusError> {
+        let (Some(Tokens::Signed(secret)), Some(token)) =
+            (&self.tokens, fields.get("token").and_then(Value::as_str))
+        else {
+            return Ok(());
+        };
+        match signed_token_plugins(secret, token, unix_now()) {
+            Some(plugins) if plugins.contains(&plugin) => Ok(()),
+            _ => Err(JanusError::new(
+                code::UNAUTHORIZED_PLUGIN,
+                format!("Provided token can't access plugin '{plugin}'"),
+            )),
+        }
+    }
+
+    /// Check a long poll's `apisecret` and `token` query parameters.
+    pub fn check_query(&self, query: &HashMap<String, String>) -> bool {
+        let get = |key: &str| query.get(key).map(String::as_str);
+        self.allows(get("apisecret"), get("token"))
+    }
+}
+
+/// Janus's error for a missing or wrong secret or token.
+pub fn unauthorized() -> JanusError {
+    JanusError::new(
+        code::UNAUTHORIZED,
+        "Unauthorized request (wrong or missing secret/token)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(secret: Option<&str>, tokens: Option<&[&str]>) -> Auth {
+        Auth {
+            api_secret: secret.map(str::to_string),
+            tokens: tokens.map(|t| Tokens::Stored(t.iter().map(|s| s.to_string()).collect())),
+        }
+    }
+
+    #[test]
+    fn nothing_configured_allows_everything() {
+        assert!(Auth::default().allows(None, None));
+        assert!(Auth::default().allows(Some("x"), Some("y")));
+    }
+
+    #[test]
+    fn secret_must_match_exactly() {
+        let a = auth(Some("janusrocks"), None);
+        assert!(a.allows(Some("janusrocks"), None));
+        assert!(!a.allows(None, None));
+        assert!(!a.allows(Some("janusrock"), None));
+        assert!(!a.allows(Some("janusrocks "), None));
+        // A token is no use when token authentication is off.
+        assert!(!a.allows(None, Some("janusrocks")));
+    }
+
+    #[test]
+    fn tokens_must_be_stored() {
+        let a = auth(None, Some(&["alpha", "beta"]));
+        assert!(a.allows(None, Some("beta")));
+        assert!(!a.allows(None, Some("gamma")));
+        assert!(!a.allows(Some("beta"), None));
+        assert!(!auth(None, Some(&[])).allows(None, Some("")));
+    }
+
+    #[test]
+    fn either_is_enough_when_both_are_on() {
+        let a = auth(Some("s3cret"), Some(&["tok"]));
+        assert!(a.allows(Some("s3cret"), None));
+        assert!(a.allows(None, Some("tok")));
+        assert!(a.allows(Some("wrong"), Some("tok")));
+        assert!(!a.allows(Some("wrong"), Some("wrong")));
+    }
+
+    /// A token as Janus's documentation signs it.
+    fn sign(secret: &str, data: &str) -> String {
+        let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(data.as_bytes());
+        format!("{data}:{}", base64(&mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn base64_as_glib() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn signed_tokens_check_signature_realm_and_expiry() {
+        let token = "1700000000,janus,janus.plugin.ustreamer";
+        let signed = sign("janus", token);
+        let hmac = signed.split_once(':').unwrap().1;
+        assert_eq!(hmac.len(), 28, "20 bytes of SHA-1 in base64: {hmac}");
+        assert_eq!(
+            signed_token_plugins("janus", &signed, 1_700_000_000),
+            Some(vec!["janus.plugin.ustreamer"])
+        );
+        assert_eq!(signed_token_plugins("janus", &signed, 1_700_000_001), None);
+        assert_eq!(signed_token_plugins("other", &signed, 0), None);
+        let other_realm = sign("janus", "1700000000,admin,janus.plugin.ustreamer");
+        assert_eq!(signed_token_plugins("janus", &other_realm, 0), None);
+        let tampered = signed.replace("1700000000", "1800000000");
+        assert_eq!(signed_token_plugins("janus", &tampered, 0), None);
+        for junk in ["", ":", "x:y", "1,janus", "1,janus:a:b", "-1,janus:x"] {
+            assert_eq!(signed_token_plugins("janus", junk, 0), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn signed_tokens_must_name_the_plugin_to_attach() {
+        let a = Auth {
+            api_secret: None,
+            tokens: Some(Tokens::Signed("k".into())),
+        };
+        let far = unix_now() + 3600;
+        let good = sign("k", &format!("{far},janus,janus.plugin.ustreamer"));
+        let other = sign("k", &format!("{far},janus,janus.plugin.echotest"));
+        let fields = |t: &str| {
+            serde_json::json!({ "token": t })
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        assert!(a.allows(None, Some(&good)));
+        assert!(a.allows(None, Some(&other)));
+        assert!(!a.allows(None, Some(&sign("k", "1,janus,janus.plugin.ustreamer"))));
+        assert!(a
+            .check_plugin(&fields(&good), "janus.plugin.ustreamer")
+            .is_ok());
+        let err = a
+            .check_plugin(&fields(&other), "janus.plugin.ustreamer")
+            .unwrap_err();
+        assert_eq!(err.code, 405);
+        assert_eq!(
+            err.reason,
+            "Provided token can't access plugin 'janus.plugin.ustreamer'"
+        );
+    }
+
+    #[test]
+    fn request_fields_of_other_types_count_as_absent() {
+        let a = auth(Some("1234"), None);
+        let fields = |v: Value| v.as_object().unwrap().clone();
+        assert!(a
+            .check_request(&fields(serde_json::json!({"apisecret": "1234"})))
+            .is_ok());
+        let err = a
+            .check_request(&fields(serde_json::json!({"apisecret": 1234})))
+            .unwrap_err();
+        assert_eq!(err.code, 403);
+    }
+}
