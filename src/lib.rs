@@ -8,6 +8,7 @@ pub mod logging;
 pub mod media;
 pub mod memsink;
 pub mod net;
+pub mod origin;
 pub mod ratelog;
 pub mod relay;
 pub mod rtc;

@@ -117,7 +117,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         .merge(relay.routes());
     let http_server = crate::serve::serve(
         listener,
-        relay.with_root_websocket(main_router),
+        crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),
         janus.conn_policy(),
         until_shutdown(shutdown.clone()),
     );

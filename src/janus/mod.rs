@@ -34,6 +34,7 @@ pub use listen::Listen;
 use crate::config::Config;
 use crate::media::Hub;
 use crate::rtc::RtcEngine;
+use crate::origin::{self, OriginPolicy};
 use crate::serve::{ConnLimits, ConnPolicy};
 
 /// Janus transport and core settings.
@@ -65,6 +66,8 @@ pub struct JanusConfig {
     pub ws_send_timeout: Duration,
     /// Connection caps and timeouts of both listeners (and, shared, the main port's).
     pub conn: ConnLimits,
+    /// Web pages allowed to use the transports from a browser.
+    pub origins: OriginPolicy,
 }
 
 impl Default for JanusConfig {
@@ -88,6 +91,7 @@ impl Default for JanusConfig {
             ws_queue_bytes: 4 << 20,
             ws_send_timeout: Duration::from_secs(10),
             conn: ConnLimits::default(),
+            origins: OriginPolicy::default(),
         }
     }
 }
@@ -111,6 +115,7 @@ impl JanusConfig {
             ws_queue_bytes: cfg.ws_queue_bytes,
             ws_send_timeout: Duration::from_secs(cfg.ws_send_timeout_s),
             conn: cfg.conn_limits(),
+            origins: cfg.origin_policy(),
             ..JanusConfig::default()
         }
     }
@@ -145,6 +150,7 @@ pub struct JanusServer {
     http_settings: http::HttpSettings,
     ws_limits: ws::WsLimits,
     conn: ConnPolicy,
+    origins: OriginPolicy,
 }
 
 impl JanusServer {
@@ -202,6 +208,7 @@ impl JanusServer {
                 send_timeout: cfg.ws_send_timeout,
             },
             conn: ConnPolicy::new(cfg.conn),
+            origins: cfg.origins,
         })
     }
 
@@ -282,8 +289,12 @@ impl JanusServer {
                 }
             }
         };
-        let ws = serve(self.ws, ws::router(gateway.clone(), self.ws_limits));
-        let http = serve(self.http, http::router(gateway.clone(), self.http_settings));
+        let guard = |router| origin::guard(router, self.origins.clone());
+        let ws = serve(self.ws, guard(ws::router(gateway.clone(), self.ws_limits)));
+        let http = serve(
+            self.http,
+            guard(http::router(gateway.clone(), self.http_settings)),
+        );
         let result = tokio::try_join!(ws, http);
         watchdog.abort();
         closing.abort();
