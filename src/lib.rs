@@ -1,6 +1,7 @@
 //! peregrine: live H.264 video to web browsers over WebRTC, speaking the Janus API.
 
 pub mod config;
+pub mod exposure;
 pub mod http;
 pub mod janus;
 pub mod load;

@@ -205,7 +205,7 @@ async fn check(policy: &OriginPolicy, request: Request, next: Next) -> Response 
                 tracing::warn!(
                     origin = %origin,
                     path = %request.uri().path(),
-                    count,
+                    refused = count,
                     "refused a request from a page of another origin (see --allow-origin)"
                 );
             }

@@ -43,6 +43,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 /// Run peregrine until `shutdown` turns true.
 pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let started = Instant::now();
+    if let Some(warning) = crate::exposure::warning(&cfg) {
+        tracing::warn!("{warning}");
+    }
     let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
     let source_status = StatusHandle::new(&cfg.source, "no_signal");
