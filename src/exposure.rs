@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn a_transport_on_its_own_address_counts_alone() {
         let text = warning(&config(&["--janus-ws-host", "0.0.0.0"])).unwrap();
-        assert!(text.contains("0.0.0.0:8188 (Janus WebSocket API)"), "{text}");
+        assert!(
+            text.contains("0.0.0.0:8188 (Janus WebSocket API)"),
+            "{text}"
+        );
         assert!(!text.contains("8080"), "{text}");
         assert!(!text.contains("UDP"), "{text}");
     }

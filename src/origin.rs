@@ -116,7 +116,11 @@ impl Origin {
     fn parse(text: &str) -> Option<Origin> {
         let (scheme, rest) = text.split_once("://")?;
         let scheme = scheme.to_ascii_lowercase();
-        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+')
+        {
             return None;
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -191,10 +195,12 @@ fn acts(request: &Request) -> bool {
 
 /// Wrap `router` so every request is judged by `policy` before it is served.
 pub fn guard(router: axum::Router, policy: OriginPolicy) -> axum::Router {
-    router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-        let policy = policy.clone();
-        async move { check(&policy, req, next).await }
-    }))
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let policy = policy.clone();
+            async move { check(&policy, req, next).await }
+        },
+    ))
 }
 
 async fn check(policy: &OriginPolicy, request: Request, next: Next) -> Response {
@@ -268,7 +274,11 @@ mod tests {
         let p = policy(&[]);
         assert!(allowed(&p, "http://kvm.lan", &["kvm.lan:8188"]));
         assert!(allowed(&p, "https://KVM.lan:8443", &["kvm.lan"]));
-        assert!(allowed(&p, "http://192.168.1.5:8080", &["192.168.1.5:8188"]));
+        assert!(allowed(
+            &p,
+            "http://192.168.1.5:8080",
+            &["192.168.1.5:8188"]
+        ));
         assert!(allowed(&p, "http://[fd00::5]:80", &["[FD00::5]:8188"]));
         assert!(!allowed(&p, "http://evil.example", &["kvm.lan:8188"]));
         assert!(!allowed(&p, "http://kvm.lan.evil.example", &["kvm.lan"]));
@@ -315,7 +325,13 @@ mod tests {
 
     #[test]
     fn bad_entries_are_refused_with_the_key() {
-        for bad in ["evil.example", "http://x/path", "http://", "http://a:b", "ftp//x"] {
+        for bad in [
+            "evil.example",
+            "http://x/path",
+            "http://",
+            "http://a:b",
+            "ftp//x",
+        ] {
             let err = OriginPolicy::new(&[bad.to_string()]).unwrap_err();
             assert!(err.contains("allow_origin"), "{err}");
         }
@@ -326,7 +342,10 @@ mod tests {
         let p = policy(&[]);
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("janus-ws"));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://pikvm.local"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://pikvm.local"),
+        );
         assert!(matches!(p.judge_headers(&h), Verdict::Refused(_)));
         h.insert("x-forwarded-host", HeaderValue::from_static("pikvm.local"));
         assert!(matches!(p.judge_headers(&h), Verdict::Allowed(_)));
@@ -345,7 +364,10 @@ mod tests {
         );
         let mut allowed = h.clone();
         apply_cors(&mut allowed, &Verdict::Allowed("http://kvm.lan".into()));
-        assert_eq!(allowed[header::ACCESS_CONTROL_ALLOW_ORIGIN], "http://kvm.lan");
+        assert_eq!(
+            allowed[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "http://kvm.lan"
+        );
         assert_eq!(allowed[header::VARY], "Origin");
         let mut refused = h.clone();
         apply_cors(&mut refused, &Verdict::Refused("http://evil".into()));

@@ -155,7 +155,9 @@ async fn start_log(host: &str) -> String {
     let captured = Captured::default();
     captured.read_from(child.stderr.take().unwrap());
     let log = captured
-        .wait_for(Duration::from_secs(20), |t| t.contains("Janus API listening"))
+        .wait_for(Duration::from_secs(20), |t| {
+            t.contains("Janus API listening")
+        })
         .await;
     let _ = child.kill();
     let _ = child.wait();
@@ -170,7 +172,11 @@ async fn open_to_the_network_says_so_at_start() {
         .find(|l| l.contains("open to the network without authentication"))
         .unwrap_or_else(|| panic!("no warning in {log}"));
     assert!(line.contains("WARN"), "{line}");
-    for part in ["(Janus WebSocket API)", "(Janus HTTP API)", "(WebRTC media)"] {
+    for part in [
+        "(Janus WebSocket API)",
+        "(Janus HTTP API)",
+        "(WebRTC media)",
+    ] {
         assert!(line.contains(part), "{part} missing: {line}");
     }
     let log = start_log("127.0.0.1").await;

@@ -33,8 +33,8 @@ pub use listen::Listen;
 
 use crate::config::Config;
 use crate::media::Hub;
-use crate::rtc::RtcEngine;
 use crate::origin::{self, OriginPolicy};
+use crate::rtc::RtcEngine;
 use crate::serve::{ConnLimits, ConnPolicy};
 
 /// Janus transport and core settings.
