@@ -13,7 +13,10 @@ use tokio::net::TcpStream;
 /// The status and head of a reply to a request sent with `headers`.
 async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -40,6 +43,10 @@ async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) 
 
 /// A WebSocket upgrade as a page would ask for it; the status of the answer.
 async fn upgrade(port: u16, path: &str, origin: Option<&str>) -> u16 {
+    upgrade_with(port, path, origin, &[]).await
+}
+
+async fn upgrade_with(port: u16, path: &str, origin: Option<&str>, more: &[(&str, &str)]) -> u16 {
     let mut headers = vec![
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
@@ -50,7 +57,23 @@ async fn upgrade(port: u16, path: &str, origin: Option<&str>) -> u16 {
     if let Some(origin) = origin {
         headers.push(("Origin", origin));
     }
+    headers.extend_from_slice(more);
     request(port, "GET", path, &headers).await.0
+}
+
+#[tokio::test]
+async fn a_proxy_passes_the_browser_host_name_in_host_or_x_forwarded_host() {
+    let srv = Server::start(&[]).await.unwrap();
+    let origin = Some("https://kvm.example");
+    // nginx with `proxy_set_header Host $host`, as PiKVM's.
+    let host = [("Host", "kvm.example")];
+    assert_eq!(upgrade_with(srv.ws_port, "/", origin, &host).await, 101);
+    // nginx sending its upstream's name, and the browser's in X-Forwarded-Host.
+    let upstream = [("Host", "janus-ws"), ("X-Forwarded-Host", "kvm.example")];
+    assert_eq!(upgrade_with(srv.ws_port, "/", origin, &upstream).await, 101);
+    // The upstream's name alone says nothing about the page: refused.
+    let bare = [("Host", "janus-ws")];
+    assert_eq!(upgrade_with(srv.ws_port, "/", origin, &bare).await, 403);
 }
 
 #[tokio::test]
