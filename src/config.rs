@@ -10,6 +10,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::janus::Listen;
+use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
 
 /// Shortest `--jsmpeg-secret` accepted.
@@ -36,6 +37,17 @@ pub struct Args {
     /// Address to listen on (HTTP, Janus transports, WebRTC media). [default: 127.0.0.1]
     #[arg(long, value_name = "IP", help_heading = "Server")]
     pub host: Option<IpAddr>,
+    /// Web pages of another host allowed to use the server from a browser (WebSocket
+    /// upgrades, the Janus API, CORS on /state), e.g. https://kvm.example:8443;
+    /// repeatable or comma-separated. Pages from the host name the server is reached
+    /// by are always allowed; `*` allows every page (unsafe beyond a trusted network).
+    #[arg(
+        long,
+        value_name = "ORIGIN[,ORIGIN...]",
+        value_delimiter = ',',
+        help_heading = "Server"
+    )]
+    pub allow_origin: Option<Vec<String>>,
     /// HTTP port for the bundled pages and /state. [default: 8080]
     #[arg(long, value_name = "PORT", help_heading = "Server")]
     pub port: Option<u16>,
@@ -373,6 +385,8 @@ pub struct Config {
     pub rtp_packet_size: usize,
     pub max_viewers: usize,
     pub source_allow: Vec<IpAddr>,
+    /// `--allow-origin` entries, checked at load.
+    pub allow_origin: Vec<String>,
     pub jsmpeg_secret: Option<String>,
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
@@ -436,6 +450,7 @@ impl Default for Config {
             rtp_packet_size: 1150,
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
             source_allow: Vec::new(),
+            allow_origin: Vec::new(),
             jsmpeg_secret: None,
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
@@ -595,6 +610,7 @@ impl Config {
         set!(idle_timeout_s <- idle_timeout);
         set!(source <- source);
         set!(source_allow <- source_allow);
+        set!(allow_origin <- allow_origin);
         set!(device <- device);
         if let Some(name) = a.format {
             self.format = match name.to_ascii_lowercase().as_str() {
@@ -737,6 +753,7 @@ impl Config {
                 self.idle_timeout_s
             );
         }
+        OriginPolicy::new(&self.allow_origin).map_err(|e| anyhow!(e))?;
         for url in &self.ice_servers {
             if !(url.starts_with("stun:") || url.starts_with("turn:") || url.starts_with("turns:"))
             {
@@ -748,6 +765,11 @@ impl Config {
 }
 
 impl Config {
+    /// Which web pages may use the server (`allow_origin` was checked at load).
+    pub fn origin_policy(&self) -> OriginPolicy {
+        OriginPolicy::new(&self.allow_origin).unwrap_or_default()
+    }
+
     /// Connection caps and timeouts of every listener.
     pub fn conn_limits(&self) -> crate::serve::ConnLimits {
         crate::serve::ConnLimits {

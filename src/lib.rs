@@ -1,6 +1,7 @@
 //! peregrine: live H.264 video to web browsers over WebRTC, speaking the Janus API.
 
 pub mod config;
+pub mod exposure;
 pub mod http;
 pub mod janus;
 pub mod load;
@@ -8,6 +9,7 @@ pub mod logging;
 pub mod media;
 pub mod memsink;
 pub mod net;
+pub mod origin;
 pub mod ratelog;
 pub mod relay;
 pub mod rtc;

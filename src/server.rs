@@ -43,6 +43,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 /// Run peregrine until `shutdown` turns true.
 pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let started = Instant::now();
+    if let Some(warning) = crate::exposure::warning(&cfg) {
+        tracing::warn!("{warning}");
+    }
     let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
     let source_status = StatusHandle::new(&cfg.source, "no_signal");
@@ -117,7 +120,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         .merge(relay.routes());
     let http_server = crate::serve::serve(
         listener,
-        relay.with_root_websocket(main_router),
+        crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),
         janus.conn_policy(),
         until_shutdown(shutdown.clone()),
     );

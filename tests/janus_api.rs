@@ -11,6 +11,7 @@ use peregrine::janus::backend::BoxFuture;
 use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, Listen, PeerBackend};
 use peregrine::media::{clock, h264};
 use peregrine::media::{AccessUnit, Hub};
+use peregrine::origin::OriginPolicy;
 use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::rtc::{
     PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError,
@@ -857,8 +858,12 @@ async fn http_session_lifecycle_and_long_poll() {
 }
 
 #[tokio::test]
-async fn http_cors_like_janus() {
-    let srv = start(|c| c.http_path = "/api/janus".into()).await;
+async fn http_cors_like_janus_for_allowed_pages() {
+    let srv = start(|c| {
+        c.http_path = "/api/janus".into();
+        c.origins = OriginPolicy::new(&["http://page.example".into()]).unwrap();
+    })
+    .await;
     let r = http(
         srv.http,
         "OPTIONS",
@@ -872,7 +877,11 @@ async fn http_cors_like_janus() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://page.example")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
     assert_eq!(r.header("access-control-max-age"), Some("86400"));
     assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
     assert_eq!(
@@ -889,14 +898,53 @@ async fn http_cors_like_janus() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://page.example")
+    );
     assert_eq!(r.json()["janus"], "success");
+    // A client that is not a page (no Origin) gets no CORS headers: it needs none.
     let r = http(srv.http, "GET", "/api/janus/5", &[], "").await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-allow-origin"), None);
     assert_eq!(
         http(srv.http, "GET", "/janus/info", &[], "").await.status,
         404
+    );
+}
+
+#[tokio::test]
+async fn http_refuses_pages_of_other_hosts() {
+    let srv = start(|_| {}).await;
+    for method in ["OPTIONS", "POST"] {
+        let r = http(
+            srv.http,
+            method,
+            "/janus",
+            &[
+                ("Origin", "http://evil.example"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            r#"{"janus":"create","transaction":"t"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 403, "{method}");
+        assert_eq!(r.header("access-control-allow-origin"), None, "{method}");
+    }
+    assert_eq!(srv.status.counts().sessions, 0, "no session was created");
+    // The same page on another port of this host is welcome.
+    let r = http(
+        srv.http,
+        "POST",
+        "/janus",
+        &[("Origin", "http://localhost:3000")],
+        r#"{"janus":"create","transaction":"t"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
     );
 }
 

@@ -131,7 +131,7 @@ export async function startPageServer() {
   return { base: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
 }
 
-export async function launchChromium() {
+export async function launchChromium(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
@@ -141,6 +141,7 @@ export async function launchChromium() {
       "--autoplay-policy=no-user-gesture-required",
       "--allow-loopback-in-peer-connection",
       "--disable-features=WebRtcHideLocalIpsWithMdns",
+      ...extraArgs,
     ],
   });
 }

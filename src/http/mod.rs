@@ -90,6 +90,8 @@ pub fn router(state: StateFn) -> Router {
     router.with_state(state)
 }
 
+/// Readable by allowed pages of other origins: the origin guard turns the `*` into the
+/// page's own origin, or removes it.
 async fn serve_state(State(state): State<StateFn>) -> Response {
     ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(state())).into_response()
 }

@@ -60,8 +60,10 @@ async fn entry(
     response
 }
 
-/// As Janus: any origin, preflight cached for a day, and the requested method and
-/// headers echoed back.
+/// As Janus: preflight cached for a day, and the requested method and headers echoed
+/// back. The `*` marks the response as open to CORS; the origin guard
+/// ([`crate::origin::guard`]) replaces it with the page's own origin when that page is
+/// allowed, and removes these headers otherwise.
 fn add_cors(out: &mut HeaderMap, request: &HeaderMap) {
     out.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,

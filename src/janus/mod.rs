@@ -34,6 +34,7 @@ pub use listen::Listen;
 
 use crate::config::Config;
 use crate::media::Hub;
+use crate::origin::{self, OriginPolicy};
 use crate::rtc::RtcEngine;
 use crate::serve::{ConnLimits, ConnPolicy};
 
@@ -68,6 +69,8 @@ pub struct JanusConfig {
     pub conn: ConnLimits,
     /// API secret and tokens (Janus's `api_secret`, `token_auth`).
     pub auth: auth::Auth,
+    /// Web pages allowed to use the transports from a browser.
+    pub origins: OriginPolicy,
 }
 
 impl Default for JanusConfig {
@@ -92,6 +95,7 @@ impl Default for JanusConfig {
             ws_send_timeout: Duration::from_secs(10),
             conn: ConnLimits::default(),
             auth: auth::Auth::default(),
+            origins: OriginPolicy::default(),
         }
     }
 }
@@ -124,6 +128,7 @@ impl JanusConfig {
                         None => auth::Tokens::Stored(cfg.janus_tokens.clone()),
                     }),
             },
+            origins: cfg.origin_policy(),
             ..JanusConfig::default()
         }
     }
@@ -158,6 +163,7 @@ pub struct JanusServer {
     http_settings: http::HttpSettings,
     ws_limits: ws::WsLimits,
     conn: ConnPolicy,
+    origins: OriginPolicy,
 }
 
 impl JanusServer {
@@ -216,6 +222,7 @@ impl JanusServer {
                 send_timeout: cfg.ws_send_timeout,
             },
             conn: ConnPolicy::new(cfg.conn),
+            origins: cfg.origins,
         })
     }
 
@@ -297,8 +304,12 @@ impl JanusServer {
                 }
             }
         };
-        let ws = serve(self.ws, ws::router(gateway.clone(), self.ws_limits));
-        let http = serve(self.http, http::router(gateway.clone(), self.http_settings));
+        let guard = |router| origin::guard(router, self.origins.clone());
+        let ws = serve(self.ws, guard(ws::router(gateway.clone(), self.ws_limits)));
+        let http = serve(
+            self.http,
+            guard(http::router(gateway.clone(), self.http_settings)),
+        );
         let result = tokio::try_join!(ws, http);
         watchdog.abort();
         closing.abort();

@@ -240,7 +240,7 @@ struct Launch {
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
-    fn read_from(&self, mut pipe: impl Read + Send + 'static) {
+    pub fn read_from(&self, mut pipe: impl Read + Send + 'static) {
         let buf = self.0.clone();
         std::thread::spawn(move || {
             let mut chunk = [0u8; 8192];
