@@ -52,10 +52,10 @@ fuzz_target!(|data: &[u8]| {
     let mut peer = offered_peer(now);
     // Trickled candidates may arrive before the answer; every line is tried as one.
     for line in sdp.lines().take(8) {
-        peer.add_remote_candidate(RemoteCandidate::Candidate(line.to_string()));
+        let _ = peer.add_remote_candidate(RemoteCandidate::Candidate(line.to_string()));
     }
     let _ = peer.apply_answer(now, &sdp);
-    peer.add_remote_candidate(RemoteCandidate::Completed);
+    let _ = peer.add_remote_candidate(RemoteCandidate::Completed);
     peer.handle_timeout(now);
     let mut notes: Vec<PeerNote> = Vec::new();
     peer.poll_notes(&mut notes);
