@@ -333,14 +333,7 @@ async fn flags_put_both_transports_on_unix_sockets() -> Result<()> {
         "no TCP listener for either transport (ports {ws_port}, {http_port} were given)"
     );
     // The same API on the main port is unaffected.
-    let (status, _) = http_request(
-        server.port,
-        "POST",
-        "/janus",
-        Some(br#"{"janus":"ping","transaction":"p"}"#),
-    )
-    .await?;
-    assert_eq!(status, 200);
+    assert_main_port_answers(server.port).await?;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -364,15 +357,7 @@ async fn transports_a_janus_config_turns_off_do_not_listen() -> Result<()> {
         vec![server.port],
         "neither transport listens, on its port ({ws_port}, {http_port}) or a default one"
     );
-    // The bundled page's copy of the API on the main port still answers.
-    let (status, _) = http_request(
-        server.port,
-        "POST",
-        "/janus",
-        Some(br#"{"janus":"ping","transaction":"p"}"#),
-    )
-    .await?;
-    assert_eq!(status, 200);
+    assert_main_port_answers(server.port).await?;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -537,4 +522,18 @@ fn a_bad_transport_address_stops_the_start_naming_setting_and_file() {
         assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The bundled page's copy of the Janus API on the main port answers a ping, whatever
+/// the transports do.
+async fn assert_main_port_answers(port: u16) -> Result<()> {
+    let (status, _) = http_request(
+        port,
+        "POST",
+        "/janus",
+        Some(br#"{"janus":"ping","transaction":"p"}"#),
+    )
+    .await?;
+    assert_eq!(status, 200, "a Janus ping on the main port");
+    Ok(())
 }
