@@ -14,6 +14,7 @@ const SINK = `live-start-${process.pid}::ustreamer::h264`;
 const LOADS = Number(process.env.LIVE_START_LOADS || 6);
 const IDLE_GAP_MS = Number(process.env.LIVE_START_GAP_MS || 1500);
 const LIVE_AGE_MS = 250;
+const BLANK_LUMA = 8;
 // The bundled page's strip reader, exported from the (function-scoped) init script.
 const codestrip = readFileSync(path.resolve(kitDir, "../client/codestrip.js"), "utf8") +
   "\nwindow.readCodeStrip = readCodeStrip;\n";
@@ -34,13 +35,25 @@ function recordPresentedPictures() {
     }
     return rows.join("|");
   };
+  const thumb = document.createElement("canvas");
+  thumb.width = 32;
+  thumb.height = 18;
+  const thumbCtx = thumb.getContext("2d", { willReadFrequently: true });
+  const meanLuma = (video) => {
+    thumbCtx.drawImage(video, 0, 0, 32, 18);
+    const px = thumbCtx.getImageData(0, 0, 32, 18).data;
+    let sum = 0;
+    for (let i = 0; i < px.length; i += 4) sum += (px[i] + px[i + 1] + px[i + 2]) / 3;
+    return Math.round(sum / (32 * 18));
+  };
   const hook = (video) => {
     const onFrame = () => {
       const code = window.readCodeStrip(video, canvas, ctx);
       // An unreadable strip is kept as its block pattern, to tell a placeholder or a
       // blank picture from a damaged one in a failure message.
       const blocks = code ? "" : stripBlocks(ctx, canvas.width);
-      window.presented.push({ at: Date.now(), code, blocks, size: `${video.videoWidth}x${video.videoHeight}` });
+      const luma = code ? null : meanLuma(video);
+      window.presented.push({ at: Date.now(), code, blocks, luma, size: `${video.videoWidth}x${video.videoHeight}` });
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
@@ -67,6 +80,7 @@ test(`demo page starts live after idle gaps (${LOADS} loads, ${IDLE_GAP_MS} ms a
   const writer = await startPeregrine(["--resolution", "640x360", "--h264-sink", SINK, "--h264-sink-rm"]);
   const server = await startPeregrine(["--source", `memsink:${SINK}`]);
   const firstLive = [], firstAge = [];
+  let blankPictures = 0;
   try {
     for (let load = 0; load < LOADS; load++) {
       if (load > 0) {
@@ -92,14 +106,20 @@ test(`demo page starts live after idle gaps (${LOADS} loads, ${IDLE_GAP_MS} ms a
           const seen = await page.evaluate(() => window.presented);
           live = seen.findIndex((p) => p.code && p.at - p.code.ms <= LIVE_AGE_MS);
           if (live >= 0) {
-            const upToLive = seen.slice(0, live + 1);
+            // Chromium sometimes presents one all-black picture as the track starts,
+            // before the first decoded one. Nothing of the stream is black (the pattern
+            // is colourful, NO SIGNAL is grey with light letters): it is the player's
+            // blank, not a picture we sent. Only leading ones are skipped.
+            const blanks = seen.findIndex((p) => p.code || p.luma === null || p.luma > BLANK_LUMA);
+            blankPictures += Math.max(0, blanks);
+            const upToLive = seen.slice(Math.max(0, blanks), live + 1);
             upToLive.forEach((p, i) => {
               assert.ok(p.code, `load ${load}: picture ${i} before the first live one has no readable code strip (corrupted or a placeholder): ${JSON.stringify(upToLive)}\n${server.log().slice(-4000)}`);
               assert.ok(p.code.ms >= t0 - 100, `load ${load}: picture ${i} was captured ${t0 - p.code.ms} ms before the page was opened`);
               if (i > 0) assert.ok(p.code.frame > upToLive[i - 1].code.frame, `load ${load}: picture ${i} goes back in time`);
             });
             firstLive.push(seen[live].at - t0);
-            firstAge.push(seen[0].at - seen[0].code.ms);
+            firstAge.push(upToLive[0].at - upToLive[0].code.ms);
             break;
           }
           assert.ok(Date.now() < deadline, `load ${load}: no live picture within 20 s; presented ${JSON.stringify(seen.slice(0, 20))}`);
@@ -120,6 +140,7 @@ test(`demo page starts live after idle gaps (${LOADS} loads, ${IDLE_GAP_MS} ms a
     await writer.stop();
   }
   console.log(`# first live picture after navigation: p50 ${percentile(firstLive, 50)} ms, max ${Math.max(...firstLive)} ms over ${LOADS} loads (${firstLive.join(", ")})`);
+  console.log(`# blank pictures the player showed before the first decoded one: ${blankPictures}`);
   console.log(`# age of the first picture shown: p50 ${percentile(firstAge, 50)} ms, max ${Math.max(...firstAge)} ms`);
   assert.ok(percentile(firstLive, 50) <= 3000, `first live picture p50 ${percentile(firstLive, 50)} ms`);
 });
