@@ -15,7 +15,7 @@ pub mod viewer;
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -35,11 +35,22 @@ pub struct LoadConfig {
     pub ramp_per_s: f64,
 }
 
+/// Counters as of the last progress line.
+struct Shown {
+    frames: u64,
+    catch_up: u64,
+    at: Instant,
+}
+
 /// A load run in progress: viewers are being started or are watching.
 pub struct LoadRun {
     cfg: LoadConfig,
     started: Instant,
     progress: Arc<Progress>,
+    /// What the last progress line counted, so the next one (even from a later
+    /// [`LoadRun::watch_for`]) reports only what came since: a burst that arrived
+    /// between two watches is still shown.
+    shown: Mutex<Shown>,
     stop: watch::Sender<bool>,
     ramp: JoinHandle<Vec<JoinHandle<ViewerReport>>>,
 }
@@ -87,10 +98,16 @@ impl LoadRun {
                 viewers
             })
         };
+        let started = Instant::now();
         LoadRun {
             cfg,
-            started: Instant::now(),
+            started,
             progress,
+            shown: Mutex::new(Shown {
+                frames: 0,
+                catch_up: 0,
+                at: started,
+            }),
             stop,
             ramp,
         }
@@ -117,9 +134,6 @@ impl LoadRun {
     /// Print a progress line to stderr every second for `duration`.
     pub async fn watch_for(&self, duration: Duration, show: bool) {
         let end = Instant::now() + duration;
-        let mut last_frames = self.progress.frames.load(Ordering::Relaxed);
-        let mut last_catch_up = self.progress.catch_up_frames.load(Ordering::Relaxed);
-        let mut last = Instant::now();
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
             if !show {
@@ -128,11 +142,19 @@ impl LoadRun {
             let p = &self.progress;
             let frames = p.frames.load(Ordering::Relaxed);
             let catch_up = p.catch_up_frames.load(Ordering::Relaxed);
+            let last = std::mem::replace(
+                &mut *self.shown.lock().unwrap_or_else(|e| e.into_inner()),
+                Shown {
+                    frames,
+                    catch_up,
+                    at: Instant::now(),
+                },
+            );
             let connected = p.connected.load(Ordering::Relaxed);
             // The catch-up burst is not a frame rate; it is shown apart.
-            let new_catch_up = catch_up - last_catch_up;
-            let live = (frames - last_frames).saturating_sub(new_catch_up);
-            let rate = live as f64 / last.elapsed().as_secs_f64();
+            let new_catch_up = catch_up - last.catch_up;
+            let live = (frames - last.frames).saturating_sub(new_catch_up);
+            let rate = live as f64 / last.at.elapsed().as_secs_f64();
             let per_viewer = if connected > 0 {
                 rate / connected as f64
             } else {
@@ -151,9 +173,6 @@ impl LoadRun {
                 self.cfg.viewers,
                 p.failed.load(Ordering::Relaxed),
             );
-            last_frames = frames;
-            last_catch_up = catch_up;
-            last = Instant::now();
         }
     }
 
