@@ -33,14 +33,6 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
         cfg.janus_http_listen(),
         "Janus HTTP API",
     );
-    if !cfg.host.is_loopback() {
-        let ports = match cfg.udp_ports {
-            (0, _) => "any port".to_string(),
-            (first, last) if first == last => format!("port {first}"),
-            (first, last) => format!("ports {first}-{last}"),
-        };
-        out.push(format!("UDP {} {ports} (WebRTC media)", cfg.host));
-    }
     if let Some(addr) = cfg
         .source
         .strip_prefix("tcp-listen://")
@@ -51,6 +43,17 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
                 "{addr} (video input: anyone may push; see --source-allow)"
             ));
         }
+    }
+    // Media alone is no exposure: it carries video only to viewers that signalled (the
+    // STUN checks need the credentials of their offer), so it is named only beside a
+    // listener that is open.
+    if !out.is_empty() && !cfg.media_ip().is_loopback() {
+        let ports = match cfg.udp_ports {
+            (0, _) => "any port".to_string(),
+            (first, last) if first == last => format!("port {first}"),
+            (first, last) => format!("ports {first}-{last}"),
+        };
+        out.push(format!("UDP {} {ports} (WebRTC media)", cfg.media_ip()));
     }
     out
 }
@@ -135,6 +138,14 @@ mod tests {
         );
         assert!(!text.contains("8080"), "{text}");
         assert!(!text.contains("UDP"), "{text}");
+    }
+
+    #[test]
+    fn media_alone_on_the_network_is_not_an_exposure() {
+        // PiKVM's layout: signalling on loopback or a unix socket, media for everyone.
+        assert_eq!(warning(&config(&["--media-host", "0.0.0.0"])), None);
+        let text = warning(&config(&["--host", "0.0.0.0", "--media-host", "10.1.2.3"])).unwrap();
+        assert!(text.contains("UDP 10.1.2.3 ports"), "{text}");
     }
 
     #[test]
