@@ -840,16 +840,22 @@ impl Config {
         Ok(())
     }
 
-    /// The Admin API's listeners that are on, with their addresses and their keys.
-    pub fn janus_admin_listeners(&self) -> Vec<(std::net::SocketAddr, &'static str)> {
+    /// The Admin API's listeners that are on.
+    pub fn janus_admin_listeners(&self) -> Vec<AdminListener> {
         let mut out = Vec::new();
         if let Some(port) = self.janus_admin_http_port {
-            let ip = self.janus_admin_http_host.unwrap_or(self.host);
-            out.push(((ip, port).into(), "janus_admin_http_host"));
+            out.push(AdminListener {
+                addr: (self.janus_admin_http_host.unwrap_or(self.host), port).into(),
+                transport: "HTTP",
+                host_key: "janus_admin_http_host",
+            });
         }
         if let Some(port) = self.janus_admin_ws_port {
-            let ip = self.janus_admin_ws_host.unwrap_or(self.host);
-            out.push(((ip, port).into(), "janus_admin_ws_host"));
+            out.push(AdminListener {
+                addr: (self.janus_admin_ws_host.unwrap_or(self.host), port).into(),
+                transport: "WebSocket",
+                host_key: "janus_admin_ws_host",
+            });
         }
         out
     }
@@ -860,14 +866,14 @@ impl Config {
         if self.janus_admin_secret.is_some() {
             return Ok(());
         }
-        for (addr, key) in self.janus_admin_listeners() {
+        for AdminListener { addr, host_key, .. } in self.janus_admin_listeners() {
             if !addr.ip().is_loopback() {
                 bail!(
                     "the Janus Admin API would listen on {addr}, beyond this machine, without \
                      an admin secret: anyone reaching it could add tokens and end sessions. \
                      Set janus_admin_secret (--janus-admin-secret; Janus's admin_secret), or \
-                     keep it on 127.0.0.1 with {key} (--{})",
-                    key.replace('_', "-")
+                     keep it on 127.0.0.1 with {host_key} (--{})",
+                    host_key.replace('_', "-")
                 );
             }
         }
@@ -941,6 +947,16 @@ impl Config {
             self.janus_http_port,
         )
     }
+}
+
+/// One listener of the Janus Admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListener {
+    pub addr: std::net::SocketAddr,
+    /// `HTTP` or `WebSocket`.
+    pub transport: &'static str,
+    /// The key that gives it an address of its own.
+    pub host_key: &'static str,
 }
 
 /// A unix socket, when given, takes the place of the port (as `ws_unix` in Janus).
@@ -1361,13 +1377,12 @@ mod tests {
             "--janus-token-auth",
         ])
         .unwrap();
-        assert_eq!(
-            c.janus_admin_listeners(),
-            [
-                ("127.0.0.1:7088".parse::<std::net::SocketAddr>().unwrap(), "janus_admin_http_host"),
-                ("127.0.0.1:7188".parse::<std::net::SocketAddr>().unwrap(), "janus_admin_ws_host"),
-            ]
-        );
+        let addrs: Vec<String> = c
+            .janus_admin_listeners()
+            .iter()
+            .map(|l| format!("{} {}", l.transport, l.addr))
+            .collect();
+        assert_eq!(addrs, ["HTTP 127.0.0.1:7088", "WebSocket 127.0.0.1:7188"]);
         assert_eq!(c.janus_admin_base_path, "/adm");
         let j = crate::janus::JanusConfig::from_config(&c);
         assert_eq!(
@@ -1393,7 +1408,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.janus_admin_listeners()[0].0,
+            c.janus_admin_listeners()[0].addr,
             "127.0.0.1:7088".parse::<std::net::SocketAddr>().unwrap()
         );
         let c = load(&[

@@ -33,6 +33,14 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
         cfg.janus_http_listen(),
         "Janus HTTP API",
     );
+    // Only with an admin secret: the start refuses an exposed Admin API without one.
+    for admin in cfg.janus_admin_listeners() {
+        let what = format!(
+            "Janus Admin {} API, admin secret required",
+            admin.transport
+        );
+        tcp(admin.addr.ip(), Listen::Tcp(admin.addr.port()), &what);
+    }
     if !cfg.host.is_loopback() {
         let ports = match cfg.udp_ports {
             (0, _) => "any port".to_string(),
@@ -135,6 +143,26 @@ mod tests {
         );
         assert!(!text.contains("8080"), "{text}");
         assert!(!text.contains("UDP"), "{text}");
+    }
+
+    #[test]
+    fn an_admin_api_beyond_loopback_is_named() {
+        let text = warning(&config(&[
+            "--janus-admin-ws-port",
+            "7188",
+            "--janus-admin-ws-host",
+            "0.0.0.0",
+            "--janus-admin-http-port",
+            "7088",
+            "--janus-admin-secret",
+            "adm1n",
+        ]))
+        .unwrap();
+        assert!(
+            text.contains("0.0.0.0:7188 (Janus Admin WebSocket API, admin secret required)"),
+            "{text}"
+        );
+        assert!(!text.contains("7088"), "the HTTP one is on loopback: {text}");
     }
 
     #[test]

@@ -72,15 +72,56 @@ pub struct StoredToken {
     pub plugins: Vec<String>,
 }
 
-/// Janus's stored tokens (token authentication without a token secret), in the order
-/// they were added. Clones share the store: the Janus API checks what the Admin API
-/// changes, from the next request on.
-#[derive(Clone, Default)]
-pub struct TokenStore(Arc<Mutex<Vec<StoredToken>>>);
+/// Janus's stored tokens (token authentication without a token secret). Clones share
+/// the store: the Janus API checks what the Admin API changes, from the next request
+/// on.
+#[derive(Clone)]
+pub struct TokenStore(Arc<Mutex<Stored>>);
+
+/// Tokens are found by a keyed hash of their text: one lookup per request however
+/// many there are, and, the key being random, the time a lookup takes says nothing
+/// about how close a guess came to a stored token.
+struct Stored {
+    key: [u8; 32],
+    tokens: HashMap<[u8; 20], Entry>,
+    added: u64,
+}
+
+struct Entry {
+    token: StoredToken,
+    /// When it was added, to list tokens in that order.
+    order: u64,
+}
+
+impl Default for TokenStore {
+    fn default() -> Self {
+        TokenStore(Arc::new(Mutex::new(Stored {
+            key: rand::random(),
+            tokens: HashMap::new(),
+            added: 0,
+        })))
+    }
+}
 
 impl std::fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenStore({} tokens)", self.lock().len())
+        write!(f, "TokenStore({} tokens)", self.lock().tokens.len())
+    }
+}
+
+impl Stored {
+    fn digest(&self, token: &str) -> [u8; 20] {
+        let mut mac = Hmac::<Sha1>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(token.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn get_mut(&mut self, token: &str) -> Option<&mut StoredToken> {
+        let digest = self.digest(token);
+        self.tokens
+            .get_mut(&digest)
+            .map(|e| &mut e.token)
+            .filter(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
     }
 }
 
@@ -99,95 +140,93 @@ impl TokenStore {
         store
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<StoredToken>> {
-        // Every operation leaves the list consistent, so a poisoned lock is usable.
+    fn lock(&self) -> MutexGuard<'_, Stored> {
+        // Every operation leaves the store consistent, so a poisoned lock is usable.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Index of `token`. Every stored token is compared, so the time taken says
-    /// nothing about which one came close.
-    fn find(tokens: &[StoredToken], token: &str) -> Option<usize> {
-        tokens.iter().enumerate().fold(None, |found, (i, t)| {
-            let same = constant_time_eq(t.token.as_bytes(), token.as_bytes());
-            if same {
-                Some(i)
-            } else {
-                found
-            }
-        })
-    }
-
     pub fn contains(&self, token: &str) -> bool {
-        Self::find(&self.lock(), token).is_some()
+        self.lock().get_mut(token).is_some()
     }
 
     /// Whether `token` is stored and may attach to `plugin`.
     pub fn may_use(&self, token: &str, plugin: &str) -> bool {
-        let tokens = self.lock();
-        Self::find(&tokens, token).is_some_and(|i| tokens[i].plugins.iter().any(|p| p == plugin))
+        self.lock()
+            .get_mut(token)
+            .is_some_and(|t| t.plugins.iter().any(|p| p == plugin))
     }
 
     /// Store `token` (with no plugins yet); a token already stored is left as it is.
     pub fn insert(&self, token: &str) -> Result<(), StoreError> {
-        let mut tokens = self.lock();
-        if Self::find(&tokens, token).is_some() {
+        let mut stored = self.lock();
+        if stored.get_mut(token).is_some() {
             return Ok(());
         }
         if token.len() > MAX_TOKEN_BYTES {
             return Err(StoreError::TooLong);
         }
-        if tokens.len() >= MAX_STORED_TOKENS {
+        if stored.tokens.len() >= MAX_STORED_TOKENS {
             return Err(StoreError::Full);
         }
-        tokens.push(StoredToken {
-            token: token.to_string(),
-            plugins: Vec::new(),
-        });
+        let digest = stored.digest(token);
+        let order = stored.added;
+        stored.added += 1;
+        stored.tokens.insert(
+            digest,
+            Entry {
+                token: StoredToken {
+                    token: token.to_string(),
+                    plugins: Vec::new(),
+                },
+                order,
+            },
+        );
         Ok(())
     }
 
     /// Let `token` attach to `plugin`; false when the token is not stored.
     pub fn allow(&self, token: &str, plugin: &str) -> bool {
-        let mut tokens = self.lock();
-        let Some(i) = Self::find(&tokens, token) else {
+        let mut stored = self.lock();
+        let Some(t) = stored.get_mut(token) else {
             return false;
         };
-        let plugins = &mut tokens[i].plugins;
-        if !plugins.iter().any(|p| p == plugin) {
-            plugins.push(plugin.to_string());
+        if !t.plugins.iter().any(|p| p == plugin) {
+            t.plugins.push(plugin.to_string());
         }
         true
     }
 
     /// Stop `token` from attaching to `plugin`; false when the token is not stored.
     pub fn disallow(&self, token: &str, plugin: &str) -> bool {
-        let mut tokens = self.lock();
-        let Some(i) = Self::find(&tokens, token) else {
+        let mut stored = self.lock();
+        let Some(t) = stored.get_mut(token) else {
             return false;
         };
-        tokens[i].plugins.retain(|p| p != plugin);
+        t.plugins.retain(|p| p != plugin);
         true
     }
 
     /// Forget `token`; false when it was not stored.
     pub fn remove(&self, token: &str) -> bool {
-        let mut tokens = self.lock();
-        let Some(i) = Self::find(&tokens, token) else {
+        let mut stored = self.lock();
+        if stored.get_mut(token).is_none() {
             return false;
-        };
-        tokens.remove(i);
-        true
+        }
+        let digest = stored.digest(token);
+        stored.tokens.remove(&digest).is_some()
     }
 
     /// The plugins `token` may attach to; `None` when it is not stored.
     pub fn plugins(&self, token: &str) -> Option<Vec<String>> {
-        let tokens = self.lock();
-        Self::find(&tokens, token).map(|i| tokens[i].plugins.clone())
+        self.lock().get_mut(token).map(|t| t.plugins.clone())
     }
 
     /// Every stored token, in the order they were added.
     pub fn list(&self) -> Vec<StoredToken> {
-        self.lock().clone()
+        let stored = self.lock();
+        let mut entries: Vec<&Entry> = stored.tokens.values().collect();
+        entries.sort_unstable_by_key(|e| e.order);
+        entries.into_iter().map(|e| e.token.clone()).collect()
     }
 }
 

@@ -287,3 +287,66 @@ impl AdminApi {
         Ok(success(tx, 0, json!({ "data": { "tokens": tokens } })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn token_fields_are_checked_as_janus_does() {
+        let add = |v: Value| parse_token_change(&fields(v), TokenVerb::Add);
+        let allow = |v: Value| parse_token_change(&fields(v), TokenVerb::Allow);
+        assert_eq!(
+            add(json!({"token": "t"})).unwrap(),
+            TokenChange {
+                token: "t".into(),
+                plugins: vec![]
+            }
+        );
+        assert_eq!(
+            add(json!({"token": "t", "plugins": ["a", 1]}))
+                .unwrap()
+                .plugins,
+            [json!("a"), json!(1)]
+        );
+        let err = |r: Result<TokenChange, JanusError>| {
+            let e = r.unwrap_err();
+            (e.code, e.reason)
+        };
+        assert_eq!(
+            err(add(json!({}))),
+            (456, "Missing mandatory element (token)".into())
+        );
+        assert_eq!(
+            err(add(json!({"token": null}))),
+            (467, "Invalid element type (token should be a string)".into())
+        );
+        assert_eq!(
+            err(add(json!({"token": "t", "plugins": "janus.plugin.ustreamer"}))),
+            (467, "Invalid element type (plugins should be an array)".into())
+        );
+        // Granting and taking back need a plugin to act on.
+        for v in [json!({"token": "t"}), json!({"token": "t", "plugins": []})] {
+            assert_eq!(
+                err(allow(v)),
+                (
+                    467,
+                    "Invalid element type (plugins should be a non-empty array)".into()
+                )
+            );
+        }
+        assert_eq!(
+            err(parse_token_change(
+                &fields(json!({"plugins": ["x"]})),
+                TokenVerb::Disallow
+            )),
+            (456, "Missing mandatory element (token)".into())
+        );
+        assert_eq!(parse_token(&fields(json!({"token": "x"}))).unwrap(), "x");
+        assert_eq!(parse_token(&fields(json!({"token": 5}))).unwrap_err().code, 467);
+    }
+}
