@@ -1392,7 +1392,12 @@ mod tests {
         // Beyond loopback, only with a secret.
         for args in [
             &["--host", "0.0.0.0", "--janus-admin-http-port", "7088"][..],
-            &["--janus-admin-ws-port", "7188", "--janus-admin-ws-host", "::"][..],
+            &[
+                "--janus-admin-ws-port",
+                "7188",
+                "--janus-admin-ws-host",
+                "::",
+            ][..],
         ] {
             let err = format!("{:#}", load(args).unwrap_err());
             assert!(err.contains("without an admin secret"), "{args:?}: {err}");

@@ -35,10 +35,7 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
     );
     // Only with an admin secret: the start refuses an exposed Admin API without one.
     for admin in cfg.janus_admin_listeners() {
-        let what = format!(
-            "Janus Admin {} API, admin secret required",
-            admin.transport
-        );
+        let what = format!("Janus Admin {} API, admin secret required", admin.transport);
         tcp(admin.addr.ip(), Listen::Tcp(admin.addr.port()), &what);
     }
     if !cfg.host.is_loopback() {
@@ -162,7 +159,10 @@ mod tests {
             text.contains("0.0.0.0:7188 (Janus Admin WebSocket API, admin secret required)"),
             "{text}"
         );
-        assert!(!text.contains("7088"), "the HTTP one is on loopback: {text}");
+        assert!(
+            !text.contains("7088"),
+            "the HTTP one is on loopback: {text}"
+        );
     }
 
     #[test]

@@ -468,7 +468,10 @@ mod tests {
         assert_eq!(store.insert("t7"), Ok(()));
         let list = store.list();
         assert_eq!(list.len(), MAX_STORED_TOKENS);
-        assert_eq!((list[0].token.as_str(), list[9].token.as_str()), ("t0", "t9"));
+        assert_eq!(
+            (list[0].token.as_str(), list[9].token.as_str()),
+            ("t0", "t9")
+        );
         store.allow("t3", "a");
         store.allow("t3", "b");
         store.allow("t3", "a");

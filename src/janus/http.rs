@@ -159,7 +159,14 @@ async fn post(
     path_session: Option<u64>,
     path_handle: Option<u64>,
 ) -> Response {
-    match read_request(body, state.settings.max_body_bytes, path_session, path_handle).await {
+    match read_request(
+        body,
+        state.settings.max_body_bytes,
+        path_session,
+        path_handle,
+    )
+    .await
+    {
         Ok(req) => json_response(&state.gateway.handle(req, &Owner::LongPoll).await),
         Err(response) => response,
     }

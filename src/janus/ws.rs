@@ -22,7 +22,8 @@ use crate::ratelog::{RateLimited, PERIOD};
 
 static SLOW_CLIENT: RateLimited = RateLimited::new(PERIOD);
 
-/// janus.js asks for `janus-protocol`; the admin name is accepted as a harmless alias.
+/// janus.js asks for `janus-protocol`; the admin name is accepted as a harmless alias
+/// (requests here are Janus API requests: the Admin API has listeners of its own).
 const SUBPROTOCOLS: [&str; 2] = ["janus-protocol", "janus-admin-protocol"];
 
 /// Bytes read from the socket at a time. Janus requests are a few hundred bytes, and
@@ -190,11 +191,7 @@ async fn handle_frame(
 
 /// A frame the socket layer refused (too large, or broken framing): say why in the
 /// Janus error format, then close with the matching WebSocket code.
-pub(super) async fn refuse(
-    socket: &mut SplitSink<WebSocket, Message>,
-    detail: &str,
-    limit: usize,
-) {
+pub(super) async fn refuse(socket: &mut SplitSink<WebSocket, Message>, detail: &str, limit: usize) {
     let too_big = detail.contains("too long") || detail.contains("too big");
     tracing::info!(
         error = detail,

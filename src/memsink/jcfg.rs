@@ -849,7 +849,10 @@ mod tests {
         ]);
         let install = read_install(&dir).unwrap();
         assert_eq!(install.admin_secret.as_deref(), Some("janusoverlord"));
-        assert_eq!((install.admin_http_port, install.admin_ws_port), (None, None));
+        assert_eq!(
+            (install.admin_http_port, install.admin_ws_port),
+            (None, None)
+        );
         // Turned on: Janus's default ports, or the ones given, and their addresses.
         std::fs::write(dir.join(HTTP_FILE), "admin: { admin_http = true }").unwrap();
         std::fs::write(dir.join(WS_FILE), "admin: { admin_ws = true }").unwrap();
@@ -859,7 +862,10 @@ mod tests {
             (Some(7088), Some(7188))
         );
         assert_eq!((install.admin_http_ip, install.admin_ws_ip), (None, None));
-        assert!(install.ws_off && install.http_off, "the Janus transports stay off");
+        assert!(
+            install.ws_off && install.http_off,
+            "the Janus transports stay off"
+        );
         std::fs::write(
             dir.join(HTTP_FILE),
             "admin: { admin_http = true, admin_port = 7099, admin_base_path = \"/adm\",\

@@ -167,7 +167,10 @@ impl AdminApi {
         }
         if s == 0 {
             // A handle without its session: Janus's bare "Session not found".
-            return Err(JanusError::new(code::SESSION_NOT_FOUND, "Session not found"));
+            return Err(JanusError::new(
+                code::SESSION_NOT_FOUND,
+                "Session not found",
+            ));
         }
         self.check_secret(req)?;
         let handles = self
@@ -262,7 +265,11 @@ impl AdminApi {
             plugins = ?plugins,
             "Admin API changed a stored token"
         );
-        Ok(success(req.transaction.as_str(), 0, json!({ "data": { "plugins": plugins } })))
+        Ok(success(
+            req.transaction.as_str(),
+            0,
+            json!({ "data": { "plugins": plugins } }),
+        ))
     }
 
     fn remove_token(&self, req: &Request) -> Result<Value, JanusError> {
@@ -323,11 +330,19 @@ mod tests {
         );
         assert_eq!(
             err(add(json!({"token": null}))),
-            (467, "Invalid element type (token should be a string)".into())
+            (
+                467,
+                "Invalid element type (token should be a string)".into()
+            )
         );
         assert_eq!(
-            err(add(json!({"token": "t", "plugins": "janus.plugin.ustreamer"}))),
-            (467, "Invalid element type (plugins should be an array)".into())
+            err(add(
+                json!({"token": "t", "plugins": "janus.plugin.ustreamer"})
+            )),
+            (
+                467,
+                "Invalid element type (plugins should be an array)".into()
+            )
         );
         // Granting and taking back need a plugin to act on.
         for v in [json!({"token": "t"}), json!({"token": "t", "plugins": []})] {
@@ -347,6 +362,9 @@ mod tests {
             (456, "Missing mandatory element (token)".into())
         );
         assert_eq!(parse_token(&fields(json!({"token": "x"}))).unwrap(), "x");
-        assert_eq!(parse_token(&fields(json!({"token": 5}))).unwrap_err().code, 467);
+        assert_eq!(
+            parse_token(&fields(json!({"token": 5}))).unwrap_err().code,
+            467
+        );
     }
 }

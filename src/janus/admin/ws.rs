@@ -55,7 +55,9 @@ async fn serve_socket(admin: Arc<AdminApi>, socket: WebSocket, limits: WsLimits)
         };
         let answered = match next {
             None | Some(Ok(Message::Close(_))) => false,
-            Some(Ok(Message::Text(text))) => answer(&admin, &mut sink, text.as_bytes(), limits).await,
+            Some(Ok(Message::Text(text))) => {
+                answer(&admin, &mut sink, text.as_bytes(), limits).await
+            }
             Some(Ok(Message::Binary(data))) => answer(&admin, &mut sink, &data, limits).await,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
             Some(Err(e)) => {
