@@ -112,6 +112,34 @@ pub struct Args {
     #[arg(long, value_name = "SECRET", help_heading = "Janus API")]
     pub janus_token_auth_secret: Option<String>,
 
+    /// Every Admin API request except info and ping must carry this as `admin_secret`
+    /// (Janus's `admin_secret`); else error 403. Required when an Admin API listener is
+    /// reachable from other machines. [default: none, or general.admin_secret from
+    /// --janus-config]
+    #[arg(long, value_name = "SECRET", help_heading = "Janus Admin API")]
+    pub janus_admin_secret: Option<String>,
+    /// Serve the Janus Admin API over HTTP on this port (Janus's `admin_http`,
+    /// `admin_port`, usually 7088). [default: off]
+    #[arg(long, value_name = "PORT", help_heading = "Janus Admin API")]
+    pub janus_admin_http_port: Option<u16>,
+    /// Serve the Janus Admin API over WebSocket on this port (subprotocol
+    /// janus-admin-protocol; Janus's `admin_ws`, `admin_ws_port`, usually 7188).
+    /// [default: off]
+    #[arg(long, value_name = "PORT", help_heading = "Janus Admin API")]
+    pub janus_admin_ws_port: Option<u16>,
+    /// Base path of the Admin API's HTTP transport. [default: /admin]
+    #[arg(long, value_name = "PATH", help_heading = "Janus Admin API")]
+    pub janus_admin_base_path: Option<String>,
+    /// Address the Admin API's HTTP transport listens on, instead of --host (Janus's
+    /// `admin_ip`). [default: --host, or admin_ip / admin_interface from --janus-config]
+    #[arg(long, value_name = "IP", help_heading = "Janus Admin API")]
+    pub janus_admin_http_host: Option<IpAddr>,
+    /// Address the Admin API's WebSocket transport listens on, instead of --host
+    /// (Janus's `admin_ws_ip`). [default: --host, or admin_ws_ip / admin_ws_interface
+    /// from --janus-config]
+    #[arg(long, value_name = "IP", help_heading = "Janus Admin API")]
+    pub janus_admin_ws_host: Option<IpAddr>,
+
     /// Janus sessions in total (both transports); more get error 472; 0: no cap. [default: 1000]
     #[arg(long, value_name = "COUNT", help_heading = "Limits")]
     pub max_sessions: Option<usize>,
@@ -364,6 +392,13 @@ pub struct Config {
     pub janus_token_auth: bool,
     pub janus_tokens: Vec<String>,
     pub janus_token_auth_secret: Option<String>,
+    pub janus_admin_secret: Option<String>,
+    /// The Admin API's listeners; `None`: off.
+    pub janus_admin_http_port: Option<u16>,
+    pub janus_admin_ws_port: Option<u16>,
+    pub janus_admin_base_path: String,
+    pub janus_admin_http_host: Option<IpAddr>,
+    pub janus_admin_ws_host: Option<IpAddr>,
     pub max_sessions: usize,
     pub max_sessions_per_connection: usize,
     pub max_handles_per_session: usize,
@@ -432,6 +467,12 @@ impl Default for Config {
             janus_token_auth: false,
             janus_tokens: Vec::new(),
             janus_token_auth_secret: None,
+            janus_admin_secret: None,
+            janus_admin_http_port: None,
+            janus_admin_ws_port: None,
+            janus_admin_base_path: "/admin".into(),
+            janus_admin_http_host: None,
+            janus_admin_ws_host: None,
             max_sessions: 1000,
             max_sessions_per_connection: 10,
             max_handles_per_session: 10,
@@ -513,6 +554,7 @@ impl Config {
         }
         check_source(&cfg.source)?;
         cfg.check_janus_auth()?;
+        cfg.check_janus_admin()?;
         if !cfg.source_allow.is_empty() && !cfg.source.starts_with("tcp-listen://") {
             bail!(
                 "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
@@ -530,6 +572,7 @@ impl Config {
                 }
             };
         }
+        self.apply_admin(&a)?;
         // A port or socket given by a later layer turns a transport on again.
         if a.janus_ws_port.is_some() || a.janus_ws_unix.is_some() {
             self.janus_ws_off = false;
@@ -776,6 +819,78 @@ impl Config {
 }
 
 impl Config {
+    /// The Admin API's keys.
+    fn apply_admin(&mut self, a: &Args) -> Result<()> {
+        if let Some(secret) = &a.janus_admin_secret {
+            if secret.is_empty() {
+                bail!("janus_admin_secret must not be empty");
+            }
+            self.janus_admin_secret = Some(secret.clone());
+        }
+        if let Some(port) = a.janus_admin_http_port {
+            self.janus_admin_http_port = Some(port);
+        }
+        if let Some(port) = a.janus_admin_ws_port {
+            self.janus_admin_ws_port = Some(port);
+        }
+        if let Some(ip) = a.janus_admin_http_host {
+            self.janus_admin_http_host = Some(ip);
+        }
+        if let Some(ip) = a.janus_admin_ws_host {
+            self.janus_admin_ws_host = Some(ip);
+        }
+        if let Some(path) = &a.janus_admin_base_path {
+            if !path.starts_with('/') {
+                bail!("janus_admin_base_path must start with '/', got {path:?}");
+            }
+            self.janus_admin_base_path = path.trim_end_matches('/').to_string();
+            if self.janus_admin_base_path.is_empty() {
+                bail!("janus_admin_base_path must not be '/' alone; use e.g. /admin");
+            }
+        }
+        Ok(())
+    }
+
+    /// The Admin API's listeners that are on.
+    pub fn janus_admin_listeners(&self) -> Vec<AdminListener> {
+        let mut out = Vec::new();
+        if let Some(port) = self.janus_admin_http_port {
+            out.push(AdminListener {
+                addr: (self.janus_admin_http_host.unwrap_or(self.host), port).into(),
+                transport: "HTTP",
+                host_key: "janus_admin_http_host",
+            });
+        }
+        if let Some(port) = self.janus_admin_ws_port {
+            out.push(AdminListener {
+                addr: (self.janus_admin_ws_host.unwrap_or(self.host), port).into(),
+                transport: "WebSocket",
+                host_key: "janus_admin_ws_host",
+            });
+        }
+        out
+    }
+
+    /// Whoever reaches the Admin API can let anybody watch, so beyond loopback it must
+    /// ask for a secret.
+    fn check_janus_admin(&self) -> Result<()> {
+        if self.janus_admin_secret.is_some() {
+            return Ok(());
+        }
+        for AdminListener { addr, host_key, .. } in self.janus_admin_listeners() {
+            if !addr.ip().is_loopback() {
+                bail!(
+                    "the Janus Admin API would listen on {addr}, beyond this machine, without \
+                     an admin secret: anyone reaching it could add tokens and end sessions. \
+                     Set janus_admin_secret (--janus-admin-secret; Janus's admin_secret), or \
+                     keep it on 127.0.0.1 with {host_key} (--{})",
+                    host_key.replace('_', "-")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Which web pages may use the server (`allow_origin` was checked at load).
     pub fn origin_policy(&self) -> OriginPolicy {
         OriginPolicy::new(&self.allow_origin).unwrap_or_default()
@@ -813,10 +928,13 @@ impl Config {
             && self.janus_tokens.is_empty()
             && self.janus_token_auth_secret.is_none()
             && self.janus_api_secret.is_none()
+            && self.janus_admin_listeners().is_empty()
         {
             bail!(
                 "janus_token_auth is on but no janus_token is given, so every Janus request \
-                 would be refused; give the accepted tokens with --janus-token"
+                 would be refused; give the accepted tokens with --janus-token, or turn on \
+                 the Admin API (--janus-admin-http-port / --janus-admin-ws-port) to add them \
+                 with add_token"
             );
         }
         Ok(())
@@ -845,6 +963,16 @@ impl Config {
             self.janus_http_port,
         )
     }
+}
+
+/// One listener of the Janus Admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListener {
+    pub addr: std::net::SocketAddr,
+    /// `HTTP` or `WebSocket`.
+    pub transport: &'static str,
+    /// The key that gives it an address of its own.
+    pub host_key: &'static str,
 }
 
 /// A unix socket, when given, takes the place of the port (as `ws_unix` in Janus).
@@ -939,6 +1067,12 @@ fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Arg
         janus_api_secret: install.api_secret,
         janus_token_auth: install.token_auth.then_some(true),
         janus_token_auth_secret: install.token_auth_secret,
+        janus_admin_secret: install.admin_secret,
+        janus_admin_http_port: install.admin_http_port,
+        janus_admin_http_host: install.admin_http_ip,
+        janus_admin_base_path: install.admin_base_path,
+        janus_admin_ws_port: install.admin_ws_port,
+        janus_admin_ws_host: install.admin_ws_ip,
         udp_port_range: install.rtp_port_range,
         nat_1_1_ip,
         ice_server: install.stun.map(|s| vec![s]),
@@ -1237,6 +1371,136 @@ mod tests {
             let err = format!("{:#}", load(args).unwrap_err());
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn janus_admin_flags_and_the_secret_they_need_beyond_loopback() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["peregrine", "--source", "testsrc"];
+            all.extend_from_slice(args);
+            Config::load(Args::parse_from(all))
+        };
+        let c = load(&[]).unwrap();
+        assert!(c.janus_admin_listeners().is_empty(), "off by default");
+        assert_eq!(c.janus_admin_base_path, "/admin");
+        // On loopback no secret is needed (as in Janus); tokens can then be added.
+        let c = load(&[
+            "--janus-admin-http-port",
+            "7088",
+            "--janus-admin-ws-port",
+            "7188",
+            "--janus-admin-base-path",
+            "/adm/",
+            "--janus-token-auth",
+        ])
+        .unwrap();
+        let addrs: Vec<String> = c
+            .janus_admin_listeners()
+            .iter()
+            .map(|l| format!("{} {}", l.transport, l.addr))
+            .collect();
+        assert_eq!(addrs, ["HTTP 127.0.0.1:7088", "WebSocket 127.0.0.1:7188"]);
+        assert_eq!(c.janus_admin_base_path, "/adm");
+        let j = crate::janus::JanusConfig::from_config(&c);
+        assert_eq!(
+            (j.admin.http, j.admin.ws),
+            (Listen::Tcp(7088), Listen::Tcp(7188))
+        );
+        // Beyond loopback, only with a secret.
+        for args in [
+            &["--host", "0.0.0.0", "--janus-admin-http-port", "7088"][..],
+            &[
+                "--janus-admin-ws-port",
+                "7188",
+                "--janus-admin-ws-host",
+                "::",
+            ][..],
+        ] {
+            let err = format!("{:#}", load(args).unwrap_err());
+            assert!(err.contains("without an admin secret"), "{args:?}: {err}");
+            assert!(err.contains("--janus-admin-secret"), "{err}");
+        }
+        let c = load(&[
+            "--host",
+            "0.0.0.0",
+            "--janus-admin-http-port",
+            "7088",
+            "--janus-admin-http-host",
+            "127.0.0.1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.janus_admin_listeners()[0].addr,
+            "127.0.0.1:7088".parse::<std::net::SocketAddr>().unwrap()
+        );
+        let c = load(&[
+            "--host",
+            "0.0.0.0",
+            "--janus-admin-ws-port",
+            "7188",
+            "--janus-admin-secret",
+            "adm1n",
+        ])
+        .unwrap();
+        assert_eq!(c.janus_admin_secret.as_deref(), Some("adm1n"));
+        for (args, needle) in [
+            (
+                &["--janus-admin-secret", ""][..],
+                "janus_admin_secret must not be empty",
+            ),
+            (
+                &["--janus-admin-base-path", "admin"][..],
+                "must start with '/'",
+            ),
+            (&["--janus-admin-base-path", "/"][..], "'/' alone"),
+        ] {
+            let err = format!("{:#}", load(args).unwrap_err());
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn janus_config_admin_settings_apply_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.jcfg"),
+            "general: { admin_secret = \"overlord\", token_auth = true }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.http.jcfg"),
+            "admin: { admin_http = true, admin_base_path = \"/adm\" }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let load = |extra: &[&str]| {
+            let mut argv = vec!["peregrine", "--janus-config", dir_s];
+            argv.extend_from_slice(extra);
+            Config::load(Args::parse_from(argv)).unwrap()
+        };
+        // token_auth with no token is fine: the Admin API adds them.
+        let c = load(&[]);
+        assert_eq!(c.janus_admin_secret.as_deref(), Some("overlord"));
+        assert_eq!(
+            (c.janus_admin_http_port, c.janus_admin_ws_port),
+            (Some(7088), None)
+        );
+        assert_eq!(c.janus_admin_base_path, "/adm");
+        let c = load(&[
+            "--janus-admin-secret",
+            "flag",
+            "--janus-admin-http-port",
+            "7099",
+        ]);
+        assert_eq!(c.janus_admin_secret.as_deref(), Some("flag"));
+        assert_eq!(c.janus_admin_http_port, Some(7099));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
         cfg.janus_http_listen(),
         "Janus HTTP API",
     );
+    // Only with an admin secret: the start refuses an exposed Admin API without one.
+    for admin in cfg.janus_admin_listeners() {
+        let what = format!("Janus Admin {} API, admin secret required", admin.transport);
+        tcp(admin.addr.ip(), Listen::Tcp(admin.addr.port()), &what);
+    }
     if let Some(addr) = cfg
         .source
         .strip_prefix("tcp-listen://")
@@ -146,6 +151,29 @@ mod tests {
         assert_eq!(warning(&config(&["--media-host", "0.0.0.0"])), None);
         let text = warning(&config(&["--host", "0.0.0.0", "--media-host", "10.1.2.3"])).unwrap();
         assert!(text.contains("UDP 10.1.2.3 ports"), "{text}");
+    }
+
+    #[test]
+    fn an_admin_api_beyond_loopback_is_named() {
+        let text = warning(&config(&[
+            "--janus-admin-ws-port",
+            "7188",
+            "--janus-admin-ws-host",
+            "0.0.0.0",
+            "--janus-admin-http-port",
+            "7088",
+            "--janus-admin-secret",
+            "adm1n",
+        ]))
+        .unwrap();
+        assert!(
+            text.contains("0.0.0.0:7188 (Janus Admin WebSocket API, admin secret required)"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("7088"),
+            "the HTTP one is on loopback: {text}"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Janus API requests from the network: a WebSocket frame or an HTTP body, then the
-//! per-verb field checks the gateway applies, and the HTTP transport's path and query.
+//! Janus API and Admin API requests from the network: a WebSocket frame or an HTTP
+//! body, then the per-verb field checks the gateway and the Admin API apply, and the
+//! HTTP transports' paths and query.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use peregrine::janus::admin::{parse_token, parse_token_change, TokenVerb};
 use peregrine::janus::http::{max_events, parse_id, segments};
 use peregrine::janus::message::{
     parse_attach, parse_create, parse_frame, parse_message, parse_request, parse_trickle, Request,
@@ -16,6 +18,17 @@ fn check_fields(req: &Request) {
         for c in &candidates {
             let _ = c.is_for_first_mline();
         }
+    }
+    let token = parse_token(&req.fields);
+    for verb in [TokenVerb::Add, TokenVerb::Allow, TokenVerb::Disallow] {
+        match parse_token_change(&req.fields, verb) {
+            // The token is read the same way by every token request.
+            Ok(change) => assert_eq!(Some(&change.token), token.as_ref().ok()),
+            Err(e) => assert!(!e.reason.is_empty()),
+        }
+    }
+    if let Ok(change) = parse_token_change(&req.fields, TokenVerb::Allow) {
+        assert!(!change.plugins.is_empty(), "a grant names plugins");
     }
 }
 
@@ -50,11 +63,13 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(text) = std::str::from_utf8(data) {
         let (path, query) = text.split_once('?').unwrap_or((text, ""));
-        if let Some(parts) = segments("/janus", path) {
-            for p in parts {
-                assert!(!p.is_empty() && !p.contains('/'));
-                if let Some(id) = parse_id(p) {
-                    assert_ne!(id, 0);
+        for base in ["/janus", "/admin"] {
+            if let Some(parts) = segments(base, path) {
+                for p in parts {
+                    assert!(!p.is_empty() && !p.contains('/'));
+                    if let Some(id) = parse_id(p) {
+                        assert_ne!(id, 0);
+                    }
                 }
             }
         }

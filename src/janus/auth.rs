@@ -1,10 +1,12 @@
 //! Janus's request authentication: an API secret shared by every client
 //! (`apisecret`), tokens (`token`), or both, where either one is enough, as in the
-//! Janus core. `info` and `ping` need neither. Tokens are either a stored list or, with
-//! a token secret, signed by the application: `EXPIRY,janus,PLUGIN...:SIGNATURE`,
-//! where SIGNATURE is the base64 HMAC-SHA1 of the part before the colon.
+//! Janus core. `info` and `ping` need neither. Tokens are either stored (given at start
+//! or added through the Admin API, each with the plugins it may attach to) or, with a
+//! token secret, signed by the application: `EXPIRY,janus,PLUGIN...:SIGNATURE`, where
+//! SIGNATURE is the base64 HMAC-SHA1 of the part before the colon.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -16,7 +18,7 @@ use super::error::{code, JanusError};
 use crate::relay::jsmpeg::constant_time_eq;
 
 /// What a request must carry. Nothing configured: every request is allowed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Auth {
     /// `apisecret` must equal this.
     pub api_secret: Option<String>,
@@ -25,10 +27,10 @@ pub struct Auth {
 }
 
 /// Which tokens are valid.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Tokens {
-    /// One of these (an empty list refuses every token).
-    Stored(Vec<String>),
+    /// One of these (none: every token is refused); shared with the Admin API.
+    Stored(TokenStore),
     /// Any unexpired token signed with this secret (Janus's `token_auth_secret`).
     Signed(String),
 }
@@ -36,13 +38,195 @@ pub enum Tokens {
 impl Tokens {
     fn accepts(&self, token: &str) -> bool {
         match self {
-            // Every stored token is compared, so the time taken says nothing about which
-            // one came close.
-            Tokens::Stored(tokens) => tokens.iter().fold(false, |found, t| {
-                constant_time_eq(t.as_bytes(), token.as_bytes()) | found
-            }),
+            Tokens::Stored(store) => store.contains(token),
             Tokens::Signed(secret) => signed_token_plugins(secret, token, unix_now()).is_some(),
         }
+    }
+}
+
+/// Most tokens the store holds, so that adding tokens cannot take all memory.
+pub const MAX_STORED_TOKENS: usize = 10_000;
+/// Longest stored token, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// Why a token could not be stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    Full,
+    TooLong,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Full => write!(f, "{MAX_STORED_TOKENS} tokens are stored already"),
+            StoreError::TooLong => write!(f, "tokens are at most {MAX_TOKEN_BYTES} bytes"),
+        }
+    }
+}
+
+/// A stored token and the plugins it may attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredToken {
+    pub token: String,
+    pub plugins: Vec<String>,
+}
+
+/// Janus's stored tokens (token authentication without a token secret). Clones share
+/// the store: the Janus API checks what the Admin API changes, from the next request
+/// on.
+#[derive(Clone)]
+pub struct TokenStore(Arc<Mutex<Stored>>);
+
+/// Tokens are found by a keyed hash of their text: one lookup per request however
+/// many there are, and, the key being random, the time a lookup takes says nothing
+/// about how close a guess came to a stored token.
+struct Stored {
+    key: [u8; 32],
+    tokens: HashMap<[u8; 20], Entry>,
+    added: u64,
+}
+
+struct Entry {
+    token: StoredToken,
+    /// When it was added, to list tokens in that order.
+    order: u64,
+}
+
+impl Default for TokenStore {
+    fn default() -> Self {
+        TokenStore(Arc::new(Mutex::new(Stored {
+            key: rand::random(),
+            tokens: HashMap::new(),
+            added: 0,
+        })))
+    }
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenStore({} tokens)", self.lock().tokens.len())
+    }
+}
+
+impl Stored {
+    fn digest(&self, token: &str) -> [u8; 20] {
+        let mut mac = Hmac::<Sha1>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(token.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn get_mut(&mut self, token: &str) -> Option<&mut StoredToken> {
+        let digest = self.digest(token);
+        self.tokens
+            .get_mut(&digest)
+            .map(|e| &mut e.token)
+            .filter(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
+    }
+}
+
+impl TokenStore {
+    /// `tokens`, each allowed to use every one of `plugins` (as Janus's `add_token`
+    /// without a plugin list).
+    pub fn new(tokens: &[String], plugins: &[&str]) -> TokenStore {
+        let store = TokenStore::default();
+        for token in tokens {
+            if store.insert(token).is_ok() {
+                for plugin in plugins {
+                    store.allow(token, plugin);
+                }
+            }
+        }
+        store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Stored> {
+        // Every operation leaves the store consistent, so a poisoned lock is usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn contains(&self, token: &str) -> bool {
+        self.lock().get_mut(token).is_some()
+    }
+
+    /// Whether `token` is stored and may attach to `plugin`.
+    pub fn may_use(&self, token: &str, plugin: &str) -> bool {
+        self.lock()
+            .get_mut(token)
+            .is_some_and(|t| t.plugins.iter().any(|p| p == plugin))
+    }
+
+    /// Store `token` (with no plugins yet); a token already stored is left as it is.
+    pub fn insert(&self, token: &str) -> Result<(), StoreError> {
+        let mut stored = self.lock();
+        if stored.get_mut(token).is_some() {
+            return Ok(());
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(StoreError::TooLong);
+        }
+        if stored.tokens.len() >= MAX_STORED_TOKENS {
+            return Err(StoreError::Full);
+        }
+        let digest = stored.digest(token);
+        let order = stored.added;
+        stored.added += 1;
+        stored.tokens.insert(
+            digest,
+            Entry {
+                token: StoredToken {
+                    token: token.to_string(),
+                    plugins: Vec::new(),
+                },
+                order,
+            },
+        );
+        Ok(())
+    }
+
+    /// Let `token` attach to `plugin`; false when the token is not stored.
+    pub fn allow(&self, token: &str, plugin: &str) -> bool {
+        let mut stored = self.lock();
+        let Some(t) = stored.get_mut(token) else {
+            return false;
+        };
+        if !t.plugins.iter().any(|p| p == plugin) {
+            t.plugins.push(plugin.to_string());
+        }
+        true
+    }
+
+    /// Stop `token` from attaching to `plugin`; false when the token is not stored.
+    pub fn disallow(&self, token: &str, plugin: &str) -> bool {
+        let mut stored = self.lock();
+        let Some(t) = stored.get_mut(token) else {
+            return false;
+        };
+        t.plugins.retain(|p| p != plugin);
+        true
+    }
+
+    /// Forget `token`; false when it was not stored.
+    pub fn remove(&self, token: &str) -> bool {
+        let mut stored = self.lock();
+        if stored.get_mut(token).is_none() {
+            return false;
+        }
+        let digest = stored.digest(token);
+        stored.tokens.remove(&digest).is_some()
+    }
+
+    /// The plugins `token` may attach to; `None` when it is not stored.
+    pub fn plugins(&self, token: &str) -> Option<Vec<String>> {
+        self.lock().get_mut(token).map(|t| t.plugins.clone())
+    }
+
+    /// Every stored token, in the order they were added.
+    pub fn list(&self) -> Vec<StoredToken> {
+        let stored = self.lock();
+        let mut entries: Vec<&Entry> = stored.tokens.values().collect();
+        entries.sort_unstable_by_key(|e| e.order);
+        entries.into_iter().map(|e| e.token.clone()).collect()
     }
 }
 
@@ -134,24 +318,39 @@ impl Auth {
         }
     }
 
-    /// `attach`: a signed token that is given must name the plugin (a stored token
-    /// may use the one plugin there is).
+    /// `attach`: a token that is given must be allowed to use the plugin (a signed
+    /// one must name it, a stored one must have been granted it), as in Janus, even
+    /// when the API secret let the request in.
     pub fn check_plugin(
         &self,
         fields: &Map<String, Value>,
         plugin: &str,
     ) -> Result<(), JanusError> {
-        let (Some(Tokens::Signed(secret)), Some(token)) =
+        let (Some(tokens), Some(token)) =
             (&self.tokens, fields.get("token").and_then(Value::as_str))
         else {
             return Ok(());
         };
-        match signed_token_plugins(secret, token, unix_now()) {
-            Some(plugins) if plugins.contains(&plugin) => Ok(()),
-            _ => Err(JanusError::new(
+        let allowed = match tokens {
+            Tokens::Signed(secret) => signed_token_plugins(secret, token, unix_now())
+                .is_some_and(|plugins| plugins.contains(&plugin)),
+            Tokens::Stored(store) => store.may_use(token, plugin),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(JanusError::new(
                 code::UNAUTHORIZED_PLUGIN,
                 format!("Provided token can't access plugin '{plugin}'"),
-            )),
+            ))
+        }
+    }
+
+    /// The stored tokens, when tokens are stored rather than signed.
+    pub fn token_store(&self) -> Option<&TokenStore> {
+        match &self.tokens {
+            Some(Tokens::Stored(store)) => Some(store),
+            _ => None,
         }
     }
 
@@ -174,10 +373,15 @@ pub fn unauthorized() -> JanusError {
 mod tests {
     use super::*;
 
+    const PLUGIN: &str = "janus.plugin.ustreamer";
+
     fn auth(secret: Option<&str>, tokens: Option<&[&str]>) -> Auth {
         Auth {
             api_secret: secret.map(str::to_string),
-            tokens: tokens.map(|t| Tokens::Stored(t.iter().map(|s| s.to_string()).collect())),
+            tokens: tokens.map(|t| {
+                let t: Vec<String> = t.iter().map(|s| s.to_string()).collect();
+                Tokens::Stored(TokenStore::new(&t, &[PLUGIN]))
+            }),
         }
     }
 
@@ -205,6 +409,73 @@ mod tests {
         assert!(!a.allows(None, Some("gamma")));
         assert!(!a.allows(Some("beta"), None));
         assert!(!auth(None, Some(&[])).allows(None, Some("")));
+    }
+
+    fn fields(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn store_changes_are_seen_by_every_clone() {
+        let a = auth(None, Some(&["given"]));
+        let store = a.token_store().unwrap().clone();
+        assert!(!a.allows(None, Some("added")));
+        store.insert("added").unwrap();
+        assert!(a.allows(None, Some("added")), "a token works once added");
+        assert_eq!(store.plugins("added"), Some(vec![]));
+        // A token with no plugin opens sessions but cannot attach, as in Janus.
+        let with = |t: &str| fields(serde_json::json!({ "token": t }));
+        assert_eq!(
+            a.check_plugin(&with("added"), PLUGIN).unwrap_err().code,
+            405
+        );
+        assert!(store.allow("added", PLUGIN));
+        assert!(a.check_plugin(&with("added"), PLUGIN).is_ok());
+        assert!(store.disallow("added", PLUGIN));
+        assert!(a.check_plugin(&with("added"), PLUGIN).is_err());
+        assert!(store.remove("added"));
+        assert!(!a.allows(None, Some("added")), "a removed token is refused");
+        assert!(!store.remove("added"));
+        assert!(!store.allow("added", PLUGIN) && !store.disallow("added", PLUGIN));
+        assert_eq!(store.plugins("added"), None);
+        // Tokens given at start may use every plugin.
+        assert!(a.check_plugin(&with("given"), PLUGIN).is_ok());
+    }
+
+    #[test]
+    fn a_token_that_is_not_stored_cannot_attach_even_with_the_secret() {
+        let a = auth(Some("s3cret"), Some(&["tok"]));
+        let req = fields(serde_json::json!({"apisecret": "s3cret", "token": "other"}));
+        assert!(a.check_request(&req).is_ok());
+        assert_eq!(a.check_plugin(&req, PLUGIN).unwrap_err().code, 405);
+        // Without a token the secret is enough.
+        let req = fields(serde_json::json!({"apisecret": "s3cret"}));
+        assert!(a.check_plugin(&req, PLUGIN).is_ok());
+    }
+
+    #[test]
+    fn store_is_bounded_and_keeps_its_order() {
+        let store = TokenStore::default();
+        assert_eq!(
+            store.insert(&"x".repeat(MAX_TOKEN_BYTES + 1)),
+            Err(StoreError::TooLong)
+        );
+        for i in 0..MAX_STORED_TOKENS {
+            store.insert(&format!("t{i}")).unwrap();
+        }
+        assert_eq!(store.insert("one-more"), Err(StoreError::Full));
+        // Adding a token that is there already is no change, so it is fine when full.
+        assert_eq!(store.insert("t7"), Ok(()));
+        let list = store.list();
+        assert_eq!(list.len(), MAX_STORED_TOKENS);
+        assert_eq!(
+            (list[0].token.as_str(), list[9].token.as_str()),
+            ("t0", "t9")
+        );
+        store.allow("t3", "a");
+        store.allow("t3", "b");
+        store.allow("t3", "a");
+        assert_eq!(store.plugins("t3"), Some(vec!["a".into(), "b".into()]));
     }
 
     #[test]

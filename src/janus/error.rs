@@ -28,6 +28,7 @@ pub mod code {
     pub const INVALID_ELEMENT_TYPE: u16 = 467;
     pub const SESSION_CONFLICT: u16 = 468;
     pub const UNEXPECTED_ANSWER: u16 = 469;
+    pub const TOKEN_NOT_FOUND: u16 = 470;
     pub const NOT_ACCEPTING_SESSIONS: u16 = 472;
     pub const UNKNOWN: u16 = 490;
 }

@@ -77,6 +77,8 @@ pub enum SessionEnd {
     ConnectionClosed,
     /// peregrine is stopping.
     ShutDown,
+    /// `destroy_session` through the Admin API.
+    AdminDestroyed,
 }
 
 impl SessionEnd {
@@ -86,6 +88,7 @@ impl SessionEnd {
             SessionEnd::TimedOut => "session timed out",
             SessionEnd::ConnectionClosed => "WebSocket closed",
             SessionEnd::ShutDown => "server shutting down",
+            SessionEnd::AdminDestroyed => "session destroyed through the Admin API",
         }
     }
 }
@@ -163,6 +166,16 @@ impl Gateway {
 
     pub fn new_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Every session's id, for the Admin API (looking does not count as activity).
+    pub(super) fn session_ids(&self) -> Vec<u64> {
+        self.registry().session_ids()
+    }
+
+    /// The handles of a session; `None` when there is no such session.
+    pub(super) fn handle_ids(&self, session_id: u64) -> Option<Vec<u64>> {
+        self.registry().session(session_id).map(Session::handle_ids)
     }
 
     pub fn counts(&self) -> JanusCounts {
@@ -257,7 +270,7 @@ impl Gateway {
         }
     }
 
-    fn server_info(&self) -> ServerInfo {
+    pub(super) fn server_info(&self) -> ServerInfo {
         ServerInfo {
             session_timeout_s: self.settings.session_timeout.as_secs(),
             plugin_package: plugin::PACKAGE,

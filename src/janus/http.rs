@@ -64,7 +64,7 @@ async fn entry(
 /// back. The `*` marks the response as open to CORS; the origin guard
 /// ([`crate::origin::guard`]) replaces it with the page's own origin when that page is
 /// allowed, and removes these headers otherwise.
-fn add_cors(out: &mut HeaderMap, request: &HeaderMap) {
+pub(super) fn add_cors(out: &mut HeaderMap, request: &HeaderMap) {
     out.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
@@ -81,7 +81,7 @@ fn add_cors(out: &mut HeaderMap, request: &HeaderMap) {
     }
 }
 
-fn json_response(value: &Value) -> Response {
+pub(super) fn json_response(value: &Value) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -90,7 +90,7 @@ fn json_response(value: &Value) -> Response {
         .into_response()
 }
 
-fn status(code: StatusCode) -> Response {
+pub(super) fn status(code: StatusCode) -> Response {
     code.into_response()
 }
 
@@ -145,7 +145,7 @@ async fn route(state: &HttpState, method: &Method, uri: &Uri, body: Body) -> Res
 }
 
 /// `GET B/info` and `GET B/ping` carry no body; Janus makes up a transaction.
-fn synthetic_request(verb: &str) -> Request {
+pub(super) fn synthetic_request(verb: &str) -> Request {
     let transaction: String = {
         use rand::distr::{Alphanumeric, SampleString};
         Alphanumeric.sample_string(&mut rand::rng(), 12)
@@ -159,35 +159,50 @@ async fn post(
     path_session: Option<u64>,
     path_handle: Option<u64>,
 ) -> Response {
+    match read_request(
+        body,
+        state.settings.max_body_bytes,
+        path_session,
+        path_handle,
+    )
+    .await
+    {
+        Ok(req) => json_response(&state.gateway.handle(req, &Owner::LongPoll).await),
+        Err(response) => response,
+    }
+}
+
+/// The request in a POST body, with the ids of its path; or the response that refuses
+/// it (a body over `max_bytes`, JSON that is not a request, conflicting ids).
+pub(super) async fn read_request(
+    body: Body,
+    max_bytes: usize,
+    path_session: Option<u64>,
+    path_handle: Option<u64>,
+) -> Result<Request, Response> {
     // sendBeacon posts `destroy` as text/plain, so the content type is not checked.
-    let bytes: Bytes = match axum::body::to_bytes(body, state.settings.max_body_bytes).await {
+    let bytes: Bytes = match axum::body::to_bytes(body, max_bytes).await {
         Ok(b) => b,
         Err(_) => {
             let error = JanusError::new(
                 code::TRANSPORT_SPECIFIC,
-                format!(
-                    "Request body too large (limit {} bytes)",
-                    state.settings.max_body_bytes
-                ),
+                format!("Request body too large (limit {max_bytes} bytes)"),
             );
             let body = message::error_reply(None, 0, &error).to_string();
-            return (
+            return Err((
                 StatusCode::PAYLOAD_TOO_LARGE,
                 [(header::CONTENT_TYPE, "application/json")],
                 body,
             )
-                .into_response();
+                .into_response());
         }
     };
-    let mut req = match message::parse_request(&bytes) {
-        Ok(req) => req,
-        Err(rejected) => return json_response(&rejected.to_reply()),
-    };
+    let mut req = message::parse_request(&bytes).map_err(|r| json_response(&r.to_reply()))?;
     if let Err(e) = apply_path_ids(&mut req, path_session, path_handle) {
         let reply = message::error_reply(Some(&req.transaction), req.session_id, &e);
-        return json_response(&reply);
+        return Err(json_response(&reply));
     }
-    json_response(&state.gateway.handle(req, &Owner::LongPoll).await)
+    Ok(req)
 }
 
 /// Ids from the URL go into the request; a different id in the body is a conflict.

@@ -6,7 +6,9 @@
 //! * [`gateway`]: the core both transports share; [`session`] its registry.
 //! * [`plugin`]: the ustreamer plugin's requests and events.
 //! * [`ws`], [`http`]: the two transports.
+//! * [`admin`]: the Admin API (stored tokens, sessions) on listeners of its own.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod client;
@@ -71,6 +73,38 @@ pub struct JanusConfig {
     pub auth: auth::Auth,
     /// Web pages allowed to use the transports from a browser.
     pub origins: OriginPolicy,
+    /// The Admin API's listeners and secret.
+    pub admin: AdminConfig,
+}
+
+/// Where the Admin API listens (nowhere by default) and what it asks for.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// `admin_secret` must equal this (Janus's `admin_secret`).
+    pub secret: Option<String>,
+    /// The HTTP listener (Janus's `admin_http`, `admin_port`).
+    pub http: Listen,
+    /// Its address, instead of `host` (Janus's `admin_ip`).
+    pub http_host: Option<IpAddr>,
+    /// Base path of the HTTP listener, e.g. `/admin`.
+    pub http_path: String,
+    /// The WebSocket listener (Janus's `admin_ws`, `admin_ws_port`).
+    pub ws: Listen,
+    /// Its address, instead of `host` (Janus's `admin_ws_ip`).
+    pub ws_host: Option<IpAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            secret: None,
+            http: Listen::Off,
+            http_host: None,
+            http_path: "/admin".into(),
+            ws: Listen::Off,
+            ws_host: None,
+        }
+    }
 }
 
 impl Default for JanusConfig {
@@ -96,6 +130,7 @@ impl Default for JanusConfig {
             conn: ConnLimits::default(),
             auth: auth::Auth::default(),
             origins: OriginPolicy::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -125,10 +160,21 @@ impl JanusConfig {
                     .janus_token_auth
                     .then(|| match &cfg.janus_token_auth_secret {
                         Some(secret) => auth::Tokens::Signed(secret.clone()),
-                        None => auth::Tokens::Stored(cfg.janus_tokens.clone()),
+                        None => auth::Tokens::Stored(auth::TokenStore::new(
+                            &cfg.janus_tokens,
+                            &[plugin::PACKAGE],
+                        )),
                     }),
             },
             origins: cfg.origin_policy(),
+            admin: AdminConfig {
+                secret: cfg.janus_admin_secret.clone(),
+                http: cfg.janus_admin_http_port.map_or(Listen::Off, Listen::Tcp),
+                http_host: cfg.janus_admin_http_host,
+                http_path: cfg.janus_admin_base_path.clone(),
+                ws: cfg.janus_admin_ws_port.map_or(Listen::Off, Listen::Tcp),
+                ws_host: cfg.janus_admin_ws_host,
+            },
             ..JanusConfig::default()
         }
     }
@@ -155,12 +201,16 @@ fn tcp_addr(bound: &Option<listen::Bound>) -> std::io::Result<SocketAddr> {
     }
 }
 
-/// Both Janus transports, bound and ready to serve.
+/// Both Janus transports and the Admin API's, bound and ready to serve.
 pub struct JanusServer {
     gateway: Arc<gateway::Gateway>,
     ws: Option<listen::Bound>,
     http: Option<listen::Bound>,
     http_settings: http::HttpSettings,
+    admin: Arc<admin::AdminApi>,
+    admin_ws: Option<listen::Bound>,
+    admin_http: Option<listen::Bound>,
+    admin_http_settings: admin::http::AdminHttpSettings,
     ws_limits: ws::WsLimits,
     conn: ConnPolicy,
     origins: OriginPolicy,
@@ -201,14 +251,36 @@ impl JanusServer {
             },
         )
         .await?;
+        let admin_ws = listen::Bound::bind(
+            cfg.admin.ws_host.unwrap_or(cfg.host),
+            &cfg.admin.ws,
+            "Janus Admin API WebSocket transport",
+            "janus_admin_ws_port or janus_admin_ws_host",
+        )
+        .await?;
+        let admin_http = listen::Bound::bind(
+            cfg.admin.http_host.unwrap_or(cfg.host),
+            &cfg.admin.http,
+            "Janus Admin API HTTP transport",
+            "janus_admin_http_port or janus_admin_http_host",
+        )
+        .await?;
         let settings = gateway::Settings {
             session_timeout: cfg.session_timeout,
             ice_url: cfg.ice_servers.first().cloned(),
             caps: cfg.caps,
             auth: cfg.auth,
         };
+        let gateway = gateway::Gateway::new(hub, peers, settings);
         Ok(JanusServer {
-            gateway: gateway::Gateway::new(hub, peers, settings),
+            admin: Arc::new(admin::AdminApi::new(gateway.clone(), cfg.admin.secret)),
+            admin_ws,
+            admin_http,
+            admin_http_settings: admin::http::AdminHttpSettings {
+                base_path: cfg.admin.http_path.trim_end_matches('/').to_string(),
+                max_body_bytes: cfg.max_message_bytes,
+            },
+            gateway,
             ws,
             http,
             http_settings: http::HttpSettings {
@@ -234,6 +306,16 @@ impl JanusServer {
     /// The HTTP transport's TCP address; an error when it listens elsewhere.
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
         tcp_addr(&self.http)
+    }
+
+    /// The Admin API's WebSocket address; an error when it is off.
+    pub fn admin_ws_addr(&self) -> std::io::Result<SocketAddr> {
+        tcp_addr(&self.admin_ws)
+    }
+
+    /// The Admin API's HTTP address; an error when it is off.
+    pub fn admin_http_addr(&self) -> std::io::Result<SocketAddr> {
+        tcp_addr(&self.admin_http)
     }
 
     /// The same API for another HTTP port (the bundled page uses it from its own
@@ -276,6 +358,21 @@ impl JanusServer {
             auth = gateway.settings.auth.describe(),
             "Janus API listening"
         );
+        if self.admin_ws.is_some() || self.admin_http.is_some() {
+            tracing::info!(
+                ws = %describe(&self.admin_ws),
+                http = %describe(&self.admin_http),
+                path = %self.admin_http_settings.base_path,
+                "Janus Admin API listening"
+            );
+            if !self.admin.asks_for_secret() {
+                tracing::warn!(
+                    "the Janus Admin API asks for no admin secret: every user and process \
+                     of this machine can add and remove tokens and end sessions; set \
+                     --janus-admin-secret"
+                );
+            }
+        }
         let watchdog = tokio::spawn(gateway.clone().run_watchdog());
         let closing = {
             let gateway = gateway.clone();
@@ -310,7 +407,18 @@ impl JanusServer {
             self.http,
             guard(http::router(gateway.clone(), self.http_settings)),
         );
-        let result = tokio::try_join!(ws, http);
+        let admin_ws = serve(
+            self.admin_ws,
+            guard(admin::ws::router(self.admin.clone(), self.ws_limits)),
+        );
+        let admin_http = serve(
+            self.admin_http,
+            guard(admin::http::router(
+                self.admin.clone(),
+                self.admin_http_settings,
+            )),
+        );
+        let result = tokio::try_join!(ws, http, admin_ws, admin_http);
         watchdog.abort();
         closing.abort();
         gateway.shut_down();

@@ -22,13 +22,14 @@ use crate::ratelog::{RateLimited, PERIOD};
 
 static SLOW_CLIENT: RateLimited = RateLimited::new(PERIOD);
 
-/// janus.js asks for `janus-protocol`; the admin name is accepted as a harmless alias.
+/// janus.js asks for `janus-protocol`; the admin name is accepted as a harmless alias
+/// (requests here are Janus API requests: the Admin API has listeners of its own).
 const SUBPROTOCOLS: [&str; 2] = ["janus-protocol", "janus-admin-protocol"];
 
 /// Bytes read from the socket at a time. Janus requests are a few hundred bytes, and
 /// the 128 KiB default is allocated up front for every connection, i.e. every viewer;
 /// larger messages still arrive whole (up to the message size limit).
-const READ_BUFFER_BYTES: usize = 4096;
+pub(super) const READ_BUFFER_BYTES: usize = 4096;
 
 /// Bounds of one WebSocket connection.
 #[derive(Clone, Copy, Debug)]
@@ -164,7 +165,7 @@ async fn write_queue(
     End::Gone
 }
 
-async fn server_closing(rx: &mut tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn server_closing(rx: &mut tokio::sync::watch::Receiver<bool>) {
     // An error means the gateway is gone, which is also a reason to close.
     let _ = rx.wait_for(|closing| *closing).await;
 }
@@ -190,7 +191,7 @@ async fn handle_frame(
 
 /// A frame the socket layer refused (too large, or broken framing): say why in the
 /// Janus error format, then close with the matching WebSocket code.
-async fn refuse(socket: &mut SplitSink<WebSocket, Message>, detail: &str, limit: usize) {
+pub(super) async fn refuse(socket: &mut SplitSink<WebSocket, Message>, detail: &str, limit: usize) {
     // A ping or close over 125 bytes is a broken frame, not a message over our limit.
     let too_big = (detail.contains("too long") || detail.contains("too big"))
         && !detail.contains("Control frame");

@@ -319,7 +319,22 @@ pub struct JanusInstall {
     pub token_auth: bool,
     /// `general.token_auth_secret` with token_auth on: tokens are signed with it.
     pub token_auth_secret: Option<String>,
+    /// `general.admin_secret`, when not empty.
+    pub admin_secret: Option<String>,
+    /// With `admin.admin_http = true`: `admin_port` (Janus's default 7088).
+    pub admin_http_port: Option<u16>,
+    /// `admin_ip` (or `admin_interface`) of the admin HTTP server.
+    pub admin_http_ip: Option<IpAddr>,
+    pub admin_base_path: Option<String>,
+    /// With `admin.admin_ws = true`: `admin_ws_port` (Janus's default 7188).
+    pub admin_ws_port: Option<u16>,
+    /// `admin_ws_ip` (or `admin_ws_interface`) of the admin WebSocket server.
+    pub admin_ws_ip: Option<IpAddr>,
 }
+
+/// Janus's default Admin API ports.
+const ADMIN_HTTP_PORT: u16 = 7088;
+const ADMIN_WS_PORT: u16 = 7188;
 
 const PLUGIN_FILE: &str = "janus.plugin.ustreamer.jcfg";
 const WS_FILE: &str = "janus.transport.websockets.jcfg";
@@ -372,13 +387,32 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
                 install.ws_ip = bind_address(
                     &ws,
                     &dir.join(WS_FILE),
-                    "ws_ip",
-                    "ws_interface",
+                    "general.ws_ip",
+                    "general.ws_interface",
                     "--janus-ws-host",
                 )?;
             }
         }
         refused.extend(unsupported_ws(&ws, !install.ws_off));
+        if ws.get_bool("admin.admin_ws") == Some(true) {
+            install.admin_ws_port =
+                Some(port(&ws, "admin.admin_ws_port", WS_FILE)?.unwrap_or(ADMIN_WS_PORT));
+            install.admin_ws_ip = bind_address(
+                &ws,
+                &dir.join(WS_FILE),
+                "admin.admin_ws_ip",
+                "admin.admin_ws_interface",
+                "--janus-admin-ws-host",
+            )?;
+            refused.extend(unsupported_admin_ws(&ws));
+        }
+        if ws.get_bool("admin.admin_wss") == Some(true) {
+            tracing::warn!(
+                file = %dir.join(WS_FILE).display(),
+                "admin.admin_wss is not used: the Admin API is not served over TLS \
+                 (admin_ws on 127.0.0.1, or a TLS proxy in front, instead)"
+            );
+        }
     }
     if let Some(http) = optional(HTTP_FILE)? {
         install.http_off = http.get_bool("general.http") != Some(true);
@@ -387,13 +421,39 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             install.http_ip = bind_address(
                 &http,
                 &dir.join(HTTP_FILE),
-                "ip",
-                "interface",
+                "general.ip",
+                "general.interface",
                 "--janus-http-host",
             )?;
         }
         install.http_base_path = http.get_str("general.base_path");
         refused.extend(unsupported_http(&http, !install.http_off));
+        if http.get_bool("admin.admin_http") == Some(true) {
+            install.admin_http_port =
+                Some(port(&http, "admin.admin_port", HTTP_FILE)?.unwrap_or(ADMIN_HTTP_PORT));
+            install.admin_http_ip = bind_address(
+                &http,
+                &dir.join(HTTP_FILE),
+                "admin.admin_ip",
+                "admin.admin_interface",
+                "--janus-admin-http-host",
+            )?;
+            install.admin_base_path = http.get_str("admin.admin_base_path");
+            if http.get_str("admin.admin_acl").is_some() {
+                refused.push((
+                    HTTP_FILE,
+                    "admin.admin_acl".into(),
+                    "address allow-lists are not supported, so every address would be accepted",
+                ));
+            }
+        }
+        if http.get_bool("admin.admin_https") == Some(true) {
+            tracing::warn!(
+                file = %dir.join(HTTP_FILE).display(),
+                "admin.admin_https is not used: the Admin API is not served over TLS \
+                 (admin_http on 127.0.0.1, or a TLS proxy in front, instead)"
+            );
+        }
     }
     if let Some(janus) = optional(CORE_FILE)? {
         install.session_timeout = janus
@@ -420,6 +480,7 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
         install.api_secret = janus
             .get_str("general.api_secret")
             .filter(|s| !s.is_empty());
+        install.admin_secret = janus.get_str("general.admin_secret");
         install.token_auth = janus.get_bool("general.token_auth") == Some(true);
         if install.token_auth {
             install.token_auth_secret = janus
@@ -461,9 +522,9 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
 }
 
 /// The one address a transport's file binds it to: `ip_key` (an address) wins over
-/// `interface_key` (an interface name, or an address), as in Janus. Both are under
-/// `general`. A value that names no address of this machine stops the start rather
-/// than letting the transport listen more widely than the file says.
+/// `interface_key` (an interface name, or an address), as in Janus; both are full
+/// paths such as `general.ws_ip`. A value that names no address of this machine stops
+/// the start rather than letting the transport listen more widely than the file says.
 fn bind_address(
     v: &Value,
     file: &Path,
@@ -471,16 +532,16 @@ fn bind_address(
     interface_key: &str,
     flag: &str,
 ) -> Result<Option<IpAddr>> {
-    if let Some(ip) = v.get_str(&format!("general.{ip_key}")) {
+    if let Some(ip) = v.get_str(ip_key) {
         return ip.trim().parse().map(Some).map_err(|_| {
             anyhow!(
-                "{}: general.{ip_key} = {ip:?} is not an IP address (set the address the \
+                "{}: {ip_key} = {ip:?} is not an IP address (set the address the \
                  transport should listen on, e.g. \"127.0.0.1\")",
                 file.display()
             )
         });
     }
-    let Some(interface) = v.get_str(&format!("general.{interface_key}")) else {
+    let Some(interface) = v.get_str(interface_key) else {
         return Ok(None);
     };
     if let Ok(ip) = interface.trim().parse() {
@@ -489,8 +550,8 @@ fn bind_address(
     match crate::net::interface_ipv4(interface.trim()) {
         Some(ip) => Ok(Some(ip)),
         None => bail!(
-            "{}: general.{interface_key} = {interface:?}: no network interface of that name \
-             is up with an IPv4 address; set general.{ip_key} to the address to listen on \
+            "{}: {interface_key} = {interface:?}: no network interface of that name \
+             is up with an IPv4 address; set {ip_key} to the address to listen on \
              instead, or remove the setting and choose the address with {flag} or --host",
             file.display()
         ),
@@ -559,6 +620,28 @@ fn unsupported_ws(ws: &Value, enabled: bool) -> Vec<Refusal> {
             WS_FILE,
             "cors.enforce_cors = true".into(),
             "WebSocket origins are not checked, so pages from any origin would be accepted",
+        ));
+    }
+    out
+}
+
+/// The address ACL of the admin WebSocket server, and a unix socket for it (served on
+/// a port instead, every local user could reach it).
+fn unsupported_admin_ws(ws: &Value) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if ws.get_str("admin.admin_ws_acl").is_some() {
+        out.push((
+            WS_FILE,
+            "admin.admin_ws_acl".into(),
+            "address allow-lists are not supported, so every address would be accepted",
+        ));
+    }
+    if ws.get_str("admin.admin_ws_unix").is_some() {
+        out.push((
+            WS_FILE,
+            "admin.admin_ws_unix".into(),
+            "the Admin API is not served on a unix socket, and on a port every local user \
+             could reach it; use admin_ws_port (on 127.0.0.1) with an admin_secret",
         ));
     }
     out
@@ -730,6 +813,12 @@ mod tests {
                 api_secret: None,
                 token_auth: false,
                 token_auth_secret: None,
+                admin_secret: None,
+                admin_http_port: None,
+                admin_http_ip: None,
+                admin_base_path: None,
+                admin_ws_port: None,
+                admin_ws_ip: None,
             }
         );
         // The current form wins over the legacy one.
@@ -806,7 +895,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
         }
         // Settings that lose nothing are accepted: an ACL of a disabled transport, an
-        // empty secret, token_auth off, the admin API's secret.
+        // empty secret, token_auth off.
         let dir = dir_with(&[
             PLUGIN,
             (
@@ -817,6 +906,107 @@ mod tests {
         ]);
         read_install(&dir).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_api_settings_are_read() {
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        // Janus's sample files: the admin servers are off, whatever else they say.
+        let dir = dir_with(&[
+            PLUGIN,
+            (CORE_FILE, "general: { admin_secret = \"janusoverlord\" }"),
+            (
+                HTTP_FILE,
+                "general: { http = true }\nadmin: { admin_base_path = \"/admin\"\n\
+                 admin_http = false\n admin_port = 7088\n admin_https = false\n\
+                 admin_acl = \"127.,192.168.0.\" }",
+            ),
+            (
+                WS_FILE,
+                "general: { ws = true }\nadmin: { admin_ws = false\n admin_ws_port = 7188\n\
+                 admin_ws_acl = \"127.\"\n admin_ws_unix = \"/run/aws.sock\" }",
+            ),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.admin_secret.as_deref(), Some("janusoverlord"));
+        assert_eq!(
+            (install.admin_http_port, install.admin_ws_port),
+            (None, None)
+        );
+        // Turned on: Janus's default ports, or the ones given, and their addresses.
+        std::fs::write(dir.join(HTTP_FILE), "admin: { admin_http = true }").unwrap();
+        std::fs::write(dir.join(WS_FILE), "admin: { admin_ws = true }").unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!(
+            (install.admin_http_port, install.admin_ws_port),
+            (Some(7088), Some(7188))
+        );
+        assert_eq!((install.admin_http_ip, install.admin_ws_ip), (None, None));
+        assert!(
+            install.ws_off && install.http_off,
+            "the Janus transports stay off"
+        );
+        std::fs::write(
+            dir.join(HTTP_FILE),
+            "admin: { admin_http = true, admin_port = 7099, admin_base_path = \"/adm\",\
+             admin_ip = \"127.0.0.2\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(WS_FILE),
+            "admin: { admin_ws = true, admin_ws_port = 7199, admin_ws_interface = \"lo\" }",
+        )
+        .unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!(
+            (install.admin_http_port, install.admin_ws_port),
+            (Some(7099), Some(7199))
+        );
+        assert_eq!(install.admin_base_path.as_deref(), Some("/adm"));
+        assert_eq!(
+            (install.admin_http_ip, install.admin_ws_ip),
+            (ip("127.0.0.2"), ip("127.0.0.1"))
+        );
+        // An interface that is not there stops the start, naming the admin setting.
+        std::fs::write(
+            dir.join(WS_FILE),
+            "admin: { admin_ws = true, admin_ws_interface = \"no-such-if0\" }",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_install(&dir).unwrap_err());
+        assert!(err.contains("admin.admin_ws_interface"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_acls_and_unix_socket_are_refused_when_the_admin_server_runs() {
+        let cases = [
+            (
+                HTTP_FILE,
+                "admin: { admin_http = true, admin_acl = \"127.\" }",
+                "admin.admin_acl",
+            ),
+            (
+                WS_FILE,
+                "admin: { admin_ws = true, admin_ws_acl = \"127.\" }",
+                "admin.admin_ws_acl",
+            ),
+            (
+                WS_FILE,
+                "admin: { admin_ws = true, admin_ws_unix = \"/run/aws.sock\" }",
+                "admin.admin_ws_unix",
+            ),
+        ];
+        for (file, text, setting) in cases {
+            let dir = dir_with(&[PLUGIN, (file, text)]);
+            let err = format!("{:#}", read_install(&dir).unwrap_err());
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(
+                err.contains(&dir.join(file).display().to_string()),
+                "{setting} names the file: {err}"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]
