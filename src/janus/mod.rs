@@ -37,6 +37,7 @@ use crate::media::Hub;
 use crate::origin::{self, OriginPolicy};
 use crate::rtc::RtcEngine;
 use crate::serve::{ConnLimits, ConnPolicy};
+use crate::tls::Tls;
 
 /// Janus transport and core settings.
 #[derive(Clone, Debug)]
@@ -71,6 +72,20 @@ pub struct JanusConfig {
     pub auth: auth::Auth,
     /// Web pages allowed to use the transports from a browser.
     pub origins: OriginPolicy,
+    /// TLS on both transports' TCP listeners (`--tls-cert`).
+    pub tls: Option<Arc<Tls>>,
+    /// TLS servers on ports of their own, beside the plain ones (Janus's `wss` and
+    /// `https`).
+    pub wss: Option<SecureListen>,
+    pub https: Option<SecureListen>,
+}
+
+/// A transport's TLS server on a port of its own.
+#[derive(Clone, Debug)]
+pub struct SecureListen {
+    pub host: IpAddr,
+    pub port: u16,
+    pub tls: Arc<Tls>,
 }
 
 impl Default for JanusConfig {
@@ -96,6 +111,9 @@ impl Default for JanusConfig {
             conn: ConnLimits::default(),
             auth: auth::Auth::default(),
             origins: OriginPolicy::default(),
+            tls: None,
+            wss: None,
+            https: None,
         }
     }
 }
@@ -155,11 +173,28 @@ fn tcp_addr(bound: &Option<listen::Bound>) -> std::io::Result<SocketAddr> {
     }
 }
 
+/// Bind a transport's TLS server, when it has one; `key` is its port's setting in the
+/// Janus config, for the error message.
+async fn bind_secure(
+    secure: &Option<SecureListen>,
+    what: &str,
+    key: &str,
+) -> Result<Option<listen::Bound>> {
+    let Some(s) = secure else {
+        return Ok(None);
+    };
+    let key = format!("general.{key} in the Janus config");
+    let bound = listen::Bound::bind(s.host, &Listen::Tcp(s.port), what, &key).await?;
+    Ok(bound.map(|b| b.with_tls(Some(s.tls.clone()))))
+}
+
 /// Both Janus transports, bound and ready to serve.
 pub struct JanusServer {
     gateway: Arc<gateway::Gateway>,
     ws: Option<listen::Bound>,
     http: Option<listen::Bound>,
+    wss: Option<listen::Bound>,
+    https: Option<listen::Bound>,
     http_settings: http::HttpSettings,
     ws_limits: ws::WsLimits,
     conn: ConnPolicy,
@@ -201,6 +236,10 @@ impl JanusServer {
             },
         )
         .await?;
+        let ws = ws.map(|b| b.with_tls(cfg.tls.clone()));
+        let http = http.map(|b| b.with_tls(cfg.tls.clone()));
+        let wss = bind_secure(&cfg.wss, "Janus secure WebSocket transport", "wss_port").await?;
+        let https = bind_secure(&cfg.https, "Janus HTTPS transport", "secure_port").await?;
         let settings = gateway::Settings {
             session_timeout: cfg.session_timeout,
             ice_url: cfg.ice_servers.first().cloned(),
@@ -211,6 +250,8 @@ impl JanusServer {
             gateway: gateway::Gateway::new(hub, peers, settings),
             ws,
             http,
+            wss,
+            https,
             http_settings: http::HttpSettings {
                 base_path: cfg.http_path.trim_end_matches('/').to_string(),
                 poll_hold: cfg.long_poll_hold,
@@ -267,12 +308,22 @@ impl JanusServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let gateway = self.gateway;
-        let describe =
-            |b: &Option<listen::Bound>| b.as_ref().map_or("off".into(), |b| b.describe());
+        let base = self.http_settings.base_path.clone();
+        let describe = |listeners: [&Option<listen::Bound>; 2], scheme: &str, path: &str| {
+            let urls: Vec<String> = listeners
+                .into_iter()
+                .flatten()
+                .map(|b| b.describe(scheme, path))
+                .collect();
+            if urls.is_empty() {
+                "off".to_string()
+            } else {
+                urls.join(" ")
+            }
+        };
         tracing::info!(
-            ws = %describe(&self.ws),
-            http = %describe(&self.http),
-            path = %self.http_settings.base_path,
+            ws = %describe([&self.ws, &self.wss], "ws", "/"),
+            http = %describe([&self.http, &self.https], "http", &base),
             auth = gateway.settings.auth.describe(),
             "Janus API listening"
         );
@@ -305,12 +356,13 @@ impl JanusServer {
             }
         };
         let guard = |router| origin::guard(router, self.origins.clone());
-        let ws = serve(self.ws, guard(ws::router(gateway.clone(), self.ws_limits)));
-        let http = serve(
-            self.http,
-            guard(http::router(gateway.clone(), self.http_settings)),
-        );
-        let result = tokio::try_join!(ws, http);
+        let ws_router = guard(ws::router(gateway.clone(), self.ws_limits));
+        let http_router = guard(http::router(gateway.clone(), self.http_settings));
+        let ws = serve(self.ws, ws_router.clone());
+        let wss = serve(self.wss, ws_router);
+        let http = serve(self.http, http_router.clone());
+        let https = serve(self.https, http_router);
+        let result = tokio::try_join!(ws, http, wss, https);
         watchdog.abort();
         closing.abort();
         gateway.shut_down();
