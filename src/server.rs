@@ -55,7 +55,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     // Before anything starts: a certificate that cannot be used is a usage error.
     let mut janus_cfg = JanusConfig::from_config(&cfg);
     let certificates = load_certificates(&cfg, &mut janus_cfg).map_err(usage_error)?;
-    tokio::spawn(reload_on_sighup(certificates.clone()));
+    reload_on_sighup(certificates);
     let main_tls = janus_cfg.tls.clone();
     let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
@@ -197,8 +197,9 @@ fn load_once(all: &mut Vec<Arc<Tls>>, files: CertFiles) -> Result<Arc<Tls>> {
 }
 
 /// Read the certificates again at each SIGHUP; one that cannot be used keeps the one
-/// in force.
-async fn reload_on_sighup(certificates: Vec<Arc<Tls>>) {
+/// in force. Set up before the first listener binds, so a SIGHUP never finds the
+/// process without its handler (which would end it).
+fn reload_on_sighup(certificates: Vec<Arc<Tls>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(hup) => hup,
@@ -207,22 +208,25 @@ async fn reload_on_sighup(certificates: Vec<Arc<Tls>>) {
             return;
         }
     };
-    while hup.recv().await.is_some() {
-        if certificates.is_empty() {
-            tracing::info!("SIGHUP: no TLS certificate to read again");
-        }
-        for tls in &certificates {
-            let cert = tls.files().cert.display();
-            match tls.reload() {
-                Ok(()) => {
-                    tracing::info!(%cert, "SIGHUP: TLS certificate read again; new connections use it")
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if certificates.is_empty() {
+                tracing::info!("SIGHUP: no TLS certificate to read again");
+            }
+            for tls in &certificates {
+                let cert = tls.files().cert.display();
+                match tls.reload() {
+                    Ok(()) => tracing::info!(
+                        %cert,
+                        "SIGHUP: TLS certificate read again; new connections use it"
+                    ),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: {e:#}; new connections keep the certificate loaded before"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    "SIGHUP: {e:#}; new connections keep the certificate loaded before"
-                ),
             }
         }
-    }
+    });
 }
 
 fn start_source(
