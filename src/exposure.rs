@@ -54,14 +54,6 @@ fn exposed_tcp(cfg: &Config) -> Vec<Exposed> {
 /// `ADDRESS (what it serves)`; empty when everything is on loopback or unix sockets.
 pub fn exposed(cfg: &Config) -> Vec<String> {
     let mut out: Vec<String> = exposed_tcp(cfg).into_iter().map(|e| e.text).collect();
-    if !cfg.host.is_loopback() {
-        let ports = match cfg.udp_ports {
-            (0, _) => "any port".to_string(),
-            (first, last) if first == last => format!("port {first}"),
-            (first, last) => format!("ports {first}-{last}"),
-        };
-        out.push(format!("UDP {} {ports} (WebRTC media)", cfg.host));
-    }
     if let Some(addr) = cfg
         .source
         .strip_prefix("tcp-listen://")
@@ -72,6 +64,17 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
                 "{addr} (video input: anyone may push; see --source-allow)"
             ));
         }
+    }
+    // Media alone is no exposure: it carries video only to viewers that signalled (the
+    // STUN checks need the credentials of their offer), so it is named only beside a
+    // listener that is open.
+    if !out.is_empty() && !cfg.media_ip().is_loopback() {
+        let ports = match cfg.udp_ports {
+            (0, _) => "any port".to_string(),
+            (first, last) if first == last => format!("port {first}"),
+            (first, last) => format!("ports {first}-{last}"),
+        };
+        out.push(format!("UDP {} {ports} (WebRTC media)", cfg.media_ip()));
     }
     out
 }
@@ -97,17 +100,19 @@ pub fn warning(cfg: &Config) -> Option<String> {
          the video and use the API"
     };
     let tcp = exposed_tcp(cfg);
-    let encryption = if tcp.iter().all(|e| e.tls) {
-        "TLS encrypts the connections but lets anyone connect"
+    let encryption = if tcp.is_empty() {
+        "" // only a push input, which is never TLS
+    } else if tcp.iter().all(|e| e.tls) {
+        "; TLS encrypts the connections but lets anyone connect"
     } else if tcp.iter().any(|e| e.tls) {
-        "only the listeners marked TLS are encrypted (--tls-cert and --tls-key encrypt \
+        "; only the listeners marked TLS are encrypted (--tls-cert and --tls-key encrypt \
          them all)"
     } else {
-        "the connections are not encrypted (--tls-cert and --tls-key serve https:// and \
+        "; the connections are not encrypted (--tls-cert and --tls-key serve https:// and \
          wss:// instead)"
     };
     Some(format!(
-        "{}; {pages}; {encryption}. Listen on 127.0.0.1 behind a proxy that authenticates, \
+        "{}; {pages}{encryption}. Listen on 127.0.0.1 behind a proxy that authenticates, \
          or firewall these ports",
         who.replace("{}", &exposed.join(", "))
     ))
@@ -169,6 +174,14 @@ mod tests {
     }
 
     #[test]
+    fn media_alone_on_the_network_is_not_an_exposure() {
+        // PiKVM's layout: signalling on loopback or a unix socket, media for everyone.
+        assert_eq!(warning(&config(&["--media-host", "0.0.0.0"])), None);
+        let text = warning(&config(&["--host", "0.0.0.0", "--media-host", "10.1.2.3"])).unwrap();
+        assert!(text.contains("UDP 10.1.2.3 ports"), "{text}");
+    }
+
+    #[test]
     fn it_says_whether_the_connections_are_encrypted() {
         let plain = warning(&config(&["--host", "0.0.0.0"])).unwrap();
         assert!(
@@ -213,6 +226,7 @@ mod tests {
     fn an_open_push_input_is_named() {
         let text = warning(&config(&["--source", "tcp-listen://0.0.0.0:8000"])).unwrap();
         assert!(text.contains("0.0.0.0:8000 (video input"), "{text}");
+        assert!(!text.contains("TLS"), "no listener to encrypt: {text}");
         let guarded = config(&[
             "--source",
             "tcp-listen://0.0.0.0:8000",
