@@ -16,7 +16,8 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
-# Signs Janus tokens in the tests, independently of peregrine's own HMAC code.
+# Signs Janus tokens in the tests, independently of peregrine's own HMAC code, and
+# makes the test CA and certificates of the TLS tests.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # Runs the README's Admin API examples as written, and sends browser-like Origins.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)

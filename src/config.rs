@@ -10,8 +10,10 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::janus::Listen;
+use crate::memsink::jcfg::SecureTransport;
 use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
+use crate::tls::CertFiles;
 
 /// Shortest `--jsmpeg-secret` accepted.
 pub const MIN_SECRET_LEN: usize = 8;
@@ -51,6 +53,15 @@ pub struct Args {
     /// HTTP port for the bundled pages and /state. [default: 8080]
     #[arg(long, value_name = "PORT", help_heading = "Server")]
     pub port: Option<u16>,
+    /// PEM certificate chain (the server's certificate first): with --tls-key, every TCP
+    /// listener (--port, --janus-ws-port, --janus-http-port) serves https:// and wss://
+    /// only. Unix sockets stay plain. Read again on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Server")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, RSA or EC; not passphrase-protected); may
+    /// be the same file.
+    #[arg(long, value_name = "FILE", help_heading = "Server")]
+    pub tls_key: Option<PathBuf>,
     /// Janus API WebSocket transport port (subprotocol janus-protocol). [default: 8188]
     #[arg(long, value_name = "PORT", help_heading = "Janus API")]
     pub janus_ws_port: Option<u16>,
@@ -348,6 +359,8 @@ Examples:
   peregrine --host 0.0.0.0 --nat-1-1-ip 203.0.113.7 --udp-port-range 20000-20100
   # debug lines from peregrine, JSON for a log collector
   peregrine --log-level debug --log-format json
+  # https:// and wss:// only, with a certificate read again on SIGHUP
+  peregrine --tls-cert /etc/peregrine/cert.pem --tls-key /etc/peregrine/key.pem
 
 Exit status: 0 after a clean stop, 2 when the command line or configuration is
 invalid (nothing was started), 1 when starting or running failed.";
@@ -370,6 +383,8 @@ pub enum LogFormat {
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
+    /// `--tls-cert` and `--tls-key`, both or neither (checked at load).
+    pub tls: Option<CertFiles>,
     pub janus_ws_port: u16,
     pub janus_http_port: u16,
     pub janus_http_path: String,
@@ -387,6 +402,12 @@ pub struct Config {
     /// gives the transport a port or socket again.
     pub janus_ws_off: bool,
     pub janus_http_off: bool,
+    /// The transports' TLS servers on ports of their own, from a Janus config (`wss`,
+    /// `https`).
+    pub janus_wss: Option<SecureTransport>,
+    pub janus_https: Option<SecureTransport>,
+    /// Said in the log at start: what the configuration files set that is not used.
+    pub notes: Vec<String>,
     pub session_timeout_s: u64,
     pub janus_api_secret: Option<String>,
     pub janus_token_auth: bool,
@@ -450,6 +471,7 @@ impl Default for Config {
         Config {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 8080,
+            tls: None,
             janus_ws_port: 8188,
             janus_http_port: 8088,
             janus_http_path: "/janus".into(),
@@ -462,6 +484,9 @@ impl Default for Config {
             janus_http_unix_mode: 0o660,
             janus_ws_off: false,
             janus_http_off: false,
+            janus_wss: None,
+            janus_https: None,
+            notes: Vec::new(),
             session_timeout_s: 60,
             janus_api_secret: None,
             janus_token_auth: false,
@@ -530,12 +555,16 @@ impl Config {
             None => Args::default(),
         };
         let source_given = args.source.is_some() || file.source.is_some();
+        let args_tls = (args.tls_cert.clone(), args.tls_key.clone());
+        let file_tls = (file.tls_cert.clone(), file.tls_key.clone());
         let device_given = args.device.is_some() || file.device.is_some();
         let mut cfg = Config::default();
         if let Some(dir) = args.janus_config.as_ref().or(file.janus_config.as_ref()) {
             let install = crate::memsink::jcfg::read_install(dir)
                 .with_context(|| format!("janus_config {}", dir.display()))?;
             let (ws_off, http_off) = (install.ws_off, install.http_off);
+            (cfg.janus_wss, cfg.janus_https) = (install.wss.clone(), install.https.clone());
+            cfg.notes = install.notes.clone();
             janus_install_args(install)
                 .and_then(|janus| cfg.apply(janus))
                 .with_context(|| format!("janus_config {}", dir.display()))?;
@@ -555,6 +584,7 @@ impl Config {
         check_source(&cfg.source)?;
         cfg.check_janus_auth()?;
         cfg.check_janus_admin()?;
+        cfg.tls = tls_files(&args_tls, &file_tls)?;
         if !cfg.source_allow.is_empty() && !cfg.source.starts_with("tcp-listen://") {
             bail!(
                 "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
@@ -1043,6 +1073,35 @@ fn check_source(source: &str) -> Result<()> {
         bail!("source {source:?}: {what}. Supported sources: {SOURCE_FORMS}");
     }
     Ok(())
+}
+
+/// The certificate and key, from the command line or else the file; one without the
+/// other is a mistake.
+fn tls_files(
+    args: &(Option<PathBuf>, Option<PathBuf>),
+    file: &(Option<PathBuf>, Option<PathBuf>),
+) -> Result<Option<CertFiles>> {
+    let cert = args.0.as_ref().or(file.0.as_ref());
+    let key = args.1.as_ref().or(file.1.as_ref());
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            if cert.as_os_str().is_empty() || key.as_os_str().is_empty() {
+                bail!("tls_cert and tls_key must be paths, got an empty one");
+            }
+            Ok(Some(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }))
+        }
+        (Some(_), None) => bail!(
+            "tls_cert is given without tls_key: give both (--tls-key names the private key, \
+             which may be the same file)"
+        ),
+        (None, Some(_)) => {
+            bail!("tls_key is given without tls_cert: give both (--tls-cert names the certificate)")
+        }
+    }
 }
 
 /// The settings an existing Janus installation implies, as if given as keys.
@@ -1636,6 +1695,91 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.janus_http_listen(), Listen::Tcp(9088));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs_from_flags_or_keys() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["peregrine", "--source", "testsrc"];
+            all.extend_from_slice(args);
+            Config::load(Args::parse_from(all))
+        };
+        let c = load(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        let files = |c: &str, k: &str| {
+            Some(CertFiles {
+                cert: c.into(),
+                key: k.into(),
+            })
+        };
+        assert_eq!(c.tls, files("c.pem", "k.pem"));
+        assert_eq!(load(&[]).unwrap().tls, None);
+        for (args, needle) in [
+            (
+                &["--tls-cert", "c.pem"][..],
+                "tls_cert is given without tls_key",
+            ),
+            (
+                &["--tls-key", "k.pem"][..],
+                "tls_key is given without tls_cert",
+            ),
+        ] {
+            let err = format!("{:#}", load(args).unwrap_err());
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        // Keys of the --config file, and a flag completing or replacing one of them.
+        let file =
+            std::env::temp_dir().join(format!("peregrine-cfg-tls-{}.toml", std::process::id()));
+        std::fs::write(&file, "tls_cert = \"/f/c.pem\"\ntls_key = \"/f/k.pem\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        assert_eq!(
+            load(&["--config", path]).unwrap().tls,
+            files("/f/c.pem", "/f/k.pem")
+        );
+        assert_eq!(
+            load(&["--config", path, "--tls-key", "/g/k.pem"])
+                .unwrap()
+                .tls,
+            files("/f/c.pem", "/g/k.pem")
+        );
+        std::fs::write(&file, "tls_cert = \"/f/c.pem\"\n").unwrap();
+        let c = load(&["--config", path, "--tls-key", "/g/k.pem"]).unwrap();
+        assert_eq!(c.tls, files("/f/c.pem", "/g/k.pem"));
+        assert!(load(&["--config", path]).is_err());
+        std::fs::write(&file, "tls_cert = \"\"\ntls_key = \"k.pem\"\n").unwrap();
+        let err = format!("{:#}", load(&["--config", path]).unwrap_err());
+        assert!(err.contains("must be paths"), "{err}");
+        let _ = std::fs::remove_file(&file);
+    }
+
+    #[test]
+    fn janus_config_tls_servers_reach_the_config() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-wss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.websockets.jcfg"),
+            "general: { ws = false, wss = true, wss_port = 9989 }\n\
+             certificates: { cert_pem = \"/e/c.pem\", cert_key = \"/e/k.pem\" }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let c = Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap();
+        let wss = c.janus_wss.clone().unwrap();
+        assert_eq!(
+            (wss.port, wss.cert, wss.key),
+            (9989, "/e/c.pem".into(), "/e/k.pem".into())
+        );
+        assert_eq!(
+            c.janus_ws_listen(),
+            Listen::Off,
+            "no plain server without ws = true"
+        );
+        assert_eq!(c.janus_https, None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,20 +1,31 @@
 //! Says at start what other machines can reach. Only the Janus API can ask for a secret
 //! or token: whoever reaches a listener bound beyond loopback can otherwise watch, so
-//! that must never be a surprise.
+//! that must never be a surprise. It also says whether those connections are encrypted
+//! (TLS hides the traffic; it does not choose who may connect).
 
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Config;
 use crate::janus::Listen;
 
-/// The listeners of `cfg` that other machines can reach, each described as
-/// `ADDRESS (what it serves)`; empty when everything is on loopback or unix sockets.
-pub fn exposed(cfg: &Config) -> Vec<String> {
+/// One TCP listener that other machines can reach.
+struct Exposed {
+    text: String,
+    tls: bool,
+}
+
+/// The TCP listeners of `cfg` that other machines can reach.
+fn exposed_tcp(cfg: &Config) -> Vec<Exposed> {
     let mut out = Vec::new();
-    let mut tcp = |ip: IpAddr, listen: Listen, what: &str| {
+    let tls = cfg.tls.is_some();
+    let mut tcp = |ip: IpAddr, listen: Listen, what: &str, tls: bool| {
         if let Listen::Tcp(port) = listen {
             if !ip.is_loopback() {
-                out.push(format!("{} ({what})", SocketAddr::new(ip, port)));
+                let over = if tls { " over TLS" } else { "" };
+                out.push(Exposed {
+                    text: format!("{} ({what}{over})", SocketAddr::new(ip, port)),
+                    tls,
+                });
             }
         }
     };
@@ -22,22 +33,32 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
         cfg.host,
         Listen::Tcp(cfg.port),
         "viewer pages, /state, Janus API, WebSocket relays",
+        tls,
     );
-    tcp(
-        cfg.janus_ws_host.unwrap_or(cfg.host),
-        cfg.janus_ws_listen(),
-        "Janus WebSocket API",
-    );
-    tcp(
-        cfg.janus_http_host.unwrap_or(cfg.host),
-        cfg.janus_http_listen(),
-        "Janus HTTP API",
-    );
+    let ws_host = cfg.janus_ws_host.unwrap_or(cfg.host);
+    tcp(ws_host, cfg.janus_ws_listen(), "Janus WebSocket API", tls);
+    let http_host = cfg.janus_http_host.unwrap_or(cfg.host);
+    tcp(http_host, cfg.janus_http_listen(), "Janus HTTP API", tls);
+    if let Some(s) = &cfg.janus_wss {
+        let listen = Listen::Tcp(s.port);
+        tcp(s.ip.unwrap_or(ws_host), listen, "Janus WebSocket API", true);
+    }
+    if let Some(s) = &cfg.janus_https {
+        let listen = Listen::Tcp(s.port);
+        tcp(s.ip.unwrap_or(http_host), listen, "Janus HTTP API", true);
+    }
     // Only with an admin secret: the start refuses an exposed Admin API without one.
     for admin in cfg.janus_admin_listeners() {
         let what = format!("Janus Admin {} API, admin secret required", admin.transport);
-        tcp(admin.addr.ip(), Listen::Tcp(admin.addr.port()), &what);
+        tcp(admin.addr.ip(), Listen::Tcp(admin.addr.port()), &what, tls);
     }
+    out
+}
+
+/// The listeners of `cfg` that other machines can reach, each described as
+/// `ADDRESS (what it serves)`; empty when everything is on loopback or unix sockets.
+pub fn exposed(cfg: &Config) -> Vec<String> {
+    let mut out: Vec<String> = exposed_tcp(cfg).into_iter().map(|e| e.text).collect();
     if let Some(addr) = cfg
         .source
         .strip_prefix("tcp-listen://")
@@ -83,9 +104,21 @@ pub fn warning(cfg: &Config) -> Option<String> {
         "open to the network without authentication: anyone who can reach {} can watch \
          the video and use the API"
     };
+    let tcp = exposed_tcp(cfg);
+    let encryption = if tcp.is_empty() {
+        "" // only a push input, which is never TLS
+    } else if tcp.iter().all(|e| e.tls) {
+        "; TLS encrypts the connections but lets anyone connect"
+    } else if tcp.iter().any(|e| e.tls) {
+        "; only the listeners marked TLS are encrypted (--tls-cert and --tls-key encrypt \
+         them all)"
+    } else {
+        "; the connections are not encrypted (--tls-cert and --tls-key serve https:// and \
+         wss:// instead)"
+    };
     Some(format!(
-        "{}; {pages}. Listen on 127.0.0.1 behind a proxy that authenticates, or firewall \
-         these ports",
+        "{}; {pages}{encryption}. Listen on 127.0.0.1 behind a proxy that authenticates, \
+         or firewall these ports",
         who.replace("{}", &exposed.join(", "))
     ))
 }
@@ -177,9 +210,51 @@ mod tests {
     }
 
     #[test]
+    fn it_says_whether_the_connections_are_encrypted() {
+        let plain = warning(&config(&["--host", "0.0.0.0"])).unwrap();
+        assert!(
+            plain.contains("not encrypted") && plain.contains("--tls-cert"),
+            "{plain}"
+        );
+        let tls = warning(&config(&[
+            "--host",
+            "0.0.0.0",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]))
+        .unwrap();
+        for part in [
+            "0.0.0.0:8080 (viewer pages, /state, Janus API, WebSocket relays over TLS)",
+            "0.0.0.0:8188 (Janus WebSocket API over TLS)",
+            "0.0.0.0:8088 (Janus HTTP API over TLS)",
+            "TLS encrypts the connections but lets anyone connect",
+        ] {
+            assert!(tls.contains(part), "{part:?} missing from {tls}");
+        }
+        assert!(!tls.contains("not encrypted"), "{tls}");
+        // A Janus config's TLS server beside plain listeners: only it is encrypted.
+        let mut mixed = config(&["--host", "0.0.0.0"]);
+        mixed.janus_wss = Some(crate::memsink::jcfg::SecureTransport {
+            port: 8989,
+            ip: None,
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        });
+        let text = warning(&mixed).unwrap();
+        assert!(
+            text.contains("0.0.0.0:8989 (Janus WebSocket API over TLS)"),
+            "{text}"
+        );
+        assert!(text.contains("only the listeners marked TLS"), "{text}");
+    }
+
+    #[test]
     fn an_open_push_input_is_named() {
         let text = warning(&config(&["--source", "tcp-listen://0.0.0.0:8000"])).unwrap();
         assert!(text.contains("0.0.0.0:8000 (video input"), "{text}");
+        assert!(!text.contains("TLS"), "no listener to encrypt: {text}");
         let guarded = config(&[
             "--source",
             "tcp-listen://0.0.0.0:8000",

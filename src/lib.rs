@@ -16,3 +16,4 @@ pub mod rtc;
 pub mod serve;
 pub mod server;
 pub mod source;
+pub mod tls;

@@ -1,7 +1,8 @@
 //! Wires the pipeline together: source → hub → WebRTC engine, the Janus transports that
-//! make peers, and the main HTTP port; then runs until Ctrl+C or SIGTERM.
+//! make peers, and the main HTTP port; then runs until Ctrl+C or SIGTERM, reading the
+//! TLS certificates again on SIGHUP.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use tokio::sync::watch;
 
 use crate::config::{usage_error, Config, SOURCE_FORMS};
 use crate::http;
-use crate::janus::{JanusConfig, JanusServer};
+use crate::janus::{JanusConfig, JanusServer, SecureListen};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::Hub;
+use crate::memsink::jcfg::SecureTransport;
 use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
 use crate::net::candidate_ips;
@@ -28,6 +30,7 @@ use crate::source::camera::{self, CameraConfig};
 use crate::source::lifecycle::{SourceReport, StatusHandle};
 use crate::source::memsink::{self as memsink_source, MemsinkSourceConfig};
 use crate::source::testsrc::{self, TestsrcConfig};
+use crate::tls::{CertFiles, Tls};
 
 /// Run peregrine until a shutdown signal arrives.
 pub async fn run(cfg: Config) -> Result<()> {
@@ -43,9 +46,17 @@ pub async fn run(cfg: Config) -> Result<()> {
 /// Run peregrine until `shutdown` turns true.
 pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let started = Instant::now();
+    for note in &cfg.notes {
+        tracing::warn!("{note}");
+    }
     if let Some(warning) = crate::exposure::warning(&cfg) {
         tracing::warn!("{warning}");
     }
+    // Before anything starts: a certificate that cannot be used is a usage error.
+    let mut janus_cfg = JanusConfig::from_config(&cfg);
+    let certificates = load_certificates(&cfg, &mut janus_cfg).map_err(usage_error)?;
+    reload_on_sighup(certificates);
+    let main_tls = janus_cfg.tls.clone();
     let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
     let source_status = StatusHandle::new(&cfg.source, "no_signal");
@@ -73,8 +84,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");
 
     // The error names the one listener that could not be bound.
-    let janus =
-        JanusServer::bind(hub.clone(), engine.clone(), JanusConfig::from_config(&cfg)).await?;
+    let janus = JanusServer::bind(hub.clone(), engine.clone(), janus_cfg).await?;
     let relay = Relay::new(
         hub.clone(),
         RelayConfig {
@@ -110,7 +120,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for HTTP; change --port"))?;
-    tracing::info!("viewer page at http://{addr}/");
+    let scheme = if main_tls.is_some() { "https" } else { "http" };
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!("viewer page at {scheme}://{bound}/");
 
     let until_shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -122,6 +134,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         listener,
         crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),
         janus.conn_policy(),
+        main_tls,
         until_shutdown(shutdown.clone()),
     );
     let janus_server = janus.serve(until_shutdown(shutdown.clone()));
@@ -137,6 +150,83 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     result
+}
+
+/// Read every certificate peregrine serves (`--tls-cert`, and the Janus config's `wss`
+/// and `https` ones) into `janus`; returns them all, to be read again on SIGHUP.
+fn load_certificates(cfg: &Config, janus: &mut JanusConfig) -> Result<Vec<Arc<Tls>>> {
+    let mut all = Vec::new();
+    janus.tls = match &cfg.tls {
+        Some(files) => Some(load_once(&mut all, files.clone())?),
+        None => None,
+    };
+    let mut secure = |s: &SecureTransport, host: IpAddr| -> Result<SecureListen> {
+        let files = CertFiles {
+            cert: s.cert.clone(),
+            key: s.key.clone(),
+        };
+        Ok(SecureListen {
+            host: s.ip.unwrap_or(host),
+            port: s.port,
+            tls: load_once(&mut all, files).context("janus_config")?,
+        })
+    };
+    let ws_host = cfg.janus_ws_host.unwrap_or(cfg.host);
+    janus.wss = cfg
+        .janus_wss
+        .as_ref()
+        .map(|s| secure(s, ws_host))
+        .transpose()?;
+    let http_host = cfg.janus_http_host.unwrap_or(cfg.host);
+    janus.https = cfg
+        .janus_https
+        .as_ref()
+        .map(|s| secure(s, http_host))
+        .transpose()?;
+    Ok(all)
+}
+
+/// The certificate read from `files`, read now unless it is among `all` already.
+fn load_once(all: &mut Vec<Arc<Tls>>, files: CertFiles) -> Result<Arc<Tls>> {
+    if let Some(tls) = all.iter().find(|t| *t.files() == files) {
+        return Ok(tls.clone());
+    }
+    let tls = Tls::load(files)?;
+    all.push(tls.clone());
+    Ok(tls)
+}
+
+/// Read the certificates again at each SIGHUP; one that cannot be used keeps the one
+/// in force. Set up before the first listener binds, so a SIGHUP never finds the
+/// process without its handler (which would end it).
+fn reload_on_sighup(certificates: Vec<Arc<Tls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGHUP: TLS certificates will not be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if certificates.is_empty() {
+                tracing::info!("SIGHUP: no TLS certificate to read again");
+            }
+            for tls in &certificates {
+                let cert = tls.files().cert.display();
+                match tls.reload() {
+                    Ok(()) => tracing::info!(
+                        %cert,
+                        "SIGHUP: TLS certificate read again; new connections use it"
+                    ),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: {e:#}; new connections keep the certificate loaded before"
+                    ),
+                }
+            }
+        }
+    });
 }
 
 fn start_source(

@@ -2,6 +2,7 @@
 // origin (as pages usually are), drive Debian's Chromium headless, read <video> stats.
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
+import { createServer as createHttpsServer, get as httpsGet } from "node:https";
 import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import net from "node:net";
@@ -37,17 +38,37 @@ export function freePort() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** GET `url` as JSON; over https, trusting the PEM certificates `ca` (and no others). */
+async function getJson(url, ca) {
+  if (!url.startsWith("https:")) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`${url}: ${r.status}`);
+    return r.json();
+  }
+  return new Promise((resolve, reject) => {
+    httpsGet(url, { ca }, (res) => {
+      let body = "";
+      res.on("data", (d) => { body += d; });
+      res.on("end", () => {
+        if (res.statusCode !== 200) reject(new Error(`${url}: ${res.statusCode}`));
+        else { try { resolve(JSON.parse(body)); } catch (e) { reject(e); } }
+      });
+    }).on("error", reject);
+  });
+}
+
 /**
  * Start peregrine on free loopback ports (or the `ports` of an earlier run, to restart
- * it in place); resolves once /state answers.
+ * it in place); resolves once /state answers. With `tls: { ca }` the ports speak TLS
+ * (the arguments give the certificate) and /state is asked over https:// trusting `ca`.
  */
-export async function startPeregrine(extraArgs = [], reusePorts = null) {
+export async function startPeregrine(extraArgs = [], reusePorts = null, { tls = null } = {}) {
   // A port found free can be taken by another process before peregrine binds it; the pid
   // in /state tells our server from a stranger, and fresh ports are tried then.
   let lastError;
   for (let attempt = 0; attempt < (reusePorts ? 1 : 3); attempt++) {
     try {
-      return await tryStart(extraArgs, reusePorts);
+      return await tryStart(extraArgs, reusePorts, tls);
     } catch (e) {
       lastError = e;
     }
@@ -55,7 +76,7 @@ export async function startPeregrine(extraArgs = [], reusePorts = null) {
   throw lastError;
 }
 
-async function tryStart(extraArgs, reusePorts) {
+async function tryStart(extraArgs, reusePorts, tls) {
   const ports = reusePorts || { http: await freePort(), ws: await freePort(), janusHttp: await freePort() };
   const args = [
     "--host", "127.0.0.1",
@@ -79,18 +100,17 @@ async function tryStart(extraArgs, reusePorts) {
   child.stdout.on("data", keep);
   child.stderr.on("data", keep);
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
-  const base = `http://127.0.0.1:${ports.http}`;
+  const s = tls ? "s" : "";
+  const base = `http${s}://127.0.0.1:${ports.http}`;
+  const state = () => getJson(`${base}/state`, tls?.ca);
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`peregrine exited at start:\n${log}`);
     try {
-      const r = await fetch(`${base}/state`);
-      if (r.ok) {
-        const state = await r.json();
-        if (state.pid === child.pid) break;
-        child.kill("SIGKILL");
-        throw new Error(`port ${ports.http} is answered by another process`);
-      }
+      const { pid } = await state();
+      if (pid === child.pid) break;
+      child.kill("SIGKILL");
+      throw new Error(`port ${ports.http} is answered by another process`);
     } catch (e) {
       if (String(e.message).includes("another process")) throw e;
       /* not up yet */
@@ -101,10 +121,10 @@ async function tryStart(extraArgs, reusePorts) {
   return {
     ports,
     base,
-    wsUrl: `ws://127.0.0.1:${ports.ws}/`,
-    httpUrl: `http://127.0.0.1:${ports.janusHttp}/janus`,
+    wsUrl: `ws${s}://127.0.0.1:${ports.ws}/`,
+    httpUrl: `http${s}://127.0.0.1:${ports.janusHttp}/janus`,
     log: () => log,
-    state: async () => (await fetch(`${base}/state`)).json(),
+    state,
     async stop() {
       if (child.exitCode === null) child.kill("SIGTERM");
       const res = await Promise.race([exited, sleep(5000).then(() => null)]);
@@ -114,21 +134,26 @@ async function tryStart(extraArgs, reusePorts) {
   };
 }
 
-/** Serve the kit's pages, janus.js and adapter.js on a loopback port of their own. */
-export async function startPageServer() {
+/**
+ * Serve the kit's pages, janus.js and adapter.js on a loopback port of their own; over
+ * https:// with `tls: { cert, key }` (PEM).
+ */
+export async function startPageServer({ tls = null } = {}) {
   const files = {
     "/demo.html": [path.join(kitDir, "demo.html"), "text/html"],
     "/janus.js": [path.join(kitDir, "node_modules/janus-gateway/npm/src/janus.js"), "text/javascript"],
     "/adapter.js": [path.join(kitDir, "node_modules/webrtc-adapter/out/adapter.js"), "text/javascript"],
   };
-  const server = createServer(async (req, res) => {
+  const handler = async (req, res) => {
     const entry = files[new URL(req.url, "http://x").pathname];
     if (!entry) { res.writeHead(404); res.end(); return; }
     res.writeHead(200, { "content-type": entry[1] });
     res.end(await readFile(entry[0]));
-  });
+  };
+  const server = tls ? createHttpsServer(tls, handler) : createServer(handler);
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { base: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+  const scheme = tls ? "https" : "http";
+  return { base: `${scheme}://127.0.0.1:${server.address().port}`, close: () => server.close() };
 }
 
 export async function launchChromium(extraArgs = []) {

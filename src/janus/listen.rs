@@ -1,17 +1,19 @@
-//! Where a Janus transport listens: a TCP port on the configured host, a unix socket
-//! (as PiKVM runs Janus behind nginx, `ws_unix`), or nowhere (`ws = false`). Binding
-//! and serving an axum router on either kind of listener live here, apart from the
-//! protocol code.
+//! Where a Janus transport listens: a TCP port on the configured host (over TLS when
+//! given a certificate), a unix socket (as PiKVM runs Janus behind nginx, `ws_unix`;
+//! always plain), or nowhere (`ws = false`). Binding and serving an axum router on
+//! either kind of listener live here, apart from the protocol code.
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use crate::serve::{self, ConnPolicy};
+use crate::tls::Tls;
 
 /// Where one transport listens.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,7 +28,7 @@ pub enum Listen {
 
 /// A bound listener, ready to serve.
 pub enum Bound {
-    Tcp(TcpListener),
+    Tcp(TcpListener, Option<Arc<Tls>>),
     Unix(UnixListener, SocketFile),
 }
 
@@ -55,7 +57,7 @@ impl Bound {
                 let listener = TcpListener::bind((host, *port)).await.with_context(|| {
                     format!("cannot listen on {host}:{port} for the {what}; change {key}")
                 })?;
-                Ok(Some(Bound::Tcp(listener)))
+                Ok(Some(Bound::Tcp(listener, None)))
             }
             Listen::Unix { path, mode } => {
                 let listener = bind_unix(path, *mode)
@@ -66,20 +68,32 @@ impl Bound {
         }
     }
 
-    /// `127.0.0.1:8188` or `unix:/run/kvmd/janus-ws.sock`, for the log.
-    pub fn describe(&self) -> String {
+    /// Serve TLS with `tls` on a TCP listener; a unix socket stays plain (it is
+    /// reached through a local proxy, which does TLS if any).
+    pub fn with_tls(self, tls: Option<Arc<Tls>>) -> Self {
         match self {
-            Bound::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|e| format!("? ({e})")),
+            Bound::Tcp(l, _) => Bound::Tcp(l, tls),
+            unix => unix,
+        }
+    }
+
+    /// `wss://127.0.0.1:8188/` (from `ws`, `/`) or `unix:/run/kvmd/janus-ws.sock`, for
+    /// the log.
+    pub fn describe(&self, scheme: &str, path: &str) -> String {
+        match self {
+            Bound::Tcp(l, tls) => {
+                let secure = if tls.is_some() { "s" } else { "" };
+                l.local_addr()
+                    .map(|a| format!("{scheme}{secure}://{a}{path}"))
+                    .unwrap_or_else(|e| format!("? ({e})"))
+            }
             Bound::Unix(_, file) => format!("unix:{}", file.0.display()),
         }
     }
 
     pub fn tcp(&self) -> Option<&TcpListener> {
         match self {
-            Bound::Tcp(l) => Some(l),
+            Bound::Tcp(l, _) => Some(l),
             Bound::Unix(..) => None,
         }
     }
@@ -92,8 +106,8 @@ impl Bound {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         match self {
-            Bound::Tcp(l) => serve::serve(l, router, policy, shutdown).await,
-            Bound::Unix(l, _file) => serve::serve(l, router, policy, shutdown).await,
+            Bound::Tcp(l, tls) => serve::serve(l, router, policy, tls, shutdown).await,
+            Bound::Unix(l, _file) => serve::serve(l, router, policy, None, shutdown).await,
         }
     }
 }

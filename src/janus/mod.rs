@@ -39,6 +39,7 @@ use crate::media::Hub;
 use crate::origin::{self, OriginPolicy};
 use crate::rtc::RtcEngine;
 use crate::serve::{ConnLimits, ConnPolicy};
+use crate::tls::Tls;
 
 /// Janus transport and core settings.
 #[derive(Clone, Debug)]
@@ -75,6 +76,20 @@ pub struct JanusConfig {
     pub origins: OriginPolicy,
     /// The Admin API's listeners and secret.
     pub admin: AdminConfig,
+    /// TLS on both transports' TCP listeners (`--tls-cert`).
+    pub tls: Option<Arc<Tls>>,
+    /// TLS servers on ports of their own, beside the plain ones (Janus's `wss` and
+    /// `https`).
+    pub wss: Option<SecureListen>,
+    pub https: Option<SecureListen>,
+}
+
+/// A transport's TLS server on a port of its own.
+#[derive(Clone, Debug)]
+pub struct SecureListen {
+    pub host: IpAddr,
+    pub port: u16,
+    pub tls: Arc<Tls>,
 }
 
 /// Where the Admin API listens (nowhere by default) and what it asks for.
@@ -131,6 +146,9 @@ impl Default for JanusConfig {
             auth: auth::Auth::default(),
             origins: OriginPolicy::default(),
             admin: AdminConfig::default(),
+            tls: None,
+            wss: None,
+            https: None,
         }
     }
 }
@@ -201,11 +219,28 @@ fn tcp_addr(bound: &Option<listen::Bound>) -> std::io::Result<SocketAddr> {
     }
 }
 
+/// Bind a transport's TLS server, when it has one; `key` is its port's setting in the
+/// Janus config, for the error message.
+async fn bind_secure(
+    secure: &Option<SecureListen>,
+    what: &str,
+    key: &str,
+) -> Result<Option<listen::Bound>> {
+    let Some(s) = secure else {
+        return Ok(None);
+    };
+    let key = format!("general.{key} in the Janus config");
+    let bound = listen::Bound::bind(s.host, &Listen::Tcp(s.port), what, &key).await?;
+    Ok(bound.map(|b| b.with_tls(Some(s.tls.clone()))))
+}
+
 /// Both Janus transports and the Admin API's, bound and ready to serve.
 pub struct JanusServer {
     gateway: Arc<gateway::Gateway>,
     ws: Option<listen::Bound>,
     http: Option<listen::Bound>,
+    wss: Option<listen::Bound>,
+    https: Option<listen::Bound>,
     http_settings: http::HttpSettings,
     admin: Arc<admin::AdminApi>,
     admin_ws: Option<listen::Bound>,
@@ -251,20 +286,26 @@ impl JanusServer {
             },
         )
         .await?;
+        let ws = ws.map(|b| b.with_tls(cfg.tls.clone()));
+        let http = http.map(|b| b.with_tls(cfg.tls.clone()));
+        let wss = bind_secure(&cfg.wss, "Janus secure WebSocket transport", "wss_port").await?;
+        let https = bind_secure(&cfg.https, "Janus HTTPS transport", "secure_port").await?;
         let admin_ws = listen::Bound::bind(
             cfg.admin.ws_host.unwrap_or(cfg.host),
             &cfg.admin.ws,
             "Janus Admin API WebSocket transport",
             "janus_admin_ws_port or janus_admin_ws_host",
         )
-        .await?;
+        .await?
+        .map(|b| b.with_tls(cfg.tls.clone()));
         let admin_http = listen::Bound::bind(
             cfg.admin.http_host.unwrap_or(cfg.host),
             &cfg.admin.http,
             "Janus Admin API HTTP transport",
             "janus_admin_http_port or janus_admin_http_host",
         )
-        .await?;
+        .await?
+        .map(|b| b.with_tls(cfg.tls.clone()));
         let settings = gateway::Settings {
             session_timeout: cfg.session_timeout,
             ice_url: cfg.ice_servers.first().cloned(),
@@ -283,6 +324,8 @@ impl JanusServer {
             gateway,
             ws,
             http,
+            wss,
+            https,
             http_settings: http::HttpSettings {
                 base_path: cfg.http_path.trim_end_matches('/').to_string(),
                 poll_hold: cfg.long_poll_hold,
@@ -349,20 +392,33 @@ impl JanusServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let gateway = self.gateway;
-        let describe =
-            |b: &Option<listen::Bound>| b.as_ref().map_or("off".into(), |b| b.describe());
+        let base = self.http_settings.base_path.clone();
+        let describe = |listeners: [&Option<listen::Bound>; 2], scheme: &str, path: &str| {
+            let urls: Vec<String> = listeners
+                .into_iter()
+                .flatten()
+                .map(|b| b.describe(scheme, path))
+                .collect();
+            if urls.is_empty() {
+                "off".to_string()
+            } else {
+                urls.join(" ")
+            }
+        };
         tracing::info!(
-            ws = %describe(&self.ws),
-            http = %describe(&self.http),
-            path = %self.http_settings.base_path,
+            ws = %describe([&self.ws, &self.wss], "ws", "/"),
+            http = %describe([&self.http, &self.https], "http", &base),
             auth = gateway.settings.auth.describe(),
             "Janus API listening"
         );
         if self.admin_ws.is_some() || self.admin_http.is_some() {
             tracing::info!(
-                ws = %describe(&self.admin_ws),
-                http = %describe(&self.admin_http),
-                path = %self.admin_http_settings.base_path,
+                ws = %describe([&self.admin_ws, &None], "ws", "/"),
+                http = %describe(
+                    [&self.admin_http, &None],
+                    "http",
+                    &self.admin_http_settings.base_path
+                ),
                 "Janus Admin API listening"
             );
             if !self.admin.asks_for_secret() {
@@ -402,11 +458,12 @@ impl JanusServer {
             }
         };
         let guard = |router| origin::guard(router, self.origins.clone());
-        let ws = serve(self.ws, guard(ws::router(gateway.clone(), self.ws_limits)));
-        let http = serve(
-            self.http,
-            guard(http::router(gateway.clone(), self.http_settings)),
-        );
+        let ws_router = guard(ws::router(gateway.clone(), self.ws_limits));
+        let http_router = guard(http::router(gateway.clone(), self.http_settings));
+        let ws = serve(self.ws, ws_router.clone());
+        let wss = serve(self.wss, ws_router);
+        let http = serve(self.http, http_router.clone());
+        let https = serve(self.https, http_router);
         let admin_ws = serve(
             self.admin_ws,
             guard(admin::ws::router(self.admin.clone(), self.ws_limits)),
@@ -418,7 +475,7 @@ impl JanusServer {
                 self.admin_http_settings,
             )),
         );
-        let result = tokio::try_join!(ws, http, admin_ws, admin_http);
+        let result = tokio::try_join!(ws, http, wss, https, admin_ws, admin_http);
         watchdog.abort();
         closing.abort();
         gateway.shut_down();

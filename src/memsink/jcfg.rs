@@ -1,6 +1,6 @@
 //! Janus `.jcfg` files (libconfig syntax), read so an existing Janus + ustreamer plugin
 //! installation can be served by peregrine unchanged: the plugin's memsink name and the
-//! transports' ports and addresses.
+//! transports' ports, addresses and TLS servers.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -330,7 +330,66 @@ pub struct JanusInstall {
     pub admin_ws_port: Option<u16>,
     /// `admin_ws_ip` (or `admin_ws_interface`) of the admin WebSocket server.
     pub admin_ws_ip: Option<IpAddr>,
+    /// `wss = true`: the WebSocket transport also (or only) listens over TLS.
+    pub wss: Option<SecureTransport>,
+    /// `https = true`: the HTTP transport also (or only) listens over TLS.
+    pub https: Option<SecureTransport>,
+    /// Settings read but not used, without loss of security: said in the log at start
+    /// (the file is read before logging is set up).
+    pub notes: Vec<String>,
 }
+
+/// A transport's TLS server (Janus's `wss` or `https`), with the certificate named in
+/// the transport's own file (its `certificates` section, as Janus reads it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecureTransport {
+    pub port: u16,
+    /// `wss_ip` / `secure_ip` (or the interface): the only address it binds.
+    pub ip: Option<IpAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the two transports keep their TLS settings.
+struct SecureKeys {
+    file: &'static str,
+    /// The switch under `general`.
+    on: &'static str,
+    port: &'static str,
+    default_port: u16,
+    ip: &'static str,
+    interface: &'static str,
+    unix: Option<&'static str>,
+    /// Janus's HTTP transport needs `cert_key`; its WebSocket transport reads the key
+    /// from `cert_pem` without it.
+    key_required: bool,
+    /// The flag that also sets the address, for the message of a bad one.
+    flag: &'static str,
+}
+
+const WSS: SecureKeys = SecureKeys {
+    file: WS_FILE,
+    on: "wss",
+    port: "wss_port",
+    default_port: 8989,
+    ip: "wss_ip",
+    interface: "wss_interface",
+    unix: Some("wss_unix"),
+    key_required: false,
+    flag: "--janus-ws-host",
+};
+
+const HTTPS: SecureKeys = SecureKeys {
+    file: HTTP_FILE,
+    on: "https",
+    port: "secure_port",
+    default_port: 8089,
+    ip: "secure_ip",
+    interface: "secure_interface",
+    unix: None,
+    key_required: true,
+    flag: "--janus-http-host",
+};
 
 /// Janus's default Admin API ports.
 const ADMIN_HTTP_PORT: u16 = 7088;
@@ -367,13 +426,6 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             Ok(None)
         }
     };
-    let port = |v: &Value, key: &str, file: &str| -> Result<Option<u16>> {
-        v.get_int(key)
-            .map(|p| {
-                u16::try_from(p).map_err(|_| anyhow!("{file}: {key} = {p} is not a port number"))
-            })
-            .transpose()
-    };
     let mut refused = Vec::new();
     if let Some(ws) = optional(WS_FILE)? {
         // As in Janus, the transport runs only when `ws = true`; `ws_unix` then takes
@@ -393,7 +445,6 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
                 )?;
             }
         }
-        refused.extend(unsupported_ws(&ws, !install.ws_off));
         if ws.get_bool("admin.admin_ws") == Some(true) {
             install.admin_ws_port =
                 Some(port(&ws, "admin.admin_ws_port", WS_FILE)?.unwrap_or(ADMIN_WS_PORT));
@@ -407,12 +458,18 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             refused.extend(unsupported_admin_ws(&ws));
         }
         if ws.get_bool("admin.admin_wss") == Some(true) {
-            tracing::warn!(
-                file = %dir.join(WS_FILE).display(),
-                "admin.admin_wss is not used: the Admin API is not served over TLS \
-                 (admin_ws on 127.0.0.1, or a TLS proxy in front, instead)"
-            );
+            install.notes.push(format!(
+                "{}: admin.admin_wss is not used: the Admin API is served over TLS only \
+                 with --tls-cert (or admin_ws on 127.0.0.1, or a TLS proxy in front)",
+                dir.join(WS_FILE).display()
+            ));
         }
+        install.wss = secure_transport(&ws, dir, &WSS, &mut refused, &mut install.notes)?;
+        // The allow-list and CORS apply to the TLS server too.
+        refused.extend(unsupported_ws(
+            &ws,
+            !install.ws_off || install.wss.is_some(),
+        ));
     }
     if let Some(http) = optional(HTTP_FILE)? {
         install.http_off = http.get_bool("general.http") != Some(true);
@@ -427,7 +484,6 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             )?;
         }
         install.http_base_path = http.get_str("general.base_path");
-        refused.extend(unsupported_http(&http, !install.http_off));
         if http.get_bool("admin.admin_http") == Some(true) {
             install.admin_http_port =
                 Some(port(&http, "admin.admin_port", HTTP_FILE)?.unwrap_or(ADMIN_HTTP_PORT));
@@ -448,12 +504,17 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             }
         }
         if http.get_bool("admin.admin_https") == Some(true) {
-            tracing::warn!(
-                file = %dir.join(HTTP_FILE).display(),
-                "admin.admin_https is not used: the Admin API is not served over TLS \
-                 (admin_http on 127.0.0.1, or a TLS proxy in front, instead)"
-            );
+            install.notes.push(format!(
+                "{}: admin.admin_https is not used: the Admin API is served over TLS only \
+                 with --tls-cert (or admin_http on 127.0.0.1, or a TLS proxy in front)",
+                dir.join(HTTP_FILE).display()
+            ));
         }
+        install.https = secure_transport(&http, dir, &HTTPS, &mut refused, &mut install.notes)?;
+        refused.extend(unsupported_http(
+            &http,
+            !install.http_off || install.https.is_some(),
+        ));
     }
     if let Some(janus) = optional(CORE_FILE)? {
         install.session_timeout = janus
@@ -461,16 +522,15 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             .and_then(|t| u64::try_from(t).ok());
         install.rtp_port_range = janus.get_str("media.rtp_port_range");
         install.nat_1_1_ip = janus.get_str("nat.nat_1_1_mapping");
-        install.media_ip = ice_enforce_list(&janus, &dir.join(CORE_FILE))?;
+        install.media_ip = ice_enforce_list(&janus, &dir.join(CORE_FILE), &mut install.notes)?;
         if let Some(list) = janus.get_str("nat.ice_ignore_list") {
             // "vmnet" is the sample's value and names nothing on a usual machine.
             if list.trim() != "vmnet" {
-                tracing::warn!(
-                    file = %dir.join(CORE_FILE).display(),
-                    list,
-                    "nat.ice_ignore_list is not used: peregrine offers the --media-host \
-                     address (every interface with 0.0.0.0)"
-                );
+                install.notes.push(format!(
+                    "{}: nat.ice_ignore_list = {list:?} is not used: peregrine offers the \
+                     --media-host address (every interface with 0.0.0.0)",
+                    dir.join(CORE_FILE).display()
+                ));
             }
         }
         if let Some(server) = janus.get_str("nat.stun_server") {
@@ -490,20 +550,21 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
         if let Some(interface) = janus.get_str("general.interface") {
             // Janus only writes this address into its SDP; it still gathers candidates
             // on every interface, so nothing is exposed that was not before.
-            tracing::warn!(
-                file = %dir.join(CORE_FILE).display(),
-                interface,
-                "general.interface is not used: peregrine offers the --host address as \
-                 its ICE candidate (every interface with --host 0.0.0.0)"
-            );
+            install.notes.push(format!(
+                "{}: general.interface = {interface:?} is not used: peregrine offers the \
+                 --host address as its ICE candidate (every interface with --host 0.0.0.0)",
+                dir.join(CORE_FILE).display()
+            ));
         }
         if janus.get_str("certificates.cert_pem").is_some() {
             // Not a loss of security: browsers check the DTLS certificate against the
             // fingerprint in the SDP, whichever certificate it is.
-            tracing::warn!(
-                file = %dir.join(CORE_FILE).display(),
-                "certificates.cert_pem is not used: peregrine makes its own DTLS certificate"
-            );
+            // The transports' TLS certificates are in their own files, as in Janus.
+            install.notes.push(format!(
+                "{}: certificates.cert_pem is not used: peregrine makes its own DTLS \
+                 certificate",
+                dir.join(CORE_FILE).display()
+            ));
         }
     }
     if !refused.is_empty() {
@@ -519,6 +580,93 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
         );
     }
     Ok(install)
+}
+
+/// A port number setting, when present.
+fn port(v: &Value, key: &str, file: &str) -> Result<Option<u16>> {
+    v.get_int(key)
+        .map(|p| u16::try_from(p).map_err(|_| anyhow!("{file}: {key} = {p} is not a port number")))
+        .transpose()
+}
+
+/// A transport's TLS server, when its file turns it on. As in Janus, it listens on a
+/// port of its own beside the plain server and uses the `certificates` section of the
+/// same file (janus.jcfg's certificate is the DTLS one, not used for this).
+fn secure_transport(
+    v: &Value,
+    dir: &Path,
+    k: &SecureKeys,
+    refused: &mut Vec<Refusal>,
+    notes: &mut Vec<String>,
+) -> Result<Option<SecureTransport>> {
+    if v.get_bool(&format!("general.{}", k.on)) != Some(true) {
+        return Ok(None);
+    }
+    let file = dir.join(k.file);
+    let cert = v.get_str("certificates.cert_pem");
+    let key = v
+        .get_str("certificates.cert_key")
+        .or_else(|| cert.clone().filter(|_| !k.key_required));
+    let (Some(cert), Some(key)) = (cert, key) else {
+        let needs = if k.key_required {
+            "certificates.cert_pem and certificates.cert_key"
+        } else {
+            "certificates.cert_pem"
+        };
+        bail!(
+            "{}: general.{} = true needs {needs} (Janus starts no TLS server without \
+             them); name the certificate and key files, or set {} = false",
+            file.display(),
+            k.on,
+            k.on
+        );
+    };
+    let mut usable = true;
+    if let Some(unix) = k
+        .unix
+        .filter(|u| v.get_str(&format!("general.{u}")).is_some())
+    {
+        refused.push((
+            k.file,
+            format!("general.{unix}"),
+            "TLS on a unix socket is not served; serve the plain WebSocket on the socket \
+             (ws_unix) and let the proxy in front of it do TLS",
+        ));
+        usable = false;
+    }
+    if v.get_str("certificates.cert_pwd").is_some() {
+        refused.push((
+            k.file,
+            "certificates.cert_pwd".into(),
+            "passphrase-protected keys are not supported; write the key out unencrypted \
+             (openssl pkey -in KEY -out KEY.plain), readable only by the server's user, \
+             and name that file in cert_key",
+        ));
+        usable = false;
+    }
+    if v.get_str("certificates.ciphers").is_some() {
+        notes.push(format!(
+            "{}: certificates.ciphers is not used: peregrine offers only TLS 1.3 and \
+             TLS 1.2 suites with forward secrecy and authenticated encryption",
+            file.display()
+        ));
+    }
+    if !usable {
+        return Ok(None);
+    }
+    let port_key = format!("general.{}", k.port);
+    Ok(Some(SecureTransport {
+        port: port(v, &port_key, &file.display().to_string())?.unwrap_or(k.default_port),
+        ip: bind_address(
+            v,
+            &file,
+            &format!("general.{}", k.ip),
+            &format!("general.{}", k.interface),
+            k.flag,
+        )?,
+        cert: cert.into(),
+        key: key.into(),
+    }))
 }
 
 /// The one address a transport's file binds it to: `ip_key` (an address) wins over
@@ -561,7 +709,7 @@ fn bind_address(
 /// `nat.ice_enforce_list`: Janus gathers media candidates only on the interfaces or
 /// addresses listed. One interface or address maps to the media address; a longer list
 /// or prefixes have no one address, and are reported as not used.
-fn ice_enforce_list(v: &Value, file: &Path) -> Result<Option<IpAddr>> {
+fn ice_enforce_list(v: &Value, file: &Path, notes: &mut Vec<String>) -> Result<Option<IpAddr>> {
     let Some(list) = v.get_str("nat.ice_enforce_list") else {
         return Ok(None);
     };
@@ -586,28 +734,20 @@ fn ice_enforce_list(v: &Value, file: &Path) -> Result<Option<IpAddr>> {
             );
         }
     }
-    tracing::warn!(
-        file = %file.display(),
-        list,
-        "nat.ice_enforce_list is not used: it names no single interface or address; \
-         choose the media address with --media-host"
-    );
+    notes.push(format!(
+        "{}: nat.ice_enforce_list = {list:?} is not used: it names no single interface or \
+         address; choose the media address with --media-host",
+        file.display()
+    ));
     Ok(None)
 }
 
 /// A security setting peregrine cannot honour: file, setting, what it would lose.
 type Refusal = (&'static str, String, &'static str);
 
-/// Secure WebSockets, the address ACL and enforced CORS in the WebSocket transport.
+/// The address ACL and enforced CORS in the WebSocket transport.
 fn unsupported_ws(ws: &Value, enabled: bool) -> Vec<Refusal> {
     let mut out = Vec::new();
-    if ws.get_bool("general.wss") == Some(true) {
-        out.push((
-            WS_FILE,
-            "general.wss = true".into(),
-            "secure WebSockets (TLS) are not served; terminate TLS in a proxy in front of peregrine",
-        ));
-    }
     if enabled && ws.get_str("general.ws_acl").is_some() {
         out.push((
             WS_FILE,
@@ -647,16 +787,9 @@ fn unsupported_admin_ws(ws: &Value) -> Vec<Refusal> {
     out
 }
 
-/// HTTPS, the address ACL and a restricted CORS origin in the HTTP transport.
+/// The address ACL and a restricted CORS origin in the HTTP transport.
 fn unsupported_http(http: &Value, enabled: bool) -> Vec<Refusal> {
     let mut out = Vec::new();
-    if http.get_bool("general.https") == Some(true) {
-        out.push((
-            HTTP_FILE,
-            "general.https = true".into(),
-            "HTTPS is not served; terminate TLS in a proxy in front of peregrine",
-        ));
-    }
     if enabled && http.get_str("general.acl").is_some() {
         out.push((
             HTTP_FILE,
@@ -819,6 +952,9 @@ mod tests {
                 admin_base_path: None,
                 admin_ws_port: None,
                 admin_ws_ip: None,
+                wss: None,
+                https: None,
+                notes: Vec::new(),
             }
         );
         // The current form wins over the legacy one.
@@ -869,14 +1005,12 @@ mod tests {
     #[test]
     fn security_settings_are_refused_by_name_and_file() {
         let cases = [
-            (WS_FILE, "general: { ws = true, wss = true }", "general.wss"),
             (WS_FILE, "general: { ws = true, ws_acl = \"127.\" }", "general.ws_acl"),
             (
                 WS_FILE,
                 "general: { ws = true }\ncors: { allow_origin = \"http://a\", enforce_cors = true }",
                 "cors.enforce_cors",
             ),
-            (HTTP_FILE, "general: { http = true, https = true }", "general.https"),
             (HTTP_FILE, "general: { http = true, acl = \"127.,10.\" }", "general.acl"),
             (
                 HTTP_FILE,
@@ -979,6 +1113,82 @@ mod tests {
     }
 
     #[test]
+    fn tls_servers_listen_beside_the_plain_ones_with_their_files_certificate() {
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                WS_FILE,
+                "general: { ws = true, ws_port = 8188, wss = true, wss_ip = \"127.0.0.1\" }\n\
+                 certificates: { cert_pem = \"/etc/j/both.pem\" }",
+            ),
+            (
+                HTTP_FILE,
+                "general: { http = false, https = true, secure_port = 9089 }\n\
+                 certificates: { cert_pem = \"/etc/j/c.pem\", cert_key = \"/etc/j/k.pem\" }",
+            ),
+            // The core's certificate is the DTLS one: not used for the transports.
+            (
+                CORE_FILE,
+                "certificates: { cert_pem = \"/etc/j/dtls.pem\" }",
+            ),
+        ]);
+        let install = read_install(&dir).unwrap();
+        // Janus's WebSocket transport reads the key from cert_pem when cert_key is unset.
+        assert_eq!(
+            install.wss,
+            Some(SecureTransport {
+                port: 8989,
+                ip: ip("127.0.0.1"),
+                cert: "/etc/j/both.pem".into(),
+                key: "/etc/j/both.pem".into(),
+            })
+        );
+        assert_eq!((install.ws_off, install.ws_port), (false, Some(8188)));
+        assert_eq!(
+            install.https,
+            Some(SecureTransport {
+                port: 9089,
+                ip: None,
+                cert: "/etc/j/c.pem".into(),
+                key: "/etc/j/k.pem".into(),
+            })
+        );
+        assert!(install.http_off, "https alone leaves the plain server off");
+        assert!(
+            install.notes.iter().any(|n| n.contains("DTLS")),
+            "{:?}",
+            install.notes
+        );
+        // Ciphers are not used, and said so; a TLS server without its switch is none.
+        std::fs::write(
+            dir.join(WS_FILE),
+            "general: { ws = true, wss = true, wss_port = 443, wss_interface = \"127.0.0.2\" }\n\
+             certificates: { cert_pem = \"c.pem\", cert_key = \"k.pem\", ciphers = \"HIGH\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(HTTP_FILE),
+            "general: { http = true }\ncertificates: { cert_pem = \"c.pem\", cert_key = \"k.pem\" }",
+        )
+        .unwrap();
+        let install = read_install(&dir).unwrap();
+        let wss = install.wss.unwrap();
+        assert_eq!((wss.port, wss.ip), (443, ip("127.0.0.2")));
+        assert_eq!(wss.key, PathBuf::from("k.pem"));
+        assert_eq!(install.https, None);
+        assert!(
+            install
+                .notes
+                .iter()
+                .any(|n| n.contains("certificates.ciphers")),
+            "{:?}",
+            install.notes
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn admin_acls_and_unix_socket_are_refused_when_the_admin_server_runs() {
         let cases = [
             (
@@ -995,6 +1205,65 @@ mod tests {
                 WS_FILE,
                 "admin: { admin_ws = true, admin_ws_unix = \"/run/aws.sock\" }",
                 "admin.admin_ws_unix",
+            ),
+        ];
+        for (file, text, setting) in cases {
+            let dir = dir_with(&[PLUGIN, (file, text)]);
+            let err = format!("{:#}", read_install(&dir).unwrap_err());
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(
+                err.contains(&dir.join(file).display().to_string()),
+                "{setting} names the file: {err}"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn tls_servers_that_cannot_be_honoured_stop_the_start() {
+        let cases = [
+            // No certificate: Janus would start no TLS server at all.
+            (WS_FILE, "general: { wss = true }", "certificates.cert_pem"),
+            (
+                HTTP_FILE,
+                "general: { https = true }\ncertificates: { cert_pem = \"c.pem\" }",
+                "certificates.cert_key",
+            ),
+            (
+                WS_FILE,
+                "general: { wss = true }\n\
+                 certificates: { cert_pem = \"c.pem\", cert_pwd = \"secret\" }",
+                "certificates.cert_pwd",
+            ),
+            (
+                HTTP_FILE,
+                "general: { https = true }\n\
+                 certificates: { cert_pem = \"c\", cert_key = \"k\", cert_pwd = \"s\" }",
+                "certificates.cert_pwd",
+            ),
+            (
+                WS_FILE,
+                "general: { wss = true, wss_unix = \"/run/wss.sock\" }\n\
+                 certificates: { cert_pem = \"c.pem\" }",
+                "general.wss_unix",
+            ),
+            (
+                WS_FILE,
+                "general: { wss = true, wss_ip = \"eth0\" }\ncertificates: { cert_pem = \"c\" }",
+                "general.wss_ip",
+            ),
+            (
+                HTTP_FILE,
+                "general: { https = true, secure_port = 70000 }\n\
+                 certificates: { cert_pem = \"c\", cert_key = \"k\" }",
+                "general.secure_port",
+            ),
+            // The allow-list applies to the TLS server too.
+            (
+                WS_FILE,
+                "general: { ws = false, wss = true, ws_acl = \"127.\" }\n\
+                 certificates: { cert_pem = \"c\" }",
+                "general.ws_acl",
             ),
         ];
         for (file, text, setting) in cases {

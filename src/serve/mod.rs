@@ -1,7 +1,9 @@
 //! Serving an axum router on a listener with the protections a network-facing server
 //! needs: connection caps (see [`gate`]), a deadline for each request head (which also
 //! closes idle keep-alive connections), an idle timeout while no bytes move, and an
-//! accept loop that backs off instead of spinning when descriptors run out.
+//! accept loop that backs off instead of spinning when descriptors run out. With TLS,
+//! the handshake runs in the connection's own task, within the header deadline and
+//! holding its place in the gate like any connection that has sent no request yet.
 
 pub mod gate;
 
@@ -22,8 +24,11 @@ use tokio::net::{TcpListener, UnixListener};
 pub use gate::{Caps, Gate, Permit};
 
 use crate::ratelog::{RateLimited, PERIOD};
+use crate::tls::Tls;
 
 static ACCEPT_FAILED: RateLimited = RateLimited::new(PERIOD);
+static HANDSHAKE_FAILED: RateLimited = RateLimited::new(PERIOD);
+static NOT_TLS: RateLimited = RateLimited::new(PERIOD);
 
 /// Descriptors kept free for everything but connections (media socket, memsink,
 /// ffmpeg pipes, files).
@@ -144,12 +149,13 @@ impl Accept for UnixListener {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves; then stop accepting and let
-/// open requests finish.
+/// Serve `router` on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves; then stop accepting and let open requests finish.
 pub async fn serve<L: Accept>(
     listener: L,
     router: Router,
     policy: ConnPolicy,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -186,7 +192,17 @@ pub async fn serve<L: Accept>(
             continue; // dropping `io` closes it
         };
         let timeouts = (policy.header_timeout, policy.idle_timeout);
-        let conn = serve_connection(io, peer, permit, router.clone(), timeouts, stop_rx.clone());
+        // The certificate in force now, even if a reload replaces it mid-handshake.
+        let tls = tls.as_ref().map(|t| t.acceptor());
+        let conn = serve_connection(
+            io,
+            peer,
+            permit,
+            router.clone(),
+            timeouts,
+            tls,
+            stop_rx.clone(),
+        );
         tokio::spawn(conn);
     }
     let _ = stop_tx.send(true);
@@ -210,7 +226,8 @@ async fn serve_connection<I>(
     peer: Option<SocketAddr>,
     permit: Permit,
     router: Router,
-    (header_timeout, idle): (Duration, Duration),
+    timeouts: (Duration, Duration),
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -222,6 +239,61 @@ async fn serve_connection<I>(
         activity: activity.clone(),
         _permit: permit.clone(),
     };
+    let Some(acceptor) = tls else {
+        return serve_http(io, peer, permit, activity, router, timeouts, stop).await;
+    };
+    let handshake = tokio::time::timeout(timeouts.0, acceptor.accept(io));
+    let io = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return handshake_failed(peer, Some(&e)),
+            Err(_) => return handshake_failed(peer, None),
+        },
+        _ = permit.evicted() => return,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    serve_http(io, peer, permit, activity, router, timeouts, stop).await
+}
+
+/// A client that connected to a TLS port and did not complete a handshake (`None`: in
+/// time): plain HTTP, a scanner, a client that distrusts the certificate, a slow one.
+fn handshake_failed(peer: Option<SocketAddr>, error: Option<&io::Error>) {
+    let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+    let not_tls = error
+        .and_then(|e| e.get_ref())
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        });
+    if not_tls {
+        // The usual mistake: an http:// or ws:// URL for a TLS port.
+        if let Some(n) = NOT_TLS.hit() {
+            tracing::warn!(%peer, failures = n,
+                "a client sent plain HTTP (or other non-TLS bytes) to a TLS port: use https:// and wss:// URLs");
+        }
+    } else if let Some(n) = HANDSHAKE_FAILED.hit() {
+        match error {
+            Some(error) => tracing::debug!(%peer, %error, failures = n, "TLS handshake failed"),
+            None => tracing::debug!(%peer, failures = n,
+                "TLS handshake not completed within the header timeout"),
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    peer: Option<SocketAddr>,
+    permit: Arc<Permit>,
+    activity: Arc<Activity>,
+    router: Router,
+    (header_timeout, idle): (Duration, Duration),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
         let permit = permit.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
