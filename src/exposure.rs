@@ -1,37 +1,79 @@
-//! Says at start what other machines can reach. Only the Janus API can ask for a secret
-//! or token: whoever reaches a listener bound beyond loopback can otherwise watch, so
-//! that must never be a surprise.
+//! Says at start what other machines can reach, and which of it asks for nothing: the
+//! main port can ask for a password (`--user`), the Janus API for a secret or token;
+//! whoever reaches a listener that asks for neither can watch, so that must never be a
+//! surprise.
 
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Config;
 use crate::janus::Listen;
 
+/// One listener other machines can reach.
+#[derive(Debug)]
+struct Reachable {
+    /// `ADDRESS (what it serves[, only from LIST])`.
+    text: String,
+    /// What it asks for, when it asks for something.
+    guard: Option<&'static str>,
+}
+
 /// The listeners of `cfg` that other machines can reach, each described as
 /// `ADDRESS (what it serves)`; empty when everything is on loopback or unix sockets.
 pub fn exposed(cfg: &Config) -> Vec<String> {
+    reachable(cfg).into_iter().map(|r| r.text).collect()
+}
+
+fn reachable(cfg: &Config) -> Vec<Reachable> {
+    let janus_auth = (cfg.janus_api_secret.is_some() || cfg.janus_token_auth)
+        .then_some("the Janus API secret or token");
+    let only_from = |lists: &[&crate::access::IpList]| {
+        let lists: Vec<String> = lists
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.describe())
+            .collect();
+        match lists.as_slice() {
+            [] => String::new(),
+            [one] => format!(", only from {one}"),
+            _ => format!(", only from {}", lists.join(" and from ")),
+        }
+    };
     let mut out = Vec::new();
-    let mut tcp = |ip: IpAddr, listen: Listen, what: &str| {
+    let mut tcp = |ip: IpAddr, listen: Listen, what: String, guard: Option<&'static str>| {
         if let Listen::Tcp(port) = listen {
             if !ip.is_loopback() {
-                out.push(format!("{} ({what})", SocketAddr::new(ip, port)));
+                let text = format!("{} ({what})", SocketAddr::new(ip, port));
+                out.push(Reachable { text, guard });
             }
         }
     };
+    let main_guard = cfg.basic_auth.as_ref().map(|_| "a password (--user)");
     tcp(
         cfg.host,
         Listen::Tcp(cfg.port),
-        "viewer pages, /state, Janus API, WebSocket relays",
+        format!(
+            "viewer pages, /state, Janus API, WebSocket relays{}",
+            only_from(&[&cfg.allow_ip])
+        ),
+        main_guard,
     );
     tcp(
         cfg.janus_ws_host.unwrap_or(cfg.host),
         cfg.janus_ws_listen(),
-        "Janus WebSocket API",
+        format!(
+            "Janus WebSocket API{}",
+            only_from(&[&cfg.allow_ip, &cfg.janus_ws_allow_ip])
+        ),
+        janus_auth,
     );
     tcp(
         cfg.janus_http_host.unwrap_or(cfg.host),
         cfg.janus_http_listen(),
-        "Janus HTTP API",
+        format!(
+            "Janus HTTP API{}",
+            only_from(&[&cfg.allow_ip, &cfg.janus_http_allow_ip])
+        ),
+        janus_auth,
     );
     if !cfg.host.is_loopback() {
         let ports = match cfg.udp_ports {
@@ -39,7 +81,16 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
             (first, last) if first == last => format!("port {first}"),
             (first, last) => format!("ports {first}-{last}"),
         };
-        out.push(format!("UDP {} {ports} (WebRTC media)", cfg.host));
+        // Media flows only to viewers a signalling port let in: it is as open as they are.
+        let open_signalling = out.iter().any(|r| r.guard.is_none());
+        out.push(Reachable {
+            text: format!(
+                "UDP {} {ports} (WebRTC media{})",
+                cfg.host,
+                only_from(&[&cfg.allow_ip])
+            ),
+            guard: (!open_signalling).then_some("a viewer admitted by the API"),
+        });
     }
     if let Some(addr) = cfg
         .source
@@ -47,9 +98,10 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
         .and_then(|a| a.parse::<SocketAddr>().ok())
     {
         if !addr.ip().is_loopback() && cfg.source_allow.is_empty() {
-            out.push(format!(
-                "{addr} (video input: anyone may push; see --source-allow)"
-            ));
+            out.push(Reachable {
+                text: format!("{addr} (video input: anyone may push; see --source-allow)"),
+                guard: None,
+            });
         }
     }
     out
@@ -57,29 +109,55 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
 
 /// The start-up warning, when anything is reachable from other machines.
 pub fn warning(cfg: &Config) -> Option<String> {
-    let exposed = exposed(cfg);
-    if exposed.is_empty() {
+    let reachable = reachable(cfg);
+    if reachable.is_empty() {
         return None;
     }
-    let pages = if cfg.allow_origin.iter().any(|o| o.trim() == "*") {
-        "and --allow-origin * lets every web page a visitor opens use them too"
-    } else {
-        "web pages of other hosts are refused (--allow-origin)"
+    let list = |guarded: bool| -> Vec<String> {
+        reachable
+            .iter()
+            .filter(|r| r.guard.is_some() == guarded)
+            .map(|r| match r.guard {
+                Some(guard) => format!("{} asks for {guard}", r.text),
+                None => r.text.clone(),
+            })
+            .collect()
     };
-    let janus_auth = cfg.janus_api_secret.is_some() || cfg.janus_token_auth;
-    let who = if janus_auth {
-        "the Janus API asks for its secret or token, but anyone who can reach {} can \
-         read /state and watch through the WebSocket relays (/h264, /jsmpeg), which have \
-         no login yet"
-    } else {
-        "open to the network without authentication: anyone who can reach {} can watch \
-         the video and use the API"
-    };
-    Some(format!(
-        "{}; {pages}. Listen on 127.0.0.1 behind a proxy that authenticates, or firewall \
-         these ports",
-        who.replace("{}", &exposed.join(", "))
-    ))
+    let (open, guarded) = (list(false), list(true));
+    let mut parts = Vec::new();
+    if !open.is_empty() {
+        parts.push(format!(
+            "open to the network without authentication: anyone who can reach {} can watch \
+             the video and use the API",
+            open.join(", ")
+        ));
+    }
+    if !guarded.is_empty() {
+        parts.push(format!("reachable from the network: {}", guarded.join(", ")));
+    }
+    parts.push(
+        if cfg.allow_origin.iter().any(|o| o.trim() == "*") {
+            "--allow-origin * lets every web page a visitor opens use them too"
+        } else {
+            "web pages of other hosts are refused (--allow-origin)"
+        }
+        .to_string(),
+    );
+    if !open.is_empty() {
+        parts.push(
+            "set --user/--passwd and --janus-api-secret, or listen on 127.0.0.1 behind a \
+             proxy that authenticates, or firewall these ports (--allow-ip)"
+                .to_string(),
+        );
+    }
+    if cfg.basic_auth.is_some() {
+        parts.push(
+            "HTTP Basic auth sends the password readable to anyone on the path: use it \
+             behind TLS on networks you do not trust"
+                .to_string(),
+        );
+    }
+    Some(parts.join("; "))
 }
 
 #[cfg(test)]
@@ -121,9 +199,66 @@ mod tests {
     #[test]
     fn with_janus_auth_it_says_what_is_still_open() {
         let text = warning(&config(&["--host", "0.0.0.0", "--janus-api-secret", "s"])).unwrap();
-        assert!(text.contains("asks for its secret or token"), "{text}");
-        assert!(text.contains("/state") && text.contains("/h264"), "{text}");
+        let (open, guarded) = text.split_once("reachable from the network").unwrap();
+        assert!(
+            open.contains("without authentication: anyone who can reach 0.0.0.0:8080"),
+            "{text}"
+        );
+        assert!(open.contains("UDP"), "media follows an open port: {text}");
+        assert!(!open.contains("8188") && !open.contains("8088"), "{text}");
+        assert!(
+            guarded.contains("0.0.0.0:8188 (Janus WebSocket API) asks for the Janus API secret"),
+            "{text}"
+        );
+        assert!(text.contains("--user/--passwd"), "{text}");
+    }
+
+    #[test]
+    fn with_a_password_and_janus_auth_nothing_is_open() {
+        let text = warning(&config(&[
+            "--host",
+            "0.0.0.0",
+            "--user",
+            "admin",
+            "--passwd",
+            "pw",
+            "--janus-api-secret",
+            "s",
+        ]))
+        .unwrap();
         assert!(!text.contains("without authentication"), "{text}");
+        for part in [
+            "0.0.0.0:8080 (viewer pages, /state, Janus API, WebSocket relays) asks for a password (--user)",
+            "0.0.0.0:8188 (Janus WebSocket API) asks for the Janus API secret or token",
+            "(WebRTC media) asks for a viewer admitted by the API",
+            "behind TLS",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+        // The password alone leaves the Janus ports open, and says so.
+        let text = warning(&config(&["--host", "0.0.0.0", "--user", "admin"])).unwrap();
+        let open = text.split("reachable from the network").next().unwrap();
+        assert!(open.contains("0.0.0.0:8188") && !open.contains("8080"), "{text}");
+    }
+
+    #[test]
+    fn allow_lists_are_named_with_their_listener() {
+        let text = warning(&config(&[
+            "--host",
+            "0.0.0.0",
+            "--allow-ip",
+            "10.0.0.0/8",
+            "--janus-ws-allow-ip",
+            "10.1.",
+        ]))
+        .unwrap();
+        for part in [
+            "0.0.0.0:8080 (viewer pages, /state, Janus API, WebSocket relays, only from 10.0.0.0/8)",
+            "0.0.0.0:8188 (Janus WebSocket API, only from 10.0.0.0/8 and from 10.1.)",
+            "0.0.0.0:8088 (Janus HTTP API, only from 10.0.0.0/8)",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
     }
 
     #[test]

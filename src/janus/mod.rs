@@ -32,6 +32,7 @@ pub use error::JanusError;
 pub use gateway::JanusCounts;
 pub use listen::Listen;
 
+use crate::access::{IpList, PeerFilter};
 use crate::config::Config;
 use crate::media::Hub;
 use crate::origin::{self, OriginPolicy};
@@ -71,6 +72,12 @@ pub struct JanusConfig {
     pub auth: auth::Auth,
     /// Web pages allowed to use the transports from a browser.
     pub origins: OriginPolicy,
+    /// Addresses allowed to connect to either transport (`--allow-ip`).
+    pub allow_ip: IpList,
+    /// Addresses allowed to connect to one transport, as Janus's `ws_acl` / `acl`; a
+    /// client must pass `allow_ip` too.
+    pub ws_allow_ip: IpList,
+    pub http_allow_ip: IpList,
 }
 
 impl Default for JanusConfig {
@@ -96,6 +103,9 @@ impl Default for JanusConfig {
             conn: ConnLimits::default(),
             auth: auth::Auth::default(),
             origins: OriginPolicy::default(),
+            allow_ip: IpList::default(),
+            ws_allow_ip: IpList::default(),
+            http_allow_ip: IpList::default(),
         }
     }
 }
@@ -129,6 +139,9 @@ impl JanusConfig {
                     }),
             },
             origins: cfg.origin_policy(),
+            allow_ip: cfg.allow_ip.clone(),
+            ws_allow_ip: cfg.janus_ws_allow_ip.clone(),
+            http_allow_ip: cfg.janus_http_allow_ip.clone(),
             ..JanusConfig::default()
         }
     }
@@ -164,6 +177,8 @@ pub struct JanusServer {
     ws_limits: ws::WsLimits,
     conn: ConnPolicy,
     origins: OriginPolicy,
+    ws_filter: PeerFilter,
+    http_filter: PeerFilter,
 }
 
 impl JanusServer {
@@ -223,6 +238,14 @@ impl JanusServer {
             },
             conn: ConnPolicy::new(cfg.conn),
             origins: cfg.origins,
+            ws_filter: PeerFilter::new(
+                "Janus WebSocket transport",
+                [cfg.allow_ip.clone(), cfg.ws_allow_ip],
+            ),
+            http_filter: PeerFilter::new(
+                "Janus HTTP transport",
+                [cfg.allow_ip, cfg.http_allow_ip],
+            ),
         })
     }
 
@@ -249,7 +272,8 @@ impl JanusServer {
             .route_service(&format!("{base}/{{*rest}}"), rest)
     }
 
-    /// The connection policy, to share its caps with the main port.
+    /// The connection policy, to share its caps with the main port (with no
+    /// allow-lists: the main port sets its own).
     pub fn conn_policy(&self) -> ConnPolicy {
         self.conn.clone()
     }
@@ -290,9 +314,9 @@ impl JanusServer {
                 let _ = rx.wait_for(|c| *c).await;
             }
         };
-        let serve = |bound: Option<listen::Bound>, router: axum::Router| {
+        let serve = |bound: Option<listen::Bound>, router: axum::Router, filter: PeerFilter| {
             let closed = closed(&gateway);
-            let policy = self.conn.clone();
+            let policy = self.conn.with_filter(filter);
             async move {
                 match bound {
                     Some(bound) => bound.serve(router, policy, closed).await,
@@ -305,10 +329,15 @@ impl JanusServer {
             }
         };
         let guard = |router| origin::guard(router, self.origins.clone());
-        let ws = serve(self.ws, guard(ws::router(gateway.clone(), self.ws_limits)));
+        let ws = serve(
+            self.ws,
+            guard(ws::router(gateway.clone(), self.ws_limits)),
+            self.ws_filter,
+        );
         let http = serve(
             self.http,
             guard(http::router(gateway.clone(), self.http_settings)),
+            self.http_filter,
         );
         let result = tokio::try_join!(ws, http);
         watchdog.abort();
