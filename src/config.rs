@@ -885,7 +885,10 @@ impl Config {
                 bail!("passwd is given but user is not (or is empty); set --user NAME too");
             }
             if c.user.contains(':') || c.user.chars().any(char::is_control) {
-                bail!("user {:?} must not contain ':' or control characters", c.user);
+                bail!(
+                    "user {:?} must not contain ':' or control characters",
+                    c.user
+                );
             }
             if c.passwd.chars().any(char::is_control) {
                 bail!("passwd must not contain control characters");
@@ -1403,7 +1406,10 @@ mod tests {
             pair("admin", "pw")
         );
         // As in µStreamer, a user without a password has an empty one.
-        assert_eq!(creds(load(&["--user", "admin"]).unwrap()), pair("admin", ""));
+        assert_eq!(
+            creds(load(&["--user", "admin"]).unwrap()),
+            pair("admin", "")
+        );
         let file = dir.join("passwd");
         std::fs::write(&file, "from file\nsecond line\n").unwrap();
         let path = file.to_str().unwrap();
@@ -1435,9 +1441,18 @@ mod tests {
             (&["--passwd", "pw"][..], "set --user"),
             (&["--user", "", "--passwd", "pw"][..], "set --user"),
             (&["--user", "a:b"][..], "must not contain ':'"),
-            (&["--user", "a", "--passwd", "x", "--passwd-file", path][..], "exclude"),
-            (&["--user", "a", "--passwd-file", path][..], "first line is empty"),
-            (&["--user", "a", "--passwd-file", "/nonexistent/pw"][..], "passwd_file"),
+            (
+                &["--user", "a", "--passwd", "x", "--passwd-file", path][..],
+                "exclude",
+            ),
+            (
+                &["--user", "a", "--passwd-file", path][..],
+                "first line is empty",
+            ),
+            (
+                &["--user", "a", "--passwd-file", "/nonexistent/pw"][..],
+                "passwd_file",
+            ),
         ] {
             let err = format!("{:#}", load(args).unwrap_err());
             assert!(err.contains(needle), "{args:?}: {err}");
@@ -1477,7 +1492,13 @@ mod tests {
         }
         let err = format!(
             "{:#}",
-            load(&["--janus-ws-unix", "/run/x.sock", "--janus-ws-allow-ip", "127."]).unwrap_err()
+            load(&[
+                "--janus-ws-unix",
+                "/run/x.sock",
+                "--janus-ws-allow-ip",
+                "127."
+            ])
+            .unwrap_err()
         );
         assert!(err.contains("unix socket"), "{err}");
     }
@@ -1520,7 +1541,8 @@ mod tests {
         assert_eq!(c.allow_origin, ["https://kvm.example"]);
         use crate::origin::Verdict;
         assert!(matches!(
-            c.origin_policy().judge(Some("https://kvm.example"), &["other:8188"]),
+            c.origin_policy()
+                .judge(Some("https://kvm.example"), &["other:8188"]),
             Verdict::Allowed(_)
         ));
         let warnings = crate::access::start_warnings(&c);

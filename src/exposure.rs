@@ -133,7 +133,10 @@ pub fn warning(cfg: &Config) -> Option<String> {
         ));
     }
     if !guarded.is_empty() {
-        parts.push(format!("reachable from the network: {}", guarded.join(", ")));
+        parts.push(format!(
+            "reachable from the network: {}",
+            guarded.join(", ")
+        ));
     }
     parts.push(
         if cfg.allow_origin.iter().any(|o| o.trim() == "*") {
@@ -238,7 +241,10 @@ mod tests {
         // The password alone leaves the Janus ports open, and says so.
         let text = warning(&config(&["--host", "0.0.0.0", "--user", "admin"])).unwrap();
         let open = text.split("reachable from the network").next().unwrap();
-        assert!(open.contains("0.0.0.0:8188") && !open.contains("8080"), "{text}");
+        assert!(
+            open.contains("0.0.0.0:8188") && !open.contains("8080"),
+            "{text}"
+        );
     }
 
     #[test]

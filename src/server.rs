@@ -116,7 +116,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         .await
         .with_context(|| format!("cannot listen on {addr} for HTTP; change --port"))?;
     match &cfg.basic_auth {
-        Some(c) => tracing::info!(user = %c.user, "viewer page at http://{addr}/ (HTTP Basic auth)"),
+        Some(c) => {
+            tracing::info!(user = %c.user, "viewer page at http://{addr}/ (HTTP Basic auth)")
+        }
         None => tracing::info!("viewer page at http://{addr}/"),
     }
 

@@ -80,7 +80,9 @@ impl IpList {
         let mut text: Option<AddrText> = None;
         self.entries.iter().any(|entry| match entry {
             Entry::Net { addr, len } => in_network(ip, *addr, *len),
-            Entry::Prefix(prefix) => text.get_or_insert_with(|| AddrText::new(ip)).starts_with(prefix),
+            Entry::Prefix(prefix) => text
+                .get_or_insert_with(|| AddrText::new(ip))
+                .starts_with(prefix),
         })
     }
 
@@ -133,8 +135,11 @@ fn parse_entry(value: &str) -> Option<Entry> {
         return Some(network(addr, full_len(addr)));
     }
     let lower = value.to_ascii_lowercase();
-    let address_chars = lower.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':');
-    (address_chars && (lower.ends_with('.') || lower.ends_with(':'))).then_some(Entry::Prefix(lower))
+    let address_chars = lower
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':');
+    (address_chars && (lower.ends_with('.') || lower.ends_with(':')))
+        .then_some(Entry::Prefix(lower))
 }
 
 /// A network entry, with an IPv4-mapped IPv6 network stored as the IPv4 one it is.

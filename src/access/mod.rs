@@ -87,7 +87,11 @@ pub fn start_warnings(cfg: &crate::config::Config) -> Vec<String> {
             "--janus-ws-allow-ip",
             &cfg.janus_ws_allow_ip,
         ),
-        ("general.acl", "--janus-http-allow-ip", &cfg.janus_http_allow_ip),
+        (
+            "general.acl",
+            "--janus-http-allow-ip",
+            &cfg.janus_http_allow_ip,
+        ),
     ] {
         for entry in list.whole_address_prefixes() {
             out.push(format!(

@@ -242,10 +242,7 @@ impl JanusServer {
                 "Janus WebSocket transport",
                 [cfg.allow_ip.clone(), cfg.ws_allow_ip],
             ),
-            http_filter: PeerFilter::new(
-                "Janus HTTP transport",
-                [cfg.allow_ip, cfg.http_allow_ip],
-            ),
+            http_filter: PeerFilter::new("Janus HTTP transport", [cfg.allow_ip, cfg.http_allow_ip]),
         })
     }
 

@@ -748,7 +748,11 @@ mod tests {
                 "general: { ws = true, ws_unix = \"/run/j.sock\", ws_acl = \"127.\" }",
                 "general.ws_acl with ws_unix",
             ),
-            (HTTP_FILE, "general: { http = true, https = true }", "general.https"),
+            (
+                HTTP_FILE,
+                "general: { http = true, https = true }",
+                "general.https",
+            ),
             (
                 HTTP_FILE,
                 "general: { http = true, acl = \"127.,10.\", acl_forwarded = true }",
@@ -788,7 +792,10 @@ mod tests {
     fn acls_become_the_transports_allow_lists() {
         let dir = dir_with(&[
             PLUGIN,
-            (WS_FILE, "general: { ws = true, ws_acl = \"127.,192.168.0.\" }"),
+            (
+                WS_FILE,
+                "general: { ws = true, ws_acl = \"127.,192.168.0.\" }",
+            ),
             (HTTP_FILE, "general: { http = true, acl = \"10.0.0.\" }"),
         ]);
         let install = read_install(&dir).unwrap();
