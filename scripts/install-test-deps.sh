@@ -2,7 +2,7 @@
 # Installs what the tests need beyond a Rust toolchain: the build prerequisites
 # (scripts/install-build-deps.sh; its C compiler also builds the memsink tests' C peer),
 # Debian's Chromium for the browser tests, ffmpeg (the stand-in camera encoder, the
-# camera test recordings and the JSMpeg transcoder), Debian's nginx (the reverse proxy
+# camera test recordings and the JSMpeg transcoder), curl, Debian's nginx (the reverse proxy
 # in front of a unix socket, as on PiKVM), and the npm packages the browser
 # tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
@@ -17,6 +17,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 # Signs Janus tokens in the tests, independently of peregrine's own HMAC code.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# Logs in to the main port with HTTP Basic auth (-u) in the tests.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # /usr/sbin is not on every user's PATH.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 if ((${#need_apt[@]})); then

@@ -80,11 +80,12 @@ async function tryStart(extraArgs, reusePorts) {
   child.stderr.on("data", keep);
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   const base = `http://127.0.0.1:${ports.http}`;
+  const headers = basicAuthHeaders(args);
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`peregrine exited at start:\n${log}`);
     try {
-      const r = await fetch(`${base}/state`);
+      const r = await fetch(`${base}/state`, { headers });
       if (r.ok) {
         const state = await r.json();
         if (state.pid === child.pid) break;
@@ -104,7 +105,7 @@ async function tryStart(extraArgs, reusePorts) {
     wsUrl: `ws://127.0.0.1:${ports.ws}/`,
     httpUrl: `http://127.0.0.1:${ports.janusHttp}/janus`,
     log: () => log,
-    state: async () => (await fetch(`${base}/state`)).json(),
+    state: async () => (await fetch(`${base}/state`, { headers })).json(),
     async stop() {
       if (child.exitCode === null) child.kill("SIGTERM");
       const res = await Promise.race([exited, sleep(5000).then(() => null)]);
@@ -112,6 +113,15 @@ async function tryStart(extraArgs, reusePorts) {
       return res;
     },
   };
+}
+
+/** The `Authorization` header for the `--user` / `--passwd` among `args`, if any. */
+export function basicAuthHeaders(args) {
+  const value = (flag) => { const i = args.indexOf(flag); return i < 0 ? undefined : args[i + 1]; };
+  const user = value("--user");
+  if (user === undefined) return {};
+  const token = Buffer.from(`${user}:${value("--passwd") ?? ""}`).toString("base64");
+  return { authorization: `Basic ${token}` };
 }
 
 /** Serve the kit's pages, janus.js and adapter.js on a loopback port of their own. */

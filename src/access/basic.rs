@@ -80,7 +80,7 @@ pub fn parse_authorization(value: Option<&[u8]>) -> Presented {
     let Some((scheme, token)) = value.split_at_checked(5) else {
         return Presented::Malformed;
     };
-    if !scheme.eq_ignore_ascii_case(b"basic") || !token.first().is_some_and(|b| *b == b' ') {
+    if !scheme.eq_ignore_ascii_case(b"basic") || token.first() != Some(&b' ') {
         return Presented::Malformed;
     }
     match base64_decode(token.trim_ascii()) {
@@ -149,15 +149,16 @@ impl BasicAuth {
         mac.verify_slice(&self.expected).is_ok()
     }
 
-    /// Judge a request from `peer` whose `Authorization` value is `authorization`.
+    /// Judge a request from `peer` whose `Authorization` value is `authorization`;
+    /// `preflight` for an `OPTIONS` request.
     pub fn decide(
         &self,
-        method: &Method,
+        preflight: bool,
         authorization: Option<&[u8]>,
         peer: IpAddr,
         now: Instant,
     ) -> Decision {
-        if method == Method::OPTIONS {
+        if preflight {
             return Decision::Pass;
         }
         if let Some(left) = self.guard.blocked(peer, now) {
@@ -220,7 +221,8 @@ async fn check(auth: &BasicAuth, request: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    match auth.decide(request.method(), authorization, peer, Instant::now()) {
+    let preflight = request.method() == Method::OPTIONS;
+    match auth.decide(preflight, authorization, peer, Instant::now()) {
         Decision::Pass => next.run(request).await,
         Decision::Challenge { .. } => (
             StatusCode::UNAUTHORIZED,
@@ -324,18 +326,17 @@ mod tests {
     #[test]
     fn right_credentials_pass_wrong_ones_are_counted_then_throttled() {
         let auth = BasicAuth::new(&creds("admin", "s3cret"));
-        let get = Method::GET;
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
         let right = header("admin:s3cret");
-        assert_eq!(auth.decide(&get, Some(&right), a, t0), Decision::Pass);
+        assert_eq!(auth.decide(false, Some(&right), a, t0), Decision::Pass);
         assert_eq!(
-            auth.decide(&get, None, a, t0),
+            auth.decide(false, None, a, t0),
             Decision::Challenge { wrong: false }
         );
         assert_eq!(
-            auth.decide(&Method::OPTIONS, None, a, t0),
+            auth.decide(true, None, a, t0),
             Decision::Pass,
             "preflights carry no credentials"
         );
@@ -347,30 +348,30 @@ mod tests {
             ":s3cret",
         ] {
             assert_eq!(
-                auth.decide(&get, Some(&header(wrong)), a, t0),
+                auth.decide(false, Some(&header(wrong)), a, t0),
                 Decision::Challenge { wrong: true },
                 "{wrong}"
             );
         }
         // Missing credentials are not guesses; wrong ones up to the limit are.
         for _ in 0..10 {
-            auth.decide(&get, None, a, t0);
+            auth.decide(false, None, a, t0);
         }
-        assert_eq!(auth.decide(&get, Some(&right), a, t0), Decision::Pass);
+        assert_eq!(auth.decide(false, Some(&right), a, t0), Decision::Pass);
         for _ in 5..secret_guard::MAX_FAILURES {
-            auth.decide(&get, Some(b"Basic x"), a, t0);
+            auth.decide(false, Some(b"Basic x"), a, t0);
         }
         assert!(matches!(
-            auth.decide(&get, Some(&right), a, t0),
+            auth.decide(false, Some(&right), a, t0),
             Decision::Throttled(s) if s == secret_guard::BLOCK.as_secs()
         ));
         assert_eq!(
-            auth.decide(&get, Some(&right), b, t0),
+            auth.decide(false, Some(&right), b, t0),
             Decision::Pass,
             "another address is not affected"
         );
         let later = t0 + secret_guard::BLOCK;
-        assert_eq!(auth.decide(&get, Some(&right), a, later), Decision::Pass);
+        assert_eq!(auth.decide(false, Some(&right), a, later), Decision::Pass);
     }
 
     #[test]
@@ -379,11 +380,11 @@ mod tests {
         let ip: IpAddr = "192.0.2.3".parse().unwrap();
         let now = Instant::now();
         assert_eq!(
-            auth.decide(&Method::GET, Some(&header("viewer:")), ip, now),
+            auth.decide(false, Some(&header("viewer:")), ip, now),
             Decision::Pass
         );
         assert_eq!(
-            auth.decide(&Method::GET, Some(&header("viewer:x")), ip, now),
+            auth.decide(false, Some(&header("viewer:x")), ip, now),
             Decision::Challenge { wrong: true }
         );
     }
