@@ -356,6 +356,8 @@ Examples:
   peregrine --source tcp-listen://127.0.0.1:8000
   # in place of Janus + ustreamer plugin, reading uStreamer's H.264 memsink
   peregrine --source memsink:demo::ustreamer::h264
+  # open to the LAN only (add --user NAME --passwd-file FILE for a password)
+  peregrine --host 0.0.0.0 --allow-ip 127.0.0.1,192.168.1.0/24
   # behind NAT, with a narrow UDP port range opened in the firewall
   peregrine --host 0.0.0.0 --nat-1-1-ip 203.0.113.7 --udp-port-range 20000-20100
   # debug lines from peregrine, JSON for a log collector
