@@ -244,6 +244,11 @@ pub struct Args {
     /// STUN/TURN URL given to pages through `features` (repeatable).
     #[arg(long, value_name = "URL", help_heading = "WebRTC")]
     pub ice_server: Option<Vec<String>>,
+    /// Address the WebRTC media socket binds, whose addresses are offered as ICE host
+    /// candidates (every interface's with 0.0.0.0). Lets media reach the network while
+    /// signalling stays on loopback or unix sockets behind a proxy. [default: --host]
+    #[arg(long, value_name = "IP", help_heading = "WebRTC")]
+    pub media_host: Option<IpAddr>,
     /// Public address to advertise in ICE candidates instead of the local ones.
     #[arg(long = "nat-1-1-ip", value_name = "IP", help_heading = "WebRTC")]
     #[serde(rename = "nat_1_1_ip")]
@@ -391,6 +396,8 @@ pub struct Config {
     /// `ip` lands here, so `--host` alone does not widen what it bound.
     pub janus_ws_host: Option<IpAddr>,
     pub janus_http_host: Option<IpAddr>,
+    /// WebRTC media's own address; `None`: `host`.
+    pub media_host: Option<IpAddr>,
     pub janus_ws_unix: Option<PathBuf>,
     pub janus_ws_unix_mode: u32,
     pub janus_http_unix: Option<PathBuf>,
@@ -467,6 +474,7 @@ impl Default for Config {
             janus_http_path: "/janus".into(),
             janus_ws_host: None,
             janus_http_host: None,
+            media_host: None,
             janus_ws_unix: None,
             janus_ws_unix_mode: 0o660,
             janus_http_unix: None,
@@ -646,6 +654,9 @@ impl Config {
         }
         if let Some(ip) = a.janus_http_host {
             self.janus_http_host = Some(ip);
+        }
+        if let Some(ip) = a.media_host {
+            self.media_host = Some(ip);
         }
         set!(session_timeout_s <- session_timeout);
         if let Some(secret) = a.janus_api_secret {
@@ -961,6 +972,11 @@ impl Config {
         Ok(())
     }
 
+    /// The address WebRTC media binds.
+    pub fn media_ip(&self) -> IpAddr {
+        self.media_host.unwrap_or(self.host)
+    }
+
     pub fn janus_ws_listen(&self) -> Listen {
         listen(
             self.janus_ws_off,
@@ -1067,6 +1083,7 @@ fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Arg
         janus_ws_host: install.ws_ip,
         janus_http_port: install.http_port,
         janus_http_host: install.http_ip,
+        media_host: install.media_ip,
         janus_http_path: install.http_base_path,
         session_timeout: install.session_timeout,
         janus_api_secret: install.api_secret,

@@ -75,23 +75,6 @@ fn reachable(cfg: &Config) -> Vec<Reachable> {
         ),
         janus_auth,
     );
-    if !cfg.host.is_loopback() {
-        let ports = match cfg.udp_ports {
-            (0, _) => "any port".to_string(),
-            (first, last) if first == last => format!("port {first}"),
-            (first, last) => format!("ports {first}-{last}"),
-        };
-        // Media flows only to viewers a signalling port let in: it is as open as they are.
-        let open_signalling = out.iter().any(|r| r.guard.is_none());
-        out.push(Reachable {
-            text: format!(
-                "UDP {} {ports} (WebRTC media{})",
-                cfg.host,
-                only_from(&[&cfg.allow_ip])
-            ),
-            guard: (!open_signalling).then_some("a viewer admitted by the API"),
-        });
-    }
     if let Some(addr) = cfg
         .source
         .strip_prefix("tcp-listen://")
@@ -103,6 +86,25 @@ fn reachable(cfg: &Config) -> Vec<Reachable> {
                 guard: None,
             });
         }
+    }
+    // Media alone is no exposure: it carries video only to viewers that signalled (the
+    // STUN checks need the credentials of their offer), so it is named only beside a
+    // listener that is reachable, and is as open as the signalling that is.
+    if !out.is_empty() && !cfg.media_ip().is_loopback() {
+        let ports = match cfg.udp_ports {
+            (0, _) => "any port".to_string(),
+            (first, last) if first == last => format!("port {first}"),
+            (first, last) => format!("ports {first}-{last}"),
+        };
+        let open_signalling = out.iter().any(|r| r.guard.is_none());
+        out.push(Reachable {
+            text: format!(
+                "UDP {} {ports} (WebRTC media{})",
+                cfg.media_ip(),
+                only_from(&[&cfg.allow_ip])
+            ),
+            guard: (!open_signalling).then_some("a viewer admitted by the API"),
+        });
     }
     out
 }
@@ -276,6 +278,14 @@ mod tests {
         );
         assert!(!text.contains("8080"), "{text}");
         assert!(!text.contains("UDP"), "{text}");
+    }
+
+    #[test]
+    fn media_alone_on_the_network_is_not_an_exposure() {
+        // PiKVM's layout: signalling on loopback or a unix socket, media for everyone.
+        assert_eq!(warning(&config(&["--media-host", "0.0.0.0"])), None);
+        let text = warning(&config(&["--host", "0.0.0.0", "--media-host", "10.1.2.3"])).unwrap();
+        assert!(text.contains("UDP 10.1.2.3 ports"), "{text}");
     }
 
     #[test]

@@ -63,9 +63,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
 
     let engine = RtcEngine::start(
         RtcConfig {
-            bind: cfg.host,
+            bind: cfg.media_ip(),
             udp_ports: cfg.udp_ports,
-            candidate_ips: candidate_ips(cfg.host, cfg.ice_loopback),
+            candidate_ips: candidate_ips(cfg.media_ip(), cfg.ice_loopback),
             nat_1_1_ip: cfg.nat_1_1_ip,
             rtp_packet_size: cfg.rtp_packet_size,
             max_viewers: cfg.max_viewers,

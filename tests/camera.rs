@@ -301,8 +301,9 @@ async fn run_case(recording: Recording, reference: &[I420Frame], what: &str) -> 
     let s = run.status.snapshot();
     ensure!(s.state == "live", "{what}: state {}", s.state);
     ensure!((s.width, s.height) == (W, H), "{what}: /state size");
+    // Wide: a loaded machine delays frames, and the point is the camera's rate, not 0 or 2x.
     ensure!(
-        (s.fps - f64::from(FPS)).abs() < 5.0,
+        (s.fps - f64::from(FPS)).abs() < 10.0,
         "{what}: /state fps {}",
         s.fps
     );

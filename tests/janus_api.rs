@@ -589,6 +589,71 @@ async fn ws_oversized_message_is_refused_cleanly() {
     assert_eq!(r["janus"], "ack");
 }
 
+/// A ping over 125 bytes breaks the WebSocket framing: the client hears that, not
+/// that its message was over the size limit.
+#[tokio::test]
+async fn ws_oversized_control_frame_is_a_protocol_error() {
+    let srv = start(|_| {}).await;
+    let mut tcp = TcpStream::connect(srv.ws).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: janus-protocol\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // A masked ping with 200 bytes of payload (the mask is zero, so it reads as is).
+    let mut ping = vec![0x89, 0x80 | 126, 0, 200, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 200]);
+    tcp.write_all(&ping).await.unwrap();
+    // The server's first frame: unmasked text with the Janus error.
+    let mut hdr = [0u8; 2];
+    tcp.read_exact(&mut hdr).await.unwrap();
+    assert_eq!(hdr[0], 0x81, "a text frame first");
+    let len = match hdr[1] {
+        126 => usize::from(tcp.read_u16().await.unwrap()),
+        n => usize::from(n),
+    };
+    let mut text = vec![0; len];
+    tcp.read_exact(&mut text).await.unwrap();
+    let v: Value = serde_json::from_slice(&text).unwrap();
+    assert_error(&v, 450, "WebSocket error");
+    let reason = v["error"]["reason"].as_str().unwrap();
+    assert!(!reason.contains("too large"), "{reason}");
+    // And the server still serves.
+    let mut ws = ws_connect(srv.ws).await;
+    ws.create().await;
+}
+
+/// Janus ids must survive a JavaScript Number: a wanted id of 2^53 or more is the
+/// wrong type, not a conflict; 0 asks for a random one, as in Janus.
+#[tokio::test]
+async fn create_with_an_id_checks_its_range() {
+    let srv = start(|_| {}).await;
+    let mut ws = ws_connect(srv.ws).await;
+    let r = ws.call(json!({"janus":"create","id":1u64 << 53})).await;
+    assert_error(&r, 467, "below 2^53");
+    let r = ws
+        .call(json!({"janus":"create","id":(1u64 << 53) - 1}))
+        .await;
+    assert_eq!(r["data"]["id"], json!((1u64 << 53) - 1), "{r}");
+    let r = ws
+        .call(json!({"janus":"create","id":(1u64 << 53) - 1}))
+        .await;
+    assert_error(&r, 468, "already in use");
+    let r = ws.call(json!({"janus":"create","id":0})).await;
+    assert!(r["data"]["id"].as_u64().is_some_and(|id| id > 0), "{r}");
+}
+
 #[tokio::test]
 async fn closing_the_socket_destroys_its_sessions() {
     let srv = start(|_| {}).await;

@@ -537,3 +537,35 @@ async fn assert_main_port_answers(port: u16) -> Result<()> {
     assert_eq!(status, 200, "a Janus ping on the main port");
     Ok(())
 }
+
+/// `--media-host` puts WebRTC media on its own address (PiKVM: signalling on a unix
+/// socket behind nginx, media for every viewer): the offer names only that address, and
+/// a viewer plays through it while the Janus API stays where `--host` put it.
+#[tokio::test]
+async fn media_host_moves_webrtc_media_only() -> Result<()> {
+    let server = support::Server::start(&["--media-host", "127.0.0.2"]).await?;
+    let mut janus = support::JanusClient::connect(&server, support::Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let offer = janus.watch().await?;
+    let candidates: Vec<&str> = offer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert!(!candidates.is_empty(), "no candidates in {offer}");
+    for c in &candidates {
+        assert!(
+            c.contains(" 127.0.0.2 "),
+            "candidate not on --media-host: {c}"
+        );
+    }
+    let (mut peer, answer) = peregrine::rtc::receiver::ReceiverPeer::answer(&offer).await?;
+    janus.start(&answer).await?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+    let frame = tokio::time::timeout(Duration::from_secs(10), peer.next_frame())
+        .await
+        .context("no picture through --media-host")?;
+    assert!(frame.is_some(), "the connection closed");
+    // The Janus API and pages did not move.
+    assert_main_port_answers(server.http_port).await?;
+    Ok(())
+}

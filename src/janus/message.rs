@@ -202,7 +202,13 @@ fn mandatory<'a, T>(
 
 /// `create`: the session id the client wants, if it names one.
 pub fn parse_create(req: &Request) -> Result<Option<u64>, JanusError> {
-    optional(&req.fields, "id", "a positive integer", Value::as_u64)
+    // As in Janus, 0 asks for a random id. Ids must survive a JavaScript Number.
+    const EXPECTED: &str = "a positive integer below 2^53";
+    match optional(&req.fields, "id", EXPECTED, Value::as_u64)? {
+        Some(0) | None => Ok(None),
+        Some(id) if id >= 1 << 53 => Err(JanusError::wrong_type("id", EXPECTED)),
+        Some(id) => Ok(Some(id)),
+    }
 }
 
 /// `attach`: which plugin.

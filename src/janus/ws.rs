@@ -191,7 +191,9 @@ async fn handle_frame(
 /// A frame the socket layer refused (too large, or broken framing): say why in the
 /// Janus error format, then close with the matching WebSocket code.
 async fn refuse(socket: &mut SplitSink<WebSocket, Message>, detail: &str, limit: usize) {
-    let too_big = detail.contains("too long") || detail.contains("too big");
+    // A ping or close over 125 bytes is a broken frame, not a message over our limit.
+    let too_big = (detail.contains("too long") || detail.contains("too big"))
+        && !detail.contains("Control frame");
     tracing::info!(
         error = detail,
         "closing Janus WebSocket after a transport error"

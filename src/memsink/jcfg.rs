@@ -310,6 +310,8 @@ pub struct JanusInstall {
     pub session_timeout: Option<u64>,
     pub rtp_port_range: Option<String>,
     pub nat_1_1_ip: Option<String>,
+    /// `nat.ice_enforce_list` naming one interface or address: media binds there.
+    pub media_ip: Option<IpAddr>,
     pub stun: Option<String>,
     /// `general.api_secret`, when not empty.
     pub api_secret: Option<String>,
@@ -415,6 +417,18 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             .and_then(|t| u64::try_from(t).ok());
         install.rtp_port_range = janus.get_str("media.rtp_port_range");
         install.nat_1_1_ip = janus.get_str("nat.nat_1_1_mapping");
+        install.media_ip = ice_enforce_list(&janus, &dir.join(CORE_FILE))?;
+        if let Some(list) = janus.get_str("nat.ice_ignore_list") {
+            // "vmnet" is the sample's value and names nothing on a usual machine.
+            if list.trim() != "vmnet" {
+                tracing::warn!(
+                    file = %dir.join(CORE_FILE).display(),
+                    list,
+                    "nat.ice_ignore_list is not used: peregrine offers the --media-host \
+                     address (every interface with 0.0.0.0)"
+                );
+            }
+        }
         if let Some(server) = janus.get_str("nat.stun_server") {
             let port = janus.get_int("nat.stun_port").unwrap_or(3478);
             install.stun = Some(format!("stun:{server}:{port}"));
@@ -515,6 +529,43 @@ fn allow_origin(v: &Value, file: &Path) -> Result<Option<String>> {
         )
     })?;
     Ok(Some(origin))
+}
+
+/// `nat.ice_enforce_list`: Janus gathers media candidates only on the interfaces or
+/// addresses listed. One interface or address maps to the media address; a longer list
+/// or prefixes have no one address, and are reported as not used.
+fn ice_enforce_list(v: &Value, file: &Path) -> Result<Option<IpAddr>> {
+    let Some(list) = v.get_str("nat.ice_enforce_list") else {
+        return Ok(None);
+    };
+    let entries: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if let [one] = entries[..] {
+        if let Ok(ip) = one.parse() {
+            return Ok(Some(ip));
+        }
+        if let Some(ip) = crate::net::interface_ipv4(one) {
+            return Ok(Some(ip));
+        }
+        if !one.ends_with('.') && !one.ends_with(':') {
+            bail!(
+                "{}: nat.ice_enforce_list = {list:?}: no network interface of that name is up \
+                 with an IPv4 address; set it to the address media should use, or choose it \
+                 with --media-host",
+                file.display()
+            );
+        }
+    }
+    tracing::warn!(
+        file = %file.display(),
+        list,
+        "nat.ice_enforce_list is not used: it names no single interface or address; \
+         choose the media address with --media-host"
+    );
+    Ok(None)
 }
 
 /// A security setting peregrine cannot honour: file, setting, what it would lose.
@@ -644,6 +695,34 @@ mod tests {
     }
 
     #[test]
+    fn ice_enforce_list_with_one_entry_is_the_media_address() {
+        let install = |list: &str| {
+            let dir = dir_with(&[
+                (PLUGIN_FILE, "video: { sink = \"s\" }"),
+                (
+                    CORE_FILE,
+                    &format!("nat: {{ ice_enforce_list = \"{list}\" }}"),
+                ),
+            ]);
+            let out = read_install(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            out
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(install("192.168.1.7").unwrap().media_ip, ip("192.168.1.7"));
+        assert_eq!(install(" lo ").unwrap().media_ip, ip("127.0.0.1"));
+        // Several entries or a prefix name no one address: not used (with a warning).
+        assert_eq!(install("eth0,wlan0").unwrap().media_ip, None);
+        assert_eq!(install("192.168.").unwrap().media_ip, None);
+        // A missing interface stops the start instead of binding elsewhere.
+        let err = install("nosuchif0").unwrap_err().to_string();
+        assert!(
+            err.contains("ice_enforce_list") && err.contains("--media-host"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn reads_an_installation() {
         let dir = dir_with(&[
             (
@@ -680,6 +759,7 @@ mod tests {
                 session_timeout: Some(30),
                 rtp_port_range: Some("20000-20100".into()),
                 nat_1_1_ip: None,
+                media_ip: None,
                 stun: Some("stun:stun.example.org:19302".into()),
                 api_secret: None,
                 token_auth: false,

@@ -13,6 +13,10 @@ pub const SYNC_BYTE: u8 = 0x47;
 pub enum TsError {
     #[error("not an MPEG transport stream: first byte is 0x{0:02x}, expected sync byte 0x47")]
     NotTs(u8),
+    #[error(
+        "not an MPEG transport stream: byte 188 is 0x{0:02x}, expected the second packet's sync byte 0x47"
+    )]
+    NoSecondPacket(u8),
     #[error("lost MPEG-TS packet sync and found none in the next {0} bytes")]
     LostSync(usize),
 }
@@ -70,7 +74,7 @@ impl PacketSplitter {
                 return Ok(Bytes::new());
             }
             if self.pending[PACKET_SIZE] != SYNC_BYTE {
-                return Err(TsError::NotTs(self.pending[0]));
+                return Err(TsError::NoSecondPacket(self.pending[PACKET_SIZE]));
             }
             self.verified = true;
             self.locked = true;
@@ -282,7 +286,7 @@ mod tests {
         );
         assert_eq!(
             PacketSplitter::new().push(&b"GET / HTTP/1.1\r\n".repeat(20)),
-            Err(TsError::NotTs(b'G'))
+            Err(TsError::NoSecondPacket(b"GET / HTTP/1.1\r\n"[188 % 16]))
         );
         let mut s = PacketSplitter::new();
         let mut stream = [packet(1, false, &[]), packet(1, false, &[])].concat();
