@@ -3,9 +3,9 @@
 # (scripts/install-build-deps.sh; its C compiler also builds the memsink tests' C peer),
 # Debian's Chromium for the browser tests, ffmpeg (the stand-in camera encoder, the
 # camera test recordings and the JSMpeg transcoder), Debian's nginx (the reverse proxy
-# in front of a unix socket, as on PiKVM), curl (the README's Admin API examples), and
-# the npm packages the browser tests load (janus.js, webrtc-adapter, playwright-core,
-# JSMpeg, jmuxer).
+# in front of a unix socket, as on PiKVM), curl (the README's Admin API examples and
+# HTTP Basic logins), and the npm packages the browser tests load (janus.js,
+# webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
@@ -19,7 +19,8 @@ command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 # Signs Janus tokens in the tests, independently of peregrine's own HMAC code, and
 # makes the test CA and certificates of the TLS tests.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-# Runs the README's Admin API examples as written, and sends browser-like Origins.
+# Runs the README's Admin API examples as written, sends browser-like Origins, and logs
+# in to the main port with HTTP Basic auth (-u).
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # /usr/sbin is not on every user's PATH.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)

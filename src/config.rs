@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::access::{Credentials, IpList};
 use crate::janus::Listen;
 use crate::memsink::jcfg::SecureTransport;
 use crate::origin::OriginPolicy;
@@ -50,6 +51,30 @@ pub struct Args {
         help_heading = "Server"
     )]
     pub allow_origin: Option<Vec<String>>,
+    /// Require HTTP Basic authentication with this user name for everything on --port
+    /// (pages, /state, relays, the Janus API at /janus); as µStreamer's --user. The
+    /// Janus ports (--janus-ws-port, --janus-http-port) are not covered: give them
+    /// --janus-api-secret or --janus-token-auth.
+    #[arg(long, value_name = "NAME", help_heading = "Access")]
+    pub user: Option<String>,
+    /// The --user's password (as µStreamer's --passwd); visible to other users of the
+    /// machine in `ps`: prefer --passwd-file or the config file. [default: empty]
+    #[arg(long, value_name = "PASS", help_heading = "Access")]
+    pub passwd: Option<String>,
+    /// Read the --user's password from this file (its first line).
+    #[arg(long, value_name = "FILE", help_heading = "Access")]
+    pub passwd_file: Option<PathBuf>,
+    /// Only these client addresses may connect, to every port (HTTP, Janus transports,
+    /// WebRTC media): addresses (192.168.1.20), networks (10.0.0.0/8, fe80::/10) or, as
+    /// in Janus's acl, text prefixes ending in . or : (192.168.0.); comma-separated or
+    /// repeatable. Others are disconnected at once. [default: any]
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        help_heading = "Access"
+    )]
+    pub allow_ip: Option<Vec<String>>,
     /// HTTP port for the bundled pages and /state. [default: 8080]
     #[arg(long, value_name = "PORT", help_heading = "Server")]
     pub port: Option<u16>,
@@ -93,6 +118,26 @@ pub struct Args {
     /// Permissions of the --janus-http-unix socket, octal. [default: 660]
     #[arg(long, value_name = "OCTAL", help_heading = "Janus API")]
     pub janus_http_unix_mode: Option<String>,
+    /// Only these client addresses may connect to the Janus WebSocket transport (Janus's
+    /// ws_acl), in the forms of --allow-ip and in addition to it. [default: any, or
+    /// general.ws_acl from --janus-config]
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        help_heading = "Janus API"
+    )]
+    pub janus_ws_allow_ip: Option<Vec<String>>,
+    /// Only these client addresses may connect to the Janus HTTP transport (Janus's
+    /// acl), in the forms of --allow-ip and in addition to it. [default: any, or
+    /// general.acl from --janus-config]
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        help_heading = "Janus API"
+    )]
+    pub janus_http_allow_ip: Option<Vec<String>>,
     /// Seconds without activity after which a Janus session expires; 0 disables. [default: 60]
     #[arg(long, value_name = "SECONDS", help_heading = "Janus API")]
     pub session_timeout: Option<u64>,
@@ -355,6 +400,8 @@ Examples:
   peregrine --source tcp-listen://127.0.0.1:8000
   # in place of Janus + ustreamer plugin, reading uStreamer's H.264 memsink
   peregrine --source memsink:demo::ustreamer::h264
+  # open to the LAN only (add --user NAME --passwd-file FILE for a password)
+  peregrine --host 0.0.0.0 --allow-ip 127.0.0.1,192.168.1.0/24
   # behind NAT, with a narrow UDP port range opened in the firewall
   peregrine --host 0.0.0.0 --nat-1-1-ip 203.0.113.7 --udp-port-range 20000-20100
   # debug lines from peregrine, JSON for a log collector
@@ -450,6 +497,13 @@ pub struct Config {
     pub source_allow: Vec<IpAddr>,
     /// `--allow-origin` entries, checked at load.
     pub allow_origin: Vec<String>,
+    /// HTTP Basic authentication of the main port (`--user`, `--passwd`).
+    pub basic_auth: Option<Credentials>,
+    /// Addresses allowed to connect anywhere; empty: all.
+    pub allow_ip: IpList,
+    /// Addresses allowed to connect to one Janus transport, besides `allow_ip`.
+    pub janus_ws_allow_ip: IpList,
+    pub janus_http_allow_ip: IpList,
     pub jsmpeg_secret: Option<String>,
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
@@ -525,6 +579,10 @@ impl Default for Config {
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
             source_allow: Vec::new(),
             allow_origin: Vec::new(),
+            basic_auth: None,
+            allow_ip: IpList::default(),
+            janus_ws_allow_ip: IpList::default(),
+            janus_http_allow_ip: IpList::default(),
             jsmpeg_secret: None,
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
@@ -565,10 +623,18 @@ impl Config {
             let (ws_off, http_off) = (install.ws_off, install.http_off);
             (cfg.janus_wss, cfg.janus_https) = (install.wss.clone(), install.https.clone());
             cfg.notes = install.notes.clone();
+            // Janus's ACLs are text prefixes, not --allow-ip's forms: set as they are.
+            let acl = |text: &Option<String>| {
+                text.as_deref()
+                    .map(IpList::from_janus_acl)
+                    .unwrap_or_default()
+            };
+            let (ws_acl, http_acl) = (acl(&install.ws_acl), acl(&install.http_acl));
             janus_install_args(install)
                 .and_then(|janus| cfg.apply(janus))
                 .with_context(|| format!("janus_config {}", dir.display()))?;
             (cfg.janus_ws_off, cfg.janus_http_off) = (ws_off, http_off);
+            (cfg.janus_ws_allow_ip, cfg.janus_http_allow_ip) = (ws_acl, http_acl);
         }
         let janus_source = cfg.source != Config::default().source;
         cfg.apply(file)?;
@@ -585,6 +651,7 @@ impl Config {
         cfg.check_janus_auth()?;
         cfg.check_janus_admin()?;
         cfg.tls = tls_files(&args_tls, &file_tls)?;
+        cfg.check_access()?;
         if !cfg.source_allow.is_empty() && !cfg.source.starts_with("tcp-listen://") {
             bail!(
                 "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
@@ -603,6 +670,7 @@ impl Config {
             };
         }
         self.apply_admin(&a)?;
+        self.apply_access(&a)?;
         // A port or socket given by a later layer turns a transport on again.
         if a.janus_ws_port.is_some() || a.janus_ws_unix.is_some() {
             self.janus_ws_off = false;
@@ -926,6 +994,88 @@ impl Config {
         OriginPolicy::new(&self.allow_origin).unwrap_or_default()
     }
 
+    /// `--user`, `--passwd` / `--passwd-file` and the address allow-lists of one layer.
+    /// The credentials are completed and checked at the end, by [`Config::check_access`].
+    fn apply_access(&mut self, a: &Args) -> Result<()> {
+        if let Some(user) = &a.user {
+            let passwd = self.basic_auth.take().map(|c| c.passwd).unwrap_or_default();
+            self.basic_auth = Some(Credentials {
+                user: user.clone(),
+                passwd,
+            });
+        }
+        let passwd = match (&a.passwd, &a.passwd_file) {
+            (Some(_), Some(_)) => bail!("passwd and passwd_file exclude each other"),
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(path)) => Some(read_passwd_file(path)?),
+            (None, None) => None,
+        };
+        if let Some(passwd) = passwd {
+            // Without a user yet (it may come from a later layer), the user stays empty.
+            let user = self.basic_auth.take().map(|c| c.user).unwrap_or_default();
+            self.basic_auth = Some(Credentials { user, passwd });
+        }
+        for (key, values, field) in [
+            ("allow_ip", &a.allow_ip, &mut self.allow_ip),
+            (
+                "janus_ws_allow_ip",
+                &a.janus_ws_allow_ip,
+                &mut self.janus_ws_allow_ip,
+            ),
+            (
+                "janus_http_allow_ip",
+                &a.janus_http_allow_ip,
+                &mut self.janus_http_allow_ip,
+            ),
+        ] {
+            if let Some(values) = values {
+                *field = IpList::parse(values, key).map_err(|e| anyhow!(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A password needs a user; a user name cannot hold `:` (RFC 7617); an allow-list
+    /// of a transport on a unix socket would check nothing.
+    fn check_access(&self) -> Result<()> {
+        if let Some(c) = &self.basic_auth {
+            if c.user.is_empty() {
+                bail!("passwd is given but user is not (or is empty); set --user NAME too");
+            }
+            if c.user.contains(':') || c.user.chars().any(char::is_control) {
+                bail!(
+                    "user {:?} must not contain ':' or control characters",
+                    c.user
+                );
+            }
+            if c.passwd.chars().any(char::is_control) {
+                bail!("passwd must not contain control characters");
+            }
+        }
+        for (key, list, listen, socket_key) in [
+            (
+                "janus_ws_allow_ip",
+                &self.janus_ws_allow_ip,
+                self.janus_ws_listen(),
+                "janus_ws_unix",
+            ),
+            (
+                "janus_http_allow_ip",
+                &self.janus_http_allow_ip,
+                self.janus_http_listen(),
+                "janus_http_unix",
+            ),
+        ] {
+            if !list.is_empty() && matches!(listen, Listen::Unix { .. }) {
+                bail!(
+                    "{key} cannot apply: the transport listens on a unix socket ({socket_key}), \
+                     whose clients have no address; its file permissions decide who connects"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Connection caps and timeouts of every listener.
     pub fn conn_limits(&self) -> crate::serve::ConnLimits {
         crate::serve::ConnLimits {
@@ -1135,8 +1285,27 @@ fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Arg
         udp_port_range: install.rtp_port_range,
         nat_1_1_ip,
         ice_server: install.stun.map(|s| vec![s]),
+        allow_origin: (!install.allow_origin.is_empty()).then_some(install.allow_origin),
         ..Args::default()
     })
+}
+
+/// The first line of a password file, without its line end.
+fn read_passwd_file(path: &std::path::Path) -> Result<String> {
+    const MAX: u64 = 4096;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("passwd_file: cannot read {}", path.display()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX + 1), &mut text)
+        .with_context(|| format!("passwd_file {}: not UTF-8 text", path.display()))?;
+    if text.len() as u64 > MAX {
+        bail!("passwd_file {}: longer than {MAX} bytes", path.display());
+    }
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        bail!("passwd_file {}: the first line is empty", path.display());
+    }
+    Ok(line.to_string())
 }
 
 /// `1280x720` → (1280, 720); even sizes only, as 4:2:0 encoding needs.
@@ -1916,5 +2085,178 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{line}: {e}"));
             Config::load(args).unwrap_or_else(|e| panic!("{line}: {e:#}"));
         }
+    }
+
+    #[test]
+    fn user_and_password_from_flags_files_and_keys() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-user-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |args: &[&str]| {
+            let mut all = vec!["peregrine", "--source", "testsrc"];
+            all.extend_from_slice(args);
+            Config::load(Args::parse_from(all))
+        };
+        let creds = |c: Config| c.basic_auth.map(|c| (c.user, c.passwd));
+        let pair = |u: &str, p: &str| Some((u.to_string(), p.to_string()));
+        assert_eq!(creds(load(&[]).unwrap()), None);
+        assert_eq!(
+            creds(load(&["--user", "admin", "--passwd", "pw"]).unwrap()),
+            pair("admin", "pw")
+        );
+        // As in µStreamer, a user without a password has an empty one.
+        assert_eq!(
+            creds(load(&["--user", "admin"]).unwrap()),
+            pair("admin", "")
+        );
+        let file = dir.join("passwd");
+        std::fs::write(&file, "from file\nsecond line\n").unwrap();
+        let path = file.to_str().unwrap();
+        assert_eq!(
+            creds(load(&["--user", "a", "--passwd-file", path]).unwrap()),
+            pair("a", "from file")
+        );
+        std::fs::write(&file, "crlf\r\n").unwrap();
+        assert_eq!(
+            creds(load(&["--user", "a", "--passwd-file", path]).unwrap()),
+            pair("a", "crlf")
+        );
+        // The user from the config file, the password from a flag.
+        let toml = dir.join("p.toml");
+        std::fs::write(&toml, "user = \"kvm\"\npasswd = \"in-file\"\n").unwrap();
+        let toml_s = toml.to_str().unwrap();
+        assert_eq!(
+            creds(load(&["--config", toml_s]).unwrap()),
+            pair("kvm", "in-file")
+        );
+        assert_eq!(
+            creds(load(&["--config", toml_s, "--passwd", "flag"]).unwrap()),
+            pair("kvm", "flag")
+        );
+        let debug = format!("{:?}", load(&["--config", toml_s]).unwrap());
+        assert!(!debug.contains("in-file"), "the password is not in Debug");
+        std::fs::write(&file, "\n").unwrap();
+        for (args, needle) in [
+            (&["--passwd", "pw"][..], "set --user"),
+            (&["--user", "", "--passwd", "pw"][..], "set --user"),
+            (&["--user", "a:b"][..], "must not contain ':'"),
+            (
+                &["--user", "a", "--passwd", "x", "--passwd-file", path][..],
+                "exclude",
+            ),
+            (
+                &["--user", "a", "--passwd-file", path][..],
+                "first line is empty",
+            ),
+            (
+                &["--user", "a", "--passwd-file", "/nonexistent/pw"][..],
+                "passwd_file",
+            ),
+        ] {
+            let err = format!("{:#}", load(args).unwrap_err());
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn allow_lists_parse_and_name_their_key() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["peregrine", "--source", "testsrc"];
+            all.extend_from_slice(args);
+            Config::load(Args::parse_from(all))
+        };
+        let c = load(&[
+            "--allow-ip",
+            "127.,10.0.0.0/8",
+            "--allow-ip",
+            "::1",
+            "--janus-ws-allow-ip",
+            "192.168.0.",
+        ])
+        .unwrap();
+        assert_eq!(c.allow_ip.describe(), "127., 10.0.0.0/8, ::1");
+        assert_eq!(c.janus_ws_allow_ip.describe(), "192.168.0.");
+        assert!(c.janus_http_allow_ip.is_empty());
+        let j = crate::janus::JanusConfig::from_config(&c);
+        assert_eq!(j.allow_ip, c.allow_ip);
+        assert_eq!(j.ws_allow_ip, c.janus_ws_allow_ip);
+        for (flag, key) in [
+            ("--allow-ip", "allow_ip"),
+            ("--janus-ws-allow-ip", "janus_ws_allow_ip"),
+            ("--janus-http-allow-ip", "janus_http_allow_ip"),
+        ] {
+            let err = format!("{:#}", load(&[flag, "10"]).unwrap_err());
+            assert!(err.contains(key), "{flag}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            load(&[
+                "--janus-ws-unix",
+                "/run/x.sock",
+                "--janus-ws-allow-ip",
+                "127."
+            ])
+            .unwrap_err()
+        );
+        assert!(err.contains("unix socket"), "{err}");
+    }
+
+    #[test]
+    fn janus_acls_and_cors_origins_are_enforced_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-acl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"demo::ustreamer::h264\" }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.websockets.jcfg"),
+            "general: { ws = true, ws_acl = \"127.,192.168.1.1\" }\n\
+             cors: { allow_origin = \"https://kvm.example\", enforce_cors = true }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.http.jcfg"),
+            "general: { http = true, acl = \"10.\" }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let load = |extra: &[&str]| {
+            let mut argv = vec!["peregrine", "--janus-config", dir_s];
+            argv.extend_from_slice(extra);
+            Config::load(Args::parse_from(argv)).unwrap()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = load(&[]);
+        // Janus's prefixes: the whole address 192.168.1.1 also admits 192.168.1.10.
+        assert!(c.janus_ws_allow_ip.allows(ip("127.0.0.2")));
+        assert!(c.janus_ws_allow_ip.allows(ip("192.168.1.10")));
+        assert!(!c.janus_ws_allow_ip.allows(ip("192.168.2.1")));
+        assert!(c.janus_http_allow_ip.allows(ip("10.9.8.7")));
+        assert!(!c.janus_http_allow_ip.allows(ip("127.0.0.1")));
+        assert!(c.allow_ip.is_empty(), "the transports' lists are their own");
+        assert_eq!(c.allow_origin, ["https://kvm.example"]);
+        use crate::origin::Verdict;
+        assert!(matches!(
+            c.origin_policy()
+                .judge(Some("https://kvm.example"), &["other:8188"]),
+            Verdict::Allowed(_)
+        ));
+        let warnings = crate::access::start_warnings(&c);
+        assert!(
+            warnings.iter().any(|w| w.contains("\"192.168.1.1\"")),
+            "{warnings:?}"
+        );
+        // Flags replace what the files say.
+        let c = load(&[
+            "--janus-ws-allow-ip",
+            "10.0.0.0/8",
+            "--allow-origin",
+            "https://other.example",
+        ]);
+        assert!(!c.janus_ws_allow_ip.allows(ip("127.0.0.1")));
+        assert_eq!(c.allow_origin, ["https://other.example"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

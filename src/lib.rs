@@ -1,5 +1,6 @@
 //! peregrine: live H.264 video to web browsers over WebRTC, speaking the Janus API.
 
+pub mod access;
 pub mod config;
 pub mod exposure;
 pub mod http;

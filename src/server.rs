@@ -12,6 +12,7 @@ use anyhow::{anyhow, Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::PeerFilter;
 use crate::config::{usage_error, Config, SOURCE_FORMS};
 use crate::http;
 use crate::janus::{JanusConfig, JanusServer, SecureListen};
@@ -57,6 +58,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let certificates = load_certificates(&cfg, &mut janus_cfg).map_err(usage_error)?;
     reload_on_sighup(certificates);
     let main_tls = janus_cfg.tls.clone();
+    for warning in crate::access::start_warnings(&cfg) {
+        tracing::warn!("{warning}");
+    }
     let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
     let source_status = StatusHandle::new(&cfg.source, "no_signal");
@@ -76,6 +80,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             nat_1_1_ip: cfg.nat_1_1_ip,
             rtp_packet_size: cfg.rtp_packet_size,
             max_viewers: cfg.max_viewers,
+            allow_ip: cfg.allow_ip.clone(),
         },
         hub.clone(),
     )
@@ -122,7 +127,12 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         .with_context(|| format!("cannot listen on {addr} for HTTP; change --port"))?;
     let scheme = if main_tls.is_some() { "https" } else { "http" };
     let bound = listener.local_addr().unwrap_or(addr);
-    tracing::info!("viewer page at {scheme}://{bound}/");
+    match &cfg.basic_auth {
+        Some(c) => {
+            tracing::info!(user = %c.user, "viewer page at {scheme}://{bound}/ (HTTP Basic auth)")
+        }
+        None => tracing::info!("viewer page at {scheme}://{bound}/"),
+    }
 
     let until_shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -130,10 +140,16 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let main_router = http::router(state_fn)
         .merge(main_routes)
         .merge(relay.routes());
+    // Basic auth outermost: nothing, not even an Origin refusal, without the password.
+    let main_router = crate::access::basic::guard(
+        crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),
+        cfg.basic_auth.as_ref(),
+    );
+    let main_filter = PeerFilter::new("main HTTP port", [cfg.allow_ip.clone()]);
     let http_server = crate::serve::serve(
         listener,
-        crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),
-        janus.conn_policy(),
+        main_router,
+        janus.conn_policy().with_filter(main_filter),
         main_tls,
         until_shutdown(shutdown.clone()),
     );

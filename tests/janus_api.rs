@@ -1237,6 +1237,7 @@ async fn watch_answer_and_media_through_janus() {
             nat_1_1_ip: None,
             rtp_packet_size: 1150,
             max_viewers: 1000,
+            allow_ip: Default::default(),
         },
         hub.clone(),
     )

@@ -250,16 +250,22 @@ async fn run_recording(command: &str, dir: &Path) -> Result<()> {
     decode_pictures(server.ws_port, 10, (640, 480)).await
 }
 
-/// `ffmpeg -f v4l2 -i /dev/video0 -f mpegts ... http://HOST:8080/upload/SECRET`.
+/// `ffmpeg -f v4l2 -i /dev/video0 -f mpegts ... http://HOST:8080/upload/SECRET`, and
+/// with `USER:PASS@` to a server started with `--user` / `--passwd`.
 async fn run_upload(command: &str) -> Result<()> {
     let secret = "readme-secret";
-    let server = Server::start(&["--jsmpeg-secret", secret]).await?;
+    let mut args = vec!["--jsmpeg-secret", secret];
+    if command.contains("USER:PASS@") {
+        args.extend(["--user", "readme-user", "--passwd", "readme-pass"]);
+    }
+    let server = Server::start(&args).await?;
     let command = limited(command)
         .replace(
             "-f v4l2 -i /dev/video0",
             "-re -f lavfi -i testsrc=size=640x360:rate=30",
         )
         .replace("HOST:8080", &format!("127.0.0.1:{}", server.http_port))
+        .replace("USER:PASS", "readme-user:readme-pass")
         .replace("SECRET", secret);
     let mut ffmpeg = Shell::start(&command)?;
     let s = server
@@ -296,6 +302,10 @@ async fn every_readme_ffmpeg_command_runs() -> Result<()> {
         .with_context(|| format!("README command: {command}"))?;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(commands.len(), 4, "push, pipe, camera recording, upload");
+    assert_eq!(
+        commands.len(),
+        5,
+        "push, pipe, camera recording, upload, upload with a password"
+    );
     Ok(())
 }

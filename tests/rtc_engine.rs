@@ -126,6 +126,7 @@ fn config() -> RtcConfig {
         nat_1_1_ip: None,
         rtp_packet_size: PACKET_SIZE,
         max_viewers: peregrine::rtc::DEFAULT_MAX_VIEWERS,
+        allow_ip: Default::default(),
     }
 }
 

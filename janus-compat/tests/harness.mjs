@@ -39,14 +39,14 @@ export function freePort() {
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** GET `url` as JSON; over https, trusting the PEM certificates `ca` (and no others). */
-async function getJson(url, ca) {
+async function getJson(url, ca, headers = {}) {
   if (!url.startsWith("https:")) {
-    const r = await fetch(url);
+    const r = await fetch(url, { headers });
     if (!r.ok) throw new Error(`${url}: ${r.status}`);
     return r.json();
   }
   return new Promise((resolve, reject) => {
-    httpsGet(url, { ca }, (res) => {
+    httpsGet(url, { ca, headers }, (res) => {
       let body = "";
       res.on("data", (d) => { body += d; });
       res.on("end", () => {
@@ -102,7 +102,8 @@ async function tryStart(extraArgs, reusePorts, tls) {
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   const s = tls ? "s" : "";
   const base = `http${s}://127.0.0.1:${ports.http}`;
-  const state = () => getJson(`${base}/state`, tls?.ca);
+  const headers = basicAuthHeaders(args);
+  const state = () => getJson(`${base}/state`, tls?.ca, headers);
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`peregrine exited at start:\n${log}`);
@@ -132,6 +133,15 @@ async function tryStart(extraArgs, reusePorts, tls) {
       return res;
     },
   };
+}
+
+/** The `Authorization` header for the `--user` / `--passwd` among `args`, if any. */
+export function basicAuthHeaders(args) {
+  const value = (flag) => { const i = args.indexOf(flag); return i < 0 ? undefined : args[i + 1]; };
+  const user = value("--user");
+  if (user === undefined) return {};
+  const token = Buffer.from(`${user}:${value("--passwd") ?? ""}`).toString("base64");
+  return { authorization: `Basic ${token}` };
 }
 
 /**

@@ -34,6 +34,7 @@ pub use error::JanusError;
 pub use gateway::JanusCounts;
 pub use listen::Listen;
 
+use crate::access::{IpList, PeerFilter};
 use crate::config::Config;
 use crate::media::Hub;
 use crate::origin::{self, OriginPolicy};
@@ -82,6 +83,12 @@ pub struct JanusConfig {
     /// `https`).
     pub wss: Option<SecureListen>,
     pub https: Option<SecureListen>,
+    /// Addresses allowed to connect to either transport (`--allow-ip`).
+    pub allow_ip: IpList,
+    /// Addresses allowed to connect to one transport, as Janus's `ws_acl` / `acl`; a
+    /// client must pass `allow_ip` too.
+    pub ws_allow_ip: IpList,
+    pub http_allow_ip: IpList,
 }
 
 /// A transport's TLS server on a port of its own.
@@ -149,6 +156,9 @@ impl Default for JanusConfig {
             tls: None,
             wss: None,
             https: None,
+            allow_ip: IpList::default(),
+            ws_allow_ip: IpList::default(),
+            http_allow_ip: IpList::default(),
         }
     }
 }
@@ -193,6 +203,9 @@ impl JanusConfig {
                 ws: cfg.janus_admin_ws_port.map_or(Listen::Off, Listen::Tcp),
                 ws_host: cfg.janus_admin_ws_host,
             },
+            allow_ip: cfg.allow_ip.clone(),
+            ws_allow_ip: cfg.janus_ws_allow_ip.clone(),
+            http_allow_ip: cfg.janus_http_allow_ip.clone(),
             ..JanusConfig::default()
         }
     }
@@ -249,6 +262,10 @@ pub struct JanusServer {
     ws_limits: ws::WsLimits,
     conn: ConnPolicy,
     origins: OriginPolicy,
+    ws_filter: PeerFilter,
+    http_filter: PeerFilter,
+    /// The Admin API's listeners: `--allow-ip` alone.
+    admin_filter: PeerFilter,
 }
 
 impl JanusServer {
@@ -338,6 +355,15 @@ impl JanusServer {
             },
             conn: ConnPolicy::new(cfg.conn),
             origins: cfg.origins,
+            ws_filter: PeerFilter::new(
+                "Janus WebSocket transport",
+                [cfg.allow_ip.clone(), cfg.ws_allow_ip],
+            ),
+            http_filter: PeerFilter::new(
+                "Janus HTTP transport",
+                [cfg.allow_ip.clone(), cfg.http_allow_ip],
+            ),
+            admin_filter: PeerFilter::new("Janus Admin API", [cfg.allow_ip]),
         })
     }
 
@@ -374,7 +400,8 @@ impl JanusServer {
             .route_service(&format!("{base}/{{*rest}}"), rest)
     }
 
-    /// The connection policy, to share its caps with the main port.
+    /// The connection policy, to share its caps with the main port (with no
+    /// allow-lists: the main port sets its own).
     pub fn conn_policy(&self) -> ConnPolicy {
         self.conn.clone()
     }
@@ -443,9 +470,9 @@ impl JanusServer {
                 let _ = rx.wait_for(|c| *c).await;
             }
         };
-        let serve = |bound: Option<listen::Bound>, router: axum::Router| {
+        let serve = |bound: Option<listen::Bound>, router: axum::Router, filter: PeerFilter| {
             let closed = closed(&gateway);
-            let policy = self.conn.clone();
+            let policy = self.conn.with_filter(filter);
             async move {
                 match bound {
                     Some(bound) => bound.serve(router, policy, closed).await,
@@ -460,13 +487,14 @@ impl JanusServer {
         let guard = |router| origin::guard(router, self.origins.clone());
         let ws_router = guard(ws::router(gateway.clone(), self.ws_limits));
         let http_router = guard(http::router(gateway.clone(), self.http_settings));
-        let ws = serve(self.ws, ws_router.clone());
-        let wss = serve(self.wss, ws_router);
-        let http = serve(self.http, http_router.clone());
-        let https = serve(self.https, http_router);
+        let ws = serve(self.ws, ws_router.clone(), self.ws_filter.clone());
+        let wss = serve(self.wss, ws_router, self.ws_filter);
+        let http = serve(self.http, http_router.clone(), self.http_filter.clone());
+        let https = serve(self.https, http_router, self.http_filter);
         let admin_ws = serve(
             self.admin_ws,
             guard(admin::ws::router(self.admin.clone(), self.ws_limits)),
+            self.admin_filter.clone(),
         );
         let admin_http = serve(
             self.admin_http,
@@ -474,6 +502,7 @@ impl JanusServer {
                 self.admin.clone(),
                 self.admin_http_settings,
             )),
+            self.admin_filter,
         );
         let result = tokio::try_join!(ws, http, wss, https, admin_ws, admin_http);
         watchdog.abort();

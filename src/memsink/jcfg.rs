@@ -337,6 +337,12 @@ pub struct JanusInstall {
     /// Settings read but not used, without loss of security: said in the log at start
     /// (the file is read before logging is set up).
     pub notes: Vec<String>,
+    /// `general.ws_acl` of an enabled WebSocket transport: address prefixes allowed.
+    pub ws_acl: Option<String>,
+    /// `general.acl` of an enabled HTTP transport.
+    pub http_acl: Option<String>,
+    /// `cors.allow_origin` of either transport: a web page allowed to use the API.
+    pub allow_origin: Vec<String>,
 }
 
 /// A transport's TLS server (Janus's `wss` or `https`), with the certificate named in
@@ -443,6 +449,7 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
                     "general.ws_interface",
                     "--janus-ws-host",
                 )?;
+                install.ws_acl = ws.get_str("general.ws_acl");
             }
         }
         if ws.get_bool("admin.admin_ws") == Some(true) {
@@ -465,7 +472,13 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             ));
         }
         install.wss = secure_transport(&ws, dir, &WSS, &mut refused, &mut install.notes)?;
-        // The allow-list and CORS apply to the TLS server too.
+        // The allow-list applies to the TLS server too, even with the plain one off.
+        if install.wss.is_some() && install.ws_acl.is_none() {
+            install.ws_acl = ws.get_str("general.ws_acl");
+        }
+        install
+            .allow_origin
+            .extend(allow_origin(&ws, &dir.join(WS_FILE))?);
         refused.extend(unsupported_ws(
             &ws,
             !install.ws_off || install.wss.is_some(),
@@ -511,6 +524,12 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             ));
         }
         install.https = secure_transport(&http, dir, &HTTPS, &mut refused, &mut install.notes)?;
+        if !install.http_off || install.https.is_some() {
+            install.http_acl = http.get_str("general.acl");
+        }
+        install
+            .allow_origin
+            .extend(allow_origin(&http, &dir.join(HTTP_FILE))?);
         refused.extend(unsupported_http(
             &http,
             !install.http_off || install.https.is_some(),
@@ -706,6 +725,24 @@ fn bind_address(
     }
 }
 
+/// `cors.allow_origin`, checked to be an origin. Janus then answers CORS for that page
+/// alone, and with `enforce_cors` also refuses other pages' upgrades and requests;
+/// peregrine refuses pages it does not allow in any case (see [`crate::origin`]), so
+/// both settings come down to allowing this page.
+fn allow_origin(v: &Value, file: &Path) -> Result<Option<String>> {
+    let Some(origin) = v.get_str("cors.allow_origin") else {
+        return Ok(None);
+    };
+    crate::origin::OriginPolicy::new(std::slice::from_ref(&origin)).map_err(|_| {
+        anyhow!(
+            "{}: cors.allow_origin = {origin:?} is not an origin; write the page's \
+             scheme://host[:port], e.g. \"https://kvm.example\", or \"*\" for every page",
+            file.display()
+        )
+    })?;
+    Ok(Some(origin))
+}
+
 /// `nat.ice_enforce_list`: Janus gathers media candidates only on the interfaces or
 /// addresses listed. One interface or address maps to the media address; a longer list
 /// or prefixes have no one address, and are reported as not used.
@@ -745,21 +782,24 @@ fn ice_enforce_list(v: &Value, file: &Path, notes: &mut Vec<String>) -> Result<O
 /// A security setting peregrine cannot honour: file, setting, what it would lose.
 type Refusal = (&'static str, String, &'static str);
 
-/// The address ACL and enforced CORS in the WebSocket transport.
+/// The parts of the address ACL peregrine cannot apply in the WebSocket transport.
 fn unsupported_ws(ws: &Value, enabled: bool) -> Vec<Refusal> {
     let mut out = Vec::new();
-    if enabled && ws.get_str("general.ws_acl").is_some() {
+    let acl = enabled && ws.get_str("general.ws_acl").is_some();
+    if acl && ws.get_str("general.ws_unix").is_some() {
         out.push((
             WS_FILE,
-            "general.ws_acl".into(),
-            "address allow-lists are not supported, so every address would be accepted",
+            "general.ws_acl with ws_unix".into(),
+            "a unix socket has no client addresses to check; remove ws_acl (the socket's \
+             permissions decide who connects) or listen on a port",
         ));
     }
-    if ws.get_bool("cors.enforce_cors") == Some(true) && ws.get_str("cors.allow_origin").is_some() {
+    if acl && ws.get_bool("general.ws_acl_forwarded") == Some(true) {
         out.push((
             WS_FILE,
-            "cors.enforce_cors = true".into(),
-            "WebSocket origins are not checked, so pages from any origin would be accepted",
+            "general.ws_acl_forwarded = true".into(),
+            "X-Forwarded-For is not checked against the ACL, so clients behind the proxy \
+             would not be",
         ));
     }
     out
@@ -787,21 +827,18 @@ fn unsupported_admin_ws(ws: &Value) -> Vec<Refusal> {
     out
 }
 
-/// The address ACL and a restricted CORS origin in the HTTP transport.
+/// The parts of the address ACL peregrine cannot apply in the HTTP transport.
 fn unsupported_http(http: &Value, enabled: bool) -> Vec<Refusal> {
     let mut out = Vec::new();
-    if enabled && http.get_str("general.acl").is_some() {
+    if enabled
+        && http.get_str("general.acl").is_some()
+        && http.get_bool("general.acl_forwarded") == Some(true)
+    {
         out.push((
             HTTP_FILE,
-            "general.acl".into(),
-            "address allow-lists are not supported, so every address would be accepted",
-        ));
-    }
-    if http.get_str("cors.allow_origin").is_some() {
-        out.push((
-            HTTP_FILE,
-            "cors.allow_origin".into(),
-            "peregrine answers CORS with any origin (*), so pages from any origin could use the API",
+            "general.acl_forwarded = true".into(),
+            "X-Forwarded-For is not checked against the ACL, so clients behind the proxy \
+             would not be",
         ));
     }
     out
@@ -955,6 +992,9 @@ mod tests {
                 wss: None,
                 https: None,
                 notes: Vec::new(),
+                ws_acl: None,
+                http_acl: None,
+                allow_origin: Vec::new(),
             }
         );
         // The current form wins over the legacy one.
@@ -1005,16 +1045,24 @@ mod tests {
     #[test]
     fn security_settings_are_refused_by_name_and_file() {
         let cases = [
-            (WS_FILE, "general: { ws = true, ws_acl = \"127.\" }", "general.ws_acl"),
             (
                 WS_FILE,
-                "general: { ws = true }\ncors: { allow_origin = \"http://a\", enforce_cors = true }",
-                "cors.enforce_cors",
+                "general: { ws = true, ws_acl = \"127.\", ws_acl_forwarded = true }",
+                "general.ws_acl_forwarded",
             ),
-            (HTTP_FILE, "general: { http = true, acl = \"127.,10.\" }", "general.acl"),
+            (
+                WS_FILE,
+                "general: { ws = true, ws_unix = \"/run/j.sock\", ws_acl = \"127.\" }",
+                "general.ws_acl with ws_unix",
+            ),
             (
                 HTTP_FILE,
-                "general: { http = true }\ncors: { allow_origin = \"http://a\" }",
+                "general: { http = true, acl = \"127.,10.\", acl_forwarded = true }",
+                "general.acl_forwarded",
+            ),
+            (
+                HTTP_FILE,
+                "general: { http = true }\ncors: { allow_origin = \"kvm.example/x\" }",
                 "cors.allow_origin",
             ),
         ];
@@ -1258,13 +1306,6 @@ mod tests {
                  certificates: { cert_pem = \"c\", cert_key = \"k\" }",
                 "general.secure_port",
             ),
-            // The allow-list applies to the TLS server too.
-            (
-                WS_FILE,
-                "general: { ws = false, wss = true, ws_acl = \"127.\" }\n\
-                 certificates: { cert_pem = \"c\" }",
-                "general.ws_acl",
-            ),
         ];
         for (file, text, setting) in cases {
             let dir = dir_with(&[PLUGIN, (file, text)]);
@@ -1398,5 +1439,89 @@ mod tests {
             );
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    #[test]
+    fn acls_become_the_transports_allow_lists() {
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                WS_FILE,
+                "general: { ws = true, ws_acl = \"127.,192.168.0.\" }",
+            ),
+            (HTTP_FILE, "general: { http = true, acl = \"10.0.0.\" }"),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.ws_acl.as_deref(), Some("127.,192.168.0."));
+        assert_eq!(install.http_acl.as_deref(), Some("10.0.0."));
+        // The forwarded-for switch off is no loss; an empty ACL is none, as in Janus.
+        std::fs::write(
+            dir.join(WS_FILE),
+            "general: { ws = true, ws_acl = \"\", ws_acl_forwarded = false }",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(HTTP_FILE),
+            "general: { http = true, acl = \"127.\", acl_forwarded = false }",
+        )
+        .unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.ws_acl, None);
+        assert_eq!(install.http_acl.as_deref(), Some("127."));
+        // A disabled transport's ACL guards nothing.
+        std::fs::write(
+            dir.join(HTTP_FILE),
+            "general: { http = false, acl = \"127.\", acl_forwarded = true }",
+        )
+        .unwrap();
+        assert_eq!(read_install(&dir).unwrap().http_acl, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cors_origins_become_allowed_pages() {
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                WS_FILE,
+                "general: { ws = true }\n\
+                 cors: { allow_origin = \"https://kvm.example\", enforce_cors = true }",
+            ),
+            (
+                HTTP_FILE,
+                "general: { http = true }\ncors: { allow_origin = \"http://dash.example:8000\" }",
+            ),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(
+            install.allow_origin,
+            ["https://kvm.example", "http://dash.example:8000"]
+        );
+        // Janus's wildcard is every page, as --allow-origin '*'.
+        std::fs::write(dir.join(HTTP_FILE), "cors: { allow_origin = \"*\" }").unwrap();
+        std::fs::remove_file(dir.join(WS_FILE)).unwrap();
+        assert_eq!(read_install(&dir).unwrap().allow_origin, ["*"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_tls_only_transport_keeps_its_acl() {
+        let dir = dir_with(&[
+            PLUGIN,
+            (
+                WS_FILE,
+                "general: { ws = false, wss = true, ws_acl = \"127.\" }\n\
+                 certificates: { cert_pem = \"c\" }",
+            ),
+            (
+                HTTP_FILE,
+                "general: { http = false, https = true, acl = \"10.\" }\n\
+                 certificates: { cert_pem = \"c\", cert_key = \"k\" }",
+            ),
+        ]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.ws_acl.as_deref(), Some("127."));
+        assert_eq!(install.http_acl.as_deref(), Some("10."));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

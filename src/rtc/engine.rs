@@ -399,6 +399,11 @@ impl Engine {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let id = match self.by_addr.get(&from) {
             Some(id) => *id,
+            // Before the HMAC: a refused address costs a lookup, not a digest.
+            None if !self.cfg.allow_ip.allows(from.ip()) => {
+                self.garbage(from, data.len(), "address not allowed (--allow-ip)");
+                return;
+            }
             None => match self.authenticated_peer(data) {
                 Some(id) => {
                     let e = self.peers.get_mut(&id).expect("routed peers exist");
@@ -643,6 +648,7 @@ mod tests {
             nat_1_1_ip: None,
             rtp_packet_size: 1150,
             max_viewers: 2,
+            allow_ip: Default::default(),
         };
         let candidates = vec![SocketAddr::from(([127, 0, 0, 1], 40000))];
         Engine::new(cfg, Hub::new(4), Arc::default(), candidates, Arc::default())
@@ -698,6 +704,27 @@ mod tests {
         engine.settle(Instant::now());
         engine.remove_peer(id, "test", false);
         assert!(engine.by_addr.is_empty());
+    }
+
+    #[test]
+    fn checks_from_addresses_not_allowed_are_ignored() {
+        let mut engine = engine();
+        engine.cfg.allow_ip =
+            crate::access::IpList::parse(&["127.0.0.1".to_string()], "allow_ip").unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let (id, _) = engine
+            .create_offer(now, PeerOptions::default(), tx)
+            .expect("offer");
+        let (ufrag, pwd) = (&engine.peers[&id].ufrag, &engine.peers[&id].pwd);
+        let signed =
+            demux::signed_binding_request(&format!("{ufrag}:remote"), Some(pwd.as_bytes()));
+        let outsider = SocketAddr::from(([127, 0, 0, 2], 50000));
+        engine.handle_datagram(now, outsider, &signed);
+        assert!(engine.by_addr.is_empty(), "a signed check is not enough");
+        let allowed = SocketAddr::from(([127, 0, 0, 1], 50000));
+        engine.handle_datagram(now, allowed, &signed);
+        assert_eq!(engine.by_addr.get(&allowed), Some(&id));
     }
 
     #[test]

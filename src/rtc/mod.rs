@@ -64,6 +64,9 @@ pub struct RtcConfig {
     pub rtp_packet_size: usize,
     /// Peers (viewers, connected or not yet) the engine holds at most.
     pub max_viewers: usize,
+    /// Addresses whose connectivity checks are answered (`--allow-ip`); others are
+    /// dropped before their check is verified.
+    pub allow_ip: crate::access::IpList,
 }
 
 /// Per-viewer choices made by the page in `watch`.
@@ -363,6 +366,7 @@ mod tests {
             nat_1_1_ip: None,
             rtp_packet_size: 1150,
             max_viewers: 10,
+            allow_ip: Default::default(),
         };
         let engine = RtcEngine::start(cfg, Hub::new(4)).await.expect("engine");
         let (tx, mut events) = mpsc::unbounded_channel();

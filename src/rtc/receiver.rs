@@ -119,7 +119,16 @@ pub struct ReceiverPeer {
 impl ReceiverPeer {
     /// Answer `offer_sdp`; the answer carries this peer's one host candidate.
     pub async fn answer(offer_sdp: &str) -> anyhow::Result<(ReceiverPeer, String)> {
-        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)).await?;
+        Self::answer_from(offer_sdp, IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// As [`ReceiverPeer::answer`], with the media socket on `ip` (e.g. 127.0.0.2, to be
+    /// another client address on one machine).
+    pub async fn answer_from(
+        offer_sdp: &str,
+        ip: IpAddr,
+    ) -> anyhow::Result<(ReceiverPeer, String)> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let local_addr = socket.local_addr()?;
         let now = Instant::now();
 

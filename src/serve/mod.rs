@@ -1,5 +1,6 @@
 //! Serving an axum router on a listener with the protections a network-facing server
-//! needs: connection caps (see [`gate`]), a deadline for each request head (which also
+//! needs: address allow-lists (see [`crate::access`]), checked before anything else so a
+//! refused client costs nothing, connection caps (see [`gate`]), a deadline for each request head (which also
 //! closes idle keep-alive connections), an idle timeout while no bytes move, and an
 //! accept loop that backs off instead of spinning when descriptors run out. With TLS,
 //! the handshake runs in the connection's own task, within the header deadline and
@@ -23,6 +24,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 pub use gate::{Caps, Gate, Permit};
 
+use crate::access::PeerFilter;
 use crate::ratelog::{RateLimited, PERIOD};
 use crate::tls::Tls;
 
@@ -66,6 +68,8 @@ pub struct ConnPolicy {
     /// Longest time with no byte read or written before the request is answered
     /// (upgraded WebSockets have their own timeouts).
     pub idle_timeout: Duration,
+    /// Addresses allowed to connect to the listener; set per listener.
+    pub filter: PeerFilter,
 }
 
 impl ConnPolicy {
@@ -93,6 +97,15 @@ impl ConnPolicy {
             gate: Gate::new(Caps { total, ..caps }),
             header_timeout,
             idle_timeout,
+            filter: PeerFilter::default(),
+        }
+    }
+
+    /// The same policy (sharing its caps) for a listener with these allow-lists.
+    pub fn with_filter(&self, filter: PeerFilter) -> ConnPolicy {
+        ConnPolicy {
+            filter,
+            ..self.clone()
         }
     }
 }
@@ -188,6 +201,9 @@ pub async fn serve<L: Accept>(
                 }
             }
         };
+        if peer.is_some_and(|a| !policy.filter.admits(a.ip())) {
+            continue; // closed unread
+        }
         let Some(permit) = policy.gate.admit(peer.map(|a| a.ip())) else {
             continue; // dropping `io` closes it
         };

@@ -26,6 +26,8 @@ pub struct Server {
     pub http_port: u16,
     pub ws_port: u16,
     pub janus_http_port: u16,
+    /// `Basic ...` for the `--user` / `--passwd` it was started with.
+    pub authorization: Option<String>,
 }
 
 impl Server {
@@ -153,6 +155,7 @@ impl Server {
             http_port,
             ws_port,
             janus_http_port,
+            authorization: authorization_for(extra),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -191,7 +194,19 @@ impl Server {
     }
 
     pub async fn state(&self) -> Result<Value> {
-        let (status, body) = http_request(self.http_port, "GET", "/state", None).await?;
+        let (status, body) = match &self.authorization {
+            None => http_request(self.http_port, "GET", "/state", None).await?,
+            Some(auth) => {
+                let reply = raw_request(
+                    self.http_port,
+                    "GET",
+                    "/state",
+                    &[("Authorization", auth), ("Connection", "close")],
+                )
+                .await?;
+                (reply.status, reply.body)
+            }
+        };
         if status != 200 {
             bail!("/state answered {status}");
         }
@@ -275,6 +290,140 @@ impl Captured {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `Basic base64(user:passwd)`.
+pub fn basic(user: &str, passwd: &str) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = format!("{user}:{passwd}").into_bytes();
+    let mut out = String::from("Basic ");
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                ABC[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// The `Authorization` value for the `--user` / `--passwd` among `args`.
+fn authorization_for(args: &[&str]) -> Option<String> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| *a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let user = value("--user")?;
+    let passwd = match value("--passwd-file") {
+        Some(file) => std::fs::read_to_string(file)
+            .ok()?
+            .lines()
+            .next()?
+            .to_string(),
+        None => value("--passwd").copied().unwrap_or("").to_string(),
+    };
+    Some(basic(user, &passwd))
+}
+
+/// An HTTP reply: status, head (lowercase) and body.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// One request with `headers` to a loopback port, read until the server closes or the
+/// body of `Content-Length` is in.
+pub async fn raw_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply> {
+    raw_request_from(None, port, method, path, headers, b"").await
+}
+
+/// As [`raw_request`], from the local address `from` (e.g. 127.0.0.2), with `body`.
+pub async fn raw_request_from(
+    from: Option<std::net::IpAddr>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = connect_from(from, port).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    conn.write_all(req.as_bytes()).await?;
+    conn.write_all(body).await?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(left, conn.read(&mut chunk)).await {
+            Err(_) => break, // a WebSocket stays open: what came is the answer
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let upgraded = head.starts_with("http/1.1 101");
+            if upgraded || length.is_some_and(|n| raw.len() >= split + 4 + n) {
+                break;
+            }
+        }
+    }
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP answer ({} bytes)", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
+    Ok(Reply {
+        status,
+        head,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// A TCP connection to a loopback port, from `from` when given.
+pub async fn connect_from(
+    from: Option<std::net::IpAddr>,
+    port: u16,
+) -> Result<tokio::net::TcpStream> {
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    Ok(match from {
+        None => tokio::net::TcpStream::connect(to).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            socket.connect(to).await?
+        }
+    })
 }
 
 /// One HTTP request to a loopback port (see [`peregrine::janus::client::http_request`]).
