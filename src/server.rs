@@ -88,6 +88,13 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
 
+    let metrics = crate::metrics::registry(crate::metrics::Inputs {
+        hub: hub.clone(),
+        source: source_status.clone(),
+        engine: engine.clone(),
+        relay: relay.clone(),
+        janus: janus_status.clone(),
+    });
     let state_fn: http::StateFn = {
         let hub = hub.clone();
         let engine = engine.clone();
@@ -116,6 +123,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let _ = rx.wait_for(|s| *s).await;
     };
     let main_router = http::router(state_fn)
+        .merge(crate::metrics::routes(metrics))
         .merge(main_routes)
         .merge(relay.routes());
     let http_server = crate::serve::serve(

@@ -1,9 +1,11 @@
-//! Lets keyframe requests (PLI, FIR) out of the `rtc` interceptor chain.
+//! Lets a viewer's feedback out of the `rtc` interceptor chain: keyframe requests (PLI,
+//! FIR), NACKs and receiver reports.
 //!
 //! The chain's terminus drops inbound RTCP unless an interceptor marks it
 //! `DeliverToApplication`; without this interceptor a viewer's keyframe request would be
-//! silently lost. Everything else (receiver reports, NACKs) stays inside the chain, where
-//! the report and NACK interceptors have already used it.
+//! silently lost. NACKs and receiver reports are used inside the chain (the NACK
+//! responder resends, the report interceptors read them) and are let out as well, to be
+//! counted; anything else stays in.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -11,6 +13,8 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
@@ -19,7 +23,7 @@ use rtc::shared::error::Error;
 pub const SLOT: usize = 11_500;
 
 #[derive(Default)]
-pub struct KeyframeRequestForwarder {
+pub struct FeedbackForwarder {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
@@ -30,7 +34,13 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
+/// Whether the application gets to see an RTCP packet.
+fn is_forwarded(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    is_keyframe_request(packet) || any.is::<TransportLayerNack>() || any.is::<ReceiverReport>()
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackForwarder {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -39,15 +49,15 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+            let forwarded: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
+                .filter(|p| is_forwarded(p.as_ref()))
                 .cloned()
                 .collect();
-            if requests.is_empty() {
+            if forwarded.is_empty() {
                 return Ok(());
             }
-            msg.message.packet = Packet::Rtcp(requests);
+            msg.message.packet = Packet::Rtcp(forwarded);
             msg.message.add(Attribute::DeliverToApplication);
         }
         self.reads.push_back(msg);
@@ -68,7 +78,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
     }
 }
 
-impl Interceptor for KeyframeRequestForwarder {
+impl Interceptor for FeedbackForwarder {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

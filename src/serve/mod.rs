@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 pub use gate::{Caps, Gate, Permit};
 
+use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 
 static ACCEPT_FAILED: RateLimited = RateLimited::new(PERIOD);
@@ -217,6 +218,9 @@ async fn serve_connection<I>(
 {
     let permit = Arc::new(permit);
     let activity = Arc::new(Activity::new());
+    // A request head arrived: a header timeout after that is an idle keep-alive
+    // connection ending, not a refusal.
+    let requested = Arc::new(AtomicBool::new(false));
     let io = Tracked {
         inner: io,
         activity: activity.clone(),
@@ -224,8 +228,10 @@ async fn serve_connection<I>(
     };
     let service = {
         let permit = permit.clone();
+        let requested = requested.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             permit.prove();
+            requested.store(true, Ordering::Relaxed);
             // Handlers that count by client address read it as axum's ConnectInfo.
             if let Some(peer) = peer {
                 req.extensions_mut()
@@ -244,11 +250,17 @@ async fn serve_connection<I>(
     loop {
         let idle_left = idle.saturating_sub(activity.since());
         tokio::select! {
-            _ = conn.as_mut() => return,
+            r = conn.as_mut() => {
+                if r.is_err_and(|e| e.is_timeout()) && !requested.load(Ordering::Relaxed) {
+                    rejections::count(Rejection::HeaderTimeout);
+                }
+                return;
+            }
             _ = permit.evicted() => return,
             _ = tokio::time::sleep(idle_left) => {
                 if activity.since() >= idle {
                     tracing::debug!("closing a connection idle for {idle:?}");
+                    rejections::count(Rejection::IdleTimeout);
                     return;
                 }
             }
