@@ -3,8 +3,9 @@
 # (scripts/install-build-deps.sh; its C compiler also builds the memsink tests' C peer),
 # Debian's Chromium for the browser tests, ffmpeg (the stand-in camera encoder, the
 # camera test recordings and the JSMpeg transcoder), Debian's nginx (the reverse proxy
-# in front of a unix socket, as on PiKVM), and the npm packages the browser
-# tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
+# in front of a unix socket, as on PiKVM), Prometheus's promtool (validates /metrics),
+# and the npm packages the browser tests load (janus.js, webrtc-adapter,
+# playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
@@ -22,6 +23,20 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
   apt_install "${need_apt[@]}"
+fi
+
+# promtool checks the /metrics exposition (tests/metrics.rs). Debian ships it only in
+# the Prometheus server package, which it enables and starts as a service; only the
+# tool is wanted here, so the service is stopped and disabled again, and the package's
+# recommended node exporter is left out.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing system packages: prometheus (for promtool)"
+  apt_install --no-install-recommends prometheus
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 echo "installing npm packages for the browser tests"

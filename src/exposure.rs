@@ -21,7 +21,7 @@ pub fn exposed(cfg: &Config) -> Vec<String> {
     tcp(
         cfg.host,
         Listen::Tcp(cfg.port),
-        "viewer pages, /state, Janus API, WebSocket relays",
+        "viewer pages, /state, /metrics, Janus API, WebSocket relays",
     );
     tcp(
         cfg.janus_ws_host.unwrap_or(cfg.host),
@@ -69,8 +69,8 @@ pub fn warning(cfg: &Config) -> Option<String> {
     let janus_auth = cfg.janus_api_secret.is_some() || cfg.janus_token_auth;
     let who = if janus_auth {
         "the Janus API asks for its secret or token, but anyone who can reach {} can \
-         read /state and watch through the WebSocket relays (/h264, /jsmpeg), which have \
-         no login yet"
+         read /state and /metrics and watch through the WebSocket relays (/h264, \
+         /jsmpeg), which have no login yet"
     } else {
         "open to the network without authentication: anyone who can reach {} can watch \
          the video and use the API"
