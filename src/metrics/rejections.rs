@@ -15,6 +15,9 @@ pub enum Rejection {
     ConnectionCap,
     /// A new connection closed at once: `--max-connections-per-ip` reached for its address.
     PerIpCap,
+    /// A connection that had sent no request closed to make room for a new one under a
+    /// connection cap.
+    Evicted,
     /// A connection closed because it sent no complete request head within
     /// `--header-timeout` of connecting.
     HeaderTimeout,
@@ -40,9 +43,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::ConnectionCap,
         Rejection::PerIpCap,
+        Rejection::Evicted,
         Rejection::HeaderTimeout,
         Rejection::IdleTimeout,
         Rejection::Origin,
@@ -60,6 +64,7 @@ impl Rejection {
         match self {
             Rejection::ConnectionCap => "connection_cap",
             Rejection::PerIpCap => "per_ip_cap",
+            Rejection::Evicted => "evicted",
             Rejection::HeaderTimeout => "header_timeout",
             Rejection::IdleTimeout => "idle_timeout",
             Rejection::Origin => "origin",

@@ -156,6 +156,8 @@ pub struct Engine {
     next_id: Arc<AtomicU64>,
     dirty: HashSet<PeerId>,
     outgoing: Vec<(SocketAddr, BytesMut)>,
+    /// What peers told in [`Engine::settle`], emptied each time.
+    notes: Vec<PeerNote>,
     gop: GopCache,
     /// Peers still sending the cached GOP, and when their next step is due.
     catching_up: HashSet<PeerId>,
@@ -194,6 +196,7 @@ impl Engine {
             next_id,
             dirty: HashSet::new(),
             outgoing: Vec::new(),
+            notes: Vec::new(),
             gop: GopCache::default(),
             catching_up: HashSet::new(),
             next_catch_up: None,
@@ -561,7 +564,9 @@ impl Engine {
     /// Drive every peer touched since the last call: collect its datagrams, act on its
     /// state changes and keyframe requests, refresh its timer.
     fn settle(&mut self, now: Instant) {
-        let mut notes = Vec::new();
+        // Kept between calls: notes come with every keyframe and report, and the buffer
+        // is not to be allocated each time.
+        let mut notes = std::mem::take(&mut self.notes);
         let mut gone = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(e) = self.peers.get_mut(&id) else {
@@ -641,6 +646,7 @@ impl Engine {
             e.peer.drain_writes(&mut self.outgoing);
             e.next_timeout = e.peer.poll_timeout();
         }
+        self.notes = notes;
         for (id, reason) in gone {
             self.remove_peer(id, &reason, true);
         }

@@ -381,7 +381,8 @@ impl Driver {
             return false;
         }
         self.media_datagrams += 1;
-        self.media_datagrams.is_multiple_of(u64::from(self.drop_every))
+        self.media_datagrams
+            .is_multiple_of(u64::from(self.drop_every))
     }
 
     fn send_pli(&mut self) {

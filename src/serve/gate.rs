@@ -135,6 +135,7 @@ fn evict_oldest(state: &mut State, ip: Option<IpAddr>) -> bool {
     };
     let (from, eviction) = state.unproven.remove(&id).expect("just found");
     release(state, from);
+    rejections::count(Rejection::Evicted);
     eviction.done.store(true, Ordering::SeqCst);
     // Stores a wakeup when the connection is not waiting yet.
     eviction.notify.notify_one();
