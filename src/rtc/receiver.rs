@@ -292,9 +292,9 @@ impl Driver {
                         }
                     }
                 },
-                res = socket.recv_from(&mut buf) => {
-                    let res = res.map(|(n, from)| (n, from, self.drops(&buf[..n])));
-                    if let Ok((n, from, false)) = res {
+                res = socket.recv_from(&mut buf) => match res {
+                    Ok((n, _)) if self.drops(&buf[..n]) => {}
+                    Ok((n, from)) => {
                         let msg = TaggedBytesMut {
                             now: Instant::now(),
                             transport: TransportContext {
@@ -309,7 +309,8 @@ impl Driver {
                             tracing::debug!(error = %e, "receiver: datagram rejected");
                         }
                     }
-                }
+                    Err(_) => {}
+                },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let _ = self.pc.handle_timeout(Instant::now());
                 }
