@@ -4,8 +4,8 @@
 # Debian's Chromium for the browser tests, ffmpeg (the stand-in camera encoder, the
 # camera test recordings and the JSMpeg transcoder), Debian's nginx (the reverse proxy
 # in front of a unix socket, as on PiKVM), curl (the README's Admin API examples and
-# HTTP Basic logins), and the npm packages the browser tests load (janus.js,
-# webrtc-adapter, playwright-core, JSMpeg, jmuxer).
+# HTTP Basic logins), Prometheus's promtool (validates /metrics), and the npm packages
+# the browser tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
@@ -27,6 +27,20 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
   apt_install "${need_apt[@]}"
+fi
+
+# promtool checks the /metrics exposition (tests/metrics.rs). Debian ships it only in
+# the Prometheus server package, which it enables and starts as a service; only the
+# tool is wanted here, so the service is stopped and disabled again, and the package's
+# recommended node exporter is left out.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing system packages: prometheus (for promtool)"
+  apt_install --no-install-recommends prometheus
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 echo "installing npm packages for the browser tests"

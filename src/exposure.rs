@@ -65,7 +65,7 @@ fn reachable(cfg: &Config) -> Vec<Reachable> {
         cfg.host,
         Listen::Tcp(cfg.port),
         (
-            "viewer pages, /state, Janus API, WebSocket relays",
+            "viewer pages, /state, /metrics, Janus API, WebSocket relays",
             only_from(&[&cfg.allow_ip]),
         ),
         main_guard,

@@ -9,6 +9,7 @@ pub mod load;
 pub mod logging;
 pub mod media;
 pub mod memsink;
+pub mod metrics;
 pub mod net;
 pub mod origin;
 pub mod ratelog;

@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 
 static REFUSED: RateLimited = RateLimited::new(PERIOD);
@@ -207,6 +208,7 @@ async fn check(policy: &OriginPolicy, request: Request, next: Next) -> Response 
     let verdict = policy.judge_headers(request.headers());
     if let Verdict::Refused(origin) = &verdict {
         if acts(&request) {
+            rejections::count(Rejection::Origin);
             if let Some(count) = REFUSED.hit() {
                 tracing::warn!(
                     origin = %origin,

@@ -103,6 +103,13 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
 
+    let metrics = crate::metrics::registry(crate::metrics::Inputs {
+        hub: hub.clone(),
+        source: source_status.clone(),
+        engine: engine.clone(),
+        relay: relay.clone(),
+        janus: janus_status.clone(),
+    });
     let state_fn: http::StateFn = {
         let hub = hub.clone();
         let engine = engine.clone();
@@ -138,6 +145,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let _ = rx.wait_for(|s| *s).await;
     };
     let main_router = http::router(state_fn)
+        .merge(crate::metrics::routes(metrics))
         .merge(main_routes)
         .merge(relay.routes());
     // Basic auth outermost: nothing, not even an Origin refusal, without the password.

@@ -235,6 +235,14 @@ async fn wrong_passwords_get_one_address_throttled_and_logged() {
         .unwrap();
     assert!(line.contains("127.0.0.2"), "the peer is named: {line}");
     assert!(!text.contains(PASSWD), "the password never reaches the log");
+    // Ten wrong guesses and one throttled request, counted by reason.
+    let metrics = get(srv.http_port, "/metrics", Some(&right)).await;
+    assert_eq!(metrics.status, 200);
+    let body = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        body.contains("peregrine_rejections_total{reason=\"basic_auth\"} 11"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -222,7 +222,15 @@ async fn check(auth: &BasicAuth, request: Request, next: Next) -> Response {
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
     let preflight = request.method() == Method::OPTIONS;
-    match auth.decide(preflight, authorization, peer, Instant::now()) {
+    let decision = auth.decide(preflight, authorization, peer, Instant::now());
+    // A first request without credentials is a browser about to ask: not a refusal.
+    if matches!(
+        decision,
+        Decision::Challenge { wrong: true } | Decision::Throttled(_)
+    ) {
+        crate::metrics::rejections::count(crate::metrics::rejections::Rejection::BasicAuth);
+    }
+    match decision {
         Decision::Pass => next.run(request).await,
         Decision::Challenge { .. } => (
             StatusCode::UNAUTHORIZED,

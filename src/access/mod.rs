@@ -41,6 +41,7 @@ impl PeerFilter {
         if self.lists.iter().all(|l| l.allows(ip)) {
             return true;
         }
+        crate::metrics::rejections::count(crate::metrics::rejections::Rejection::AllowIp);
         if let Some(count) = REFUSED.hit() {
             tracing::warn!(
                 %ip,

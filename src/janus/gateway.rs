@@ -16,6 +16,7 @@ use super::message::{self, Request, ServerInfo, TrickleCandidate, Verb};
 use super::plugin::{self, UstreamerHandle};
 use super::session::{ConnId, EventQueue, Handle, Owner, Registry, Session};
 use crate::media::Hub;
+use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 use crate::rtc::{RemoteCandidate, RtcError, MAX_REMOTE_CANDIDATES};
 
@@ -193,6 +194,9 @@ impl Gateway {
         match self.dispatch(&req, origin).await {
             Ok(reply) => reply,
             Err(e) => {
+                if matches!(e.code, code::UNAUTHORIZED | code::UNAUTHORIZED_PLUGIN) {
+                    rejections::count(Rejection::JanusAuth);
+                }
                 tracing::debug!(verb = %req.verb_name, error = %e, "Janus request failed");
                 message::error_reply(Some(&req.transaction), req.session_id, &e)
             }
@@ -288,6 +292,7 @@ impl Gateway {
         let caps = self.settings.caps;
         let mut registry = self.registry();
         if over(caps.sessions, registry.counts().0) {
+            rejections::count(Rejection::SessionCap);
             return Err(refused(
                 code::NOT_ACCEPTING_SESSIONS,
                 format!("Too many sessions (limit {})", caps.sessions),
@@ -307,6 +312,7 @@ impl Gateway {
         let cap = self.settings.caps.sessions_per_connection;
         match origin {
             Owner::Socket { conn, .. } if over(cap, registry.count_owned_by(*conn)) => {
+                rejections::count(Rejection::SessionCapPerConnection);
                 Err(refused(
                     code::NOT_ACCEPTING_SESSIONS,
                     format!("Too many sessions on this connection (limit {cap})"),
@@ -347,6 +353,7 @@ impl Gateway {
         let cap = self.settings.caps.handles_per_session;
         let handles = self.with_session(s, |session| Some(session.handle_count()));
         if over(cap, handles.unwrap_or(0)) {
+            rejections::count(Rejection::HandleCap);
             return Err(refused(
                 code::PLUGIN_ATTACH,
                 format!("Too many handles in this session (limit {cap})"),

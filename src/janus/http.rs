@@ -24,6 +24,7 @@ use super::error::{code, JanusError};
 use super::gateway::Gateway;
 use super::message::{self, Request};
 use super::session::Owner;
+use crate::metrics::rejections::{self, Rejection};
 
 /// Transport settings.
 #[derive(Clone, Debug)]
@@ -128,7 +129,10 @@ async fn route(state: &HttpState, method: &Method, uri: &Uri, body: Body) -> Res
         }
         [s] => match parse_id(s) {
             None => status(StatusCode::NOT_FOUND),
-            Some(_) if is_get && !long_poll_allowed(state, uri) => status(StatusCode::FORBIDDEN),
+            Some(_) if is_get && !long_poll_allowed(state, uri) => {
+                rejections::count(Rejection::JanusAuth);
+                status(StatusCode::FORBIDDEN)
+            }
             Some(s) if is_get => long_poll(state, s, uri.query()).await,
             Some(s) => post(state, body, Some(s), None).await,
         },

@@ -38,6 +38,7 @@ pub async fn serve(hub: Arc<Hub>, counters: Arc<Counters>, mut socket: WebSocket
                 if socket.send(Message::Binary(au.data.clone())).await.is_err() {
                     break;
                 }
+                counters.h264_sent(au.data.len());
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,

@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 use super::mpegts::{self, PacketSplitter, VideoEsExtractor};
 use super::secret_guard::{self, Failure};
 use super::Relay;
+use crate::metrics::rejections::{self, Rejection};
 
 /// Chunks a viewer may fall behind before it loses data (about a second of a 1 Mbit/s
 /// stream arriving in 4 KiB chunks; uploads from ffmpeg usually arrive in smaller ones).
@@ -101,6 +102,7 @@ pub async fn upload(
     let now = Instant::now();
     if let Some(left) = relay.secret_guard.blocked(peer, now) {
         relay.counters.upload_throttled();
+        rejections::count(Rejection::UploadBlocked);
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, left.as_secs().max(1).to_string())],
@@ -110,6 +112,7 @@ pub async fn upload(
     }
     if !constant_time_eq(secret.as_bytes(), expected.as_bytes()) {
         relay.counters.upload_rejected();
+        rejections::count(Rejection::UploadSecret);
         if relay.secret_guard.failed(peer, now) == Failure::Blocked {
             if let Some(count) = relay.logs.blocked.hit() {
                 tracing::warn!(
@@ -196,9 +199,11 @@ async fn serve_viewer(relay: Arc<Relay>, mut socket: WebSocket, transcode: bool)
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
                 for message in data {
+                    let len = message.len();
                     if socket.send(Message::Binary(message)).await.is_err() {
                         return;
                     }
+                    relay.counters.jsmpeg_sent(len);
                 }
             }
             incoming = socket.recv() => match incoming {

@@ -55,6 +55,40 @@ pub struct Counters {
     upload_bytes: AtomicU64,
     tasks: AtomicUsize,
     connections_total: AtomicU64,
+    h264_sent: Sent,
+    jsmpeg_sent: Sent,
+}
+
+/// WebSocket messages sent to viewers, and their payload bytes.
+#[derive(Default)]
+struct Sent {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Sent {
+    fn add(&self, bytes: usize) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> (u64, u64) {
+        (
+            self.messages.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Counts for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RelayMetrics {
+    pub h264_clients: usize,
+    pub jsmpeg_viewers: usize,
+    pub uploads: usize,
+    /// (messages, bytes) sent to `/h264` clients and to JSMpeg viewers.
+    pub h264_sent: (u64, u64),
+    pub jsmpeg_sent: (u64, u64),
 }
 
 /// Decrements a counter when dropped.
@@ -127,6 +161,16 @@ impl Counters {
     pub fn upload_bytes(&self, n: usize) {
         self.upload_bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
+
+    /// One message of `bytes` sent to an `/h264` client.
+    pub fn h264_sent(&self, bytes: usize) {
+        self.h264_sent.add(bytes);
+    }
+
+    /// One message of `bytes` sent to a JSMpeg viewer.
+    pub fn jsmpeg_sent(&self, bytes: usize) {
+        self.jsmpeg_sent.add(bytes);
+    }
 }
 
 /// The fallbacks' shared state; one per server.
@@ -196,6 +240,18 @@ impl Relay {
                 }
             },
         ))
+    }
+
+    /// Counts for `/metrics`.
+    pub fn metrics(&self) -> RelayMetrics {
+        let c = &self.counters;
+        RelayMetrics {
+            h264_clients: c.h264_clients.load(Ordering::SeqCst),
+            jsmpeg_viewers: c.jsmpeg_viewers.load(Ordering::SeqCst),
+            uploads: c.uploads.load(Ordering::SeqCst),
+            h264_sent: c.h264_sent.load(),
+            jsmpeg_sent: c.jsmpeg_sent.load(),
+        }
     }
 
     /// Counts for `/state`.

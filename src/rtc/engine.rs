@@ -17,10 +17,12 @@ use super::extensions;
 use super::gop::GopCache;
 use super::latency::Histogram;
 use super::packetizer;
-use super::peer::{self, OutFrame, Peer, PeerNote, PeerSetup};
+use super::peer::{self, KeyframeRequest, OutFrame, Peer, PeerNote, PeerSetup};
 use super::{demux, sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
 use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
+use crate::metrics::histograms::WebrtcHistograms;
+use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 
 /// An offer not answered within this time is dropped.
@@ -82,13 +84,25 @@ pub struct Inbox {
     pub closes: mpsc::UnboundedReceiver<Close>,
 }
 
-/// Counters readable without asking the loop.
+/// Counters readable without asking the loop. Only the loop writes them, once per batch
+/// of datagrams or per RTCP message, never per packet.
 #[derive(Default)]
 pub struct SharedStats {
     pub peers: AtomicUsize,
     pub connected: AtomicUsize,
     pub rtp_packets_sent: AtomicU64,
+    /// Every datagram handed to the kernel (RTP, RTCP, DTLS, STUN) and its bytes.
+    pub datagrams_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Keyframes handed out, counted once per viewer.
+    pub keyframes_sent: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    pub plis_received: AtomicU64,
+    pub firs_received: AtomicU64,
+    pub nacks_received: AtomicU64,
+    /// Packets the NACK responder sends again (those of a NACK still in its history).
+    pub retransmitted_packets: AtomicU64,
+    pub histograms: WebrtcHistograms,
     /// Access unit taken from the hub → its last RTP packet handed to the kernel.
     pub send_delay: Histogram,
     /// Access unit capture (for byte-stream sources: its arrival) → last RTP packet
@@ -98,11 +112,19 @@ pub struct SharedStats {
 
 impl SharedStats {
     pub fn snapshot(&self) -> RtcStats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RtcStats {
             peers: self.peers.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
-            rtp_packets_sent: self.rtp_packets_sent.load(Ordering::Relaxed),
-            keyframe_requests: self.keyframe_requests.load(Ordering::Relaxed),
+            rtp_packets_sent: load(&self.rtp_packets_sent),
+            datagrams_sent: load(&self.datagrams_sent),
+            bytes_sent: load(&self.bytes_sent),
+            keyframes_sent: load(&self.keyframes_sent),
+            keyframe_requests: load(&self.keyframe_requests),
+            plis_received: load(&self.plis_received),
+            firs_received: load(&self.firs_received),
+            nacks_received: load(&self.nacks_received),
+            retransmitted_packets: load(&self.retransmitted_packets),
             send_delay_us: self.send_delay.snapshot(),
             capture_to_send_us: self.capture_to_send.snapshot(),
         }
@@ -134,6 +156,8 @@ pub struct Engine {
     next_id: Arc<AtomicU64>,
     dirty: HashSet<PeerId>,
     outgoing: Vec<(SocketAddr, BytesMut)>,
+    /// What peers told in [`Engine::settle`], emptied each time.
+    notes: Vec<PeerNote>,
     gop: GopCache,
     /// Peers still sending the cached GOP, and when their next step is due.
     catching_up: HashSet<PeerId>,
@@ -172,6 +196,7 @@ impl Engine {
             next_id,
             dirty: HashSet::new(),
             outgoing: Vec::new(),
+            notes: Vec::new(),
             gop: GopCache::default(),
             catching_up: HashSet::new(),
             next_catch_up: None,
@@ -191,14 +216,17 @@ impl Engine {
         let mut in_flight: Option<(Instant, u64)> = None;
         loop {
             self.settle(Instant::now());
-            send_datagrams(&socket, &mut self.outgoing).await;
+            send_datagrams(&socket, &mut self.outgoing, &self.stats).await;
             if let Some((taken, capture_us)) = in_flight.take() {
                 self.stats
                     .send_delay
                     .record(taken.elapsed().as_micros() as u64);
+                let capture_to_send = clock::monotonic_us().saturating_sub(capture_us);
+                self.stats.capture_to_send.record(capture_to_send);
                 self.stats
-                    .capture_to_send
-                    .record(clock::monotonic_us().saturating_sub(capture_us));
+                    .histograms
+                    .send_delay
+                    .observe(capture_to_send as f64 / 1e6);
             }
             self.publish_stats();
 
@@ -226,7 +254,7 @@ impl Engine {
                 Wake::Command(Some(Command::Shutdown { reply })) => {
                     self.close_all();
                     self.settle(now);
-                    send_datagrams(&socket, &mut self.outgoing).await;
+                    send_datagrams(&socket, &mut self.outgoing, &self.stats).await;
                     self.publish_stats();
                     let _ = reply.send(());
                     break;
@@ -344,6 +372,7 @@ impl Engine {
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
         if self.peers.len() >= self.cfg.max_viewers {
+            rejections::count(Rejection::ViewerCap);
             if let Some(times) = self.refusal_log.hit() {
                 tracing::warn!(
                     max_viewers = self.cfg.max_viewers,
@@ -401,6 +430,7 @@ impl Engine {
             Some(id) => *id,
             // Before the HMAC: a refused address costs a lookup, not a digest.
             None if !self.cfg.allow_ip.allows(from.ip()) => {
+                crate::metrics::rejections::count(crate::metrics::rejections::Rejection::AllowIp);
                 self.garbage(from, data.len(), "address not allowed (--allow-ip)");
                 return;
             }
@@ -513,7 +543,7 @@ impl Engine {
         let mut sent = 0;
         for chunk in ids.chunks(FAN_OUT_PEERS) {
             sent += self.send_frame_to(now, frame, chunk);
-            send_datagrams(socket, &mut self.outgoing).await;
+            send_datagrams(socket, &mut self.outgoing, &self.stats).await;
         }
         sent
     }
@@ -540,7 +570,9 @@ impl Engine {
     /// Drive every peer touched since the last call: collect its datagrams, act on its
     /// state changes and keyframe requests, refresh its timer.
     fn settle(&mut self, now: Instant) {
-        let mut notes = Vec::new();
+        // Kept between calls: notes come with every keyframe and report, and the buffer
+        // is not to be allocated each time.
+        let mut notes = std::mem::take(&mut self.notes);
         let mut gone = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(e) = self.peers.get_mut(&id) else {
@@ -563,6 +595,8 @@ impl Engine {
                                 self.catching_up.insert(id);
                                 self.next_catch_up.get_or_insert(now + CATCH_UP_TICK);
                             }
+                            // Its notes about what was just sent are read next time.
+                            self.dirty.insert(id);
                         } else {
                             // No GOP cached: it starts at the next keyframe; ask for one.
                             self.hub.request_keyframe();
@@ -573,10 +607,44 @@ impl Engine {
                         }
                     }
                     PeerNote::Disconnected => tracing::info!(peer = id, "viewer disconnected"),
-                    PeerNote::KeyframeRequest => {
-                        tracing::debug!(peer = id, "keyframe requested by viewer");
+                    PeerNote::KeyframeRequest(kind) => {
+                        tracing::debug!(peer = id, ?kind, "keyframe requested by viewer");
                         self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        let counter = match kind {
+                            KeyframeRequest::Pli => &self.stats.plis_received,
+                            KeyframeRequest::Fir => &self.stats.firs_received,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
                         self.hub.request_keyframe();
+                    }
+                    PeerNote::Nack { resent } => {
+                        self.stats.nacks_received.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .retransmitted_packets
+                            .fetch_add(resent, Ordering::Relaxed);
+                    }
+                    PeerNote::ReceiverReport {
+                        fraction_lost,
+                        jitter,
+                    } => {
+                        let h = &self.stats.histograms;
+                        h.receiver_loss.observe(f64::from(fraction_lost) / 256.0);
+                        h.receiver_jitter
+                            .observe(f64::from(jitter) / f64::from(packetizer::CLOCK_RATE));
+                    }
+                    PeerNote::KeyframesSent {
+                        count,
+                        time_to_first,
+                    } => {
+                        self.stats
+                            .keyframes_sent
+                            .fetch_add(count, Ordering::Relaxed);
+                        if let Some(ttff) = time_to_first {
+                            self.stats
+                                .histograms
+                                .time_to_first_frame
+                                .observe(ttff.as_secs_f64());
+                        }
                     }
                     PeerNote::Gone(reason) => gone.push((id, reason)),
                 }
@@ -584,6 +652,7 @@ impl Engine {
             e.peer.drain_writes(&mut self.outgoing);
             e.next_timeout = e.peer.poll_timeout();
         }
+        self.notes = notes;
         for (id, reason) in gone {
             self.remove_peer(id, &reason, true);
         }
@@ -629,10 +698,21 @@ async fn next_frame(sub: Option<&mut Subscriber>) -> Option<Arc<AccessUnit>> {
     }
 }
 
-/// Put queued datagrams on the wire. All sends go through here; they leave in
-/// sendmmsg batches (see [`udp`]).
-async fn send_datagrams(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>) {
-    udp::send_all(socket, out).await;
+/// Put queued datagrams on the wire and count them. All sends go through here; they
+/// leave in sendmmsg batches (see [`udp`]).
+async fn send_datagrams(
+    socket: &UdpSocket,
+    out: &mut Vec<(SocketAddr, BytesMut)>,
+    stats: &SharedStats,
+) {
+    if out.is_empty() {
+        return;
+    }
+    let sent = udp::send_all(socket, out).await;
+    stats
+        .datagrams_sent
+        .fetch_add(sent.datagrams, Ordering::Relaxed);
+    stats.bytes_sent.fetch_add(sent.bytes, Ordering::Relaxed);
 }
 
 #[cfg(test)]

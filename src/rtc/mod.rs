@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::media::Hub;
+use crate::metrics::histograms::WebrtcHistograms;
 
 pub mod candidates;
 pub mod demux;
@@ -119,7 +120,18 @@ pub struct RtcStats {
     pub peers: usize,
     pub connected: usize,
     pub rtp_packets_sent: u64,
+    /// Every datagram to viewers (RTP, RTCP, DTLS, STUN) and its bytes.
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    /// Keyframes sent, counted once per viewer.
+    pub keyframes_sent: u64,
+    /// RTCP PLI and FIR received.
     pub keyframe_requests: u64,
+    pub plis_received: u64,
+    pub firs_received: u64,
+    /// RTCP NACK messages received, and the packets sent again for them.
+    pub nacks_received: u64,
+    pub retransmitted_packets: u64,
     /// Access unit taken by the engine → its last RTP packet sent (all viewers).
     pub send_delay_us: latency::HistogramSnapshot,
     /// Access unit captured/arrived at the server → its last RTP packet sent.
@@ -229,6 +241,11 @@ impl RtcEngine {
 
     pub fn stats(&self) -> RtcStats {
         self.inner.stats.snapshot()
+    }
+
+    /// The histograms the engine observes into, for `/metrics`.
+    pub fn histograms(&self) -> WebrtcHistograms {
+        self.inner.stats.histograms.clone()
     }
 
     /// Close every peer and stop the loop.

@@ -81,6 +81,9 @@ fn is_transmittable(header: u8) -> bool {
 /// 90 kHz RTP timestamp of a capture time in CLOCK_MONOTONIC microseconds, wrapping at
 /// 32 bits. Taken from the capture time (not the send time) so jitter in our own
 /// pipeline does not show up as jitter in the viewer's playout.
+/// The RTP clock of H.264 video (RFC 6184), in Hz.
+pub const CLOCK_RATE: u32 = 90_000;
+
 pub fn rtp_timestamp_90k(capture_us: u64) -> u32 {
     (capture_us.wrapping_mul(9) / 100) as u32
 }

@@ -23,6 +23,10 @@ use rtc::peer_connection::transport::{
     RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -33,7 +37,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
 use super::extensions::{self, ExtensionIds};
-use super::feedback::{self, KeyframeRequestForwarder};
+use super::feedback::{self, FeedbackForwarder};
 use super::packetizer::RtpPayload;
 use super::{sdp, RemoteCandidate, RtcError};
 
@@ -108,7 +112,7 @@ pub fn h264_codec(profile_level_id: &str, payload_type: u8) -> RTCRtpCodecParame
 const NACK_HISTORY_PACKETS: u16 = 256;
 
 /// Interceptors of the sending end (the server): NACK responder, sender reports, and our
-/// keyframe request forwarder. Nothing comes in that needs NACKs or receiver reports
+/// feedback forwarder. Nothing comes in that needs NACKs or receiver reports
 /// generated, and every interceptor in the chain costs on every packet sent.
 pub fn sender_interceptors() -> Registry {
     Registry::new()
@@ -119,21 +123,15 @@ pub fn sender_interceptors() -> Registry {
                 .build(),
         )
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
-        .with(
-            Slot::from(feedback::SLOT),
-            KeyframeRequestForwarder::default(),
-        )
+        .with(Slot::from(feedback::SLOT), FeedbackForwarder::default())
 }
 
 /// Interceptors of a receiving end (test and load viewers): the crate's NACK
-/// responder/generator and sender/receiver reports, plus the keyframe request forwarder.
+/// responder/generator and sender/receiver reports, plus the feedback forwarder.
 pub fn receiver_interceptors(me: &mut MediaEngine) -> Registry {
     let registry = configure_nack(Registry::new(), me);
     let registry = configure_rtcp_reports(registry);
-    registry.with(
-        Slot::from(feedback::SLOT),
-        KeyframeRequestForwarder::default(),
-    )
+    registry.with(Slot::from(feedback::SLOT), FeedbackForwarder::default())
 }
 
 /// Time between connectivity checks while connecting. The crate's default (200 ms) puts
@@ -199,7 +197,30 @@ pub enum PeerNote {
     Connected,
     Disconnected,
     Gone(String),
-    KeyframeRequest,
+    KeyframeRequest(KeyframeRequest),
+    /// An RTCP NACK about our stream; `resent` of its packets were still in the history
+    /// and go out again.
+    Nack {
+        resent: u64,
+    },
+    /// A report block about our stream from an RTCP receiver report: loss since the
+    /// previous report in 1/256ths, interarrival jitter in RTP clock units.
+    ReceiverReport {
+        fraction_lost: u8,
+        jitter: u32,
+    },
+    /// Keyframes handed out since the last note; `time_to_first` (from the offer) when
+    /// the viewer's first one was among them.
+    KeyframesSent {
+        count: u64,
+        time_to_first: Option<Duration>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyframeRequest {
+    Pli,
+    Fir,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +279,17 @@ pub struct Peer {
     pub created: Instant,
     pub packets_sent: u64,
     write_errors: u64,
+    /// Keyframes written and not yet told in a [`PeerNote::KeyframesSent`].
+    keyframes_untold: u64,
+    first_keyframe: FirstKeyframe,
+}
+
+/// When the viewer's first keyframe went out, and whether that was told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstKeyframe {
+    NotYet,
+    Sent(Instant),
+    Told,
 }
 
 impl Peer {
@@ -348,6 +380,8 @@ impl Peer {
             created: now,
             packets_sent: 0,
             write_errors: 0,
+            keyframes_untold: 0,
+            first_keyframe: FirstKeyframe::NotYet,
         };
         Ok((peer, sdp))
     }
@@ -480,16 +514,27 @@ impl Peer {
         }
     }
 
-    /// Collect state changes and keyframe requests.
+    /// Collect state changes, the viewer's feedback, and keyframes sent.
     pub fn poll_notes(&mut self, notes: &mut Vec<PeerNote>) {
         while let Some(msg) = self.pc.poll_read() {
             if let RTCMessage::RtcpPacket(_, packets) = msg.message {
                 for p in packets {
-                    if feedback::is_keyframe_request(p.as_ref()) {
-                        notes.push(PeerNote::KeyframeRequest);
-                    }
+                    self.note_feedback(p.as_ref(), notes);
                 }
             }
+        }
+        if self.keyframes_untold > 0 {
+            let time_to_first = match self.first_keyframe {
+                FirstKeyframe::Sent(at) => {
+                    self.first_keyframe = FirstKeyframe::Told;
+                    Some(at.saturating_duration_since(self.created))
+                }
+                _ => None,
+            };
+            notes.push(PeerNote::KeyframesSent {
+                count: std::mem::take(&mut self.keyframes_untold),
+                time_to_first,
+            });
         }
         while let Some(event) = self.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
@@ -527,6 +572,27 @@ impl Peer {
             ) {
                 self.dtls_closed = true;
                 notes.push(PeerNote::Gone("DTLS alert".into()));
+            }
+        }
+    }
+
+    fn note_feedback(&self, packet: &dyn rtc::rtcp::Packet, notes: &mut Vec<PeerNote>) {
+        let any = packet.as_any();
+        if any.is::<PictureLossIndication>() {
+            notes.push(PeerNote::KeyframeRequest(KeyframeRequest::Pli));
+        } else if any.is::<FullIntraRequest>() {
+            notes.push(PeerNote::KeyframeRequest(KeyframeRequest::Fir));
+        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            if nack.media_ssrc == self.ssrc {
+                let resent = resendable(nack, self.seq, self.packets_sent, NACK_HISTORY_PACKETS);
+                notes.push(PeerNote::Nack { resent });
+            }
+        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+            for report in rr.reports.iter().filter(|r| r.ssrc == self.ssrc) {
+                notes.push(PeerNote::ReceiverReport {
+                    fraction_lost: report.fraction_lost,
+                    jitter: report.jitter,
+                });
             }
         }
     }
@@ -648,6 +714,12 @@ impl Peer {
         }
         self.drain_writes(out);
         self.packets_sent += sent;
+        if frame.key && sent > 0 {
+            self.keyframes_untold += 1;
+            if self.first_keyframe == FirstKeyframe::NotYet {
+                self.first_keyframe = FirstKeyframe::Sent(now);
+            }
+        }
         sent
     }
 
@@ -669,5 +741,71 @@ impl Peer {
     /// Start closing (DTLS close_notify is queued; drain writes afterwards).
     pub fn close(&mut self) {
         let _ = self.pc.close();
+    }
+}
+
+/// How many packets a NACK makes the NACK responder send again: those it names that
+/// are still in its history of the last `history` packets sent (sequence numbers up to
+/// `next_seq - 1`, `sent` of them so far), as its send buffer finds them.
+fn resendable(nack: &TransportLayerNack, next_seq: u16, sent: u64, history: u16) -> u64 {
+    let held = sent.min(u64::from(history));
+    let last = next_seq.wrapping_sub(1);
+    let in_history = |seq: u16| u64::from(last.wrapping_sub(seq)) < held;
+    nack.nacks
+        .iter()
+        .flat_map(|pair| {
+            let following = (0..16u16)
+                .filter(move |i| pair.lost_packets & (1 << i) != 0)
+                .map(move |i| pair.packet_id.wrapping_add(i + 1));
+            std::iter::once(pair.packet_id).chain(following)
+        })
+        .filter(|seq| in_history(*seq))
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+
+    fn nack(pairs: &[(u16, u16)]) -> TransportLayerNack {
+        TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            nacks: pairs
+                .iter()
+                .map(|&(packet_id, lost_packets)| NackPair {
+                    packet_id,
+                    lost_packets,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn resent_packets_are_those_still_in_the_history() {
+        // 1000 packets sent, 0..=999: the last 256 (744..=999) are held.
+        let sent = 1000;
+        assert_eq!(resendable(&nack(&[(999, 0)]), 1000, sent, 256), 1);
+        assert_eq!(resendable(&nack(&[(744, 0)]), 1000, sent, 256), 1);
+        assert_eq!(
+            resendable(&nack(&[(743, 0)]), 1000, sent, 256),
+            0,
+            "too old"
+        );
+        assert_eq!(
+            resendable(&nack(&[(1000, 0)]), 1000, sent, 256),
+            0,
+            "not sent yet"
+        );
+        // A bitmask names up to 16 more: 990 + 991, 993 and 1002 (not sent yet).
+        assert_eq!(
+            resendable(&nack(&[(990, 0b1000_0000_0101)]), 1000, sent, 256),
+            3
+        );
+        // Across the sequence number wrap, and early on with fewer packets than the history.
+        assert_eq!(resendable(&nack(&[(65530, 0b11)]), 3, 1000, 256), 3);
+        assert_eq!(resendable(&nack(&[(0, 0)]), 10, 10, 256), 1);
+        assert_eq!(resendable(&nack(&[(65535, 0)]), 10, 10, 256), 0);
     }
 }

@@ -105,6 +105,7 @@ impl SeqCounter {
 enum Command {
     Stats(tokio::sync::oneshot::Sender<ReceiverStats>),
     SendPli,
+    DropMedia(u32),
     AddCandidate(String),
     Close,
 }
@@ -178,6 +179,8 @@ impl ReceiverPeer {
             seq: SeqCounter::default(),
             frame_tx,
             state_tx,
+            drop_every: 0,
+            media_datagrams: 0,
         };
         tokio::spawn(driver.run(socket, command_rx));
         Ok((
@@ -225,6 +228,12 @@ impl ReceiverPeer {
         let _ = self.commands.send(Command::SendPli);
     }
 
+    /// Drop every `every`th RTP packet arriving from now on (0: none), as a lossy path
+    /// would, so that the sender's NACK handling gets used.
+    pub fn drop_media(&self, every: u32) {
+        let _ = self.commands.send(Command::DropMedia(every));
+    }
+
     /// Deliver a trickled candidate of the sender (`candidate:...`).
     pub fn add_remote_candidate(&self, candidate: &str) {
         let _ = self
@@ -260,6 +269,9 @@ struct Driver {
     seq: SeqCounter,
     frame_tx: mpsc::UnboundedSender<ReceivedFrame>,
     state_tx: watch::Sender<ReceiverState>,
+    /// See [`ReceiverPeer::drop_media`].
+    drop_every: u32,
+    media_datagrams: u64,
 }
 
 impl Driver {
@@ -280,6 +292,7 @@ impl Driver {
                 cmd = commands.recv() => match cmd {
                     None | Some(Command::Close) => break,
                     Some(Command::SendPli) => self.send_pli(),
+                    Some(Command::DropMedia(every)) => self.drop_every = every,
                     Some(Command::Stats(reply)) => { let _ = reply.send(self.stats()); }
                     Some(Command::AddCandidate(c)) => {
                         let init = RTCIceCandidateInit { candidate: c, ..Default::default() };
@@ -288,8 +301,9 @@ impl Driver {
                         }
                     }
                 },
-                res = socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = res {
+                res = socket.recv_from(&mut buf) => match res {
+                    Ok((n, _)) if self.drops(&buf[..n]) => {}
+                    Ok((n, from)) => {
                         let msg = TaggedBytesMut {
                             now: Instant::now(),
                             transport: TransportContext {
@@ -304,7 +318,8 @@ impl Driver {
                             tracing::debug!(error = %e, "receiver: datagram rejected");
                         }
                     }
-                }
+                    Err(_) => {}
+                },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let _ = self.pc.handle_timeout(Instant::now());
                 }
@@ -370,6 +385,16 @@ impl Driver {
         }
     }
 
+    /// Whether a received datagram is lost on purpose (see [`ReceiverPeer::drop_media`]).
+    fn drops(&mut self, datagram: &[u8]) -> bool {
+        if self.drop_every == 0 || !is_rtp(datagram) {
+            return false;
+        }
+        self.media_datagrams += 1;
+        self.media_datagrams
+            .is_multiple_of(u64::from(self.drop_every))
+    }
+
     fn send_pli(&mut self) {
         let Some(media_ssrc) = self.media_ssrc else {
             return;
@@ -386,6 +411,15 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// RTP, not RTCP, by the first two bytes (RFC 7983, RFC 5761: RTCP packet types
+/// 192-223 sit where an RTP marker bit and payload type would).
+fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [first, second, ..] => (128..=191).contains(first) && !(64..=95).contains(&(second & 0x7f)),
+        _ => false,
     }
 }
 
@@ -553,6 +587,17 @@ mod tests {
         assert_eq!(c.received, 7);
         c.push(10);
         assert_eq!(c.expected(), 14);
+    }
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        assert!(is_rtp(&[0x80, 96, 0, 1]));
+        assert!(is_rtp(&[0x90, 0x80 | 96, 0, 1]), "marker bit set");
+        assert!(!is_rtp(&[0x81, 200, 0, 6]), "RTCP sender report");
+        assert!(!is_rtp(&[0x81, 205, 0, 3]), "RTCP NACK");
+        assert!(!is_rtp(&[0x00, 0x01, 0, 0]), "STUN");
+        assert!(!is_rtp(&[22, 254, 253]), "DTLS");
+        assert!(!is_rtp(&[0x80]));
     }
 
     #[test]

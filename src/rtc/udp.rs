@@ -18,15 +18,30 @@ use tokio::net::UdpSocket;
 /// Datagrams per sendmmsg call (the kernel caps a call at UIO_MAXIOV = 1024).
 pub const BATCH: usize = 64;
 
+/// What [`send_all`] handed to the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub datagrams: u64,
+    pub bytes: u64,
+}
+
 /// Put every queued datagram on the wire, waiting while the socket buffer is full.
 /// A datagram the kernel refuses (unreachable address, too big) is logged and dropped.
-pub async fn send_all(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>) {
+pub async fn send_all(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>) -> Sent {
     let mut next = 0;
+    let mut total = Sent::default();
     while next < out.len() {
         let end = (next + BATCH).min(out.len());
         match try_send_batch(socket, &out[next..end]) {
             // 0: GSO was just switched off; the same datagrams go again without it.
-            Ok(sent) => next += sent,
+            Ok(sent) => {
+                total.datagrams += sent as u64;
+                total.bytes += out[next..next + sent]
+                    .iter()
+                    .map(|(_, d)| d.len() as u64)
+                    .sum::<u64>();
+                next += sent;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if socket.writable().await.is_err() {
                     break;
@@ -40,6 +55,7 @@ pub async fn send_all(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>)
         }
     }
     out.clear();
+    total
 }
 
 /// Room for one destination address, IPv4 or IPv6; far smaller than `sockaddr_storage`.
@@ -239,8 +255,15 @@ mod tests {
         for i in 0..150u8 {
             out.push((a.local_addr().unwrap(), BytesMut::from(&[i, 1, 2][..])));
         }
-        send_all(&sender, &mut out).await;
+        let sent = send_all(&sender, &mut out).await;
         assert!(out.is_empty());
+        assert_eq!(
+            sent,
+            Sent {
+                datagrams: 150,
+                bytes: 450
+            }
+        );
         let mut buf = [0u8; 16];
         for i in 0..150u8 {
             let (n, from) = a.recv_from(&mut buf).await.unwrap();

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 
 static REFUSED: RateLimited = RateLimited::new(PERIOD);
@@ -72,6 +73,7 @@ impl Gate {
             let count = state.per_ip.get(&ip).copied().unwrap_or(0);
             if count >= self.caps.per_ip && !evict_oldest(&mut state, Some(ip)) {
                 drop(state);
+                rejections::count(Rejection::PerIpCap);
                 if let Some(n) = REFUSED.hit() {
                     tracing::warn!(%ip, refused = n, cap = self.caps.per_ip,
                         "connection refused: too many connections from this address");
@@ -82,6 +84,7 @@ impl Gate {
         if self.caps.total > 0 && state.total >= self.caps.total && !evict_oldest(&mut state, None)
         {
             drop(state);
+            rejections::count(Rejection::ConnectionCap);
             if let Some(n) = REFUSED.hit() {
                 tracing::warn!(
                     refused = n,
@@ -132,6 +135,7 @@ fn evict_oldest(state: &mut State, ip: Option<IpAddr>) -> bool {
     };
     let (from, eviction) = state.unproven.remove(&id).expect("just found");
     release(state, from);
+    rejections::count(Rejection::Evicted);
     eviction.done.store(true, Ordering::SeqCst);
     // Stores a wakeup when the connection is not waiting yet.
     eviction.notify.notify_one();

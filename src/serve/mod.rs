@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, UnixListener};
 pub use gate::{Caps, Gate, Permit};
 
 use crate::access::PeerFilter;
+use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 use crate::tls::Tls;
 
@@ -274,6 +275,7 @@ async fn serve_connection<I>(
 /// A client that connected to a TLS port and did not complete a handshake (`None`: in
 /// time): plain HTTP, a scanner, a client that distrusts the certificate, a slow one.
 fn handshake_failed(peer: Option<SocketAddr>, error: Option<&io::Error>) {
+    rejections::count(Rejection::TlsHandshake);
     let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
     let not_tls = error
         .and_then(|e| e.get_ref())
@@ -310,10 +312,15 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A request head arrived: a header timeout after that is an idle keep-alive
+    // connection ending, not a refusal.
+    let requested = Arc::new(AtomicBool::new(false));
     let service = {
         let permit = permit.clone();
+        let requested = requested.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             permit.prove();
+            requested.store(true, Ordering::Relaxed);
             // Handlers that count by client address read it as axum's ConnectInfo.
             if let Some(peer) = peer {
                 req.extensions_mut()
@@ -332,11 +339,17 @@ async fn serve_http<I>(
     loop {
         let idle_left = idle.saturating_sub(activity.since());
         tokio::select! {
-            _ = conn.as_mut() => return,
+            r = conn.as_mut() => {
+                if r.is_err_and(|e| e.is_timeout()) && !requested.load(Ordering::Relaxed) {
+                    rejections::count(Rejection::HeaderTimeout);
+                }
+                return;
+            }
             _ = permit.evicted() => return,
             _ = tokio::time::sleep(idle_left) => {
                 if activity.since() >= idle {
                     tracing::debug!("closing a connection idle for {idle:?}");
+                    rejections::count(Rejection::IdleTimeout);
                     return;
                 }
             }

@@ -1,0 +1,284 @@
+//! The figures read at scrape time from the parts of a running server: viewers per
+//! transport, Janus objects, bytes and packets sent, WebRTC feedback counts, and the
+//! source's state.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::janus::JanusStatus;
+use crate::media::Hub;
+use crate::relay::Relay;
+use crate::rtc::RtcEngine;
+use crate::source::lifecycle::StatusHandle;
+
+/// The one stream the command line describes; the `stream` label of per-stream figures.
+pub const STREAM: &str = "default";
+
+/// What a scrape reads.
+pub struct Inputs {
+    pub hub: Arc<Hub>,
+    pub source: StatusHandle,
+    pub engine: RtcEngine,
+    pub relay: Arc<Relay>,
+    pub janus: JanusStatus,
+}
+
+pub struct ServerCollector {
+    inputs: Inputs,
+}
+
+impl ServerCollector {
+    pub fn new(inputs: Inputs) -> ServerCollector {
+        ServerCollector { inputs }
+    }
+}
+
+impl fmt::Debug for ServerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerCollector")
+    }
+}
+
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let Inputs {
+            hub,
+            source,
+            engine,
+            relay,
+            janus,
+        } = &self.inputs;
+        let rtc = engine.stats();
+        let relayed = relay.metrics();
+        let sessions = janus.counts();
+        let stream = hub.info();
+        let status = source.snapshot();
+        let by_transport = |t: &'static str| [("stream", STREAM), ("transport", t)];
+
+        let info: Labels<1> = [("version", env!("CARGO_PKG_VERSION"))];
+        gauges(
+            &mut enc,
+            "peregrine_build_info",
+            "Always 1; the version label says which peregrine runs.",
+            [(info, 1)],
+        )?;
+        gauges(
+            &mut enc,
+            "peregrine_viewers",
+            "Viewers receiving the stream, by transport (WebRTC: connected peers; \
+             h264ws: /h264 WebSocket clients; jsmpeg: JSMpeg WebSocket viewers).",
+            [
+                (by_transport("webrtc"), rtc.connected as u64),
+                (by_transport("h264ws"), relayed.h264_clients as u64),
+                (by_transport("jsmpeg"), relayed.jsmpeg_viewers as u64),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "peregrine_webrtc_peers",
+            "WebRTC peers, connected or still negotiating (what --max-viewers caps).",
+            rtc.peers as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "peregrine_janus_sessions",
+            "Janus API sessions.",
+            sessions.sessions as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "peregrine_janus_handles",
+            "Janus plugin handles.",
+            sessions.handles as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "peregrine_jsmpeg_uploads",
+            "MPEG-TS uploads in progress (--jsmpeg-secret).",
+            relayed.uploads as u64,
+        )?;
+        let transport = |t: &'static str| [("transport", t)];
+        counters(
+            &mut enc,
+            "peregrine_sent_bytes",
+            "Bytes sent to viewers, by transport (WebRTC: UDP payloads of every datagram; \
+             WebSocket relays: message payloads).",
+            [
+                (transport("webrtc"), rtc.bytes_sent),
+                (transport("h264ws"), relayed.h264_sent.1),
+                (transport("jsmpeg"), relayed.jsmpeg_sent.1),
+            ],
+        )?;
+        counters(
+            &mut enc,
+            "peregrine_sent_packets",
+            "Packets sent to viewers, by transport (WebRTC: UDP datagrams, media and \
+             control; WebSocket relays: messages).",
+            [
+                (transport("webrtc"), rtc.datagrams_sent),
+                (transport("h264ws"), relayed.h264_sent.0),
+                (transport("jsmpeg"), relayed.jsmpeg_sent.0),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "peregrine_webrtc_rtp_packets_sent",
+            "RTP packets sent to WebRTC viewers, first transmissions.",
+            rtc.rtp_packets_sent,
+        )?;
+        counter(
+            &mut enc,
+            "peregrine_webrtc_keyframes_sent",
+            "Keyframes sent to WebRTC viewers, counted once per viewer.",
+            rtc.keyframes_sent,
+        )?;
+        counters(
+            &mut enc,
+            "peregrine_webrtc_keyframe_requests",
+            "Keyframe requests received from WebRTC viewers, by RTCP message type.",
+            [
+                ([("type", "pli")], rtc.plis_received),
+                ([("type", "fir")], rtc.firs_received),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "peregrine_webrtc_nacks_received",
+            "RTCP NACK messages received from WebRTC viewers.",
+            rtc.nacks_received,
+        )?;
+        counter(
+            &mut enc,
+            "peregrine_webrtc_retransmitted_packets",
+            "RTP packets sent again in answer to NACKs.",
+            rtc.retransmitted_packets,
+        )?;
+
+        let live = u64::from(status.state == "live");
+        gauges(
+            &mut enc,
+            "peregrine_source_up",
+            "1 while the source delivers video; 0 while it is lost, failing or not yet started (viewers get NO SIGNAL).",
+            [([("stream", STREAM), ("kind", source_kind(&status.kind))], live)],
+        )?;
+        let per_stream: Labels<1> = [("stream", STREAM)];
+        gauges(
+            &mut enc,
+            "peregrine_source_fps",
+            "Frames per second of the source, measured over its last pictures.",
+            [(per_stream, status.fps)],
+        )?;
+        counters(
+            &mut enc,
+            "peregrine_source_frames",
+            "Pictures the stream carried (NO SIGNAL ones included).",
+            [(per_stream, stream.frames)],
+        )?;
+        counters(
+            &mut enc,
+            "peregrine_source_keyframes",
+            "Keyframes among those pictures.",
+            [(per_stream, stream.keyframes)],
+        )?;
+        counters(
+            &mut enc,
+            "peregrine_source_interruptions",
+            "Times the source was lost after delivering video.",
+            [(per_stream, status.interruptions)],
+        )?;
+        Ok(())
+    }
+}
+
+/// The kind of a `--source` value, for the `kind` label.
+pub fn source_kind(source: &str) -> &'static str {
+    match source {
+        "v4l2" => "v4l2",
+        "testsrc" => "testsrc",
+        "-" => "stdin",
+        s if s.starts_with("memsink:") => "memsink",
+        s if s.starts_with("tcp-listen://") => "tcp-listen",
+        s if s.starts_with("tcp://") => "tcp",
+        _ => "file",
+    }
+}
+
+fn gauge<V>(enc: &mut DescriptorEncoder, name: &str, help: &str, value: V) -> fmt::Result
+where
+    V: EncodeGaugeValue + fmt::Debug + Clone,
+{
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// One gauge per label set.
+pub(super) fn gauges<S, V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (S, V)>,
+) -> fmt::Result
+where
+    S: EncodeLabelSet,
+    V: EncodeGaugeValue + fmt::Debug + Clone,
+{
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One counter per label set.
+pub(super) fn counters<S, V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (S, V)>,
+) -> fmt::Result
+where
+    S: EncodeLabelSet,
+    V: EncodeCounterValue + fmt::Debug + Clone,
+{
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_kinds() {
+        for (source, kind) in [
+            ("v4l2", "v4l2"),
+            ("testsrc", "testsrc"),
+            ("memsink:kvmd::ustreamer::h264", "memsink"),
+            ("tcp://127.0.0.1:8000", "tcp"),
+            ("tcp-listen://0.0.0.0:8000", "tcp-listen"),
+            ("-", "stdin"),
+            ("clip.h264", "file"),
+            ("cam.mjpeg", "file"),
+        ] {
+            assert_eq!(source_kind(source), kind, "{source}");
+        }
+    }
+}
