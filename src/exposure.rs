@@ -302,7 +302,7 @@ mod tests {
         .unwrap();
         assert!(!text.contains("without authentication"), "{text}");
         for part in [
-            "0.0.0.0:8080 (viewer pages, /state, Janus API, WebSocket relays) asks for a password (--user)",
+            "0.0.0.0:8080 (viewer pages, /state, /metrics, Janus API, WebSocket relays) asks for a password (--user)",
             "0.0.0.0:8188 (Janus WebSocket API) asks for the Janus API secret or token",
             "(WebRTC media) asks for a viewer admitted by the API",
             "behind TLS",
@@ -330,7 +330,7 @@ mod tests {
         ]))
         .unwrap();
         for part in [
-            "0.0.0.0:8080 (viewer pages, /state, Janus API, WebSocket relays, only from 10.0.0.0/8)",
+            "0.0.0.0:8080 (viewer pages, /state, /metrics, Janus API, WebSocket relays, only from 10.0.0.0/8)",
             "0.0.0.0:8188 (Janus WebSocket API, only from 10.0.0.0/8 and from 10.1.)",
             "0.0.0.0:8088 (Janus HTTP API, only from 10.0.0.0/8)",
         ] {
@@ -397,7 +397,7 @@ mod tests {
         ]))
         .unwrap();
         for part in [
-            "0.0.0.0:8080 (viewer pages, /state, Janus API, WebSocket relays over TLS)",
+            "0.0.0.0:8080 (viewer pages, /state, /metrics, Janus API, WebSocket relays over TLS)",
             "0.0.0.0:8188 (Janus WebSocket API over TLS)",
             "0.0.0.0:8088 (Janus HTTP API over TLS)",
             "TLS encrypts the connections but lets anyone connect",
