@@ -110,22 +110,35 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, Rejected> {
 /// Parse a WebSocket frame, which Janus allows to hold several JSON objects one after
 /// the other. Stops at the first unparsable one.
 pub fn parse_frame(bytes: &[u8]) -> Vec<Result<Request, Rejected>> {
-    let mut out = Vec::new();
-    for value in serde_json::Deserializer::from_slice(bytes).into_iter::<Value>() {
-        match value {
-            Ok(v) => out.push(request_from_value(v)),
-            Err(e) => {
-                out.push(Err(Rejected::bare(JanusError::invalid_json(e))));
-                return out;
-            }
+    frame_requests(bytes).collect()
+}
+
+/// The requests of a frame one at a time, each parsed only when the one before has been
+/// handled: a frame packed with thousands of small requests holds one parsed request at
+/// a time, not all of them while their replies wait for room.
+pub fn frame_requests(bytes: &[u8]) -> impl Iterator<Item = Result<Request, Rejected>> + '_ {
+    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+    let mut first = true;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-    }
-    if out.is_empty() {
-        out.push(Err(Rejected::bare(JanusError::invalid_json(
-            "empty message",
-        ))));
-    }
-    out
+        let next = match values.next() {
+            Some(Ok(v)) => request_from_value(v),
+            Some(Err(e)) => {
+                done = true;
+                Err(Rejected::bare(JanusError::invalid_json(e)))
+            }
+            None if first => {
+                done = true;
+                Err(Rejected::bare(JanusError::invalid_json("empty message")))
+            }
+            None => return None,
+        };
+        first = false;
+        Some(next)
+    })
 }
 
 /// Check the envelope of an already parsed JSON value.

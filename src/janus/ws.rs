@@ -177,7 +177,7 @@ async fn handle_frame(
     outbox: &Outbox,
     bytes: &[u8],
 ) -> bool {
-    for parsed in message::parse_frame(bytes) {
+    for parsed in message::frame_requests(bytes) {
         let reply = match parsed {
             Ok(req) => gateway.handle(req, owner).await,
             Err(rejected) => rejected.to_reply(),

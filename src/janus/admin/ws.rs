@@ -82,7 +82,7 @@ async fn answer(
     bytes: &[u8],
     limits: WsLimits,
 ) -> bool {
-    for parsed in message::parse_frame(bytes) {
+    for parsed in message::frame_requests(bytes) {
         let reply = match parsed {
             Ok(req) => admin.handle(&req),
             Err(rejected) => rejected.to_reply(),
