@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench attacks -- --bin target/release/peregrine [--only NAME[,NAME]] [--runs N]
+//!     [--ping-clients N]
 //! ```
 //!
 //! It starts the binary itself (several times) on free ports of 127.0.0.1 and sends
@@ -22,7 +23,7 @@ mod server;
 mod tcp_listen_hijack;
 mod watch_flood;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -57,13 +58,16 @@ struct Options {
     bin: PathBuf,
     only: Vec<String>,
     runs: usize,
+    /// How many clients flood with pings together (the figure quoted is for five).
+    ping_clients: usize,
 }
 
 const USAGE: &str =
-    "usage: cargo bench --bench attacks -- --bin PATH [--only NAME[,NAME...]] [--runs N]";
+    "usage: cargo bench --bench attacks -- --bin PATH [--only NAME[,NAME...]] [--runs N] \
+     [--ping-clients N]";
 
 fn parse(args: &[String]) -> Result<Options> {
-    let (mut bin, mut only, mut runs) = (None, Vec::new(), 3);
+    let (mut bin, mut only, mut runs, mut ping_clients) = (None, Vec::new(), 3, 5);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -71,6 +75,9 @@ fn parse(args: &[String]) -> Result<Options> {
             "--bin" => bin = Some(PathBuf::from(value()?)),
             "--only" => only.extend(value()?.split(',').map(str::to_string)),
             "--runs" => runs = value()?.parse().context("--runs takes a number")?,
+            "--ping-clients" => {
+                ping_clients = value()?.parse().context("--ping-clients takes a number")?
+            }
             "--bench" => {}
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
@@ -84,10 +91,15 @@ fn parse(args: &[String]) -> Result<Options> {
             bail!("no attack {name}; there are: {}", names.join(", "));
         }
     }
-    if runs == 0 {
-        bail!("--runs must be at least 1");
+    if runs == 0 || ping_clients == 0 {
+        bail!("--runs and --ping-clients must be at least 1");
     }
-    Ok(Options { bin, only, runs })
+    Ok(Options {
+        bin,
+        only,
+        runs,
+        ping_clients,
+    })
 }
 
 /// Enough descriptors for 1,100 client sockets and more.
@@ -105,9 +117,10 @@ fn raise_own_nofile() {
     }
 }
 
-async fn run_one(name: &str, bin: &Path, runs: usize) -> Result<Vec<Row>> {
+async fn run_one(name: &str, opts: &Options) -> Result<Vec<Row>> {
+    let (bin, runs) = (opts.bin.as_path(), opts.runs);
     match name {
-        "ping-flood" => ping_flood::run(bin).await,
+        "ping-flood" => ping_flood::run(bin, opts.ping_clients).await,
         "candidates" => candidates::run(bin, runs).await,
         "watch-flood" => watch_flood::run(bin).await,
         "idle-connections" => idle_connections::run(bin, runs).await,
@@ -148,7 +161,7 @@ fn main() -> ExitCode {
                 continue;
             }
             progress(format!("== {name}: {what} (load {:.2})", figures::load1()));
-            match run_one(name, &opts.bin, opts.runs).await {
+            match run_one(name, &opts).await {
                 Ok(r) => rows.extend(r),
                 Err(e) => {
                     progress(format!("{name} failed: {e:#}"));

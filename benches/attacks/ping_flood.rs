@@ -2,7 +2,8 @@
 //! never read the pongs. A Janus frame may hold several JSON objects one after the
 //! other, so the main variant packs about 25,000 small pings into each frame (25,000
 //! replies per frame read); the other is one ping with a 1 MB transaction (one 1 MB
-//! reply). Resident memory with one such client, with five, and after they leave.
+//! reply). Resident memory with one such client, with five (`--ping-clients`), and
+//! after they leave.
 
 use std::path::Path;
 use std::time::Duration;
@@ -103,8 +104,8 @@ async fn settled_rss(server: &Server) -> Option<f64> {
     Some(last)
 }
 
-pub async fn run(bin: &Path) -> Result<Vec<Row>> {
-    let mut rows = variant(bin, Frame::Batched, 5).await?;
+pub async fn run(bin: &Path, clients: usize) -> Result<Vec<Row>> {
+    let mut rows = variant(bin, Frame::Batched, clients).await?;
     rows.extend(variant(bin, Frame::Padded, 1).await?);
     Ok(rows)
 }
