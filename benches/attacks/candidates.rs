@@ -68,7 +68,7 @@ async fn attacker(server: &Server) -> Result<(JanusClient, String)> {
 /// The attacker answers with a real peer's answer, but closes that peer at once: an
 /// attacker has no reason to complete ICE, and the server goes on checking the
 /// candidates it was given. What the server said, and when.
-async fn answer(mut client: JanusClient, offer: String) -> (String, JanusClient) {
+async fn answer(mut client: JanusClient, offer: String) -> (Said, JanusClient) {
     let started = Instant::now();
     let outcome = async {
         let (peer, sdp) = ReceiverPeer::answer(&offer).await?;
@@ -78,10 +78,23 @@ async fn answer(mut client: JanusClient, offer: String) -> (String, JanusClient)
     }
     .await;
     let said = match outcome {
-        Ok(()) => format!("answer started in {:.0?}", started.elapsed()),
-        Err(e) => format!("answer: {e:#}"),
+        Ok(()) => Said {
+            what: "started".into(),
+            took: Some(started.elapsed()),
+        },
+        Err(e) => Said {
+            what: format!("{e:#}"),
+            took: None,
+        },
     };
     (said, client)
+}
+
+/// What the server answered to an attacker's step, and how long it took (`None`: not
+/// all of it was answered).
+struct Said {
+    what: String,
+    took: Option<Duration>,
 }
 
 /// Wait for the server's replies to `messages` trickles sent at `started`; what they
@@ -90,7 +103,7 @@ async fn trickle_replies(
     mut client: JanusClient,
     messages: usize,
     started: Instant,
-) -> (String, JanusClient) {
+) -> (Said, JanusClient) {
     let deadline = started + WATCH_LIMIT;
     let (mut acks, mut errors) = (0, 0);
     while acks + errors < messages {
@@ -104,18 +117,17 @@ async fn trickle_replies(
             Err(_) => break,
         }
     }
-    let when = if acks + errors == messages {
-        format!("in {:.0?}", started.elapsed())
-    } else {
-        format!("of {messages} within {} s", WATCH_LIMIT.as_secs())
+    let said = Said {
+        what: format!("{acks} acks, {errors} errors"),
+        took: (acks + errors == messages).then(|| started.elapsed()),
     };
-    (format!("{acks} acks, {errors} errors {when}"), client)
+    (said, client)
 }
 
 /// What one step of an attack did to the others.
 struct Effect {
     /// The server's answer to the attacker's step.
-    step: String,
+    step: Said,
     /// A new client's watch → offer, sent once the step was answered.
     watch: Option<Duration>,
     /// The playing viewer from the step to the new client's offer.
@@ -132,7 +144,7 @@ async fn effect<F>(
     step: F,
 ) -> Result<(Effect, JanusClient)>
 where
-    F: Future<Output = (String, JanusClient)> + Send + 'static,
+    F: Future<Output = (Said, JanusClient)> + Send + 'static,
 {
     let ws = server.ws_url();
     let (cpu_before, started) = (server.cpu_ms(), Instant::now());
@@ -161,9 +173,14 @@ fn describe(e: &Effect) -> String {
         .watch
         .map(|d| format!("{d:.2?}"))
         .unwrap_or_else(|| format!("none in {WATCH_LIMIT:?}"));
+    let took = e
+        .step
+        .took
+        .map(|d| format!("in {d:.0?}"))
+        .unwrap_or_else(|| "not all answered".into());
     format!(
-        "{}; watch {watch}; viewer {:.1} fps, longest gap {:.0?}; CPU {:.0} %",
-        e.step, e.viewing.fps, e.viewing.longest_gap, e.cpu_pct
+        "{} {took}; watch {watch}; viewer {:.1} fps, longest gap {:.0?}; CPU {:.0} %",
+        e.step.what, e.viewing.fps, e.viewing.longest_gap, e.cpu_pct
     )
 }
 
@@ -215,7 +232,8 @@ async fn early(bin: &Path) -> Result<(Effect, Effect, f64)> {
 
 /// The figures of one step over the runs.
 struct Series {
-    steps: Vec<String>,
+    said: Vec<String>,
+    answered: Samples,
     watch: Samples,
     fps: Samples,
     gap: Samples,
@@ -225,7 +243,8 @@ struct Series {
 impl Series {
     fn new() -> Series {
         Series {
-            steps: Vec::new(),
+            said: Vec::new(),
+            answered: Samples::new(Unit::Millis),
             watch: Samples::new(Unit::Millis),
             fps: Samples::new(Unit::Fps),
             gap: Samples::new(Unit::Millis),
@@ -234,7 +253,10 @@ impl Series {
     }
 
     fn push(&mut self, e: &Effect, load: f64) {
-        self.steps.push(e.step.clone());
+        if !self.said.contains(&e.step.what) {
+            self.said.push(e.step.what.clone());
+        }
+        self.answered.push_duration(e.step.took, load);
         self.watch.push_duration(e.watch, load);
         self.fps.push(Some(e.viewing.fps), load);
         self.gap.push_duration(Some(e.viewing.longest_gap), load);
@@ -246,7 +268,12 @@ impl Series {
         rows.push(Row::new(
             NAME,
             format!("{what}: the server's replies"),
-            self.steps.join("; "),
+            format!(
+                "{}, in {}",
+                self.said.join(" / "),
+                self.answered
+                    .summary(&format!("not all within {} s", WATCH_LIMIT.as_secs()))
+            ),
         ));
         rows.push(Row::new(
             NAME,

@@ -70,7 +70,9 @@ pub async fn run(bin: &Path, runs: usize) -> Result<Vec<Row>> {
         latency.push_duration(took, load);
         opened_counts.push(idle.len().to_string());
         emfile.push(server.emfile_lines().to_string());
-        state_after.push(state);
+        if !state_after.contains(&state) {
+            state_after.push(state);
+        }
         drop(idle);
     }
     let none = format!("no session within {} s", LIMIT.as_secs());
