@@ -74,7 +74,14 @@ async fn answer(mut client: JanusClient, offer: String) -> (Said, JanusClient) {
         let (peer, sdp) = ReceiverPeer::answer(&offer).await?;
         peer.close();
         drop(peer);
-        client.start(&sdp).await
+        client.send(json!({"janus": "message", "body": {"request": "start"},
+                           "jsep": {"type": "answer", "sdp": sdp}}));
+        let event = client
+            .wait_for(WATCH_LIMIT, |m| m["janus"] == "event")
+            .await?;
+        let status = &event["plugindata"]["data"]["result"]["status"];
+        anyhow::ensure!(status == "started", "start answered {event}");
+        anyhow::Ok(())
     }
     .await;
     let said = match outcome {
@@ -272,7 +279,7 @@ impl Series {
                 "{}, in {}",
                 self.said.join(" / "),
                 self.answered
-                    .summary(&format!("not all within {} s", WATCH_LIMIT.as_secs()))
+                    .summary(&format!("not answered within {} s", WATCH_LIMIT.as_secs()))
             ),
         ));
         rows.push(Row::new(
