@@ -9,9 +9,9 @@
 //! It starts the binary itself (several times) on free ports of 127.0.0.1 and sends
 //! traffic only there. The server runs with at most 4096 open files (1024 for the idle
 //! connection attack), a 16 GiB address space, no core files, and is killed if its
-//! resident memory passes 3 GiB or the benchmark ends. Only flags that every version of
-//! peregrine has are used, so older builds can be measured too. Not a test: nothing
-//! here fails on a figure.
+//! resident memory passes 3 GiB or the benchmark ends. Only flags that older versions
+//! have too are used, so older builds can be measured the same way. Not a test:
+//! nothing here fails on a figure.
 
 mod candidates;
 mod clients;
