@@ -447,3 +447,68 @@ async fn trickled_candidates_orientation_garbage_and_hangup() {
     assert!(wait_until(Duration::from_secs(2), || engine.stats().peers == 0).await);
     engine.shutdown().await;
 }
+
+/// A viewer joining mid-GOP starts at once from the cached GOP: the keyframe another
+/// viewer got, then every picture since, in order, all decodable, then live ones. The
+/// source is told to ignore keyframe requests, so without the catch-up the newcomer would
+/// get no decodable picture at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_mid_gop_gets_the_cached_keyframe_and_the_pictures_since() {
+    let hub = Hub::new(30);
+    let feeder = Feeder::start(hub.clone());
+    assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
+    let engine = RtcEngine::start(config(), hub.clone())
+        .await
+        .expect("engine starts");
+    let mut first = connect_viewer(&engine).await;
+    first
+        .peer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connects");
+    let start = frames(&mut first.peer, 1, Duration::from_secs(10)).await;
+    assert!(
+        h264::access_unit_is_key(&start[0].data),
+        "first viewer starts at a keyframe"
+    );
+    let key_time = start[0].abs_capture_time.expect("abs-capture-time");
+    // No keyframe from now on: a newcomer can only start from the cache.
+    pause_keyframes(&feeder, &hub).await;
+    let since = frames(&mut first.peer, 5, Duration::from_secs(5)).await;
+    assert!(since.iter().all(|f| !h264::access_unit_is_key(&f.data)));
+
+    let mut second = connect_viewer(&engine).await;
+    second
+        .peer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connects");
+    let got = frames(&mut second.peer, 15, Duration::from_secs(10)).await;
+    assert!(
+        h264::access_unit_is_key(&got[0].data),
+        "the newcomer starts at a keyframe"
+    );
+    assert_eq!(
+        got[0].abs_capture_time,
+        Some(key_time),
+        "it is the keyframe the first viewer got, from the cache"
+    );
+    let times: Vec<u64> = got
+        .iter()
+        .map(|f| f.abs_capture_time.expect("abs-capture-time"))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "the cached pictures come in order, then live ones: {times:?}"
+    );
+    for f in &since {
+        let t = f.abs_capture_time.expect("abs-capture-time");
+        assert!(times.contains(&t), "cached picture {t} was skipped");
+    }
+    assert_eq!(decode_all(&got), 15, "every picture decodes");
+    assert!(
+        got[1..].iter().all(|f| !h264::access_unit_is_key(&f.data)),
+        "no second keyframe was needed"
+    );
+    drop(feeder);
+}
