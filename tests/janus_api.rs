@@ -35,7 +35,7 @@ impl PeerBackend for NoPeers {
         _opts: PeerOptions,
         _events: mpsc::UnboundedSender<PeerEvent>,
     ) -> BoxFuture<'_, Result<(PeerId, String), RtcError>> {
-        Box::pin(async { Err(RtcError::Engine("no WebRTC engine in this test".into())) })
+        Box::pin(async { Err(RtcError::Internal("no WebRTC engine in this test")) })
     }
     fn apply_answer<'a>(
         &'a self,

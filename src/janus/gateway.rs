@@ -390,9 +390,10 @@ impl Gateway {
                         JanusError::invalid_sdp(detail)
                     }
                     RtcError::NoOffer | RtcError::NoSuchPeer => JanusError::unexpected_answer(),
-                    e @ (RtcError::Engine(_) | RtcError::TooManyViewers(_)) => {
-                        JanusError::internal(e.to_string())
-                    }
+                    e @ (RtcError::Stack(_)
+                    | RtcError::Stopped
+                    | RtcError::Internal(_)
+                    | RtcError::TooManyViewers(_)) => JanusError::internal(e.to_string()),
                 })?;
         }
         let data = self.plugin_message(s, h, &msg.body).await;

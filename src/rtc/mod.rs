@@ -110,8 +110,16 @@ pub enum RtcError {
     /// `max_viewers` peers exist already.
     #[error("too many viewers (at most {0})")]
     TooManyViewers(usize),
+    /// The WebRTC stack refused a step (building a peer, an offer, a candidate).
+    #[error("WebRTC stack: {0}")]
+    Stack(#[from] rtc::shared::error::Error),
+    /// The engine task has ended (the server is shutting down).
+    #[error("WebRTC engine stopped")]
+    Stopped,
+    /// The stack left out something it always gives (a transceiver, a sender, a local
+    /// description): a bug, named.
     #[error("WebRTC engine: {0}")]
-    Engine(String),
+    Internal(&'static str),
 }
 
 /// Counters for `/state` and `/metrics`.
@@ -316,7 +324,7 @@ impl Supervisor {
 }
 
 fn stopped() -> RtcError {
-    RtcError::Engine("engine stopped".into())
+    RtcError::Stopped
 }
 
 /// Bind the first free port of `ports` ((0, 0) = any free port).

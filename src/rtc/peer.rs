@@ -63,8 +63,7 @@ pub struct OutFrame {
 pub fn media_engine(profile_level_id: &str) -> Result<MediaEngine, RtcError> {
     let mut me = MediaEngine::default();
     for codec in h264_codecs(profile_level_id) {
-        me.register_codec(codec, RtpCodecKind::Video)
-            .map_err(engine_err)?;
+        me.register_codec(codec, RtpCodecKind::Video)?;
     }
     for (_, uri) in extensions::OFFERED {
         me.register_header_extension(
@@ -73,8 +72,7 @@ pub fn media_engine(profile_level_id: &str) -> Result<MediaEngine, RtcError> {
             },
             RtpCodecKind::Video,
             None,
-        )
-        .map_err(engine_err)?;
+        )?;
     }
     Ok(me)
 }
@@ -175,15 +173,10 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, RtcError>
         },
         ..Default::default()
     }
-    .new_candidate_host()
-    .map_err(engine_err)?;
+    .new_candidate_host()?;
     RTCIceCandidate::from(&candidate)
         .to_json()
-        .map_err(engine_err)
-}
-
-pub fn engine_err(e: impl std::fmt::Display) -> RtcError {
-    RtcError::Engine(e.to_string())
+        .map_err(RtcError::from)
 }
 
 /// RTP packets written to a connection between two polls of its output: a few at a
@@ -298,7 +291,7 @@ impl Peer {
         let local_addr = *setup
             .candidates
             .first()
-            .ok_or_else(|| RtcError::Engine("no candidate address".into()))?;
+            .ok_or_else(|| RtcError::Internal("no candidate address"))?;
         let me = media_engine(&setup.profile_level_id)?;
         let registry = sender_interceptors();
         let mut pc = RTCPeerConnectionBuilder::new()
@@ -306,8 +299,7 @@ impl Peer {
             .with_setting_engine(setting_engine(&setup.ufrag, &setup.pwd).build())
             .with_media_engine(me)
             .with_interceptor_registry(registry)
-            .build(now)
-            .map_err(engine_err)?;
+            .build(now)?;
 
         let codec = h264_codec(&setup.profile_level_id, H264_PAYLOAD_TYPE);
         let track_id = "video".to_string();
@@ -325,39 +317,34 @@ impl Peer {
                 ..Default::default()
             }],
         );
-        let transceiver = pc
-            .add_transceiver_from_track(
-                track,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    streams: vec![],
-                    send_encodings: vec![],
-                }),
-            )
-            .map_err(engine_err)?;
+        let transceiver = pc.add_transceiver_from_track(
+            track,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![],
+                send_encodings: vec![],
+            }),
+        )?;
         // The track's codec alone would be offered; offer every payload type we can
         // send the stream under, the stream's own profile first.
         pc.rtp_transceiver(transceiver)
-            .ok_or_else(|| RtcError::Engine("no transceiver".into()))?
-            .set_codec_preferences(h264_codecs(&setup.profile_level_id))
-            .map_err(engine_err)?;
+            .ok_or_else(|| RtcError::Internal("no transceiver"))?
+            .set_codec_preferences(h264_codecs(&setup.profile_level_id))?;
         let sender = pc
             .get_senders()
             .last()
-            .ok_or_else(|| RtcError::Engine(format!("no sender for {transceiver:?}")))?;
+            .ok_or_else(|| RtcError::Internal("no sender for the video transceiver"))?;
 
         for addr in &setup.candidates {
-            pc.add_local_candidate(host_candidate(*addr)?)
-                .map_err(engine_err)?;
+            pc.add_local_candidate(host_candidate(*addr)?)?;
         }
-        pc.add_local_candidate(RTCIceCandidateInit::default())
-            .map_err(engine_err)?;
-        let offer = pc.create_offer(None).map_err(engine_err)?;
-        pc.set_local_description(now, offer).map_err(engine_err)?;
+        pc.add_local_candidate(RTCIceCandidateInit::default())?;
+        let offer = pc.create_offer(None)?;
+        pc.set_local_description(now, offer)?;
         let sdp = pc
             .local_description()
             .map(|d| d.sdp)
-            .ok_or_else(|| RtcError::Engine("no local description".into()))?;
+            .ok_or_else(|| RtcError::Internal("no local description"))?;
 
         let peer = Peer {
             pc,
