@@ -152,6 +152,16 @@ async fn connect_viewer(engine: &RtcEngine) -> Viewer {
     Viewer { id, peer, events }
 }
 
+/// A viewer whose connection is up.
+async fn connected_viewer(engine: &RtcEngine) -> Viewer {
+    let mut v = connect_viewer(engine).await;
+    v.peer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connects");
+    v
+}
+
 async fn frames(peer: &mut ReceiverPeer, count: usize, within: Duration) -> Vec<ReceivedFrame> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
@@ -460,12 +470,7 @@ async fn a_viewer_joining_mid_gop_gets_the_cached_keyframe_and_the_pictures_sinc
     let engine = RtcEngine::start(config(), hub.clone())
         .await
         .expect("engine starts");
-    let mut first = connect_viewer(&engine).await;
-    first
-        .peer
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("connects");
+    let mut first = connected_viewer(&engine).await;
     let start = frames(&mut first.peer, 1, Duration::from_secs(10)).await;
     assert!(
         h264::access_unit_is_key(&start[0].data),
@@ -477,12 +482,7 @@ async fn a_viewer_joining_mid_gop_gets_the_cached_keyframe_and_the_pictures_sinc
     let since = frames(&mut first.peer, 5, Duration::from_secs(5)).await;
     assert!(since.iter().all(|f| !h264::access_unit_is_key(&f.data)));
 
-    let mut second = connect_viewer(&engine).await;
-    second
-        .peer
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("connects");
+    let mut second = connected_viewer(&engine).await;
     let got = frames(&mut second.peer, 15, Duration::from_secs(10)).await;
     assert!(
         h264::access_unit_is_key(&got[0].data),

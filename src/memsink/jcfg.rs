@@ -888,6 +888,21 @@ mod tests {
         assert_eq!(v.get_str("missing.key"), None);
     }
 
+    /// Each `(file, text, setting)`: a folder with the plugin file and `file` holding
+    /// `text` stops the start, naming the setting and the file.
+    fn assert_refused(cases: &[(&str, &str, &str)]) {
+        for &(file, text, setting) in cases {
+            let dir = dir_with(&[PLUGIN, (file, text)]);
+            let err = format!("{:#}", read_install(&dir).unwrap_err());
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(
+                err.contains(&dir.join(file).display().to_string()),
+                "{setting} names the file: {err}"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
     #[test]
     fn errors_name_the_line() {
         let err = parse("a = 1;\nb = {\n c = \"open\n}").unwrap_err();
@@ -1066,16 +1081,7 @@ mod tests {
                 "cors.allow_origin",
             ),
         ];
-        for (file, text, setting) in cases {
-            let dir = dir_with(&[PLUGIN, (file, text)]);
-            let err = format!("{:#}", read_install(&dir).unwrap_err());
-            assert!(err.contains(setting), "{setting}: {err}");
-            assert!(
-                err.contains(&dir.join(file).display().to_string()),
-                "{setting} names the file: {err}"
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        assert_refused(&cases);
         // Settings that lose nothing are accepted: an ACL of a disabled transport, an
         // empty secret, token_auth off.
         let dir = dir_with(&[
@@ -1255,16 +1261,7 @@ mod tests {
                 "admin.admin_ws_unix",
             ),
         ];
-        for (file, text, setting) in cases {
-            let dir = dir_with(&[PLUGIN, (file, text)]);
-            let err = format!("{:#}", read_install(&dir).unwrap_err());
-            assert!(err.contains(setting), "{setting}: {err}");
-            assert!(
-                err.contains(&dir.join(file).display().to_string()),
-                "{setting} names the file: {err}"
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        assert_refused(&cases);
     }
 
     #[test]
@@ -1307,16 +1304,7 @@ mod tests {
                 "general.secure_port",
             ),
         ];
-        for (file, text, setting) in cases {
-            let dir = dir_with(&[PLUGIN, (file, text)]);
-            let err = format!("{:#}", read_install(&dir).unwrap_err());
-            assert!(err.contains(setting), "{setting}: {err}");
-            assert!(
-                err.contains(&dir.join(file).display().to_string()),
-                "{setting} names the file: {err}"
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        assert_refused(&cases);
     }
 
     #[test]
@@ -1429,16 +1417,7 @@ mod tests {
                 "general.interface",
             ),
         ];
-        for (file, text, setting) in cases {
-            let dir = dir_with(&[PLUGIN, (file, text)]);
-            let err = format!("{:#}", read_install(&dir).unwrap_err());
-            assert!(err.contains(setting), "{setting}: {err}");
-            assert!(
-                err.contains(&dir.join(file).display().to_string()),
-                "{setting} names the file: {err}"
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        assert_refused(&cases);
     }
 
     #[test]
