@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::PeerFilter;
-use crate::config::{usage_error, Config, SOURCE_FORMS};
+use crate::config::{usage_error, Config, StreamConfig, SOURCE_FORMS};
 use crate::http;
 use crate::janus::{JanusConfig, JanusServer, SecureListen};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
-use crate::media::Hub;
+use crate::media::{Hub, Stream, Streams};
 use crate::memsink::jcfg::SecureTransport;
 use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
@@ -61,16 +61,23 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     for warning in crate::access::start_warnings(&cfg) {
         tracing::warn!("{warning}");
     }
-    let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
     let stop_source = Arc::new(AtomicBool::new(false));
-    let source_status = StatusHandle::new(&cfg.source, "no_signal");
-    let source_thread = start_source(
-        &cfg,
-        hub.clone(),
-        source_status.clone(),
-        stop_source.clone(),
-    )?;
-    let sink_thread = start_sink(&cfg, hub.clone(), stop_source.clone())?;
+    let mut running = Vec::new();
+    let mut threads = Vec::new();
+    for stream_cfg in cfg.stream_configs() {
+        let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
+        let status = StatusHandle::new(&stream_cfg.source, "no_signal");
+        threads.push(
+            start_source(&stream_cfg, hub.clone(), status.clone(), stop_source.clone())
+                .with_context(|| format!("stream {:?}", stream_cfg.name))?,
+        );
+        threads.push(start_sink(&cfg, &stream_cfg, hub.clone(), stop_source.clone())?);
+        let stream = Stream::new(stream_cfg.name, hub, stream_cfg.fps);
+        running.push((stream, status));
+    }
+    let streams = Streams::new(running.iter().map(|(s, _)| s.clone()).collect());
+    let hub = streams.default_stream().hub().clone();
+    let source_status = running[0].1.clone();
 
     let engine = RtcEngine::start(
         RtcConfig {
@@ -89,7 +96,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");
 
     // The error names the one listener that could not be bound.
-    let janus = JanusServer::bind(hub.clone(), engine.clone(), janus_cfg).await?;
+    let janus = JanusServer::bind(streams.clone(), engine.clone(), janus_cfg).await?;
     let relay = Relay::new(
         hub.clone(),
         RelayConfig {
@@ -116,11 +123,22 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let relay = relay.clone();
         Arc::new(move || {
             let rtc = engine.stats();
+            let streams: serde_json::Map<_, _> = running
+                .iter()
+                .map(|(stream, status)| {
+                    let report = StreamReport {
+                        source: SourceReport::new(status.snapshot(), &stream.hub().info()),
+                        viewers: stream.viewers(),
+                    };
+                    (stream.name().to_string(), serde_json::json!(report))
+                })
+                .collect();
             serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "pid": std::process::id(),
                 "uptime_s": started.elapsed().as_secs_f64(),
                 "source": SourceReport::new(source_status.snapshot(), &hub.info()),
+                "streams": streams,
                 "viewers": rtc.connected,
                 "rtc": rtc,
                 "janus": janus_status.counts(),
@@ -170,10 +188,18 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     };
     engine.shutdown().await;
     stop_source.store(true, Ordering::Relaxed);
-    for thread in [source_thread, sink_thread].into_iter().flatten() {
+    for thread in threads.into_iter().flatten() {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     result
+}
+
+/// `/state`'s entry for one stream.
+#[derive(serde::Serialize)]
+struct StreamReport {
+    source: SourceReport,
+    /// Viewers receiving its pictures, over every output.
+    viewers: usize,
 }
 
 /// Read every certificate peregrine serves (`--tls-cert`, and the Janus config's `wss`
@@ -254,7 +280,7 @@ fn reload_on_sighup(certificates: Vec<Arc<Tls>>) {
 }
 
 fn start_source(
-    cfg: &Config,
+    cfg: &StreamConfig,
     hub: Arc<Hub>,
     status: StatusHandle,
     stop: Arc<AtomicBool>,
@@ -344,13 +370,14 @@ fn start_source(
     }
 }
 
-/// The `--h264-sink` output, when configured.
+/// A stream's H.264 memsink output (`--h264-sink`), when configured.
 fn start_sink(
     cfg: &Config,
+    stream: &StreamConfig,
     hub: Arc<Hub>,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
-    let Some(name) = &cfg.h264_sink else {
+    let Some(name) = &stream.h264_sink else {
         return Ok(None);
     };
     let sink = SinkConfig {
@@ -360,7 +387,7 @@ fn start_sink(
         client_ttl: std::time::Duration::from_secs(cfg.h264_sink_client_ttl_s),
         timeout: std::time::Duration::from_secs(cfg.h264_sink_timeout_s),
     };
-    Ok(Some(memsink_output::spawn(sink, cfg.gop, hub, stop)?))
+    Ok(Some(memsink_output::spawn(sink, stream.gop, hub, stop)?))
 }
 
 async fn wait_for_signal() {

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use peregrine::janus::backend::BoxFuture;
 use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, Listen, PeerBackend};
 use peregrine::media::{clock, h264};
-use peregrine::media::{AccessUnit, Hub};
+use peregrine::media::{AccessUnit, Hub, Streams};
 use peregrine::origin::OriginPolicy;
 use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::rtc::{
@@ -65,7 +65,7 @@ async fn start(tweak: impl FnOnce(&mut JanusConfig)) -> Server {
     };
     tweak(&mut cfg);
     let hub = Hub::new(8);
-    let server = JanusServer::bind_with_backend(hub.clone(), Arc::new(NoPeers), cfg)
+    let server = JanusServer::bind_with_backend(Streams::single(hub.clone(), 30), Arc::new(NoPeers), cfg)
         .await
         .expect("bind");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -1248,7 +1248,7 @@ async fn watch_answer_and_media_through_janus() {
         http: Listen::Tcp(0),
         ..JanusConfig::default()
     };
-    let server = JanusServer::bind(hub.clone(), engine.clone(), cfg)
+    let server = JanusServer::bind(Streams::single(hub.clone(), 30), engine.clone(), cfg)
         .await
         .expect("bind");
     let ws_addr = server.ws_addr().unwrap();

@@ -350,7 +350,10 @@ async fn trickled_candidates_orientation_garbage_and_hangup() {
         .expect("engine starts");
 
     let (tx, mut events) = mpsc::unbounded_channel();
-    let opts = PeerOptions { orientation: 90 };
+    let opts = PeerOptions {
+        orientation: 90,
+        ..PeerOptions::new(hub.clone())
+    };
     let (id, offer) = engine.create_offer(opts, tx).await.expect("offer");
     let sps = hub.params().expect("params").sps;
     let expected_profile = format!(

@@ -15,7 +15,7 @@ use super::error::{code, JanusError};
 use super::message::{self, Request, ServerInfo, TrickleCandidate, Verb};
 use super::plugin::{self, UstreamerHandle};
 use super::session::{ConnId, EventQueue, Handle, Owner, Registry, Session};
-use crate::media::Hub;
+use crate::media::Streams;
 use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 use crate::rtc::{RemoteCandidate, RtcError, MAX_REMOTE_CANDIDATES};
@@ -107,7 +107,7 @@ impl Drop for PollHold {
 }
 
 pub struct Gateway {
-    pub(super) hub: Arc<Hub>,
+    pub(super) streams: Arc<Streams>,
     pub(super) peers: Arc<dyn PeerBackend>,
     pub(super) settings: Settings,
     registry: Mutex<Registry>,
@@ -116,9 +116,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(hub: Arc<Hub>, peers: Arc<dyn PeerBackend>, settings: Settings) -> Arc<Gateway> {
+    pub fn new(
+        streams: Arc<Streams>,
+        peers: Arc<dyn PeerBackend>,
+        settings: Settings,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
-            hub,
+            streams,
             peers,
             settings,
             registry: Mutex::new(Registry::default()),
@@ -359,7 +363,7 @@ impl Gateway {
                 format!("Too many handles in this session (limit {cap})"),
             ));
         }
-        let handle = UstreamerHandle::new(self.hub.hold());
+        let handle = UstreamerHandle::new(self.streams.default_stream().clone());
         let id = self
             .registry()
             .add_handle(s, handle)

@@ -36,7 +36,7 @@ pub use listen::Listen;
 
 use crate::access::{IpList, PeerFilter};
 use crate::config::Config;
-use crate::media::Hub;
+use crate::media::Streams;
 use crate::origin::{self, OriginPolicy};
 use crate::rtc::RtcEngine;
 use crate::serve::{ConnLimits, ConnPolicy};
@@ -270,13 +270,13 @@ pub struct JanusServer {
 
 impl JanusServer {
     /// Bind both listeners; peers are made by the WebRTC engine.
-    pub async fn bind(hub: Arc<Hub>, engine: RtcEngine, cfg: JanusConfig) -> Result<Self> {
-        Self::bind_with_backend(hub, Arc::new(engine), cfg).await
+    pub async fn bind(streams: Arc<Streams>, engine: RtcEngine, cfg: JanusConfig) -> Result<Self> {
+        Self::bind_with_backend(streams, Arc::new(engine), cfg).await
     }
 
     /// Bind both listeners with any peer backend.
     pub async fn bind_with_backend(
-        hub: Arc<Hub>,
+        streams: Arc<Streams>,
         peers: Arc<dyn PeerBackend>,
         cfg: JanusConfig,
     ) -> Result<Self> {
@@ -329,7 +329,7 @@ impl JanusServer {
             caps: cfg.caps,
             auth: cfg.auth,
         };
-        let gateway = gateway::Gateway::new(hub, peers, settings);
+        let gateway = gateway::Gateway::new(streams, peers, settings);
         Ok(JanusServer {
             admin: Arc::new(admin::AdminApi::new(gateway.clone(), cfg.admin.secret)),
             admin_ws,

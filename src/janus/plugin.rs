@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 use super::gateway::Gateway;
 use super::message;
 use crate::media::hub::SourceHold;
+use crate::media::stream::{Stream, Viewing};
 use crate::rtc::{PeerEvent, PeerId, PeerOptions, RtcError};
 
 pub const PACKAGE: &str = "janus.plugin.ustreamer";
@@ -30,6 +31,11 @@ pub const NO_PARAMS_REASON: &str = "Haven't received SPS/PPS from memsink yet";
 
 /// `watch` answers this when `--max-viewers` peers exist already.
 pub const TOO_MANY_VIEWERS_CODE: u16 = 429;
+
+/// `watch` answers this for a `stream` the server does not have, and
+/// [`BAD_REQUEST_CODE`] for one that is not a string.
+pub const NO_SUCH_STREAM_CODE: u16 = 404;
+pub const BAD_REQUEST_CODE: u16 = 400;
 
 /// Hangup reason for peers lost with the WebRTC engine.
 pub const ENGINE_GONE_REASON: &str = "WebRTC engine stopped";
@@ -92,7 +98,10 @@ pub fn error_event(code: u16, reason: &str) -> Value {
 
 /// The plugin's state for one handle.
 pub struct UstreamerHandle {
-    /// The plugin opens its source as soon as a client attaches; this keeps it open.
+    /// The stream watched, or to be watched: the default one until `watch` names another.
+    stream: Arc<Stream>,
+    /// The plugin opens its source as soon as a client attaches; this keeps the
+    /// stream's source open.
     _hold: SourceHold,
     peer: Option<ActivePeer>,
     pub params: WatchParams,
@@ -102,14 +111,29 @@ struct ActivePeer {
     id: PeerId,
     /// The task relaying the engine's events about this peer.
     relay: AbortHandle,
+    /// Counts the viewer on its stream once media flows.
+    viewing: Option<Viewing>,
 }
 
 impl UstreamerHandle {
-    pub fn new(hold: SourceHold) -> UstreamerHandle {
+    pub fn new(stream: Arc<Stream>) -> UstreamerHandle {
         UstreamerHandle {
-            _hold: hold,
+            _hold: stream.hub().hold(),
+            stream,
             peer: None,
             params: WatchParams::default(),
+        }
+    }
+
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// Watch `stream` from now on; its source is held open instead of the old one's.
+    fn switch_to(&mut self, stream: &Arc<Stream>) {
+        if !Arc::ptr_eq(&self.stream, stream) {
+            self._hold = stream.hub().hold();
+            self.stream = stream.clone();
         }
     }
 
@@ -129,8 +153,23 @@ impl UstreamerHandle {
     #[must_use]
     fn set_peer(&mut self, id: PeerId, relay: AbortHandle) -> Option<PeerId> {
         let old = self.take_peer();
-        self.peer = Some(ActivePeer { id, relay });
+        self.peer = Some(ActivePeer {
+            id,
+            relay,
+            viewing: None,
+        });
         old
+    }
+
+    /// The engine reported this peer connected: it counts as a viewer of the stream.
+    fn peer_connected(&mut self, id: PeerId) -> bool {
+        match &mut self.peer {
+            Some(peer) if peer.id == id => {
+                peer.viewing.get_or_insert_with(|| self.stream.viewer());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The engine reported this peer closed: forget it without closing it again.
@@ -164,7 +203,12 @@ impl Gateway {
                 "watch" => self.watch(session_id, handle_id, body).await,
                 "start" => event(status_event("started")),
                 "stop" => event(status_event("stopped")),
-                "key_required" => self.hub.request_keyframe(),
+                "key_required" => {
+                    let stream = self.with_handle(session_id, handle_id, |h| h.stream().clone());
+                    if let Some(stream) = stream {
+                        stream.hub().request_keyframe();
+                    }
+                }
                 other => {
                     tracing::debug!(request = other, "unknown ustreamer request");
                     event(error_event(405, "Not implemented"))
@@ -182,7 +226,21 @@ impl Gateway {
                 message::plugin_event(s, h, PACKAGE, error_event(code, reason), None)
             })
         };
-        if self.hub.params().is_none() {
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => self.streams.default_stream(),
+            Some(Value::String(name)) => match self.streams.get(Some(name)) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    error(NO_SUCH_STREAM_CODE, &format!("No such stream: {e}"));
+                    return;
+                }
+            },
+            Some(_) => {
+                error(BAD_REQUEST_CODE, "Invalid stream: a name as a string expected");
+                return;
+            }
+        };
+        if stream.hub().params().is_none() {
             error(NO_PARAMS_CODE, NO_PARAMS_REASON);
             return;
         }
@@ -190,6 +248,7 @@ impl Gateway {
         // the page has closed its side already when it re-watches.
         let old = self.with_handle(session_id, handle_id, |h| {
             h.params = params;
+            h.switch_to(stream);
             h.take_peer()
         });
         match old {
@@ -200,6 +259,7 @@ impl Gateway {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let opts = PeerOptions {
             orientation: params.orientation,
+            ..PeerOptions::new(stream.hub().clone())
         };
         let (peer_id, sdp) = match self.peers.create_offer(opts, events_tx).await {
             Ok(offer) => offer,
@@ -271,7 +331,7 @@ impl Gateway {
         self.with_session(session_id, |session| {
             let handle = session.handle_mut(handle_id)?;
             match event {
-                PeerEvent::Connected if handle.plugin.peer_id() == Some(peer_id) => {
+                PeerEvent::Connected if handle.plugin.peer_connected(peer_id) => {
                     session.deliver(message::webrtcup(session_id, handle_id));
                 }
                 PeerEvent::Closed { reason } if handle.plugin.peer_closed(peer_id) => {

@@ -8,7 +8,9 @@ pub mod h264;
 pub mod hub;
 pub mod openh264_log;
 pub mod refchain;
+pub mod stream;
 pub mod yuv;
 
 pub use au::AccessUnit;
 pub use hub::{Hub, SourceHold, StartAt, Subscriber};
+pub use stream::{Stream, Streams, DEFAULT_STREAM};

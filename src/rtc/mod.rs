@@ -71,10 +71,29 @@ pub struct RtcConfig {
 }
 
 /// Per-viewer choices made by the page in `watch`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct PeerOptions {
     /// Rotation the viewer asked for, degrees counter-clockwise: 0, 90, 180 or 270.
     pub orientation: u16,
+    /// The hub of the stream the viewer watches.
+    pub stream: Arc<Hub>,
+}
+
+impl PeerOptions {
+    /// Watch `stream` as the camera sends it.
+    pub fn new(stream: Arc<Hub>) -> PeerOptions {
+        PeerOptions {
+            orientation: 0,
+            stream,
+        }
+    }
+}
+
+impl Default for PeerOptions {
+    /// A stream of its own, for tests of the engine alone.
+    fn default() -> PeerOptions {
+        PeerOptions::new(Hub::new(crate::media::hub::DEFAULT_QUEUE_FRAMES))
+    }
 }
 
 /// What happens to a peer, reported to whoever created it (the Janus session).

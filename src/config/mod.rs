@@ -16,6 +16,10 @@ use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
 use crate::tls::CertFiles;
 
+pub mod streams;
+
+pub use streams::{StreamArgs, StreamConfig};
+
 /// Shortest `--jsmpeg-secret` accepted.
 pub const MIN_SECRET_LEN: usize = 8;
 
@@ -386,6 +390,11 @@ pub struct Args {
     /// [default: text]
     #[arg(long, value_name = "FORMAT", help_heading = "Logging")]
     pub log_format: Option<String>,
+
+    /// More streams, from the TOML file only: `[[stream]]` tables.
+    #[arg(skip)]
+    #[serde(default)]
+    pub stream: Vec<StreamArgs>,
 }
 
 /// Shown after the flags in `--help`; every line starting with `peregrine` is checked
@@ -518,6 +527,8 @@ pub struct Config {
     /// The level was given (flag or file), so it wins over a bare level in RUST_LOG.
     pub log_level_given: bool,
     pub log_format: LogFormat,
+    /// The streams of `[[stream]]` tables, besides the default one.
+    pub streams: Vec<StreamConfig>,
 }
 
 impl Default for Config {
@@ -595,6 +606,7 @@ impl Default for Config {
             log_level: tracing::Level::INFO,
             log_level_given: false,
             log_format: LogFormat::Text,
+            streams: Vec::new(),
         }
     }
 }
@@ -602,7 +614,7 @@ impl Default for Config {
 impl Config {
     /// Resolve flags over the file over the defaults, validating every value.
     pub fn load(args: Args) -> Result<Config> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -637,6 +649,7 @@ impl Config {
             (cfg.janus_ws_allow_ip, cfg.janus_http_allow_ip) = (ws_acl, http_acl);
         }
         let janus_source = cfg.source != Config::default().source;
+        let stream_tables = std::mem::take(&mut file.stream);
         cfg.apply(file)?;
         cfg.apply(args)?;
         if !(source_given || janus_source) {
@@ -652,13 +665,16 @@ impl Config {
         cfg.check_janus_admin()?;
         cfg.tls = tls_files(&args_tls, &file_tls)?;
         cfg.check_access()?;
-        if !cfg.source_allow.is_empty() && !cfg.source.starts_with("tcp-listen://") {
-            bail!(
-                "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
-                cfg.source
-            );
-        }
+        streams::check_source_allow(&StreamConfig::default_of(&cfg))?;
+        cfg.streams = streams::resolve(&cfg, stream_tables)?;
         Ok(cfg)
+    }
+
+    /// Every stream: the default one (the top-level keys and flags) first.
+    pub fn stream_configs(&self) -> Vec<StreamConfig> {
+        std::iter::once(StreamConfig::default_of(self))
+            .chain(self.streams.iter().cloned())
+            .collect()
     }
 
     fn apply(&mut self, a: Args) -> Result<()> {

@@ -1,0 +1,191 @@
+//! Streams: the command line describes one (`default`); the TOML file may add any
+//! number as `[[stream]]` tables, each with the source keys of the top level. A key a
+//! table leaves out takes the top level's value (picture size, frame rate, encoder),
+//! except what belongs to one source alone (`source_allow`, `h264_sink`).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use super::{check_source, Args, Config};
+use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
+use crate::source::camera::device::PixelFormat;
+
+/// One `[[stream]]` table as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamArgs {
+    pub name: String,
+    pub source: Option<String>,
+    pub source_allow: Option<Vec<IpAddr>>,
+    pub device: Option<PathBuf>,
+    pub format: Option<String>,
+    pub resolution: Option<String>,
+    pub desired_fps: Option<u32>,
+    pub h264_bitrate: Option<u32>,
+    pub h264_gop: Option<u32>,
+    pub testsrc_warmup_ms: Option<u64>,
+    pub h264_sink: Option<String>,
+}
+
+/// One stream, resolved: what its source reads and how pictures are made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub name: String,
+    pub source: String,
+    /// No source was configured: it was chosen by whether the camera exists.
+    pub source_chosen: bool,
+    pub source_allow: Vec<IpAddr>,
+    pub device: PathBuf,
+    /// `None`: auto.
+    pub format: Option<PixelFormat>,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+    pub gop: u32,
+    pub testsrc_warmup_ms: u64,
+    /// The stream's own H.264 memsink output.
+    pub h264_sink: Option<String>,
+}
+
+impl StreamConfig {
+    /// The stream the top-level keys and flags describe.
+    pub fn default_of(cfg: &Config) -> StreamConfig {
+        StreamConfig {
+            name: DEFAULT_STREAM.into(),
+            source: cfg.source.clone(),
+            source_chosen: cfg.source_chosen,
+            source_allow: cfg.source_allow.clone(),
+            device: cfg.device.clone(),
+            format: cfg.format,
+            width: cfg.width,
+            height: cfg.height,
+            fps: cfg.fps,
+            bitrate_kbps: cfg.bitrate_kbps,
+            gop: cfg.gop,
+            testsrc_warmup_ms: cfg.testsrc_warmup_ms,
+            h264_sink: cfg.h264_sink.clone(),
+        }
+    }
+}
+
+/// Resolve the `[[stream]]` tables over `base` (the resolved top level), checking
+/// each with the rules of the top-level keys, then the streams against each other.
+pub fn resolve(base: &Config, tables: Vec<StreamArgs>) -> Result<Vec<StreamConfig>> {
+    let mut extra = Vec::with_capacity(tables.len());
+    for (i, table) in tables.into_iter().enumerate() {
+        let what = match valid_name(&table.name) {
+            true => format!("[[stream]] {:?}", table.name),
+            false => format!("[[stream]] number {}", i + 1),
+        };
+        extra.push(resolve_one(base, table).with_context(|| what)?);
+    }
+    check_together(&StreamConfig::default_of(base), &extra)?;
+    Ok(extra)
+}
+
+fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
+    if !valid_name(&table.name) {
+        bail!(
+            "name must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', got {:?}",
+            table.name
+        );
+    }
+    if table.name == DEFAULT_STREAM {
+        bail!(
+            "the name {DEFAULT_STREAM:?} belongs to the stream of the top-level keys and \
+             flags; give this one another name"
+        );
+    }
+    let Some(source) = table.source else {
+        bail!("source is required, e.g. source = \"testsrc\"");
+    };
+    // The top level's checks, applied to a copy that keeps only what a stream inherits.
+    let mut c = base.clone();
+    c.source_allow.clear();
+    c.h264_sink = None;
+    c.apply(Args {
+        source: Some(source),
+        source_allow: table.source_allow,
+        device: table.device,
+        format: table.format,
+        resolution: table.resolution,
+        desired_fps: table.desired_fps,
+        h264_bitrate: table.h264_bitrate,
+        h264_gop: table.h264_gop,
+        testsrc_warmup_ms: table.testsrc_warmup_ms,
+        h264_sink: table.h264_sink,
+        ..Args::default()
+    })?;
+    check_source(&c.source)?;
+    let mut stream = StreamConfig::default_of(&c);
+    stream.name = table.name;
+    stream.source_chosen = false;
+    check_source_allow(&stream)?;
+    Ok(stream)
+}
+
+/// `source_allow` only means something to a listening byte-stream source.
+pub fn check_source_allow(s: &StreamConfig) -> Result<()> {
+    if !s.source_allow.is_empty() && !s.source.starts_with("tcp-listen://") {
+        bail!(
+            "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
+            s.source
+        );
+    }
+    Ok(())
+}
+
+/// What two streams cannot share: a name, a camera, a listening address, a memsink
+/// name (as one's output, or one's output and another's input).
+fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> {
+    let all: Vec<&StreamConfig> = std::iter::once(default).chain(extra).collect();
+    let mut names = HashSet::new();
+    // What is read or written → the first stream that does.
+    let mut inputs: HashMap<String, &str> = HashMap::new();
+    let mut sinks: HashMap<&str, &str> = HashMap::new();
+    for s in &all {
+        if !names.insert(s.name.as_str()) {
+            bail!("two [[stream]] tables are named {:?}", s.name);
+        }
+        let input = match s.source.as_str() {
+            "v4l2" => Some(format!("the camera {}", s.device.display())),
+            "-" => Some("stdin".to_string()),
+            other if other.starts_with("tcp-listen://") => Some(other.to_string()),
+            _ => None,
+        };
+        if let Some(input) = input {
+            if let Some(first) = inputs.insert(input.clone(), &s.name) {
+                bail!(
+                    "streams {first:?} and {:?} both read {input}; a source feeds one stream",
+                    s.name
+                );
+            }
+        }
+        if let Some(sink) = &s.h264_sink {
+            if let Some(first) = sinks.insert(sink, &s.name) {
+                bail!(
+                    "streams {first:?} and {:?} both write the memsink {sink:?}",
+                    s.name
+                );
+            }
+        }
+    }
+    for s in &all {
+        let Some(read) = s.source.strip_prefix("memsink:") else {
+            continue;
+        };
+        if let Some(writer) = sinks.get(read) {
+            return Err(anyhow!(
+                "stream {:?} reads the memsink {read:?} that stream {writer:?} writes: \
+                 peregrine would read its own frames",
+                s.name
+            ));
+        }
+    }
+    Ok(())
+}

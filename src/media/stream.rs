@@ -1,0 +1,163 @@
+//! Streams as the outputs see them: a name, its hub and who is watching. One server
+//! holds any number; a page that names none gets [`DEFAULT_STREAM`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::Hub;
+
+/// The stream the command line describes, and the one a request without a name gets.
+pub const DEFAULT_STREAM: &str = "default";
+
+/// Longest stream name: it travels in URLs and Janus messages.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` can name a stream: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-`,
+/// `_` or `.`, so it needs no escaping in a URL query, a log line or a JSON key.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// One stream.
+pub struct Stream {
+    name: String,
+    hub: Arc<Hub>,
+    /// The frame rate the source was asked for, for outputs that must declare one.
+    fps: u32,
+    viewers: AtomicUsize,
+}
+
+impl Stream {
+    pub fn new(name: impl Into<String>, hub: Arc<Hub>, fps: u32) -> Arc<Stream> {
+        Arc::new(Stream {
+            name: name.into(),
+            hub,
+            fps,
+            viewers: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn fps(&self) -> u32 {
+        self.fps
+    }
+
+    /// Viewers receiving pictures now, over every output.
+    pub fn viewers(&self) -> usize {
+        self.viewers.load(Ordering::SeqCst)
+    }
+
+    /// Count one viewer until the returned guard drops.
+    pub fn viewer(self: &Arc<Self>) -> Viewing {
+        self.viewers.fetch_add(1, Ordering::SeqCst);
+        Viewing {
+            stream: self.clone(),
+        }
+    }
+}
+
+/// One viewer of a stream, counted while alive.
+pub struct Viewing {
+    stream: Arc<Stream>,
+}
+
+impl Drop for Viewing {
+    fn drop(&mut self) {
+        self.stream.viewers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A name no stream has.
+#[derive(Debug, thiserror::Error)]
+#[error("no stream named {0:?}")]
+pub struct UnknownStream(pub String);
+
+/// Every stream of the server, `default` first.
+pub struct Streams {
+    list: Vec<Arc<Stream>>,
+}
+
+impl Streams {
+    /// The streams in `list`; the first is the default one.
+    ///
+    /// # Panics
+    /// When `list` is empty: a server always has its default stream.
+    pub fn new(list: Vec<Arc<Stream>>) -> Arc<Streams> {
+        assert!(!list.is_empty(), "a server has at least the default stream");
+        Arc::new(Streams { list })
+    }
+
+    /// A server of one stream, fed by `hub`.
+    pub fn single(hub: Arc<Hub>, fps: u32) -> Arc<Streams> {
+        Streams::new(vec![Stream::new(DEFAULT_STREAM, hub, fps)])
+    }
+
+    pub fn default_stream(&self) -> &Arc<Stream> {
+        &self.list[0]
+    }
+
+    /// The stream called `name`; `None` is the default one.
+    pub fn get(&self, name: Option<&str>) -> Result<&Arc<Stream>, UnknownStream> {
+        match name {
+            None => Ok(self.default_stream()),
+            Some(name) => self
+                .list
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| UnknownStream(name.chars().take(MAX_NAME_LEN).collect())),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Stream>> {
+        self.list.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain_url_safe_words() {
+        for ok in ["default", "cam2", "front-door", "a.b_c", &"x".repeat(64)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "a b", "cam/2", "ç", "a?b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lookup_by_name_with_the_first_as_default() {
+        let streams = Streams::new(vec![
+            Stream::new(DEFAULT_STREAM, Hub::new(4), 30),
+            Stream::new("cam2", Hub::new(4), 15),
+        ]);
+        assert_eq!(streams.get(None).unwrap().name(), "default");
+        assert_eq!(streams.get(Some("cam2")).unwrap().fps(), 15);
+        let err = streams.get(Some("nope")).err().unwrap();
+        assert_eq!(err.to_string(), "no stream named \"nope\"");
+    }
+
+    #[test]
+    fn viewers_are_counted_while_their_guard_lives() {
+        let stream = Stream::new("s", Hub::new(4), 30);
+        let a = stream.viewer();
+        let b = stream.viewer();
+        assert_eq!(stream.viewers(), 2);
+        drop(a);
+        assert_eq!(stream.viewers(), 1);
+        drop(b);
+        assert_eq!(stream.viewers(), 0);
+    }
+}
