@@ -128,7 +128,10 @@ class Viewer {
   }
 
   watch() {
-    this.message({ request: "watch", params: { orientation: 0, audio: false, mic: false } });
+    const request = { request: "watch", params: { orientation: 0, audio: false, mic: false } };
+    // `?stream=NAME` watches one of the server's other streams; without it, the default.
+    if (query.get("stream")) request.stream = query.get("stream");
+    this.message(request);
   }
 
   async answer(offer) {

@@ -68,10 +68,20 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
         let status = StatusHandle::new(&stream_cfg.source, "no_signal");
         threads.push(
-            start_source(&stream_cfg, hub.clone(), status.clone(), stop_source.clone())
-                .with_context(|| format!("stream {:?}", stream_cfg.name))?,
+            start_source(
+                &stream_cfg,
+                hub.clone(),
+                status.clone(),
+                stop_source.clone(),
+            )
+            .with_context(|| format!("stream {:?}", stream_cfg.name))?,
         );
-        threads.push(start_sink(&cfg, &stream_cfg, hub.clone(), stop_source.clone())?);
+        threads.push(start_sink(
+            &cfg,
+            &stream_cfg,
+            hub.clone(),
+            stop_source.clone(),
+        )?);
         let stream = Stream::new(stream_cfg.name, hub, stream_cfg.fps);
         running.push((stream, status));
     }
@@ -98,13 +108,12 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     // The error names the one listener that could not be bound.
     let janus = JanusServer::bind(streams.clone(), engine.clone(), janus_cfg).await?;
     let relay = Relay::new(
-        hub.clone(),
+        streams.clone(),
         RelayConfig {
             jsmpeg_secret: cfg.jsmpeg_secret.clone(),
             jsmpeg_header: cfg.jsmpeg_header,
             ffmpeg: cfg.jsmpeg_ffmpeg.clone(),
             transcode_kbps: cfg.jsmpeg_bitrate_kbps,
-            fps: cfg.fps,
         },
     );
     let janus_status = janus.status();

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use peregrine::janus::backend::BoxFuture;
 use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, Listen, PeerBackend};
 use peregrine::media::{clock, h264};
-use peregrine::media::{AccessUnit, Hub, Streams};
+use peregrine::media::{AccessUnit, Hub, Stream, Streams, DEFAULT_STREAM};
 use peregrine::origin::OriginPolicy;
 use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::rtc::{
@@ -65,9 +65,10 @@ async fn start(tweak: impl FnOnce(&mut JanusConfig)) -> Server {
     };
     tweak(&mut cfg);
     let hub = Hub::new(8);
-    let server = JanusServer::bind_with_backend(Streams::single(hub.clone(), 30), Arc::new(NoPeers), cfg)
-        .await
-        .expect("bind");
+    let server =
+        JanusServer::bind_with_backend(Streams::single(hub.clone(), 30), Arc::new(NoPeers), cfg)
+            .await
+            .expect("bind");
     let (stop, stopped) = oneshot::channel::<()>();
     let s = Server {
         ws: server.ws_addr().unwrap(),
@@ -526,6 +527,73 @@ async fn ws_plugin_requests_without_stream() {
     publish_keyframe(&srv.hub);
     let data = plugin_event(&mut ws, s, h, json!({"request":"watch"})).await;
     assert_ne!(data["error_code"], 503, "{data}");
+}
+
+#[tokio::test]
+async fn watch_names_a_stream_and_holds_only_its_source() {
+    let default_hub = Hub::new(8);
+    let cam2 = Hub::new(8);
+    let streams = Streams::new(vec![
+        Stream::new(DEFAULT_STREAM, default_hub.clone(), 30),
+        Stream::new("cam2", cam2.clone(), 30),
+    ]);
+    let cfg = JanusConfig {
+        ws: Listen::Tcp(0),
+        http: Listen::Tcp(0),
+        ..JanusConfig::default()
+    };
+    let server = JanusServer::bind_with_backend(streams, Arc::new(NoPeers), cfg)
+        .await
+        .expect("bind");
+    let addr = server.ws_addr().unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut ws = ws_connect(addr).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+    // Like the plugin, attaching opens the (default) source before any watch.
+    assert!(default_hub.has_subscribers() && !cam2.has_subscribers());
+
+    async fn watch(ws: &mut Ws, s: u64, h: u64, body: Value) -> Value {
+        ws.send(json!({"janus":"message","session_id":s,"handle_id":h,"body":body}))
+            .await;
+        let event = ws.recv().await;
+        assert_eq!(ws.recv().await["janus"], "success");
+        event["plugindata"]["data"].clone()
+    }
+    assert_eq!(
+        watch(&mut ws, s, h, json!({"request":"watch","stream":"nope"})).await,
+        json!({"ustreamer":"event","error_code":404,"error":"No such stream: no stream named \"nope\""})
+    );
+    assert_eq!(
+        watch(&mut ws, s, h, json!({"request":"watch","stream":7})).await,
+        json!({"ustreamer":"event","error_code":400,"error":"Invalid stream: a name as a string expected"})
+    );
+    // The default stream has SPS/PPS, cam2 not yet: a watch of cam2 must wait for cam2's.
+    publish_keyframe(&default_hub);
+    assert_eq!(
+        watch(&mut ws, s, h, json!({"request":"watch","stream":"cam2"})).await["error_code"],
+        503
+    );
+    publish_keyframe(&cam2);
+    let data = watch(&mut ws, s, h, json!({"request":"watch","stream":"cam2"})).await;
+    assert_ne!(data["error_code"], 503, "{data}");
+    // Now the handle holds cam2's source open, not the default one's.
+    assert!(cam2.has_subscribers() && !default_hub.has_subscribers());
+    // A keyframe request goes to the stream watched.
+    ws.call(
+        json!({"janus":"message","session_id":s,"handle_id":h,"body":{"request":"key_required"}}),
+    )
+    .await;
+    assert!(cam2.keyframe_wanted() && !default_hub.keyframe_wanted());
+    // Detaching lets it idle.
+    let r = ws
+        .call(json!({"janus":"detach","session_id":s,"handle_id":h}))
+        .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    assert!(!cam2.has_subscribers() && !default_hub.has_subscribers());
 }
 
 #[tokio::test]

@@ -135,3 +135,58 @@ async fn ten_clients_one_never_reading() -> Result<()> {
     drop(stalled);
     Ok(())
 }
+
+/// The first picture `/h264{query}` sends, decoded: its size.
+async fn first_picture_size(port: u16, query: &str) -> Result<(usize, usize)> {
+    let url = format!("ws://127.0.0.1:{port}/h264{query}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("connect /h264")?;
+    let mut decoder = H264Decoder::new()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Ok(next) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
+        let Some(Ok(Message::Binary(au))) = next else {
+            bail!("stream ended: {next:?}");
+        };
+        if let Some(pic) = decoder.decode(&au)? {
+            return Ok((pic.width, pic.height));
+        }
+    }
+    bail!("no picture decoded from /h264{query} in 20 s")
+}
+
+#[tokio::test]
+async fn each_stream_is_reached_by_name_and_an_unknown_name_is_404() -> Result<()> {
+    let config = std::env::temp_dir().join(format!(
+        "peregrine-relay-streams-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &config,
+        "source = \"testsrc\"\nresolution = \"320x240\"\n\
+         [[stream]]\nname = \"cam2\"\nsource = \"testsrc\"\nresolution = \"640x360\"\n",
+    )?;
+    let server = Server::start(&["--config", config.to_str().unwrap()]).await;
+    let _ = std::fs::remove_file(&config);
+    let server = server?;
+    let port = server.http_port;
+    assert_eq!(first_picture_size(port, "").await?, (320, 240));
+    assert_eq!(
+        first_picture_size(port, "?stream=default").await?,
+        (320, 240)
+    );
+    assert_eq!(first_picture_size(port, "?stream=cam2").await?, (640, 360));
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for path in ["/h264?stream=nope", "/jsmpeg?stream=nope"] {
+        let reply = support::raw_request(port, "GET", path, &upgrade).await?;
+        assert_eq!(reply.status, 404, "{path}");
+        let body = String::from_utf8_lossy(&reply.body);
+        assert!(body.contains("no stream named \"nope\""), "{path}: {body}");
+    }
+    Ok(())
+}

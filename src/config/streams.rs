@@ -189,3 +189,125 @@ fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Load `toml` as the `--config` file, with `flags` after it.
+    fn load(name: &str, toml: &str, flags: &[&str]) -> Result<Config> {
+        let path = std::env::temp_dir().join(format!(
+            "peregrine-streams-{name}-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, toml).unwrap();
+        let mut args = vec!["peregrine", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let cfg = Config::load(Args::parse_from(args));
+        let _ = std::fs::remove_file(&path);
+        cfg
+    }
+
+    #[test]
+    fn tables_add_streams_that_inherit_the_top_level_picture_settings() {
+        let cfg = load(
+            "inherit",
+            r#"
+source = "testsrc"
+resolution = "320x240"
+desired_fps = 15
+[[stream]]
+name = "cam2"
+source = "testsrc"
+h264_gop = 10
+[[stream]]
+name = "cam3"
+source = "tcp-listen://127.0.0.1:9000"
+source_allow = ["127.0.0.1"]
+resolution = "640x360"
+"#,
+            &["--h264-bitrate", "900"],
+        )
+        .unwrap();
+        let all = cfg.stream_configs();
+        let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["default", "cam2", "cam3"]);
+        let cam2 = &all[1];
+        assert_eq!((cam2.width, cam2.height, cam2.fps), (320, 240, 15));
+        assert_eq!(
+            (cam2.gop, cam2.bitrate_kbps),
+            (10, 900),
+            "flags reach every stream"
+        );
+        assert_eq!(all[0].gop, 60, "a table's keys stay in its stream");
+        let cam3 = &all[2];
+        assert_eq!((cam3.width, cam3.height), (640, 360));
+        assert_eq!(cam3.source_allow, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(all[0].source_allow.is_empty());
+    }
+
+    #[test]
+    fn the_command_line_alone_describes_the_default_stream() {
+        let cfg = Config::load(Args::parse_from(["peregrine", "--source", "testsrc"])).unwrap();
+        let all = cfg.stream_configs();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].name, DEFAULT_STREAM);
+        assert_eq!(all[0].source, "testsrc");
+    }
+
+    #[test]
+    fn mistakes_in_tables_are_refused_naming_the_stream_and_the_fix() {
+        let cases = [
+            ("[[stream]]\nname = \"a b\"\nsource = \"testsrc\"\n", "name must be"),
+            ("[[stream]]\nname = \"default\"\nsource = \"testsrc\"\n", "another name"),
+            ("[[stream]]\nname = \"x\"\n", "source is required"),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"rtsp://cam/1\"\n",
+                "not supported",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\ndesired_fps = 0\n",
+                "desired_fps",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nsource_allow = [\"127.0.0.1\"]\n",
+                "source_allow applies",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\ncolour = \"red\"\n",
+                "unknown field",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\n",
+                "two [[stream]] tables are named \"x\"",
+            ),
+            (
+                "source = \"tcp-listen://127.0.0.1:9000\"\n[[stream]]\nname = \"x\"\nsource = \"tcp-listen://127.0.0.1:9000\"\n",
+                "both read tcp-listen://127.0.0.1:9000",
+            ),
+            (
+                "h264_sink = \"s1.h264\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nh264_sink = \"s1.h264\"\n",
+                "both write the memsink \"s1.h264\"",
+            ),
+            (
+                "h264_sink = \"s1.h264\"\n[[stream]]\nname = \"x\"\nsource = \"memsink:s1.h264\"\n",
+                "read its own frames",
+            ),
+        ];
+        for (i, (toml, expected)) in cases.into_iter().enumerate() {
+            let toml = match toml.starts_with("[[stream]]") {
+                true => format!("source = \"testsrc\"\n{toml}"),
+                false => toml.to_string(),
+            };
+            let err = match load(&format!("bad{i}"), &toml, &[]) {
+                Ok(_) => panic!("accepted:\n{toml}"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(
+                err.contains(expected),
+                "{expected:?} not in {err:?} for\n{toml}"
+            );
+        }
+    }
+}

@@ -236,7 +236,10 @@ impl Gateway {
                 }
             },
             Some(_) => {
-                error(BAD_REQUEST_CODE, "Invalid stream: a name as a string expected");
+                error(
+                    BAD_REQUEST_CODE,
+                    "Invalid stream: a name as a string expected",
+                );
                 return;
             }
         };

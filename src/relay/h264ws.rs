@@ -13,15 +13,17 @@ use tokio::sync::mpsc;
 
 use super::Counters;
 use crate::media::hub::{Hub, StartAt};
-use crate::media::AccessUnit;
+use crate::media::{AccessUnit, Stream};
 
 /// Access units a client may have waiting; more than one GOP replay fits, so a new
 /// client's cached GOP is never cut short.
 pub const CLIENT_QUEUE_FRAMES: usize = 120;
 
 /// Serve one `/h264` client until it goes away.
-pub async fn serve(hub: Arc<Hub>, counters: Arc<Counters>, mut socket: WebSocket) {
+pub async fn serve(stream: Arc<Stream>, counters: Arc<Counters>, mut socket: WebSocket) {
     let _client = counters.h264_client();
+    let _viewing = stream.viewer();
+    let hub = stream.hub().clone();
     let (tx, mut rx) = mpsc::channel::<Arc<AccessUnit>>(CLIENT_QUEUE_FRAMES);
     let task = counters.task();
     let pump = tokio::spawn({

@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 use super::mpegts::{self, PacketSplitter, VideoEsExtractor};
 use super::secret_guard::{self, Failure};
 use super::Relay;
+use crate::media::Stream;
 use crate::metrics::rejections::{self, Rejection};
 
 /// Chunks a viewer may fall behind before it loses data (about a second of a 1 Mbit/s
@@ -145,7 +146,7 @@ pub async fn upload(
         };
         relay.counters.upload_bytes(chunk.len());
         match splitter.push(&chunk) {
-            Ok(packets) => relay.bus.publish(packets),
+            Ok(packets) => relay.upload_bus().publish(packets),
             Err(err) => {
                 relay.counters.upload_rejected();
                 if let Some(count) = relay.logs.bad_upload.hit() {
@@ -165,25 +166,35 @@ pub async fn upload(
     StatusCode::OK.into_response()
 }
 
-/// A WebSocket upgrade on `/jsmpeg` or `/`.
-pub fn upgrade(relay: Arc<Relay>, ws: WebSocketUpgrade) -> Response {
-    let transcode = relay.cfg.jsmpeg_secret.is_none();
+/// A WebSocket upgrade on `/jsmpeg` or `/` for `stream`. Uploads feed the default
+/// stream; the others, and the default one without a secret, are transcoded.
+pub fn upgrade(relay: Arc<Relay>, stream: Arc<Stream>, ws: WebSocketUpgrade) -> Response {
+    let uploads =
+        relay.cfg.jsmpeg_secret.is_some() && Arc::ptr_eq(&stream, relay.streams.default_stream());
+    let transcode = !uploads;
     if transcode {
-        if let Err(err) = relay.transcoder.check_available() {
+        if let Err(err) = relay.jsmpeg_feed(&stream).transcoder.check_available() {
             if let Some(count) = relay.logs.viewer_refused.hit() {
                 tracing::warn!(refused = count, "JSMpeg viewer refused: {err}");
             }
             return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
         }
     }
-    ws.on_upgrade(move |socket| serve_viewer(relay, socket, transcode))
+    ws.on_upgrade(move |socket| serve_viewer(relay, stream, socket, transcode))
 }
 
-async fn serve_viewer(relay: Arc<Relay>, mut socket: WebSocket, transcode: bool) {
+async fn serve_viewer(
+    relay: Arc<Relay>,
+    stream: Arc<Stream>,
+    mut socket: WebSocket,
+    transcode: bool,
+) {
     let _viewer = relay.counters.jsmpeg_viewer();
+    let _viewing = stream.viewer();
+    let feed = relay.jsmpeg_feed(&stream);
     // Subscribe before the transcoder starts so its first packets are not missed.
-    let mut rx = relay.bus.subscribe();
-    let _transcoding = transcode.then(|| relay.transcoder.viewer_joined());
+    let mut rx = feed.bus.subscribe();
+    let _transcoding = transcode.then(|| feed.transcoder.viewer_joined());
     let mut out = ViewerOutput::new(relay.cfg.jsmpeg_header);
     loop {
         tokio::select! {

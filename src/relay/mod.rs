@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
-use crate::media::Hub;
+use crate::media::{Stream, Streams};
 use crate::ratelog::{RateLimited, PERIOD};
 
 /// What the relay needs from the configuration.
@@ -37,8 +37,6 @@ pub struct RelayConfig {
     pub ffmpeg: String,
     /// MPEG-1 bitrate of the transcode, kbit/s.
     pub transcode_kbps: u32,
-    /// Frame rate of the hub's stream.
-    pub fps: u32,
 }
 
 /// Live counts for `/state`: connections, tasks, drops.
@@ -175,11 +173,11 @@ impl Counters {
 
 /// The fallbacks' shared state; one per server.
 pub struct Relay {
-    hub: Arc<Hub>,
+    streams: Arc<Streams>,
     cfg: RelayConfig,
     counters: Arc<Counters>,
-    bus: jsmpeg::TsBus,
-    transcoder: Arc<transcode::Transcoder>,
+    /// One per stream, in the order of `streams`.
+    jsmpeg: Vec<JsmpegFeed>,
     secret_guard: secret_guard::SecretGuard,
     logs: RelayLogs,
 }
@@ -192,16 +190,39 @@ struct RelayLogs {
     viewer_refused: RateLimited,
 }
 
+/// What a stream's JSMpeg viewers read: MPEG-TS on a bus, fed by uploads (the default
+/// stream, with a secret) or by transcoding the stream.
+struct JsmpegFeed {
+    stream: Arc<Stream>,
+    bus: jsmpeg::TsBus,
+    transcoder: Arc<transcode::Transcoder>,
+}
+
+/// `?stream=NAME` on the relays' URLs; absent: the default stream.
+#[derive(Debug, Default, serde::Deserialize)]
+struct StreamQuery {
+    stream: Option<String>,
+}
+
 impl Relay {
-    pub fn new(hub: Arc<Hub>, cfg: RelayConfig) -> Arc<Relay> {
-        let bus = jsmpeg::TsBus::new();
-        let transcoder = transcode::Transcoder::new(hub.clone(), bus.clone(), &cfg);
+    pub fn new(streams: Arc<Streams>, cfg: RelayConfig) -> Arc<Relay> {
+        let jsmpeg = streams
+            .iter()
+            .map(|stream| {
+                let bus = jsmpeg::TsBus::new();
+                let transcoder = transcode::Transcoder::new(stream, bus.clone(), &cfg);
+                JsmpegFeed {
+                    stream: stream.clone(),
+                    bus,
+                    transcoder,
+                }
+            })
+            .collect();
         Arc::new(Relay {
-            hub,
+            streams,
             cfg,
             counters: Arc::new(Counters::default()),
-            bus,
-            transcoder,
+            jsmpeg,
             secret_guard: secret_guard::SecretGuard::new(),
             logs: RelayLogs {
                 wrong_secret: RateLimited::new(PERIOD),
@@ -234,7 +255,7 @@ impl Relay {
                     }
                     let (mut parts, _body) = req.into_parts();
                     match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-                        Ok(ws) => jsmpeg_upgrade(State(relay), ws).await,
+                        Ok(ws) => jsmpeg_upgrade(State(relay), parts.uri, ws).await,
                         Err(rejection) => rejection.into_response(),
                     }
                 }
@@ -270,20 +291,59 @@ impl Relay {
             "upload_bytes": load(&c.upload_bytes),
             "tasks": c.tasks.load(Ordering::SeqCst),
             "connections_total": load(&c.connections_total),
-            "transcoder": self.transcoder.stats(),
+            "transcoder": self.jsmpeg[0].transcoder.stats(),
             "rss_kb": rss_kb(),
         })
     }
 }
 
-async fn h264_upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Response {
-    let hub = relay.hub.clone();
-    let counters = relay.counters.clone();
-    ws.on_upgrade(move |socket| h264ws::serve(hub, counters, socket))
+impl Relay {
+    /// The stream a relay URL names with `?stream=`: the default one without it.
+    fn stream_of(&self, uri: &axum::http::Uri) -> Result<&Arc<Stream>, Response> {
+        let query = axum::extract::Query::<StreamQuery>::try_from_uri(uri)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()).into_response())?;
+        self.streams
+            .get(query.0.stream.as_deref())
+            .map_err(|e| (StatusCode::NOT_FOUND, format!("{e}\n")).into_response())
+    }
+
+    /// Where MPEG-TS uploads go: the default stream's JSMpeg viewers.
+    fn upload_bus(&self) -> &jsmpeg::TsBus {
+        &self.jsmpeg[0].bus
+    }
+
+    /// The JSMpeg feed of `stream`.
+    fn jsmpeg_feed(&self, stream: &Arc<Stream>) -> &JsmpegFeed {
+        self.jsmpeg
+            .iter()
+            .find(|f| Arc::ptr_eq(&f.stream, stream))
+            .unwrap_or(&self.jsmpeg[0])
+    }
 }
 
-async fn jsmpeg_upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Response {
-    jsmpeg::upgrade(relay, ws)
+async fn h264_upgrade(
+    State(relay): State<Arc<Relay>>,
+    uri: axum::http::Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let stream = match relay.stream_of(&uri) {
+        Ok(stream) => stream.clone(),
+        Err(refused) => return refused,
+    };
+    let counters = relay.counters.clone();
+    ws.on_upgrade(move |socket| h264ws::serve(stream, counters, socket))
+}
+
+async fn jsmpeg_upgrade(
+    State(relay): State<Arc<Relay>>,
+    uri: axum::http::Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let stream = match relay.stream_of(&uri) {
+        Ok(stream) => stream.clone(),
+        Err(refused) => return refused,
+    };
+    jsmpeg::upgrade(relay, stream, ws)
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {

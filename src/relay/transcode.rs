@@ -16,6 +16,7 @@ use super::jsmpeg::TsBus;
 use super::mpegts::PacketSplitter;
 use super::RelayConfig;
 use crate::media::hub::{Hub, StartAt};
+use crate::media::Stream;
 
 /// ffmpeg could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +64,13 @@ impl Drop for ViewerGuard {
 }
 
 impl Transcoder {
-    pub fn new(hub: Arc<Hub>, bus: TsBus, cfg: &RelayConfig) -> Arc<Transcoder> {
+    pub fn new(stream: &Stream, bus: TsBus, cfg: &RelayConfig) -> Arc<Transcoder> {
         Arc::new(Transcoder {
-            hub,
+            hub: stream.hub().clone(),
             bus,
             ffmpeg: cfg.ffmpeg.clone(),
             kbps: cfg.transcode_kbps.max(100),
-            fps: cfg.fps,
+            fps: stream.fps(),
             state: Mutex::new(State::default()),
             running: Arc::new(AtomicUsize::new(0)),
             starts: AtomicU64::new(0),
