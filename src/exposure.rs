@@ -407,7 +407,7 @@ mod tests {
         assert!(!tls.contains("not encrypted"), "{tls}");
         // A Janus config's TLS server beside plain listeners: only it is encrypted.
         let mut mixed = config(&["--host", "0.0.0.0"]);
-        mixed.janus_wss = Some(crate::memsink::jcfg::SecureTransport {
+        mixed.janus_wss = Some(crate::config::janus_install::SecureTransport {
             port: 8989,
             ip: None,
             cert: "c.pem".into(),

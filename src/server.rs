@@ -13,12 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::PeerFilter;
+use crate::config::janus_install::SecureTransport;
 use crate::config::{usage_error, Config, StreamConfig, SOURCE_FORMS};
 use crate::http;
 use crate::janus::{JanusConfig, JanusServer, SecureListen};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::{Hub, Stream, Streams};
-use crate::memsink::jcfg::SecureTransport;
 use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
 use crate::net::candidate_ips;

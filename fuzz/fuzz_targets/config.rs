@@ -26,5 +26,11 @@ fuzz_target!(|data: &[u8]| {
         assert!((200..=1500).contains(&cfg.rtp_packet_size));
         assert!(cfg.janus_http_path.starts_with('/') && cfg.janus_http_path.len() > 1);
         assert!(cfg.udp_ports.0 <= cfg.udp_ports.1);
+        let streams = cfg.stream_configs();
+        assert_eq!(streams[0].name, "default");
+        for s in &streams {
+            assert!(peregrine::media::stream::valid_name(&s.name));
+            assert!((1..=120).contains(&s.fps) && s.gop >= 1 && s.bitrate_kbps >= 50);
+        }
     }
 });

@@ -10,12 +10,13 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::access::{Credentials, IpList};
+use crate::config::janus_install::SecureTransport;
 use crate::janus::Listen;
-use crate::memsink::jcfg::SecureTransport;
 use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
 use crate::tls::CertFiles;
 
+pub mod janus_install;
 pub mod streams;
 
 pub use streams::{StreamArgs, StreamConfig};
@@ -613,7 +614,7 @@ impl Default for Config {
 
 impl Config {
     /// Resolve flags over the file over the defaults, validating every value.
-    pub fn load(args: Args) -> Result<Config> {
+    pub fn load(mut args: Args) -> Result<Config> {
         let mut file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -630,7 +631,7 @@ impl Config {
         let device_given = args.device.is_some() || file.device.is_some();
         let mut cfg = Config::default();
         if let Some(dir) = args.janus_config.as_ref().or(file.janus_config.as_ref()) {
-            let install = crate::memsink::jcfg::read_install(dir)
+            let install = crate::config::janus_install::read_install(dir)
                 .with_context(|| format!("janus_config {}", dir.display()))?;
             let (ws_off, http_off) = (install.ws_off, install.http_off);
             (cfg.janus_wss, cfg.janus_https) = (install.wss.clone(), install.https.clone());
@@ -649,7 +650,9 @@ impl Config {
             (cfg.janus_ws_allow_ip, cfg.janus_http_allow_ip) = (ws_acl, http_acl);
         }
         let janus_source = cfg.source != Config::default().source;
-        let stream_tables = std::mem::take(&mut file.stream);
+        // Tables come from the file; `args` has them only when built from TOML text too.
+        let mut stream_tables = std::mem::take(&mut file.stream);
+        stream_tables.append(&mut args.stream);
         cfg.apply(file)?;
         cfg.apply(args)?;
         if !(source_given || janus_source) {
@@ -1271,7 +1274,7 @@ fn tls_files(
 }
 
 /// The settings an existing Janus installation implies, as if given as keys.
-fn janus_install_args(install: crate::memsink::jcfg::JanusInstall) -> Result<Args> {
+fn janus_install_args(install: crate::config::janus_install::JanusInstall) -> Result<Args> {
     let nat_1_1_ip = install
         .nat_1_1_ip
         .map(|ip| {

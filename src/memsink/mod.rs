@@ -5,8 +5,6 @@
 //! * [`shm`]: the shared-memory object and its `flock`.
 //! * [`writer`] / [`reader`]: the server and client sides of the protocol.
 //! * [`output`]: a task that feeds a hub's pictures into a sink.
-//! * [`jcfg`]: Janus config files, to take over an existing Janus + plugin setup.
-pub mod jcfg;
 pub mod layout;
 pub mod output;
 
