@@ -299,12 +299,12 @@ impl Relay {
 
 impl Relay {
     /// The stream a relay URL names with `?stream=`: the default one without it.
-    fn stream_of(&self, uri: &axum::http::Uri) -> Result<&Arc<Stream>, Response> {
+    fn stream_of(&self, uri: &axum::http::Uri) -> Result<&Arc<Stream>, (StatusCode, String)> {
         let query = axum::extract::Query::<StreamQuery>::try_from_uri(uri)
-            .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()).into_response())?;
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))?;
         self.streams
             .get(query.0.stream.as_deref())
-            .map_err(|e| (StatusCode::NOT_FOUND, format!("{e}\n")).into_response())
+            .map_err(|e| (StatusCode::NOT_FOUND, format!("{e}\n")))
     }
 
     /// Where MPEG-TS uploads go: the default stream's JSMpeg viewers.
@@ -328,7 +328,7 @@ async fn h264_upgrade(
 ) -> Response {
     let stream = match relay.stream_of(&uri) {
         Ok(stream) => stream.clone(),
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let counters = relay.counters.clone();
     ws.on_upgrade(move |socket| h264ws::serve(stream, counters, socket))
@@ -341,7 +341,7 @@ async fn jsmpeg_upgrade(
 ) -> Response {
     let stream = match relay.stream_of(&uri) {
         Ok(stream) => stream.clone(),
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     jsmpeg::upgrade(relay, stream, ws)
 }
