@@ -120,8 +120,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let main_routes = janus.main_port_routes();
 
     let metrics = crate::metrics::registry(crate::metrics::Inputs {
-        hub: hub.clone(),
-        source: source_status.clone(),
+        streams: running.clone(),
         engine: engine.clone(),
         relay: relay.clone(),
         janus: janus_status.clone(),

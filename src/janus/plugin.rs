@@ -14,7 +14,7 @@ use tokio::task::AbortHandle;
 use super::gateway::Gateway;
 use super::message;
 use crate::media::hub::SourceHold;
-use crate::media::stream::{Stream, Viewing};
+use crate::media::stream::{Output, Stream, Viewing};
 use crate::rtc::{PeerEvent, PeerId, PeerOptions, RtcError};
 
 pub const PACKAGE: &str = "janus.plugin.ustreamer";
@@ -165,7 +165,8 @@ impl UstreamerHandle {
     fn peer_connected(&mut self, id: PeerId) -> bool {
         match &mut self.peer {
             Some(peer) if peer.id == id => {
-                peer.viewing.get_or_insert_with(|| self.stream.viewer());
+                peer.viewing
+                    .get_or_insert_with(|| self.stream.viewer(Output::WebRtc));
                 true
             }
             _ => false,

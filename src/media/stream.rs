@@ -21,13 +21,38 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The ways a viewer receives a stream, counted apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A WebRTC peer with media flowing.
+    WebRtc,
+    /// A `/h264` WebSocket client.
+    H264Ws,
+    /// A JSMpeg WebSocket viewer.
+    Jsmpeg,
+}
+
+impl Output {
+    pub const ALL: [Output; 3] = [Output::WebRtc, Output::H264Ws, Output::Jsmpeg];
+
+    /// The `transport` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Output::WebRtc => "webrtc",
+            Output::H264Ws => "h264ws",
+            Output::Jsmpeg => "jsmpeg",
+        }
+    }
+}
+
 /// One stream.
 pub struct Stream {
     name: String,
     hub: Arc<Hub>,
     /// The frame rate the source was asked for, for outputs that must declare one.
     fps: u32,
-    viewers: AtomicUsize,
+    /// Viewers by [`Output`], in the order of [`Output::ALL`].
+    viewers: [AtomicUsize; 3],
 }
 
 impl Stream {
@@ -36,7 +61,7 @@ impl Stream {
             name: name.into(),
             hub,
             fps,
-            viewers: AtomicUsize::new(0),
+            viewers: Default::default(),
         })
     }
 
@@ -54,14 +79,20 @@ impl Stream {
 
     /// Viewers receiving pictures now, over every output.
     pub fn viewers(&self) -> usize {
-        self.viewers.load(Ordering::SeqCst)
+        Output::ALL.iter().map(|&o| self.viewers_by(o)).sum()
     }
 
-    /// Count one viewer until the returned guard drops.
-    pub fn viewer(self: &Arc<Self>) -> Viewing {
-        self.viewers.fetch_add(1, Ordering::SeqCst);
+    /// Viewers receiving pictures now through `output`.
+    pub fn viewers_by(&self, output: Output) -> usize {
+        self.viewers[output as usize].load(Ordering::SeqCst)
+    }
+
+    /// Count one viewer on `output` until the returned guard drops.
+    pub fn viewer(self: &Arc<Self>, output: Output) -> Viewing {
+        self.viewers[output as usize].fetch_add(1, Ordering::SeqCst);
         Viewing {
             stream: self.clone(),
+            output,
         }
     }
 }
@@ -69,11 +100,12 @@ impl Stream {
 /// One viewer of a stream, counted while alive.
 pub struct Viewing {
     stream: Arc<Stream>,
+    output: Output,
 }
 
 impl Drop for Viewing {
     fn drop(&mut self) {
-        self.stream.viewers.fetch_sub(1, Ordering::SeqCst);
+        self.stream.viewers[self.output as usize].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -152,11 +184,13 @@ mod tests {
     #[test]
     fn viewers_are_counted_while_their_guard_lives() {
         let stream = Stream::new("s", Hub::new(4), 30);
-        let a = stream.viewer();
-        let b = stream.viewer();
+        let a = stream.viewer(Output::WebRtc);
+        let b = stream.viewer(Output::Jsmpeg);
         assert_eq!(stream.viewers(), 2);
+        assert_eq!(stream.viewers_by(Output::Jsmpeg), 1);
         drop(a);
         assert_eq!(stream.viewers(), 1);
+        assert_eq!(stream.viewers_by(Output::WebRtc), 0);
         drop(b);
         assert_eq!(stream.viewers(), 0);
     }

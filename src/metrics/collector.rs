@@ -14,18 +14,15 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::janus::JanusStatus;
-use crate::media::Hub;
+use crate::media::stream::{Output, Stream};
 use crate::relay::Relay;
 use crate::rtc::RtcEngine;
 use crate::source::lifecycle::StatusHandle;
 
-/// The one stream the command line describes; the `stream` label of per-stream figures.
-pub const STREAM: &str = "default";
-
 /// What a scrape reads.
 pub struct Inputs {
-    pub hub: Arc<Hub>,
-    pub source: StatusHandle,
+    /// Every stream with its source's status, the default one first.
+    pub streams: Vec<(Arc<Stream>, StatusHandle)>,
     pub engine: RtcEngine,
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
@@ -52,8 +49,7 @@ type Labels<const N: usize> = [(&'static str, &'static str); N];
 impl Collector for ServerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let Inputs {
-            hub,
-            source,
+            streams,
             engine,
             relay,
             janus,
@@ -61,9 +57,6 @@ impl Collector for ServerCollector {
         let rtc = engine.stats();
         let relayed = relay.metrics();
         let sessions = janus.counts();
-        let stream = hub.info();
-        let status = source.snapshot();
-        let by_transport = |t: &'static str| [("stream", STREAM), ("transport", t)];
 
         let info: Labels<1> = [("version", env!("CARGO_PKG_VERSION"))];
         gauges(
@@ -77,11 +70,12 @@ impl Collector for ServerCollector {
             "peregrine_viewers",
             "Viewers receiving the stream, by transport (WebRTC: connected peers; \
              h264ws: /h264 WebSocket clients; jsmpeg: JSMpeg WebSocket viewers).",
-            [
-                (by_transport("webrtc"), rtc.connected as u64),
-                (by_transport("h264ws"), relayed.h264_clients as u64),
-                (by_transport("jsmpeg"), relayed.jsmpeg_viewers as u64),
-            ],
+            streams.iter().flat_map(|(stream, _)| {
+                Output::ALL.map(|o| {
+                    let labels = [("stream", stream.name()), ("transport", o.label())];
+                    (labels, stream.viewers_by(o) as u64)
+                })
+            }),
         )?;
         gauge(
             &mut enc,
@@ -164,37 +158,54 @@ impl Collector for ServerCollector {
             rtc.retransmitted_packets,
         )?;
 
-        let live = u64::from(status.state == "live");
+        let sources: Vec<_> = streams
+            .iter()
+            .map(|(stream, status)| {
+                (
+                    [("stream", stream.name())],
+                    status.snapshot(),
+                    stream.hub().info(),
+                )
+            })
+            .collect();
         gauges(
             &mut enc,
             "peregrine_source_up",
             "1 while the source delivers video; 0 while it is lost, failing or not yet started (viewers get NO SIGNAL).",
-            [([("stream", STREAM), ("kind", source_kind(&status.kind))], live)],
+            sources.iter().map(|([stream], status, _)| {
+                let kind = ("kind", source_kind(&status.kind));
+                ([*stream, kind], u64::from(status.state == "live"))
+            }),
         )?;
-        let per_stream: Labels<1> = [("stream", STREAM)];
         gauges(
             &mut enc,
             "peregrine_source_fps",
             "Frames per second of the source, measured over its last pictures.",
-            [(per_stream, status.fps)],
+            sources
+                .iter()
+                .map(|(labels, status, _)| (*labels, status.fps)),
         )?;
         counters(
             &mut enc,
             "peregrine_source_frames",
             "Pictures the stream carried (NO SIGNAL ones included).",
-            [(per_stream, stream.frames)],
+            sources.iter().map(|(labels, _, hub)| (*labels, hub.frames)),
         )?;
         counters(
             &mut enc,
             "peregrine_source_keyframes",
             "Keyframes among those pictures.",
-            [(per_stream, stream.keyframes)],
+            sources
+                .iter()
+                .map(|(labels, _, hub)| (*labels, hub.keyframes)),
         )?;
         counters(
             &mut enc,
             "peregrine_source_interruptions",
             "Times the source was lost after delivering video.",
-            [(per_stream, status.interruptions)],
+            sources
+                .iter()
+                .map(|(labels, status, _)| (*labels, status.interruptions)),
         )?;
         Ok(())
     }

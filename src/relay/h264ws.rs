@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::Counters;
 use crate::media::hub::{Hub, StartAt};
+use crate::media::stream::Output;
 use crate::media::{AccessUnit, Stream};
 
 /// Access units a client may have waiting; more than one GOP replay fits, so a new
@@ -22,7 +23,7 @@ pub const CLIENT_QUEUE_FRAMES: usize = 120;
 /// Serve one `/h264` client until it goes away.
 pub async fn serve(stream: Arc<Stream>, counters: Arc<Counters>, mut socket: WebSocket) {
     let _client = counters.h264_client();
-    let _viewing = stream.viewer();
+    let _viewing = stream.viewer(Output::H264Ws);
     let hub = stream.hub().clone();
     let (tx, mut rx) = mpsc::channel::<Arc<AccessUnit>>(CLIENT_QUEUE_FRAMES);
     let task = counters.task();

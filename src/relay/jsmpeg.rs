@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 use super::mpegts::{self, PacketSplitter, VideoEsExtractor};
 use super::secret_guard::{self, Failure};
 use super::Relay;
+use crate::media::stream::Output;
 use crate::media::Stream;
 use crate::metrics::rejections::{self, Rejection};
 
@@ -190,7 +191,7 @@ async fn serve_viewer(
     transcode: bool,
 ) {
     let _viewer = relay.counters.jsmpeg_viewer();
-    let _viewing = stream.viewer();
+    let _viewing = stream.viewer(Output::Jsmpeg);
     let feed = relay.jsmpeg_feed(&stream);
     // Subscribe before the transcoder starts so its first packets are not missed.
     let mut rx = feed.bus.subscribe();
