@@ -200,6 +200,7 @@ impl Gateway {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let opts = PeerOptions {
             orientation: params.orientation,
+            ..PeerOptions::new(self.hub.clone())
         };
         let (peer_id, sdp) = match self.peers.create_offer(opts, events_tx).await {
             Ok(offer) => offer,
