@@ -89,18 +89,15 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let hub = streams.default_stream().hub().clone();
     let source_status = running[0].1.clone();
 
-    let engine = RtcEngine::start(
-        RtcConfig {
-            bind: cfg.media_ip(),
-            udp_ports: cfg.udp_ports,
-            candidate_ips: candidate_ips(cfg.media_ip(), cfg.ice_loopback),
-            nat_1_1_ip: cfg.nat_1_1_ip,
-            rtp_packet_size: cfg.rtp_packet_size,
-            max_viewers: cfg.max_viewers,
-            allow_ip: cfg.allow_ip.clone(),
-        },
-        hub.clone(),
-    )
+    let engine = RtcEngine::start(RtcConfig {
+        bind: cfg.media_ip(),
+        udp_ports: cfg.udp_ports,
+        candidate_ips: candidate_ips(cfg.media_ip(), cfg.ice_loopback),
+        nat_1_1_ip: cfg.nat_1_1_ip,
+        rtp_packet_size: cfg.rtp_packet_size,
+        max_viewers: cfg.max_viewers,
+        allow_ip: cfg.allow_ip.clone(),
+    })
     .await
     .context("cannot start the WebRTC engine")?;
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");

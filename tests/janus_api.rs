@@ -1297,18 +1297,15 @@ async fn watch_answer_and_media_through_janus() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-    let engine = RtcEngine::start(
-        RtcConfig {
-            bind: loopback,
-            udp_ports: (0, 0),
-            candidate_ips: vec![loopback],
-            nat_1_1_ip: None,
-            rtp_packet_size: 1150,
-            max_viewers: 1000,
-            allow_ip: Default::default(),
-        },
-        hub.clone(),
-    )
+    let engine = RtcEngine::start(RtcConfig {
+        bind: loopback,
+        udp_ports: (0, 0),
+        candidate_ips: vec![loopback],
+        nat_1_1_ip: None,
+        rtp_packet_size: 1150,
+        max_viewers: 1000,
+        allow_ip: Default::default(),
+    })
     .await
     .expect("engine starts");
     let cfg = JanusConfig {

@@ -29,6 +29,11 @@ struct Feeder {
 
 impl Feeder {
     fn start(hub: Arc<Hub>) -> Feeder {
+        Feeder::sized(hub, WIDTH, HEIGHT)
+    }
+
+    /// A feeder of `width`×`height` pictures.
+    fn sized(hub: Arc<Hub>, width: usize, height: usize) -> Feeder {
         let stop = Arc::new(AtomicBool::new(false));
         let honor = Arc::new(AtomicBool::new(true));
         let (stop2, honor2) = (stop.clone(), honor.clone());
@@ -38,7 +43,7 @@ impl Feeder {
             let start = Instant::now();
             let mut n: u64 = 0;
             while !stop2.load(Ordering::Relaxed) {
-                let yuv = paint(n);
+                let yuv = paint(n, width, height);
                 if honor2.load(Ordering::Relaxed) && hub.keyframe_wanted() {
                     encoder.force_intra_frame();
                 }
@@ -67,8 +72,8 @@ impl Feeder {
                 if !data.is_empty() {
                     hub.publish(AccessUnit {
                         data: Bytes::from(au),
-                        width: WIDTH as u32,
-                        height: HEIGHT as u32,
+                        width: width as u32,
+                        height: height as u32,
                         key,
                         capture_us,
                         seq: n,
@@ -97,25 +102,25 @@ impl Drop for Feeder {
 }
 
 /// A moving gradient with a bouncing block, so every frame differs.
-fn paint(n: u64) -> YUVBuffer {
-    let mut data = vec![0u8; WIDTH * HEIGHT * 3 / 2];
+fn paint(n: u64, width: usize, height: usize) -> YUVBuffer {
+    let mut data = vec![0u8; width * height * 3 / 2];
     let t = n as usize;
-    let bx = (t * 4) % (WIDTH - 32);
-    for y in 0..HEIGHT {
-        for x in 0..WIDTH {
+    let bx = (t * 4) % (width - 32);
+    for y in 0..height {
+        for x in 0..width {
             let inside = x >= bx && x < bx + 32 && (y / 32) % 2 == 0;
-            data[y * WIDTH + x] = if inside {
+            data[y * width + x] = if inside {
                 235
             } else {
                 ((x + y + t) % 200 + 16) as u8
             };
         }
     }
-    let chroma = &mut data[WIDTH * HEIGHT..];
+    let chroma = &mut data[width * height..];
     for (i, c) in chroma.iter_mut().enumerate() {
         *c = (128 + ((i + t) % 64) as i32 - 32) as u8;
     }
-    YUVBuffer::from_vec(data, WIDTH, HEIGHT)
+    YUVBuffer::from_vec(data, width, height)
 }
 
 fn config() -> RtcConfig {
@@ -136,10 +141,10 @@ struct Viewer {
     events: mpsc::UnboundedReceiver<PeerEvent>,
 }
 
-async fn connect_viewer(engine: &RtcEngine) -> Viewer {
+async fn connect_viewer(engine: &RtcEngine, hub: &Arc<Hub>) -> Viewer {
     let (tx, events) = mpsc::unbounded_channel();
     let (id, offer) = engine
-        .create_offer(PeerOptions::default(), tx)
+        .create_offer(PeerOptions::new(hub.clone()), tx)
         .await
         .expect("offer");
     let (peer, answer) = ReceiverPeer::answer(&offer)
@@ -152,9 +157,9 @@ async fn connect_viewer(engine: &RtcEngine) -> Viewer {
     Viewer { id, peer, events }
 }
 
-/// A viewer whose connection is up.
-async fn connected_viewer(engine: &RtcEngine) -> Viewer {
-    let mut v = connect_viewer(engine).await;
+/// A viewer of `hub`'s stream whose connection is up.
+async fn connected_viewer(engine: &RtcEngine, hub: &Arc<Hub>) -> Viewer {
+    let mut v = connect_viewer(engine, hub).await;
     v.peer
         .wait_connected(Duration::from_secs(10))
         .await
@@ -187,12 +192,17 @@ async fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 fn decode_all(frames: &[ReceivedFrame]) -> usize {
+    decode_all_sized(frames, (WIDTH, HEIGHT))
+}
+
+/// Decode `frames`, each picture of `size`; returns the pictures decoded.
+fn decode_all_sized(frames: &[ReceivedFrame], size: (usize, usize)) -> usize {
     let mut decoder = Decoder::new().expect("decoder");
     let mut pictures = 0;
     for (i, f) in frames.iter().enumerate() {
         match decoder.decode(&f.data) {
             Ok(Some(pic)) => {
-                assert_eq!(pic.dimensions(), (WIDTH, HEIGHT), "frame {i}");
+                assert_eq!(pic.dimensions(), size, "frame {i}");
                 pictures += 1;
             }
             Ok(None) => {}
@@ -221,13 +231,11 @@ async fn viewers_receive_decodable_video() {
     let hub = Hub::new(30);
     let feeder = Feeder::start(hub.clone());
     assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
-    let engine = RtcEngine::start(config(), hub.clone())
-        .await
-        .expect("engine starts");
+    let engine = RtcEngine::start(config()).await.expect("engine starts");
 
     let mut viewers = Vec::new();
     for _ in 0..3 {
-        viewers.push(connect_viewer(&engine).await);
+        viewers.push(connect_viewer(&engine, &hub).await);
     }
     for v in &mut viewers {
         v.peer
@@ -265,7 +273,7 @@ async fn viewers_receive_decodable_video() {
     // A malformed answer is refused and harms no one.
     let (tx, _bad_events) = mpsc::unbounded_channel();
     let (bad_id, _) = engine
-        .create_offer(PeerOptions::default(), tx)
+        .create_offer(PeerOptions::new(hub.clone()), tx)
         .await
         .expect("offer");
     let err = engine
@@ -345,9 +353,7 @@ async fn trickled_candidates_orientation_garbage_and_hangup() {
     let hub = Hub::new(30);
     let _feeder = Feeder::start(hub.clone());
     assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
-    let engine = RtcEngine::start(config(), hub.clone())
-        .await
-        .expect("engine starts");
+    let engine = RtcEngine::start(config()).await.expect("engine starts");
 
     let (tx, mut events) = mpsc::unbounded_channel();
     let opts = PeerOptions {
@@ -470,10 +476,8 @@ async fn a_viewer_joining_mid_gop_gets_the_cached_keyframe_and_the_pictures_sinc
     let hub = Hub::new(30);
     let feeder = Feeder::start(hub.clone());
     assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
-    let engine = RtcEngine::start(config(), hub.clone())
-        .await
-        .expect("engine starts");
-    let mut first = connected_viewer(&engine).await;
+    let engine = RtcEngine::start(config()).await.expect("engine starts");
+    let mut first = connected_viewer(&engine, &hub).await;
     let start = frames(&mut first.peer, 1, Duration::from_secs(10)).await;
     assert!(
         h264::access_unit_is_key(&start[0].data),
@@ -485,7 +489,7 @@ async fn a_viewer_joining_mid_gop_gets_the_cached_keyframe_and_the_pictures_sinc
     let since = frames(&mut first.peer, 5, Duration::from_secs(5)).await;
     assert!(since.iter().all(|f| !h264::access_unit_is_key(&f.data)));
 
-    let mut second = connected_viewer(&engine).await;
+    let mut second = connected_viewer(&engine, &hub).await;
     let got = frames(&mut second.peer, 15, Duration::from_secs(10)).await;
     assert!(
         h264::access_unit_is_key(&got[0].data),
@@ -514,4 +518,60 @@ async fn a_viewer_joining_mid_gop_gets_the_cached_keyframe_and_the_pictures_sinc
         "no second keyframe was needed"
     );
     drop(feeder);
+}
+
+/// One engine serves two streams: each viewer gets only the pictures of the stream it
+/// watches, and a stream's hub has a subscriber only while someone watches it, so an
+/// unwatched source idles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_viewer_gets_its_own_stream_and_an_unwatched_stream_idles() {
+    const SMALL: (usize, usize) = (160, 96);
+    let (big_hub, small_hub) = (Hub::new(30), Hub::new(30));
+    let _big = Feeder::start(big_hub.clone());
+    let _small = Feeder::sized(small_hub.clone(), SMALL.0, SMALL.1);
+    assert!(
+        wait_until(Duration::from_secs(5), || big_hub.params().is_some()
+            && small_hub.params().is_some())
+        .await
+    );
+    let engine = RtcEngine::start(config()).await.expect("engine starts");
+    assert!(!big_hub.has_subscribers() && !small_hub.has_subscribers());
+
+    let mut big = connected_viewer(&engine, &big_hub).await;
+    assert!(big_hub.has_subscribers(), "a watched stream is subscribed");
+    assert!(
+        !small_hub.has_subscribers(),
+        "a stream nobody watches has no subscriber"
+    );
+    // Decoded at the end as one sequence: later batches continue the first.
+    let mut got_big = frames(&mut big.peer, 20, Duration::from_secs(10)).await;
+
+    let mut small = connected_viewer(&engine, &small_hub).await;
+    assert!(small_hub.has_subscribers());
+    let (more_big, got_small) = tokio::join!(
+        frames(&mut big.peer, 20, Duration::from_secs(10)),
+        frames(&mut small.peer, 20, Duration::from_secs(10)),
+    );
+    got_big.extend(more_big);
+    assert_eq!(
+        decode_all_sized(&got_small, SMALL),
+        20,
+        "the second viewer gets the second stream's pictures only"
+    );
+
+    engine.close_peer(small.id, "test");
+    assert!(
+        wait_until(Duration::from_secs(2), || !small_hub.has_subscribers()).await,
+        "the stream's last viewer gone, its hub has no subscriber"
+    );
+    assert!(big_hub.has_subscribers());
+    got_big.extend(frames(&mut big.peer, 10, Duration::from_secs(5)).await);
+    assert_eq!(
+        decode_all_sized(&got_big, (WIDTH, HEIGHT)),
+        50,
+        "the first viewer keeps getting its own stream's pictures"
+    );
+    engine.close_peer(big.id, "test");
+    assert!(wait_until(Duration::from_secs(2), || !big_hub.has_subscribers()).await);
+    engine.shutdown().await;
 }

@@ -1,5 +1,6 @@
-//! The engine loop: one task owning the UDP socket, every peer, and the hub subscription.
-//! Everything that touches a peer connection happens here, so no locks are needed.
+//! The engine loop: one task owning the UDP socket, every peer, and a subscription to
+//! the hub of each stream being watched. Everything that touches a peer connection
+//! happens here, so no locks are needed.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,9 +19,10 @@ use super::gop::GopCache;
 use super::latency::Histogram;
 use super::packetizer;
 use super::peer::{self, KeyframeRequest, OutFrame, Peer, PeerNote, PeerSetup};
+use super::subscriptions::{stream_key, StreamKey, Subscriptions};
 use super::{demux, sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
-use crate::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
+use crate::media::{clock, AccessUnit, Hub};
 use crate::metrics::histograms::WebrtcHistograms;
 use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
@@ -134,6 +136,8 @@ impl SharedStats {
 struct Entry {
     peer: Peer,
     events: mpsc::UnboundedSender<PeerEvent>,
+    /// The stream the viewer watches.
+    stream: StreamKey,
     ufrag: String,
     /// Our ICE password: the key of the checks that bind an address to this peer.
     pwd: String,
@@ -143,9 +147,15 @@ struct Entry {
     announced: bool,
 }
 
+/// A stream with at least one peer: its hub, the GOP cached from it, its peers.
+struct Stream {
+    hub: Arc<Hub>,
+    gop: GopCache,
+    peers: HashSet<PeerId>,
+}
+
 pub struct Engine {
     cfg: RtcConfig,
-    hub: Arc<Hub>,
     stats: Arc<SharedStats>,
     /// Advertised host candidates (NAT substitution applied).
     candidates: Vec<SocketAddr>,
@@ -158,7 +168,9 @@ pub struct Engine {
     outgoing: Vec<(SocketAddr, BytesMut)>,
     /// What peers told in [`Engine::settle`], emptied each time.
     notes: Vec<PeerNote>,
-    gop: GopCache,
+    /// The streams being watched, and the subscriptions to their hubs.
+    streams: HashMap<StreamKey, Stream>,
+    subscriptions: Subscriptions,
     /// Peers still sending the cached GOP, and when their next step is due.
     catching_up: HashSet<PeerId>,
     next_catch_up: Option<Instant>,
@@ -173,21 +185,19 @@ enum Wake {
     Command(Option<Command>),
     Close(Option<Close>),
     Datagram(std::io::Result<(usize, SocketAddr)>),
-    Frame(Option<Arc<AccessUnit>>),
+    Frame(Option<(StreamKey, Arc<AccessUnit>)>),
     Timer,
 }
 
 impl Engine {
     pub fn new(
         cfg: RtcConfig,
-        hub: Arc<Hub>,
         stats: Arc<SharedStats>,
         candidates: Vec<SocketAddr>,
         next_id: Arc<AtomicU64>,
     ) -> Engine {
         Engine {
             cfg,
-            hub,
             stats,
             candidates,
             peers: HashMap::new(),
@@ -197,7 +207,8 @@ impl Engine {
             dirty: HashSet::new(),
             outgoing: Vec::new(),
             notes: Vec::new(),
-            gop: GopCache::default(),
+            streams: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             catching_up: HashSet::new(),
             next_catch_up: None,
             garbage_log: RateLimited::new(PERIOD),
@@ -211,7 +222,6 @@ impl Engine {
         let mut inbox = inbox.lock_owned().await;
         let Inbox { commands, closes } = &mut *inbox;
         let mut buf = vec![0u8; RECV_BUFFER];
-        let mut subscriber: Option<Subscriber> = None;
         // The access unit whose packets the next send puts on the wire: (taken, captured).
         let mut in_flight: Option<(Instant, u64)> = None;
         loop {
@@ -230,21 +240,12 @@ impl Engine {
             }
             self.publish_stats();
 
-            // Subscribe only while someone may watch; a subscription keeps the source busy.
-            // It starts with the hub's GOP, to have it cached for the first viewers.
-            if self.peers.is_empty() {
-                subscriber = None;
-                self.gop.clear();
-            } else if subscriber.is_none() {
-                subscriber = Some(self.hub.subscribe(StartAt::Gop));
-            }
-
             let deadline = self.next_deadline();
             let wake = tokio::select! {
                 cmd = commands.recv() => Wake::Command(cmd),
                 close = closes.recv() => Wake::Close(close),
                 res = socket.recv_from(&mut buf) => Wake::Datagram(res),
-                au = next_frame(subscriber.as_mut()) => Wake::Frame(au),
+                au = self.subscriptions.next() => Wake::Frame(au),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -265,17 +266,15 @@ impl Engine {
                     // ICMP errors (peer went away) surface here on some systems; not fatal.
                     tracing::debug!(error = %e, "UDP receive");
                 }
-                Wake::Frame(Some(au)) => {
-                    if let Some(frame) = self.prepare_frame(&au) {
-                        if self.fan_out(now, &frame, &socket).await > 0 {
+                Wake::Frame(Some((stream, au))) => {
+                    if let Some(frame) = self.prepare_frame(now, stream, &au) {
+                        if self.fan_out(now, stream, &frame, &socket).await > 0 {
                             in_flight = Some((now, au.capture_us));
                         }
                     }
                 }
-                Wake::Frame(None) => {
-                    subscriber = None;
-                    self.gop.clear();
-                }
+                // The last subscription ended; the next wait sleeps until a new one.
+                Wake::Frame(None) => {}
                 Wake::Timer => self.handle_timers(now),
             }
         }
@@ -382,8 +381,8 @@ impl Engine {
             }
             return Err(RtcError::TooManyViewers(self.cfg.max_viewers));
         }
-        let profile_level_id = self
-            .hub
+        let profile_level_id = opts
+            .stream
             .params()
             .and_then(|p| sdp::profile_level_id(&p.sps))
             .unwrap_or_else(|| sdp::DEFAULT_PROFILE_LEVEL_ID.to_string());
@@ -404,11 +403,13 @@ impl Engine {
         let (peer, offer) = Peer::offer(setup, now)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.by_ufrag.insert(ufrag.clone(), id);
+        let stream = self.watch(id, &opts.stream);
         self.peers.insert(
             id,
             Entry {
                 peer,
                 events,
+                stream,
                 ufrag,
                 pwd,
                 addrs: Vec::new(),
@@ -515,8 +516,45 @@ impl Engine {
         self.next_catch_up = (!self.catching_up.is_empty()).then(|| now + CATCH_UP_TICK);
     }
 
-    /// Packetize `au` once, for every peer, and keep it in the GOP cache.
-    fn prepare_frame(&mut self, au: &AccessUnit) -> Option<Arc<OutFrame>> {
+    /// Add `id` to the viewers of `hub`'s stream, subscribing to the hub if it is the
+    /// first: a subscription keeps the source busy, so there is one only while the
+    /// stream has peers.
+    fn watch(&mut self, id: PeerId, hub: &Arc<Hub>) -> StreamKey {
+        let key = stream_key(hub);
+        let stream = self.streams.entry(key).or_insert_with(|| {
+            self.subscriptions.subscribe(hub);
+            Stream {
+                hub: hub.clone(),
+                gop: GopCache::default(),
+                peers: HashSet::new(),
+            }
+        });
+        stream.peers.insert(id);
+        key
+    }
+
+    /// Take `id` off its stream's viewers; the stream's last viewer ends the subscription
+    /// and forgets the stream's GOP.
+    fn unwatch(&mut self, id: PeerId, key: StreamKey) {
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        stream.peers.remove(&id);
+        if stream.peers.is_empty() {
+            self.streams.remove(&key);
+            self.subscriptions.unsubscribe(key);
+        }
+    }
+
+    /// Packetize `au` once, for every peer of its stream, and keep it in the stream's
+    /// GOP cache.
+    fn prepare_frame(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        au: &AccessUnit,
+    ) -> Option<Arc<OutFrame>> {
+        let stream = self.streams.get_mut(&key)?;
         let max_payload = self
             .cfg
             .rtp_packet_size
@@ -533,13 +571,23 @@ impl Engine {
             playout_delay: extensions::playout_delay(0, 0),
             abs_capture_time: extensions::abs_capture_time(ntp),
         });
-        self.gop.push(Instant::now(), au.seq, &frame);
+        stream.gop.push(now, au.seq, &frame);
         Some(frame)
     }
 
-    /// Send `frame` to every peer, [`FAN_OUT_PEERS`] at a time; returns packets sent.
-    async fn fan_out(&mut self, now: Instant, frame: &Arc<OutFrame>, socket: &UdpSocket) -> u64 {
-        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+    /// Send `frame` to every peer of the stream `key`, [`FAN_OUT_PEERS`] at a time;
+    /// returns packets sent.
+    async fn fan_out(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        frame: &Arc<OutFrame>,
+        socket: &UdpSocket,
+    ) -> u64 {
+        let Some(stream) = self.streams.get(&key) else {
+            return 0;
+        };
+        let ids: Vec<PeerId> = stream.peers.iter().copied().collect();
         let mut sent = 0;
         for chunk in ids.chunks(FAN_OUT_PEERS) {
             sent += self.send_frame_to(now, frame, chunk);
@@ -583,7 +631,9 @@ impl Engine {
                 match note {
                     PeerNote::Connected => {
                         tracing::info!(peer = id, "viewer connected");
-                        if e.peer.start_from(self.gop.current(now)) {
+                        let stream = self.streams.get(&e.stream);
+                        let gop = stream.map_or(&[][..], |s| s.gop.current(now));
+                        if e.peer.start_from(gop) {
                             // The keyframe leaves now, the rest paced by the timer.
                             let sent =
                                 e.peer
@@ -597,9 +647,9 @@ impl Engine {
                             }
                             // Its notes about what was just sent are read next time.
                             self.dirty.insert(id);
-                        } else {
+                        } else if let Some(stream) = stream {
                             // No GOP cached: it starts at the next keyframe; ask for one.
-                            self.hub.request_keyframe();
+                            stream.hub.request_keyframe();
                         }
                         if !e.announced {
                             e.announced = true;
@@ -615,7 +665,9 @@ impl Engine {
                             KeyframeRequest::Fir => &self.stats.firs_received,
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
-                        self.hub.request_keyframe();
+                        if let Some(stream) = self.streams.get(&e.stream) {
+                            stream.hub.request_keyframe();
+                        }
                     }
                     PeerNote::Nack { resent } => {
                         self.stats.nacks_received.fetch_add(1, Ordering::Relaxed);
@@ -676,6 +728,7 @@ impl Engine {
         }
         self.dirty.remove(&id);
         self.catching_up.remove(&id);
+        self.unwatch(id, e.stream);
         if notify {
             let _ = e.events.send(PeerEvent::Closed {
                 reason: reason.to_string(),
@@ -688,13 +741,6 @@ impl Engine {
         for id in ids {
             self.remove_peer(id, "server shutting down", false);
         }
-    }
-}
-
-async fn next_frame(sub: Option<&mut Subscriber>) -> Option<Arc<AccessUnit>> {
-    match sub {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -731,7 +777,7 @@ mod tests {
             allow_ip: Default::default(),
         };
         let candidates = vec![SocketAddr::from(([127, 0, 0, 1], 40000))];
-        Engine::new(cfg, Hub::new(4), Arc::default(), candidates, Arc::default())
+        Engine::new(cfg, Arc::default(), candidates, Arc::default())
     }
 
     #[test]
@@ -740,7 +786,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let t0 = Instant::now();
         let (id, offer) = engine
-            .create_offer(t0, PeerOptions::default(), tx)
+            .create_offer(t0, PeerOptions::new(Hub::new(4)), tx)
             .expect("offer");
         assert!(offer.contains("a=candidate:"));
         engine.settle(Instant::now());
@@ -758,7 +804,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         let (id, _) = engine
-            .create_offer(now, PeerOptions::default(), tx)
+            .create_offer(now, PeerOptions::new(Hub::new(4)), tx)
             .expect("offer");
         let ufrag = engine.peers[&id].ufrag.clone();
         let pwd = engine.peers[&id].pwd.clone();
@@ -794,7 +840,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         let (id, _) = engine
-            .create_offer(now, PeerOptions::default(), tx)
+            .create_offer(now, PeerOptions::new(Hub::new(4)), tx)
             .expect("offer");
         let (ufrag, pwd) = (&engine.peers[&id].ufrag, &engine.peers[&id].pwd);
         let signed =
@@ -813,16 +859,16 @@ mod tests {
         let now = Instant::now();
         let (tx, _rx) = mpsc::unbounded_channel();
         let (first, _) = engine
-            .create_offer(now, PeerOptions::default(), tx.clone())
+            .create_offer(now, PeerOptions::new(Hub::new(4)), tx.clone())
             .expect("offer");
         engine
-            .create_offer(now, PeerOptions::default(), tx.clone())
+            .create_offer(now, PeerOptions::new(Hub::new(4)), tx.clone())
             .expect("offer");
-        let refused = engine.create_offer(now, PeerOptions::default(), tx.clone());
+        let refused = engine.create_offer(now, PeerOptions::new(Hub::new(4)), tx.clone());
         assert!(matches!(refused, Err(RtcError::TooManyViewers(2))));
         engine.remove_peer(first, "test", false);
         let (third, _) = engine
-            .create_offer(now, PeerOptions::default(), tx)
+            .create_offer(now, PeerOptions::new(Hub::new(4)), tx)
             .expect("room again after a viewer left");
         assert!(third > first + 1, "ids are never reused");
     }

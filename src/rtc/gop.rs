@@ -45,13 +45,6 @@ impl GopCache {
         }
     }
 
-    /// Forget everything (the subscription ended).
-    pub fn clear(&mut self) {
-        self.frames.clear();
-        self.last_seq = None;
-        self.last_push = None;
-    }
-
     /// The cached GOP, keyframe first, if it is still the live stream's at `now`; empty
     /// when there is none or it has gone stale.
     pub fn current(&self, now: Instant) -> &[Arc<OutFrame>] {
@@ -95,8 +88,6 @@ mod tests {
         assert!(gop.current(now).is_empty());
         gop.push(now, 8, &frame(true));
         assert_eq!(gop.current(now).len(), 1);
-        gop.clear();
-        assert!(gop.current(now).is_empty());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod packetizer;
 pub mod peer;
 pub mod receiver;
 pub mod sdp;
+mod subscriptions;
 mod udp;
 
 pub use candidates::MAX_REMOTE_CANDIDATES;
@@ -70,29 +71,32 @@ pub struct RtcConfig {
     pub allow_ip: crate::access::IpList,
 }
 
-/// Per-viewer choices made by the page in `watch`.
+/// What a viewer watches, and the choices its page made in `watch`.
 #[derive(Clone)]
 pub struct PeerOptions {
+    /// The hub of the stream the viewer watches. The offer's profile-level-id comes
+    /// from its SPS.
+    pub stream: Arc<Hub>,
     /// Rotation the viewer asked for, degrees counter-clockwise: 0, 90, 180 or 270.
     pub orientation: u16,
-    /// The hub of the stream the viewer watches.
-    pub stream: Arc<Hub>,
 }
 
 impl PeerOptions {
-    /// Watch `stream` as the camera sends it.
+    /// A viewer of `stream`, unrotated.
     pub fn new(stream: Arc<Hub>) -> PeerOptions {
         PeerOptions {
-            orientation: 0,
             stream,
+            orientation: 0,
         }
     }
 }
 
-impl Default for PeerOptions {
-    /// A stream of its own, for tests of the engine alone.
-    fn default() -> PeerOptions {
-        PeerOptions::new(Hub::new(crate::media::hub::DEFAULT_QUEUE_FRAMES))
+impl std::fmt::Debug for PeerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerOptions")
+            .field("stream", &Arc::as_ptr(&self.stream))
+            .field("orientation", &self.orientation)
+            .finish()
     }
 }
 
@@ -181,10 +185,11 @@ struct Inner {
 }
 
 impl RtcEngine {
-    /// Bind the UDP socket and start the engine loop, fed by `hub`. The loop is
+    /// Bind the UDP socket and start the engine loop. It serves any number of streams:
+    /// each peer names the hub it watches ([`PeerOptions::stream`]). The loop is
     /// supervised: a panic in it is logged and the engine starts afresh (every peer
     /// closed, their owners told) on the same socket and queues.
-    pub async fn start(cfg: RtcConfig, hub: Arc<Hub>) -> anyhow::Result<RtcEngine> {
+    pub async fn start(cfg: RtcConfig) -> anyhow::Result<RtcEngine> {
         let socket = bind_socket(cfg.bind, cfg.udp_ports).await?;
         let local_addr = socket.local_addr()?;
         let candidates = advertised_candidates(&cfg, local_addr.port())?;
@@ -194,7 +199,6 @@ impl RtcEngine {
         let (close_tx, closes) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
             cfg,
-            hub,
             stats: stats.clone(),
             candidates,
             socket: Arc::new(socket),
@@ -304,7 +308,6 @@ impl RtcEngine {
 /// given twice (a late close for an old peer must not hit a new one).
 struct Supervisor {
     cfg: RtcConfig,
-    hub: Arc<Hub>,
     stats: Arc<engine::SharedStats>,
     candidates: Vec<SocketAddr>,
     socket: Arc<UdpSocket>,
@@ -317,7 +320,6 @@ impl Supervisor {
         loop {
             let engine = engine::Engine::new(
                 self.cfg.clone(),
-                self.hub.clone(),
                 self.stats.clone(),
                 self.candidates.clone(),
                 self.next_id.clone(),
@@ -412,10 +414,11 @@ mod tests {
             max_viewers: 10,
             allow_ip: Default::default(),
         };
-        let engine = RtcEngine::start(cfg, Hub::new(4)).await.expect("engine");
+        let engine = RtcEngine::start(cfg).await.expect("engine");
+        let hub = Hub::new(4);
         let (tx, mut events) = mpsc::unbounded_channel();
         let (first, _) = engine
-            .create_offer(PeerOptions::default(), tx)
+            .create_offer(PeerOptions::new(hub.clone()), tx)
             .await
             .expect("offer");
         peers_become(&engine, 1).await;
@@ -429,7 +432,7 @@ mod tests {
         let (tx, _events) = mpsc::unbounded_channel();
         let made = tokio::time::timeout(
             Duration::from_secs(5),
-            engine.create_offer(PeerOptions::default(), tx),
+            engine.create_offer(PeerOptions::new(hub.clone()), tx),
         )
         .await;
         let (second, offer) = made.expect("in time").expect("an offer after the restart");
