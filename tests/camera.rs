@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use peregrine::media::decoder::{psnr, H264Decoder};
 use peregrine::media::hub::DEFAULT_QUEUE_FRAMES;
 use peregrine::media::yuv::I420Frame;
-use peregrine::media::{AccessUnit, Hub, StartAt};
+use peregrine::media::{Hub, Picture, StartAt};
 use peregrine::source::camera::device::PixelFormat;
 use peregrine::source::camera::replay::{Recording, ReplayLog, ReplayOpener, Step};
 use peregrine::source::camera::{self, CameraConfig, CameraCounters};
@@ -179,7 +179,7 @@ impl Drop for Running {
     }
 }
 
-async fn next_au(sub: &mut peregrine::media::Subscriber) -> Result<Arc<AccessUnit>> {
+async fn next_au(sub: &mut peregrine::media::Subscriber) -> Result<Arc<Picture>> {
     tokio::time::timeout(Duration::from_secs(5), sub.recv())
         .await
         .context("no access unit within 5 s")?
@@ -191,7 +191,7 @@ async fn next_au(sub: &mut peregrine::media::Subscriber) -> Result<Arc<AccessUni
 async fn first_live_au(
     run: &Running,
     sub: &mut peregrine::media::Subscriber,
-) -> Result<Arc<AccessUnit>> {
+) -> Result<Arc<Picture>> {
     loop {
         let au = next_au(sub).await?;
         if run.log.index_at(au.capture_us).is_some() {
@@ -206,7 +206,7 @@ async fn next_live_au(
     run: &Running,
     sub: &mut peregrine::media::Subscriber,
     decoder: &mut H264Decoder,
-) -> Result<Arc<AccessUnit>> {
+) -> Result<Arc<Picture>> {
     loop {
         let au = next_au(sub).await?;
         if run.log.index_at(au.capture_us).is_some() {

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use peregrine::janus::backend::BoxFuture;
 use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, Listen, PeerBackend};
 use peregrine::media::{clock, h264};
-use peregrine::media::{AccessUnit, Hub, Stream, Streams, DEFAULT_STREAM};
+use peregrine::media::{Hub, Picture, Stream, Streams, DEFAULT_STREAM};
 use peregrine::origin::OriginPolicy;
 use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::rtc::{
@@ -284,14 +284,7 @@ fn publish_keyframe(hub: &Hub) {
     let mut encoder = openh264::encoder::Encoder::new().unwrap();
     let frame = openh264::formats::YUVBuffer::new(64, 64);
     let bitstream = encoder.encode(&frame).unwrap().to_vec();
-    hub.publish(AccessUnit {
-        data: bitstream.into(),
-        width: 64,
-        height: 64,
-        key: true,
-        capture_us: 0,
-        seq: 0,
-    });
+    hub.publish(Picture::video(bitstream, true, (64, 64), 0));
     assert!(hub.params().is_some(), "encoder output carries SPS/PPS");
 }
 
@@ -1191,13 +1184,9 @@ impl Feeder {
                 }
                 au.extend_from_slice(&data);
                 if !data.is_empty() {
-                    hub.publish(AccessUnit {
-                        data: au.into(),
-                        width: W as u32,
-                        height: H as u32,
-                        key,
-                        capture_us,
+                    hub.publish(Picture {
                         seq: n,
+                        ..Picture::video(au, key, (W as u32, H as u32), capture_us)
                     });
                 }
                 n += 1;

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use peregrine::media::decoder::{DecodedFrame, H264Decoder};
+use peregrine::media::encoder::{EncoderSettings, H264Encoder};
 use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
 use peregrine::memsink::monotonic_s;
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
 use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::{read_code_strip, TestPattern};
-use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
 use support::{join, JanusClient, Server, Transport};
 
 const WIDTH: u32 = 640;
@@ -112,22 +112,21 @@ impl Proc {
 
 /// `count` pictures of the test pattern (counter = index), IDR every `gop`.
 fn encode_frames(count: usize, gop: u32) -> Result<Vec<(bool, Vec<u8>)>> {
-    let cfg = TestsrcConfig {
+    let cfg = EncoderSettings {
         width: WIDTH,
         height: HEIGHT,
         fps: 30,
         bitrate_kbps: 1000,
         gop,
-        warmup: Duration::ZERO,
     };
     let mut pattern = TestPattern::new(WIDTH, HEIGHT)?;
-    let mut encoder = PictureEncoder::new(&cfg)?;
+    let mut encoder = H264Encoder::new(&cfg)?;
     let mut frames = Vec::new();
     for i in 0..count {
         let picture = encoder
-            .encode(pattern.draw(i as u32, 0), i as u64 * 33)?
+            .encode(pattern.draw(i as u32, 0), i as u64 * 33_000)?
             .context("encoder skipped a picture")?;
-        frames.push((picture.key, picture.data));
+        frames.push((picture.key, picture.data.to_vec()));
     }
     assert!(frames[0].0, "the first picture is an IDR");
     Ok(frames)
@@ -786,7 +785,7 @@ struct Put {
 struct LiveWriter {
     sink: SinkWriter,
     pattern: TestPattern,
-    encoder: PictureEncoder,
+    encoder: H264Encoder,
     gop: u32,
     /// Drawn into the next picture.
     counter: u32,
@@ -796,13 +795,12 @@ impl LiveWriter {
     fn open(name: &str, gop: u32) -> Result<LiveWriter> {
         let mut cfg = SinkConfig::new(name);
         cfg.remove_on_exit = true;
-        let encoder = PictureEncoder::new(&TestsrcConfig {
+        let encoder = H264Encoder::new(&EncoderSettings {
             width: WIDTH,
             height: HEIGHT,
             fps: 30,
             bitrate_kbps: 1000,
             gop,
-            warmup: Duration::ZERO,
         })?;
         Ok(LiveWriter {
             sink: SinkWriter::open(cfg)?,
@@ -819,9 +817,9 @@ impl LiveWriter {
         self.counter += 1;
         let picture = self
             .encoder
-            .encode(self.pattern.draw(counter, 0), u64::from(counter) * 33)?
+            .encode(self.pattern.draw(counter, 0), u64::from(counter) * 33_000)?
             .context("encoder skipped a picture")?;
-        Ok((counter, picture.key, picture.data))
+        Ok((counter, picture.key, picture.data.to_vec()))
     }
 
     /// Put one encoded picture captured at `grab_begin_ts` (CLOCK_MONOTONIC seconds).

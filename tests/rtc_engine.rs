@@ -11,7 +11,7 @@ use openh264::decoder::Decoder;
 use openh264::encoder::{Encoder, FrameType};
 use openh264::formats::{YUVBuffer, YUVSource};
 
-use peregrine::media::{clock, h264, AccessUnit, Hub};
+use peregrine::media::{clock, h264, Hub, Picture};
 use peregrine::rtc::receiver::{ReceivedFrame, ReceiverPeer};
 use peregrine::rtc::{PeerEvent, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError};
 use tokio::sync::mpsc;
@@ -70,13 +70,14 @@ impl Feeder {
                 }
                 au.extend_from_slice(&data);
                 if !data.is_empty() {
-                    hub.publish(AccessUnit {
-                        data: Bytes::from(au),
-                        width: width as u32,
-                        height: height as u32,
-                        key,
-                        capture_us,
+                    hub.publish(Picture {
                         seq: n,
+                        ..Picture::video(
+                            Bytes::from(au),
+                            key,
+                            (width as u32, height as u32),
+                            capture_us,
+                        )
                     });
                 }
                 n += 1;

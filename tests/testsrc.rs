@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use peregrine::media::decoder::H264Decoder;
 use peregrine::media::h264::{self, NalType};
 use peregrine::media::hub::KEYFRAME_MIN_SPACING_US;
-use peregrine::media::{clock, AccessUnit, Hub, StartAt, Subscriber};
+use peregrine::media::{clock, Hub, Picture, StartAt, Subscriber};
 use peregrine::source::pattern::read_code_strip;
 use peregrine::source::testsrc::{spawn, TestsrcConfig};
 
@@ -60,14 +60,14 @@ impl Drop for Running {
     }
 }
 
-async fn next(sub: &mut Subscriber) -> Arc<AccessUnit> {
+async fn next(sub: &mut Subscriber) -> Arc<Picture> {
     tokio::time::timeout(Duration::from_secs(5), sub.recv())
         .await
         .expect("an access unit within 5 s")
         .expect("hub alive")
 }
 
-fn nal_types(au: &AccessUnit) -> Vec<NalType> {
+fn nal_types(au: &Picture) -> Vec<NalType> {
     h264::nal_units(&au.data)
         .filter_map(h264::nal_type)
         .collect()

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use peregrine::media::decoder::H264Decoder;
+use peregrine::media::encoder::{EncoderSettings, H264Encoder};
 use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::TestPattern;
-use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -27,22 +27,21 @@ const INTRUSION: Duration = Duration::from_secs(5);
 
 /// Two seconds of the test pattern at `w`x`h`, a keyframe every second.
 fn encode(w: u32, h: u32) -> Result<Vec<Vec<u8>>> {
-    let cfg = TestsrcConfig {
+    let cfg = EncoderSettings {
         width: w,
         height: h,
         fps: 30,
         bitrate_kbps: 1000,
         gop: 30,
-        warmup: Duration::ZERO,
     };
     let mut pattern = TestPattern::new(w, h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut encoder = PictureEncoder::new(&cfg)?;
+    let mut encoder = H264Encoder::new(&cfg)?;
     let mut out = Vec::new();
     for i in 0..60u32 {
         let picture = encoder
-            .encode(pattern.draw(i, 0), u64::from(i) * 33)?
+            .encode(pattern.draw(i, 0), u64::from(i) * 33_000)?
             .context("the encoder skipped a picture")?;
-        out.push(picture.data);
+        out.push(picture.data.to_vec());
     }
     Ok(out)
 }

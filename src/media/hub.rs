@@ -1,6 +1,6 @@
-//! The hub: one per stream. Sources publish access units into it; outputs subscribe.
+//! The hub: one per stream. Sources publish pictures into it; outputs subscribe.
 //!
-//! * Fan-out never copies a picture (`Arc<AccessUnit>` over `Bytes`).
+//! * Fan-out never copies a picture (`Arc<Picture>` over `Bytes`).
 //! * The latest SPS/PPS and the current GOP are kept so a new subscriber can start at once.
 //! * Publishing never waits for a subscriber: a subscriber that falls more than the
 //!   queue length behind loses the old pictures, skips to the next keyframe and asks the
@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::au::AccessUnit;
 use super::clock;
 use super::h264::{self, NalType};
+use super::picture::Picture;
 
 /// Pictures a subscriber may fall behind before it is skipped to the next keyframe.
 pub const DEFAULT_QUEUE_FRAMES: usize = 30;
@@ -70,7 +70,7 @@ pub enum StartAt {
 #[derive(Default)]
 struct State {
     params: Option<ParamSets>,
-    gop: Vec<Arc<AccessUnit>>,
+    gop: Vec<Arc<Picture>>,
     /// When the last access unit was published (CLOCK_MONOTONIC µs).
     last_publish_us: u64,
     width: u32,
@@ -78,7 +78,7 @@ struct State {
 }
 
 pub struct Hub {
-    tx: broadcast::Sender<Arc<AccessUnit>>,
+    tx: broadcast::Sender<Arc<Picture>>,
     state: Mutex<State>,
     keyframe_wanted: AtomicBool,
     /// When the last keyframe was published (CLOCK_MONOTONIC µs; 0 before any).
@@ -111,7 +111,7 @@ impl Hub {
     }
 
     /// Publish one access unit. Never blocks on subscribers.
-    pub fn publish(&self, au: AccessUnit) {
+    pub fn publish(&self, au: Picture) {
         let au = Arc::new(au);
         let mut state = self.state();
         if au.key {
@@ -133,7 +133,7 @@ impl Hub {
             state.gop.clear();
         }
         self.frames.fetch_add(1, Ordering::Relaxed);
-        self.online.store(true, Ordering::Relaxed);
+        self.online.store(au.online(), Ordering::Relaxed);
         // Sending while holding the lock keeps subscribe() free of gaps and duplicates.
         let _ = self.tx.send(au);
     }
@@ -211,7 +211,8 @@ impl Hub {
         self.state().params.clone()
     }
 
-    /// Mark the source offline (it stopped producing); publishing marks it online again.
+    /// Mark the source offline (it stopped producing); from then on each picture
+    /// published says whether it is the source's own.
     pub fn set_offline(&self) {
         self.online.store(false, Ordering::Relaxed);
     }
@@ -249,8 +250,8 @@ fn extract_params(annexb: &[u8]) -> Option<ParamSets> {
 /// A subscription to a hub. Dropping it unsubscribes.
 pub struct Subscriber {
     hub: Arc<Hub>,
-    rx: broadcast::Receiver<Arc<AccessUnit>>,
-    backlog: VecDeque<Arc<AccessUnit>>,
+    rx: broadcast::Receiver<Arc<Picture>>,
+    backlog: VecDeque<Arc<Picture>>,
     wait_key: bool,
 }
 
@@ -262,7 +263,7 @@ impl Subscriber {
     }
 
     /// The next access unit to deliver. `None` only when the hub is gone.
-    pub async fn recv(&mut self) -> Option<Arc<AccessUnit>> {
+    pub async fn recv(&mut self) -> Option<Arc<Picture>> {
         if let Some(au) = self.backlog.pop_front() {
             return Some(au);
         }
@@ -307,14 +308,15 @@ impl Drop for SourceHold {
 mod tests {
     use super::*;
 
-    fn au(key: bool, seq: u64) -> AccessUnit {
-        AccessUnit {
-            data: Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88]),
-            width: 16,
-            height: 16,
-            key,
-            capture_us: clock::monotonic_us(),
+    fn au(key: bool, seq: u64) -> Picture {
+        Picture {
             seq,
+            ..Picture::video(
+                Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88]),
+                key,
+                (16, 16),
+                clock::monotonic_us(),
+            )
         }
     }
 

@@ -1,16 +1,18 @@
-//! Media primitives shared by every source and output: access units, the capture
-//! clock, H.264 bitstream helpers, uncompressed pictures and the per-stream hub.
+//! Media primitives shared by every source and output: the encoded picture, the
+//! capture clock, H.264 bitstream helpers, the H.264 encoder, uncompressed pictures and
+//! the per-stream hub.
 
-pub mod au;
 pub mod clock;
 pub mod decoder;
+pub mod encoder;
 pub mod h264;
 pub mod hub;
 pub mod openh264_log;
+pub mod picture;
 pub mod refchain;
 pub mod stream;
 pub mod yuv;
 
-pub use au::AccessUnit;
 pub use hub::{Hub, SourceHold, StartAt, Subscriber};
+pub use picture::{MediaKind, Picture};
 pub use stream::{Stream, Streams, DEFAULT_STREAM};

@@ -12,7 +12,7 @@ use super::layout::{FrameMeta, FORMAT_H264};
 use super::writer::{PutOutcome, SinkConfig, SinkWriter};
 use super::{monotonic_s, us_to_s};
 use crate::media::hub::{StartAt, Subscriber};
-use crate::media::{AccessUnit, Hub};
+use crate::media::{Hub, Picture};
 
 /// How often an idle sink looks for a reader.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -45,7 +45,7 @@ pub fn spawn(
         .context("starting the memsink output thread")
 }
 
-fn meta_of(au: &AccessUnit, gop: u32) -> FrameMeta {
+fn meta_of(au: &Picture, gop: u32) -> FrameMeta {
     let captured = us_to_s(au.capture_us);
     FrameMeta {
         width: au.width,

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::Counters;
 use crate::media::hub::{Hub, StartAt};
 use crate::media::stream::Output;
-use crate::media::{AccessUnit, Stream};
+use crate::media::{Picture, Stream};
 
 /// Access units a client may have waiting; more than one GOP replay fits, so a new
 /// client's cached GOP is never cut short.
@@ -25,7 +25,7 @@ pub async fn serve(stream: Arc<Stream>, counters: Arc<Counters>, mut socket: Web
     let _client = counters.h264_client();
     let _viewing = stream.viewer(Output::H264Ws);
     let hub = stream.hub().clone();
-    let (tx, mut rx) = mpsc::channel::<Arc<AccessUnit>>(CLIENT_QUEUE_FRAMES);
+    let (tx, mut rx) = mpsc::channel::<Arc<Picture>>(CLIENT_QUEUE_FRAMES);
     let task = counters.task();
     let pump = tokio::spawn({
         let counters = counters.clone();
@@ -55,7 +55,7 @@ pub async fn serve(stream: Arc<Stream>, counters: Arc<Counters>, mut socket: Web
 
 /// Move access units from the hub into the client's queue, dropping to the next keyframe
 /// when the queue is full. Ends when the client's side of the queue is dropped.
-async fn pump(hub: Arc<Hub>, tx: mpsc::Sender<Arc<AccessUnit>>, counters: &Counters) {
+async fn pump(hub: Arc<Hub>, tx: mpsc::Sender<Arc<Picture>>, counters: &Counters) {
     let mut sub = hub.subscribe(StartAt::Gop);
     let mut wait_key = false;
     loop {

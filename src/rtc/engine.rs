@@ -22,7 +22,7 @@ use super::peer::{self, KeyframeRequest, OutFrame, Peer, PeerNote, PeerSetup};
 use super::subscriptions::{stream_key, StreamKey, Subscriptions};
 use super::{demux, sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
-use crate::media::{clock, AccessUnit, Hub};
+use crate::media::{clock, Hub, Picture};
 use crate::metrics::histograms::WebrtcHistograms;
 use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
@@ -185,7 +185,7 @@ enum Wake {
     Command(Option<Command>),
     Close(Option<Close>),
     Datagram(std::io::Result<(usize, SocketAddr)>),
-    Frame(Option<(StreamKey, Arc<AccessUnit>)>),
+    Frame(Option<(StreamKey, Arc<Picture>)>),
     Timer,
 }
 
@@ -552,7 +552,7 @@ impl Engine {
         &mut self,
         now: Instant,
         key: StreamKey,
-        au: &AccessUnit,
+        au: &Picture,
     ) -> Option<Arc<OutFrame>> {
         let stream = self.streams.get_mut(&key)?;
         let max_payload = self

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, AbortHandle, Abortable, BoxStream, SelectAll};
 use futures_util::StreamExt;
 
-use crate::media::{AccessUnit, Hub, StartAt};
+use crate::media::{Hub, Picture, StartAt};
 
 /// Names a stream inside the engine: the address of its hub, which the engine keeps
 /// alive (and so unique) for as long as the key is in use.
@@ -21,7 +21,7 @@ pub fn stream_key(hub: &Arc<Hub>) -> StreamKey {
     Arc::as_ptr(hub) as StreamKey
 }
 
-type Pictures = Abortable<BoxStream<'static, (StreamKey, Arc<AccessUnit>)>>;
+type Pictures = Abortable<BoxStream<'static, (StreamKey, Arc<Picture>)>>;
 
 #[derive(Default)]
 pub struct Subscriptions {
@@ -57,7 +57,7 @@ impl Subscriptions {
 
     /// The next picture of any subscribed stream. Never ready while there is none, and
     /// `None` only when the last one has just ended.
-    pub async fn next(&mut self) -> Option<(StreamKey, Arc<AccessUnit>)> {
+    pub async fn next(&mut self) -> Option<(StreamKey, Arc<Picture>)> {
         if self.all.is_empty() {
             return std::future::pending().await;
         }

@@ -1,4 +1,4 @@
-//! Streaming H.264 Annex-B byte stream → access units.
+//! Streaming H.264 Annex-B byte stream → pictures (access units).
 //!
 //! Bytes arrive in arbitrary chunks (TCP segments, pipe reads, file blocks). They are cut
 //! into NAL units at start codes, and the NAL units are grouped into access units by the
@@ -17,6 +17,7 @@
 //! * memory is bounded: an oversized NAL unit or picture is dropped.
 
 use crate::media::h264::{self, NalType};
+use crate::media::Picture;
 
 /// Largest NAL unit kept; anything bigger is not a picture a viewer could use.
 const MAX_NAL_BYTES: usize = 8 << 20;
@@ -48,19 +49,6 @@ pub enum AnnexBError {
         SPS_WITHIN >> 20
     )]
     NoSps,
-}
-
-/// One access unit in Annex-B form with 4-byte start codes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Picture {
-    pub data: Vec<u8>,
-    /// Carries an IDR slice (SPS and PPS are then included).
-    pub key: bool,
-    /// Displayed size from the SPS in force.
-    pub width: u32,
-    pub height: u32,
-    /// SDP profile-level-id of the SPS in force.
-    pub profile_level_id: String,
 }
 
 /// Counters of what was thrown away, for logs and tests.
@@ -307,13 +295,8 @@ impl AuAssembler {
             put(nal);
         }
         stats.pictures += 1;
-        out.push(Picture {
-            data,
-            key,
-            width: info.width,
-            height: info.height,
-            profile_level_id: info.profile_level_id(),
-        });
+        // Stamped with its capture time by the source, which knows it.
+        out.push(Picture::video(data, key, (info.width, info.height), 0));
     }
 }
 
@@ -409,6 +392,14 @@ impl AnnexBSplitter {
         self.au.seen_idr = false;
     }
 
+    /// The SDP profile-level-id of the SPS in force.
+    pub fn profile_level_id(&self) -> Option<String> {
+        self.au
+            .sps
+            .as_ref()
+            .map(|(_, info)| info.profile_level_id())
+    }
+
     /// True once the stream has shown a readable SPS.
     pub fn recognised(&self) -> bool {
         self.au.sps.is_some()
@@ -451,12 +442,14 @@ mod tests {
 
     #[test]
     fn splits_x264_streams_into_their_pictures_whatever_the_chunking() {
+        let mut s = AnnexBSplitter::new();
+        s.push(AUD_2SLICES, &mut Vec::new()).unwrap();
+        assert_eq!(s.profile_level_id().unwrap()[..2], *"42");
         for chunk in [1, 7, 188, 1500, 65536] {
             let (pics, stats) = split(AUD_2SLICES, chunk);
             assert_eq!(pics.len(), 30, "chunk {chunk}: {stats:?}");
             assert_eq!(pics.iter().filter(|p| p.key).count(), 3, "GOP of 10");
             assert!(pics.iter().all(|p| (p.width, p.height) == (160, 120)));
-            assert_eq!(pics[0].profile_level_id[..2], *"42");
             let (pics, _) = split(MAIN_3SLICES, chunk);
             assert_eq!(pics.len(), 30, "chunk {chunk}");
             assert!(pics.iter().all(|p| (p.width, p.height) == (176, 144)));

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::annexb::{AnnexBSplitter, Picture};
+use super::annexb::AnnexBSplitter;
 use super::lifecycle::{Backoff, Output, StatusHandle};
 use crate::media::Hub;
+use crate::media::Picture;
 use crate::ratelog::RateLimited;
 
 /// A pause this long after input means the picture in progress is complete: encoders

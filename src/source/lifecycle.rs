@@ -7,14 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use super::annexb::Picture;
 use super::failure_log::{FailureLog, Verdict};
 use super::nosignal::{NoSignal, NO_SIGNAL_FPS};
 use crate::media::hub::HubInfo;
 use crate::media::refchain::{Link, ReferenceChain};
-use crate::media::{clock, h264, AccessUnit, Hub};
+use crate::media::{clock, h264, Hub, Picture};
 
 /// What `/state` says about the source.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -204,12 +201,16 @@ impl Output {
 
     /// Publish one picture of live video captured at `capture_us` (CLOCK_MONOTONIC),
     /// e.g. the driver's timestamp, so latency figures start at the sensor.
-    pub fn publish_captured(&mut self, picture: Picture, capture_us: u64) {
+    pub fn publish_captured(&mut self, mut picture: Picture, capture_us: u64) {
+        let profile_level_id = match picture.key {
+            true => profile_level_id(&picture.data),
+            false => None,
+        };
         if !self.live {
             tracing::info!(
                 width = picture.width,
                 height = picture.height,
-                profile_level_id = %picture.profile_level_id,
+                profile_level_id = profile_level_id.as_deref().unwrap_or("?"),
                 "source live"
             );
             self.live = true;
@@ -227,8 +228,8 @@ impl Output {
             s.width = picture.width;
             s.height = picture.height;
             s.fps = measured_fps(&self.recent);
-            if s.profile_level_id.as_deref() != Some(&picture.profile_level_id) {
-                s.profile_level_id = Some(picture.profile_level_id.clone());
+            if profile_level_id.is_some() && s.profile_level_id != profile_level_id {
+                s.profile_level_id = profile_level_id;
             }
         }
         if self.chain.push(&picture.data) == Link::Broken {
@@ -254,14 +255,10 @@ impl Output {
             );
         }
         self.fallback_size = (picture.width, picture.height);
-        self.hub.publish(AccessUnit {
-            data: Bytes::from(picture.data),
-            width: picture.width,
-            height: picture.height,
-            key: picture.key,
-            capture_us,
-            seq: self.seq,
-        });
+        picture.capture_us = capture_us;
+        picture.seq = self.seq;
+        picture.placeholder = false;
+        self.hub.publish(picture);
         self.seq += 1;
     }
 
@@ -333,21 +330,14 @@ impl Output {
             return Ok(());
         };
         let key = self.no_signal_key || key_wanted;
-        let Some(picture) = no_signal.encode(key)? else {
+        let Some(mut picture) = no_signal.encode(key, clock::monotonic_us())? else {
             return Ok(());
         };
         self.no_signal_key = false;
-        let (width, height) = no_signal.size();
-        self.hub.publish(AccessUnit {
-            data: Bytes::from(picture.data),
-            width,
-            height,
-            key: picture.key,
-            capture_us: clock::monotonic_us(),
-            seq: self.seq,
-        });
+        picture.seq = self.seq;
         // A placeholder is not the source: the hub stays marked offline.
-        self.hub.set_offline();
+        picture.placeholder = true;
+        self.hub.publish(picture);
         self.seq += 1;
         Ok(())
     }
@@ -370,6 +360,14 @@ impl Output {
     }
 }
 
+/// The SDP profile-level-id of the SPS a key picture carries.
+fn profile_level_id(annexb: &[u8]) -> Option<String> {
+    let sps = h264::nal_units(annexb).find(|n| h264::nal_type(n) == Some(h264::NalType::Sps))?;
+    h264::parse_sps(sps)
+        .ok()
+        .map(|info| info.profile_level_id())
+}
+
 fn measured_fps(recent: &VecDeque<u64>) -> f64 {
     match (recent.front(), recent.back()) {
         (Some(first), Some(last)) if recent.len() >= 2 && last > first => {
@@ -383,6 +381,7 @@ fn measured_fps(recent: &VecDeque<u64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::encoder::{EncoderSettings, H264Encoder};
     use crate::media::hub::StartAt;
 
     #[test]
@@ -409,26 +408,19 @@ mod tests {
         assert!(!hub.info().online, "placeholders leave the hub offline");
         assert_eq!(status.snapshot().state, "no_signal");
 
-        let live =
-            super::super::testsrc::PictureEncoder::new(&super::super::testsrc::TestsrcConfig {
-                width: 160,
-                height: 120,
-                fps: 30,
-                bitrate_kbps: 300,
-                gop: 30,
-                warmup: Duration::ZERO,
-            })
-            .unwrap()
-            .encode(&super::super::nosignal::draw(160, 120), 0)
-            .unwrap()
-            .unwrap();
-        out.publish(Picture {
-            data: live.data,
-            key: true,
+        let live = H264Encoder::new(&EncoderSettings {
             width: 160,
             height: 120,
-            profile_level_id: "42c00c".into(),
-        });
+            fps: 30,
+            bitrate_kbps: 300,
+            gop: 30,
+        })
+        .unwrap()
+        .encode(&super::super::nosignal::draw(160, 120), 0)
+        .unwrap()
+        .unwrap();
+        assert!(live.key);
+        out.publish(live);
         assert!(hub.info().online);
         let s = status.snapshot();
         assert_eq!((s.state, s.width, s.height), ("live", 160, 120));
@@ -454,18 +446,16 @@ mod tests {
     #[tokio::test]
     async fn pictures_after_a_lost_reference_are_held_back_until_the_next_idr() {
         use super::super::pattern::TestPattern;
-        use super::super::testsrc::{PictureEncoder, TestsrcConfig};
         let hub = Hub::new(64);
         let status = StatusHandle::new("test", "no_signal");
         let mut out = Output::new(hub.clone(), status.clone(), (160, 120));
         let mut sub = hub.subscribe(StartAt::NextKeyframe);
-        let mut encoder = PictureEncoder::new(&TestsrcConfig {
+        let mut encoder = H264Encoder::new(&EncoderSettings {
             width: 160,
             height: 120,
             fps: 30,
             bitrate_kbps: 300,
             gop: 300,
-            warmup: Duration::ZERO,
         })
         .unwrap();
         let mut pattern = TestPattern::new(160, 120).unwrap();
@@ -474,7 +464,7 @@ mod tests {
                 encoder.force_keyframe();
             }
             let picture = encoder
-                .encode(pattern.draw(i, 0), u64::from(i) * 33)
+                .encode(pattern.draw(i, 0), u64::from(i) * 33_000)
                 .unwrap()
                 .unwrap();
             assert_eq!(picture.key, i == 0 || i == 9, "picture {i}");
@@ -482,13 +472,7 @@ mod tests {
             if i == 4 {
                 continue;
             }
-            out.publish(Picture {
-                data: picture.data,
-                key: picture.key,
-                width: 160,
-                height: 120,
-                profile_level_id: "42c00c".into(),
-            });
+            out.publish(picture);
             if (5..9).contains(&i) {
                 assert!(hub.keyframe_wanted(), "no keyframe asked for at {i}");
             }

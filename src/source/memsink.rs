@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::annexb::{AnnexBSplitter, Picture};
+use super::annexb::AnnexBSplitter;
 use super::lifecycle::{Output, StatusHandle};
+use crate::media::Picture;
 use crate::media::{clock, Hub};
 use crate::memsink::layout::{data_size_for_name, FORMAT_H264};
 use crate::memsink::reader::{Get, SinkReader};

@@ -1,10 +1,9 @@
 //! The "NO SIGNAL" picture shown to viewers while a source is gone, so their players
 //! keep a live stream (and stay connected) until the real video returns.
 
-use std::time::Instant;
-
 use super::pattern::{draw_text, I420Frame, GLYPH_ADVANCE, GLYPH_H};
-use super::testsrc::{EncodedPicture, PictureEncoder, TestsrcConfig};
+use crate::media::encoder::{EncoderSettings, H264Encoder};
+use crate::media::Picture;
 
 /// Pictures per second while there is no signal: enough to show the page is alive,
 /// cheap enough to cost nothing.
@@ -40,39 +39,37 @@ pub fn draw(width: u32, height: u32) -> I420Frame {
 /// Encodes the NO SIGNAL picture at a given size; re-created when the size changes.
 pub struct NoSignal {
     frame: I420Frame,
-    encoder: PictureEncoder,
-    started: Instant,
+    encoder: H264Encoder,
 }
 
 impl NoSignal {
     pub fn new(width: u32, height: u32) -> anyhow::Result<NoSignal> {
         let frame = draw(width, height);
-        let encoder = PictureEncoder::new(&TestsrcConfig {
+        let encoder = H264Encoder::new(&EncoderSettings {
             width: frame.width as u32,
             height: frame.height as u32,
             fps: NO_SIGNAL_FPS,
             bitrate_kbps: 300,
             gop: NO_SIGNAL_FPS * 2,
-            warmup: std::time::Duration::ZERO,
         })?;
-        Ok(NoSignal {
-            frame,
-            encoder,
-            started: Instant::now(),
-        })
+        Ok(NoSignal { frame, encoder })
     }
 
     pub fn size(&self) -> (u32, u32) {
         (self.frame.width as u32, self.frame.height as u32)
     }
 
-    /// Encode the next picture; `key` forces an IDR (the first after live video must be one).
-    pub fn encode(&mut self, key: bool) -> anyhow::Result<Option<EncodedPicture>> {
+    /// Encode the next picture, stamped `now_us`; `key` forces an IDR (the first after
+    /// live video must be one). The picture is marked a placeholder.
+    pub fn encode(&mut self, key: bool, now_us: u64) -> anyhow::Result<Option<Picture>> {
         if key {
             self.encoder.force_keyframe();
         }
-        let pts_ms = self.started.elapsed().as_millis() as u64;
-        self.encoder.encode(&self.frame, pts_ms)
+        let picture = self.encoder.encode(&self.frame, now_us)?;
+        Ok(picture.map(|p| Picture {
+            placeholder: true,
+            ..p
+        }))
     }
 }
 
@@ -86,7 +83,7 @@ mod tests {
     fn encodes_a_decodable_picture_with_the_text() {
         let mut ns = NoSignal::new(640, 360).unwrap();
         let mut decoder = H264Decoder::new().unwrap();
-        let first = ns.encode(true).unwrap().expect("a picture");
+        let first = ns.encode(true, 0).unwrap().expect("a picture");
         assert!(first.key);
         let sps = h264::nal_units(&first.data)
             .find(|n| h264::nal_type(n) == Some(h264::NalType::Sps))
@@ -99,7 +96,7 @@ mod tests {
         let bright = frame.y[row..row + 640].iter().filter(|&&v| v > 150).count();
         assert!(bright > 50, "{bright} bright pixels across the text");
         assert!(frame.y[0] < 60 && frame.y[row + 5] < 60);
-        let next = ns.encode(false).unwrap().expect("a picture");
+        let next = ns.encode(false, 200_000).unwrap().expect("a picture");
         assert!(!next.key);
         assert!(decoder.decode(&next.data).unwrap().is_some());
     }

@@ -10,17 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
-use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
-    RateControlMode, SpsPpsStrategy, UsageType,
-};
-use openh264::formats::YUVSlices;
-use openh264::{OpenH264API, Timestamp};
 
-use super::pattern::{I420Frame, TestPattern};
-use crate::media::h264::{self, NalType};
-use crate::media::{clock, AccessUnit, Hub};
+use super::pattern::TestPattern;
+use crate::media::encoder::{EncoderSettings, H264Encoder};
+use crate::media::{clock, Hub};
 
 #[derive(Clone, Debug)]
 pub struct TestsrcConfig {
@@ -32,6 +25,18 @@ pub struct TestsrcConfig {
     /// Delay before the first picture each time a viewer wakes the source, as a camera
     /// takes a moment to start; zero in normal use.
     pub warmup: Duration,
+}
+
+impl TestsrcConfig {
+    pub fn encoder_settings(&self) -> EncoderSettings {
+        EncoderSettings {
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            bitrate_kbps: self.bitrate_kbps,
+            gop: self.gop,
+        }
+    }
 }
 
 /// Longest single sleep, so `stop` and new subscribers are noticed quickly.
@@ -50,7 +55,7 @@ pub fn spawn(
         anyhow::bail!("testsrc fps must be 1..=240, got {}", cfg.fps);
     }
     let pattern = TestPattern::new(cfg.width, cfg.height)?;
-    let encoder = PictureEncoder::new(&cfg)?;
+    let encoder = H264Encoder::new(&cfg.encoder_settings())?;
     std::thread::Builder::new()
         .name("testsrc".into())
         .spawn(move || run(cfg, pattern, encoder, &hub, &stop))
@@ -60,7 +65,7 @@ pub fn spawn(
 fn run(
     cfg: TestsrcConfig,
     mut pattern: TestPattern,
-    mut encoder: PictureEncoder,
+    mut encoder: H264Encoder,
     hub: &Hub,
     stop: &AtomicBool,
 ) {
@@ -73,10 +78,8 @@ fn run(
         "test pattern source started"
     );
     let period = Duration::from_nanos(1_000_000_000 / u64::from(cfg.fps));
-    let started = Instant::now();
     let mut seq: u64 = 0;
     let mut errors: u64 = 0;
-    let mut params_checked = false;
     // The deadline of the next picture; None while idle.
     let mut schedule: Option<Instant> = None;
     let mut last_picture: Option<Instant> = None;
@@ -114,21 +117,10 @@ fn run(
         }
         // The strip carries the low 32 bits of seq; wrapping is intended.
         let frame = pattern.draw(seq as u32, wall_ms);
-        let pts_ms = started.elapsed().as_millis() as u64;
-        match encoder.encode(frame, pts_ms) {
-            Ok(Some(picture)) => {
-                if picture.key && !params_checked {
-                    params_checked = true;
-                    check_params(&picture.data, &cfg);
-                }
-                hub.publish(AccessUnit {
-                    data: Bytes::from(picture.data),
-                    width: cfg.width,
-                    height: cfg.height,
-                    key: picture.key,
-                    capture_us,
-                    seq,
-                });
+        match encoder.encode(frame, capture_us) {
+            Ok(Some(mut picture)) => {
+                picture.seq = seq;
+                hub.publish(picture);
             }
             Ok(None) => tracing::trace!(seq, "encoder skipped a picture"),
             Err(e) => {
@@ -182,243 +174,9 @@ fn wait_for_picture(
     }
 }
 
-/// Log what the stream's SPS announces; the hub keeps the real SPS, so signalling always
-/// describes what is actually sent even if it is not what was asked for.
-fn check_params(annexb: &[u8], cfg: &TestsrcConfig) {
-    let Some(sps) = h264::nal_units(annexb).find(|n| h264::nal_type(n) == Some(NalType::Sps))
-    else {
-        tracing::warn!("testsrc keyframe without SPS");
-        return;
-    };
-    match h264::parse_sps(sps) {
-        Ok(info) => {
-            let constrained_baseline = info.profile_idc == 66 && info.constraint_flags & 0x40 != 0;
-            if !constrained_baseline || (info.width, info.height) != (cfg.width, cfg.height) {
-                tracing::warn!(
-                    profile_level_id = %info.profile_level_id(),
-                    width = info.width,
-                    height = info.height,
-                    "testsrc stream is not the constrained baseline picture configured"
-                );
-            } else {
-                tracing::info!(profile_level_id = %info.profile_level_id(), "testsrc stream");
-            }
-        }
-        Err(e) => tracing::warn!("testsrc SPS unreadable: {e}"),
-    }
-}
-
-/// One encoded picture in Annex-B form.
-pub struct EncodedPicture {
-    pub data: Vec<u8>,
-    /// Carries an IDR slice, preceded by SPS and PPS.
-    pub key: bool,
-}
-
-/// openh264 set up for live viewing: constrained baseline, bitrate rate control, a fixed
-/// IDR interval, no skipped pictures, and SPS+PPS in front of every IDR.
-pub struct PictureEncoder {
-    encoder: Encoder,
-    sps: Option<Vec<u8>>,
-    pps: Option<Vec<u8>>,
-}
-
-impl PictureEncoder {
-    pub fn new(cfg: &TestsrcConfig) -> anyhow::Result<PictureEncoder> {
-        let config = EncoderConfig::new()
-            .usage_type(UsageType::CameraVideoRealTime)
-            .profile(Profile::Baseline)
-            .rate_control_mode(RateControlMode::Bitrate)
-            .bitrate(BitRate::from_bps(cfg.bitrate_kbps.saturating_mul(1000)))
-            .max_frame_rate(FrameRate::from_hz(cfg.fps as f32))
-            .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.gop))
-            .sps_pps_strategy(SpsPpsStrategy::ConstantId)
-            // Every drawn picture is sent: the frame counter must not jump by itself.
-            .skip_frames(false)
-            // IDRs only on schedule or request; others would only cost bitrate.
-            .scene_change_detect(false)
-            .complexity(Complexity::Low)
-            .num_threads(1);
-        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
-            .context("creating the H.264 encoder")?;
-        crate::media::openh264_log::route_encoder_log(&mut encoder);
-        Ok(PictureEncoder {
-            encoder,
-            sps: None,
-            pps: None,
-        })
-    }
-
-    /// Make the next picture an IDR.
-    pub fn force_keyframe(&mut self) {
-        self.encoder.force_intra_frame();
-    }
-
-    /// Encode one picture; `None` when the encoder produced nothing for it.
-    pub fn encode(
-        &mut self,
-        frame: &I420Frame,
-        pts_ms: u64,
-    ) -> anyhow::Result<Option<EncodedPicture>> {
-        let (w, h) = (frame.width, frame.height);
-        let yuv = YUVSlices::new((&frame.y, &frame.u, &frame.v), (w, h), (w, w / 2, w / 2));
-        let stream = self
-            .encoder
-            .encode_at(&yuv, Timestamp::from_millis(pts_ms))
-            .context("openh264 encode")?;
-        if matches!(stream.frame_type(), FrameType::Skip | FrameType::Invalid) {
-            return Ok(None);
-        }
-        let mut data = Vec::new();
-        stream.write_vec(&mut data);
-        if data.is_empty() {
-            return Ok(None);
-        }
-        let (mut has_sps, mut has_pps) = (false, false);
-        for nal in h264::nal_units(&data) {
-            match h264::nal_type(nal) {
-                Some(NalType::Sps) => {
-                    has_sps = true;
-                    self.sps = Some(nal.to_vec());
-                }
-                Some(NalType::Pps) => {
-                    has_pps = true;
-                    self.pps = Some(nal.to_vec());
-                }
-                _ => {}
-            }
-        }
-        let key = h264::access_unit_is_key(&data);
-        if key && !(has_sps && has_pps) {
-            data = self.with_params(&data)?;
-        }
-        Ok(Some(EncodedPicture { data, key }))
-    }
-
-    /// The access unit with the last SPS and PPS put in front of it.
-    fn with_params(&self, data: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
-            anyhow::bail!("IDR before any SPS/PPS");
-        };
-        let mut out = Vec::with_capacity(sps.len() + pps.len() + data.len() + 8);
-        for nal in [sps, pps] {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(nal);
-        }
-        for nal in h264::nal_units(data)
-            .filter(|n| !matches!(h264::nal_type(n), Some(NalType::Sps) | Some(NalType::Pps)))
-        {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(nal);
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::decoder::H264Decoder;
-    use crate::source::pattern::read_code_strip;
-
-    fn config(width: u32, height: u32) -> TestsrcConfig {
-        TestsrcConfig {
-            width,
-            height,
-            fps: 30,
-            bitrate_kbps: 1000,
-            gop: 60,
-            warmup: Duration::ZERO,
-        }
-    }
-
-    /// Draw, encode, decode, read the strip back: the numbers must survive compression.
-    fn round_trip(width: u32, height: u32, bitrate_kbps: u32, pictures: u32) {
-        let cfg = TestsrcConfig {
-            bitrate_kbps,
-            ..config(width, height)
-        };
-        let mut pattern = TestPattern::new(width, height).unwrap();
-        let mut encoder = PictureEncoder::new(&cfg).unwrap();
-        let mut decoder = H264Decoder::new().unwrap();
-        let base_ms = 1_760_000_000_000u64;
-        for i in 0..pictures {
-            let ms = base_ms + u64::from(i) * 33;
-            let counter = 1000 + i;
-            let picture = encoder
-                .encode(pattern.draw(counter, ms), u64::from(i) * 33)
-                .unwrap()
-                .expect("a picture for every frame");
-            assert_eq!(picture.key, i == 0, "picture {i}");
-            let frame = decoder.decode(&picture.data).unwrap().expect("decoded");
-            assert_eq!(
-                (frame.width, frame.height),
-                (width as usize, height as usize)
-            );
-            let code = read_code_strip(&frame.y, frame.y_stride, frame.width, frame.height);
-            assert_eq!(code, Some((counter, ms)), "picture {i} at {width}x{height}");
-        }
-    }
-
-    #[test]
-    fn code_strip_survives_encoding_at_320x240() {
-        round_trip(320, 240, 1000, 20);
-    }
-
-    #[test]
-    fn code_strip_survives_encoding_at_1280x720() {
-        round_trip(1280, 720, 2000, 5);
-    }
-
-    #[test]
-    fn code_strip_survives_a_starved_bitrate() {
-        // 50 kbit/s for 720p: the quantiser goes to its maximum.
-        round_trip(1280, 720, 50, 40);
-    }
-
-    #[test]
-    fn keyframes_carry_constrained_baseline_params() {
-        let cfg = config(320, 240);
-        let mut pattern = TestPattern::new(320, 240).unwrap();
-        let mut encoder = PictureEncoder::new(&cfg).unwrap();
-        for i in 0..4 {
-            if i == 2 {
-                encoder.force_keyframe();
-            }
-            let picture = encoder.encode(pattern.draw(i, 0), 0).unwrap().unwrap();
-            assert_eq!(picture.key, i == 0 || i == 2, "picture {i}");
-            let types: Vec<_> = h264::nal_units(&picture.data)
-                .filter_map(h264::nal_type)
-                .collect();
-            if picture.key {
-                assert_eq!(&types[..2], &[NalType::Sps, NalType::Pps], "{types:?}");
-                let sps = h264::parse_sps(h264::nal_units(&picture.data).next().unwrap()).unwrap();
-                assert_eq!((sps.width, sps.height), (320, 240));
-                assert_eq!(sps.profile_idc, 66);
-                assert_ne!(sps.constraint_flags & 0x40, 0, "constraint_set1");
-            } else {
-                assert!(!types.contains(&NalType::Sps), "{types:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn idr_without_params_gets_the_cached_ones() {
-        let mut pattern = TestPattern::new(320, 240).unwrap();
-        let mut encoder = PictureEncoder::new(&config(320, 240)).unwrap();
-        let first = encoder.encode(pattern.draw(0, 0), 0).unwrap().unwrap();
-        let nals: Vec<&[u8]> = h264::nal_units(&first.data).collect();
-        let idr_only: Vec<u8> = nals
-            .iter()
-            .filter(|n| h264::nal_type(n) == Some(NalType::Idr))
-            .flat_map(|n| [&[0u8, 0, 0, 1][..], n].concat())
-            .collect();
-        let fixed = encoder.with_params(&idr_only).unwrap();
-        assert_eq!(
-            fixed, first.data,
-            "SPS, PPS, then the slice, as the encoder wrote them"
-        );
-    }
 
     #[test]
     fn deadlines_do_not_drift_and_do_not_burst() {

@@ -29,11 +29,11 @@ use anyhow::Context;
 
 use self::convert::Converter;
 use self::device::{CaptureDevice, DeviceError, DeviceOpener, Negotiated};
-use super::annexb::{AnnexBSplitter, Picture};
+use super::annexb::AnnexBSplitter;
 use super::lifecycle::{Backoff, Output, StatusHandle};
 use super::pattern::I420Frame;
-use super::testsrc::{PictureEncoder, TestsrcConfig};
-use crate::media::Hub;
+use crate::media::encoder::{EncoderSettings, H264Encoder};
+use crate::media::{Hub, Picture};
 
 #[derive(Clone, Debug)]
 pub struct CameraConfig {
@@ -329,11 +329,8 @@ const KEY_AFTER_GAP: Duration = Duration::from_millis(500);
 fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handover: &Handover) {
     let mut output = Output::new(hub.clone(), status, cfg.size);
     output.not_yet();
-    let mut encoder: Option<(PictureEncoder, (usize, usize))> = None;
-    let mut splitter = AnnexBSplitter::new();
-    let mut pictures = Vec::new();
+    let mut encoder: Option<(H264Encoder, (usize, usize))> = None;
     let mut last_encoded: Option<Instant> = None;
-    let started = Instant::now();
     loop {
         match handover.take(PUBLISH_POLL) {
             Some(Delivery::Stop) => return,
@@ -357,7 +354,6 @@ fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handov
                             continue;
                         }
                     }
-                    splitter = AnnexBSplitter::new();
                     last_encoded = None;
                 }
                 let Some((enc, _)) = encoder.as_mut() else {
@@ -366,19 +362,10 @@ fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handov
                 if hub.keyframe_due() || last_encoded.is_none_or(|t| t.elapsed() > KEY_AFTER_GAP) {
                     enc.force_keyframe();
                 }
-                let pts_ms = started.elapsed().as_millis() as u64;
-                match enc.encode(&frame, pts_ms) {
-                    Ok(Some(encoded)) => {
+                match enc.encode(&frame, capture_us) {
+                    Ok(Some(picture)) => {
                         last_encoded = Some(Instant::now());
-                        let split = splitter
-                            .push(&encoded.data, &mut pictures)
-                            .map(|()| splitter.flush(&mut pictures));
-                        if let Err(e) = split {
-                            tracing::error!("encoder output not usable: {e}");
-                        }
-                        for picture in pictures.drain(..) {
-                            output.publish_captured(picture, capture_us);
-                        }
+                        output.publish_captured(picture, capture_us);
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!("camera picture not encoded: {e:#}"),
@@ -393,17 +380,13 @@ fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handov
     }
 }
 
-fn new_encoder(
-    cfg: &CameraConfig,
-    (width, height): (usize, usize),
-) -> anyhow::Result<PictureEncoder> {
+fn new_encoder(cfg: &CameraConfig, (width, height): (usize, usize)) -> anyhow::Result<H264Encoder> {
     tracing::info!(width, height, fps = cfg.fps, "camera encoder started");
-    PictureEncoder::new(&TestsrcConfig {
+    H264Encoder::new(&EncoderSettings {
         width: width as u32,
         height: height as u32,
         fps: cfg.fps,
         bitrate_kbps: cfg.bitrate_kbps,
         gop: cfg.gop,
-        warmup: Duration::ZERO,
     })
 }

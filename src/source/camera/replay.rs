@@ -89,7 +89,7 @@ impl Recording {
                 stride: 0,
                 fps: None,
             },
-            frames: pictures.into_iter().map(|p| p.data).collect(),
+            frames: pictures.into_iter().map(|p| p.data.to_vec()).collect(),
         }
     }
 }
