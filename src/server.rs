@@ -3,18 +3,17 @@
 //! TLS certificates again on SIGHUP.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::PeerFilter;
 use crate::config::janus_install::SecureTransport;
-use crate::config::{usage_error, Config, StreamConfig, SOURCE_FORMS};
+use crate::config::{usage_error, Config, SourceSpec, StreamConfig};
 use crate::http;
 use crate::janus::{JanusConfig, JanusServer, SecureListen};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
@@ -290,72 +289,23 @@ fn start_source(
     status: StatusHandle,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
-    if let Some(name) = cfg.source.strip_prefix("memsink:") {
-        let thread = memsink_source::spawn(MemsinkSourceConfig::new(name), hub, status, stop)?;
-        return Ok(Some(thread));
-    }
-    if cfg.source == "v4l2" {
-        if cfg.source_chosen && cfg.device.exists() {
-            tracing::info!(device = %cfg.device.display(), "no --source given: using the camera");
-        } else if cfg.source_chosen {
-            tracing::warn!(
-                device = %cfg.device.display(),
-                "no --source given and the device named is not there: waiting for it"
-            );
-        }
-        let opener = V4l2Opener::new(V4l2Settings {
-            path: cfg.device.clone(),
-            format: cfg.format,
-            width: cfg.width,
-            height: cfg.height,
-            fps: cfg.fps,
-            bitrate_kbps: cfg.bitrate_kbps,
-            gop: cfg.gop,
-        });
-        let camera = CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
-        let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
-        return Ok(Some(thread));
-    }
-    // A named file that cannot be used is a usage error, like a bad flag.
-    if let Some(recording) =
-        replay::recording_from_file(Path::new(&cfg.source), cfg.width, cfg.height)
-            .map_err(usage_error)?
-    {
-        tracing::info!(
-            file = %cfg.source,
-            format = %recording.negotiated.format,
-            pictures = recording.frames.len(),
-            "replaying a camera recording through the camera pipeline"
-        );
-        let (opener, _) = ReplayOpener::new(recording, cfg.fps, &[]);
-        let camera = CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
-        let (thread, _) = camera::spawn(camera, Box::new(opener), hub, status, stop)?;
-        return Ok(Some(thread));
-    }
-    if cfg.source_chosen {
-        tracing::info!(
-            device = %cfg.device.display(),
-            "no --source given and no camera: using the test pattern"
-        );
-    }
-    if let Some(input) = bytestream::Input::parse(&cfg.source)? {
+    let camera = || CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
+    let byte_stream = |input| {
         let bs = ByteStreamConfig {
             fps: cfg.fps,
             width: cfg.width,
             height: cfg.height,
             allow: cfg.source_allow.clone(),
         };
-        let from_file = matches!(input, bytestream::Input::File(_));
-        return match bytestream::spawn(input, bs, hub, status, stop) {
-            Ok(thread) => Ok(Some(thread)),
-            Err(e) if from_file => Err(usage_error(e)),
-            Err(e) => Err(e),
-        };
-    }
-    match cfg.source.as_str() {
-        "testsrc" => {
+        bytestream::spawn(input, bs, hub.clone(), status.clone(), stop.clone())
+    };
+    let thread = match &cfg.spec {
+        SourceSpec::Testsrc => {
+            if cfg.source_chosen {
+                tracing::info!("no --source given and no camera: using the test pattern");
+            }
             status.set_live(cfg.width, cfg.height, Some(f64::from(cfg.fps)));
-            let thread = testsrc::spawn(
+            testsrc::spawn(
                 TestsrcConfig {
                     width: cfg.width,
                     height: cfg.height,
@@ -366,13 +316,52 @@ fn start_source(
                 },
                 hub,
                 stop,
-            )?;
-            Ok(Some(thread))
+            )?
         }
-        other => Err(usage_error(anyhow!(
-            "unknown source {other:?}; supported sources: {SOURCE_FORMS}"
-        ))),
-    }
+        SourceSpec::V4l2 { device, format } => {
+            if cfg.source_chosen && device.exists() {
+                tracing::info!(device = %device.display(), "no --source given: using the camera");
+            } else if cfg.source_chosen {
+                tracing::warn!(
+                    device = %device.display(),
+                    "no --source given and the device named is not there: waiting for it"
+                );
+            }
+            let opener = V4l2Opener::new(V4l2Settings {
+                path: device.clone(),
+                format: *format,
+                width: cfg.width,
+                height: cfg.height,
+                fps: cfg.fps,
+                bitrate_kbps: cfg.bitrate_kbps,
+                gop: cfg.gop,
+            });
+            camera::spawn(camera(), Box::new(opener), hub, status, stop)?.0
+        }
+        SourceSpec::Recording(path) => {
+            // A named file that cannot be used is a usage error, like a bad flag.
+            let recording =
+                replay::recording_from_file(path, cfg.width, cfg.height).map_err(usage_error)?;
+            tracing::info!(
+                file = %path.display(),
+                format = %recording.negotiated.format,
+                pictures = recording.frames.len(),
+                "replaying a camera recording through the camera pipeline"
+            );
+            let (opener, _) = ReplayOpener::new(recording, cfg.fps, &[]);
+            camera::spawn(camera(), Box::new(opener), hub, status, stop)?.0
+        }
+        SourceSpec::Memsink { name } => {
+            memsink_source::spawn(MemsinkSourceConfig::new(name), hub, status, stop)?
+        }
+        SourceSpec::Tcp(addr) => byte_stream(bytestream::Input::Connect(addr.clone()))?,
+        SourceSpec::TcpListen(addr) => byte_stream(bytestream::Input::Listen(*addr))?,
+        SourceSpec::Stdin => byte_stream(bytestream::Input::Stdin)?,
+        SourceSpec::H264File(path) => {
+            byte_stream(bytestream::Input::File(path.clone())).map_err(usage_error)?
+        }
+    };
+    Ok(Some(thread))
 }
 
 /// A stream's H.264 memsink output (`--h264-sink`), when configured.

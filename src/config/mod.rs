@@ -17,8 +17,10 @@ use crate::source::camera::device::PixelFormat;
 use crate::tls::CertFiles;
 
 pub mod janus_install;
+mod source_spec;
 pub mod streams;
 
+pub use source_spec::{SourceSpec, SOURCE_FORMS};
 pub use streams::{StreamArgs, StreamConfig};
 
 /// Shortest `--jsmpeg-secret` accepted.
@@ -422,11 +424,6 @@ Examples:
 Exit status: 0 after a clean stop, 2 when the command line or configuration is
 invalid (nothing was started), 1 when starting or running failed.";
 
-/// Every form `--source` takes, for error messages.
-pub const SOURCE_FORMS: &str = "v4l2 (the camera at --device), testsrc, memsink:NAME, \
-tcp://HOST:PORT, tcp-listen://IP:PORT, - (stdin), an H.264 file (.h264) or a camera \
-recording (.mjpeg, .yuyv, .nv12, .yuv)";
-
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
@@ -486,7 +483,10 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     pub header_timeout_s: u64,
     pub idle_timeout_s: u64,
+    /// The source as configured, for messages and `/state`.
     pub source: String,
+    /// The source, parsed from `source` (with `device` and `format`).
+    pub source_spec: SourceSpec,
     /// No source was configured: it was chosen by whether the camera exists.
     pub source_chosen: bool,
     pub device: PathBuf,
@@ -574,6 +574,7 @@ impl Default for Config {
             header_timeout_s: 10,
             idle_timeout_s: 60,
             source: "testsrc".into(),
+            source_spec: SourceSpec::Testsrc,
             source_chosen: false,
             device: PathBuf::from(DEFAULT_DEVICE),
             format: None,
@@ -663,7 +664,7 @@ impl Config {
                 cfg.source = "v4l2".into();
             }
         }
-        check_source(&cfg.source)?;
+        cfg.source_spec = SourceSpec::parse(&cfg.source, &cfg.device, cfg.format)?;
         cfg.check_janus_auth()?;
         cfg.check_janus_admin()?;
         cfg.tls = tls_files(&args_tls, &file_tls)?;
@@ -1202,46 +1203,6 @@ impl std::error::Error for UsageError {}
 /// Tag `err` as a [`UsageError`].
 pub fn usage_error(err: anyhow::Error) -> anyhow::Error {
     anyhow::Error::new(UsageError(err))
-}
-
-/// Check the form of a `--source` value before anything starts, so that a typo or an
-/// unsupported URL is reported with the forms that work.
-fn check_source(source: &str) -> Result<()> {
-    if matches!(source, "v4l2" | "testsrc" | "-") {
-        return Ok(());
-    }
-    if let Some(name) = source.strip_prefix("memsink:") {
-        if name.is_empty() {
-            bail!("source {source:?}: memsink: needs the sink's name, e.g. memsink:demo::ustreamer::h264");
-        }
-        return Ok(());
-    }
-    if source.starts_with("tcp://") || source.starts_with("tcp-listen://") {
-        crate::source::bytestream::Input::parse(source)?;
-        return Ok(());
-    }
-    if let Some((scheme, _)) = source.split_once("://") {
-        let hint = if matches!(
-            scheme,
-            "rtsp" | "rtsps" | "http" | "https" | "rtmp" | "srt" | "udp"
-        ) {
-            "; let ffmpeg pull it and push H.264 in, e.g. `ffmpeg -i URL -c:v copy -f h264 \
-             tcp://127.0.0.1:8000` with --source tcp-listen://127.0.0.1:8000"
-        } else {
-            ""
-        };
-        bail!("source {source:?}: {scheme}:// is not supported{hint}. Supported sources: {SOURCE_FORMS}");
-    }
-    let path = std::path::Path::new(source);
-    if !path.is_file() {
-        let what = if path.exists() {
-            "not a file"
-        } else {
-            "no such file"
-        };
-        bail!("source {source:?}: {what}. Supported sources: {SOURCE_FORMS}");
-    }
-    Ok(())
 }
 
 /// The certificate and key, from the command line or else the file; one without the

@@ -10,9 +10,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use super::{check_source, Args, Config};
+use super::{Args, Config, SourceSpec};
 use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
-use crate::source::camera::device::PixelFormat;
 
 /// One `[[stream]]` table as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -35,13 +34,13 @@ pub struct StreamArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamConfig {
     pub name: String,
+    /// The source as configured, for messages and `/state`.
     pub source: String,
+    /// What the source is, parsed when the configuration was read.
+    pub spec: SourceSpec,
     /// No source was configured: it was chosen by whether the camera exists.
     pub source_chosen: bool,
     pub source_allow: Vec<IpAddr>,
-    pub device: PathBuf,
-    /// `None`: auto.
-    pub format: Option<PixelFormat>,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
@@ -58,10 +57,9 @@ impl StreamConfig {
         StreamConfig {
             name: DEFAULT_STREAM.into(),
             source: cfg.source.clone(),
+            spec: cfg.source_spec.clone(),
             source_chosen: cfg.source_chosen,
             source_allow: cfg.source_allow.clone(),
-            device: cfg.device.clone(),
-            format: cfg.format,
             width: cfg.width,
             height: cfg.height,
             fps: cfg.fps,
@@ -121,7 +119,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         h264_sink: table.h264_sink,
         ..Args::default()
     })?;
-    check_source(&c.source)?;
+    c.source_spec = SourceSpec::parse(&c.source, &c.device, c.format)?;
     let mut stream = StreamConfig::default_of(&c);
     stream.name = table.name;
     stream.source_chosen = false;
@@ -131,7 +129,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
 
 /// `source_allow` only means something to a listening byte-stream source.
 pub fn check_source_allow(s: &StreamConfig) -> Result<()> {
-    if !s.source_allow.is_empty() && !s.source.starts_with("tcp-listen://") {
+    if !s.source_allow.is_empty() && !matches!(s.spec, SourceSpec::TcpListen(_)) {
         bail!(
             "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
             s.source
@@ -152,13 +150,7 @@ fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> 
         if !names.insert(s.name.as_str()) {
             bail!("two [[stream]] tables are named {:?}", s.name);
         }
-        let input = match s.source.as_str() {
-            "v4l2" => Some(format!("the camera {}", s.device.display())),
-            "-" => Some("stdin".to_string()),
-            other if other.starts_with("tcp-listen://") => Some(other.to_string()),
-            _ => None,
-        };
-        if let Some(input) = input {
+        if let Some(input) = s.spec.exclusive_input() {
             if let Some(first) = inputs.insert(input.clone(), &s.name) {
                 bail!(
                     "streams {first:?} and {:?} both read {input}; a source feeds one stream",
@@ -176,10 +168,10 @@ fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> 
         }
     }
     for s in &all {
-        let Some(read) = s.source.strip_prefix("memsink:") else {
+        let SourceSpec::Memsink { name: read } = &s.spec else {
             continue;
         };
-        if let Some(writer) = sinks.get(read) {
+        if let Some(writer) = sinks.get(read.as_str()) {
             return Err(anyhow!(
                 "stream {:?} reads the memsink {read:?} that stream {writer:?} writes: \
                  peregrine would read its own frames",

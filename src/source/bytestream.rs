@@ -49,39 +49,6 @@ pub enum Input {
     File(PathBuf),
 }
 
-impl Input {
-    /// Parse a `--source` value; `None` when it names no byte-stream input.
-    pub fn parse(spec: &str) -> Result<Option<Input>> {
-        if let Some(rest) = spec.strip_prefix("tcp-listen://") {
-            let addr: SocketAddr = rest.trim_end_matches('/').parse().with_context(|| {
-                format!(
-                    "source {spec:?}: tcp-listen:// needs IP:PORT, e.g. tcp-listen://0.0.0.0:8000"
-                )
-            })?;
-            return Ok(Some(Input::Listen(addr)));
-        }
-        if let Some(rest) = spec.strip_prefix("tcp://") {
-            let rest = rest.trim_end_matches('/');
-            match rest.rsplit_once(':').map(|(_, p)| p.parse::<u16>()) {
-                Some(Ok(port)) if port != 0 => {}
-                _ => bail!("source {spec:?}: tcp:// needs HOST:PORT, e.g. tcp://raspberrypi:8000"),
-            }
-            return Ok(Some(Input::Connect(rest.to_string())));
-        }
-        if spec == "-" {
-            return Ok(Some(Input::Stdin));
-        }
-        let path = Path::new(spec);
-        if path.is_file() {
-            return Ok(Some(Input::File(path.to_path_buf())));
-        }
-        if path.extension().is_some_and(|e| e == "h264" || e == "264") {
-            bail!("source {spec:?}: no such file");
-        }
-        Ok(None)
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct ByteStreamConfig {
     /// Pace of file playback.
@@ -515,29 +482,6 @@ fn run_file(path: &Path, cfg: &ByteStreamConfig, out: &mut Output, stop: &Atomic
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_source_specs() {
-        assert_eq!(
-            Input::parse("tcp-listen://127.0.0.1:8000").unwrap(),
-            Some(Input::Listen("127.0.0.1:8000".parse().unwrap()))
-        );
-        assert_eq!(
-            Input::parse("tcp://raspberrypi.local:8000").unwrap(),
-            Some(Input::Connect("raspberrypi.local:8000".into()))
-        );
-        assert_eq!(Input::parse("-").unwrap(), Some(Input::Stdin));
-        assert_eq!(Input::parse("testsrc").unwrap(), None);
-        for bad in [
-            "tcp-listen://nohost",
-            "tcp://host",
-            "tcp://host:0",
-            "missing.h264",
-        ] {
-            let err = Input::parse(bad).unwrap_err();
-            assert!(format!("{err:#}").contains(bad), "{err:#}");
-        }
-    }
 
     #[test]
     fn a_file_that_is_not_h264_is_refused_at_start() {

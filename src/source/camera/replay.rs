@@ -99,13 +99,8 @@ const MAX_RECORDING_BYTES: u64 = 512 << 20;
 
 /// A recording named by its file's extension: `.mjpeg`/`.mjpg` (concatenated JPEG, e.g.
 /// `ffmpeg -f v4l2 -input_format mjpeg -i /dev/video0 -c copy -f mjpeg cam.mjpeg`), or
-/// raw `.yuyv`, `.nv12`, `.yuv` (I420) pictures of `width`x`height`. `Ok(None)` when the
-/// extension is none of these.
-pub fn recording_from_file(
-    path: &Path,
-    width: u32,
-    height: u32,
-) -> anyhow::Result<Option<Recording>> {
+/// raw `.yuyv`, `.nv12`, `.yuv` (I420) pictures of `width`x`height`.
+pub fn recording_from_file(path: &Path, width: u32, height: u32) -> anyhow::Result<Recording> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -116,7 +111,10 @@ pub fn recording_from_file(
         "yuyv" => PixelFormat::Yuyv,
         "nv12" => PixelFormat::Nv12,
         "yuv" => PixelFormat::Yu12,
-        _ => return Ok(None),
+        _ => bail!(
+            "source {}: a camera recording is .mjpeg, .yuyv, .nv12 or .yuv",
+            path.display()
+        ),
     };
     let shown = path.display();
     let size = std::fs::metadata(path)
@@ -137,7 +135,7 @@ pub fn recording_from_file(
     if recording.frames.is_empty() {
         bail!("source {shown}: no complete {format} picture of {width}x{height} in it");
     }
-    Ok(Some(recording))
+    Ok(recording)
 }
 
 /// One step of the device's life.
@@ -313,7 +311,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("peregrine-replay-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let other = dir.join("clip.h264");
-        assert!(recording_from_file(&other, 640, 480).unwrap().is_none());
+        assert!(recording_from_file(&other, 640, 480).is_err());
         let missing = dir.join("gone.mjpeg");
         let err = recording_from_file(&missing, 640, 480).unwrap_err();
         assert!(format!("{err:#}").contains("gone.mjpeg"), "{err:#}");
@@ -327,7 +325,7 @@ mod tests {
         // Two whole YUYV pictures of 16x16 and a partial third.
         let raw = dir.join("cam.yuyv");
         std::fs::write(&raw, vec![128u8; 16 * 16 * 2 * 2 + 100]).unwrap();
-        let rec = recording_from_file(&raw, 16, 16).unwrap().unwrap();
+        let rec = recording_from_file(&raw, 16, 16).unwrap();
         assert_eq!(rec.frames.len(), 2);
         assert_eq!(rec.negotiated.format, PixelFormat::Yuyv);
         std::fs::remove_dir_all(&dir).unwrap();
