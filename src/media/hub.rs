@@ -5,7 +5,10 @@
 //! * Publishing never waits for a subscriber: a subscriber that falls more than the
 //!   queue length behind loses the old pictures, skips to the next keyframe and asks the
 //!   source for one.
-//! * Keyframe requests and "is anyone watching" flow back to the source.
+//! * Keyframe requests and "is anyone watching" flow back to the source, which is woken
+//!   through [`Hub::demand`] when either changes instead of looking again and again.
+//! * The hub reads no clock where a caller can give it the time (`*_at`), so what
+//!   depends on time is tested without waiting.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +20,7 @@ use tokio::sync::broadcast;
 use super::clock;
 use super::h264::{self, NalType};
 use super::picture::Picture;
+use super::signal::Signal;
 
 /// Pictures a subscriber may fall behind before it is skipped to the next keyframe.
 pub const DEFAULT_QUEUE_FRAMES: usize = 30;
@@ -71,7 +75,7 @@ pub enum StartAt {
 struct State {
     params: Option<ParamSets>,
     gop: Vec<Arc<Picture>>,
-    /// When the last access unit was published (CLOCK_MONOTONIC µs).
+    /// When the last picture was published (CLOCK_MONOTONIC µs).
     last_publish_us: u64,
     width: u32,
     height: u32,
@@ -87,6 +91,8 @@ pub struct Hub {
     frames: AtomicU64,
     keyframes: AtomicU64,
     online: AtomicBool,
+    /// Notified when watching starts or stops and when a keyframe is first asked for.
+    demand: Signal,
 }
 
 impl Hub {
@@ -101,6 +107,7 @@ impl Hub {
             frames: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
             online: AtomicBool::new(false),
+            demand: Signal::default(),
         })
     }
 
@@ -110,8 +117,13 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publish one access unit. Never blocks on subscribers.
+    /// Publish one picture, now. Never blocks on subscribers.
     pub fn publish(&self, au: Picture) {
+        self.publish_at(au, clock::monotonic_us());
+    }
+
+    /// Publish one picture at `now_us` (CLOCK_MONOTONIC). Never blocks on subscribers.
+    pub fn publish_at(&self, au: Picture, now_us: u64) {
         let au = Arc::new(au);
         let mut state = self.state();
         if au.key {
@@ -120,13 +132,12 @@ impl Hub {
             }
             state.gop.clear();
             self.keyframe_wanted.store(false, Ordering::Relaxed);
-            self.last_keyframe_us
-                .store(clock::monotonic_us(), Ordering::Relaxed);
+            self.last_keyframe_us.store(now_us, Ordering::Relaxed);
             self.keyframes.fetch_add(1, Ordering::Relaxed);
         }
         state.width = au.width;
         state.height = au.height;
-        state.last_publish_us = clock::monotonic_us();
+        state.last_publish_us = now_us;
         if state.gop.len() < MAX_GOP_FRAMES && (au.key || !state.gop.is_empty()) {
             state.gop.push(au.clone());
         } else if !au.key {
@@ -140,9 +151,14 @@ impl Hub {
 
     /// Subscribe to the stream.
     pub fn subscribe(self: &Arc<Self>, start: StartAt) -> Subscriber {
+        self.subscribe_at(start, clock::monotonic_us())
+    }
+
+    /// Subscribe to the stream at `now_us` (CLOCK_MONOTONIC).
+    pub fn subscribe_at(self: &Arc<Self>, start: StartAt, now_us: u64) -> Subscriber {
         let state = self.state();
         let rx = self.tx.subscribe();
-        let current = clock::monotonic_us().saturating_sub(state.last_publish_us) <= STALE_GOP_US;
+        let current = now_us.saturating_sub(state.last_publish_us) <= STALE_GOP_US;
         let (backlog, wait_key) = match start {
             StartAt::Gop if current && !state.gop.is_empty() => {
                 (state.gop.iter().cloned().collect(), false)
@@ -150,7 +166,7 @@ impl Hub {
             _ => (VecDeque::new(), true),
         };
         drop(state);
-        self.subscribers.fetch_add(1, Ordering::SeqCst);
+        self.add_watcher();
         if wait_key {
             self.request_keyframe();
         }
@@ -165,8 +181,14 @@ impl Hub {
     /// Keep the source running without taking pictures (e.g. a Janus handle that is
     /// attached but not yet watching, as the ustreamer plugin opens its source on attach).
     pub fn hold(self: &Arc<Self>) -> SourceHold {
-        self.subscribers.fetch_add(1, Ordering::SeqCst);
+        self.add_watcher();
         SourceHold { hub: self.clone() }
+    }
+
+    fn add_watcher(&self) {
+        if self.subscribers.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.demand.notify();
+        }
     }
 
     /// Forget the cached GOP: the source restarted or lost its signal, so what follows
@@ -180,12 +202,16 @@ impl Hub {
     fn release(&self) {
         if self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.drop_gop();
+            self.demand.notify();
         }
     }
 
-    /// Ask the source for a keyframe; the flag clears when one is published.
+    /// Ask the source for a keyframe; the flag clears when one is published. Requests
+    /// made before then are one request: only the first wakes the source.
     pub fn request_keyframe(&self) {
-        self.keyframe_wanted.store(true, Ordering::Relaxed);
+        if !self.keyframe_wanted.swap(true, Ordering::Relaxed) {
+            self.demand.notify();
+        }
     }
 
     /// Whether a keyframe was requested and not yet produced.
@@ -193,17 +219,35 @@ impl Hub {
         self.keyframe_wanted.load(Ordering::Relaxed)
     }
 
-    /// For sources: make the next picture a keyframe. True when one was requested and
-    /// the last one is at least [`KEYFRAME_MIN_SPACING_US`] old.
-    pub fn keyframe_due(&self) -> bool {
+    /// For sources: when a requested keyframe may be made (CLOCK_MONOTONIC µs): at
+    /// once, or once the last keyframe is [`KEYFRAME_MIN_SPACING_US`] old. `None` while
+    /// none is requested.
+    pub fn keyframe_due_at(&self) -> Option<u64> {
         self.keyframe_wanted()
-            && clock::monotonic_us().saturating_sub(self.last_keyframe_us.load(Ordering::Relaxed))
-                >= KEYFRAME_MIN_SPACING_US
+            .then(|| self.last_keyframe_us.load(Ordering::Relaxed) + KEYFRAME_MIN_SPACING_US)
+    }
+
+    /// For sources: make the picture at `now_us` a keyframe. True when one was
+    /// requested and the last one is at least [`KEYFRAME_MIN_SPACING_US`] old.
+    pub fn keyframe_due(&self, now_us: u64) -> bool {
+        self.keyframe_due_at().is_some_and(|at| now_us >= at)
     }
 
     /// For sources: is anyone subscribed or holding the source?
     pub fn has_subscribers(&self) -> bool {
         self.subscribers.load(Ordering::SeqCst) > 0
+    }
+
+    /// For sources: notified when somebody starts or stops watching and when a
+    /// keyframe is first requested. Note [`Signal::seen`], look at
+    /// [`Hub::has_subscribers`] and [`Hub::keyframe_due_at`], then wait.
+    pub fn demand(&self) -> &Signal {
+        &self.demand
+    }
+
+    /// Wake whoever waits on [`Hub::demand`], e.g. to notice a stop.
+    pub fn wake_source(&self) {
+        self.demand.notify();
     }
 
     /// SPS/PPS, once the stream has carried them.
@@ -315,7 +359,7 @@ mod tests {
                 Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88]),
                 key,
                 (16, 16),
-                clock::monotonic_us(),
+                0,
             )
         }
     }
@@ -347,10 +391,13 @@ mod tests {
     fn a_gop_with_nothing_new_for_a_second_is_not_replayed() {
         let hub = Hub::new(8);
         let _hold = hub.hold();
-        hub.publish(au(true, 0));
-        assert_eq!(backlog_len(&hub.subscribe(StartAt::Gop)), 1);
-        hub.state().last_publish_us -= STALE_GOP_US + 1;
-        let late = hub.subscribe(StartAt::Gop);
+        let t0 = 10_000_000;
+        hub.publish_at(au(true, 0), t0);
+        assert_eq!(
+            backlog_len(&hub.subscribe_at(StartAt::Gop, t0 + STALE_GOP_US)),
+            1
+        );
+        let late = hub.subscribe_at(StartAt::Gop, t0 + STALE_GOP_US + 1);
         assert_eq!(backlog_len(&late), 0, "stale GOP replayed");
         assert!(
             hub.keyframe_wanted(),
@@ -361,17 +408,43 @@ mod tests {
     #[test]
     fn keyframe_requests_wait_out_the_spacing_and_are_kept() {
         let hub = Hub::new(8);
+        let t0 = 10_000_000;
         hub.request_keyframe();
-        assert!(hub.keyframe_due(), "the first request is due at once");
-        hub.publish(au(true, 0));
+        assert!(hub.keyframe_due(t0), "the first request is due at once");
+        hub.publish_at(au(true, 0), t0);
         assert!(!hub.keyframe_wanted());
         // A request right after a keyframe is kept but not yet due.
         hub.request_keyframe();
         assert!(hub.keyframe_wanted());
-        assert!(!hub.keyframe_due());
-        std::thread::sleep(std::time::Duration::from_micros(KEYFRAME_MIN_SPACING_US));
-        assert!(hub.keyframe_due());
-        hub.publish(au(false, 1));
-        assert!(hub.keyframe_due(), "only a keyframe answers the request");
+        assert!(!hub.keyframe_due(t0 + 1_000));
+        assert_eq!(hub.keyframe_due_at(), Some(t0 + KEYFRAME_MIN_SPACING_US));
+        assert!(hub.keyframe_due(t0 + KEYFRAME_MIN_SPACING_US));
+        hub.publish_at(au(false, 1), t0 + KEYFRAME_MIN_SPACING_US);
+        assert!(
+            hub.keyframe_due(t0 + KEYFRAME_MIN_SPACING_US),
+            "only a keyframe answers the request"
+        );
+    }
+
+    #[test]
+    fn the_source_is_woken_when_watching_starts_and_stops_and_for_a_first_request() {
+        let hub = Hub::new(8);
+        let woken = |hub: &Hub, seen: u64| hub.demand().seen() != seen;
+        let seen = hub.demand().seen();
+        let hold = hub.hold();
+        assert!(woken(&hub, seen), "first watcher");
+        let seen = hub.demand().seen();
+        let sub = hub.subscribe(StartAt::Gop);
+        assert!(
+            woken(&hub, seen),
+            "the second watcher asks for a keyframe (no GOP yet)"
+        );
+        let seen = hub.demand().seen();
+        hub.request_keyframe();
+        assert!(!woken(&hub, seen), "a request already pending wakes nobody");
+        drop(hold);
+        assert!(!woken(&hub, seen), "somebody still watches");
+        drop(sub);
+        assert!(woken(&hub, seen), "the last watcher left");
     }
 }

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod openh264_log;
 pub mod picture;
 pub mod refchain;
+pub mod signal;
 pub mod stream;
 pub mod yuv;
 

@@ -308,8 +308,8 @@ impl Output {
         let period = Duration::from_millis(1000 / u64::from(NO_SIGNAL_FPS));
         let due = self.next_no_signal.is_none_or(|t| now >= t);
         // A viewer waiting to start gets its keyframe without waiting for the tick.
-        let wanted =
-            self.hub.keyframe_due() && self.next_no_signal.is_none_or(|t| now + period / 2 >= t);
+        let wanted = self.hub.keyframe_due(clock::monotonic_us())
+            && self.next_no_signal.is_none_or(|t| now + period / 2 >= t);
         if !(due || wanted) {
             return;
         }

@@ -167,7 +167,7 @@ impl Reading {
         let Some(reader) = self.reader.as_mut() else {
             return;
         };
-        match reader.get(self.need_key || hub.keyframe_due()) {
+        match reader.get(self.need_key || hub.keyframe_due(clock::monotonic_us())) {
             Ok(Get::Frame(frame)) => {
                 self.last_frame = Instant::now();
                 self.reported = None;

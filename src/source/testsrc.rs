@@ -112,7 +112,7 @@ fn run(
 
         let capture_us = clock::monotonic_us();
         let wall_ms = clock::realtime_us() / 1000;
-        if hub.keyframe_due() {
+        if hub.keyframe_due(clock::monotonic_us()) {
             encoder.force_keyframe();
         }
         // The strip carries the low 32 bits of seq; wrapping is intended.
@@ -167,7 +167,7 @@ fn wait_for_picture(
         if now >= deadline {
             return Some(deadline);
         }
-        if now >= earliest_key && hub.keyframe_due() {
+        if now >= earliest_key && hub.keyframe_due(clock::monotonic_us()) {
             return Some(now);
         }
         std::thread::sleep((deadline - now).min(KEY_POLL_STEP));

@@ -33,7 +33,7 @@ use super::annexb::AnnexBSplitter;
 use super::lifecycle::{Backoff, Output, StatusHandle};
 use super::pattern::I420Frame;
 use crate::media::encoder::{EncoderSettings, H264Encoder};
-use crate::media::{Hub, Picture};
+use crate::media::{clock, Hub, Picture};
 
 #[derive(Clone, Debug)]
 pub struct CameraConfig {
@@ -274,7 +274,7 @@ impl Capture {
                 self.convert(&mut converter, &negotiated, frame.data, capture_us)
             };
             key_now |= negotiated.format.is_h264()
-                && self.hub.keyframe_due()
+                && self.hub.keyframe_due(clock::monotonic_us())
                 && last_key_request.is_none_or(|t| t.elapsed() >= KEY_REQUEST_INTERVAL);
             if key_now {
                 last_key_request = Some(Instant::now());
@@ -359,7 +359,9 @@ fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handov
                 let Some((enc, _)) = encoder.as_mut() else {
                     continue;
                 };
-                if hub.keyframe_due() || last_encoded.is_none_or(|t| t.elapsed() > KEY_AFTER_GAP) {
+                if hub.keyframe_due(clock::monotonic_us())
+                    || last_encoded.is_none_or(|t| t.elapsed() > KEY_AFTER_GAP)
+                {
                     enc.force_keyframe();
                 }
                 match enc.encode(&frame, capture_us) {
