@@ -23,13 +23,14 @@ use crate::memsink::writer::SinkConfig;
 use crate::net::candidate_ips;
 use crate::relay::{Relay, RelayConfig};
 use crate::rtc::{RtcConfig, RtcEngine};
-use crate::source::bytestream::{self, ByteStreamConfig};
+use crate::source::bytestream::{ByteStreamConfig, ByteStreamSource, Input};
 use crate::source::camera::replay::{self, ReplayOpener};
 use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
-use crate::source::camera::{self, CameraConfig};
+use crate::source::camera::{CameraConfig, CameraSource};
 use crate::source::lifecycle::{SourceReport, StatusHandle};
-use crate::source::memsink::{self as memsink_source, MemsinkSourceConfig};
-use crate::source::testsrc::{self, TestsrcConfig};
+use crate::source::memsink::{MemsinkSource, MemsinkSourceConfig};
+use crate::source::runner::{self, RunnerConfig, Source};
+use crate::source::testsrc::{PatternSource, TestsrcConfig};
 use crate::tls::{CertFiles, Tls};
 
 /// Run peregrine until a shutdown signal arrives.
@@ -192,6 +193,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     };
     engine.shutdown().await;
     stop_source.store(true, Ordering::Relaxed);
+    for stream in streams.iter() {
+        stream.hub().wake_source();
+    }
     for thread in threads.into_iter().flatten() {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
@@ -283,40 +287,41 @@ fn reload_on_sighup(certificates: Vec<Arc<Tls>>) {
     });
 }
 
+/// Start a stream's source: made from its spec, run by the runner.
 fn start_source(
     cfg: &StreamConfig,
     hub: Arc<Hub>,
     status: StatusHandle,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
-    let camera = || CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
-    let byte_stream = |input| {
-        let bs = ByteStreamConfig {
-            fps: cfg.fps,
-            width: cfg.width,
-            height: cfg.height,
-            allow: cfg.source_allow.clone(),
-        };
-        bytestream::spawn(input, bs, hub.clone(), status.clone(), stop.clone())
+    let (source, runner) = make_source(cfg)?;
+    Ok(Some(runner::spawn(source, runner, hub, status, stop)?))
+}
+
+/// The source `cfg.spec` names, and how the runner makes pictures for it. What the
+/// configuration can fix (a file that cannot be used, a port in use) fails here.
+fn make_source(cfg: &StreamConfig) -> Result<(Box<dyn Source>, RunnerConfig)> {
+    let camera = CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
+    let byte_stream = ByteStreamConfig {
+        fps: cfg.fps,
+        width: cfg.width,
+        height: cfg.height,
+        allow: cfg.source_allow.clone(),
     };
-    let thread = match &cfg.spec {
+    let made: (Box<dyn Source>, RunnerConfig) = match &cfg.spec {
         SourceSpec::Testsrc => {
             if cfg.source_chosen {
                 tracing::info!("no --source given and no camera: using the test pattern");
             }
-            status.set_live(cfg.width, cfg.height, Some(f64::from(cfg.fps)));
-            testsrc::spawn(
-                TestsrcConfig {
-                    width: cfg.width,
-                    height: cfg.height,
-                    fps: cfg.fps,
-                    bitrate_kbps: cfg.bitrate_kbps,
-                    gop: cfg.gop,
-                    warmup: std::time::Duration::from_millis(cfg.testsrc_warmup_ms),
-                },
-                hub,
-                stop,
-            )?
+            let pattern = TestsrcConfig {
+                width: cfg.width,
+                height: cfg.height,
+                fps: cfg.fps,
+                bitrate_kbps: cfg.bitrate_kbps,
+                gop: cfg.gop,
+                warmup: std::time::Duration::from_millis(cfg.testsrc_warmup_ms),
+            };
+            (Box::new(PatternSource::new(&pattern)?), camera.runner())
         }
         SourceSpec::V4l2 { device, format } => {
             if cfg.source_chosen && device.exists() {
@@ -336,7 +341,8 @@ fn start_source(
                 bitrate_kbps: cfg.bitrate_kbps,
                 gop: cfg.gop,
             });
-            camera::spawn(camera(), Box::new(opener), hub, status, stop)?.0
+            let source = CameraSource::new(&camera, Box::new(opener));
+            (Box::new(source), camera.runner())
         }
         SourceSpec::Recording(path) => {
             // A named file that cannot be used is a usage error, like a bad flag.
@@ -349,19 +355,32 @@ fn start_source(
                 "replaying a camera recording through the camera pipeline"
             );
             let (opener, _) = ReplayOpener::new(recording, cfg.fps, &[]);
-            camera::spawn(camera(), Box::new(opener), hub, status, stop)?.0
+            let source = CameraSource::new(&camera, Box::new(opener));
+            (Box::new(source), camera.runner())
         }
         SourceSpec::Memsink { name } => {
-            memsink_source::spawn(MemsinkSourceConfig::new(name), hub, status, stop)?
+            let source = MemsinkSource::new(MemsinkSourceConfig::new(name))?;
+            (Box::new(source), MemsinkSource::runner())
         }
-        SourceSpec::Tcp(addr) => byte_stream(bytestream::Input::Connect(addr.clone()))?,
-        SourceSpec::TcpListen(addr) => byte_stream(bytestream::Input::Listen(*addr))?,
-        SourceSpec::Stdin => byte_stream(bytestream::Input::Stdin)?,
+        SourceSpec::Tcp(addr) => {
+            let source = ByteStreamSource::new(Input::Connect(addr.clone()), &byte_stream)?;
+            (Box::new(source), byte_stream.runner())
+        }
+        SourceSpec::TcpListen(addr) => {
+            let source = ByteStreamSource::new(Input::Listen(*addr), &byte_stream)?;
+            (Box::new(source), byte_stream.runner())
+        }
+        SourceSpec::Stdin => {
+            let source = ByteStreamSource::new(Input::Stdin, &byte_stream)?;
+            (Box::new(source), byte_stream.runner())
+        }
         SourceSpec::H264File(path) => {
-            byte_stream(bytestream::Input::File(path.clone())).map_err(usage_error)?
+            let source = ByteStreamSource::new(Input::File(path.clone()), &byte_stream)
+                .map_err(usage_error)?;
+            (Box::new(source), byte_stream.runner())
         }
     };
-    Ok(Some(thread))
+    Ok(made)
 }
 
 /// A stream's H.264 memsink output (`--h264-sink`), when configured.

@@ -1,9 +1,8 @@
-//! What every source that can stop and come back shares: publishing its pictures into
-//! the hub, the NO SIGNAL picture while it is gone (viewers stay connected and keep a
-//! playing stream), restart backoff, and the status `/state` reports.
+//! What the runner keeps for every source: publishing its pictures into the hub, the
+//! NO SIGNAL picture while it is gone (viewers stay connected and keep a playing
+//! stream), restart backoff, and the status `/state` reports.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use super::failure_log::{FailureLog, Verdict};
 use super::nosignal::{NoSignal, NO_SIGNAL_FPS};
 use crate::media::hub::HubInfo;
 use crate::media::refchain::{Link, ReferenceChain};
-use crate::media::{clock, h264, Hub, Picture};
+use crate::media::{h264, Hub, Picture};
 
 /// What `/state` says about the source.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -150,15 +149,18 @@ impl Backoff {
 /// Pictures over which the frame rate is measured.
 const FPS_WINDOW: usize = 30;
 
-/// A source's way into the hub.
-pub struct Output {
+/// The runner's way into the hub: numbers every picture (live or NO SIGNAL, so the
+/// sequence continues across losses), holds back pictures whose reference was lost,
+/// makes the NO SIGNAL picture while the source is gone, and keeps `/state` true.
+pub struct Publisher {
     hub: Arc<Hub>,
     status: StatusHandle,
     seq: u64,
     live: bool,
     fallback_size: (u32, u32),
     no_signal: Option<NoSignal>,
-    next_no_signal: Option<Instant>,
+    /// When the next NO SIGNAL picture is due (CLOCK_MONOTONIC µs); `None`: at once.
+    next_no_signal_us: Option<u64>,
     /// The next NO SIGNAL picture must be an IDR (first after live video).
     no_signal_key: bool,
     recent: VecDeque<u64>,
@@ -170,17 +172,20 @@ pub struct Output {
     failure_log: FailureLog,
 }
 
-impl Output {
+/// Time between two NO SIGNAL pictures, in µs.
+pub const NO_SIGNAL_PERIOD_US: u64 = 1_000_000 / NO_SIGNAL_FPS as u64;
+
+impl Publisher {
     /// `fallback_size` sizes the NO SIGNAL picture until the source has shown its own.
-    pub fn new(hub: Arc<Hub>, status: StatusHandle, fallback_size: (u32, u32)) -> Output {
-        Output {
+    pub fn new(hub: Arc<Hub>, status: StatusHandle, fallback_size: (u32, u32)) -> Publisher {
+        Publisher {
             hub,
             status,
             seq: 0,
             live: false,
             fallback_size,
             no_signal: None,
-            next_no_signal: None,
+            next_no_signal_us: None,
             no_signal_key: true,
             recent: VecDeque::with_capacity(FPS_WINDOW),
             b_frames: false,
@@ -190,18 +195,22 @@ impl Output {
         }
     }
 
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn status(&self) -> &StatusHandle {
+        &self.status
+    }
+
     pub fn is_live(&self) -> bool {
         self.live
     }
 
-    /// Publish one picture of live video, captured now.
-    pub fn publish(&mut self, picture: Picture) {
-        self.publish_captured(picture, clock::monotonic_us());
-    }
-
-    /// Publish one picture of live video captured at `capture_us` (CLOCK_MONOTONIC),
-    /// e.g. the driver's timestamp, so latency figures start at the sensor.
-    pub fn publish_captured(&mut self, mut picture: Picture, capture_us: u64) {
+    /// Publish one picture of live video at `now_us`; its `capture_us` is when it was
+    /// captured (e.g. the driver's timestamp, so latency figures start at the sensor).
+    /// False when it was held back (its reference picture never arrived).
+    pub fn publish(&mut self, mut picture: Picture, now_us: u64) -> bool {
         let profile_level_id = match picture.key {
             true => profile_level_id(&picture.data),
             false => None,
@@ -220,7 +229,7 @@ impl Output {
         if self.recent.len() == FPS_WINDOW {
             self.recent.pop_front();
         }
-        self.recent.push_back(capture_us);
+        self.recent.push_back(picture.capture_us);
         {
             let mut s = self.status.lock();
             s.state = "live";
@@ -242,7 +251,7 @@ impl Output {
                 tracing::info!("a reference picture was lost before it reached peregrine; waiting for the next keyframe");
             }
             self.hub.request_keyframe();
-            return;
+            return false;
         }
         self.chain_broken = false;
         if !picture.key && !self.b_frames && h264::access_unit_has_b_slice(&picture.data) {
@@ -255,11 +264,11 @@ impl Output {
             );
         }
         self.fallback_size = (picture.width, picture.height);
-        picture.capture_us = capture_us;
         picture.seq = self.seq;
         picture.placeholder = false;
-        self.hub.publish(picture);
+        self.hub.publish_at(picture, now_us);
         self.seq += 1;
+        true
     }
 
     /// The source is not there yet: viewers get NO SIGNAL until it is.
@@ -294,32 +303,38 @@ impl Output {
         self.chain.reset();
         self.live = false;
         self.no_signal_key = true;
-        self.next_no_signal = None;
+        self.next_no_signal_us = None;
         self.hub.set_offline();
     }
 
-    /// Call often while not live: publishes a NO SIGNAL picture when one is due and
-    /// someone is watching.
-    pub fn idle(&mut self) {
-        if self.live || !self.hub.has_subscribers() {
+    /// When the next NO SIGNAL picture is due (CLOCK_MONOTONIC µs), while not live.
+    pub fn no_signal_due_us(&self, now_us: u64) -> Option<u64> {
+        (!self.live).then(|| self.next_no_signal_us.unwrap_or(now_us))
+    }
+
+    /// While not live: publish a NO SIGNAL picture at `now_us` when one is due, or
+    /// when a viewer waits for a keyframe and the next is less than half a period away.
+    /// The caller checks that somebody watches.
+    pub fn show_no_signal(&mut self, now_us: u64) {
+        if self.live {
             return;
         }
-        let now = Instant::now();
-        let period = Duration::from_millis(1000 / u64::from(NO_SIGNAL_FPS));
-        let due = self.next_no_signal.is_none_or(|t| now >= t);
+        let due = self.next_no_signal_us.is_none_or(|t| now_us >= t);
         // A viewer waiting to start gets its keyframe without waiting for the tick.
-        let wanted = self.hub.keyframe_due(clock::monotonic_us())
-            && self.next_no_signal.is_none_or(|t| now + period / 2 >= t);
+        let wanted = self.hub.keyframe_due(now_us)
+            && self
+                .next_no_signal_us
+                .is_none_or(|t| now_us + NO_SIGNAL_PERIOD_US / 2 >= t);
         if !(due || wanted) {
             return;
         }
-        self.next_no_signal = Some(now + period);
-        if let Err(e) = self.publish_no_signal(wanted) {
+        self.next_no_signal_us = Some(now_us + NO_SIGNAL_PERIOD_US);
+        if let Err(e) = self.publish_no_signal(wanted, now_us) {
             tracing::warn!("NO SIGNAL picture failed: {e:#}");
         }
     }
 
-    fn publish_no_signal(&mut self, key_wanted: bool) -> anyhow::Result<()> {
+    fn publish_no_signal(&mut self, key_wanted: bool, now_us: u64) -> anyhow::Result<()> {
         let (w, h) = self.fallback_size;
         let want_size = ((w & !1).max(16), (h & !1).max(16));
         if self.no_signal.as_ref().map(|n| n.size()) != Some(want_size) {
@@ -330,33 +345,14 @@ impl Output {
             return Ok(());
         };
         let key = self.no_signal_key || key_wanted;
-        let Some(mut picture) = no_signal.encode(key, clock::monotonic_us())? else {
+        let Some(mut picture) = no_signal.encode(key, now_us)? else {
             return Ok(());
         };
         self.no_signal_key = false;
         picture.seq = self.seq;
-        // A placeholder is not the source: the hub stays marked offline.
-        picture.placeholder = true;
-        self.hub.publish(picture);
+        self.hub.publish_at(picture, now_us);
         self.seq += 1;
         Ok(())
-    }
-
-    /// Sleep for `delay` in short steps, showing NO SIGNAL meanwhile; false when `stop`
-    /// was set.
-    pub fn wait(&mut self, delay: Duration, stop: &AtomicBool) -> bool {
-        let until = Instant::now() + delay;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            self.idle();
-            let now = Instant::now();
-            if now >= until {
-                return true;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(10)));
-        }
     }
 }
 
@@ -383,6 +379,7 @@ mod tests {
     use super::*;
     use crate::media::encoder::{EncoderSettings, H264Encoder};
     use crate::media::hub::StartAt;
+    use crate::source::pattern::TestPattern;
 
     #[test]
     fn backoff_doubles_to_its_limit_and_resets() {
@@ -393,34 +390,55 @@ mod tests {
         assert_eq!(b.next_delay().as_millis(), 250);
     }
 
+    /// The test pattern, encoded, `count` pictures of `width`x`height`; an IDR at each
+    /// index in `keys` (and at 0).
+    fn pattern_pictures(width: u32, height: u32, count: u32, keys: &[u32]) -> Vec<Picture> {
+        let mut encoder = H264Encoder::new(&EncoderSettings {
+            width,
+            height,
+            fps: 30,
+            bitrate_kbps: 300,
+            gop: 300,
+        })
+        .unwrap();
+        let mut pattern = TestPattern::new(width, height).unwrap();
+        (0..count)
+            .map(|i| {
+                if keys.contains(&i) {
+                    encoder.force_keyframe();
+                }
+                encoder
+                    .encode(pattern.draw(i, 0), u64::from(i) * 33_333)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn no_signal_while_lost_then_live_with_continuous_sequence() {
         let hub = Hub::new(64);
         let status = StatusHandle::new("test", "no_signal");
-        let mut out = Output::new(hub.clone(), status.clone(), (320, 240));
+        let mut out = Publisher::new(hub.clone(), status.clone(), (320, 240));
         let mut sub = hub.subscribe(StartAt::NextKeyframe);
-        let stop = AtomicBool::new(false);
         out.lost("not connected");
-        assert!(out.wait(Duration::from_millis(450), &stop));
+        // 450 ms of NO SIGNAL, stepped by the caller's clock: three pictures.
+        let t0 = 5_000_000;
+        let mut now = t0;
+        while now <= t0 + 450_000 {
+            out.show_no_signal(now);
+            now += 10_000;
+        }
+        assert_eq!(hub.info().frames, 3);
         let first = sub.recv().await.unwrap();
-        assert!(first.key);
+        assert!(first.key && first.placeholder);
         assert_eq!((first.width, first.height), (320, 240));
         assert!(!hub.info().online, "placeholders leave the hub offline");
         assert_eq!(status.snapshot().state, "no_signal");
 
-        let live = H264Encoder::new(&EncoderSettings {
-            width: 160,
-            height: 120,
-            fps: 30,
-            bitrate_kbps: 300,
-            gop: 30,
-        })
-        .unwrap()
-        .encode(&super::super::nosignal::draw(160, 120), 0)
-        .unwrap()
-        .unwrap();
+        let live = pattern_pictures(160, 120, 1, &[]).remove(0);
         assert!(live.key);
-        out.publish(live);
+        assert!(out.publish(live, now));
         assert!(hub.info().online);
         let s = status.snapshot();
         assert_eq!((s.state, s.width, s.height), ("live", 160, 120));
@@ -430,13 +448,13 @@ mod tests {
             assert_eq!(au.seq, last_seq + 1, "sequence continues across the switch");
             last_seq = au.seq;
             if au.width == 160 {
-                assert!(au.key);
+                assert!(au.key && !au.placeholder);
                 break;
             }
         }
         // Lost again: the next placeholder is a keyframe at the live size.
         out.lost("connection closed");
-        out.wait(Duration::from_millis(10), &stop);
+        out.show_no_signal(now + 10_000);
         let au = sub.recv().await.unwrap();
         assert!(au.key);
         assert_eq!((au.width, au.height), (160, 120));
@@ -445,34 +463,17 @@ mod tests {
 
     #[tokio::test]
     async fn pictures_after_a_lost_reference_are_held_back_until_the_next_idr() {
-        use super::super::pattern::TestPattern;
         let hub = Hub::new(64);
         let status = StatusHandle::new("test", "no_signal");
-        let mut out = Output::new(hub.clone(), status.clone(), (160, 120));
+        let mut out = Publisher::new(hub.clone(), status.clone(), (160, 120));
         let mut sub = hub.subscribe(StartAt::NextKeyframe);
-        let mut encoder = H264Encoder::new(&EncoderSettings {
-            width: 160,
-            height: 120,
-            fps: 30,
-            bitrate_kbps: 300,
-            gop: 300,
-        })
-        .unwrap();
-        let mut pattern = TestPattern::new(160, 120).unwrap();
-        for i in 0..12u32 {
-            if i == 9 {
-                encoder.force_keyframe();
-            }
-            let picture = encoder
-                .encode(pattern.draw(i, 0), u64::from(i) * 33_000)
-                .unwrap()
-                .unwrap();
+        for (i, picture) in pattern_pictures(160, 120, 12, &[9]).into_iter().enumerate() {
             assert_eq!(picture.key, i == 0 || i == 9, "picture {i}");
             // Picture 4, a reference P-frame, never arrives.
             if i == 4 {
                 continue;
             }
-            out.publish(picture);
+            out.publish(picture, 0);
             if (5..9).contains(&i) {
                 assert!(hub.keyframe_wanted(), "no keyframe asked for at {i}");
             }

@@ -1,4 +1,6 @@
-//! Sources produce access units into a hub, each on its own thread.
+//! Sources: where a stream's pictures come from. Each implements the one contract,
+//! [`runner::Source`] (open, hand over the next picture, close), and runs on its own
+//! thread under [`runner`], which owns retry, liveness, NO SIGNAL and status.
 
 pub mod annexb;
 pub mod bytestream;
@@ -8,4 +10,5 @@ pub mod lifecycle;
 pub mod memsink;
 pub mod nosignal;
 pub mod pattern;
+pub mod runner;
 pub mod testsrc;

@@ -1,18 +1,17 @@
-//! The generated test pattern, encoded with openh264.
+//! The generated test pattern as a source.
 //!
-//! One OS thread draws [`TestPattern`] pictures at the configured rate, encodes them as
-//! constrained-baseline H.264 (no B-frames, so no reordering delay) and publishes them
-//! into the hub. It works only while someone is subscribed: without viewers it idles in
-//! short sleeps and starts again with an IDR.
+//! [`TestPattern`] pictures are drawn at the configured rate and handed to the runner,
+//! which encodes them. The pattern runs only while someone watches, starts each time
+//! with an IDR, and makes a requested keyframe at once rather than at the next tick.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
+use super::lifecycle::StatusHandle;
 use super::pattern::TestPattern;
-use crate::media::encoder::{EncoderSettings, H264Encoder};
+use super::runner::{self, Closing, Demand, Next, RunWhen, RunnerConfig, Source};
+use crate::media::encoder::EncoderSettings;
 use crate::media::{clock, Hub};
 
 #[derive(Clone, Debug)]
@@ -39,102 +38,105 @@ impl TestsrcConfig {
     }
 }
 
-/// Longest single sleep, so `stop` and new subscribers are noticed quickly.
-const SLEEP_STEP: Duration = Duration::from_millis(10);
-/// How often a keyframe request is looked for between pictures.
-const KEY_POLL_STEP: Duration = Duration::from_millis(2);
-
-/// Start the encoder thread. It publishes into `hub` while anyone is subscribed, idles
-/// otherwise, honours keyframe requests, and exits when `stop` is set.
+/// Run the test pattern into `hub` until `stop` is set.
 pub fn spawn(
     cfg: TestsrcConfig,
     hub: Arc<Hub>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    if cfg.fps == 0 || cfg.fps > 240 {
-        anyhow::bail!("testsrc fps must be 1..=240, got {}", cfg.fps);
-    }
-    let pattern = TestPattern::new(cfg.width, cfg.height)?;
-    let encoder = H264Encoder::new(&cfg.encoder_settings())?;
-    std::thread::Builder::new()
-        .name("testsrc".into())
-        .spawn(move || run(cfg, pattern, encoder, &hub, &stop))
-        .context("starting the testsrc thread")
+    let source = PatternSource::new(&cfg)?;
+    let runner = RunnerConfig::new((cfg.width, cfg.height), cfg.encoder_settings());
+    let status = StatusHandle::new("testsrc", "live");
+    runner::spawn(Box::new(source), runner, hub, status, stop)
 }
 
-fn run(
-    cfg: TestsrcConfig,
-    mut pattern: TestPattern,
-    mut encoder: H264Encoder,
-    hub: &Hub,
-    stop: &AtomicBool,
-) {
-    tracing::info!(
-        width = cfg.width,
-        height = cfg.height,
-        fps = cfg.fps,
-        bitrate_kbps = cfg.bitrate_kbps,
-        gop = cfg.gop,
-        "test pattern source started"
-    );
-    let period = Duration::from_nanos(1_000_000_000 / u64::from(cfg.fps));
-    let mut seq: u64 = 0;
-    let mut errors: u64 = 0;
-    // The deadline of the next picture; None while idle.
-    let mut schedule: Option<Instant> = None;
-    let mut last_picture: Option<Instant> = None;
+/// The pattern, drawn when each picture is due.
+pub struct PatternSource {
+    pattern: TestPattern,
+    size: (u32, u32),
+    fps: u32,
+    period: Duration,
+    warmup: Duration,
+    /// Pictures drawn; the number in each picture.
+    counter: u64,
+    /// When the next picture is due.
+    due: Instant,
+    last_picture: Option<Instant>,
+}
 
-    while !stop.load(Ordering::Relaxed) {
-        if !hub.has_subscribers() {
-            if schedule.take().is_some() {
-                tracing::debug!("testsrc idle: no subscribers");
-            }
-            std::thread::sleep(SLEEP_STEP);
-            continue;
+impl PatternSource {
+    pub fn new(cfg: &TestsrcConfig) -> anyhow::Result<PatternSource> {
+        if cfg.fps == 0 || cfg.fps > 240 {
+            anyhow::bail!("testsrc fps must be 1..=240, got {}", cfg.fps);
         }
-        let deadline = match schedule {
-            Some(deadline) => deadline,
-            None => {
-                tracing::debug!("testsrc active");
-                // Whoever arrives first must be able to start decoding at once.
-                encoder.force_keyframe();
-                Instant::now() + cfg.warmup
-            }
-        };
-        // A requested keyframe (a viewer waiting to start) is encoded at once rather
-        // than at the next tick, but never sooner than half a period after the last
-        // picture, so a flood of requests cannot raise the frame rate.
-        let earliest_key = last_picture.map_or(deadline, |t| t + period / 2);
-        let Some(deadline) = wait_for_picture(deadline, earliest_key, hub, stop) else {
-            break;
-        };
-        last_picture = Some(Instant::now());
+        Ok(PatternSource {
+            pattern: TestPattern::new(cfg.width, cfg.height)?,
+            size: (cfg.width, cfg.height),
+            fps: cfg.fps,
+            period: Duration::from_nanos(1_000_000_000 / u64::from(cfg.fps)),
+            warmup: cfg.warmup,
+            counter: 0,
+            due: Instant::now(),
+            last_picture: None,
+        })
+    }
+}
 
+impl Source for PatternSource {
+    fn thread_name(&self) -> &'static str {
+        "testsrc"
+    }
+
+    fn run_when(&self) -> RunWhen {
+        RunWhen::WhileWatched
+    }
+
+    fn generated(&self) -> Option<(u32, u32, u32)> {
+        Some((self.size.0, self.size.1, self.fps))
+    }
+
+    fn open(&mut self, _: &Demand) -> Result<(), String> {
+        tracing::debug!("testsrc active");
+        self.due = Instant::now() + self.warmup;
+        self.last_picture = None;
+        Ok(())
+    }
+
+    fn next(&mut self, demand: &Demand, deadline: Instant) -> Next<'_> {
+        // A requested keyframe (a viewer waiting to start) is drawn at once rather than
+        // at the next tick, but never sooner than half a period after the last picture,
+        // so a flood of requests cannot raise the frame rate.
+        let earliest_key = self.last_picture.map_or(self.due, |t| t + self.period / 2);
+        let taken_at = loop {
+            let seen = demand.seen();
+            let now = Instant::now();
+            if now >= self.due {
+                break self.due;
+            }
+            let key_at = demand.keyframe_due_at().map(|t| t.max(earliest_key));
+            if key_at.is_some_and(|t| now >= t) {
+                break now;
+            }
+            if now >= deadline || demand.stopping() {
+                return Next::Waiting;
+            }
+            let wake = key_at.map_or(self.due, |t| t.min(self.due)).min(deadline);
+            demand.wait(seen, wake);
+        };
+        let now = Instant::now();
+        self.last_picture = Some(now);
+        self.due = next_deadline(taken_at, self.period, now);
         let capture_us = clock::monotonic_us();
         let wall_ms = clock::realtime_us() / 1000;
-        if hub.keyframe_due(clock::monotonic_us()) {
-            encoder.force_keyframe();
-        }
-        // The strip carries the low 32 bits of seq; wrapping is intended.
-        let frame = pattern.draw(seq as u32, wall_ms);
-        match encoder.encode(frame, capture_us) {
-            Ok(Some(mut picture)) => {
-                picture.seq = seq;
-                hub.publish(picture);
-            }
-            Ok(None) => tracing::trace!(seq, "encoder skipped a picture"),
-            Err(e) => {
-                // Log the first failure and then every 100th, not 30 lines a second.
-                if errors.is_multiple_of(100) {
-                    tracing::warn!(seq, errors = errors + 1, "testsrc encoding failed: {e:#}");
-                }
-                errors += 1;
-            }
-        }
-        seq += 1;
-        schedule = Some(next_deadline(deadline, period, Instant::now()));
+        // The strip carries the low 32 bits of the counter; wrapping is intended.
+        let frame = self.pattern.draw(self.counter as u32, wall_ms);
+        self.counter += 1;
+        Next::Raw(frame, capture_us)
     }
-    tracing::info!(pictures = seq, "test pattern source stopped");
+
+    fn close(&mut self, _: Closing) {
+        tracing::debug!("testsrc idle: no subscribers");
+    }
 }
 
 /// The deadline after `deadline`. Deadlines advance by exactly one period, so the rate does
@@ -146,31 +148,6 @@ fn next_deadline(deadline: Instant, period: Duration, now: Instant) -> Instant {
         now
     } else {
         next
-    }
-}
-
-/// Sleep until `deadline` in short steps; false when `stop` was set meanwhile.
-/// Sleep until `deadline`, or until `earliest_key` once a keyframe has been requested.
-/// Returns the moment the picture is due (the schedule continues from it), or None when
-/// `stop` was set.
-fn wait_for_picture(
-    deadline: Instant,
-    earliest_key: Instant,
-    hub: &Hub,
-    stop: &AtomicBool,
-) -> Option<Instant> {
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Some(deadline);
-        }
-        if now >= earliest_key && hub.keyframe_due(clock::monotonic_us()) {
-            return Some(now);
-        }
-        std::thread::sleep((deadline - now).min(KEY_POLL_STEP));
     }
 }
 

@@ -1,19 +1,16 @@
-//! The camera source: a capture device (V4L2, or recorded frames in tests) → hub.
+//! The camera source: a capture device (V4L2, or recorded frames in tests).
 //!
-//! Two threads, so capturing never waits for the encoder:
-//! * **capture** keeps the device streaming (a camera takes a while to start, so it
-//!   stays open even without viewers), converts raw pictures to I420 while someone
-//!   watches, and hands them over; H.264 from the device is cut into access units and
-//!   handed over untouched;
-//! * **publish** encodes raw pictures with openh264 and publishes every picture into
-//!   the hub with the driver's capture timestamp, and shows NO SIGNAL while the device
-//!   is gone.
+//! While open, a **capture** thread keeps the device streaming (a camera takes a while
+//! to start, so it stays open even without viewers), converts raw pictures to I420
+//! while someone watches, and hands them to the runner, which encodes them; H.264 from
+//! the device is cut into access units and handed over untouched, with the driver's
+//! capture timestamp. Capturing never waits for the encoder: the hand-over keeps only
+//! the newest raw picture, so when encoding falls behind older pictures are dropped
+//! rather than queued, and delay does not grow.
 //!
-//! The hand-over keeps only the newest raw picture: when encoding falls behind, older
-//! pictures are dropped rather than queued, so delay does not grow.
-//!
-//! A device that fails or disappears is reopened with backoff, forever (µStreamer's
-//! `--persistent`); viewers stay connected and see NO SIGNAL meanwhile.
+//! A device that fails or disappears is closed and, by the runner, opened again with
+//! backoff, forever (µStreamer's `--persistent`); viewers stay connected and see NO
+//! SIGNAL meanwhile.
 
 pub mod convert;
 pub mod device;
@@ -25,15 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use self::convert::Converter;
 use self::device::{CaptureDevice, DeviceError, DeviceOpener, Negotiated};
 use super::annexb::AnnexBSplitter;
-use super::lifecycle::{Backoff, Output, StatusHandle};
+use super::lifecycle::StatusHandle;
 use super::pattern::I420Frame;
-use crate::media::encoder::{EncoderSettings, H264Encoder};
-use crate::media::{clock, Hub, Picture};
+use super::runner::{self, Closing, Demand, Next, RunnerConfig, Source};
+use crate::media::encoder::EncoderSettings;
+use crate::media::{Hub, Picture};
 
 #[derive(Clone, Debug)]
 pub struct CameraConfig {
@@ -59,6 +55,20 @@ impl CameraConfig {
             reopen_max: Duration::from_secs(2),
         }
     }
+
+    /// How the runner makes pictures for this camera.
+    pub fn runner(&self) -> RunnerConfig {
+        RunnerConfig::new(
+            self.size,
+            EncoderSettings {
+                width: self.size.0,
+                height: self.size.1,
+                fps: self.fps,
+                bitrate_kbps: self.bitrate_kbps,
+                gop: self.gop,
+            },
+        )
+    }
 }
 
 /// What happened to pictures on their way, for `/state`-style checks and logs.
@@ -72,8 +82,7 @@ pub struct CameraCounters {
     pub opens: AtomicU64,
 }
 
-/// Start the capture and publish threads. Returns the capture thread, which stops the
-/// publisher when it ends (after `stop` is set).
+/// Run the camera into `hub` until `stop` is set. Returns the source's thread.
 pub fn spawn(
     cfg: CameraConfig,
     opener: Box<dyn DeviceOpener>,
@@ -81,46 +90,132 @@ pub fn spawn(
     status: StatusHandle,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(std::thread::JoinHandle<()>, Arc<CameraCounters>)> {
-    let counters = Arc::new(CameraCounters::default());
-    let handover = Arc::new(Handover::default());
-    let publisher = {
-        let (cfg, hub, handover) = (cfg.clone(), hub.clone(), handover.clone());
-        let status = status.clone();
-        std::thread::Builder::new()
-            .name("camera-publish".into())
-            .spawn(move || publish_loop(&cfg, &hub, status, &handover))
-            .context("starting the camera publish thread")?
-    };
-    let capture = {
-        let counters = counters.clone();
-        std::thread::Builder::new()
-            .name("camera".into())
-            .spawn(move || {
-                let mut capture = Capture {
-                    cfg,
-                    opener,
-                    hub,
-                    status,
-                    handover: handover.clone(),
-                    counters,
-                };
-                capture.run(&stop);
-                handover.put(Delivery::Stop);
-                if publisher.join().is_err() {
-                    tracing::error!("camera publish thread panicked");
-                }
-            })
-            .context("starting the camera capture thread")?
-    };
-    Ok((capture, counters))
+    let source = CameraSource::new(&cfg, opener);
+    let counters = source.counters.clone();
+    let thread = runner::spawn(Box::new(source), cfg.runner(), hub, status, stop)?;
+    Ok((thread, counters))
 }
 
-/// What the capture thread hands to the publish thread.
+/// A capture device as a source.
+pub struct CameraSource {
+    opener: Box<dyn DeviceOpener>,
+    reopen: (Duration, Duration),
+    counters: Arc<CameraCounters>,
+    shared: Arc<Shared>,
+    capture: Option<std::thread::JoinHandle<()>>,
+    /// The raw picture lent to the runner, given back for reuse at the next call.
+    lent: Option<I420Frame>,
+}
+
+impl CameraSource {
+    pub fn new(cfg: &CameraConfig, opener: Box<dyn DeviceOpener>) -> CameraSource {
+        CameraSource {
+            opener,
+            reopen: (cfg.reopen_min, cfg.reopen_max),
+            counters: Arc::new(CameraCounters::default()),
+            shared: Arc::default(),
+            capture: None,
+            lent: None,
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<CameraCounters> {
+        &self.counters
+    }
+}
+
+impl Source for CameraSource {
+    fn thread_name(&self) -> &'static str {
+        "camera"
+    }
+
+    fn backoff(&self) -> (Duration, Duration) {
+        self.reopen
+    }
+
+    fn open(&mut self, demand: &Demand) -> Result<(), String> {
+        let device = self.opener.open().map_err(|e| e.to_string())?;
+        self.counters.opens.fetch_add(1, Ordering::Relaxed);
+        let negotiated = device.negotiated();
+        demand.describe(format!(
+            "{} {} {}x{}",
+            self.opener.name(),
+            negotiated.format,
+            negotiated.width,
+            negotiated.height
+        ));
+        self.shared.stop.store(false, Ordering::Relaxed);
+        self.shared.handover.clear();
+        let mut capture = Capture {
+            device,
+            shared: self.shared.clone(),
+            counters: self.counters.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("camera-capture".into())
+            .spawn(move || capture.run())
+            .map_err(|e| format!("starting the camera capture thread: {e}"))?;
+        self.capture = Some(thread);
+        Ok(())
+    }
+
+    fn next(&mut self, demand: &Demand, deadline: Instant) -> Next<'_> {
+        self.shared
+            .watching
+            .store(demand.watched(), Ordering::Relaxed);
+        self.shared
+            .want_key
+            .store(demand.want_key(), Ordering::Relaxed);
+        if let Some(frame) = self.lent.take() {
+            self.shared.handover.give_back(frame);
+        }
+        match self.shared.handover.take(deadline) {
+            Some(Delivery::Raw { frame, capture_us }) => {
+                let frame = self.lent.insert(frame);
+                Next::Raw(frame, capture_us)
+            }
+            Some(Delivery::Encoded(picture)) => Next::Picture(picture),
+            Some(Delivery::Broken(why)) => Next::Failing(why),
+            Some(Delivery::Lost(why)) => Next::Lost(why),
+            None => Next::Waiting,
+        }
+    }
+
+    fn close(&mut self, _: Closing) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.capture.take() {
+            if thread.join().is_err() {
+                tracing::error!("camera capture thread panicked");
+            }
+        }
+        self.shared.handover.clear();
+        tracing::info!(device = %self.opener.name(), "camera closed");
+    }
+}
+
+/// What the capture thread and the source share.
+#[derive(Default)]
+struct Shared {
+    handover: Handover,
+    /// Somebody watches: convert raw pictures, pass H.264 on.
+    watching: AtomicBool,
+    /// A keyframe is wanted: ask an H.264 device for one.
+    want_key: AtomicBool,
+    /// Close the device.
+    stop: AtomicBool,
+}
+
+/// What the capture thread hands to the source.
 enum Delivery {
-    Raw { frame: I420Frame, capture_us: u64 },
-    Encoded { picture: Picture, capture_us: u64 },
+    Raw {
+        frame: I420Frame,
+        capture_us: u64,
+    },
+    Encoded(Picture),
+    /// The device delivers only broken pictures.
+    Broken(String),
+    /// The device failed; the capture thread has ended.
     Lost(String),
-    Stop,
 }
 
 /// A small queue where a raw picture replaces any raw picture not yet taken.
@@ -152,13 +247,19 @@ impl Handover {
         replaced
     }
 
-    fn take(&self, timeout: Duration) -> Option<Delivery> {
+    /// The next delivery, waiting until `deadline` at most.
+    fn take(&self, deadline: Instant) -> Option<Delivery> {
         let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let (mut q, _) = self
             .ready
             .wait_timeout_while(q, timeout, |q| q.is_empty())
             .unwrap_or_else(|e| e.into_inner());
         q.pop_front()
+    }
+
+    fn clear(&self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     fn spare_frame(&self) -> I420Frame {
@@ -174,17 +275,13 @@ impl Handover {
     }
 }
 
+/// One open device, captured on its own thread until it fails or the source closes.
 struct Capture {
-    cfg: CameraConfig,
-    opener: Box<dyn DeviceOpener>,
-    hub: Arc<Hub>,
-    status: StatusHandle,
-    handover: Arc<Handover>,
+    device: Box<dyn CaptureDevice>,
+    shared: Arc<Shared>,
     counters: Arc<CameraCounters>,
 }
 
-/// Pause between looks at `stop` while waiting to reopen.
-const STOP_POLL: Duration = Duration::from_millis(10);
 /// A device answers the force-key-frame control a few pictures later; the control is
 /// sent again only after this long without a keyframe.
 const KEY_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -192,93 +289,62 @@ const KEY_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 const BAD_FRAMES_LOST: u32 = 30;
 
 impl Capture {
-    fn run(&mut self, stop: &AtomicBool) {
-        let name = self.opener.name();
-        let mut backoff = Backoff::new(self.cfg.reopen_min, self.cfg.reopen_max);
-        while !stop.load(Ordering::Relaxed) {
-            let error = match self.opener.open() {
-                Ok(mut device) => {
-                    self.counters.opens.fetch_add(1, Ordering::Relaxed);
-                    match self.stream(device.as_mut(), stop, &mut backoff) {
-                        Ok(()) => break,
-                        Err(e) => e,
-                    }
-                }
-                Err(e) => e,
-            };
-            // The publisher logs it (once, not at every retry) and shows it in /state.
-            self.handover.put(Delivery::Lost(error.to_string()));
-            let until = Instant::now() + backoff.next_delay();
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(STOP_POLL);
-            }
+    fn run(&mut self) {
+        if let Err(e) = self.stream() {
+            self.shared.handover.put(Delivery::Lost(e.to_string()));
         }
-        tracing::info!(device = %name, "camera source stopped");
     }
 
-    /// Capture until `stop` (Ok) or the device fails (Err).
-    fn stream(
-        &mut self,
-        device: &mut dyn CaptureDevice,
-        stop: &AtomicBool,
-        backoff: &mut Backoff,
-    ) -> Result<(), DeviceError> {
-        let negotiated = device.negotiated();
-        self.status.set_kind(format!(
-            "{} {} {}x{}",
-            self.opener.name(),
-            negotiated.format,
-            negotiated.width,
-            negotiated.height
-        ));
+    /// Capture until the source closes (Ok) or the device fails (Err).
+    fn stream(&mut self) -> Result<(), DeviceError> {
+        let negotiated = self.device.negotiated();
+        let is_h264 = negotiated.format.is_h264();
         let mut converter = Converter::new();
         let mut splitter = AnnexBSplitter::new();
         let mut pictures = Vec::new();
         let mut watching = false;
         let mut bad_in_a_row = 0u32;
         let mut last_key_request: Option<Instant> = None;
-        let mut first = true;
-        while !stop.load(Ordering::Relaxed) {
-            let frame = device.next_frame()?;
-            if first {
-                backoff.reset();
-                first = false;
-            }
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let frame = self.device.next_frame()?;
             self.counters.captured.fetch_add(1, Ordering::Relaxed);
-            if !self.hub.has_subscribers() {
+            if !self.shared.watching.load(Ordering::Relaxed) {
                 watching = false;
                 continue;
             }
-            let mut key_now = false;
             if !watching {
                 watching = true;
                 // Whoever starts watching needs a picture that stands alone.
                 splitter.wait_for_idr();
-                key_now = negotiated.format.is_h264();
             }
             let capture_us = frame.capture_us;
-            let outcome = if negotiated.format.is_h264() {
+            let outcome = if is_h264 {
                 let result = splitter
                     .push(frame.data, &mut pictures)
                     .map(|()| splitter.flush(&mut pictures))
                     .map_err(|e| e.to_string());
                 // A device buffer is one whole picture.
-                for picture in pictures.drain(..) {
-                    self.handover.put(Delivery::Encoded {
-                        picture,
-                        capture_us,
-                    });
+                for mut picture in pictures.drain(..) {
+                    picture.capture_us = capture_us;
+                    self.shared.handover.put(Delivery::Encoded(picture));
                 }
                 result
             } else {
-                self.convert(&mut converter, &negotiated, frame.data, capture_us)
+                convert(
+                    &self.shared.handover,
+                    &self.counters,
+                    &mut converter,
+                    &negotiated,
+                    frame.data,
+                    capture_us,
+                )
             };
-            key_now |= negotiated.format.is_h264()
-                && self.hub.keyframe_due(clock::monotonic_us())
+            let key_now = is_h264
+                && self.shared.want_key.load(Ordering::Relaxed)
                 && last_key_request.is_none_or(|t| t.elapsed() >= KEY_REQUEST_INTERVAL);
             if key_now {
                 last_key_request = Some(Instant::now());
-                if let Err(e) = device.force_keyframe() {
+                if let Err(e) = self.device.force_keyframe() {
                     tracing::debug!("{e}");
                 }
             }
@@ -291,10 +357,11 @@ impl Capture {
                         tracing::warn!("camera picture skipped: {why}");
                     }
                     if bad_in_a_row == BAD_FRAMES_LOST {
-                        self.handover
-                            .put(Delivery::Lost(format!("every picture is broken: {why}")));
+                        self.shared
+                            .handover
+                            .put(Delivery::Broken(format!("every picture is broken: {why}")));
                     }
-                    if negotiated.format.is_h264() {
+                    if is_h264 {
                         splitter = AnnexBSplitter::new();
                     }
                 }
@@ -302,93 +369,23 @@ impl Capture {
         }
         Ok(())
     }
-
-    fn convert(
-        &self,
-        converter: &mut Converter,
-        negotiated: &Negotiated,
-        data: &[u8],
-        capture_us: u64,
-    ) -> Result<(), String> {
-        let mut frame = self.handover.spare_frame();
-        if let Err(e) = converter.to_i420(negotiated, data, &mut frame) {
-            self.handover.give_back(frame);
-            return Err(e.to_string());
-        }
-        let replaced = self.handover.put(Delivery::Raw { frame, capture_us });
-        self.counters.dropped.fetch_add(replaced, Ordering::Relaxed);
-        Ok(())
-    }
 }
 
-/// How long the publisher waits for a delivery before looking at NO SIGNAL again.
-const PUBLISH_POLL: Duration = Duration::from_millis(10);
-/// A gap this long since the last encoded picture (nobody watched) starts with an IDR.
-const KEY_AFTER_GAP: Duration = Duration::from_millis(500);
-
-fn publish_loop(cfg: &CameraConfig, hub: &Arc<Hub>, status: StatusHandle, handover: &Handover) {
-    let mut output = Output::new(hub.clone(), status, cfg.size);
-    output.not_yet();
-    let mut encoder: Option<(H264Encoder, (usize, usize))> = None;
-    let mut last_encoded: Option<Instant> = None;
-    loop {
-        match handover.take(PUBLISH_POLL) {
-            Some(Delivery::Stop) => return,
-            Some(Delivery::Lost(why)) => {
-                output.lost(&why);
-                last_encoded = None;
-            }
-            Some(Delivery::Encoded {
-                picture,
-                capture_us,
-            }) => output.publish_captured(picture, capture_us),
-            Some(Delivery::Raw { frame, capture_us }) => {
-                let size = (frame.width, frame.height);
-                if encoder.as_ref().is_none_or(|(_, s)| *s != size) {
-                    match new_encoder(cfg, size) {
-                        Ok(e) => encoder = Some((e, size)),
-                        Err(e) => {
-                            tracing::error!("camera encoder: {e:#}");
-                            output.lost(&format!("encoder: {e:#}"));
-                            handover.give_back(frame);
-                            continue;
-                        }
-                    }
-                    last_encoded = None;
-                }
-                let Some((enc, _)) = encoder.as_mut() else {
-                    continue;
-                };
-                if hub.keyframe_due(clock::monotonic_us())
-                    || last_encoded.is_none_or(|t| t.elapsed() > KEY_AFTER_GAP)
-                {
-                    enc.force_keyframe();
-                }
-                match enc.encode(&frame, capture_us) {
-                    Ok(Some(picture)) => {
-                        last_encoded = Some(Instant::now());
-                        output.publish_captured(picture, capture_us);
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("camera picture not encoded: {e:#}"),
-                }
-                handover.give_back(frame);
-            }
-            None => {}
-        }
-        if !output.is_live() {
-            output.idle();
-        }
+/// Convert one raw buffer to I420 and hand it over.
+fn convert(
+    handover: &Handover,
+    counters: &CameraCounters,
+    converter: &mut Converter,
+    negotiated: &Negotiated,
+    data: &[u8],
+    capture_us: u64,
+) -> Result<(), String> {
+    let mut frame = handover.spare_frame();
+    if let Err(e) = converter.to_i420(negotiated, data, &mut frame) {
+        handover.give_back(frame);
+        return Err(e.to_string());
     }
-}
-
-fn new_encoder(cfg: &CameraConfig, (width, height): (usize, usize)) -> anyhow::Result<H264Encoder> {
-    tracing::info!(width, height, fps = cfg.fps, "camera encoder started");
-    H264Encoder::new(&EncoderSettings {
-        width: width as u32,
-        height: height as u32,
-        fps: cfg.fps,
-        bitrate_kbps: cfg.bitrate_kbps,
-        gop: cfg.gop,
-    })
+    let replaced = handover.put(Delivery::Raw { frame, capture_us });
+    counters.dropped.fetch_add(replaced, Ordering::Relaxed);
+    Ok(())
 }
