@@ -24,8 +24,8 @@ use rtc::statistics::StatsSelector;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::extensions::{self, ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
-use super::peer;
+use crate::rtc::extensions::{self, ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
+use crate::rtc::peer;
 
 /// One access unit as received.
 #[derive(Clone, Debug)]

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
-use crate::janus::client::{Endpoint, JanusClient};
 use crate::media::{clock, h264};
-use crate::rtc::receiver::{ReceivedFrame, ReceiverPeer};
+use crate::viewer::janus_client::{Endpoint, JanusClient};
+use crate::viewer::receiver::{ReceivedFrame, ReceiverPeer};
 
 use super::catchup::CatchUp;
 

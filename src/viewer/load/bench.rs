@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use super::{procstat, LoadConfig, LoadRun, LoadSummary};
-use crate::janus::client::{http_request, Endpoint};
 use crate::rtc::latency::HistogramSnapshot;
+use crate::viewer::janus_client::{http_request, Endpoint};
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {

@@ -1,0 +1,13 @@
+//! The viewer kit: client-side code that watches a peregrine (or any Janus server with
+//! the ustreamer plugin) the way a browser does. The integration tests and
+//! `peregrine-load` use it; the server itself never does.
+//!
+//! * [`janus_client`]: the Janus API as janus.js speaks it, over WebSocket or long-poll.
+//! * [`receiver`]: a WebRTC receiving peer that hands back whole H.264 pictures.
+//! * [`decoder`]: H.264 decoding, to check what arrived.
+//! * [`load`]: many viewers at once, and the benchmark built on them.
+
+pub mod decoder;
+pub mod janus_client;
+pub mod load;
+pub mod receiver;
