@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use peregrine::viewer::janus_client;
+use peregrine::viewer::http;
 use support::{free_port, http_request};
 
 fn binary() -> PathBuf {
@@ -101,8 +101,7 @@ impl Running {
                 bail!("peregrine exited at start ({status})");
             }
             let main = format!("{host}:{port}");
-            if let Ok((200, body)) = janus_client::http_request(&main, "GET", "/state", None).await
-            {
+            if let Ok((200, body)) = http::request(&main, "GET", "/state", None).await {
                 let state: Value = serde_json::from_slice(&body)?;
                 if state["pid"] == json!(running.child.id()) {
                     return Ok(running);

@@ -171,7 +171,7 @@ impl Server {
     /// `/state`, within 3 s.
     pub async fn state(&self) -> Result<Value> {
         let addr = format!("127.0.0.1:{}", self.http_port);
-        let request = peregrine::viewer::janus_client::http_request(&addr, "GET", "/state", None);
+        let request = peregrine::viewer::http::request(&addr, "GET", "/state", None);
         let (status, body) = tokio::time::timeout(Duration::from_secs(3), request)
             .await
             .map_err(|_| anyhow!("/state did not answer within 3 s"))??;

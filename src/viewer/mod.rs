@@ -5,9 +5,11 @@
 //! * [`janus_client`]: the Janus API as janus.js speaks it, over WebSocket or long-poll.
 //! * [`receiver`]: a WebRTC receiving peer that hands back whole H.264 pictures.
 //! * [`decoder`]: H.264 decoding, to check what arrived.
+//! * [`http`]: one HTTP/1.1 request, for `/state` and the Janus REST transport.
 //! * [`load`]: many viewers at once, and the benchmark built on them.
 
 pub mod decoder;
+pub mod http;
 pub mod janus_client;
 pub mod load;
 pub mod receiver;

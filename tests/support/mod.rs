@@ -426,14 +426,14 @@ pub async fn connect_from(
     })
 }
 
-/// One HTTP request to a loopback port (see [`peregrine::viewer::janus_client::http_request`]).
+/// One HTTP request to a loopback port (see [`peregrine::viewer::http::request`]).
 pub async fn http_request(
     port: u16,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>)> {
-    janus_client::http_request(&format!("127.0.0.1:{port}"), method, path, body).await
+    peregrine::viewer::http::request(&format!("127.0.0.1:{port}"), method, path, body).await
 }
 
 /// The library's Janus client, connected to a test server by transport.

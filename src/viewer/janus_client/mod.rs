@@ -7,19 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use axum::http::Uri;
 use futures_util::{SinkExt, StreamExt};
+use hyper::Uri;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::http;
+
 /// How long a single request may wait for its reply.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest HTTP answer read; a Janus reply is a few kilobytes.
-const MAX_HTTP_ANSWER: u64 = 4 << 20;
 
 /// Which Janus transport a client uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,7 +306,7 @@ fn spawn_long_poll(
             if let Some(h) = msg.as_object_mut().and_then(|o| o.remove("handle_id")) {
                 path += &format!("/{h}");
             }
-            let answer = http_request(
+            let answer = http::request(
                 &req_authority,
                 "POST",
                 &path,
@@ -359,7 +357,7 @@ fn spawn_long_poll(
         };
         loop {
             let path = format!("{root}/{session}?rid=1&maxev=10");
-            match http_request(&authority, "GET", &path, None).await {
+            match http::request(&authority, "GET", &path, None).await {
                 Ok((200, body)) => {
                     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
                         set_failure(
@@ -391,70 +389,6 @@ fn spawn_long_poll(
     });
 }
 
-/// Minimal HTTP/1.1 client (one request per connection), enough for the Janus REST
-/// transport and `/state` without an HTTP client crate in the build.
-pub async fn http_request(
-    authority: &str,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("connect to {authority}"))?;
-    let body = body.unwrap_or(&[]);
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    // A server may answer (413) and close before an oversized body is written whole;
-    // what counts is the answer, so read it even when the write was cut short.
-    let _ = stream.write_all(body).await;
-    let mut raw = Vec::new();
-    let _ = (&mut stream)
-        .take(MAX_HTTP_ANSWER)
-        .read_to_end(&mut raw)
-        .await;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("{authority} did not answer with HTTP"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP status line in {head:?}"))?;
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body)?;
-    }
-    Ok((status, body))
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end])?.trim(), 16)?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = data.get(..size).ok_or_else(|| anyhow!("chunk cut short"))?;
-        out.extend_from_slice(chunk);
-        data = data.get(size + 2..).unwrap_or(&[]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,14 +405,5 @@ mod tests {
         assert_eq!(http.url(), "http://localhost:8088/janus");
         assert!(Endpoint::parse("https://x/").is_err());
         assert!(Endpoint::parse("127.0.0.1:8188").is_err());
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
-        );
-        assert!(dechunk(b"9\r\nab").is_err());
     }
 }
