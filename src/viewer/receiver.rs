@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use bytes::{BufMut, Bytes, BytesMut};
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
@@ -24,7 +29,7 @@ use rtc::statistics::StatsSelector;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::rtc::extensions::{self, ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
+use crate::rtc::extensions::{ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
 use crate::rtc::peer;
 
 /// One access unit as received.
@@ -135,7 +140,7 @@ impl ReceiverPeer {
 
         let profile = fmtp_profile(offer_sdp).unwrap_or("42e01f");
         let mut me = peer::media_engine(profile)?;
-        let registry = peer::receiver_interceptors(&mut me);
+        let registry = interceptors(&mut me);
         let settings = peer::setting_engine(&peer::ice_token(16), &peer::ice_token(32))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
@@ -341,7 +346,7 @@ impl Driver {
                 let abs = self
                     .abs_id
                     .and_then(|id| packet.header.get_extension(id))
-                    .and_then(|b| extensions::parse_abs_capture_time(&b));
+                    .and_then(|b| parse_abs_capture_time(&b));
                 let cvo = self
                     .cvo_id
                     .and_then(|id| packet.header.get_extension(id))
@@ -536,6 +541,18 @@ pub fn depacketize(payload: &[u8], out: &mut BytesMut) -> Result<(), &'static st
     Ok(())
 }
 
+/// Interceptors of a receiving end: the crate's NACK generator and responder and its
+/// sender/receiver reports. Nothing the sender says in RTCP is for the receiver itself.
+fn interceptors(me: &mut MediaEngine) -> Registry {
+    configure_rtcp_reports(configure_nack(Registry::new(), me))
+}
+
+/// Read an abs-capture-time value (8 bytes, or 16 with the clock offset).
+pub fn parse_abs_capture_time(payload: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
 /// `profile-level-id` from the offer's H.264 fmtp line.
 fn fmtp_profile(sdp: &str) -> Option<&str> {
     sdp.lines()
@@ -598,6 +615,18 @@ mod tests {
         assert!(!is_rtp(&[0x00, 0x01, 0, 0]), "STUN");
         assert!(!is_rtp(&[22, 254, 253]), "DTLS");
         assert!(!is_rtp(&[0x80]));
+    }
+
+    #[test]
+    fn abs_capture_time_is_read_with_or_without_the_clock_offset() {
+        let ntp = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef];
+        assert_eq!(parse_abs_capture_time(&ntp), Some(0x0123_4567_89ab_cdef));
+        let with_offset = [ntp, [0; 8]].concat();
+        assert_eq!(
+            parse_abs_capture_time(&with_offset),
+            Some(0x0123_4567_89ab_cdef)
+        );
+        assert_eq!(parse_abs_capture_time(&[1, 2, 3]), None);
     }
 
     #[test]
