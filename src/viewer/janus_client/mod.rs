@@ -7,14 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
 use hyper::Uri;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::http;
+mod long_poll;
+mod websocket;
 
 /// How long a single request may wait for its reply.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,8 +90,10 @@ impl JanusClient {
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let failure = Arc::new(Mutex::new(None));
         match endpoint.transport {
-            Transport::WebSocket => spawn_ws(endpoint, out_rx, in_tx, failure.clone()).await?,
-            Transport::LongPoll => spawn_long_poll(endpoint, out_rx, in_tx, failure.clone()),
+            Transport::WebSocket => {
+                websocket::spawn(endpoint, out_rx, in_tx, failure.clone()).await?
+            }
+            Transport::LongPoll => long_poll::spawn(endpoint, out_rx, in_tx, failure.clone()),
         }
         Ok(JanusClient {
             out: out_tx,
@@ -227,166 +227,11 @@ fn is_handle_level(msg: &Value) -> bool {
     )
 }
 
+/// Keep the first reason the transport stopped.
 fn set_failure(slot: &Mutex<Option<String>>, why: String) {
     if let Ok(mut f) = slot.lock() {
         f.get_or_insert(why);
     }
-}
-
-async fn spawn_ws(
-    endpoint: &Endpoint,
-    mut out: mpsc::UnboundedReceiver<Value>,
-    inbox: mpsc::UnboundedSender<Value>,
-    failure: Arc<Mutex<Option<String>>>,
-) -> Result<()> {
-    let url = endpoint.url();
-    let mut req = url.as_str().into_client_request()?;
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "janus-protocol".parse()?);
-    let (ws, resp) = tokio_tungstenite::connect_async(req)
-        .await
-        .with_context(|| format!("cannot open a Janus WebSocket at {url}"))?;
-    if resp
-        .headers()
-        .get("sec-websocket-protocol")
-        .map(|v| v.as_bytes())
-        != Some(b"janus-protocol")
-    {
-        bail!("{url} did not select the janus-protocol subprotocol: not a Janus WebSocket");
-    }
-    let (mut sink, mut stream) = ws.split();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                msg = out.recv() => match msg {
-                    Some(v) => {
-                        if let Err(e) = sink.send(Message::Text(v.to_string().into())).await {
-                            set_failure(&failure, format!("WebSocket send: {e}"));
-                            break;
-                        }
-                    }
-                    None => { let _ = sink.close().await; break; }
-                },
-                frame = stream.next() => match frame {
-                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<Value>(&t) {
-                        Ok(v) => { let _ = inbox.send(v); }
-                        Err(_) => {
-                            set_failure(&failure, "the server sent a text frame that is not JSON".into());
-                            break;
-                        }
-                    },
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => { set_failure(&failure, format!("WebSocket: {e}")); break; }
-                    None => { set_failure(&failure, "the server closed the WebSocket".into()); break; }
-                },
-            }
-        }
-    });
-    Ok(())
-}
-
-fn spawn_long_poll(
-    endpoint: &Endpoint,
-    mut out: mpsc::UnboundedReceiver<Value>,
-    inbox: mpsc::UnboundedSender<Value>,
-    failure: Arc<Mutex<Option<String>>>,
-) {
-    let (session_tx, mut session_rx) = mpsc::unbounded_channel::<u64>();
-    let authority = endpoint.authority.clone();
-    let root = endpoint.path.trim_end_matches('/').to_string();
-    // Requests: POST to the level the ids say, as janus.js does (ids in the path).
-    let replies = inbox.clone();
-    let (req_authority, req_root, req_failure) = (authority.clone(), root.clone(), failure.clone());
-    tokio::spawn(async move {
-        while let Some(mut msg) = out.recv().await {
-            let mut path = req_root.clone();
-            if let Some(s) = msg.as_object_mut().and_then(|o| o.remove("session_id")) {
-                path += &format!("/{s}");
-            }
-            if let Some(h) = msg.as_object_mut().and_then(|o| o.remove("handle_id")) {
-                path += &format!("/{h}");
-            }
-            let answer = http::request(
-                &req_authority,
-                "POST",
-                &path,
-                Some(msg.to_string().as_bytes()),
-            )
-            .await;
-            match answer {
-                Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
-                    Ok(v) => {
-                        if v["janus"] == "success" && msg["janus"] == "create" {
-                            if let Some(id) = v["data"]["id"].as_u64() {
-                                let _ = session_tx.send(id);
-                            }
-                        }
-                        let _ = replies.send(v);
-                    }
-                    Err(_) => {
-                        set_failure(
-                            &req_failure,
-                            format!("POST {path} answered something that is not JSON: not a Janus server"),
-                        );
-                        break;
-                    }
-                },
-                Ok((status, _)) => {
-                    set_failure(
-                        &req_failure,
-                        format!("POST {path} answered HTTP {status}: not a Janus API endpoint"),
-                    );
-                    break;
-                }
-                Err(e) => {
-                    set_failure(
-                        &req_failure,
-                        format!(
-                            "cannot reach the Janus API at http://{req_authority}{path}: {e:#}"
-                        ),
-                    );
-                    break;
-                }
-            }
-        }
-    });
-    // Events: one long poll after another, maxev=10 (array replies), like janus.js.
-    tokio::spawn(async move {
-        let Some(session) = session_rx.recv().await else {
-            return;
-        };
-        loop {
-            let path = format!("{root}/{session}?rid=1&maxev=10");
-            match http::request(&authority, "GET", &path, None).await {
-                Ok((200, body)) => {
-                    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-                        set_failure(
-                            &failure,
-                            "a long poll answered something that is not JSON".into(),
-                        );
-                        break;
-                    };
-                    let events = match v {
-                        Value::Array(items) => items,
-                        one => vec![one],
-                    };
-                    for ev in events {
-                        if ev["janus"] != "keepalive" && inbox.send(ev).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok((status, _)) => {
-                    set_failure(&failure, format!("a long poll answered HTTP {status}"));
-                    break;
-                }
-                Err(e) => {
-                    set_failure(&failure, format!("long poll: {e:#}"));
-                    break;
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]
