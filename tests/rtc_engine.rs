@@ -13,7 +13,8 @@ use openh264::formats::{YUVBuffer, YUVSource};
 
 use peregrine::media::{clock, h264, AccessUnit, Hub};
 use peregrine::rtc::{PeerEvent, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError};
-use peregrine::viewer::receiver::{ReceivedFrame, ReceiverPeer};
+use peregrine::viewer::depacketizer::ReceivedFrame;
+use peregrine::viewer::receiver::ReceiverPeer;
 use tokio::sync::mpsc;
 
 const WIDTH: usize = 320;

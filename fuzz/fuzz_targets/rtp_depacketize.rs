@@ -8,7 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use peregrine::viewer::receiver::{
+use peregrine::viewer::depacketizer::{
     depacketize, parse_abs_capture_time, Assembler, PacketExtensions,
 };
 use rtc::rtp::header::Header;

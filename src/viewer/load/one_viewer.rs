@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::media::{clock, h264};
+use crate::viewer::depacketizer::ReceivedFrame;
 use crate::viewer::janus_client::{Endpoint, JanusClient};
-use crate::viewer::receiver::{ReceivedFrame, ReceiverPeer};
+use crate::viewer::receiver::ReceiverPeer;
 
 use super::catchup::CatchUp;
 
