@@ -12,10 +12,10 @@ use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, Listen, PeerBacken
 use peregrine::media::{clock, h264};
 use peregrine::media::{AccessUnit, Hub, Stream, Streams, DEFAULT_STREAM};
 use peregrine::origin::OriginPolicy;
-use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::rtc::{
     PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError,
 };
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::media::decoder::{DecodedFrame, H264Decoder};
 use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
 use peregrine::memsink::monotonic_s;
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
-use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::{read_code_strip, TestPattern};
 use peregrine::source::testsrc::{PictureEncoder, TestsrcConfig};
+use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
+use peregrine::viewer::receiver::ReceiverPeer;
 use support::{join, JanusClient, Server, Transport};
 
 const WIDTH: u32 = 640;

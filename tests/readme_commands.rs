@@ -21,9 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::janus::client::{Endpoint, JanusClient};
-use peregrine::media::decoder::H264Decoder;
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::viewer::decoder::H264Decoder;
+use peregrine::viewer::janus_client::{Endpoint, JanusClient};
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::Value;
 use support::{free_port, http_request, Server};
 

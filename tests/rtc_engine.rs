@@ -12,8 +12,9 @@ use openh264::encoder::{Encoder, FrameType};
 use openh264::formats::{YUVBuffer, YUVSource};
 
 use peregrine::media::{clock, h264, AccessUnit, Hub};
-use peregrine::rtc::receiver::{ReceivedFrame, ReceiverPeer};
 use peregrine::rtc::{PeerEvent, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError};
+use peregrine::viewer::depacketizer::ReceivedFrame;
+use peregrine::viewer::receiver::ReceiverPeer;
 use tokio::sync::mpsc;
 
 const WIDTH: usize = 320;

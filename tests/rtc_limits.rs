@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 use support::{JanusClient, Server, Transport};
 

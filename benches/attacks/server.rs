@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use peregrine::load::procstat;
+use peregrine::viewer::load::procstat;
 use serde_json::Value;
 
 /// A server whose resident memory passes this is killed (the benchmark must not take
@@ -171,7 +171,7 @@ impl Server {
     /// `/state`, within 3 s.
     pub async fn state(&self) -> Result<Value> {
         let addr = format!("127.0.0.1:{}", self.http_port);
-        let request = peregrine::janus::client::http_request(&addr, "GET", "/state", None);
+        let request = peregrine::viewer::http::request(&addr, "GET", "/state", None);
         let (status, body) = tokio::time::timeout(Duration::from_secs(3), request)
             .await
             .map_err(|_| anyhow!("/state did not answer within 3 s"))??;

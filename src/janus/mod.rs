@@ -11,7 +11,6 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
-pub mod client;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -3,7 +3,6 @@
 
 pub mod au;
 pub mod clock;
-pub mod decoder;
 pub mod h264;
 pub mod hub;
 pub mod openh264_log;

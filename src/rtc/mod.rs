@@ -25,7 +25,6 @@ mod gop;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;
-pub mod receiver;
 pub mod sdp;
 mod subscriptions;
 mod udp;

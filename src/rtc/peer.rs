@@ -8,9 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports,
-};
 use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -122,14 +119,6 @@ pub fn sender_interceptors() -> Registry {
         )
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
         .with(Slot::from(feedback::SLOT), FeedbackForwarder::default())
-}
-
-/// Interceptors of a receiving end (test and load viewers): the crate's NACK
-/// responder/generator and sender/receiver reports, plus the feedback forwarder.
-pub fn receiver_interceptors(me: &mut MediaEngine) -> Registry {
-    let registry = configure_nack(Registry::new(), me);
-    let registry = configure_rtcp_reports(registry);
-    registry.with(Slot::from(feedback::SLOT), FeedbackForwarder::default())
 }
 
 /// Time between connectivity checks while connecting. The crate's default (200 ms) puts

@@ -318,8 +318,8 @@ impl PictureEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::decoder::H264Decoder;
     use crate::source::pattern::read_code_strip;
+    use crate::viewer::decoder::H264Decoder;
 
     fn config(width: u32, height: u32) -> TestsrcConfig {
         TestsrcConfig {
