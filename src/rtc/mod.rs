@@ -1,6 +1,7 @@
-//! WebRTC output: one peer connection per viewer, all peers on one UDP socket, driven
-//! by our own loop over the sans-IO `rtc` crate. Each access unit is packetized once
-//! and shared by every peer; only SSRC, sequence and SRTP are per peer.
+//! WebRTC output: one peer connection per viewer, all peers of every stream on one UDP
+//! socket, driven by our own loop over the sans-IO `rtc` crate. Each access unit is
+//! packetized once and shared by every peer of its stream; only SSRC, sequence and
+//! SRTP are per peer.
 //!
 //! This file is the engine's public face; the rest of the program uses nothing else
 //! from `rtc::`, so the engine choice stays local to this module.
