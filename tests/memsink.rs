@@ -1136,11 +1136,11 @@ fn read_across_a_held_lock(
         if frames.len() == before && released_at.is_none() {
             let layout = Abi::host().context("known ABI")?.layout();
             let holder = ShmObject::open(name, layout.header_size, OpenMode::Existing)?;
-            if !holder.lock_timed(Duration::from_secs(1))? {
+            let Some(lock) = holder.lock_timed(Duration::from_secs(1))? else {
                 bail!("could not take the sink lock");
-            }
+            };
             std::thread::sleep(hold);
-            holder.unlock()?;
+            lock.unlock()?;
             released_at = Some(frames.len());
         }
         match reader.get(frames.is_empty())? {
@@ -1365,8 +1365,7 @@ async fn a_sink_someone_else_created_is_refused_and_our_own_is_reused() -> Resul
     assert_eq!(std::fs::metadata(&path)?.len(), 0, "the object was touched");
 
     // Pre-created by another user (the tests run as root, which may hand it over).
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         std::os::unix::fs::chown(&path, Some(65534), Some(65534))?;
         let err = sink_start_error(&name)

@@ -6,7 +6,6 @@ pub mod clock;
 pub mod decoder;
 pub mod h264;
 pub mod hub;
-pub mod openh264_log;
 pub mod refchain;
 pub mod yuv;
 
