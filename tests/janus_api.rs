@@ -758,10 +758,14 @@ async fn claim_moves_events_to_the_new_connection() {
     let event = b.recv().await;
     assert_eq!(event["plugindata"]["data"]["result"]["status"], "stopped");
 
-    // A no longer owns the session: closing it leaves the session alone.
+    // A no longer owns the session: closing it leaves the session alone. The server
+    // lets go of the socket only after it has dealt with the sessions A owned.
     a.stream.close(None).await.unwrap();
+    let hung_up = async { while let Some(Ok(_)) = a.stream.next().await {} };
+    tokio::time::timeout(Duration::from_secs(5), hung_up)
+        .await
+        .expect("the server closes A's socket");
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     srv.wait_counts(1, 1).await;
     b.stream.close(None).await.unwrap();
     srv.wait_counts(0, 0).await;
@@ -833,7 +837,11 @@ async fn http_session_lifecycle_and_long_poll() {
     // A poll waiting when the event is produced gets it at once.
     let path = format!("/janus/{s}?maxev=10");
     let poll = tokio::spawn(async move { http(a, "GET", &path, &[], "").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while srv.status.counts().long_polls == 0 {
+        assert!(Instant::now() < deadline, "the poll never started waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = post(
         a,
         &format!("/janus/{s}/{h}"),
@@ -1095,7 +1103,7 @@ async fn http_session_times_out() {
     )
     .await;
     srv.wait_counts(1, 1).await;
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Expired by the watchdog within a second or two of the 1 s timeout.
     srv.wait_counts(0, 0).await;
     assert_eq!(srv.hub.info().subscribers, 0);
     assert_eq!(

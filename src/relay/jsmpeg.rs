@@ -180,9 +180,10 @@ pub fn upgrade(relay: Arc<Relay>, ws: WebSocketUpgrade) -> Response {
 }
 
 async fn serve_viewer(relay: Arc<Relay>, mut socket: WebSocket, transcode: bool) {
-    let _viewer = relay.counters.jsmpeg_viewer();
-    // Subscribe before the transcoder starts so its first packets are not missed.
+    // Subscribe before the transcoder starts so its first packets are not missed, and
+    // before the viewer is counted so a counted viewer gets every packet from then on.
     let mut rx = relay.bus.subscribe();
+    let _viewer = relay.counters.jsmpeg_viewer();
     let _transcoding = transcode.then(|| relay.transcoder.viewer_joined());
     let mut out = ViewerOutput::new(relay.cfg.jsmpeg_header);
     loop {
