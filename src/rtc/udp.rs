@@ -1,6 +1,6 @@
 //! Sending many datagrams to many addresses from one socket. On Linux they leave in
-//! batches through sendmmsg(2), one system call for up to [`BATCH`] packets, which is
-//! what fan-out to hundreds of viewers needs; elsewhere one send per packet.
+//! batches through sendmmsg(2), one system call for up to 64 messages, which is what
+//! fan-out to hundreds of viewers needs; elsewhere one send per packet.
 //!
 //! Runs of equal-sized datagrams to one address (the middle fragments of a picture for
 //! one viewer) go as a single UDP GSO message (UDP_SEGMENT): the kernel walks its send
@@ -18,12 +18,6 @@ use tokio::net::UdpSocket;
 #[cfg(target_os = "linux")]
 use crate::sys;
 
-/// Datagrams per sendmmsg call.
-#[cfg(target_os = "linux")]
-pub const BATCH: usize = sys::udp::MAX_MESSAGES;
-#[cfg(not(target_os = "linux"))]
-pub const BATCH: usize = 64;
-
 /// What [`send_all`] handed to the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -37,8 +31,7 @@ pub async fn send_all(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>)
     let mut next = 0;
     let mut total = Sent::default();
     while next < out.len() {
-        let end = (next + BATCH).min(out.len());
-        match try_send_batch(socket, &out[next..end]) {
+        match try_send_batch(socket, &out[next..]) {
             // 0: GSO was just switched off; the same datagrams go again without it.
             Ok(sent) => {
                 total.datagrams += sent as u64;
@@ -105,16 +98,22 @@ fn gso_run(batch: &[(SocketAddr, BytesMut)]) -> usize {
 fn try_send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> io::Result<usize> {
     use std::os::fd::AsFd;
 
-    let batch = &batch[..batch.len().min(BATCH)];
-    // Datagrams carried by each message.
-    let mut runs = [0usize; BATCH];
+    use sys::udp::{MAX_DATAGRAMS, MAX_MESSAGES};
+
+    // Datagrams carried by each message. A run is never split between two calls: each
+    // part would be a message of its own, and messages are what the kernel pays for.
+    let mut runs = [0usize; MAX_MESSAGES];
     let (mut used, mut n) = (0, 0);
-    while used < batch.len() {
-        runs[n] = gso_run(&batch[used..]);
-        used += runs[n];
+    while used < batch.len() && n < MAX_MESSAGES {
+        let run = gso_run(&batch[used..]);
+        if used + run > MAX_DATAGRAMS {
+            break;
+        }
+        runs[n] = run;
+        used += run;
         n += 1;
     }
-    let runs = &runs[..n];
+    let (batch, runs) = (&batch[..used], &runs[..n]);
     let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
         sys::udp::sendmmsg(socket.as_fd(), batch, runs)
     });
@@ -172,6 +171,34 @@ mod tests {
             send_all(&sender6, &mut out).await;
             let (n, _) = b.recv_from(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"v6");
+        }
+    }
+
+    #[tokio::test]
+    async fn long_runs_to_many_addresses_arrive_whole_and_in_order() {
+        // 3 × 40 datagrams: more than one call's worth of datagrams, runs never split.
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut receivers = Vec::new();
+        for _ in 0..3 {
+            receivers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        }
+        let mut out = Vec::new();
+        for (r, socket) in receivers.iter().enumerate() {
+            for i in 0..40u8 {
+                let len = if i == 39 { 300 } else { 1000 };
+                let to = socket.local_addr().unwrap();
+                out.push((to, BytesMut::from(&vec![r as u8 * 100 + i; len][..])));
+            }
+        }
+        let sent = send_all(&sender, &mut out).await;
+        assert_eq!(sent.datagrams, 120);
+        let mut buf = [0u8; 2048];
+        for (r, socket) in receivers.iter().enumerate() {
+            for i in 0..40u8 {
+                let (n, _) = socket.recv_from(&mut buf).await.unwrap();
+                assert_eq!(n, if i == 39 { 300 } else { 1000 }, "{r}/{i}");
+                assert!(buf[..n].iter().all(|&x| x == r as u8 * 100 + i), "{r}/{i}");
+            }
         }
     }
 

@@ -10,9 +10,13 @@
 //!   Not mapped at all (see `memsink::shm`).
 //! * [`udp`]: `sendmmsg` with UDP GSO, our own code over `libc`. `nix::sendmmsg` puts the
 //!   same control messages on every message, so it cannot give each run its own segment
-//!   size, and allocates per call; `quinn-udp` sends one message per system call from one
-//!   contiguous buffer, so fan-out would pay a system call per viewer and a copy of every
-//!   datagram, where one `sendmmsg` carries up to 64 datagrams for many viewers.
+//!   size, and allocates per call. `quinn-udp` sends one run per `sendmsg` from one
+//!   contiguous buffer (a copy per datagram); measured on loopback (sender CPU per
+//!   datagram, 200 viewers) it costs the same for pictures of 2 packets and 10-25 % less
+//!   for runs of 7-30, but its `UdpSocketState::new` turns on receive GRO and DF on the
+//!   socket, whose receive side reads one datagram per `recv_from`: adopting it means
+//!   adopting its receive path in the engine too. Worth measuring with the fan-out
+//!   benchmark then.
 //! * [`ifaddrs`]: interface addresses (`nix::ifaddrs`).
 //! * [`clock`]: `clock_gettime(CLOCK_MONOTONIC)` (`nix`).
 //! * [`process`]: resource limits, `sysconf`, the effective uid (`nix`).

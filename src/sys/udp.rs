@@ -7,8 +7,10 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// Most messages (and datagrams) in one call; the kernel caps a call at UIO_MAXIOV = 1024.
+/// Most messages in one call (the kernel takes up to UIO_MAXIOV = 1024).
 pub const MAX_MESSAGES: usize = 64;
+/// Most datagrams in one call, all messages together.
+pub const MAX_DATAGRAMS: usize = 1024;
 
 /// Room for one destination address, IPv4 or IPv6; far smaller than `sockaddr_storage`.
 #[repr(C)]
@@ -30,25 +32,27 @@ struct GsoControl([u8; 32]);
 /// size, the last one possibly shorter). Returns how many messages the kernel took: the
 /// call fails only when the first one does.
 ///
-/// Panics if there are more than [`MAX_MESSAGES`] datagrams, a run is empty, or the runs
-/// need more datagrams than given.
+/// Panics if there are more than [`MAX_MESSAGES`] runs, a run is empty, or the runs
+/// need more datagrams than given or than [`MAX_DATAGRAMS`].
 pub fn sendmmsg<D: AsRef<[u8]>>(
     socket: BorrowedFd<'_>,
     datagrams: &[(SocketAddr, D)],
     runs: &[usize],
 ) -> io::Result<usize> {
-    assert!(datagrams.len() <= MAX_MESSAGES, "too many datagrams");
+    assert!(runs.len() <= MAX_MESSAGES, "too many messages");
     // Only the entries used are written: zeroing whole arrays on every call cost more than
     // filling them (a few hundred instructions per datagram).
     let mut addrs = [const { MaybeUninit::<SockAddr>::uninit() }; MAX_MESSAGES];
-    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_MESSAGES];
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_DATAGRAMS];
     let mut controls = [const { MaybeUninit::<GsoControl>::uninit() }; MAX_MESSAGES];
     let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_MESSAGES];
     let mut used = 0; // datagrams placed (= iovecs written)
     for (n, &run) in runs.iter().enumerate() {
         assert!(run > 0, "an empty message");
-        // Slicing checks that the runs fit in `datagrams` (and so in `iovs`).
+        // Slicing checks that the runs fit in `datagrams`, the assert that they fit in
+        // `iovs` (before anything points into it).
         let datagrams = &datagrams[used..used + run];
+        assert!(used + run <= MAX_DATAGRAMS, "too many datagrams");
         for (i, (_, data)) in datagrams.iter().enumerate() {
             let data = data.as_ref();
             iovs[used + i].write(libc::iovec {
@@ -87,8 +91,8 @@ pub fn sendmmsg<D: AsRef<[u8]>>(
         msgs[n].write(msg);
         used += run;
     }
-    // SAFETY: msgs[..runs.len()] were written above (runs.len() <= MAX_MESSAGES, since
-    // every run takes at least one of at most MAX_MESSAGES datagrams) and point into
+    // SAFETY: msgs[..runs.len()] were written above (runs.len() <= MAX_MESSAGES, checked
+    // on entry, and every run's iovecs lie within `iovs`, checked per run) and point into
     // addrs, iovs, controls and the datagrams, all alive and unmoved for the call; the
     // kernel only reads them (and writes msg_len, inside msgs).
     let sent = unsafe {
