@@ -108,9 +108,9 @@ impl Shell {
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        let group = self.0.id() as i32;
-        // SAFETY: signals only the process group this test started.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
+        // Only the process group this test started.
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }

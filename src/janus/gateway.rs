@@ -68,6 +68,8 @@ fn refused(code: u16, reason: String) -> JanusError {
 pub struct JanusCounts {
     pub sessions: usize,
     pub handles: usize,
+    /// HTTP long polls waiting for events now.
+    pub long_polls: usize,
 }
 
 /// How a session ended; said in the "viewer gone" log line of its peers.
@@ -191,8 +193,13 @@ impl Gateway {
     }
 
     pub fn counts(&self) -> JanusCounts {
-        let (sessions, handles) = self.registry().counts();
-        JanusCounts { sessions, handles }
+        let registry = self.registry();
+        let (sessions, handles) = registry.counts();
+        JanusCounts {
+            sessions,
+            handles,
+            long_polls: registry.polls_held(),
+        }
     }
 
     /// Flips to true when the server shuts down; transports close their connections.

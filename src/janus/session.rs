@@ -348,6 +348,11 @@ impl Registry {
     pub fn counts(&self) -> (usize, usize) {
         (self.sessions.len(), self.handle_sessions.len())
     }
+
+    /// HTTP long polls waiting on any session now.
+    pub fn polls_held(&self) -> usize {
+        self.sessions.values().map(|s| s.polls_held).sum()
+    }
 }
 
 impl Session {
@@ -383,12 +388,15 @@ mod tests {
 
     #[tokio::test]
     async fn queue_wakes_poller_and_closes() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
         let q = Arc::new(EventQueue::default());
-        let q2 = q.clone();
-        let poll = tokio::spawn(async move { q2.wait(10, Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Polled once, the poller is waiting (registered) before the push.
+        let mut poll = std::pin::pin!(q.wait(10, Duration::from_secs(5)));
+        let pending = poll.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(pending, Poll::Pending), "nothing queued yet");
         q.push(serde_json::json!({"n":1}));
-        assert_eq!(poll.await.unwrap().len(), 1);
+        assert_eq!(poll.await.len(), 1);
         let started = Instant::now();
         assert!(q.wait(10, Duration::from_millis(50)).await.is_empty());
         assert!(started.elapsed() >= Duration::from_millis(45));

@@ -5,7 +5,6 @@ pub mod au;
 pub mod clock;
 pub mod h264;
 pub mod hub;
-pub mod openh264_log;
 pub mod refchain;
 pub mod stream;
 pub mod yuv;

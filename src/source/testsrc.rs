@@ -241,7 +241,7 @@ impl PictureEncoder {
             .num_threads(1);
         let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .context("creating the H.264 encoder")?;
-        crate::media::openh264_log::route_encoder_log(&mut encoder);
+        crate::sys::openh264_log::route_encoder_log(&mut encoder);
         Ok(PictureEncoder {
             encoder,
             sps: None,

@@ -131,19 +131,13 @@ impl Server {
             None => command.env_remove("RUST_LOG"),
         };
         if let Some(n) = launch.nofile {
+            use nix::sys::resource::{setrlimit, Resource};
             use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit, which is async-signal-safe and allocates nothing.
+            #[allow(unsafe_code)]
             unsafe {
-                command.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                command.pre_exec(move || Ok(setrlimit(Resource::RLIMIT_NOFILE, n, n)?));
             }
         }
         let mut child = command.spawn().context("start peregrine")?;
