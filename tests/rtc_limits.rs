@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use peregrine::viewer::receiver::ReceiverPeer;
 use peregrine::rtc::{sdp, MAX_REMOTE_CANDIDATES};
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 use support::{JanusClient, Server, Transport};
 use tokio::net::UdpSocket;
