@@ -5,7 +5,6 @@ pub mod config;
 pub mod exposure;
 pub mod http;
 pub mod janus;
-pub mod load;
 pub mod logging;
 pub mod media;
 pub mod memsink;
@@ -18,4 +17,8 @@ pub mod rtc;
 pub mod serve;
 pub mod server;
 pub mod source;
+// The one module allowed unsafe code: Cargo.toml denies it for the rest of the crate.
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod tls;
+pub mod viewer;

@@ -46,35 +46,10 @@ pub fn interface_ipv4(name: &str) -> Option<IpAddr> {
 /// Every IPv4 address of every interface that is up, with the interface's name, in
 /// the order the kernel lists them.
 fn named_interface_ipv4s() -> Vec<(String, IpAddr)> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; every
-    // pointer is checked for null before it is read.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            let up = ifa.ifa_flags & libc::IFF_UP as libc::c_uint != 0;
-            if up && !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes());
-                let name = if ifa.ifa_name.is_null() {
-                    String::new()
-                } else {
-                    std::ffi::CStr::from_ptr(ifa.ifa_name)
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                out.push((name, ip));
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out
+    crate::sys::ifaddrs::up_ipv4_addresses()
+        .into_iter()
+        .map(|(name, ip)| (name, IpAddr::V4(ip)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -432,9 +432,10 @@ async fn viewer_connects(srv: &Server, media_ip: IpAddr, timeout: Duration) -> b
         .unwrap();
     janus.create_and_attach().await.unwrap();
     let offer = janus.watch().await.unwrap();
-    let (mut peer, answer) = peregrine::rtc::receiver::ReceiverPeer::answer_from(&offer, media_ip)
-        .await
-        .unwrap();
+    let (mut peer, answer) =
+        peregrine::viewer::receiver::ReceiverPeer::answer_from(&offer, media_ip)
+            .await
+            .unwrap();
     janus.start(&answer).await.unwrap();
     let connected = peer.wait_connected(timeout).await.is_ok();
     if connected {

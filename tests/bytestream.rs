@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::media::decoder::{DecodedFrame, H264Decoder};
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::Value;
 use support::{free_port, join, Server};
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use peregrine::media::decoder::{psnr, H264Decoder};
 use peregrine::media::hub::DEFAULT_QUEUE_FRAMES;
 use peregrine::media::yuv::I420Frame;
 use peregrine::media::{Hub, Picture, StartAt};
@@ -21,6 +20,7 @@ use peregrine::source::camera::replay::{Recording, ReplayLog, ReplayOpener, Step
 use peregrine::source::camera::{self, CameraConfig, CameraCounters};
 use peregrine::source::lifecycle::StatusHandle;
 use peregrine::source::nosignal;
+use peregrine::viewer::decoder::{psnr, H264Decoder};
 use support::Server;
 
 const W: u32 = 320;

@@ -3,6 +3,7 @@
 //! WebRTC peer.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,10 +13,11 @@ use peregrine::janus::{JanusConfig, JanusServer, JanusStatus, Listen, PeerBacken
 use peregrine::media::{clock, h264};
 use peregrine::media::{Hub, Picture, Stream, Streams, DEFAULT_STREAM};
 use peregrine::origin::OriginPolicy;
-use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::rtc::{
     PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError,
+    MAX_REMOTE_CANDIDATES,
 };
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,6 +50,37 @@ impl PeerBackend for NoPeers {
     fn close_peer(&self, _id: PeerId, _reason: &'static str) {}
 }
 
+/// Stands in for the WebRTC engine where a test needs a peer but no media: offers a
+/// peer (kept alive by holding its event channel) and counts the candidates the gateway
+/// hands it.
+#[derive(Default)]
+struct CountingPeers {
+    candidates: AtomicUsize,
+    peers: std::sync::Mutex<Vec<mpsc::UnboundedSender<PeerEvent>>>,
+}
+
+impl PeerBackend for CountingPeers {
+    fn create_offer(
+        &self,
+        _opts: PeerOptions,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> BoxFuture<'_, Result<(PeerId, String), RtcError>> {
+        self.peers.lock().unwrap().push(events);
+        Box::pin(async { Ok((1, "v=0\r\n".to_string())) })
+    }
+    fn apply_answer<'a>(
+        &'a self,
+        _id: PeerId,
+        _sdp: &'a str,
+    ) -> BoxFuture<'a, Result<(), RtcError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn add_remote_candidate(&self, _id: PeerId, _candidate: RemoteCandidate) {
+        self.candidates.fetch_add(1, Ordering::Relaxed);
+    }
+    fn close_peer(&self, _id: PeerId, _reason: &'static str) {}
+}
+
 struct Server {
     ws: SocketAddr,
     http: SocketAddr,
@@ -57,6 +90,10 @@ struct Server {
 }
 
 async fn start(tweak: impl FnOnce(&mut JanusConfig)) -> Server {
+    start_with(Arc::new(NoPeers), tweak).await
+}
+
+async fn start_with(backend: Arc<dyn PeerBackend>, tweak: impl FnOnce(&mut JanusConfig)) -> Server {
     let mut cfg = JanusConfig {
         ws: Listen::Tcp(0),
         http: Listen::Tcp(0),
@@ -65,10 +102,9 @@ async fn start(tweak: impl FnOnce(&mut JanusConfig)) -> Server {
     };
     tweak(&mut cfg);
     let hub = Hub::new(8);
-    let server =
-        JanusServer::bind_with_backend(Streams::single(hub.clone(), 30), Arc::new(NoPeers), cfg)
-            .await
-            .expect("bind");
+    let server = JanusServer::bind_with_backend(Streams::single(hub.clone(), 30), backend, cfg)
+        .await
+        .expect("bind");
     let (stop, stopped) = oneshot::channel::<()>();
     let s = Server {
         ws: server.ws_addr().unwrap(),
@@ -522,6 +558,34 @@ async fn ws_plugin_requests_without_stream() {
     assert_ne!(data["error_code"], 503, "{data}");
 }
 
+/// One trickle message hands the engine no more candidates than a viewer may have in
+/// all, however many it carries: the rest would only be work for the engine.
+#[tokio::test]
+async fn a_trickle_message_hands_the_engine_at_most_a_viewers_budget() {
+    let backend = Arc::new(CountingPeers::default());
+    let srv = start_with(backend.clone(), |_| {}).await;
+    publish_keyframe(&srv.hub);
+    let mut ws = ws_connect(srv.ws).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+    ws.watch(s, h, json!({})).await;
+    let candidates: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!({"candidate": format!("candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host", 10_000 + i),
+                   "sdpMLineIndex": 0})
+        })
+        .collect();
+    let r = ws
+        .call(json!({"janus":"trickle","session_id":s,"handle_id":h,"candidates":candidates}))
+        .await;
+    assert_eq!(r["janus"], "ack", "{r}");
+    // The gateway hands candidates over before it acknowledges the message.
+    assert_eq!(
+        backend.candidates.load(Ordering::Relaxed),
+        MAX_REMOTE_CANDIDATES
+    );
+}
+
 #[tokio::test]
 async fn watch_names_a_stream_and_holds_only_its_source() {
     let default_hub = Hub::new(8);
@@ -754,10 +818,14 @@ async fn claim_moves_events_to_the_new_connection() {
     let event = b.recv().await;
     assert_eq!(event["plugindata"]["data"]["result"]["status"], "stopped");
 
-    // A no longer owns the session: closing it leaves the session alone.
+    // A no longer owns the session: closing it leaves the session alone. The server
+    // lets go of the socket only after it has dealt with the sessions A owned.
     a.stream.close(None).await.unwrap();
+    let hung_up = async { while let Some(Ok(_)) = a.stream.next().await {} };
+    tokio::time::timeout(Duration::from_secs(5), hung_up)
+        .await
+        .expect("the server closes A's socket");
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     srv.wait_counts(1, 1).await;
     b.stream.close(None).await.unwrap();
     srv.wait_counts(0, 0).await;
@@ -829,7 +897,11 @@ async fn http_session_lifecycle_and_long_poll() {
     // A poll waiting when the event is produced gets it at once.
     let path = format!("/janus/{s}?maxev=10");
     let poll = tokio::spawn(async move { http(a, "GET", &path, &[], "").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while srv.status.counts().long_polls == 0 {
+        assert!(Instant::now() < deadline, "the poll never started waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = post(
         a,
         &format!("/janus/{s}/{h}"),
@@ -1091,7 +1163,7 @@ async fn http_session_times_out() {
     )
     .await;
     srv.wait_counts(1, 1).await;
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Expired by the watchdog within a second or two of the 1 s timeout.
     srv.wait_counts(0, 0).await;
     assert_eq!(srv.hub.info().subscribers, 0);
     assert_eq!(

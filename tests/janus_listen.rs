@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use peregrine::janus::client;
+use peregrine::viewer::http;
 use support::{free_port, http_request};
 
 fn binary() -> PathBuf {
@@ -101,7 +101,7 @@ impl Running {
                 bail!("peregrine exited at start ({status})");
             }
             let main = format!("{host}:{port}");
-            if let Ok((200, body)) = client::http_request(&main, "GET", "/state", None).await {
+            if let Ok((200, body)) = http::request(&main, "GET", "/state", None).await {
                 let state: Value = serde_json::from_slice(&body)?;
                 if state["pid"] == json!(running.child.id()) {
                     return Ok(running);
@@ -558,7 +558,7 @@ async fn media_host_moves_webrtc_media_only() -> Result<()> {
             "candidate not on --media-host: {c}"
         );
     }
-    let (mut peer, answer) = peregrine::rtc::receiver::ReceiverPeer::answer(&offer).await?;
+    let (mut peer, answer) = peregrine::viewer::receiver::ReceiverPeer::answer(&offer).await?;
     janus.start(&answer).await?;
     peer.wait_connected(Duration::from_secs(10)).await?;
     let frame = tokio::time::timeout(Duration::from_secs(10), peer.next_frame())

@@ -7,9 +7,9 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use peregrine::media::decoder::H264Decoder;
-use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::read_code_strip;
+use peregrine::viewer::decoder::H264Decoder;
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::json;
 use support::{JanusClient, Server, Transport};
 

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 use support::{join, Captured, JanusClient, Server, Transport};
 

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::media::decoder::{DecodedFrame, H264Decoder};
 use peregrine::media::encoder::{EncoderSettings, H264Encoder};
 use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
 use peregrine::memsink::monotonic_s;
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
-use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::{read_code_strip, TestPattern};
+use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
+use peregrine::viewer::receiver::ReceiverPeer;
 use support::{join, JanusClient, Server, Transport};
 
 const WIDTH: u32 = 640;
@@ -540,9 +540,8 @@ async fn c_writer_feeds_a_webrtc_viewer_through_memsink_source() -> Result<()> {
     let _serial = serial();
     let name = unique_name("csrc");
     let _cleanup = RemoveShm(name.clone());
-    // peregrine first: it waits for the sink to appear.
+    // peregrine first (running once it answers /state): it waits for the sink to appear.
     let server = Server::start(&["--source", &source_arg(&name)]).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let _writer = start_c_writer(&name, &["--rm"])?;
     let (_janus, mut peer) = join(&server).await?;
     let counters = decode_viewer(&mut peer, &mut H264Decoder::new()?, 45).await?;
@@ -591,7 +590,11 @@ async fn writer_restarts_resume_frames_for_a_connected_viewer() -> Result<()> {
     // Killed and the object removed and created anew (µStreamer with --h264-sink-rm).
     drop(writer);
     std::fs::remove_file(shm_path(&name))?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["source"]["state"] == "no_signal" && s["source"]["interruptions"] == 2
+        })
+        .await?;
     while peer.try_next_frame().is_some() {}
     let _writer = start_c_writer(&name, &["--rm"])?;
     let counters = decode_viewer(&mut peer, &mut decoder, 15).await?;
@@ -684,7 +687,8 @@ async fn the_source_reads_the_sink_only_while_somebody_watches() -> Result<()> {
     let name = unique_name("lazy");
     let _cleanup = RemoveShm(name.clone());
     let _writer = start_c_writer(&name, &["--rm"])?;
-    let server = Server::start(&["--source", &source_arg(&name)]).await?;
+    let (server, log) = Server::start_piped(&["--source", &source_arg(&name)], None).await?;
+    // A window with nobody watching: nothing to wait for, since nothing may happen.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(last_client_ts(&name)?, 0.0, "read without any viewer");
 
@@ -709,7 +713,10 @@ async fn the_source_reads_the_sink_only_while_somebody_watches() -> Result<()> {
     server
         .wait_state(Duration::from_secs(20), |s| s["source"]["subscribers"] == 0)
         .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    log.wait_for(Duration::from_secs(10), |t| {
+        t.contains("memsink closed: nobody watching")
+    })
+    .await?;
     let stamped = last_client_ts(&name)?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
@@ -1134,11 +1141,11 @@ fn read_across_a_held_lock(
         if frames.len() == before && released_at.is_none() {
             let layout = Abi::host().context("known ABI")?.layout();
             let holder = ShmObject::open(name, layout.header_size, OpenMode::Existing)?;
-            if !holder.lock_timed(Duration::from_secs(1))? {
+            let Some(lock) = holder.lock_timed(Duration::from_secs(1))? else {
                 bail!("could not take the sink lock");
-            }
+            };
             std::thread::sleep(hold);
-            holder.unlock()?;
+            lock.unlock()?;
             released_at = Some(frames.len());
         }
         match reader.get(frames.is_empty())? {
@@ -1363,8 +1370,7 @@ async fn a_sink_someone_else_created_is_refused_and_our_own_is_reused() -> Resul
     assert_eq!(std::fs::metadata(&path)?.len(), 0, "the object was touched");
 
     // Pre-created by another user (the tests run as root, which may hand it over).
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         std::os::unix::fs::chown(&path, Some(65534), Some(65534))?;
         let err = sink_start_error(&name)

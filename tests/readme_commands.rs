@@ -21,9 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::janus::client::{Endpoint, JanusClient};
-use peregrine::media::decoder::H264Decoder;
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::viewer::decoder::H264Decoder;
+use peregrine::viewer::janus_client::{Endpoint, JanusClient};
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::Value;
 use support::{free_port, http_request, Server};
 
@@ -108,9 +108,9 @@ impl Shell {
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        let group = self.0.id() as i32;
-        // SAFETY: signals only the process group this test started.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
+        // Only the process group this test started.
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }

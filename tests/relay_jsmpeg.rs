@@ -148,7 +148,11 @@ async fn wrong_secret_and_garbage_are_refused() -> Result<()> {
         p
     };
     let viewer = tokio::spawn(receive(port, "/jsmpeg", Duration::from_secs(2)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+        .wait_state(Duration::from_secs(5), |s| {
+            s["relay"]["jsmpeg_viewers"] == 1
+        })
+        .await?;
 
     let (status, _) = http_request(port, "POST", "/upload/wrong", Some(&packet)).await?;
     assert_eq!(status, 403);
@@ -410,7 +414,11 @@ async fn random_bytes_after_a_valid_stream_never_reach_viewers() -> Result<()> {
     let server = Server::start(&["--jsmpeg-secret", SECRET]).await?;
     let port = server.http_port;
     let viewer = tokio::spawn(receive(port, "/jsmpeg", Duration::from_secs(3)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+        .wait_state(Duration::from_secs(5), |s| {
+            s["relay"]["jsmpeg_viewers"] == 1
+        })
+        .await?;
 
     let valid = include_bytes!("fixtures/testsrc_160x120.ts").to_vec();
     let mut x = 0x2545_f491_4f6c_dd1du64;

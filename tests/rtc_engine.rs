@@ -12,8 +12,9 @@ use openh264::encoder::{Encoder, FrameType};
 use openh264::formats::{YUVBuffer, YUVSource};
 
 use peregrine::media::{clock, h264, Hub, Picture};
-use peregrine::rtc::receiver::{ReceivedFrame, ReceiverPeer};
 use peregrine::rtc::{PeerEvent, PeerOptions, RemoteCandidate, RtcConfig, RtcEngine, RtcError};
+use peregrine::viewer::depacketizer::ReceivedFrame;
+use peregrine::viewer::receiver::ReceiverPeer;
 use tokio::sync::mpsc;
 
 const WIDTH: usize = 320;
@@ -312,12 +313,25 @@ async fn viewers_receive_decodable_video() {
     engine.close_peer(closed.id, "test");
     engine.close_peer(bad_id, "test");
     let mut closed_peer = closed.peer;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    while closed_peer.try_next_frame().is_some() {}
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        closed_peer.try_next_frame().is_none(),
-        "no frames after close_peer"
+        wait_until(Duration::from_secs(3), || engine.stats().peers
+            == viewers.len())
+        .await,
+        "close_peer removes the peers: {:?}",
+        engine.stats()
+    );
+    // Pictures already on their way may still land; none captured from now on may.
+    let closed_at = clock::realtime_us_to_ntp(clock::realtime_us());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = Vec::new();
+    while let Some(frame) = closed_peer.try_next_frame() {
+        late.push(frame.abs_capture_time.expect("abs-capture-time"));
+    }
+    assert!(
+        late.iter().all(|&t| t < closed_at),
+        "no frames after close_peer: {} of {} captured after it",
+        late.iter().filter(|&&t| t >= closed_at).count(),
+        late.len()
     );
     for v in &mut viewers {
         frames(&mut v.peer, 10, Duration::from_secs(5)).await;

@@ -7,9 +7,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::rtc::{sdp, MAX_REMOTE_CANDIDATES};
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 use support::{JanusClient, Server, Transport};
+use tokio::net::UdpSocket;
 
 /// A new viewer's `watch` must get its offer within this while a flood goes on.
 const WATCH_BOUND: Duration = Duration::from_secs(1);
@@ -116,6 +118,74 @@ async fn a_candidate_flood_stalls_no_one() -> Result<()> {
     ensure!(
         fps >= baseline as f64 * 0.75,
         "the viewer dropped from {baseline} to {fps} fps"
+    );
+    Ok(())
+}
+
+/// Candidates trickled before the answer wait in the server, each taken against the
+/// viewer's budget: spread over messages small enough to pass the per-message cap, only
+/// the first [`MAX_REMOTE_CANDIDATES`] get connectivity checks once the answer comes,
+/// so a client cannot aim the server's STUN traffic at more addresses than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_trickled_before_the_answer_are_capped_per_viewer() -> Result<()> {
+    const EXTRA: usize = 5;
+    let server = Server::start(&["--resolution", "320x240"]).await?;
+    let mut targets = Vec::new();
+    for _ in 0..MAX_REMOTE_CANDIDATES + EXTRA {
+        targets.push(UdpSocket::bind("127.0.0.1:0").await?);
+    }
+    let mut client = JanusClient::connect(&server, Transport::WebSocket).await?;
+    client.create_and_attach().await?;
+    let offer = client.watch().await?;
+    let mut foundation = 0;
+    for chunk in targets.chunks(10) {
+        let mut candidates = Vec::new();
+        for socket in chunk {
+            foundation += 1;
+            let port = socket.local_addr()?.port();
+            candidates.push(json!({
+                "candidate": format!("candidate:{foundation} 1 udp 2122260223 127.0.0.1 {port} typ host"),
+                "sdpMLineIndex": 0,
+            }));
+        }
+        trickle(
+            &mut client,
+            json!({"janus": "trickle", "candidates": candidates}),
+        )
+        .await?;
+    }
+    // The viewer learns none of the server's candidates, so it never connects and the
+    // server goes on checking every candidate it took.
+    let blind_offer = sdp::retain_candidates(&offer, |_| false);
+    let (_viewer, answer) = ReceiverPeer::answer(&blind_offer).await?;
+    client.start(&answer).await?;
+
+    // Two checks on each candidate within the budget mean the server has been round
+    // its whole check list: one it took beyond the budget would have had a check too.
+    let mut checks = vec![0usize; targets.len()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 1500];
+    while checks[..MAX_REMOTE_CANDIDATES].iter().any(|&n| n < 2) {
+        ensure!(
+            Instant::now() < deadline,
+            "checks per trickled candidate after 10 s: {checks:?}"
+        );
+        for (socket, n) in targets.iter().zip(checks.iter_mut()) {
+            while socket.try_recv_from(&mut buf).is_ok() {
+                *n += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (socket, n) in targets.iter().zip(checks.iter_mut()) {
+        while socket.try_recv_from(&mut buf).is_ok() {
+            *n += 1;
+        }
+    }
+    eprintln!("checks per trickled candidate: {checks:?}");
+    ensure!(
+        checks[MAX_REMOTE_CANDIDATES..].iter().all(|&n| n == 0),
+        "candidates beyond the budget of {MAX_REMOTE_CANDIDATES} were checked: {checks:?}"
     );
     Ok(())
 }

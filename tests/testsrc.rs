@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use peregrine::media::decoder::H264Decoder;
 use peregrine::media::h264::{self, NalType};
 use peregrine::media::hub::KEYFRAME_MIN_SPACING_US;
 use peregrine::media::{clock, Hub, Picture, StartAt, Subscriber};
 use peregrine::source::pattern::read_code_strip;
 use peregrine::source::testsrc::{spawn, TestsrcConfig};
+use peregrine::viewer::decoder::H264Decoder;
 
 /// A running source that is stopped and joined when dropped.
 struct Running {

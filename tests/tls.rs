@@ -553,9 +553,8 @@ async fn sighup_reads_the_certificate_again_and_a_bad_one_keeps_the_old() -> Res
     )
     .await?;
     let hup = || {
-        // SAFETY: a signal to the child this test started.
-        let rc = unsafe { libc::kill(p.child.id() as i32, libc::SIGHUP) };
-        assert_eq!(rc, 0);
+        let child = nix::unistd::Pid::from_raw(p.child.id() as i32);
+        nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGHUP).expect("signal the server");
     };
     let mut before = tls_connect(&client, p.port).await?;
     assert_eq!(presented(&before), leaf(&first));

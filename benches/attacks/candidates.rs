@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use peregrine::janus::client::JanusClient;
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::viewer::janus_client::JanusClient;
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 
 use crate::clients::{fps_while, frames_in, janus, join, watch_latency, Viewing};

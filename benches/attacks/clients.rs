@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Result};
 use futures_util::{SinkExt, StreamExt};
-use peregrine::janus::client::{Endpoint, JanusClient};
-use peregrine::rtc::receiver::ReceiverPeer;
+use peregrine::viewer::janus_client::{Endpoint, JanusClient};
+use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

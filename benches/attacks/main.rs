@@ -104,17 +104,7 @@ fn parse(args: &[String]) -> Result<Options> {
 
 /// Enough descriptors for 1,100 client sockets and more.
 fn raise_own_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    peregrine::sys::process::raise_open_file_limit();
 }
 
 async fn run_one(name: &str, opts: &Options) -> Result<Vec<Row>> {

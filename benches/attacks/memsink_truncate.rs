@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::clients::{frames_in, join};
 use crate::figures::{progress, Row};
@@ -23,9 +25,8 @@ impl Drop for RemoveShm {
     }
 }
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(pid as i32, sig) };
+fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
 pub async fn run(bin: &Path) -> Result<Vec<Row>> {
@@ -56,7 +57,7 @@ pub async fn run(bin: &Path) -> Result<Vec<Row>> {
         "{NAME}: the viewer gets {before} frames in 2 s from the memsink"
     ));
 
-    signal(writer.pid(), libc::SIGSTOP);
+    signal(writer.pid(), Signal::SIGSTOP);
     let shm = PathBuf::from("/dev/shm").join(&name);
     std::fs::OpenOptions::new()
         .write(true)
@@ -117,8 +118,8 @@ pub async fn run(bin: &Path) -> Result<Vec<Row>> {
             ));
         }
     }
-    signal(writer.pid(), libc::SIGKILL);
-    signal(writer.pid(), libc::SIGCONT);
+    signal(writer.pid(), Signal::SIGKILL);
+    signal(writer.pid(), Signal::SIGCONT);
     drop(writer);
     Ok(rows)
 }

@@ -13,7 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use peregrine::load::procstat;
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use peregrine::viewer::load::procstat;
 use serde_json::Value;
 
 /// A server whose resident memory passes this is killed (the benchmark must not take
@@ -171,7 +175,7 @@ impl Server {
     /// `/state`, within 3 s.
     pub async fn state(&self) -> Result<Value> {
         let addr = format!("127.0.0.1:{}", self.http_port);
-        let request = peregrine::janus::client::http_request(&addr, "GET", "/state", None);
+        let request = peregrine::viewer::http::request(&addr, "GET", "/state", None);
         let (status, body) = tokio::time::timeout(Duration::from_secs(3), request)
             .await
             .map_err(|_| anyhow!("/state did not answer within 3 s"))??;
@@ -255,25 +259,15 @@ pub fn describe_exit(status: ExitStatus) -> String {
 
 /// Open files, address space and no core files for the child; it dies with us.
 fn limit_child(command: &mut Command, nofile: u64) {
-    // SAFETY: only async-signal-safe calls (setrlimit, prctl) run in the child.
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (setrlimit, prctl) that allocate nothing.
+    #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(move || {
-            let set = |resource, value: u64| {
-                let lim = libc::rlimit {
-                    rlim_cur: value,
-                    rlim_max: value,
-                };
-                if libc::setrlimit(resource, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            };
-            set(libc::RLIMIT_NOFILE, nofile)?;
-            set(libc::RLIMIT_AS, ADDRESS_SPACE_CAP)?;
-            set(libc::RLIMIT_CORE, 0)?;
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile)?;
+            setrlimit(Resource::RLIMIT_AS, ADDRESS_SPACE_CAP, ADDRESS_SPACE_CAP)?;
+            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+            set_pdeathsig(Signal::SIGKILL)?;
             Ok(())
         });
     }
@@ -295,8 +289,7 @@ fn spawn_watchdog(
             peak.fetch_max(kib, Ordering::Relaxed);
             if kib / 1024 > RSS_CAP_MIB {
                 capped.store(true, Ordering::Relaxed);
-                // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::media::decoder::H264Decoder;
 use peregrine::media::encoder::{EncoderSettings, H264Encoder};
-use peregrine::rtc::receiver::ReceiverPeer;
 use peregrine::source::pattern::TestPattern;
+use peregrine::viewer::decoder::H264Decoder;
+use peregrine::viewer::receiver::ReceiverPeer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use peregrine::media::h264::nal_units;
 use peregrine::rtc::packetizer::packetize;
-use peregrine::rtc::receiver::depacketize;
+use peregrine::viewer::depacketizer::depacketize;
 
 /// What a decoder sees of a NAL unit after the round trip: the forbidden bit is cleared
 /// in fragments, and trailing zeros are indistinguishable from the next start code.

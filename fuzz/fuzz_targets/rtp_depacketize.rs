@@ -8,8 +8,9 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use peregrine::rtc::extensions::parse_abs_capture_time;
-use peregrine::rtc::receiver::{depacketize, Assembler, PacketExtensions};
+use peregrine::viewer::depacketizer::{
+    depacketize, parse_abs_capture_time, Assembler, PacketExtensions,
+};
 use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::Unmarshal;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use peregrine::janus::client::Endpoint;
-use peregrine::load::{self, bench, LoadConfig, LoadRun};
+use peregrine::viewer::janus_client::Endpoint;
+use peregrine::viewer::load::{self, bench, LoadConfig, LoadRun};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,14 +1,11 @@
 //! What the Janus side needs from the WebRTC engine, as a trait so the signaling code
 //! depends on four calls rather than on the engine's internals.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use tokio::sync::mpsc;
 
 use crate::rtc::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcEngine, RtcError};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use super::plugin_api::BoxFuture;
 
 /// Peer connections as the plugin uses them. [`RtcEngine`] is the real one.
 pub trait PeerBackend: Send + Sync + 'static {

@@ -6,19 +6,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio::sync::watch;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
 
 use super::auth::Auth;
 use super::backend::PeerBackend;
 use super::error::{code, JanusError};
 use super::message::{self, Request, ServerInfo, TrickleCandidate, Verb};
-use super::plugin::{self, UstreamerHandle};
+use super::plugin_api::{BoxFuture, HandleHost, HandleState, Plugin};
 use super::session::{ConnId, EventQueue, Handle, Owner, Registry, Session};
-use crate::media::Streams;
 use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
-use crate::rtc::{RemoteCandidate, RtcError, MAX_REMOTE_CANDIDATES};
+use crate::rtc::{
+    PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError, MAX_REMOTE_CANDIDATES,
+};
+
+/// Hangup reason for peers lost with the WebRTC engine.
+pub const ENGINE_GONE_REASON: &str = "WebRTC engine stopped";
 
 /// Longest pause between two checks for expired sessions (Janus checks every 2 s).
 const WATCHDOG_PERIOD: Duration = Duration::from_secs(2);
@@ -28,8 +33,6 @@ const WATCHDOG_PERIOD: Duration = Duration::from_secs(2);
 pub struct Settings {
     /// Idle time after which a session expires; zero disables expiry.
     pub session_timeout: Duration,
-    /// Given to pages in the `features` event.
-    pub ice_url: Option<String>,
     pub caps: SessionCaps,
     /// The API secret and tokens requests must carry.
     pub auth: Auth,
@@ -65,6 +68,8 @@ fn refused(code: u16, reason: String) -> JanusError {
 pub struct JanusCounts {
     pub sessions: usize,
     pub handles: usize,
+    /// HTTP long polls waiting for events now.
+    pub long_polls: usize,
 }
 
 /// How a session ended; said in the "viewer gone" log line of its peers.
@@ -107,7 +112,8 @@ impl Drop for PollHold {
 }
 
 pub struct Gateway {
-    pub(super) streams: Arc<Streams>,
+    /// The plugins pages can attach to; the first is the one `info` describes.
+    plugins: Vec<Arc<dyn Plugin>>,
     pub(super) peers: Arc<dyn PeerBackend>,
     pub(super) settings: Settings,
     registry: Mutex<Registry>,
@@ -116,13 +122,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A core serving `plugins` (at least one), with peers made by `peers`.
     pub fn new(
-        streams: Arc<Streams>,
+        plugins: Vec<Arc<dyn Plugin>>,
         peers: Arc<dyn PeerBackend>,
         settings: Settings,
     ) -> Arc<Gateway> {
+        assert!(
+            !plugins.is_empty(),
+            "a Janus core serves at least one plugin"
+        );
         Arc::new(Gateway {
-            streams,
+            plugins,
             peers,
             settings,
             registry: Mutex::new(Registry::default()),
@@ -148,11 +159,9 @@ impl Gateway {
         &self,
         session_id: u64,
         handle_id: u64,
-        f: impl FnOnce(&mut UstreamerHandle) -> R,
+        f: impl FnOnce(&mut Handle) -> R,
     ) -> Option<R> {
-        self.with_session(session_id, |s| {
-            s.handle_mut(handle_id).map(|h| f(&mut h.plugin))
-        })
+        self.with_session(session_id, |s| s.handle_mut(handle_id).map(f))
     }
 
     /// Send an event about a handle, if it still exists.
@@ -184,8 +193,13 @@ impl Gateway {
     }
 
     pub fn counts(&self) -> JanusCounts {
-        let (sessions, handles) = self.registry().counts();
-        JanusCounts { sessions, handles }
+        let registry = self.registry();
+        let (sessions, handles) = registry.counts();
+        JanusCounts {
+            sessions,
+            handles,
+            long_polls: registry.polls_held(),
+        }
     }
 
     /// Flips to true when the server shuts down; transports close their connections.
@@ -264,7 +278,7 @@ impl Gateway {
                 Ok(message::success(tx, s))
             }
             Verb::Hangup => {
-                if let Some(Some(peer)) = self.with_handle(s, h, |p| p.take_peer()) {
+                if let Some(Some(peer)) = self.with_handle(s, h, Handle::take_peer) {
                     self.peers.close_peer(peer, "hangup");
                     self.emit_to_handle(s, h, |s, h| message::hangup(s, h, "Janus API"));
                 }
@@ -279,13 +293,14 @@ impl Gateway {
     }
 
     pub(super) fn server_info(&self) -> ServerInfo {
+        let plugin = self.plugins[0].info();
         ServerInfo {
             session_timeout_s: self.settings.session_timeout.as_secs(),
-            plugin_package: plugin::PACKAGE,
-            plugin_name: plugin::NAME,
-            plugin_description: plugin::DESCRIPTION,
-            plugin_version: plugin::VERSION,
-            plugin_version_string: plugin::VERSION_STRING,
+            plugin_package: plugin.package,
+            plugin_name: plugin.name,
+            plugin_description: plugin.description,
+            plugin_version: plugin.version,
+            plugin_version_string: plugin.version_string,
             api_secret: self.settings.auth.api_secret.is_some(),
             auth_token: self.settings.auth.tokens.is_some(),
         }
@@ -348,12 +363,15 @@ impl Gateway {
     fn attach(&self, req: &Request) -> Result<Value, JanusError> {
         let s = req.session_id;
         let attach = message::parse_attach(req)?;
-        if attach.plugin != plugin::PACKAGE {
+        let Some(plugin) = self
+            .plugins
+            .iter()
+            .find(|p| p.info().package == attach.plugin)
+        else {
             return Err(JanusError::no_plugin(&attach.plugin));
-        }
-        self.settings
-            .auth
-            .check_plugin(&req.fields, plugin::PACKAGE)?;
+        };
+        let package = plugin.info().package;
+        self.settings.auth.check_plugin(&req.fields, package)?;
         let cap = self.settings.caps.handles_per_session;
         let handles = self.with_session(s, |session| Some(session.handle_count()));
         if over(cap, handles.unwrap_or(0)) {
@@ -363,12 +381,12 @@ impl Gateway {
                 format!("Too many handles in this session (limit {cap})"),
             ));
         }
-        let handle = UstreamerHandle::new(self.streams.default_stream().clone());
+        let state = plugin.attach();
         let id = self
             .registry()
-            .add_handle(s, handle)
+            .add_handle(s, plugin.clone(), state)
             .ok_or_else(|| JanusError::no_session(s))?;
-        tracing::debug!(session = s, handle = id, "attached to {}", plugin::PACKAGE);
+        tracing::debug!(session = s, handle = id, "attached to {package}");
         Ok(message::success_with_id(&req.transaction, s, id))
     }
 
@@ -383,7 +401,7 @@ impl Gateway {
                 ));
             }
             let peer = self
-                .with_handle(s, h, |p| p.peer_id())
+                .with_handle(s, h, |handle| handle.peer_id())
                 .flatten()
                 .ok_or_else(JanusError::unexpected_answer)?;
             self.peers
@@ -400,12 +418,21 @@ impl Gateway {
                     | RtcError::TooManyViewers(_)) => JanusError::internal(e.to_string()),
                 })?;
         }
-        let data = self.plugin_message(s, h, &msg.body).await;
+        let plugin = self
+            .with_handle(s, h, |handle| handle.plugin.clone())
+            .ok_or_else(|| JanusError::no_handle(s, h))?;
+        let host = HostedHandle {
+            gateway: self.clone(),
+            session_id: s,
+            handle_id: h,
+        };
+        let data = plugin.message(&host, &msg.body).await;
+        let package = plugin.info().package;
         Ok(message::plugin_success(
             &req.transaction,
             s,
             h,
-            plugin::PACKAGE,
+            package,
             data,
         ))
     }
@@ -414,7 +441,7 @@ impl Gateway {
         let (s, h) = (req.session_id, req.handle_id);
         let candidates = message::parse_trickle(req)?;
         let peer = self
-            .with_handle(s, h, |p| p.peer_id())
+            .with_handle(s, h, |handle| handle.peer_id())
             .flatten()
             .ok_or_else(JanusError::no_stream)?;
         // A peer takes no more than this in all, so more in one message is only load.
@@ -439,7 +466,7 @@ impl Gateway {
     }
 
     fn teardown_handle(&self, mut handle: Handle, reason: &'static str) {
-        if let Some(peer) = handle.plugin.take_peer() {
+        if let Some(peer) = handle.take_peer() {
             self.peers.close_peer(peer, reason);
         }
         tracing::debug!(handle = handle.id, "handle destroyed");
@@ -512,6 +539,93 @@ impl Gateway {
         }
     }
 
+    /// Give a handle a new peer made with `opts` and push `event` with its offer; see
+    /// [`HandleHost::offer`].
+    async fn offer_to_handle(
+        self: &Arc<Self>,
+        session_id: u64,
+        handle_id: u64,
+        opts: PeerOptions,
+        event: Value,
+    ) -> Result<(), RtcError> {
+        // A new offer starts over with a fresh peer: the page has closed its side
+        // already when it watches again.
+        match self.with_handle(session_id, handle_id, Handle::take_peer) {
+            None => return Ok(()), // the handle went away meanwhile
+            Some(Some(old)) => self.peers.close_peer(old, "watch again"),
+            Some(None) => {}
+        }
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (peer_id, sdp) = self.peers.create_offer(opts, events_tx).await?;
+        let relay = self.spawn_peer_relay(session_id, handle_id, peer_id, events_rx);
+        let installed = self.with_session(session_id, |session| {
+            let handle = session.handle_mut(handle_id)?;
+            let replaced = handle.set_peer(peer_id, relay.clone());
+            let package = handle.plugin.info().package;
+            let jsep = json!({ "type": "offer", "sdp": sdp });
+            session.deliver(message::plugin_event(
+                session_id,
+                handle_id,
+                package,
+                event,
+                Some(jsep),
+            ));
+            Some(replaced)
+        });
+        match installed {
+            Some(Some(replaced)) => self.peers.close_peer(replaced, "replaced by a newer watch"),
+            Some(None) => {}
+            None => {
+                // The handle went away while the offer was being made.
+                relay.abort();
+                self.peers.close_peer(peer_id, "handle gone");
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_peer_relay(
+        self: &Arc<Self>,
+        session_id: u64,
+        handle_id: u64,
+        peer_id: PeerId,
+        mut events: mpsc::UnboundedReceiver<PeerEvent>,
+    ) -> AbortHandle {
+        let gateway = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
+                gateway.peer_event(session_id, handle_id, peer_id, event);
+            }
+            // The engine dropped the peer without a word: it stopped, or panicked and
+            // was restarted. A handle still holding the peer gets its hangup.
+            if let Some(gateway) = gateway.upgrade() {
+                let reason = ENGINE_GONE_REASON.to_string();
+                gateway.peer_event(session_id, handle_id, peer_id, PeerEvent::Closed { reason });
+            }
+        })
+        .abort_handle()
+    }
+
+    /// Turn what the engine says about a peer into Janus events.
+    fn peer_event(&self, session_id: u64, handle_id: u64, peer_id: PeerId, event: PeerEvent) {
+        self.with_session(session_id, |session| {
+            let handle = session.handle_mut(handle_id)?;
+            match event {
+                PeerEvent::Connected if handle.peer_connected(peer_id) => {
+                    session.deliver(message::webrtcup(session_id, handle_id));
+                }
+                PeerEvent::Closed { reason } if handle.peer_closed(peer_id) => {
+                    session.deliver(message::hangup(session_id, handle_id, &reason));
+                }
+                _ => {}
+            }
+            Some(())
+        });
+    }
+
     /// Close everything: transports close their connections, every session goes.
     pub fn shut_down(&self) {
         self.closing.send_replace(true);
@@ -519,5 +633,162 @@ impl Gateway {
         for id in ids {
             self.destroy_session(id, SessionEnd::ShutDown);
         }
+    }
+}
+/// One handle, as its plugin reaches the core.
+struct HostedHandle {
+    gateway: Arc<Gateway>,
+    session_id: u64,
+    handle_id: u64,
+}
+
+impl HandleHost for HostedHandle {
+    fn push_event(&self, data: Value, jsep: Option<Value>) {
+        self.gateway.with_session(self.session_id, |session| {
+            let handle = session.handle_mut(self.handle_id)?;
+            let package = handle.plugin.info().package;
+            let event = message::plugin_event(self.session_id, self.handle_id, package, data, jsep);
+            session.deliver(event);
+            Some(())
+        });
+    }
+
+    fn with_state(&self, f: &mut dyn FnMut(&mut dyn HandleState)) -> bool {
+        self.gateway
+            .with_handle(self.session_id, self.handle_id, |h| f(h.state.as_mut()))
+            .is_some()
+    }
+
+    fn offer(&self, opts: PeerOptions, event: Value) -> BoxFuture<'_, Result<(), RtcError>> {
+        Box::pin(
+            self.gateway
+                .offer_to_handle(self.session_id, self.handle_id, opts, event),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::any::Any;
+
+    use serde_json::Map;
+
+    use super::*;
+    use crate::janus::plugin_api::{with_state_as, PluginInfo};
+    use crate::rtc::RemoteCandidate;
+
+    /// A plugin the core knows nothing about: it echoes each message as an event and
+    /// counts the messages of each handle.
+    struct Echo;
+
+    struct EchoHandle {
+        messages: u64,
+    }
+
+    impl HandleState for EchoHandle {
+        fn as_any_mut(&mut self) -> &mut dyn Any {
+            self
+        }
+    }
+
+    const ECHO: PluginInfo = PluginInfo {
+        package: "test.plugin.echo",
+        name: "echo",
+        description: "echoes",
+        version: 1,
+        version_string: "0.0.1",
+    };
+
+    impl Plugin for Echo {
+        fn info(&self) -> &PluginInfo {
+            &ECHO
+        }
+
+        fn attach(&self) -> Box<dyn HandleState> {
+            Box::new(EchoHandle { messages: 0 })
+        }
+
+        fn message<'a>(
+            &'a self,
+            host: &'a dyn HandleHost,
+            body: &'a Map<String, Value>,
+        ) -> BoxFuture<'a, Value> {
+            Box::pin(async move {
+                let n = with_state_as(host, |h: &mut EchoHandle| {
+                    h.messages += 1;
+                    h.messages
+                });
+                host.push_event(json!({ "echo": body }), None);
+                json!({ "messages": n })
+            })
+        }
+    }
+
+    struct NoPeers;
+
+    impl PeerBackend for NoPeers {
+        fn create_offer(
+            &self,
+            _: PeerOptions,
+            _: mpsc::UnboundedSender<PeerEvent>,
+        ) -> BoxFuture<'_, Result<(PeerId, String), RtcError>> {
+            Box::pin(async { Err(RtcError::Stopped) })
+        }
+
+        fn apply_answer<'a>(
+            &'a self,
+            _: PeerId,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<(), RtcError>> {
+            Box::pin(async { Err(RtcError::Stopped) })
+        }
+
+        fn add_remote_candidate(&self, _: PeerId, _: RemoteCandidate) {}
+
+        fn close_peer(&self, _: PeerId, _: &'static str) {}
+    }
+
+    fn request(v: Value) -> Request {
+        message::request_from_value(v).expect("a well-formed request")
+    }
+
+    #[tokio::test]
+    async fn a_second_plugin_plugs_in_without_the_core_knowing_it() {
+        let settings = Settings {
+            session_timeout: Duration::ZERO,
+            caps: SessionCaps::default(),
+            auth: Auth::default(),
+        };
+        let gateway = Gateway::new(vec![Arc::new(Echo)], Arc::new(NoPeers), settings);
+        let owner = Owner::LongPoll;
+        let created = gateway
+            .handle(request(json!({"janus":"create","transaction":"1"})), &owner)
+            .await;
+        let s = created["data"]["id"].as_u64().expect("session id");
+        let attach =
+            json!({"janus":"attach","transaction":"2","session_id":s,"plugin":"test.plugin.echo"});
+        let h = gateway.handle(request(attach), &owner).await["data"]["id"]
+            .as_u64()
+            .expect("handle id");
+        let info = gateway
+            .handle(request(json!({"janus":"info","transaction":"3"})), &owner)
+            .await;
+        assert!(info.to_string().contains("test.plugin.echo"), "{info}");
+        for n in 1..=2 {
+            let msg = json!({"janus":"message","transaction":"4","session_id":s,"handle_id":h,"body":{"n":n}});
+            let reply = gateway.handle(request(msg), &owner).await;
+            assert_eq!(
+                reply["plugindata"],
+                json!({"plugin":"test.plugin.echo","data":{"messages":n}})
+            );
+        }
+        let (queue, _hold) = gateway.hold_poll(s).expect("session");
+        let events = queue.take(10);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[1]["plugindata"]["data"], json!({"echo":{"n":2}}));
+        assert_eq!(events[1]["sender"], json!(h));
+        let other = json!({"janus":"attach","transaction":"5","session_id":s,"plugin":"janus.plugin.ustreamer"});
+        let refused = gateway.handle(request(other), &owner).await;
+        assert_eq!(refused["error"]["code"], 460, "{refused}");
     }
 }

@@ -11,15 +11,15 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
-pub mod client;
 pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod listen;
 pub mod message;
 pub mod outbox;
-pub mod plugin;
+pub mod plugin_api;
 pub mod session;
+pub mod ustreamer;
 pub mod ws;
 
 use std::future::Future;
@@ -190,7 +190,7 @@ impl JanusConfig {
                         Some(secret) => auth::Tokens::Signed(secret.clone()),
                         None => auth::Tokens::Stored(auth::TokenStore::new(
                             &cfg.janus_tokens,
-                            &[plugin::PACKAGE],
+                            &[ustreamer::PACKAGE],
                         )),
                     }),
             },
@@ -325,11 +325,11 @@ impl JanusServer {
         .map(|b| b.with_tls(cfg.tls.clone()));
         let settings = gateway::Settings {
             session_timeout: cfg.session_timeout,
-            ice_url: cfg.ice_servers.first().cloned(),
             caps: cfg.caps,
             auth: cfg.auth,
         };
-        let gateway = gateway::Gateway::new(streams, peers, settings);
+        let ustreamer = ustreamer::Ustreamer::new(streams, cfg.ice_servers.first().cloned());
+        let gateway = gateway::Gateway::new(vec![Arc::new(ustreamer)], peers, settings);
         Ok(JanusServer {
             admin: Arc::new(admin::AdminApi::new(gateway.clone(), cfg.admin.secret)),
             admin_ws,

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 
 use super::outbox::Outbox;
-use super::plugin::UstreamerHandle;
+use super::plugin_api::{HandleState, Plugin};
 use crate::ratelog::{RateLimited, PERIOD};
+use crate::rtc::PeerId;
 
 static EVENTS_DROPPED: RateLimited = RateLimited::new(PERIOD);
 
@@ -112,9 +114,60 @@ impl EventQueue {
     }
 }
 
+/// A plugin handle: the plugin's state for it, and the WebRTC peer the core keeps for it.
 pub struct Handle {
     pub id: u64,
-    pub plugin: UstreamerHandle,
+    pub plugin: Arc<dyn Plugin>,
+    pub state: Box<dyn HandleState>,
+    peer: Option<ActivePeer>,
+}
+
+struct ActivePeer {
+    id: PeerId,
+    /// The task relaying the engine's events about this peer.
+    relay: AbortHandle,
+}
+
+impl Handle {
+    pub fn peer_id(&self) -> Option<PeerId> {
+        self.peer.as_ref().map(|p| p.id)
+    }
+
+    /// Forget the current peer and stop relaying its events; the caller closes it.
+    #[must_use]
+    pub fn take_peer(&mut self) -> Option<PeerId> {
+        let peer = self.peer.take()?;
+        peer.relay.abort();
+        self.state.media_stopped();
+        Some(peer.id)
+    }
+
+    /// Install a new peer; returns the one it replaces, for the caller to close.
+    #[must_use]
+    pub fn set_peer(&mut self, id: PeerId, relay: AbortHandle) -> Option<PeerId> {
+        let old = self.take_peer();
+        self.peer = Some(ActivePeer { id, relay });
+        old
+    }
+
+    /// The engine reported this peer connected; false when it is not the current one.
+    pub fn peer_connected(&mut self, id: PeerId) -> bool {
+        let current = self.peer_id() == Some(id);
+        if current {
+            self.state.media_started();
+        }
+        current
+    }
+
+    /// The engine reported this peer closed: forget it without closing it again.
+    pub fn peer_closed(&mut self, id: PeerId) -> bool {
+        let current = self.peer_id() == Some(id);
+        if current {
+            self.peer = None;
+            self.state.media_stopped();
+        }
+        current
+    }
 }
 
 pub struct Session {
@@ -225,7 +278,12 @@ impl Registry {
     }
 
     /// Add a handle to an existing session and return its new id.
-    pub fn add_handle(&mut self, session_id: u64, plugin: UstreamerHandle) -> Option<u64> {
+    pub fn add_handle(
+        &mut self,
+        session_id: u64,
+        plugin: Arc<dyn Plugin>,
+        state: Box<dyn HandleState>,
+    ) -> Option<u64> {
         if !self.sessions.contains_key(&session_id) {
             return None;
         }
@@ -236,7 +294,13 @@ impl Registry {
             }
         };
         let session = self.sessions.get_mut(&session_id)?;
-        session.handles.insert(id, Handle { id, plugin });
+        let handle = Handle {
+            id,
+            plugin,
+            state,
+            peer: None,
+        };
+        session.handles.insert(id, handle);
         self.handle_sessions.insert(id, session_id);
         Some(id)
     }
@@ -284,6 +348,11 @@ impl Registry {
     pub fn counts(&self) -> (usize, usize) {
         (self.sessions.len(), self.handle_sessions.len())
     }
+
+    /// HTTP long polls waiting on any session now.
+    pub fn polls_held(&self) -> usize {
+        self.sessions.values().map(|s| s.polls_held).sum()
+    }
 }
 
 impl Session {
@@ -319,12 +388,15 @@ mod tests {
 
     #[tokio::test]
     async fn queue_wakes_poller_and_closes() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
         let q = Arc::new(EventQueue::default());
-        let q2 = q.clone();
-        let poll = tokio::spawn(async move { q2.wait(10, Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Polled once, the poller is waiting (registered) before the push.
+        let mut poll = std::pin::pin!(q.wait(10, Duration::from_secs(5)));
+        let pending = poll.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(pending, Poll::Pending), "nothing queued yet");
         q.push(serde_json::json!({"n":1}));
-        assert_eq!(poll.await.unwrap().len(), 1);
+        assert_eq!(poll.await.len(), 1);
         let started = Instant::now();
         assert!(q.wait(10, Duration::from_millis(50)).await.is_empty());
         assert!(started.elapsed() >= Duration::from_millis(45));

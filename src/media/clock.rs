@@ -5,13 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// CLOCK_MONOTONIC now, in microseconds.
 pub fn monotonic_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass it.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    crate::sys::clock::monotonic().as_micros() as u64
 }
 
 /// Wall-clock time now, in microseconds since the Unix epoch.

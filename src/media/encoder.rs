@@ -55,7 +55,7 @@ impl H264Encoder {
             .num_threads(1);
         let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .context("creating the H.264 encoder")?;
-        super::openh264_log::route_encoder_log(&mut encoder);
+        crate::sys::openh264_log::route_encoder_log(&mut encoder);
         Ok(H264Encoder {
             encoder,
             settings: *settings,
@@ -138,8 +138,8 @@ impl H264Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::decoder::H264Decoder;
     use crate::source::pattern::{read_code_strip, TestPattern};
+    use crate::viewer::decoder::H264Decoder;
 
     fn settings(width: u32, height: u32, bitrate_kbps: u32) -> EncoderSettings {
         EncoderSettings {

@@ -3,11 +3,9 @@
 //! the per-stream hub.
 
 pub mod clock;
-pub mod decoder;
 pub mod encoder;
 pub mod h264;
 pub mod hub;
-pub mod openh264_log;
 pub mod picture;
 pub mod refchain;
 pub mod signal;

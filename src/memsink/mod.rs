@@ -14,14 +14,9 @@ pub mod writer;
 
 /// CLOCK_MONOTONIC in seconds, rounded to whole milliseconds as µStreamer stamps frames.
 pub fn monotonic_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass it.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let ms = (ts.tv_nsec as f64 / 1e6).round();
-    ts.tv_sec as f64 + ms / 1000.0
+    let now = crate::sys::clock::monotonic();
+    let ms = (f64::from(now.subsec_nanos()) / 1e6).round();
+    now.as_secs() as f64 + ms / 1000.0
 }
 
 /// A monotonic microsecond reading as memsink seconds (ms granular).

@@ -117,11 +117,11 @@ impl SinkReader {
 
     /// One pass. `want_key` asks the writer for a keyframe (sticky until it puts one).
     pub fn get(&mut self, want_key: bool) -> Result<Get, ReadError> {
-        if !self.shm.lock_timed(self.timeout).map_err(|e| self.io(e))? {
+        let Some(lock) = self.shm.lock_timed(self.timeout).map_err(|e| self.io(e))? else {
             return Ok(Get::NoData);
-        }
+        };
         let result = self.locked_get(want_key);
-        let unlocked = self.shm.unlock();
+        let unlocked = lock.unlock();
         let got = result?;
         unlocked.map_err(|e| self.io(e))?;
         Ok(got)

@@ -1,9 +1,6 @@
-//! One POSIX shared-memory object, accessed with `pread`/`pwrite` on its descriptor, with
-//! the `flock` protocol on that descriptor.
-//!
-//! The memsink lock is `flock` on the very descriptor `shm_open` returned, so this module
-//! talks to libc directly: the `shared_memory` crate hides its descriptor and so cannot
-//! take the lock other memsink processes take.
+//! One memsink's POSIX shared-memory object: who may reuse it, its expected size, and
+//! the `flock` protocol, on top of [`crate::sys::shm`] (which says why `flock` on the
+//! `shm_open` descriptor and not the `shared_memory` crate).
 //!
 //! The object is never mapped: any local process that may open it can also shrink it
 //! (`ftruncate`, `truncate -s 0`), and touching a mapping past the new end raises SIGBUS,
@@ -11,10 +8,13 @@
 //! is reported as an error the caller recovers from. Copying a frame of a few MB through
 //! the page cache costs about what copying it out of a mapping does.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
+
+use crate::sys::process::effective_uid;
+use crate::sys::shm::SharedMemory;
+pub use crate::sys::shm::ShmLock;
 
 /// How the object is opened.
 #[derive(Clone, Copy, Debug)]
@@ -29,53 +29,36 @@ pub enum OpenMode {
 /// A shared-memory object. All access copies through the descriptor because other
 /// processes change (or shrink) the object at any time.
 pub struct ShmObject {
-    fd: OwnedFd,
+    shm: SharedMemory,
     len: usize,
     name: String,
 }
 
-fn c_name(name: &str) -> io::Result<CString> {
-    let with_slash = if name.starts_with('/') {
+fn shm_name(name: &str) -> String {
+    if name.starts_with('/') {
         name.to_string()
     } else {
         format!("/{name}")
-    };
-    CString::new(with_slash).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn shm_open(cname: &CString, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: umask and shm_open have no memory-safety preconditions; the umask is
-    // restored at once so a created object gets exactly the mode asked for.
-    let fd = unsafe {
-        let old = libc::umask(0);
-        let fd = libc::shm_open(cname.as_ptr(), flags, mode as libc::mode_t);
-        libc::umask(old);
-        fd
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
     }
-    // SAFETY: fd was just returned by shm_open and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Why an existing object may not be reused by a writer: it must be a regular file owned
 /// by our effective user and not writable by others. Anyone else who could pre-create
-/// the name would otherwise read, or forge, the frames every reader trusts.
-pub fn check_reusable(st: &libc::stat, euid: u32) -> Result<(), String> {
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+/// the name would otherwise read, or forge, the frames every reader trusts. `mode` is
+/// `st_mode` (type and permission bits), `uid` the owner.
+pub fn check_reusable(mode: u32, uid: u32, euid: u32) -> Result<(), String> {
+    if mode & libc::S_IFMT != libc::S_IFREG {
         return Err("it is not a regular file".into());
     }
-    if st.st_uid != euid {
+    if uid != euid {
         return Err(format!(
-            "it belongs to uid {}, not to this process's uid {euid}",
-            st.st_uid
+            "it belongs to uid {uid}, not to this process's uid {euid}"
         ));
     }
-    if st.st_mode & 0o002 != 0 {
+    if mode & 0o002 != 0 {
         return Err(format!(
             "it is writable by every user (mode {:o})",
-            st.st_mode & 0o7777
+            mode & 0o7777
         ));
     }
     Ok(())
@@ -84,20 +67,15 @@ pub fn check_reusable(st: &libc::stat, euid: u32) -> Result<(), String> {
 impl ShmObject {
     /// Open (or create) `name`, `size` bytes long.
     pub fn open(name: &str, size: usize, how: OpenMode) -> io::Result<ShmObject> {
-        let cname = c_name(name)?;
-        let fd = match how {
-            OpenMode::Create { mode } => Self::create_or_reuse(name, &cname, mode)?,
-            OpenMode::Existing => shm_open(&cname, libc::O_RDWR, 0)?,
-        };
-        match how {
-            OpenMode::Create { .. } => {
-                // SAFETY: plain syscall on our descriptor.
-                if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+        let shm = match how {
+            OpenMode::Create { mode } => {
+                let shm = Self::create_or_reuse(name, mode)?;
+                shm.set_len(size as u64)?;
+                shm
             }
             OpenMode::Existing => {
-                let actual = file_size(&fd)?;
+                let shm = SharedMemory::open(&shm_name(name), true)?;
+                let actual = shm.metadata()?.len();
                 if actual < size as u64 {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -107,28 +85,28 @@ impl ShmObject {
                         ),
                     ));
                 }
+                shm
             }
-        }
+        };
         Ok(ShmObject {
-            fd,
+            shm,
             len: size,
             name: name.to_string(),
         })
     }
 
-    fn create_or_reuse(name: &str, cname: &CString, mode: u32) -> io::Result<OwnedFd> {
-        match shm_open(cname, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+    fn create_or_reuse(name: &str, mode: u32) -> io::Result<SharedMemory> {
+        let path = shm_name(name);
+        match SharedMemory::create_new(&path, mode) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             other => return other,
         }
         // Left over from an earlier run (µStreamer's writers keep it unless told to
         // remove it): reuse it only if it is ours. The checks are made on the descriptor
         // itself, so swapping the name afterwards changes nothing.
-        let fd = shm_open(cname, libc::O_RDWR, 0)?;
-        let st = fstat(&fd)?;
-        // SAFETY: geteuid cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if let Err(why) = check_reusable(&st, euid) {
+        let shm = SharedMemory::open(&path, true)?;
+        let meta = shm.metadata()?;
+        if let Err(why) = check_reusable(meta.mode(), meta.uid(), effective_uid()) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
@@ -141,24 +119,16 @@ impl ShmObject {
             ));
         }
         // Our own stale object: give it the mode asked for now.
-        // SAFETY: plain syscall on our descriptor.
-        if unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(fd)
+        shm.set_mode(mode)?;
+        Ok(shm)
     }
 
     /// Remove the name; open descriptors stay valid. A missing name is not an error.
     pub fn unlink(name: &str) -> io::Result<()> {
-        let cname = c_name(name)?;
-        // SAFETY: shm_unlink reads the NUL-terminated name only.
-        if unsafe { libc::shm_unlink(cname.as_ptr()) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                return Err(e);
-            }
+        match SharedMemory::unlink(&shm_name(name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
         }
-        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -176,7 +146,7 @@ impl ShmObject {
 
     /// The object's size now (another process may have changed it).
     pub fn actual_size(&self) -> io::Result<u64> {
-        file_size(&self.fd)
+        Ok(self.shm.metadata()?.len())
     }
 
     /// Give the object back its full size if something shrank it: Ok(Some(old size))
@@ -187,27 +157,22 @@ impl ShmObject {
         if actual >= self.len as u64 {
             return Ok(None);
         }
-        // SAFETY: plain syscall on our descriptor.
-        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), self.len as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.shm.set_len(self.len as u64)?;
         Ok(Some(actual))
     }
 
     /// Inode of our descriptor, to notice that the name now points to a new object.
     pub fn inode(&self) -> io::Result<u64> {
-        Ok(fstat(&self.fd)?.st_ino)
+        Ok(self.shm.metadata()?.ino())
     }
 
     /// Inode currently behind `name` (None when the name does not exist).
     pub fn inode_of_name(name: &str) -> io::Result<Option<u64>> {
-        let cname = c_name(name)?;
-        let fd = match shm_open(&cname, libc::O_RDONLY, 0) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(Some(fstat(&fd)?.st_ino))
+        match SharedMemory::open(&shm_name(name), false) {
+            Ok(shm) => Ok(Some(shm.metadata()?.ino())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn check(&self, off: usize, n: usize) {
@@ -225,25 +190,11 @@ impl ShmObject {
         self.check(off, out.len());
         let mut done = 0;
         while done < out.len() {
-            let rest = &mut out[done..];
-            // SAFETY: pread writes at most rest.len() bytes into rest.
-            let n = unsafe {
-                libc::pread(
-                    self.fd.as_raw_fd(),
-                    rest.as_mut_ptr().cast(),
-                    rest.len(),
-                    (off + done) as libc::off_t,
-                )
-            };
-            match n {
-                0 => return Err(truncated(self.actual_size().ok(), self.len)),
-                n if n < 0 => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-                n => done += n as usize,
+            match self.shm.read_at(&mut out[done..], (off + done) as u64) {
+                Ok(0) => return Err(truncated(self.actual_size().ok(), self.len)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -254,62 +205,31 @@ impl ShmObject {
         self.check(off, bytes.len());
         let mut done = 0;
         while done < bytes.len() {
-            let rest = &bytes[done..];
-            // SAFETY: pwrite reads at most rest.len() bytes from rest.
-            let n = unsafe {
-                libc::pwrite(
-                    self.fd.as_raw_fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    (off + done) as libc::off_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            } else {
-                done += n as usize;
+            match self.shm.write_at(&bytes[done..], (off + done) as u64) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 
-    /// One non-blocking attempt at the exclusive lock: Ok(false) when someone else holds it.
-    pub fn try_lock(&self) -> io::Result<bool> {
-        // SAFETY: plain syscall on our descriptor.
-        if unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(false)
-        } else {
-            Err(e)
-        }
+    /// One non-blocking attempt at the exclusive lock: None when someone else holds it.
+    pub fn try_lock(&self) -> io::Result<Option<ShmLock>> {
+        self.shm.try_lock()
     }
 
-    /// Try the lock every millisecond until `timeout` passes: Ok(false) on timeout.
-    pub fn lock_timed(&self, timeout: Duration) -> io::Result<bool> {
+    /// Try the lock every millisecond until `timeout` passes: None on timeout.
+    pub fn lock_timed(&self, timeout: Duration) -> io::Result<Option<ShmLock>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.try_lock()? {
-                return Ok(true);
+            if let Some(lock) = self.try_lock()? {
+                return Ok(Some(lock));
             }
             if Instant::now() > deadline {
-                return Ok(false);
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    pub fn unlock(&self) -> io::Result<()> {
-        // SAFETY: plain syscall on our descriptor.
-        if unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
         }
     }
 }
@@ -322,42 +242,50 @@ fn truncated(actual: Option<u64>, expected: usize) -> io::Error {
     )
 }
 
-fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is a valid value; fstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: plain syscall writing into st.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
-}
-
-fn file_size(fd: &OwnedFd) -> io::Result<u64> {
-    Ok(fstat(fd)?.st_size as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stat_with(mode: u32, uid: u32) -> libc::stat {
-        // SAFETY: an all-zero stat is a valid value.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        st.st_mode = mode;
-        st.st_uid = uid;
-        st
+    #[test]
+    fn only_our_own_private_objects_are_reused() {
+        assert!(check_reusable(libc::S_IFREG | 0o660, 1000, 1000).is_ok());
+        assert!(check_reusable(libc::S_IFREG | 0o600, 0, 0).is_ok());
+        let other = check_reusable(libc::S_IFREG | 0o660, 1001, 1000);
+        assert!(other.unwrap_err().contains("uid 1001"));
+        let world = check_reusable(libc::S_IFREG | 0o666, 1000, 1000);
+        assert!(world.unwrap_err().contains("666"));
+        let dir = check_reusable(libc::S_IFDIR | 0o700, 1000, 1000);
+        assert!(dir.unwrap_err().contains("regular"));
     }
 
     #[test]
-    fn only_our_own_private_objects_are_reused() {
-        assert!(check_reusable(&stat_with(libc::S_IFREG | 0o660, 1000), 1000).is_ok());
-        assert!(check_reusable(&stat_with(libc::S_IFREG | 0o600, 0), 0).is_ok());
-        let other = check_reusable(&stat_with(libc::S_IFREG | 0o660, 1001), 1000);
-        assert!(other.unwrap_err().contains("uid 1001"));
-        let world = check_reusable(&stat_with(libc::S_IFREG | 0o666, 1000), 1000);
-        assert!(world.unwrap_err().contains("666"));
-        let dir = check_reusable(&stat_with(libc::S_IFDIR | 0o700, 1000), 1000);
-        assert!(dir.unwrap_err().contains("regular"));
+    fn a_created_object_has_exactly_the_mode_asked_for() {
+        use std::os::unix::fs::PermissionsExt;
+        let name = format!("peregrine-shm-mode-{}", std::process::id());
+        // Group-writable: a umask of 022 or 002 would take bits away.
+        let shm = ShmObject::open(&name, 64, OpenMode::Create { mode: 0o660 }).unwrap();
+        let meta = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+        assert_eq!(shm.actual_size().unwrap(), 64);
+        ShmObject::unlink(&name).unwrap();
+        ShmObject::unlink(&name).unwrap(); // a missing name is not an error
+    }
+
+    #[test]
+    fn the_lock_keeps_out_other_openers_until_released_or_dropped() {
+        let name = format!("peregrine-shm-lock-{}", std::process::id());
+        let writer = ShmObject::open(&name, 64, OpenMode::Create { mode: 0o600 }).unwrap();
+        let reader = ShmObject::open(&name, 64, OpenMode::Existing).unwrap();
+        let held = writer.try_lock().unwrap().expect("free at first");
+        assert!(reader.try_lock().unwrap().is_none(), "held by the writer");
+        let timed = reader.lock_timed(Duration::from_millis(5)).unwrap();
+        assert!(timed.is_none(), "still held by the writer");
+        held.unlock().unwrap();
+        let held = reader.try_lock().unwrap().expect("released by unlock");
+        assert!(writer.try_lock().unwrap().is_none(), "held by the reader");
+        drop(held);
+        assert!(writer.try_lock().unwrap().is_some(), "released by drop");
+        ShmObject::unlink(&name).unwrap();
     }
 
     #[test]

@@ -127,16 +127,16 @@ impl SinkWriter {
             return true;
         }
         match self.shm.try_lock() {
-            Ok(true) => {
+            Ok(Some(lock)) => {
                 self.has_clients = match self.read_header() {
                     Ok(header) => self.client_ts_alive(header.last_client_ts),
                     Err(_) => true,
                 };
-                if let Err(e) = self.shm.unlock() {
+                if let Err(e) = lock.unlock() {
                     tracing::warn!(sink = %self.cfg.name, "memsink unlock: {e}");
                 }
             }
-            Ok(false) => {
+            Ok(None) => {
                 // A reader is inside its get right now.
                 self.has_clients = true;
                 return true;
@@ -193,17 +193,16 @@ impl SinkWriter {
             );
             return Ok(PutOutcome::TooBig);
         }
-        if !self
+        let Some(lock) = self
             .shm
             .lock_timed(PUT_LOCK_TIMEOUT)
             .with_context(|| format!("memsink {:?}: lock", self.cfg.name))?
-        {
+        else {
             tracing::debug!(sink = %self.cfg.name, "memsink busy; frame skipped");
             return Ok(PutOutcome::Busy);
-        }
+        };
         let written = self.locked_put(meta, payload);
-        self.shm
-            .unlock()
+        lock.unlock()
             .with_context(|| format!("memsink {:?}: unlock", self.cfg.name))?;
         let wants_key = written.with_context(|| format!("memsink {:?}", self.cfg.name))?;
         Ok(PutOutcome::Written { wants_key })

@@ -127,35 +127,15 @@ fn open_fds() -> Option<u64> {
 }
 
 fn max_fds() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return None;
-    }
-    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+    crate::sys::process::open_file_limit()
 }
 
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
+    crate::sys::process::page_size()
 }
 
 fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+    crate::sys::process::clock_ticks_per_second()
 }
 
 #[cfg(test)]

@@ -190,11 +190,12 @@ async fn serve_viewer(
     mut socket: WebSocket,
     transcode: bool,
 ) {
+    let feed = relay.jsmpeg_feed(&stream);
+    // Subscribe before the transcoder starts so its first packets are not missed, and
+    // before the viewer is counted so a counted viewer gets every packet from then on.
+    let mut rx = feed.bus.subscribe();
     let _viewer = relay.counters.jsmpeg_viewer();
     let _viewing = stream.viewer(Output::Jsmpeg);
-    let feed = relay.jsmpeg_feed(&stream);
-    // Subscribe before the transcoder starts so its first packets are not missed.
-    let mut rx = feed.bus.subscribe();
     let _transcoding = transcode.then(|| feed.transcoder.viewer_joined());
     let mut out = ViewerOutput::new(relay.cfg.jsmpeg_header);
     loop {

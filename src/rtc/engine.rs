@@ -1,29 +1,31 @@
 //! The engine loop: one task owning the UDP socket, every peer, and a subscription to
-//! the hub of each stream being watched. Everything that touches a peer connection
-//! happens here, so no locks are needed.
+//! the hub of each stream being watched. It waits, receives and sends; which peer a
+//! datagram is for is the [`Router`]'s call, who gets which picture when is the
+//! [`Fanout`]'s, and what is due next the [`Deadlines`]'. Everything that touches a
+//! peer connection happens here, so no locks are needed.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::candidates::Refusal;
-use super::extensions;
-use super::gop::GopCache;
-use super::latency::Histogram;
+use super::deadlines::{Deadline, Deadlines, Due};
+use super::fanout::{Datagrams, Fanout, Stamp, Start};
+use super::frame::OutFrame;
 use super::packetizer;
-use super::peer::{self, KeyframeRequest, OutFrame, Peer, PeerNote, PeerSetup};
-use super::subscriptions::{stream_key, StreamKey, Subscriptions};
-use super::{demux, sdp, udp};
-use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError, RtcStats};
-use crate::media::{clock, Hub, Picture};
-use crate::metrics::histograms::WebrtcHistograms;
+use super::peer::{KeyframeRequest, Peer, PeerNote, PeerSetup};
+use super::router::{Router, Unrouted};
+use super::stats::SharedStats;
+use super::subscriptions::{StreamKey, Subscriptions};
+use super::{sdp, udp};
+use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError};
+use crate::media::{clock, Picture};
 use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
 
@@ -33,22 +35,11 @@ pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest datagram we accept; anything longer is not WebRTC traffic we can use.
 const RECV_BUFFER: usize = 2048;
 
-/// A viewer starting from the cached GOP gets it in steps of this many packets (whole
-/// frames, at least one) every [`CATCH_UP_TICK`]: about 30 Mbit/s, so a 2 s GOP of a
-/// 2 Mbit/s stream is through in under 200 ms without one burst overflowing the
-/// viewer's receive buffer.
-const CATCH_UP_PACKETS: usize = 16;
-const CATCH_UP_TICK: Duration = Duration::from_millis(5);
-
 /// A picture goes out to this many viewers at a time, their datagrams handed to the
 /// kernel before the next ones are encrypted: the datagrams waiting in memory stay
 /// bounded by this instead of growing with the audience (a keyframe is tens of
 /// packets per viewer), and the first viewers' packets leave sooner.
 const FAN_OUT_PEERS: usize = 32;
-
-/// Remote addresses one peer may be reached from (a browser checks from each of its
-/// interfaces); more would only be someone spoofing sources with the viewer's password.
-const MAX_ADDRS_PER_PEER: usize = 16;
 
 pub enum Command {
     CreateOffer {
@@ -86,72 +77,33 @@ pub struct Inbox {
     pub closes: mpsc::UnboundedReceiver<Close>,
 }
 
-/// Counters readable without asking the loop. Only the loop writes them, once per batch
-/// of datagrams or per RTCP message, never per packet.
-#[derive(Default)]
-pub struct SharedStats {
-    pub peers: AtomicUsize,
-    pub connected: AtomicUsize,
-    pub rtp_packets_sent: AtomicU64,
-    /// Every datagram handed to the kernel (RTP, RTCP, DTLS, STUN) and its bytes.
-    pub datagrams_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    /// Keyframes handed out, counted once per viewer.
-    pub keyframes_sent: AtomicU64,
-    pub keyframe_requests: AtomicU64,
-    pub plis_received: AtomicU64,
-    pub firs_received: AtomicU64,
-    pub nacks_received: AtomicU64,
-    /// Packets the NACK responder sends again (those of a NACK still in its history).
-    pub retransmitted_packets: AtomicU64,
-    pub histograms: WebrtcHistograms,
-    /// Access unit taken from the hub → its last RTP packet handed to the kernel.
-    pub send_delay: Histogram,
-    /// Access unit capture (for byte-stream sources: its arrival) → last RTP packet
-    /// handed to the kernel; includes time queued in the hub.
-    pub capture_to_send: Histogram,
-}
-
-impl SharedStats {
-    pub fn snapshot(&self) -> RtcStats {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RtcStats {
-            peers: self.peers.load(Ordering::Relaxed),
-            connected: self.connected.load(Ordering::Relaxed),
-            rtp_packets_sent: load(&self.rtp_packets_sent),
-            datagrams_sent: load(&self.datagrams_sent),
-            bytes_sent: load(&self.bytes_sent),
-            keyframes_sent: load(&self.keyframes_sent),
-            keyframe_requests: load(&self.keyframe_requests),
-            plis_received: load(&self.plis_received),
-            firs_received: load(&self.firs_received),
-            nacks_received: load(&self.nacks_received),
-            retransmitted_packets: load(&self.retransmitted_packets),
-            send_delay_us: self.send_delay.snapshot(),
-            capture_to_send_us: self.capture_to_send.snapshot(),
-        }
-    }
-}
-
 struct Entry {
     peer: Peer,
     events: mpsc::UnboundedSender<PeerEvent>,
-    /// The stream the viewer watches.
-    stream: StreamKey,
-    ufrag: String,
-    /// Our ICE password: the key of the checks that bind an address to this peer.
-    pwd: String,
-    addrs: Vec<SocketAddr>,
+    /// The peer's timer as last read, and as entered in the deadlines; `None` once it
+    /// fired, until the peer is read again.
     next_timeout: Option<Instant>,
+    /// Connected now (counted in [`Engine::connected`]).
+    connected: bool,
     /// `Connected` was reported; an ICE reconnect after Disconnected is not reported again.
     announced: bool,
 }
 
-/// A stream with at least one peer: its hub, the GOP cached from it, its peers.
-struct Stream {
-    hub: Arc<Hub>,
-    gop: GopCache,
-    peers: HashSet<PeerId>,
+/// The peers as the fan-out stamps frames through them; a peer stamped is read again
+/// (its notes, its timer) before the loop next waits.
+struct PeerTable<'a> {
+    peers: &'a mut HashMap<PeerId, Entry>,
+    dirty: &'a mut HashSet<PeerId>,
+}
+
+impl Stamp for PeerTable<'_> {
+    fn stamp(&mut self, id: PeerId, now: Instant, frame: &OutFrame, out: &mut Datagrams) -> u64 {
+        let Some(e) = self.peers.get_mut(&id) else {
+            return 0;
+        };
+        self.dirty.insert(id);
+        e.peer.write_frame(now, frame, out)
+    }
 }
 
 pub struct Engine {
@@ -160,20 +112,19 @@ pub struct Engine {
     /// Advertised host candidates (NAT substitution applied).
     candidates: Vec<SocketAddr>,
     peers: HashMap<PeerId, Entry>,
-    by_ufrag: HashMap<String, PeerId>,
-    by_addr: HashMap<SocketAddr, PeerId>,
+    /// Peers in the `Connected` state, kept as they change rather than counted.
+    connected: usize,
+    router: Router,
+    fanout: Fanout,
+    subscriptions: Subscriptions,
+    deadlines: Deadlines,
     /// Shared with the supervisor, so ids stay unique across restarts.
     next_id: Arc<AtomicU64>,
+    /// Peers touched since the last [`Engine::settle`]: only they are read again.
     dirty: HashSet<PeerId>,
-    outgoing: Vec<(SocketAddr, BytesMut)>,
+    outgoing: Datagrams,
     /// What peers told in [`Engine::settle`], emptied each time.
     notes: Vec<PeerNote>,
-    /// The streams being watched, and the subscriptions to their hubs.
-    streams: HashMap<StreamKey, Stream>,
-    subscriptions: Subscriptions,
-    /// Peers still sending the cached GOP, and when their next step is due.
-    catching_up: HashSet<PeerId>,
-    next_catch_up: Option<Instant>,
     /// One log line per period for what anyone can send: garbage datagrams, refused
     /// candidates, viewers over the limit.
     garbage_log: RateLimited,
@@ -196,21 +147,21 @@ impl Engine {
         candidates: Vec<SocketAddr>,
         next_id: Arc<AtomicU64>,
     ) -> Engine {
+        let fanout = Fanout::new(cfg.rtp_packet_size);
         Engine {
             cfg,
             stats,
             candidates,
             peers: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
+            connected: 0,
+            router: Router::default(),
+            fanout,
+            subscriptions: Subscriptions::default(),
+            deadlines: Deadlines::default(),
             next_id,
             dirty: HashSet::new(),
             outgoing: Vec::new(),
             notes: Vec::new(),
-            streams: HashMap::new(),
-            subscriptions: Subscriptions::default(),
-            catching_up: HashSet::new(),
-            next_catch_up: None,
             garbage_log: RateLimited::new(PERIOD),
             candidate_log: RateLimited::new(PERIOD),
             refusal_log: RateLimited::new(PERIOD),
@@ -240,7 +191,7 @@ impl Engine {
             }
             self.publish_stats();
 
-            let deadline = self.next_deadline();
+            let deadline = self.next_deadline(Instant::now());
             let wake = tokio::select! {
                 cmd = commands.recv() => Wake::Command(cmd),
                 close = closes.recv() => Wake::Close(close),
@@ -267,7 +218,7 @@ impl Engine {
                     tracing::debug!(error = %e, "UDP receive");
                 }
                 Wake::Frame(Some((stream, au))) => {
-                    if let Some(frame) = self.prepare_frame(now, stream, &au) {
+                    if let Some(frame) = self.fanout.prepare(now, stream, &au) {
                         if self.fan_out(now, stream, &frame, &socket).await > 0 {
                             in_flight = Some((now, au.capture_us));
                         }
@@ -283,28 +234,22 @@ impl Engine {
 
     fn publish_stats(&self) {
         self.stats.peers.store(self.peers.len(), Ordering::Relaxed);
-        let connected = self
-            .peers
-            .values()
-            .filter(|e| e.peer.is_connected())
-            .count();
-        self.stats.connected.store(connected, Ordering::Relaxed);
+        self.stats
+            .connected
+            .store(self.connected, Ordering::Relaxed);
     }
 
-    fn next_deadline(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
-        let far = self.next_catch_up.map_or(far, |t| t.min(far));
-        self.peers
-            .values()
-            .flat_map(|e| {
-                let offer_expiry = e
-                    .peer
-                    .awaiting_answer()
-                    .then_some(e.peer.created + OFFER_TIMEOUT);
-                [e.next_timeout, offer_expiry]
-            })
-            .flatten()
-            .fold(far, Instant::min)
+    /// When the loop must wake at the latest: the next catch-up step or peer deadline,
+    /// read off the front of their ordered structures.
+    fn next_deadline(&mut self, now: Instant) -> Instant {
+        let far = now + Duration::from_secs(3600);
+        let far = self.fanout.next_tick().map_or(far, |t| t.min(far));
+        let peers = &self.peers;
+        self.deadlines
+            .compact(peers.len(), |d| deadline_holds(peers, d));
+        self.deadlines
+            .next(|d| deadline_holds(peers, d))
+            .map_or(far, |t| t.min(far))
     }
 
     fn handle_command(&mut self, now: Instant, cmd: Command) {
@@ -386,11 +331,7 @@ impl Engine {
             .params()
             .and_then(|p| sdp::profile_level_id(&p.sps))
             .unwrap_or_else(|| sdp::DEFAULT_PROFILE_LEVEL_ID.to_string());
-        let mut ufrag = peer::ice_token(16);
-        while self.by_ufrag.contains_key(&ufrag) {
-            ufrag = peer::ice_token(16);
-        }
-        let pwd = peer::ice_token(32);
+        let (ufrag, pwd) = self.router.new_credentials();
         let setup = PeerSetup {
             ufrag: ufrag.clone(),
             pwd: pwd.clone(),
@@ -402,18 +343,25 @@ impl Engine {
         };
         let (peer, offer) = Peer::offer(setup, now)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.by_ufrag.insert(ufrag.clone(), id);
-        let stream = self.watch(id, &opts.stream);
+        self.router.add(id, ufrag, pwd);
+        // The stream's first viewer subscribes to it: a subscription keeps the source
+        // busy, so there is one only while the stream has peers. It starts with the
+        // hub's GOP, to have it cached for the first viewers.
+        if self.fanout.add_viewer(id, &opts.stream) {
+            self.subscriptions.subscribe(&opts.stream);
+        }
+        self.deadlines.push(Deadline {
+            at: peer.created + OFFER_TIMEOUT,
+            peer: id,
+            due: Due::OfferExpiry,
+        });
         self.peers.insert(
             id,
             Entry {
                 peer,
                 events,
-                stream,
-                ufrag,
-                pwd,
-                addrs: Vec::new(),
                 next_timeout: None,
+                connected: false,
                 announced: false,
             },
         );
@@ -422,52 +370,21 @@ impl Engine {
         Ok((id, offer))
     }
 
-    /// Route a datagram to its peer. An address is bound to a peer only by a STUN check
-    /// carrying our ufrag and a MESSAGE-INTEGRITY made with our password, so nobody but
-    /// the viewer (who got both in the offer) can make the engine route, answer or
-    /// keep state for an address; everything else from unknown addresses is dropped here.
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let id = match self.by_addr.get(&from) {
-            Some(id) => *id,
-            // Before the HMAC: a refused address costs a lookup, not a digest.
-            None if !self.cfg.allow_ip.allows(from.ip()) => {
-                crate::metrics::rejections::count(crate::metrics::rejections::Rejection::AllowIp);
-                self.garbage(from, data.len(), "address not allowed (--allow-ip)");
-                return;
+        match self.router.route(from, data, &self.cfg.allow_ip) {
+            Ok(id) => {
+                if let Some(e) = self.peers.get_mut(&id) {
+                    e.peer.handle_datagram(now, from, data);
+                    self.dirty.insert(id);
+                }
             }
-            None => match self.authenticated_peer(data) {
-                Some(id) => {
-                    let e = self.peers.get_mut(&id).expect("routed peers exist");
-                    if e.addrs.len() >= MAX_ADDRS_PER_PEER {
-                        self.garbage(from, data.len(), "viewer has too many addresses");
-                        return;
-                    }
-                    e.addrs.push(from);
-                    self.by_addr.insert(from, id);
-                    id
+            Err(why) => {
+                if why == Unrouted::NotAllowed {
+                    rejections::count(Rejection::AllowIp);
                 }
-                None => {
-                    self.garbage(from, data.len(), "not a viewer's authenticated check");
-                    return;
-                }
-            },
-        };
-        if !demux::is_webrtc(data) {
-            self.garbage(from, data.len(), "neither STUN, DTLS nor RTP");
-            return;
+                self.garbage(from, data.len(), why.as_str());
+            }
         }
-        if let Some(e) = self.peers.get_mut(&id) {
-            e.peer.handle_datagram(now, from, data);
-            self.dirty.insert(id);
-        }
-    }
-
-    /// The peer a STUN binding request is for, if it names the peer's ufrag and its
-    /// MESSAGE-INTEGRITY checks out with the peer's password.
-    fn authenticated_peer(&self, data: &[u8]) -> Option<PeerId> {
-        let id = *self.by_ufrag.get(demux::stun_local_ufrag(data)?)?;
-        let e = self.peers.get(&id)?;
-        demux::stun_request_authentic(data, e.pwd.as_bytes()).then_some(id)
     }
 
     /// Count a dropped datagram; one debug line per period says how many.
@@ -477,105 +394,35 @@ impl Engine {
         }
     }
 
+    /// Everything due at `now`: the catch-up step, peer timers, offers expiring.
     fn handle_timers(&mut self, now: Instant) {
-        if self.next_catch_up.is_some_and(|t| t <= now) {
-            self.send_catch_up(now);
-        }
-        let mut expired = Vec::new();
-        for (id, e) in self.peers.iter_mut() {
-            if e.peer.awaiting_answer() && now >= e.peer.created + OFFER_TIMEOUT {
-                expired.push(*id);
-                continue;
-            }
-            if e.next_timeout.is_some_and(|t| t <= now) {
-                e.peer.handle_timeout(now);
-                self.dirty.insert(*id);
-            }
-        }
-        for id in expired {
-            self.remove_peer(id, "Offer timed out", true);
-        }
-    }
-
-    /// Next step of every catch-up in progress.
-    fn send_catch_up(&mut self, now: Instant) {
-        let mut sent = 0;
-        self.catching_up.retain(|id| {
-            let Some(e) = self.peers.get_mut(id) else {
-                return false;
-            };
-            sent += e
-                .peer
-                .send_catch_up(now, CATCH_UP_PACKETS, &mut self.outgoing);
-            self.dirty.insert(*id);
-            e.peer.is_catching_up()
-        });
+        let mut table = PeerTable {
+            peers: &mut self.peers,
+            dirty: &mut self.dirty,
+        };
+        let sent = self.fanout.catch_up(now, &mut table, &mut self.outgoing);
         self.stats
             .rtp_packets_sent
             .fetch_add(sent, Ordering::Relaxed);
-        self.next_catch_up = (!self.catching_up.is_empty()).then(|| now + CATCH_UP_TICK);
-    }
-
-    /// Add `id` to the viewers of `hub`'s stream, subscribing to the hub if it is the
-    /// first: a subscription keeps the source busy, so there is one only while the
-    /// stream has peers.
-    fn watch(&mut self, id: PeerId, hub: &Arc<Hub>) -> StreamKey {
-        let key = stream_key(hub);
-        let stream = self.streams.entry(key).or_insert_with(|| {
-            self.subscriptions.subscribe(hub);
-            Stream {
-                hub: hub.clone(),
-                gop: GopCache::default(),
-                peers: HashSet::new(),
+        loop {
+            let peers = &self.peers;
+            let Some(due) = self.deadlines.pop_due(now, |d| deadline_holds(peers, d)) else {
+                break;
+            };
+            match due.due {
+                Due::OfferExpiry => self.remove_peer(due.peer, "Offer timed out", true),
+                Due::Timer => {
+                    if let Some(e) = self.peers.get_mut(&due.peer) {
+                        e.next_timeout = None;
+                        e.peer.handle_timeout(now);
+                        self.dirty.insert(due.peer);
+                    }
+                }
             }
-        });
-        stream.peers.insert(id);
-        key
-    }
-
-    /// Take `id` off its stream's viewers; the stream's last viewer ends the subscription
-    /// and forgets the stream's GOP.
-    fn unwatch(&mut self, id: PeerId, key: StreamKey) {
-        let Some(stream) = self.streams.get_mut(&key) else {
-            return;
-        };
-        stream.peers.remove(&id);
-        if stream.peers.is_empty() {
-            self.streams.remove(&key);
-            self.subscriptions.unsubscribe(key);
         }
     }
 
-    /// Packetize `au` once, for every peer of its stream, and keep it in the stream's
-    /// GOP cache.
-    fn prepare_frame(
-        &mut self,
-        now: Instant,
-        key: StreamKey,
-        au: &Picture,
-    ) -> Option<Arc<OutFrame>> {
-        let stream = self.streams.get_mut(&key)?;
-        let max_payload = self
-            .cfg
-            .rtp_packet_size
-            .saturating_sub(12 + extensions::MAX_EXTENSION_BYTES);
-        let payloads = packetizer::packetize(&au.data, max_payload);
-        if payloads.is_empty() {
-            return None;
-        }
-        let ntp = clock::realtime_us_to_ntp(clock::monotonic_to_realtime_us(au.capture_us));
-        let frame = Arc::new(OutFrame {
-            payloads,
-            timestamp: packetizer::rtp_timestamp_90k(au.capture_us),
-            key: au.key,
-            playout_delay: extensions::playout_delay(0, 0),
-            abs_capture_time: extensions::abs_capture_time(ntp),
-        });
-        stream.gop.push(now, au.seq, &frame);
-        Some(frame)
-    }
-
-    /// Send `frame` to every peer of the stream `key`, [`FAN_OUT_PEERS`] at a time;
+    /// Send `frame` to the receivers of the stream `key`, [`FAN_OUT_PEERS`] at a time;
     /// returns packets sent.
     async fn fan_out(
         &mut self,
@@ -584,34 +431,28 @@ impl Engine {
         frame: &Arc<OutFrame>,
         socket: &UdpSocket,
     ) -> u64 {
-        let Some(stream) = self.streams.get(&key) else {
-            return 0;
-        };
-        let ids: Vec<PeerId> = stream.peers.iter().copied().collect();
         let mut sent = 0;
-        for chunk in ids.chunks(FAN_OUT_PEERS) {
-            sent += self.send_frame_to(now, frame, chunk);
-            send_datagrams(socket, &mut self.outgoing, &self.stats).await;
-        }
-        sent
-    }
-
-    /// Queue `frame` for the peers `ids`; returns packets queued.
-    fn send_frame_to(&mut self, now: Instant, frame: &Arc<OutFrame>, ids: &[PeerId]) -> u64 {
-        let mut sent = 0;
-        for id in ids {
-            let Some(e) = self.peers.get_mut(id) else {
-                continue;
+        let mut from = Some(0);
+        while let Some(start) = from {
+            let mut table = PeerTable {
+                peers: &mut self.peers,
+                dirty: &mut self.dirty,
             };
-            let n = e.peer.send_frame(now, frame, &mut self.outgoing);
-            if n > 0 {
-                sent += n;
-                self.dirty.insert(*id);
-            }
+            let progress = self.fanout.send_picture(
+                now,
+                key,
+                frame,
+                (start, FAN_OUT_PEERS),
+                &mut table,
+                &mut self.outgoing,
+            );
+            self.stats
+                .rtp_packets_sent
+                .fetch_add(progress.packets, Ordering::Relaxed);
+            sent += progress.packets;
+            send_datagrams(socket, &mut self.outgoing, &self.stats).await;
+            from = progress.next;
         }
-        self.stats
-            .rtp_packets_sent
-            .fetch_add(sent, Ordering::Relaxed);
         sent
     }
 
@@ -628,81 +469,27 @@ impl Engine {
             };
             e.peer.poll_notes(&mut notes);
             for note in notes.drain(..) {
-                match note {
-                    PeerNote::Connected => {
-                        tracing::info!(peer = id, "viewer connected");
-                        let stream = self.streams.get(&e.stream);
-                        let gop = stream.map_or(&[][..], |s| s.gop.current(now));
-                        if e.peer.start_from(gop) {
-                            // The keyframe leaves now, the rest paced by the timer.
-                            let sent =
-                                e.peer
-                                    .send_catch_up(now, CATCH_UP_PACKETS, &mut self.outgoing);
-                            self.stats
-                                .rtp_packets_sent
-                                .fetch_add(sent, Ordering::Relaxed);
-                            if e.peer.is_catching_up() {
-                                self.catching_up.insert(id);
-                                self.next_catch_up.get_or_insert(now + CATCH_UP_TICK);
-                            }
-                            // Its notes about what was just sent are read next time.
-                            self.dirty.insert(id);
-                        } else if let Some(stream) = stream {
-                            // No GOP cached: it starts at the next keyframe; ask for one.
-                            stream.hub.request_keyframe();
-                        }
-                        if !e.announced {
-                            e.announced = true;
-                            let _ = e.events.send(PeerEvent::Connected);
-                        }
-                    }
-                    PeerNote::Disconnected => tracing::info!(peer = id, "viewer disconnected"),
-                    PeerNote::KeyframeRequest(kind) => {
-                        tracing::debug!(peer = id, ?kind, "keyframe requested by viewer");
-                        self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                        let counter = match kind {
-                            KeyframeRequest::Pli => &self.stats.plis_received,
-                            KeyframeRequest::Fir => &self.stats.firs_received,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        if let Some(stream) = self.streams.get(&e.stream) {
-                            stream.hub.request_keyframe();
-                        }
-                    }
-                    PeerNote::Nack { resent } => {
-                        self.stats.nacks_received.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .retransmitted_packets
-                            .fetch_add(resent, Ordering::Relaxed);
-                    }
-                    PeerNote::ReceiverReport {
-                        fraction_lost,
-                        jitter,
-                    } => {
-                        let h = &self.stats.histograms;
-                        h.receiver_loss.observe(f64::from(fraction_lost) / 256.0);
-                        h.receiver_jitter
-                            .observe(f64::from(jitter) / f64::from(packetizer::CLOCK_RATE));
-                    }
-                    PeerNote::KeyframesSent {
-                        count,
-                        time_to_first,
-                    } => {
-                        self.stats
-                            .keyframes_sent
-                            .fetch_add(count, Ordering::Relaxed);
-                        if let Some(ttff) = time_to_first {
-                            self.stats
-                                .histograms
-                                .time_to_first_frame
-                                .observe(ttff.as_secs_f64());
-                        }
-                    }
-                    PeerNote::Gone(reason) => gone.push((id, reason)),
+                if let PeerNote::Gone(reason) = note {
+                    gone.push((id, reason));
+                } else {
+                    self.handle_note(now, id, note);
                 }
             }
+            let Some(e) = self.peers.get_mut(&id) else {
+                continue;
+            };
             e.peer.drain_writes(&mut self.outgoing);
-            e.next_timeout = e.peer.poll_timeout();
+            let timeout = e.peer.poll_timeout();
+            if timeout != e.next_timeout {
+                e.next_timeout = timeout;
+                if let Some(at) = timeout {
+                    self.deadlines.push(Deadline {
+                        at,
+                        peer: id,
+                        due: Due::Timer,
+                    });
+                }
+            }
         }
         self.notes = notes;
         for (id, reason) in gone {
@@ -710,9 +497,100 @@ impl Engine {
         }
     }
 
+    fn handle_note(&mut self, now: Instant, id: PeerId, note: PeerNote) {
+        match note {
+            PeerNote::Connected => {
+                tracing::info!(peer = id, "viewer connected");
+                let mut table = PeerTable {
+                    peers: &mut self.peers,
+                    dirty: &mut self.dirty,
+                };
+                match self
+                    .fanout
+                    .connected(now, id, &mut table, &mut self.outgoing)
+                {
+                    Start::FromGop { packets } => {
+                        self.stats
+                            .rtp_packets_sent
+                            .fetch_add(packets, Ordering::Relaxed);
+                    }
+                    Start::AtNextKeyframe => {
+                        if let Some(hub) = self.fanout.hub_of(id) {
+                            hub.request_keyframe();
+                        }
+                    }
+                }
+                if let Some(e) = self.peers.get_mut(&id) {
+                    if !e.connected {
+                        e.connected = true;
+                        self.connected += 1;
+                    }
+                    if !e.announced {
+                        e.announced = true;
+                        let _ = e.events.send(PeerEvent::Connected);
+                    }
+                }
+            }
+            PeerNote::Disconnected => {
+                tracing::info!(peer = id, "viewer disconnected");
+                self.fanout.disconnected(id);
+                if let Some(e) = self.peers.get_mut(&id) {
+                    if e.connected {
+                        e.connected = false;
+                        self.connected -= 1;
+                    }
+                }
+            }
+            PeerNote::KeyframeRequest(kind) => {
+                tracing::debug!(peer = id, ?kind, "keyframe requested by viewer");
+                self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                let counter = match kind {
+                    KeyframeRequest::Pli => &self.stats.plis_received,
+                    KeyframeRequest::Fir => &self.stats.firs_received,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(hub) = self.fanout.hub_of(id) {
+                    hub.request_keyframe();
+                }
+            }
+            PeerNote::Nack { resent } => {
+                self.stats.nacks_received.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .retransmitted_packets
+                    .fetch_add(resent, Ordering::Relaxed);
+            }
+            PeerNote::ReceiverReport {
+                fraction_lost,
+                jitter,
+            } => {
+                let h = &self.stats.histograms;
+                h.receiver_loss.observe(f64::from(fraction_lost) / 256.0);
+                h.receiver_jitter
+                    .observe(f64::from(jitter) / f64::from(packetizer::CLOCK_RATE));
+            }
+            PeerNote::KeyframesSent {
+                count,
+                time_to_first,
+            } => {
+                self.stats
+                    .keyframes_sent
+                    .fetch_add(count, Ordering::Relaxed);
+                if let Some(ttff) = time_to_first {
+                    self.stats
+                        .histograms
+                        .time_to_first_frame
+                        .observe(ttff.as_secs_f64());
+                }
+            }
+            // Handled by the caller, once the peer's notes are read.
+            PeerNote::Gone(_) => {}
+        }
+    }
+
     /// Drop a peer, logging one "viewer gone" line with `reason` whatever the path
     /// (hangup, closed WebSocket, expired session, ICE failure, DTLS alert, ...);
-    /// `notify` tells its owner with a [`PeerEvent::Closed`].
+    /// `notify` tells its owner with a [`PeerEvent::Closed`]. Its deadlines are left to
+    /// lapse (see [`Deadlines`]).
     fn remove_peer(&mut self, id: PeerId, reason: &str, notify: bool) {
         let Some(mut e) = self.peers.remove(&id) else {
             return;
@@ -720,15 +598,15 @@ impl Engine {
         tracing::info!(peer = id, %reason, "viewer gone");
         e.peer.close();
         e.peer.drain_writes(&mut self.outgoing);
-        self.by_ufrag.remove(&e.ufrag);
-        for addr in &e.addrs {
-            if self.by_addr.get(addr) == Some(&id) {
-                self.by_addr.remove(addr);
-            }
-        }
+        self.router.remove(id);
         self.dirty.remove(&id);
-        self.catching_up.remove(&id);
-        self.unwatch(id, e.stream);
+        if e.connected {
+            self.connected -= 1;
+        }
+        // The stream's last viewer ends the subscription, so its source idles.
+        if let Some(stream) = self.fanout.remove_viewer(id) {
+            self.subscriptions.unsubscribe(stream);
+        }
         if notify {
             let _ = e.events.send(PeerEvent::Closed {
                 reason: reason.to_string(),
@@ -744,13 +622,18 @@ impl Engine {
     }
 }
 
+/// Whether a deadline still stands: its peer is there, and its timer has not moved
+/// (or fired) since, or its offer is still unanswered.
+fn deadline_holds(peers: &HashMap<PeerId, Entry>, d: &Deadline) -> bool {
+    peers.get(&d.peer).is_some_and(|e| match d.due {
+        Due::Timer => e.next_timeout == Some(d.at),
+        Due::OfferExpiry => e.peer.awaiting_answer(),
+    })
+}
+
 /// Put queued datagrams on the wire and count them. All sends go through here; they
 /// leave in sendmmsg batches (see [`udp`]).
-async fn send_datagrams(
-    socket: &UdpSocket,
-    out: &mut Vec<(SocketAddr, BytesMut)>,
-    stats: &SharedStats,
-) {
+async fn send_datagrams(socket: &UdpSocket, out: &mut Datagrams, stats: &SharedStats) {
     if out.is_empty() {
         return;
     }
@@ -764,6 +647,8 @@ async fn send_datagrams(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::Hub;
+    use crate::rtc::demux;
     use std::net::IpAddr;
 
     fn engine() -> Engine {
@@ -790,85 +675,66 @@ mod tests {
             .expect("offer");
         assert!(offer.contains("a=candidate:"));
         engine.settle(Instant::now());
-        assert!(engine.next_deadline() <= t0 + OFFER_TIMEOUT);
+        assert!(engine.next_deadline(t0) <= t0 + OFFER_TIMEOUT);
         engine.handle_timers(t0 + OFFER_TIMEOUT - Duration::from_secs(1));
         assert!(engine.peers.contains_key(&id));
         engine.handle_timers(t0 + OFFER_TIMEOUT + Duration::from_millis(1));
-        assert!(engine.peers.is_empty() && engine.by_ufrag.is_empty());
+        assert!(engine.peers.is_empty() && engine.router.is_empty());
         assert!(matches!(rx.try_recv(), Ok(PeerEvent::Closed { .. })));
     }
 
     #[test]
-    fn stun_from_a_new_address_routes_by_ufrag_and_is_forgotten_on_close() {
+    fn a_removed_peer_leaves_no_route_stream_or_deadline() {
         let mut engine = engine();
+        let hub = Hub::new(4);
         let (tx, _rx) = mpsc::unbounded_channel();
         let now = Instant::now();
-        let (id, _) = engine
-            .create_offer(now, PeerOptions::new(Hub::new(4)), tx)
+        let (id, offer) = engine
+            .create_offer(now, PeerOptions::new(hub.clone()), tx)
             .expect("offer");
-        let ufrag = engine.peers[&id].ufrag.clone();
-        let pwd = engine.peers[&id].pwd.clone();
-        let username = format!("{ufrag}:remote");
+        assert!(hub.has_subscribers(), "a viewer's stream is subscribed");
+        let attr = |name: &str| {
+            offer
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::to_string)
+                .expect(name)
+        };
+        let (ufrag, pwd) = (attr("a=ice-ufrag:"), attr("a=ice-pwd:"));
+        let signed =
+            demux::signed_binding_request(&format!("{ufrag}:remote"), Some(pwd.as_bytes()));
         let from = SocketAddr::from(([127, 0, 0, 1], 50000));
-        // The ufrag alone, or the wrong password, binds nothing.
-        let unsigned = demux::signed_binding_request(&username, None);
-        engine.handle_datagram(now, from, &unsigned);
-        let forged = demux::signed_binding_request(&username, Some(b"guessed"));
-        engine.handle_datagram(now, from, &forged);
-        assert!(engine.by_addr.is_empty());
-        let signed = demux::signed_binding_request(&username, Some(pwd.as_bytes()));
         engine.handle_datagram(now, from, &signed);
-        assert_eq!(engine.by_addr.get(&from), Some(&id));
-        // A viewer's addresses are capped.
-        for port in 1..=100 {
-            let other = SocketAddr::from(([127, 0, 0, 1], port));
-            engine.handle_datagram(now, other, &signed);
-        }
-        assert_eq!(engine.peers[&id].addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(engine.router.peer_at(from), Some(id));
         // Garbage from that address goes to the same peer and must not hurt it.
         engine.handle_datagram(now, from, &[0xff; 64]);
         engine.settle(Instant::now());
-        engine.remove_peer(id, "test", false);
-        assert!(engine.by_addr.is_empty());
-    }
+        assert!(engine.peers.contains_key(&id));
 
-    #[test]
-    fn checks_from_addresses_not_allowed_are_ignored() {
-        let mut engine = engine();
-        engine.cfg.allow_ip =
-            crate::access::IpList::parse(&["127.0.0.1".to_string()], "allow_ip").unwrap();
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let now = Instant::now();
-        let (id, _) = engine
-            .create_offer(now, PeerOptions::new(Hub::new(4)), tx)
-            .expect("offer");
-        let (ufrag, pwd) = (&engine.peers[&id].ufrag, &engine.peers[&id].pwd);
-        let signed =
-            demux::signed_binding_request(&format!("{ufrag}:remote"), Some(pwd.as_bytes()));
-        let outsider = SocketAddr::from(([127, 0, 0, 2], 50000));
-        engine.handle_datagram(now, outsider, &signed);
-        assert!(engine.by_addr.is_empty(), "a signed check is not enough");
-        let allowed = SocketAddr::from(([127, 0, 0, 1], 50000));
-        engine.handle_datagram(now, allowed, &signed);
-        assert_eq!(engine.by_addr.get(&allowed), Some(&id));
+        engine.remove_peer(id, "test", false);
+        assert!(engine.router.is_empty());
+        assert!(engine.fanout.hub_of(id).is_none());
+        assert_eq!(engine.next_deadline(now), now + Duration::from_secs(3600));
+        assert_eq!(engine.deadlines.len(), 0, "its deadlines lapsed");
     }
 
     #[test]
     fn offers_beyond_max_viewers_are_refused() {
         let mut engine = engine();
         let now = Instant::now();
+        let hub = Hub::new(4);
         let (tx, _rx) = mpsc::unbounded_channel();
         let (first, _) = engine
-            .create_offer(now, PeerOptions::new(Hub::new(4)), tx.clone())
+            .create_offer(now, PeerOptions::new(hub.clone()), tx.clone())
             .expect("offer");
         engine
-            .create_offer(now, PeerOptions::new(Hub::new(4)), tx.clone())
+            .create_offer(now, PeerOptions::new(hub.clone()), tx.clone())
             .expect("offer");
-        let refused = engine.create_offer(now, PeerOptions::new(Hub::new(4)), tx.clone());
+        let refused = engine.create_offer(now, PeerOptions::new(hub.clone()), tx.clone());
         assert!(matches!(refused, Err(RtcError::TooManyViewers(2))));
         engine.remove_peer(first, "test", false);
         let (third, _) = engine
-            .create_offer(now, PeerOptions::new(Hub::new(4)), tx)
+            .create_offer(now, PeerOptions::new(hub), tx)
             .expect("room again after a viewer left");
         assert!(third > first + 1, "ids are never reused");
     }

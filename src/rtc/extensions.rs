@@ -64,12 +64,6 @@ pub fn abs_capture_time(ntp: u64) -> Bytes {
     Bytes::copy_from_slice(&ntp.to_be_bytes())
 }
 
-/// Read an abs-capture-time value (8 bytes, or 16 with the clock offset).
-pub fn parse_abs_capture_time(payload: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
 /// CVO byte (3GPP TS 26.114) for a viewer's requested rotation in degrees
 /// counter-clockwise. CVO rotates clockwise, so 90 becomes 270 and 270 becomes 90.
 /// Returns `None` for 0 (nothing to send) and for values that are not multiples of 90.
@@ -96,12 +90,10 @@ mod tests {
     }
 
     #[test]
-    fn abs_capture_time_round_trips() {
+    fn abs_capture_time_is_ntp_big_endian() {
         let ntp = 0x0123_4567_89ab_cdef;
         let b = abs_capture_time(ntp);
         assert_eq!(&b[..], &[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
-        assert_eq!(parse_abs_capture_time(&b), Some(ntp));
-        assert_eq!(parse_abs_capture_time(&[1, 2, 3]), None);
     }
 
     #[test]

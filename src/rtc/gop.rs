@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::peer::OutFrame;
+use super::frame::OutFrame;
 
 /// A GOP whose newest picture is older than this is the past, not the stream: the source
 /// has stalled or paused, and a viewer started from it would see an old picture and then

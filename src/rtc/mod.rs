@@ -1,6 +1,7 @@
-//! WebRTC output: one peer connection per viewer, all peers on one UDP socket, driven
-//! by our own loop over the sans-IO `rtc` crate. Each access unit is packetized once
-//! and shared by every peer; only SSRC, sequence and SRTP are per peer.
+//! WebRTC output: one peer connection per viewer, all peers of every stream on one UDP
+//! socket, driven by our own loop over the sans-IO `rtc` crate. Each access unit is
+//! packetized once and shared by every peer of its stream; only SSRC, sequence and
+//! SRTP are per peer.
 //!
 //! This file is the engine's public face; the rest of the program uses nothing else
 //! from `rtc::`, so the engine choice stays local to this module.
@@ -17,16 +18,20 @@ use crate::media::Hub;
 use crate::metrics::histograms::WebrtcHistograms;
 
 pub mod candidates;
+mod deadlines;
 pub mod demux;
 mod engine;
 pub mod extensions;
+mod fanout;
 mod feedback;
+mod frame;
 mod gop;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;
-pub mod receiver;
+mod router;
 pub mod sdp;
+mod stats;
 mod subscriptions;
 mod udp;
 
@@ -181,7 +186,7 @@ struct Inner {
     /// there are never more of them than peers made.
     closes: mpsc::UnboundedSender<engine::Close>,
     local_addr: SocketAddr,
-    stats: Arc<engine::SharedStats>,
+    stats: Arc<stats::SharedStats>,
 }
 
 impl RtcEngine {
@@ -194,7 +199,7 @@ impl RtcEngine {
         let local_addr = socket.local_addr()?;
         let candidates = advertised_candidates(&cfg, local_addr.port())?;
         tracing::info!(%local_addr, ?candidates, "WebRTC media socket ready");
-        let stats = Arc::new(engine::SharedStats::default());
+        let stats = Arc::new(stats::SharedStats::default());
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (close_tx, closes) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
@@ -308,7 +313,7 @@ impl RtcEngine {
 /// given twice (a late close for an old peer must not hit a new one).
 struct Supervisor {
     cfg: RtcConfig,
-    stats: Arc<engine::SharedStats>,
+    stats: Arc<stats::SharedStats>,
     candidates: Vec<SocketAddr>,
     socket: Arc<UdpSocket>,
     inbox: Arc<Mutex<engine::Inbox>>,

@@ -1,16 +1,11 @@
 //! One viewer's `rtc` peer connection behind a small interface the engine loop drives:
-//! datagrams in, datagrams out, timers, state changes, and shared frames to send.
+//! datagrams in, datagrams out, timers, state changes, and shared frames to stamp.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports,
-};
 use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -38,7 +33,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
 use super::extensions::{self, ExtensionIds};
 use super::feedback::{self, FeedbackForwarder};
-use super::packetizer::RtpPayload;
+use super::frame::OutFrame;
 use super::{sdp, RemoteCandidate, RtcError};
 
 /// The payload type that carries the stream under its own `profile-level-id`.
@@ -46,16 +41,6 @@ pub const H264_PAYLOAD_TYPE: u8 = 96;
 /// The payload type that carries it under Constrained Baseline, offered next to the
 /// first when the stream has another profile (see [`sdp::h264_offer_profiles`]).
 pub const H264_FALLBACK_PAYLOAD_TYPE: u8 = 97;
-
-/// An access unit packetized once, ready to be stamped for each peer.
-#[derive(Debug)]
-pub struct OutFrame {
-    pub payloads: Vec<RtpPayload>,
-    pub timestamp: u32,
-    pub key: bool,
-    pub playout_delay: Bytes,
-    pub abs_capture_time: Bytes,
-}
 
 /// The media engine both ends use: H.264 on PT 96 (and PT 97, see
 /// [`sdp::h264_offer_profiles`]) with keyframe-request feedback, and the plugin's three
@@ -122,14 +107,6 @@ pub fn sender_interceptors() -> Registry {
         )
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
         .with(Slot::from(feedback::SLOT), FeedbackForwarder::default())
-}
-
-/// Interceptors of a receiving end (test and load viewers): the crate's NACK
-/// responder/generator and sender/receiver reports, plus the feedback forwarder.
-pub fn receiver_interceptors(me: &mut MediaEngine) -> Registry {
-    let registry = configure_nack(Registry::new(), me);
-    let registry = configure_rtcp_reports(registry);
-    registry.with(Slot::from(feedback::SLOT), FeedbackForwarder::default())
 }
 
 /// Time between connectivity checks while connecting. The crate's default (200 ms) puts
@@ -251,10 +228,6 @@ pub struct Peer {
     stage: Stage,
     ext: ExtensionIds,
     orientation: Option<Bytes>,
-    waiting_key: bool,
-    /// Frames still to send to a viewer that started from the cached GOP, oldest first;
-    /// live frames queue behind them until it has caught up.
-    catch_up: VecDeque<Arc<OutFrame>>,
     loopback_only: bool,
     /// Remote candidates taken so far (trickled, early or not, and in the answer),
     /// against [`MAX_REMOTE_CANDIDATES`].
@@ -355,8 +328,6 @@ impl Peer {
             stage: Stage::Offered,
             ext: ExtensionIds::default(),
             orientation: extensions::video_orientation(setup.orientation),
-            waiting_key: true,
-            catch_up: VecDeque::new(),
             loopback_only: setup.loopback_only,
             remote_candidates: 0,
             early_candidates: Vec::new(),
@@ -375,10 +346,6 @@ impl Peer {
 
     pub fn awaiting_answer(&self) -> bool {
         self.stage == Stage::Offered
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.stage == Stage::Connected
     }
 
     pub fn apply_answer(&mut self, now: Instant, answer: &str) -> Result<(), RtcError> {
@@ -529,8 +496,6 @@ impl Peer {
                 match state {
                     RTCPeerConnectionState::Connected => {
                         self.stage = Stage::Connected;
-                        self.waiting_key = true;
-                        self.catch_up.clear();
                         notes.push(PeerNote::Connected);
                     }
                     RTCPeerConnectionState::Disconnected => {
@@ -584,67 +549,15 @@ impl Peer {
         }
     }
 
-    /// Start a just connected viewer from `gop` (keyframe first) instead of the next
-    /// keyframe; the frames leave through [`Peer::send_catch_up`]. Returns false, and
-    /// changes nothing, when `gop` does not start with a keyframe.
-    pub fn start_from(&mut self, gop: &[Arc<OutFrame>]) -> bool {
-        if self.stage != Stage::Connected || !gop.first().is_some_and(|f| f.key) {
-            return false;
-        }
-        self.catch_up = gop.iter().cloned().collect();
-        self.waiting_key = false;
-        true
-    }
-
-    pub fn is_catching_up(&self) -> bool {
-        !self.catch_up.is_empty()
-    }
-
-    /// Send queued catch-up frames, whole frames of at most `budget` packets in all (but
-    /// at least one frame); their datagrams go to `out`. Returns the packets queued.
-    pub fn send_catch_up(
-        &mut self,
-        now: Instant,
-        budget: usize,
-        out: &mut Vec<(SocketAddr, BytesMut)>,
-    ) -> u64 {
-        let mut sent = 0;
-        while let Some(frame) = self.catch_up.front() {
-            if sent > 0 && sent + frame.payloads.len() > budget {
-                break;
-            }
-            let frame = frame.clone();
-            self.catch_up.pop_front();
-            sent += self.write_frame(now, &frame, out) as usize;
-        }
-        sent as u64
-    }
-
-    /// Stamp and queue one shared frame. A peer that is not connected, or is waiting for a
-    /// keyframe and this is not one, skips it; one still catching up queues it. The
-    /// datagrams go to `out`. Returns the packets queued.
-    pub fn send_frame(
-        &mut self,
-        now: Instant,
-        frame: &Arc<OutFrame>,
-        out: &mut Vec<(SocketAddr, BytesMut)>,
-    ) -> u64 {
-        if self.stage != Stage::Connected || (self.waiting_key && !frame.key) {
-            return 0;
-        }
-        self.waiting_key = false;
-        if !self.catch_up.is_empty() {
-            self.catch_up.push_back(frame.clone());
-            return 0;
-        }
-        self.write_frame(now, frame, out)
-    }
-
+    /// Stamp one shared frame with this viewer's SSRC, sequence numbers and header
+    /// extensions and hand it to the connection (SRTP); the datagrams go to `out`.
+    /// Returns the packets queued. The engine's fan-out decides which frames and when.
+    ///
     /// Packets are taken out of the connection every [`PACKETS_PER_POLL`]: the crate
     /// moves queued writes through its handlers one handler at a time, so a whole
     /// picture written before polling grows every handler's queue to the picture's
     /// packet count, capacity each viewer then keeps for good.
-    fn write_frame(
+    pub fn write_frame(
         &mut self,
         now: Instant,
         frame: &OutFrame,

@@ -114,29 +114,7 @@ impl ConnPolicy {
 /// Raise the soft open-file limit to the hard one (as most servers do) and return how
 /// many connections fit below it with a reserve; `None` when unlimited.
 fn fd_budget() -> Option<usize> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    if lim.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
-    let soft = lim.rlim_cur;
+    let soft = crate::sys::process::raise_open_file_limit()?;
     Some(soft.saturating_sub(FD_RESERVE.min(soft / 2)).max(1) as usize)
 }
 

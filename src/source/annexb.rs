@@ -413,7 +413,7 @@ impl AnnexBSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::decoder::H264Decoder;
+    use crate::viewer::decoder::H264Decoder;
 
     const AUD_2SLICES: &[u8] = include_bytes!("../../tests/fixtures/aud_2slices_160x120.h264");
     const MAIN_3SLICES: &[u8] = include_bytes!("../../tests/fixtures/main_3slices_176x144.h264");

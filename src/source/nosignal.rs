@@ -76,8 +76,8 @@ impl NoSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::decoder::H264Decoder;
     use crate::media::h264;
+    use crate::viewer::decoder::H264Decoder;
 
     #[test]
     fn encodes_a_decodable_picture_with_the_text() {

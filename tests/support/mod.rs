@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-pub use peregrine::janus::client::Transport;
-use peregrine::janus::client::{self, Endpoint};
+pub use peregrine::viewer::janus_client::Transport;
+use peregrine::viewer::janus_client::{self, Endpoint};
 use serde_json::{json, Value};
 
 pub fn free_port() -> u16 {
@@ -131,19 +131,13 @@ impl Server {
             None => command.env_remove("RUST_LOG"),
         };
         if let Some(n) = launch.nofile {
+            use nix::sys::resource::{setrlimit, Resource};
             use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit, which is async-signal-safe and allocates nothing.
+            #[allow(unsafe_code)]
             unsafe {
-                command.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                command.pre_exec(move || Ok(setrlimit(Resource::RLIMIT_NOFILE, n, n)?));
             }
         }
         let mut child = command.spawn().context("start peregrine")?;
@@ -426,18 +420,18 @@ pub async fn connect_from(
     })
 }
 
-/// One HTTP request to a loopback port (see [`peregrine::janus::client::http_request`]).
+/// One HTTP request to a loopback port (see [`peregrine::viewer::http::request`]).
 pub async fn http_request(
     port: u16,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>)> {
-    client::http_request(&format!("127.0.0.1:{port}"), method, path, body).await
+    peregrine::viewer::http::request(&format!("127.0.0.1:{port}"), method, path, body).await
 }
 
 /// The library's Janus client, connected to a test server by transport.
-pub struct JanusClient(client::JanusClient);
+pub struct JanusClient(janus_client::JanusClient);
 
 impl JanusClient {
     pub async fn connect(server: &Server, transport: Transport) -> Result<JanusClient> {
@@ -446,13 +440,13 @@ impl JanusClient {
             Transport::LongPoll => format!("http://127.0.0.1:{}/janus", server.janus_http_port),
         };
         Ok(JanusClient(
-            client::JanusClient::connect(&Endpoint::parse(&url)?).await?,
+            janus_client::JanusClient::connect(&Endpoint::parse(&url)?).await?,
         ))
     }
 }
 
 impl std::ops::Deref for JanusClient {
-    type Target = client::JanusClient;
+    type Target = janus_client::JanusClient;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -468,11 +462,11 @@ impl std::ops::DerefMut for JanusClient {
 /// retries, answer, start) and return the connected receiver.
 pub async fn join(
     server: &Server,
-) -> Result<(JanusClient, peregrine::rtc::receiver::ReceiverPeer)> {
+) -> Result<(JanusClient, peregrine::viewer::receiver::ReceiverPeer)> {
     let mut janus = JanusClient::connect(server, Transport::WebSocket).await?;
     janus.create_and_attach().await?;
     let offer = janus.watch().await?;
-    let (mut peer, answer) = peregrine::rtc::receiver::ReceiverPeer::answer(&offer).await?;
+    let (mut peer, answer) = peregrine::viewer::receiver::ReceiverPeer::answer(&offer).await?;
     janus.start(&answer).await?;
     peer.wait_connected(Duration::from_secs(10)).await?;
     Ok((janus, peer))

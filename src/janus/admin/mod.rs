@@ -17,7 +17,7 @@ use super::auth::{StoreError, TokenStore};
 use super::error::{code, JanusError};
 use super::gateway::{Gateway, SessionEnd};
 use super::message::{self, Request};
-use super::plugin;
+use super::ustreamer;
 use crate::ratelog::{RateLimited, PERIOD};
 use crate::relay::jsmpeg::constant_time_eq;
 
@@ -25,7 +25,7 @@ use crate::relay::jsmpeg::constant_time_eq;
 pub const SUBPROTOCOL: &str = "janus-admin-protocol";
 
 /// The plugins tokens may be granted; peregrine has one.
-const PLUGINS: [&str; 1] = [plugin::PACKAGE];
+const PLUGINS: [&str; 1] = [ustreamer::PACKAGE];
 
 static REFUSED: RateLimited = RateLimited::new(PERIOD);
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::viewer::ViewerReport;
+use super::one_viewer::ViewerReport;
 
 /// Chosen quantiles of a sample, in milliseconds (`None` with no sample).
 #[derive(Clone, Debug, Default, serde::Serialize)]

@@ -1,5 +1,6 @@
 //! A viewer-side WebRTC peer in Rust: answers an engine offer, completes ICE/DTLS/SRTP over
-//! its own UDP socket on 127.0.0.1, and hands back whole H.264 access units (Annex-B).
+//! its own UDP socket on 127.0.0.1, and hands back whole H.264 access units (Annex-B, put
+//! together by [`super::depacketizer`]).
 //! Used by the integration tests and by load generation, where a browser per viewer
 //! would cost far too much.
 
@@ -7,7 +8,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
@@ -24,24 +30,9 @@ use rtc::statistics::StatsSelector;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::extensions::{self, ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
-use super::peer;
-
-/// One access unit as received.
-#[derive(Clone, Debug)]
-pub struct ReceivedFrame {
-    /// Annex-B bytes (4-byte start codes) of every NAL unit of the picture.
-    pub data: Bytes,
-    pub rtp_timestamp: u32,
-    /// abs-capture-time (NTP 32.32) of the picture, when the sender wrote it.
-    pub abs_capture_time: Option<u64>,
-    /// Video orientation (CVO byte) carried by the last packet, if any.
-    pub video_orientation: Option<u8>,
-    /// Size of each RTP packet (header with extensions, plus payload), in order.
-    pub packet_sizes: Vec<usize>,
-    /// Marker bit of each RTP packet, in order.
-    pub markers: Vec<bool>,
-}
+use super::depacketizer::{parse_abs_capture_time, Assembler, PacketExtensions, ReceivedFrame};
+use crate::rtc::extensions::{ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
+use crate::rtc::peer;
 
 /// Connection progress of a receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +126,7 @@ impl ReceiverPeer {
 
         let profile = fmtp_profile(offer_sdp).unwrap_or("42e01f");
         let mut me = peer::media_engine(profile)?;
-        let registry = peer::receiver_interceptors(&mut me);
+        let registry = interceptors(&mut me);
         let settings = peer::setting_engine(&peer::ice_token(16), &peer::ice_token(32))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
@@ -341,7 +332,7 @@ impl Driver {
                 let abs = self
                     .abs_id
                     .and_then(|id| packet.header.get_extension(id))
-                    .and_then(|b| extensions::parse_abs_capture_time(&b));
+                    .and_then(|b| parse_abs_capture_time(&b));
                 let cvo = self
                     .cvo_id
                     .and_then(|id| packet.header.get_extension(id))
@@ -423,117 +414,10 @@ fn is_rtp(datagram: &[u8]) -> bool {
     }
 }
 
-/// Header extension values read from one packet.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PacketExtensions {
-    pub abs_capture_time: Option<u64>,
-    pub video_orientation: Option<u8>,
-}
-
-/// Reassembles access units: packets of one RTP timestamp up to the marker, in sequence.
-/// A gap in sequence numbers drops the picture being assembled.
-#[derive(Default)]
-pub struct Assembler {
-    current: Option<Partial>,
-}
-
-struct Partial {
-    timestamp: u32,
-    next_seq: u16,
-    data: BytesMut,
-    broken: bool,
-    abs: Option<u64>,
-    cvo: Option<u8>,
-    sizes: Vec<usize>,
-    markers: Vec<bool>,
-}
-
-impl Assembler {
-    /// Add one packet (`size` is its full RTP size); returns a picture when one completes.
-    pub fn push(
-        &mut self,
-        packet: &rtc::rtp::Packet,
-        size: usize,
-        ext: PacketExtensions,
-    ) -> Option<ReceivedFrame> {
-        let h = &packet.header;
-        let continues = self
-            .current
-            .as_ref()
-            .is_some_and(|p| p.timestamp == h.timestamp);
-        if !continues {
-            self.current = Some(Partial {
-                timestamp: h.timestamp,
-                next_seq: h.sequence_number,
-                data: BytesMut::new(),
-                broken: false,
-                abs: None,
-                cvo: None,
-                sizes: Vec::new(),
-                markers: Vec::new(),
-            });
-        }
-        let p = self.current.as_mut()?;
-        if h.sequence_number != p.next_seq {
-            p.broken = true;
-        }
-        p.next_seq = h.sequence_number.wrapping_add(1);
-        p.abs = p.abs.or(ext.abs_capture_time);
-        p.cvo = ext.video_orientation;
-        p.sizes.push(size);
-        p.markers.push(h.marker);
-        if depacketize(&packet.payload, &mut p.data).is_err() {
-            p.broken = true;
-        }
-        if !h.marker {
-            return None;
-        }
-        let p = self.current.take()?;
-        if p.broken || p.data.is_empty() {
-            return None;
-        }
-        Some(ReceivedFrame {
-            data: p.data.freeze(),
-            rtp_timestamp: p.timestamp,
-            abs_capture_time: p.abs,
-            video_orientation: p.cvo,
-            packet_sizes: p.sizes,
-            markers: p.markers,
-        })
-    }
-}
-
-const START_CODE: [u8; 4] = [0, 0, 0, 1];
-
-/// Append the NAL units of one H.264 RTP payload to `out` in Annex-B form.
-pub fn depacketize(payload: &[u8], out: &mut BytesMut) -> Result<(), &'static str> {
-    let header = *payload.first().ok_or("empty payload")?;
-    match header & 0x1f {
-        1..=23 => {
-            out.put_slice(&START_CODE);
-            out.put_slice(payload);
-        }
-        24 => {
-            let mut rest = &payload[1..];
-            while rest.len() >= 2 {
-                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                let nal = rest.get(2..2 + len).ok_or("STAP-A unit cut short")?;
-                out.put_slice(&START_CODE);
-                out.put_slice(nal);
-                rest = &rest[2 + len..];
-            }
-        }
-        28 => {
-            let fu = *payload.get(1).ok_or("FU-A without header")?;
-            if fu & 0x80 != 0 {
-                out.put_slice(&START_CODE);
-                out.put_u8((header & 0xe0) | (fu & 0x1f));
-            }
-            out.put_slice(&payload[2..]);
-        }
-        _ => return Err("unsupported NAL unit type"),
-    }
-    Ok(())
+/// Interceptors of a receiving end: the crate's NACK generator and responder and its
+/// sender/receiver reports. Nothing the sender says in RTCP is for the receiver itself.
+fn interceptors(me: &mut MediaEngine) -> Registry {
+    configure_rtcp_reports(configure_nack(Registry::new(), me))
 }
 
 /// `profile-level-id` from the offer's H.264 fmtp line.
@@ -558,24 +442,6 @@ fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn depacketizes_single_stap_and_fu() {
-        let mut out = BytesMut::new();
-        depacketize(&[0x67, 1, 2], &mut out).unwrap();
-        depacketize(&[0x18, 0, 2, 0x68, 9, 0, 1, 0x06], &mut out).unwrap();
-        depacketize(&[0x7c, 0x85, 1, 2], &mut out).unwrap();
-        depacketize(&[0x7c, 0x45, 3], &mut out).unwrap();
-        assert_eq!(
-            &out[..],
-            &[
-                0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x68, 9, 0, 0, 0, 1, 0x06, 0, 0, 0, 1, 0x65, 1,
-                2, 3
-            ]
-        );
-        assert!(depacketize(&[], &mut out).is_err());
-        assert!(depacketize(&[0x18, 0, 9, 1], &mut out).is_err());
-    }
 
     #[test]
     fn sequence_counter_spans_wrap_around_and_gaps() {

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
-use crate::janus::client::{Endpoint, JanusClient};
 use crate::media::{clock, h264};
-use crate::rtc::receiver::{ReceivedFrame, ReceiverPeer};
+use crate::viewer::depacketizer::ReceivedFrame;
+use crate::viewer::janus_client::{Endpoint, JanusClient};
+use crate::viewer::receiver::ReceiverPeer;
 
 use super::catchup::CatchUp;
 

@@ -15,11 +15,18 @@ const WELS_LOG_WARNING: c_int = 2;
 
 type TraceCallback = unsafe extern "C" fn(*mut c_void, c_int, *const c_char);
 
+/// The callback openh264 calls with each message.
+///
+/// # Safety
+///
+/// `message` is null or a NUL-terminated string that stays valid for the call, which is
+/// what openh264's `WelsTraceCallback` contract gives.
 unsafe extern "C" fn trace(_ctx: *mut c_void, level: c_int, message: *const c_char) {
     if message.is_null() {
         return;
     }
-    // SAFETY: openh264 passes a NUL-terminated buffer that lives for this call.
+    // SAFETY: not null (checked above), and NUL-terminated and alive for this call by
+    // the function's contract.
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
     // Drop openh264's own prefix ("[OpenH264] this = 0x..., Warning:").
     let text = text
@@ -39,8 +46,11 @@ unsafe extern "C" fn trace(_ctx: *mut c_void, level: c_int, message: *const c_ch
 pub fn route_encoder_log(encoder: &mut Encoder) {
     let mut callback: TraceCallback = trace;
     let mut level = WELS_LOG_WARNING;
-    // SAFETY: both options are accepted before initialisation (openh264's SetOption
-    // exempts them from its initialised check) and copy the value pointed to.
+    // SAFETY: `raw_api` asks that no parameter the Rust encoder relies on is changed;
+    // the trace level and callback are not among them. Both options are accepted before
+    // initialisation (openh264's SetOption exempts them from its initialised check),
+    // read the value pointed to during the call and keep a copy, so pointers to these
+    // locals suffice; `trace` has the signature of WelsTraceCallback.
     unsafe {
         let raw = encoder.raw_api();
         raw.set_option(

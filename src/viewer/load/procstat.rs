@@ -54,13 +54,7 @@ pub fn machine_ms() -> Result<(f64, f64)> {
 }
 
 fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+    crate::sys::process::clock_ticks_per_second()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use openh264::decoder::{DecodedYUV, Decoder};
 use openh264::formats::YUVSource;
 
-use super::yuv::I420Frame;
+use crate::media::yuv::I420Frame;
 
 /// The decoder rejected the stream or could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Load generation: many real WebRTC viewers in one process, joining through the Janus
 //! API, and the benchmark that runs them against a peregrine it starts itself.
 //!
-//! * [`viewer`]: one viewer and what it measures.
+//! * [`one_viewer`]: one viewer and what it measures.
 //! * [`catchup`]: which of a new viewer's first pictures are the GOP catch-up burst.
 //! * [`summary`]: per-run figures from the viewers' reports.
 //! * [`procstat`]: CPU time and memory of processes, from `/proc`.
@@ -9,9 +9,9 @@
 
 pub mod bench;
 pub mod catchup;
+pub mod one_viewer;
 pub mod procstat;
 pub mod summary;
-pub mod viewer;
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -22,9 +22,9 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::janus::client::{Endpoint, JanusClient};
+use crate::viewer::janus_client::{Endpoint, JanusClient};
+use one_viewer::{Progress, ViewerReport};
 pub use summary::LoadSummary;
-use viewer::{Progress, ViewerReport};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -88,7 +88,7 @@ impl LoadRun {
                         break;
                     }
                     tokio::time::sleep_until(t0 + gap * id as u32).await;
-                    viewers.push(tokio::spawn(viewer::run(
+                    viewers.push(tokio::spawn(one_viewer::run(
                         id,
                         cfg.endpoint.clone(),
                         progress.clone(),

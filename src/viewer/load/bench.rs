@@ -12,8 +12,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use super::{procstat, LoadConfig, LoadRun, LoadSummary};
-use crate::janus::client::{http_request, Endpoint};
 use crate::rtc::latency::HistogramSnapshot;
+use crate::viewer::http;
+use crate::viewer::janus_client::Endpoint;
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -131,8 +132,8 @@ async fn start_server(cfg: &BenchConfig) -> Result<ServerProcess> {
     }
 }
 
-async fn state(http: &str) -> Result<Value> {
-    let (status, body) = http_request(http, "GET", "/state", None).await?;
+async fn state(authority: &str) -> Result<Value> {
+    let (status, body) = http::request(authority, "GET", "/state", None).await?;
     if status != 200 {
         bail!("/state answered {status}");
     }

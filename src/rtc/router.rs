@@ -1,0 +1,227 @@
+//! Which peer a datagram on the shared UDP socket is for: by its remote address once
+//! that is bound to a peer, before that by the ICE ufrag in a STUN check signed with
+//! the peer's password (see [`demux`]). Plain lookups, no I/O.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::{demux, peer, PeerId};
+use crate::access::IpList;
+
+/// Remote addresses one peer may be reached from (a browser checks from each of its
+/// interfaces); more would only be someone spoofing sources with the viewer's password.
+pub const MAX_ADDRS_PER_PEER: usize = 16;
+
+/// Why a datagram reaches no peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unrouted {
+    /// From an address `--allow-ip` leaves out.
+    NotAllowed,
+    /// A valid check, but its peer has [`MAX_ADDRS_PER_PEER`] addresses already.
+    TooManyAddresses,
+    /// From an unknown address and not a check signed for one of our peers.
+    NotAuthenticated,
+    /// From a known address, but neither STUN, DTLS nor RTP.
+    NotWebrtc,
+}
+
+impl Unrouted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unrouted::NotAllowed => "address not allowed (--allow-ip)",
+            Unrouted::TooManyAddresses => "viewer has too many addresses",
+            Unrouted::NotAuthenticated => "not a viewer's authenticated check",
+            Unrouted::NotWebrtc => "neither STUN, DTLS nor RTP",
+        }
+    }
+}
+
+/// A peer's ICE credentials and the addresses bound to it.
+struct Route {
+    ufrag: String,
+    /// Our ICE password: the key of the checks that bind an address to this peer.
+    pwd: String,
+    addrs: Vec<SocketAddr>,
+}
+
+#[derive(Default)]
+pub struct Router {
+    routes: HashMap<PeerId, Route>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+}
+
+impl Router {
+    /// Fresh ICE credentials for a new peer: a ufrag no current peer has, and a password.
+    pub fn new_credentials(&self) -> (String, String) {
+        let mut ufrag = peer::ice_token(16);
+        while self.by_ufrag.contains_key(&ufrag) {
+            ufrag = peer::ice_token(16);
+        }
+        (ufrag, peer::ice_token(32))
+    }
+
+    pub fn add(&mut self, id: PeerId, ufrag: String, pwd: String) {
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.routes.insert(
+            id,
+            Route {
+                ufrag,
+                pwd,
+                addrs: Vec::new(),
+            },
+        );
+    }
+
+    /// Forget a peer, its ufrag and its addresses.
+    pub fn remove(&mut self, id: PeerId) {
+        let Some(route) = self.routes.remove(&id) else {
+            return;
+        };
+        self.by_ufrag.remove(&route.ufrag);
+        for addr in &route.addrs {
+            if self.by_addr.get(addr) == Some(&id) {
+                self.by_addr.remove(addr);
+            }
+        }
+    }
+
+    /// The peer a datagram from `from` is for. An address is bound to a peer only by a
+    /// STUN check carrying its ufrag and a MESSAGE-INTEGRITY made with its password, so
+    /// nobody but the viewer (who got both in the offer) can make the engine route,
+    /// answer or keep state for an address; everything else from unknown addresses is
+    /// refused here.
+    pub fn route(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        allow: &IpList,
+    ) -> Result<PeerId, Unrouted> {
+        let id = match self.by_addr.get(&from) {
+            Some(id) => *id,
+            // Before the HMAC: a refused address costs a lookup, not a digest.
+            None if !allow.allows(from.ip()) => return Err(Unrouted::NotAllowed),
+            None => {
+                let id = self
+                    .authenticated_peer(data)
+                    .ok_or(Unrouted::NotAuthenticated)?;
+                let route = self.routes.get_mut(&id).ok_or(Unrouted::NotAuthenticated)?;
+                if route.addrs.len() >= MAX_ADDRS_PER_PEER {
+                    return Err(Unrouted::TooManyAddresses);
+                }
+                route.addrs.push(from);
+                self.by_addr.insert(from, id);
+                id
+            }
+        };
+        if !demux::is_webrtc(data) {
+            return Err(Unrouted::NotWebrtc);
+        }
+        Ok(id)
+    }
+
+    /// The peer a STUN binding request is for, if it names the peer's ufrag and its
+    /// MESSAGE-INTEGRITY checks out with the peer's password.
+    fn authenticated_peer(&self, data: &[u8]) -> Option<PeerId> {
+        let id = *self.by_ufrag.get(demux::stun_local_ufrag(data)?)?;
+        let route = self.routes.get(&id)?;
+        demux::stun_request_authentic(data, route.pwd.as_bytes()).then_some(id)
+    }
+
+    /// The peer bound to `addr`, if any.
+    #[cfg(test)]
+    pub fn peer_at(&self, addr: SocketAddr) -> Option<PeerId> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    /// Whether nothing is routed any more (no ufrag, no address).
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.by_ufrag.is_empty() && self.by_addr.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router_with_peer(id: PeerId) -> (Router, String, String) {
+        let mut router = Router::default();
+        let (ufrag, pwd) = router.new_credentials();
+        router.add(id, ufrag.clone(), pwd.clone());
+        (router, ufrag, pwd)
+    }
+
+    #[test]
+    fn stun_from_a_new_address_routes_by_ufrag_and_is_forgotten_on_remove() {
+        let (mut router, ufrag, pwd) = router_with_peer(7);
+        let allow = IpList::default();
+        let username = format!("{ufrag}:remote");
+        let from = SocketAddr::from(([127, 0, 0, 1], 50000));
+        // The ufrag alone, or the wrong password, binds nothing.
+        let unsigned = demux::signed_binding_request(&username, None);
+        assert_eq!(
+            router.route(from, &unsigned, &allow),
+            Err(Unrouted::NotAuthenticated)
+        );
+        let forged = demux::signed_binding_request(&username, Some(b"guessed"));
+        assert_eq!(
+            router.route(from, &forged, &allow),
+            Err(Unrouted::NotAuthenticated)
+        );
+        assert_eq!(router.peer_at(from), None);
+        let signed = demux::signed_binding_request(&username, Some(pwd.as_bytes()));
+        assert_eq!(router.route(from, &signed, &allow), Ok(7));
+        assert_eq!(router.peer_at(from), Some(7));
+        // Once bound, the address routes without a check; garbage from it is refused.
+        assert_eq!(router.route(from, &[0x80; 20], &allow), Ok(7));
+        assert_eq!(
+            router.route(from, &[0xff; 64], &allow),
+            Err(Unrouted::NotWebrtc)
+        );
+        // A viewer's addresses are capped.
+        for port in 1..=100 {
+            let other = SocketAddr::from(([127, 0, 0, 1], port));
+            let _ = router.route(other, &signed, &allow);
+        }
+        let bound = (1..=100)
+            .filter(|port| {
+                router
+                    .peer_at(SocketAddr::from(([127, 0, 0, 1], *port)))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(bound + 1, MAX_ADDRS_PER_PEER);
+        router.remove(7);
+        assert!(router.is_empty());
+    }
+
+    #[test]
+    fn checks_from_addresses_not_allowed_are_ignored() {
+        let (mut router, ufrag, pwd) = router_with_peer(3);
+        let allow = IpList::parse(&["127.0.0.1".to_string()], "allow_ip").unwrap();
+        let signed =
+            demux::signed_binding_request(&format!("{ufrag}:remote"), Some(pwd.as_bytes()));
+        let outsider = SocketAddr::from(([127, 0, 0, 2], 50000));
+        assert_eq!(
+            router.route(outsider, &signed, &allow),
+            Err(Unrouted::NotAllowed),
+            "a signed check is not enough"
+        );
+        assert_eq!(router.peer_at(outsider), None);
+        let allowed = SocketAddr::from(([127, 0, 0, 1], 50000));
+        assert_eq!(router.route(allowed, &signed, &allow), Ok(3));
+    }
+
+    #[test]
+    fn new_credentials_never_repeat_a_current_ufrag() {
+        let mut router = Router::default();
+        let mut seen = std::collections::HashSet::new();
+        for id in 0..100 {
+            let (ufrag, pwd) = router.new_credentials();
+            assert_eq!((ufrag.len(), pwd.len()), (16, 32));
+            assert!(seen.insert(ufrag.clone()));
+            router.add(id, ufrag, pwd);
+        }
+    }
+}

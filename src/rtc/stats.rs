@@ -1,0 +1,55 @@
+//! The engine's counters and histograms, readable from any thread without asking the
+//! loop (for `/state` and `/metrics`).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::latency::Histogram;
+use super::RtcStats;
+use crate::metrics::histograms::WebrtcHistograms;
+
+/// Counters readable without asking the loop. Only the loop writes them, once per batch
+/// of datagrams or per RTCP message, never per packet.
+#[derive(Default)]
+pub struct SharedStats {
+    pub peers: AtomicUsize,
+    pub connected: AtomicUsize,
+    pub rtp_packets_sent: AtomicU64,
+    /// Every datagram handed to the kernel (RTP, RTCP, DTLS, STUN) and its bytes.
+    pub datagrams_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Keyframes handed out, counted once per viewer.
+    pub keyframes_sent: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    pub plis_received: AtomicU64,
+    pub firs_received: AtomicU64,
+    pub nacks_received: AtomicU64,
+    /// Packets the NACK responder sends again (those of a NACK still in its history).
+    pub retransmitted_packets: AtomicU64,
+    pub histograms: WebrtcHistograms,
+    /// Access unit taken from the hub → its last RTP packet handed to the kernel.
+    pub send_delay: Histogram,
+    /// Access unit capture (for byte-stream sources: its arrival) → last RTP packet
+    /// handed to the kernel; includes time queued in the hub.
+    pub capture_to_send: Histogram,
+}
+
+impl SharedStats {
+    pub fn snapshot(&self) -> RtcStats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RtcStats {
+            peers: self.peers.load(Ordering::Relaxed),
+            connected: self.connected.load(Ordering::Relaxed),
+            rtp_packets_sent: load(&self.rtp_packets_sent),
+            datagrams_sent: load(&self.datagrams_sent),
+            bytes_sent: load(&self.bytes_sent),
+            keyframes_sent: load(&self.keyframes_sent),
+            keyframe_requests: load(&self.keyframe_requests),
+            plis_received: load(&self.plis_received),
+            firs_received: load(&self.firs_received),
+            nacks_received: load(&self.nacks_received),
+            retransmitted_packets: load(&self.retransmitted_packets),
+            send_delay_us: self.send_delay.snapshot(),
+            capture_to_send_us: self.capture_to_send.snapshot(),
+        }
+    }
+}

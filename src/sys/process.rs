@@ -1,0 +1,42 @@
+//! Facts about this process the kernel keeps: resource limits, ids, and the units
+//! `/proc` figures are counted in.
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+use nix::unistd::{geteuid, sysconf, SysconfVar};
+
+/// The soft open-file limit (None when unlimited or unknown).
+pub fn open_file_limit() -> Option<u64> {
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    (soft != RLIM_INFINITY).then_some(soft)
+}
+
+/// Raise the soft open-file limit to the hard one, as most servers do, and return the
+/// soft limit now in force (None when unlimited or unknown).
+pub fn raise_open_file_limit() -> Option<u64> {
+    let (mut soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        soft = hard;
+    }
+    (soft != RLIM_INFINITY).then_some(soft)
+}
+
+/// The effective user id, which owns what this process creates.
+pub fn effective_uid() -> u32 {
+    geteuid().as_raw()
+}
+
+/// Bytes per memory page (the unit of `/proc/*/statm`); 4096 if the system will not say.
+pub fn page_size() -> u64 {
+    match sysconf(SysconfVar::PAGE_SIZE) {
+        Ok(Some(size)) if size > 0 => size as u64,
+        _ => 4096,
+    }
+}
+
+/// Clock ticks per second (the unit of CPU times in `/proc/*/stat`); 100 if unknown.
+pub fn clock_ticks_per_second() -> f64 {
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => ticks as f64,
+        _ => 100.0,
+    }
+}
