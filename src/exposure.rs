@@ -234,6 +234,52 @@ pub fn warning(cfg: &Config) -> Option<String> {
     Some(parts.join("; "))
 }
 
+/// What a start with `cfg` should warn about in these settings.
+pub fn start_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(c) = &cfg.basic_auth {
+        if c.passwd.is_empty() {
+            out.push(format!(
+                "user {:?} has an empty password (no --passwd or --passwd-file)",
+                c.user
+            ));
+        }
+        let janus_ports = [cfg.janus_ws_listen(), cfg.janus_http_listen()]
+            .iter()
+            .any(|l| !matches!(l, crate::janus::Listen::Off));
+        let janus_auth = cfg.janus_api_secret.is_some() || cfg.janus_token_auth;
+        if janus_ports && !janus_auth {
+            out.push(
+                "--user guards the main port only: the Janus transports (--janus-ws-port, \
+                 --janus-http-port) take no password; give them --janus-api-secret or \
+                 --janus-token-auth, or turn them off"
+                    .to_string(),
+            );
+        }
+    }
+    for (key, flag, list) in [
+        (
+            "general.ws_acl",
+            "--janus-ws-allow-ip",
+            &cfg.janus_ws_allow_ip,
+        ),
+        (
+            "general.acl",
+            "--janus-http-allow-ip",
+            &cfg.janus_http_allow_ip,
+        ),
+    ] {
+        for entry in list.whole_address_prefixes() {
+            out.push(format!(
+                "{key} entry {entry:?} is matched as Janus matches it, as the start of the \
+                 written address, so it also admits addresses that begin with it (e.g. \
+                 {entry}0); for that host alone give {flag} {entry}"
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

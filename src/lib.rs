@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod net;
 pub mod origin;
 pub mod ratelog;
+pub mod rejections;
 pub mod relay;
 pub mod rtc;
 pub mod serve;

@@ -16,8 +16,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
+use crate::rejections::{self, Rejection};
 
 static REFUSED: RateLimited = RateLimited::new(PERIOD);
 

@@ -54,11 +54,11 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         tracing::warn!("{warning}");
     }
     // Before anything starts: a certificate that cannot be used is a usage error.
-    let mut janus_cfg = JanusConfig::from_config(&cfg);
+    let mut janus_cfg = cfg.janus_config();
     let certificates = load_certificates(&cfg, &mut janus_cfg).map_err(usage_error)?;
     reload_on_sighup(certificates);
     let main_tls = janus_cfg.tls.clone();
-    for warning in crate::access::start_warnings(&cfg) {
+    for warning in crate::exposure::start_warnings(&cfg) {
         tracing::warn!("{warning}");
     }
     let stop_source = Arc::new(AtomicBool::new(false));

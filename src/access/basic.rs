@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
+use crate::access::secret_guard::{self, Failure, SecretGuard};
 use crate::ratelog::{RateLimited, PERIOD};
-use crate::relay::secret_guard::{self, Failure, SecretGuard};
 
 static WRONG: RateLimited = RateLimited::new(PERIOD);
 static BLOCKED: RateLimited = RateLimited::new(PERIOD);
@@ -228,7 +228,7 @@ async fn check(auth: &BasicAuth, request: Request, next: Next) -> Response {
         decision,
         Decision::Challenge { wrong: true } | Decision::Throttled(_)
     ) {
-        crate::metrics::rejections::count(crate::metrics::rejections::Rejection::BasicAuth);
+        crate::rejections::count(crate::rejections::Rejection::BasicAuth);
     }
     match decision {
         Decision::Pass => next.run(request).await,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::access::{Credentials, IpList};
 use crate::config::janus_install::SecureTransport;
-use crate::janus::Listen;
+use crate::janus::{self, JanusConfig, Listen};
 use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
 use crate::tls::CertFiles;
@@ -1187,6 +1187,56 @@ fn listen(off: bool, unix: &Option<PathBuf>, mode: u32, port: u16) -> Listen {
     }
 }
 
+impl Config {
+    /// What the Janus transports and core take from the configuration.
+    pub fn janus_config(&self) -> JanusConfig {
+        let cfg = self;
+        JanusConfig {
+            host: cfg.host,
+            ws_host: cfg.janus_ws_host,
+            http_host: cfg.janus_http_host,
+            ws: cfg.janus_ws_listen(),
+            http: cfg.janus_http_listen(),
+            http_path: cfg.janus_http_path.clone(),
+            session_timeout: std::time::Duration::from_secs(cfg.session_timeout_s),
+            ice_servers: cfg.ice_servers.clone(),
+            caps: janus::gateway::SessionCaps {
+                sessions: cfg.max_sessions,
+                sessions_per_connection: cfg.max_sessions_per_connection,
+                handles_per_session: cfg.max_handles_per_session,
+            },
+            ws_queue_bytes: cfg.ws_queue_bytes,
+            ws_send_timeout: std::time::Duration::from_secs(cfg.ws_send_timeout_s),
+            conn: cfg.conn_limits(),
+            auth: janus::auth::Auth {
+                api_secret: cfg.janus_api_secret.clone(),
+                tokens: cfg
+                    .janus_token_auth
+                    .then(|| match &cfg.janus_token_auth_secret {
+                        Some(secret) => janus::auth::Tokens::Signed(secret.clone()),
+                        None => janus::auth::Tokens::Stored(janus::auth::TokenStore::new(
+                            &cfg.janus_tokens,
+                            &[janus::ustreamer::PACKAGE],
+                        )),
+                    }),
+            },
+            origins: cfg.origin_policy(),
+            admin: janus::AdminConfig {
+                secret: cfg.janus_admin_secret.clone(),
+                http: cfg.janus_admin_http_port.map_or(Listen::Off, Listen::Tcp),
+                http_host: cfg.janus_admin_http_host,
+                http_path: cfg.janus_admin_base_path.clone(),
+                ws: cfg.janus_admin_ws_port.map_or(Listen::Off, Listen::Tcp),
+                ws_host: cfg.janus_admin_ws_host,
+            },
+            allow_ip: cfg.allow_ip.clone(),
+            ws_allow_ip: cfg.janus_ws_allow_ip.clone(),
+            http_allow_ip: cfg.janus_http_allow_ip.clone(),
+            ..JanusConfig::default()
+        }
+    }
+}
+
 /// A mistake in what was asked for (flags, config file, the named source) rather than a
 /// failure while running: the program exits with status 2 for it, as for bad flags.
 #[derive(Debug)]
@@ -1609,7 +1659,7 @@ mod tests {
             .collect();
         assert_eq!(addrs, ["HTTP 127.0.0.1:7088", "WebSocket 127.0.0.1:7188"]);
         assert_eq!(c.janus_admin_base_path, "/adm");
-        let j = crate::janus::JanusConfig::from_config(&c);
+        let j = c.janus_config();
         assert_eq!(
             (j.admin.http, j.admin.ws),
             (Listen::Tcp(7088), Listen::Tcp(7188))
@@ -1773,7 +1823,7 @@ mod tests {
             (c.janus_ws_host, c.janus_http_host),
             (Some(ip("127.0.0.1")), None)
         );
-        let j = crate::janus::JanusConfig::from_config(&c);
+        let j = c.janus_config();
         assert_eq!((j.ws_host, j.http_host), (Some(ip("127.0.0.1")), None));
         // The transport's own flag wins over the file.
         let c = load(&["--janus-ws-host", "0.0.0.0", "--janus-http-host", "::1"]);
@@ -2157,7 +2207,7 @@ mod tests {
         assert_eq!(c.allow_ip.describe(), "127., 10.0.0.0/8, ::1");
         assert_eq!(c.janus_ws_allow_ip.describe(), "192.168.0.");
         assert!(c.janus_http_allow_ip.is_empty());
-        let j = crate::janus::JanusConfig::from_config(&c);
+        let j = c.janus_config();
         assert_eq!(j.allow_ip, c.allow_ip);
         assert_eq!(j.ws_allow_ip, c.janus_ws_allow_ip);
         for (flag, key) in [
@@ -2223,7 +2273,7 @@ mod tests {
                 .judge(Some("https://kvm.example"), &["other:8188"]),
             Verdict::Allowed(_)
         ));
-        let warnings = crate::access::start_warnings(&c);
+        let warnings = crate::exposure::start_warnings(&c);
         assert!(
             warnings.iter().any(|w| w.contains("\"192.168.1.1\"")),
             "{warnings:?}"

@@ -16,8 +16,8 @@ use super::error::{code, JanusError};
 use super::message::{self, Request, ServerInfo, TrickleCandidate, Verb};
 use super::plugin_api::{BoxFuture, HandleHost, HandleState, Plugin};
 use super::session::{ConnId, EventQueue, Handle, Owner, Registry, Session};
-use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
+use crate::rejections::{self, Rejection};
 use crate::rtc::{
     PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError, MAX_REMOTE_CANDIDATES,
 };

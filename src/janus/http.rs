@@ -24,7 +24,7 @@ use super::error::{code, JanusError};
 use super::gateway::Gateway;
 use super::message::{self, Request};
 use super::session::Owner;
-use crate::metrics::rejections::{self, Rejection};
+use crate::rejections::{self, Rejection};
 
 /// Transport settings.
 #[derive(Clone, Debug)]

@@ -35,7 +35,6 @@ pub use gateway::JanusCounts;
 pub use listen::Listen;
 
 use crate::access::{IpList, PeerFilter};
-use crate::config::Config;
 use crate::media::Streams;
 use crate::origin::{self, OriginPolicy};
 use crate::rtc::RtcEngine;
@@ -159,54 +158,6 @@ impl Default for JanusConfig {
             allow_ip: IpList::default(),
             ws_allow_ip: IpList::default(),
             http_allow_ip: IpList::default(),
-        }
-    }
-}
-
-impl JanusConfig {
-    pub fn from_config(cfg: &Config) -> JanusConfig {
-        JanusConfig {
-            host: cfg.host,
-            ws_host: cfg.janus_ws_host,
-            http_host: cfg.janus_http_host,
-            ws: cfg.janus_ws_listen(),
-            http: cfg.janus_http_listen(),
-            http_path: cfg.janus_http_path.clone(),
-            session_timeout: Duration::from_secs(cfg.session_timeout_s),
-            ice_servers: cfg.ice_servers.clone(),
-            caps: gateway::SessionCaps {
-                sessions: cfg.max_sessions,
-                sessions_per_connection: cfg.max_sessions_per_connection,
-                handles_per_session: cfg.max_handles_per_session,
-            },
-            ws_queue_bytes: cfg.ws_queue_bytes,
-            ws_send_timeout: Duration::from_secs(cfg.ws_send_timeout_s),
-            conn: cfg.conn_limits(),
-            auth: auth::Auth {
-                api_secret: cfg.janus_api_secret.clone(),
-                tokens: cfg
-                    .janus_token_auth
-                    .then(|| match &cfg.janus_token_auth_secret {
-                        Some(secret) => auth::Tokens::Signed(secret.clone()),
-                        None => auth::Tokens::Stored(auth::TokenStore::new(
-                            &cfg.janus_tokens,
-                            &[ustreamer::PACKAGE],
-                        )),
-                    }),
-            },
-            origins: cfg.origin_policy(),
-            admin: AdminConfig {
-                secret: cfg.janus_admin_secret.clone(),
-                http: cfg.janus_admin_http_port.map_or(Listen::Off, Listen::Tcp),
-                http_host: cfg.janus_admin_http_host,
-                http_path: cfg.janus_admin_base_path.clone(),
-                ws: cfg.janus_admin_ws_port.map_or(Listen::Off, Listen::Tcp),
-                ws_host: cfg.janus_admin_ws_host,
-            },
-            allow_ip: cfg.allow_ip.clone(),
-            ws_allow_ip: cfg.janus_ws_allow_ip.clone(),
-            http_allow_ip: cfg.janus_http_allow_ip.clone(),
-            ..JanusConfig::default()
         }
     }
 }

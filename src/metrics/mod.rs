@@ -4,7 +4,6 @@
 //! paths only ever add to atomics, once per batch, message or report.
 
 pub mod collector;
-pub mod histograms;
 mod process;
 pub mod rejections;
 

@@ -20,11 +20,11 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
 use super::mpegts::{self, PacketSplitter, VideoEsExtractor};
-use super::secret_guard::{self, Failure};
 use super::Relay;
+use crate::access::secret_guard::{self, Failure};
 use crate::media::stream::Output;
 use crate::media::Stream;
-use crate::metrics::rejections::{self, Rejection};
+use crate::rejections::{self, Rejection};
 
 /// Chunks a viewer may fall behind before it loses data (about a second of a 1 Mbit/s
 /// stream arriving in 4 KiB chunks; uploads from ffmpeg usually arrive in smaller ones).

@@ -8,7 +8,6 @@
 pub mod h264ws;
 pub mod jsmpeg;
 pub mod mpegts;
-pub mod secret_guard;
 pub mod transcode;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
+use crate::access::secret_guard;
 use crate::media::{Stream, Streams};
 use crate::ratelog::{RateLimited, PERIOD};
 

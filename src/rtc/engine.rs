@@ -26,8 +26,8 @@ use super::subscriptions::{StreamKey, Subscriptions};
 use super::{sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError};
 use crate::media::{clock, Picture};
-use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
+use crate::rejections::{self, Rejection};
 
 /// An offer not answered within this time is dropped.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::media::Hub;
-use crate::metrics::histograms::WebrtcHistograms;
+use crate::rtc::histograms::WebrtcHistograms;
 
 pub mod candidates;
 mod deadlines;
@@ -26,6 +26,7 @@ mod fanout;
 mod feedback;
 mod frame;
 mod gop;
+pub mod histograms;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;

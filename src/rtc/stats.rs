@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::latency::Histogram;
 use super::RtcStats;
-use crate::metrics::histograms::WebrtcHistograms;
+use crate::rtc::histograms::WebrtcHistograms;
 
 /// Counters readable without asking the loop. Only the loop writes them, once per batch
 /// of datagrams or per RTCP message, never per packet.

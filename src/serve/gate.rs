@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
+use crate::rejections::{self, Rejection};
 
 static REFUSED: RateLimited = RateLimited::new(PERIOD);
 static EVICTED: RateLimited = RateLimited::new(PERIOD);

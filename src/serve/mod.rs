@@ -25,8 +25,8 @@ use tokio::net::{TcpListener, UnixListener};
 pub use gate::{Caps, Gate, Permit};
 
 use crate::access::PeerFilter;
-use crate::metrics::rejections::{self, Rejection};
 use crate::ratelog::{RateLimited, PERIOD};
+use crate::rejections::{self, Rejection};
 use crate::tls::Tls;
 
 static ACCEPT_FAILED: RateLimited = RateLimited::new(PERIOD);
