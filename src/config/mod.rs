@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::access::{Credentials, IpList};
 use crate::config::janus_install::SecureTransport;
 use crate::janus::{self, JanusConfig, Listen};
+use crate::media::limits;
 use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
 use crate::tls::CertFiles;
@@ -870,15 +871,20 @@ impl Config {
         if let Some(range) = a.udp_port_range {
             self.udp_ports = parse_port_range(&range)?;
         }
-        if self.fps == 0 || self.fps > 120 {
-            bail!("desired_fps must be 1..=120, got {}", self.fps);
+        if self.fps == 0 || self.fps > limits::MAX_FPS {
+            bail!(
+                "desired_fps must be 1..={}, got {}",
+                limits::MAX_FPS,
+                self.fps
+            );
         }
         if self.gop == 0 {
             bail!("h264_gop must be at least 1");
         }
-        if self.bitrate_kbps < 50 {
+        if self.bitrate_kbps < limits::MIN_BITRATE_KBPS {
             bail!(
-                "h264_bitrate is in kbit/s and must be at least 50, got {}",
+                "h264_bitrate is in kbit/s and must be at least {}, got {}",
+                limits::MIN_BITRATE_KBPS,
                 self.bitrate_kbps
             );
         }
@@ -1351,12 +1357,12 @@ pub fn parse_resolution(s: &str) -> Result<(u32, u32)> {
         .trim()
         .parse()
         .with_context(|| format!("resolution height in {s:?}"))?;
-    if !(16..=4096).contains(&w)
-        || !(16..=4096).contains(&h)
-        || !w.is_multiple_of(2)
-        || !h.is_multiple_of(2)
-    {
-        bail!("resolution {s:?}: width and height must be even and within 16..=4096");
+    if !limits::encodable_size(w, h) {
+        bail!(
+            "resolution {s:?}: width and height must be even and within {}..={}",
+            limits::MIN_SIDE,
+            limits::MAX_SIDE
+        );
     }
     Ok((w, h))
 }

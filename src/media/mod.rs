@@ -6,6 +6,7 @@ pub mod clock;
 pub mod encoder;
 pub mod h264;
 pub mod hub;
+pub mod limits;
 pub mod picture;
 pub mod refchain;
 pub mod signal;

@@ -24,6 +24,7 @@ pub const CODE_WIDTH: usize = CODE_BLOCK * CODE_COLUMNS;
 /// Height of the code strip in pixels (96).
 pub const CODE_HEIGHT: usize = CODE_BLOCK * CODE_ROWS;
 
+use crate::media::limits;
 use crate::media::yuv::{BLACK, NEUTRAL};
 
 /// Video-range luma of white.
@@ -82,7 +83,11 @@ fn fill_plane(
 
 /// The picture size cannot carry the pattern.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("test pattern size must be even and within 16x16..=8192x8192, got {0}x{1}")]
+#[error(
+    "test pattern size must be even and within {min}x{min}..={max}x{max}, got {0}x{1}",
+    min = limits::MIN_SIDE,
+    max = limits::MAX_SIDE
+)]
 pub struct BadSize(pub u32, pub u32);
 
 /// 75% colour bars (white, yellow, cyan, green, magenta, red, blue) as BT.601 YUV.
@@ -115,8 +120,7 @@ const TEXT_COLUMNS: usize = 12;
 
 impl TestPattern {
     pub fn new(width: u32, height: u32) -> Result<TestPattern, BadSize> {
-        let valid = |v: u32| (16..=8192).contains(&v) && v.is_multiple_of(2);
-        if !valid(width) || !valid(height) {
+        if !limits::encodable_size(width, height) {
             return Err(BadSize(width, height));
         }
         let (w, h) = (width as usize, height as usize);

@@ -15,6 +15,7 @@ use zune_jpeg::zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 use super::device::{Negotiated, PixelFormat};
+use crate::media::limits::{self, MAX_SIDE};
 use crate::source::pattern::I420Frame;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,15 +30,15 @@ pub enum ConvertError {
     },
     #[error("broken JPEG picture: {0}")]
     Jpeg(String),
-    #[error("picture size {0}x{1} is not usable (16x16 up to 4096x4096)")]
+    #[error(
+        "picture size {0}x{1} is not usable ({min}x{min} up to {max}x{max})",
+        min = limits::MIN_SIDE,
+        max = MAX_SIDE
+    )]
     BadSize(u32, u32),
     #[error("H.264 pictures are not converted")]
     Compressed,
 }
-
-/// Largest picture accepted from a device or a JPEG header.
-const MAX_SIDE: u32 = 4096;
-const MIN_SIDE: u32 = 16;
 
 /// Converts one camera picture at a time, keeping its scratch memory between pictures.
 pub struct Converter {
@@ -187,7 +188,7 @@ fn check_len(n: &Negotiated, data: &[u8], need: usize) -> Result<(), ConvertErro
 
 /// Make `out` an even-sized picture of (about) `w`x`h`.
 fn resize(out: &mut I420Frame, w: u32, h: u32) -> Result<(), ConvertError> {
-    if !(MIN_SIDE..=MAX_SIDE).contains(&w) || !(MIN_SIDE..=MAX_SIDE).contains(&h) {
+    if !limits::side_in_range(w) || !limits::side_in_range(h) {
         return Err(ConvertError::BadSize(w, h));
     }
     let (w, h) = ((w & !1) as usize, (h & !1) as usize);
