@@ -222,3 +222,23 @@ export async function waitUntil(page, fn, what, { timeoutMs = 20_000, arg } = {}
     await sleep(50);
   }
 }
+
+/**
+ * ffmpeg's test source of `size` (WxH) as raw H.264 pushed to `url` (e.g.
+ * tcp://127.0.0.1:PORT), as libcamera-vid or an encoder on the network sends it.
+ */
+export function startH264Encoder(size, url) {
+  const child = spawn("ffmpeg", [
+    "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+    "-f", "lavfi", "-i", `testsrc=size=${size}:rate=30`,
+    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency",
+    "-g", "30", "-bsf:v", "h264_mp4toannexb", "-f", "h264", url,
+  ], { stdio: "ignore" });
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  return {
+    async kill() {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+  };
+}

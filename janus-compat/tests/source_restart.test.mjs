@@ -3,35 +3,17 @@
 // returns, on the same connection and without a reload.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { startPeregrine, launchChromium, waitForFrames, waitUntil } from "./harness.mjs";
+import { startPeregrine, launchChromium, waitForFrames, waitUntil, startH264Encoder } from "./harness.mjs";
 
 let browser;
 before(async () => { browser = await launchChromium(); });
 after(async () => { await browser?.close(); });
 
-/** ffmpeg's test source as raw H.264 pushed to `url`, as libcamera-vid would send it. */
-function startEncoder(size, url) {
-  const child = spawn("ffmpeg", [
-    "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
-    "-f", "lavfi", "-i", `testsrc=size=${size}:rate=30`,
-    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency",
-    "-g", "30", "-bsf:v", "h264_mp4toannexb", "-f", "h264", url,
-  ], { stdio: "ignore" });
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  return {
-    async kill() {
-      if (child.exitCode === null) child.kill("SIGKILL");
-      await exited;
-    },
-  };
-}
-
 test("bundled page plays a byte-stream source, shows no signal, and resumes", async () => {
   // Port 0: the system picks a free one and /state names it, so no port can be taken twice.
   const server = await startPeregrine(["--source", "tcp-listen://127.0.0.1:0", "--resolution", "640x360"]);
   const push = (await server.state()).source.kind.replace("tcp-listen://", "tcp://");
-  let encoder = startEncoder("640x360", push);
+  let encoder = startH264Encoder("640x360", push);
   const page = await browser.newPage();
   try {
     await page.goto(`${server.base}/`);
@@ -52,7 +34,7 @@ test("bundled page plays a byte-stream source, shows no signal, and resumes", as
     await waitUntil(page, (n) => window.peregrine.frames > n, "NO SIGNAL pictures", { arg: during });
 
     const restartAt = Date.now();
-    encoder = startEncoder("640x360", push);
+    encoder = startH264Encoder("640x360", push);
     await waitUntil(page, () => window.peregrine.state === "playing", "playing again");
     const resumed = await page.evaluate(() => window.peregrine.frames);
     await waitUntil(page, (n) => window.peregrine.frames >= n, "30 live frames", { arg: resumed + 30 });

@@ -6,11 +6,13 @@
 // another stream's pictures would be caught.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { startPeregrine, startPageServer, launchChromium, waitForFrames, sleep } from "./harness.mjs";
+import {
+  startPeregrine, startPageServer, launchChromium, waitForFrames, sleep, startH264Encoder,
+} from "./harness.mjs";
 
 let dir, pages, browser;
 before(async () => {
@@ -28,23 +30,6 @@ after(async () => {
   pages?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-/** ffmpeg's test source as raw H.264 pushed to `url`, as an encoder on the network would. */
-function startEncoder(size, url) {
-  const child = spawn("ffmpeg", [
-    "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
-    "-f", "lavfi", "-i", `testsrc=size=${size}:rate=30`,
-    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency",
-    "-g", "30", "-f", "h264", url,
-  ], { stdio: "ignore" });
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  return {
-    async kill() {
-      if (child.exitCode === null) child.kill("SIGKILL");
-      await exited;
-    },
-  };
-}
 
 /** Poll /state until `ok(state)`; fails with the last state. */
 async function waitState(server, ok, what, timeoutMs = 20_000) {
@@ -84,7 +69,7 @@ test("three streams from three kinds of source play at once, each by name; the u
   const first = await server.state();
   assert.deepEqual(Object.keys(first.streams).sort(), ["cam2", "cam3", "default", "idle"]);
   const push = first.streams.cam3.source.kind.replace("tcp-listen://", "tcp://");
-  const encoder = startEncoder("480x270", push);
+  const encoder = startH264Encoder("480x270", push);
   const context = await browser.newContext();
   try {
     const demo = await context.newPage();

@@ -375,7 +375,7 @@ fn measured_fps(recent: &VecDeque<u64>) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::media::encoder::{EncoderSettings, H264Encoder};
     use crate::media::hub::StartAt;
@@ -392,7 +392,12 @@ mod tests {
 
     /// The test pattern, encoded, `count` pictures of `width`x`height`; an IDR at each
     /// index in `keys` (and at 0).
-    fn pattern_pictures(width: u32, height: u32, count: u32, keys: &[u32]) -> Vec<Picture> {
+    pub(crate) fn pattern_pictures(
+        width: u32,
+        height: u32,
+        count: u32,
+        keys: &[u32],
+    ) -> Vec<Picture> {
         let mut encoder = H264Encoder::new(&EncoderSettings {
             width,
             height,

@@ -466,7 +466,6 @@ fn encode(
 mod tests {
     use super::*;
     use crate::media::hub::StartAt;
-    use crate::source::pattern::TestPattern;
     use std::sync::mpsc;
 
     /// A source the test drives: each picture sent is handed over once.
@@ -499,26 +498,7 @@ mod tests {
     }
 
     fn encoded(count: u32, keys: &[u32]) -> Vec<Picture> {
-        let settings = EncoderSettings {
-            width: 160,
-            height: 120,
-            fps: 30,
-            bitrate_kbps: 300,
-            gop: 300,
-        };
-        let mut encoder = H264Encoder::new(&settings).unwrap();
-        let mut pattern = TestPattern::new(160, 120).unwrap();
-        (0..count)
-            .map(|i| {
-                if keys.contains(&i) {
-                    encoder.force_keyframe();
-                }
-                encoder
-                    .encode(pattern.draw(i, 0), u64::from(i) * 33_333)
-                    .unwrap()
-                    .unwrap()
-            })
-            .collect()
+        crate::source::lifecycle::tests::pattern_pictures(160, 120, count, keys)
     }
 
     async fn next(sub: &mut crate::media::Subscriber) -> Arc<Picture> {
