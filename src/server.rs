@@ -20,6 +20,7 @@ use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::{Hub, Stream, Streams};
 use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
+use crate::metrics::collector::StreamInput;
 use crate::net::candidate_ips;
 use crate::relay::{Relay, RelayConfig};
 use crate::rtc::{RtcConfig, RtcEngine};
@@ -82,12 +83,17 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             hub.clone(),
             stop_source.clone(),
         )?);
+        let kind = stream_cfg.spec.kind();
         let stream = Stream::new(stream_cfg.name, hub, stream_cfg.fps);
-        running.push((stream, status));
+        running.push(StreamInput {
+            stream,
+            status,
+            kind,
+        });
     }
-    let streams = Streams::new(running.iter().map(|(s, _)| s.clone()).collect());
+    let streams = Streams::new(running.iter().map(|s| s.stream.clone()).collect());
     let hub = streams.default_stream().hub().clone();
-    let source_status = running[0].1.clone();
+    let source_status = running[0].status.clone();
 
     let engine = RtcEngine::start(RtcConfig {
         bind: cfg.media_ip(),
@@ -130,7 +136,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             let rtc = engine.stats();
             let streams: serde_json::Map<_, _> = running
                 .iter()
-                .map(|(stream, status)| {
+                .map(|StreamInput { stream, status, .. }| {
                     let report = StreamReport {
                         source: SourceReport::new(status.snapshot(), &stream.hub().info()),
                         viewers: stream.viewers(),

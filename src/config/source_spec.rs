@@ -148,6 +148,22 @@ mod tests {
     }
 
     #[test]
+    fn kinds_label_metrics_by_what_was_configured() {
+        for (source, kind) in [
+            ("v4l2", "v4l2"),
+            ("testsrc", "testsrc"),
+            ("memsink:kvmd::ustreamer::h264", "memsink"),
+            ("tcp://127.0.0.1:8000", "tcp"),
+            ("tcp-listen://0.0.0.0:8000", "tcp-listen"),
+            ("-", "stdin"),
+        ] {
+            assert_eq!(parse(source).unwrap().kind(), kind, "{source}");
+        }
+        let file = SourceSpec::H264File(std::path::PathBuf::from("clip.h264"));
+        assert_eq!(file.kind(), "file");
+    }
+
+    #[test]
     fn every_form_parses_into_its_spec() {
         assert_eq!(parse("testsrc").unwrap(), SourceSpec::Testsrc);
         assert_eq!(

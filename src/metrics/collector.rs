@@ -19,10 +19,20 @@ use crate::relay::Relay;
 use crate::rtc::RtcEngine;
 use crate::source::lifecycle::StatusHandle;
 
+/// One stream as a scrape reads it.
+#[derive(Clone)]
+pub struct StreamInput {
+    pub stream: Arc<Stream>,
+    pub status: StatusHandle,
+    /// The `kind` label: the kind of source configured (`SourceSpec::kind`), which the
+    /// status text (a camera's device and format, say) does not always tell.
+    pub kind: &'static str,
+}
+
 /// What a scrape reads.
 pub struct Inputs {
-    /// Every stream with its source's status, the default one first.
-    pub streams: Vec<(Arc<Stream>, StatusHandle)>,
+    /// Every stream, the default one first.
+    pub streams: Vec<StreamInput>,
     pub engine: RtcEngine,
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
@@ -70,7 +80,7 @@ impl Collector for ServerCollector {
             "peregrine_viewers",
             "Viewers receiving the stream, by transport (WebRTC: connected peers; \
              h264ws: /h264 WebSocket clients; jsmpeg: JSMpeg WebSocket viewers).",
-            streams.iter().flat_map(|(stream, _)| {
+            streams.iter().flat_map(|StreamInput { stream, .. }| {
                 Output::ALL.map(|o| {
                     let labels = [("stream", stream.name()), ("transport", o.label())];
                     (labels, stream.viewers_by(o) as u64)
@@ -160,11 +170,11 @@ impl Collector for ServerCollector {
 
         let sources: Vec<_> = streams
             .iter()
-            .map(|(stream, status)| {
+            .map(|s| {
                 (
-                    [("stream", stream.name())],
-                    status.snapshot(),
-                    stream.hub().info(),
+                    [("stream", s.stream.name())],
+                    (s.status.snapshot(), s.kind),
+                    s.stream.hub().info(),
                 )
             })
             .collect();
@@ -172,9 +182,8 @@ impl Collector for ServerCollector {
             &mut enc,
             "peregrine_source_up",
             "1 while the source delivers video; 0 while it is lost, failing or not yet started (viewers get NO SIGNAL).",
-            sources.iter().map(|([stream], status, _)| {
-                let kind = ("kind", source_kind(&status.kind));
-                ([*stream, kind], u64::from(status.state == "live"))
+            sources.iter().map(|([stream], (status, kind), _)| {
+                ([*stream, ("kind", *kind)], u64::from(status.state == "live"))
             }),
         )?;
         gauges(
@@ -183,7 +192,7 @@ impl Collector for ServerCollector {
             "Frames per second of the source, measured over its last pictures.",
             sources
                 .iter()
-                .map(|(labels, status, _)| (*labels, status.fps)),
+                .map(|(labels, (status, _), _)| (*labels, status.fps)),
         )?;
         counters(
             &mut enc,
@@ -205,22 +214,9 @@ impl Collector for ServerCollector {
             "Times the source was lost after delivering video.",
             sources
                 .iter()
-                .map(|(labels, status, _)| (*labels, status.interruptions)),
+                .map(|(labels, (status, _), _)| (*labels, status.interruptions)),
         )?;
         Ok(())
-    }
-}
-
-/// The kind of a `--source` value, for the `kind` label.
-pub fn source_kind(source: &str) -> &'static str {
-    match source {
-        "v4l2" => "v4l2",
-        "testsrc" => "testsrc",
-        "-" => "stdin",
-        s if s.starts_with("memsink:") => "memsink",
-        s if s.starts_with("tcp-listen://") => "tcp-listen",
-        s if s.starts_with("tcp://") => "tcp",
-        _ => "file",
     }
 }
 
@@ -271,25 +267,4 @@ where
         ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_kinds() {
-        for (source, kind) in [
-            ("v4l2", "v4l2"),
-            ("testsrc", "testsrc"),
-            ("memsink:kvmd::ustreamer::h264", "memsink"),
-            ("tcp://127.0.0.1:8000", "tcp"),
-            ("tcp-listen://0.0.0.0:8000", "tcp-listen"),
-            ("-", "stdin"),
-            ("clip.h264", "file"),
-            ("cam.mjpeg", "file"),
-        ] {
-            assert_eq!(source_kind(source), kind, "{source}");
-        }
-    }
 }
