@@ -634,6 +634,9 @@ async fn watch_names_a_stream_and_holds_only_its_source() {
         watch(&mut ws, s, h, json!({"request":"watch","stream":"cam2"})).await["error_code"],
         503
     );
+    // That watch already opened cam2's source (an idle one starts) and let the default
+    // one go, so a retried watch finds cam2's pictures.
+    assert!(cam2.has_subscribers() && !default_hub.has_subscribers());
     publish_keyframe(&cam2);
     let data = watch(&mut ws, s, h, json!({"request":"watch","stream":"cam2"})).await;
     assert_ne!(data["error_code"], 503, "{data}");

@@ -77,6 +77,37 @@ async fn receiver_decodes_over_http_long_poll_transport() -> Result<()> {
     decode_frames(&mut peer, &mut H264Decoder::new()?, 60, 1280, 720).await
 }
 
+/// A second stream of a `[[stream]]` table, watched by name through the Janus API: its
+/// own pictures arrive, and an unknown name is refused with the plugin's 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_decodes_a_stream_watched_by_name() -> Result<()> {
+    let config = std::env::temp_dir().join(format!(
+        "peregrine-webrtc-streams-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &config,
+        "source = \"testsrc\"\nresolution = \"320x240\"\n\
+         [[stream]]\nname = \"cam2\"\nsource = \"testsrc\"\nresolution = \"640x360\"\n",
+    )?;
+    let server = Server::start(&["--config", config.to_str().unwrap()]).await;
+    let _ = std::fs::remove_file(&config);
+    let server = server?;
+
+    let mut unknown = JanusClient::connect(&server, Transport::WebSocket).await?;
+    unknown.create_and_attach().await?;
+    let refused = unknown.watch_stream(Some("nope")).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("404"), "{refused:#}");
+
+    let mut janus = JanusClient::connect(&server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let offer = janus.watch_stream(Some("cam2")).await?;
+    let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
+    janus.start(&answer).await?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+    decode_frames(&mut peer, &mut H264Decoder::new()?, 20, 640, 360).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_never_disturbs_a_playing_viewer() -> Result<()> {
     let server = Server::start(&["--resolution", "640x360"]).await?;

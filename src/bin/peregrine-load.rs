@@ -20,6 +20,9 @@ struct Args {
     /// Janus API URL: ws://HOST:8188/ (WebSocket) or http://HOST:8088/janus (long-poll).
     #[arg(long, required_unless_present = "bench")]
     server: Option<String>,
+    /// The stream to watch, by name (a server's `[[stream]]`); without it, the default.
+    #[arg(long, value_name = "NAME")]
+    stream: Option<String>,
     /// Viewers to run at once.
     #[arg(long, default_value_t = 10)]
     viewers: usize,
@@ -105,6 +108,7 @@ async fn run(args: Args) -> Result<()> {
     load::probe(&endpoint).await?;
     let run = LoadRun::start(LoadConfig {
         endpoint,
+        stream: args.stream.clone(),
         viewers: args.viewers,
         ramp_per_s: args.ramp,
     });

@@ -175,15 +175,17 @@ impl Ustreamer {
                 )
             }
         };
-        if stream.hub().params().is_none() {
-            return error(NO_PARAMS_CODE, NO_PARAMS_REASON);
-        }
+        // The handle holds the stream asked for open from now on, as the plugin opens
+        // its source on attach: an idle source starts, and a retried watch finds it.
         let chosen = with_state_as(host, |h: &mut UstreamerHandle| {
             h.params = params;
             h.switch_to(stream);
         });
         if chosen.is_none() {
             return; // the handle went away meanwhile
+        }
+        if stream.hub().params().is_none() {
+            return error(NO_PARAMS_CODE, NO_PARAMS_REASON);
         }
         let opts = PeerOptions {
             orientation: params.orientation,

@@ -168,11 +168,21 @@ impl JanusClient {
         Ok(())
     }
 
-    /// `watch`, retrying on 503 (no stream yet) as pages do; returns the offer SDP.
+    /// `watch` of the default stream, retrying on 503 (no stream yet) as pages do;
+    /// returns the offer SDP.
     pub async fn watch(&mut self) -> Result<String> {
+        self.watch_stream(None).await
+    }
+
+    /// As [`JanusClient::watch`], of the stream called `stream` (`None`: the default).
+    pub async fn watch_stream(&mut self, stream: Option<&str>) -> Result<String> {
+        let mut body = json!({"request": "watch"});
+        if let Some(name) = stream {
+            body["stream"] = json!(name);
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            self.send(json!({"janus": "message", "body": {"request": "watch"}}));
+            self.send(json!({"janus": "message", "body": body}));
             let ev = self
                 .wait_for(REQUEST_TIMEOUT, |m| m["janus"] == "event")
                 .await?;

@@ -227,6 +227,7 @@ async fn run_step(
     eprintln!("--- {n} viewers ---");
     let run = LoadRun::start(LoadConfig {
         endpoint: server.ws.clone(),
+        stream: None,
         viewers: n,
         ramp_per_s: cfg.ramp_per_s,
     });

@@ -30,6 +30,8 @@ pub use summary::LoadSummary;
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
     pub endpoint: Endpoint,
+    /// The stream the viewers watch; `None`: the default one.
+    pub stream: Option<String>,
     pub viewers: usize,
     /// New viewers per second while ramping up.
     pub ramp_per_s: f64,
@@ -91,6 +93,7 @@ impl LoadRun {
                     viewers.push(tokio::spawn(one_viewer::run(
                         id,
                         cfg.endpoint.clone(),
+                        cfg.stream.clone(),
                         progress.clone(),
                         stop_rx.clone(),
                     )));

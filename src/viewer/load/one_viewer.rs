@@ -61,6 +61,7 @@ pub struct ViewerReport {
 pub async fn run(
     id: usize,
     endpoint: Endpoint,
+    stream: Option<String>,
     progress: Arc<Progress>,
     stop: watch::Receiver<bool>,
 ) -> ViewerReport {
@@ -69,7 +70,8 @@ pub async fn run(
         ..Default::default()
     };
     progress.started.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = watch_stream(&endpoint, &progress, stop, &mut report).await {
+    let watched = watch_stream(&endpoint, stream.as_deref(), &progress, stop, &mut report);
+    if let Err(e) = watched.await {
         report.error = Some(format!("{e:#}"));
         progress.failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -78,6 +80,7 @@ pub async fn run(
 
 async fn watch_stream(
     endpoint: &Endpoint,
+    stream: Option<&str>,
     progress: &Progress,
     mut stop: watch::Receiver<bool>,
     report: &mut ViewerReport,
@@ -85,7 +88,7 @@ async fn watch_stream(
     let mut janus = JanusClient::connect(endpoint).await?;
     janus.create_and_attach().await?;
     let watch_sent = Instant::now();
-    let offer = janus.watch().await?;
+    let offer = janus.watch_stream(stream).await?;
     let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
     janus.start(&answer).await?;
     peer.wait_connected(CONNECT_TIMEOUT)
