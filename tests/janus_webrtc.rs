@@ -81,18 +81,12 @@ async fn receiver_decodes_over_http_long_poll_transport() -> Result<()> {
 /// own pictures arrive, and an unknown name is refused with the plugin's 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_decodes_a_stream_watched_by_name() -> Result<()> {
-    let config = std::env::temp_dir().join(format!(
-        "peregrine-webrtc-streams-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &config,
+    let server = Server::start_with_config(
         "source = \"testsrc\"\nresolution = \"320x240\"\n\
          [[stream]]\nname = \"cam2\"\nsource = \"testsrc\"\nresolution = \"640x360\"\n",
-    )?;
-    let server = Server::start(&["--config", config.to_str().unwrap()]).await;
-    let _ = std::fs::remove_file(&config);
-    let server = server?;
+        &[],
+    )
+    .await?;
 
     let mut unknown = JanusClient::connect(&server, Transport::WebSocket).await?;
     unknown.create_and_attach().await?;

@@ -157,18 +157,12 @@ async fn first_picture_size(port: u16, query: &str) -> Result<(usize, usize)> {
 
 #[tokio::test]
 async fn each_stream_is_reached_by_name_and_an_unknown_name_is_404() -> Result<()> {
-    let config = std::env::temp_dir().join(format!(
-        "peregrine-relay-streams-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &config,
+    let server = Server::start_with_config(
         "source = \"testsrc\"\nresolution = \"320x240\"\n\
          [[stream]]\nname = \"cam2\"\nsource = \"testsrc\"\nresolution = \"640x360\"\n",
-    )?;
-    let server = Server::start(&["--config", config.to_str().unwrap()]).await;
-    let _ = std::fs::remove_file(&config);
-    let server = server?;
+        &[],
+    )
+    .await?;
     let port = server.http_port;
     assert_eq!(first_picture_size(port, "").await?, (320, 240));
     assert_eq!(

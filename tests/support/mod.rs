@@ -35,6 +35,20 @@ impl Server {
         Self::start_with_output(extra, || Ok((Stdio::inherit(), Stdio::inherit()))).await
     }
 
+    /// As [`Server::start`], with `toml` as its `--config` file (removed once it is read).
+    pub async fn start_with_config(toml: &str, extra: &[&str]) -> Result<Server> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("peregrine-test-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, toml)?;
+        let mut args = vec!["--config", path.to_str().context("temp path not UTF-8")?];
+        args.extend_from_slice(extra);
+        let server = Self::start(&args).await;
+        let _ = std::fs::remove_file(&path);
+        server
+    }
+
     /// As [`Server::start`], with the process's log and error output in `log`.
     pub async fn start_logged(extra: &[&str], log: std::fs::File) -> Result<Server> {
         Self::start_with_output(extra, || {
