@@ -182,5 +182,25 @@ async fn each_stream_is_reached_by_name_and_an_unknown_name_is_404() -> Result<(
         let body = String::from_utf8_lossy(&reply.body);
         assert!(body.contains("no stream named \"nope\""), "{path}: {body}");
     }
+    // Names no stream can have, or a query that is not one: refused before any upgrade.
+    let long = format!("/h264?stream={}", "x".repeat(5000));
+    for path in [
+        "/h264?stream=%ff%fe",
+        "/h264?stream=a%00b",
+        "/jsmpeg?stream",
+        long.as_str(),
+    ] {
+        let reply = support::raw_request(port, "GET", path, &upgrade).await?;
+        assert!(
+            [400, 404].contains(&reply.status),
+            "{path}: {}",
+            reply.status
+        );
+    }
+    assert_eq!(
+        first_picture_size(port, "?stream=cam2").await?,
+        (640, 360),
+        "still serving"
+    );
     Ok(())
 }
