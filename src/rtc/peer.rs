@@ -682,6 +682,53 @@ mod tests {
         }
     }
 
+    fn offered_peer() -> Peer {
+        let setup = PeerSetup {
+            ufrag: "ufragufrag".into(),
+            pwd: "pwdpwdpwdpwdpwdpwdpwdpwd".into(),
+            ssrc: 1234,
+            profile_level_id: "42e01f".into(),
+            candidates: vec!["127.0.0.1:40000".parse().unwrap()],
+            orientation: 0,
+            loopback_only: true,
+        };
+        Peer::offer(setup, Instant::now()).expect("offer").0
+    }
+
+    #[test]
+    fn datagrams_before_the_answer_are_capped() {
+        // Anyone who guesses the port can send before a viewer answers: what is kept
+        // must not grow with what is sent.
+        let mut peer = offered_peer();
+        let from: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let junk = vec![0u8; 1200];
+        for _ in 0..10_000 {
+            peer.handle_datagram(Instant::now(), from, &junk);
+        }
+        assert_eq!(peer.early_datagrams.len(), MAX_EARLY_DATAGRAMS);
+        let held: usize = peer.early_datagrams.iter().map(|(_, d)| d.len()).sum();
+        assert_eq!(held, MAX_EARLY_DATAGRAMS * junk.len());
+    }
+
+    #[test]
+    fn trickled_candidates_before_the_answer_are_capped() {
+        let mut peer = offered_peer();
+        let mut refused = 0;
+        for port in 0..200u16 {
+            let c = format!(
+                "candidate:1 1 udp 2130706431 127.0.0.1 {} typ host",
+                40_000 + port
+            );
+            match peer.add_remote_candidate(RemoteCandidate::Candidate(c)) {
+                Ok(()) => {}
+                Err(Refusal::OverBudget) => refused += 1,
+                Err(other) => panic!("unexpected refusal {other:?}"),
+            }
+        }
+        assert_eq!(peer.early_candidates.len(), MAX_REMOTE_CANDIDATES);
+        assert_eq!(refused, 200 - MAX_REMOTE_CANDIDATES);
+    }
+
     #[test]
     fn resent_packets_are_those_still_in_the_history() {
         // 1000 packets sent, 0..=999: the last 256 (744..=999) are held.
