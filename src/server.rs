@@ -84,7 +84,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             stop_source.clone(),
         )?);
         let kind = stream_cfg.spec.kind();
-        let stream = Stream::new(stream_cfg.name, hub, stream_cfg.fps);
+        let stream = Stream::new(stream_cfg.name, hub, stream_cfg.video.fps);
         running.push(StreamInput {
             stream,
             status,
@@ -307,11 +307,9 @@ fn start_source(
 /// The source `cfg.spec` names, and how the runner makes pictures for it. What the
 /// configuration can fix (a file that cannot be used, a port in use) fails here.
 fn make_source(cfg: &StreamConfig) -> Result<(Box<dyn Source>, RunnerConfig)> {
-    let camera = CameraConfig::new((cfg.width, cfg.height), cfg.fps, cfg.bitrate_kbps, cfg.gop);
+    let camera = CameraConfig::new(cfg.video);
     let byte_stream = ByteStreamConfig {
-        fps: cfg.fps,
-        width: cfg.width,
-        height: cfg.height,
+        video: cfg.video,
         allow: cfg.source_allow.clone(),
     };
     let made: (Box<dyn Source>, RunnerConfig) = match &cfg.spec {
@@ -320,11 +318,7 @@ fn make_source(cfg: &StreamConfig) -> Result<(Box<dyn Source>, RunnerConfig)> {
                 tracing::info!("no --source given and no camera: using the test pattern");
             }
             let pattern = TestsrcConfig {
-                width: cfg.width,
-                height: cfg.height,
-                fps: cfg.fps,
-                bitrate_kbps: cfg.bitrate_kbps,
-                gop: cfg.gop,
+                video: cfg.video,
                 warmup: std::time::Duration::from_millis(cfg.testsrc_warmup_ms),
             };
             (Box::new(PatternSource::new(&pattern)?), camera.runner())
@@ -341,26 +335,22 @@ fn make_source(cfg: &StreamConfig) -> Result<(Box<dyn Source>, RunnerConfig)> {
             let opener = V4l2Opener::new(V4l2Settings {
                 path: device.clone(),
                 format: *format,
-                width: cfg.width,
-                height: cfg.height,
-                fps: cfg.fps,
-                bitrate_kbps: cfg.bitrate_kbps,
-                gop: cfg.gop,
+                video: cfg.video,
             });
             let source = CameraSource::new(&camera, Box::new(opener));
             (Box::new(source), camera.runner())
         }
         SourceSpec::Recording(path) => {
             // A named file that cannot be used is a usage error, like a bad flag.
-            let recording =
-                replay::recording_from_file(path, cfg.width, cfg.height).map_err(usage_error)?;
+            let recording = replay::recording_from_file(path, cfg.video.width, cfg.video.height)
+                .map_err(usage_error)?;
             tracing::info!(
                 file = %path.display(),
                 format = %recording.negotiated.format,
                 pictures = recording.frames.len(),
                 "replaying a camera recording through the camera pipeline"
             );
-            let (opener, _) = ReplayOpener::new(recording, cfg.fps, &[]);
+            let (opener, _) = ReplayOpener::new(recording, cfg.video.fps, &[]);
             let source = CameraSource::new(&camera, Box::new(opener));
             (Box::new(source), camera.runner())
         }
@@ -406,7 +396,12 @@ fn start_sink(
         client_ttl: std::time::Duration::from_secs(cfg.h264_sink_client_ttl_s),
         timeout: std::time::Duration::from_secs(cfg.h264_sink_timeout_s),
     };
-    Ok(Some(memsink_output::spawn(sink, stream.gop, hub, stop)?))
+    Ok(Some(memsink_output::spawn(
+        sink,
+        stream.video.gop,
+        hub,
+        stop,
+    )?))
 }
 
 async fn wait_for_signal() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use peregrine::media::hub::DEFAULT_QUEUE_FRAMES;
 use peregrine::media::yuv::I420Frame;
-use peregrine::media::{Hub, Picture, StartAt};
+use peregrine::media::{Hub, Picture, StartAt, VideoSettings};
 use peregrine::source::camera::device::PixelFormat;
 use peregrine::source::camera::replay::{Recording, ReplayLog, ReplayOpener, Step};
 use peregrine::source::camera::{self, CameraConfig, CameraCounters};
@@ -146,7 +146,13 @@ impl Running {
         let stop = Arc::new(AtomicBool::new(false));
         let sub = hub.subscribe(StartAt::NextKeyframe);
         let (opener, log) = ReplayOpener::new(recording, FPS, script);
-        let mut cfg = CameraConfig::new((W, H), FPS, 1500, 30);
+        let mut cfg = CameraConfig::new(VideoSettings {
+            width: W,
+            height: H,
+            fps: FPS,
+            bitrate_kbps: 1500,
+            gop: 30,
+        });
         cfg.reopen_min = Duration::from_millis(100);
         cfg.reopen_max = Duration::from_millis(200);
         let (thread, counters) = camera::spawn(

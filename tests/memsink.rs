@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::media::encoder::{EncoderSettings, H264Encoder};
+use peregrine::media::encoder::H264Encoder;
+use peregrine::media::VideoSettings;
 use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
 use peregrine::memsink::monotonic_s;
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
@@ -112,7 +113,7 @@ impl Proc {
 
 /// `count` pictures of the test pattern (counter = index), IDR every `gop`.
 fn encode_frames(count: usize, gop: u32) -> Result<Vec<(bool, Vec<u8>)>> {
-    let cfg = EncoderSettings {
+    let cfg = VideoSettings {
         width: WIDTH,
         height: HEIGHT,
         fps: 30,
@@ -802,7 +803,7 @@ impl LiveWriter {
     fn open(name: &str, gop: u32) -> Result<LiveWriter> {
         let mut cfg = SinkConfig::new(name);
         cfg.remove_on_exit = true;
-        let encoder = H264Encoder::new(&EncoderSettings {
+        let encoder = H264Encoder::new(&VideoSettings {
             width: WIDTH,
             height: HEIGHT,
             fps: 30,

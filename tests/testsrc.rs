@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use peregrine::media::h264::{self, NalType};
 use peregrine::media::hub::KEYFRAME_MIN_SPACING_US;
-use peregrine::media::{clock, Hub, Picture, StartAt, Subscriber};
+use peregrine::media::{clock, Hub, Picture, StartAt, Subscriber, VideoSettings};
 use peregrine::source::pattern::read_code_strip;
 use peregrine::source::testsrc::{spawn, TestsrcConfig};
 use peregrine::viewer::decoder::H264Decoder;
@@ -24,11 +24,13 @@ impl Running {
         let hub = Hub::new(120);
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = TestsrcConfig {
-            width,
-            height,
-            fps: 30,
-            bitrate_kbps: 1500,
-            gop,
+            video: VideoSettings {
+                width,
+                height,
+                fps: 30,
+                bitrate_kbps: 1500,
+                gop,
+            },
             warmup: Duration::ZERO,
         };
         let thread = spawn(cfg, hub.clone(), stop.clone()).expect("testsrc starts");
@@ -230,11 +232,13 @@ fn bad_configuration_is_an_error_not_a_panic() {
     let hub = Hub::new(4);
     let stop = Arc::new(AtomicBool::new(false));
     let cfg = |width, height, fps| TestsrcConfig {
-        width,
-        height,
-        fps,
-        bitrate_kbps: 500,
-        gop: 30,
+        video: VideoSettings {
+            width,
+            height,
+            fps,
+            bitrate_kbps: 500,
+            gop: 30,
+        },
         warmup: Duration::ZERO,
     };
     assert!(spawn(cfg(321, 240, 30), hub.clone(), stop.clone()).is_err());

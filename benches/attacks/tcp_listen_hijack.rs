@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::media::encoder::{EncoderSettings, H264Encoder};
+use peregrine::media::encoder::H264Encoder;
+use peregrine::media::VideoSettings;
 use peregrine::source::pattern::TestPattern;
 use peregrine::viewer::decoder::H264Decoder;
 use peregrine::viewer::receiver::ReceiverPeer;
@@ -27,7 +28,7 @@ const INTRUSION: Duration = Duration::from_secs(5);
 
 /// Two seconds of the test pattern at `w`x`h`, a keyframe every second.
 fn encode(w: u32, h: u32) -> Result<Vec<Vec<u8>>> {
-    let cfg = EncoderSettings {
+    let cfg = VideoSettings {
         width: w,
         height: h,
         fps: 30,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::access::{Credentials, IpList};
 use crate::config::janus_install::SecureTransport;
 use crate::janus::{self, JanusConfig, Listen};
-use crate::media::limits;
+use crate::media::{limits, VideoSettings};
 use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
 use crate::tls::CertFiles;
@@ -493,11 +493,8 @@ pub struct Config {
     pub device: PathBuf,
     /// `None`: auto.
     pub format: Option<PixelFormat>,
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub bitrate_kbps: u32,
-    pub gop: u32,
+    /// The default stream's size, rate, bitrate and keyframe interval.
+    pub video: VideoSettings,
     pub testsrc_warmup_ms: u64,
     pub ice_servers: Vec<String>,
     pub nat_1_1_ip: Option<IpAddr>,
@@ -579,11 +576,7 @@ impl Default for Config {
             source_chosen: false,
             device: PathBuf::from(DEFAULT_DEVICE),
             format: None,
-            width: 1280,
-            height: 720,
-            fps: 30,
-            bitrate_kbps: 2000,
-            gop: 60,
+            video: VideoSettings::default(),
             testsrc_warmup_ms: 0,
             ice_servers: Vec::new(),
             nat_1_1_ip: None,
@@ -684,9 +677,9 @@ impl Config {
 
     fn apply(&mut self, a: Args) -> Result<()> {
         macro_rules! set {
-            ($field:ident <- $arg:ident) => {
+            ($($field:ident).+ <- $arg:ident) => {
                 if let Some(v) = a.$arg {
-                    self.$field = v;
+                    self.$($field).+ = v;
                 }
             };
         }
@@ -793,9 +786,9 @@ impl Config {
                 })?),
             };
         }
-        set!(fps <- desired_fps);
-        set!(bitrate_kbps <- h264_bitrate);
-        set!(gop <- h264_gop);
+        set!(video.fps <- desired_fps);
+        set!(video.bitrate_kbps <- h264_bitrate);
+        set!(video.gop <- h264_gop);
         set!(testsrc_warmup_ms <- testsrc_warmup_ms);
         set!(ice_servers <- ice_server);
         set!(ice_loopback <- ice_loopback);
@@ -866,28 +859,12 @@ impl Config {
             self.nat_1_1_ip = Some(ip);
         }
         if let Some(res) = a.resolution {
-            (self.width, self.height) = parse_resolution(&res)?;
+            (self.video.width, self.video.height) = parse_resolution(&res)?;
         }
         if let Some(range) = a.udp_port_range {
             self.udp_ports = parse_port_range(&range)?;
         }
-        if self.fps == 0 || self.fps > limits::MAX_FPS {
-            bail!(
-                "desired_fps must be 1..={}, got {}",
-                limits::MAX_FPS,
-                self.fps
-            );
-        }
-        if self.gop == 0 {
-            bail!("h264_gop must be at least 1");
-        }
-        if self.bitrate_kbps < limits::MIN_BITRATE_KBPS {
-            bail!(
-                "h264_bitrate is in kbit/s and must be at least {}, got {}",
-                limits::MIN_BITRATE_KBPS,
-                self.bitrate_kbps
-            );
-        }
+        self.video.check().map_err(|e| anyhow!(e))?;
         if self.max_viewers == 0 {
             bail!("max_viewers must be at least 1");
         }
@@ -1396,7 +1373,10 @@ mod tests {
             (8080, 8188, 8088)
         );
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
-        assert_eq!((c.width, c.height, c.fps), (1280, 720, 30));
+        assert_eq!(
+            (c.video.width, c.video.height, c.video.fps),
+            (1280, 720, 30)
+        );
     }
 
     #[test]
@@ -1418,8 +1398,8 @@ mod tests {
         ]);
         let c = Config::load(args).unwrap();
         assert_eq!(c.port, 9000);
-        assert_eq!((c.width, c.height), (640, 480));
-        assert_eq!(c.fps, 25);
+        assert_eq!((c.video.width, c.video.height), (640, 480));
+        assert_eq!(c.video.fps, 25);
     }
 
     #[test]
@@ -1552,7 +1532,10 @@ mod tests {
         let c = Config::load(Args::parse_from(["peregrine", "--config", path])).unwrap();
         assert_eq!(c.device, PathBuf::from("/dev/video0"));
         assert_eq!(c.format, None);
-        assert_eq!((c.width, c.height, c.fps), (1280, 720, 30));
+        assert_eq!(
+            (c.video.width, c.video.height, c.video.fps),
+            (1280, 720, 30)
+        );
     }
 
     #[test]

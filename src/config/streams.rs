@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{Args, Config, SourceSpec};
 use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
+use crate::media::VideoSettings;
 
 /// One `[[stream]]` table as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -41,11 +42,7 @@ pub struct StreamConfig {
     /// No source was configured: it was chosen by whether the camera exists.
     pub source_chosen: bool,
     pub source_allow: Vec<IpAddr>,
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub bitrate_kbps: u32,
-    pub gop: u32,
+    pub video: VideoSettings,
     pub testsrc_warmup_ms: u64,
     /// The stream's own H.264 memsink output.
     pub h264_sink: Option<String>,
@@ -60,11 +57,7 @@ impl StreamConfig {
             spec: cfg.source_spec.clone(),
             source_chosen: cfg.source_chosen,
             source_allow: cfg.source_allow.clone(),
-            width: cfg.width,
-            height: cfg.height,
-            fps: cfg.fps,
-            bitrate_kbps: cfg.bitrate_kbps,
-            gop: cfg.gop,
+            video: cfg.video,
             testsrc_warmup_ms: cfg.testsrc_warmup_ms,
             h264_sink: cfg.h264_sink.clone(),
         }
@@ -226,15 +219,18 @@ resolution = "640x360"
         let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["default", "cam2", "cam3"]);
         let cam2 = &all[1];
-        assert_eq!((cam2.width, cam2.height, cam2.fps), (320, 240, 15));
         assert_eq!(
-            (cam2.gop, cam2.bitrate_kbps),
+            (cam2.video.width, cam2.video.height, cam2.video.fps),
+            (320, 240, 15)
+        );
+        assert_eq!(
+            (cam2.video.gop, cam2.video.bitrate_kbps),
             (10, 900),
             "flags reach every stream"
         );
-        assert_eq!(all[0].gop, 60, "a table's keys stay in its stream");
+        assert_eq!(all[0].video.gop, 60, "a table's keys stay in its stream");
         let cam3 = &all[2];
-        assert_eq!((cam3.width, cam3.height), (640, 360));
+        assert_eq!((cam3.video.width, cam3.video.height), (640, 360));
         assert_eq!(cam3.source_allow, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert!(all[0].source_allow.is_empty());
     }

@@ -12,30 +12,20 @@ use openh264::{OpenH264API, Timestamp};
 
 use super::h264::{self, NalType};
 use super::picture::Picture;
+use super::video::VideoSettings;
 use super::yuv::I420Frame;
-
-/// What the encoder makes: picture size, rate and bitrate, keyframe interval.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EncoderSettings {
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub bitrate_kbps: u32,
-    /// Pictures from one IDR to the next, when none is asked for sooner.
-    pub gop: u32,
-}
 
 /// openh264 as constrained baseline (no B-frames, so no reordering delay), bitrate rate
 /// control, a fixed IDR interval, no skipped pictures, and SPS+PPS in front of every IDR.
 pub struct H264Encoder {
     encoder: Encoder,
-    settings: EncoderSettings,
+    settings: VideoSettings,
     /// The first keyframe's parameters were checked against the settings.
     announced: bool,
 }
 
 impl H264Encoder {
-    pub fn new(settings: &EncoderSettings) -> anyhow::Result<H264Encoder> {
+    pub fn new(settings: &VideoSettings) -> anyhow::Result<H264Encoder> {
         let config = EncoderConfig::new()
             .usage_type(UsageType::CameraVideoRealTime)
             .profile(Profile::Baseline)
@@ -63,7 +53,7 @@ impl H264Encoder {
         })
     }
 
-    pub fn settings(&self) -> &EncoderSettings {
+    pub fn settings(&self) -> &VideoSettings {
         &self.settings
     }
 
@@ -141,8 +131,8 @@ mod tests {
     use crate::source::pattern::{read_code_strip, TestPattern};
     use crate::viewer::decoder::H264Decoder;
 
-    fn settings(width: u32, height: u32, bitrate_kbps: u32) -> EncoderSettings {
-        EncoderSettings {
+    fn settings(width: u32, height: u32, bitrate_kbps: u32) -> VideoSettings {
+        VideoSettings {
             width,
             height,
             fps: 30,

@@ -1,6 +1,6 @@
 //! Media primitives shared by every source and output: the encoded picture, the
-//! capture clock, H.264 bitstream helpers, the H.264 encoder, uncompressed pictures and
-//! the per-stream hub.
+//! capture clock, H.264 bitstream helpers, the H.264 encoder and the video settings it
+//! takes, uncompressed pictures and the per-stream hub.
 
 pub mod clock;
 pub mod encoder;
@@ -11,8 +11,10 @@ pub mod picture;
 pub mod refchain;
 pub mod signal;
 pub mod stream;
+pub mod video;
 pub mod yuv;
 
 pub use hub::{Hub, SourceHold, StartAt, Subscriber};
 pub use picture::{MediaKind, Picture};
 pub use stream::{Stream, Streams, DEFAULT_STREAM};
+pub use video::VideoSettings;

@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 
 use super::annexb::AnnexBSplitter;
 use super::runner::{Closing, Demand, Next, RunnerConfig, Source, STALL};
-use crate::media::encoder::EncoderSettings;
+use crate::media::VideoSettings;
 use crate::media::{clock, Picture};
 use crate::ratelog::RateLimited;
 
@@ -52,11 +52,9 @@ pub enum Input {
 
 #[derive(Clone, Debug)]
 pub struct ByteStreamConfig {
-    /// Pace of file playback.
-    pub fps: u32,
-    /// Size of the NO SIGNAL picture before the stream has shown its own.
-    pub width: u32,
-    pub height: u32,
+    /// The rate paces file playback; the size is the NO SIGNAL picture's before the
+    /// stream has shown its own.
+    pub video: VideoSettings,
     /// `tcp-listen://`: peers allowed to push (empty: any).
     pub allow: Vec<std::net::IpAddr>,
 }
@@ -64,14 +62,7 @@ pub struct ByteStreamConfig {
 impl ByteStreamConfig {
     /// The encoder makes pictures; the runner only makes NO SIGNAL.
     pub fn runner(&self) -> RunnerConfig {
-        let encoder = EncoderSettings {
-            width: self.width,
-            height: self.height,
-            fps: self.fps,
-            bitrate_kbps: 1000,
-            gop: self.fps.max(1) * 2,
-        };
-        RunnerConfig::new((self.width, self.height), encoder)
+        RunnerConfig::new(self.video.size(), self.video)
     }
 }
 
@@ -123,7 +114,7 @@ impl ByteStreamSource {
             stdin_taken: false,
             reading: None,
             file: None,
-            period: Duration::from_nanos(1_000_000_000 / u64::from(cfg.fps.max(1))),
+            period: Duration::from_nanos(1_000_000_000 / u64::from(cfg.video.fps.max(1))),
         })
     }
 

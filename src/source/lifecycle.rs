@@ -377,8 +377,9 @@ fn measured_fps(recent: &VecDeque<u64>) -> f64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::media::encoder::{EncoderSettings, H264Encoder};
+    use crate::media::encoder::H264Encoder;
     use crate::media::hub::StartAt;
+    use crate::media::VideoSettings;
     use crate::source::pattern::TestPattern;
 
     #[test]
@@ -398,7 +399,7 @@ pub(crate) mod tests {
         count: u32,
         keys: &[u32],
     ) -> Vec<Picture> {
-        let mut encoder = H264Encoder::new(&EncoderSettings {
+        let mut encoder = H264Encoder::new(&VideoSettings {
             width,
             height,
             fps: 30,

@@ -17,7 +17,7 @@ use anyhow::Context;
 use super::annexb::AnnexBSplitter;
 use super::lifecycle::StatusHandle;
 use super::runner::{self, Closing, Demand, Next, RunWhen, RunnerConfig, Source};
-use crate::media::encoder::EncoderSettings;
+use crate::media::VideoSettings;
 use crate::media::{clock, Hub, Picture};
 use crate::memsink::layout::{data_size_for_name, FORMAT_H264};
 use crate::memsink::reader::{Get, SinkReader};
@@ -104,7 +104,7 @@ impl MemsinkSource {
     pub fn runner() -> RunnerConfig {
         RunnerConfig::new(
             FALLBACK_SIZE,
-            EncoderSettings {
+            VideoSettings {
                 width: FALLBACK_SIZE.0,
                 height: FALLBACK_SIZE.1,
                 fps: 30,

@@ -2,8 +2,9 @@
 //! keep a live stream (and stay connected) until the real video returns.
 
 use super::pattern::{draw_text, I420Frame, GLYPH_ADVANCE, GLYPH_H};
-use crate::media::encoder::{EncoderSettings, H264Encoder};
+use crate::media::encoder::H264Encoder;
 use crate::media::Picture;
+use crate::media::VideoSettings;
 
 /// Pictures per second while there is no signal: enough to show the page is alive,
 /// cheap enough to cost nothing.
@@ -45,7 +46,7 @@ pub struct NoSignal {
 impl NoSignal {
     pub fn new(width: u32, height: u32) -> anyhow::Result<NoSignal> {
         let frame = draw(width, height);
-        let encoder = H264Encoder::new(&EncoderSettings {
+        let encoder = H264Encoder::new(&VideoSettings {
             width: frame.width as u32,
             height: frame.height as u32,
             fps: NO_SIGNAL_FPS,

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::lifecycle::{Backoff, Publisher, StatusHandle};
-use crate::media::encoder::{EncoderSettings, H264Encoder};
+use crate::media::encoder::H264Encoder;
 use crate::media::yuv::I420Frame;
+use crate::media::VideoSettings;
 use crate::media::{clock, Hub, Picture};
 use crate::ratelog::RateLimited;
 
@@ -174,13 +175,13 @@ pub struct RunnerConfig {
     /// Size of the NO SIGNAL picture until the source has shown its own.
     pub fallback_size: (u32, u32),
     /// For raw pictures; the encoded size is each picture's own.
-    pub encoder: EncoderSettings,
+    pub encoder: VideoSettings,
     /// An open source with no picture for this long is lost.
     pub stall: Duration,
 }
 
 impl RunnerConfig {
-    pub fn new(fallback_size: (u32, u32), encoder: EncoderSettings) -> RunnerConfig {
+    pub fn new(fallback_size: (u32, u32), encoder: VideoSettings) -> RunnerConfig {
         RunnerConfig {
             fallback_size,
             encoder,
@@ -428,7 +429,7 @@ impl Runner {
 /// Encode `frame` with `encoder`, made (again) for the frame's size.
 fn encode(
     encoder: &mut Option<H264Encoder>,
-    settings: &EncoderSettings,
+    settings: &VideoSettings,
     frame: &I420Frame,
     capture_us: u64,
     key: bool,
@@ -438,7 +439,7 @@ fn encode(
         .as_ref()
         .map(|e| (e.settings().width, e.settings().height));
     if current != Some(size) {
-        let settings = EncoderSettings {
+        let settings = VideoSettings {
             width: size.0,
             height: size.1,
             ..*settings
@@ -521,7 +522,7 @@ mod tests {
         };
         let mut cfg = RunnerConfig::new(
             (160, 120),
-            EncoderSettings {
+            VideoSettings {
                 width: 160,
                 height: 120,
                 fps: 30,

@@ -11,31 +11,15 @@ use std::time::{Duration, Instant};
 use super::lifecycle::StatusHandle;
 use super::pattern::TestPattern;
 use super::runner::{self, Closing, Demand, Next, RunWhen, RunnerConfig, Source};
-use crate::media::encoder::EncoderSettings;
+use crate::media::VideoSettings;
 use crate::media::{clock, Hub};
 
 #[derive(Clone, Debug)]
 pub struct TestsrcConfig {
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub bitrate_kbps: u32,
-    pub gop: u32,
+    pub video: VideoSettings,
     /// Delay before the first picture each time a viewer wakes the source, as a camera
     /// takes a moment to start; zero in normal use.
     pub warmup: Duration,
-}
-
-impl TestsrcConfig {
-    pub fn encoder_settings(&self) -> EncoderSettings {
-        EncoderSettings {
-            width: self.width,
-            height: self.height,
-            fps: self.fps,
-            bitrate_kbps: self.bitrate_kbps,
-            gop: self.gop,
-        }
-    }
 }
 
 /// Run the test pattern into `hub` until `stop` is set.
@@ -45,7 +29,7 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let source = PatternSource::new(&cfg)?;
-    let runner = RunnerConfig::new((cfg.width, cfg.height), cfg.encoder_settings());
+    let runner = RunnerConfig::new(cfg.video.size(), cfg.video);
     let status = StatusHandle::new("testsrc", "live");
     runner::spawn(Box::new(source), runner, hub, status, stop)
 }
@@ -66,14 +50,13 @@ pub struct PatternSource {
 
 impl PatternSource {
     pub fn new(cfg: &TestsrcConfig) -> anyhow::Result<PatternSource> {
-        if cfg.fps == 0 || cfg.fps > 240 {
-            anyhow::bail!("testsrc fps must be 1..=240, got {}", cfg.fps);
-        }
+        let v = &cfg.video;
+        v.check().map_err(|e| anyhow::anyhow!("testsrc: {e}"))?;
         Ok(PatternSource {
-            pattern: TestPattern::new(cfg.width, cfg.height)?,
-            size: (cfg.width, cfg.height),
-            fps: cfg.fps,
-            period: Duration::from_nanos(1_000_000_000 / u64::from(cfg.fps)),
+            pattern: TestPattern::new(v.width, v.height)?,
+            size: v.size(),
+            fps: v.fps,
+            period: Duration::from_nanos(1_000_000_000 / u64::from(v.fps)),
             warmup: cfg.warmup,
             counter: 0,
             due: Instant::now(),

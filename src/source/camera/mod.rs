@@ -28,29 +28,23 @@ use super::annexb::AnnexBSplitter;
 use super::lifecycle::StatusHandle;
 use super::pattern::I420Frame;
 use super::runner::{self, Closing, Demand, Next, RunnerConfig, Source};
-use crate::media::encoder::EncoderSettings;
+use crate::media::VideoSettings;
 use crate::media::{Hub, Picture};
 
 #[derive(Clone, Debug)]
 pub struct CameraConfig {
-    /// Size of the NO SIGNAL picture until the camera has shown its own.
-    pub size: (u32, u32),
-    /// For sources peregrine encodes.
-    pub fps: u32,
-    pub bitrate_kbps: u32,
-    pub gop: u32,
+    /// The size is the NO SIGNAL picture's until the camera has shown its own; the
+    /// rest is for pictures peregrine encodes.
+    pub video: VideoSettings,
     /// First and longest pause before reopening a lost device.
     pub reopen_min: Duration,
     pub reopen_max: Duration,
 }
 
 impl CameraConfig {
-    pub fn new(size: (u32, u32), fps: u32, bitrate_kbps: u32, gop: u32) -> CameraConfig {
+    pub fn new(video: VideoSettings) -> CameraConfig {
         CameraConfig {
-            size,
-            fps,
-            bitrate_kbps,
-            gop,
+            video,
             reopen_min: Duration::from_millis(250),
             reopen_max: Duration::from_secs(2),
         }
@@ -58,16 +52,7 @@ impl CameraConfig {
 
     /// How the runner makes pictures for this camera.
     pub fn runner(&self) -> RunnerConfig {
-        RunnerConfig::new(
-            self.size,
-            EncoderSettings {
-                width: self.size.0,
-                height: self.size.1,
-                fps: self.fps,
-                bitrate_kbps: self.bitrate_kbps,
-                gop: self.gop,
-            },
-        )
+        RunnerConfig::new(self.video.size(), self.video)
     }
 }
 

@@ -21,6 +21,7 @@ use v4l::{Device, Format, FourCC};
 
 use super::device::{CaptureDevice, DeviceError, DeviceOpener, Frame, Negotiated, PixelFormat};
 use crate::media::clock;
+use crate::media::VideoSettings;
 
 /// Buffers the driver fills in turn: enough that a slow picture does not make it drop
 /// one, few enough that nothing waits in them.
@@ -43,12 +44,8 @@ pub struct V4l2Settings {
     pub path: PathBuf,
     /// `None`: the best format the device offers ([`PixelFormat::PREFERRED`]).
     pub format: Option<PixelFormat>,
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    /// For H.264 devices that take encoder controls.
-    pub bitrate_kbps: u32,
-    pub gop: u32,
+    /// The bitrate and keyframe interval go to H.264 devices that take encoder controls.
+    pub video: VideoSettings,
 }
 
 pub struct V4l2Opener {
@@ -89,7 +86,7 @@ impl DeviceOpener for V4l2Opener {
             .collect();
         let format = choose_format(s.format, &offered)
             .map_err(|why| DeviceError::Unusable(format!("{path} ({}): {why}", caps.card)))?;
-        let wanted = Format::new(s.width, s.height, FourCC::new(&format.fourcc()));
+        let wanted = Format::new(s.video.width, s.video.height, FourCC::new(&format.fourcc()));
         let got = dev
             .set_format(&wanted)
             .map_err(|e| gone_or_unusable(&s.path, "setting the format", &e))?;
@@ -99,7 +96,7 @@ impl DeviceOpener for V4l2Opener {
                 got.fourcc
             )));
         }
-        let fps = match dev.set_params(&Parameters::with_fps(s.fps)) {
+        let fps = match dev.set_params(&Parameters::with_fps(s.video.fps)) {
             Ok(p) if p.interval.numerator > 0 && p.interval.denominator > 0 => {
                 Some(f64::from(p.interval.denominator) / f64::from(p.interval.numerator))
             }
@@ -178,10 +175,14 @@ fn choose_format(wanted: Option<PixelFormat>, offered: &[FourCC]) -> Result<Pixe
 fn set_encoder_controls(dev: &Device, s: &V4l2Settings) {
     let controls = [
         (CID_REPEAT_SEQ_HEADER, 1, "repeat SPS/PPS"),
-        (CID_H264_I_PERIOD, i64::from(s.gop), "keyframe interval"),
+        (
+            CID_H264_I_PERIOD,
+            i64::from(s.video.gop),
+            "keyframe interval",
+        ),
         (
             CID_VIDEO_BITRATE,
-            i64::from(s.bitrate_kbps) * 1000,
+            i64::from(s.video.bitrate_kbps) * 1000,
             "bitrate",
         ),
     ];
@@ -467,11 +468,13 @@ mod tests {
         let mut opener = V4l2Opener::new(V4l2Settings {
             path: "/dev/peregrine-no-such-video".into(),
             format: None,
-            width: 640,
-            height: 480,
-            fps: 30,
-            bitrate_kbps: 1000,
-            gop: 60,
+            video: VideoSettings {
+                width: 640,
+                height: 480,
+                fps: 30,
+                bitrate_kbps: 1000,
+                gop: 60,
+            },
         });
         let err = opener.open().err().unwrap();
         assert!(matches!(err, DeviceError::Gone(_)), "{err}");
