@@ -52,7 +52,8 @@ fn meta_of(au: &Picture, gop: u32) -> FrameMeta {
         height: au.height,
         format: FORMAT_H264,
         stride: 0,
-        online: true,
+        // Readers (µStreamer's Janus plugin, kvmd) tell NO SIGNAL from live by this.
+        online: au.online(),
         key: au.key,
         gop,
         grab_begin_ts: captured,
@@ -138,4 +139,19 @@ async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBo
         }
     }
     tracing::info!(sink = writer.name(), written, "memsink output stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_signal_pictures_are_written_offline() {
+        let mut picture = Picture::video(vec![0, 0, 0, 1, 0x65], true, (640, 480), 1_000_000);
+        assert!(meta_of(&picture, 60).online);
+        picture.placeholder = true;
+        let meta = meta_of(&picture, 60);
+        assert!(!meta.online);
+        assert_eq!((meta.width, meta.height, meta.gop), (640, 480, 60));
+    }
 }
