@@ -328,16 +328,6 @@ impl JanusServer {
         tcp_addr(&self.http)
     }
 
-    /// The Admin API's WebSocket address; an error when it is off.
-    pub fn admin_ws_addr(&self) -> std::io::Result<SocketAddr> {
-        tcp_addr(&self.admin_ws)
-    }
-
-    /// The Admin API's HTTP address; an error when it is off.
-    pub fn admin_http_addr(&self) -> std::io::Result<SocketAddr> {
-        tcp_addr(&self.admin_http)
-    }
-
     /// The same API for another HTTP port (the bundled page uses it from its own
     /// origin): WebSocket at `/janus/ws`, REST at the HTTP base path.
     pub fn main_port_routes(&self) -> axum::Router {

@@ -400,11 +400,6 @@ impl AnnexBSplitter {
             .map(|(_, info)| info.profile_level_id())
     }
 
-    /// True once the stream has shown a readable SPS.
-    pub fn recognised(&self) -> bool {
-        self.au.sps.is_some()
-    }
-
     pub fn stats(&self) -> SplitStats {
         self.stats
     }
