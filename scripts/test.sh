@@ -16,3 +16,8 @@ echo "== cargo test"
 cargo test --all-targets
 echo "== browser tests"
 PEREGRINE_BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug/peregrine" npm --prefix janus-compat test
+echo "== fuzz targets compile"
+# They run by hand (scripts/fuzz.sh) with a sanitizer toolchain; this keeps them in step
+# with the crate's API.
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo check --manifest-path fuzz/Cargo.toml --bins --target-dir "${CARGO_TARGET_DIR:-$(pwd)/target}/fuzz-check"
