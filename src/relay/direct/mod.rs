@@ -108,20 +108,37 @@ struct MediaQuery {
     video: Option<String>,
 }
 
-/// A refusal in kvmd's JSON shape.
-fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
-    (status, Json(protocol::error_response(error, message))).into_response()
+/// A refusal, answered in kvmd's JSON shape.
+struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+}
+
+fn refuse(status: StatusCode, error: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        error,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = protocol::error_response(self.error, &self.message);
+        (self.status, Json(body)).into_response()
+    }
 }
 
 /// The stream a Direct URL names and whether it asks for pure mode.
-fn resolve(relay: &Relay, uri: &Uri) -> Result<(Arc<Feed>, bool), Response> {
+fn resolve(relay: &Relay, uri: &Uri) -> Result<(Arc<Feed>, bool), Refusal> {
     let query = axum::extract::Query::<MediaQuery>::try_from_uri(uri)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "ValidatorError", &e.body_text()))?
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "ValidatorError", e.body_text()))?
         .0;
     let stream = relay
         .streams
         .get(query.stream.as_deref())
-        .map_err(|e| refuse(StatusCode::NOT_FOUND, "UnknownStream", &e.to_string()))?;
+        .map_err(|e| refuse(StatusCode::NOT_FOUND, "UnknownStream", e.to_string()))?;
     let pure = match query.video.as_deref().map(str::trim) {
         None | Some("") => false,
         Some("h264") => true,
@@ -152,7 +169,7 @@ async fn media_info(State(relay): State<Arc<Relay>>, uri: Uri) -> Response {
             let info = protocol::media_info(&profile_level_id(&feed.stream));
             Json(protocol::ok_response(serde_json::json!({ "media": info }))).into_response()
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -164,7 +181,7 @@ async fn upgrade(
     // The URL is judged first, so a wrong stream name is a 404 whatever the headers.
     let (feed, pure) = match resolve(&relay, &uri) {
         Ok(resolved) => resolved,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -230,23 +247,8 @@ async fn serve(feed: Arc<Feed>, counters: Arc<Counters>, pure: bool, mut socket:
             write(sink, &shared, &feed, &counters, pure).await
         }
     }));
-    let mut pump: Option<AbortOnDrop> = None;
-    let start_pump = |counters: &Arc<Counters>| {
-        let (stream, shared, counters2, task) = (
-            stream.clone(),
-            shared.clone(),
-            counters.clone(),
-            counters.task(),
-        );
-        AbortOnDrop(tokio::spawn(async move {
-            let _task = task;
-            pump_pictures(&stream, &shared, &counters2).await
-        }))
-    };
-    if pure {
-        // kvmd's pure mode streams at once, with no start event.
-        pump = Some(start_pump(&counters));
-    }
+    // kvmd's pure mode streams at once, with no start event.
+    let mut pump = pure.then(|| spawn_pump(&stream, &shared, &counters));
 
     let close = loop {
         let message = tokio::select! {
@@ -266,7 +268,7 @@ async fn serve(feed: Arc<Feed>, counters: Arc<Counters>, pure: bool, mut socket:
         match parsed {
             ClientMessage::StartVideo => {
                 if pump.is_none() {
-                    pump = Some(start_pump(&counters));
+                    pump = Some(spawn_pump(&stream, &shared, &counters));
                 }
             }
             ClientMessage::Ping => {
@@ -358,6 +360,15 @@ fn next_message(shared: &Shared, feed: &Feed, pure: bool) -> Option<Bytes> {
     } else {
         feed.frame(&picture)
     })
+}
+
+fn spawn_pump(stream: &Arc<Stream>, shared: &Arc<Shared>, counters: &Arc<Counters>) -> AbortOnDrop {
+    let (stream, shared, counters) = (stream.clone(), shared.clone(), counters.clone());
+    let task = counters.task();
+    AbortOnDrop(tokio::spawn(async move {
+        let _task = task;
+        pump_pictures(&stream, &shared, &counters).await
+    }))
 }
 
 /// Move the hub's pictures into the client's queue, from the next keyframe on (asked
