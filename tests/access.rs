@@ -142,7 +142,7 @@ async fn basic_auth_guards_everything_on_the_main_port_and_not_the_janus_ports()
     assert_eq!(state["pid"], json!(srv.pid()));
 
     // WebSocket upgrades: the Janus API for the bundled page and the relays.
-    for path in ["/janus/ws", "/h264", "/jsmpeg", "/"] {
+    for path in ["/janus/ws", "/h264", "/jsmpeg", "/api/media/ws", "/"] {
         assert_eq!(upgrade(port, path, None).await, 401, "{path}");
         assert_eq!(
             upgrade_from(next_guesser(), port, path, Some(&wrong)).await,

@@ -86,6 +86,7 @@ async fn websocket_upgrades_only_for_allowed_pages() {
         (srv.http_port, "/janus/ws"),
         (srv.http_port, "/h264"),
         (srv.http_port, "/jsmpeg"),
+        (srv.http_port, "/api/media/ws"),
         (srv.http_port, "/"),
     ];
     for (port, path) in endpoints {

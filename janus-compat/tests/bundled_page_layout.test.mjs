@@ -53,7 +53,7 @@ test("every page loads without a failed request (favicon included)", async () =>
   const failed = [];
   page.on("response", (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
   try {
-    for (const p of ["/", "/jmuxer.html", "/jsmpeg.html"]) {
+    for (const p of ["/", "/jmuxer.html", "/jsmpeg.html", "/direct.html"]) {
       await page.goto(`${server.base}${p}`, { waitUntil: "load" });
       const icon = await page.evaluate(async () => {
         const link = document.querySelector('link[rel="icon"]');

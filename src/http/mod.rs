@@ -44,6 +44,11 @@ const PAGES: &[(&str, &str, &str)] = &[
         include_str!("../../client/jsmpeg.html"),
     ),
     (
+        "/direct.html",
+        "text/html; charset=utf-8",
+        include_str!("../../client/direct.html"),
+    ),
+    (
         "/vendor/jmuxer.min.js",
         "text/javascript; charset=utf-8",
         include_str!("../../client/vendor/jmuxer.min.js"),

@@ -79,7 +79,8 @@ impl Collector for ServerCollector {
             &mut enc,
             "peregrine_viewers",
             "Viewers receiving the stream, by transport (WebRTC: connected peers; \
-             h264ws: /h264 WebSocket clients; jsmpeg: JSMpeg WebSocket viewers).",
+             h264ws: /h264 WebSocket clients; jsmpeg: JSMpeg WebSocket viewers; direct: PiKVM \
+             Direct H.264 clients with video started).",
             streams.iter().flat_map(|StreamInput { stream, .. }| {
                 Output::ALL.map(|o| {
                     let labels = [("stream", stream.name()), ("transport", o.label())];
@@ -121,6 +122,7 @@ impl Collector for ServerCollector {
                 (transport("webrtc"), rtc.bytes_sent),
                 (transport("h264ws"), relayed.h264_sent.1),
                 (transport("jsmpeg"), relayed.jsmpeg_sent.1),
+                (transport("direct"), relayed.direct_sent.1),
             ],
         )?;
         counters(
@@ -132,6 +134,7 @@ impl Collector for ServerCollector {
                 (transport("webrtc"), rtc.datagrams_sent),
                 (transport("h264ws"), relayed.h264_sent.0),
                 (transport("jsmpeg"), relayed.jsmpeg_sent.0),
+                (transport("direct"), relayed.direct_sent.0),
             ],
         )?;
         counter(

@@ -4,7 +4,10 @@
 //! * `/jsmpeg` and a WebSocket upgrade on `/`: MPEG-TS for JSMpeg ([`jsmpeg`]), fed either
 //!   by uploads to `/upload/SECRET` (when a secret is configured, a drop-in for JSMpeg's
 //!   websocket relay) or by transcoding the hub's H.264 with an ffmpeg child ([`transcode`]).
+//! * `/api/media/ws` (and `/ws`, `/api/media`): PiKVM's Direct H.264 mode, kvmd's media
+//!   server protocol for WebCodecs players ([`direct`]).
 
+pub mod direct;
 pub mod h264ws;
 pub mod jsmpeg;
 pub mod mpegts;
@@ -55,6 +58,9 @@ pub struct Counters {
     connections_total: AtomicU64,
     h264_sent: Sent,
     jsmpeg_sent: Sent,
+    direct_clients: AtomicUsize,
+    direct_overflows: AtomicU64,
+    direct_sent: Sent,
 }
 
 /// WebSocket messages sent to viewers, and their payload bytes.
@@ -87,6 +93,8 @@ pub struct RelayMetrics {
     /// (messages, bytes) sent to `/h264` clients and to JSMpeg viewers.
     pub h264_sent: (u64, u64),
     pub jsmpeg_sent: (u64, u64),
+    /// (messages, bytes) sent to Direct H.264 clients.
+    pub direct_sent: (u64, u64),
 }
 
 /// Decrements a counter when dropped.
@@ -124,6 +132,22 @@ impl Counters {
     pub fn jsmpeg_viewer(&self) -> CountGuard<'_> {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
         Self::enter(&self.jsmpeg_viewers)
+    }
+
+    /// A Direct H.264 (`/api/media/ws`) connection.
+    pub fn direct_client(&self) -> CountGuard<'_> {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        Self::enter(&self.direct_clients)
+    }
+
+    /// A Direct client's queue overflowed and was emptied.
+    pub fn direct_overflowed(&self) {
+        self.direct_overflows.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One message of `bytes` sent to a Direct client.
+    pub fn direct_sent(&self, bytes: usize) {
+        self.direct_sent.add(bytes);
     }
 
     pub fn upload(&self) -> CountGuard<'_> {
@@ -180,6 +204,8 @@ pub struct Relay {
     jsmpeg: Vec<JsmpegFeed>,
     secret_guard: secret_guard::SecretGuard,
     logs: RelayLogs,
+    /// Direct H.264 frames, one feed per stream.
+    direct: direct::Feeds,
 }
 
 /// Log lines any client can trigger, each said at most every [`PERIOD`].
@@ -218,6 +244,7 @@ impl Relay {
                 }
             })
             .collect();
+        let direct = direct::Feeds::new(&streams);
         Arc::new(Relay {
             streams,
             cfg,
@@ -230,15 +257,17 @@ impl Relay {
                 bad_upload: RateLimited::new(PERIOD),
                 viewer_refused: RateLimited::new(PERIOD),
             },
+            direct,
         })
     }
 
-    /// `/h264`, `/jsmpeg` and `/upload/{secret}`.
+    /// `/h264`, `/jsmpeg`, `/upload/{secret}` and the Direct H.264 URLs.
     pub fn routes(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/h264", get(h264_upgrade))
             .route("/jsmpeg", get(jsmpeg_upgrade))
             .route("/upload/{secret}", any(jsmpeg::upload))
+            .merge(direct::routes())
             .with_state(self.clone())
     }
 
@@ -272,6 +301,7 @@ impl Relay {
             uploads: c.uploads.load(Ordering::SeqCst),
             h264_sent: c.h264_sent.load(),
             jsmpeg_sent: c.jsmpeg_sent.load(),
+            direct_sent: c.direct_sent.load(),
         }
     }
 
@@ -289,6 +319,8 @@ impl Relay {
             "uploads_rejected": load(&c.uploads_rejected),
             "uploads_throttled": load(&c.uploads_throttled),
             "upload_bytes": load(&c.upload_bytes),
+            "direct_clients": c.direct_clients.load(Ordering::SeqCst),
+            "direct_overflows": load(&c.direct_overflows),
             "tasks": c.tasks.load(Ordering::SeqCst),
             "connections_total": load(&c.connections_total),
             "transcoder": self.jsmpeg[0].transcoder.stats(),
