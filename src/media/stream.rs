@@ -30,10 +30,17 @@ pub enum Output {
     H264Ws,
     /// A JSMpeg WebSocket viewer.
     Jsmpeg,
+    /// A µStreamer-style MJPEG `/stream` client.
+    Mjpeg,
 }
 
 impl Output {
-    pub const ALL: [Output; 3] = [Output::WebRtc, Output::H264Ws, Output::Jsmpeg];
+    pub const ALL: [Output; 4] = [
+        Output::WebRtc,
+        Output::H264Ws,
+        Output::Jsmpeg,
+        Output::Mjpeg,
+    ];
 
     /// The `transport` label of metrics.
     pub fn label(self) -> &'static str {
@@ -41,6 +48,7 @@ impl Output {
             Output::WebRtc => "webrtc",
             Output::H264Ws => "h264ws",
             Output::Jsmpeg => "jsmpeg",
+            Output::Mjpeg => "mjpeg",
         }
     }
 }
@@ -52,7 +60,7 @@ pub struct Stream {
     /// The frame rate the source was asked for, for outputs that must declare one.
     fps: u32,
     /// Viewers by [`Output`], in the order of [`Output::ALL`].
-    viewers: [AtomicUsize; 3],
+    viewers: [AtomicUsize; Output::ALL.len()],
 }
 
 impl Stream {
