@@ -119,6 +119,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             transcode_kbps: cfg.jsmpeg_bitrate_kbps,
         },
     );
+    let mjpeg = http::mjpeg::Mjpeg::new(&streams, cfg.jpeg_quality);
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
 
@@ -132,6 +133,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let hub = hub.clone();
         let engine = engine.clone();
         let relay = relay.clone();
+        let mjpeg = mjpeg.clone();
         Arc::new(move || {
             let rtc = engine.stats();
             let streams: serde_json::Map<_, _> = running
@@ -154,6 +156,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
                 "rtc": rtc,
                 "janus": janus_status.counts(),
                 "relay": relay.stats(),
+                "mjpeg": mjpeg.stats(),
             })
         })
     };
@@ -176,7 +179,8 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let main_router = http::router(state_fn)
         .merge(crate::metrics::routes(metrics))
         .merge(main_routes)
-        .merge(relay.routes());
+        .merge(relay.routes())
+        .merge(mjpeg.routes());
     // Basic auth outermost: nothing, not even an Origin refusal, without the password.
     let main_router = crate::access::basic::guard(
         crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),

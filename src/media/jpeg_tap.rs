@@ -434,6 +434,97 @@ impl RateGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::encoder::{EncoderSettings, H264Encoder};
+    use crate::media::yuv::I420Frame;
+    use std::time::Duration;
+
+    fn tap_of(hub: &Arc<Hub>) -> Arc<JpegTap> {
+        let cfg = TapConfig {
+            quality: 80,
+            max_fps: 30,
+        };
+        JpegTap::new("test", hub.clone(), cfg)
+    }
+
+    /// Publish H.264 pictures of a grey 64x48 picture while `until` says so.
+    fn publish_until(hub: &Arc<Hub>, until: impl Fn() -> bool) {
+        let settings = EncoderSettings {
+            width: 64,
+            height: 48,
+            fps: 30,
+            bitrate_kbps: 200,
+            gop: 10,
+        };
+        let mut encoder = H264Encoder::new(&settings).unwrap();
+        let frame = I420Frame::new(64, 48);
+        let mut t = clock::monotonic_us();
+        let mut seq = 0;
+        while !until() {
+            if hub.keyframe_wanted() {
+                encoder.force_keyframe();
+            }
+            if let Some(mut picture) = encoder.encode(&frame, t).unwrap() {
+                picture.seq = seq;
+                seq += 1;
+                hub.publish_at(picture, t);
+            }
+            t += 33_333;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_gets_jpeg_while_it_stays_and_the_hub_is_let_go_after() {
+        let hub = Hub::new(30);
+        let tap = tap_of(&hub);
+        assert!(!hub.has_subscribers(), "nothing is made for nobody");
+        let mut client = tap.join();
+        let done = Arc::new(AtomicBool::new(false));
+        let publisher = std::thread::spawn({
+            let (hub, done) = (hub.clone(), done.clone());
+            move || publish_until(&hub, || done.load(Ordering::Relaxed))
+        });
+        let picture = tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("a JPEG within 20 s")
+            .expect("tap alive");
+        assert_eq!((picture.width, picture.height), (64, 48));
+        assert!(picture.online && picture.data.starts_with(&[0xff, 0xd8]));
+        let second = tap.join();
+        drop(client);
+        assert!(tap.stats().running, "one client is left");
+        drop(second);
+        let stopped = async {
+            while tap.stats().running || hub.has_subscribers() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), stopped)
+            .await
+            .expect("the tap stops and lets go of the hub");
+        let mut late = tap.join();
+        assert!(late.latest().is_none(), "no stale picture for the next client");
+        drop(late);
+        done.store(true, Ordering::Relaxed);
+        publisher.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_camera_jpeg_passes_through_untouched_and_nothing_is_decoded() {
+        let hub = Hub::new(30);
+        let tap = tap_of(&hub);
+        tap.set_direct(true);
+        let mut client = tap.join();
+        assert!(!hub.has_subscribers() && tap.has_clients());
+        let jpeg = Bytes::from_static(b"\xff\xd8camera bytes\xff\xd9");
+        tap.publish_direct(jpeg.clone(), (640, 480), 42);
+        let got = client.next().await.unwrap();
+        assert_eq!((got.data.clone(), got.width, got.capture_us), (jpeg, 640, 42));
+        // The camera closes: the hub's pictures (NO SIGNAL) are decoded again.
+        tap.set_direct(false);
+        assert!(tap.stats().running);
+        drop(client);
+    }
 
     fn admitted(fps: u32, source_fps: u64, jitter: &[i64]) -> usize {
         let mut gate = RateGate::new(fps);
