@@ -413,3 +413,44 @@ async fn the_mjpeg_output_is_behind_the_password_and_cors_checks() -> Result<()>
     assert!(own.head.contains(&format!("access-control-allow-origin: http://127.0.0.1:{port}")), "{}", own.head);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mjpeg_cameras_pictures_reach_the_stream_byte_identical() -> Result<()> {
+    // A camera's own MJPEG, recorded as ffmpeg writes it, replayed through the camera
+    // pipeline (the same path as a V4L2 device's buffers).
+    let file = std::env::temp_dir().join(format!("peregrine-mjpeg-{}.mjpeg", std::process::id()));
+    let made = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-frames:v", "30"])
+        .args(["-pix_fmt", "yuvj420p", "-c:v", "mjpeg", "-q:v", "5", "-f", "mjpeg"])
+        .arg(&file)
+        .status()
+        .context("run ffmpeg")?;
+    ensure!(made.success(), "ffmpeg could not make the recording");
+    let data = std::fs::read(&file)?;
+    let recording = peregrine::source::camera::replay::Recording::mjpeg(&data, 320, 240);
+    let source = file.to_str().context("temp path")?.to_string();
+    let server = Server::start(&["--source", &source, "--resolution", "320x240"]).await;
+    let _ = std::fs::remove_file(&file);
+    let server = server?;
+    assert_eq!(recording.frames.len(), 30);
+
+    let mut reader = MjpegReader::open(server.http_port, "/stream?extra_headers=1").await?;
+    for _ in 0..45 {
+        let part = reader.next_part().await?;
+        assert_eq!(part.header("X-UStreamer-Online"), Some("true"));
+        assert!(
+            recording.frames.iter().any(|f| *f == part.jpeg),
+            "a part of {} bytes is not one of the camera's pictures",
+            part.jpeg.len()
+        );
+    }
+    let snapshot = raw_request(server.http_port, "GET", "/snapshot", &[("Connection", "close")]).await?;
+    assert_eq!(snapshot.status, 200);
+    assert!(recording.frames.iter().any(|f| *f == snapshot.body), "the snapshot is the camera's");
+    let state = server.state().await?;
+    let tap = &state["mjpeg"]["streams"]["default"];
+    assert_eq!(tap["passthrough"], true, "{tap}");
+    assert_eq!(tap["encoded"], 0, "nothing decoded or encoded: {tap}");
+    Ok(())
+}

@@ -117,6 +117,10 @@ impl JpegTap {
     pub fn join(self: &Arc<Self>) -> JpegClient {
         let rx = self.latest.subscribe();
         let mut state = self.state();
+        if state.clients == 0 {
+            // A camera's picture that slipped in as the last client left is not live.
+            self.latest.send_replace(None);
+        }
         state.clients += 1;
         if !state.running && !self.direct.load(Ordering::SeqCst) {
             state.running = self.spawn_worker();
