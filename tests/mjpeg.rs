@@ -88,7 +88,10 @@ impl MjpegReader {
         while self.buf.len() < BOUNDARY.len() {
             self.fill().await?;
         }
-        ensure!(self.buf.starts_with(BOUNDARY), "no boundary where a part starts");
+        ensure!(
+            self.buf.starts_with(BOUNDARY),
+            "no boundary where a part starts"
+        );
         self.buf.drain(..BOUNDARY.len());
         let end = self.fill_until(b"\r\n\r\n").await?;
         let headers = String::from_utf8_lossy(&self.buf[..end]).into_owned();
@@ -102,7 +105,10 @@ impl MjpegReader {
             self.fill().await?;
         }
         let jpeg = self.buf[..len].to_vec();
-        ensure!(&self.buf[len..len + 2] == b"\r\n", "no CRLF after the picture");
+        ensure!(
+            &self.buf[len..len + 2] == b"\r\n",
+            "no CRLF after the picture"
+        );
         self.buf.drain(..len + 2);
         Ok(Part { headers, jpeg })
     }
@@ -113,7 +119,12 @@ fn ffprobe_size(jpeg: &[u8]) -> Result<(u32, u32)> {
     let path = std::env::temp_dir().join(format!("peregrine-snapshot-{}.jpg", std::process::id()));
     std::fs::write(&path, jpeg)?;
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_name,width,height"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width,height",
+        ])
         .args(["-of", "csv=p=0"])
         .arg(&path)
         .output()
@@ -122,7 +133,10 @@ fn ffprobe_size(jpeg: &[u8]) -> Result<(u32, u32)> {
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
     let fields: Vec<&str> = text.trim().split(',').collect();
-    ensure!(fields.len() == 3 && fields[0] == "mjpeg", "ffprobe said {text:?}");
+    ensure!(
+        fields.len() == 3 && fields[0] == "mjpeg",
+        "ffprobe said {text:?}"
+    );
     Ok((fields[1].parse()?, fields[2].parse()?))
 }
 
@@ -165,8 +179,16 @@ async fn ffmpeg_reads_the_stream_and_ffprobe_the_snapshot() -> Result<()> {
     let out = tokio::time::timeout(Duration::from_secs(60), ffmpeg)
         .await
         .context("ffmpeg took over 60 s")???;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.stdout.len(), frames * 320 * 240, "{frames} grey 320x240 pictures");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.stdout.len(),
+        frames * 320 * 240,
+        "{frames} grey 320x240 pictures"
+    );
 
     // Everyone gone: the tap lets go of the hub and the test pattern idles again.
     server
@@ -196,11 +218,18 @@ async fn parts_carry_ustreamer_headers_and_options() -> Result<()> {
     let part = plain.next_part().await?;
     assert!(part.jpeg.starts_with(&[0xff, 0xd8]) && part.jpeg.ends_with(&[0xff, 0xd9]));
     assert!(part.header("X-Timestamp").is_some(), "{}", part.headers);
-    assert!(part.header("X-UStreamer-Online").is_none(), "only on request");
+    assert!(
+        part.header("X-UStreamer-Online").is_none(),
+        "only on request"
+    );
 
     // As kvmd reads it.
     let mut kvmd = MjpegReader::open(port, "/stream?extra_headers=1&key=vnc").await?;
-    assert!(kvmd.head.contains("set-cookie: stream_client=vnc/"), "{}", kvmd.head);
+    assert!(
+        kvmd.head.contains("set-cookie: stream_client=vnc/"),
+        "{}",
+        kvmd.head
+    );
     let part = kvmd.next_part().await?;
     assert_eq!(part.header("X-UStreamer-Online"), Some("true"));
     assert_eq!(part.header("X-UStreamer-Width"), Some("320"));
@@ -247,7 +276,10 @@ async fn a_client_that_never_reads_delays_nobody_and_memory_stays_bounded() -> R
             .await
             .context("the reading client waited over 2 s for a picture")??;
         parts += 1;
-        let latency: f64 = part.header("X-UStreamer-Latency").context("latency")?.parse()?;
+        let latency: f64 = part
+            .header("X-UStreamer-Latency")
+            .context("latency")?
+            .parse()?;
         worst_latency = worst_latency.max(latency);
     }
     let rss_end = server.rss_kib()?;
@@ -257,7 +289,10 @@ async fn a_client_that_never_reads_delays_nobody_and_memory_stays_bounded() -> R
     );
     // The pattern runs at 30 fps; a debug build encodes fewer, but never stalls.
     assert!(parts >= 40, "only {parts} pictures in 8 s");
-    assert!(worst_latency < 1.0, "a picture was {worst_latency} s old when sent");
+    assert!(
+        worst_latency < 1.0,
+        "a picture was {worst_latency} s old when sent"
+    );
     assert!(
         rss_end < rss_start + 16 * 1024,
         "memory grew from {rss_start} to {rss_end} KiB with a client that never reads"
@@ -306,8 +341,23 @@ async fn a_snapshot_while_the_source_is_gone_is_503() -> Result<()> {
     let mut encoder = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
-        .args(["-pix_fmt", "yuv420p", "-c:v", "libx264", "-profile:v", "baseline"])
-        .args(["-tune", "zerolatency", "-g", "30", "-f", "h264", &listen_url])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+        ])
+        .args([
+            "-tune",
+            "zerolatency",
+            "-g",
+            "30",
+            "-f",
+            "h264",
+            &listen_url,
+        ])
         .stdin(Stdio::null())
         .spawn()
         .context("start ffmpeg")?;
@@ -338,7 +388,10 @@ async fn a_snapshot_while_the_source_is_gone_is_503() -> Result<()> {
         if part.header("X-UStreamer-Online") == Some("false") {
             break;
         }
-        ensure!(Instant::now() < deadline, "the stream never showed NO SIGNAL");
+        ensure!(
+            Instant::now() < deadline,
+            "the stream never showed NO SIGNAL"
+        );
     }
     let gone = snapshot("/snapshot").await?;
     assert_eq!(gone.status, 503, "{}", gone.head);
@@ -366,7 +419,11 @@ async fn unknown_streams_and_bad_queries_are_refused_clearly() -> Result<()> {
         assert!(String::from_utf8_lossy(&r.body).contains("no stream named \"nope\""));
     }
     let long_key = format!("/stream?key={}", "k".repeat(300));
-    for path in [long_key.as_str(), "/stream?stream=a&stream=b", "/snapshot?key=a&key=b"] {
+    for path in [
+        long_key.as_str(),
+        "/stream?stream=a&stream=b",
+        "/snapshot?key=a&key=b",
+    ] {
         let r = get(path.into()).await?;
         assert_eq!(r.status, 400, "{path}: {}", r.head);
         assert!(!r.body.is_empty(), "{path}: a 400 says why");
@@ -380,7 +437,15 @@ async fn unknown_streams_and_bad_queries_are_refused_clearly() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mjpeg_output_is_behind_the_password_and_cors_checks() -> Result<()> {
-    let server = Server::start(&["--resolution", "320x240", "--user", "admin", "--passwd", "pw"]).await?;
+    let server = Server::start(&[
+        "--resolution",
+        "320x240",
+        "--user",
+        "admin",
+        "--passwd",
+        "pw",
+    ])
+    .await?;
     let port = server.http_port;
     let auth = server.authorization.clone().context("auth")?;
     for path in ["/stream", "/snapshot"] {
@@ -393,11 +458,19 @@ async fn the_mjpeg_output_is_behind_the_password_and_cors_checks() -> Result<()>
         port,
         "GET",
         "/snapshot",
-        &[("Authorization", &auth), ("Origin", "http://evil.example"), ("Connection", "close")],
+        &[
+            ("Authorization", &auth),
+            ("Origin", "http://evil.example"),
+            ("Connection", "close"),
+        ],
     )
     .await?;
     assert_eq!(foreign.status, 200);
-    assert!(!foreign.head.contains("access-control-allow-origin"), "{}", foreign.head);
+    assert!(
+        !foreign.head.contains("access-control-allow-origin"),
+        "{}",
+        foreign.head
+    );
     let own = raw_request(
         port,
         "GET",
@@ -410,7 +483,13 @@ async fn the_mjpeg_output_is_behind_the_password_and_cors_checks() -> Result<()>
     )
     .await?;
     assert_eq!(own.status, 200);
-    assert!(own.head.contains(&format!("access-control-allow-origin: http://127.0.0.1:{port}")), "{}", own.head);
+    assert!(
+        own.head.contains(&format!(
+            "access-control-allow-origin: http://127.0.0.1:{port}"
+        )),
+        "{}",
+        own.head
+    );
     Ok(())
 }
 
@@ -421,8 +500,17 @@ async fn an_mjpeg_cameras_pictures_reach_the_stream_byte_identical() -> Result<(
     let file = std::env::temp_dir().join(format!("peregrine-mjpeg-{}.mjpeg", std::process::id()));
     let made = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-frames:v", "30"])
-        .args(["-pix_fmt", "yuvj420p", "-c:v", "mjpeg", "-q:v", "5", "-f", "mjpeg"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+            "-frames:v",
+            "30",
+        ])
+        .args([
+            "-pix_fmt", "yuvj420p", "-c:v", "mjpeg", "-q:v", "5", "-f", "mjpeg",
+        ])
         .arg(&file)
         .status()
         .context("run ffmpeg")?;
@@ -440,14 +528,23 @@ async fn an_mjpeg_cameras_pictures_reach_the_stream_byte_identical() -> Result<(
         let part = reader.next_part().await?;
         assert_eq!(part.header("X-UStreamer-Online"), Some("true"));
         assert!(
-            recording.frames.iter().any(|f| *f == part.jpeg),
+            recording.frames.contains(&part.jpeg),
             "a part of {} bytes is not one of the camera's pictures",
             part.jpeg.len()
         );
     }
-    let snapshot = raw_request(server.http_port, "GET", "/snapshot", &[("Connection", "close")]).await?;
+    let snapshot = raw_request(
+        server.http_port,
+        "GET",
+        "/snapshot",
+        &[("Connection", "close")],
+    )
+    .await?;
     assert_eq!(snapshot.status, 200);
-    assert!(recording.frames.iter().any(|f| *f == snapshot.body), "the snapshot is the camera's");
+    assert!(
+        recording.frames.contains(&snapshot.body),
+        "the snapshot is the camera's"
+    );
     let state = server.state().await?;
     let tap = &state["mjpeg"]["streams"]["default"];
     assert_eq!(tap["passthrough"], true, "{tap}");

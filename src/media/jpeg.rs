@@ -43,7 +43,9 @@ impl<'a> Planes<'a> {
         let (ys, us, vs) = self.strides;
         let (cw, ch) = (self.width.div_ceil(2), self.height.div_ceil(2));
         let fits = |plane: &[u8], stride: usize, w: usize, h: usize| {
-            stride >= w && h.checked_sub(1).is_none_or(|last| plane.len() >= last * stride + w)
+            stride >= w
+                && h.checked_sub(1)
+                    .is_none_or(|last| plane.len() >= last * stride + w)
         };
         fits(self.y, ys, self.width, self.height)
             && fits(self.u, us, cw, ch)
@@ -187,10 +189,17 @@ mod tests {
         let (w, h, pixels) = decode(&jpeg);
         assert_eq!((w, h), (64, 48));
         let luma_at = |x: usize, y: usize| pixels[(y * w + x) * 3];
-        assert!(luma_at(8, 24) >= 250, "white is 255, got {}", luma_at(8, 24));
+        assert!(
+            luma_at(8, 24) >= 250,
+            "white is 255, got {}",
+            luma_at(8, 24)
+        );
         assert!(luma_at(56, 24) <= 5, "black is 0, got {}", luma_at(56, 24));
         let cb = pixels[(24 * w + 8) * 3 + 1];
-        assert!((125..=131).contains(&cb), "grey has neutral chroma, got {cb}");
+        assert!(
+            (125..=131).contains(&cb),
+            "grey has neutral chroma, got {cb}"
+        );
     }
 
     #[test]

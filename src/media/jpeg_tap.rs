@@ -375,7 +375,11 @@ impl Maker {
         if picture.kind != super::MediaKind::Video {
             return Ok(Made::Nothing);
         }
-        let Some(yuv) = self.decoder.decode(&picture.data).map_err(|e| e.to_string())? else {
+        let Some(yuv) = self
+            .decoder
+            .decode(&picture.data)
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(Made::Nothing);
         };
         let t = picture.capture_us;
@@ -507,7 +511,10 @@ mod tests {
             .await
             .expect("the tap stops and lets go of the hub");
         let mut late = tap.join();
-        assert!(late.latest().is_none(), "no stale picture for the next client");
+        assert!(
+            late.latest().is_none(),
+            "no stale picture for the next client"
+        );
         drop(late);
         done.store(true, Ordering::Relaxed);
         publisher.join().unwrap();
@@ -523,7 +530,10 @@ mod tests {
         let jpeg = Bytes::from_static(b"\xff\xd8camera bytes\xff\xd9");
         tap.publish_direct(jpeg.clone(), (640, 480), 42);
         let got = client.next().await.unwrap();
-        assert_eq!((got.data.clone(), got.width, got.capture_us), (jpeg, 640, 42));
+        assert_eq!(
+            (got.data.clone(), got.width, got.capture_us),
+            (jpeg, 640, 42)
+        );
         // The camera closes: the hub's pictures (NO SIGNAL) are decoded again.
         tap.set_direct(false);
         assert!(tap.stats().running);

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use self::part::{ClientFigures, Now};
 use self::query::StreamOptions;
 use crate::media::clock;
-use crate::media::jpeg_tap::{JpegClient, JpegPicture, JpegTap, TapConfig};
+use crate::media::jpeg_tap::{JpegClient, JpegPicture, JpegTap};
 use crate::media::stream::{Output, Viewing};
 use crate::media::{Stream, Streams};
 
@@ -56,29 +56,12 @@ struct ClientStat {
     stream: String,
     options: StreamOptions,
     fps: FpsMeter,
-    sent: AtomicU64,
 }
 
 impl Mjpeg {
-    /// One tap per stream, encoding at `quality` and at most at the stream's frame rate.
-    pub fn new(streams: &Arc<Streams>, quality: u8) -> Arc<Mjpeg> {
-        let taps = streams
-            .iter()
-            .map(|stream| {
-                let cfg = TapConfig {
-                    quality,
-                    max_fps: stream.fps(),
-                };
-                let tap = JpegTap::new(stream.name(), stream.hub().clone(), cfg);
-                (stream.clone(), tap)
-            })
-            .collect();
-        Mjpeg::with_taps(streams.clone(), taps)
-    }
-
-    /// The output over taps made elsewhere (a camera that hands its JPEG over needs its
-    /// stream's tap before the stream exists).
-    pub fn with_taps(streams: Arc<Streams>, taps: Vec<(Arc<Stream>, Arc<JpegTap>)>) -> Arc<Mjpeg> {
+    /// The output of `streams` over their taps, made with the streams (a camera that
+    /// hands its JPEG over needs its stream's tap before the stream exists).
+    pub fn new(streams: Arc<Streams>, taps: Vec<(Arc<Stream>, Arc<JpegTap>)>) -> Arc<Mjpeg> {
         Arc::new(Mjpeg {
             streams,
             taps,
@@ -96,17 +79,25 @@ impl Mjpeg {
             .with_state(self.clone())
     }
 
-    /// The stream `name` names (`None`: the default one) and its tap.
-    fn tap(&self, name: Option<&str>) -> Result<(Arc<Stream>, Arc<JpegTap>), Response> {
+    /// What a request asks for: its options, and the stream it names (`None`: the
+    /// default one) with its tap. Refused with 400 or 404 and the reason.
+    fn request(&self, query: Option<&str>) -> Result<Request, (StatusCode, String)> {
+        let opts = StreamOptions::parse(query.unwrap_or(""))
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
         let stream = self
             .streams
-            .get(name)
-            .map_err(|e| plain(StatusCode::NOT_FOUND, format!("{e}\n")))?;
-        self.taps
+            .get(opts.stream.as_deref())
+            .map_err(|e| (StatusCode::NOT_FOUND, format!("{e}\n")))?;
+        let (stream, tap) = self
+            .taps
             .iter()
             .find(|(s, _)| Arc::ptr_eq(s, stream))
             .cloned()
-            .ok_or_else(|| plain(StatusCode::NOT_FOUND, format!("stream {name:?} has no MJPEG output\n")))
+            .ok_or_else(|| {
+                let refusal = format!("stream {:?} has no MJPEG output\n", stream.name());
+                (StatusCode::NOT_FOUND, refusal)
+            })?;
+        Ok(Request { opts, stream, tap })
     }
 
     fn clients(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ClientStat>>> {
@@ -167,9 +158,15 @@ fn plain(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn options_of(query: Option<&str>) -> Result<StreamOptions, Response> {
-    StreamOptions::parse(query.unwrap_or(""))
-        .map_err(|e| plain(StatusCode::BAD_REQUEST, format!("{e}\n")))
+/// A `/stream` or `/snapshot` request, read.
+struct Request {
+    opts: StreamOptions,
+    stream: Arc<Stream>,
+    tap: Arc<JpegTap>,
+}
+
+fn refuse((status, why): (StatusCode, String)) -> Response {
+    plain(status, why)
 }
 
 fn now() -> Now {
@@ -182,7 +179,10 @@ fn now() -> Now {
 fn with_no_cache(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in part::NO_CACHE {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
     }
     // Readable by allowed pages of other origins; the origin guard narrows or drops it.
     headers.insert(
@@ -193,20 +193,15 @@ fn with_no_cache(mut response: Response) -> Response {
 }
 
 async fn serve_stream(State(mjpeg): State<Arc<Mjpeg>>, RawQuery(query): RawQuery) -> Response {
-    let opts = match options_of(query.as_deref()) {
-        Ok(opts) => opts,
-        Err(refused) => return refused,
-    };
-    let (stream, tap) = match mjpeg.tap(opts.stream.as_deref()) {
-        Ok(found) => found,
-        Err(refused) => return refused,
+    let Request { opts, stream, tap } = match mjpeg.request(query.as_deref()) {
+        Ok(request) => request,
+        Err(refused) => return refuse(refused),
     };
     let id = rand::random::<u64>() >> 1;
     let stat = Arc::new(ClientStat {
         stream: stream.name().to_string(),
         options: opts.clone(),
         fps: FpsMeter::default(),
-        sent: AtomicU64::new(0),
     });
     mjpeg.clients().insert(id, stat.clone());
     tracing::debug!(stream = %stream.name(), id = format!("{id:x}"), "MJPEG client");
@@ -271,7 +266,6 @@ impl StreamClient {
         };
         let now = now();
         let fps = self.stat.fps.tick(now.mono_us / 1_000_000);
-        self.stat.sent.fetch_add(1, Ordering::Relaxed);
         let head = part::head(&self.opts, &picture, ClientFigures { fps }, now);
         if !head.is_empty() {
             self.pending.push_back(Bytes::from(head));
@@ -299,13 +293,9 @@ impl Drop for Registered {
 }
 
 async fn serve_snapshot(State(mjpeg): State<Arc<Mjpeg>>, RawQuery(query): RawQuery) -> Response {
-    let opts = match options_of(query.as_deref()) {
-        Ok(opts) => opts,
-        Err(refused) => return refused,
-    };
-    let (stream, tap) = match mjpeg.tap(opts.stream.as_deref()) {
-        Ok(found) => found,
-        Err(refused) => return refused,
+    let Request { stream, tap, .. } = match mjpeg.request(query.as_deref()) {
+        Ok(request) => request,
+        Err(refused) => return refuse(refused),
     };
     mjpeg.snapshots.fetch_add(1, Ordering::Relaxed);
     let mut client = tap.join();

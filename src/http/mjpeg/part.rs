@@ -61,13 +61,25 @@ fn advance_headers(out: &mut String, now: Now) {
 
 /// The headers in front of one picture (empty with `advance_headers`: they went out
 /// after the previous picture).
-pub fn head(opts: &StreamOptions, picture: &JpegPicture, client: ClientFigures, now: Now) -> String {
+pub fn head(
+    opts: &StreamOptions,
+    picture: &JpegPicture,
+    client: ClientFigures,
+    now: Now,
+) -> String {
     let mut out = String::new();
     if opts.advance_headers {
         return out;
     }
-    let len = if opts.zero_data { 0 } else { picture.data.len() };
-    let _ = write!(out, "Content-Type: image/jpeg\r\nContent-Length: {len}\r\nX-Timestamp: ");
+    let len = if opts.zero_data {
+        0
+    } else {
+        picture.data.len()
+    };
+    let _ = write!(
+        out,
+        "Content-Type: image/jpeg\r\nContent-Length: {len}\r\nX-Timestamp: "
+    );
     secs(&mut out, now.real_us);
     out.push_str("\r\n");
     if opts.extra_headers {
@@ -123,7 +135,10 @@ pub fn snapshot_headers(picture: &JpegPicture, now: Now) -> Vec<(&'static str, S
         ("x-ustreamer-height", picture.height.to_string()),
         ("x-ustreamer-grab-begin-timestamp", s(picture.capture_us)),
         ("x-ustreamer-grab-end-timestamp", s(picture.capture_us)),
-        ("x-ustreamer-encode-begin-timestamp", s(picture.encode_begin_us)),
+        (
+            "x-ustreamer-encode-begin-timestamp",
+            s(picture.encode_begin_us),
+        ),
         ("x-ustreamer-encode-end-timestamp", s(picture.encode_end_us)),
         ("x-ustreamer-send-timestamp", s(now.mono_us)),
     ]

@@ -68,7 +68,9 @@ impl StreamOptions {
 
 /// µStreamer's reading of a boolean parameter.
 fn is_true(value: &str) -> bool {
-    value.starts_with('1') || value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("yes")
+    value.starts_with('1')
+        || value.eq_ignore_ascii_case("true")
+        || value.eq_ignore_ascii_case("yes")
 }
 
 /// Percent-encode all but RFC 3986's unreserved characters, so the key is safe in a
