@@ -116,7 +116,10 @@ impl MjpegReader {
 
 /// Width and height of a JPEG, read by ffprobe from a file.
 fn ffprobe_size(jpeg: &[u8]) -> Result<(u32, u32)> {
-    let path = std::env::temp_dir().join(format!("peregrine-snapshot-{}.jpg", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("peregrine-snapshot-{}-{n}.jpg", std::process::id());
+    let path = std::env::temp_dir().join(name);
     std::fs::write(&path, jpeg)?;
     let out = Command::new("ffprobe")
         .args([
@@ -549,5 +552,41 @@ async fn an_mjpeg_cameras_pictures_reach_the_stream_byte_identical() -> Result<(
     let tap = &state["mjpeg"]["streams"]["default"];
     assert_eq!(tap["passthrough"], true, "{tap}");
     assert_eq!(tap["encoded"], 0, "nothing decoded or encoded: {tap}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stream_is_reached_by_name() -> Result<()> {
+    let server = Server::start_with_config(
+        "source = \"testsrc\"\nresolution = \"320x240\"\n\
+         [[stream]]\nname = \"cam2\"\nsource = \"testsrc\"\nresolution = \"640x360\"\n",
+        &[],
+    )
+    .await?;
+    let port = server.http_port;
+    for (query, size) in [
+        ("", (320, 240)),
+        ("?stream=default", (320, 240)),
+        ("?stream=cam2", (640, 360)),
+    ] {
+        let snapshot = raw_request(
+            port,
+            "GET",
+            &format!("/snapshot{query}"),
+            &[("Connection", "close")],
+        )
+        .await?;
+        assert_eq!(snapshot.status, 200, "{query}");
+        assert_eq!(ffprobe_size(&snapshot.body)?, size, "{query}");
+    }
+    let mut cam2 = MjpegReader::open(port, "/stream?stream=cam2&extra_headers=1").await?;
+    let part = cam2.next_part().await?;
+    assert_eq!(part.header("X-UStreamer-Width"), Some("640"));
+    let state = server
+        .wait_state(Duration::from_secs(20), |s| {
+            s["streams"]["cam2"]["viewers"] == 1
+        })
+        .await?;
+    assert_eq!(viewers(&state), 0, "the default stream has no viewer");
     Ok(())
 }
