@@ -1465,6 +1465,20 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_quality_is_1_to_100_and_80_by_default() {
+        assert_eq!(Config::load(Args::default()).unwrap().jpeg_quality, 80);
+        let c = Config::load(Args::parse_from(["peregrine", "--quality", "95"])).unwrap();
+        assert_eq!(c.jpeg_quality, 95);
+        for bad in ["0", "101"] {
+            let err = Config::load(Args::parse_from(["peregrine", "--quality", bad])).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("quality must be 1..100"),
+                "{err:#}"
+            );
+        }
+    }
+
+    #[test]
     fn source_allow_takes_addresses_for_tcp_listen_only() {
         let c = Config::load(Args::parse_from([
             "peregrine",

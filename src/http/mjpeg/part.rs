@@ -179,7 +179,7 @@ mod tests {
         .concat();
         assert_eq!(
             part,
-            "--boundarydonotcross\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\
+            "--boundarydonotcross\r\nContent-Type: image/jpeg\r\nContent-Length: 8\r\n\
              X-Timestamp: 1700000000.123456\r\n\r\n<jpeg>\r\n--boundarydonotcross\r\n"
         );
     }
