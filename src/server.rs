@@ -17,6 +17,7 @@ use crate::config::{usage_error, Config, SourceSpec, StreamConfig};
 use crate::http;
 use crate::janus::{JanusConfig, JanusServer, SecureListen};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
+use crate::media::jpeg_tap::{JpegTap, TapConfig};
 use crate::media::{Hub, Stream, Streams};
 use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
@@ -65,15 +66,26 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let stop_source = Arc::new(AtomicBool::new(false));
     let mut running = Vec::new();
     let mut threads = Vec::new();
+    let mut jpeg_taps = Vec::new();
     for stream_cfg in cfg.stream_configs() {
         let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
         let status = StatusHandle::new(&stream_cfg.source, "no_signal");
+        // Made before the source: a JPEG camera hands its pictures to it directly.
+        let jpeg_tap = JpegTap::new(
+            stream_cfg.name.clone(),
+            hub.clone(),
+            TapConfig {
+                quality: cfg.jpeg_quality,
+                max_fps: stream_cfg.video.fps,
+            },
+        );
         threads.push(
             start_source(
                 &stream_cfg,
                 hub.clone(),
                 status.clone(),
                 stop_source.clone(),
+                &jpeg_tap,
             )
             .with_context(|| format!("stream {:?}", stream_cfg.name))?,
         );
@@ -85,6 +97,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         )?);
         let kind = stream_cfg.spec.kind();
         let stream = Stream::new(stream_cfg.name, hub, stream_cfg.video.fps);
+        jpeg_taps.push((stream.clone(), jpeg_tap));
         running.push(StreamInput {
             stream,
             status,
@@ -119,6 +132,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             transcode_kbps: cfg.jsmpeg_bitrate_kbps,
         },
     );
+    let mjpeg = http::mjpeg::Mjpeg::new(streams.clone(), jpeg_taps);
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
 
@@ -132,6 +146,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let hub = hub.clone();
         let engine = engine.clone();
         let relay = relay.clone();
+        let mjpeg = mjpeg.clone();
         Arc::new(move || {
             let rtc = engine.stats();
             let streams: serde_json::Map<_, _> = running
@@ -154,6 +169,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
                 "rtc": rtc,
                 "janus": janus_status.counts(),
                 "relay": relay.stats(),
+                "mjpeg": mjpeg.stats(),
             })
         })
     };
@@ -176,7 +192,8 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let main_router = http::router(state_fn)
         .merge(crate::metrics::routes(metrics))
         .merge(main_routes)
-        .merge(relay.routes());
+        .merge(relay.routes())
+        .merge(mjpeg.routes());
     // Basic auth outermost: nothing, not even an Origin refusal, without the password.
     let main_router = crate::access::basic::guard(
         crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),
@@ -299,14 +316,18 @@ fn start_source(
     hub: Arc<Hub>,
     status: StatusHandle,
     stop: Arc<AtomicBool>,
+    jpeg_tap: &Arc<JpegTap>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
-    let (source, runner) = make_source(cfg)?;
+    let (source, runner) = make_source(cfg, jpeg_tap)?;
     Ok(Some(runner::spawn(source, runner, hub, status, stop)?))
 }
 
 /// The source `cfg.spec` names, and how the runner makes pictures for it. What the
 /// configuration can fix (a file that cannot be used, a port in use) fails here.
-fn make_source(cfg: &StreamConfig) -> Result<(Box<dyn Source>, RunnerConfig)> {
+fn make_source(
+    cfg: &StreamConfig,
+    jpeg_tap: &Arc<JpegTap>,
+) -> Result<(Box<dyn Source>, RunnerConfig)> {
     let camera = CameraConfig::new(cfg.video);
     let byte_stream = ByteStreamConfig {
         video: cfg.video,
@@ -337,7 +358,8 @@ fn make_source(cfg: &StreamConfig) -> Result<(Box<dyn Source>, RunnerConfig)> {
                 format: *format,
                 video: cfg.video,
             });
-            let source = CameraSource::new(&camera, Box::new(opener));
+            let source =
+                CameraSource::new(&camera, Box::new(opener)).with_jpeg_tap(jpeg_tap.clone());
             (Box::new(source), camera.runner())
         }
         SourceSpec::Recording(path) => {
@@ -351,7 +373,8 @@ fn make_source(cfg: &StreamConfig) -> Result<(Box<dyn Source>, RunnerConfig)> {
                 "replaying a camera recording through the camera pipeline"
             );
             let (opener, _) = ReplayOpener::new(recording, cfg.video.fps, &[]);
-            let source = CameraSource::new(&camera, Box::new(opener));
+            let source =
+                CameraSource::new(&camera, Box::new(opener)).with_jpeg_tap(jpeg_tap.clone());
             (Box::new(source), camera.runner())
         }
         SourceSpec::Memsink { name } => {

@@ -282,6 +282,10 @@ pub struct Args {
     /// Frames between keyframes (for sources peregrine encodes). [default: 60]
     #[arg(long, value_name = "FRAMES", help_heading = "Encoder")]
     pub h264_gop: Option<u32>,
+    /// JPEG quality of `/stream` and `/snapshot` (1..100) for sources peregrine encodes
+    /// as JPEG; a camera's own JPEG is passed on as it is. [default: 80]
+    #[arg(long, value_name = "N", help_heading = "Encoder")]
+    pub quality: Option<u8>,
 
     /// Delay before the test pattern's first picture after a viewer appears, like a
     /// camera warming up (exercises clients' retry-on-503 paths). [default: 0]
@@ -516,6 +520,8 @@ pub struct Config {
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
     pub jsmpeg_bitrate_kbps: u32,
+    /// JPEG quality of the MJPEG output, 1..=100.
+    pub jpeg_quality: u8,
     pub h264_sink: Option<String>,
     pub h264_sink_mode: u32,
     pub h264_sink_rm: bool,
@@ -594,6 +600,7 @@ impl Default for Config {
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
             jsmpeg_bitrate_kbps: 1500,
+            jpeg_quality: crate::media::jpeg::DEFAULT_QUALITY,
             h264_sink: None,
             h264_sink_mode: 0o660,
             h264_sink_rm: false,
@@ -797,6 +804,10 @@ impl Config {
         set!(jsmpeg_header <- jsmpeg_header);
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
+        set!(jpeg_quality <- quality);
+        if !(1..=100).contains(&self.jpeg_quality) {
+            bail!("quality must be 1..100, got {}", self.jpeg_quality);
+        }
         if let Some(secret) = a.jsmpeg_secret {
             if !secret.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
                 bail!("jsmpeg_secret must be printable ASCII without '/' or spaces");
@@ -1431,6 +1442,20 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{err:#}").contains("resolution"), "{err:#}");
+    }
+
+    #[test]
+    fn jpeg_quality_is_1_to_100_and_80_by_default() {
+        assert_eq!(Config::load(Args::default()).unwrap().jpeg_quality, 80);
+        let c = Config::load(Args::parse_from(["peregrine", "--quality", "95"])).unwrap();
+        assert_eq!(c.jpeg_quality, 95);
+        for bad in ["0", "101"] {
+            let err = Config::load(Args::parse_from(["peregrine", "--quality", bad])).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("quality must be 1..100"),
+                "{err:#}"
+            );
+        }
     }
 
     #[test]

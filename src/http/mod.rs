@@ -1,4 +1,7 @@
-//! The main HTTP port: the bundled viewer page and `/state`.
+//! The main HTTP port: the bundled viewer page and `/state`; µStreamer's MJPEG output
+//! ([`mjpeg`]).
+
+pub mod mjpeg;
 
 use std::sync::Arc;
 

@@ -6,6 +6,8 @@ pub mod clock;
 pub mod encoder;
 pub mod h264;
 pub mod hub;
+pub mod jpeg;
+pub mod jpeg_tap;
 pub mod limits;
 pub mod picture;
 pub mod refchain;

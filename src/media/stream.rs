@@ -32,14 +32,17 @@ pub enum Output {
     Jsmpeg,
     /// A PiKVM Direct H.264 (`/api/media/ws`) client with video started.
     Direct,
+    /// A µStreamer-style MJPEG `/stream` client.
+    Mjpeg,
 }
 
 impl Output {
-    pub const ALL: [Output; 4] = [
+    pub const ALL: [Output; 5] = [
         Output::WebRtc,
         Output::H264Ws,
         Output::Jsmpeg,
         Output::Direct,
+        Output::Mjpeg,
     ];
 
     /// The `transport` label of metrics.
@@ -49,6 +52,7 @@ impl Output {
             Output::H264Ws => "h264ws",
             Output::Jsmpeg => "jsmpeg",
             Output::Direct => "direct",
+            Output::Mjpeg => "mjpeg",
         }
     }
 }

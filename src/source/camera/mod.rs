@@ -8,6 +8,9 @@
 //! the newest raw picture, so when encoding falls behind older pictures are dropped
 //! rather than queued, and delay does not grow.
 //!
+//! A camera that delivers JPEG also hands each picture, untouched, to its stream's
+//! [`JpegTap`] while MJPEG clients want pictures (no decoding, no encoding for them).
+//!
 //! A device that fails or disappears is closed and, by the runner, opened again with
 //! backoff, forever (µStreamer's `--persistent`); viewers stay connected and see NO
 //! SIGNAL meanwhile.
@@ -18,17 +21,20 @@ pub mod replay;
 pub mod v4l2;
 
 use std::collections::VecDeque;
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use self::convert::Converter;
-use self::device::{CaptureDevice, DeviceError, DeviceOpener, Negotiated};
+use self::device::{CaptureDevice, DeviceError, DeviceOpener, Negotiated, PixelFormat};
 use super::annexb::AnnexBSplitter;
 use super::lifecycle::StatusHandle;
 use super::pattern::I420Frame;
 use super::runner::{self, Closing, Demand, Next, RunnerConfig, Source};
 use crate::media::VideoSettings;
+use crate::media::jpeg_tap::JpegTap;
 use crate::media::{Hub, Picture};
 
 #[derive(Clone, Debug)]
@@ -90,6 +96,8 @@ pub struct CameraSource {
     capture: Option<std::thread::JoinHandle<()>>,
     /// The raw picture lent to the runner, given back for reuse at the next call.
     lent: Option<I420Frame>,
+    /// Where a JPEG camera's own pictures go.
+    jpeg_tap: Option<Arc<JpegTap>>,
 }
 
 impl CameraSource {
@@ -101,7 +109,14 @@ impl CameraSource {
             shared: Arc::default(),
             capture: None,
             lent: None,
+            jpeg_tap: None,
         }
+    }
+
+    /// Hand a JPEG camera's pictures to `tap` as they are, while it has clients.
+    pub fn with_jpeg_tap(mut self, tap: Arc<JpegTap>) -> CameraSource {
+        self.jpeg_tap = Some(tap);
+        self
     }
 
     pub fn counters(&self) -> &Arc<CameraCounters> {
@@ -135,6 +150,7 @@ impl Source for CameraSource {
             device,
             shared: self.shared.clone(),
             counters: self.counters.clone(),
+            jpeg_tap: self.jpeg_tap.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("camera-capture".into())
@@ -265,6 +281,7 @@ struct Capture {
     device: Box<dyn CaptureDevice>,
     shared: Arc<Shared>,
     counters: Arc<CameraCounters>,
+    jpeg_tap: Option<Arc<JpegTap>>,
 }
 
 /// A device answers the force-key-frame control a few pictures later; the control is
@@ -275,13 +292,25 @@ const BAD_FRAMES_LOST: u32 = 30;
 
 impl Capture {
     fn run(&mut self) {
-        if let Err(e) = self.stream() {
+        // A JPEG camera feeds the MJPEG clients itself while it is open.
+        let passthrough = self
+            .jpeg_tap
+            .clone()
+            .filter(|_| self.device.negotiated().format == PixelFormat::Mjpeg);
+        if let Some(tap) = &passthrough {
+            tap.set_direct(true);
+        }
+        let result = self.stream(passthrough.as_deref());
+        if let Some(tap) = &passthrough {
+            tap.set_direct(false);
+        }
+        if let Err(e) = result {
             self.shared.handover.put(Delivery::Lost(e.to_string()));
         }
     }
 
     /// Capture until the source closes (Ok) or the device fails (Err).
-    fn stream(&mut self) -> Result<(), DeviceError> {
+    fn stream(&mut self, passthrough: Option<&JpegTap>) -> Result<(), DeviceError> {
         let negotiated = self.device.negotiated();
         let is_h264 = negotiated.format.is_h264();
         let mut converter = Converter::new();
@@ -293,6 +322,14 @@ impl Capture {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let frame = self.device.next_frame()?;
             self.counters.captured.fetch_add(1, Ordering::Relaxed);
+            if let Some(tap) = passthrough.filter(|tap| tap.has_clients()) {
+                // Only what looks like a JPEG picture; a broken one is counted below
+                // when it is converted, or dropped here unseen.
+                if frame.data.starts_with(&[0xFF, 0xD8]) {
+                    let size = (negotiated.width, negotiated.height);
+                    tap.publish_direct(Bytes::copy_from_slice(frame.data), size, frame.capture_us);
+                }
+            }
             if !self.shared.watching.load(Ordering::Relaxed) {
                 watching = false;
                 continue;
