@@ -443,8 +443,8 @@ impl RateGate {
 mod tests {
     use super::*;
     use crate::media::encoder::H264Encoder;
-    use crate::media::VideoSettings;
     use crate::media::yuv::I420Frame;
+    use crate::media::VideoSettings;
     use std::time::Duration;
 
     fn tap_of(hub: &Arc<Hub>) -> Arc<JpegTap> {

@@ -33,8 +33,8 @@ use super::annexb::AnnexBSplitter;
 use super::lifecycle::StatusHandle;
 use super::pattern::I420Frame;
 use super::runner::{self, Closing, Demand, Next, RunnerConfig, Source};
-use crate::media::VideoSettings;
 use crate::media::jpeg_tap::JpegTap;
+use crate::media::VideoSettings;
 use crate::media::{Hub, Picture};
 
 #[derive(Clone, Debug)]
