@@ -20,6 +20,7 @@ use crate::tls::CertFiles;
 pub mod janus_install;
 mod source_spec;
 pub mod streams;
+pub mod ustreamer;
 
 pub use source_spec::{SourceSpec, SOURCE_FORMS};
 pub use streams::{StreamArgs, StreamConfig};
@@ -46,7 +47,7 @@ pub struct Args {
     pub config: Option<PathBuf>,
 
     /// Address to listen on (HTTP, Janus transports, WebRTC media). [default: 127.0.0.1]
-    #[arg(long, value_name = "IP", help_heading = "Server")]
+    #[arg(long, short = 's', value_name = "IP", help_heading = "Server")]
     pub host: Option<IpAddr>,
     /// Web pages of another host allowed to use the server from a browser (WebSocket
     /// upgrades, the Janus API, CORS on /state), e.g. https://kvm.example:8443;
@@ -84,7 +85,7 @@ pub struct Args {
     )]
     pub allow_ip: Option<Vec<String>>,
     /// HTTP port for the bundled pages and /state. [default: 8080]
-    #[arg(long, value_name = "PORT", help_heading = "Server")]
+    #[arg(long, short = 'p', value_name = "PORT", help_heading = "Server")]
     pub port: Option<u16>,
     /// PEM certificate chain (the server's certificate first): with --tls-key, every TCP
     /// listener (--port, --janus-ws-port, --janus-http-port) serves https:// and wss://
@@ -95,6 +96,35 @@ pub struct Args {
     /// be the same file.
     #[arg(long, value_name = "FILE", help_heading = "Server")]
     pub tls_key: Option<PathBuf>,
+    /// Also serve everything of --port (/state, the pages, the relays, ...) as plain
+    /// HTTP on this unix socket, as µStreamer's --unix (kvmd reads /state there). An
+    /// existing file at the path is refused unless --unix-rm is given.
+    #[arg(long, short = 'U', value_name = "PATH", help_heading = "Server")]
+    pub unix: Option<PathBuf>,
+    /// Remove an existing socket at the --unix path first (a file that is not a socket
+    /// is never removed).
+    #[arg(
+        long,
+        short = 'D',
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Server",
+    )]
+    pub unix_rm: Option<bool>,
+    /// Permissions of the --unix socket, octal (e.g. 660). [default: as the umask leaves them]
+    #[arg(long, short = 'M', value_name = "OCTAL", help_heading = "Server")]
+    pub unix_mode: Option<String>,
+    /// Serve the files of this folder at / instead of the bundled pages (a folder's
+    /// index.html for the folder), as µStreamer's --static; /state and the other
+    /// routes stay. Symbolic links and paths out of the folder are not served.
+    #[arg(long = "static", value_name = "DIR", help_heading = "Server")]
+    #[serde(rename = "static")]
+    pub static_dir: Option<PathBuf>,
+    /// Reported as `instance_id` in /state, as µStreamer's --instance-id (letters,
+    /// digits and . / + _ -). [default: empty]
+    #[arg(long, value_name = "ID", help_heading = "Server")]
+    pub instance_id: Option<String>,
     /// Janus API WebSocket transport port (subprotocol janus-protocol). [default: 8188]
     #[arg(long, value_name = "PORT", help_heading = "Janus API")]
     pub janus_ws_port: Option<u16>,
@@ -256,11 +286,11 @@ pub struct Args {
     )]
     pub source_allow: Option<Vec<IpAddr>>,
     /// V4L2 capture device. [default: /dev/video0]
-    #[arg(long, value_name = "PATH", help_heading = "Input")]
+    #[arg(long, short = 'd', value_name = "PATH", help_heading = "Input")]
     pub device: Option<PathBuf>,
     /// Camera pixel format: auto (the camera's own H.264 if it has one, else MJPEG,
     /// YUYV, NV12, YU12) or one of those. [default: auto]
-    #[arg(long, value_name = "FORMAT", help_heading = "Input")]
+    #[arg(long, short = 'm', value_name = "FORMAT", help_heading = "Input")]
     pub format: Option<String>,
     /// List the V4L2 devices and exit.
     #[arg(long, help_heading = "Input")]
@@ -271,10 +301,10 @@ pub struct Args {
     #[serde(skip)]
     pub list_formats: bool,
     /// Picture size WIDTHxHEIGHT. [default: 1280x720]
-    #[arg(long, value_name = "WxH", help_heading = "Input")]
+    #[arg(long, short = 'r', value_name = "WxH", help_heading = "Input")]
     pub resolution: Option<String>,
     /// Frames per second. [default: 30]
-    #[arg(long, value_name = "FPS", help_heading = "Input")]
+    #[arg(long, short = 'f', value_name = "FPS", help_heading = "Input")]
     pub desired_fps: Option<u32>,
     /// H.264 bitrate in kbit/s (for sources peregrine encodes). [default: 2000]
     #[arg(long, value_name = "KBPS", help_heading = "Encoder")]
@@ -401,6 +431,17 @@ pub struct Args {
     pub stream: Vec<StreamArgs>,
 }
 
+/// The command line: [`Args`] and the µStreamer flags of [`ustreamer::FLAGS`] that were
+/// given and are honoured; an error names a µStreamer flag that is not. `--help`,
+/// `--version` and clap's own usage errors exit here, as [`Parser::parse`] does.
+pub fn parse_command_line() -> Result<(Args, Vec<&'static str>)> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ustreamer::with_flags(Args::command()).get_matches();
+    let honoured = ustreamer::check(&matches)?;
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    Ok((args, honoured))
+}
+
 /// Shown after the flags in `--help`; every line starting with `peregrine` is checked
 /// to parse by the tests.
 const EXAMPLES: &str = "\
@@ -508,6 +549,14 @@ pub struct Config {
     pub source_allow: Vec<IpAddr>,
     /// `--allow-origin` entries, checked at load.
     pub allow_origin: Vec<String>,
+    /// The main port's routes also on this unix socket (`--unix`).
+    pub unix: Option<PathBuf>,
+    pub unix_rm: bool,
+    /// `None`: left as the umask makes it.
+    pub unix_mode: Option<u32>,
+    /// Files served at / instead of the bundled pages (`--static`).
+    pub static_dir: Option<PathBuf>,
+    pub instance_id: String,
     /// HTTP Basic authentication of the main port (`--user`, `--passwd`).
     pub basic_auth: Option<Credentials>,
     /// Addresses allowed to connect anywhere; empty: all.
@@ -593,6 +642,11 @@ impl Default for Config {
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
             source_allow: Vec::new(),
             allow_origin: Vec::new(),
+            unix: None,
+            unix_rm: false,
+            unix_mode: None,
+            static_dir: None,
+            instance_id: String::new(),
             basic_auth: None,
             allow_ip: IpList::default(),
             janus_ws_allow_ip: IpList::default(),
@@ -692,6 +746,7 @@ impl Config {
         }
         self.apply_admin(&a)?;
         self.apply_access(&a)?;
+        self.apply_ustreamer_http(&a)?;
         // A port or socket given by a later layer turns a transport on again.
         if a.janus_ws_port.is_some() || a.janus_ws_unix.is_some() {
             self.janus_ws_off = false;
@@ -943,6 +998,41 @@ impl Config {
 }
 
 impl Config {
+    /// µStreamer's HTTP server keys: `unix*`, `static`, `instance_id`.
+    fn apply_ustreamer_http(&mut self, a: &Args) -> Result<()> {
+        if let Some(path) = &a.unix {
+            if path.as_os_str().is_empty() {
+                bail!("unix must be a path, got an empty one");
+            }
+            self.unix = Some(path.clone());
+        }
+        if let Some(rm) = a.unix_rm {
+            self.unix_rm = rm;
+        }
+        if let Some(mode) = &a.unix_mode {
+            self.unix_mode = Some(crate::janus::listen::parse_mode(mode).ok_or_else(|| {
+                anyhow!("unix_mode must be octal permissions like 660, got {mode:?}")
+            })?);
+        }
+        if let Some(dir) = &a.static_dir {
+            if !dir.is_dir() {
+                bail!("static {} is not a folder", dir.display());
+            }
+            self.static_dir = Some(dir.clone());
+        }
+        if let Some(id) = &a.instance_id {
+            // µStreamer's rule: it goes into JSON and file names unescaped.
+            if !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"./+_-".contains(&b))
+            {
+                bail!("instance_id may hold letters, digits and . / + _ - only, got {id:?}");
+            }
+            self.instance_id = id.clone();
+        }
+        Ok(())
+    }
+
     /// The Admin API's keys.
     fn apply_admin(&mut self, a: &Args) -> Result<()> {
         if let Some(secret) = &a.janus_admin_secret {
