@@ -59,6 +59,12 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if config.exit_on_parent_death {
+        if let Err(err) = peregrine::sys::process::stop_with_parent() {
+            eprintln!("peregrine: --exit-on-parent-death: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

@@ -166,6 +166,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let state = Arc::new(http::StateReporter {
         started,
         instance_id: cfg.instance_id.clone(),
+        fake_resolution: cfg
+            .fake_resolution
+            .map(|(width, height)| Resolution { width, height }),
         encoder: EncoderState::default(),
         streams: facts,
         engine: engine.clone(),

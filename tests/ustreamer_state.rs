@@ -56,7 +56,10 @@ fn kvmd_reads(body: &[u8]) -> Result<Value> {
     assert!(res["width"].is_u64() && res["height"].is_u64(), "{ss}");
     assert!(ss["encoder"]["quality"].is_u64(), "{ss}");
     assert!(ss["encoder"]["type"].is_string(), "{ss}");
-    assert!(ss["h264"]["bitrate"].is_u64() && ss["h264"]["gop"].is_u64(), "{ss}");
+    assert!(
+        ss["h264"]["bitrate"].is_u64() && ss["h264"]["gop"].is_u64(),
+        "{ss}"
+    );
     // web/share/js/kvm/stream_*.js: source.online, stream.clients_stat[id].fps.
     assert!(ss["source"]["online"].is_boolean(), "{ss}");
     assert!(ss["source"]["captured_fps"].is_u64(), "{ss}");
@@ -136,7 +139,10 @@ async fn kvmd_reads_state_over_the_unix_socket() -> Result<()> {
     };
     watcher.abort();
     let fps = ss["source"]["captured_fps"].as_u64().unwrap_or(0);
-    assert!((5..=20).contains(&fps), "captured_fps {fps} for 15 asked: {ss}");
+    assert!(
+        (5..=20).contains(&fps),
+        "captured_fps {fps} for 15 asked: {ss}"
+    );
     assert_eq!(ss["h264"]["online"], Value::Bool(true));
     assert_eq!(ss["source"]["resolution"]["width"], 640);
     assert_eq!(ss["source"]["resolution"]["height"], 480);
@@ -152,7 +158,14 @@ async fn kvmd_reads_state_over_the_unix_socket() -> Result<()> {
 /// Runs the binary with `args` until it exits (at most 20 s); its status and stderr.
 fn run_to_exit(args: &[&str]) -> Result<(Option<i32>, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_peregrine"))
-        .args(["--host", "127.0.0.1", "--udp-port-range", "0", "--source", "testsrc"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--udp-port-range",
+            "0",
+            "--source",
+            "testsrc",
+        ])
         .args(["--port", &free_port().to_string()])
         .args(["--janus-ws-port", &free_port().to_string()])
         .args(["--janus-http-port", &free_port().to_string()])
@@ -171,7 +184,10 @@ fn run_to_exit(args: &[&str]) -> Result<(Option<i32>, String)> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output()?;
-    Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into()))
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    ))
 }
 
 #[tokio::test]
@@ -184,13 +200,28 @@ async fn an_existing_unix_path_is_refused_unless_unix_rm() -> Result<()> {
 
     let (code, stderr) = run_to_exit(&["--unix", socket_arg])?;
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains(socket_arg) && stderr.contains("--unix-rm"), "{stderr}");
+    assert!(
+        stderr.contains(socket_arg) && stderr.contains("--unix-rm"),
+        "{stderr}"
+    );
     assert!(socket.exists(), "refused, the file stays");
 
-    let server = Server::start(&["--unix", socket_arg, "--unix-rm"]).await?;
+    let server = Server::start(&[
+        "--unix",
+        socket_arg,
+        "--unix-rm",
+        "--fake-resolution",
+        "1920x1080",
+    ])
+    .await?;
     let (status, body) = curl_unix(&socket, "/state")?;
     assert_eq!(status, 200);
-    kvmd_reads(&body)?;
+    let doc = kvmd_reads(&body)?;
+    let res = &doc["result"]["source"]["resolution"];
+    assert_eq!(
+        (&res["width"], &res["height"]),
+        (&1920.into(), &1080.into())
+    );
     drop(server);
 
     // A file that is not a socket is never removed, --unix-rm or not.
@@ -219,14 +250,21 @@ async fn static_serves_a_folder_in_place_of_the_bundled_pages() -> Result<()> {
     let reply = raw_request(port, "GET", "/", &[("Connection", "close")]).await?;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, b"<p>my kvm page</p>");
-    assert!(reply.head.to_ascii_lowercase().contains("content-type: text/html"));
+    assert!(reply
+        .head
+        .to_ascii_lowercase()
+        .contains("content-type: text/html"));
     let reply = raw_request(port, "GET", "/js/app.js", &[("Connection", "close")]).await?;
     assert_eq!(reply.status, 200);
     assert!(reply
         .head
         .to_ascii_lowercase()
         .contains("content-type: text/javascript"));
-    for escape in ["/../secret.txt", "/%2e%2e/secret.txt", "/js/../../secret.txt"] {
+    for escape in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/js/../../secret.txt",
+    ] {
         let reply = raw_request(port, "GET", escape, &[("Connection", "close")]).await?;
         assert_eq!(reply.status, 404, "{escape}");
         assert!(!String::from_utf8_lossy(&reply.body).contains("outside"));
@@ -254,4 +292,76 @@ fn ustreamer_flags_peregrine_cannot_honour_are_refused_by_name() -> Result<()> {
         assert!(stderr.contains(named), "{args:?}: {stderr}");
     }
     Ok(())
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[tokio::test]
+async fn exit_on_parent_death_stops_with_the_parent() -> Result<()> {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let (ws, http) = (free_port().to_string(), free_port().to_string());
+    // A parent shell that starts peregrine, says its pid and waits, as kvmd does.
+    let mut parent = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" "$@" >/dev/null 2>&1 & echo $!; wait"#)
+        .arg(env!("CARGO_BIN_EXE_peregrine"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--udp-port-range",
+            "0",
+            "--source",
+            "testsrc",
+        ])
+        .args([
+            "--port",
+            &port_arg,
+            "--janus-ws-port",
+            &ws,
+            "--janus-http-port",
+            &http,
+        ])
+        .arg("--exit-on-parent-death")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = parent.stdout.take().context("no stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let pid: u32 = line.trim().parse().context("no pid from the shell")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_request(port, "GET", "/state", None).await.is_err() {
+        if Instant::now() > deadline || ended(pid) {
+            let _ = parent.kill();
+            bail!("peregrine never answered on {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    parent.kill()?;
+    parent.wait()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ended(pid) {
+        if Instant::now() > deadline {
+            let _ = nix_kill(pid);
+            bail!("peregrine {pid} still runs after its parent ended");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill").arg(pid.to_string()).status()
 }

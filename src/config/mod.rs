@@ -125,6 +125,20 @@ pub struct Args {
     /// digits and . / + _ -). [default: empty]
     #[arg(long, value_name = "ID", help_heading = "Server")]
     pub instance_id: Option<String>,
+    /// Report this size in /state's `result.source.resolution` whatever the source's,
+    /// as µStreamer's --fake-resolution. [default: the source's]
+    #[arg(long, short = 'R', value_name = "WxH", help_heading = "Server")]
+    pub fake_resolution: Option<String>,
+    /// Stop (as on SIGTERM) when the process that started peregrine ends, as
+    /// µStreamer's --exit-on-parent-death (kvmd starts it so).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Server",
+    )]
+    pub exit_on_parent_death: Option<bool>,
     /// Janus API WebSocket transport port (subprotocol janus-protocol). [default: 8188]
     #[arg(long, value_name = "PORT", help_heading = "Janus API")]
     pub janus_ws_port: Option<u16>,
@@ -557,6 +571,9 @@ pub struct Config {
     /// Files served at / instead of the bundled pages (`--static`).
     pub static_dir: Option<PathBuf>,
     pub instance_id: String,
+    /// Reported in `/state` instead of the source's size (`--fake-resolution`).
+    pub fake_resolution: Option<(u32, u32)>,
+    pub exit_on_parent_death: bool,
     /// HTTP Basic authentication of the main port (`--user`, `--passwd`).
     pub basic_auth: Option<Credentials>,
     /// Addresses allowed to connect anywhere; empty: all.
@@ -647,6 +664,8 @@ impl Default for Config {
             unix_mode: None,
             static_dir: None,
             instance_id: String::new(),
+            fake_resolution: None,
+            exit_on_parent_death: false,
             basic_auth: None,
             allow_ip: IpList::default(),
             janus_ws_allow_ip: IpList::default(),
@@ -1029,6 +1048,19 @@ impl Config {
                 bail!("instance_id may hold letters, digits and . / + _ - only, got {id:?}");
             }
             self.instance_id = id.clone();
+        }
+        if let Some(size) = &a.fake_resolution {
+            let (w, h) = size
+                .split_once(['x', 'X'])
+                .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
+                .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+                .ok_or_else(|| {
+                    anyhow!("fake_resolution must be WIDTHxHEIGHT, e.g. 1920x1080, got {size:?}")
+                })?;
+            self.fake_resolution = Some((w, h));
+        }
+        if let Some(on) = a.exit_on_parent_death {
+            self.exit_on_parent_death = on;
         }
         Ok(())
     }

@@ -200,7 +200,12 @@ pub const FLAGS: &[Flag] = &[
         true,
         "the raw memsink is not supported",
     ),
-    refused("raw-sink-rm", None, false, "the raw memsink is not supported"),
+    refused(
+        "raw-sink-rm",
+        None,
+        false,
+        "the raw memsink is not supported",
+    ),
     refused(
         "raw-sink-client-ttl",
         None,
@@ -213,13 +218,13 @@ pub const FLAGS: &[Flag] = &[
         true,
         "the raw memsink is not supported",
     ),
+    refused("v4p", None, false, "the DRM video output is not supported"),
     refused(
-        "v4p",
+        "gpio-device",
         None,
-        false,
-        "the DRM video output is not supported",
+        true,
+        "GPIO signalling is not supported",
     ),
-    refused("gpio-device", None, true, "GPIO signalling is not supported"),
     refused(
         "gpio-consumer-prefix",
         None,
@@ -243,12 +248,6 @@ pub const FLAGS: &[Flag] = &[
         None,
         true,
         "GPIO signalling is not supported",
-    ),
-    refused(
-        "exit-on-parent-death",
-        None,
-        false,
-        "not supported yet; run peregrine under a service manager that stops it",
     ),
     refused(
         "exit-on-device-error",
@@ -283,7 +282,12 @@ pub const FLAGS: &[Flag] = &[
         "the text log is coloured even when it is not a terminal",
     ),
     always("no-log-colors", None, "the text log is never coloured"),
-    refused("features", None, false, "peregrine --version names the build"),
+    refused(
+        "features",
+        None,
+        false,
+        "peregrine --version names the build",
+    ),
 ];
 
 /// `command` with every flag of [`FLAGS`] added, hidden from `--help`.

@@ -148,8 +148,7 @@ mod tests {
     use super::*;
 
     fn site() -> (PathBuf, PathBuf) {
-        let base =
-            std::env::temp_dir().join(format!("peregrine-static-{}", std::process::id()));
+        let base = std::env::temp_dir().join(format!("peregrine-static-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("site");
         std::fs::create_dir_all(root.join("sub")).unwrap();
@@ -170,7 +169,10 @@ mod tests {
         // `..` stops at the root, encoded or not.
         assert_eq!(resolve(&root, "/../secret.txt"), None);
         assert_eq!(resolve(&root, "/%2e%2e/secret.txt"), None);
-        assert_eq!(resolve(&root, "/sub/../../index.html"), Some(real("index.html")));
+        assert_eq!(
+            resolve(&root, "/sub/../../index.html"),
+            Some(real("index.html"))
+        );
         // Links are not followed out, whether to a file or a folder.
         assert_eq!(resolve(&root, "/link.txt"), None);
         assert_eq!(resolve(&root, "/up/secret.txt"), None);

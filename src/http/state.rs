@@ -168,6 +168,8 @@ pub struct StreamFacts {
 pub struct StateReporter {
     pub started: Instant,
     pub instance_id: String,
+    /// Reported instead of every source's size (`--fake-resolution`).
+    pub fake_resolution: Option<Resolution>,
     pub encoder: EncoderState,
     /// The default stream first.
     pub streams: Vec<StreamFacts>,
@@ -186,7 +188,11 @@ impl StateReporter {
                 .iter()
                 .find(|f| f.input.stream.name() == name)
                 .ok_or_else(|| {
-                    UnknownStream(name.chars().take(crate::media::stream::MAX_NAME_LEN).collect())
+                    UnknownStream(
+                        name.chars()
+                            .take(crate::media::stream::MAX_NAME_LEN)
+                            .collect(),
+                    )
                 })?,
         };
         Ok(StateDocument {
@@ -206,7 +212,9 @@ impl StateReporter {
         } else {
             0
         };
-        let resolution = if report.status.width > 0 && report.status.height > 0 {
+        let resolution = if let Some(fake) = self.fake_resolution {
+            fake
+        } else if report.status.width > 0 && report.status.height > 0 {
             Resolution {
                 width: report.status.width,
                 height: report.status.height,
