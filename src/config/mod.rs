@@ -474,6 +474,8 @@ Examples:
   peregrine --host 0.0.0.0 --nat-1-1-ip 203.0.113.7 --udp-port-range 20000-20100
   # debug lines from peregrine, JSON for a log collector
   peregrine --log-level debug --log-format json
+  # as µStreamer for kvmd: the HTTP routes (/state...) also on a unix socket
+  peregrine --unix /run/kvmd/ustreamer.sock --unix-rm --unix-mode 660 --exit-on-parent-death
   # https:// and wss:// only, with a certificate read again on SIGHUP
   peregrine --tls-cert /etc/peregrine/cert.pem --tls-key /etc/peregrine/key.pem
 
@@ -899,9 +901,17 @@ impl Config {
             );
         }
         if let Some(level) = a.log_level {
-            self.log_level = level.parse().map_err(|_| {
-                anyhow!("log_level must be error, warn, info, debug or trace, got {level:?}")
-            })?;
+            self.log_level = match level.trim() {
+                // µStreamer's numbers: info, performance, verbose, debug.
+                "0" | "1" => tracing::Level::INFO,
+                "2" | "3" => tracing::Level::DEBUG,
+                name => name.parse().map_err(|_| {
+                    anyhow!(
+                        "log_level must be error, warn, info, debug or trace (or µStreamer's \
+                         0 to 3), got {level:?}"
+                    )
+                })?,
+            };
             self.log_level_given = true;
         }
         if let Some(format) = a.log_format {
@@ -2185,6 +2195,54 @@ mod tests {
         ] {
             let err = Config::load(Args::parse_from(["peregrine", flag, value])).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn ustreamer_log_levels_are_numbers() {
+        let level = |n: &str| {
+            Config::load(Args::parse_from(["peregrine", "--log-level", n]))
+                .unwrap()
+                .log_level
+        };
+        assert_eq!(level("0"), tracing::Level::INFO);
+        assert_eq!(level("3"), tracing::Level::DEBUG);
+        let err = Config::load(Args::parse_from(["peregrine", "--log-level", "7"])).unwrap_err();
+        assert!(format!("{err:#}").contains("log_level"), "{err:#}");
+    }
+
+    #[test]
+    fn ustreamer_http_keys_parse_and_validate() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "-U",
+            "/run/x.sock",
+            "-D",
+            "-M",
+            "0660",
+            "--instance-id",
+            "kvm.1/a+b_c-d",
+            "-R",
+            "1920x1080",
+            "--exit-on-parent-death",
+        ]))
+        .unwrap();
+        assert_eq!(c.unix.as_deref(), Some(std::path::Path::new("/run/x.sock")));
+        assert!(c.unix_rm && c.exit_on_parent_death);
+        assert_eq!(c.unix_mode, Some(0o660));
+        assert_eq!(c.instance_id, "kvm.1/a+b_c-d");
+        assert_eq!(c.fake_resolution, Some((1920, 1080)));
+        let c = Config::load(Args::default()).unwrap();
+        assert_eq!((c.unix, c.unix_mode, c.static_dir), (None, None, None));
+        for (flag, value, key) in [
+            ("--unix-mode", "rw", "unix_mode"),
+            ("--instance-id", "a b", "instance_id"),
+            ("--instance-id", "\"}", "instance_id"),
+            ("--fake-resolution", "0x10", "fake_resolution"),
+            ("--static", "/nonexistent/folder", "static"),
+        ] {
+            let err = Config::load(Args::parse_from(["peregrine", flag, value])).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{flag} {value}: {err:#}");
         }
     }
 
