@@ -865,7 +865,7 @@ impl Config {
             self.format = match name.to_ascii_lowercase().as_str() {
                 "auto" => None,
                 _ => Some(PixelFormat::parse(&name).ok_or_else(|| {
-                    anyhow!("format must be auto, H264, MJPEG, YUYV, NV12 or YU12, got {name:?}")
+                    anyhow!("format must be auto, H264, MJPEG, YUYV, NV12 or YU12 (YUV420), got {name:?}")
                 })?),
             };
         }
