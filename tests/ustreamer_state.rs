@@ -75,7 +75,11 @@ async fn kvmd_reads_state_over_the_unix_socket() -> Result<()> {
     let dir = temp_dir("state");
     let socket = dir.join("ustreamer.sock");
     let socket_arg = socket.to_str().context("temp path not UTF-8")?;
+    let sink = format!("peregrine-us-{}::h264", std::process::id());
     let server = Server::start(&[
+        "--h264-sink",
+        &sink,
+        "--h264-sink-rm",
         "--unix",
         socket_arg,
         "--unix-mode=0660",
@@ -109,6 +113,7 @@ async fn kvmd_reads_state_over_the_unix_socket() -> Result<()> {
     assert_eq!(ss["h264"]["bitrate"], 500);
     assert_eq!(ss["h264"]["gop"], 30);
     assert_eq!(ss["stream"]["clients"], 0);
+    assert_eq!(ss["sinks"]["h264"]["has_clients"], Value::Bool(false), "{ss}");
     // kvmd turns it into "WIDTHxHEIGHT" for its resolution selector.
     let res = &ss["source"]["resolution"];
     assert_eq!(format!("{}x{}", res["width"], res["height"]), "640x480");

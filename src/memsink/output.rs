@@ -86,7 +86,7 @@ async fn run(
     let mut skip_to_key = false;
     let mut last_put: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        readers.store(feeding.is_some(), Ordering::Relaxed);
+        readers.store(writer.has_clients(), Ordering::Relaxed);
         let Some(sub) = feeding.as_mut() else {
             if writer.check(None) {
                 tracing::info!(sink = writer.name(), "memsink has a reader; feeding it");
