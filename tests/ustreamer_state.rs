@@ -113,7 +113,11 @@ async fn kvmd_reads_state_over_the_unix_socket() -> Result<()> {
     assert_eq!(ss["h264"]["bitrate"], 500);
     assert_eq!(ss["h264"]["gop"], 30);
     assert_eq!(ss["stream"]["clients"], 0);
-    assert_eq!(ss["sinks"]["h264"]["has_clients"], Value::Bool(false), "{ss}");
+    assert_eq!(
+        ss["sinks"]["h264"]["has_clients"],
+        Value::Bool(false),
+        "{ss}"
+    );
     // kvmd turns it into "WIDTHxHEIGHT" for its resolution selector.
     let res = &ss["source"]["resolution"];
     assert_eq!(format!("{}x{}", res["width"], res["height"]), "640x480");
