@@ -63,13 +63,15 @@ pub fn use_colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// Install the global subscriber, writing to stderr.
-pub fn init(filter: EnvFilter, format: LogFormat) {
+/// Install the global subscriber, writing to stderr; `colour` overrides
+/// [`use_colour`] (µStreamer's `--force-log-colors` and `--no-log-colors`).
+pub fn init(filter: EnvFilter, format: LogFormat, colour: Option<bool>) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let colour = colour.unwrap_or_else(use_colour);
     match format {
-        LogFormat::Text => builder.with_target(false).with_ansi(use_colour()).init(),
+        LogFormat::Text => builder.with_target(false).with_ansi(colour).init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -1,16 +1,28 @@
 //! Exit status: 0 after a clean stop, 2 for a usage or configuration error (clap's own
 //! for bad flags, and [`UsageError`]), 1 for a failure while starting or running.
 
-use clap::Parser;
-
-use peregrine::config::{Args, Config, UsageError};
+use peregrine::config::{self, Config, UsageError};
 use peregrine::logging;
 use peregrine::source::camera::v4l2;
 
 const USAGE: u8 = 2;
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let (args, ustreamer_flags) = match config::parse_command_line() {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            eprintln!("peregrine: {err:#}");
+            return std::process::ExitCode::from(USAGE);
+        }
+    };
+    // With both, no colour.
+    let colour = if ustreamer_flags.contains(&"no-log-colors") {
+        Some(false)
+    } else if ustreamer_flags.contains(&"force-log-colors") {
+        Some(true)
+    } else {
+        None
+    };
     let (list_devices, list_formats) = (args.list_devices, args.list_formats);
     let config = match Config::load(args) {
         Ok(config) => config,
@@ -25,7 +37,7 @@ fn main() -> std::process::ExitCode {
         config.log_level_given,
         rust_log.as_deref(),
     ) {
-        Ok(filter) => logging::init(filter, config.log_format),
+        Ok(filter) => logging::init(filter, config.log_format, colour),
         Err(err) => {
             eprintln!("peregrine: {err:#}");
             return std::process::ExitCode::from(USAGE);
@@ -46,6 +58,12 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         };
+    }
+    if config.exit_on_parent_death {
+        if let Err(err) = peregrine::sys::process::stop_with_parent() {
+            eprintln!("peregrine: --exit-on-parent-death: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -15,6 +15,8 @@ use crate::access::PeerFilter;
 use crate::config::janus_install::SecureTransport;
 use crate::config::{usage_error, Config, SourceSpec, StreamConfig};
 use crate::http;
+use crate::http::state::{EncoderState, Resolution, StreamFacts};
+use crate::janus::listen::{Bound, Existing};
 use crate::janus::{JanusConfig, JanusServer, SecureListen};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::jpeg_tap::{JpegTap, TapConfig};
@@ -29,7 +31,7 @@ use crate::source::bytestream::{ByteStreamConfig, ByteStreamSource, Input};
 use crate::source::camera::replay::{self, ReplayOpener};
 use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
 use crate::source::camera::{CameraConfig, CameraSource};
-use crate::source::lifecycle::{SourceReport, StatusHandle};
+use crate::source::lifecycle::StatusHandle;
 use crate::source::memsink::{MemsinkSource, MemsinkSourceConfig};
 use crate::source::runner::{self, RunnerConfig, Source};
 use crate::source::testsrc::{PatternSource, TestsrcConfig};
@@ -63,8 +65,27 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     for warning in crate::exposure::start_warnings(&cfg) {
         tracing::warn!("{warning}");
     }
+    // As µStreamer's --unix: the same routes, for local clients such as kvmd.
+    let unix = match &cfg.unix {
+        Some(path) => {
+            let existing = if cfg.unix_rm {
+                Existing::Remove
+            } else {
+                Existing::Refuse
+            };
+            let bound = Bound::unix(path, cfg.unix_mode, existing)
+                .await
+                .context("cannot listen on --unix")
+                .map_err(usage_error)?;
+            tracing::info!("HTTP also on {}", bound.describe("http", "/"));
+            Some(bound)
+        }
+        None => None,
+    };
+
     let stop_source = Arc::new(AtomicBool::new(false));
     let mut running = Vec::new();
+    let mut facts = Vec::new();
     let mut threads = Vec::new();
     let mut jpeg_taps = Vec::new();
     for stream_cfg in cfg.stream_configs() {
@@ -89,24 +110,38 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             )
             .with_context(|| format!("stream {:?}", stream_cfg.name))?,
         );
+        let sink_readers = stream_cfg
+            .h264_sink
+            .as_ref()
+            .map(|_| Arc::new(AtomicBool::new(false)));
         threads.push(start_sink(
             &cfg,
             &stream_cfg,
             hub.clone(),
             stop_source.clone(),
+            sink_readers.clone().unwrap_or_default(),
         )?);
         let kind = stream_cfg.spec.kind();
         let stream = Stream::new(stream_cfg.name, hub, stream_cfg.video.fps);
         jpeg_taps.push((stream.clone(), jpeg_tap));
-        running.push(StreamInput {
+        let input = StreamInput {
             stream,
             status,
             kind,
+        };
+        facts.push(StreamFacts {
+            input: input.clone(),
+            configured: Resolution {
+                width: stream_cfg.video.width,
+                height: stream_cfg.video.height,
+            },
+            bitrate_kbps: stream_cfg.video.bitrate_kbps,
+            gop: stream_cfg.video.gop,
+            h264_sink: sink_readers,
         });
+        running.push(input);
     }
     let streams = Streams::new(running.iter().map(|s| s.stream.clone()).collect());
-    let hub = streams.default_stream().hub().clone();
-    let source_status = running[0].status.clone();
 
     let engine = RtcEngine::start(RtcConfig {
         bind: cfg.media_ip(),
@@ -142,37 +177,22 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         relay: relay.clone(),
         janus: janus_status.clone(),
     });
-    let state_fn: http::StateFn = {
-        let hub = hub.clone();
-        let engine = engine.clone();
-        let relay = relay.clone();
-        let mjpeg = mjpeg.clone();
-        Arc::new(move || {
-            let rtc = engine.stats();
-            let streams: serde_json::Map<_, _> = running
-                .iter()
-                .map(|StreamInput { stream, status, .. }| {
-                    let report = StreamReport {
-                        source: SourceReport::new(status.snapshot(), &stream.hub().info()),
-                        viewers: stream.viewers(),
-                    };
-                    (stream.name().to_string(), serde_json::json!(report))
-                })
-                .collect();
-            serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "uptime_s": started.elapsed().as_secs_f64(),
-                "source": SourceReport::new(source_status.snapshot(), &hub.info()),
-                "streams": streams,
-                "viewers": rtc.connected,
-                "rtc": rtc,
-                "janus": janus_status.counts(),
-                "relay": relay.stats(),
-                "mjpeg": mjpeg.stats(),
-            })
-        })
-    };
+    let state = Arc::new(http::StateReporter {
+        started,
+        instance_id: cfg.instance_id.clone(),
+        fake_resolution: cfg
+            .fake_resolution
+            .map(|(width, height)| Resolution { width, height }),
+        encoder: EncoderState {
+            quality: u32::from(cfg.jpeg_quality),
+            ..EncoderState::default()
+        },
+        streams: facts,
+        engine: engine.clone(),
+        relay: relay.clone(),
+        janus: janus_status.clone(),
+        mjpeg: mjpeg.clone(),
+    });
     let addr = SocketAddr::new(cfg.host, cfg.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -189,7 +209,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let until_shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let main_router = http::router(state_fn)
+    let main_router = http::router(state, cfg.static_dir.clone())
         .merge(crate::metrics::routes(metrics))
         .merge(main_routes)
         .merge(relay.routes())
@@ -200,6 +220,19 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         cfg.basic_auth.as_ref(),
     );
     let main_filter = PeerFilter::new("main HTTP port", [cfg.allow_ip.clone()]);
+    let unix_server = {
+        let (router, policy) = (main_router.clone(), janus.conn_policy());
+        let closed = until_shutdown(shutdown.clone());
+        async move {
+            match unix {
+                Some(bound) => bound.serve(router, policy, closed).await,
+                None => {
+                    closed.await;
+                    Ok(())
+                }
+            }
+        }
+    };
     let http_server = crate::serve::serve(
         listener,
         main_router,
@@ -211,6 +244,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
 
     let result = tokio::select! {
         r = http_server => r.context("HTTP server"),
+        r = unix_server => r.context("HTTP server on --unix"),
         r = janus_server => r.context("Janus transports"),
         _ = shutdown.wait_for(|s| *s) => Ok(()),
     };
@@ -223,14 +257,6 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     result
-}
-
-/// `/state`'s entry for one stream.
-#[derive(serde::Serialize)]
-struct StreamReport {
-    source: SourceReport,
-    /// Viewers receiving its pictures, over every output.
-    viewers: usize,
 }
 
 /// Read every certificate peregrine serves (`--tls-cert`, and the Janus config's `wss`
@@ -408,6 +434,7 @@ fn start_sink(
     stream: &StreamConfig,
     hub: Arc<Hub>,
     stop: Arc<AtomicBool>,
+    readers: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
     let Some(name) = &stream.h264_sink else {
         return Ok(None);
@@ -419,11 +446,12 @@ fn start_sink(
         client_ttl: std::time::Duration::from_secs(cfg.h264_sink_client_ttl_s),
         timeout: std::time::Duration::from_secs(cfg.h264_sink_timeout_s),
     };
-    Ok(Some(memsink_output::spawn(
+    Ok(Some(memsink_output::spawn_reporting(
         sink,
         stream.video.gop,
         hub,
         stop,
+        readers,
     )?))
 }
 

@@ -20,6 +20,7 @@ use crate::tls::CertFiles;
 pub mod janus_install;
 mod source_spec;
 pub mod streams;
+pub mod ustreamer;
 
 pub use source_spec::{SourceSpec, SOURCE_FORMS};
 pub use streams::{StreamArgs, StreamConfig};
@@ -46,7 +47,7 @@ pub struct Args {
     pub config: Option<PathBuf>,
 
     /// Address to listen on (HTTP, Janus transports, WebRTC media). [default: 127.0.0.1]
-    #[arg(long, value_name = "IP", help_heading = "Server")]
+    #[arg(long, short = 's', value_name = "IP", help_heading = "Server")]
     pub host: Option<IpAddr>,
     /// Web pages of another host allowed to use the server from a browser (WebSocket
     /// upgrades, the Janus API, CORS on /state), e.g. https://kvm.example:8443;
@@ -84,7 +85,7 @@ pub struct Args {
     )]
     pub allow_ip: Option<Vec<String>>,
     /// HTTP port for the bundled pages and /state. [default: 8080]
-    #[arg(long, value_name = "PORT", help_heading = "Server")]
+    #[arg(long, short = 'p', value_name = "PORT", help_heading = "Server")]
     pub port: Option<u16>,
     /// PEM certificate chain (the server's certificate first): with --tls-key, every TCP
     /// listener (--port, --janus-ws-port, --janus-http-port) serves https:// and wss://
@@ -95,6 +96,49 @@ pub struct Args {
     /// be the same file.
     #[arg(long, value_name = "FILE", help_heading = "Server")]
     pub tls_key: Option<PathBuf>,
+    /// Also serve everything of --port (/state, the pages, the relays, ...) as plain
+    /// HTTP on this unix socket, as µStreamer's --unix (kvmd reads /state there). An
+    /// existing file at the path is refused unless --unix-rm is given.
+    #[arg(long, short = 'U', value_name = "PATH", help_heading = "Server")]
+    pub unix: Option<PathBuf>,
+    /// Remove an existing socket at the --unix path first (a file that is not a socket
+    /// is never removed).
+    #[arg(
+        long,
+        short = 'D',
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Server",
+    )]
+    pub unix_rm: Option<bool>,
+    /// Permissions of the --unix socket, octal (e.g. 660). [default: as the umask leaves them]
+    #[arg(long, short = 'M', value_name = "OCTAL", help_heading = "Server")]
+    pub unix_mode: Option<String>,
+    /// Serve the files of this folder at / instead of the bundled pages (a folder's
+    /// index.html for the folder), as µStreamer's --static; /state and the other
+    /// routes stay. Symbolic links and paths out of the folder are not served.
+    #[arg(long = "static", value_name = "DIR", help_heading = "Server")]
+    #[serde(rename = "static")]
+    pub static_dir: Option<PathBuf>,
+    /// Reported as `instance_id` in /state, as µStreamer's --instance-id (letters,
+    /// digits and . / + _ -). [default: empty]
+    #[arg(long, value_name = "ID", help_heading = "Server")]
+    pub instance_id: Option<String>,
+    /// Report this size in /state's `result.source.resolution` whatever the source's,
+    /// as µStreamer's --fake-resolution. [default: the source's]
+    #[arg(long, short = 'R', value_name = "WxH", help_heading = "Server")]
+    pub fake_resolution: Option<String>,
+    /// Stop (as on SIGTERM) when the process that started peregrine ends, as
+    /// µStreamer's --exit-on-parent-death (kvmd starts it so).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Server",
+    )]
+    pub exit_on_parent_death: Option<bool>,
     /// Janus API WebSocket transport port (subprotocol janus-protocol). [default: 8188]
     #[arg(long, value_name = "PORT", help_heading = "Janus API")]
     pub janus_ws_port: Option<u16>,
@@ -256,11 +300,11 @@ pub struct Args {
     )]
     pub source_allow: Option<Vec<IpAddr>>,
     /// V4L2 capture device. [default: /dev/video0]
-    #[arg(long, value_name = "PATH", help_heading = "Input")]
+    #[arg(long, short = 'd', value_name = "PATH", help_heading = "Input")]
     pub device: Option<PathBuf>,
     /// Camera pixel format: auto (the camera's own H.264 if it has one, else MJPEG,
     /// YUYV, NV12, YU12) or one of those. [default: auto]
-    #[arg(long, value_name = "FORMAT", help_heading = "Input")]
+    #[arg(long, short = 'm', value_name = "FORMAT", help_heading = "Input")]
     pub format: Option<String>,
     /// List the V4L2 devices and exit.
     #[arg(long, help_heading = "Input")]
@@ -271,10 +315,10 @@ pub struct Args {
     #[serde(skip)]
     pub list_formats: bool,
     /// Picture size WIDTHxHEIGHT. [default: 1280x720]
-    #[arg(long, value_name = "WxH", help_heading = "Input")]
+    #[arg(long, short = 'r', value_name = "WxH", help_heading = "Input")]
     pub resolution: Option<String>,
     /// Frames per second. [default: 30]
-    #[arg(long, value_name = "FPS", help_heading = "Input")]
+    #[arg(long, short = 'f', value_name = "FPS", help_heading = "Input")]
     pub desired_fps: Option<u32>,
     /// H.264 bitrate in kbit/s (for sources peregrine encodes). [default: 2000]
     #[arg(long, value_name = "KBPS", help_heading = "Encoder")]
@@ -284,7 +328,7 @@ pub struct Args {
     pub h264_gop: Option<u32>,
     /// JPEG quality of `/stream` and `/snapshot` (1..100) for sources peregrine encodes
     /// as JPEG; a camera's own JPEG is passed on as it is. [default: 80]
-    #[arg(long, value_name = "N", help_heading = "Encoder")]
+    #[arg(long, short = 'q', value_name = "N", help_heading = "Encoder")]
     pub quality: Option<u8>,
 
     /// Delay before the test pattern's first picture after a viewer appears, like a
@@ -405,6 +449,17 @@ pub struct Args {
     pub stream: Vec<StreamArgs>,
 }
 
+/// The command line: [`Args`] and the µStreamer flags of [`ustreamer::FLAGS`] that were
+/// given and are honoured; an error names a µStreamer flag that is not. `--help`,
+/// `--version` and clap's own usage errors exit here, as [`Parser::parse`] does.
+pub fn parse_command_line() -> Result<(Args, Vec<&'static str>)> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ustreamer::with_flags(Args::command()).get_matches();
+    let honoured = ustreamer::check(&matches)?;
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    Ok((args, honoured))
+}
+
 /// Shown after the flags in `--help`; every line starting with `peregrine` is checked
 /// to parse by the tests.
 const EXAMPLES: &str = "\
@@ -423,6 +478,8 @@ Examples:
   peregrine --host 0.0.0.0 --nat-1-1-ip 203.0.113.7 --udp-port-range 20000-20100
   # debug lines from peregrine, JSON for a log collector
   peregrine --log-level debug --log-format json
+  # as µStreamer for kvmd: the HTTP routes (/state...) also on a unix socket
+  peregrine --unix /run/kvmd/ustreamer.sock --unix-rm --unix-mode 660 --exit-on-parent-death
   # https:// and wss:// only, with a certificate read again on SIGHUP
   peregrine --tls-cert /etc/peregrine/cert.pem --tls-key /etc/peregrine/key.pem
 
@@ -509,6 +566,17 @@ pub struct Config {
     pub source_allow: Vec<IpAddr>,
     /// `--allow-origin` entries, checked at load.
     pub allow_origin: Vec<String>,
+    /// The main port's routes also on this unix socket (`--unix`).
+    pub unix: Option<PathBuf>,
+    pub unix_rm: bool,
+    /// `None`: left as the umask makes it.
+    pub unix_mode: Option<u32>,
+    /// Files served at / instead of the bundled pages (`--static`).
+    pub static_dir: Option<PathBuf>,
+    pub instance_id: String,
+    /// Reported in `/state` instead of the source's size (`--fake-resolution`).
+    pub fake_resolution: Option<(u32, u32)>,
+    pub exit_on_parent_death: bool,
     /// HTTP Basic authentication of the main port (`--user`, `--passwd`).
     pub basic_auth: Option<Credentials>,
     /// Addresses allowed to connect anywhere; empty: all.
@@ -592,6 +660,13 @@ impl Default for Config {
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
             source_allow: Vec::new(),
             allow_origin: Vec::new(),
+            unix: None,
+            unix_rm: false,
+            unix_mode: None,
+            static_dir: None,
+            instance_id: String::new(),
+            fake_resolution: None,
+            exit_on_parent_death: false,
             basic_auth: None,
             allow_ip: IpList::default(),
             janus_ws_allow_ip: IpList::default(),
@@ -692,6 +767,7 @@ impl Config {
         }
         self.apply_admin(&a)?;
         self.apply_access(&a)?;
+        self.apply_ustreamer_http(&a)?;
         // A port or socket given by a later layer turns a transport on again.
         if a.janus_ws_port.is_some() || a.janus_ws_unix.is_some() {
             self.janus_ws_off = false;
@@ -789,7 +865,7 @@ impl Config {
             self.format = match name.to_ascii_lowercase().as_str() {
                 "auto" => None,
                 _ => Some(PixelFormat::parse(&name).ok_or_else(|| {
-                    anyhow!("format must be auto, H264, MJPEG, YUYV, NV12 or YU12, got {name:?}")
+                    anyhow!("format must be auto, H264, MJPEG, YUYV, NV12 or YU12 (YUV420), got {name:?}")
                 })?),
             };
         }
@@ -829,9 +905,17 @@ impl Config {
             );
         }
         if let Some(level) = a.log_level {
-            self.log_level = level.parse().map_err(|_| {
-                anyhow!("log_level must be error, warn, info, debug or trace, got {level:?}")
-            })?;
+            self.log_level = match level.trim() {
+                // µStreamer's numbers: info, performance, verbose, debug.
+                "0" | "1" => tracing::Level::INFO,
+                "2" | "3" => tracing::Level::DEBUG,
+                name => name.parse().map_err(|_| {
+                    anyhow!(
+                        "log_level must be error, warn, info, debug or trace (or µStreamer's \
+                         0 to 3), got {level:?}"
+                    )
+                })?,
+            };
             self.log_level_given = true;
         }
         if let Some(format) = a.log_format {
@@ -931,6 +1015,54 @@ impl Config {
 }
 
 impl Config {
+    /// µStreamer's HTTP server keys: `unix*`, `static`, `instance_id`.
+    fn apply_ustreamer_http(&mut self, a: &Args) -> Result<()> {
+        if let Some(path) = &a.unix {
+            if path.as_os_str().is_empty() {
+                bail!("unix must be a path, got an empty one");
+            }
+            self.unix = Some(path.clone());
+        }
+        if let Some(rm) = a.unix_rm {
+            self.unix_rm = rm;
+        }
+        if let Some(mode) = &a.unix_mode {
+            self.unix_mode = Some(crate::janus::listen::parse_mode(mode).ok_or_else(|| {
+                anyhow!("unix_mode must be octal permissions like 660, got {mode:?}")
+            })?);
+        }
+        if let Some(dir) = &a.static_dir {
+            if !dir.is_dir() {
+                bail!("static {} is not a folder", dir.display());
+            }
+            self.static_dir = Some(dir.clone());
+        }
+        if let Some(id) = &a.instance_id {
+            // µStreamer's rule: it goes into JSON and file names unescaped.
+            if !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"./+_-".contains(&b))
+            {
+                bail!("instance_id may hold letters, digits and . / + _ - only, got {id:?}");
+            }
+            self.instance_id = id.clone();
+        }
+        if let Some(size) = &a.fake_resolution {
+            let (w, h) = size
+                .split_once(['x', 'X'])
+                .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
+                .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+                .ok_or_else(|| {
+                    anyhow!("fake_resolution must be WIDTHxHEIGHT, e.g. 1920x1080, got {size:?}")
+                })?;
+            self.fake_resolution = Some((w, h));
+        }
+        if let Some(on) = a.exit_on_parent_death {
+            self.exit_on_parent_death = on;
+        }
+        Ok(())
+    }
+
     /// The Admin API's keys.
     fn apply_admin(&mut self, a: &Args) -> Result<()> {
         if let Some(secret) = &a.janus_admin_secret {
@@ -2071,6 +2203,54 @@ mod tests {
         ] {
             let err = Config::load(Args::parse_from(["peregrine", flag, value])).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn ustreamer_log_levels_are_numbers() {
+        let level = |n: &str| {
+            Config::load(Args::parse_from(["peregrine", "--log-level", n]))
+                .unwrap()
+                .log_level
+        };
+        assert_eq!(level("0"), tracing::Level::INFO);
+        assert_eq!(level("3"), tracing::Level::DEBUG);
+        let err = Config::load(Args::parse_from(["peregrine", "--log-level", "7"])).unwrap_err();
+        assert!(format!("{err:#}").contains("log_level"), "{err:#}");
+    }
+
+    #[test]
+    fn ustreamer_http_keys_parse_and_validate() {
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "-U",
+            "/run/x.sock",
+            "-D",
+            "-M",
+            "0660",
+            "--instance-id",
+            "kvm.1/a+b_c-d",
+            "-R",
+            "1920x1080",
+            "--exit-on-parent-death",
+        ]))
+        .unwrap();
+        assert_eq!(c.unix.as_deref(), Some(std::path::Path::new("/run/x.sock")));
+        assert!(c.unix_rm && c.exit_on_parent_death);
+        assert_eq!(c.unix_mode, Some(0o660));
+        assert_eq!(c.instance_id, "kvm.1/a+b_c-d");
+        assert_eq!(c.fake_resolution, Some((1920, 1080)));
+        let c = Config::load(Args::default()).unwrap();
+        assert_eq!((c.unix, c.unix_mode, c.static_dir), (None, None, None));
+        for (flag, value, key) in [
+            ("--unix-mode", "rw", "unix_mode"),
+            ("--instance-id", "a b", "instance_id"),
+            ("--instance-id", "\"}", "instance_id"),
+            ("--fake-resolution", "0x10", "fake_resolution"),
+            ("--static", "/nonexistent/folder", "static"),
+        ] {
+            let err = Config::load(Args::parse_from(["peregrine", flag, value])).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{flag} {value}: {err:#}");
         }
     }
 

@@ -3,16 +3,19 @@
 
 pub mod mjpeg;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-/// Produces the `/state` document on demand.
-pub type StateFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub mod files;
+pub mod state;
+
+pub use state::StateReporter;
 
 /// The bundled client, embedded at build time so the binary needs no files beside it.
 const PAGES: &[(&str, &str, &str)] = &[
@@ -79,8 +82,19 @@ const PAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-pub fn router(state: StateFn) -> Router {
+/// `/state`, and the bundled pages or, with `static_dir` (`--static`), that folder's
+/// files in their place.
+pub fn router(state: Arc<StateReporter>, static_dir: Option<PathBuf>) -> Router {
     let mut router = Router::new().route("/state", get(serve_state));
+    if let Some(root) = static_dir {
+        let root = Arc::new(root);
+        return router
+            .fallback(move |method: Method, uri: Uri| {
+                let root = root.clone();
+                async move { files::serve(&root, &method, &uri).await }
+            })
+            .with_state(state);
+    }
     for &(path, mime, body) in PAGES {
         router = router.route(
             path,
@@ -98,8 +112,23 @@ pub fn router(state: StateFn) -> Router {
     router.with_state(state)
 }
 
+/// `?stream=NAME` on `/state`; absent: the default stream.
+#[derive(Debug, Default, serde::Deserialize)]
+struct StreamQuery {
+    stream: Option<String>,
+}
+
 /// Readable by allowed pages of other origins: the origin guard turns the `*` into the
 /// page's own origin, or removes it.
-async fn serve_state(State(state): State<StateFn>) -> Response {
-    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(state())).into_response()
+async fn serve_state(State(state): State<Arc<StateReporter>>, uri: Uri) -> Response {
+    let query = match axum::extract::Query::<StreamQuery>::try_from_uri(&uri) {
+        Ok(query) => query.0,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    match state.document(query.stream.as_deref()) {
+        Ok(document) => {
+            ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(document)).into_response()
+        }
+        Err(unknown) => (StatusCode::NOT_FOUND, format!("{unknown}\n")).into_response(),
+    }
 }

@@ -59,13 +59,18 @@ impl Bound {
                 })?;
                 Ok(Some(Bound::Tcp(listener, None)))
             }
-            Listen::Unix { path, mode } => {
-                let listener = bind_unix(path, *mode)
-                    .await
-                    .with_context(|| format!("cannot listen for the {what}"))?;
-                Ok(Some(Bound::Unix(listener, SocketFile(path.clone()))))
-            }
+            Listen::Unix { path, mode } => Bound::unix(path, Some(*mode), Existing::ReplaceStale)
+                .await
+                .with_context(|| format!("cannot listen for the {what}"))
+                .map(Some),
         }
+    }
+
+    /// Bind a unix socket at `path`, given permissions `mode` (`None`: as the umask
+    /// leaves them); `existing` says what becomes of a file already there.
+    pub async fn unix(path: &Path, mode: Option<u32>, existing: Existing) -> Result<Self> {
+        let listener = bind_unix(path, mode, existing).await?;
+        Ok(Bound::Unix(listener, SocketFile(path.to_path_buf())))
     }
 
     /// Serve TLS with `tls` on a TCP listener; a unix socket stays plain (it is
@@ -112,10 +117,22 @@ impl Bound {
     }
 }
 
-/// Bind a unix socket at `path` with permissions `mode`. A socket file left behind by
-/// a process that is gone is replaced; a live socket or any other kind of file is not
-/// touched.
-async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
+/// What binding a unix socket does with a file already at its path. A file that is
+/// not a socket is never touched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Replace a socket nobody listens on (left by a process that is gone); refuse a
+    /// live one. Janus's own behaviour.
+    ReplaceStale,
+    /// Refuse any existing file (µStreamer's `--unix` without `--unix-rm`).
+    Refuse,
+    /// Remove an existing socket, live or not (µStreamer's `--unix-rm`).
+    Remove,
+}
+
+/// Bind a unix socket at `path` with permissions `mode`, dealing with a file already
+/// there as `existing` says.
+async fn bind_unix(path: &Path, mode: Option<u32>, existing: Existing) -> Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => bail!("cannot inspect {}: {e}", path.display()),
@@ -123,22 +140,28 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
             "{} exists and is not a socket; not replacing it (remove it or choose another path)",
             path.display()
         ),
+        Ok(_) if existing == Existing::Refuse => bail!(
+            "{} already exists; remove it, or give --unix-rm to have it removed",
+            path.display()
+        ),
         Ok(_) => {
-            if UnixStream::connect(path).await.is_ok() {
+            if existing == Existing::ReplaceStale && UnixStream::connect(path).await.is_ok() {
                 bail!(
                     "{} is in use: another process is listening on it",
                     path.display()
                 );
             }
             std::fs::remove_file(path)
-                .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
-            tracing::info!(path = %path.display(), "removed a stale socket file");
+                .with_context(|| format!("cannot remove the old socket {}", path.display()))?;
+            tracing::info!(path = %path.display(), "removed an old socket file");
         }
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    }
     Ok(listener)
 }
 
@@ -197,6 +220,26 @@ mod tests {
         let err = Bound::bind(ip, &listen, "test", "key").await.err().unwrap();
         assert!(format!("{err:#}").contains("not a socket"), "{err:#}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn refuse_and_remove_deal_with_any_existing_socket() {
+        let dir = temp_dir("existing");
+        let path = dir.join("ustreamer.sock");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = Bound::unix(&path, None, Existing::Refuse)
+            .await
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("--unix-rm"), "{err:#}");
+        // Removed even while another listener holds it, as µStreamer's --unix-rm does.
+        let bound = Bound::unix(&path, Some(0o600), Existing::Remove)
+            .await
+            .unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        drop((bound, live));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

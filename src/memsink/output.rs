@@ -34,6 +34,17 @@ pub fn spawn(
     hub: Arc<Hub>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    spawn_reporting(cfg, gop, hub, stop, Arc::default())
+}
+
+/// As [`spawn`], keeping `readers` set while the sink has a reader (for `/state`).
+pub fn spawn_reporting(
+    cfg: SinkConfig,
+    gop: u32,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+    readers: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let writer = SinkWriter::open(cfg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -41,7 +52,7 @@ pub fn spawn(
         .context("memsink output runtime")?;
     std::thread::Builder::new()
         .name("memsink-out".into())
-        .spawn(move || runtime.block_on(run(writer, gop, hub, stop)))
+        .spawn(move || runtime.block_on(run(writer, gop, hub, stop, readers)))
         .context("starting the memsink output thread")
 }
 
@@ -63,13 +74,20 @@ fn meta_of(au: &Picture, gop: u32) -> FrameMeta {
     }
 }
 
-async fn run(mut writer: SinkWriter, gop: u32, hub: Arc<Hub>, stop: Arc<AtomicBool>) {
+async fn run(
+    mut writer: SinkWriter,
+    gop: u32,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+    readers: Arc<AtomicBool>,
+) {
     let mut feeding: Option<Subscriber> = None;
     let mut written: u64 = 0;
     let mut geometry = (0, 0);
     let mut skip_to_key = false;
     let mut last_put: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) {
+        readers.store(writer.has_clients(), Ordering::Relaxed);
         let Some(sub) = feeding.as_mut() else {
             if writer.check(None) {
                 tracing::info!(sink = writer.name(), "memsink has a reader; feeding it");

@@ -40,3 +40,17 @@ pub fn clock_ticks_per_second() -> f64 {
         _ => 100.0,
     }
 }
+
+/// Have the kernel send this process SIGTERM (a clean stop) when the process that
+/// started it ends, as µStreamer's `--exit-on-parent-death`. Fails when the parent is
+/// gone already.
+pub fn stop_with_parent() -> anyhow::Result<()> {
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| anyhow::anyhow!("cannot ask to be stopped with the parent process: {e}"))?;
+    // It may have ended before the request was in place.
+    if nix::unistd::getppid() != parent {
+        anyhow::bail!("the parent process {parent} has ended already");
+    }
+    Ok(())
+}

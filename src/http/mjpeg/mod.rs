@@ -29,6 +29,8 @@ use bytes::Bytes;
 
 use self::part::{ClientFigures, Now};
 use self::query::StreamOptions;
+use serde::Serialize;
+
 use crate::media::clock;
 use crate::media::jpeg_tap::{JpegClient, JpegPicture, JpegTap};
 use crate::media::stream::{Output, Viewing};
@@ -49,6 +51,26 @@ pub struct Mjpeg {
     clients: Mutex<BTreeMap<u64, Arc<ClientStat>>>,
     snapshots: AtomicU64,
     snapshots_refused: AtomicU64,
+}
+
+/// µStreamer's `stream`: its MJPEG `/stream` clients.
+#[derive(Debug, Default, Serialize)]
+pub struct HttpStreamState {
+    pub queued_fps: u32,
+    pub clients: u32,
+    /// By client id; kvmd finds its own `<img>` here by the id in its cookie.
+    pub clients_stat: BTreeMap<String, HttpClientStat>,
+}
+
+/// One `/stream` client, with the options it asked for.
+#[derive(Debug, Serialize)]
+pub struct HttpClientStat {
+    pub fps: u32,
+    pub extra_headers: bool,
+    pub advance_headers: bool,
+    pub dual_final_frames: bool,
+    pub zero_data: bool,
+    pub key: String,
 }
 
 /// A `/stream` client as `/state` shows it.
@@ -104,28 +126,33 @@ impl Mjpeg {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// µStreamer's `clients_stat` for the stream `name`: per client id (hex) its rate
-    /// and options.
-    pub fn clients_stat(&self, name: &str) -> serde_json::Value {
+    /// µStreamer's `stream` section of `/state` for the stream `name`: its `/stream`
+    /// clients, each by id (hex) with its rate and options, and the rate pictures go
+    /// out at (the fastest client's: each client gets every picture it can take).
+    pub fn http_stream_state(&self, name: &str) -> HttpStreamState {
         let now_s = clock::monotonic_us() / 1_000_000;
         let clients = self.clients();
-        let map: serde_json::Map<_, _> = clients
+        let clients_stat: BTreeMap<String, HttpClientStat> = clients
             .iter()
             .filter(|(_, c)| c.stream == name)
             .map(|(id, c)| {
                 let o = &c.options;
-                let stat = serde_json::json!({
-                    "fps": c.fps.get(now_s),
-                    "extra_headers": o.extra_headers,
-                    "advance_headers": o.advance_headers,
-                    "dual_final_frames": o.dual_final_frames,
-                    "zero_data": o.zero_data,
-                    "key": o.key.as_deref().unwrap_or("0"),
-                });
+                let stat = HttpClientStat {
+                    fps: c.fps.get(now_s),
+                    extra_headers: o.extra_headers,
+                    advance_headers: o.advance_headers,
+                    dual_final_frames: o.dual_final_frames,
+                    zero_data: o.zero_data,
+                    key: o.key.clone().unwrap_or_else(|| "0".into()),
+                };
                 (format!("{id:x}"), stat)
             })
             .collect();
-        serde_json::Value::Object(map)
+        HttpStreamState {
+            queued_fps: clients_stat.values().map(|c| c.fps).max().unwrap_or(0),
+            clients: clients_stat.len() as u32,
+            clients_stat,
+        }
     }
 
     /// Counts for `/state`: clients, snapshots, and what each stream's tap did.
@@ -136,7 +163,8 @@ impl Mjpeg {
             .map(|(stream, tap)| {
                 let mut t = serde_json::json!(tap.stats());
                 t["quality"] = tap.quality().into();
-                t["clients_stat"] = self.clients_stat(stream.name());
+                t["clients_stat"] =
+                    serde_json::json!(self.http_stream_state(stream.name()).clients_stat);
                 (stream.name().to_string(), t)
             })
             .collect();

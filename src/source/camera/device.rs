@@ -46,14 +46,15 @@ impl PixelFormat {
         }
     }
 
-    /// Parse `--format` (case-insensitive; `MJPG`/`JPEG` and `I420` are accepted too).
+    /// Parse `--format` (case-insensitive; `MJPG`/`JPEG`, `I420` and `YUV420` are accepted too).
     pub fn parse(name: &str) -> Option<PixelFormat> {
         match name.to_ascii_uppercase().as_str() {
             "H264" => Some(PixelFormat::H264),
             "MJPEG" | "MJPG" | "JPEG" => Some(PixelFormat::Mjpeg),
             "YUYV" | "YUY2" => Some(PixelFormat::Yuyv),
             "NV12" => Some(PixelFormat::Nv12),
-            "YU12" | "I420" => Some(PixelFormat::Yu12),
+            // YUV420: µStreamer's name for it.
+            "YU12" | "I420" | "YUV420" => Some(PixelFormat::Yu12),
             _ => None,
         }
     }
