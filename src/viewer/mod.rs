@@ -7,11 +7,13 @@
 //!   [`depacketizer`] puts together from RTP.
 //! * [`decoder`]: H.264 decoding, to check what arrived.
 //! * [`http`]: one HTTP/1.1 request, for `/state` and the Janus REST transport.
-//! * [`load`]: many viewers at once, and the benchmark built on them.
+//! * [`multipart`]: an MJPEG `/stream` body cut into its pictures.
+//! * [`load`]: many viewers at once (WebRTC or MJPEG), and the benchmark built on them.
 
 pub mod decoder;
 pub mod depacketizer;
 pub mod http;
 pub mod janus_client;
 pub mod load;
+pub mod multipart;
 pub mod receiver;
