@@ -1,5 +1,6 @@
-//! peregrine-load: many WebRTC viewers in one process against any Janus-API server, or
-//! (with --bench) the fan-out benchmark against a peregrine it starts itself.
+//! peregrine-load: many WebRTC viewers in one process against any Janus-API server (or
+//! MJPEG `/stream` clients against any µStreamer-style server), or (with --bench) the
+//! fan-out benchmark against a peregrine it starts itself.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,54 +10,65 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use peregrine::viewer::janus_client::Endpoint;
+use peregrine::viewer::load::bench::Transport;
+use peregrine::viewer::load::mjpeg_run::{MjpegConfig, MjpegRun};
 use peregrine::viewer::load::{self, bench, LoadConfig, LoadRun};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "peregrine-load",
-    about = "Load generator: N real WebRTC viewers joining through the Janus API"
+    about = "Load generator: N real WebRTC viewers joining through the Janus API, or N MJPEG /stream clients",
+    // bench.sh passes defaults of its own; what its caller adds wins.
+    args_override_self = true
 )]
 struct Args {
-    /// Janus API URL: ws://HOST:8188/ (WebSocket) or http://HOST:8088/janus (long-poll).
-    #[arg(long, required_unless_present = "bench")]
+    /// WebRTC: the Janus API URL, ws://HOST:8188/ (WebSocket) or http://HOST:8088/janus
+    /// (long-poll). MJPEG: the HTTP server, http://HOST:8080.
+    #[arg(long, value_name = "URL", required_unless_present = "bench", help_heading = "Load")]
     server: Option<String>,
+    /// What the clients watch with: webrtc or mjpeg; with --bench also both (one after
+    /// the other, then side by side).
+    #[arg(long, value_name = "KIND", default_value = "webrtc", help_heading = "Load")]
+    transport: String,
     /// The stream to watch, by name (a server's `[[stream]]`); without it, the default.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Load")]
     stream: Option<String>,
     /// Viewers to run at once.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Load")]
     viewers: usize,
     /// Seconds to keep all viewers watching after the last one started (benchmark: the
     /// measured window per step).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, help_heading = "Load")]
     duration: f64,
     /// Viewers started per second.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, value_name = "PER-SECOND", default_value_t = 50.0, help_heading = "Load")]
     ramp: f64,
     /// Write the JSON summary (per-viewer figures included) to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE", help_heading = "Load")]
     json: Option<PathBuf>,
     /// No progress lines.
-    #[arg(long)]
+    #[arg(long, help_heading = "Load")]
     quiet: bool,
     /// Benchmark mode: start peregrine on this pre-encoded H.264 file and measure each
     /// step of --steps.
-    #[arg(long, value_name = "FILE.h264")]
+    #[arg(long, value_name = "FILE.h264", help_heading = "Benchmark")]
     bench: Option<PathBuf>,
     /// The peregrine binary for --bench [default: next to this one].
-    #[arg(long)]
+    #[arg(long, value_name = "PATH", help_heading = "Benchmark")]
     peregrine: Option<PathBuf>,
-    /// Viewer counts for --bench, comma-separated.
-    #[arg(long, default_value = "1,10,50,100,200")]
+    /// Viewer counts for --bench, comma-separated (MJPEG always measures 1 first: the
+    /// fixed cost of making the pictures).
+    #[arg(long, value_name = "N,N,...", default_value = "1,10,50,100,200", help_heading = "Benchmark")]
     steps: String,
-    /// With --bench: only the listed steps, not more until loss exceeds 1 %.
-    #[arg(long)]
+    /// With --bench: only the listed steps, not more until loss (WebRTC) or dropped
+    /// pictures (MJPEG) exceed 1 %.
+    #[arg(long, help_heading = "Benchmark")]
     no_extend: bool,
-    /// With --bench: do not start new steps after this many seconds.
-    #[arg(long, default_value_t = 480)]
+    /// With --bench: do not start new steps after this many seconds (per transport).
+    #[arg(long, value_name = "SECONDS", default_value_t = 480, help_heading = "Benchmark")]
     budget: u64,
     /// Frame rate the file is played at (--bench).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, value_name = "FPS", default_value_t = 30, help_heading = "Benchmark")]
     fps: u32,
 }
 
@@ -97,14 +109,23 @@ async fn run(args: Args) -> Result<()> {
     if args.ramp <= 0.0 || !args.ramp.is_finite() {
         bail!("--ramp must be above 0");
     }
+    let transports = bench::parse_transports(&args.transport)?;
     if let Some(input) = &args.bench {
-        return run_bench(&args, input.clone()).await;
+        return run_bench(&args, input.clone(), transports).await;
     }
-    let url = args.server.as_deref().unwrap_or_default();
-    let endpoint = Endpoint::parse(url)?;
     if args.viewers == 0 {
         bail!("--viewers must be at least 1");
     }
+    match transports[..] {
+        [Transport::Webrtc] => run_webrtc(&args).await,
+        [Transport::Mjpeg] => run_mjpeg(&args).await,
+        _ => bail!("--transport both needs --bench; without it, pick webrtc or mjpeg"),
+    }
+}
+
+async fn run_webrtc(args: &Args) -> Result<()> {
+    let url = args.server.as_deref().unwrap_or_default();
+    let endpoint = Endpoint::parse(url)?;
     load::probe(&endpoint).await?;
     let run = LoadRun::start(LoadConfig {
         endpoint,
@@ -129,7 +150,48 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-async fn run_bench(args: &Args, input: PathBuf) -> Result<()> {
+async fn run_mjpeg(args: &Args) -> Result<()> {
+    let url = args.server.as_deref().unwrap_or_default();
+    let authority = http_authority(url)?;
+    let run = MjpegRun::start(MjpegConfig {
+        authority,
+        stream: args.stream.clone(),
+        clients: args.viewers,
+        ramp_per_s: args.ramp,
+    });
+    let ramp = Duration::from_secs_f64(args.viewers as f64 / args.ramp);
+    run.watch_for(ramp, !args.quiet).await;
+    run.wait_ramped(Duration::from_secs(20)).await;
+    run.watch_for(Duration::from_secs_f64(args.duration), !args.quiet)
+        .await;
+    let summary = run.finish().await;
+    print!("{}", summary.describe());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&summary)?;
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    }
+    if summary.clients_receiving == 0 {
+        bail!("no client received a picture");
+    }
+    Ok(())
+}
+
+/// `HOST:PORT` of an `http://HOST:PORT[/]` URL.
+fn http_authority(url: &str) -> Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--server {url:?}: MJPEG needs http://HOST:PORT"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        bail!("--server {url:?}: MJPEG needs http://HOST:PORT, without a path");
+    }
+    if !authority.contains(':') {
+        return Ok(format!("{authority}:80"));
+    }
+    Ok(authority.to_string())
+}
+
+async fn run_bench(args: &Args, input: PathBuf, transports: Vec<Transport>) -> Result<()> {
     let peregrine = match &args.peregrine {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -144,6 +206,7 @@ async fn run_bench(args: &Args, input: PathBuf) -> Result<()> {
         peregrine,
         input,
         fps: args.fps,
+        transports,
         steps: bench::parse_steps(&args.steps)?,
         extend: !args.no_extend,
         window: Duration::from_secs_f64(args.duration),

@@ -66,7 +66,7 @@ pub async fn request(
 /// Run `exchange` while driving its `connection`, until the exchange is done. The
 /// connection ends on its own after the answer (or on a failure, which the exchange
 /// then reports), so its own result is not needed.
-async fn alongside<T>(
+pub(crate) async fn alongside<T>(
     exchange: impl Future<Output = Result<T>>,
     connection: impl Future<Output = hyper::Result<()>>,
 ) -> Result<T> {

@@ -2,32 +2,62 @@
 //! figures), then for each viewer count run the load in this process and measure the
 //! server from outside (/proc) and inside (/state's delay histogram).
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
-use super::{procstat, LoadConfig, LoadRun, LoadSummary};
+use super::bench_server::{cpu_notes, CpuUse, ServerProcess};
+use super::{compare, mjpeg_bench, LoadConfig, LoadRun, LoadSummary};
 use crate::rtc::latency::HistogramSnapshot;
-use crate::viewer::http;
-use crate::viewer::janus_client::Endpoint;
+
+/// Which viewers a benchmark runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WebRTC viewers joining through the Janus API.
+    Webrtc,
+    /// MJPEG `/stream` clients.
+    Mjpeg,
+}
+
+/// Parse `webrtc`, `mjpeg` or `both` (or a comma-separated list).
+pub fn parse_transports(s: &str) -> Result<Vec<Transport>> {
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim) {
+        let add: &[Transport] = match name {
+            "webrtc" => &[Transport::Webrtc],
+            "mjpeg" => &[Transport::Mjpeg],
+            "both" => &[Transport::Webrtc, Transport::Mjpeg],
+            _ => bail!("unknown transport {name:?} in --transport (webrtc, mjpeg or both)"),
+        };
+        for t in add {
+            if !out.contains(t) {
+                out.push(*t);
+            }
+        }
+    }
+    Ok(out)
+}
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub peregrine: PathBuf,
     pub input: PathBuf,
     pub fps: u32,
+    /// Run one after the other, each on a freshly started server.
+    pub transports: Vec<Transport>,
     pub steps: Vec<usize>,
-    /// Keep adding steps (×1.5) after the listed ones until loss exceeds 1 %.
+    /// Keep adding steps (×1.5) after the listed ones until loss (WebRTC) or dropped
+    /// pictures (MJPEG) exceed 1 %.
     pub extend: bool,
     /// Measured window per step (after ramp-up and settling).
     pub window: Duration,
     pub ramp_per_s: f64,
-    /// Stop adding steps when the run has taken this long.
+    /// Stop adding steps when a transport's run has taken this long.
     pub budget: Duration,
     pub show_progress: bool,
 }
@@ -69,107 +99,97 @@ pub struct BenchRow {
 pub struct BenchReport {
     pub cores: usize,
     pub input: String,
+    /// Server RSS before the WebRTC steps (0 without them).
     pub baseline_rss_kib: u64,
+    /// The WebRTC steps.
     pub rows: Vec<BenchRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mjpeg: Option<mjpeg_bench::MjpegBenchReport>,
     pub elapsed_s: f64,
 }
 
-/// peregrine on free loopback ports; killed when dropped.
-struct ServerProcess {
-    child: Child,
-    http: String,
-    ws: Endpoint,
+/// Which step comes next: the listed ones, then (with `extend`) ×1.5 while the last
+/// one was clean and the time budget allows.
+pub struct StepPlan {
+    steps: VecDeque<usize>,
+    extend: bool,
+    budget: Duration,
+    t0: Instant,
+    longest_step: Duration,
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl StepPlan {
+    pub fn new(steps: &[usize], extend: bool, budget: Duration) -> StepPlan {
+        StepPlan {
+            steps: steps.iter().copied().collect(),
+            extend,
+            budget,
+            t0: Instant::now(),
+            longest_step: Duration::ZERO,
+        }
+    }
+
+    pub fn next(&mut self) -> Option<usize> {
+        self.steps.pop_front()
+    }
+
+    /// Step `n` took `took`; `clean` when it held every client within 1 %.
+    pub fn done(&mut self, n: usize, took: Duration, clean: bool) {
+        self.longest_step = self.longest_step.max(took);
+        if !self.steps.is_empty() || !self.extend || !clean {
+            return;
+        }
+        let next = ((n as f64 * 1.5 / 50.0).ceil() as usize * 50).max(n + 50);
+        // A bigger step takes longer (ramp-up); keep within the budget.
+        let estimate = self.longest_step.mul_f64(1.5);
+        if self.t0.elapsed() + estimate < self.budget {
+            self.steps.push_back(next);
+        } else {
+            eprintln!("not trying {next} clients: the time budget is spent");
+        }
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn start_server(cfg: &BenchConfig) -> Result<ServerProcess> {
-    let (http, ws, jhttp) = (free_port()?, free_port()?, free_port()?);
-    let child = Command::new(&cfg.peregrine)
-        .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
-        .args(["--port", &http.to_string()])
-        .args(["--janus-ws-port", &ws.to_string()])
-        .args(["--janus-http-port", &jhttp.to_string()])
-        .arg("--source")
-        .arg(&cfg.input)
-        .args(["--desired-fps", &cfg.fps.to_string()])
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        // Its log would interleave with the table; RUST_LOG plus a manual run shows it.
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {}", cfg.peregrine.display()))?;
-    let mut server = ServerProcess {
-        child,
-        http: format!("127.0.0.1:{http}"),
-        ws: Endpoint::parse(&format!("ws://127.0.0.1:{ws}/"))?,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // Viewers retry `watch` while the source starts, as pages do.
-        if state(&server.http).await.is_ok() {
-            return Ok(server);
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            bail!("peregrine exited at start ({status})");
-        }
-        if Instant::now() > deadline {
-            bail!("peregrine did not answer /state within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn state(authority: &str) -> Result<Value> {
-    let (status, body) = http::request(authority, "GET", "/state", None).await?;
-    if status != 200 {
-        bail!("/state answered {status}");
-    }
-    Ok(serde_json::from_slice(&body)?)
-}
-
-fn histogram(state: &Value, name: &str) -> HistogramSnapshot {
-    serde_json::from_value(state["rtc"][name].clone()).unwrap_or_default()
-}
-
-struct Sample {
-    at: Instant,
-    server_ms: f64,
-    load_ms: f64,
-    machine_busy_ms: f64,
-    state: Value,
-}
-
-async fn sample(server: &ServerProcess) -> Result<Sample> {
-    let (busy, _) = procstat::machine_ms()?;
-    Ok(Sample {
-        at: Instant::now(),
-        server_ms: procstat::cpu_ms(server.child.id())?,
-        load_ms: procstat::cpu_ms(std::process::id())?,
-        machine_busy_ms: busy,
-        state: state(&server.http).await?,
-    })
-}
-
-/// Run the whole benchmark and print the table to stdout.
+/// Run the whole benchmark and print the tables to stdout.
 pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     let t0 = Instant::now();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let server = start_server(&cfg).await?;
+    let mut report = BenchReport {
+        cores,
+        input: cfg.input.display().to_string(),
+        baseline_rss_kib: 0,
+        rows: Vec::new(),
+        mjpeg: None,
+        elapsed_s: 0.0,
+    };
+    for transport in &cfg.transports {
+        match transport {
+            Transport::Webrtc => {
+                let (rows, baseline) = run_webrtc(&cfg, cores).await?;
+                report.rows = rows;
+                report.baseline_rss_kib = baseline;
+                report.elapsed_s = t0.elapsed().as_secs_f64();
+                print_table(&report);
+            }
+            Transport::Mjpeg => {
+                let mjpeg = mjpeg_bench::run(&cfg, cores).await?;
+                mjpeg_bench::print_table(&report.input, cores, &mjpeg);
+                report.mjpeg = Some(mjpeg);
+            }
+        }
+    }
+    report.elapsed_s = t0.elapsed().as_secs_f64();
+    if let (false, Some(mjpeg)) = (report.rows.is_empty(), &report.mjpeg) {
+        compare::print(&report.rows, mjpeg, f64::from(cfg.fps));
+    }
+    Ok(report)
+}
+
+/// The WebRTC steps on a server of their own; the rows and the server's RSS before.
+async fn run_webrtc(cfg: &BenchConfig, cores: usize) -> Result<(Vec<BenchRow>, u64)> {
+    let server = ServerProcess::start(&cfg.peregrine, &cfg.input, cfg.fps).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let baseline_rss = procstat::rss_kib(server.child.id())?;
+    let baseline_rss = server.rss_kib()?;
     eprintln!(
         "peregrine {} on {} ({} fps), {} cores, baseline RSS {} KiB",
         cfg.peregrine.display(),
@@ -179,42 +199,23 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
         baseline_rss
     );
     let mut rows = Vec::new();
-    let mut steps: std::collections::VecDeque<usize> = cfg.steps.iter().copied().collect();
-    let mut last_step_time = Duration::ZERO;
-    while let Some(n) = steps.pop_front() {
+    let mut plan = StepPlan::new(&cfg.steps, cfg.extend, cfg.budget);
+    while let Some(n) = plan.next() {
         let step_start = Instant::now();
-        let row = run_step(&cfg, &server, n, baseline_rss, cores).await?;
+        let row = run_step(cfg, &server, n, baseline_rss, cores).await?;
         print_row_live(&row);
-        let lossy = row.loss_pct > 1.0 || row.receiving < n;
+        let clean = row.loss_pct <= 1.0 && row.receiving >= n;
         rows.push(row);
-        last_step_time = last_step_time.max(step_start.elapsed());
-        if steps.is_empty() && cfg.extend && !lossy {
-            let next = ((n as f64 * 1.5 / 50.0).ceil() as usize * 50).max(n + 50);
-            // A bigger step takes longer (ramp-up); keep within the budget.
-            let estimate = last_step_time.mul_f64(1.5);
-            if t0.elapsed() + estimate < cfg.budget {
-                steps.push_back(next);
-            } else {
-                eprintln!("not trying {next} viewers: the time budget is spent");
-            }
-        }
-        if server_gone(&server) {
+        plan.done(n, step_start.elapsed(), clean);
+        if server.gone() {
             bail!("peregrine exited during the benchmark");
         }
     }
-    let report = BenchReport {
-        cores,
-        input: cfg.input.display().to_string(),
-        baseline_rss_kib: baseline_rss,
-        rows,
-        elapsed_s: t0.elapsed().as_secs_f64(),
-    };
-    print_table(&report);
-    Ok(report)
+    Ok((rows, baseline_rss))
 }
 
-fn server_gone(server: &ServerProcess) -> bool {
-    std::fs::metadata(format!("/proc/{}", server.child.id())).is_err()
+fn histogram(state: &Value, name: &str) -> HistogramSnapshot {
+    serde_json::from_value(state["rtc"][name].clone()).unwrap_or_default()
 }
 
 async fn run_step(
@@ -236,31 +237,29 @@ async fn run_step(
     // Let everyone reach a keyframe (the file's GOP is 2 s) before measuring.
     run.watch_for(Duration::from_secs(3), cfg.show_progress)
         .await;
-    let a = sample(server).await?;
+    let a = server.sample().await?;
     run.watch_for(cfg.window, cfg.show_progress).await;
-    let b = sample(server).await?;
-    let rss = procstat::rss_kib(server.child.id())?;
+    let b = server.sample().await?;
+    let rss = server.rss_kib()?;
     let summary = run.finish().await;
-    wait_for_no_viewers(server).await;
+    server
+        .wait_until_none("WebRTC peers", |s| s["rtc"]["peers"].as_u64().unwrap_or(1))
+        .await;
 
-    let secs = b.at.duration_since(a.at).as_secs_f64();
-    let pct = |d: f64| d / secs / 10.0;
-    let server_cpu = pct(b.server_ms - a.server_ms);
-    let load_cpu = pct(b.load_ms - a.load_ms);
-    let machine = pct(b.machine_busy_ms - a.machine_busy_ms);
+    let cpu = CpuUse::between(&a, &b);
     let delay =
         histogram(&b.state, "capture_to_send_us").since(&histogram(&a.state, "capture_to_send_us"));
     let engine = histogram(&b.state, "send_delay_us").since(&histogram(&a.state, "send_delay_us"));
     let mut row = BenchRow {
         viewers: n,
         receiving: summary.viewers_receiving,
-        window_s: secs,
-        server_cpu_pct: server_cpu,
-        server_ms_per_viewer_s: (b.server_ms - a.server_ms) / secs / n as f64,
+        window_s: cpu.secs,
+        server_cpu_pct: cpu.server_pct,
+        server_ms_per_viewer_s: cpu.server_ms_per_client_s(n),
         server_rss_kib: rss,
         rss_per_viewer_kib: rss.saturating_sub(baseline_rss) as f64 / n as f64,
-        load_cpu_pct: load_cpu,
-        machine_cpu_pct: machine,
+        load_cpu_pct: cpu.load_pct,
+        machine_cpu_pct: cpu.machine_pct,
         fps_per_viewer: summary.fps_per_viewer,
         loss_pct: summary.loss_pct,
         nacks: summary.nacks_sent,
@@ -274,25 +273,13 @@ async fn run_step(
         note: String::new(),
         summary,
     };
-    row.note = bottleneck_note(&row, cores, f64::from(cfg.fps));
+    row.note = bottleneck_note(&row, &cpu, cores, f64::from(cfg.fps));
     Ok(row)
 }
 
 /// Say who ran out of CPU when the figures are not the server's alone.
-fn bottleneck_note(row: &BenchRow, cores: usize, fps: f64) -> String {
-    let capacity = cores as f64 * 100.0;
-    let mut notes = Vec::new();
-    if row.machine_cpu_pct >= 0.9 * capacity {
-        let others = (row.machine_cpu_pct - row.server_cpu_pct - row.load_cpu_pct).max(0.0);
-        if row.load_cpu_pct > row.server_cpu_pct {
-            notes.push("load generator was the bottleneck".to_string());
-        } else {
-            notes.push("CPU saturated".to_string());
-        }
-        if others > 0.2 * capacity {
-            notes.push(format!("other processes used {others:.0} %"));
-        }
-    }
+fn bottleneck_note(row: &BenchRow, cpu: &CpuUse, cores: usize, fps: f64) -> String {
+    let mut notes = cpu_notes(cpu, cores);
     if row.receiving < row.viewers {
         notes.push(format!(
             "{} viewers got no video",
@@ -309,20 +296,7 @@ fn bottleneck_note(row: &BenchRow, cores: usize, fps: f64) -> String {
     }
 }
 
-async fn wait_for_no_viewers(server: &ServerProcess) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(s) = state(&server.http).await {
-            if s["rtc"]["peers"] == 0 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!("warning: peers still present on the server 15 s after the viewers left");
-}
-
-fn opt(v: Option<f64>) -> String {
+pub(super) fn opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.0}"))
 }
 
@@ -385,7 +359,7 @@ pub fn print_table(report: &BenchReport) {
     );
 }
 
-/// Parse `1,10,50` into viewer counts.
+/// Parse `1,10,50` into viewer (or client) counts.
 pub fn parse_steps(s: &str) -> Result<Vec<usize>> {
     let steps: Vec<usize> = s
         .split(',')

@@ -1,14 +1,23 @@
 //! Load generation: many real WebRTC viewers in one process, joining through the Janus
-//! API, and the benchmark that runs them against a peregrine it starts itself.
+//! API, or many MJPEG `/stream` clients, and the benchmark that runs them against a
+//! peregrine it starts itself.
 //!
-//! * [`one_viewer`]: one viewer and what it measures.
+//! * [`one_viewer`]: one WebRTC viewer and what it measures.
 //! * [`catchup`]: which of a new viewer's first pictures are the GOP catch-up burst.
 //! * [`summary`]: per-run figures from the viewers' reports.
+//! * [`one_mjpeg_client`], [`mjpeg_run`]: one MJPEG client, and many with their figures.
 //! * [`procstat`]: CPU time and memory of processes, from `/proc`.
-//! * [`bench`]: the benchmark table (server started on a file source, N viewers per step).
+//! * [`bench_server`]: the peregrine a benchmark starts and measures.
+//! * [`bench`]: the benchmark table (server started on a file source, N viewers per
+//!   step); [`mjpeg_bench`] the same for MJPEG clients; [`compare`] both side by side.
 
 pub mod bench;
+pub mod bench_server;
 pub mod catchup;
+pub mod compare;
+pub mod mjpeg_bench;
+pub mod mjpeg_run;
+pub mod one_mjpeg_client;
 pub mod one_viewer;
 pub mod procstat;
 pub mod summary;
