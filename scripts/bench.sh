@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The fan-out benchmark: release build, a pre-encoded 1280x720 30 fps ~2 Mbit/s H.264
-# file (so encoding is not in the figures), then peregrine-load --bench, which starts
-# peregrine on it and prints the table. Extra arguments go to peregrine-load
-# (e.g. --steps 1,10 --duration 5 --json out.json). GOP=frames sets the keyframe
-# interval (default 60 = 2 s); a file source cannot make keyframes on request, so a
-# new viewer starts from the cached GOP, which the first pictures it gets replay.
+# file (so H.264 encoding is not in the figures), then peregrine-load --bench, which
+# starts peregrine on it and prints a table for WebRTC viewers, one for MJPEG /stream
+# clients (the server decodes the H.264 and encodes JPEG once per picture for all of
+# them), and both side by side. Extra arguments go to peregrine-load (e.g. --steps
+# 1,10 --duration 5 --json out.json, or --transport webrtc for WebRTC only).
+# GOP=frames sets the keyframe interval (default 60 = 2 s); a file source cannot make
+# keyframes on request, so a new viewer starts from the cached GOP, which the first
+# pictures it gets replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,4 +29,4 @@ ffmpeg -nostdin -loglevel error \
     -x264-params repeat-headers=1 -bsf:v h264_mp4toannexb -f h264 "$tmp/input.h264"
 
 "$target/release/peregrine-load" --bench "$tmp/input.h264" \
-    --peregrine "$target/release/peregrine" "$@"
+    --peregrine "$target/release/peregrine" --transport both "$@"

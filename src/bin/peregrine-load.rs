@@ -24,11 +24,21 @@ use peregrine::viewer::load::{self, bench, LoadConfig, LoadRun};
 struct Args {
     /// WebRTC: the Janus API URL, ws://HOST:8188/ (WebSocket) or http://HOST:8088/janus
     /// (long-poll). MJPEG: the HTTP server, http://HOST:8080.
-    #[arg(long, value_name = "URL", required_unless_present = "bench", help_heading = "Load")]
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "bench",
+        help_heading = "Load"
+    )]
     server: Option<String>,
     /// What the clients watch with: webrtc or mjpeg; with --bench also both (one after
     /// the other, then side by side).
-    #[arg(long, value_name = "KIND", default_value = "webrtc", help_heading = "Load")]
+    #[arg(
+        long,
+        value_name = "KIND",
+        default_value = "webrtc",
+        help_heading = "Load"
+    )]
     transport: String,
     /// The stream to watch, by name (a server's `[[stream]]`); without it, the default.
     #[arg(long, value_name = "NAME", help_heading = "Load")]
@@ -38,10 +48,20 @@ struct Args {
     viewers: usize,
     /// Seconds to keep all viewers watching after the last one started (benchmark: the
     /// measured window per step).
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, help_heading = "Load")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10.0,
+        help_heading = "Load"
+    )]
     duration: f64,
     /// Viewers started per second.
-    #[arg(long, value_name = "PER-SECOND", default_value_t = 50.0, help_heading = "Load")]
+    #[arg(
+        long,
+        value_name = "PER-SECOND",
+        default_value_t = 50.0,
+        help_heading = "Load"
+    )]
     ramp: f64,
     /// Write the JSON summary (per-viewer figures included) to this file.
     #[arg(long, value_name = "FILE", help_heading = "Load")]
@@ -58,17 +78,32 @@ struct Args {
     peregrine: Option<PathBuf>,
     /// Viewer counts for --bench, comma-separated (MJPEG always measures 1 first: the
     /// fixed cost of making the pictures).
-    #[arg(long, value_name = "N,N,...", default_value = "1,10,50,100,200", help_heading = "Benchmark")]
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        default_value = "1,10,50,100,200",
+        help_heading = "Benchmark"
+    )]
     steps: String,
     /// With --bench: only the listed steps, not more until loss (WebRTC) or dropped
     /// pictures (MJPEG) exceed 1 %.
     #[arg(long, help_heading = "Benchmark")]
     no_extend: bool,
     /// With --bench: do not start new steps after this many seconds (per transport).
-    #[arg(long, value_name = "SECONDS", default_value_t = 480, help_heading = "Benchmark")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 480,
+        help_heading = "Benchmark"
+    )]
     budget: u64,
     /// Frame rate the file is played at (--bench).
-    #[arg(long, value_name = "FPS", default_value_t = 30, help_heading = "Benchmark")]
+    #[arg(
+        long,
+        value_name = "FPS",
+        default_value_t = 30,
+        help_heading = "Benchmark"
+    )]
     fps: u32,
 }
 

@@ -54,9 +54,8 @@ pub fn boundary_of(content_type: &str) -> Result<String, MultipartError> {
         .find(|(name, _)| name.trim().eq_ignore_ascii_case("boundary"))
         .map(|(_, value)| value.trim().trim_matches('"'))
         .ok_or_else(no_boundary)?;
-    let usable = |b: &str| {
-        (1..=MAX_BOUNDARY).contains(&b.len()) && b.bytes().all(|c| c.is_ascii_graphic())
-    };
+    let usable =
+        |b: &str| (1..=MAX_BOUNDARY).contains(&b.len()) && b.bytes().all(|c| c.is_ascii_graphic());
     if !usable(boundary) {
         return Err(no_boundary());
     }
@@ -84,7 +83,9 @@ pub struct Part {
 #[derive(Debug)]
 enum State {
     /// Waiting for `--boundary` (after a body: `\r\n--boundary`), then `\r\n` or `--`.
-    Delimiter { first: bool },
+    Delimiter {
+        first: bool,
+    },
     /// Part headers, up to the blank line.
     Head,
     Body(Body),
@@ -175,7 +176,11 @@ impl MultipartReader {
     }
 
     /// Consume a prefix of `data`; returns its length.
-    fn step(&mut self, data: &[u8], on_part: &mut impl FnMut(Part)) -> Result<usize, MultipartError> {
+    fn step(
+        &mut self,
+        data: &[u8],
+        on_part: &mut impl FnMut(Part),
+    ) -> Result<usize, MultipartError> {
         match &mut self.state {
             State::Failed(e) => Err(e.clone()),
             State::Closed => Err(MultipartError::AfterClose),
@@ -390,7 +395,11 @@ mod tests {
         ]);
         let whole = read_in_pieces(&data, data.len()).unwrap();
         for piece in 1..data.len() {
-            assert_eq!(read_in_pieces(&data, piece).unwrap(), whole, "pieces of {piece}");
+            assert_eq!(
+                read_in_pieces(&data, piece).unwrap(),
+                whole,
+                "pieces of {piece}"
+            );
         }
         assert_eq!(whole.len(), 3);
         assert!(whole[0].is_jpeg && !whole[1].is_jpeg && whole[2].is_jpeg);
@@ -487,7 +496,10 @@ mod tests {
 
     #[test]
     fn timestamps_are_read_as_seconds() {
-        assert_eq!(parse_seconds("1700000000.123456"), Some(1_700_000_000_123_456));
+        assert_eq!(
+            parse_seconds("1700000000.123456"),
+            Some(1_700_000_000_123_456)
+        );
         assert_eq!(parse_seconds("5"), Some(5_000_000));
         assert_eq!(parse_seconds("5.1"), Some(5_100_000));
         assert_eq!(parse_seconds("5.1234567"), None);

@@ -129,7 +129,7 @@ impl StepPlan {
         }
     }
 
-    pub fn next(&mut self) -> Option<usize> {
+    pub fn next_step(&mut self) -> Option<usize> {
         self.steps.pop_front()
     }
 
@@ -200,7 +200,7 @@ async fn run_webrtc(cfg: &BenchConfig, cores: usize) -> Result<(Vec<BenchRow>, u
     );
     let mut rows = Vec::new();
     let mut plan = StepPlan::new(&cfg.steps, cfg.extend, cfg.budget);
-    while let Some(n) = plan.next() {
+    while let Some(n) = plan.next_step() {
         let step_start = Instant::now();
         let row = run_step(cfg, &server, n, baseline_rss, cores).await?;
         print_row_live(&row);

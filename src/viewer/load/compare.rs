@@ -37,8 +37,17 @@ pub fn print(webrtc: &[BenchRow], mjpeg: &MjpegBenchReport, fps: f64) {
     let _ = writeln!(
         out,
         "{:>7} | {:>5} {:>6} {:>7} {:>8} {:>8} | {:>5} {:>6} {:>8} {:>8} {:>8}",
-        "clients", "recv", "fps", "loss %", "ms/cl/s", "marginal", "held", "fps", "dropped%",
-        "ms/cl/s", "marginal"
+        "clients",
+        "recv",
+        "fps",
+        "loss %",
+        "ms/cl/s",
+        "marginal",
+        "held",
+        "fps",
+        "dropped%",
+        "ms/cl/s",
+        "marginal"
     );
     let _ = writeln!(
         out,

@@ -108,7 +108,7 @@ pub async fn run(cfg: &BenchConfig, cores: usize) -> Result<MjpegBenchReport> {
     }
     let mut rows: Vec<MjpegBenchRow> = Vec::new();
     let mut plan = StepPlan::new(&steps, cfg.extend, cfg.budget);
-    while let Some(n) = plan.next() {
+    while let Some(n) = plan.next_step() {
         let step_start = Instant::now();
         let one = rows.iter().find(|r| r.clients == 1);
         let row = run_step(cfg, &server, n, baseline_rss, cores, one).await?;
