@@ -252,3 +252,98 @@ async fn the_catch_up_burst_is_not_reported_as_frame_rate() -> Result<()> {
     ensure!(!summary.is_empty());
     Ok(())
 }
+
+/// `--transport both`: the WebRTC steps, then the MJPEG ones on a fresh server (a
+/// 1-client step first, for the fixed cost), then both side by side.
+#[test]
+fn benchmark_runs_mjpeg_clients_beside_webrtc() -> Result<()> {
+    let dir = temp_dir("bench-mjpeg");
+    let input = encode_input(&dir)?;
+    let json = dir.join("bench.json");
+    let mut cmd = load_bin();
+    cmd.arg("--bench")
+        .arg(&input)
+        .arg("--peregrine")
+        .arg(peregrine_bin())
+        .args(["--transport", "both", "--steps", "3", "--duration", "4"])
+        .args(["--no-extend", "--quiet", "--json"])
+        .arg(&json);
+    let out = run(cmd)?;
+    ensure!(out.status.success(), "benchmark failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for table in [
+        "peregrine fan-out benchmark",
+        "peregrine MJPEG fan-out benchmark",
+        "WebRTC and MJPEG side by side",
+    ] {
+        ensure!(stdout.contains(table), "no {table:?} table printed");
+    }
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    ensure!(report["rows"][0]["viewers"] == 3, "{}", report["rows"]);
+    let rows = &report["mjpeg"]["rows"];
+    ensure!(
+        rows[0]["clients"] == 1 && rows[1]["clients"] == 3,
+        "the 1-client step does not come first: {rows}"
+    );
+    let row = &rows[1];
+    let num = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+    ensure!(
+        row["receiving"] == 3,
+        "not all 3 clients got pictures: {row}"
+    );
+    ensure!(num("made_fps") > 5.0, "the server made no pictures: {row}");
+    ensure!(num("fps_per_client") > 5.0, "pictures do not flow: {row}");
+    ensure!(
+        (0.0..=100.0).contains(&num("dropped_pct")),
+        "odd dropped share: {row}"
+    );
+    ensure!(num("server_cpu_pct") > 0.0, "odd server CPU: {row}");
+    ensure!(
+        row["marginal_ms_per_client_s"].is_number(),
+        "no marginal cost: {row}"
+    );
+    let e2e = num("e2e_p50_ms");
+    ensure!(e2e > 0.0 && e2e < 5_000.0, "odd capture delay: {row}");
+    ensure!(
+        row["summary"].is_null(),
+        "per-client figures leaked into the row"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn mjpeg_clients_count_whole_pictures() -> Result<()> {
+    let server = Server::start(&["--resolution", "320x240", "--h264-gop", "15"]).await?;
+    let json = temp_dir("mjpeg").join("load.json");
+    let mut cmd = load_bin();
+    let url = format!("http://127.0.0.1:{}", server.http_port);
+    cmd.args(["--transport", "mjpeg", "--server", &url])
+        .args(["--viewers", "2", "--duration", "3", "--quiet", "--json"])
+        .arg(&json);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    ensure!(out.status.success(), "peregrine-load failed against {url}");
+    let summary: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    ensure!(summary["clients_receiving"] == 2, "{summary}");
+    ensure!(summary["pictures"].as_u64().unwrap_or(0) > 20, "{summary}");
+    ensure!(summary["not_jpeg"] == 0, "{summary}");
+    // extra_headers carries each picture's capture time.
+    ensure!(
+        summary["end_to_end_ms"]["samples"].as_u64().unwrap_or(0) > 20,
+        "{summary}"
+    );
+
+    // The Janus HTTP port has no /stream: the answer says so.
+    let mut cmd = load_bin();
+    let url = format!("http://127.0.0.1:{}", server.janus_http_port);
+    cmd.args(["--transport", "mjpeg", "--server", &url, "--viewers", "1"])
+        .args(["--duration", "1", "--quiet"]);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    let err = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("GET /stream?extra_headers=1 answered 404"),
+        "{err}"
+    );
+    Ok(())
+}

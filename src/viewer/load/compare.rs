@@ -36,6 +36,11 @@ pub fn print(webrtc: &[BenchRow], mjpeg: &MjpegBenchReport, fps: f64) {
     );
     let _ = writeln!(
         out,
+        "{:>7} | {:^39} | {:^40}",
+        "", "WebRTC (Janus API)", "MJPEG (/stream)"
+    );
+    let _ = writeln!(
+        out,
         "{:>7} | {:>5} {:>6} {:>7} {:>8} {:>8} | {:>5} {:>6} {:>8} {:>8} {:>8}",
         "clients",
         "recv",
@@ -48,11 +53,6 @@ pub fn print(webrtc: &[BenchRow], mjpeg: &MjpegBenchReport, fps: f64) {
         "dropped%",
         "ms/cl/s",
         "marginal"
-    );
-    let _ = writeln!(
-        out,
-        "{:>7} | {:^39} | {:^40}",
-        "", "WebRTC (Janus API)", "MJPEG (/stream)"
     );
     for n in steps {
         let w = webrtc.iter().find(|r| r.viewers == n);
