@@ -328,6 +328,10 @@ async fn mjpeg_clients_count_whole_pictures() -> Result<()> {
     ensure!(summary["clients_receiving"] == 2, "{summary}");
     ensure!(summary["pictures"].as_u64().unwrap_or(0) > 20, "{summary}");
     ensure!(summary["not_jpeg"] == 0, "{summary}");
+    ensure!(
+        summary["picture_bytes_avg"].as_u64().unwrap_or(0) > 1000,
+        "{summary}"
+    );
     // extra_headers carries each picture's capture time.
     ensure!(
         summary["end_to_end_ms"]["samples"].as_u64().unwrap_or(0) > 20,

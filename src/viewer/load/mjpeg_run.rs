@@ -172,6 +172,8 @@ pub struct MjpegSummary {
     pub clients_failed: usize,
     pub duration_s: f64,
     pub pictures: u64,
+    /// Average size of a picture, bytes.
+    pub picture_bytes_avg: u64,
     /// Parts that were not a whole JPEG, over all clients.
     pub not_jpeg: u64,
     /// Pictures per second per receiving client, from its first picture on.
@@ -196,6 +198,8 @@ impl MjpegSummary {
             .filter(|c| c.receiving_s > 0.5)
             .map(|c| c.pictures as f64 / c.receiving_s)
             .collect();
+        let pictures: u64 = clients.iter().map(|c| c.pictures).sum();
+        let bytes: u64 = clients.iter().map(|c| c.picture_bytes).sum();
         let mut errors: Vec<(String, usize)> = Vec::new();
         for e in clients.iter().filter_map(|c| c.error.as_ref()) {
             if let Some((_, n)) = errors.iter_mut().find(|(m, _)| m == e) {
@@ -210,7 +214,8 @@ impl MjpegSummary {
             clients_receiving: clients.iter().filter(|c| c.pictures > 0).count(),
             clients_failed: clients.iter().filter(|c| c.error.is_some()).count(),
             duration_s: duration.as_secs_f64(),
-            pictures: clients.iter().map(|c| c.pictures).sum(),
+            pictures,
+            picture_bytes_avg: bytes.checked_div(pictures).unwrap_or(0),
             not_jpeg: clients.iter().map(|c| c.not_jpeg).sum(),
             fps_per_client: if fps.is_empty() {
                 0.0
@@ -234,7 +239,7 @@ impl MjpegSummary {
         let q = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let mut s = format!(
             "{}: {}/{} MJPEG clients received pictures ({} failed) over {:.1} s\n\
-             pictures {} ({:.1} fps per client), parts that were not a JPEG {}\n\
+             pictures {} ({:.1} fps per client, {} KiB each: {:.1} Mbit/s per client), parts that were not a JPEG {}\n\
              time to first picture ms p50 {} p95 {} max {}\n\
              capture-to-client delay ms p50 {} p99 {} max {} ({} pictures)\n",
             self.server,
@@ -244,6 +249,8 @@ impl MjpegSummary {
             self.duration_s,
             self.pictures,
             self.fps_per_client,
+            self.picture_bytes_avg / 1024,
+            self.fps_per_client * self.picture_bytes_avg as f64 * 8.0 / 1e6,
             self.not_jpeg,
             q(self.ttfp_ms.p50),
             q(self.ttfp_ms.p95),

@@ -47,6 +47,8 @@ pub struct MjpegClientReport {
     /// Request sent → first whole picture.
     pub ttfp_ms: Option<f64>,
     pub pictures: u64,
+    /// Bytes of those pictures.
+    pub picture_bytes: u64,
     /// Parts that were not a whole JPEG picture.
     pub not_jpeg: u64,
     /// Seconds from the first picture to the end.
@@ -172,6 +174,7 @@ fn take_part(part: &Part, report: &mut MjpegClientReport) -> bool {
         return false;
     }
     report.pictures += 1;
+    report.picture_bytes += part.head.len as u64;
     // Capture time is CLOCK_MONOTONIC on the server, which is this machine.
     if let Some(captured) = part.head.captured_us {
         let delay_us = clock::monotonic_us().saturating_sub(captured);
