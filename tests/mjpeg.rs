@@ -207,7 +207,7 @@ async fn ffmpeg_reads_the_stream_and_ffprobe_the_snapshot() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_carry_ustreamer_headers_and_options() -> Result<()> {
-    let server = Server::start(&["--resolution", "320x240"]).await?;
+    let server = Server::start(&["--resolution", "320x240", "--quality", "90"]).await?;
     let port = server.http_port;
 
     let mut plain = MjpegReader::open(port, "/stream").await?;
@@ -244,6 +244,16 @@ async fn parts_carry_ustreamer_headers_and_options() -> Result<()> {
         .and_then(|m| m.values().find(|c| c["key"] == "vnc"))
         .with_context(|| format!("no client with key vnc in {clients}"))?;
     assert_eq!(vnc["extra_headers"], true, "{vnc}");
+    // µStreamer's own place for the same, where kvmd looks: `result.stream`.
+    let stream = &state["result"]["stream"];
+    assert_eq!(stream["clients"], 2, "{stream}");
+    let vnc = stream["clients_stat"]
+        .as_object()
+        .and_then(|m| m.values().find(|c| c["key"] == "vnc"))
+        .with_context(|| format!("no client with key vnc in {stream}"))?;
+    assert_eq!(vnc["extra_headers"], true, "{vnc}");
+    assert!(vnc["fps"].is_u64() && stream["queued_fps"].is_u64(), "{stream}");
+    assert_eq!(state["result"]["encoder"]["quality"], 90, "--quality is reported");
 
     let mut empty = MjpegReader::open(port, "/stream?zero_data=1").await?;
     let part = empty.next_part().await?;
