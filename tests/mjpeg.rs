@@ -252,8 +252,14 @@ async fn parts_carry_ustreamer_headers_and_options() -> Result<()> {
         .and_then(|m| m.values().find(|c| c["key"] == "vnc"))
         .with_context(|| format!("no client with key vnc in {stream}"))?;
     assert_eq!(vnc["extra_headers"], true, "{vnc}");
-    assert!(vnc["fps"].is_u64() && stream["queued_fps"].is_u64(), "{stream}");
-    assert_eq!(state["result"]["encoder"]["quality"], 90, "--quality is reported");
+    assert!(
+        vnc["fps"].is_u64() && stream["queued_fps"].is_u64(),
+        "{stream}"
+    );
+    assert_eq!(
+        state["result"]["encoder"]["quality"], 90,
+        "--quality is reported"
+    );
 
     let mut empty = MjpegReader::open(port, "/stream?zero_data=1").await?;
     let part = empty.next_part().await?;
@@ -562,6 +568,40 @@ async fn an_mjpeg_cameras_pictures_reach_the_stream_byte_identical() -> Result<(
     let tap = &state["mjpeg"]["streams"]["default"];
     assert_eq!(tap["passthrough"], true, "{tap}");
     assert_eq!(tap["encoded"], 0, "nothing decoded or encoded: {tap}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_cameras_pictures_become_jpeg_without_h264_in_between() -> Result<()> {
+    // A YUYV camera, recorded raw, replayed through the camera pipeline.
+    let file = std::env::temp_dir().join(format!("peregrine-mjpeg-{}.yuyv", std::process::id()));
+    let made = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-frames:v", "30", "-pix_fmt", "yuyv422", "-f", "rawvideo"])
+        .arg(&file)
+        .status()
+        .context("run ffmpeg")?;
+    ensure!(made.success(), "ffmpeg could not make the recording");
+    let source = file.to_str().context("temp path")?.to_string();
+    let server = Server::start(&["--source", &source, "--resolution", "320x240"]).await;
+    let _ = std::fs::remove_file(&file);
+    let server = server?;
+
+    let mut reader = MjpegReader::open(server.http_port, "/stream").await?;
+    let mut pictures = Vec::new();
+    for _ in 0..10 {
+        pictures.push(reader.next_part().await?.jpeg);
+    }
+    assert_eq!(ffprobe_size(&pictures[9])?, (320, 240));
+    let state = server.state().await?;
+    let tap = &state["mjpeg"]["streams"]["default"];
+    assert_eq!(tap["raw_input"], true, "{tap}");
+    assert_eq!(tap["decoded"], 0, "no H.264 decoded for JPEG: {tap}");
+    assert!(tap["encoded"].as_u64() >= Some(10), "{tap}");
+    // Nobody watches H.264, so none was made.
+    let frames = &state["streams"]["default"]["source"]["frames"];
+    assert_eq!(frames, 0, "H.264 made for MJPEG clients only: {state}");
     Ok(())
 }
 
