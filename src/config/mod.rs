@@ -1787,6 +1787,49 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_sink_flags_and_ustreamers_older_sink_names_parse_and_validate() {
+        for prefix in ["--jpeg-sink", "--sink"] {
+            let c = Config::load(Args::parse_from([
+                "peregrine".to_string(),
+                prefix.to_string(),
+                "kvmd::ustreamer::jpeg".to_string(),
+                format!("{prefix}-mode"),
+                "600".to_string(),
+                format!("{prefix}-rm"),
+                format!("{prefix}-client-ttl"),
+                "2".to_string(),
+                format!("{prefix}-timeout"),
+                "5".to_string(),
+            ]))
+            .unwrap();
+            assert_eq!(c.jpeg_sink.as_deref(), Some("kvmd::ustreamer::jpeg"));
+            assert_eq!((c.jpeg_sink_mode, c.jpeg_sink_rm), (0o600, true));
+            assert_eq!((c.jpeg_sink_client_ttl_s, c.jpeg_sink_timeout_s), (2, 5));
+            assert_eq!(c.h264_sink, None, "{prefix} sets the JPEG sink only");
+        }
+        for args in [
+            &["--jpeg-sink", "nosuffix"][..],
+            &["--jpeg-sink-mode", "abc"],
+            &["--jpeg-sink-client-ttl", "0"],
+            &["--jpeg-sink-timeout", "61"],
+            &["--source", "memsink:a::jpeg", "--jpeg-sink", "a::jpeg"],
+            &["--h264-sink", "a::jpeg", "--jpeg-sink", "a::jpeg"],
+            &["--drop-same-frames", "121"],
+        ] {
+            let err = Config::load(Args::parse_from(
+                std::iter::once("peregrine").chain(args.iter().copied()),
+            ))
+            .unwrap_err();
+            let key = args[args.len() - 2]
+                .trim_start_matches("--")
+                .replace('-', "_");
+            assert!(format!("{err:#}").contains(&key), "{args:?}: {err:#}");
+        }
+        let c = Config::load(Args::parse_from(["peregrine", "-e", "30"])).unwrap();
+        assert_eq!(c.drop_same_frames, 30);
+    }
+
+    #[test]
     fn shipped_example_config_loads() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/peregrine.toml");
         let c = Config::load(Args::parse_from(["peregrine", "--config", path])).unwrap();
