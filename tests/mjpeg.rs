@@ -640,3 +640,103 @@ async fn each_stream_is_reached_by_name() -> Result<()> {
     assert_eq!(viewers(&state), 0, "the default stream has no viewer");
     Ok(())
 }
+
+/// One JPEG of a plain `colour` picture, as ffmpeg encodes it.
+fn plain_jpeg(colour: &str) -> Result<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("color=c={colour}:size=320x240"),
+        ])
+        .args(["-frames:v", "1", "-pix_fmt", "yuvj420p", "-c:v", "mjpeg"])
+        .args(["-f", "mjpeg", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .context("run ffmpeg")?;
+    ensure!(
+        out.status.success() && !out.stdout.is_empty(),
+        "ffmpeg made no JPEG"
+    );
+    Ok(out.stdout)
+}
+
+/// Runs of identical consecutive pictures among the first `count` live parts of
+/// `/stream{query}`, as (picture, run length).
+async fn runs_of_parts(port: u16, query: &str, count: usize) -> Result<Vec<(Vec<u8>, usize)>> {
+    let mut reader = MjpegReader::open(port, &format!("/stream?extra_headers=1{query}")).await?;
+    let mut runs: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut live = 0;
+    while live < count {
+        let part = reader.next_part().await?;
+        // NO SIGNAL until the camera is open.
+        if part.header("X-UStreamer-Online") != Some("true") {
+            continue;
+        }
+        live += 1;
+        match runs.last_mut() {
+            Some((picture, n)) if *picture == part.jpeg => *n += 1,
+            _ => runs.push((part.jpeg, 1)),
+        }
+    }
+    Ok(runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_same_frames_skips_a_still_cameras_repeated_pictures() -> Result<()> {
+    // A camera showing a still picture: half a second of red, half a second of blue,
+    // each picture byte-identical to the one before while the colour stays.
+    let (red, blue) = (plain_jpeg("red")?, plain_jpeg("blue")?);
+    let mut recording = Vec::new();
+    for picture in [&red, &blue] {
+        for _ in 0..15 {
+            recording.extend_from_slice(picture);
+        }
+    }
+    let file = std::env::temp_dir().join(format!("peregrine-still-{}.mjpeg", std::process::id()));
+    std::fs::write(&file, &recording)?;
+    let source = file.to_str().context("temp path")?.to_string();
+    let start = |limit: &'static str| {
+        let source = source.clone();
+        async move {
+            let args = ["--source", &source, "--resolution", "320x240"];
+            Server::start(&[&args[..], &["--drop-same-frames", limit]].concat()).await
+        }
+    };
+    let result = async {
+        let server = start("120").await?;
+        let port = server.http_port;
+        // Only changes are sent: no picture twice in a row, red and blue in turn.
+        let runs = runs_of_parts(port, "", 6).await?;
+        ensure!(
+            runs.iter().all(|(_, n)| *n == 1),
+            "identical pictures sent in a row: {:?}",
+            runs.iter().map(|r| r.1).collect::<Vec<_>>()
+        );
+        ensure!(runs.iter().all(|(p, _)| *p == red || *p == blue));
+        // With dual_final_frames, the last picture of each change goes out twice.
+        let runs = runs_of_parts(port, "&dual_final_frames=1", 9).await?;
+        let lengths: Vec<usize> = runs.iter().map(|r| r.1).collect();
+        ensure!(
+            lengths[..lengths.len() - 1].iter().all(|n| *n == 2),
+            "runs of identical parts: {lengths:?}"
+        );
+        drop(server);
+
+        // A low limit: a still picture is still sent after that many skipped.
+        let server = start("4").await?;
+        let runs = runs_of_parts(server.http_port, "", 12).await?;
+        let lengths: Vec<usize> = runs.iter().map(|r| r.1).collect();
+        // 15 identical pictures, one in 5 sent: 3 each (fewer if the reader missed one).
+        ensure!(
+            lengths.iter().any(|n| *n > 1) && lengths.iter().all(|n| *n <= 3),
+            "runs of identical parts: {lengths:?}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_file(&file);
+    result
+}

@@ -107,7 +107,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             transcode_kbps: cfg.jsmpeg_bitrate_kbps,
         },
     );
-    let mjpeg = http::mjpeg::Mjpeg::new(streams.clone(), jpeg_taps);
+    let mjpeg = http::mjpeg::Mjpeg::new(streams.clone(), jpeg_taps, cfg.drop_same_frames);
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
 

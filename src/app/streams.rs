@@ -11,6 +11,7 @@ use crate::http::state::{Resolution, StreamFacts};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::jpeg_tap::{JpegTap, TapConfig};
 use crate::media::{Hub, Stream};
+use crate::memsink::jpeg_output as memsink_jpeg_output;
 use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
 use crate::metrics::collector::StreamInput;
@@ -73,6 +74,17 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
             stop.clone(),
             sink_readers.clone().unwrap_or_default(),
         )?);
+        let jpeg_sink_readers = stream_cfg
+            .jpeg_sink
+            .as_ref()
+            .map(|_| Arc::new(AtomicBool::new(false)));
+        threads.push(start_jpeg_sink(
+            cfg,
+            &stream_cfg,
+            &jpeg_tap,
+            stop.clone(),
+            jpeg_sink_readers.clone().unwrap_or_default(),
+        )?);
         let kind = stream_cfg.spec.kind();
         let stream = Stream::new(stream_cfg.name, hub, stream_cfg.video.fps);
         jpeg_taps.push((stream.clone(), jpeg_tap));
@@ -90,6 +102,7 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
             bitrate_kbps: stream_cfg.video.bitrate_kbps,
             gop: stream_cfg.video.gop,
             h264_sink: sink_readers,
+            jpeg_sink: jpeg_sink_readers,
         });
         running.push(input);
     }
@@ -217,5 +230,32 @@ fn start_sink(
         hub,
         stop,
         readers,
+    )?))
+}
+
+/// A stream's JPEG memsink output (`--jpeg-sink`), when configured.
+fn start_jpeg_sink(
+    cfg: &Config,
+    stream: &StreamConfig,
+    tap: &Arc<JpegTap>,
+    stop: Arc<AtomicBool>,
+    readers: Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(name) = &stream.jpeg_sink else {
+        return Ok(None);
+    };
+    let sink = SinkConfig {
+        name: name.clone(),
+        mode: cfg.jpeg_sink_mode,
+        remove_on_exit: cfg.jpeg_sink_rm,
+        client_ttl: std::time::Duration::from_secs(cfg.jpeg_sink_client_ttl_s),
+        timeout: std::time::Duration::from_secs(cfg.jpeg_sink_timeout_s),
+    };
+    Ok(Some(memsink_jpeg_output::spawn(
+        sink,
+        tap.clone(),
+        stop,
+        readers,
+        tokio::runtime::Handle::current(),
     )?))
 }

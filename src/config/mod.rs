@@ -326,10 +326,15 @@ pub struct Args {
     /// Frames between keyframes (for sources peregrine encodes). [default: 60]
     #[arg(long, value_name = "FRAMES", help_heading = "Encoder")]
     pub h264_gop: Option<u32>,
-    /// JPEG quality of `/stream` and `/snapshot` (1..100) for sources peregrine encodes
+    /// JPEG quality of `/stream`, `/snapshot` and the JPEG sink (1..100) for sources peregrine encodes
     /// as JPEG; a camera's own JPEG is passed on as it is. [default: 80]
     #[arg(long, short = 'q', value_name = "N", help_heading = "Encoder")]
     pub quality: Option<u8>,
+    /// `/stream` skips a picture byte-identical to the last one sent, at most N in a row
+    /// (0..120; 0: send every picture), as µStreamer's --drop-same-frames: a still
+    /// screen costs almost no traffic. [default: 0]
+    #[arg(long, short = 'e', value_name = "N", help_heading = "Encoder")]
+    pub drop_same_frames: Option<u32>,
 
     /// Delay before the test pattern's first picture after a viewer appears, like a
     /// camera warming up (exercises clients' retry-on-503 paths). [default: 0]
@@ -433,6 +438,52 @@ pub struct Args {
         help_heading = "Memsink output (as µStreamer)"
     )]
     pub h264_sink_timeout: Option<u64>,
+    /// Also write JPEG pictures into this µStreamer memsink (e.g. `kvmd::ustreamer::jpeg`)
+    /// for kvmd's VNC server or ustreamer-dump; pictures are made only while it has a
+    /// reader. `--sink` is µStreamer's older name.
+    #[arg(
+        long,
+        alias = "sink",
+        value_name = "NAME",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink: Option<String>,
+    /// Permissions of a newly created JPEG sink, octal. [default: 660]
+    #[arg(
+        long,
+        alias = "sink-mode",
+        value_name = "OCTAL",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink_mode: Option<String>,
+    /// Remove the JPEG sink when peregrine exits.
+    #[arg(
+        long,
+        alias = "sink-rm",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Memsink output (as µStreamer)",
+    )]
+    pub jpeg_sink_rm: Option<bool>,
+    /// Seconds a JPEG sink reader counts as present after its last read (1..60).
+    /// [default: 10]
+    #[arg(
+        long,
+        alias = "sink-client-ttl",
+        value_name = "SECONDS",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink_client_ttl: Option<u64>,
+    /// Seconds to wait for the JPEG sink lock (1..60; kept for µStreamer parity).
+    /// [default: 1]
+    #[arg(
+        long,
+        alias = "sink-timeout",
+        value_name = "SECONDS",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink_timeout: Option<u64>,
 
     /// peregrine's own log level: error, warn, info, debug or trace; other libraries
     /// log warnings and errors only. RUST_LOG directives are applied on top. [default: info]
@@ -595,6 +646,13 @@ pub struct Config {
     pub h264_sink_rm: bool,
     pub h264_sink_client_ttl_s: u64,
     pub h264_sink_timeout_s: u64,
+    pub jpeg_sink: Option<String>,
+    pub jpeg_sink_mode: u32,
+    pub jpeg_sink_rm: bool,
+    pub jpeg_sink_client_ttl_s: u64,
+    pub jpeg_sink_timeout_s: u64,
+    /// `/stream` skips up to this many pictures in a row identical to the last one sent.
+    pub drop_same_frames: u32,
     /// peregrine's own log level (`error` … `trace`).
     pub log_level: tracing::Level,
     /// The level was given (flag or file), so it wins over a bare level in RUST_LOG.
@@ -681,6 +739,12 @@ impl Default for Config {
             h264_sink_rm: false,
             h264_sink_client_ttl_s: 10,
             h264_sink_timeout_s: 1,
+            jpeg_sink: None,
+            jpeg_sink_mode: 0o660,
+            jpeg_sink_rm: false,
+            jpeg_sink_client_ttl_s: 10,
+            jpeg_sink_timeout_s: 1,
+            drop_same_frames: 0,
             log_level: tracing::Level::INFO,
             log_level_given: false,
             log_format: LogFormat::Text,
@@ -881,6 +945,13 @@ impl Config {
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
         set!(jpeg_quality <- quality);
+        set!(drop_same_frames <- drop_same_frames);
+        if self.drop_same_frames > MAX_DROP_SAME_FRAMES {
+            bail!(
+                "drop_same_frames must be 0..={MAX_DROP_SAME_FRAMES}, got {}",
+                self.drop_same_frames
+            );
+        }
         if !(1..=100).contains(&self.jpeg_quality) {
             bail!("quality must be 1..100, got {}", self.jpeg_quality);
         }
@@ -934,12 +1005,18 @@ impl Config {
             self.h264_sink = Some(name);
         }
         if let Some(mode) = a.h264_sink_mode {
-            self.h264_sink_mode = u32::from_str_radix(mode.trim(), 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .ok_or_else(|| {
-                    anyhow!("h264_sink_mode must be octal permissions like 660, got {mode:?}")
-                })?;
+            self.h264_sink_mode = parse_sink_mode("h264_sink_mode", &mode)?;
+        }
+        set!(jpeg_sink_rm <- jpeg_sink_rm);
+        set!(jpeg_sink_client_ttl_s <- jpeg_sink_client_ttl);
+        set!(jpeg_sink_timeout_s <- jpeg_sink_timeout);
+        if let Some(name) = a.jpeg_sink {
+            crate::memsink::layout::data_size_for_name(&name)
+                .map_err(|e| anyhow!("jpeg_sink: {e}"))?;
+            self.jpeg_sink = Some(name);
+        }
+        if let Some(mode) = a.jpeg_sink_mode {
+            self.jpeg_sink_mode = parse_sink_mode("jpeg_sink_mode", &mode)?;
         }
         if let Some(path) = a.janus_http_path {
             if !path.starts_with('/') {
@@ -972,15 +1049,30 @@ impl Config {
         for (key, v) in [
             ("h264_sink_client_ttl", self.h264_sink_client_ttl_s),
             ("h264_sink_timeout", self.h264_sink_timeout_s),
+            ("jpeg_sink_client_ttl", self.jpeg_sink_client_ttl_s),
+            ("jpeg_sink_timeout", self.jpeg_sink_timeout_s),
         ] {
             if !(1..=60).contains(&v) {
                 bail!("{key} must be 1..=60 seconds, got {v}");
             }
         }
-        if let (Some(sink), Some(read)) = (&self.h264_sink, self.source.strip_prefix("memsink:")) {
-            if sink == read {
-                bail!("h264_sink {sink:?} is also the source: peregrine would read its own frames");
+        let read = self.source.strip_prefix("memsink:");
+        for (key, sink) in [
+            ("h264_sink", &self.h264_sink),
+            ("jpeg_sink", &self.jpeg_sink),
+        ] {
+            if sink.is_some() && sink.as_deref() == read {
+                bail!(
+                    "{key} {:?} is also the source: peregrine would read its own frames",
+                    read.unwrap_or_default()
+                );
             }
+        }
+        if self.h264_sink.is_some() && self.h264_sink == self.jpeg_sink {
+            bail!(
+                "h264_sink and jpeg_sink are both {:?}; each sink needs its own name",
+                self.jpeg_sink.as_deref().unwrap_or_default()
+            );
         }
         if self.ws_queue_bytes < 4096 {
             bail!(
@@ -1465,6 +1557,17 @@ fn read_passwd_file(path: &std::path::Path) -> Result<String> {
 }
 
 /// `1280x720` → (1280, 720); even sizes only, as 4:2:0 encoding needs.
+/// µStreamer's limit of --drop-same-frames (its highest frame rate).
+pub const MAX_DROP_SAME_FRAMES: u32 = 120;
+
+/// A sink's `--*-sink-mode`: octal permissions.
+fn parse_sink_mode(key: &str, mode: &str) -> Result<u32> {
+    u32::from_str_radix(mode.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| anyhow!("{key} must be octal permissions like 660, got {mode:?}"))
+}
+
 pub fn parse_resolution(s: &str) -> Result<(u32, u32)> {
     let (w, h) = s
         .split_once(['x', 'X'])
@@ -1681,6 +1784,49 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{err:#}").contains("also the source"), "{err:#}");
+    }
+
+    #[test]
+    fn jpeg_sink_flags_and_ustreamers_older_sink_names_parse_and_validate() {
+        for prefix in ["--jpeg-sink", "--sink"] {
+            let c = Config::load(Args::parse_from([
+                "peregrine".to_string(),
+                prefix.to_string(),
+                "kvmd::ustreamer::jpeg".to_string(),
+                format!("{prefix}-mode"),
+                "600".to_string(),
+                format!("{prefix}-rm"),
+                format!("{prefix}-client-ttl"),
+                "2".to_string(),
+                format!("{prefix}-timeout"),
+                "5".to_string(),
+            ]))
+            .unwrap();
+            assert_eq!(c.jpeg_sink.as_deref(), Some("kvmd::ustreamer::jpeg"));
+            assert_eq!((c.jpeg_sink_mode, c.jpeg_sink_rm), (0o600, true));
+            assert_eq!((c.jpeg_sink_client_ttl_s, c.jpeg_sink_timeout_s), (2, 5));
+            assert_eq!(c.h264_sink, None, "{prefix} sets the JPEG sink only");
+        }
+        for args in [
+            &["--jpeg-sink", "nosuffix"][..],
+            &["--jpeg-sink-mode", "abc"],
+            &["--jpeg-sink-client-ttl", "0"],
+            &["--jpeg-sink-timeout", "61"],
+            &["--source", "memsink:a::jpeg", "--jpeg-sink", "a::jpeg"],
+            &["--h264-sink", "a::jpeg", "--jpeg-sink", "a::jpeg"],
+            &["--drop-same-frames", "121"],
+        ] {
+            let err = Config::load(Args::parse_from(
+                std::iter::once("peregrine").chain(args.iter().copied()),
+            ))
+            .unwrap_err();
+            let key = args[args.len() - 2]
+                .trim_start_matches("--")
+                .replace('-', "_");
+            assert!(format!("{err:#}").contains(&key), "{args:?}: {err:#}");
+        }
+        let c = Config::load(Args::parse_from(["peregrine", "-e", "30"])).unwrap();
+        assert_eq!(c.drop_same_frames, 30);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Streams: the command line describes one (`default`); the TOML file may add any
 //! number as `[[stream]]` tables, each with the source keys of the top level. A key a
 //! table leaves out takes the top level's value (picture size, frame rate, encoder),
-//! except what belongs to one source alone (`source_allow`, `h264_sink`).
+//! except what belongs to one source alone (`source_allow`, `h264_sink`, `jpeg_sink`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -29,6 +29,7 @@ pub struct StreamArgs {
     pub h264_gop: Option<u32>,
     pub testsrc_warmup_ms: Option<u64>,
     pub h264_sink: Option<String>,
+    pub jpeg_sink: Option<String>,
 }
 
 /// One stream, resolved: what its source reads and how pictures are made.
@@ -46,6 +47,8 @@ pub struct StreamConfig {
     pub testsrc_warmup_ms: u64,
     /// The stream's own H.264 memsink output.
     pub h264_sink: Option<String>,
+    /// The stream's own JPEG memsink output.
+    pub jpeg_sink: Option<String>,
 }
 
 impl StreamConfig {
@@ -60,6 +63,7 @@ impl StreamConfig {
             video: cfg.video,
             testsrc_warmup_ms: cfg.testsrc_warmup_ms,
             h264_sink: cfg.h264_sink.clone(),
+            jpeg_sink: cfg.jpeg_sink.clone(),
         }
     }
 }
@@ -99,6 +103,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
     let mut c = base.clone();
     c.source_allow.clear();
     c.h264_sink = None;
+    c.jpeg_sink = None;
     c.apply(Args {
         source: Some(source),
         source_allow: table.source_allow,
@@ -110,6 +115,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         h264_gop: table.h264_gop,
         testsrc_warmup_ms: table.testsrc_warmup_ms,
         h264_sink: table.h264_sink,
+        jpeg_sink: table.jpeg_sink,
         ..Args::default()
     })?;
     c.source_spec = SourceSpec::parse(&c.source, &c.device, c.format)?;
@@ -151,7 +157,8 @@ fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> 
                 );
             }
         }
-        if let Some(sink) = &s.h264_sink {
+        // One name is one object, whatever a stream writes into it.
+        for sink in [&s.h264_sink, &s.jpeg_sink].into_iter().flatten() {
             if let Some(first) = sinks.insert(sink, &s.name) {
                 bail!(
                     "streams {first:?} and {:?} both write the memsink {sink:?}",
@@ -277,6 +284,22 @@ resolution = "640x360"
             (
                 "h264_sink = \"s1.h264\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nh264_sink = \"s1.h264\"\n",
                 "both write the memsink \"s1.h264\"",
+            ),
+            (
+                "jpeg_sink = \"s1::jpeg\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\njpeg_sink = \"s1::jpeg\"\n",
+                "both write the memsink \"s1::jpeg\"",
+            ),
+            (
+                "h264_sink = \"s1::jpeg\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\njpeg_sink = \"s1::jpeg\"\n",
+                "both write the memsink \"s1::jpeg\"",
+            ),
+            (
+                "jpeg_sink = \"s1::jpeg\"\n[[stream]]\nname = \"x\"\nsource = \"memsink:s1::jpeg\"\n",
+                "read its own frames",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\njpeg_sink = \"x:y.jpeg\"\n",
+                "jpeg_sink",
             ),
             (
                 "h264_sink = \"s1.h264\"\n[[stream]]\nname = \"x\"\nsource = \"memsink:s1.h264\"\n",

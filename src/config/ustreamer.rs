@@ -192,7 +192,7 @@ pub const FLAGS: &[Flag] = &[
         "raw-sink",
         None,
         true,
-        "the raw memsink is not supported; peregrine writes --h264-sink",
+        "the raw memsink is not supported; peregrine writes --h264-sink and --jpeg-sink",
     ),
     refused(
         "raw-sink-mode",
