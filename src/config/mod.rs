@@ -1581,15 +1581,19 @@ mod tests {
             all.extend_from_slice(extra);
             Args::parse_from(all)
         };
-        let c = Config::load(args(&["--h264-m2m-device", "/dev/video11", "--h264-boost"]))
-            .unwrap();
+        let c = Config::load(args(&["--h264-m2m-device", "/dev/video11", "--h264-boost"])).unwrap();
         let m2m = M2mConfig {
             device: "/dev/video11".into(),
             boost: true,
         };
         assert_eq!(c.h264_encoder, H264EncoderChoice::M2m(m2m.clone()));
-        assert_eq!(c.stream_configs()[0].h264_encoder, H264EncoderChoice::M2m(m2m));
-        let err = Config::load(args(&["--h264-boost"])).unwrap_err().to_string();
+        assert_eq!(
+            c.stream_configs()[0].h264_encoder,
+            H264EncoderChoice::M2m(m2m)
+        );
+        let err = Config::load(args(&["--h264-boost"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--h264-m2m-device"), "{err}");
     }
 

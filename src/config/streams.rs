@@ -11,8 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::{Args, Config, SourceSpec};
-use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
 use crate::media::encoder::H264EncoderChoice;
+use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
 use crate::media::VideoSettings;
 
 /// One `[[stream]]` table as written.

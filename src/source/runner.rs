@@ -564,8 +564,14 @@ mod tests {
             current: I420Frame::new(160, 120),
         };
         let mut sub = hub.subscribe(StartAt::NextKeyframe);
-        let thread = spawn(Box::new(source), cfg, hub.clone(), status.clone(), stop.clone())
-            .unwrap();
+        let thread = spawn(
+            Box::new(source),
+            cfg,
+            hub.clone(),
+            status.clone(),
+            stop.clone(),
+        )
+        .unwrap();
         let t0 = clock::monotonic_us();
         let mut pattern = crate::source::pattern::TestPattern::new(160, 120).unwrap();
         let mut send = |i: u32, at_us: u64| tx.send((pattern.draw(i, 0).clone(), at_us)).unwrap();
@@ -595,7 +601,10 @@ mod tests {
         let s = status.snapshot();
         assert_eq!(s.state, "no_signal");
         let why = s.last_error.unwrap_or_default();
-        assert!(why.contains("encoder") && why.contains("/dev/fake-m2m"), "{why}");
+        assert!(
+            why.contains("encoder") && why.contains("/dev/fake-m2m"),
+            "{why}"
+        );
         // Repaired: the device is opened again and the video resumes at its IDR.
         log.lock().unwrap().fault = None;
         send(4, t0 + 2_000_000);

@@ -217,6 +217,9 @@ impl M2mFd {
         };
         // SAFETY: reading the union member the driver filled for MMAP buffers.
         let offset = unsafe { plane.m.mem_offset };
+        // Infallible where off_t is 64 bits; checked for 32-bit targets.
+        #[allow(clippy::unnecessary_fallible_conversions)]
+        let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
         // SAFETY: a fresh shared mapping (no address hint, so nothing existing is
         // replaced) of the device's buffer at the offset the driver gave for it, with
         // its length; it is unmapped only by MappedBuffer's drop.
@@ -227,7 +230,7 @@ impl M2mFd {
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
                 self.file.as_fd(),
-                libc::off_t::from(offset),
+                offset,
             )
         }?;
         Ok(MappedBuffer {

@@ -31,7 +31,10 @@ impl InputLayout {
 
     /// The layout must hold a `width`×`height` picture with even strides.
     pub fn check(&self, width: u32, height: u32) -> anyhow::Result<()> {
-        if self.bytes_per_line < width || self.rows < height || self.bytes_per_line % 2 != 0 {
+        if self.bytes_per_line < width
+            || self.rows < height
+            || !self.bytes_per_line.is_multiple_of(2)
+        {
             anyhow::bail!(
                 "the device lays out {width}x{height} pictures as {} bytes by {} rows, \
                  which cannot hold them",

@@ -104,6 +104,21 @@ impl M2mDevice for V4l2M2m {
     }
 
     fn start(&mut self, width: u32, height: u32, fps: u32) -> io::Result<InputLayout> {
+        // The coded format first: the stateful encoder API lets it change the raw one.
+        let output = self.fd.set_format(
+            Queue::Bitstream,
+            PlaneFormat {
+                width,
+                height,
+                fourcc: fourcc(b"H264"),
+                colorspace: k::v4l2_colorspace_V4L2_COLORSPACE_DEFAULT,
+                bytes_per_line: 0,
+                size_image: BITSTREAM_BUFFER_BYTES,
+            },
+        )?;
+        if output.fourcc != fourcc(b"H264") {
+            return Err(io::Error::other("the device refused H.264 output"));
+        }
         let input = self.fd.set_format(
             Queue::Pictures,
             PlaneFormat {
@@ -118,20 +133,6 @@ impl M2mDevice for V4l2M2m {
         )?;
         if input.fourcc != fourcc(b"YU12") {
             return Err(io::Error::other("the device refused I420 input"));
-        }
-        let output = self.fd.set_format(
-            Queue::Bitstream,
-            PlaneFormat {
-                width,
-                height,
-                fourcc: fourcc(b"H264"),
-                colorspace: k::v4l2_colorspace_V4L2_COLORSPACE_DEFAULT,
-                bytes_per_line: 0,
-                size_image: BITSTREAM_BUFFER_BYTES,
-            },
-        )?;
-        if output.fourcc != fourcc(b"H264") {
-            return Err(io::Error::other("the device refused H.264 output"));
         }
         self.fd.set_frame_rate(fps)?;
 
