@@ -122,7 +122,15 @@ fn start_source(
     stop: Arc<AtomicBool>,
     jpeg_tap: &Arc<JpegTap>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
-    let (source, runner) = make_source(cfg, jpeg_tap)?;
+    let (source, mut runner) = make_source(cfg, jpeg_tap)?;
+    // Only sources of raw pictures use the encoder; a missing device stops the start.
+    if matches!(
+        cfg.spec,
+        SourceSpec::Testsrc | SourceSpec::V4l2 { .. } | SourceSpec::Recording(_)
+    ) {
+        cfg.h264_encoder.check().map_err(usage_error)?;
+    }
+    runner.encoders = cfg.h264_encoder.factory();
     Ok(Some(runner::spawn(source, runner, hub, status, stop)?))
 }
 

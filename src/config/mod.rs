@@ -12,6 +12,8 @@ use serde::Deserialize;
 use crate::access::{Credentials, IpList};
 use crate::config::janus_install::SecureTransport;
 use crate::janus::{self, JanusConfig, Listen};
+use crate::media::encoder::H264EncoderChoice;
+use crate::media::m2m::M2mConfig;
 use crate::media::{limits, VideoSettings};
 use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
@@ -326,6 +328,21 @@ pub struct Args {
     /// Frames between keyframes (for sources peregrine encodes). [default: 60]
     #[arg(long, value_name = "FRAMES", help_heading = "Encoder")]
     pub h264_gop: Option<u32>,
+    /// Encode H.264 with the V4L2 memory-to-memory encoder at PATH (a Raspberry Pi's
+    /// /dev/video11) instead of openh264 on the CPU, for cameras delivering raw or JPEG
+    /// pictures and the test pattern. [default: openh264]
+    #[arg(long, value_name = "PATH", help_heading = "Encoder")]
+    pub h264_m2m_device: Option<PathBuf>,
+    /// With --h264-m2m-device: H.264 level 4.2 rather than 4.0 and up to 60 pictures
+    /// per second above 720p, for faster boards (as µStreamer's --h264-boost).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Encoder",
+    )]
+    pub h264_boost: Option<bool>,
     /// JPEG quality of `/stream`, `/snapshot` and the JPEG sink (1..100) for sources peregrine encodes
     /// as JPEG; a camera's own JPEG is passed on as it is. [default: 80]
     #[arg(long, short = 'q', value_name = "N", help_heading = "Encoder")]
@@ -641,6 +658,10 @@ pub struct Config {
     pub jsmpeg_bitrate_kbps: u32,
     /// JPEG quality of the MJPEG output, 1..=100.
     pub jpeg_quality: u8,
+    /// What encodes raw pictures to H.264.
+    pub h264_encoder: H264EncoderChoice,
+    /// `--h264-boost`, kept apart until the device it applies to is known.
+    pub h264_boost: bool,
     pub h264_sink: Option<String>,
     pub h264_sink_mode: u32,
     pub h264_sink_rm: bool,
@@ -734,6 +755,8 @@ impl Default for Config {
             jsmpeg_ffmpeg: "ffmpeg".into(),
             jsmpeg_bitrate_kbps: 1500,
             jpeg_quality: crate::media::jpeg::DEFAULT_QUALITY,
+            h264_encoder: H264EncoderChoice::Cpu,
+            h264_boost: false,
             h264_sink: None,
             h264_sink_mode: 0o660,
             h264_sink_rm: false,
@@ -809,6 +832,12 @@ impl Config {
         cfg.check_janus_admin()?;
         cfg.tls = tls_files(&args_tls, &file_tls)?;
         cfg.check_access()?;
+        if cfg.h264_boost && cfg.h264_encoder == H264EncoderChoice::Cpu {
+            bail!(
+                "h264_boost tunes the V4L2 M2M encoder only: give --h264-m2m-device too \
+                 (e.g. /dev/video11), or leave --h264-boost out"
+            );
+        }
         streams::check_source_allow(&StreamConfig::default_of(&cfg))?;
         cfg.streams = streams::resolve(&cfg, stream_tables)?;
         Ok(cfg)
@@ -945,6 +974,7 @@ impl Config {
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
         set!(jpeg_quality <- quality);
+        self.apply_h264_encoder(a.h264_m2m_device, a.h264_boost)?;
         set!(drop_same_frames <- drop_same_frames);
         if self.drop_same_frames > MAX_DROP_SAME_FRAMES {
             bail!(
@@ -1108,6 +1138,26 @@ impl Config {
 
 impl Config {
     /// µStreamer's HTTP server keys: `unix*`, `static`, `instance_id`.
+    /// `--h264-m2m-device` picks the M2M encoder; `--h264-boost` tunes it.
+    fn apply_h264_encoder(&mut self, device: Option<PathBuf>, boost: Option<bool>) -> Result<()> {
+        if let Some(boost) = boost {
+            self.h264_boost = boost;
+        }
+        if let Some(device) = device {
+            if device.as_os_str().is_empty() {
+                bail!("h264_m2m_device must be the encoder's device path, e.g. /dev/video11");
+            }
+            self.h264_encoder = H264EncoderChoice::M2m(M2mConfig {
+                device,
+                boost: false,
+            });
+        }
+        if let H264EncoderChoice::M2m(m2m) = &mut self.h264_encoder {
+            m2m.boost = self.h264_boost;
+        }
+        Ok(())
+    }
+
     fn apply_ustreamer_http(&mut self, a: &Args) -> Result<()> {
         if let Some(path) = &a.unix {
             if path.as_os_str().is_empty() {
@@ -1623,6 +1673,31 @@ mod tests {
             (c.video.width, c.video.height, c.video.fps),
             (1280, 720, 30)
         );
+    }
+
+    #[test]
+    fn the_m2m_encoder_is_chosen_by_its_device_and_boost_needs_it() {
+        let c = Config::load(Args::default()).unwrap();
+        assert_eq!(c.h264_encoder, H264EncoderChoice::Cpu);
+        let args = |extra: &[&str]| {
+            let mut all = vec!["peregrine"];
+            all.extend_from_slice(extra);
+            Args::parse_from(all)
+        };
+        let c = Config::load(args(&["--h264-m2m-device", "/dev/video11", "--h264-boost"])).unwrap();
+        let m2m = M2mConfig {
+            device: "/dev/video11".into(),
+            boost: true,
+        };
+        assert_eq!(c.h264_encoder, H264EncoderChoice::M2m(m2m.clone()));
+        assert_eq!(
+            c.stream_configs()[0].h264_encoder,
+            H264EncoderChoice::M2m(m2m)
+        );
+        let err = Config::load(args(&["--h264-boost"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--h264-m2m-device"), "{err}");
     }
 
     #[test]

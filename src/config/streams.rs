@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::{Args, Config, SourceSpec};
+use crate::media::encoder::H264EncoderChoice;
 use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
 use crate::media::VideoSettings;
 
@@ -27,6 +28,7 @@ pub struct StreamArgs {
     pub desired_fps: Option<u32>,
     pub h264_bitrate: Option<u32>,
     pub h264_gop: Option<u32>,
+    pub h264_m2m_device: Option<PathBuf>,
     pub testsrc_warmup_ms: Option<u64>,
     pub h264_sink: Option<String>,
     pub jpeg_sink: Option<String>,
@@ -45,6 +47,8 @@ pub struct StreamConfig {
     pub source_allow: Vec<IpAddr>,
     pub video: VideoSettings,
     pub testsrc_warmup_ms: u64,
+    /// What encodes the stream's raw pictures to H.264.
+    pub h264_encoder: H264EncoderChoice,
     /// The stream's own H.264 memsink output.
     pub h264_sink: Option<String>,
     /// The stream's own JPEG memsink output.
@@ -62,6 +66,7 @@ impl StreamConfig {
             source_allow: cfg.source_allow.clone(),
             video: cfg.video,
             testsrc_warmup_ms: cfg.testsrc_warmup_ms,
+            h264_encoder: cfg.h264_encoder.clone(),
             h264_sink: cfg.h264_sink.clone(),
             jpeg_sink: cfg.jpeg_sink.clone(),
         }
@@ -113,6 +118,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         desired_fps: table.desired_fps,
         h264_bitrate: table.h264_bitrate,
         h264_gop: table.h264_gop,
+        h264_m2m_device: table.h264_m2m_device,
         testsrc_warmup_ms: table.testsrc_warmup_ms,
         h264_sink: table.h264_sink,
         jpeg_sink: table.jpeg_sink,
@@ -240,6 +246,35 @@ resolution = "640x360"
         assert_eq!((cam3.video.width, cam3.video.height), (640, 360));
         assert_eq!(cam3.source_allow, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert!(all[0].source_allow.is_empty());
+    }
+
+    #[test]
+    fn a_table_may_take_its_own_m2m_encoder_and_inherits_the_boost() {
+        let cfg = load(
+            "m2m",
+            r#"
+source = "testsrc"
+h264_boost = true
+h264_m2m_device = "/dev/video11"
+[[stream]]
+name = "cam2"
+source = "testsrc"
+h264_m2m_device = "/dev/video12"
+[[stream]]
+name = "cam3"
+source = "testsrc"
+"#,
+            &[],
+        )
+        .unwrap();
+        let all = cfg.stream_configs();
+        let device = |s: &StreamConfig| match &s.h264_encoder {
+            H264EncoderChoice::M2m(m) => (m.device.clone(), m.boost),
+            H264EncoderChoice::Cpu => panic!("{} has the CPU encoder", s.name),
+        };
+        assert_eq!(device(&all[0]), ("/dev/video11".into(), true));
+        assert_eq!(device(&all[1]), ("/dev/video12".into(), true));
+        assert_eq!(device(&all[2]), ("/dev/video11".into(), true));
     }
 
     #[test]
