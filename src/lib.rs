@@ -1,6 +1,7 @@
 //! peregrine: live H.264 video to web browsers over WebRTC, speaking the Janus API.
 
 pub mod access;
+pub mod app;
 pub mod config;
 pub mod exposure;
 pub mod http;
@@ -16,7 +17,6 @@ pub mod rejections;
 pub mod relay;
 pub mod rtc;
 pub mod serve;
-pub mod server;
 pub mod source;
 // The one module allowed unsafe code: Cargo.toml denies it for the rest of the crate.
 #[allow(unsafe_code)]

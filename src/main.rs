@@ -72,7 +72,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(peregrine::server::run(config));
+    let result = runtime.block_on(peregrine::app::run(config));
     // Connections still open (browsers) must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {

@@ -105,3 +105,32 @@ fn usage_errors_exit_2_and_runtime_failures_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot listen"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_m2m_encoder_path_that_is_not_one_stops_the_start_naming_the_flag() {
+    for (device, why) in [
+        ("/dev/null", "is not a V4L2 device"),
+        ("/nonexistent/video11", "does not exist"),
+    ] {
+        let out = peregrine(&[
+            "--source",
+            "testsrc",
+            "--h264-m2m-device",
+            device,
+            "--port",
+            "0",
+            "--janus-ws-port",
+            "0",
+            "--janus-http-port",
+            "0",
+            "--udp-port-range",
+            "0",
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("--h264-m2m-device {device}")) && err.contains(why),
+            "{err}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use peregrine::media::encoder::H264Encoder;
 use peregrine::media::VideoSettings;
-use peregrine::memsink::layout::{FrameMeta, FORMAT_H264};
+use peregrine::memsink::layout::{FrameMeta, FORMAT_H264, FORMAT_JPEG};
 use peregrine::memsink::monotonic_s;
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
 use peregrine::source::pattern::{read_code_strip, TestPattern};
@@ -1392,5 +1392,186 @@ async fn a_sink_someone_else_created_is_refused_and_our_own_is_reused() -> Resul
     let meta = std::fs::metadata(&path)?;
     assert_eq!(meta.mode() & 0o777, 0o660);
     assert_eq!(meta.len(), sink_size(&name)?);
+    Ok(())
+}
+
+fn unique_jpeg_name(tag: &str) -> String {
+    format!("peregrine-it-{tag}-{}::jpeg", std::process::id())
+}
+
+/// A JPEG decoded as a grey picture: (width, height, luma).
+fn decode_jpeg_luma(jpeg: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::Luma);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), options);
+    let luma = decoder
+        .decode()
+        .map_err(|e| anyhow::anyhow!("not a JPEG: {e:?}"))?;
+    let info = decoder.info().context("no JPEG header")?;
+    Ok((usize::from(info.width), usize::from(info.height), luma))
+}
+
+/// The JPEG sink's `has_clients` in `/state`, and whether the stream makes JPEG now.
+fn jpeg_sink_reader(state: &serde_json::Value) -> Option<bool> {
+    state["result"]["sinks"]["jpeg"]["has_clients"].as_bool()
+}
+
+fn jpeg_idle(state: &serde_json::Value) -> bool {
+    let tap = &state["mjpeg"]["streams"]["default"];
+    jpeg_sink_reader(state) == Some(false)
+        && tap["running"] == false
+        && tap["clients"] == 0
+        && state["source"]["subscribers"] == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_sink_feeds_a_c_reader_only_while_it_reads() -> Result<()> {
+    let _serial = serial();
+    let name = unique_jpeg_name("jpegsink");
+    let _cleanup = RemoveShm(name.clone());
+    let server = Server::start(&[
+        "--resolution",
+        "320x240",
+        "--jpeg-sink",
+        &name,
+        "--jpeg-sink-rm",
+        "--jpeg-sink-client-ttl",
+        "1",
+    ])
+    .await?;
+    // Without a reader (after the first frame that initialises the object), no picture
+    // is made for the sink.
+    server
+        .wait_state(Duration::from_secs(20), jpeg_idle)
+        .await?;
+
+    let reading = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 60, Duration::from_secs(60)))
+    };
+    let state = server
+        .wait_state(Duration::from_secs(20), |s| {
+            jpeg_sink_reader(s) == Some(true) && s["mjpeg"]["streams"]["default"]["running"] == true
+        })
+        .await?;
+    assert!(
+        state["result"]["sinks"].get("h264").is_none(),
+        "only the JPEG sink is configured: {state}"
+    );
+    let (metas, payloads) = reading.await??;
+    let mut counters = Vec::new();
+    for (m, jpeg) in metas.iter().zip(&payloads) {
+        assert_eq!(m["format"], format!("{FORMAT_JPEG:08x}"));
+        assert_eq!((m["width"].as_str(), m["height"].as_str()), ("320", "240"));
+        assert_eq!((m["stride"].as_str(), m["gop"].as_str()), ("0", "0"));
+        assert_eq!((m["online"].as_str(), m["key"].as_str()), ("1", "0"));
+        let (w, h, luma) = decode_jpeg_luma(jpeg)?;
+        assert_eq!((w, h), (320, 240));
+        if let Some((counter, _)) = read_code_strip(&luma, w, w, h) {
+            counters.push(counter);
+        }
+    }
+    // The first frame may be the one left from before the reader came.
+    assert!(
+        counters.len() >= 50,
+        "code strip read in {}",
+        counters.len()
+    );
+    assert!(
+        counters[1..].windows(2).all(|w| w[1] > w[0]),
+        "pictures not live and in order: {counters:?}"
+    );
+
+    // The reader is gone: after the client TTL the sink leaves the tap, which lets go
+    // of the hub, and the test pattern idles.
+    server
+        .wait_state(Duration::from_secs(15), jpeg_idle)
+        .await?;
+    // A new reader wakes it again.
+    let (metas, payloads) = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 5, Duration::from_secs(60))).await??
+    };
+    assert_eq!(metas.len(), 5);
+    assert_eq!(decode_jpeg_luma(&payloads[4])?.0, 320);
+    // Stopped as a service manager stops it: --jpeg-sink-rm removes the object.
+    let term = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()?;
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shm_path(&name).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "--jpeg-sink-rm removes the object at exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mjpeg_cameras_pictures_reach_the_jpeg_sink_byte_identical() -> Result<()> {
+    let _serial = serial();
+    // A camera's own MJPEG, recorded as ffmpeg writes it, replayed through the camera
+    // pipeline (the same path as a V4L2 device's buffers).
+    let file = tmp_file("camera").with_extension("mjpeg");
+    let made = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-frames:v", "30", "-pix_fmt", "yuvj420p", "-c:v", "mjpeg"])
+        .args(["-q:v", "5", "-f", "mjpeg"])
+        .arg(&file)
+        .status()
+        .context("run ffmpeg")?;
+    anyhow::ensure!(made.success(), "ffmpeg could not make the recording");
+    let data = std::fs::read(&file)?;
+    let recording = peregrine::source::camera::replay::Recording::mjpeg(&data, 320, 240);
+    assert_eq!(recording.frames.len(), 30);
+    let name = unique_jpeg_name("camsink");
+    let _cleanup = RemoveShm(name.clone());
+    let source = file.to_str().context("temp path")?.to_string();
+    let server = Server::start(&[
+        "--source",
+        &source,
+        "--resolution",
+        "320x240",
+        "--jpeg-sink",
+        &name,
+    ])
+    .await;
+    let _ = std::fs::remove_file(&file);
+    let server = server?;
+
+    let (metas, payloads) = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || c_read(&name, 45, Duration::from_secs(60))).await??
+    };
+    // Until the camera is open the stream shows NO SIGNAL (offline frames); from its
+    // first picture on, every frame is the camera's own.
+    let first_live = metas
+        .iter()
+        .position(|m| m["online"] == "1")
+        .context("no live frame")?;
+    assert!(
+        metas.len() - first_live >= 30,
+        "{} live frames",
+        metas.len() - first_live
+    );
+    for (m, jpeg) in metas.iter().zip(&payloads).skip(first_live) {
+        assert_eq!(m["format"], format!("{FORMAT_JPEG:08x}"));
+        assert_eq!(m["online"], "1");
+        assert!(
+            recording.frames.contains(jpeg),
+            "a frame of {} bytes is not one of the camera's pictures",
+            jpeg.len()
+        );
+    }
+    let state = server.state().await?;
+    let tap = &state["mjpeg"]["streams"]["default"];
+    assert_eq!(tap["passthrough"], true, "{tap}");
+    assert_eq!(tap["encoded"], 0, "nothing decoded or encoded: {tap}");
     Ok(())
 }

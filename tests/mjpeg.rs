@@ -207,7 +207,7 @@ async fn ffmpeg_reads_the_stream_and_ffprobe_the_snapshot() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_carry_ustreamer_headers_and_options() -> Result<()> {
-    let server = Server::start(&["--resolution", "320x240"]).await?;
+    let server = Server::start(&["--resolution", "320x240", "--quality", "90"]).await?;
     let port = server.http_port;
 
     let mut plain = MjpegReader::open(port, "/stream").await?;
@@ -244,6 +244,22 @@ async fn parts_carry_ustreamer_headers_and_options() -> Result<()> {
         .and_then(|m| m.values().find(|c| c["key"] == "vnc"))
         .with_context(|| format!("no client with key vnc in {clients}"))?;
     assert_eq!(vnc["extra_headers"], true, "{vnc}");
+    // µStreamer's own place for the same, where kvmd looks: `result.stream`.
+    let stream = &state["result"]["stream"];
+    assert_eq!(stream["clients"], 2, "{stream}");
+    let vnc = stream["clients_stat"]
+        .as_object()
+        .and_then(|m| m.values().find(|c| c["key"] == "vnc"))
+        .with_context(|| format!("no client with key vnc in {stream}"))?;
+    assert_eq!(vnc["extra_headers"], true, "{vnc}");
+    assert!(
+        vnc["fps"].is_u64() && stream["queued_fps"].is_u64(),
+        "{stream}"
+    );
+    assert_eq!(
+        state["result"]["encoder"]["quality"], 90,
+        "--quality is reported"
+    );
 
     let mut empty = MjpegReader::open(port, "/stream?zero_data=1").await?;
     let part = empty.next_part().await?;
@@ -556,6 +572,40 @@ async fn an_mjpeg_cameras_pictures_reach_the_stream_byte_identical() -> Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_cameras_pictures_become_jpeg_without_h264_in_between() -> Result<()> {
+    // A YUYV camera, recorded raw, replayed through the camera pipeline.
+    let file = std::env::temp_dir().join(format!("peregrine-mjpeg-{}.yuyv", std::process::id()));
+    let made = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-frames:v", "30", "-pix_fmt", "yuyv422", "-f", "rawvideo"])
+        .arg(&file)
+        .status()
+        .context("run ffmpeg")?;
+    ensure!(made.success(), "ffmpeg could not make the recording");
+    let source = file.to_str().context("temp path")?.to_string();
+    let server = Server::start(&["--source", &source, "--resolution", "320x240"]).await;
+    let _ = std::fs::remove_file(&file);
+    let server = server?;
+
+    let mut reader = MjpegReader::open(server.http_port, "/stream").await?;
+    let mut pictures = Vec::new();
+    for _ in 0..10 {
+        pictures.push(reader.next_part().await?.jpeg);
+    }
+    assert_eq!(ffprobe_size(&pictures[9])?, (320, 240));
+    let state = server.state().await?;
+    let tap = &state["mjpeg"]["streams"]["default"];
+    assert_eq!(tap["raw_input"], true, "{tap}");
+    assert_eq!(tap["decoded"], 0, "no H.264 decoded for JPEG: {tap}");
+    assert!(tap["encoded"].as_u64() >= Some(10), "{tap}");
+    // Nobody watches H.264, so none was made.
+    let frames = &state["streams"]["default"]["source"]["frames"];
+    assert_eq!(frames, 0, "H.264 made for MJPEG clients only: {state}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stream_is_reached_by_name() -> Result<()> {
     let server = Server::start_with_config(
         "source = \"testsrc\"\nresolution = \"320x240\"\n\
@@ -589,4 +639,104 @@ async fn each_stream_is_reached_by_name() -> Result<()> {
         .await?;
     assert_eq!(viewers(&state), 0, "the default stream has no viewer");
     Ok(())
+}
+
+/// One JPEG of a plain `colour` picture, as ffmpeg encodes it.
+fn plain_jpeg(colour: &str) -> Result<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("color=c={colour}:size=320x240"),
+        ])
+        .args(["-frames:v", "1", "-pix_fmt", "yuvj420p", "-c:v", "mjpeg"])
+        .args(["-f", "mjpeg", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .context("run ffmpeg")?;
+    ensure!(
+        out.status.success() && !out.stdout.is_empty(),
+        "ffmpeg made no JPEG"
+    );
+    Ok(out.stdout)
+}
+
+/// Runs of identical consecutive pictures among the first `count` live parts of
+/// `/stream{query}`, as (picture, run length).
+async fn runs_of_parts(port: u16, query: &str, count: usize) -> Result<Vec<(Vec<u8>, usize)>> {
+    let mut reader = MjpegReader::open(port, &format!("/stream?extra_headers=1{query}")).await?;
+    let mut runs: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut live = 0;
+    while live < count {
+        let part = reader.next_part().await?;
+        // NO SIGNAL until the camera is open.
+        if part.header("X-UStreamer-Online") != Some("true") {
+            continue;
+        }
+        live += 1;
+        match runs.last_mut() {
+            Some((picture, n)) if *picture == part.jpeg => *n += 1,
+            _ => runs.push((part.jpeg, 1)),
+        }
+    }
+    Ok(runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_same_frames_skips_a_still_cameras_repeated_pictures() -> Result<()> {
+    // A camera showing a still picture: half a second of red, half a second of blue,
+    // each picture byte-identical to the one before while the colour stays.
+    let (red, blue) = (plain_jpeg("red")?, plain_jpeg("blue")?);
+    let mut recording = Vec::new();
+    for picture in [&red, &blue] {
+        for _ in 0..15 {
+            recording.extend_from_slice(picture);
+        }
+    }
+    let file = std::env::temp_dir().join(format!("peregrine-still-{}.mjpeg", std::process::id()));
+    std::fs::write(&file, &recording)?;
+    let source = file.to_str().context("temp path")?.to_string();
+    let start = |limit: &'static str| {
+        let source = source.clone();
+        async move {
+            let args = ["--source", &source, "--resolution", "320x240"];
+            Server::start(&[&args[..], &["--drop-same-frames", limit]].concat()).await
+        }
+    };
+    let result = async {
+        let server = start("120").await?;
+        let port = server.http_port;
+        // Only changes are sent: no picture twice in a row, red and blue in turn.
+        let runs = runs_of_parts(port, "", 6).await?;
+        ensure!(
+            runs.iter().all(|(_, n)| *n == 1),
+            "identical pictures sent in a row: {:?}",
+            runs.iter().map(|r| r.1).collect::<Vec<_>>()
+        );
+        ensure!(runs.iter().all(|(p, _)| *p == red || *p == blue));
+        // With dual_final_frames, the last picture of each change goes out twice.
+        let runs = runs_of_parts(port, "&dual_final_frames=1", 9).await?;
+        let lengths: Vec<usize> = runs.iter().map(|r| r.1).collect();
+        ensure!(
+            lengths[..lengths.len() - 1].iter().all(|n| *n == 2),
+            "runs of identical parts: {lengths:?}"
+        );
+        drop(server);
+
+        // A low limit: a still picture is still sent after that many skipped.
+        let server = start("4").await?;
+        let runs = runs_of_parts(server.http_port, "", 12).await?;
+        let lengths: Vec<usize> = runs.iter().map(|r| r.1).collect();
+        // 15 identical pictures, one in 5 sent: 3 each (fewer if the reader missed one).
+        ensure!(
+            lengths.iter().any(|n| *n > 1) && lengths.iter().all(|n| *n <= 3),
+            "runs of identical parts: {lengths:?}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_file(&file);
+    result
 }

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use crate::access::{Credentials, IpList};
 use crate::config::janus_install::SecureTransport;
 use crate::janus::{self, JanusConfig, Listen};
+use crate::media::encoder::H264EncoderChoice;
+use crate::media::m2m::M2mConfig;
 use crate::media::{limits, VideoSettings};
 use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
@@ -326,10 +328,30 @@ pub struct Args {
     /// Frames between keyframes (for sources peregrine encodes). [default: 60]
     #[arg(long, value_name = "FRAMES", help_heading = "Encoder")]
     pub h264_gop: Option<u32>,
-    /// JPEG quality of `/stream` and `/snapshot` (1..100) for sources peregrine encodes
+    /// Encode H.264 with the V4L2 memory-to-memory encoder at PATH (a Raspberry Pi's
+    /// /dev/video11) instead of openh264 on the CPU, for cameras delivering raw or JPEG
+    /// pictures and the test pattern. [default: openh264]
+    #[arg(long, value_name = "PATH", help_heading = "Encoder")]
+    pub h264_m2m_device: Option<PathBuf>,
+    /// With --h264-m2m-device: H.264 level 4.2 rather than 4.0 and up to 60 pictures
+    /// per second above 720p, for faster boards (as µStreamer's --h264-boost).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Encoder",
+    )]
+    pub h264_boost: Option<bool>,
+    /// JPEG quality of `/stream`, `/snapshot` and the JPEG sink (1..100) for sources peregrine encodes
     /// as JPEG; a camera's own JPEG is passed on as it is. [default: 80]
     #[arg(long, short = 'q', value_name = "N", help_heading = "Encoder")]
     pub quality: Option<u8>,
+    /// `/stream` skips a picture byte-identical to the last one sent, at most N in a row
+    /// (0..120; 0: send every picture), as µStreamer's --drop-same-frames: a still
+    /// screen costs almost no traffic. [default: 0]
+    #[arg(long, short = 'e', value_name = "N", help_heading = "Encoder")]
+    pub drop_same_frames: Option<u32>,
 
     /// Delay before the test pattern's first picture after a viewer appears, like a
     /// camera warming up (exercises clients' retry-on-503 paths). [default: 0]
@@ -433,6 +455,52 @@ pub struct Args {
         help_heading = "Memsink output (as µStreamer)"
     )]
     pub h264_sink_timeout: Option<u64>,
+    /// Also write JPEG pictures into this µStreamer memsink (e.g. `kvmd::ustreamer::jpeg`)
+    /// for kvmd's VNC server or ustreamer-dump; pictures are made only while it has a
+    /// reader. `--sink` is µStreamer's older name.
+    #[arg(
+        long,
+        alias = "sink",
+        value_name = "NAME",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink: Option<String>,
+    /// Permissions of a newly created JPEG sink, octal. [default: 660]
+    #[arg(
+        long,
+        alias = "sink-mode",
+        value_name = "OCTAL",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink_mode: Option<String>,
+    /// Remove the JPEG sink when peregrine exits.
+    #[arg(
+        long,
+        alias = "sink-rm",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        help_heading = "Memsink output (as µStreamer)",
+    )]
+    pub jpeg_sink_rm: Option<bool>,
+    /// Seconds a JPEG sink reader counts as present after its last read (1..60).
+    /// [default: 10]
+    #[arg(
+        long,
+        alias = "sink-client-ttl",
+        value_name = "SECONDS",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink_client_ttl: Option<u64>,
+    /// Seconds to wait for the JPEG sink lock (1..60; kept for µStreamer parity).
+    /// [default: 1]
+    #[arg(
+        long,
+        alias = "sink-timeout",
+        value_name = "SECONDS",
+        help_heading = "Memsink output (as µStreamer)"
+    )]
+    pub jpeg_sink_timeout: Option<u64>,
 
     /// peregrine's own log level: error, warn, info, debug or trace; other libraries
     /// log warnings and errors only. RUST_LOG directives are applied on top. [default: info]
@@ -590,11 +658,22 @@ pub struct Config {
     pub jsmpeg_bitrate_kbps: u32,
     /// JPEG quality of the MJPEG output, 1..=100.
     pub jpeg_quality: u8,
+    /// What encodes raw pictures to H.264.
+    pub h264_encoder: H264EncoderChoice,
+    /// `--h264-boost`, kept apart until the device it applies to is known.
+    pub h264_boost: bool,
     pub h264_sink: Option<String>,
     pub h264_sink_mode: u32,
     pub h264_sink_rm: bool,
     pub h264_sink_client_ttl_s: u64,
     pub h264_sink_timeout_s: u64,
+    pub jpeg_sink: Option<String>,
+    pub jpeg_sink_mode: u32,
+    pub jpeg_sink_rm: bool,
+    pub jpeg_sink_client_ttl_s: u64,
+    pub jpeg_sink_timeout_s: u64,
+    /// `/stream` skips up to this many pictures in a row identical to the last one sent.
+    pub drop_same_frames: u32,
     /// peregrine's own log level (`error` … `trace`).
     pub log_level: tracing::Level,
     /// The level was given (flag or file), so it wins over a bare level in RUST_LOG.
@@ -676,11 +755,19 @@ impl Default for Config {
             jsmpeg_ffmpeg: "ffmpeg".into(),
             jsmpeg_bitrate_kbps: 1500,
             jpeg_quality: crate::media::jpeg::DEFAULT_QUALITY,
+            h264_encoder: H264EncoderChoice::Cpu,
+            h264_boost: false,
             h264_sink: None,
             h264_sink_mode: 0o660,
             h264_sink_rm: false,
             h264_sink_client_ttl_s: 10,
             h264_sink_timeout_s: 1,
+            jpeg_sink: None,
+            jpeg_sink_mode: 0o660,
+            jpeg_sink_rm: false,
+            jpeg_sink_client_ttl_s: 10,
+            jpeg_sink_timeout_s: 1,
+            drop_same_frames: 0,
             log_level: tracing::Level::INFO,
             log_level_given: false,
             log_format: LogFormat::Text,
@@ -745,6 +832,12 @@ impl Config {
         cfg.check_janus_admin()?;
         cfg.tls = tls_files(&args_tls, &file_tls)?;
         cfg.check_access()?;
+        if cfg.h264_boost && cfg.h264_encoder == H264EncoderChoice::Cpu {
+            bail!(
+                "h264_boost tunes the V4L2 M2M encoder only: give --h264-m2m-device too \
+                 (e.g. /dev/video11), or leave --h264-boost out"
+            );
+        }
         streams::check_source_allow(&StreamConfig::default_of(&cfg))?;
         cfg.streams = streams::resolve(&cfg, stream_tables)?;
         Ok(cfg)
@@ -881,6 +974,14 @@ impl Config {
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
         set!(jpeg_quality <- quality);
+        self.apply_h264_encoder(a.h264_m2m_device, a.h264_boost)?;
+        set!(drop_same_frames <- drop_same_frames);
+        if self.drop_same_frames > MAX_DROP_SAME_FRAMES {
+            bail!(
+                "drop_same_frames must be 0..={MAX_DROP_SAME_FRAMES}, got {}",
+                self.drop_same_frames
+            );
+        }
         if !(1..=100).contains(&self.jpeg_quality) {
             bail!("quality must be 1..100, got {}", self.jpeg_quality);
         }
@@ -934,12 +1035,18 @@ impl Config {
             self.h264_sink = Some(name);
         }
         if let Some(mode) = a.h264_sink_mode {
-            self.h264_sink_mode = u32::from_str_radix(mode.trim(), 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .ok_or_else(|| {
-                    anyhow!("h264_sink_mode must be octal permissions like 660, got {mode:?}")
-                })?;
+            self.h264_sink_mode = parse_sink_mode("h264_sink_mode", &mode)?;
+        }
+        set!(jpeg_sink_rm <- jpeg_sink_rm);
+        set!(jpeg_sink_client_ttl_s <- jpeg_sink_client_ttl);
+        set!(jpeg_sink_timeout_s <- jpeg_sink_timeout);
+        if let Some(name) = a.jpeg_sink {
+            crate::memsink::layout::data_size_for_name(&name)
+                .map_err(|e| anyhow!("jpeg_sink: {e}"))?;
+            self.jpeg_sink = Some(name);
+        }
+        if let Some(mode) = a.jpeg_sink_mode {
+            self.jpeg_sink_mode = parse_sink_mode("jpeg_sink_mode", &mode)?;
         }
         if let Some(path) = a.janus_http_path {
             if !path.starts_with('/') {
@@ -972,15 +1079,30 @@ impl Config {
         for (key, v) in [
             ("h264_sink_client_ttl", self.h264_sink_client_ttl_s),
             ("h264_sink_timeout", self.h264_sink_timeout_s),
+            ("jpeg_sink_client_ttl", self.jpeg_sink_client_ttl_s),
+            ("jpeg_sink_timeout", self.jpeg_sink_timeout_s),
         ] {
             if !(1..=60).contains(&v) {
                 bail!("{key} must be 1..=60 seconds, got {v}");
             }
         }
-        if let (Some(sink), Some(read)) = (&self.h264_sink, self.source.strip_prefix("memsink:")) {
-            if sink == read {
-                bail!("h264_sink {sink:?} is also the source: peregrine would read its own frames");
+        let read = self.source.strip_prefix("memsink:");
+        for (key, sink) in [
+            ("h264_sink", &self.h264_sink),
+            ("jpeg_sink", &self.jpeg_sink),
+        ] {
+            if sink.is_some() && sink.as_deref() == read {
+                bail!(
+                    "{key} {:?} is also the source: peregrine would read its own frames",
+                    read.unwrap_or_default()
+                );
             }
+        }
+        if self.h264_sink.is_some() && self.h264_sink == self.jpeg_sink {
+            bail!(
+                "h264_sink and jpeg_sink are both {:?}; each sink needs its own name",
+                self.jpeg_sink.as_deref().unwrap_or_default()
+            );
         }
         if self.ws_queue_bytes < 4096 {
             bail!(
@@ -1016,6 +1138,26 @@ impl Config {
 
 impl Config {
     /// µStreamer's HTTP server keys: `unix*`, `static`, `instance_id`.
+    /// `--h264-m2m-device` picks the M2M encoder; `--h264-boost` tunes it.
+    fn apply_h264_encoder(&mut self, device: Option<PathBuf>, boost: Option<bool>) -> Result<()> {
+        if let Some(boost) = boost {
+            self.h264_boost = boost;
+        }
+        if let Some(device) = device {
+            if device.as_os_str().is_empty() {
+                bail!("h264_m2m_device must be the encoder's device path, e.g. /dev/video11");
+            }
+            self.h264_encoder = H264EncoderChoice::M2m(M2mConfig {
+                device,
+                boost: false,
+            });
+        }
+        if let H264EncoderChoice::M2m(m2m) = &mut self.h264_encoder {
+            m2m.boost = self.h264_boost;
+        }
+        Ok(())
+    }
+
     fn apply_ustreamer_http(&mut self, a: &Args) -> Result<()> {
         if let Some(path) = &a.unix {
             if path.as_os_str().is_empty() {
@@ -1465,6 +1607,17 @@ fn read_passwd_file(path: &std::path::Path) -> Result<String> {
 }
 
 /// `1280x720` → (1280, 720); even sizes only, as 4:2:0 encoding needs.
+/// µStreamer's limit of --drop-same-frames (its highest frame rate).
+pub const MAX_DROP_SAME_FRAMES: u32 = 120;
+
+/// A sink's `--*-sink-mode`: octal permissions.
+fn parse_sink_mode(key: &str, mode: &str) -> Result<u32> {
+    u32::from_str_radix(mode.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| anyhow!("{key} must be octal permissions like 660, got {mode:?}"))
+}
+
 pub fn parse_resolution(s: &str) -> Result<(u32, u32)> {
     let (w, h) = s
         .split_once(['x', 'X'])
@@ -1520,6 +1673,31 @@ mod tests {
             (c.video.width, c.video.height, c.video.fps),
             (1280, 720, 30)
         );
+    }
+
+    #[test]
+    fn the_m2m_encoder_is_chosen_by_its_device_and_boost_needs_it() {
+        let c = Config::load(Args::default()).unwrap();
+        assert_eq!(c.h264_encoder, H264EncoderChoice::Cpu);
+        let args = |extra: &[&str]| {
+            let mut all = vec!["peregrine"];
+            all.extend_from_slice(extra);
+            Args::parse_from(all)
+        };
+        let c = Config::load(args(&["--h264-m2m-device", "/dev/video11", "--h264-boost"])).unwrap();
+        let m2m = M2mConfig {
+            device: "/dev/video11".into(),
+            boost: true,
+        };
+        assert_eq!(c.h264_encoder, H264EncoderChoice::M2m(m2m.clone()));
+        assert_eq!(
+            c.stream_configs()[0].h264_encoder,
+            H264EncoderChoice::M2m(m2m)
+        );
+        let err = Config::load(args(&["--h264-boost"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--h264-m2m-device"), "{err}");
     }
 
     #[test]
@@ -1681,6 +1859,49 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{err:#}").contains("also the source"), "{err:#}");
+    }
+
+    #[test]
+    fn jpeg_sink_flags_and_ustreamers_older_sink_names_parse_and_validate() {
+        for prefix in ["--jpeg-sink", "--sink"] {
+            let c = Config::load(Args::parse_from([
+                "peregrine".to_string(),
+                prefix.to_string(),
+                "kvmd::ustreamer::jpeg".to_string(),
+                format!("{prefix}-mode"),
+                "600".to_string(),
+                format!("{prefix}-rm"),
+                format!("{prefix}-client-ttl"),
+                "2".to_string(),
+                format!("{prefix}-timeout"),
+                "5".to_string(),
+            ]))
+            .unwrap();
+            assert_eq!(c.jpeg_sink.as_deref(), Some("kvmd::ustreamer::jpeg"));
+            assert_eq!((c.jpeg_sink_mode, c.jpeg_sink_rm), (0o600, true));
+            assert_eq!((c.jpeg_sink_client_ttl_s, c.jpeg_sink_timeout_s), (2, 5));
+            assert_eq!(c.h264_sink, None, "{prefix} sets the JPEG sink only");
+        }
+        for args in [
+            &["--jpeg-sink", "nosuffix"][..],
+            &["--jpeg-sink-mode", "abc"],
+            &["--jpeg-sink-client-ttl", "0"],
+            &["--jpeg-sink-timeout", "61"],
+            &["--source", "memsink:a::jpeg", "--jpeg-sink", "a::jpeg"],
+            &["--h264-sink", "a::jpeg", "--jpeg-sink", "a::jpeg"],
+            &["--drop-same-frames", "121"],
+        ] {
+            let err = Config::load(Args::parse_from(
+                std::iter::once("peregrine").chain(args.iter().copied()),
+            ))
+            .unwrap_err();
+            let key = args[args.len() - 2]
+                .trim_start_matches("--")
+                .replace('-', "_");
+            assert!(format!("{err:#}").contains(&key), "{args:?}: {err:#}");
+        }
+        let c = Config::load(Args::parse_from(["peregrine", "-e", "30"])).unwrap();
+        assert_eq!(c.drop_same_frames, 30);
     }
 
     #[test]

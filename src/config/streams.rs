@@ -1,7 +1,7 @@
 //! Streams: the command line describes one (`default`); the TOML file may add any
 //! number as `[[stream]]` tables, each with the source keys of the top level. A key a
 //! table leaves out takes the top level's value (picture size, frame rate, encoder),
-//! except what belongs to one source alone (`source_allow`, `h264_sink`).
+//! except what belongs to one source alone (`source_allow`, `h264_sink`, `jpeg_sink`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::{Args, Config, SourceSpec};
+use crate::media::encoder::H264EncoderChoice;
 use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
 use crate::media::VideoSettings;
 
@@ -27,8 +28,10 @@ pub struct StreamArgs {
     pub desired_fps: Option<u32>,
     pub h264_bitrate: Option<u32>,
     pub h264_gop: Option<u32>,
+    pub h264_m2m_device: Option<PathBuf>,
     pub testsrc_warmup_ms: Option<u64>,
     pub h264_sink: Option<String>,
+    pub jpeg_sink: Option<String>,
 }
 
 /// One stream, resolved: what its source reads and how pictures are made.
@@ -44,8 +47,12 @@ pub struct StreamConfig {
     pub source_allow: Vec<IpAddr>,
     pub video: VideoSettings,
     pub testsrc_warmup_ms: u64,
+    /// What encodes the stream's raw pictures to H.264.
+    pub h264_encoder: H264EncoderChoice,
     /// The stream's own H.264 memsink output.
     pub h264_sink: Option<String>,
+    /// The stream's own JPEG memsink output.
+    pub jpeg_sink: Option<String>,
 }
 
 impl StreamConfig {
@@ -59,7 +66,9 @@ impl StreamConfig {
             source_allow: cfg.source_allow.clone(),
             video: cfg.video,
             testsrc_warmup_ms: cfg.testsrc_warmup_ms,
+            h264_encoder: cfg.h264_encoder.clone(),
             h264_sink: cfg.h264_sink.clone(),
+            jpeg_sink: cfg.jpeg_sink.clone(),
         }
     }
 }
@@ -99,6 +108,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
     let mut c = base.clone();
     c.source_allow.clear();
     c.h264_sink = None;
+    c.jpeg_sink = None;
     c.apply(Args {
         source: Some(source),
         source_allow: table.source_allow,
@@ -108,8 +118,10 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         desired_fps: table.desired_fps,
         h264_bitrate: table.h264_bitrate,
         h264_gop: table.h264_gop,
+        h264_m2m_device: table.h264_m2m_device,
         testsrc_warmup_ms: table.testsrc_warmup_ms,
         h264_sink: table.h264_sink,
+        jpeg_sink: table.jpeg_sink,
         ..Args::default()
     })?;
     c.source_spec = SourceSpec::parse(&c.source, &c.device, c.format)?;
@@ -151,7 +163,8 @@ fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> 
                 );
             }
         }
-        if let Some(sink) = &s.h264_sink {
+        // One name is one object, whatever a stream writes into it.
+        for sink in [&s.h264_sink, &s.jpeg_sink].into_iter().flatten() {
             if let Some(first) = sinks.insert(sink, &s.name) {
                 bail!(
                     "streams {first:?} and {:?} both write the memsink {sink:?}",
@@ -236,6 +249,35 @@ resolution = "640x360"
     }
 
     #[test]
+    fn a_table_may_take_its_own_m2m_encoder_and_inherits_the_boost() {
+        let cfg = load(
+            "m2m",
+            r#"
+source = "testsrc"
+h264_boost = true
+h264_m2m_device = "/dev/video11"
+[[stream]]
+name = "cam2"
+source = "testsrc"
+h264_m2m_device = "/dev/video12"
+[[stream]]
+name = "cam3"
+source = "testsrc"
+"#,
+            &[],
+        )
+        .unwrap();
+        let all = cfg.stream_configs();
+        let device = |s: &StreamConfig| match &s.h264_encoder {
+            H264EncoderChoice::M2m(m) => (m.device.clone(), m.boost),
+            H264EncoderChoice::Cpu => panic!("{} has the CPU encoder", s.name),
+        };
+        assert_eq!(device(&all[0]), ("/dev/video11".into(), true));
+        assert_eq!(device(&all[1]), ("/dev/video12".into(), true));
+        assert_eq!(device(&all[2]), ("/dev/video11".into(), true));
+    }
+
+    #[test]
     fn the_command_line_alone_describes_the_default_stream() {
         let cfg = Config::load(Args::parse_from(["peregrine", "--source", "testsrc"])).unwrap();
         let all = cfg.stream_configs();
@@ -277,6 +319,22 @@ resolution = "640x360"
             (
                 "h264_sink = \"s1.h264\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nh264_sink = \"s1.h264\"\n",
                 "both write the memsink \"s1.h264\"",
+            ),
+            (
+                "jpeg_sink = \"s1::jpeg\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\njpeg_sink = \"s1::jpeg\"\n",
+                "both write the memsink \"s1::jpeg\"",
+            ),
+            (
+                "h264_sink = \"s1::jpeg\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\njpeg_sink = \"s1::jpeg\"\n",
+                "both write the memsink \"s1::jpeg\"",
+            ),
+            (
+                "jpeg_sink = \"s1::jpeg\"\n[[stream]]\nname = \"x\"\nsource = \"memsink:s1::jpeg\"\n",
+                "read its own frames",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\njpeg_sink = \"x:y.jpeg\"\n",
+                "jpeg_sink",
             ),
             (
                 "h264_sink = \"s1.h264\"\n[[stream]]\nname = \"x\"\nsource = \"memsink:s1.h264\"\n",

@@ -76,9 +76,14 @@ pub const FLAGS: &[Flag] = &[
         ..flag("io-method", Some('I'), true)
     },
     Flag {
-        verdict: Verdict::Only(&["CPU"]),
-        why: "peregrine encodes JPEG on the CPU (an MJPEG camera's frames pass through); \
-              the V4L2 M2M and HW encoders are not supported yet",
+        // µStreamer's --encoder picks its JPEG encoder. CPU and NOOP (its alias of CPU)
+        // are what peregrine does; so is HW, which µStreamer too turns into CPU for a
+        // raw camera and peregrine does for an MJPEG one (its frames pass through).
+        verdict: Verdict::Only(&["CPU", "HW", "NOOP"]),
+        why: "µStreamer's --encoder picks the JPEG encoder of /stream; peregrine encodes \
+              JPEG on the CPU (an MJPEG camera's frames pass through untouched) and has no \
+              V4L2 M2M JPEG encoder yet. For the Pi's hardware H.264 encoder, give \
+              --h264-m2m-device /dev/video11",
         ..flag("encoder", Some('c'), true)
     },
     refused(
@@ -143,19 +148,8 @@ pub const FLAGS: &[Flag] = &[
         "m2m-device",
         None,
         true,
-        "the V4L2 M2M encoders are not supported yet",
-    ),
-    refused(
-        "h264-m2m-device",
-        None,
-        true,
-        "the V4L2 M2M H.264 encoder is not supported yet (openh264 encodes)",
-    ),
-    refused(
-        "h264-boost",
-        None,
-        false,
-        "the V4L2 M2M H.264 encoder is not supported yet (openh264 encodes)",
+        "it names µStreamer's V4L2 M2M JPEG encoder, which peregrine does not have yet; \
+         the hardware H.264 encoder is --h264-m2m-device",
     ),
     refused("media-device", None, true, NOT_YET_CAMERA),
     refused("media-entity-name", None, true, NOT_YET_CAMERA),
@@ -192,7 +186,7 @@ pub const FLAGS: &[Flag] = &[
         "raw-sink",
         None,
         true,
-        "the raw memsink is not supported; peregrine writes --h264-sink",
+        "the raw memsink is not supported; peregrine writes --h264-sink and --jpeg-sink",
     ),
     refused(
         "raw-sink-mode",
@@ -352,6 +346,11 @@ mod tests {
         assert!(err.contains("--dv-timings"), "{err}");
         let err = parse(&["--encoder", "m2m-image"]).unwrap_err().to_string();
         assert!(err.contains("--encoder=m2m-image"), "{err}");
+        let err = parse(&["--encoder=M2M-VIDEO"]).unwrap_err().to_string();
+        assert!(
+            err.contains("JPEG") && err.contains("--h264-m2m-device"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -360,6 +359,8 @@ mod tests {
         assert_eq!(given, ["persistent", "tcp-nodelay", "no-log-colors"]);
         assert_eq!(parse(&["-n"]).unwrap(), ["persistent"]);
         parse(&["--encoder=cpu", "--io-method", "MMAP"]).unwrap();
+        parse(&["--encoder=HW"]).unwrap();
+        parse(&["--encoder=noop"]).unwrap();
         assert!(parse(&[]).unwrap().is_empty());
     }
 

@@ -90,6 +90,14 @@ pub struct SinkState {
     pub has_clients: bool,
 }
 
+impl SinkState {
+    fn of(readers: &AtomicBool) -> SinkState {
+        SinkState {
+            has_clients: readers.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// µStreamer's `source`: what is captured.
 #[derive(Debug, Serialize)]
 pub struct CaptureState {
@@ -141,6 +149,8 @@ pub struct StreamFacts {
     pub gop: u32,
     /// The H.264 memsink's "a reader is there", when the stream has one.
     pub h264_sink: Option<Arc<AtomicBool>>,
+    /// The same of the JPEG memsink.
+    pub jpeg_sink: Option<Arc<AtomicBool>>,
 }
 
 /// Builds the document from the live server.
@@ -212,10 +222,8 @@ impl StateReporter {
                 fps: captured_fps,
             },
             sinks: Sinks {
-                jpeg: None,
-                h264: facts.h264_sink.as_ref().map(|readers| SinkState {
-                    has_clients: readers.load(Ordering::Relaxed),
-                }),
+                jpeg: facts.jpeg_sink.as_deref().map(SinkState::of),
+                h264: facts.h264_sink.as_deref().map(SinkState::of),
             },
             source: CaptureState {
                 resolution,
@@ -307,5 +315,14 @@ mod tests {
         };
         let json = serde_json::to_value(&with_sink).unwrap();
         assert_eq!(json, serde_json::json!({"h264": {"has_clients": false}}));
+        let both = Sinks {
+            jpeg: Some(SinkState { has_clients: true }),
+            h264: Some(SinkState { has_clients: false }),
+        };
+        let json = serde_json::to_value(&both).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"jpeg": {"has_clients": true}, "h264": {"has_clients": false}})
+        );
     }
 }

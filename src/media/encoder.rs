@@ -1,6 +1,8 @@
-//! The H.264 encoder every source that makes its own pictures uses (the test pattern,
-//! a camera delivering raw pictures, the NO SIGNAL picture): openh264 set up for live
-//! viewing. Its output is published as openh264 writes it.
+//! The H.264 encoders of raw pictures (the test pattern, a camera delivering raw
+//! pictures, the NO SIGNAL picture): [`PictureEncoder`] is what the source runner
+//! drives, [`H264EncoderChoice`] says which one a stream uses. [`H264Encoder`] is
+//! openh264 on the CPU, set up for live viewing, its output published as openh264
+//! writes it; the V4L2 memory-to-memory encoder is in [`super::m2m`].
 
 use anyhow::Context;
 use openh264::encoder::{
@@ -10,10 +12,93 @@ use openh264::encoder::{
 use openh264::formats::YUVSlices;
 use openh264::{OpenH264API, Timestamp};
 
+use std::sync::Arc;
+
 use super::h264::{self, NalType};
+use super::m2m::M2mConfig;
 use super::picture::Picture;
 use super::video::VideoSettings;
 use super::yuv::I420Frame;
+
+/// An H.264 encoder of I420 pictures.
+pub trait PictureEncoder: Send {
+    /// Which encoder, for logs.
+    fn name(&self) -> &'static str;
+
+    /// What it was made for; the picture size is the one it encodes.
+    fn settings(&self) -> &VideoSettings;
+
+    /// Encode `frame`, captured at `capture_us` (CLOCK_MONOTONIC µs); `force_key` makes
+    /// it an IDR with SPS and PPS in front. `None` when the encoder made nothing of it.
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        capture_us: u64,
+        force_key: bool,
+    ) -> anyhow::Result<Option<Picture>>;
+}
+
+/// Which encoder makes a stream's H.264 from raw pictures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum H264EncoderChoice {
+    /// openh264, on the CPU.
+    #[default]
+    Cpu,
+    /// The V4L2 memory-to-memory encoder (a Raspberry Pi's `/dev/video11`).
+    M2m(M2mConfig),
+}
+
+/// Makes an encoder for the given settings (again whenever the picture size changes).
+pub type EncoderFactory =
+    Arc<dyn Fn(&VideoSettings) -> anyhow::Result<Box<dyn PictureEncoder>> + Send + Sync>;
+
+impl H264EncoderChoice {
+    /// Check at start that the chosen encoder can be used, so a wrong device path stops
+    /// the program with a message instead of a stream of NO SIGNAL.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self {
+            H264EncoderChoice::Cpu => Ok(()),
+            H264EncoderChoice::M2m(m2m) => super::m2m::check_device(&m2m.device),
+        }
+    }
+
+    pub fn factory(&self) -> EncoderFactory {
+        match self {
+            H264EncoderChoice::Cpu => Arc::new(|settings: &VideoSettings| {
+                Ok(Box::new(H264Encoder::new(settings)?) as Box<dyn PictureEncoder>)
+            }),
+            H264EncoderChoice::M2m(m2m) => {
+                let m2m = m2m.clone();
+                Arc::new(move |settings: &VideoSettings| {
+                    Ok(Box::new(super::m2m::M2mEncoder::open_v4l2(settings, &m2m))
+                        as Box<dyn PictureEncoder>)
+                })
+            }
+        }
+    }
+}
+
+impl PictureEncoder for H264Encoder {
+    fn name(&self) -> &'static str {
+        "openh264"
+    }
+
+    fn settings(&self) -> &VideoSettings {
+        &self.settings
+    }
+
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        capture_us: u64,
+        force_key: bool,
+    ) -> anyhow::Result<Option<Picture>> {
+        if force_key {
+            self.force_keyframe();
+        }
+        H264Encoder::encode(self, frame, capture_us)
+    }
+}
 
 /// openh264 as constrained baseline (no B-frames, so no reordering delay), bitrate rate
 /// control, a fixed IDR interval, no skipped pictures, and SPS+PPS in front of every IDR.

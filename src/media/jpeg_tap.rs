@@ -5,6 +5,8 @@
 //!
 //! * a camera that delivers JPEG hands its pictures over untouched
 //!   ([`JpegTap::publish_direct`]), with no decoding or encoding at all;
+//! * a camera that delivers raw pictures hands over its I420 copies
+//!   ([`JpegTap::publish_raw`]), encoded as JPEG with no H.264 in between;
 //! * otherwise the tap subscribes to the stream's hub, decodes the H.264 on a thread of
 //!   its own and encodes the newest picture as JPEG, at most `max_fps` times a second.
 //!
@@ -24,6 +26,7 @@ use tokio::sync::{watch, Notify};
 use super::clock;
 use super::hub::{Hub, StartAt, Subscriber};
 use super::jpeg::{JpegEncoder, Planes};
+use super::yuv::I420Frame;
 use super::Picture;
 use crate::ratelog::{RateLimited, PERIOD};
 
@@ -59,6 +62,8 @@ pub struct TapStats {
     pub running: bool,
     /// The camera hands over its own JPEG pictures.
     pub passthrough: bool,
+    /// The camera hands over its raw pictures, encoded as JPEG with no H.264 between.
+    pub raw_input: bool,
     pub decoded: u64,
     pub encoded: u64,
     pub direct: u64,
@@ -81,6 +86,11 @@ pub struct JpegTap {
     /// handing over JPEG.
     wake: Notify,
     direct: AtomicBool,
+    /// The camera hands over raw pictures ([`JpegTap::publish_raw`]).
+    raw: AtomicBool,
+    /// The newest raw picture not yet encoded, with its capture time; and a spare
+    /// buffer to copy the next one into.
+    raw_slot: Mutex<RawSlot>,
     decoded: AtomicU64,
     encoded: AtomicU64,
     direct_count: AtomicU64,
@@ -101,6 +111,8 @@ impl JpegTap {
             state: Mutex::default(),
             wake: Notify::new(),
             direct: AtomicBool::new(false),
+            raw: AtomicBool::new(false),
+            raw_slot: Mutex::new(RawSlot::new(cfg.max_fps)),
             decoded: AtomicU64::new(0),
             encoded: AtomicU64::new(0),
             direct_count: AtomicU64::new(0),
@@ -162,6 +174,43 @@ impl JpegTap {
         }
     }
 
+    /// For a camera that delivers raw pictures: from now on (`true`) its pictures come
+    /// through [`JpegTap::publish_raw`] rather than from the hub's H.264; `false` when
+    /// it closes, and clients get the hub's pictures (NO SIGNAL) again.
+    pub fn set_raw(self: &Arc<Self>, raw: bool) {
+        self.raw.store(raw, Ordering::SeqCst);
+        if !raw {
+            self.raw_slot().pending = None;
+        }
+        let mut state = self.state();
+        if state.clients > 0 && !state.running {
+            state.running = self.spawn_worker();
+        } else {
+            // The worker lets go of the hub, or takes it again.
+            self.wake.notify_one();
+        }
+    }
+
+    /// A camera's raw picture, copied for the worker to encode, at most `max_fps` a
+    /// second (the camera's thread only copies; the worker encodes the newest).
+    pub fn publish_raw(&self, frame: &I420Frame, capture_us: u64) {
+        let mut slot = self.raw_slot();
+        if !slot.gate.admit(capture_us) {
+            return;
+        }
+        let mut copy = slot.spare.take().unwrap_or_else(|| I420Frame::new(0, 0));
+        copy.clone_from(frame);
+        if let Some((replaced, _)) = slot.pending.replace((copy, capture_us)) {
+            slot.spare = Some(replaced);
+        }
+        drop(slot);
+        self.wake.notify_one();
+    }
+
+    fn raw_slot(&self) -> MutexGuard<'_, RawSlot> {
+        self.raw_slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A camera's own JPEG picture, passed to clients untouched.
     pub fn publish_direct(&self, data: Bytes, (width, height): (u32, u32), capture_us: u64) {
         self.direct_count.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +231,7 @@ impl JpegTap {
             clients: state.clients,
             running: state.running,
             passthrough: self.direct.load(Ordering::Relaxed),
+            raw_input: self.raw.load(Ordering::Relaxed),
             decoded: self.decoded.load(Ordering::Relaxed),
             encoded: self.encoded.load(Ordering::Relaxed),
             direct: self.direct_count.load(Ordering::Relaxed),
@@ -228,7 +278,8 @@ impl JpegTap {
         };
         let mut sub: Option<Subscriber> = None;
         loop {
-            if sub.is_none() && maker.is_some() && !self.direct.load(Ordering::SeqCst) {
+            let from_camera = self.direct.load(Ordering::SeqCst) || self.raw.load(Ordering::SeqCst);
+            if sub.is_none() && maker.is_some() && !from_camera {
                 sub = Some(self.hub.subscribe(StartAt::Gop));
             }
             let next = runtime.block_on(async {
@@ -257,8 +308,11 @@ impl JpegTap {
                     return;
                 }
                 None => {
-                    if self.direct.load(Ordering::SeqCst) {
+                    if self.direct.load(Ordering::SeqCst) || self.raw.load(Ordering::SeqCst) {
                         sub = None;
+                    }
+                    if let Some(maker) = maker.as_mut() {
+                        self.encode_raw(maker);
                     }
                     if self.stop_if_unwanted() {
                         tracing::debug!(stream = %self.name, "JPEG encoding stops");
@@ -267,6 +321,27 @@ impl JpegTap {
                 }
             }
         }
+    }
+
+    /// Encode the camera's newest raw picture, if one waits.
+    fn encode_raw(&self, maker: &mut Maker) {
+        let Some((frame, capture_us)) = self.raw_slot().pending.take() else {
+            return;
+        };
+        if self.raw.load(Ordering::SeqCst) {
+            match maker.encode_raw(&frame, capture_us) {
+                Ok(jpeg) => {
+                    self.encoded.fetch_add(1, Ordering::Relaxed);
+                    self.latest.send_replace(Some(Arc::new(jpeg)));
+                }
+                Err(e) => {
+                    if let Some(times) = self.errors.hit() {
+                        tracing::warn!(stream = %self.name, times, "no JPEG of a picture: {e}");
+                    }
+                }
+            }
+        }
+        self.raw_slot().spare = Some(frame);
     }
 
     fn make(&self, maker: &mut Maker, picture: &Picture, behind: usize) {
@@ -278,7 +353,7 @@ impl JpegTap {
             Ok(Made::Jpeg(jpeg)) => {
                 self.decoded.fetch_add(1, Ordering::Relaxed);
                 self.encoded.fetch_add(1, Ordering::Relaxed);
-                if !self.direct.load(Ordering::SeqCst) {
+                if !self.direct.load(Ordering::SeqCst) && !self.raw.load(Ordering::SeqCst) {
                     self.latest.send_replace(Some(Arc::new(jpeg)));
                 }
             }
@@ -408,6 +483,49 @@ impl Maker {
             encode_begin_us,
             encode_end_us: clock::monotonic_us(),
         }))
+    }
+}
+
+impl Maker {
+    /// A camera's raw picture as JPEG (the camera's thread already kept to the rate).
+    fn encode_raw(&mut self, frame: &I420Frame, capture_us: u64) -> Result<JpegPicture, String> {
+        let planes = Planes {
+            width: frame.width,
+            height: frame.height,
+            y: &frame.y,
+            u: &frame.u,
+            v: &frame.v,
+            strides: (frame.width, frame.width / 2, frame.width / 2),
+        };
+        let encode_begin_us = clock::monotonic_us();
+        let data = self.encoder.encode(planes).map_err(|e| e.to_string())?;
+        Ok(JpegPicture {
+            data,
+            width: frame.width as u32,
+            height: frame.height as u32,
+            online: true,
+            capture_us,
+            encode_begin_us,
+            encode_end_us: clock::monotonic_us(),
+        })
+    }
+}
+
+/// The camera's newest raw picture for the worker, and a buffer to reuse.
+struct RawSlot {
+    pending: Option<(I420Frame, u64)>,
+    spare: Option<I420Frame>,
+    /// Copies kept to the tap's rate.
+    gate: RateGate,
+}
+
+impl RawSlot {
+    fn new(max_fps: u32) -> RawSlot {
+        RawSlot {
+            pending: None,
+            spare: None,
+            gate: RateGate::new(max_fps),
+        }
     }
 }
 

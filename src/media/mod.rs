@@ -1,6 +1,6 @@
 //! Media primitives shared by every source and output: the encoded picture, the
-//! capture clock, H.264 bitstream helpers, the H.264 encoder and the video settings it
-//! takes, uncompressed pictures and the per-stream hub.
+//! capture clock, H.264 bitstream helpers, the H.264 encoders (openh264, V4L2 M2M) and
+//! the video settings they take, uncompressed pictures and the per-stream hub.
 
 pub mod clock;
 pub mod encoder;
@@ -9,6 +9,7 @@ pub mod hub;
 pub mod jpeg;
 pub mod jpeg_tap;
 pub mod limits;
+pub mod m2m;
 pub mod picture;
 pub mod refchain;
 pub mod signal;

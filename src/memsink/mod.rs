@@ -1,10 +1,12 @@
-//! µStreamer's memsink: one H.264 frame at a time in POSIX shared memory, shared between
-//! one writer and any number of readers (protocol version 10).
+//! µStreamer's memsink: one frame (H.264 or JPEG) at a time in POSIX shared memory,
+//! shared between one writer and any number of readers (protocol version 10).
 //!
 //! * [`layout`]: the header as data (offsets per ABI, `long double` encodings).
 //! * [`shm`]: the shared-memory object and its `flock`.
 //! * [`writer`] / [`reader`]: the server and client sides of the protocol.
-//! * [`output`]: a task that feeds a hub's pictures into a sink.
+//! * [`output`]: a task that feeds a hub's H.264 pictures into a sink.
+//! * [`jpeg_output`]: a task that feeds a stream's JPEG pictures into a sink.
+pub mod jpeg_output;
 pub mod layout;
 pub mod output;
 

@@ -14,7 +14,7 @@ const PUT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Repeated truncations by another process are logged at most this often.
 const TRUNCATION_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// `--h264-sink*` options.
+/// A sink's options (`--h264-sink*`, `--jpeg-sink*`).
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
     pub name: String,

@@ -5,8 +5,9 @@
 //! * opening again with backoff when opening fails or the source is lost;
 //! * liveness: an open source with no picture for [`STALL`] is lost;
 //! * NO SIGNAL pictures while the source is gone and somebody watches;
-//! * encoding raw pictures (test pattern, a camera's raw formats) with
-//!   [`crate::media::encoder`], keyframes when the hub asks and when watching starts;
+//! * encoding raw pictures (test pattern, a camera's raw formats) with the stream's
+//!   [`crate::media::encoder`] (openh264 or the V4L2 M2M encoder), keyframes when the
+//!   hub asks and when watching starts; a picture the encoder fails on is NO SIGNAL;
 //! * numbering and publishing into the hub, and the status `/state` reports.
 //!
 //! The runner does not look at the hub again and again: it waits on [`Hub::demand`],
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::lifecycle::{Backoff, Publisher, StatusHandle};
-use crate::media::encoder::H264Encoder;
+use crate::media::encoder::{EncoderFactory, H264EncoderChoice, PictureEncoder};
 use crate::media::yuv::I420Frame;
 use crate::media::VideoSettings;
 use crate::media::{clock, Hub, Picture};
@@ -170,7 +171,7 @@ pub trait Source: Send {
 }
 
 /// How the runner makes pictures for a source.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct RunnerConfig {
     /// Size of the NO SIGNAL picture until the source has shown its own.
     pub fallback_size: (u32, u32),
@@ -178,6 +179,8 @@ pub struct RunnerConfig {
     pub encoder: VideoSettings,
     /// An open source with no picture for this long is lost.
     pub stall: Duration,
+    /// Makes the encoder of raw pictures (openh264 unless configured otherwise).
+    pub encoders: EncoderFactory,
 }
 
 impl RunnerConfig {
@@ -186,6 +189,7 @@ impl RunnerConfig {
             fallback_size,
             encoder,
             stall: STALL,
+            encoders: H264EncoderChoice::Cpu.factory(),
         }
     }
 }
@@ -226,8 +230,10 @@ struct Runner {
     /// viewers never got.
     drop_until_key: bool,
     /// For raw pictures, with the size it encodes.
-    encoder: Option<H264Encoder>,
+    encoder: Option<Box<dyn PictureEncoder>>,
     encode_errors: RateLimited,
+    /// The last raw picture failed to encode (NO SIGNAL until one does).
+    encoder_failing: bool,
 }
 
 impl Runner {
@@ -242,8 +248,8 @@ impl Runner {
         let now = Instant::now();
         Runner {
             source,
-            cfg,
             out: Publisher::new(hub, status, cfg.fallback_size),
+            cfg,
             stop,
             backoff: Backoff::new(min, max),
             open: false,
@@ -256,6 +262,7 @@ impl Runner {
             drop_until_key: false,
             encoder: None,
             encode_errors: RateLimited::new(ENCODE_ERROR_LOG_EVERY),
+            encoder_failing: false,
         }
     }
 
@@ -362,14 +369,24 @@ impl Runner {
                 self.last_picture = Instant::now();
                 let hub = self.out.hub();
                 let key = self.key_pending || hub.keyframe_due(clock::monotonic_us());
-                let encoded = encode(&mut self.encoder, &self.cfg.encoder, frame, capture_us, key);
+                let encoded = encode(&mut self.encoder, &self.cfg, frame, capture_us, key);
                 match encoded {
-                    Ok(Some(picture)) => self.publish(picture),
+                    Ok(Some(picture)) => {
+                        self.encoder_failing = false;
+                        self.publish(picture);
+                    }
                     Ok(None) => tracing::trace!("the encoder skipped a picture"),
                     Err(e) => {
                         if let Some(count) = self.encode_errors.hit() {
                             tracing::warn!(failures = count, "picture not encoded: {e:#}");
                         }
+                        // Viewers see NO SIGNAL, /state says why, and the video resumes
+                        // at a keyframe once the encoder works again.
+                        if !std::mem::replace(&mut self.encoder_failing, true) {
+                            self.out.lost(&format!("encoder: {e:#}"));
+                        }
+                        self.drop_until_key = true;
+                        self.key_pending = true;
                     }
                 }
             }
@@ -428,8 +445,8 @@ impl Runner {
 
 /// Encode `frame` with `encoder`, made (again) for the frame's size.
 fn encode(
-    encoder: &mut Option<H264Encoder>,
-    settings: &VideoSettings,
+    encoder: &mut Option<Box<dyn PictureEncoder>>,
+    cfg: &RunnerConfig,
     frame: &I420Frame,
     capture_us: u64,
     key: bool,
@@ -442,9 +459,12 @@ fn encode(
         let settings = VideoSettings {
             width: size.0,
             height: size.1,
-            ..*settings
+            ..cfg.encoder
         };
+        *encoder = None;
+        let made = (cfg.encoders)(&settings)?;
         tracing::info!(
+            encoder = made.name(),
             width = size.0,
             height = size.1,
             fps = settings.fps,
@@ -452,15 +472,12 @@ fn encode(
             gop = settings.gop,
             "encoder started"
         );
-        *encoder = Some(H264Encoder::new(&settings)?);
+        *encoder = Some(made);
     }
     let Some(encoder) = encoder.as_mut() else {
         return Ok(None);
     };
-    if key {
-        encoder.force_keyframe();
-    }
-    encoder.encode(frame, capture_us)
+    encoder.encode(frame, capture_us, key)
 }
 
 #[cfg(test)]
@@ -496,6 +513,112 @@ mod tests {
                 Err(mpsc::RecvTimeoutError::Disconnected) => Next::Lost("script over".into()),
             }
         }
+    }
+
+    /// A camera of raw pictures the test drives, each with its capture time.
+    struct RawScripted {
+        frames: mpsc::Receiver<(I420Frame, u64)>,
+        current: I420Frame,
+    }
+
+    impl Source for RawScripted {
+        fn thread_name(&self) -> &'static str {
+            "raw-scripted"
+        }
+
+        fn open(&mut self, _: &Demand) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn next(&mut self, _: &Demand, deadline: Instant) -> Next<'_> {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.frames.recv_timeout(wait) {
+                Ok((frame, capture_us)) => {
+                    self.current = frame;
+                    Next::Raw(&self.current, capture_us)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => Next::Waiting,
+                Err(mpsc::RecvTimeoutError::Disconnected) => Next::Lost("script over".into()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_hardware_encoder_shows_no_signal_then_resumes_at_a_keyframe() {
+        use crate::media::m2m::{fake, M2mEncoder};
+        let hub = Hub::new(64);
+        let status = StatusHandle::new("raw-scripted", "no_signal");
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = fake::log_with(fake::Fault::None);
+        let mut cfg = RunnerConfig::new((160, 120), VideoSettings::default());
+        let factory_log = log.clone();
+        cfg.encoders = Arc::new(move |settings: &VideoSettings| {
+            let opener = fake::opener(&factory_log);
+            let encoder = M2mEncoder::new(settings, false, "/dev/fake-m2m", opener)
+                .with_timeout(Duration::from_millis(20));
+            Ok(Box::new(encoder) as Box<dyn PictureEncoder>)
+        });
+        let (tx, rx) = mpsc::channel();
+        let source = RawScripted {
+            frames: rx,
+            current: I420Frame::new(160, 120),
+        };
+        let mut sub = hub.subscribe(StartAt::NextKeyframe);
+        let thread = spawn(
+            Box::new(source),
+            cfg,
+            hub.clone(),
+            status.clone(),
+            stop.clone(),
+        )
+        .unwrap();
+        let t0 = clock::monotonic_us();
+        let mut pattern = crate::source::pattern::TestPattern::new(160, 120).unwrap();
+        let mut send = |i: u32, at_us: u64| tx.send((pattern.draw(i, 0).clone(), at_us)).unwrap();
+        for i in 0..3 {
+            send(i, t0 + u64::from(i) * 40_000);
+        }
+        let mut live = Vec::new();
+        while live.len() < 3 {
+            let picture = next(&mut sub).await;
+            if !picture.placeholder {
+                live.push(picture);
+            }
+        }
+        assert!(live[0].key);
+        assert_eq!(status.snapshot().state, "live");
+        // The device breaks: NO SIGNAL, and /state says it is the encoder.
+        let queued = log.lock().unwrap().queued;
+        log.lock().unwrap().fault = Some(fake::Fault::QueueFrom(queued));
+        send(3, t0 + 200_000);
+        let placeholder = loop {
+            let picture = next(&mut sub).await;
+            if picture.placeholder {
+                break picture;
+            }
+        };
+        assert!(placeholder.key);
+        let s = status.snapshot();
+        assert_eq!(s.state, "no_signal");
+        let why = s.last_error.unwrap_or_default();
+        assert!(
+            why.contains("encoder") && why.contains("/dev/fake-m2m"),
+            "{why}"
+        );
+        // Repaired: the device is opened again and the video resumes at its IDR.
+        log.lock().unwrap().fault = None;
+        send(4, t0 + 2_000_000);
+        let resumed = loop {
+            let picture = next(&mut sub).await;
+            if !picture.placeholder {
+                break picture;
+            }
+        };
+        assert!(resumed.key, "live video resumes at a keyframe");
+        assert_eq!(log.lock().unwrap().opens, 2);
+        stop.store(true, Ordering::Relaxed);
+        hub.wake_source();
+        thread.join().unwrap();
     }
 
     fn encoded(count: u32, keys: &[u32]) -> Vec<Picture> {

@@ -22,6 +22,9 @@
 //! * [`process`]: resource limits, `sysconf`, the effective uid (`nix`).
 //! * [`openh264_log`]: openh264's log callback, a C function pointer handed through its
 //!   raw API; the openh264 crate offers only "log to stderr or not".
+//! * [`v4l2_m2m`]: the V4L2 memory-to-memory encoder's ioctls (multiplanar formats,
+//!   buffers, controls) and the mapping of its buffers; the `v4l` crate's own wrappers
+//!   cover single-planar capture only, so its `ioctl` and kernel structures are used.
 
 pub mod clock;
 pub mod ifaddrs;
@@ -30,3 +33,4 @@ pub mod process;
 pub mod shm;
 #[cfg(target_os = "linux")]
 pub mod udp;
+pub mod v4l2_m2m;

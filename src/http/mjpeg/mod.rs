@@ -12,6 +12,7 @@
 
 pub mod part;
 pub mod query;
+pub mod same;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use bytes::Bytes;
 
 use self::part::{ClientFigures, Now};
 use self::query::StreamOptions;
+use self::same::SameFrames;
 use serde::Serialize;
 
 use crate::media::clock;
@@ -48,6 +50,8 @@ pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 pub struct Mjpeg {
     streams: Arc<Streams>,
     taps: Vec<(Arc<Stream>, Arc<JpegTap>)>,
+    /// `--drop-same-frames`: identical pictures skipped in a row at most; 0: none.
+    drop_same_frames: u32,
     clients: Mutex<BTreeMap<u64, Arc<ClientStat>>>,
     snapshots: AtomicU64,
     snapshots_refused: AtomicU64,
@@ -83,10 +87,16 @@ struct ClientStat {
 impl Mjpeg {
     /// The output of `streams` over their taps, made with the streams (a camera that
     /// hands its JPEG over needs its stream's tap before the stream exists).
-    pub fn new(streams: Arc<Streams>, taps: Vec<(Arc<Stream>, Arc<JpegTap>)>) -> Arc<Mjpeg> {
+    /// `drop_same_frames`: as µStreamer's option ([`same`]).
+    pub fn new(
+        streams: Arc<Streams>,
+        taps: Vec<(Arc<Stream>, Arc<JpegTap>)>,
+        drop_same_frames: u32,
+    ) -> Arc<Mjpeg> {
         Arc::new(Mjpeg {
             streams,
             taps,
+            drop_same_frames,
             clients: Mutex::default(),
             snapshots: AtomicU64::new(0),
             snapshots_refused: AtomicU64::new(0),
@@ -241,6 +251,7 @@ async fn serve_stream(State(mjpeg): State<Arc<Mjpeg>>, RawQuery(query): RawQuery
         pending: VecDeque::from([Bytes::from(part::preamble(&opts, now()))]),
         jpeg: tap.join(),
         last: None,
+        same: SameFrames::new(mjpeg.drop_same_frames, opts.dual_final_frames),
         opts,
         stat,
         _registered: Registered { mjpeg, id },
@@ -269,6 +280,8 @@ struct StreamClient {
     jpeg: JpegClient,
     /// The last picture sent, to repeat.
     last: Option<Arc<JpegPicture>>,
+    /// Which new pictures are skipped as identical to `last`.
+    same: SameFrames,
     opts: StreamOptions,
     stat: Arc<ClientStat>,
     _registered: Registered,
@@ -282,11 +295,20 @@ impl StreamClient {
         if let Some(chunk) = self.pending.pop_front() {
             return Some(chunk);
         }
+        // A picture skipped as identical counts as one that came: only a source that
+        // sends nothing makes the last picture repeat.
         let picture = loop {
             match tokio::time::timeout(REPEAT_AFTER, self.jpeg.next()).await {
-                Ok(picture) => break picture?,
+                Ok(picture) => {
+                    let picture = picture?;
+                    let same = self.same.active() && self.is_last(&picture);
+                    if self.same.send(same, picture.online) {
+                        break picture;
+                    }
+                }
                 Err(_) => {
                     if let Some(last) = &self.last {
+                        self.same.repeated();
                         break last.clone();
                     }
                 }
@@ -305,6 +327,16 @@ impl StreamClient {
             .push_back(Bytes::from(part::tail(&self.opts, now)));
         self.last = Some(picture);
         self.pending.pop_front()
+    }
+}
+
+impl StreamClient {
+    /// Whether `picture` is byte-identical to the last one sent.
+    fn is_last(&self, picture: &JpegPicture) -> bool {
+        self.last.as_ref().is_some_and(|last| {
+            (last.width, last.height) == (picture.width, picture.height)
+                && last.data == picture.data
+        })
     }
 }
 

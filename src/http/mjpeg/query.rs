@@ -19,7 +19,7 @@ pub struct StreamOptions {
     /// The next part's headers right after each picture (for Blink's one-picture lag);
     /// no `Content-Length` and no `X-UStreamer-*` headers then.
     pub advance_headers: bool,
-    /// Accepted and reported; µStreamer uses it only with `--drop-same-frames`.
+    /// With `--drop-same-frames`: the last picture of a change is sent twice.
     pub dual_final_frames: bool,
     /// Parts without the picture (`Content-Length: 0`), for measuring.
     pub zero_data: bool,

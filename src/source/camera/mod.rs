@@ -292,17 +292,29 @@ const BAD_FRAMES_LOST: u32 = 30;
 
 impl Capture {
     fn run(&mut self) {
-        // A JPEG camera feeds the MJPEG clients itself while it is open.
+        // While it is open, a JPEG camera feeds the MJPEG clients its own pictures, and
+        // a raw camera its pictures before H.264; an H.264 camera leaves them to the tap.
+        let format = self.device.negotiated().format;
         let passthrough = self
             .jpeg_tap
             .clone()
-            .filter(|_| self.device.negotiated().format == PixelFormat::Mjpeg);
+            .filter(|_| format == PixelFormat::Mjpeg);
+        let raw_tap = self
+            .jpeg_tap
+            .clone()
+            .filter(|_| format != PixelFormat::Mjpeg && !format.is_h264());
         if let Some(tap) = &passthrough {
             tap.set_direct(true);
         }
-        let result = self.stream(passthrough.as_deref());
+        if let Some(tap) = &raw_tap {
+            tap.set_raw(true);
+        }
+        let result = self.stream(passthrough.as_deref(), raw_tap.as_deref());
         if let Some(tap) = &passthrough {
             tap.set_direct(false);
+        }
+        if let Some(tap) = &raw_tap {
+            tap.set_raw(false);
         }
         if let Err(e) = result {
             self.shared.handover.put(Delivery::Lost(e.to_string()));
@@ -310,7 +322,11 @@ impl Capture {
     }
 
     /// Capture until the source closes (Ok) or the device fails (Err).
-    fn stream(&mut self, passthrough: Option<&JpegTap>) -> Result<(), DeviceError> {
+    fn stream(
+        &mut self,
+        passthrough: Option<&JpegTap>,
+        raw_tap: Option<&JpegTap>,
+    ) -> Result<(), DeviceError> {
         let negotiated = self.device.negotiated();
         let is_h264 = negotiated.format.is_h264();
         let mut converter = Converter::new();
@@ -330,8 +346,25 @@ impl Capture {
                     tap.publish_direct(Bytes::copy_from_slice(frame.data), size, frame.capture_us);
                 }
             }
+            let raw_wanted = raw_tap.filter(|tap| tap.has_clients());
             if !self.shared.watching.load(Ordering::Relaxed) {
                 watching = false;
+                if let Some(tap) = raw_wanted {
+                    // MJPEG clients only: their JPEG from the raw picture, no H.264 at
+                    // all. A broken picture is counted when somebody watches.
+                    let wanted = Wanted {
+                        h264: false,
+                        jpeg: Some(tap),
+                    };
+                    let _ = convert(
+                        &self.shared.handover,
+                        &self.counters,
+                        &mut converter,
+                        &negotiated,
+                        (frame.data, frame.capture_us),
+                        wanted,
+                    );
+                }
                 continue;
             }
             if !watching {
@@ -352,13 +385,17 @@ impl Capture {
                 }
                 result
             } else {
+                let wanted = Wanted {
+                    h264: true,
+                    jpeg: raw_wanted,
+                };
                 convert(
                     &self.shared.handover,
                     &self.counters,
                     &mut converter,
                     &negotiated,
-                    frame.data,
-                    capture_us,
+                    (frame.data, capture_us),
+                    wanted,
                 )
             };
             let key_now = is_h264
@@ -393,21 +430,37 @@ impl Capture {
     }
 }
 
-/// Convert one raw buffer to I420 and hand it over.
+/// Who wants a raw picture converted.
+struct Wanted<'a> {
+    /// The H.264 encoder (somebody watches the stream).
+    h264: bool,
+    /// MJPEG clients, through the stream's tap.
+    jpeg: Option<&'a JpegTap>,
+}
+
+/// Convert one raw buffer (with its capture time) to I420, copy it to the tap if its
+/// clients want it, and hand it over to be encoded if somebody watches.
 fn convert(
     handover: &Handover,
     counters: &CameraCounters,
     converter: &mut Converter,
     negotiated: &Negotiated,
-    data: &[u8],
-    capture_us: u64,
+    (data, capture_us): (&[u8], u64),
+    wanted: Wanted,
 ) -> Result<(), String> {
     let mut frame = handover.spare_frame();
     if let Err(e) = converter.to_i420(negotiated, data, &mut frame) {
         handover.give_back(frame);
         return Err(e.to_string());
     }
-    let replaced = handover.put(Delivery::Raw { frame, capture_us });
-    counters.dropped.fetch_add(replaced, Ordering::Relaxed);
+    if let Some(tap) = wanted.jpeg {
+        tap.publish_raw(&frame, capture_us);
+    }
+    if wanted.h264 {
+        let replaced = handover.put(Delivery::Raw { frame, capture_us });
+        counters.dropped.fetch_add(replaced, Ordering::Relaxed);
+    } else {
+        handover.give_back(frame);
+    }
     Ok(())
 }
