@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let root = site();
     if let Some(found) = resolve(root, path) {
-        assert!(found.starts_with(root), "{path:?} left the folder: {found:?}");
+        assert!(
+            found.starts_with(root),
+            "{path:?} left the folder: {found:?}"
+        );
         assert!(found.is_file());
     }
 });
