@@ -606,6 +606,35 @@ async fn a_raw_cameras_pictures_become_jpeg_without_h264_in_between() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mjpg_streamers_root_actions_are_the_stream_and_the_snapshot() -> Result<()> {
+    // Printer front ends and old pages ask for `/?action=stream` (µStreamer answers it).
+    let server = Server::start(&["--resolution", "320x240"]).await?;
+    let port = server.http_port;
+    let mut reader = MjpegReader::open(port, "/?action=stream&extra_headers=1").await?;
+    let part = reader.next_part().await?;
+    assert_eq!(
+        part.header("X-UStreamer-Width"),
+        Some("320"),
+        "{}",
+        part.headers
+    );
+    assert!(part.jpeg.starts_with(&[0xff, 0xd8]));
+
+    let snapshot =
+        raw_request(port, "GET", "/?action=snapshot", &[("Connection", "close")]).await?;
+    assert_eq!(snapshot.status, 200);
+    assert_eq!(ffprobe_size(&snapshot.body)?, (320, 240));
+    // Any other `/` is still the page.
+    let page = raw_request(port, "GET", "/?action=command", &[("Connection", "close")]).await?;
+    assert_eq!(page.status, 200);
+    assert!(
+        String::from_utf8_lossy(&page.body).contains("<html"),
+        "the page"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stream_is_reached_by_name() -> Result<()> {
     let server = Server::start_with_config(
         "source = \"testsrc\"\nresolution = \"320x240\"\n\

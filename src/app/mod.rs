@@ -156,7 +156,10 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         .merge(mjpeg.routes());
     // Basic auth outermost: nothing, not even an Origin refusal, without the password.
     let main_router = crate::access::basic::guard(
-        crate::origin::guard(relay.with_root_websocket(main_router), cfg.origin_policy()),
+        crate::origin::guard(
+            mjpeg.with_root_actions(relay.with_root_websocket(main_router)),
+            cfg.origin_policy(),
+        ),
         cfg.basic_auth.as_ref(),
     );
     let main_filter = PeerFilter::new("main HTTP port", [cfg.allow_ip.clone()]);

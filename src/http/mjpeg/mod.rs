@@ -111,6 +111,36 @@ impl Mjpeg {
             .with_state(self.clone())
     }
 
+    /// mjpg-streamer's URLs, which µStreamer also answers: `/?action=stream` is
+    /// `/stream` and `/?action=snapshot` is `/snapshot` (with the same other options);
+    /// any other request for `/` goes on to `router`.
+    pub fn with_root_actions(self: &Arc<Self>, router: Router) -> Router {
+        let mjpeg = self.clone();
+        router.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let mjpeg = mjpeg.clone();
+                async move {
+                    let action = match req.uri().path() {
+                        "/" if req.method() == axum::http::Method::GET => {
+                            root_action(req.uri().query())
+                        }
+                        _ => None,
+                    };
+                    let query = req.uri().query().map(str::to_string);
+                    match action {
+                        Some(RootAction::Stream) => {
+                            serve_stream(State(mjpeg), RawQuery(query)).await
+                        }
+                        Some(RootAction::Snapshot) => {
+                            serve_snapshot(State(mjpeg), RawQuery(query)).await
+                        }
+                        None => next.run(req).await,
+                    }
+                }
+            },
+        ))
+    }
+
     /// What a request asks for: its options, and the stream it names (`None`: the
     /// default one) with its tap. Refused with 400 or 404 and the reason.
     fn request(&self, query: Option<&str>) -> Result<Request, (StatusCode, String)> {
@@ -184,6 +214,28 @@ impl Mjpeg {
             "snapshots_refused": self.snapshots_refused.load(Ordering::Relaxed),
             "streams": taps,
         })
+    }
+}
+
+/// What `/?action=...` asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum RootAction {
+    Stream,
+    Snapshot,
+}
+
+/// The mjpg-streamer action in a query string for `/`, if it names one; anything else
+/// (no action, another value, a query that cannot be read) is not an action.
+fn root_action(query: Option<&str>) -> Option<RootAction> {
+    #[derive(serde::Deserialize)]
+    struct Action {
+        action: Option<String>,
+    }
+    let parsed: Action = serde_urlencoded::from_str(query?).ok()?;
+    match parsed.action.as_deref() {
+        Some("stream") => Some(RootAction::Stream),
+        Some("snapshot") => Some(RootAction::Snapshot),
+        _ => None,
     }
 }
 
@@ -429,6 +481,26 @@ impl FpsMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_actions_are_mjpg_streamers_two_and_nothing_else() {
+        assert_eq!(root_action(Some("action=stream")), Some(RootAction::Stream));
+        assert_eq!(
+            root_action(Some("key=vnc&action=snapshot")),
+            Some(RootAction::Snapshot)
+        );
+        for other in [
+            "",
+            "action=",
+            "action=Stream",
+            "action=command",
+            "stream=cam2",
+        ] {
+            assert_eq!(root_action(Some(other)), None, "{other:?}");
+        }
+        assert_eq!(root_action(Some("action=stream&action=stream")), None);
+        assert_eq!(root_action(None), None);
+    }
 
     #[test]
     fn fps_is_the_count_of_the_last_whole_second() {
