@@ -6,7 +6,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,13 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use peregrine::viewer::http;
-use support::{free_port, http_request};
-
-fn binary() -> PathBuf {
-    std::env::var_os("PEREGRINE_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_peregrine").into())
-        .into()
-}
+use support::{binary, free_port, http_request, run_to_exit};
 
 /// A fresh folder holding `files` (a Janus configs folder).
 fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
@@ -41,28 +35,6 @@ const PLUGIN: (&str, &str) = (
     "janus.plugin.ustreamer.jcfg",
     "video: { sink = \"kvmd::ustreamer::h264\" }",
 );
-
-/// Run the binary to its exit (for starts that must fail).
-fn run_to_exit(args: &[&str]) -> Output {
-    let mut child = Command::new(binary())
-        .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start peregrine");
-    // A start that wrongly succeeds must not hang the test.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// A running peregrine started with exactly `args` (plus loopback and a free main
 /// port); killed when dropped.

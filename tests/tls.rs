@@ -7,7 +7,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{free_port, Captured};
-
-fn binary() -> PathBuf {
-    std::env::var_os("PEREGRINE_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_peregrine").into())
-        .into()
-}
+use support::{binary, free_port, run_to_exit_on_free_ports, Captured};
 
 /// Run `openssl COMMAND` (the first word of `line`) with each flag and file of
 /// `files`, then the rest of `line` (which may end in a positional argument).
@@ -731,38 +725,6 @@ async fn a_janus_configs_wss_and_https_servers_listen_beside_the_plain_ones() ->
     Ok(())
 }
 
-/// Run the binary to its exit (for starts that must fail).
-fn run_to_exit(args: &[&str]) -> Output {
-    let mut child = Command::new(binary())
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--udp-port-range",
-            "0",
-            "--source",
-            "testsrc",
-        ])
-        .args(["--port", &free_port().to_string()])
-        .args(["--janus-ws-port", &free_port().to_string()])
-        .args(["--janus-http-port", &free_port().to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start peregrine");
-    // A start that wrongly succeeds must not hang the test.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn certificates_that_cannot_be_used_stop_the_start_with_exit_2() -> Result<()> {
     let pki = Pki::new("bad-files")?;
@@ -802,7 +764,7 @@ fn certificates_that_cannot_be_used_stop_the_start_with_exit_2() -> Result<()> {
         ),
     ];
     for (args, needle) in cases {
-        let out = run_to_exit(&args);
+        let out = run_to_exit_on_free_ports(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(

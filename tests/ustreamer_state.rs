@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use serde_json::Value;
-use support::{free_port, http_request, raw_request, Server};
+use support::{free_port, http_request, raw_request, run_to_exit_on_free_ports, Server};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("peregrine-us-{name}-{}", std::process::id()));
@@ -68,6 +68,12 @@ fn kvmd_reads(body: &[u8]) -> Result<Value> {
     assert!(ss["stream"]["clients_stat"].is_object(), "{ss}");
     assert!(ss["instance_id"].is_string(), "{ss}");
     Ok(doc)
+}
+
+/// A finished start's exit code and what it wrote to stderr.
+fn exit_of(out: std::process::Output) -> (Option<i32>, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
 }
 
 #[tokio::test]
@@ -136,13 +142,14 @@ async fn kvmd_reads_state_over_the_unix_socket() -> Result<()> {
         let (_, body) = curl_unix(&socket, "/state")?;
         let doc = kvmd_reads(&body)?;
         let ss = doc["result"].clone();
-        if ss["source"]["online"] == Value::Bool(true)
-            && ss["source"]["captured_fps"].as_u64() > Some(0)
-        {
+        // The rate is measured over the last pictures: right after the start it can
+        // still read a burst, so wait for it to settle rather than take the first look.
+        let fps = ss["source"]["captured_fps"].as_u64().unwrap_or(0);
+        if ss["source"]["online"] == Value::Bool(true) && (5..=20).contains(&fps) {
             break ss;
         }
         if Instant::now() > deadline {
-            bail!("never online over the unix socket: {doc}");
+            bail!("never online at 5..=20 fps (15 asked) over the unix socket: {doc}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -164,41 +171,6 @@ async fn kvmd_reads_state_over_the_unix_socket() -> Result<()> {
     Ok(())
 }
 
-/// Runs the binary with `args` until it exits (at most 20 s); its status and stderr.
-fn run_to_exit(args: &[&str]) -> Result<(Option<i32>, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peregrine"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--udp-port-range",
-            "0",
-            "--source",
-            "testsrc",
-        ])
-        .args(["--port", &free_port().to_string()])
-        .args(["--janus-ws-port", &free_port().to_string()])
-        .args(["--janus-http-port", &free_port().to_string()])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("peregrine {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    ))
-}
-
 #[tokio::test]
 async fn an_existing_unix_path_is_refused_unless_unix_rm() -> Result<()> {
     let dir = temp_dir("exists");
@@ -207,7 +179,7 @@ async fn an_existing_unix_path_is_refused_unless_unix_rm() -> Result<()> {
     // Left behind by a streamer that died, as kvmd finds it on restart.
     drop(std::os::unix::net::UnixListener::bind(&socket)?);
 
-    let (code, stderr) = run_to_exit(&["--unix", socket_arg])?;
+    let (code, stderr) = exit_of(run_to_exit_on_free_ports(&["--unix", socket_arg]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(socket_arg) && stderr.contains("--unix-rm"),
@@ -236,7 +208,11 @@ async fn an_existing_unix_path_is_refused_unless_unix_rm() -> Result<()> {
     // A file that is not a socket is never removed, --unix-rm or not.
     let _ = std::fs::remove_file(&socket);
     std::fs::write(&socket, "keep me")?;
-    let (code, stderr) = run_to_exit(&["--unix", socket_arg, "--unix-rm"])?;
+    let (code, stderr) = exit_of(run_to_exit_on_free_ports(&[
+        "--unix",
+        socket_arg,
+        "--unix-rm",
+    ]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&socket)?, "keep me");
@@ -296,7 +272,7 @@ fn ustreamer_flags_peregrine_cannot_honour_are_refused_by_name() -> Result<()> {
         (&["-b", "4"][..], "--buffers"),
         (&["--encoder=M2M-IMAGE"][..], "--encoder=M2M-IMAGE"),
     ] {
-        let (code, stderr) = run_to_exit(args)?;
+        let (code, stderr) = exit_of(run_to_exit_on_free_ports(args));
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(named), "{args:?}: {stderr}");
     }

@@ -4,7 +4,8 @@
 
 use std::io::Read;
 use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,48 @@ use anyhow::{anyhow, bail, Context, Result};
 pub use peregrine::viewer::janus_client::Transport;
 use peregrine::viewer::janus_client::{self, Endpoint};
 use serde_json::{json, Value};
+
+/// The peregrine binary under test: `PEREGRINE_BIN` runs a given build (as the browser
+/// tests allow), else this crate's.
+pub fn binary() -> PathBuf {
+    std::env::var_os("PEREGRINE_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_peregrine").into())
+        .into()
+}
+
+/// Run the binary with loopback defaults and then `args` to its exit, for starts that
+/// must fail. A start that wrongly succeeds is killed after 20 s, so it cannot hang the
+/// test (its exit code is then `None`).
+pub fn run_to_exit(args: &[&str]) -> Output {
+    let mut child = Command::new(binary())
+        .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start peregrine");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait for peregrine").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("peregrine's output")
+}
+
+/// [`run_to_exit`] with the test pattern and a free port for every listener, so only
+/// `args` can make the start fail.
+pub fn run_to_exit_on_free_ports(args: &[&str]) -> Output {
+    let ports = [free_port(), free_port(), free_port()].map(|p| p.to_string());
+    let mut all = vec!["--source", "testsrc", "--port", &ports[0]];
+    all.extend(["--janus-ws-port", &ports[1], "--janus-http-port", &ports[2]]);
+    all.extend_from_slice(args);
+    run_to_exit(&all)
+}
 
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -126,10 +169,7 @@ impl Server {
         launch: Launch,
     ) -> Result<Server> {
         let (http_port, ws_port, janus_http_port) = (free_port(), free_port(), free_port());
-        // PEREGRINE_BIN runs a given build (as the browser tests allow).
-        let binary = std::env::var_os("PEREGRINE_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_peregrine").into());
-        let mut command = Command::new(binary);
+        let mut command = Command::new(binary());
         command
             .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
             .args(["--port", &http_port.to_string()])
