@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building peregrine needs beyond a Rust toolchain: a C/C++ compiler
-# (openh264 is built from source) and libclang (the V4L2 bindings are generated from the
-# kernel headers at build time). Uses apt-get for whatever is missing.
+# (openh264 is built from source), libclang (the V4L2 bindings are generated from the
+# kernel headers at build time), pkg-config with libopus and ALSA's library (the Opus
+# codec and sound capture/playback link against the system's). Uses apt-get for
+# whatever is missing.
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 
@@ -19,10 +21,13 @@ has_libclang() {
 }
 has_libclang || need_apt+=(libclang-dev)
 [ -e /usr/include/linux/videodev2.h ] || need_apt+=(linux-libc-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists opus 2>/dev/null || need_apt+=(libopus-dev)
+pkg-config --exists alsa 2>/dev/null || need_apt+=(libasound2-dev)
 
 if ((${#need_apt[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "please install: a C/C++ compiler, libclang and the Linux kernel headers (${need_apt[*]} on Debian)" >&2
+    echo "please install: a C/C++ compiler, libclang, the Linux kernel headers, pkg-config, libopus and ALSA headers (${need_apt[*]} on Debian)" >&2
     exit 1
   fi
   echo "installing build prerequisites: ${need_apt[*]}"

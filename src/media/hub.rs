@@ -7,6 +7,9 @@
 //!   source for one.
 //! * Keyframe requests and "is anyone watching" flow back to the source, which is woken
 //!   through [`Hub::demand`] when either changes instead of looking again and again.
+//! * A stream's sound travels in a hub of its own ([`crate::media::Stream::audio`]):
+//!   every Opus frame stands alone (a keyframe), so a late or lagging listener simply
+//!   starts with the next frame, and no parameter sets are looked for in it.
 //! * The hub reads no clock where a caller can give it the time (`*_at`), so what
 //!   depends on time is tested without waiting.
 
@@ -19,7 +22,7 @@ use tokio::sync::broadcast;
 
 use super::clock;
 use super::h264::{self, NalType};
-use super::picture::Picture;
+use super::picture::{MediaKind, Picture};
 use super::signal::Signal;
 
 /// Pictures a subscriber may fall behind before it is skipped to the next keyframe.
@@ -127,7 +130,11 @@ impl Hub {
         let au = Arc::new(au);
         let mut state = self.state();
         if au.key {
-            if let Some(params) = extract_params(&au.data) {
+            // Only H.264 carries parameter sets; Opus bytes could look like one by chance.
+            let params = (au.kind == MediaKind::Video)
+                .then(|| extract_params(&au.data))
+                .flatten();
+            if let Some(params) = params {
                 state.params = Some(params);
             }
             state.gop.clear();
@@ -366,6 +373,24 @@ mod tests {
 
     fn backlog_len(sub: &Subscriber) -> usize {
         sub.backlog.len()
+    }
+
+    #[test]
+    fn audio_frames_are_each_a_start_and_never_parameter_sets() {
+        let hub = Hub::new(8);
+        let _hold = hub.hold();
+        // Opus bytes that happen to look like an SPS and a PPS after start codes.
+        let opus = [0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 0, 1, 0x68, 0xce];
+        hub.publish(Picture::audio(Bytes::copy_from_slice(&opus), 1_000));
+        hub.publish(Picture::audio(Bytes::from_static(b"next"), 21_000));
+        assert_eq!(hub.params(), None);
+        let late = hub.subscribe(StartAt::Gop);
+        assert_eq!(
+            backlog_len(&late),
+            1,
+            "a listener starts with the last frame"
+        );
+        assert!(!hub.keyframe_wanted());
     }
 
     #[test]

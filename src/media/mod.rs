@@ -1,7 +1,9 @@
-//! Media primitives shared by every source and output: the encoded picture, the
-//! capture clock, H.264 bitstream helpers, the H.264 encoders (openh264, V4L2 M2M) and
-//! the video settings they take, uncompressed pictures and the per-stream hub.
+//! Media primitives shared by every source and output: the encoded picture, the audio
+//! format and the microphone hand-over, the capture clock, H.264 bitstream helpers, the
+//! H.264 encoders (openh264, V4L2 M2M) and the video settings they take, uncompressed
+//! pictures and the per-stream hub.
 
+pub mod audio;
 pub mod clock;
 pub mod encoder;
 pub mod h264;

@@ -1,5 +1,5 @@
-//! One encoded picture (or, next, one audio frame) and what outputs need to know about
-//! it: the one type that travels from a source through the hub to every output.
+//! One encoded picture or audio frame and what outputs need to know about it: the one
+//! type that travels from a source through a hub to every output.
 
 use bytes::Bytes;
 
@@ -9,7 +9,8 @@ pub enum MediaKind {
     /// H.264 in Annex-B form.
     #[default]
     Video,
-    /// An encoded audio frame.
+    /// One Opus frame of [`crate::media::audio::FRAME_US`] (48 kHz, stereo), in a hub of
+    /// its own (see [`crate::media::Stream::audio`]).
     Audio,
 }
 
@@ -49,6 +50,21 @@ impl Picture {
             key,
             width,
             height,
+            capture_us,
+            seq: 0,
+            placeholder: false,
+        }
+    }
+
+    /// One Opus frame captured at `capture_us` (the time of its first sample). Every
+    /// audio frame stands alone, so it counts as a keyframe.
+    pub fn audio(data: impl Into<Bytes>, capture_us: u64) -> Picture {
+        Picture {
+            kind: MediaKind::Audio,
+            data: data.into(),
+            key: true,
+            width: 0,
+            height: 0,
             capture_us,
             seq: 0,
             placeholder: false,

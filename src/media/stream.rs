@@ -1,9 +1,11 @@
-//! Streams as the outputs see them: a name, its hub and who is watching. One server
+//! Streams as the outputs see them: a name, its hub (and the hub of its sound, the
+//! playback of its viewers' microphones, where it has them) and who is watching. One server
 //! holds any number; a page that names none gets [`DEFAULT_STREAM`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::audio::mic::MicInput;
 use super::Hub;
 
 /// The stream the command line describes, and the one a request without a name gets.
@@ -61,6 +63,10 @@ impl Output {
 pub struct Stream {
     name: String,
     hub: Arc<Hub>,
+    /// Opus frames, when the stream has sound.
+    audio: Option<Arc<Hub>>,
+    /// Where viewers' microphones are played, when the stream has a playback device.
+    mic: Option<MicInput>,
     /// The frame rate the source was asked for, for outputs that must declare one.
     fps: u32,
     /// Viewers by [`Output`], in the order of [`Output::ALL`].
@@ -68,10 +74,25 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// A stream of video only.
     pub fn new(name: impl Into<String>, hub: Arc<Hub>, fps: u32) -> Arc<Stream> {
+        Stream::with_sound(name, hub, fps, None, None)
+    }
+
+    /// A stream with its sound (`audio`, a hub of Opus frames) and its microphone
+    /// playback (`mic`), either of which may be absent.
+    pub fn with_sound(
+        name: impl Into<String>,
+        hub: Arc<Hub>,
+        fps: u32,
+        audio: Option<Arc<Hub>>,
+        mic: Option<MicInput>,
+    ) -> Arc<Stream> {
         Arc::new(Stream {
             name: name.into(),
             hub,
+            audio,
+            mic,
             fps,
             viewers: Default::default(),
         })
@@ -83,6 +104,16 @@ impl Stream {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// The hub of the stream's sound (Opus frames), if it has any.
+    pub fn audio(&self) -> Option<&Arc<Hub>> {
+        self.audio.as_ref()
+    }
+
+    /// The playback of viewers' microphones, if the stream has one.
+    pub fn mic(&self) -> Option<&MicInput> {
+        self.mic.as_ref()
     }
 
     pub fn fps(&self) -> u32 {
