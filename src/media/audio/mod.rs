@@ -2,7 +2,9 @@
 //! microphone playback. Opus at 48 kHz in 20 ms frames, as browsers and the ustreamer
 //! plugin use it; PCM in between is interleaved signed 16-bit stereo.
 
+pub mod level;
 pub mod mic;
+pub mod opus;
 
 /// Samples per second of every audio frame (Opus's own rate, and WebRTC's clock for it).
 pub const SAMPLE_RATE: u32 = 48_000;
