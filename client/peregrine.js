@@ -17,8 +17,34 @@ const serverUrl = query.get("server") || `${wsScheme}//${location.host}/janus/ws
 const credentials = {};
 for (const key of ["apisecret", "token"]) if (query.get(key)) credentials[key] = query.get(key);
 
+// Sound: asked for whenever the server has it (`?audio=0` leaves it out); the page's
+// microphone is sent back once the mic button is on (or with `?mic=1`).
+const wantAudio = query.get("audio") !== "0";
+let wantMic = query.get("mic") === "1";
+
 // What a test (or a curious person in the console) can read.
-window.peregrine = { state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0 };
+window.peregrine = {
+  state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0,
+  audio: false, mic: false, audioLevelDb: null, micLevelDb: null, audioLatencyMs: null, avOffsetMs: null, beeps: 0,
+};
+
+// Readings shown on the page, by the key they have in window.peregrine: the offset next
+// to the latency, the levels as meters on the sound and microphone buttons.
+function showLevel(meter, db) {
+  $(meter).style.width = db === null ? "0" : `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
+}
+function report(name, value) {
+  window.peregrine[name] = value;
+  if (name === "avOffsetMs") {
+    $("av-offset").textContent = value === null ? "–" : `${value > 0 ? "+" : ""}${value} ms`;
+    $("av-part").classList.toggle("hidden", value === null);
+  } else if (name === "audioLevelDb") {
+    showLevel("sound-meter", value);
+  } else if (name === "micLevelDb") {
+    showLevel("mic-meter", value);
+  }
+}
+const sound = new window.PeregrineSound(report);
 
 function setStatus(text, showOverlay) {
   window.peregrine.state = text;
@@ -50,6 +76,7 @@ class Viewer {
   }
 
   connect() {
+    viewer = this;
     setStatus("connecting", true);
     const ws = new WebSocket(this.url, "janus-protocol");
     this.ws = ws;
@@ -119,8 +146,12 @@ class Viewer {
     }
     const result = data.result || {};
     if (result.status === "features") {
-      const url = result.features && result.features.ice && result.features.ice.url;
+      const features = result.features || {};
+      const url = features.ice && features.ice.url;
       this.iceServers = url ? [{ urls: url }] : [];
+      this.features = features;
+      $("mic").disabled = !features.mic;
+      $("mic").title = features.mic ? "talk: send this computer's microphone" : "the server plays no microphone";
       this.watch();
     } else if (jsep && jsep.type === "offer") {
       this.answer(jsep).catch((e) => this.fail(e));
@@ -128,7 +159,11 @@ class Viewer {
   }
 
   watch() {
-    const request = { request: "watch", params: { orientation: 0, audio: false, mic: false } };
+    const features = this.features || {};
+    const audio = wantAudio && features.audio === true;
+    const mic = wantMic && features.mic === true;
+    const request = { request: "watch", params: { orientation: 0, audio, mic } };
+    this.watching = { audio, mic };
     // `?stream=NAME` watches one of the server's other streams; without it, the default.
     if (query.get("stream")) request.stream = query.get("stream");
     this.message(request);
@@ -142,6 +177,10 @@ class Viewer {
     pc.ontrack = (ev) => {
       const stream = ev.streams[0] || new MediaStream([ev.track]);
       if (video.srcObject !== stream) video.srcObject = stream;
+      if (ev.track.kind === "audio" && this.watching.audio) {
+        report("audio", true);
+        sound.listen(ev.track);
+      }
     };
     pc.onicecandidate = (ev) => {
       const candidate = ev.candidate
@@ -153,9 +192,29 @@ class Viewer {
       if (pc === this.pc && pc.connectionState === "failed") this.restartWatch("connection failed");
     };
     await pc.setRemoteDescription(offer);
+    if (this.watching.mic) await this.sendMic(pc);
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
     this.message({ request: "start" }, { type: answer.type, sdp: answer.sdp });
+  }
+
+  /** Put the microphone on the offer's audio section (the server offered sendrecv). */
+  async sendMic(pc) {
+    const transceiver = pc.getTransceivers().find((t) => t.receiver.track.kind === "audio");
+    if (!transceiver) return;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      if (pc !== this.pc) { for (const t of stream.getTracks()) t.stop(); return; }
+      await transceiver.sender.replaceTrack(stream.getAudioTracks()[0]);
+      transceiver.direction = this.watching.audio ? "sendrecv" : "sendonly";
+      sound.stopMic();
+      sound.measureMic(stream);
+      report("mic", true);
+    } catch (e) {
+      // No microphone, or it was refused: watch on without one.
+      console.warn("peregrine: microphone:", e.message);
+      showNotice(`microphone: ${e.message}`);
+    }
   }
 
   restartWatch(why) {
@@ -166,6 +225,10 @@ class Viewer {
 
   closePeer() {
     if (this.pc) { this.pc.close(); this.pc = null; }
+    sound.stopListening();
+    sound.stopMic();
+    report("audio", false);
+    report("mic", false);
   }
 
   fail(err) {
@@ -190,13 +253,16 @@ const strip = document.createElement("canvas");
 const stripCtx = strip.getContext("2d", { willReadFrequently: true });
 let framesThisSecond = 0;
 
-function onFrame() {
+function onFrame(now, metadata) {
   framesThisSecond += 1;
   window.peregrine.frames += 1;
   const ms = readCaptureTime(video, strip, stripCtx);
   if (ms !== null) {
-    window.peregrine.latencyMs = Date.now() - ms;
+    // When the picture is on screen, on the same clock the sound's timing uses.
+    const shown = performance.timeOrigin + (metadata ? metadata.expectedDisplayTime : performance.now());
+    window.peregrine.latencyMs = Math.round(shown - ms);
     $("latency").textContent = `${window.peregrine.latencyMs} ms`;
+    sound.onPicture(ms, shown);
   }
   video.requestVideoFrameCallback(onFrame);
 }
@@ -261,6 +327,27 @@ $("fullscreen").addEventListener("click", () => {
   }
 });
 
+// ---- sound: browsers play it only after a click; the mic re-watches with it on ----
+
+function showSound() {
+  $("sound-toggle").setAttribute("aria-pressed", String(!video.muted));
+  $("sound-toggle").title = video.muted ? "sound is off: click to hear it" : "sound is on";
+  $("mic").setAttribute("aria-pressed", String(wantMic));
+}
+$("sound-toggle").addEventListener("click", () => {
+  video.muted = !video.muted;
+  sound.resume();
+  showSound();
+});
+$("mic").addEventListener("click", () => {
+  wantMic = !wantMic;
+  sound.resume();
+  showSound();
+  if (viewer) viewer.restartWatch(wantMic ? "microphone on" : "microphone off");
+});
+showSound();
+
 if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVideoFrameCallback(onFrame);
 
+let viewer = null;
 new Viewer(serverUrl).connect();

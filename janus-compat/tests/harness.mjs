@@ -62,13 +62,13 @@ async function getJson(url, ca, headers = {}) {
  * it in place); resolves once /state answers. With `tls: { ca }` the ports speak TLS
  * (the arguments give the certificate) and /state is asked over https:// trusting `ca`.
  */
-export async function startPeregrine(extraArgs = [], reusePorts = null, { tls = null } = {}) {
+export async function startPeregrine(extraArgs = [], reusePorts = null, { tls = null, env = {} } = {}) {
   // A port found free can be taken by another process before peregrine binds it; the pid
   // in /state tells our server from a stranger, and fresh ports are tried then.
   let lastError;
   for (let attempt = 0; attempt < (reusePorts ? 1 : 3); attempt++) {
     try {
-      return await tryStart(extraArgs, reusePorts, tls);
+      return await tryStart(extraArgs, reusePorts, tls, env);
     } catch (e) {
       lastError = e;
     }
@@ -76,7 +76,7 @@ export async function startPeregrine(extraArgs = [], reusePorts = null, { tls = 
   throw lastError;
 }
 
-async function tryStart(extraArgs, reusePorts, tls) {
+async function tryStart(extraArgs, reusePorts, tls, env) {
   const ports = reusePorts || { http: await freePort(), ws: await freePort(), janusHttp: await freePort() };
   const args = [
     "--host", "127.0.0.1",
@@ -93,7 +93,7 @@ async function tryStart(extraArgs, reusePorts, tls) {
   const child = spawn(peregrineBinary(), args, {
     stdio: ["ignore", "pipe", "pipe"],
     // The program's own log defaults, unless the person running the tests sets RUST_LOG.
-    env: process.env,
+    env: { ...process.env, ...env },
   });
   let log = "";
   const keep = (d) => { log += d.toString(); if (log.length > 200_000) log = log.slice(-100_000); };
@@ -153,6 +153,7 @@ export async function startPageServer({ tls = null } = {}) {
     "/demo.html": [path.join(kitDir, "demo.html"), "text/html"],
     "/janus.js": [path.join(kitDir, "node_modules/janus-gateway/npm/src/janus.js"), "text/javascript"],
     "/adapter.js": [path.join(kitDir, "node_modules/webrtc-adapter/out/adapter.js"), "text/javascript"],
+    "/kvmd-style.html": [path.join(kitDir, "tests/kvmd-style.html"), "text/html"],
   };
   const handler = async (req, res) => {
     const entry = files[new URL(req.url, "http://x").pathname];

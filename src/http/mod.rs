@@ -40,6 +40,11 @@ const PAGES: &[(&str, &str, &str)] = &[
         include_str!("../../client/codestrip.js"),
     ),
     (
+        "/sound.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../client/sound.js"),
+    ),
+    (
         "/jmuxer.html",
         "text/html; charset=utf-8",
         include_str!("../../client/jmuxer.html"),
