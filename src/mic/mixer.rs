@@ -81,9 +81,13 @@ impl Mixer {
         }
     }
 
-    /// The talker is gone: it is no longer mixed.
-    pub fn left(&mut self, talker: TalkerId) {
-        self.talkers.remove(&talker);
+    /// The talker is gone: it is no longer mixed (what it still held is dropped).
+    pub fn left(&mut self, talker: TalkerId) -> Counts {
+        let held = self.talkers.remove(&talker).map_or(0, |t| t.jitter.held());
+        Counts {
+            dropped: held as u64,
+            ..Counts::default()
+        }
     }
 
     /// Talkers heard now (including those still gathering their first packets).
@@ -99,9 +103,15 @@ impl Mixer {
     /// Mix the next 20 ms of every talker into `out` ([`FRAME_LEN`] samples,
     /// interleaved stereo), forgetting talkers that went quiet.
     pub fn mix(&mut self, now: Instant, out: &mut [i16]) -> Counts {
-        self.talkers.retain(|_, t| !t.jitter.idle(now));
-        self.sum.fill(0);
         let mut counts = Counts::default();
+        self.talkers.retain(|_, t| {
+            let idle = t.jitter.idle(now);
+            if idle {
+                counts.dropped += t.jitter.held() as u64;
+            }
+            !idle
+        });
+        self.sum.fill(0);
         for talker in self.talkers.values_mut() {
             counts += talker.fill(&mut self.decoded);
             let n = talker.pcm.len().min(FRAME_LEN);
@@ -336,7 +346,8 @@ mod tests {
         let mut tones = [(7, Tone::new(700.0, 0.3))];
         run(&mut mixer, &mut tones, 5, Instant::now(), |_, _| true);
         assert_eq!(mixer.talkers(), 1);
-        mixer.left(7);
+        let held = mixer.held() as u64;
+        assert_eq!(mixer.left(7).dropped, held);
         assert_eq!((mixer.talkers(), mixer.held()), (0, 0));
     }
 

@@ -68,7 +68,7 @@ pub fn run<D: PlaybackDevice>(
         for _ in 0..MIC_QUEUE {
             match events.try_recv() {
                 Ok(MicEvent::Packet(packet)) => stats.add(mixer.push(packet, now)),
-                Ok(MicEvent::Left(talker)) => mixer.left(talker),
+                Ok(MicEvent::Left(talker)) => stats.add(mixer.left(talker)),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return,
             }
