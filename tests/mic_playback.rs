@@ -4,6 +4,8 @@
 //! them (a `MicInput`), with real Opus packets, paced at 20 ms by the clock; the file's
 //! sound is then measured.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -183,7 +185,9 @@ fn two_talkers_are_mixed_and_one_that_stops_leaves_no_gap() {
     paced(150, |tick| {
         playback.input.packet(packet(1, tick as u16, a.next()));
         if tick < 75 {
-            playback.input.packet(packet(2, 5000 + tick as u16, b.next()));
+            playback
+                .input
+                .packet(packet(2, 5000 + tick as u16, b.next()));
         }
         if tick == 100 {
             let r = playback.report();
@@ -194,16 +198,18 @@ fn two_talkers_are_mixed_and_one_that_stops_leaves_no_gap() {
     playback.wait_for("A timed out too", Duration::from_secs(2), |r| {
         r.talkers == 0
     });
-    playback.wait_for("closed a second after", Duration::from_secs(3), |r| {
-        !r.open
-    });
+    playback.wait_for("closed a second after", Duration::from_secs(3), |r| !r.open);
     let report = playback.report();
     assert!(report.played >= 200, "A's 150 and B's 75: {report:?}");
     let sound = playback.finish();
 
     let span = heard_span(&sound);
     let ms = |t: usize| &span[t * 48..];
-    assert!(span.len() > 2900 * 48, "A was heard for 3 s: {} ms", span.len() / 48);
+    assert!(
+        span.len() > 2900 * 48,
+        "A was heard for 3 s: {} ms",
+        span.len() / 48
+    );
     assert_no_gap(span);
     // Both while both talk (past the codec's first frames)...
     for start in (100..1300).step_by(100) {
@@ -231,10 +237,14 @@ fn reordered_and_repeated_packets_play_without_gaps() {
     // Each tick sends pairs swapped (1, 0, 3, 2, ...) and repeats the last packet.
     paced(100, |tick| {
         let seq = tick ^ 1;
-        playback.input.packet(packet(1, seq as u16, packets[seq].clone()));
+        playback
+            .input
+            .packet(packet(1, seq as u16, packets[seq].clone()));
         if tick > 0 {
             let last = (tick - 1) ^ 1;
-            playback.input.packet(packet(1, last as u16, packets[last].clone()));
+            playback
+                .input
+                .packet(packet(1, last as u16, packets[last].clone()));
         }
     });
     playback.wait_for("the talker timed out", Duration::from_secs(2), |r| {
@@ -285,4 +295,26 @@ fn a_flooding_talker_is_held_in_bounded_buffers() {
         "everything else dropped: {report:?}"
     );
     playback.finish();
+}
+
+#[tokio::test]
+async fn state_reports_the_microphone_of_each_stream_that_has_one() -> anyhow::Result<()> {
+    let toml = "source = \"testsrc\"\nmic_device = \"plughw:UAC2Gadget,0\"\n\
+                [[stream]]\nname = \"door\"\nsource = \"testsrc\"\n";
+    let server = support::Server::start_with_config(toml, &[]).await?;
+    let state = server.state().await?;
+    let mic = &state["streams"]["default"]["mic"];
+    assert_eq!(mic["device"], "plughw:UAC2Gadget,0", "{state}");
+    // Nobody talks: the device is not opened (here it does not even exist).
+    assert_eq!(mic["open"], false, "{state}");
+    assert_eq!(mic["talkers"], 0, "{state}");
+    for key in ["played", "concealed", "dropped", "underruns"] {
+        assert_eq!(mic[key], 0, "{key}: {state}");
+    }
+    assert_eq!(mic["level_dbfs"], -120.0, "{state}");
+    assert!(
+        state["streams"]["door"].get("mic").is_none(),
+        "a stream without a device has no mic: {state}"
+    );
+    Ok(())
 }

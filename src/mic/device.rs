@@ -100,9 +100,7 @@ impl AlsaPlayback {
             .map_err(|e| error("buffer size", e))?;
         {
             // Start once two periods are queued: the silence and the first frame.
-            let sw = pcm
-                .sw_params_current()
-                .map_err(|e| error("sw params", e))?;
+            let sw = pcm.sw_params_current().map_err(|e| error("sw params", e))?;
             sw.set_start_threshold((2 * FRAME_SAMPLES as i64).min(buffer_frames))
                 .map_err(|e| error("start threshold", e))?;
             pcm.sw_params(&sw).map_err(|e| error("sw params", e))?;

@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(b.push(0, packet(0), t), 0);
         assert_eq!(b.push(65535, packet(65535), t), 0);
         assert_eq!(b.push(1, packet(1), t), 0);
-        assert_eq!(play(&mut b, 4), [Some(65534), Some(65535), Some(0), Some(1)]);
+        assert_eq!(
+            play(&mut b, 4),
+            [Some(65534), Some(65535), Some(0), Some(1)]
+        );
         assert_eq!(b.push(65535, packet(65535), t), 1, "late across the wrap");
     }
 

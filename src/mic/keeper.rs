@@ -207,6 +207,9 @@ mod tests {
         assert_eq!(k.tick(now, true, &FRAME), Tick::Unavailable);
         assert!(!k.is_open());
         log.borrow_mut().write_fails = false;
-        assert_eq!(k.tick(now + FIRST_RETRY, true, &FRAME), Tick::Wrote(Wrote::Played));
+        assert_eq!(
+            k.tick(now + FIRST_RETRY, true, &FRAME),
+            Tick::Wrote(Wrote::Played)
+        );
     }
 }

@@ -181,7 +181,8 @@ impl Talker {
                     }
                 }
             };
-            self.pcm.extend_from_slice(&decoded[..samples.min(decoded.len())]);
+            self.pcm
+                .extend_from_slice(&decoded[..samples.min(decoded.len())]);
         }
         counts
     }
@@ -278,9 +279,15 @@ mod tests {
         assert_eq!(counts.concealed, 0);
         assert_eq!(counts.dropped, 0);
         let tail = level::left(&out[FRAME_LEN * 10..]);
-        let (a, b) = (level::power_at(&tail, 700.0), level::power_at(&tail, 1500.0));
+        let (a, b) = (
+            level::power_at(&tail, 700.0),
+            level::power_at(&tail, 1500.0),
+        );
         let neither = level::power_at(&tail, 1100.0);
-        assert!(a > 100.0 * neither && b > 100.0 * neither, "{a} {b} {neither}");
+        assert!(
+            a > 100.0 * neither && b > 100.0 * neither,
+            "{a} {b} {neither}"
+        );
     }
 
     #[test]
@@ -356,7 +363,12 @@ mod tests {
         let mut mixer = Mixer::new();
         let t = Instant::now();
         for id in 0..MAX_TALKERS as u64 {
-            assert_eq!(mixer.push(packet(id, 0, Bytes::from_static(&[0xff; 3])), t).dropped, 0);
+            assert_eq!(
+                mixer
+                    .push(packet(id, 0, Bytes::from_static(&[0xff; 3])), t)
+                    .dropped,
+                0
+            );
         }
         let over = mixer.push(packet(99, 0, Bytes::from_static(&[0xff; 3])), t);
         assert_eq!(over.dropped, 1);
