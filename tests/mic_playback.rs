@@ -16,6 +16,7 @@ use peregrine::media::audio::level;
 use peregrine::media::audio::mic::{MicInput, MicPacket, TalkerId, MIC_QUEUE};
 use peregrine::media::audio::opus::OpusEncoder;
 use peregrine::media::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+use peregrine::mic::device::{AlsaMessages, AlsaPlayback};
 use peregrine::mic::jitter::CAPACITY;
 use peregrine::mic::{MicReport, MicStats};
 
@@ -83,19 +84,29 @@ impl Playback {
         }
     }
 
-    /// Stop the thread (closing the device) and read what was played: the left
-    /// channel.
-    fn finish(mut self) -> Vec<i16> {
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();
         }
+    }
+
+    /// Stop the thread (closing the device) and read what was played: the left
+    /// channel.
+    fn finish(mut self) -> Vec<i16> {
+        self.stop();
         let bytes = std::fs::read(&self.out).unwrap();
         let pcm: Vec<i16> = bytes
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect();
         level::left(&pcm)
+    }
+}
+
+impl Drop for Playback {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -295,6 +306,32 @@ fn a_flooding_talker_is_held_in_bounded_buffers() {
         "everything else dropped: {report:?}"
     );
     playback.finish();
+}
+
+#[test]
+fn a_device_that_cannot_be_opened_says_why_and_talkers_are_still_taken_in() {
+    alsa_home();
+    let mut messages = AlsaMessages::capture();
+    let Err(e) = AlsaPlayback::open("no_such_pcm") else {
+        panic!("opened a device that does not exist");
+    };
+    let said = messages.take();
+    assert!(
+        said.contains("no_such_pcm"),
+        "alsa-lib's reason: {e} ({said})"
+    );
+
+    let playback = Playback::start("no_such_pcm");
+    let mut a = Tone::new(700.0);
+    paced(25, |tick| {
+        playback.input.packet(packet(1, tick as u16, a.next()));
+    });
+    let report = playback.report();
+    assert!(!report.open, "{report:?}");
+    assert!(
+        report.played >= 20,
+        "decoded and mixed all the same: {report:?}"
+    );
 }
 
 #[tokio::test]
