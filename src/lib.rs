@@ -10,6 +10,7 @@ pub mod logging;
 pub mod media;
 pub mod memsink;
 pub mod metrics;
+pub mod mic;
 pub mod net;
 pub mod origin;
 pub mod ratelog;

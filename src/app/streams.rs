@@ -1,5 +1,6 @@
-//! Starts every configured stream: its hub, its JPEG tap, its source on the runner and
-//! its memsink output, and gathers what the outputs and `/state` need of each.
+//! Starts every configured stream: its hub, its JPEG tap, its source on the runner, its
+//! memsink output and its microphone playback, and gathers what the outputs and
+//! `/state` need of each.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{usage_error, Config, SourceSpec, StreamConfig};
 use crate::http::state::{Resolution, StreamFacts};
+use crate::media::audio::mic::{MicInput, MIC_QUEUE};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::jpeg_tap::{JpegTap, TapConfig};
 use crate::media::{Hub, Stream};
@@ -15,6 +17,7 @@ use crate::memsink::jpeg_output as memsink_jpeg_output;
 use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
 use crate::metrics::collector::StreamInput;
+use crate::mic::MicStats;
 use crate::source::bytestream::{ByteStreamConfig, ByteStreamSource, Input};
 use crate::source::camera::replay::{self, ReplayOpener};
 use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
@@ -85,8 +88,10 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
             stop.clone(),
             jpeg_sink_readers.clone().unwrap_or_default(),
         )?);
+        let (mic, mic_stats, mic_thread) = start_mic(&stream_cfg, stop)?;
+        threads.push(mic_thread);
         let kind = stream_cfg.spec.kind();
-        let stream = Stream::new(stream_cfg.name, hub, stream_cfg.video.fps);
+        let stream = Stream::with_sound(stream_cfg.name, hub, stream_cfg.video.fps, None, mic);
         jpeg_taps.push((stream.clone(), jpeg_tap));
         let input = StreamInput {
             stream,
@@ -103,6 +108,7 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
             gop: stream_cfg.video.gop,
             h264_sink: sink_readers,
             jpeg_sink: jpeg_sink_readers,
+            mic: mic_stats,
         });
         running.push(input);
     }
@@ -212,6 +218,28 @@ fn make_source(
         }
     };
     Ok(made)
+}
+
+/// What a stream with a microphone device (`--mic-device`) has of it: the engine's end
+/// of the hand-over, the counters, and the playback thread.
+type Mic = (
+    Option<MicInput>,
+    Option<Arc<MicStats>>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+/// A stream's microphone playback, when configured. The device is opened only while
+/// somebody talks, so a device that is not there shows then, in the log and `/state`.
+fn start_mic(stream: &StreamConfig, stop: &Arc<AtomicBool>) -> Result<Mic> {
+    let Some(device) = &stream.mic_device else {
+        return Ok((None, None, None));
+    };
+    let (input, events) = MicInput::channel(MIC_QUEUE);
+    let stats = Arc::new(MicStats::new(device));
+    let thread = crate::mic::spawn(device, events, stats.clone(), stop.clone())
+        .context("cannot start the microphone playback thread")?;
+    tracing::info!(stream = %stream.name, device = %device, "browsers' microphones play on ALSA");
+    Ok((Some(input), Some(stats), Some(thread)))
 }
 
 /// A stream's H.264 memsink output (`--h264-sink`), when configured.

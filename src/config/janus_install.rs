@@ -1,6 +1,6 @@
 //! Janus `.jcfg` files (libconfig syntax), read so an existing Janus + ustreamer plugin
-//! installation can be served by peregrine unchanged: the plugin's memsink name and the
-//! transports' ports, addresses and TLS servers.
+//! installation can be served by peregrine unchanged: the plugin's memsink name and
+//! microphone playback device, and the transports' ports, addresses and TLS servers.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -343,6 +343,8 @@ pub struct JanusInstall {
     pub http_acl: Option<String>,
     /// `cors.allow_origin` of either transport: a web page allowed to use the API.
     pub allow_origin: Vec<String>,
+    /// The plugin's `aplay.device`: the ALSA device the browsers' microphones play on.
+    pub mic_device: Option<String>,
 }
 
 /// A transport's TLS server (Janus's `wss` or `https`), with the certificate named in
@@ -422,8 +424,16 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
         })?;
     let mut install = JanusInstall {
         sink: Some(sink),
+        mic_device: plugin.get_str("aplay.device"),
         ..JanusInstall::default()
     };
+    if plugin.get_str("aplay.check").is_some() {
+        // The plugin has ignored it since 6.41: the microphone is on with the device.
+        install.notes.push(format!(
+            "{}: aplay.check is not used: the microphone plays whenever aplay.device is set",
+            dir.join(PLUGIN_FILE).display()
+        ));
+    }
     let optional = |name: &str| -> Result<Option<Value>> {
         let path = dir.join(name);
         if path.exists() {
@@ -1010,6 +1020,7 @@ mod tests {
                 ws_acl: None,
                 http_acl: None,
                 allow_origin: Vec::new(),
+                mic_device: None,
             }
         );
         // The current form wins over the legacy one.
@@ -1029,6 +1040,35 @@ mod tests {
     }
 
     const PLUGIN: (&str, &str) = (PLUGIN_FILE, "video: { sink = \"kvmd::ustreamer::h264\" }");
+
+    #[test]
+    fn the_plugins_playback_device_is_the_microphone_device() {
+        // kvmd's file.
+        let dir = dir_with(&[(
+            PLUGIN_FILE,
+            "video: { sink = \"kvmd::ustreamer::h264\" }\n\
+             acap: { device = \"hw:tc358743,0\"\n tc358743 = \"/dev/kvmd-video\" }\n\
+             aplay: { device = \"plughw:UAC2Gadget,0\" }\n\
+             vplay: { sink = \"kvmd::ucamera::h264\" }\n",
+        )]);
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.mic_device.as_deref(), Some("plughw:UAC2Gadget,0"));
+        assert!(install.notes.is_empty(), "{:?}", install.notes);
+        // The old switch is told to be unused; an empty device is no device.
+        std::fs::write(
+            dir.join(PLUGIN_FILE),
+            "video: { sink = \"s\" }\naplay: { device = \"\", check = \"/run/mic\" }",
+        )
+        .unwrap();
+        let install = read_install(&dir).unwrap();
+        assert_eq!(install.mic_device, None);
+        assert!(
+            install.notes[0].contains("aplay.check"),
+            "{:?}",
+            install.notes
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn pikvm_unix_socket_and_disabled_transports() {

@@ -502,6 +502,12 @@ pub struct Args {
     )]
     pub jpeg_sink_timeout: Option<u64>,
 
+    /// Play the browsers' microphones (janus.js `watch {mic: true}`) on this ALSA
+    /// playback device, e.g. `plughw:UAC2Gadget,0`; several talking browsers are mixed.
+    /// Opened only while somebody talks. [default: off]
+    #[arg(long, value_name = "DEVICE", help_heading = "Microphone")]
+    pub mic_device: Option<String>,
+
     /// peregrine's own log level: error, warn, info, debug or trace; other libraries
     /// log warnings and errors only. RUST_LOG directives are applied on top. [default: info]
     #[arg(long, value_name = "LEVEL", help_heading = "Logging")]
@@ -674,6 +680,8 @@ pub struct Config {
     pub jpeg_sink_timeout_s: u64,
     /// `/stream` skips up to this many pictures in a row identical to the last one sent.
     pub drop_same_frames: u32,
+    /// The ALSA device the browsers' microphones play on; `None`: no microphone.
+    pub mic_device: Option<String>,
     /// peregrine's own log level (`error` … `trace`).
     pub log_level: tracing::Level,
     /// The level was given (flag or file), so it wins over a bare level in RUST_LOG.
@@ -768,6 +776,7 @@ impl Default for Config {
             jpeg_sink_client_ttl_s: 10,
             jpeg_sink_timeout_s: 1,
             drop_same_frames: 0,
+            mic_device: None,
             log_level: tracing::Level::INFO,
             log_level_given: false,
             log_format: LogFormat::Text,
@@ -976,6 +985,9 @@ impl Config {
         set!(jpeg_quality <- quality);
         self.apply_h264_encoder(a.h264_m2m_device, a.h264_boost)?;
         set!(drop_same_frames <- drop_same_frames);
+        if let Some(device) = a.mic_device {
+            self.mic_device = Some(check_mic_device(&device)?);
+        }
         if self.drop_same_frames > MAX_DROP_SAME_FRAMES {
             bail!(
                 "drop_same_frames must be 0..={MAX_DROP_SAME_FRAMES}, got {}",
@@ -1584,6 +1596,7 @@ fn janus_install_args(install: crate::config::janus_install::JanusInstall) -> Re
         nat_1_1_ip,
         ice_server: install.stun.map(|s| vec![s]),
         allow_origin: (!install.allow_origin.is_empty()).then_some(install.allow_origin),
+        mic_device: install.mic_device,
         ..Args::default()
     })
 }
@@ -1604,6 +1617,19 @@ fn read_passwd_file(path: &std::path::Path) -> Result<String> {
         bail!("passwd_file {}: the first line is empty", path.display());
     }
     Ok(line.to_string())
+}
+
+/// A `--mic-device` value: an ALSA PCM name (`hw:1,0`, `plughw:UAC2Gadget,0`, a PCM of
+/// an asoundrc). Whether it opens is found out when somebody talks.
+fn check_mic_device(device: &str) -> Result<String> {
+    let device = device.trim();
+    if device.is_empty() || device.len() > 256 || device.chars().any(char::is_control) {
+        bail!(
+            "mic_device must be an ALSA playback device name such as plughw:UAC2Gadget,0, \
+             got {device:?}"
+        );
+    }
+    Ok(device.to_string())
 }
 
 /// `1280x720` → (1280, 720); even sizes only, as 4:2:0 encoding needs.
@@ -2159,6 +2185,38 @@ mod tests {
         let err =
             Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap_err();
         assert!(format!("{err:#}").contains("janus_config"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn janus_config_playback_device_plays_the_microphones_and_the_flag_wins() {
+        let dir = std::env::temp_dir().join(format!("peregrine-cfg-mic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.ustreamer.jcfg"),
+            "video: { sink = \"kvmd::ustreamer::h264\" }\n\
+             aplay: { device = \"plughw:UAC2Gadget,0\" }",
+        )
+        .unwrap();
+        let dir_s = dir.to_str().unwrap();
+        let c = Config::load(Args::parse_from(["peregrine", "--janus-config", dir_s])).unwrap();
+        assert_eq!(c.mic_device.as_deref(), Some("plughw:UAC2Gadget,0"));
+        assert_eq!(
+            c.stream_configs()[0].mic_device.as_deref(),
+            Some("plughw:UAC2Gadget,0")
+        );
+        let c = Config::load(Args::parse_from([
+            "peregrine",
+            "--janus-config",
+            dir_s,
+            "--mic-device",
+            "hw:2,0",
+        ]))
+        .unwrap();
+        assert_eq!(c.mic_device.as_deref(), Some("hw:2,0"));
+        let err = Config::load(Args::parse_from(["peregrine", "--mic-device", " "])).unwrap_err();
+        assert!(format!("{err:#}").contains("mic_device"), "{err:#}");
+        assert_eq!(Config::default().mic_device, None, "off by default");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,7 +1,8 @@
 //! Streams: the command line describes one (`default`); the TOML file may add any
 //! number as `[[stream]]` tables, each with the source keys of the top level. A key a
 //! table leaves out takes the top level's value (picture size, frame rate, encoder),
-//! except what belongs to one source alone (`source_allow`, `h264_sink`, `jpeg_sink`).
+//! except what belongs to one stream alone (`source_allow`, `h264_sink`, `jpeg_sink`,
+//! `mic_device`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -32,6 +33,7 @@ pub struct StreamArgs {
     pub testsrc_warmup_ms: Option<u64>,
     pub h264_sink: Option<String>,
     pub jpeg_sink: Option<String>,
+    pub mic_device: Option<String>,
 }
 
 /// One stream, resolved: what its source reads and how pictures are made.
@@ -53,6 +55,8 @@ pub struct StreamConfig {
     pub h264_sink: Option<String>,
     /// The stream's own JPEG memsink output.
     pub jpeg_sink: Option<String>,
+    /// The ALSA device its viewers' microphones play on.
+    pub mic_device: Option<String>,
 }
 
 impl StreamConfig {
@@ -69,6 +73,7 @@ impl StreamConfig {
             h264_encoder: cfg.h264_encoder.clone(),
             h264_sink: cfg.h264_sink.clone(),
             jpeg_sink: cfg.jpeg_sink.clone(),
+            mic_device: cfg.mic_device.clone(),
         }
     }
 }
@@ -109,6 +114,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
     c.source_allow.clear();
     c.h264_sink = None;
     c.jpeg_sink = None;
+    c.mic_device = None;
     c.apply(Args {
         source: Some(source),
         source_allow: table.source_allow,
@@ -122,6 +128,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         testsrc_warmup_ms: table.testsrc_warmup_ms,
         h264_sink: table.h264_sink,
         jpeg_sink: table.jpeg_sink,
+        mic_device: table.mic_device,
         ..Args::default()
     })?;
     c.source_spec = SourceSpec::parse(&c.source, &c.device, c.format)?;
@@ -144,13 +151,14 @@ pub fn check_source_allow(s: &StreamConfig) -> Result<()> {
 }
 
 /// What two streams cannot share: a name, a camera, a listening address, a memsink
-/// name (as one's output, or one's output and another's input).
+/// name (as one's output, or one's output and another's input), a playback device.
 fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> {
     let all: Vec<&StreamConfig> = std::iter::once(default).chain(extra).collect();
     let mut names = HashSet::new();
     // What is read or written → the first stream that does.
     let mut inputs: HashMap<String, &str> = HashMap::new();
     let mut sinks: HashMap<&str, &str> = HashMap::new();
+    let mut mics: HashMap<&str, &str> = HashMap::new();
     for s in &all {
         if !names.insert(s.name.as_str()) {
             bail!("two [[stream]] tables are named {:?}", s.name);
@@ -168,6 +176,15 @@ fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> 
             if let Some(first) = sinks.insert(sink, &s.name) {
                 bail!(
                     "streams {first:?} and {:?} both write the memsink {sink:?}",
+                    s.name
+                );
+            }
+        }
+        if let Some(mic) = &s.mic_device {
+            if let Some(first) = mics.insert(mic, &s.name) {
+                bail!(
+                    "streams {first:?} and {:?} both play microphones on {mic:?}; give each \
+                     its own mic_device",
                     s.name
                 );
             }
@@ -278,6 +295,39 @@ source = "testsrc"
     }
 
     #[test]
+    fn a_microphone_device_belongs_to_its_stream() {
+        let cfg = load(
+            "mic",
+            r#"
+source = "testsrc"
+[[stream]]
+name = "door"
+source = "testsrc"
+mic_device = "plughw:Door,0"
+[[stream]]
+name = "garage"
+source = "testsrc"
+"#,
+            &["--mic-device", "plughw:UAC2Gadget,0"],
+        )
+        .unwrap();
+        let mics: Vec<_> = cfg
+            .stream_configs()
+            .into_iter()
+            .map(|s| s.mic_device)
+            .collect();
+        assert_eq!(
+            mics,
+            [
+                Some("plughw:UAC2Gadget,0".to_string()),
+                Some("plughw:Door,0".to_string()),
+                None
+            ],
+            "not inherited: one device plays one stream's talkers"
+        );
+    }
+
+    #[test]
     fn the_command_line_alone_describes_the_default_stream() {
         let cfg = Config::load(Args::parse_from(["peregrine", "--source", "testsrc"])).unwrap();
         let all = cfg.stream_configs();
@@ -339,6 +389,14 @@ source = "testsrc"
             (
                 "h264_sink = \"s1.h264\"\n[[stream]]\nname = \"x\"\nsource = \"memsink:s1.h264\"\n",
                 "read its own frames",
+            ),
+            (
+                "mic_device = \"hw:1,0\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nmic_device = \"hw:1,0\"\n",
+                "both play microphones on \"hw:1,0\"",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nmic_device = \"\"\n",
+                "mic_device must be",
             ),
         ];
         for (i, (toml, expected)) in cases.into_iter().enumerate() {

@@ -14,6 +14,7 @@ use crate::janus::gateway::JanusCounts;
 use crate::janus::JanusStatus;
 use crate::media::stream::{Output, UnknownStream};
 use crate::metrics::collector::StreamInput;
+use crate::mic::{MicReport, MicStats};
 use crate::relay::Relay;
 use crate::rtc::{RtcEngine, RtcStats};
 use crate::source::lifecycle::SourceReport;
@@ -138,6 +139,9 @@ pub struct StreamReport {
     pub viewers: usize,
     /// The same, by output (`webrtc`, `h264ws`, `jsmpeg`).
     pub viewers_by: BTreeMap<&'static str, usize>,
+    /// The browsers' microphones played on the host, when the stream has a device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mic: Option<MicReport>,
 }
 
 /// What `/state` says of one stream besides what its hub and source status tell.
@@ -151,6 +155,8 @@ pub struct StreamFacts {
     pub h264_sink: Option<Arc<AtomicBool>>,
     /// The same of the JPEG memsink.
     pub jpeg_sink: Option<Arc<AtomicBool>>,
+    /// The microphone playback's counters, when the stream has one.
+    pub mic: Option<Arc<MicStats>>,
 }
 
 /// Builds the document from the live server.
@@ -249,6 +255,7 @@ impl StateReporter {
                         .iter()
                         .map(|&o| (o.label(), stream.viewers_by(o)))
                         .collect(),
+                    mic: f.mic.as_deref().map(MicStats::report),
                 };
                 (stream.name().to_string(), report)
             })
