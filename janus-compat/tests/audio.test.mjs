@@ -199,7 +199,7 @@ test("with the microphone on, the browser's keyframe request still brings a keyf
 
 /** The default stream's microphone playback in /state. */
 function micOf(state) {
-  return (state.streams_detail || state.mic || {}).mic || state.mic || {};
+  return state.streams?.default?.mic ?? {};
 }
 
 /** Wait until `fn(/state)` holds. */
