@@ -31,6 +31,9 @@ fuzz_target!(|data: &[u8]| {
         for s in &streams {
             assert!(peregrine::media::stream::valid_name(&s.name));
             assert_eq!(s.video.check(), Ok(()));
+            assert!((8_000..=192_000).contains(&s.audio.rate));
+            assert!((1..=2).contains(&s.audio.channels));
+            assert!((6..=510).contains(&s.audio.bitrate_kbps));
         }
     }
 });

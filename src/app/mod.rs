@@ -195,6 +195,9 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     stop_source.store(true, Ordering::Relaxed);
     for stream in streams.iter() {
         stream.hub().wake_source();
+        if let Some(audio) = stream.audio() {
+            audio.wake_source();
+        }
     }
     for thread in threads.into_iter().flatten() {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

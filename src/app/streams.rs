@@ -1,13 +1,14 @@
 //! Starts every configured stream: its hub, its JPEG tap, its source on the runner, its
-//! memsink output and its microphone playback, and gathers what the outputs and
-//! `/state` need of each.
+//! sound (a hub of its own and the sound source on the audio runner), its memsink
+//! output and its microphone playback, and gathers what the outputs and `/state` need
+//! of each.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::config::{usage_error, Config, SourceSpec, StreamConfig};
+use crate::config::{usage_error, AudioSpec, Config, SourceSpec, StreamConfig};
 use crate::http::state::{Resolution, StreamFacts};
 use crate::media::audio::mic::{MicInput, MIC_QUEUE};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
@@ -18,6 +19,9 @@ use crate::memsink::output as memsink_output;
 use crate::memsink::writer::SinkConfig;
 use crate::metrics::collector::StreamInput;
 use crate::mic::MicStats;
+use crate::source::audio::alsa::{AlsaConfig, AlsaSource};
+use crate::source::audio::tone::ToneSource;
+use crate::source::audio::{self, AudioSource, AudioStatusHandle};
 use crate::source::bytestream::{ByteStreamConfig, ByteStreamSource, Input};
 use crate::source::camera::replay::{self, ReplayOpener};
 use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
@@ -88,14 +92,28 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
             stop.clone(),
             jpeg_sink_readers.clone().unwrap_or_default(),
         )?);
+        let sound = start_sound(&stream_cfg, stop.clone())
+            .with_context(|| format!("stream {:?}: sound", stream_cfg.name))?;
+        let (audio_hub, audio_status) = match sound {
+            Some(Sound {
+                hub,
+                status,
+                thread,
+            }) => {
+                threads.push(Some(thread));
+                (Some(hub), Some(status))
+            }
+            None => (None, None),
+        };
         let (mic, mic_stats, mic_thread) = start_mic(&stream_cfg, stop)?;
         threads.push(mic_thread);
         let kind = stream_cfg.spec.kind();
-        let stream = Stream::with_sound(stream_cfg.name, hub, stream_cfg.video.fps, None, mic);
+        let stream = Stream::with_sound(stream_cfg.name, hub, stream_cfg.video.fps, audio_hub, mic);
         jpeg_taps.push((stream.clone(), jpeg_tap));
         let input = StreamInput {
             stream,
             status,
+            audio: audio_status,
             kind,
         };
         facts.push(StreamFacts {
@@ -240,6 +258,43 @@ fn start_mic(stream: &StreamConfig, stop: &Arc<AtomicBool>) -> Result<Mic> {
         .context("cannot start the microphone playback thread")?;
     tracing::info!(stream = %stream.name, device = %device, "browsers' microphones play on ALSA");
     Ok((Some(input), Some(stats), Some(thread)))
+}
+
+/// A stream's sound, started.
+struct Sound {
+    hub: Arc<Hub>,
+    status: AudioStatusHandle,
+    /// The sound source's thread, joined at shutdown with the others.
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// A stream's sound, when it has any: its hub and its source on the audio runner.
+fn start_sound(cfg: &StreamConfig, stop: Arc<AtomicBool>) -> Result<Option<Sound>> {
+    let sound = &cfg.audio;
+    let source: Box<dyn AudioSource> = match &sound.spec {
+        AudioSpec::None => return Ok(None),
+        AudioSpec::Tone => Box::new(ToneSource::new()),
+        AudioSpec::Alsa(device) => Box::new(AlsaSource::new(AlsaConfig {
+            device: device.clone(),
+            rate: sound.rate,
+            channels: sound.channels,
+            tc358743: sound.tc358743.clone(),
+        })),
+    };
+    let hub = Hub::new(audio::runner::QUEUE_FRAMES);
+    let status = AudioStatusHandle::new(&sound.spec.label());
+    let thread = audio::runner::spawn(
+        source,
+        sound.bitrate_kbps,
+        hub.clone(),
+        status.clone(),
+        stop,
+    )?;
+    Ok(Some(Sound {
+        hub,
+        status,
+        thread,
+    }))
 }
 
 /// A stream's H.264 memsink output (`--h264-sink`), when configured.

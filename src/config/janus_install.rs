@@ -345,6 +345,12 @@ pub struct JanusInstall {
     pub allow_origin: Vec<String>,
     /// The plugin's `aplay.device`: the ALSA device the browsers' microphones play on.
     pub mic_device: Option<String>,
+    /// The plugin's sound capture: `acap.device` (or the older `audio.device`).
+    pub audio_device: Option<String>,
+    /// `acap.sampling_rate`: the capture rate in Hz.
+    pub audio_rate: Option<u32>,
+    /// `acap.tc358743` (or `audio.tc358743`): the chip telling the HDMI audio rate.
+    pub audio_tc358743: Option<PathBuf>,
 }
 
 /// A transport's TLS server (Janus's `wss` or `https`), with the certificate named in
@@ -434,6 +440,7 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
             dir.join(PLUGIN_FILE).display()
         ));
     }
+    audio_capture(&plugin, &dir.join(PLUGIN_FILE), &mut install)?;
     let optional = |name: &str| -> Result<Option<Value>> {
         let path = dir.join(name);
         if path.exists() {
@@ -612,6 +619,44 @@ pub fn read_install(dir: &Path) -> Result<JanusInstall> {
 }
 
 /// A port number setting, when present.
+/// The plugin's sound capture (`acap.*`, or `audio.*` before plugin 6.24), for
+/// `--audio-device`, `--audio-rate` and `--audio-tc358743`. The playback keys
+/// (`aplay.*`) are the microphone's.
+fn audio_capture(plugin: &Value, file: &Path, install: &mut JanusInstall) -> Result<()> {
+    let either = |key: &str| {
+        plugin
+            .get_str(&format!("acap.{key}"))
+            .or_else(|| plugin.get_str(&format!("audio.{key}")))
+    };
+    let Some(device) = either("device") else {
+        return Ok(());
+    };
+    install.audio_device = Some(device);
+    install.audio_tc358743 = either("tc358743").map(PathBuf::from);
+    if plugin.get("acap.sampling_rate").is_some() {
+        let rate = plugin
+            .get_int("acap.sampling_rate")
+            .and_then(|r| u32::try_from(r).ok())
+            .filter(|r| *r == 0 || crate::source::audio::tc358743::RATES.contains(r))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: acap.sampling_rate must be a rate in Hz, 8000 to 192000",
+                    file.display()
+                )
+            })?;
+        // 0 counts as unset, as in the plugin.
+        install.audio_rate = (rate != 0).then_some(rate);
+    }
+    if install.audio_rate.is_none() && install.audio_tc358743.is_none() {
+        install.notes.push(format!(
+            "{}: acap.device without acap.sampling_rate or acap.tc358743: capturing at \
+             48000 Hz",
+            file.display()
+        ));
+    }
+    Ok(())
+}
+
 fn port(v: &Value, key: &str, file: &str) -> Result<Option<u16>> {
     v.get_int(key)
         .map(|p| u16::try_from(p).map_err(|_| anyhow!("{file}: {key} = {p} is not a port number")))
@@ -1021,6 +1066,9 @@ mod tests {
                 http_acl: None,
                 allow_origin: Vec::new(),
                 mic_device: None,
+                audio_device: None,
+                audio_rate: None,
+                audio_tc358743: None,
             }
         );
         // The current form wins over the legacy one.
@@ -1037,6 +1085,49 @@ mod tests {
         let err = read_install(&dir).unwrap_err().to_string();
         assert!(err.contains("video.sink"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sound_capture_keys_and_their_older_names_are_read() {
+        let read = |plugin: &str| read_install(&dir_with(&[(PLUGIN_FILE, plugin)]));
+        let kvmd = read(
+            "video: { sink = \"kvmd::ustreamer::h264\" }\n\
+             acap: { device = \"hw:tc358743,0\"\n tc358743 = \"/dev/kvmd-video\" }\n\
+             aplay: { device = \"plughw:UAC2Gadget,0\" }",
+        )
+        .unwrap();
+        assert_eq!(kvmd.audio_device.as_deref(), Some("hw:tc358743,0"));
+        assert_eq!(kvmd.audio_tc358743, Some(PathBuf::from("/dev/kvmd-video")));
+        assert_eq!((kvmd.audio_rate, kvmd.notes.len()), (None, 0));
+        let fixed =
+            read("video: { sink = \"s\" }\nacap: { device = \"hw:1\"; sampling_rate = 44100 }")
+                .unwrap();
+        assert_eq!(
+            (fixed.audio_device.as_deref(), fixed.audio_rate),
+            (Some("hw:1"), Some(44_100))
+        );
+        let old = read(
+            "memsink: { object = \"s\" }\naudio: { device = \"hw:1\"  tc358743 = \"/dev/video0\" }",
+        )
+        .unwrap();
+        assert_eq!(old.audio_device.as_deref(), Some("hw:1"));
+        assert_eq!(old.audio_tc358743, Some(PathBuf::from("/dev/video0")));
+        let bare = read("video: { sink = \"s\" }\nacap: { device = \"hw:1\" }").unwrap();
+        assert!(
+            bare.notes[0].contains("capturing at 48000 Hz"),
+            "{:?}",
+            bare.notes
+        );
+        let none = read("video: { sink = \"s\" }\nacap: { device = \"\" }").unwrap();
+        assert_eq!(none.audio_device, None, "an empty name is no device");
+        for bad in ["1000", "\"fast\"", "400000"] {
+            let err = read(&format!(
+                "video: {{ sink = \"s\" }}\nacap: {{ device = \"hw:1\"; sampling_rate = {bad} }}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("acap.sampling_rate must be"), "{bad}: {err}");
+        }
     }
 
     const PLUGIN: (&str, &str) = (PLUGIN_FILE, "video: { sink = \"kvmd::ustreamer::h264\" }");

@@ -19,11 +19,13 @@ use crate::origin::OriginPolicy;
 use crate::source::camera::device::PixelFormat;
 use crate::tls::CertFiles;
 
+mod audio;
 pub mod janus_install;
 mod source_spec;
 pub mod streams;
 pub mod ustreamer;
 
+pub use audio::{AudioConfig, AudioSettings, AudioSpec, AUDIO_FORMS};
 pub use source_spec::{SourceSpec, SOURCE_FORMS};
 pub use streams::{StreamArgs, StreamConfig};
 
@@ -411,6 +413,30 @@ pub struct Args {
     #[arg(long, value_name = "KBPS", help_heading = "Relays (JSMpeg, jmuxer)")]
     pub jsmpeg_bitrate: Option<u32>,
 
+    /// The stream's sound: `tone` (a 1000 Hz beep at each whole second, for testing),
+    /// `none`, or `alsa:DEVICE` (ALSA capture, e.g. alsa:hw:1,0; `arecord -L` lists the
+    /// devices). Sent to WebRTC viewers as Opus. [default: `tone` with the test
+    /// pattern, else `none`]
+    #[arg(long, value_name = "SOURCE", help_heading = "Audio")]
+    pub audio: Option<String>,
+    /// ALSA capture device, e.g. hw:tc358743,0: the same as --audio alsa:DEVICE.
+    #[arg(long, value_name = "DEVICE", help_heading = "Audio")]
+    pub audio_device: Option<String>,
+    /// ALSA capture rate in Hz (8000..192000); other rates than 48000 are converted.
+    /// [default: 48000]
+    #[arg(long, value_name = "HZ", help_heading = "Audio")]
+    pub audio_rate: Option<u32>,
+    /// ALSA capture channels: 1 (sent on both sides) or 2. [default: 2]
+    #[arg(long, value_name = "N", help_heading = "Audio")]
+    pub audio_channels: Option<u32>,
+    /// Opus bitrate in kbit/s (6..510). [default: 128]
+    #[arg(long, value_name = "KBPS", help_heading = "Audio")]
+    pub audio_bitrate: Option<u32>,
+    /// V4L2 device of a TC358743 HDMI bridge (e.g. /dev/kvmd-video): capture at the HDMI
+    /// audio rate the chip reports instead of --audio-rate.
+    #[arg(long, value_name = "PATH", help_heading = "Audio")]
+    pub audio_tc358743: Option<PathBuf>,
+
     /// Folder of an existing Janus installation's configs (e.g. /opt/janus/etc/janus):
     /// the source is the memsink in janus.plugin.ustreamer.jcfg (`video.sink`), the
     /// ports come from the transport configs. Flags and --config keys still win.
@@ -662,6 +688,9 @@ pub struct Config {
     pub jsmpeg_header: bool,
     pub jsmpeg_ffmpeg: String,
     pub jsmpeg_bitrate_kbps: u32,
+    /// The default stream's sound, as layered; see [`StreamConfig::audio`] for a
+    /// stream's resolved one.
+    pub audio: AudioSettings,
     /// JPEG quality of the MJPEG output, 1..=100.
     pub jpeg_quality: u8,
     /// What encodes raw pictures to H.264.
@@ -762,6 +791,7 @@ impl Default for Config {
             jsmpeg_header: false,
             jsmpeg_ffmpeg: "ffmpeg".into(),
             jsmpeg_bitrate_kbps: 1500,
+            audio: AudioSettings::default(),
             jpeg_quality: crate::media::jpeg::DEFAULT_QUALITY,
             h264_encoder: H264EncoderChoice::Cpu,
             h264_boost: false,
@@ -837,6 +867,7 @@ impl Config {
             }
         }
         cfg.source_spec = SourceSpec::parse(&cfg.source, &cfg.device, cfg.format)?;
+        cfg.audio.check(&cfg.source_spec)?;
         cfg.check_janus_auth()?;
         cfg.check_janus_admin()?;
         cfg.tls = tls_files(&args_tls, &file_tls)?;
@@ -870,6 +901,7 @@ impl Config {
         self.apply_admin(&a)?;
         self.apply_access(&a)?;
         self.apply_ustreamer_http(&a)?;
+        self.audio.apply(&a)?;
         // A port or socket given by a later layer turns a transport on again.
         if a.janus_ws_port.is_some() || a.janus_ws_unix.is_some() {
             self.janus_ws_off = false;
@@ -1597,6 +1629,9 @@ fn janus_install_args(install: crate::config::janus_install::JanusInstall) -> Re
         ice_server: install.stun.map(|s| vec![s]),
         allow_origin: (!install.allow_origin.is_empty()).then_some(install.allow_origin),
         mic_device: install.mic_device,
+        audio_device: install.audio_device,
+        audio_rate: install.audio_rate,
+        audio_tc358743: install.audio_tc358743,
         ..Args::default()
     })
 }

@@ -1,8 +1,9 @@
 //! Streams: the command line describes one (`default`); the TOML file may add any
 //! number as `[[stream]]` tables, each with the source keys of the top level. A key a
-//! table leaves out takes the top level's value (picture size, frame rate, encoder),
-//! except what belongs to one stream alone (`source_allow`, `h264_sink`, `jpeg_sink`,
-//! `mic_device`).
+//! table leaves out takes the top level's value (picture size, frame rate, encoder,
+//! sound settings), except what belongs to one stream alone (`source_allow`,
+//! `h264_sink`, `jpeg_sink`, `mic_device`, the sound source `audio` and
+//! `audio_tc358743`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use super::{Args, Config, SourceSpec};
+use super::{Args, AudioConfig, AudioSpec, Config, SourceSpec};
 use crate::media::encoder::H264EncoderChoice;
 use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
 use crate::media::VideoSettings;
@@ -34,6 +35,12 @@ pub struct StreamArgs {
     pub h264_sink: Option<String>,
     pub jpeg_sink: Option<String>,
     pub mic_device: Option<String>,
+    pub audio: Option<String>,
+    pub audio_device: Option<String>,
+    pub audio_rate: Option<u32>,
+    pub audio_channels: Option<u32>,
+    pub audio_bitrate: Option<u32>,
+    pub audio_tc358743: Option<PathBuf>,
 }
 
 /// One stream, resolved: what its source reads and how pictures are made.
@@ -57,6 +64,8 @@ pub struct StreamConfig {
     pub jpeg_sink: Option<String>,
     /// The ALSA device its viewers' microphones play on.
     pub mic_device: Option<String>,
+    /// The stream's sound.
+    pub audio: AudioConfig,
 }
 
 impl StreamConfig {
@@ -74,6 +83,7 @@ impl StreamConfig {
             h264_sink: cfg.h264_sink.clone(),
             jpeg_sink: cfg.jpeg_sink.clone(),
             mic_device: cfg.mic_device.clone(),
+            audio: cfg.audio.resolve(&cfg.source_spec),
         }
     }
 }
@@ -115,6 +125,10 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
     c.h264_sink = None;
     c.jpeg_sink = None;
     c.mic_device = None;
+    // A capture device feeds one stream: a table names its own sound, or takes the
+    // default of its video source.
+    c.audio.spec = None;
+    c.audio.tc358743 = None;
     c.apply(Args {
         source: Some(source),
         source_allow: table.source_allow,
@@ -129,9 +143,16 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         h264_sink: table.h264_sink,
         jpeg_sink: table.jpeg_sink,
         mic_device: table.mic_device,
+        audio: table.audio,
+        audio_device: table.audio_device,
+        audio_rate: table.audio_rate,
+        audio_channels: table.audio_channels,
+        audio_bitrate: table.audio_bitrate,
+        audio_tc358743: table.audio_tc358743,
         ..Args::default()
     })?;
     c.source_spec = SourceSpec::parse(&c.source, &c.device, c.format)?;
+    c.audio.check(&c.source_spec)?;
     let mut stream = StreamConfig::default_of(&c);
     stream.name = table.name;
     stream.source_chosen = false;
@@ -163,7 +184,11 @@ fn check_together(default: &StreamConfig, extra: &[StreamConfig]) -> Result<()> 
         if !names.insert(s.name.as_str()) {
             bail!("two [[stream]] tables are named {:?}", s.name);
         }
-        if let Some(input) = s.spec.exclusive_input() {
+        let sound = match &s.audio.spec {
+            AudioSpec::Alsa(device) => Some(format!("the ALSA device {device}")),
+            _ => None,
+        };
+        for input in s.spec.exclusive_input().into_iter().chain(sound) {
             if let Some(first) = inputs.insert(input.clone(), &s.name) {
                 bail!(
                     "streams {first:?} and {:?} both read {input}; a source feeds one stream",

@@ -17,6 +17,7 @@ use crate::metrics::collector::StreamInput;
 use crate::mic::{MicReport, MicStats};
 use crate::relay::Relay;
 use crate::rtc::{RtcEngine, RtcStats};
+use crate::source::audio::AudioReport;
 use crate::source::lifecycle::SourceReport;
 
 /// The whole document.
@@ -135,6 +136,8 @@ pub struct PeregrineState {
 #[derive(Debug, Serialize)]
 pub struct StreamReport {
     pub source: SourceReport,
+    /// The stream's sound; `null` when it has none.
+    pub audio: Option<AudioReport>,
     /// Viewers receiving its pictures, over every output.
     pub viewers: usize,
     /// The same, by output (`webrtc`, `h264ws`, `jsmpeg`).
@@ -250,6 +253,7 @@ impl StateReporter {
                 let stream = &f.input.stream;
                 let report = StreamReport {
                     source: source_report(&f.input),
+                    audio: audio_report(&f.input),
                     viewers: stream.viewers(),
                     viewers_by: Output::ALL
                         .iter()
@@ -277,6 +281,11 @@ impl StateReporter {
 
 fn source_report(input: &StreamInput) -> SourceReport {
     SourceReport::new(input.status.snapshot(), &input.stream.hub().info())
+}
+
+fn audio_report(input: &StreamInput) -> Option<AudioReport> {
+    let status = input.audio.as_ref()?.snapshot();
+    Some(AudioReport::new(status, &input.stream.audio()?.info()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The figures read at scrape time from the parts of a running server: viewers per
 //! transport, Janus objects, bytes and packets sent, WebRTC feedback counts, and the
-//! source's state.
+//! state of the source and of the sound.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::janus::JanusStatus;
 use crate::media::stream::{Output, Stream};
 use crate::relay::Relay;
 use crate::rtc::RtcEngine;
+use crate::source::audio::AudioStatusHandle;
 use crate::source::lifecycle::StatusHandle;
 
 /// One stream as a scrape reads it.
@@ -24,6 +25,8 @@ use crate::source::lifecycle::StatusHandle;
 pub struct StreamInput {
     pub stream: Arc<Stream>,
     pub status: StatusHandle,
+    /// The status of the stream's sound, when it has sound (its hub is the stream's).
+    pub audio: Option<AudioStatusHandle>,
     /// The `kind` label: the kind of source configured (`SourceSpec::kind`), which the
     /// status text (a camera's device and format, say) does not always tell.
     pub kind: &'static str,
@@ -218,6 +221,29 @@ impl Collector for ServerCollector {
             sources
                 .iter()
                 .map(|(labels, (status, _), _)| (*labels, status.interruptions)),
+        )?;
+
+        let sounds: Vec<_> = streams
+            .iter()
+            .filter_map(|s| {
+                let status = s.audio.as_ref()?.snapshot();
+                let hub = s.stream.audio()?.info();
+                Some(([("stream", s.stream.name())], status, hub))
+            })
+            .collect();
+        gauges(
+            &mut enc,
+            "peregrine_audio_up",
+            "1 while the stream's sound source delivers; 0 while idle (nobody listens) or failing.",
+            sounds
+                .iter()
+                .map(|(labels, status, _)| (*labels, u64::from(status.state == "live"))),
+        )?;
+        counters(
+            &mut enc,
+            "peregrine_audio_frames",
+            "Opus frames (20 ms each) of the stream's sound.",
+            sounds.iter().map(|(labels, _, hub)| (*labels, hub.frames)),
         )?;
         Ok(())
     }

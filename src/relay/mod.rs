@@ -11,6 +11,7 @@ pub mod direct;
 pub mod h264ws;
 pub mod jsmpeg;
 pub mod mpegts;
+pub mod pcm_feed;
 pub mod transcode;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,6 +1,8 @@
 //! JSMpeg from peregrine's own source: while JSMpeg viewers are connected, one ffmpeg
-//! child turns the hub's H.264 into MPEG-1 video in MPEG-TS. It starts with the first
-//! viewer and stops after the last; if it dies while viewers remain it is restarted.
+//! child turns the hub's H.264 into MPEG-1 video in MPEG-TS, with the stream's sound
+//! (decoded from Opus, see [`pcm_feed`]) as MP2 audio when it has sound. It starts with
+//! the first viewer and stops after the last; if it dies while viewers remain it is
+//! restarted.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -8,12 +10,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::jsmpeg::TsBus;
 use super::mpegts::PacketSplitter;
+use super::pcm_feed::{self, PcmFifo};
 use super::RelayConfig;
 use crate::media::hub::{Hub, StartAt};
 use crate::media::Stream;
@@ -28,9 +33,14 @@ pub struct FfmpegMissing(String);
 
 /// Frame rates MPEG-1 video can signal; others are converted to the nearest one above.
 const MPEG1_RATES: &[u32] = &[24, 25, 30, 50, 60];
+/// MP2 bitrate of the sound, kbit/s (JSMpeg's own examples use 128k).
+const MP2_KBPS: u32 = 128;
 
 pub struct Transcoder {
     hub: Arc<Hub>,
+    /// The stream's sound, to carry as MP2; `None` without sound, and for the old
+    /// jsmpg.js (`--jsmpeg-header`), which plays video only.
+    audio: Option<Arc<Hub>>,
     bus: TsBus,
     ffmpeg: String,
     kbps: u32,
@@ -67,6 +77,7 @@ impl Transcoder {
     pub fn new(stream: &Stream, bus: TsBus, cfg: &RelayConfig) -> Arc<Transcoder> {
         Arc::new(Transcoder {
             hub: stream.hub().clone(),
+            audio: stream.audio().filter(|_| !cfg.jsmpeg_header).cloned(),
             bus,
             ffmpeg: cfg.ffmpeg.clone(),
             kbps: cfg.transcode_kbps.max(100),
@@ -141,7 +152,13 @@ impl Transcoder {
             .copied()
             .find(|&r| r >= self.fps)
             .unwrap_or(60);
-        let mut child = Command::new(program)
+        // The sound's FIFO, removed when this run ends.
+        let fifo = match self.audio {
+            Some(_) => Some(PcmFifo::create().context("a FIFO for the sound")?),
+            None => None,
+        };
+        let mut command = Command::new(program);
+        command
             .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
             .args(["-fflags", "nobuffer", "-flags", "low_delay"])
             .args(["-probesize", "32", "-analyzeduration", "1"])
@@ -154,8 +171,22 @@ impl Transcoder {
                 &self.fps.to_string(),
                 "-i",
                 "pipe:0",
-            ])
-            .args(["-an", "-f", "mpegts", "-codec:v", "mpeg1video", "-bf", "0"])
+            ]);
+        match &fifo {
+            Some(fifo) => {
+                command
+                    .args(pcm_feed::FFMPEG_FORMAT)
+                    .arg("-i")
+                    .arg(fifo.path())
+                    .args(["-map", "0:v", "-map", "1:a", "-codec:a", "mp2"])
+                    .args(["-b:a", &format!("{MP2_KBPS}k")]);
+            }
+            None => {
+                command.arg("-an");
+            }
+        }
+        let mut child = command
+            .args(["-f", "mpegts", "-codec:v", "mpeg1video", "-bf", "0"])
             .args(["-r", &rate.to_string(), "-b:v", &format!("{}k", self.kbps)])
             .args(["-muxdelay", "0.001", "-flush_packets", "1", "pipe:1"])
             .stdin(Stdio::piped())
@@ -179,12 +210,25 @@ impl Transcoder {
             }
         });
         let hub = self.hub.clone();
+        // The capture time of the first picture ffmpeg gets: where its timeline starts.
+        let (origin_tx, origin) = watch::channel(None);
         let feed = async move {
             let mut sub = hub.subscribe(StartAt::NextKeyframe);
             while let Some(au) = sub.recv().await {
+                if origin_tx.borrow().is_none() {
+                    origin_tx.send_replace(Some(au.capture_us));
+                }
                 stdin.write_all(&au.data).await?;
             }
             anyhow::Ok(())
+        };
+        let sound = async {
+            match (&fifo, &self.audio) {
+                (Some(fifo), Some(audio)) => {
+                    pcm_feed::feed(fifo.path(), audio.clone(), origin).await
+                }
+                _ => std::future::pending().await,
+            }
         };
         let bus = self.bus.clone();
         let read = async move {
@@ -200,6 +244,7 @@ impl Transcoder {
         };
         let result = tokio::select! {
             r = feed => r.and_then(|()| anyhow::bail!("the source ended")),
+            r = sound => r.and_then(|()| anyhow::bail!("the sound ended")),
             r = read => r,
             _ = stop.wait_for(|s| *s) => Ok(()),
         };

@@ -1,8 +1,10 @@
 //! Sources: where a stream's pictures come from. Each implements the one contract,
 //! [`runner::Source`] (open, hand over the next picture, close), and runs on its own
-//! thread under [`runner`], which owns retry, liveness, NO SIGNAL and status.
+//! thread under [`runner`], which owns retry, liveness, NO SIGNAL and status. Sound
+//! sources have a contract and runner of their own, in [`audio`].
 
 pub mod annexb;
+pub mod audio;
 pub mod bytestream;
 pub mod camera;
 pub mod failure_log;

@@ -2,6 +2,8 @@
 //! ports, and talk the Janus API to it over either transport like janus.js does.
 #![allow(dead_code)]
 
+pub mod alsa;
+
 use std::io::Read;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
@@ -92,6 +94,25 @@ impl Server {
         server
     }
 
+    /// As [`Server::start`], with HOME set to `home`: the ALSA devices it defines (see
+    /// [`alsa::AlsaHome`]) are the server's.
+    pub async fn start_with_home(extra: &[&str], home: &std::path::Path) -> Result<Server> {
+        let mut last_error = anyhow!("not started");
+        for _attempt in 0..3 {
+            let launch = Launch {
+                rust_log: Some(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
+                capture: None,
+                nofile: None,
+                home: Some(home.to_path_buf()),
+            };
+            match Self::try_start(extra, Stdio::inherit(), Stdio::inherit(), launch).await {
+                Ok(server) => return Ok(server),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
     /// As [`Server::start`], with the process's log and error output in `log`.
     pub async fn start_logged(extra: &[&str], log: std::fs::File) -> Result<Server> {
         Self::start_with_output(extra, || {
@@ -110,6 +131,7 @@ impl Server {
                 rust_log: rust_log.map(String::from),
                 capture: Some(captured.clone()),
                 nofile: None,
+                home: None,
             };
             match Self::try_start(extra, Stdio::null(), Stdio::piped(), launch).await {
                 Ok(server) => return Ok((server, captured)),
@@ -153,6 +175,7 @@ impl Server {
                 rust_log: Some(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
                 capture: None,
                 nofile,
+                home: None,
             };
             match Self::try_start(extra, stdout, stderr, launch).await {
                 Ok(server) => return Ok(server),
@@ -184,6 +207,9 @@ impl Server {
             Some(filter) => command.env("RUST_LOG", filter),
             None => command.env_remove("RUST_LOG"),
         };
+        if let Some(home) = &launch.home {
+            command.env("HOME", home);
+        }
         if let Some(n) = launch.nofile {
             use nix::sys::resource::{setrlimit, Resource};
             use std::os::unix::process::CommandExt;
@@ -296,6 +322,8 @@ struct Launch {
     capture: Option<Captured>,
     /// The process's open-file limit, when not inherited.
     nofile: Option<u64>,
+    /// HOME, when not inherited (alsa-lib reads `HOME/.asoundrc`).
+    home: Option<PathBuf>,
 }
 
 /// Bytes read from a child's pipe on a thread of their own, until it closes.
