@@ -277,6 +277,50 @@ mod tests {
     }
 
     #[test]
+    fn the_audio_answer_says_what_the_viewer_takes_and_sends() {
+        let answer = |audio: &str| {
+            format!(
+                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n{audio}"
+            )
+        };
+        let accepted = |receives, sends| AudioAnswer::Accepted {
+            payload_type: 111,
+            receives,
+            sends,
+        };
+        let m = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=recvonly\r\n")), 111),
+            accepted(true, false)
+        );
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=sendrecv\r\n")), 111),
+            accepted(true, true)
+        );
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=sendonly\r\n")), 111),
+            accepted(false, true)
+        );
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=inactive\r\n")), 111),
+            accepted(false, false)
+        );
+        assert_eq!(audio_answer(&answer(m), 111), accepted(true, true), "default");
+        // Declined, absent, or without our payload type: no sound, and the video's own
+        // direction line is not taken for the audio's.
+        let declined = "m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
+        assert_eq!(audio_answer(&answer(declined), 111), AudioAnswer::Declined);
+        assert_eq!(audio_answer(&answer(""), 111), AudioAnswer::Declined);
+        let other = "m=audio 9 UDP/TLS/RTP/SAVPF 109\r\na=sendrecv\r\n";
+        assert_eq!(audio_answer(&answer(other), 111), AudioAnswer::Declined);
+        // A declined audio section leaves the video's payload type as it was.
+        assert_eq!(chosen_payload_type(&answer(declined), &[96]), Ok(96));
+        assert_eq!(mid_of(&answer(m), "audio"), Some("1"));
+        assert_eq!(mid_of(&answer(m), "video"), Some("0"));
+        assert_eq!(mid_of(&answer(""), "audio"), None);
+    }
+
+    #[test]
     fn garbage_answers_are_rejected() {
         assert!(check_answer("hello").is_err());
         assert!(check_answer("v=0\r\nm=audio 9 x 0\r\n").is_err());
