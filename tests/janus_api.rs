@@ -1539,7 +1539,13 @@ async fn sound_and_microphone_are_offered_only_when_asked_and_there() {
     publish_keyframe(&quiet);
     let (mic, mut playback) = MicInput::channel(512);
     let streams = Streams::new(vec![
-        Stream::with_sound(DEFAULT_STREAM, hub.clone(), 30, Some(Hub::new(8)), Some(mic)),
+        Stream::with_sound(
+            DEFAULT_STREAM,
+            hub.clone(),
+            30,
+            Some(Hub::new(8)),
+            Some(mic),
+        ),
         Stream::new("quiet", quiet.clone(), 30),
     ]);
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
@@ -1578,7 +1584,8 @@ async fn sound_and_microphone_are_offered_only_when_asked_and_there() {
     ] {
         ws.send(json!({"janus":"message","session_id":s,"handle_id":h,"body":body}))
             .await;
-        let features = ws.event("event", h).await["plugindata"]["data"]["result"]["features"].clone();
+        let features =
+            ws.event("event", h).await["plugindata"]["data"]["result"]["features"].clone();
         assert_eq!(features["audio"], audio, "{features}");
         assert_eq!(features["mic"], mic, "{features}");
         assert_eq!(ws.recv().await["janus"], "success");
@@ -1588,9 +1595,15 @@ async fn sound_and_microphone_are_offered_only_when_asked_and_there() {
     let offer = ws.watch(s, h, json!({"audio":"yes","mic":1})).await;
     assert!(sdp_section(&offer, "audio").is_empty(), "{offer}");
     let offer = ws.watch(s, h, json!({"audio":true})).await;
-    assert!(sdp_section(&offer, "audio").contains(&"a=sendonly"), "{offer}");
+    assert!(
+        sdp_section(&offer, "audio").contains(&"a=sendonly"),
+        "{offer}"
+    );
     let offer = ws.watch(s, h, json!({"mic":true})).await;
-    assert!(sdp_section(&offer, "audio").contains(&"a=recvonly"), "{offer}");
+    assert!(
+        sdp_section(&offer, "audio").contains(&"a=recvonly"),
+        "{offer}"
+    );
 
     // A stream without sound offers none, whatever was asked.
     let tx = ws
@@ -1606,7 +1619,10 @@ async fn sound_and_microphone_are_offered_only_when_asked_and_there() {
     // Janus says `media` when it starts.
     let h2 = ws.attach(s).await;
     let offer = ws.watch(s, h2, json!({"audio":true,"mic":true})).await;
-    assert!(sdp_section(&offer, "audio").contains(&"a=sendrecv"), "{offer}");
+    assert!(
+        sdp_section(&offer, "audio").contains(&"a=sendrecv"),
+        "{offer}"
+    );
     let talking = ReceiverOptions {
         mic_tone_hz: Some(440.0),
         ..Default::default()
@@ -1627,7 +1643,10 @@ async fn sound_and_microphone_are_offered_only_when_asked_and_there() {
     let media = ws.event("media", h2).await;
     assert_eq!(media["type"], "audio", "{media}");
     assert_eq!(media["receiving"], true, "{media}");
-    assert!(media["mid"].as_str().is_some_and(|m| !m.is_empty()), "{media}");
+    assert!(
+        media["mid"].as_str().is_some_and(|m| !m.is_empty()),
+        "{media}"
+    );
     let packet = tokio::time::timeout(Duration::from_secs(5), playback.recv())
         .await
         .expect("a microphone packet");

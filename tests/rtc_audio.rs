@@ -136,7 +136,10 @@ async fn connected_viewer(engine: &RtcEngine, opts: PeerOptions, how: ReceiverOp
     let (mut peer, answer) = ReceiverPeer::answer_with(&offer, how)
         .await
         .expect("the viewer answers");
-    engine.apply_answer(id, &answer).await.expect("answer applies");
+    engine
+        .apply_answer(id, &answer)
+        .await
+        .expect("answer applies");
     peer.wait_connected(TIMEOUT).await.expect("connects");
     Viewer {
         id,
@@ -334,7 +337,7 @@ async fn a_talking_viewers_microphone_reaches_the_playback() {
     .await
     .expect("a mic event");
     assert!(!event.is_empty());
-    assert!(engine.stats().mic_packets_received >= 50);
+    assert!(wait_until(TIMEOUT, || engine.stats().mic_packets_received >= 50).await);
 
     // The talker leaving is told at once.
     engine.close_peer(viewer.id, "test");
@@ -385,7 +388,10 @@ async fn a_keyframe_request_from_the_audio_senders_ssrc_still_reaches_the_video(
     let firs = before.firs_received + 1;
     assert!(wait_until(TIMEOUT, || engine.stats().firs_received >= firs).await);
     let after = engine.stats();
-    assert_eq!(after.firs_received, firs, "the FIR about the audio is not the video's");
+    assert_eq!(
+        after.firs_received, firs,
+        "the FIR about the audio is not the video's"
+    );
     assert_eq!(after.plis_received, before.plis_received, "nor the PLI");
 
     viewer.peer.send_pli_as(Some(mic_ssrc), About::Video);

@@ -323,9 +323,8 @@ mod tests {
 
     #[test]
     fn features_say_what_the_stream_has() {
-        let features = |audio, mic| {
-            features_event(None, Sound { audio, mic })["result"]["features"].clone()
-        };
+        let features =
+            |audio, mic| features_event(None, Sound { audio, mic })["result"]["features"].clone();
         assert_eq!(features(false, false)["audio"], false);
         assert_eq!(features(false, false)["mic"], false);
         assert_eq!(features(true, false)["audio"], true);

@@ -118,7 +118,10 @@ mod tests {
         fanout.add_listener(2, &a);
         fanout.add_listener(3, &b);
         assert!(fanout.is_sound(stream_key(&a)));
-        assert!(fanout.receivers(stream_key(&a)).is_empty(), "none connected");
+        assert!(
+            fanout.receivers(stream_key(&a)).is_empty(),
+            "none connected"
+        );
 
         let first = fanout.connected(1).expect("first receiver subscribes");
         assert!(Arc::ptr_eq(&first, &a));

@@ -491,11 +491,21 @@ impl Engine {
     /// Send one frame of the sound `key` to its connected listeners,
     /// [`AUDIO_FAN_OUT_PEERS`] at a time: the Opus payload shared, stamped and encrypted
     /// per viewer.
-    async fn send_audio(&mut self, now: Instant, key: StreamKey, frame: &Picture, socket: &UdpSocket) {
+    async fn send_audio(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        frame: &Picture,
+        socket: &UdpSocket,
+    ) {
         let Some(out) = OutAudio::from_frame(frame, self.cfg.rtp_packet_size) else {
             if let Some(times) = self.garbage_log.hit() {
                 let len = frame.data.len();
-                tracing::warn!(len, times, "audio frame empty or too big for a packet: dropped");
+                tracing::warn!(
+                    len,
+                    times,
+                    "audio frame empty or too big for a packet: dropped"
+                );
             }
             return;
         };
@@ -510,7 +520,9 @@ impl Engine {
                     self.dirty.insert(id);
                 }
             }
-            self.stats.rtp_packets_sent.fetch_add(sent, Ordering::Relaxed);
+            self.stats
+                .rtp_packets_sent
+                .fetch_add(sent, Ordering::Relaxed);
             self.stats
                 .audio_packets_sent
                 .fetch_add(sent, Ordering::Relaxed);

@@ -188,7 +188,10 @@ mod tests {
         let wanted = vec!["KeyframeRequest(Pli)".to_string()];
         assert_eq!(video_feedback(&pli(AUDIO, VIDEO)), wanted);
         assert_eq!(video_feedback(&pli(1, VIDEO)), wanted);
-        assert!(video_feedback(&pli(VIDEO, AUDIO)).is_empty(), "about the audio");
+        assert!(
+            video_feedback(&pli(VIDEO, AUDIO)).is_empty(),
+            "about the audio"
+        );
         assert!(video_feedback(&pli(AUDIO, AUDIO)).is_empty());
 
         // A FIR names its stream in its entries (Chrome leaves the media SSRC 0).

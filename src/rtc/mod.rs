@@ -33,6 +33,7 @@ pub mod histograms;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;
+mod peer_audio;
 mod router;
 pub mod sdp;
 mod stats;

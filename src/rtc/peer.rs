@@ -9,9 +9,7 @@ use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{
     NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
 };
-use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS,
-};
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
@@ -36,12 +34,13 @@ use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
 use super::extensions::{self, ExtensionIds};
 use super::feedback::{self, FeedbackForwarder, VideoFeedback};
 use super::frame::{OutAudio, OutFrame};
-use super::sdp::AudioAnswer;
+use super::peer_audio::PeerAudio;
 use super::{sdp, RemoteCandidate, RtcError};
-use crate::media::audio::mic::{MicInput, MicPacket, TalkerId};
-use crate::media::audio::{CHANNELS, OPUS_PAYLOAD_TYPE, SAMPLE_RATE};
+use crate::media::audio::mic::{MicInput, TalkerId};
+use crate::media::audio::OPUS_PAYLOAD_TYPE;
 
 pub use super::feedback::KeyframeRequest;
+pub use super::peer_audio::{opus_codec, AudioSetup};
 
 /// The payload type that carries the stream under its own `profile-level-id`.
 pub const H264_PAYLOAD_TYPE: u8 = 96;
@@ -94,21 +93,6 @@ pub fn h264_codec(profile_level_id: &str, payload_type: u8) -> RTCRtpCodecParame
             rtcp_feedback: vec![fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
         },
         payload_type,
-    }
-}
-
-/// Opus on PT 111, 48 kHz stereo, without feedback: no NACK, PLI or REMB on audio, as
-/// the plugin offers it since 6.56.
-pub fn opus_codec() -> RTCRtpCodecParameters {
-    RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: MIME_TYPE_OPUS.to_string(),
-            clock_rate: SAMPLE_RATE,
-            channels: CHANNELS as u16,
-            sdp_fmtp_line: sdp::OPUS_FMTP.to_string(),
-            rtcp_feedback: vec![],
-        },
-        payload_type: OPUS_PAYLOAD_TYPE,
     }
 }
 
@@ -250,48 +234,6 @@ pub struct PeerSetup {
     pub audio: Option<AudioSetup>,
 }
 
-/// What the audio m-line of an offer carries.
-#[derive(Clone, Debug)]
-pub struct AudioSetup {
-    /// Our audio SSRC (announced even when only the microphone is on).
-    pub ssrc: u32,
-    /// The stream's sound goes to the viewer.
-    pub send: bool,
-    /// The viewer's microphone comes in and is handed to this, as talker `talker`.
-    pub mic: Option<(MicInput, TalkerId)>,
-}
-
-impl AudioSetup {
-    fn direction(&self) -> RTCRtpTransceiverDirection {
-        match (self.send, self.mic.is_some()) {
-            (true, true) => RTCRtpTransceiverDirection::Sendrecv,
-            (true, false) => RTCRtpTransceiverDirection::Sendonly,
-            (false, _) => RTCRtpTransceiverDirection::Recvonly,
-        }
-    }
-}
-
-/// A peer's audio: our sound out, the viewer's microphone in.
-struct Audio {
-    ssrc: u32,
-    seq: u16,
-    offered_send: bool,
-    track_id: String,
-    /// Set once the answer takes our sound: the payload type it kept.
-    payload_type: Option<u8>,
-    /// The playback and our talker id, once the answer says the viewer sends.
-    mic: Option<(MicInput, TalkerId)>,
-    /// Offered, kept until the answer says whether the viewer sends.
-    mic_offered: Option<(MicInput, TalkerId)>,
-    mic_started: bool,
-    /// The audio m-line's `a=mid`, as the offer gives it.
-    mid: String,
-    /// Microphone packets handed on and dropped, not yet told in a [`PeerNote::Mic`].
-    mic_handed: u64,
-    mic_dropped: u64,
-    mic_untold: bool,
-}
-
 pub struct Peer {
     pc: RTCPeerConnection,
     sender: RTCRtpSenderId,
@@ -317,7 +259,7 @@ pub struct Peer {
     /// straight into the connection with it (see [`Peer::write_packet`]).
     payload_type: Option<u8>,
     track_id: String,
-    audio: Option<Audio>,
+    audio: Option<PeerAudio>,
     pub created: Instant,
     pub packets_sent: u64,
     write_errors: u64,
@@ -372,7 +314,7 @@ impl Peer {
             .last()
             .ok_or_else(|| RtcError::Internal("no sender for the video transceiver"))?;
         let audio = match setup.audio {
-            Some(a) => Some(add_audio(&mut pc, a)?),
+            Some(a) => Some(PeerAudio::add(&mut pc, a)?),
             None => None,
         };
 
@@ -388,7 +330,7 @@ impl Peer {
             .ok_or_else(|| RtcError::Internal("no local description"))?;
         let mut audio = audio;
         if let Some(a) = &mut audio {
-            a.mid = sdp::mid_of(&sdp, "audio").unwrap_or_default().to_string();
+            a.set_mid(&sdp);
         }
 
         let peer = Peer {
@@ -429,7 +371,7 @@ impl Peer {
         let payload_type =
             sdp::chosen_payload_type(answer, &[H264_PAYLOAD_TYPE, H264_FALLBACK_PAYLOAD_TYPE])
                 .map_err(RtcError::VideoRejected)?;
-        let answer_text = answer;
+        let audio_answer = sdp::audio_answer(answer, OPUS_PAYLOAD_TYPE);
         let budget = MAX_REMOTE_CANDIDATES.saturating_sub(self.remote_candidates);
         let (answer, kept, dropped) = candidates::filter_answer(answer, self.loopback_only, budget);
         if dropped > 0 {
@@ -459,7 +401,7 @@ impl Peer {
         self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
         self.payload_type = Some(payload_type);
         if let Some(audio) = &mut self.audio {
-            audio.apply_answer(sdp::audio_answer(&answer_text, OPUS_PAYLOAD_TYPE));
+            audio.apply_answer(audio_answer);
         }
         tracing::debug!(ext = ?self.ext, payload_type, "answer applied");
 
@@ -558,14 +500,8 @@ impl Peer {
                 _ => {}
             }
         }
-        if let Some(audio) = self.audio.as_mut().filter(|a| a.mic_untold) {
-            audio.mic_untold = false;
-            let started = !std::mem::replace(&mut audio.mic_started, true);
-            notes.push(PeerNote::Mic {
-                handed: std::mem::take(&mut audio.mic_handed),
-                dropped: std::mem::take(&mut audio.mic_dropped),
-                started,
-            });
+        if let Some(note) = self.audio.as_mut().and_then(PeerAudio::take_note) {
+            notes.push(note);
         }
         if self.keyframes_untold > 0 {
             let time_to_first = match self.first_keyframe {
@@ -635,78 +571,43 @@ impl Peer {
         });
     }
 
-    /// An RTP packet from the viewer: its microphone, handed to the playback without
-    /// waiting when the mic is on, the connection up, and the payload type Opus's.
+    /// An RTP packet from the viewer: its microphone, handed on while connected.
     fn hand_on_mic(&mut self, packet: rtc::rtp::Packet) {
-        let connected = self.stage == Stage::Connected;
-        let Some(audio) = &mut self.audio else {
-            return;
-        };
-        let Some((mic, talker)) = &audio.mic else {
-            return;
-        };
-        if !connected || packet.header.payload_type != OPUS_PAYLOAD_TYPE {
-            return;
+        if self.stage == Stage::Connected {
+            if let Some(audio) = &mut self.audio {
+                audio.hand_on(packet);
+            }
         }
-        let handed = mic.packet(MicPacket {
-            talker: *talker,
-            seq: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
-            payload: packet.payload,
-        });
-        if handed {
-            audio.mic_handed += 1;
-        } else {
-            audio.mic_dropped += 1;
-        }
-        audio.mic_untold = true;
     }
 
     /// Whether our sound goes to this viewer (offered and taken by its answer).
     pub fn sends_audio(&self) -> bool {
-        self.audio.as_ref().is_some_and(|a| a.payload_type.is_some())
+        self.audio.as_ref().is_some_and(PeerAudio::sends)
     }
 
     /// The `a=mid` of the audio m-line (empty without one).
     pub fn audio_mid(&self) -> &str {
-        self.audio.as_ref().map_or("", |a| a.mid.as_str())
+        self.audio.as_ref().map_or("", PeerAudio::mid)
     }
 
     /// The playback this viewer's microphone goes to, and its talker id, once its
     /// answer says it sends.
     pub fn mic(&self) -> Option<&(MicInput, TalkerId)> {
-        self.audio.as_ref()?.mic.as_ref()
+        self.audio.as_ref()?.mic()
     }
 
-    /// Stamp one shared audio frame with this viewer's audio SSRC and sequence number
-    /// (marker never set) and hand it to the connection; the datagram goes to `out`.
-    /// Returns the packets queued (0 or 1).
+    /// Stamp one shared audio frame for this viewer (see [`PeerAudio::stamp`]) and hand
+    /// it to the connection; the datagram goes to `out`. Returns the packets queued (0
+    /// or 1).
     pub fn write_audio(
         &mut self,
         now: Instant,
         frame: &OutAudio,
         out: &mut Vec<(SocketAddr, BytesMut)>,
     ) -> u64 {
-        let Some(audio) = &mut self.audio else {
+        let Some((track_id, packet)) = self.audio.as_mut().and_then(|a| a.stamp(frame)) else {
             return 0;
         };
-        let Some(payload_type) = audio.payload_type else {
-            return 0;
-        };
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::Header {
-                version: 2,
-                marker: false,
-                payload_type,
-                sequence_number: audio.seq,
-                timestamp: frame.timestamp,
-                ssrc: audio.ssrc,
-                ..Default::default()
-            },
-            payload: frame.payload.clone(),
-        };
-        audio.seq = audio.seq.wrapping_add(1);
-        let track_id = audio.track_id.clone();
         let written = self.pc.handle_write(TaggedRTCMessage {
             now,
             message: RTCMessage::RtpPacket(track_id, packet),
@@ -824,7 +725,7 @@ impl Peer {
 const MEDIA_STREAM_ID: &str = "peregrine";
 
 /// A track of ours: one encoding with our SSRC and `codec`.
-fn media_track(
+pub(super) fn media_track(
     track_id: &str,
     kind: RtpCodecKind,
     ssrc: u32,
@@ -844,65 +745,6 @@ fn media_track(
             ..Default::default()
         }],
     )
-}
-
-/// Add the audio m-line: a track of ours when our sound goes out (sendonly, or
-/// sendrecv with the microphone), a bare receiving transceiver for the microphone
-/// alone (recvonly).
-fn add_audio(pc: &mut RTCPeerConnection, setup: AudioSetup) -> Result<Audio, RtcError> {
-    let codec = opus_codec();
-    let track_id = "audio".to_string();
-    let init = RTCRtpTransceiverInit {
-        direction: setup.direction(),
-        streams: vec![],
-        send_encodings: vec![],
-    };
-    let transceiver = if setup.send {
-        let track = media_track(&track_id, RtpCodecKind::Audio, setup.ssrc, &codec);
-        pc.add_transceiver_from_track(track, Some(init))?
-    } else {
-        pc.add_transceiver_from_kind(RtpCodecKind::Audio, Some(init))?
-    };
-    pc.rtp_transceiver(transceiver)
-        .ok_or_else(|| RtcError::Internal("no audio transceiver"))?
-        .set_codec_preferences(vec![codec])?;
-    Ok(Audio {
-        ssrc: setup.ssrc,
-        seq: rand::random(),
-        offered_send: setup.send,
-        track_id,
-        payload_type: None,
-        mic: None,
-        mic_offered: setup.mic,
-        mic_started: false,
-        mid: String::new(),
-        mic_handed: 0,
-        mic_dropped: 0,
-        mic_untold: false,
-    })
-}
-
-impl Audio {
-    /// Take what the answer did with the audio m-line: a declined one (or none) leaves
-    /// the viewer without sound and microphone, and the video as it is.
-    fn apply_answer(&mut self, answer: AudioAnswer) {
-        let mic = self.mic_offered.take();
-        let AudioAnswer::Accepted {
-            payload_type,
-            receives,
-            sends,
-        } = answer
-        else {
-            tracing::debug!("the viewer declined the audio");
-            return;
-        };
-        if self.offered_send && receives {
-            self.payload_type = Some(payload_type);
-        }
-        if sends {
-            self.mic = mic;
-        }
-    }
 }
 
 /// How many packets a NACK makes the NACK responder send again: those it names that
@@ -1007,7 +849,10 @@ mod tests {
             assert!(video.contains(&"a=sendonly"));
             assert!(video.iter().any(|l| l.starts_with("a=ssrc:1234 ")));
             if send {
-                assert!(audio.iter().any(|l| l.starts_with("a=ssrc:5678 ")), "{audio:?}");
+                assert!(
+                    audio.iter().any(|l| l.starts_with("a=ssrc:5678 ")),
+                    "{audio:?}"
+                );
                 // One msid stream for both tracks: the browser syncs them.
                 let stream = |lines: &[&str]| {
                     lines

@@ -279,9 +279,7 @@ mod tests {
     #[test]
     fn the_audio_answer_says_what_the_viewer_takes_and_sends() {
         let answer = |audio: &str| {
-            format!(
-                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n{audio}"
-            )
+            format!("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n{audio}")
         };
         let accepted = |receives, sends| AudioAnswer::Accepted {
             payload_type: 111,
@@ -305,7 +303,11 @@ mod tests {
             audio_answer(&answer(&format!("{m}a=inactive\r\n")), 111),
             accepted(false, false)
         );
-        assert_eq!(audio_answer(&answer(m), 111), accepted(true, true), "default");
+        assert_eq!(
+            audio_answer(&answer(m), 111),
+            accepted(true, true),
+            "default"
+        );
         // Declined, absent, or without our payload type: no sound, and the video's own
         // direction line is not taken for the audio's.
         let declined = "m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";

@@ -19,3 +19,4 @@ pub mod janus_client;
 pub mod load;
 pub mod multipart;
 pub mod receiver;
+mod sender_reports;

@@ -6,16 +6,13 @@
 //! Used by the integration tests and by load generation, where a browser per viewer
 //! would cost far too much.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use bytes::BytesMut;
-use rtc::interceptor::{
-    Attribute, AttributedPacket, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket,
-};
-use rtc::rtcp::sender_report::SenderReport;
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports,
 };
@@ -29,7 +26,10 @@ use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraRequest};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
 use rtc::rtp_transceiver::{
     RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
 };
@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::audio::{ReceivedAudio, ToneMic};
 use super::depacketizer::{parse_abs_capture_time, Assembler, PacketExtensions, ReceivedFrame};
+use super::sender_reports;
 use crate::media::audio::{FRAME_US, OPUS_PAYLOAD_TYPE};
 use crate::rtc::extensions::{ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
 use crate::rtc::peer;
@@ -733,63 +734,10 @@ fn is_rtp(datagram: &[u8]) -> bool {
 /// Interceptors of a receiving end: the crate's NACK generator and responder and its
 /// sender/receiver reports, and a tap letting the sender's reports up to be counted.
 fn interceptors(me: &mut MediaEngine) -> Registry {
-    configure_rtcp_reports(configure_nack(Registry::new(), me))
-        .with(Slot::from(SENDER_REPORT_TAP_SLOT), SenderReportTap::default())
-}
-
-/// After the report interceptors, which read the sender reports first.
-const SENDER_REPORT_TAP_SLOT: usize = 11_500;
-
-/// Lets the sender's RTCP sender reports out of the chain (whose end drops RTCP not
-/// marked for the application), one per message; the rest goes on as it was.
-#[derive(Default)]
-struct SenderReportTap {
-    reads: VecDeque<TaggedPacket>,
-    writes: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for SenderReportTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            for sr in packets.iter().filter(|p| p.as_any().is::<SenderReport>()) {
-                let mut message = AttributedPacket::new(Packet::Rtcp(vec![sr.clone()]));
-                message.add(Attribute::DeliverToApplication);
-                self.reads.push_back(TaggedPacket {
-                    now: msg.now,
-                    transport: msg.transport,
-                    message,
-                });
-            }
-        }
-        self.reads.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.writes.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.writes.pop_front()
-    }
-}
-
-impl Interceptor for SenderReportTap {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+    configure_rtcp_reports(configure_nack(Registry::new(), me)).with(
+        Slot::from(sender_reports::SLOT),
+        sender_reports::SenderReportTap::default(),
+    )
 }
 
 /// `profile-level-id` from the offer's H.264 fmtp line.
