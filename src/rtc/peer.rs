@@ -313,7 +313,7 @@ impl Peer {
             .get_senders()
             .last()
             .ok_or_else(|| RtcError::Internal("no sender for the video transceiver"))?;
-        let audio = match setup.audio {
+        let mut audio = match setup.audio {
             Some(a) => Some(PeerAudio::add(&mut pc, a)?),
             None => None,
         };
@@ -328,7 +328,6 @@ impl Peer {
             .local_description()
             .map(|d| d.sdp)
             .ok_or_else(|| RtcError::Internal("no local description"))?;
-        let mut audio = audio;
         if let Some(a) = &mut audio {
             a.set_mid(&sdp);
         }
