@@ -8,6 +8,9 @@
 # GOP=frames sets the keyframe interval (default 60 = 2 s); a file source cannot make
 # keyframes on request, so a new viewer starts from the cached GOP, which the first
 # pictures it gets replay.
+# --audio on|both: WebRTC viewers ask for sound (both: the steps without, then with it,
+# and a table of what sound costs per viewer-second); the server then gets a sound
+# source, SOUND (default "--audio tone", the test tone; SOUND= for none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,5 +31,21 @@ ffmpeg -nostdin -loglevel error \
     -b:v 2M -maxrate 2M -bufsize 2M -g "$GOP" -keyint_min "$GOP" -sc_threshold 0 \
     -x264-params repeat-headers=1 -bsf:v h264_mp4toannexb -f h264 "$tmp/input.h264"
 
+sound_args=()
+prev=""
+for arg in "$@"; do
+    case "$prev $arg" in
+    "--audio on" | "--audio both" | "--audio -"* | *" --audio=on" | *" --audio=both") want_sound=1 ;;
+    esac
+    prev="$arg"
+done
+# `--audio` without a value means on.
+[[ "$prev" == "--audio" ]] && want_sound=1
+if [[ -n "${want_sound:-}" ]]; then
+    for word in ${SOUND---audio tone}; do
+        sound_args+=("--peregrine-arg=$word")
+    done
+fi
+
 "$target/release/peregrine-load" --bench "$tmp/input.h264" \
-    --peregrine "$target/release/peregrine" --transport both "$@"
+    --peregrine "$target/release/peregrine" --transport both "${sound_args[@]}" "$@"

@@ -1511,3 +1511,145 @@ async fn watch_answer_and_media_through_janus() {
     }
     assert_eq!(hub.info().subscribers, 0);
 }
+
+/// The lines of the `kind` section of `sdp` (empty when there is none).
+fn sdp_section<'a>(sdp: &'a str, kind: &str) -> Vec<&'a str> {
+    let start = format!("m={kind} ");
+    sdp.lines()
+        .skip_while(|l| !l.starts_with(&start))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || !l.starts_with("m="))
+        .map(|(_, l)| l)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sound_and_microphone_are_offered_only_when_asked_and_there() {
+    use peregrine::media::audio::mic::{MicEvent, MicInput};
+    use peregrine::viewer::receiver::ReceiverOptions;
+
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hub.params().is_none() {
+        assert!(Instant::now() < deadline, "no SPS/PPS from the feeder");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quiet = Hub::new(8);
+    publish_keyframe(&quiet);
+    let (mic, mut playback) = MicInput::channel(512);
+    let streams = Streams::new(vec![
+        Stream::with_sound(
+            DEFAULT_STREAM,
+            hub.clone(),
+            30,
+            Some(Hub::new(8)),
+            Some(mic),
+        ),
+        Stream::new("quiet", quiet.clone(), 30),
+    ]);
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let engine = RtcEngine::start(RtcConfig {
+        bind: loopback,
+        udp_ports: (0, 0),
+        candidate_ips: vec![loopback],
+        nat_1_1_ip: None,
+        rtp_packet_size: 1150,
+        max_viewers: 1000,
+        allow_ip: Default::default(),
+    })
+    .await
+    .expect("engine starts");
+    let cfg = JanusConfig {
+        ws: Listen::Tcp(0),
+        http: Listen::Tcp(0),
+        ..JanusConfig::default()
+    };
+    let server = JanusServer::bind(streams, engine.clone(), cfg)
+        .await
+        .expect("bind");
+    let addr = server.ws_addr().unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut ws = ws_connect(addr).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+
+    // `features` tells what the stream (the default one, or the one named) has.
+    for (body, audio, mic) in [
+        (json!({"request":"features"}), true, true),
+        (json!({"request":"features","stream":"quiet"}), false, false),
+    ] {
+        ws.send(json!({"janus":"message","session_id":s,"handle_id":h,"body":body}))
+            .await;
+        let features =
+            ws.event("event", h).await["plugindata"]["data"]["result"]["features"].clone();
+        assert_eq!(features["audio"], audio, "{features}");
+        assert_eq!(features["mic"], mic, "{features}");
+        assert_eq!(ws.recv().await["janus"], "success");
+    }
+
+    // Flags count only as JSON booleans.
+    let offer = ws.watch(s, h, json!({"audio":"yes","mic":1})).await;
+    assert!(sdp_section(&offer, "audio").is_empty(), "{offer}");
+    let offer = ws.watch(s, h, json!({"audio":true})).await;
+    assert!(
+        sdp_section(&offer, "audio").contains(&"a=sendonly"),
+        "{offer}"
+    );
+    let offer = ws.watch(s, h, json!({"mic":true})).await;
+    assert!(
+        sdp_section(&offer, "audio").contains(&"a=recvonly"),
+        "{offer}"
+    );
+
+    // A stream without sound offers none, whatever was asked.
+    let tx = ws
+        .send(json!({"janus":"message","session_id":s,"handle_id":h,
+                     "body":{"request":"watch","stream":"quiet","params":{"audio":true,"mic":true}}}))
+        .await;
+    let event = ws.event("event", h).await;
+    let quiet_offer = event["jsep"]["sdp"].as_str().expect("an offer");
+    assert!(!quiet_offer.contains("m=audio"), "{quiet_offer}");
+    assert_eq!(ws.recv().await["transaction"], json!(tx));
+
+    // Sound and microphone: sendrecv; the viewer's microphone reaches the playback and
+    // Janus says `media` when it starts.
+    let h2 = ws.attach(s).await;
+    let offer = ws.watch(s, h2, json!({"audio":true,"mic":true})).await;
+    assert!(
+        sdp_section(&offer, "audio").contains(&"a=sendrecv"),
+        "{offer}"
+    );
+    let talking = ReceiverOptions {
+        mic_tone_hz: Some(440.0),
+        ..Default::default()
+    };
+    let (mut viewer, answer) = ReceiverPeer::answer_with(&offer, talking)
+        .await
+        .expect("viewer answers");
+    let r = ws
+        .call(json!({"janus":"message","session_id":s,"handle_id":h2,
+                     "body":{"request":"start"},"jsep":{"type":"answer","sdp":answer}}))
+        .await;
+    assert_eq!(r["janus"], "success", "{r}");
+    ws.event("webrtcup", h2).await;
+    viewer
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    let media = ws.event("media", h2).await;
+    assert_eq!(media["type"], "audio", "{media}");
+    assert_eq!(media["receiving"], true, "{media}");
+    assert!(
+        media["mid"].as_str().is_some_and(|m| !m.is_empty()),
+        "{media}"
+    );
+    let packet = tokio::time::timeout(Duration::from_secs(5), playback.recv())
+        .await
+        .expect("a microphone packet");
+    assert!(matches!(packet, Some(MicEvent::Packet(_))), "{packet:?}");
+    assert!(frames(&mut viewer, 5).await == 5, "the video plays too");
+}

@@ -205,6 +205,24 @@ async fn unreachable_or_foreign_servers_fail_clearly() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn audio_modes_are_checked_before_anything_starts() -> Result<()> {
+    for (args, wanted) in [
+        (&["--audio", "both"][..], "--audio both needs --bench"),
+        (&["--audio", "loud"][..], "unknown --audio \"loud\""),
+    ] {
+        let mut cmd = load_bin();
+        cmd.args(["--server", "ws://127.0.0.1:9/"]).args(args);
+        let out = run(cmd)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains(wanted),
+            "{args:?}: {err}"
+        );
+    }
+    Ok(())
+}
+
 /// A viewer joining mid-GOP gets the GOP so far as a burst: the progress lines count it
 /// apart instead of reporting it as a frame rate far above the source's 30 fps.
 #[tokio::test]

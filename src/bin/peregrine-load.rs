@@ -69,6 +69,18 @@ struct Args {
     /// No progress lines.
     #[arg(long, help_heading = "Load")]
     quiet: bool,
+    /// WebRTC viewers watch with `audio: true` and count the sound they get (`--audio`
+    /// alone means on); with --bench also `both`: the steps without sound, then with it,
+    /// and what sound costs per viewer.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        num_args = 0..=1,
+        default_value = "off",
+        default_missing_value = "on",
+        help_heading = "Load"
+    )]
+    audio: String,
     /// Benchmark mode: start peregrine on this pre-encoded H.264 file and measure each
     /// step of --steps.
     #[arg(long, value_name = "FILE.h264", help_heading = "Benchmark")]
@@ -76,6 +88,15 @@ struct Args {
     /// The peregrine binary for --bench [default: next to this one].
     #[arg(long, value_name = "PATH", help_heading = "Benchmark")]
     peregrine: Option<PathBuf>,
+    /// One more argument for the peregrine --bench starts (repeat it for several), e.g.
+    /// its sound source for --audio.
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        help_heading = "Benchmark"
+    )]
+    peregrine_arg: Vec<String>,
     /// Viewer counts for --bench, comma-separated (MJPEG always measures 1 first: the
     /// fixed cost of making the pictures).
     #[arg(
@@ -145,20 +166,25 @@ async fn run(args: Args) -> Result<()> {
         bail!("--ramp must be above 0");
     }
     let transports = bench::parse_transports(&args.transport)?;
+    let audio = bench::parse_audio(&args.audio)?;
     if let Some(input) = &args.bench {
-        return run_bench(&args, input.clone(), transports).await;
+        return run_bench(&args, input.clone(), transports, audio).await;
     }
+    let audio = match audio[..] {
+        [on] => on,
+        _ => bail!("--audio both needs --bench; without it, pick on or off"),
+    };
     if args.viewers == 0 {
         bail!("--viewers must be at least 1");
     }
     match transports[..] {
-        [Transport::Webrtc] => run_webrtc(&args).await,
+        [Transport::Webrtc] => run_webrtc(&args, audio).await,
         [Transport::Mjpeg] => run_mjpeg(&args).await,
         _ => bail!("--transport both needs --bench; without it, pick webrtc or mjpeg"),
     }
 }
 
-async fn run_webrtc(args: &Args) -> Result<()> {
+async fn run_webrtc(args: &Args, audio: bool) -> Result<()> {
     let url = args.server.as_deref().unwrap_or_default();
     let endpoint = Endpoint::parse(url)?;
     load::probe(&endpoint).await?;
@@ -167,6 +193,7 @@ async fn run_webrtc(args: &Args) -> Result<()> {
         stream: args.stream.clone(),
         viewers: args.viewers,
         ramp_per_s: args.ramp,
+        audio,
     });
     let ramp = Duration::from_secs_f64(args.viewers as f64 / args.ramp);
     run.watch_for(ramp, !args.quiet).await;
@@ -175,6 +202,9 @@ async fn run_webrtc(args: &Args) -> Result<()> {
         .await;
     let summary = run.finish().await;
     print!("{}", summary.describe());
+    if audio && summary.viewers_receiving > 0 && summary.viewers_with_audio == 0 {
+        eprintln!("warning: no viewer was offered sound: the stream has none");
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&summary)?;
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
@@ -226,7 +256,12 @@ fn http_authority(url: &str) -> Result<String> {
     Ok(authority.to_string())
 }
 
-async fn run_bench(args: &Args, input: PathBuf, transports: Vec<Transport>) -> Result<()> {
+async fn run_bench(
+    args: &Args,
+    input: PathBuf,
+    transports: Vec<Transport>,
+    audio: Vec<bool>,
+) -> Result<()> {
     let peregrine = match &args.peregrine {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -248,6 +283,8 @@ async fn run_bench(args: &Args, input: PathBuf, transports: Vec<Transport>) -> R
         ramp_per_s: args.ramp,
         budget: Duration::from_secs(args.budget),
         show_progress: !args.quiet,
+        audio,
+        server_args: args.peregrine_arg.clone(),
     };
     let report = bench::run(cfg).await?;
     if let Some(path) = &args.json {

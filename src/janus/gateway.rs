@@ -620,6 +620,10 @@ impl Gateway {
                 PeerEvent::Closed { reason } if handle.peer_closed(peer_id) => {
                     session.deliver(message::hangup(session_id, handle_id, &reason));
                 }
+                PeerEvent::MicReceiving { mid } if handle.peer_id() == Some(peer_id) => {
+                    let media = message::media(session_id, handle_id, &mid, "audio", true);
+                    session.deliver(media);
+                }
                 _ => {}
             }
             Some(())

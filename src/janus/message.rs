@@ -444,6 +444,16 @@ pub fn webrtcup(session_id: u64, handle_id: u64) -> Value {
     Value::Object(handle_event("webrtcup", session_id, handle_id))
 }
 
+/// `media`: incoming RTP of `kind` ("audio": the viewer's microphone) on the m-line `mid`
+/// has started (`receiving` true) or stopped.
+pub fn media(session_id: u64, handle_id: u64, mid: &str, kind: &str, receiving: bool) -> Value {
+    let mut m = handle_event("media", session_id, handle_id);
+    m.insert("mid".into(), mid.into());
+    m.insert("type".into(), kind.into());
+    m.insert("receiving".into(), receiving.into());
+    Value::Object(m)
+}
+
 pub fn hangup(session_id: u64, handle_id: u64, reason: &str) -> Value {
     let mut m = handle_event("hangup", session_id, handle_id);
     m.insert("reason".into(), reason.into());

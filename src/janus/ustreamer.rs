@@ -72,9 +72,27 @@ pub fn status_event(status: &str) -> Value {
     json!({ "ustreamer": "event", "result": { "status": status } })
 }
 
-/// `features`: no audio or mic yet; `ice` is always an object, since kvmd reads
-/// `features.ice.url` without checking that `ice` exists.
-pub fn features_event(ice_url: Option<&str>) -> Value {
+/// What a stream can do beyond video, as `features` reports it and `watch` honours it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sound {
+    /// The stream has sound (`features.audio`, `watch {audio: true}`).
+    pub audio: bool,
+    /// The stream plays viewers' microphones (`features.mic`, `watch {mic: true}`).
+    pub mic: bool,
+}
+
+impl Sound {
+    pub fn of(stream: &Stream) -> Sound {
+        Sound {
+            audio: stream.audio().is_some(),
+            mic: stream.mic().is_some(),
+        }
+    }
+}
+
+/// `features`: whether the stream has sound and plays microphones; `ice` is always an
+/// object, since kvmd reads `features.ice.url` without checking that `ice` exists.
+pub fn features_event(ice_url: Option<&str>, sound: Sound) -> Value {
     let ice = match ice_url {
         Some(url) => json!({ "url": url }),
         None => json!({}),
@@ -83,7 +101,7 @@ pub fn features_event(ice_url: Option<&str>) -> Value {
         "ustreamer": "event",
         "result": {
             "status": "features",
-            "features": { "audio": false, "mic": false, "ice": ice }
+            "features": { "audio": sound.audio, "mic": sound.mic, "ice": ice }
         }
     })
 }
@@ -159,6 +177,19 @@ impl Ustreamer {
         Ustreamer { streams, ice_url }
     }
 
+    /// `features` of the stream `body.stream` names, or else of the handle's (the
+    /// default one until a `watch` names another).
+    fn features(&self, host: &dyn HandleHost, body: &Map<String, Value>) -> Value {
+        let named = match body.get("stream") {
+            Some(Value::String(name)) => self.streams.get(Some(name)).ok().cloned(),
+            _ => None,
+        };
+        let stream = named
+            .or_else(|| with_state_as(host, |h: &mut UstreamerHandle| h.stream.clone()))
+            .unwrap_or_else(|| self.streams.default_stream().clone());
+        features_event(self.ice_url.as_deref(), Sound::of(&stream))
+    }
+
     async fn watch(&self, host: &dyn HandleHost, body: &Map<String, Value>) {
         let error = |code, reason: &str| host.push_event(error_event(code, reason), None);
         let params = WatchParams::from_body(body);
@@ -187,8 +218,11 @@ impl Ustreamer {
         if stream.hub().params().is_none() {
             return error(NO_PARAMS_CODE, NO_PARAMS_REASON);
         }
+        // As the plugin: each flag counts only when the stream can honour it.
         let opts = PeerOptions {
             orientation: params.orientation,
+            audio: stream.audio().filter(|_| params.audio).cloned(),
+            mic: stream.mic().filter(|_| params.mic).cloned(),
             ..PeerOptions::new(stream.hub().clone())
         };
         match host.offer(opts, status_event("started")).await {
@@ -224,7 +258,7 @@ impl Plugin for Ustreamer {
             match body.get("request") {
                 None => event(error_event(400, "Request missing")),
                 Some(Value::String(request)) => match request.as_str() {
-                    "features" => event(features_event(self.ice_url.as_deref())),
+                    "features" => event(self.features(host, body)),
                     "watch" => self.watch(host, body).await,
                     "start" => event(status_event("started")),
                     "stop" => event(status_event("stopped")),
@@ -276,10 +310,37 @@ mod tests {
 
     #[test]
     fn features_ice_is_always_an_object() {
-        assert_eq!(features_event(None)["result"]["features"]["ice"], json!({}));
+        let none = Sound::default();
         assert_eq!(
-            features_event(Some("stun:192.0.2.1:3478"))["result"]["features"]["ice"]["url"],
+            features_event(None, none)["result"]["features"]["ice"],
+            json!({})
+        );
+        assert_eq!(
+            features_event(Some("stun:192.0.2.1:3478"), none)["result"]["features"]["ice"]["url"],
             "stun:192.0.2.1:3478"
+        );
+    }
+
+    #[test]
+    fn features_say_what_the_stream_has() {
+        let features =
+            |audio, mic| features_event(None, Sound { audio, mic })["result"]["features"].clone();
+        assert_eq!(features(false, false)["audio"], false);
+        assert_eq!(features(false, false)["mic"], false);
+        assert_eq!(features(true, false)["audio"], true);
+        assert_eq!(features(true, false)["mic"], false);
+        assert_eq!(features(false, true)["mic"], true);
+        let stream = Stream::new("s", crate::media::Hub::new(4), 30);
+        assert_eq!(Sound::of(&stream), Sound::default());
+        let (mic, _rx) = crate::media::audio::mic::MicInput::channel(4);
+        let sound = Some(crate::media::Hub::new(4));
+        let stream = Stream::with_sound("s", crate::media::Hub::new(4), 30, sound, Some(mic));
+        assert_eq!(
+            Sound::of(&stream),
+            Sound {
+                audio: true,
+                mic: true
+            }
         );
     }
 }

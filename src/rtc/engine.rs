@@ -1,8 +1,9 @@
 //! The engine loop: one task owning the UDP socket, every peer, and a subscription to
-//! the hub of each stream being watched. It waits, receives and sends; which peer a
-//! datagram is for is the [`Router`]'s call, who gets which picture when is the
-//! [`Fanout`]'s, and what is due next the [`Deadlines`]'. Everything that touches a
-//! peer connection happens here, so no locks are needed.
+//! the hub of each stream being watched (and of each stream's sound being listened
+//! to). It waits, receives and sends; which peer a datagram is for is the [`Router`]'s
+//! call, who gets which picture when is the [`Fanout`]'s, who hears which sound the
+//! [`AudioFanout`]'s, and what is due next the [`Deadlines`]'. Everything that touches
+//! a peer connection happens here, so no locks are needed.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -14,18 +15,19 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::audio_fanout::AudioFanout;
 use super::candidates::Refusal;
 use super::deadlines::{Deadline, Deadlines, Due};
 use super::fanout::{Datagrams, Fanout, Stamp, Start};
-use super::frame::OutFrame;
+use super::frame::{OutAudio, OutFrame};
 use super::packetizer;
-use super::peer::{KeyframeRequest, Peer, PeerNote, PeerSetup};
+use super::peer::{AudioSetup, KeyframeRequest, Peer, PeerNote, PeerSetup};
 use super::router::{Router, Unrouted};
 use super::stats::SharedStats;
 use super::subscriptions::{StreamKey, Subscriptions};
 use super::{sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError};
-use crate::media::{clock, Picture};
+use crate::media::{clock, Picture, StartAt};
 use crate::ratelog::{RateLimited, PERIOD};
 use crate::rejections::{self, Rejection};
 
@@ -40,6 +42,9 @@ const RECV_BUFFER: usize = 2048;
 /// bounded by this instead of growing with the audience (a keyframe is tens of
 /// packets per viewer), and the first viewers' packets leave sooner.
 const FAN_OUT_PEERS: usize = 32;
+
+/// An audio frame is one packet per viewer: it goes out to this many at a time.
+const AUDIO_FAN_OUT_PEERS: usize = 128;
 
 pub enum Command {
     CreateOffer {
@@ -116,6 +121,9 @@ pub struct Engine {
     connected: usize,
     router: Router,
     fanout: Fanout,
+    audio_fanout: AudioFanout,
+    /// The listeners of the sound being sent, kept to be reused for each frame.
+    audio_receivers: Vec<PeerId>,
     subscriptions: Subscriptions,
     deadlines: Deadlines,
     /// Shared with the supervisor, so ids stay unique across restarts.
@@ -156,6 +164,8 @@ impl Engine {
             connected: 0,
             router: Router::default(),
             fanout,
+            audio_fanout: AudioFanout::default(),
+            audio_receivers: Vec::new(),
             subscriptions: Subscriptions::default(),
             deadlines: Deadlines::default(),
             next_id,
@@ -216,6 +226,9 @@ impl Engine {
                 Wake::Datagram(Err(e)) => {
                     // ICMP errors (peer went away) surface here on some systems; not fatal.
                     tracing::debug!(error = %e, "UDP receive");
+                }
+                Wake::Frame(Some((sound, frame))) if self.audio_fanout.is_sound(sound) => {
+                    self.send_audio(now, sound, &frame, &socket).await;
                 }
                 Wake::Frame(Some((stream, au))) => {
                     if let Some(frame) = self.fanout.prepare(now, stream, &au) {
@@ -332,23 +345,42 @@ impl Engine {
             .and_then(|p| sdp::profile_level_id(&p.sps))
             .unwrap_or_else(|| sdp::DEFAULT_PROFILE_LEVEL_ID.to_string());
         let (ufrag, pwd) = self.router.new_credentials();
+        // Taken before the peer is made: it names the viewer as a talker too. An id lost
+        // to a failed offer is simply never used.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ssrc = rand::rng().random_range(1..=u32::MAX);
+        let audio = (opts.audio.is_some() || opts.mic.is_some()).then(|| AudioSetup {
+            // Its own SSRC, never the video's: feedback is told apart by it.
+            ssrc: loop {
+                let s = rand::rng().random_range(1..=u32::MAX);
+                if s != ssrc {
+                    break s;
+                }
+            },
+            send: opts.audio.is_some(),
+            mic: opts.mic.clone().map(|mic| (mic, id)),
+        });
         let setup = PeerSetup {
             ufrag: ufrag.clone(),
             pwd: pwd.clone(),
-            ssrc: rand::rng().random_range(1..=u32::MAX),
+            ssrc,
             profile_level_id,
             candidates: self.candidates.clone(),
             orientation: opts.orientation,
             loopback_only: self.cfg.bind.is_loopback(),
+            audio,
         };
         let (peer, offer) = Peer::offer(setup, now)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.router.add(id, ufrag, pwd);
         // The stream's first viewer subscribes to it: a subscription keeps the source
         // busy, so there is one only while the stream has peers. It starts with the
         // hub's GOP, to have it cached for the first viewers.
         if self.fanout.add_viewer(id, &opts.stream) {
             self.subscriptions.subscribe(&opts.stream);
+        }
+        // Its sound is listened to only once it connects.
+        if let Some(sound) = &opts.audio {
+            self.audio_fanout.add_listener(id, sound);
         }
         self.deadlines.push(Deadline {
             at: peer.created + OFFER_TIMEOUT,
@@ -456,6 +488,49 @@ impl Engine {
         sent
     }
 
+    /// Send one frame of the sound `key` to its connected listeners,
+    /// [`AUDIO_FAN_OUT_PEERS`] at a time: the Opus payload shared, stamped and encrypted
+    /// per viewer.
+    async fn send_audio(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        frame: &Picture,
+        socket: &UdpSocket,
+    ) {
+        let Some(out) = OutAudio::from_frame(frame, self.cfg.rtp_packet_size) else {
+            if let Some(times) = self.garbage_log.hit() {
+                let len = frame.data.len();
+                tracing::warn!(
+                    len,
+                    times,
+                    "audio frame empty or too big for a packet: dropped"
+                );
+            }
+            return;
+        };
+        let mut receivers = std::mem::take(&mut self.audio_receivers);
+        receivers.clear();
+        receivers.extend_from_slice(self.audio_fanout.receivers(key));
+        for group in receivers.chunks(AUDIO_FAN_OUT_PEERS) {
+            let mut sent = 0;
+            for &id in group {
+                if let Some(e) = self.peers.get_mut(&id) {
+                    sent += e.peer.write_audio(now, &out, &mut self.outgoing);
+                    self.dirty.insert(id);
+                }
+            }
+            self.stats
+                .rtp_packets_sent
+                .fetch_add(sent, Ordering::Relaxed);
+            self.stats
+                .audio_packets_sent
+                .fetch_add(sent, Ordering::Relaxed);
+            send_datagrams(socket, &mut self.outgoing, &self.stats).await;
+        }
+        self.audio_receivers = receivers;
+    }
+
     /// Drive every peer touched since the last call: collect its datagrams, act on its
     /// state changes and keyframe requests, refresh its timer.
     fn settle(&mut self, now: Instant) {
@@ -520,6 +595,14 @@ impl Engine {
                         }
                     }
                 }
+                // Sound has no keyframes to wait for: it starts with the next frame.
+                let hears = self.peers.get(&id).is_some_and(|e| e.peer.sends_audio());
+                if hears {
+                    if let Some(sound) = self.audio_fanout.connected(id) {
+                        self.subscriptions
+                            .subscribe_from(&sound, StartAt::NextKeyframe);
+                    }
+                }
                 if let Some(e) = self.peers.get_mut(&id) {
                     if !e.connected {
                         e.connected = true;
@@ -534,6 +617,9 @@ impl Engine {
             PeerNote::Disconnected => {
                 tracing::info!(peer = id, "viewer disconnected");
                 self.fanout.disconnected(id);
+                if let Some(sound) = self.audio_fanout.disconnected(id) {
+                    self.subscriptions.unsubscribe(sound);
+                }
                 if let Some(e) = self.peers.get_mut(&id) {
                     if e.connected {
                         e.connected = false;
@@ -582,6 +668,23 @@ impl Engine {
                         .observe(ttff.as_secs_f64());
                 }
             }
+            PeerNote::Mic {
+                handed,
+                dropped,
+                started,
+            } => {
+                self.stats
+                    .mic_packets_received
+                    .fetch_add(handed, Ordering::Relaxed);
+                self.stats
+                    .mic_packets_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+                if let Some(e) = self.peers.get(&id).filter(|_| started) {
+                    tracing::info!(peer = id, "viewer's microphone sound arriving");
+                    let mid = e.peer.audio_mid().to_string();
+                    let _ = e.events.send(PeerEvent::MicReceiving { mid });
+                }
+            }
             // Handled by the caller, once the peer's notes are read.
             PeerNote::Gone(_) => {}
         }
@@ -603,9 +706,16 @@ impl Engine {
         if e.connected {
             self.connected -= 1;
         }
-        // The stream's last viewer ends the subscription, so its source idles.
+        // The stream's last viewer ends the subscription, so its source idles; the last
+        // listener of its sound closes the capture the same way.
         if let Some(stream) = self.fanout.remove_viewer(id) {
             self.subscriptions.unsubscribe(stream);
+        }
+        if let Some(sound) = self.audio_fanout.remove_listener(id) {
+            self.subscriptions.unsubscribe(sound);
+        }
+        if let Some((mic, talker)) = e.peer.mic() {
+            mic.left(*talker);
         }
         if notify {
             let _ = e.events.send(PeerEvent::Closed {

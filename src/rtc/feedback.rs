@@ -1,11 +1,19 @@
 //! Lets a viewer's feedback out of the `rtc` interceptor chain: keyframe requests (PLI,
-//! FIR), NACKs and receiver reports.
+//! FIR), NACKs and receiver reports; and tells which of them are about the video.
 //!
 //! The chain's terminus drops inbound RTCP unless an interceptor marks it
 //! `DeliverToApplication`; without this interceptor a viewer's keyframe request would be
 //! silently lost. NACKs and receiver reports are used inside the chain (the NACK
 //! responder resends, the report interceptors read them) and are let out as well, to be
 //! counted; anything else stays in.
+//!
+//! After the chain, the connection hands a message to the application under the track
+//! its first packet's *media* SSRC names (`destination_ssrc`: a PLI's media SSRC, a
+//! FIR's entries, a report's blocks), and drops it when no track of ours has that SSRC;
+//! the sender SSRC plays no part. So each packet goes up as a message of its own, and
+//! [`classify`] decides by media SSRC too: Chrome ≥ 147 sends the video's PLIs with its
+//! *audio* sender's SSRC as sender SSRC once it has a sending audio m-line (the mic),
+//! and they must still reach the video source.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -16,6 +24,7 @@ use rtc::interceptor::{
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -48,9 +57,53 @@ fn is_receiver_report(packet: &dyn rtc::rtcp::Packet) -> bool {
         .is_some_and(|rr| !rr.reports.is_empty())
 }
 
-/// What the application gets to see, each kind as a message of its own: the connection
-/// routes a message by the stream its first packet names, so a report about another
-/// stream must not take a keyframe request down with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyframeRequest {
+    Pli,
+    Fir,
+}
+
+/// What a piece of feedback means for a viewer's video, whose SSRC is `video_ssrc`.
+#[derive(Debug, PartialEq)]
+pub enum VideoFeedback<'a> {
+    KeyframeRequest(KeyframeRequest),
+    Nack(&'a TransportLayerNack),
+    Report(&'a ReceptionReport),
+}
+
+/// Hand `emit` what `packet` says about the video stream `video_ssrc`, judged by media
+/// SSRC only: a PLI whose media SSRC is the video's, a FIR with an entry (or media SSRC)
+/// naming it, a NACK about it, the report blocks about it. Feedback about the audio (or
+/// anything else) yields nothing, whatever its sender SSRC.
+pub fn classify<'a>(
+    packet: &'a dyn rtc::rtcp::Packet,
+    video_ssrc: u32,
+    mut emit: impl FnMut(VideoFeedback<'a>),
+) {
+    let any = packet.as_any();
+    if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+        if pli.media_ssrc == video_ssrc {
+            emit(VideoFeedback::KeyframeRequest(KeyframeRequest::Pli));
+        }
+    } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+        if fir.media_ssrc == video_ssrc || fir.fir.iter().any(|e| e.ssrc == video_ssrc) {
+            emit(VideoFeedback::KeyframeRequest(KeyframeRequest::Fir));
+        }
+    } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+        if nack.media_ssrc == video_ssrc {
+            emit(VideoFeedback::Nack(nack));
+        }
+    } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+        for report in rr.reports.iter().filter(|r| r.ssrc == video_ssrc) {
+            emit(VideoFeedback::Report(report));
+        }
+    }
+}
+
+/// What the application gets to see, each packet as a message of its own: the
+/// connection routes a message by the stream its first packet names, so feedback about
+/// another stream (or one it does not know) must not take a keyframe request down with
+/// it.
 const FORWARDED: [fn(&dyn rtc::rtcp::Packet) -> bool; 3] =
     [is_keyframe_request, is_nack, is_receiver_report];
 
@@ -67,22 +120,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackForwarder {
             return Ok(());
         };
         for wanted in FORWARDED {
-            let kind: Vec<Box<dyn rtc::rtcp::Packet>> = packets
-                .iter()
-                .filter(|p| wanted(p.as_ref()))
-                .cloned()
-                .collect();
-            if kind.is_empty() {
-                continue;
+            for packet in packets.iter().filter(|p| wanted(p.as_ref())) {
+                self.forward(&msg, packet.clone());
             }
-            let mut message = AttributedPacket::new(Packet::Rtcp(kind));
-            message.attributes = msg.message.attributes.clone();
-            message.add(Attribute::DeliverToApplication);
-            self.reads.push_back(TaggedPacket {
-                now: msg.now,
-                transport: msg.transport,
-                message,
-            });
         }
         Ok(())
     }
@@ -101,6 +141,20 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackForwarder {
     }
 }
 
+impl FeedbackForwarder {
+    /// Queue `packet`, from `msg`, for the application.
+    fn forward(&mut self, msg: &TaggedPacket, packet: Box<dyn rtc::rtcp::Packet>) {
+        let mut message = AttributedPacket::new(Packet::Rtcp(vec![packet]));
+        message.attributes = msg.message.attributes.clone();
+        message.add(Attribute::DeliverToApplication);
+        self.reads.push_back(TaggedPacket {
+            now: msg.now,
+            transport: msg.transport,
+            message,
+        });
+    }
+}
+
 impl Interceptor for FeedbackForwarder {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
@@ -111,8 +165,87 @@ impl Interceptor for FeedbackForwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::rtcp::reception_report::ReceptionReport;
+    use rtc::rtcp::payload_feedbacks::full_intra_request::FirEntry;
     use rtc::shared::TransportContext;
+
+    const VIDEO: u32 = 0x1111_1111;
+    const AUDIO: u32 = 0x2222_2222;
+
+    fn video_feedback(packet: &dyn rtc::rtcp::Packet) -> Vec<String> {
+        let mut out = Vec::new();
+        classify(packet, VIDEO, |f| out.push(format!("{f:?}")));
+        out
+    }
+
+    #[test]
+    fn keyframe_requests_are_the_videos_by_media_ssrc_whatever_the_sender() {
+        // Chrome >= 147 with a sending audio m-line: the video's PLI carries the audio
+        // sender's SSRC as its sender SSRC.
+        let pli = |sender_ssrc, media_ssrc| PictureLossIndication {
+            sender_ssrc,
+            media_ssrc,
+        };
+        let wanted = vec!["KeyframeRequest(Pli)".to_string()];
+        assert_eq!(video_feedback(&pli(AUDIO, VIDEO)), wanted);
+        assert_eq!(video_feedback(&pli(1, VIDEO)), wanted);
+        assert!(
+            video_feedback(&pli(VIDEO, AUDIO)).is_empty(),
+            "about the audio"
+        );
+        assert!(video_feedback(&pli(AUDIO, AUDIO)).is_empty());
+
+        // A FIR names its stream in its entries (Chrome leaves the media SSRC 0).
+        let fir = |media_ssrc, entries: &[u32]| FullIntraRequest {
+            sender_ssrc: AUDIO,
+            media_ssrc,
+            fir: entries
+                .iter()
+                .map(|&ssrc| FirEntry {
+                    ssrc,
+                    sequence_number: 1,
+                })
+                .collect(),
+        };
+        let wanted = vec!["KeyframeRequest(Fir)".to_string()];
+        assert_eq!(video_feedback(&fir(0, &[VIDEO])), wanted);
+        assert_eq!(video_feedback(&fir(0, &[AUDIO, VIDEO])), wanted);
+        assert_eq!(video_feedback(&fir(VIDEO, &[])), wanted);
+        assert!(video_feedback(&fir(0, &[AUDIO])).is_empty());
+    }
+
+    #[test]
+    fn nacks_and_reports_count_only_about_the_video() {
+        let nack = |media_ssrc| TransportLayerNack {
+            sender_ssrc: AUDIO,
+            media_ssrc,
+            nacks: vec![],
+        };
+        assert_eq!(video_feedback(&nack(VIDEO)).len(), 1);
+        assert!(video_feedback(&nack(AUDIO)).is_empty());
+        let rr = ReceiverReport {
+            ssrc: AUDIO,
+            reports: vec![
+                ReceptionReport {
+                    ssrc: AUDIO,
+                    fraction_lost: 9,
+                    ..Default::default()
+                },
+                ReceptionReport {
+                    ssrc: VIDEO,
+                    fraction_lost: 3,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut reports = Vec::new();
+        classify(&rr, VIDEO, |f| {
+            if let VideoFeedback::Report(r) = f {
+                reports.push(r.fraction_lost);
+            }
+        });
+        assert_eq!(reports, vec![3]);
+    }
 
     fn rtcp(packets: Vec<Box<dyn rtc::rtcp::Packet>>) -> TaggedPacket {
         TaggedPacket {

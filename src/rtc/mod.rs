@@ -1,7 +1,8 @@
 //! WebRTC output: one peer connection per viewer, all peers of every stream on one UDP
-//! socket, driven by our own loop over the sans-IO `rtc` crate. Each access unit is
-//! packetized once and shared by every peer of its stream; only SSRC, sequence and
-//! SRTP are per peer.
+//! socket, driven by our own loop over the sans-IO `rtc` crate. Each access unit (and
+//! each Opus frame of a stream's sound) is packetized once and shared by every peer of
+//! its stream; only SSRC, sequence and SRTP are per peer. A viewer's microphone goes
+//! the other way, to its stream's playback.
 //!
 //! This file is the engine's public face; the rest of the program uses nothing else
 //! from `rtc::`, so the engine choice stays local to this module.
@@ -14,9 +15,11 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::media::audio::mic::MicInput;
 use crate::media::Hub;
 use crate::rtc::histograms::WebrtcHistograms;
 
+mod audio_fanout;
 pub mod candidates;
 mod deadlines;
 pub mod demux;
@@ -30,6 +33,7 @@ pub mod histograms;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;
+mod peer_audio;
 mod router;
 pub mod sdp;
 mod stats;
@@ -85,14 +89,22 @@ pub struct PeerOptions {
     pub stream: Arc<Hub>,
     /// Rotation the viewer asked for, degrees counter-clockwise: 0, 90, 180 or 270.
     pub orientation: u16,
+    /// The stream's sound (a hub of Opus frames), when the viewer asked for it and the
+    /// stream has it: the offer gets an audio m-line that sends.
+    pub audio: Option<Arc<Hub>>,
+    /// The stream's microphone playback, when the viewer asked to talk and the stream
+    /// has one: the audio m-line receives too (or only).
+    pub mic: Option<MicInput>,
 }
 
 impl PeerOptions {
-    /// A viewer of `stream`, unrotated.
+    /// A viewer of `stream`, unrotated, without sound or microphone.
     pub fn new(stream: Arc<Hub>) -> PeerOptions {
         PeerOptions {
             stream,
             orientation: 0,
+            audio: None,
+            mic: None,
         }
     }
 }
@@ -102,6 +114,8 @@ impl std::fmt::Debug for PeerOptions {
         f.debug_struct("PeerOptions")
             .field("stream", &Arc::as_ptr(&self.stream))
             .field("orientation", &self.orientation)
+            .field("audio", &self.audio.as_ref().map(Arc::as_ptr))
+            .field("mic", &self.mic.is_some())
             .finish()
     }
 }
@@ -114,6 +128,9 @@ pub enum PeerEvent {
     /// The peer is gone for good (Janus `hangup` with this reason, e.g. "ICE failed",
     /// "DTLS alert", "Close PC").
     Closed { reason: String },
+    /// The viewer's microphone sound has started arriving on the m-line `mid` (Janus
+    /// `media` with `type` audio, `receiving` true).
+    MicReceiving { mid: String },
 }
 
 /// A remote ICE candidate as trickled by janus.js.
@@ -156,7 +173,14 @@ pub enum RtcError {
 pub struct RtcStats {
     pub peers: usize,
     pub connected: usize,
+    /// RTP packets sent, video and audio.
     pub rtp_packets_sent: u64,
+    /// Of those, audio (one Opus frame each).
+    pub audio_packets_sent: u64,
+    /// Viewers' microphone packets handed to the playback, and dropped because its
+    /// queue was full.
+    pub mic_packets_received: u64,
+    pub mic_packets_dropped: u64,
     /// Every datagram to viewers (RTP, RTCP, DTLS, STUN) and its bytes.
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
@@ -229,7 +253,8 @@ impl RtcEngine {
 
     /// Create a peer and its offer (sendonly H.264 PT 96, packetization-mode=1,
     /// profile-level-id from the stream's SPS, the plugin's three extmaps, host
-    /// candidates included). Events about the peer go to `events`.
+    /// candidates included; then an Opus PT 111 m-line when [`PeerOptions`] has sound
+    /// or microphone). Events about the peer go to `events`.
     pub async fn create_offer(
         &self,
         opts: PeerOptions,

@@ -1,11 +1,14 @@
 //! One viewer's `rtc` peer connection behind a small interface the engine loop drives:
-//! datagrams in, datagrams out, timers, state changes, and shared frames to stamp.
+//! datagrams in, datagrams out, timers, state changes, shared frames (pictures and
+//! sound) to stamp, and the viewer's microphone handed on.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
+use rtc::interceptor::{
+    NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
+};
 use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -18,9 +21,6 @@ use rtc::peer_connection::transport::{
     RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -32,9 +32,15 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
 use super::extensions::{self, ExtensionIds};
-use super::feedback::{self, FeedbackForwarder};
-use super::frame::OutFrame;
+use super::feedback::{self, FeedbackForwarder, VideoFeedback};
+use super::frame::{OutAudio, OutFrame};
+use super::peer_audio::PeerAudio;
 use super::{sdp, RemoteCandidate, RtcError};
+use crate::media::audio::mic::{MicInput, TalkerId};
+use crate::media::audio::OPUS_PAYLOAD_TYPE;
+
+pub use super::feedback::KeyframeRequest;
+pub use super::peer_audio::{opus_codec, AudioSetup};
 
 /// The payload type that carries the stream under its own `profile-level-id`.
 pub const H264_PAYLOAD_TYPE: u8 = 96;
@@ -43,13 +49,14 @@ pub const H264_PAYLOAD_TYPE: u8 = 96;
 pub const H264_FALLBACK_PAYLOAD_TYPE: u8 = 97;
 
 /// The media engine both ends use: H.264 on PT 96 (and PT 97, see
-/// [`sdp::h264_offer_profiles`]) with keyframe-request feedback, and the plugin's three
-/// header extensions, registered in the order that gives them ids 1-3.
+/// [`sdp::h264_offer_profiles`]) with keyframe-request feedback, Opus on PT 111, and the
+/// plugin's three header extensions, registered in the order that gives them ids 1-3.
 pub fn media_engine(profile_level_id: &str) -> Result<MediaEngine, RtcError> {
     let mut me = MediaEngine::default();
     for codec in h264_codecs(profile_level_id) {
         me.register_codec(codec, RtpCodecKind::Video)?;
     }
+    me.register_codec(opus_codec(), RtpCodecKind::Audio)?;
     for (_, uri) in extensions::OFFERED {
         me.register_header_extension(
             RTCRtpHeaderExtensionCapability {
@@ -94,11 +101,13 @@ pub fn h264_codec(profile_level_id: &str, payload_type: u8) -> RTCRtpCodecParame
 /// about 100 KiB more for packets no NACK arrives in time to use.
 const NACK_HISTORY_PACKETS: u16 = 256;
 
-/// Interceptors of the sending end (the server): NACK responder, sender reports, and our
-/// feedback forwarder. Nothing comes in that needs NACKs or receiver reports
-/// generated, and every interceptor in the chain costs on every packet sent.
-pub fn sender_interceptors() -> Registry {
-    Registry::new()
+/// Interceptors of the sending end (the server): NACK responder, sender reports (for
+/// the video and the sound alike: a browser lines the two up by them), and our
+/// feedback forwarder; with `receives` (a viewer's microphone comes in) receiver
+/// reports about it too. Nothing else comes in, and every interceptor in the chain
+/// costs on every packet sent.
+pub fn sender_interceptors(receives: bool) -> Registry {
+    let registry = Registry::new()
         .with(
             Slot::NackResponder,
             NackResponderBuilder::new()
@@ -106,7 +115,12 @@ pub fn sender_interceptors() -> Registry {
                 .build(),
         )
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
-        .with(Slot::from(feedback::SLOT), FeedbackForwarder::default())
+        .with(Slot::from(feedback::SLOT), FeedbackForwarder::default());
+    if receives {
+        registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+    } else {
+        registry
+    }
 }
 
 /// Time between connectivity checks while connecting. The crate's default (200 ms) puts
@@ -185,12 +199,13 @@ pub enum PeerNote {
         count: u64,
         time_to_first: Option<Duration>,
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyframeRequest {
-    Pli,
-    Fir,
+    /// Microphone packets handed to the playback, and dropped (its queue full) since
+    /// the last note; `started` with the viewer's first one.
+    Mic {
+        handed: u64,
+        dropped: u64,
+        started: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +230,8 @@ pub struct PeerSetup {
     pub orientation: u16,
     /// Ignore remote candidates that are not loopback.
     pub loopback_only: bool,
+    /// The audio m-line, when the viewer gets sound or sends its microphone.
+    pub audio: Option<AudioSetup>,
 }
 
 pub struct Peer {
@@ -242,6 +259,7 @@ pub struct Peer {
     /// straight into the connection with it (see [`Peer::write_packet`]).
     payload_type: Option<u8>,
     track_id: String,
+    audio: Option<PeerAudio>,
     pub created: Instant,
     pub packets_sent: u64,
     write_errors: u64,
@@ -266,7 +284,8 @@ impl Peer {
             .first()
             .ok_or_else(|| RtcError::Internal("no candidate address"))?;
         let me = media_engine(&setup.profile_level_id)?;
-        let registry = sender_interceptors();
+        let receives = setup.audio.as_ref().is_some_and(|a| a.mic.is_some());
+        let registry = sender_interceptors(receives);
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(setting_engine(&setup.ufrag, &setup.pwd).build())
@@ -276,20 +295,7 @@ impl Peer {
 
         let codec = h264_codec(&setup.profile_level_id, H264_PAYLOAD_TYPE);
         let track_id = "video".to_string();
-        let track = rtc::media_stream::MediaStreamTrack::new(
-            "peregrine".to_string(),
-            track_id.clone(),
-            "video".to_string(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(setup.ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp_codec.clone(),
-                ..Default::default()
-            }],
-        );
+        let track = media_track(&track_id, RtpCodecKind::Video, setup.ssrc, &codec);
         let transceiver = pc.add_transceiver_from_track(
             track,
             Some(RTCRtpTransceiverInit {
@@ -307,6 +313,10 @@ impl Peer {
             .get_senders()
             .last()
             .ok_or_else(|| RtcError::Internal("no sender for the video transceiver"))?;
+        let mut audio = match setup.audio {
+            Some(a) => Some(PeerAudio::add(&mut pc, a)?),
+            None => None,
+        };
 
         for addr in &setup.candidates {
             pc.add_local_candidate(host_candidate(*addr)?)?;
@@ -318,6 +328,9 @@ impl Peer {
             .local_description()
             .map(|d| d.sdp)
             .ok_or_else(|| RtcError::Internal("no local description"))?;
+        if let Some(a) = &mut audio {
+            a.set_mid(&sdp);
+        }
 
         let peer = Peer {
             pc,
@@ -335,6 +348,7 @@ impl Peer {
             dtls_closed: false,
             payload_type: None,
             track_id,
+            audio,
             created: now,
             packets_sent: 0,
             write_errors: 0,
@@ -356,6 +370,7 @@ impl Peer {
         let payload_type =
             sdp::chosen_payload_type(answer, &[H264_PAYLOAD_TYPE, H264_FALLBACK_PAYLOAD_TYPE])
                 .map_err(RtcError::VideoRejected)?;
+        let audio_answer = sdp::audio_answer(answer, OPUS_PAYLOAD_TYPE);
         let budget = MAX_REMOTE_CANDIDATES.saturating_sub(self.remote_candidates);
         let (answer, kept, dropped) = candidates::filter_answer(answer, self.loopback_only, budget);
         if dropped > 0 {
@@ -384,6 +399,9 @@ impl Peer {
             .unwrap_or_default();
         self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
         self.payload_type = Some(payload_type);
+        if let Some(audio) = &mut self.audio {
+            audio.apply_answer(audio_answer);
+        }
         tracing::debug!(ext = ?self.ext, payload_type, "answer applied");
 
         for c in std::mem::take(&mut self.early_candidates) {
@@ -471,11 +489,18 @@ impl Peer {
     /// Collect state changes, the viewer's feedback, and keyframes sent.
     pub fn poll_notes(&mut self, notes: &mut Vec<PeerNote>) {
         while let Some(msg) = self.pc.poll_read() {
-            if let RTCMessage::RtcpPacket(_, packets) = msg.message {
-                for p in packets {
-                    self.note_feedback(p.as_ref(), notes);
+            match msg.message {
+                RTCMessage::RtcpPacket(_, packets) => {
+                    for p in packets {
+                        self.note_feedback(p.as_ref(), notes);
+                    }
                 }
+                RTCMessage::RtpPacket(_, packet) => self.hand_on_mic(packet),
+                _ => {}
             }
+        }
+        if let Some(note) = self.audio.as_mut().and_then(PeerAudio::take_note) {
+            notes.push(note);
         }
         if self.keyframes_untold > 0 {
             let time_to_first = match self.first_keyframe {
@@ -528,23 +553,73 @@ impl Peer {
         }
     }
 
+    /// Feedback about our video, told apart from feedback about our sound by media
+    /// SSRC (see [`feedback::classify`]).
     fn note_feedback(&self, packet: &dyn rtc::rtcp::Packet, notes: &mut Vec<PeerNote>) {
-        let any = packet.as_any();
-        if any.is::<PictureLossIndication>() {
-            notes.push(PeerNote::KeyframeRequest(KeyframeRequest::Pli));
-        } else if any.is::<FullIntraRequest>() {
-            notes.push(PeerNote::KeyframeRequest(KeyframeRequest::Fir));
-        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-            if nack.media_ssrc == self.ssrc {
-                let resent = resendable(nack, self.seq, self.packets_sent, NACK_HISTORY_PACKETS);
-                notes.push(PeerNote::Nack { resent });
-            }
-        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-            for report in rr.reports.iter().filter(|r| r.ssrc == self.ssrc) {
-                notes.push(PeerNote::ReceiverReport {
+        feedback::classify(packet, self.ssrc, |f| {
+            notes.push(match f {
+                VideoFeedback::KeyframeRequest(kind) => PeerNote::KeyframeRequest(kind),
+                VideoFeedback::Nack(nack) => PeerNote::Nack {
+                    resent: resendable(nack, self.seq, self.packets_sent, NACK_HISTORY_PACKETS),
+                },
+                VideoFeedback::Report(report) => PeerNote::ReceiverReport {
                     fraction_lost: report.fraction_lost,
                     jitter: report.jitter,
-                });
+                },
+            })
+        });
+    }
+
+    /// An RTP packet from the viewer: its microphone, handed on while connected.
+    fn hand_on_mic(&mut self, packet: rtc::rtp::Packet) {
+        if self.stage == Stage::Connected {
+            if let Some(audio) = &mut self.audio {
+                audio.hand_on(packet);
+            }
+        }
+    }
+
+    /// Whether our sound goes to this viewer (offered and taken by its answer).
+    pub fn sends_audio(&self) -> bool {
+        self.audio.as_ref().is_some_and(PeerAudio::sends)
+    }
+
+    /// The `a=mid` of the audio m-line (empty without one).
+    pub fn audio_mid(&self) -> &str {
+        self.audio.as_ref().map_or("", PeerAudio::mid)
+    }
+
+    /// The playback this viewer's microphone goes to, and its talker id, once its
+    /// answer says it sends.
+    pub fn mic(&self) -> Option<&(MicInput, TalkerId)> {
+        self.audio.as_ref()?.mic()
+    }
+
+    /// Stamp one shared audio frame for this viewer (see [`PeerAudio::stamp`]) and hand
+    /// it to the connection; the datagram goes to `out`. Returns the packets queued (0
+    /// or 1).
+    pub fn write_audio(
+        &mut self,
+        now: Instant,
+        frame: &OutAudio,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> u64 {
+        let Some((track_id, packet)) = self.audio.as_mut().and_then(|a| a.stamp(frame)) else {
+            return 0;
+        };
+        let written = self.pc.handle_write(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket(track_id, packet),
+        });
+        self.drain_writes(out);
+        match written {
+            Ok(()) => 1,
+            Err(e) => {
+                self.write_errors += 1;
+                if self.write_errors == 1 {
+                    tracing::warn!(error = %e, "RTP write refused");
+                }
+                0
             }
         }
     }
@@ -644,6 +719,33 @@ impl Peer {
     }
 }
 
+/// The msid stream both our tracks belong to: one stream, so the browser plays the
+/// sound in sync with the pictures (lined up by the sender reports).
+const MEDIA_STREAM_ID: &str = "peregrine";
+
+/// A track of ours: one encoding with our SSRC and `codec`.
+pub(super) fn media_track(
+    track_id: &str,
+    kind: RtpCodecKind,
+    ssrc: u32,
+    codec: &RTCRtpCodecParameters,
+) -> rtc::media_stream::MediaStreamTrack {
+    rtc::media_stream::MediaStreamTrack::new(
+        MEDIA_STREAM_ID.to_string(),
+        track_id.to_string(),
+        track_id.to_string(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.rtp_codec.clone(),
+            ..Default::default()
+        }],
+    )
+}
+
 /// How many packets a NACK makes the NACK responder send again: those it names that
 /// are still in its history of the last `history` packets sent (sequence numbers up to
 /// `next_seq - 1`, `sent` of them so far), as its send buffer finds them.
@@ -682,6 +784,94 @@ mod tests {
         }
     }
 
+    fn setup() -> PeerSetup {
+        PeerSetup {
+            ufrag: "ufragufrag".into(),
+            pwd: "pwdpwdpwdpwdpwdpwdpwdpwd".into(),
+            ssrc: 1234,
+            profile_level_id: "42e01f".into(),
+            candidates: vec!["127.0.0.1:40000".parse().unwrap()],
+            orientation: 0,
+            loopback_only: true,
+            audio: None,
+        }
+    }
+
+    /// The lines of the `kind` section of `sdp`.
+    fn section<'a>(sdp: &'a str, kind: &str) -> Vec<&'a str> {
+        let start = format!("m={kind} ");
+        sdp.lines()
+            .skip_while(|l| !l.starts_with(&start))
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || !l.starts_with("m="))
+            .map(|(_, l)| l)
+            .collect()
+    }
+
+    #[test]
+    fn the_audio_m_line_follows_the_video_with_opus_and_our_own_ssrc() {
+        let (mic, _rx) = MicInput::channel(4);
+        for (send, mic, direction) in [
+            (true, None, "a=sendonly"),
+            (true, Some(mic.clone()), "a=sendrecv"),
+            (false, Some(mic), "a=recvonly"),
+        ] {
+            let audio = AudioSetup {
+                ssrc: 5678,
+                send,
+                mic: mic.map(|m| (m, 1)),
+            };
+            let setup = PeerSetup {
+                audio: Some(audio),
+                ..setup()
+            };
+            let (_, offer) = Peer::offer(setup, Instant::now()).expect("offer");
+            if std::env::var_os("SHOW_OFFER").is_some() {
+                println!("{offer}");
+            }
+            let video_at = offer.find("m=video ").expect("video");
+            let audio_at = offer.find("m=audio ").expect("audio");
+            assert!(video_at < audio_at, "video first:\n{offer}");
+            let audio = section(&offer, "audio");
+            assert!(audio[0].ends_with(" 111"), "{audio:?}");
+            assert!(audio.contains(&"a=rtpmap:111 opus/48000/2"), "{audio:?}");
+            assert!(
+                audio.contains(&"a=fmtp:111 minptime=10;useinbandfec=1;sprop-stereo=1"),
+                "{audio:?}"
+            );
+            assert!(
+                !audio.iter().any(|l| l.starts_with("a=rtcp-fb")),
+                "no feedback on audio: {audio:?}"
+            );
+            assert!(audio.contains(&direction), "{direction}: {audio:?}");
+            let video = section(&offer, "video");
+            assert!(video.contains(&"a=sendonly"));
+            assert!(video.iter().any(|l| l.starts_with("a=ssrc:1234 ")));
+            if send {
+                assert!(
+                    audio.iter().any(|l| l.starts_with("a=ssrc:5678 ")),
+                    "{audio:?}"
+                );
+                // One msid stream for both tracks: the browser syncs them.
+                let stream = |lines: &[&str]| {
+                    lines
+                        .iter()
+                        .find_map(|l| l.strip_prefix("a=msid:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .map(str::to_string)
+                };
+                assert_eq!(stream(&audio), stream(&video));
+                assert!(stream(&audio).is_some(), "{audio:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_video_only_offer_has_no_audio_m_line() {
+        let (_, offer) = Peer::offer(setup(), Instant::now()).expect("offer");
+        assert!(!offer.contains("m=audio"), "{offer}");
+    }
+
     fn offered_peer() -> Peer {
         let setup = PeerSetup {
             ufrag: "ufragufrag".into(),
@@ -691,6 +881,7 @@ mod tests {
             candidates: vec!["127.0.0.1:40000".parse().unwrap()],
             orientation: 0,
             loopback_only: true,
+            audio: None,
         };
         Peer::offer(setup, Instant::now()).expect("offer").0
     }

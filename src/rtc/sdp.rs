@@ -99,28 +99,107 @@ pub fn check_answer(sdp: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The fmtp of our Opus payload type: 10 ms packets allowed, in-band FEC, and a stereo
+/// sender (the plugin's `sprop-stereo=1`). Chromium answers `minptime=10;useinbandfec=1`
+/// and kvmd adds `stereo=1`; any answer fmtp is accepted.
+pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1;sprop-stereo=1";
+
+/// One media section (`m=` line and the attribute lines up to the next one).
+struct Section<'a> {
+    kind: &'a str,
+    port: &'a str,
+    formats: Vec<u8>,
+    lines: Vec<&'a str>,
+}
+
+fn sections(sdp: &str) -> Vec<Section<'_>> {
+    let mut out: Vec<Section> = Vec::new();
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut fields = m.split_whitespace();
+            let kind = fields.next().unwrap_or_default();
+            let port = fields.next().unwrap_or_default();
+            let formats = fields.skip(1).filter_map(|f| f.parse().ok()).collect();
+            out.push(Section {
+                kind,
+                port,
+                formats,
+                lines: Vec::new(),
+            });
+        } else if let Some(section) = out.last_mut() {
+            section.lines.push(line);
+        }
+    }
+    out
+}
+
 /// The first of `ours` (payload types in preference order) that the answer's video
 /// section keeps. An error says why none is there: the section is declined (port 0, as
 /// a browser answers an offer it cannot decode) or lists none of ours.
 pub fn chosen_payload_type(answer: &str, ours: &[u8]) -> Result<u8, String> {
-    let mline = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("m=video "))
+    let all = sections(answer);
+    let video = all
+        .iter()
+        .find(|s| s.kind == "video")
         .ok_or("no m=video section")?;
-    let mut fields = mline.split_whitespace();
-    let port = fields.next().unwrap_or_default();
-    if port == "0" {
+    if video.port == "0" {
         return Err(
             "the answer declines the video section (m=video 0): the browser \
                     cannot decode any of the offered H.264 profiles"
                 .into(),
         );
     }
-    let kept: Vec<u8> = fields.skip(1).filter_map(|f| f.parse().ok()).collect();
     ours.iter()
         .copied()
-        .find(|pt| kept.contains(pt))
+        .find(|pt| video.formats.contains(pt))
         .ok_or_else(|| format!("the answer keeps none of the offered payload types {ours:?}"))
+}
+
+/// The `a=mid` of the first `kind` section (`audio`, `video`).
+pub fn mid_of<'a>(sdp: &'a str, kind: &str) -> Option<&'a str> {
+    let all = sections(sdp);
+    let section = all.iter().find(|s| s.kind == kind)?;
+    section.lines.iter().find_map(|l| l.strip_prefix("a=mid:"))
+}
+
+/// What the viewer's answer did with the audio section of our offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudioAnswer {
+    /// No audio section, or one declined (`m=audio 0`), or one without our payload
+    /// type: no sound either way, the video plays on.
+    Declined,
+    /// The section is kept with `payload_type`; `receives` when the viewer takes our
+    /// sound, `sends` when it sends its microphone (its direction, from its side).
+    Accepted {
+        payload_type: u8,
+        receives: bool,
+        sends: bool,
+    },
+}
+
+/// How the answer's audio section treats our Opus payload type `ours`.
+pub fn audio_answer(answer: &str, ours: u8) -> AudioAnswer {
+    let all = sections(answer);
+    let Some(audio) = all.iter().find(|s| s.kind == "audio") else {
+        return AudioAnswer::Declined;
+    };
+    if audio.port == "0" || !audio.formats.contains(&ours) {
+        return AudioAnswer::Declined;
+    }
+    // RFC 4566: sendrecv when no direction is given.
+    let direction = audio
+        .lines
+        .iter()
+        .find_map(|l| match *l {
+            "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive" => Some(&l[2..]),
+            _ => None,
+        })
+        .unwrap_or("sendrecv");
+    AudioAnswer::Accepted {
+        payload_type: ours,
+        receives: matches!(direction, "sendrecv" | "recvonly"),
+        sends: matches!(direction, "sendrecv" | "sendonly"),
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +274,52 @@ mod tests {
         assert!(declined.unwrap_err().contains("m=video 0"));
         assert!(chosen_payload_type(&answer("m=video 9 UDP/TLS/RTP/SAVPF 102"), &ours).is_err());
         assert!(chosen_payload_type("v=0\r\n", &ours).is_err());
+    }
+
+    #[test]
+    fn the_audio_answer_says_what_the_viewer_takes_and_sends() {
+        let answer = |audio: &str| {
+            format!("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n{audio}")
+        };
+        let accepted = |receives, sends| AudioAnswer::Accepted {
+            payload_type: 111,
+            receives,
+            sends,
+        };
+        let m = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=recvonly\r\n")), 111),
+            accepted(true, false)
+        );
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=sendrecv\r\n")), 111),
+            accepted(true, true)
+        );
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=sendonly\r\n")), 111),
+            accepted(false, true)
+        );
+        assert_eq!(
+            audio_answer(&answer(&format!("{m}a=inactive\r\n")), 111),
+            accepted(false, false)
+        );
+        assert_eq!(
+            audio_answer(&answer(m), 111),
+            accepted(true, true),
+            "default"
+        );
+        // Declined, absent, or without our payload type: no sound, and the video's own
+        // direction line is not taken for the audio's.
+        let declined = "m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
+        assert_eq!(audio_answer(&answer(declined), 111), AudioAnswer::Declined);
+        assert_eq!(audio_answer(&answer(""), 111), AudioAnswer::Declined);
+        let other = "m=audio 9 UDP/TLS/RTP/SAVPF 109\r\na=sendrecv\r\n";
+        assert_eq!(audio_answer(&answer(other), 111), AudioAnswer::Declined);
+        // A declined audio section leaves the video's payload type as it was.
+        assert_eq!(chosen_payload_type(&answer(declined), &[96]), Ok(96));
+        assert_eq!(mid_of(&answer(m), "audio"), Some("1"));
+        assert_eq!(mid_of(&answer(m), "video"), Some("0"));
+        assert_eq!(mid_of(&answer(""), "audio"), None);
     }
 
     #[test]

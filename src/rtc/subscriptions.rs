@@ -1,5 +1,6 @@
 //! The engine's subscriptions to the hubs of the streams being watched: one per stream
-//! with at least one peer, dropped with its last peer, so an unwatched source idles.
+//! with at least one peer, dropped with its last peer, so an unwatched source idles;
+//! and one per stream's sound while a connected peer listens to it.
 //!
 //! All of them are waited on at once through a [`SelectAll`]. It is built on
 //! `FuturesUnordered`, which polls only the subscriptions whose waker fired: a wake-up
@@ -33,8 +34,14 @@ impl Subscriptions {
     /// Subscribe to `hub`, starting with its cached GOP (so the engine has it for the
     /// first viewers). The hub counts the subscriber from now on.
     pub fn subscribe(&mut self, hub: &Arc<Hub>) {
+        self.subscribe_from(hub, StartAt::Gop);
+    }
+
+    /// Subscribe to `hub` from `start` (a stream's sound: from its next frame, as every
+    /// audio frame is a keyframe and an old one is of no use).
+    pub fn subscribe_from(&mut self, hub: &Arc<Hub>, start: StartAt) {
         let key = stream_key(hub);
-        let subscriber = hub.subscribe(StartAt::Gop);
+        let subscriber = hub.subscribe(start);
         let pictures = stream::unfold(subscriber, move |mut subscriber| async move {
             let au = subscriber.recv().await?;
             Some(((key, au), subscriber))

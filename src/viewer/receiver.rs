@@ -1,15 +1,18 @@
 //! A viewer-side WebRTC peer in Rust: answers an engine offer, completes ICE/DTLS/SRTP over
 //! its own UDP socket on 127.0.0.1, and hands back whole H.264 access units (Annex-B, put
-//! together by [`super::depacketizer`]).
+//! together by [`super::depacketizer`]). An offer's audio m-line is answered too: the
+//! sound is counted (and kept, for tests, see [`ReceiverOptions::keep_audio`]), and a
+//! microphone playing a tone can be sent ([`ReceiverOptions::mic_tone_hz`]).
 //! Used by the integration tests and by load generation, where a browser per viewer
 //! would cost far too much.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use bytes::BytesMut;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports,
 };
@@ -21,8 +24,15 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraRequest};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::MarshalSize;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -30,7 +40,10 @@ use rtc::statistics::StatsSelector;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::audio::{ReceivedAudio, ToneMic};
 use super::depacketizer::{parse_abs_capture_time, Assembler, PacketExtensions, ReceivedFrame};
+use super::sender_reports;
+use crate::media::audio::{FRAME_US, OPUS_PAYLOAD_TYPE};
 use crate::rtc::extensions::{ABS_CAPTURE_TIME_URI, VIDEO_ORIENTATION_URI};
 use crate::rtc::peer;
 
@@ -45,20 +58,70 @@ pub enum ReceiverState {
 /// Reception counters of one receiver.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReceiverStats {
-    /// RTP packets received (retransmissions included).
+    /// Video RTP packets received (retransmissions included).
     pub packets_received: u64,
-    /// Packets the sequence numbers say were sent, first to highest received.
+    /// Video packets the sequence numbers say were sent, first to highest received.
     pub packets_expected: u64,
     /// RTCP NACK and PLI packets this receiver sent.
     pub nacks_sent: u64,
     pub plis_sent: u64,
+    /// Audio RTP packets received, their payload bytes, and the packets their sequence
+    /// numbers say were sent.
+    pub audio_packets_received: u64,
+    pub audio_bytes_received: u64,
+    pub audio_packets_expected: u64,
+    /// Microphone packets sent.
+    pub mic_packets_sent: u64,
+    /// RTCP sender reports received about the video and about the audio (a browser
+    /// syncs the two by them).
+    pub video_sender_reports: u64,
+    pub audio_sender_reports: u64,
 }
 
 impl ReceiverStats {
-    /// Packets never received, retransmissions counted as recovery.
+    /// Video packets never received, retransmissions counted as recovery.
     pub fn packets_lost(&self) -> u64 {
         self.packets_expected.saturating_sub(self.packets_received)
     }
+
+    /// Audio packets never received.
+    pub fn audio_packets_lost(&self) -> u64 {
+        self.audio_packets_expected
+            .saturating_sub(self.audio_packets_received)
+    }
+}
+
+/// How a receiver answers, beyond the video.
+#[derive(Clone, Debug)]
+pub struct ReceiverOptions {
+    /// The address its media socket binds to (e.g. 127.0.0.2, to be another client
+    /// address on one machine).
+    pub ip: IpAddr,
+    /// Answer an audio m-line with port 0, declining the sound.
+    pub decline_audio: bool,
+    /// Keep every audio packet for [`ReceiverPeer::next_audio`]; otherwise they are
+    /// only counted (a load run would pile them up).
+    pub keep_audio: bool,
+    /// When the offer takes a microphone, send a sine of this frequency on it.
+    pub mic_tone_hz: Option<f64>,
+}
+
+impl Default for ReceiverOptions {
+    fn default() -> ReceiverOptions {
+        ReceiverOptions {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            decline_audio: false,
+            keep_audio: false,
+            mic_tone_hz: None,
+        }
+    }
+}
+
+/// Which of the sender's streams a keyframe request names (its media SSRC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum About {
+    Video,
+    Audio,
 }
 
 /// Extends 16-bit RTP sequence numbers to count packets across wrap-around.
@@ -95,7 +158,11 @@ impl SeqCounter {
 
 enum Command {
     Stats(tokio::sync::oneshot::Sender<ReceiverStats>),
-    SendPli,
+    AskKeyframe {
+        fir: bool,
+        sender_ssrc: Option<u32>,
+        about: About,
+    },
     DropMedia(u32),
     AddCandidate(String),
     Close,
@@ -103,6 +170,8 @@ enum Command {
 
 pub struct ReceiverPeer {
     frames: mpsc::UnboundedReceiver<ReceivedFrame>,
+    audio: mpsc::UnboundedReceiver<ReceivedAudio>,
+    mic_ssrc: Option<u32>,
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ReceiverState>,
     local_addr: SocketAddr,
@@ -120,7 +189,20 @@ impl ReceiverPeer {
         offer_sdp: &str,
         ip: IpAddr,
     ) -> anyhow::Result<(ReceiverPeer, String)> {
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let opts = ReceiverOptions {
+            ip,
+            ..Default::default()
+        };
+        Self::answer_with(offer_sdp, opts).await
+    }
+
+    /// Answer `offer_sdp` as `opts` say. An audio m-line in the offer is answered
+    /// recvonly when it sends, and with a microphone track of ours when it receives.
+    pub async fn answer_with(
+        offer_sdp: &str,
+        opts: ReceiverOptions,
+    ) -> anyhow::Result<(ReceiverPeer, String)> {
+        let socket = UdpSocket::bind(SocketAddr::new(opts.ip, 0)).await?;
         let local_addr = socket.local_addr()?;
         let now = Instant::now();
 
@@ -139,6 +221,11 @@ impl ReceiverPeer {
             .map_err(|e| anyhow!("peer connection: {e}"))?;
         pc.add_transceiver_from_kind(RtpCodecKind::Video, None)
             .map_err(|e| anyhow!("transceiver: {e}"))?;
+        let audio = OfferedAudio::of(offer_sdp);
+        let mic_ssrc = match audio {
+            OfferedAudio::None => None,
+            OfferedAudio::Offered { takes_mic, .. } => add_audio(&mut pc, takes_mic)?,
+        };
         let offer = RTCSessionDescription::offer(offer_sdp.to_string())
             .map_err(|e| anyhow!("offer: {e}"))?;
         pc.set_remote_description(now, offer)
@@ -150,12 +237,26 @@ impl ReceiverPeer {
         let answer = pc.create_answer(None).map_err(|e| anyhow!("answer: {e}"))?;
         pc.set_local_description(now, answer)
             .map_err(|e| anyhow!("set answer: {e}"))?;
-        let answer_sdp = pc
+        let mut answer_sdp = pc
             .local_description()
             .map(|d| d.sdp)
             .context("no local description")?;
+        if opts.decline_audio {
+            answer_sdp = answer_sdp.replacen("m=audio 9 ", "m=audio 0 ", 1);
+        }
+        // The video transceiver came first; RTCP about the sender goes out through it.
+        let video_receiver = pc.get_receivers().next();
+        let mic = match (mic_ssrc, opts.mic_tone_hz) {
+            (Some(ssrc), Some(hz)) if !opts.decline_audio => {
+                let sender = pc.get_senders().last().context("no microphone sender")?;
+                let tone = ToneMic::new(hz).map_err(|e| anyhow!("{e}"))?;
+                Some(MicSender { sender, ssrc, tone })
+            }
+            _ => None,
+        };
 
         let (frame_tx, frames) = mpsc::unbounded_channel();
+        let (audio_tx, audio_rx) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ReceiverState::Connecting);
         let abs_id = extmap_id(offer_sdp, ABS_CAPTURE_TIME_URI);
@@ -166,8 +267,17 @@ impl ReceiverPeer {
             assembler: Assembler::default(),
             abs_id,
             cvo_id,
-            media_ssrc: None,
+            video_ssrc: None,
+            audio_ssrc: None,
+            video_receiver,
             seq: SeqCounter::default(),
+            audio_seq: SeqCounter::default(),
+            audio_bytes: 0,
+            audio_tx: opts.keep_audio.then_some(audio_tx),
+            mic,
+            mic_sent: 0,
+            fir_sequence: 0,
+            sender_reports: HashMap::new(),
             frame_tx,
             state_tx,
             drop_every: 0,
@@ -177,6 +287,8 @@ impl ReceiverPeer {
         Ok((
             ReceiverPeer {
                 frames,
+                audio: audio_rx,
+                mic_ssrc,
                 commands,
                 state,
                 local_addr,
@@ -214,9 +326,43 @@ impl ReceiverPeer {
         }
     }
 
-    /// Ask the sender for a keyframe (RTCP PLI).
+    /// The next audio packet kept (see [`ReceiverOptions::keep_audio`]); `None` once the
+    /// peer is closed.
+    pub async fn next_audio(&mut self) -> Option<ReceivedAudio> {
+        self.audio.recv().await
+    }
+
+    /// The SSRC of our microphone track, when the answer has one.
+    pub fn mic_ssrc(&self) -> Option<u32> {
+        self.mic_ssrc
+    }
+
+    /// Ask the sender for a keyframe (RTCP PLI about the video).
     pub fn send_pli(&self) {
-        let _ = self.commands.send(Command::SendPli);
+        self.send_pli_as(None, About::Video);
+    }
+
+    /// Send a PLI whose sender SSRC is `sender_ssrc` (0 when `None`) and whose media
+    /// SSRC is the sender's video or audio stream; Chrome ≥ 147 with a microphone puts
+    /// its audio sender's SSRC in the first and the video's in the second.
+    pub fn send_pli_as(&self, sender_ssrc: Option<u32>, about: About) {
+        let fir = false;
+        let _ = self.commands.send(Command::AskKeyframe {
+            fir,
+            sender_ssrc,
+            about,
+        });
+    }
+
+    /// As [`ReceiverPeer::send_pli_as`], a FIR: media SSRC 0 and the stream named in
+    /// its entry, as Chrome sends it.
+    pub fn send_fir_as(&self, sender_ssrc: Option<u32>, about: About) {
+        let fir = true;
+        let _ = self.commands.send(Command::AskKeyframe {
+            fir,
+            sender_ssrc,
+            about,
+        });
     }
 
     /// Drop every `every`th RTP packet arriving from now on (0: none), as a lossy path
@@ -256,8 +402,20 @@ struct Driver {
     assembler: Assembler,
     abs_id: Option<u8>,
     cvo_id: Option<u8>,
-    media_ssrc: Option<u32>,
+    /// The sender's SSRCs, as its packets show them.
+    video_ssrc: Option<u32>,
+    audio_ssrc: Option<u32>,
+    video_receiver: Option<RTCRtpReceiverId>,
     seq: SeqCounter,
+    audio_seq: SeqCounter,
+    audio_bytes: u64,
+    /// Where kept audio packets go.
+    audio_tx: Option<mpsc::UnboundedSender<ReceivedAudio>>,
+    mic: Option<MicSender>,
+    mic_sent: u64,
+    fir_sequence: u8,
+    /// Sender reports received, by the SSRC they report on.
+    sender_reports: HashMap<u32, u64>,
     frame_tx: mpsc::UnboundedSender<ReceivedFrame>,
     state_tx: watch::Sender<ReceiverState>,
     /// See [`ReceiverPeer::drop_media`].
@@ -268,12 +426,16 @@ struct Driver {
 impl Driver {
     async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; 2048];
+        let mut mic_tick = tokio::time::interval(Duration::from_micros(FRAME_US));
+        mic_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut connected = false;
         loop {
             while let Some(out) = self.pc.poll_write() {
                 let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
             }
-            if !self.poll() {
-                break;
+            match self.poll() {
+                Some(up) => connected |= up,
+                None => break,
             }
             let deadline = self
                 .pc
@@ -282,7 +444,9 @@ impl Driver {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     None | Some(Command::Close) => break,
-                    Some(Command::SendPli) => self.send_pli(),
+                    Some(Command::AskKeyframe { fir, sender_ssrc, about }) => {
+                        self.ask_keyframe(fir, sender_ssrc.unwrap_or(0), about);
+                    }
                     Some(Command::DropMedia(every)) => self.drop_every = every,
                     Some(Command::Stats(reply)) => { let _ = reply.send(self.stats()); }
                     Some(Command::AddCandidate(c)) => {
@@ -314,6 +478,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let _ = self.pc.handle_timeout(Instant::now());
                 }
+                _ = mic_tick.tick(), if connected && self.mic.is_some() => self.send_mic(),
             }
         }
         let _ = self.pc.close();
@@ -323,11 +488,25 @@ impl Driver {
         let _ = self.state_tx.send(ReceiverState::Closed);
     }
 
-    /// Handle received media and state changes; false when the connection is over.
-    fn poll(&mut self) -> bool {
+    /// Handle received media and state changes: `Some(true)` once connected, `None`
+    /// when the connection is over.
+    fn poll(&mut self) -> Option<bool> {
+        let mut connected = false;
         while let Some(msg) = self.pc.poll_read() {
+            if let RTCMessage::RtcpPacket(_, packets) = &msg.message {
+                for sr in packets
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                {
+                    *self.sender_reports.entry(sr.ssrc).or_default() += 1;
+                }
+            }
             if let RTCMessage::RtpPacket(_, packet) = msg.message {
-                self.media_ssrc = Some(packet.header.ssrc);
+                if packet.header.payload_type == OPUS_PAYLOAD_TYPE {
+                    self.receive_audio(packet);
+                    continue;
+                }
+                self.video_ssrc = Some(packet.header.ssrc);
                 self.seq.push(packet.header.sequence_number);
                 let abs = self
                     .abs_id
@@ -351,16 +530,54 @@ impl Driver {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 match state {
                     RTCPeerConnectionState::Connected => {
+                        connected = true;
                         let _ = self.state_tx.send(ReceiverState::Connected);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        return false;
+                        return None;
                     }
                     _ => {}
                 }
             }
         }
-        true
+        Some(connected)
+    }
+
+    fn receive_audio(&mut self, packet: rtc::rtp::Packet) {
+        self.audio_ssrc = Some(packet.header.ssrc);
+        self.audio_seq.push(packet.header.sequence_number);
+        self.audio_bytes += packet.payload.len() as u64;
+        if let Some(tx) = &self.audio_tx {
+            let _ = tx.send(ReceivedAudio {
+                ssrc: packet.header.ssrc,
+                seq: packet.header.sequence_number,
+                timestamp: packet.header.timestamp,
+                marker: packet.header.marker,
+                payload_type: packet.header.payload_type,
+                payload: packet.payload,
+            });
+        }
+    }
+
+    /// Send the microphone's next 20 ms.
+    fn send_mic(&mut self) {
+        let Some(mic) = &mut self.mic else {
+            return;
+        };
+        let packet = match mic.tone.next_packet(mic.ssrc) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "receiver: microphone frame not encoded");
+                return;
+            }
+        };
+        let Some(mut sender) = self.pc.rtp_sender(mic.sender) else {
+            return;
+        };
+        match sender.write_rtp(Instant::now(), packet) {
+            Ok(()) => self.mic_sent += 1,
+            Err(e) => tracing::debug!(error = %e, "receiver: microphone packet not sent"),
+        }
     }
 
     fn stats(&mut self) -> ReceiverStats {
@@ -368,11 +585,19 @@ impl Driver {
         let (nacks, plis) = report.inbound_rtp_streams().fold((0, 0), |(n, p), s| {
             (n + u64::from(s.nack_count), p + u64::from(s.pli_count))
         });
+        let sender_reports =
+            |ssrc: Option<u32>| ssrc.and_then(|s| self.sender_reports.get(&s).copied());
         ReceiverStats {
             packets_received: self.seq.received,
             packets_expected: self.seq.expected(),
             nacks_sent: nacks,
             plis_sent: plis,
+            audio_packets_received: self.audio_seq.received,
+            audio_bytes_received: self.audio_bytes,
+            audio_packets_expected: self.audio_seq.expected(),
+            mic_packets_sent: self.mic_sent,
+            video_sender_reports: sender_reports(self.video_ssrc).unwrap_or(0),
+            audio_sender_reports: sender_reports(self.audio_ssrc).unwrap_or(0),
         }
     }
 
@@ -386,23 +611,115 @@ impl Driver {
             .is_multiple_of(u64::from(self.drop_every))
     }
 
-    fn send_pli(&mut self) {
-        let Some(media_ssrc) = self.media_ssrc else {
+    fn ask_keyframe(&mut self, fir: bool, sender_ssrc: u32, about: About) {
+        let media_ssrc = match about {
+            About::Video => self.video_ssrc,
+            About::Audio => self.audio_ssrc,
+        };
+        let (Some(media_ssrc), Some(id)) = (media_ssrc, self.video_receiver) else {
             return;
         };
-        let ids: Vec<_> = self.pc.get_receivers().collect();
-        for id in ids {
-            if let Some(mut r) = self.pc.rtp_receiver(id) {
-                let pli = PictureLossIndication {
-                    sender_ssrc: 0,
-                    media_ssrc,
-                };
-                if let Err(e) = r.write_rtcp(Instant::now(), vec![Box::new(pli)]) {
-                    tracing::debug!(error = %e, "receiver: PLI not sent");
-                }
+        let packet: Box<dyn rtc::rtcp::Packet> = if fir {
+            self.fir_sequence = self.fir_sequence.wrapping_add(1);
+            Box::new(FullIntraRequest {
+                sender_ssrc,
+                media_ssrc: 0,
+                fir: vec![FirEntry {
+                    ssrc: media_ssrc,
+                    sequence_number: self.fir_sequence,
+                }],
+            })
+        } else {
+            Box::new(PictureLossIndication {
+                sender_ssrc,
+                media_ssrc,
+            })
+        };
+        if let Some(mut r) = self.pc.rtp_receiver(id) {
+            if let Err(e) = r.write_rtcp(Instant::now(), vec![packet]) {
+                tracing::debug!(error = %e, "receiver: keyframe request not sent");
             }
         }
     }
+}
+
+/// A microphone track of ours and the tone it plays.
+struct MicSender {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    tone: ToneMic,
+}
+
+/// The audio m-line of an offer, from the receiving side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OfferedAudio {
+    None,
+    Offered { takes_mic: bool },
+}
+
+impl OfferedAudio {
+    fn of(offer: &str) -> OfferedAudio {
+        let mut in_audio = false;
+        let mut direction = None;
+        let mut found = false;
+        for line in offer.lines() {
+            if line.starts_with("m=") {
+                in_audio = line.starts_with("m=audio ");
+                found |= in_audio;
+            } else if in_audio && direction.is_none() {
+                direction = match line {
+                    "a=sendrecv" | "a=recvonly" => Some(true),
+                    "a=sendonly" | "a=inactive" => Some(false),
+                    _ => None,
+                };
+            }
+        }
+        if !found {
+            return OfferedAudio::None;
+        }
+        OfferedAudio::Offered {
+            takes_mic: direction.unwrap_or(true),
+        }
+    }
+}
+
+/// Add our side of the audio m-line before the offer is applied: a microphone track
+/// (its SSRC returned) when the offer takes one, else a receiving transceiver.
+fn add_audio(pc: &mut RTCPeerConnection, takes_mic: bool) -> anyhow::Result<Option<u32>> {
+    if !takes_mic {
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            streams: vec![],
+            send_encodings: vec![],
+        };
+        pc.add_transceiver_from_kind(RtpCodecKind::Audio, Some(init))
+            .map_err(|e| anyhow!("audio transceiver: {e}"))?;
+        return Ok(None);
+    }
+    let ssrc = rand::random::<u32>().max(1);
+    let codec = peer::opus_codec();
+    let track = rtc::media_stream::MediaStreamTrack::new(
+        "viewer".to_string(),
+        "mic".to_string(),
+        "mic".to_string(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.rtp_codec,
+            ..Default::default()
+        }],
+    );
+    let init = RTCRtpTransceiverInit {
+        direction: RTCRtpTransceiverDirection::Sendrecv,
+        streams: vec![],
+        send_encodings: vec![],
+    };
+    pc.add_transceiver_from_track(track, Some(init))
+        .map_err(|e| anyhow!("microphone transceiver: {e}"))?;
+    Ok(Some(ssrc))
 }
 
 /// RTP, not RTCP, by the first two bytes (RFC 7983, RFC 5761: RTCP packet types
@@ -415,9 +732,12 @@ fn is_rtp(datagram: &[u8]) -> bool {
 }
 
 /// Interceptors of a receiving end: the crate's NACK generator and responder and its
-/// sender/receiver reports. Nothing the sender says in RTCP is for the receiver itself.
+/// sender/receiver reports, and a tap letting the sender's reports up to be counted.
 fn interceptors(me: &mut MediaEngine) -> Registry {
-    configure_rtcp_reports(configure_nack(Registry::new(), me))
+    configure_rtcp_reports(configure_nack(Registry::new(), me)).with(
+        Slot::from(sender_reports::SLOT),
+        sender_reports::SenderReportTap::default(),
+    )
 }
 
 /// `profile-level-id` from the offer's H.264 fmtp line.

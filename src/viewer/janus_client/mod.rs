@@ -176,7 +176,19 @@ impl JanusClient {
 
     /// As [`JanusClient::watch`], of the stream called `stream` (`None`: the default).
     pub async fn watch_stream(&mut self, stream: Option<&str>) -> Result<String> {
+        self.watch_with(stream, None).await
+    }
+
+    /// As [`JanusClient::watch_stream`], with `watch.params` (e.g. `{"audio": true}`).
+    pub async fn watch_with(
+        &mut self,
+        stream: Option<&str>,
+        params: Option<Value>,
+    ) -> Result<String> {
         let mut body = json!({"request": "watch"});
+        if let Some(params) = params {
+            body["params"] = params;
+        }
         if let Some(name) = stream {
             body["stream"] = json!(name);
         }

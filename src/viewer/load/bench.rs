@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use super::bench_server::{cpu_notes, CpuUse, ServerProcess};
-use super::{compare, mjpeg_bench, LoadConfig, LoadRun, LoadSummary};
+use super::{audio_cost, compare, mjpeg_bench, LoadConfig, LoadRun, LoadSummary};
 use crate::rtc::latency::HistogramSnapshot;
 
 /// Which viewers a benchmark runs.
@@ -60,6 +60,21 @@ pub struct BenchConfig {
     /// Stop adding steps when a transport's run has taken this long.
     pub budget: Duration,
     pub show_progress: bool,
+    /// The WebRTC runs, each on a server of its own: viewers without sound (false)
+    /// and/or with it (true, `watch {audio: true}`).
+    pub audio: Vec<bool>,
+    /// Arguments added to the server's command line (e.g. its sound source).
+    pub server_args: Vec<String>,
+}
+
+/// Parse `--audio`: `off`, `on` or `both` (off, then on).
+pub fn parse_audio(s: &str) -> Result<Vec<bool>> {
+    match s {
+        "off" => Ok(vec![false]),
+        "on" => Ok(vec![true]),
+        "both" => Ok(vec![false, true]),
+        _ => bail!("unknown --audio {s:?} (off, on or both)"),
+    }
 }
 
 /// One line of the table.
@@ -67,6 +82,10 @@ pub struct BenchConfig {
 pub struct BenchRow {
     pub viewers: usize,
     pub receiving: usize,
+    /// Viewers asked for sound, and got an offer with it.
+    pub audio_asked: bool,
+    pub with_audio: usize,
+    pub audio_loss_pct: f64,
     pub window_s: f64,
     /// Server CPU (user + sys) in % of one core.
     pub server_cpu_pct: f64,
@@ -101,8 +120,11 @@ pub struct BenchReport {
     pub input: String,
     /// Server RSS before the WebRTC steps (0 without them).
     pub baseline_rss_kib: u64,
-    /// The WebRTC steps.
+    /// The WebRTC steps (the first run's, when there are runs without and with sound).
     pub rows: Vec<BenchRow>,
+    /// The same steps with sound, after a run without (`--audio both`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_rows: Option<Vec<BenchRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mjpeg: Option<mjpeg_bench::MjpegBenchReport>,
     pub elapsed_s: f64,
@@ -159,17 +181,32 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
         input: cfg.input.display().to_string(),
         baseline_rss_kib: 0,
         rows: Vec::new(),
+        audio_rows: None,
         mjpeg: None,
         elapsed_s: 0.0,
     };
     for transport in &cfg.transports {
         match transport {
             Transport::Webrtc => {
-                let (rows, baseline) = run_webrtc(&cfg, cores).await?;
-                report.rows = rows;
-                report.baseline_rss_kib = baseline;
-                report.elapsed_s = t0.elapsed().as_secs_f64();
-                print_table(&report);
+                let mut steps = cfg.steps.clone();
+                for (i, &audio) in cfg.audio.iter().enumerate() {
+                    // A second run measures the first one's steps, no more, to compare.
+                    let extend = cfg.extend && i == 0;
+                    let (rows, baseline) = run_webrtc(&cfg, cores, audio, &steps, extend).await?;
+                    steps = rows.iter().map(|r| r.viewers).collect();
+                    report.elapsed_s = t0.elapsed().as_secs_f64();
+                    if i == 0 {
+                        report.rows = rows;
+                        report.baseline_rss_kib = baseline;
+                        print_table(&report, &report.rows);
+                    } else {
+                        print_table(&report, &rows);
+                        report.audio_rows = Some(rows);
+                    }
+                }
+                if let Some(with) = &report.audio_rows {
+                    audio_cost::print(&report.rows, with);
+                }
             }
             Transport::Mjpeg => {
                 let mjpeg = mjpeg_bench::run(&cfg, cores).await?;
@@ -185,24 +222,33 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     Ok(report)
 }
 
-/// The WebRTC steps on a server of their own; the rows and the server's RSS before.
-async fn run_webrtc(cfg: &BenchConfig, cores: usize) -> Result<(Vec<BenchRow>, u64)> {
-    let server = ServerProcess::start(&cfg.peregrine, &cfg.input, cfg.fps).await?;
+/// The WebRTC steps (viewers with sound or without) on a server of their own; the rows
+/// and the server's RSS before.
+async fn run_webrtc(
+    cfg: &BenchConfig,
+    cores: usize,
+    audio: bool,
+    steps: &[usize],
+    extend: bool,
+) -> Result<(Vec<BenchRow>, u64)> {
+    let server =
+        ServerProcess::start(&cfg.peregrine, &cfg.input, cfg.fps, &cfg.server_args).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline_rss = server.rss_kib()?;
     eprintln!(
-        "peregrine {} on {} ({} fps), {} cores, baseline RSS {} KiB",
+        "peregrine {} on {} ({} fps), {} cores, baseline RSS {} KiB, viewers {} sound",
         cfg.peregrine.display(),
         cfg.input.display(),
         cfg.fps,
         cores,
-        baseline_rss
+        baseline_rss,
+        if audio { "with" } else { "without" }
     );
     let mut rows = Vec::new();
-    let mut plan = StepPlan::new(&cfg.steps, cfg.extend, cfg.budget);
+    let mut plan = StepPlan::new(steps, extend, cfg.budget);
     while let Some(n) = plan.next_step() {
         let step_start = Instant::now();
-        let row = run_step(cfg, &server, n, baseline_rss, cores).await?;
+        let row = run_step(cfg, &server, n, baseline_rss, cores, audio).await?;
         print_row_live(&row);
         let clean = row.loss_pct <= 1.0 && row.receiving >= n;
         rows.push(row);
@@ -224,13 +270,18 @@ async fn run_step(
     n: usize,
     baseline_rss: u64,
     cores: usize,
+    audio: bool,
 ) -> Result<BenchRow> {
-    eprintln!("--- {n} viewers ---");
+    eprintln!(
+        "--- {n} viewers{} ---",
+        if audio { " with sound" } else { "" }
+    );
     let run = LoadRun::start(LoadConfig {
         endpoint: server.ws.clone(),
         stream: None,
         viewers: n,
         ramp_per_s: cfg.ramp_per_s,
+        audio,
     });
     let ramp = Duration::from_secs_f64(n as f64 / cfg.ramp_per_s);
     run.wait_ramped(ramp + Duration::from_secs(20)).await;
@@ -253,6 +304,9 @@ async fn run_step(
     let mut row = BenchRow {
         viewers: n,
         receiving: summary.viewers_receiving,
+        audio_asked: audio,
+        with_audio: summary.viewers_with_audio,
+        audio_loss_pct: summary.audio_loss_pct,
         window_s: cpu.secs,
         server_cpu_pct: cpu.server_pct,
         server_ms_per_viewer_s: cpu.server_ms_per_client_s(n),
@@ -289,6 +343,15 @@ fn bottleneck_note(row: &BenchRow, cpu: &CpuUse, cores: usize, fps: f64) -> Stri
     if row.fps_per_viewer > 0.0 && row.fps_per_viewer < 0.9 * fps {
         notes.push(format!("viewers saw {:.1} fps", row.fps_per_viewer));
     }
+    if row.audio_asked && row.with_audio < row.receiving {
+        notes.push(format!(
+            "{} viewers were offered no sound (has the server a sound source?)",
+            row.receiving - row.with_audio
+        ));
+    }
+    if row.with_audio > 0 && row.audio_loss_pct > 1.0 {
+        notes.push(format!("audio loss {:.1} %", row.audio_loss_pct));
+    }
     if notes.is_empty() {
         "ok".into()
     } else {
@@ -313,11 +376,15 @@ fn print_row_live(row: &BenchRow) {
     );
 }
 
-pub fn print_table(report: &BenchReport) {
+pub fn print_table(report: &BenchReport, rows: &[BenchRow]) {
     let mut out = std::io::stdout().lock();
+    let sound = match rows.first() {
+        Some(r) if r.audio_asked => ", viewers with sound",
+        _ => "",
+    };
     let _ = writeln!(
         out,
-        "\nperegrine fan-out benchmark: {} ({} cores), {:.0} s",
+        "\nperegrine fan-out benchmark: {} ({} cores), {:.0} s{sound}",
         report.input, report.cores, report.elapsed_s
     );
     let _ = writeln!(
@@ -330,7 +397,7 @@ pub fn print_table(report: &BenchReport) {
         "viewers", "recv", "srv CPU", "ms/view/s", "RSS MiB", "KiB/view", "load CPU", "machine",
         "fps", "loss %", "TTFF50", "TTFF95", "e2e50", "e2e99", "srv50 µs", "srv99 µs"
     );
-    for r in &report.rows {
+    for r in rows {
         let _ = writeln!(
             out,
             "{:>7} {:>5} {:>7.1}% {:>9.3} {:>8.1} {:>9.0} {:>7.1}% {:>7.1}% {:>6.1} {:>7.3} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}  {}",

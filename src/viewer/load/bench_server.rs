@@ -34,8 +34,14 @@ fn free_port() -> Result<u16> {
 }
 
 impl ServerProcess {
-    /// Start `peregrine` on `input` played at `fps`, and wait until it answers.
-    pub async fn start(peregrine: &Path, input: &Path, fps: u32) -> Result<ServerProcess> {
+    /// Start `peregrine` on `input` played at `fps`, with `extra` arguments after ours
+    /// (a sound source, say), and wait until it answers.
+    pub async fn start(
+        peregrine: &Path,
+        input: &Path,
+        fps: u32,
+        extra: &[String],
+    ) -> Result<ServerProcess> {
         let (http, ws, jhttp) = (free_port()?, free_port()?, free_port()?);
         let child = Command::new(peregrine)
             .args(["--host", "127.0.0.1", "--udp-port-range", "0"])
@@ -48,6 +54,7 @@ impl ServerProcess {
             // Every client of the benchmark comes from 127.0.0.1: the per-address cap
             // that guards a real server would end the steps, not the server's capacity.
             .args(["--max-connections-per-ip", "0"])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

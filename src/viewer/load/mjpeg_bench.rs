@@ -85,7 +85,8 @@ fn stream_clients(state: &Value) -> u64 {
 /// Run every step on a server of its own; prints a line per step to stderr.
 pub async fn run(cfg: &BenchConfig, cores: usize) -> Result<MjpegBenchReport> {
     let t0 = Instant::now();
-    let server = ServerProcess::start(&cfg.peregrine, &cfg.input, cfg.fps).await?;
+    let server =
+        ServerProcess::start(&cfg.peregrine, &cfg.input, cfg.fps, &cfg.server_args).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline_rss = server.rss_kib()?;
     let a = server.sample().await?;

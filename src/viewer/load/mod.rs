@@ -9,8 +9,10 @@
 //! * [`procstat`]: CPU time and memory of processes, from `/proc`.
 //! * [`bench_server`]: the peregrine a benchmark starts and measures.
 //! * [`bench`]: the benchmark table (server started on a file source, N viewers per
-//!   step); [`mjpeg_bench`] the same for MJPEG clients; [`compare`] both side by side.
+//!   step); [`mjpeg_bench`] the same for MJPEG clients; [`compare`] both side by side;
+//!   [`audio_cost`] the WebRTC steps without and with sound side by side.
 
+pub mod audio_cost;
 pub mod bench;
 pub mod bench_server;
 pub mod catchup;
@@ -44,6 +46,8 @@ pub struct LoadConfig {
     pub viewers: usize,
     /// New viewers per second while ramping up.
     pub ramp_per_s: f64,
+    /// Viewers watch with `audio: true` and count the sound they get.
+    pub audio: bool,
 }
 
 /// Counters as of the last progress line.
@@ -99,10 +103,14 @@ impl LoadRun {
                         break;
                     }
                     tokio::time::sleep_until(t0 + gap * id as u32).await;
+                    let watch = one_viewer::Watch {
+                        endpoint: cfg.endpoint.clone(),
+                        stream: cfg.stream.clone(),
+                        audio: cfg.audio,
+                    };
                     viewers.push(tokio::spawn(one_viewer::run(
                         id,
-                        cfg.endpoint.clone(),
-                        cfg.stream.clone(),
+                        watch,
                         progress.clone(),
                         stop_rx.clone(),
                     )));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use serde_json::json;
 use tokio::sync::watch;
 
 use crate::media::{clock, h264};
@@ -52,16 +53,31 @@ pub struct ViewerReport {
     pub packets_lost: u64,
     pub nacks_sent: u64,
     pub plis_sent: u64,
+    /// The offer carried sound (the viewer asked for it and the server has it).
+    pub audio_offered: bool,
+    /// Audio packets received, expected by their sequence numbers, and their bytes.
+    pub audio_packets_received: u64,
+    pub audio_packets_expected: u64,
+    pub audio_bytes: u64,
     /// End-to-end delay of each picture (abs-capture-time → complete here), ms.
     #[serde(skip)]
     pub delays_ms: Vec<f32>,
 }
 
+/// What a viewer watches, and how.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    pub endpoint: Endpoint,
+    /// The stream by name; `None`: the default one.
+    pub stream: Option<String>,
+    /// Ask for the sound (`watch {audio: true}`).
+    pub audio: bool,
+}
+
 /// Run one viewer until `stop` turns true.
 pub async fn run(
     id: usize,
-    endpoint: Endpoint,
-    stream: Option<String>,
+    what: Watch,
     progress: Arc<Progress>,
     stop: watch::Receiver<bool>,
 ) -> ViewerReport {
@@ -70,7 +86,7 @@ pub async fn run(
         ..Default::default()
     };
     progress.started.fetch_add(1, Ordering::Relaxed);
-    let watched = watch_stream(&endpoint, stream.as_deref(), &progress, stop, &mut report);
+    let watched = watch_stream(&what, &progress, stop, &mut report);
     if let Err(e) = watched.await {
         report.error = Some(format!("{e:#}"));
         progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -79,16 +95,17 @@ pub async fn run(
 }
 
 async fn watch_stream(
-    endpoint: &Endpoint,
-    stream: Option<&str>,
+    what: &Watch,
     progress: &Progress,
     mut stop: watch::Receiver<bool>,
     report: &mut ViewerReport,
 ) -> Result<()> {
-    let mut janus = JanusClient::connect(endpoint).await?;
+    let mut janus = JanusClient::connect(&what.endpoint).await?;
     janus.create_and_attach().await?;
     let watch_sent = Instant::now();
-    let offer = janus.watch_stream(stream).await?;
+    let params = what.audio.then(|| json!({"audio": true}));
+    let offer = janus.watch_with(what.stream.as_deref(), params).await?;
+    report.audio_offered = offer.lines().any(|l| l.starts_with("m=audio "));
     let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
     janus.start(&answer).await?;
     peer.wait_connected(CONNECT_TIMEOUT)
@@ -141,6 +158,9 @@ async fn watch_stream(
         report.packets_lost = s.packets_lost();
         report.nacks_sent = s.nacks_sent;
         report.plis_sent = s.plis_sent;
+        report.audio_packets_received = s.audio_packets_received;
+        report.audio_packets_expected = s.audio_packets_expected;
+        report.audio_bytes = s.audio_bytes_received;
     }
     peer.close();
     janus.destroy();

@@ -49,6 +49,12 @@ pub struct LoadSummary {
     pub loss_pct: f64,
     pub nacks_sent: u64,
     pub plis_sent: u64,
+    /// Viewers whose offer carried sound, the audio packets they got, those lost (by
+    /// sequence numbers) and the loss in %.
+    pub viewers_with_audio: usize,
+    pub audio_packets: u64,
+    pub audio_packets_lost: u64,
+    pub audio_loss_pct: f64,
     pub connect_ms: Quantiles,
     /// `watch` sent → first complete keyframe.
     pub ttff_ms: Quantiles,
@@ -77,6 +83,9 @@ impl LoadSummary {
             .collect();
         let expected: u64 = viewers.iter().map(|v| v.packets_expected).sum();
         let lost: u64 = viewers.iter().map(|v| v.packets_lost).sum();
+        let audio_expected: u64 = viewers.iter().map(|v| v.audio_packets_expected).sum();
+        let audio_packets: u64 = viewers.iter().map(|v| v.audio_packets_received).sum();
+        let audio_lost = audio_expected.saturating_sub(audio_packets);
         let mut errors: Vec<(String, usize)> = Vec::new();
         for e in viewers.iter().filter_map(|v| v.error.as_ref()) {
             if let Some((_, n)) = errors.iter_mut().find(|(m, _)| m == e) {
@@ -106,6 +115,14 @@ impl LoadSummary {
             },
             nacks_sent: viewers.iter().map(|v| v.nacks_sent).sum(),
             plis_sent: viewers.iter().map(|v| v.plis_sent).sum(),
+            viewers_with_audio: viewers.iter().filter(|v| v.audio_offered).count(),
+            audio_packets,
+            audio_packets_lost: audio_lost,
+            audio_loss_pct: if audio_expected > 0 {
+                audio_lost as f64 * 100.0 / audio_expected as f64
+            } else {
+                0.0
+            },
             connect_ms: Quantiles::of(viewers.iter().filter_map(|v| v.connect_ms).collect()),
             ttff_ms: Quantiles::of(viewers.iter().filter_map(|v| v.ttff_ms).collect()),
             end_to_end_ms: Quantiles::of(
@@ -149,6 +166,16 @@ impl LoadSummary {
             q(self.end_to_end_ms.max),
             self.end_to_end_ms.samples,
         );
+        if self.viewers_with_audio > 0 {
+            s += &format!(
+                "audio: {} viewers offered sound, packets {} ({:.1} per viewer-second), lost {} ({:.3} %)\n",
+                self.viewers_with_audio,
+                self.audio_packets,
+                self.audio_packets as f64 / self.viewers_with_audio as f64 / self.duration_s.max(0.001),
+                self.audio_packets_lost,
+                self.audio_loss_pct,
+            );
+        }
         for (e, n) in &self.errors {
             s += &format!("error ({n} viewers): {e}\n");
         }
@@ -191,5 +218,32 @@ mod tests {
         assert!((s.loss_pct - 1.0).abs() < 1e-9);
         assert!((s.fps_per_viewer - 30.0).abs() < 1e-9);
         assert_eq!(s.errors, vec![("refused".to_string(), 2)]);
+        assert_eq!(s.viewers_with_audio, 0);
+        assert!(!s.describe().contains("audio"));
+    }
+
+    #[test]
+    fn audio_loss_is_totalled_over_the_viewers_that_got_sound() {
+        let heard = |received, expected| ViewerReport {
+            ttff_ms: Some(100.0),
+            audio_offered: true,
+            audio_packets_received: received,
+            audio_packets_expected: expected,
+            ..Default::default()
+        };
+        let s = LoadSummary::from_reports(
+            "x",
+            2,
+            Duration::from_secs(10),
+            vec![heard(495, 500), heard(500, 500)],
+        );
+        assert_eq!((s.viewers_with_audio, s.audio_packets), (2, 995));
+        assert_eq!(s.audio_packets_lost, 5);
+        assert!((s.audio_loss_pct - 0.5).abs() < 1e-9);
+        assert!(
+            s.describe().contains("audio: 2 viewers"),
+            "{}",
+            s.describe()
+        );
     }
 }
