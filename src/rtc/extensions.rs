@@ -59,6 +59,15 @@ pub fn playout_delay(min_10ms: u16, max_10ms: u16) -> Bytes {
     Bytes::copy_from_slice(&v.to_be_bytes()[1..])
 }
 
+/// The playout-delay of a viewer that also gets the sound: minimum 0, maximum 1 s (the
+/// ustreamer plugin's setting without `zero_playout_delay`). A browser plays sound
+/// with a jitter buffer, so a picture rendered at once would run ahead of its sound;
+/// this lets the browser hold pictures back until their sound plays (lip sync, from the
+/// sender reports), and no longer than that.
+pub fn lip_sync_playout_delay() -> Bytes {
+    playout_delay(0, 100)
+}
+
 /// abs-capture-time without the optional clock offset: a 64-bit NTP timestamp (32.32).
 pub fn abs_capture_time(ntp: u64) -> Bytes {
     Bytes::copy_from_slice(&ntp.to_be_bytes())
@@ -80,6 +89,13 @@ pub fn video_orientation(ccw_degrees: u16) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lip_sync_lets_the_browser_hold_pictures_up_to_a_second() {
+        assert_eq!(playout_delay(0, 0).as_ref(), &[0, 0, 0]);
+        // min 0, max 100 × 10 ms
+        assert_eq!(lip_sync_playout_delay().as_ref(), &[0x00, 0x00, 0x64]);
+    }
 
     #[test]
     fn playout_delay_layout() {

@@ -245,6 +245,9 @@ pub struct Peer {
     stage: Stage,
     ext: ExtensionIds,
     orientation: Option<Bytes>,
+    /// The playout-delay sent instead of the frame's (render at once) while the viewer
+    /// also gets the sound; see [`extensions::lip_sync_playout_delay`].
+    lip_sync_delay: Bytes,
     loopback_only: bool,
     /// Remote candidates taken so far (trickled, early or not, and in the answer),
     /// against [`MAX_REMOTE_CANDIDATES`].
@@ -341,6 +344,7 @@ impl Peer {
             stage: Stage::Offered,
             ext: ExtensionIds::default(),
             orientation: extensions::video_orientation(setup.orientation),
+            lip_sync_delay: extensions::lip_sync_playout_delay(),
             loopback_only: setup.loopback_only,
             remote_candidates: 0,
             early_candidates: Vec::new(),
@@ -656,7 +660,12 @@ impl Peer {
             };
             if i == 0 {
                 if let Some(id) = self.ext.playout_delay {
-                    let _ = header.set_extension(id, frame.playout_delay.clone());
+                    let delay = if self.sends_audio() {
+                        &self.lip_sync_delay
+                    } else {
+                        &frame.playout_delay
+                    };
+                    let _ = header.set_extension(id, delay.clone());
                 }
                 if let Some(id) = self.ext.abs_capture_time {
                     let _ = header.set_extension(id, frame.abs_capture_time.clone());
