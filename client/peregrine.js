@@ -17,9 +17,11 @@ const serverUrl = query.get("server") || `${wsScheme}//${location.host}/janus/ws
 const credentials = {};
 for (const key of ["apisecret", "token"]) if (query.get(key)) credentials[key] = query.get(key);
 
-// Sound: asked for whenever the server has it (`?audio=0` leaves it out); the page's
-// microphone is sent back once the mic button is on (or with `?mic=1`).
-const wantAudio = query.get("audio") !== "0";
+// Sound: asked for once the sound button is on (or with `?audio=1`), as kvmd asks only
+// with its volume up: with sound the browser holds pictures back until their sound
+// plays (lip sync), without it each picture shows at once. The page's microphone is
+// sent once the mic button is on (or with `?mic=1`).
+let wantAudio = query.get("audio") === "1";
 let wantMic = query.get("mic") === "1";
 
 // What a test (or a curious person in the console) can read.
@@ -330,14 +332,17 @@ $("fullscreen").addEventListener("click", () => {
 // ---- sound: browsers play it only after a click; the mic re-watches with it on ----
 
 function showSound() {
-  $("sound-toggle").setAttribute("aria-pressed", String(!video.muted));
-  $("sound-toggle").title = video.muted ? "sound is off: click to hear it" : "sound is on";
+  $("sound-toggle").setAttribute("aria-pressed", String(wantAudio));
+  $("sound-toggle").title = wantAudio ? "sound is on" : "sound is off: click to hear it";
   $("mic").setAttribute("aria-pressed", String(wantMic));
 }
 $("sound-toggle").addEventListener("click", () => {
-  video.muted = !video.muted;
+  wantAudio = !wantAudio;
+  // The click allows sound: the picture starts muted only for autoplay's sake.
+  video.muted = !wantAudio;
   sound.resume();
   showSound();
+  if (viewer) viewer.restartWatch(wantAudio ? "sound on" : "sound off");
 });
 $("mic").addEventListener("click", () => {
   wantMic = !wantMic;

@@ -6,7 +6,9 @@
 // So for every beep the page knows how late it plays (when the beep is heard − the whole
 // second), and for every picture how late it shows (when it is shown − its capture time);
 // the offset is the difference: positive when the sound is behind the picture. With a
-// source other than the test tone there are no beeps, and the offset shows "–".
+// source other than the test tone there are no beeps, and the offset shows "–". The
+// browser lines the two up by itself from the server's sender reports; it moves the
+// picture a little at a time, so the offset settles over the first seconds.
 "use strict";
 
 const LEVEL_FLOOR_DB = -90;

@@ -97,33 +97,41 @@ test("janus.js in a kvmd-style client hears the test tone with no audio packet l
     const near = peaks.filter((hz) => Math.abs(hz - TONE_HZ) <= 25).length;
     console.log(`# kvmd-style: ${peaks.length} loud readings, ${near} at ${TONE_HZ} Hz`);
     assert.ok(near >= 0.9 * peaks.length, `loudest frequencies ${JSON.stringify(peaks.slice(0, 40))}`);
+    await waitUntil(page, async () => ((await window.audioStats())?.packetsReceived ?? 0) >= 150, "150 audio packets");
     const stats = await page.evaluate(() => window.audioStats());
     console.log(`# kvmd-style: audio ${JSON.stringify(stats)}`);
-    assert.ok(stats.packetsReceived >= 100, JSON.stringify(stats));
     assert.equal(stats.packetsLost, 0);
-    assert.ok(stats.energy > 0, "the decoded sound is not silence");
   } finally {
     await browser.close();
     await server.stop();
   }
 });
 
-test("the bundled page shows the sound's level and the audio-video offset", async () => {
+test("the bundled page shows the sound's level and an audio-video offset within 40 ms", async () => {
   const server = await startPeregrine();
   const browser = await launchChromium();
   const page = await browser.newPage();
   try {
+    // Without sound the page asks for none, and pictures show at once.
     await page.goto(`${server.base}/`);
+    await waitUntil(page, () => window.peregrine.frames > 10, "pictures");
+    assert.equal(await page.evaluate(() => window.peregrine.audio), false);
+    // The sound button turns it on, as a person would.
+    const t0 = Date.now();
+    await page.click("#sound-toggle");
     await waitUntil(page, () => window.peregrine.audio === true, "the sound track");
     await waitUntil(page, () => window.peregrine.beeps >= 4, "four beeps heard", { timeoutMs: 20_000 });
     await waitUntil(page, () => window.peregrine.audioLevelDb > -30, "a beep on the level meter");
     await waitUntil(page, () => typeof window.peregrine.avOffsetMs === "number", "an A/V offset");
+    const first = await page.evaluate(() => window.peregrine.avOffsetMs);
+    // The browser lines picture and sound up a little at a time, from the sender reports.
+    await waitUntil(page, () => Math.abs(window.peregrine.avOffsetMs) <= 40, "picture and sound in sync", { timeoutMs: 90_000 });
     const p = await page.evaluate(() => window.peregrine);
-    console.log(`# bundled page: A/V offset ${p.avOffsetMs} ms (sound ${p.audioLatencyMs} ms, picture ${p.latencyMs} ms behind)`);
+    console.log(`# bundled page: A/V offset ${first} ms at first, ${p.avOffsetMs} ms after ${Date.now() - t0} ms (sound ${p.audioLatencyMs} ms, picture ${p.latencyMs} ms behind)`);
     assert.match(await page.textContent("#av-offset"), /^[+-]?\d+ ms$/);
-    assert.ok(Math.abs(p.avOffsetMs) <= 40, `A/V offset ${p.avOffsetMs} ms on loopback`);
     const meter = await page.evaluate(() => document.getElementById("sound-meter").style.width);
     assert.notEqual(meter, "0", "the level meter moved");
+    assert.equal(await page.evaluate(() => document.getElementById("video").muted), false, "sound on is heard");
   } finally {
     await browser.close();
     await server.stop();
@@ -179,7 +187,7 @@ test("with the microphone on, the browser's keyframe request still brings a keyf
   const wav = path.join(dir, "pli.wav");
   await writeFile(wav, sineWav(700, 10));
   // A GOP of 20 s: a picture within it can only come from a keyframe made on request.
-  const server = await startPeregrine(["--mic-device", "playfile", "--gop", "600"], null, { env: { HOME: home } });
+  const server = await startPeregrine(["--mic-device", "playfile", "--h264-gop", "600"], null, { env: { HOME: home } });
   const browser = await launchChromium(["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", `--use-file-for-fake-audio-capture=${wav}`]);
   const page = await browser.newPage();
   try {
