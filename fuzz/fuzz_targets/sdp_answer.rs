@@ -1,17 +1,19 @@
 //! A viewer's SDP answer and trickled candidates, as the engine takes them: the quick
 //! structural check, the loopback candidate filter, then the `rtc` crate's parsing
-//! through `Peer::apply_answer` on a freshly offered peer.
+//! through `Peer::apply_answer` on a freshly offered peer, with sound and microphone
+//! offered (so the answer's audio section is read too) when the input's first byte is odd.
 #![no_main]
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use peregrine::rtc::peer::{Peer, PeerNote, PeerSetup};
+use peregrine::media::audio::mic::MicInput;
+use peregrine::rtc::peer::{AudioSetup, Peer, PeerNote, PeerSetup};
 use peregrine::rtc::sdp::{candidate_address, check_answer, keep_loopback_candidates};
 use peregrine::rtc::RemoteCandidate;
 
-fn offered_peer(now: Instant) -> Peer {
+fn offered_peer(now: Instant, with_sound: bool) -> Peer {
     let setup = PeerSetup {
         ufrag: "fuzzufragfuzzufr".into(),
         pwd: "fuzzpasswordfuzzpasswordfuzzpass".into(),
@@ -20,6 +22,11 @@ fn offered_peer(now: Instant) -> Peer {
         candidates: vec![SocketAddr::from(([127, 0, 0, 1], 20000))],
         orientation: 90,
         loopback_only: true,
+        audio: with_sound.then(|| AudioSetup {
+            ssrc: 0x0bad_cafe,
+            send: true,
+            mic: Some((MicInput::channel(4).0, 1)),
+        }),
     };
     Peer::offer(setup, now).expect("offer").0
 }
@@ -49,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let now = Instant::now();
-    let mut peer = offered_peer(now);
+    let mut peer = offered_peer(now, data.first().is_some_and(|b| b & 1 == 1));
     // Trickled candidates may arrive before the answer; every line is tried as one.
     for line in sdp.lines().take(8) {
         let _ = peer.add_remote_candidate(RemoteCandidate::Candidate(line.to_string()));
