@@ -229,7 +229,11 @@ async fn alsa_capture_through_the_binary(rate: u32) -> Result<()> {
         tail.len()
     );
     assert_eq!(level::dominant_hz(tail, &CANDIDATES), 1000.0);
-    let db = level::rms_dbfs(tail);
+    // The level of a typical 100 ms: on a busy machine the transcoder may fill a late
+    // stretch with silence, which says nothing about the level captured.
+    let mut levels: Vec<f64> = windows(tail).iter().map(|(_, db)| *db).collect();
+    levels.sort_by(f64::total_cmp);
+    let db = levels[levels.len() / 2];
     println!("{rate} Hz: sound from window {first_sound}, then {db:.2} dBFS; {sound}");
     assert!((db - -9.03).abs() < 2.0, "{db} dBFS");
     // Nobody listens any more: the device is closed again.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use peregrine::media::audio::level;
 use peregrine::media::audio::mic::{MicInput, MicPacket, TalkerId, MIC_QUEUE};
-use peregrine::media::audio::opus::OpusEncoder;
+use peregrine::media::audio::signal::OpusTone;
 use peregrine::media::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 use peregrine::mic::device::{AlsaMessages, AlsaPlayback};
 use peregrine::mic::jitter::CAPACITY;
@@ -111,32 +111,8 @@ impl Drop for Playback {
 }
 
 /// A talker's microphone: Opus packets of a sine.
-struct Tone {
-    encoder: OpusEncoder,
-    hz: f64,
-    n: usize,
-}
-
-impl Tone {
-    fn new(hz: f64) -> Tone {
-        Tone {
-            encoder: OpusEncoder::new(64).unwrap(),
-            hz,
-            n: 0,
-        }
-    }
-
-    fn next(&mut self) -> Bytes {
-        let pcm: Vec<i16> = (0..FRAME_SAMPLES)
-            .flat_map(|i| {
-                let t = (self.n + i) as f64 / f64::from(SAMPLE_RATE);
-                let v = (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * self.hz * t).sin()) as i16;
-                [v, v]
-            })
-            .collect();
-        self.n += FRAME_SAMPLES;
-        self.encoder.encode(&pcm).unwrap()
-    }
+fn tone(hz: f64) -> OpusTone {
+    OpusTone::new(hz, 0.3).unwrap()
 }
 
 fn packet(talker: TalkerId, seq: u16, payload: Bytes) -> MicPacket {
@@ -193,14 +169,16 @@ fn powers(sound: &[i16]) -> (f64, f64, f64) {
 #[test]
 fn two_talkers_are_mixed_and_one_that_stops_leaves_no_gap() {
     let playback = Playback::start("play_two");
-    let (mut a, mut b) = (Tone::new(700.0), Tone::new(1500.0));
+    let (mut a, mut b) = (tone(700.0), tone(1500.0));
     // A talks for 3 s; B for the first 1.5 s, then stops without leaving.
     paced(150, |tick| {
-        playback.input.packet(packet(1, tick as u16, a.next()));
+        playback
+            .input
+            .packet(packet(1, tick as u16, a.next_frame().unwrap()));
         if tick < 75 {
             playback
                 .input
-                .packet(packet(2, 5000 + tick as u16, b.next()));
+                .packet(packet(2, 5000 + tick as u16, b.next_frame().unwrap()));
         }
         if tick == 100 {
             let r = playback.report();
@@ -253,8 +231,8 @@ fn two_talkers_are_mixed_and_one_that_stops_leaves_no_gap() {
 #[test]
 fn reordered_and_repeated_packets_play_without_gaps() {
     let playback = Playback::start("play_reordered");
-    let mut a = Tone::new(700.0);
-    let packets: Vec<Bytes> = (0..100).map(|_| a.next()).collect();
+    let mut a = tone(700.0);
+    let packets: Vec<Bytes> = (0..100).map(|_| a.next_frame().unwrap()).collect();
     // Each tick sends pairs swapped (1, 0, 3, 2, ...) and repeats the last packet.
     paced(100, |tick| {
         let seq = tick ^ 1;
@@ -286,8 +264,8 @@ fn reordered_and_repeated_packets_play_without_gaps() {
 #[test]
 fn a_flooding_talker_is_held_in_bounded_buffers() {
     let playback = Playback::start("play_flood");
-    let mut tone = Tone::new(700.0);
-    let payload = tone.next();
+    let mut tone = tone(700.0);
+    let payload = tone.next_frame().unwrap();
     let mut seq = 0u16;
     let mut sent = 0u64;
     let mut most_held = 0;
@@ -332,9 +310,11 @@ fn a_device_that_cannot_be_opened_says_why_and_talkers_are_still_taken_in() {
     );
 
     let playback = Playback::start("no_such_pcm");
-    let mut a = Tone::new(700.0);
+    let mut a = tone(700.0);
     paced(25, |tick| {
-        playback.input.packet(packet(1, tick as u16, a.next()));
+        playback
+            .input
+            .packet(packet(1, tick as u16, a.next_frame().unwrap()));
     });
     let report = playback.report();
     assert!(!report.open, "{report:?}");

@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 
 use peregrine::media::audio::mic::{MicEvent, MicInput};
 use peregrine::media::audio::opus::{OpusEncoder, FRAME_LEN};
-use peregrine::media::audio::{self, level, FRAME_SAMPLES, FRAME_US, OPUS_PAYLOAD_TYPE};
+use peregrine::media::audio::signal;
+use peregrine::media::audio::{
+    self, level, CHANNELS, FRAME_SAMPLES, FRAME_US, OPUS_PAYLOAD_TYPE, SAMPLE_RATE,
+};
 use peregrine::media::{clock, Hub, Picture, VideoSettings};
 use peregrine::rtc::{PeerEvent, PeerOptions, RtcConfig, RtcEngine};
 use peregrine::source::testsrc::{self, TestsrcConfig};
-use peregrine::viewer::audio::{decode, sine_frames, ReceivedAudio};
+use peregrine::viewer::audio::{decode, ReceivedAudio};
 use peregrine::viewer::receiver::{About, ReceiverOptions, ReceiverPeer};
 use tokio::sync::mpsc;
 
@@ -92,7 +95,14 @@ fn spawn_tone(hub: Arc<Hub>, t0_us: u64, stop: Arc<AtomicBool>) -> JoinHandle<()
             if now < due {
                 std::thread::sleep(Duration::from_micros(due - now));
             }
-            let pcm = sine_frames(1000.0, 0.5, n * FRAME_SAMPLES as u64, 1);
+            let pcm = signal::sine(
+                1000.0,
+                0.5,
+                SAMPLE_RATE,
+                CHANNELS,
+                n * FRAME_SAMPLES as u64,
+                FRAME_SAMPLES,
+            );
             let frame = encoder.encode(&pcm).expect("encode");
             hub.publish(Picture::audio(frame, capture_us));
             n += 1;

@@ -193,42 +193,14 @@ mod tests {
     use super::super::jitter::IDLE_TIMEOUT;
     use super::*;
     use crate::media::audio::level;
-    use crate::media::audio::opus::OpusEncoder;
-    use crate::media::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+    use crate::media::audio::signal::OpusTone;
     use bytes::Bytes;
     use std::time::Duration;
 
     const TICK: Duration = Duration::from_millis(20);
 
-    /// Opus packets of a sine at `hz`, amplitude `amp` of full scale.
-    struct Tone {
-        encoder: OpusEncoder,
-        hz: f64,
-        amp: f64,
-        n: usize,
-    }
-
-    impl Tone {
-        fn new(hz: f64, amp: f64) -> Tone {
-            Tone {
-                encoder: OpusEncoder::new(96).unwrap(),
-                hz,
-                amp,
-                n: 0,
-            }
-        }
-
-        fn next(&mut self) -> Bytes {
-            let pcm: Vec<i16> = (0..FRAME_SAMPLES)
-                .flat_map(|i| {
-                    let t = (self.n + i) as f64 / f64::from(SAMPLE_RATE);
-                    let v = self.amp * 32767.0 * (2.0 * std::f64::consts::PI * self.hz * t).sin();
-                    [v as i16, v as i16]
-                })
-                .collect();
-            self.n += FRAME_SAMPLES;
-            self.encoder.encode(&pcm).unwrap()
-        }
+    fn tone(hz: f64, amplitude: f64) -> OpusTone {
+        OpusTone::new(hz, amplitude).unwrap()
     }
 
     fn packet(talker: TalkerId, seq: u16, payload: Bytes) -> MicPacket {
@@ -244,7 +216,7 @@ mod tests {
     /// while `sends(talker, tick)` says so; returns the mixed output and counts.
     fn run(
         mixer: &mut Mixer,
-        tones: &mut [(TalkerId, Tone)],
+        tones: &mut [(TalkerId, OpusTone)],
         ticks: usize,
         t: Instant,
         sends: impl Fn(TalkerId, usize) -> bool,
@@ -255,7 +227,7 @@ mod tests {
         for tick in 0..ticks {
             let now = t + TICK * tick as u32;
             for (id, tone) in tones.iter_mut() {
-                let payload = tone.next();
+                let payload = tone.next_frame().unwrap();
                 if sends(*id, tick) {
                     counts += mixer.push(packet(*id, tick as u16, payload), now);
                 }
@@ -273,7 +245,7 @@ mod tests {
     #[test]
     fn two_talkers_are_both_heard() {
         let mut mixer = Mixer::new();
-        let mut tones = [(1, Tone::new(700.0, 0.3)), (2, Tone::new(1500.0, 0.3))];
+        let mut tones = [(1, tone(700.0, 0.3)), (2, tone(1500.0, 0.3))];
         let (out, counts) = run(&mut mixer, &mut tones, 30, Instant::now(), |_, _| true);
         assert_eq!(mixer.talkers(), 2);
         assert_eq!(counts.concealed, 0);
@@ -295,9 +267,9 @@ mod tests {
         let mut mixer = Mixer::new();
         // Three loud talkers of the same tone in phase: their sum exceeds full scale.
         let mut tones = [
-            (1, Tone::new(400.0, 0.9)),
-            (2, Tone::new(400.0, 0.9)),
-            (3, Tone::new(400.0, 0.9)),
+            (1, tone(400.0, 0.9)),
+            (2, tone(400.0, 0.9)),
+            (3, tone(400.0, 0.9)),
         ];
         let (out, _) = run(&mut mixer, &mut tones, 20, Instant::now(), |_, _| true);
         let tail = &out[FRAME_LEN * 8..];
@@ -316,7 +288,7 @@ mod tests {
     #[test]
     fn a_talker_that_stops_is_concealed_then_silent_then_removed() {
         let mut mixer = Mixer::new();
-        let mut tones = [(1, Tone::new(700.0, 0.3)), (2, Tone::new(1500.0, 0.3))];
+        let mut tones = [(1, tone(700.0, 0.3)), (2, tone(1500.0, 0.3))];
         let t = Instant::now();
         // Talker 2 sends for 20 ticks, then nothing; talker 1 sends throughout.
         let (out, counts) = run(&mut mixer, &mut tones, 40, t, |id, tick| {
@@ -350,7 +322,7 @@ mod tests {
     #[test]
     fn a_talker_that_left_is_removed_at_once() {
         let mut mixer = Mixer::new();
-        let mut tones = [(7, Tone::new(700.0, 0.3))];
+        let mut tones = [(7, tone(700.0, 0.3))];
         run(&mut mixer, &mut tones, 5, Instant::now(), |_, _| true);
         assert_eq!(mixer.talkers(), 1);
         let held = mixer.held() as u64;

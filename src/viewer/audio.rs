@@ -4,8 +4,9 @@
 
 use bytes::Bytes;
 
-use crate::media::audio::opus::{OpusDecoder, OpusEncoder, OpusError, FRAME_LEN};
-use crate::media::audio::{FRAME_SAMPLES, OPUS_PAYLOAD_TYPE, SAMPLE_RATE};
+use crate::media::audio::opus::{OpusDecoder, OpusError, FRAME_LEN};
+use crate::media::audio::signal::OpusTone;
+use crate::media::audio::{FRAME_SAMPLES, OPUS_PAYLOAD_TYPE};
 
 /// One audio RTP packet as received.
 #[derive(Clone, Debug)]
@@ -35,24 +36,10 @@ pub fn decode(packets: &[ReceivedAudio]) -> Result<Vec<i16>, OpusError> {
     Ok(pcm)
 }
 
-/// `frames` 20 ms frames of a sine at `hz`, amplitude `amp` of full scale, the same on
-/// both channels, starting at sample `start` (so consecutive calls continue the wave).
-pub fn sine_frames(hz: f64, amp: f64, start: u64, frames: usize) -> Vec<i16> {
-    (0..(frames * FRAME_SAMPLES) as u64)
-        .flat_map(|n| {
-            let t = (start + n) as f64 / f64::from(SAMPLE_RATE);
-            let v = (amp * 32767.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
-            [v, v]
-        })
-        .collect()
-}
-
 /// A microphone that plays a steady tone: one Opus RTP packet per 20 ms frame, with
 /// the sequence numbers and 48 kHz timestamps a browser's would have.
 pub struct ToneMic {
-    hz: f64,
-    encoder: OpusEncoder,
-    samples: u64,
+    tone: OpusTone,
     seq: u16,
     timestamp: u32,
 }
@@ -60,9 +47,7 @@ pub struct ToneMic {
 impl ToneMic {
     pub fn new(hz: f64) -> Result<ToneMic, OpusError> {
         Ok(ToneMic {
-            hz,
-            encoder: OpusEncoder::new(64)?,
-            samples: 0,
+            tone: OpusTone::new(hz, 0.5)?,
             seq: rand::random(),
             timestamp: rand::random(),
         })
@@ -70,8 +55,7 @@ impl ToneMic {
 
     /// The next packet, for the sender `ssrc`.
     pub fn next_packet(&mut self, ssrc: u32) -> Result<rtc::rtp::Packet, OpusError> {
-        let pcm = sine_frames(self.hz, 0.5, self.samples, 1);
-        let payload = self.encoder.encode(&pcm)?;
+        let payload = self.tone.next_frame()?;
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {
                 version: 2,
@@ -83,7 +67,6 @@ impl ToneMic {
             },
             payload,
         };
-        self.samples += FRAME_SAMPLES as u64;
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         Ok(packet)

@@ -3,7 +3,6 @@
 //! file the test wrote (`arecord -D NAME` gets its samples), so the real ALSA code path
 //! runs against it. The process that opens the PCM needs HOME set to [`AlsaHome::dir`].
 
-use std::f64::consts::PI;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -50,11 +49,5 @@ impl Drop for AlsaHome {
 /// on each of `channels`, interleaved.
 pub fn sine(hz: f64, amplitude: f64, rate: u32, channels: usize, seconds: f64) -> Vec<i16> {
     let len = (f64::from(rate) * seconds) as usize;
-    (0..len)
-        .flat_map(|n| {
-            let t = n as f64 / f64::from(rate);
-            let v = (amplitude * 32767.0 * (2.0 * PI * hz * t).sin()).round() as i16;
-            std::iter::repeat_n(v, channels)
-        })
-        .collect()
+    peregrine::media::audio::signal::sine(hz, amplitude, rate, channels, 0, len)
 }

@@ -53,12 +53,7 @@ mod tests {
     use super::*;
 
     fn sine(hz: f64, amp: f64, len: usize) -> Vec<i16> {
-        (0..len)
-            .map(|n| {
-                let t = n as f64 / f64::from(SAMPLE_RATE);
-                (amp * 32767.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
-            })
-            .collect()
+        super::super::signal::sine(hz, amp, SAMPLE_RATE, 1, 0, len)
     }
 
     #[test]

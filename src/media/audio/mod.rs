@@ -5,6 +5,7 @@
 pub mod level;
 pub mod mic;
 pub mod opus;
+pub mod signal;
 
 /// Samples per second of every audio frame (Opus's own rate, and WebRTC's clock for it).
 pub const SAMPLE_RATE: u32 = 48_000;

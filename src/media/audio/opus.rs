@@ -89,25 +89,14 @@ impl OpusDecoder {
 
 #[cfg(test)]
 mod tests {
-    use super::super::level;
+    use super::super::{level, signal};
     use super::*;
-
-    /// `frames` frames of a sine at `hz`, amplitude `amp` of full scale, both channels.
-    fn sine(hz: f64, amp: f64, frames: usize) -> Vec<i16> {
-        (0..frames * FRAME_SAMPLES)
-            .flat_map(|n| {
-                let t = n as f64 / f64::from(SAMPLE_RATE);
-                let v = (amp * 32767.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
-                [v, v]
-            })
-            .collect()
-    }
 
     #[test]
     fn a_tone_survives_the_round_trip() {
         let mut enc = OpusEncoder::new(64).unwrap();
         let mut dec = OpusDecoder::new().unwrap();
-        let pcm = sine(1000.0, 0.5, 25);
+        let pcm = signal::sine(1000.0, 0.5, SAMPLE_RATE, CHANNELS, 0, 25 * FRAME_SAMPLES);
         let mut decoded = Vec::new();
         let mut out = vec![0i16; FRAME_LEN];
         for frame in pcm.chunks(FRAME_LEN) {

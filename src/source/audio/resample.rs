@@ -83,13 +83,7 @@ mod tests {
     use crate::media::audio::level;
 
     fn sine(hz: f64, rate: u32, channels: usize, len: usize) -> Vec<i16> {
-        (0..len)
-            .flat_map(|n| {
-                let t = n as f64 / f64::from(rate);
-                let v = (0.5 * 32767.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
-                std::iter::repeat_n(v, channels)
-            })
-            .collect()
+        crate::media::audio::signal::sine(hz, 0.5, rate, channels, 0, len)
     }
 
     #[test]
