@@ -1360,18 +1360,9 @@ async fn watch_answer_and_media_through_janus() {
         assert!(Instant::now() < deadline, "no SPS/PPS from the feeder");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-    let engine = RtcEngine::start(RtcConfig {
-        bind: loopback,
-        udp_ports: (0, 0),
-        candidate_ips: vec![loopback],
-        nat_1_1_ip: None,
-        rtp_packet_size: 1150,
-        max_viewers: 1000,
-        allow_ip: Default::default(),
-    })
-    .await
-    .expect("engine starts");
+    let engine = RtcEngine::start(RtcConfig::loopback(1000))
+        .await
+        .expect("engine starts");
     let cfg = JanusConfig {
         ws: Listen::Tcp(0),
         http: Listen::Tcp(0),
@@ -1548,18 +1539,9 @@ async fn sound_and_microphone_are_offered_only_when_asked_and_there() {
         ),
         Stream::new("quiet", quiet.clone(), 30),
     ]);
-    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-    let engine = RtcEngine::start(RtcConfig {
-        bind: loopback,
-        udp_ports: (0, 0),
-        candidate_ips: vec![loopback],
-        nat_1_1_ip: None,
-        rtp_packet_size: 1150,
-        max_viewers: 1000,
-        allow_ip: Default::default(),
-    })
-    .await
-    .expect("engine starts");
+    let engine = RtcEngine::start(RtcConfig::loopback(1000))
+        .await
+        .expect("engine starts");
     let cfg = JanusConfig {
         ws: Listen::Tcp(0),
         http: Listen::Tcp(0),

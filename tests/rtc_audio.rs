@@ -2,7 +2,6 @@
 //! Opus frames reach the viewers that asked for them, a viewer's microphone reaches the
 //! stream's playback, and feedback is told apart by media SSRC.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,15 +23,7 @@ use tokio::sync::mpsc;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn config() -> RtcConfig {
-    RtcConfig {
-        bind: IpAddr::from([127, 0, 0, 1]),
-        udp_ports: (0, 0),
-        candidate_ips: vec![IpAddr::from([127, 0, 0, 1])],
-        nat_1_1_ip: None,
-        rtp_packet_size: 1150,
-        max_viewers: 10,
-        allow_ip: Default::default(),
-    }
+    RtcConfig::loopback(10)
 }
 
 /// A stream: the test pattern (small) as its pictures, a 1000 Hz tone as its sound.

@@ -1,6 +1,5 @@
 //! The WebRTC engine against real viewer peers over 127.0.0.1, fed with real H.264.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -127,13 +126,8 @@ fn paint(n: u64, width: usize, height: usize) -> YUVBuffer {
 
 fn config() -> RtcConfig {
     RtcConfig {
-        bind: IpAddr::from([127, 0, 0, 1]),
-        udp_ports: (0, 0),
-        candidate_ips: vec![IpAddr::from([127, 0, 0, 1])],
-        nat_1_1_ip: None,
         rtp_packet_size: PACKET_SIZE,
-        max_viewers: peregrine::rtc::DEFAULT_MAX_VIEWERS,
-        allow_ip: Default::default(),
+        ..RtcConfig::loopback(peregrine::rtc::DEFAULT_MAX_VIEWERS)
     }
 }
 

@@ -759,18 +759,9 @@ mod tests {
     use super::*;
     use crate::media::Hub;
     use crate::rtc::demux;
-    use std::net::IpAddr;
 
     fn engine() -> Engine {
-        let cfg = RtcConfig {
-            bind: IpAddr::from([127, 0, 0, 1]),
-            udp_ports: (0, 0),
-            candidate_ips: vec![IpAddr::from([127, 0, 0, 1])],
-            nat_1_1_ip: None,
-            rtp_packet_size: 1150,
-            max_viewers: 2,
-            allow_ip: Default::default(),
-        };
+        let cfg = RtcConfig::loopback(2);
         let candidates = vec![SocketAddr::from(([127, 0, 0, 1], 40000))];
         Engine::new(cfg, Arc::default(), candidates, Arc::default())
     }

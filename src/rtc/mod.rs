@@ -81,6 +81,23 @@ pub struct RtcConfig {
     pub allow_ip: crate::access::IpList,
 }
 
+impl RtcConfig {
+    /// An engine on 127.0.0.1 (any free UDP port) offering only that address, with
+    /// 1150-byte packets and at most `max_viewers` peers: what tests and local tools use.
+    pub fn loopback(max_viewers: usize) -> RtcConfig {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        RtcConfig {
+            bind: loopback,
+            udp_ports: (0, 0),
+            candidate_ips: vec![loopback],
+            nat_1_1_ip: None,
+            rtp_packet_size: 1150,
+            max_viewers,
+            allow_ip: Default::default(),
+        }
+    }
+}
+
 /// What a viewer watches, and the choices its page made in `watch`.
 #[derive(Clone)]
 pub struct PeerOptions {
@@ -436,15 +453,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_engine_restarts_without_its_peers() {
         let loopback = IpAddr::from([127, 0, 0, 1]);
-        let cfg = RtcConfig {
-            bind: loopback,
-            udp_ports: (0, 0),
-            candidate_ips: vec![loopback],
-            nat_1_1_ip: None,
-            rtp_packet_size: 1150,
-            max_viewers: 10,
-            allow_ip: Default::default(),
-        };
+        let cfg = RtcConfig::loopback(10);
         let engine = RtcEngine::start(cfg).await.expect("engine");
         let hub = Hub::new(4);
         let (tx, mut events) = mpsc::unbounded_channel();
