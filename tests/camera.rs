@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use peregrine::media::hub::DEFAULT_QUEUE_FRAMES;
@@ -207,13 +207,20 @@ async fn first_live_au(
     }
 }
 
-/// The next picture from the device, decoding (and so skipping) NO SIGNAL pictures.
+/// The next picture from the device, decoding (and so skipping) NO SIGNAL pictures;
+/// an error, not an endless wait, when the device delivers none for 20 s.
 async fn next_live_au(
     run: &Running,
     sub: &mut peregrine::media::Subscriber,
     decoder: &mut H264Decoder,
 ) -> Result<Arc<Picture>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        ensure!(
+            Instant::now() < deadline,
+            "only NO SIGNAL pictures for 20 s; the source is {:?}",
+            run.status.snapshot().state
+        );
         let au = next_au(sub).await?;
         if run.log.index_at(au.capture_us).is_some() {
             return Ok(au);
