@@ -882,17 +882,7 @@ mod tests {
     }
 
     fn offered_peer() -> Peer {
-        let setup = PeerSetup {
-            ufrag: "ufragufrag".into(),
-            pwd: "pwdpwdpwdpwdpwdpwdpwdpwd".into(),
-            ssrc: 1234,
-            profile_level_id: "42e01f".into(),
-            candidates: vec!["127.0.0.1:40000".parse().unwrap()],
-            orientation: 0,
-            loopback_only: true,
-            audio: None,
-        };
-        Peer::offer(setup, Instant::now()).expect("offer").0
+        Peer::offer(setup(), Instant::now()).expect("offer").0
     }
 
     #[test]
