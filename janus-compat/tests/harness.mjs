@@ -205,8 +205,11 @@ export async function waitForFrames(page, { frames = 60, since = Date.now(), tim
     if (firstFrameMs === null && s.frames > 0) firstFrameMs = Date.now() - since;
     if (s.frames >= frames) return { firstFrameMs, ...s };
     if (Date.now() > deadline) {
-      const demo = await page.evaluate(() => window.demo || null).catch(() => null);
-      throw new Error(`video decoded only ${s.frames} frames in ${timeoutMs} ms; page state ${JSON.stringify(demo)}`);
+      // Whichever page this is: the demo page, the bundled page or the jmuxer page.
+      const state = await page
+        .evaluate(() => window.demo || window.peregrine || window.h264 || null)
+        .catch(() => null);
+      throw new Error(`video decoded only ${s.frames} frames in ${timeoutMs} ms; page state ${JSON.stringify(state)}`);
     }
     await sleep(50);
   }

@@ -83,7 +83,11 @@ test("three streams from three kinds of source play at once, each by name; the u
       waitForFrames(demo, { frames: 60 }),
       waitForFrames(cam2, { frames: 60 }),
       waitForFrames(jmuxer, { frames: 60, selector: "#video" }),
-    ]);
+    ]).catch(async (e) => {
+      // What the server saw of each stream tells a source that stalled from a page that did.
+      e.message += `; server streams ${JSON.stringify((await server.state()).streams)}`;
+      throw e;
+    });
     assert.deepEqual([d.width, d.height], [320, 240], "the demo page plays the default stream");
     assert.deepEqual([c.width, c.height], [640, 360], "watch {stream: cam2} plays the H.264 file");
     assert.deepEqual([j.width, j.height], [480, 270], "/h264?stream=cam3 plays the TCP source");
