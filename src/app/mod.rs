@@ -19,6 +19,7 @@ use self::certificates::{load_certificates, reload_on_sighup};
 use self::streams::{start_streams, Started};
 use crate::access::PeerFilter;
 use crate::config::{usage_error, Config};
+use crate::egress::RtpForwards;
 use crate::http;
 use crate::http::state::{EncoderState, Resolution};
 use crate::janus::listen::{Bound, Existing};
@@ -82,6 +83,18 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         jpeg_taps,
     } = start_streams(&cfg, &stop_source)?;
     let streams = Streams::new(running.iter().map(|s| s.stream.clone()).collect());
+    let mut forwards = RtpForwards::default();
+    for stream_cfg in cfg.stream_configs() {
+        if let Ok(stream) = streams.get(Some(&stream_cfg.name)) {
+            forwards.start(
+                stream,
+                &stream_cfg.rtp_forward,
+                cfg.rtp_packet_size,
+                &shutdown,
+            );
+        }
+    }
+    let forwards = Arc::new(forwards);
 
     let engine = RtcEngine::start(RtcConfig {
         bind: cfg.media_ip(),
@@ -116,6 +129,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         engine: engine.clone(),
         relay: relay.clone(),
         janus: janus_status.clone(),
+        forwards: forwards.clone(),
     });
     let state = Arc::new(http::StateReporter {
         started,
@@ -132,6 +146,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         relay: relay.clone(),
         janus: janus_status.clone(),
         mjpeg: mjpeg.clone(),
+        forwards,
     });
     let addr = SocketAddr::new(cfg.host, cfg.port);
     let listener = TcpListener::bind(addr)

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::access::{Credentials, IpList};
 use crate::config::janus_install::SecureTransport;
+use crate::egress::RtpForwardTarget;
 use crate::janus::{self, JanusConfig, Listen};
 use crate::media::encoder::H264EncoderChoice;
 use crate::media::m2m::M2mConfig;
@@ -391,6 +392,12 @@ pub struct Args {
     /// error 429. [default: 1000]
     #[arg(long, value_name = "N", help_heading = "WebRTC")]
     pub max_viewers: Option<usize>,
+    /// Send the default stream as plain RTP (H.264 on payload type 96) to HOST:PORT, e.g.
+    /// a Janus Streaming `rtp` mountpoint; repeatable. Sender reports go to the next port
+    /// (`rtcp=PORT` to change it), whose keyframe requests come back. With
+    /// `video=HOST:PORT,audio=HOST:PORT` the sound goes too (Opus, payload type 111).
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Egress")]
+    pub rtp_forward: Option<Vec<String>>,
 
     /// Accept MPEG-TS uploads at /upload/SECRET (8 characters or more) and relay them to
     /// JSMpeg viewers (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the
@@ -663,6 +670,8 @@ pub struct Config {
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
     pub max_viewers: usize,
+    /// Where the default stream is sent as plain RTP (`--rtp-forward`).
+    pub rtp_forward: Vec<RtpForwardTarget>,
     pub source_allow: Vec<IpAddr>,
     /// `--allow-origin` entries, checked at load.
     pub allow_origin: Vec<String>,
@@ -774,6 +783,7 @@ impl Default for Config {
             ice_loopback: false,
             rtp_packet_size: 1150,
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
+            rtp_forward: Vec::new(),
             source_allow: Vec::new(),
             allow_origin: Vec::new(),
             unix: None,
@@ -993,6 +1003,12 @@ impl Config {
         set!(idle_timeout_s <- idle_timeout);
         set!(source <- source);
         set!(source_allow <- source_allow);
+        if let Some(list) = a.rtp_forward {
+            self.rtp_forward = list
+                .iter()
+                .map(|t| RtpForwardTarget::parse(t).map_err(|e| anyhow!("rtp_forward: {e}")))
+                .collect::<Result<_>>()?;
+        }
         set!(allow_origin <- allow_origin);
         set!(device <- device);
         if let Some(name) = a.format {

@@ -2,8 +2,8 @@
 //! number as `[[stream]]` tables, each with the source keys of the top level. A key a
 //! table leaves out takes the top level's value (picture size, frame rate, encoder,
 //! sound settings), except what belongs to one stream alone (`source_allow`,
-//! `h264_sink`, `jpeg_sink`, `mic_device`, the sound source `audio` and
-//! `audio_tc358743`).
+//! `h264_sink`, `jpeg_sink`, `mic_device`, the sound source `audio`,
+//! `audio_tc358743` and `rtp_forward`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::{Args, AudioConfig, AudioSpec, Config, SourceSpec};
+use crate::egress::RtpForwardTarget;
 use crate::media::encoder::H264EncoderChoice;
 use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
 use crate::media::VideoSettings;
@@ -41,6 +42,7 @@ pub struct StreamArgs {
     pub audio_channels: Option<u32>,
     pub audio_bitrate: Option<u32>,
     pub audio_tc358743: Option<PathBuf>,
+    pub rtp_forward: Option<Vec<String>>,
 }
 
 /// One stream, resolved: what its source reads and how pictures are made.
@@ -66,6 +68,8 @@ pub struct StreamConfig {
     pub mic_device: Option<String>,
     /// The stream's sound.
     pub audio: AudioConfig,
+    /// Where the stream is sent as plain RTP.
+    pub rtp_forward: Vec<RtpForwardTarget>,
 }
 
 impl StreamConfig {
@@ -84,6 +88,7 @@ impl StreamConfig {
             jpeg_sink: cfg.jpeg_sink.clone(),
             mic_device: cfg.mic_device.clone(),
             audio: cfg.audio.resolve(&cfg.source_spec),
+            rtp_forward: cfg.rtp_forward.clone(),
         }
     }
 }
@@ -125,6 +130,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
     c.h264_sink = None;
     c.jpeg_sink = None;
     c.mic_device = None;
+    c.rtp_forward.clear();
     // A capture device feeds one stream: a table names its own sound, or takes the
     // default of its video source.
     c.audio.spec = None;
@@ -149,6 +155,7 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         audio_channels: table.audio_channels,
         audio_bitrate: table.audio_bitrate,
         audio_tc358743: table.audio_tc358743,
+        rtp_forward: table.rtp_forward,
         ..Args::default()
     })?;
     c.source_spec = SourceSpec::parse(&c.source, &c.device, c.format)?;
@@ -349,6 +356,54 @@ source = "testsrc"
                 None
             ],
             "not inherited: one device plays one stream's talkers"
+        );
+    }
+
+    #[test]
+    fn rtp_forwards_belong_to_their_stream() {
+        let cfg = load(
+            "forward",
+            r#"
+source = "testsrc"
+rtp_forward = ["10.0.0.2:5004"]
+[[stream]]
+name = "door"
+source = "testsrc"
+rtp_forward = ["video=10.0.0.3:6004,audio=10.0.0.3:6002", "10.0.0.4:5004"]
+[[stream]]
+name = "garage"
+source = "testsrc"
+"#,
+            &[],
+        )
+        .unwrap();
+        let targets: Vec<Vec<String>> = cfg
+            .stream_configs()
+            .iter()
+            .map(|s| s.rtp_forward.iter().map(|t| t.to_string()).collect())
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                vec!["10.0.0.2:5004".to_string()],
+                vec![
+                    "10.0.0.3:6004 audio 10.0.0.3:6002".to_string(),
+                    "10.0.0.4:5004".to_string()
+                ],
+                vec![],
+            ]
+        );
+        let err = load(
+            "forward-bad",
+            "source = \"testsrc\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nrtp_forward = [\"nowhere\"]\n",
+            &[],
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(
+            err.contains("rtp_forward") && err.contains("HOST:PORT"),
+            "{err}"
         );
     }
 

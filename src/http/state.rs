@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::mjpeg::{HttpStreamState, Mjpeg};
+use crate::egress::{ForwardReport, RtpForwards};
 use crate::janus::gateway::JanusCounts;
 use crate::janus::JanusStatus;
 use crate::media::stream::{Output, UnknownStream};
@@ -130,6 +131,8 @@ pub struct PeregrineState {
     pub janus: JanusCounts,
     pub relay: serde_json::Value,
     pub mjpeg: serde_json::Value,
+    /// Each `--rtp-forward` target: where it sends and what it was asked.
+    pub rtp_forwards: Vec<ForwardReport>,
 }
 
 /// One stream in `streams`.
@@ -175,6 +178,7 @@ pub struct StateReporter {
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
     pub mjpeg: Arc<Mjpeg>,
+    pub forwards: Arc<RtpForwards>,
 }
 
 impl StateReporter {
@@ -275,6 +279,7 @@ impl StateReporter {
             janus: self.janus.counts(),
             relay: self.relay.stats(),
             mjpeg: self.mjpeg.stats(),
+            rtp_forwards: self.forwards.reports(),
         }
     }
 }

@@ -1,0 +1,65 @@
+//! `peregrine_rtp_forward_*{stream,target}`: what each `--rtp-forward` sent and was asked.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::egress::{ForwardReport, RtpForwards};
+
+#[derive(Debug)]
+pub struct EgressCollector {
+    pub forwards: Arc<RtpForwards>,
+}
+
+impl Collector for EgressCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let reports = self.forwards.reports();
+        let families: [(&str, &str, fn(&ForwardReport) -> u64); 6] = [
+            (
+                "peregrine_rtp_forward_packets",
+                "RTP packets of video sent to a --rtp-forward target.",
+                |r| r.packets,
+            ),
+            (
+                "peregrine_rtp_forward_bytes",
+                "RTP payload bytes of video sent to a --rtp-forward target.",
+                |r| r.bytes,
+            ),
+            (
+                "peregrine_rtp_forward_audio_packets",
+                "RTP packets of sound sent to a --rtp-forward target.",
+                |r| r.audio_packets,
+            ),
+            (
+                "peregrine_rtp_forward_keyframe_requests",
+                "PLIs and FIRs received from a --rtp-forward target.",
+                |r| r.keyframe_requests,
+            ),
+            (
+                "peregrine_rtp_forward_keyframe_requests_coalesced",
+                "Keyframe requests from a --rtp-forward target that joined one already pending.",
+                |r| r.keyframe_requests_coalesced,
+            ),
+            (
+                "peregrine_rtp_forward_send_errors",
+                "RTP packets to a --rtp-forward target the system refused to send.",
+                |r| r.send_errors,
+            ),
+        ];
+        for (name, help, value) in families {
+            super::collector::counters(
+                &mut enc,
+                name,
+                help,
+                reports.iter().map(|r| {
+                    (
+                        [("stream", r.stream.clone()), ("target", r.target.clone())],
+                        value(r),
+                    )
+                }),
+            )?;
+        }
+        Ok(())
+    }
+}
