@@ -321,6 +321,7 @@ async fn forward(
     };
     let mut reports = tokio::time::interval(SENDER_REPORT_EVERY);
     let mut feedback = [0u8; 1500];
+    let mut reported = false;
     loop {
         tokio::select! {
             au = pictures.recv() => {
@@ -336,6 +337,12 @@ async fn forward(
                 }
                 if au.key {
                     stats.keyframes.fetch_add(1, Ordering::Relaxed);
+                }
+                // The first report goes with the first picture, not a second later: a
+                // receiver learns from it where keyframe requests go.
+                if !reported {
+                    reported = true;
+                    video.report(timestamp).await;
                 }
             }
             frame = next(&mut sound) => {
