@@ -259,3 +259,50 @@ async fn rtp_forward_decodes_and_answers_keyframe_requests_coalesced() -> Result
     assert!(line.contains("stream=\"default\""), "{line}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_forward_sends_the_sound_as_opus_at_48_khz() -> Result<()> {
+    let video = UdpSocket::bind("127.0.0.1:0").await?;
+    let audio = UdpSocket::bind("127.0.0.1:0").await?;
+    let target = format!(
+        "video={},audio={}",
+        video.local_addr()?,
+        audio.local_addr()?
+    );
+    // The test pattern comes with its test tone.
+    let _server = Server::start(&["--source", "testsrc", "--rtp-forward", &target]).await?;
+    let mut buf = [0u8; 2048];
+    let mut last: Option<(u16, u32)> = None;
+    let mut ssrc = None;
+    for _ in 0..50 {
+        let len = tokio::time::timeout(Duration::from_secs(5), audio.recv(&mut buf))
+            .await
+            .context("no Opus RTP for 5 s")??;
+        let p = parse_rtp(&buf[..len])?;
+        assert_eq!(p.payload_type, 111, "Opus on PT 111");
+        assert!(p.marker, "every Opus frame is a whole access unit");
+        assert!(!p.payload.is_empty());
+        assert_eq!(*ssrc.get_or_insert(p.ssrc), p.ssrc);
+        if let Some((seq, ts)) = last {
+            assert_eq!(p.seq, seq.wrapping_add(1), "in sequence");
+            let step = p.timestamp.wrapping_sub(ts);
+            assert!(
+                step > 0 && step % 960 == 0 && step <= 960 * 5,
+                "20 ms frames at 48 kHz step by 960, got {step}"
+            );
+        }
+        last = Some((p.seq, p.timestamp));
+    }
+    assert_ne!(ssrc, None);
+    let len = tokio::time::timeout(Duration::from_secs(5), video.recv(&mut buf))
+        .await
+        .context("no video RTP")??;
+    let p = parse_rtp(&buf[..len])?;
+    assert_eq!(p.payload_type, 96);
+    assert_ne!(
+        Some(p.ssrc),
+        ssrc,
+        "video and sound have SSRCs of their own"
+    );
+    Ok(())
+}
