@@ -7,6 +7,9 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::egress::{ForwardReport, RtpForwards};
 
+/// A counter family: its name, its help and how to read it from a report.
+type Family = (&'static str, &'static str, fn(&ForwardReport) -> u64);
+
 #[derive(Debug)]
 pub struct EgressCollector {
     pub forwards: Arc<RtpForwards>,
@@ -15,7 +18,7 @@ pub struct EgressCollector {
 impl Collector for EgressCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let reports = self.forwards.reports();
-        let families: [(&str, &str, fn(&ForwardReport) -> u64); 6] = [
+        let families: [Family; 6] = [
             (
                 "peregrine_rtp_forward_packets",
                 "RTP packets of video sent to a --rtp-forward target.",
