@@ -19,7 +19,7 @@ use self::certificates::{load_certificates, reload_on_sighup};
 use self::streams::{start_streams, Started};
 use crate::access::PeerFilter;
 use crate::config::{usage_error, Config};
-use crate::egress::RtpForwards;
+use crate::egress::{whip, Forwards};
 use crate::http;
 use crate::http::state::{EncoderState, Resolution};
 use crate::janus::listen::{Bound, Existing};
@@ -83,7 +83,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         jpeg_taps,
     } = start_streams(&cfg, &stop_source)?;
     let streams = Streams::new(running.iter().map(|s| s.stream.clone()).collect());
-    let mut forwards = RtpForwards::default();
+    let mut forwards = Forwards::default();
     for stream_cfg in cfg.stream_configs() {
         if let Ok(stream) = streams.get(Some(&stream_cfg.name)) {
             forwards.start(
@@ -94,7 +94,6 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             );
         }
     }
-    let forwards = Arc::new(forwards);
 
     let engine = RtcEngine::start(RtcConfig {
         bind: cfg.media_ip(),
@@ -108,6 +107,19 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     .await
     .context("cannot start the WebRTC engine")?;
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");
+    let mut whip_tasks = Vec::new();
+    for stream_cfg in cfg.stream_configs() {
+        let Ok(stream) = streams.get(Some(&stream_cfg.name)) else {
+            continue;
+        };
+        for target in stream_cfg.whip_forward {
+            let (stats, task) =
+                whip::spawn(engine.clone(), stream.clone(), target, shutdown.clone());
+            forwards.whip.push(stats);
+            whip_tasks.push(task);
+        }
+    }
+    let forwards = Arc::new(forwards);
 
     // The error names the one listener that could not be bound.
     let janus = JanusServer::bind(streams.clone(), engine.clone(), janus_cfg).await?;
@@ -206,6 +218,10 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         r = janus_server => r.context("Janus transports"),
         _ = shutdown.wait_for(|s| *s) => Ok(()),
     };
+    // Servers we publish to are told the session ends (WHIP DELETE) while the engine
+    // still runs; a server that does not answer is not waited for long.
+    let whip_done = futures_util::future::join_all(whip_tasks);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), whip_done).await;
     engine.shutdown().await;
     stop_source.store(true, Ordering::Relaxed);
     for stream in streams.iter() {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::rtcp::{keyframe_requests, SenderReport};
 use super::target::{HostPort, RtpForwardTarget};
+use super::whip::{WhipReport, WhipStats};
 use crate::media::audio::{OPUS_PAYLOAD_TYPE, SAMPLE_RATE};
 use crate::media::clock;
 use crate::media::hub::{StartAt, Subscriber};
@@ -109,13 +110,14 @@ impl ForwardStats {
     }
 }
 
-/// Every forward of the server.
+/// Every forward of the server, plain RTP and WHIP.
 #[derive(Debug, Default)]
-pub struct RtpForwards {
+pub struct Forwards {
     pub list: Vec<Arc<ForwardStats>>,
+    pub whip: Vec<Arc<WhipStats>>,
 }
 
-impl RtpForwards {
+impl Forwards {
     /// Start forwarding `stream` to each of `targets`, until `shutdown` turns true.
     pub fn start(
         &mut self,
@@ -139,6 +141,10 @@ impl RtpForwards {
 
     pub fn reports(&self) -> Vec<ForwardReport> {
         self.list.iter().map(|s| s.report()).collect()
+    }
+
+    pub fn whip_reports(&self) -> Vec<WhipReport> {
+        self.whip.iter().map(|s| s.report()).collect()
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::mjpeg::{HttpStreamState, Mjpeg};
-use crate::egress::{ForwardReport, RtpForwards};
+use crate::egress::whip::WhipReport;
+use crate::egress::{ForwardReport, Forwards};
 use crate::janus::gateway::JanusCounts;
 use crate::janus::JanusStatus;
 use crate::media::stream::{Output, UnknownStream};
@@ -133,6 +134,8 @@ pub struct PeregrineState {
     pub mjpeg: serde_json::Value,
     /// Each `--rtp-forward` target: where it sends and what it was asked.
     pub rtp_forwards: Vec<ForwardReport>,
+    /// Each `--whip-forward` endpoint: its session's state and counters.
+    pub whip_forwards: Vec<WhipReport>,
 }
 
 /// One stream in `streams`.
@@ -178,7 +181,7 @@ pub struct StateReporter {
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
     pub mjpeg: Arc<Mjpeg>,
-    pub forwards: Arc<RtpForwards>,
+    pub forwards: Arc<Forwards>,
 }
 
 impl StateReporter {
@@ -280,6 +283,7 @@ impl StateReporter {
             relay: self.relay.stats(),
             mjpeg: self.mjpeg.stats(),
             rtp_forwards: self.forwards.reports(),
+            whip_forwards: self.forwards.whip_reports(),
         }
     }
 }

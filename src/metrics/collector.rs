@@ -39,7 +39,7 @@ pub struct Inputs {
     pub engine: RtcEngine,
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
-    pub forwards: Arc<crate::egress::RtpForwards>,
+    pub forwards: Arc<crate::egress::Forwards>,
 }
 
 pub struct ServerCollector {

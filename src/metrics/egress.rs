@@ -5,14 +5,14 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::egress::{ForwardReport, RtpForwards};
+use crate::egress::{ForwardReport, Forwards};
 
 /// A counter family: its name, its help and how to read it from a report.
 type Family = (&'static str, &'static str, fn(&ForwardReport) -> u64);
 
 #[derive(Debug)]
 pub struct EgressCollector {
-    pub forwards: Arc<RtpForwards>,
+    pub forwards: Arc<Forwards>,
 }
 
 impl Collector for EgressCollector {
