@@ -48,7 +48,7 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 # Janus 1.1.2, a real downstream server for the scale-out tests (--rtp-forward into its
-# Streaming plugin). The tests start their own instances; the packaged service is not
+# Streaming plugin, VideoRoom behind simple-whip-server). The tests start their own instances; the packaged service is not
 # wanted, so it is stopped and disabled again.
 if ! command -v janus >/dev/null 2>&1; then
   echo "installing system packages: janus"
@@ -57,6 +57,32 @@ if ! command -v janus >/dev/null 2>&1; then
     sudo=
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo systemctl disable --now janus.service >/dev/null 2>&1 || true
+  fi
+fi
+
+# simple-whip-server, the WHIP endpoint in front of Janus VideoRoom that --whip-forward
+# publishes to. Where the package cannot be installed (a nodejs from outside Debian holds
+# back the node-* libraries it depends on) it is unpacked into a folder of its own
+# instead; the browser test looks in both places, and takes its node modules from
+# janus-compat/node_modules either way.
+whip_unpacked=/var/cache/peregrine-tests/simple-whip-server
+if [ ! -f /usr/share/simple-whip-server/src/server.js ] && [ ! -f "$whip_unpacked/usr/share/simple-whip-server/src/server.js" ]; then
+  echo "installing system packages: simple-whip-server"
+  if ! apt_install --no-install-recommends simple-whip-server; then
+    echo "simple-whip-server cannot be installed here; unpacking it into $whip_unpacked"
+    sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    tmp=$(mktemp -d)
+    chmod 777 "$tmp"
+    (cd "$tmp" && apt-get download simple-whip-server)
+    $sudo mkdir -p "$whip_unpacked"
+    $sudo dpkg -x "$tmp"/simple-whip-server_*.deb "$whip_unpacked"
+    rm -rf "$tmp"
+  fi
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo systemctl disable --now simple-whip-server.service >/dev/null 2>&1 || true
   fi
 fi
 

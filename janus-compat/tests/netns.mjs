@@ -65,14 +65,15 @@ export function createNamespace(index) {
 
 const JANUS_LIB = "/usr/lib/x86_64-linux-gnu/janus";
 const OTHER_PLUGINS = ["audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip", "textroom", "videocall", "voicemail"];
-const OTHER_TRANSPORTS = ["mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets"];
+const OTHER_TRANSPORTS = ["mqtt", "nanomsg", "pfunix", "rabbitmq"];
 
 /**
- * Start Debian's Janus in namespace `ns`, with the HTTP transport on `nsIp:8088` and the
- * Streaming plugin given `streamingConfig` (the text of janus.plugin.streaming.jcfg),
- * plus, if given, VideoRoom's `videoroomConfig`. Resolves once `/janus/info` answers.
+ * Start Debian's Janus in namespace `ns`, with the HTTP transport on `nsIp:8088` (and,
+ * with `websockets`, the WebSocket one on `nsIp:8188`) and the Streaming plugin given
+ * `streamingConfig` (the text of janus.plugin.streaming.jcfg), plus, if given,
+ * VideoRoom's `videoroomConfig`. Resolves once `/janus/info` answers.
  */
-export async function startJanus(ns, { streamingConfig = "general: {}\n", videoroomConfig = null } = {}) {
+export async function startJanus(ns, { streamingConfig = "general: {}\n", videoroomConfig = null, websockets = false } = {}) {
   const dir = mkdtempSync(path.join(os.tmpdir(), "peregrine-janus-"));
   const plugins = videoroomConfig ? OTHER_PLUGINS : [...OTHER_PLUGINS, "videoroom"];
   writeFileSync(path.join(dir, "janus.jcfg"), `
@@ -96,7 +97,7 @@ plugins: {
   disable = "${plugins.map((p) => `libjanus_${p}.so`).join(",")}"
 }
 transports: {
-  disable = "${OTHER_TRANSPORTS.map((t) => `libjanus_${t}.so`).join(",")}"
+  disable = "${[...OTHER_TRANSPORTS, ...(websockets ? [] : ["websockets"])].map((t) => `libjanus_${t}.so`).join(",")}"
 }
 events: {
   broadcast = false
@@ -118,6 +119,18 @@ admin: {
   admin_http = false
 }
 cors: {
+}
+`);
+  writeFileSync(path.join(dir, "janus.transport.websockets.jcfg"), `
+general: {
+  json = "indented"
+  ws = true
+  ws_port = 8188
+  ws_ip = "${ns.nsIp}"
+  wss = false
+}
+admin: {
+  admin_ws = false
 }
 `);
   writeFileSync(path.join(dir, "janus.plugin.streaming.jcfg"), streamingConfig);
@@ -154,5 +167,5 @@ cors: {
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { url, log: () => log, stop };
+  return { url, wsUrl: `ws://${ns.nsIp}:8188`, log: () => log, stop };
 }
