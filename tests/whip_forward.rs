@@ -142,6 +142,17 @@ async fn whip_forward_publishes_retries_and_deletes() -> Result<()> {
         .as_str()
         .is_some_and(|r| r.ends_with("/whip/resource/1")));
 
+    let (status, metrics) =
+        support::http_request(server.http_port, "GET", "/metrics", None).await?;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics)?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("peregrine_whip_forward_connected_total{") && l.ends_with(" 1")),
+        "no connected WHIP session in /metrics"
+    );
+
     // A clean stop ends the session on the server.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.pid() as i32),

@@ -1,14 +1,17 @@
-//! `peregrine_rtp_forward_*{stream,target}`: what each `--rtp-forward` sent and was asked.
+//! `peregrine_rtp_forward_*{stream,target}`: what each `--rtp-forward` sent and was
+//! asked; `peregrine_whip_forward_*{stream,url}`: each `--whip-forward`'s sessions.
 
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
+use crate::egress::whip::WhipReport;
 use crate::egress::{ForwardReport, Forwards};
 
 /// A counter family: its name, its help and how to read it from a report.
 type Family = (&'static str, &'static str, fn(&ForwardReport) -> u64);
+type WhipFamily = (&'static str, &'static str, fn(&WhipReport) -> u64);
 
 #[derive(Debug)]
 pub struct EgressCollector {
@@ -58,6 +61,37 @@ impl Collector for EgressCollector {
                 reports.iter().map(|r| {
                     (
                         [("stream", r.stream.clone()), ("target", r.target.clone())],
+                        value(r),
+                    )
+                }),
+            )?;
+        }
+        let whip = self.forwards.whip_reports();
+        let whip_families: [WhipFamily; 3] = [
+            (
+                "peregrine_whip_forward_sessions",
+                "Sessions a --whip-forward endpoint accepted (201 Created).",
+                |r| r.sessions,
+            ),
+            (
+                "peregrine_whip_forward_connected",
+                "--whip-forward sessions that connected (ICE and DTLS up).",
+                |r| r.connected,
+            ),
+            (
+                "peregrine_whip_forward_failures",
+                "--whip-forward POSTs refused or failed, and sessions lost.",
+                |r| r.failures,
+            ),
+        ];
+        for (name, help, value) in whip_families {
+            super::collector::counters(
+                &mut enc,
+                name,
+                help,
+                whip.iter().map(|r| {
+                    (
+                        [("stream", r.stream.clone()), ("url", r.url.clone())],
                         value(r),
                     )
                 }),
