@@ -15,6 +15,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::Router;
+use peregrine::media::h264::{nal_type, nal_units, NalType};
 use peregrine::viewer::decoder::H264Decoder;
 use peregrine::viewer::receiver::ReceiverPeer;
 use support::Server;
@@ -97,6 +98,8 @@ async fn whip_forward_publishes_retries_and_deletes() -> Result<()> {
         "testsrc",
         "--resolution",
         "320x240",
+        "--h264-gop",
+        "600",
         "--whip-forward",
         &url,
         "--whip-token",
@@ -129,6 +132,29 @@ async fn whip_forward_publishes_retries_and_deletes() -> Result<()> {
             decoded += 1;
         }
     }
+    // The endpoint is a server: a flood of its PLIs (one every 20 ms for 4 s) gets about
+    // one keyframe a second, not one every 0.5 s as a viewer's would. The GOP is 20 s.
+    let flood_until = Instant::now() + Duration::from_secs(4);
+    let mut next_pli = Instant::now();
+    let mut keyframes = 0;
+    while Instant::now() < flood_until {
+        if Instant::now() >= next_pli {
+            peer.send_pli();
+            next_pli += Duration::from_millis(20);
+        }
+        let wait = tokio::time::timeout(Duration::from_millis(20), peer.next_frame()).await;
+        if let Ok(Some(frame)) = wait {
+            if nal_units(&frame.data).any(|n| nal_type(n) == Some(NalType::Idr)) {
+                keyframes += 1;
+            }
+        }
+    }
+    println!("{keyframes} keyframes for 200 PLIs in 4 s");
+    assert!(
+        (2..=5).contains(&keyframes),
+        "a server's PLI flood gets about one keyframe a second, got {keyframes}"
+    );
+
     let state = server
         .wait_state(Duration::from_secs(5), |s| {
             s["whip_forwards"][0]["state"] == "connected"
