@@ -73,8 +73,7 @@ if [ ! -f /usr/share/simple-whip-server/src/server.js ] && [ ! -f "$whip_unpacke
     sudo=
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     tmp=$(mktemp -d)
-    chmod 777 "$tmp"
-    (cd "$tmp" && apt-get download simple-whip-server)
+    apt_download simple-whip-server "$tmp"
     $sudo mkdir -p "$whip_unpacked"
     $sudo dpkg -x "$tmp"/simple-whip-server_*.deb "$whip_unpacked"
     rm -rf "$tmp"
