@@ -10,9 +10,19 @@ import os from "node:os";
 import path from "node:path";
 
 const made = new Set();
-process.on("exit", () => {
+const janusProcesses = new Set();
+function cleanUp() {
+  for (const child of janusProcesses) child.kill("SIGKILL");
   for (const ns of made) removeNamespace(ns);
-});
+}
+process.on("exit", cleanUp);
+// A test run stopped from outside (a timeout, Ctrl+C) removes them too.
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.once(signal, () => {
+    cleanUp();
+    process.exit(128 + (signal === "SIGINT" ? 2 : 15));
+  });
+}
 
 function ip(...args) {
   execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
@@ -143,7 +153,11 @@ admin: {
   const keep = (d) => { log += d.toString(); if (log.length > 400_000) log = log.slice(-200_000); };
   child.stdout.on("data", keep);
   child.stderr.on("data", keep);
-  const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  janusProcesses.add(child);
+  const exited = new Promise((resolve) => child.once("exit", (code, signal) => {
+    janusProcesses.delete(child);
+    resolve({ code, signal });
+  }));
   const url = `http://${ns.nsIp}:8088/janus`;
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
