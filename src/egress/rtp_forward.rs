@@ -28,9 +28,8 @@ use crate::media::hub::{StartAt, Subscriber};
 use crate::media::{Picture, Stream};
 use crate::ratelog::{RateLimited, PERIOD};
 use crate::rtc::packetizer::{self, rtp_timestamp_90k};
+use crate::rtc::peer::H264_PAYLOAD_TYPE;
 
-/// RTP payload type of H.264, as offered to WebRTC viewers.
-pub const H264_PAYLOAD_TYPE: u8 = 96;
 const RTP_HEADER_LEN: usize = 12;
 const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
