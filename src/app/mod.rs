@@ -113,6 +113,14 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             continue;
         };
         for target in stream_cfg.whip_forward {
+            if cfg.media_ip().is_loopback() && !whip::is_local(&target.url) {
+                tracing::warn!(
+                    url = %target.url,
+                    "--whip-forward: WebRTC media is on loopback only ({}), which the \
+                     endpoint cannot reach; set --media-host to an address it can",
+                    cfg.media_ip()
+                );
+            }
             let (stats, task) =
                 whip::spawn(engine.clone(), stream.clone(), target, shutdown.clone());
             forwards.whip.push(stats);

@@ -53,6 +53,16 @@ pub fn parse_url(s: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// Whether `url` names this machine's loopback (`localhost`, 127.0.0.0/8, `::1`).
+pub fn is_local(url: &Uri) -> bool {
+    let host = url.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The session's URL from a `Location` header, which may be absolute, a path, or
 /// relative to the endpoint (RFC 3986 §5.2, the cases WHIP servers use).
 pub fn resolve_location(endpoint: &Uri, location: &str) -> Result<Uri> {
@@ -361,6 +371,16 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn loopback_endpoints_are_told_apart() {
+        let local = |u: &str| is_local(&u.parse().unwrap());
+        assert!(local("http://127.0.0.1:7080/whip"));
+        assert!(local("http://localhost/whip"));
+        assert!(local("http://[::1]:7080/whip"));
+        assert!(!local("http://10.0.0.2:7080/whip"));
+        assert!(!local("http://sfu.lan/whip"));
     }
 
     #[test]
