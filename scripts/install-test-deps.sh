@@ -4,8 +4,10 @@
 # Debian's Chromium for the browser tests, ffmpeg (the stand-in camera encoder, the
 # camera test recordings and the JSMpeg transcoder), Debian's nginx (the reverse proxy
 # in front of a unix socket, as on PiKVM), curl (the README's Admin API examples and
-# HTTP Basic logins), Prometheus's promtool (validates /metrics), and the npm packages
-# the browser tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
+# HTTP Basic logins), Prometheus's promtool (validates /metrics), Debian's Janus (the
+# downstream server fed by --rtp-forward, run in network namespaces made with iproute2's
+# `ip`), and the npm packages the browser tests load (janus.js, webrtc-adapter,
+# playwright-core, JSMpeg, jmuxer).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
@@ -24,6 +26,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # /usr/sbin is not on every user's PATH.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+# The network namespaces the Janus tests run Janus in.
+[ -x /usr/sbin/ip ] || command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
   echo "installing system packages: ${need_apt[*]}"
   apt_install "${need_apt[@]}"
@@ -40,6 +44,44 @@ if ! command -v promtool >/dev/null 2>&1; then
     sudo=
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
+
+# Janus 1.1.2, a real downstream server for the scale-out tests (--rtp-forward into its
+# Streaming plugin, VideoRoom behind simple-whip-server). The tests start their own instances; the packaged service is not
+# wanted, so it is stopped and disabled again.
+if ! command -v janus >/dev/null 2>&1; then
+  echo "installing system packages: janus"
+  apt_install --no-install-recommends janus
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo systemctl disable --now janus.service >/dev/null 2>&1 || true
+  fi
+fi
+
+# simple-whip-server, the WHIP endpoint in front of Janus VideoRoom that --whip-forward
+# publishes to. Where the package cannot be installed (a nodejs from outside Debian holds
+# back the node-* libraries it depends on) it is unpacked into a folder of its own
+# instead; the browser test looks in both places, and takes its node modules from
+# janus-compat/node_modules either way.
+whip_unpacked=/var/cache/peregrine-tests/simple-whip-server
+if [ ! -f /usr/share/simple-whip-server/src/server.js ] && [ ! -f "$whip_unpacked/usr/share/simple-whip-server/src/server.js" ]; then
+  echo "installing system packages: simple-whip-server"
+  if ! apt_install --no-install-recommends simple-whip-server; then
+    echo "simple-whip-server cannot be installed here; unpacking it into $whip_unpacked"
+    sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    tmp=$(mktemp -d)
+    apt_download simple-whip-server "$tmp"
+    $sudo mkdir -p "$whip_unpacked"
+    $sudo dpkg -x "$tmp"/simple-whip-server_*.deb "$whip_unpacked"
+    rm -rf "$tmp"
+  fi
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo systemctl disable --now simple-whip-server.service >/dev/null 2>&1 || true
   fi
 fi
 

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod app;
 pub mod config;
+pub mod egress;
 pub mod exposure;
 pub mod http;
 pub mod janus;

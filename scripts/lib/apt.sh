@@ -29,3 +29,12 @@ apt_install() {
   [ -z "$err" ] || echo "$err" >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get "${lock[@]}" install -y -qq "$@" >/dev/null
 }
+
+# apt_download PKG DIR: fetch PKG's .deb into DIR without installing it, for a package
+# whose dependencies this machine cannot take (the caller unpacks what it needs).
+apt_download() {
+  local pkg="$1" dir="$2"
+  # apt fetches as its own unprivileged user, which must be able to write there.
+  chmod 777 "$dir"
+  (cd "$dir" && apt-get download -qq "$pkg")
+}

@@ -19,6 +19,7 @@ use self::certificates::{load_certificates, reload_on_sighup};
 use self::streams::{start_streams, Started};
 use crate::access::PeerFilter;
 use crate::config::{usage_error, Config};
+use crate::egress::{whip, Forwards};
 use crate::http;
 use crate::http::state::{EncoderState, Resolution};
 use crate::janus::listen::{Bound, Existing};
@@ -82,6 +83,17 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         jpeg_taps,
     } = start_streams(&cfg, &stop_source)?;
     let streams = Streams::new(running.iter().map(|s| s.stream.clone()).collect());
+    let mut forwards = Forwards::default();
+    for stream_cfg in cfg.stream_configs() {
+        if let Ok(stream) = streams.get(Some(&stream_cfg.name)) {
+            forwards.start(
+                stream,
+                &stream_cfg.rtp_forward,
+                cfg.rtp_packet_size,
+                &shutdown,
+            );
+        }
+    }
 
     let engine = RtcEngine::start(RtcConfig {
         bind: cfg.media_ip(),
@@ -95,6 +107,27 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     .await
     .context("cannot start the WebRTC engine")?;
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");
+    let mut whip_tasks = Vec::new();
+    for stream_cfg in cfg.stream_configs() {
+        let Ok(stream) = streams.get(Some(&stream_cfg.name)) else {
+            continue;
+        };
+        for target in stream_cfg.whip_forward {
+            if cfg.media_ip().is_loopback() && !whip::is_local(&target.url) {
+                tracing::warn!(
+                    url = %target.url,
+                    "--whip-forward: WebRTC media is on loopback only ({}), which the \
+                     endpoint cannot reach; set --media-host to an address it can",
+                    cfg.media_ip()
+                );
+            }
+            let (stats, task) =
+                whip::spawn(engine.clone(), stream.clone(), target, shutdown.clone());
+            forwards.whip.push(stats);
+            whip_tasks.push(task);
+        }
+    }
+    let forwards = Arc::new(forwards);
 
     // The error names the one listener that could not be bound.
     let janus = JanusServer::bind(streams.clone(), engine.clone(), janus_cfg).await?;
@@ -116,6 +149,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         engine: engine.clone(),
         relay: relay.clone(),
         janus: janus_status.clone(),
+        forwards: forwards.clone(),
     });
     let state = Arc::new(http::StateReporter {
         started,
@@ -132,6 +166,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         relay: relay.clone(),
         janus: janus_status.clone(),
         mjpeg: mjpeg.clone(),
+        forwards,
     });
     let addr = SocketAddr::new(cfg.host, cfg.port);
     let listener = TcpListener::bind(addr)
@@ -191,6 +226,10 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         r = janus_server => r.context("Janus transports"),
         _ = shutdown.wait_for(|s| *s) => Ok(()),
     };
+    // Servers we publish to are told the session ends (WHIP DELETE) while the engine
+    // still runs; a server that does not answer is not waited for long.
+    let whip_done = futures_util::future::join_all(whip_tasks);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), whip_done).await;
     engine.shutdown().await;
     stop_source.store(true, Ordering::Relaxed);
     for stream in streams.iter() {

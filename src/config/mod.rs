@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::access::{Credentials, IpList};
 use crate::config::janus_install::SecureTransport;
+use crate::egress::{whip, RtpForwardTarget};
 use crate::janus::{self, JanusConfig, Listen};
 use crate::media::encoder::H264EncoderChoice;
 use crate::media::m2m::M2mConfig;
@@ -391,6 +392,20 @@ pub struct Args {
     /// error 429. [default: 1000]
     #[arg(long, value_name = "N", help_heading = "WebRTC")]
     pub max_viewers: Option<usize>,
+    /// Send the default stream as plain RTP (H.264 on payload type 96) to HOST:PORT, e.g.
+    /// a Janus Streaming `rtp` mountpoint; repeatable. Sender reports go to the next port
+    /// (`rtcp=PORT` to change it), whose keyframe requests come back. With
+    /// `video=HOST:PORT,audio=HOST:PORT` the sound goes too (Opus, payload type 111).
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Egress")]
+    pub rtp_forward: Option<Vec<String>>,
+    /// Publish the default stream to this WHIP endpoint (http://HOST[:PORT]/PATH), e.g.
+    /// simple-whip-server in front of Janus VideoRoom, MediaMTX `/PATH/whip`, LiveKit
+    /// `/whip/v1`; repeatable. Lost sessions start over with backoff.
+    #[arg(long, value_name = "URL", help_heading = "Egress")]
+    pub whip_forward: Option<Vec<String>>,
+    /// Bearer token sent to the --whip-forward endpoints.
+    #[arg(long, value_name = "TOKEN", help_heading = "Egress")]
+    pub whip_token: Option<String>,
 
     /// Accept MPEG-TS uploads at /upload/SECRET (8 characters or more) and relay them to
     /// JSMpeg viewers (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the
@@ -663,6 +678,11 @@ pub struct Config {
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
     pub max_viewers: usize,
+    /// Where the default stream is sent as plain RTP (`--rtp-forward`).
+    pub rtp_forward: Vec<RtpForwardTarget>,
+    /// WHIP endpoints the default stream is published to (`--whip-forward`).
+    pub whip_forward: Vec<hyper::Uri>,
+    pub whip_token: Option<String>,
     pub source_allow: Vec<IpAddr>,
     /// `--allow-origin` entries, checked at load.
     pub allow_origin: Vec<String>,
@@ -774,6 +794,9 @@ impl Default for Config {
             ice_loopback: false,
             rtp_packet_size: 1150,
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
+            rtp_forward: Vec::new(),
+            whip_forward: Vec::new(),
+            whip_token: None,
             source_allow: Vec::new(),
             allow_origin: Vec::new(),
             unix: None,
@@ -879,6 +902,7 @@ impl Config {
             );
         }
         streams::check_source_allow(&StreamConfig::default_of(&cfg))?;
+        streams::check_whip(&cfg)?;
         cfg.streams = streams::resolve(&cfg, stream_tables)?;
         Ok(cfg)
     }
@@ -993,6 +1017,24 @@ impl Config {
         set!(idle_timeout_s <- idle_timeout);
         set!(source <- source);
         set!(source_allow <- source_allow);
+        if let Some(list) = a.rtp_forward {
+            self.rtp_forward = list
+                .iter()
+                .map(|t| RtpForwardTarget::parse(t).map_err(|e| anyhow!("rtp_forward: {e}")))
+                .collect::<Result<_>>()?;
+        }
+        if let Some(list) = a.whip_forward {
+            self.whip_forward = list
+                .iter()
+                .map(|u| whip::parse_url(u).map_err(|e| anyhow!("whip_forward: {e}")))
+                .collect::<Result<_>>()?;
+        }
+        if let Some(token) = a.whip_token {
+            if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+                bail!("whip_token must be a non-empty token without spaces");
+            }
+            self.whip_token = Some(token);
+        }
         set!(allow_origin <- allow_origin);
         set!(device <- device);
         if let Some(name) = a.format {

@@ -2,8 +2,8 @@
 //! number as `[[stream]]` tables, each with the source keys of the top level. A key a
 //! table leaves out takes the top level's value (picture size, frame rate, encoder,
 //! sound settings), except what belongs to one stream alone (`source_allow`,
-//! `h264_sink`, `jpeg_sink`, `mic_device`, the sound source `audio` and
-//! `audio_tc358743`).
+//! `h264_sink`, `jpeg_sink`, `mic_device`, the sound source `audio`,
+//! `audio_tc358743`, `rtp_forward`, `whip_forward` and `whip_token`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -13,6 +13,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::{Args, AudioConfig, AudioSpec, Config, SourceSpec};
+use crate::egress::whip::WhipTarget;
+use crate::egress::RtpForwardTarget;
 use crate::media::encoder::H264EncoderChoice;
 use crate::media::stream::{valid_name, DEFAULT_STREAM, MAX_NAME_LEN};
 use crate::media::VideoSettings;
@@ -41,6 +43,9 @@ pub struct StreamArgs {
     pub audio_channels: Option<u32>,
     pub audio_bitrate: Option<u32>,
     pub audio_tc358743: Option<PathBuf>,
+    pub rtp_forward: Option<Vec<String>>,
+    pub whip_forward: Option<Vec<String>>,
+    pub whip_token: Option<String>,
 }
 
 /// One stream, resolved: what its source reads and how pictures are made.
@@ -66,6 +71,10 @@ pub struct StreamConfig {
     pub mic_device: Option<String>,
     /// The stream's sound.
     pub audio: AudioConfig,
+    /// Where the stream is sent as plain RTP.
+    pub rtp_forward: Vec<RtpForwardTarget>,
+    /// WHIP endpoints the stream is published to.
+    pub whip_forward: Vec<WhipTarget>,
 }
 
 impl StreamConfig {
@@ -84,6 +93,15 @@ impl StreamConfig {
             jpeg_sink: cfg.jpeg_sink.clone(),
             mic_device: cfg.mic_device.clone(),
             audio: cfg.audio.resolve(&cfg.source_spec),
+            rtp_forward: cfg.rtp_forward.clone(),
+            whip_forward: cfg
+                .whip_forward
+                .iter()
+                .map(|url| WhipTarget {
+                    url: url.clone(),
+                    token: cfg.whip_token.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -125,6 +143,9 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
     c.h264_sink = None;
     c.jpeg_sink = None;
     c.mic_device = None;
+    c.rtp_forward.clear();
+    c.whip_forward.clear();
+    c.whip_token = None;
     // A capture device feeds one stream: a table names its own sound, or takes the
     // default of its video source.
     c.audio.spec = None;
@@ -149,10 +170,14 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
         audio_channels: table.audio_channels,
         audio_bitrate: table.audio_bitrate,
         audio_tc358743: table.audio_tc358743,
+        rtp_forward: table.rtp_forward,
+        whip_forward: table.whip_forward,
+        whip_token: table.whip_token,
         ..Args::default()
     })?;
     c.source_spec = SourceSpec::parse(&c.source, &c.device, c.format)?;
     c.audio.check(&c.source_spec)?;
+    check_whip(&c)?;
     let mut stream = StreamConfig::default_of(&c);
     stream.name = table.name;
     stream.source_chosen = false;
@@ -167,6 +192,14 @@ pub fn check_source_allow(s: &StreamConfig) -> Result<()> {
             "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
             s.source
         );
+    }
+    Ok(())
+}
+
+/// A WHIP token goes with a WHIP endpoint.
+pub fn check_whip(c: &Config) -> Result<()> {
+    if c.whip_token.is_some() && c.whip_forward.is_empty() {
+        bail!("whip_token is set but no whip_forward endpoint: add --whip-forward URL");
     }
     Ok(())
 }
@@ -353,6 +386,54 @@ source = "testsrc"
     }
 
     #[test]
+    fn rtp_forwards_belong_to_their_stream() {
+        let cfg = load(
+            "forward",
+            r#"
+source = "testsrc"
+rtp_forward = ["10.0.0.2:5004"]
+[[stream]]
+name = "door"
+source = "testsrc"
+rtp_forward = ["video=10.0.0.3:6004,audio=10.0.0.3:6002", "10.0.0.4:5004"]
+[[stream]]
+name = "garage"
+source = "testsrc"
+"#,
+            &[],
+        )
+        .unwrap();
+        let targets: Vec<Vec<String>> = cfg
+            .stream_configs()
+            .iter()
+            .map(|s| s.rtp_forward.iter().map(|t| t.to_string()).collect())
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                vec!["10.0.0.2:5004".to_string()],
+                vec![
+                    "10.0.0.3:6004 audio 10.0.0.3:6002".to_string(),
+                    "10.0.0.4:5004".to_string()
+                ],
+                vec![],
+            ]
+        );
+        let err = load(
+            "forward-bad",
+            "source = \"testsrc\"\n[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nrtp_forward = [\"nowhere\"]\n",
+            &[],
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(
+            err.contains("rtp_forward") && err.contains("HOST:PORT"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_command_line_alone_describes_the_default_stream() {
         let cfg = Config::load(Args::parse_from(["peregrine", "--source", "testsrc"])).unwrap();
         let all = cfg.stream_configs();
@@ -367,6 +448,14 @@ source = "testsrc"
             ("[[stream]]\nname = \"a b\"\nsource = \"testsrc\"\n", "name must be"),
             ("[[stream]]\nname = \"default\"\nsource = \"testsrc\"\n", "another name"),
             ("[[stream]]\nname = \"x\"\n", "source is required"),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nwhip_token = \"t\"\n",
+                "no whip_forward endpoint",
+            ),
+            (
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nwhip_forward = [\"https://x/whip\"]\n",
+                "TLS proxy",
+            ),
             (
                 "[[stream]]\nname = \"x\"\nsource = \"rtsp://cam/1\"\n",
                 "not supported",

@@ -10,6 +10,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::mjpeg::{HttpStreamState, Mjpeg};
+use crate::egress::whip::WhipReport;
+use crate::egress::{ForwardReport, Forwards};
 use crate::janus::gateway::JanusCounts;
 use crate::janus::JanusStatus;
 use crate::media::stream::{Output, UnknownStream};
@@ -130,6 +132,10 @@ pub struct PeregrineState {
     pub janus: JanusCounts,
     pub relay: serde_json::Value,
     pub mjpeg: serde_json::Value,
+    /// Each `--rtp-forward` target: where it sends and what it was asked.
+    pub rtp_forwards: Vec<ForwardReport>,
+    /// Each `--whip-forward` endpoint: its session's state and counters.
+    pub whip_forwards: Vec<WhipReport>,
 }
 
 /// One stream in `streams`.
@@ -175,6 +181,7 @@ pub struct StateReporter {
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
     pub mjpeg: Arc<Mjpeg>,
+    pub forwards: Arc<Forwards>,
 }
 
 impl StateReporter {
@@ -275,6 +282,8 @@ impl StateReporter {
             janus: self.janus.counts(),
             relay: self.relay.stats(),
             mjpeg: self.mjpeg.stats(),
+            rtp_forwards: self.forwards.reports(),
+            whip_forwards: self.forwards.whip_reports(),
         }
     }
 }

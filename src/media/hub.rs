@@ -33,6 +33,12 @@ pub const DEFAULT_QUEUE_FRAMES: usize = 30;
 /// A request that comes sooner waits, it is not dropped.
 pub const KEYFRAME_MIN_SPACING_US: u64 = 500_000;
 
+/// Keyframes asked for by servers we forward to are at least this far apart. Every
+/// downstream SFU sends its own keyframe requests (MediaMTX one every 2 s per stream it
+/// ingests, Janus one per new viewer), so N servers would otherwise hold the encoder at
+/// an IDR every [`KEYFRAME_MIN_SPACING_US`]; any keyframe answers all of them at once.
+pub const EGRESS_KEYFRAME_SPACING_US: u64 = 1_000_000;
+
 /// Longest GOP kept for new subscribers; a source with no keyframes for longer than
 /// this gives late subscribers a keyframe request instead of a backlog.
 const MAX_GOP_FRAMES: usize = 600;
@@ -88,6 +94,8 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<Picture>>,
     state: Mutex<State>,
     keyframe_wanted: AtomicBool,
+    /// A keyframe asked for by a downstream server; see [`Hub::request_keyframe_for_egress`].
+    egress_keyframe_wanted: AtomicBool,
     /// When the last keyframe was published (CLOCK_MONOTONIC µs; 0 before any).
     last_keyframe_us: AtomicU64,
     subscribers: AtomicUsize,
@@ -105,6 +113,7 @@ impl Hub {
             tx,
             state: Mutex::new(State::default()),
             keyframe_wanted: AtomicBool::new(false),
+            egress_keyframe_wanted: AtomicBool::new(false),
             last_keyframe_us: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
             frames: AtomicU64::new(0),
@@ -139,6 +148,7 @@ impl Hub {
             }
             state.gop.clear();
             self.keyframe_wanted.store(false, Ordering::Relaxed);
+            self.egress_keyframe_wanted.store(false, Ordering::Relaxed);
             self.last_keyframe_us.store(now_us, Ordering::Relaxed);
             self.keyframes.fetch_add(1, Ordering::Relaxed);
         }
@@ -221,21 +231,47 @@ impl Hub {
         }
     }
 
+    /// Ask for a keyframe on behalf of a server we forward the stream to (its PLI or
+    /// FIR). All such requests, from any number of servers, are one: the next keyframe
+    /// answers them, and it is not made before the last one is
+    /// [`EGRESS_KEYFRAME_SPACING_US`] old. False when the request joined one already
+    /// pending (coalesced).
+    pub fn request_keyframe_for_egress(&self) -> bool {
+        let first = !self.egress_keyframe_wanted.swap(true, Ordering::Relaxed);
+        if first && !self.keyframe_wanted.load(Ordering::Relaxed) {
+            self.demand.notify();
+        }
+        first
+    }
+
     /// Whether a keyframe was requested and not yet produced.
     pub fn keyframe_wanted(&self) -> bool {
         self.keyframe_wanted.load(Ordering::Relaxed)
+            || self.egress_keyframe_wanted.load(Ordering::Relaxed)
     }
 
     /// For sources: when a requested keyframe may be made (CLOCK_MONOTONIC µs): at
-    /// once, or once the last keyframe is [`KEYFRAME_MIN_SPACING_US`] old. `None` while
-    /// none is requested.
+    /// once, or once the last keyframe is [`KEYFRAME_MIN_SPACING_US`] old
+    /// ([`EGRESS_KEYFRAME_SPACING_US`] when only servers we forward to asked). `None`
+    /// while none is requested.
     pub fn keyframe_due_at(&self) -> Option<u64> {
-        self.keyframe_wanted()
-            .then(|| self.last_keyframe_us.load(Ordering::Relaxed) + KEYFRAME_MIN_SPACING_US)
+        let last = self.last_keyframe_us.load(Ordering::Relaxed);
+        let viewer = self
+            .keyframe_wanted
+            .load(Ordering::Relaxed)
+            .then(|| last + KEYFRAME_MIN_SPACING_US);
+        let egress = self
+            .egress_keyframe_wanted
+            .load(Ordering::Relaxed)
+            .then(|| last + EGRESS_KEYFRAME_SPACING_US);
+        match (viewer, egress) {
+            (Some(v), Some(e)) => Some(v.min(e)),
+            (v, e) => v.or(e),
+        }
     }
 
     /// For sources: make the picture at `now_us` a keyframe. True when one was
-    /// requested and the last one is at least [`KEYFRAME_MIN_SPACING_US`] old.
+    /// requested and the last one is old enough (see [`Hub::keyframe_due_at`]).
     pub fn keyframe_due(&self, now_us: u64) -> bool {
         self.keyframe_due_at().is_some_and(|at| now_us >= at)
     }
@@ -448,6 +484,61 @@ mod tests {
         assert!(
             hub.keyframe_due(t0 + KEYFRAME_MIN_SPACING_US),
             "only a keyframe answers the request"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_egress_requests_makes_one_keyframe_per_window() {
+        let hub = Hub::new(8);
+        let _hold = hub.hold();
+        let t0 = 10_000_000;
+        hub.publish_at(au(true, 0), t0);
+        // Ten servers each asking every 100 ms for 5 s; the source makes a keyframe
+        // whenever one is due.
+        let mut keyframes = vec![];
+        let mut coalesced = 0;
+        for step in 1..=50u64 {
+            let now = t0 + step * 100_000;
+            for _ in 0..10 {
+                if !hub.request_keyframe_for_egress() {
+                    coalesced += 1;
+                }
+            }
+            let key = hub.keyframe_due(now);
+            hub.publish_at(au(key, step), now);
+            if key {
+                keyframes.push(now - t0);
+            }
+        }
+        assert_eq!(
+            keyframes,
+            [1, 2, 3, 4, 5].map(|s| s * EGRESS_KEYFRAME_SPACING_US),
+            "one keyframe per window"
+        );
+        assert_eq!(
+            coalesced,
+            500 - 5,
+            "all but one request per window joined it"
+        );
+    }
+
+    #[test]
+    fn a_periodic_keyframe_answers_egress_requests_and_viewers_keep_their_spacing() {
+        let hub = Hub::new(8);
+        let t0 = 10_000_000;
+        hub.publish_at(au(true, 0), t0);
+        assert!(hub.request_keyframe_for_egress());
+        assert_eq!(hub.keyframe_due_at(), Some(t0 + EGRESS_KEYFRAME_SPACING_US));
+        // The source's own GOP brings a keyframe first: nothing more is owed.
+        hub.publish_at(au(true, 1), t0 + 300_000);
+        assert!(!hub.keyframe_wanted());
+        assert_eq!(hub.keyframe_due_at(), None);
+        // A viewer's request keeps the shorter spacing even with egress asking too.
+        assert!(hub.request_keyframe_for_egress());
+        hub.request_keyframe();
+        assert_eq!(
+            hub.keyframe_due_at(),
+            Some(t0 + 300_000 + KEYFRAME_MIN_SPACING_US)
         );
     }
 

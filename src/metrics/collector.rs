@@ -39,6 +39,7 @@ pub struct Inputs {
     pub engine: RtcEngine,
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
+    pub forwards: Arc<crate::egress::Forwards>,
 }
 
 pub struct ServerCollector {
@@ -66,6 +67,7 @@ impl Collector for ServerCollector {
             engine,
             relay,
             janus,
+            forwards: _,
         } = &self.inputs;
         let rtc = engine.stats();
         let relayed = relay.metrics();

@@ -4,6 +4,7 @@
 //! paths only ever add to atomics, once per batch, message or report.
 
 pub mod collector;
+mod egress;
 mod process;
 pub mod rejections;
 
@@ -26,6 +27,9 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 pub fn registry(inputs: Inputs) -> Registry {
     let mut registry = Registry::default();
     inputs.engine.histograms().register(&mut registry);
+    registry.register_collector(Box::new(egress::EgressCollector {
+        forwards: inputs.forwards.clone(),
+    }));
     registry.register_collector(Box::new(collector::ServerCollector::new(inputs)));
     registry.register_collector(Box::new(rejections::RejectionCollector));
     registry.register_collector(Box::new(process::ProcessCollector));

@@ -49,6 +49,9 @@ const AUDIO_FAN_OUT_PEERS: usize = 128;
 pub enum Command {
     CreateOffer {
         opts: PeerOptions,
+        /// A server we forward to (WHIP), not a viewer: its keyframe requests are
+        /// coalesced with other servers' ([`crate::media::Hub::request_keyframe_for_egress`]).
+        egress: bool,
         events: mpsc::UnboundedSender<PeerEvent>,
         reply: oneshot::Sender<Result<(PeerId, String), RtcError>>,
     },
@@ -92,6 +95,8 @@ struct Entry {
     connected: bool,
     /// `Connected` was reported; an ICE reconnect after Disconnected is not reported again.
     announced: bool,
+    /// A server we forward to, not a viewer (see [`Command::CreateOffer`]).
+    egress: bool,
 }
 
 /// The peers as the fan-out stamps frames through them; a peer stamped is read again
@@ -269,10 +274,17 @@ impl Engine {
         match cmd {
             Command::CreateOffer {
                 opts,
+                egress,
                 events,
                 reply,
             } => {
-                let _ = reply.send(self.create_offer(now, opts, events));
+                let result = self.create_offer(now, opts, events);
+                if let (true, Ok((id, _))) = (egress, &result) {
+                    if let Some(e) = self.peers.get_mut(id) {
+                        e.egress = true;
+                    }
+                }
+                let _ = reply.send(result);
             }
             Command::ApplyAnswer { id, sdp, reply } => {
                 let result = match self.peers.get_mut(&id) {
@@ -395,6 +407,7 @@ impl Engine {
                 next_timeout: None,
                 connected: false,
                 announced: false,
+                egress: false,
             },
         );
         self.dirty.insert(id);
@@ -635,8 +648,13 @@ impl Engine {
                     KeyframeRequest::Fir => &self.stats.firs_received,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                let egress = self.peers.get(&id).is_some_and(|e| e.egress);
                 if let Some(hub) = self.fanout.hub_of(id) {
-                    hub.request_keyframe();
+                    if egress {
+                        hub.request_keyframe_for_egress();
+                    } else {
+                        hub.request_keyframe();
+                    }
                 }
             }
             PeerNote::Nack { resent } => {

@@ -280,6 +280,26 @@ impl RtcEngine {
         let (reply, rx) = oneshot::channel();
         self.command(engine::Command::CreateOffer {
             opts,
+            egress: false,
+            events,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// As [`RtcEngine::create_offer`], for a server the stream is forwarded to (a WHIP
+    /// endpoint) rather than a viewer: its keyframe requests are coalesced with those of
+    /// every other such server.
+    pub async fn create_egress_offer(
+        &self,
+        opts: PeerOptions,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(PeerId, String), RtcError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(engine::Command::CreateOffer {
+            opts,
+            egress: true,
             events,
             reply,
         })
