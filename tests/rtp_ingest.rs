@@ -1,0 +1,289 @@
+//! H.264 pushed as RTP (`--source rtp-listen://`) end to end: real ffmpeg sends RTP with
+//! small packets (so most NAL units arrive as FU-A fragments), peregrine relays to a real
+//! WebRTC receiver through the Janus API, and the receiver decodes what arrives. The
+//! sender stops and another takes over; garbage datagrams arrive on the port meanwhile.
+
+mod support;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
+use peregrine::viewer::receiver::ReceiverPeer;
+use serde_json::Value;
+use support::{join, Server};
+
+/// An ffmpeg process sending RTP; killed when dropped.
+struct RtpSender(Child);
+
+impl RtpSender {
+    /// ffmpeg's test source as a camera would encode it (baseline, zero latency, a
+    /// keyframe every second), sent as RTP in packets of at most 600 bytes.
+    fn start(port: u16) -> Result<RtpSender> {
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
+            .args(["-pix_fmt", "yuv420p", "-c:v", "libx264"])
+            .args(["-profile:v", "baseline", "-tune", "zerolatency", "-g", "30"])
+            .args(["-f", "rtp", "-pkt_size", "600"])
+            .arg(format!("rtp://127.0.0.1:{port}"))
+            // ffmpeg prints the session's SDP there.
+            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start ffmpeg (install it with scripts/install-test-deps.sh)")?;
+        Ok(RtpSender(child))
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RtpSender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The NO SIGNAL picture is dark grey with light letters; ffmpeg's test source is
+/// bright and colourful. Mean luma tells them apart with a wide margin.
+fn is_no_signal(frame: &DecodedFrame) -> bool {
+    let mut sum = 0u64;
+    for row in 0..frame.height {
+        let line = &frame.y[row * frame.y_stride..row * frame.y_stride + frame.width];
+        sum += line.iter().map(|&v| u64::from(v)).sum::<u64>();
+    }
+    sum / (frame.width * frame.height) as u64 <= 70
+}
+
+/// Counts of what a viewer decoded.
+#[derive(Debug, Default)]
+struct Decoded {
+    live: usize,
+    no_signal: usize,
+    /// Live pictures of another size than ffmpeg's 640x360.
+    other_size: usize,
+}
+
+/// Decode until `want_live` pictures of ffmpeg's source (or `want_no_signal` NO SIGNAL
+/// pictures) have been seen, for up to `timeout`.
+async fn decode_until(
+    peer: &mut ReceiverPeer,
+    decoder: &mut H264Decoder,
+    want_live: usize,
+    want_no_signal: usize,
+    timeout: Duration,
+) -> Result<Decoded> {
+    let mut got = Decoded::default();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if (want_live > 0 && got.live >= want_live)
+            || (want_no_signal > 0 && got.no_signal >= want_no_signal)
+        {
+            return Ok(got);
+        }
+        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
+            bail!("timed out: decoded {got:?}");
+        };
+        let Ok(Some(picture)) = decoder.decode(&frame.data) else {
+            continue;
+        };
+        if is_no_signal(&picture) {
+            got.no_signal += 1;
+        } else if (picture.width, picture.height) == (640, 360) {
+            got.live += 1;
+        } else {
+            got.other_size += 1;
+        }
+    }
+}
+
+fn source(state: &Value) -> &Value {
+    &state["source"]
+}
+
+fn count(state: &Value, what: &str) -> u64 {
+    source(state)["rtp"][what].as_u64().unwrap_or(0)
+}
+
+/// peregrine receiving RTP on a port the system picks; returns it and the port.
+async fn listening_server() -> Result<(Server, u16)> {
+    let server = Server::start(&["--source", "rtp-listen://127.0.0.1:0"]).await?;
+    let state = server.state().await?;
+    let kind = source(&state)["kind"].as_str().unwrap_or_default();
+    let port = kind
+        .strip_prefix("rtp-listen://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("listen address in {state}"))?;
+    Ok((server, port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_from_ffmpeg_plays_and_a_new_sender_takes_over_after_no_signal() -> Result<()> {
+    let (server, port) = listening_server().await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    let sender = RtpSender::start(port)?;
+
+    let got = decode_until(&mut peer, &mut decoder, 60, 0, Duration::from_secs(30)).await?;
+    println!("from the first sender: {got:?}");
+    assert_eq!(got.other_size, 0, "{got:?}");
+    let state = server
+        .wait_state(Duration::from_secs(5), |s| source(s)["state"] == "live")
+        .await?;
+    let src = source(&state);
+    println!("state while live: {src}");
+    assert_eq!(
+        (src["width"].as_u64(), src["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    let from = src["rtp"]["sender"]
+        .as_str()
+        .context("no sender in /state")?;
+    assert!(from.starts_with("127.0.0.1:"), "{src}");
+    assert!(src["frames"].as_u64() > Some(30), "{src}");
+    assert!(
+        count(&state, "packets") > count(&state, "pictures"),
+        "FU-A: {src}"
+    );
+
+    // The sender stops: NO SIGNAL, and nobody is named as sending.
+    sender.kill();
+    let state = server
+        .wait_state(Duration::from_secs(10), |s| {
+            source(s)["state"] == "no_signal" && source(s)["rtp"]["sender"].is_null()
+        })
+        .await?;
+    println!("after the sender stopped: {}", source(&state));
+    decode_until(&mut peer, &mut decoder, 0, 3, Duration::from_secs(10)).await?;
+
+    // Another sender (another source port) takes the stream; the same viewer decodes it.
+    let restarted = Instant::now();
+    let _sender = RtpSender::start(port)?;
+    let back = decode_until(&mut peer, &mut decoder, 30, 0, Duration::from_secs(20)).await?;
+    println!(
+        "live again {} ms after the new sender started ({back:?})",
+        restarted.elapsed().as_millis()
+    );
+    assert_eq!(back.other_size, 0, "{back:?}");
+    let state = server.state().await?;
+    assert_eq!(source(&state)["interruptions"], 1, "{state}");
+    assert_ne!(
+        source(&state)["rtp"]["sender"].as_str(),
+        Some(from),
+        "{state}"
+    );
+    Ok(())
+}
+
+/// Datagrams that are not RTP, and RTP whose payloads are not H.264.
+fn garbage(n: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut not_rtp = Vec::new();
+    let mut bad_payloads = Vec::new();
+    for i in 0..n {
+        let len = 1 + (next() % 1400) as usize;
+        let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        d[0] &= 0x3f; // RTP version 0
+        not_rtp.push(d);
+        let mut rtp = vec![
+            0x80,
+            96,
+            (i >> 8) as u8,
+            i as u8,
+            0,
+            0,
+            (i / 4) as u8,
+            0,
+            1,
+            2,
+            3,
+            4,
+        ];
+        rtp.extend((0..len).map(|_| next() as u8));
+        bad_payloads.push(rtp);
+    }
+    (not_rtp, bad_payloads)
+}
+
+/// Send `datagrams` to `target` from `socket`, a batch at a time, over and over, until
+/// `/state` matches `pred`: loopback drops what overflows the receive buffer of a
+/// busy receiver, so a count is waited for, not assumed.
+async fn send_until(
+    server: &Server,
+    socket: &UdpSocket,
+    target: &str,
+    datagrams: &[Vec<u8>],
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for batch in datagrams.chunks(20).cycle() {
+        for d in batch {
+            socket.send_to(d, target)?;
+        }
+        let state = server.state().await?;
+        if pred(&state) {
+            return Ok(state);
+        }
+        if Instant::now() > deadline {
+            bail!("state never matched: {}", source(&state));
+        }
+    }
+    bail!("nothing to send")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_are_counted_and_the_stream_plays_on() -> Result<()> {
+    let (server, port) = listening_server().await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    let target = format!("127.0.0.1:{port}");
+    let (not_rtp, bad_payloads) = garbage(200);
+    let mixed: Vec<Vec<u8>> = not_rtp
+        .iter()
+        .zip(&bad_payloads)
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect();
+
+    // Before anyone sends video: junk, and RTP with junk payloads, which makes its
+    // sender the current one until it falls silent.
+    let junk = UdpSocket::bind("127.0.0.1:0")?;
+    let state = send_until(&server, &junk, &target, &mixed, |s| {
+        count(s, "rejected_packets") >= 50 && count(s, "malformed_packets") >= 50
+    })
+    .await?;
+    println!("after junk: {}", source(&state)["rtp"]);
+    assert_eq!(source(&state)["state"], "no_signal", "{state}");
+    decode_until(&mut peer, &mut decoder, 0, 2, Duration::from_secs(10)).await?;
+
+    // The junk sender is silent: a real one takes over and plays.
+    let _sender = RtpSender::start(port)?;
+    decode_until(&mut peer, &mut decoder, 30, 0, Duration::from_secs(30)).await?;
+
+    // Junk from elsewhere while it plays: ignored, the video goes on.
+    let other = UdpSocket::bind("127.0.0.1:0")?;
+    let state = send_until(&server, &other, &target, &mixed, |s| {
+        count(s, "ignored_packets") >= 50
+    })
+    .await?;
+    println!(
+        "after junk from a second address: {}",
+        source(&state)["rtp"]
+    );
+    let got = decode_until(&mut peer, &mut decoder, 60, 0, Duration::from_secs(30)).await?;
+    assert_eq!(got.other_size, 0, "{got:?}");
+    let state = server.state().await?;
+    assert_eq!(source(&state)["state"], "live", "{state}");
+    Ok(())
+}
