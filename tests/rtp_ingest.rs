@@ -2,14 +2,20 @@
 //! small packets (so most NAL units arrive as FU-A fragments), peregrine relays to a real
 //! WebRTC receiver through the Janus API, and the receiver decodes what arrives. The
 //! sender stops and another takes over; garbage datagrams arrive on the port meanwhile.
+//! A publisher that listens for RTCP (as a WebRTC one does) gets keyframe requests.
 
 mod support;
 
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use peregrine::media::rtp::{self, RtpPacket};
+use peregrine::rtc::packetizer::packetize;
+use peregrine::source::annexb::AnnexBSplitter;
 use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
 use peregrine::viewer::receiver::ReceiverPeer;
 use serde_json::Value;
@@ -285,5 +291,217 @@ async fn garbage_datagrams_are_counted_and_the_stream_plays_on() -> Result<()> {
     assert_eq!(got.other_size, 0, "{got:?}");
     let state = server.state().await?;
     assert_eq!(source(&state)["state"], "live", "{state}");
+    Ok(())
+}
+
+/// A WebRTC-style publisher: sends the pictures of an H.264 file as RTP (through
+/// peregrine's own packetizer) at 30 fps, looping, and answers the RTCP picture loss
+/// indications that come back as an encoder would, with a keyframe: it starts over at
+/// the file's first picture, its only IDR. Stops when dropped.
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    plis: Arc<AtomicU64>,
+    /// A PLI came: send the keyframe next.
+    restart: Arc<AtomicBool>,
+    /// Leave out one packet of the next picture that has several.
+    drop_one: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const PUBLISHER_SSRC: u32 = 0x1122_3344;
+
+impl Publisher {
+    fn start(target: String, h264: &[u8]) -> Result<Publisher> {
+        let mut splitter = AnnexBSplitter::new();
+        let mut pictures = Vec::new();
+        splitter.push(h264, &mut pictures)?;
+        splitter.flush(&mut pictures);
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let reader = socket.try_clone()?;
+        reader.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let (stop, plis, restart, drop_one) = Default::default();
+        let mut publisher = Publisher {
+            stop,
+            plis,
+            restart,
+            drop_one,
+            threads: Vec::new(),
+        };
+        let (stop, plis) = (publisher.stop.clone(), publisher.plis.clone());
+        let restart = publisher.restart.clone();
+        publisher.threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(n) = reader.recv(&mut buf) else {
+                    continue;
+                };
+                let pli = n == 12 && buf[0] == 0x81 && buf[1] == 206;
+                if pli && buf[8..12] == PUBLISHER_SSRC.to_be_bytes() {
+                    plis.fetch_add(1, Ordering::Relaxed);
+                    restart.store(true, Ordering::Relaxed);
+                }
+            }
+        }));
+        let (stop, drop_one) = (publisher.stop.clone(), publisher.drop_one.clone());
+        let restart = publisher.restart.clone();
+        publisher.threads.push(std::thread::spawn(move || {
+            let (mut seq, mut ts) = (0u16, 0u32);
+            let mut wire = Vec::new();
+            let mut next = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if restart.swap(false, Ordering::Relaxed) || next == pictures.len() {
+                    next = 0;
+                }
+                let picture = &pictures[next];
+                next += 1;
+                let payloads = packetize(&picture.data, 300);
+                let skip = payloads.len() > 2 && drop_one.swap(false, Ordering::Relaxed);
+                ts = ts.wrapping_add(3000);
+                for (i, p) in payloads.iter().enumerate() {
+                    seq = seq.wrapping_add(1);
+                    if skip && i == 1 {
+                        continue;
+                    }
+                    let packet = RtpPacket {
+                        marker: p.marker,
+                        payload_type: 102,
+                        sequence: seq,
+                        timestamp: ts,
+                        ssrc: PUBLISHER_SSRC,
+                        payload: &p.payload,
+                    };
+                    wire.clear();
+                    rtp::write(&packet, &mut wire);
+                    let _ = socket.send_to(&wire, &target);
+                }
+                // A camera's pace.
+                std::thread::sleep(Duration::from_millis(33));
+            }
+        }));
+        Ok(publisher)
+    }
+
+    fn plis(&self) -> u64 {
+        self.plis.load(Ordering::Relaxed)
+    }
+
+    /// Wait until more than `than` PLIs have come back.
+    async fn wait_plis(&self, than: u64, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        while self.plis() <= than {
+            if Instant::now() > deadline {
+                bail!("no keyframe request beyond {than} in {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self.plis())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// 10 s of ffmpeg's test source, 160x120, with one IDR: its stream has no keyframe
+/// unless the publisher is asked for one.
+fn long_gop_h264() -> Result<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=160x120:rate=30",
+            "-t",
+            "10",
+        ])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+        ])
+        .args(["-tune", "zerolatency", "-g", "300", "-keyint_min", "300"])
+        .args(["-sc_threshold", "0", "-f", "h264", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .context("run ffmpeg (install it with scripts/install-test-deps.sh)")?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_requests_and_losses_reach_the_publisher_as_pli() -> Result<()> {
+    let (server, port) = listening_server().await?;
+    let h264 = long_gop_h264()?;
+    let publisher = Publisher::start(format!("127.0.0.1:{port}"), &h264)?;
+    server
+        .wait_state(Duration::from_secs(10), |s| source(s)["state"] == "live")
+        .await?;
+
+    // A viewer asks for a keyframe (RTCP PLI to peregrine): the publisher is asked.
+    let (_janus, mut peer) = join(&server).await?;
+    let sent = count(&server.state().await?, "keyframe_requests");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while publisher.plis() <= sent {
+        if Instant::now() > deadline {
+            let state = server.state().await?;
+            bail!(
+                "the viewer's PLI never reached the publisher ({} received): {} {}",
+                publisher.plis(),
+                state["rtc"],
+                source(&state)
+            );
+        }
+        peer.send_pli();
+        let _ = publisher.wait_plis(sent, Duration::from_millis(300)).await;
+    }
+    println!(
+        "PLIs: {sent} sent before the viewer asked, {} after",
+        publisher.plis()
+    );
+
+    // A packet lost on the way: the picture is dropped and a keyframe asked for.
+    let state = server.state().await?;
+    let (sent, keyframes) = (
+        count(&state, "keyframe_requests"),
+        source(&state)["keyframes"].clone(),
+    );
+    publisher.drop_one.store(true, Ordering::Relaxed);
+    let state = server
+        .wait_state(Duration::from_secs(5), |s| count(s, "lost_packets") >= 1)
+        .await?;
+    println!("after a loss: {}", source(&state)["rtp"]);
+    assert!(count(&state, "dropped_pictures") >= 1, "{state}");
+    publisher.wait_plis(sent, Duration::from_secs(5)).await?;
+    // The file's own next IDR is up to 10 s away: a keyframe soon is the one asked for.
+    server
+        .wait_state(Duration::from_secs(3), |s| {
+            source(s)["keyframes"].as_u64() > keyframes.as_u64()
+        })
+        .await?;
+
+    // The stream plays on from the keyframe the publisher sent on request.
+    let mut decoder = H264Decoder::new()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut decoded = 0;
+    while decoded < 30 {
+        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
+            bail!("timed out after {decoded} pictures");
+        };
+        if let Ok(Some(picture)) = decoder.decode(&frame.data) {
+            assert_eq!((picture.width, picture.height), (160, 120));
+            decoded += 1;
+        }
+    }
     Ok(())
 }

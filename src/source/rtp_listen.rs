@@ -242,11 +242,11 @@ impl RtpListenSource {
         let Some(sender) = self.sender.as_mut() else {
             return;
         };
-        let lost = sender.depacketizer.take_keyframe_request();
         let recent = self
             .keyframe_requested_at
             .is_some_and(|t| t.elapsed() < KEYFRAME_REQUEST_EVERY);
-        if !(wanted || lost) || recent {
+        // A loss noticed meanwhile stays pending until a request may go out.
+        if recent || !(sender.depacketizer.take_keyframe_request() || wanted) {
             return;
         }
         let pli = rtp::picture_loss_indication(FEEDBACK_SSRC, sender.ssrc);
