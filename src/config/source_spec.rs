@@ -11,8 +11,8 @@ use crate::source::camera::device::PixelFormat;
 
 /// Every form `--source` takes, for error messages.
 pub const SOURCE_FORMS: &str = "v4l2 (the camera at --device), testsrc, memsink:NAME, \
-tcp://HOST:PORT, tcp-listen://IP:PORT, rtp-listen://IP:PORT, - (stdin), an H.264 file (.h264) or a camera \
-recording (.mjpeg, .yuyv, .nv12, .yuv)";
+tcp://HOST:PORT, tcp-listen://IP:PORT, rtp-listen://IP:PORT, - (stdin), an H.264 file (.h264) \
+or a camera recording (.mjpeg, .yuyv, .nv12, .yuv)";
 
 /// Where a stream's pictures come from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -536,4 +536,41 @@ mod tests {
         assert!(out.is_empty());
         assert!(d.stats().malformed_packets >= 7, "{:?}", d.stats());
     }
+
+    #[test]
+    fn random_packets_never_panic_and_what_comes_out_is_a_picture() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut d = H264Depacketizer::new();
+        let mut out = Vec::new();
+        let mut payload = Vec::new();
+        for i in 0..20_000u32 {
+            let r = next();
+            payload.clear();
+            // Mostly the packet types the depacketizer parses, with random bodies.
+            let header =
+                [0x65, 0x41, 0x67, 0x68, STAP_A, FU_A | 0x60, r as u8][(r >> 8) as usize % 7];
+            payload.push(header);
+            payload.extend((0..(r >> 16) % 64).map(|_| next() as u8));
+            let packet = RtpPacket {
+                marker: r & 1 == 1,
+                payload_type: 96,
+                sequence: (i + (r >> 32) as u32 % 3) as u16,
+                timestamp: i / 4,
+                ssrc: u32::from(r >> 40 & 0xff == 0),
+                payload: &payload,
+            };
+            d.push(&packet, 0, &mut out);
+        }
+        for picture in &out {
+            assert!(picture.data.starts_with(&[0, 0, 0, 1]));
+            assert!(!picture.key || h264::access_unit_is_key(&picture.data));
+        }
+        assert_eq!(d.stats().pictures, out.len() as u64);
+    }
 }
