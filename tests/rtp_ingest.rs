@@ -85,12 +85,24 @@ async fn decode_until(
     want_no_signal: usize,
     timeout: Duration,
 ) -> Result<Decoded> {
+    let done = |got: &Decoded| {
+        (want_live > 0 && got.live >= want_live)
+            || (want_no_signal > 0 && got.no_signal >= want_no_signal)
+    };
+    decode_while(peer, decoder, done, timeout).await
+}
+
+/// Decode until `done` says enough has been seen, for up to `timeout`.
+async fn decode_while(
+    peer: &mut ReceiverPeer,
+    decoder: &mut H264Decoder,
+    done: impl Fn(&Decoded) -> bool,
+    timeout: Duration,
+) -> Result<Decoded> {
     let mut got = Decoded::default();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if (want_live > 0 && got.live >= want_live)
-            || (want_no_signal > 0 && got.no_signal >= want_no_signal)
-        {
+        if done(&got) {
             return Ok(got);
         }
         let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
@@ -503,5 +515,50 @@ async fn keyframe_requests_and_losses_reach_the_publisher_as_pli() -> Result<()>
             decoded += 1;
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sender_reaches_nobody_until_the_first_falls_silent() -> Result<()> {
+    let (server, port) = listening_server().await?;
+    let (_janus, mut peer) = join(&server).await?;
+    let mut decoder = H264Decoder::new()?;
+    let sender = RtpSender::start(port)?;
+    decode_until(&mut peer, &mut decoder, 30, 0, Duration::from_secs(30)).await?;
+
+    // Real video at 160x120 from a second address while ffmpeg sends 640x360.
+    let intruder = Publisher::start(format!("127.0.0.1:{port}"), &long_gop_h264()?)?;
+    let during = decode_until(&mut peer, &mut decoder, 90, 0, Duration::from_secs(30)).await?;
+    let state = server.state().await?;
+    println!("while two send: {during:?}, {}", source(&state)["rtp"]);
+    assert_eq!(
+        during.other_size, 0,
+        "the second sender's pictures were shown"
+    );
+    assert!(count(&state, "ignored_packets") > 0, "{state}");
+    assert_eq!(
+        intruder.plis(),
+        0,
+        "keyframe requests go to the current sender only"
+    );
+
+    // ffmpeg stops: after its silence the second sender has the stream.
+    sender.kill();
+    let taken = decode_while(
+        &mut peer,
+        &mut decoder,
+        |got| got.other_size >= 30,
+        Duration::from_secs(20),
+    )
+    .await?;
+    println!("after the first sender stopped: {taken:?}");
+    let state = server.state().await?;
+    assert_eq!(
+        (
+            source(&state)["width"].as_u64(),
+            source(&state)["height"].as_u64()
+        ),
+        (Some(160), Some(120))
+    );
     Ok(())
 }
