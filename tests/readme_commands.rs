@@ -203,7 +203,15 @@ async fn run_push(command: &str) -> Result<()> {
 /// `ffmpeg ... -f rtp rtp://127.0.0.1:5004` sending to `--source rtp-listen://`.
 async fn run_rtp(command: &str) -> Result<()> {
     let server = Server::start(&["--source", "rtp-listen://127.0.0.1:0"]).await?;
-    let kind = server.state().await?["source"]["kind"].clone();
+    // The source names the port it got once it is open.
+    let state = server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["source"]["kind"]
+                .as_str()
+                .is_some_and(|k| !k.ends_with(":0"))
+        })
+        .await?;
+    let kind = state["source"]["kind"].clone();
     let listen = kind.as_str().and_then(|k| k.strip_prefix("rtp-listen://"));
     let listen = listen.with_context(|| format!("listen address in {kind}"))?;
     // ffmpeg prints the session's SDP on its standard output.

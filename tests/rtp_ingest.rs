@@ -129,15 +129,20 @@ fn count(state: &Value, what: &str) -> u64 {
     source(state)["rtp"][what].as_u64().unwrap_or(0)
 }
 
+/// The port in `/state`'s source kind, once the source names the one it got.
+fn listening_port(state: &Value) -> Option<u16> {
+    let kind = source(state)["kind"].as_str()?;
+    let port = kind.strip_prefix("rtp-listen://127.0.0.1:")?.parse().ok()?;
+    (port != 0).then_some(port)
+}
+
 /// peregrine receiving RTP on a port the system picks; returns it and the port.
 async fn listening_server() -> Result<(Server, u16)> {
     let server = Server::start(&["--source", "rtp-listen://127.0.0.1:0"]).await?;
-    let state = server.state().await?;
-    let kind = source(&state)["kind"].as_str().unwrap_or_default();
-    let port = kind
-        .strip_prefix("rtp-listen://127.0.0.1:")
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("listen address in {state}"))?;
+    let state = server
+        .wait_state(Duration::from_secs(10), |s| listening_port(s).is_some())
+        .await?;
+    let port = listening_port(&state).context("listen port")?;
     Ok((server, port))
 }
 
