@@ -124,10 +124,10 @@ fn reachable(cfg: &Config) -> Vec<Reachable> {
             tls,
         );
     }
-    if let Some(addr) = cfg
-        .source
-        .strip_prefix("tcp-listen://")
-        .and_then(|a| a.parse::<SocketAddr>().ok())
+    if let Some(addr) = ["tcp-listen://", "rtp-listen://"]
+        .iter()
+        .find_map(|scheme| cfg.source.strip_prefix(scheme))
+        .and_then(|a| a.trim_end_matches('/').parse::<SocketAddr>().ok())
     {
         if !addr.ip().is_loopback() && cfg.source_allow.is_empty() {
             out.push(Reachable {
@@ -479,5 +479,7 @@ mod tests {
             "192.168.1.20",
         ]);
         assert_eq!(warning(&guarded), None);
+        let text = warning(&config(&["--source", "rtp-listen://0.0.0.0:5004"])).unwrap();
+        assert!(text.contains("0.0.0.0:5004 (video input"), "{text}");
     }
 }

@@ -7,7 +7,8 @@
 //! - `ffmpeg` gets `-hide_banner -loglevel error -nostdin -t 4`: a bounded run;
 //! - the camera: `-f v4l2 -input_format mjpeg -i /dev/video0` reads an MJPEG recording
 //!   ffmpeg made beforehand, and `-f v4l2 -i /dev/video0` reads ffmpeg's test source;
-//! - addresses and names: `tcp://127.0.0.1:8000` is the port peregrine listens on,
+//! - addresses and names: `tcp://127.0.0.1:8000` and `rtp://127.0.0.1:5004` are the
+//!   ports peregrine listens on,
 //!   `HOST:8080` its HTTP address, `SECRET` its upload secret, `cam.mjpeg` a temporary
 //!   file, and `peregrine` the binary under test on free loopback ports.
 //!
@@ -199,6 +200,32 @@ async fn run_push(command: &str) -> Result<()> {
     Ok(())
 }
 
+/// `ffmpeg ... -f rtp rtp://127.0.0.1:5004` sending to `--source rtp-listen://`.
+async fn run_rtp(command: &str) -> Result<()> {
+    let server = Server::start(&["--source", "rtp-listen://127.0.0.1:0"]).await?;
+    // The source names the port it got once it is open.
+    let state = server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["source"]["kind"]
+                .as_str()
+                .is_some_and(|k| !k.ends_with(":0"))
+        })
+        .await?;
+    let kind = state["source"]["kind"].clone();
+    let listen = kind.as_str().and_then(|k| k.strip_prefix("rtp-listen://"));
+    let listen = listen.with_context(|| format!("listen address in {kind}"))?;
+    // ffmpeg prints the session's SDP on its standard output.
+    let command = limited(command).replace("rtp://127.0.0.1:5004", &format!("rtp://{listen}"));
+    let mut ffmpeg = Shell::start(&format!("{command} > /dev/null"))?;
+    let s = server
+        .wait_state(Duration::from_secs(15), |s| s["source"]["state"] == "live")
+        .await?;
+    assert_browser_profile(&s["source"]);
+    decode_pictures(server.ws_port, 10, (640, 360)).await?;
+    assert!(ffmpeg.wait(Duration::from_secs(20))?.success());
+    Ok(())
+}
+
 /// `ffmpeg ... -f h264 - | peregrine --source -`.
 async fn run_pipe(command: &str, bin: &str) -> Result<()> {
     let (http, ws) = (free_port(), free_port());
@@ -290,6 +317,8 @@ async fn every_readme_ffmpeg_command_runs() -> Result<()> {
     for command in &commands {
         if command.ends_with(" tcp://127.0.0.1:8000") {
             run_push(command).await
+        } else if command.ends_with(" rtp://127.0.0.1:5004") {
+            run_rtp(command).await
         } else if command.ends_with("| peregrine --source -") {
             run_pipe(command, &bin).await
         } else if command.ends_with(" cam.mjpeg") {
@@ -304,8 +333,8 @@ async fn every_readme_ffmpeg_command_runs() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         commands.len(),
-        5,
-        "push, pipe, camera recording, upload, upload with a password"
+        6,
+        "push, pipe, RTP, camera recording, upload, upload with a password"
     );
     Ok(())
 }

@@ -28,6 +28,7 @@ use crate::source::camera::v4l2::{V4l2Opener, V4l2Settings};
 use crate::source::camera::{CameraConfig, CameraSource};
 use crate::source::lifecycle::StatusHandle;
 use crate::source::memsink::{MemsinkSource, MemsinkSourceConfig};
+use crate::source::rtp_listen::RtpListenSource;
 use crate::source::runner::{self, RunnerConfig, Source};
 use crate::source::testsrc::{PatternSource, TestsrcConfig};
 
@@ -224,6 +225,10 @@ fn make_source(
         SourceSpec::TcpListen(addr) => {
             let source = ByteStreamSource::new(Input::Listen(*addr), &byte_stream)?;
             (Box::new(source), byte_stream.runner())
+        }
+        SourceSpec::RtpListen(addr) => {
+            let source = RtpListenSource::listen(*addr, &cfg.source_allow)?;
+            (Box::new(source), RtpListenSource::runner(cfg.video))
         }
         SourceSpec::Stdin => {
             let source = ByteStreamSource::new(Input::Stdin, &byte_stream)?;

@@ -11,8 +11,8 @@ use crate::source::camera::device::PixelFormat;
 
 /// Every form `--source` takes, for error messages.
 pub const SOURCE_FORMS: &str = "v4l2 (the camera at --device), testsrc, memsink:NAME, \
-tcp://HOST:PORT, tcp-listen://IP:PORT, - (stdin), an H.264 file (.h264) or a camera \
-recording (.mjpeg, .yuyv, .nv12, .yuv)";
+tcp://HOST:PORT, tcp-listen://IP:PORT, rtp-listen://IP:PORT, - (stdin), an H.264 file (.h264) \
+or a camera recording (.mjpeg, .yuyv, .nv12, .yuv)";
 
 /// Where a stream's pictures come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub enum SourceSpec {
     Tcp(String),
     /// Where to accept an encoder pushing a raw H.264 byte stream.
     TcpListen(SocketAddr),
+    /// Where to receive H.264 pushed as RTP over UDP.
+    RtpListen(SocketAddr),
     /// A raw H.264 byte stream on standard input.
     Stdin,
     /// A raw H.264 file, played at the stream's frame rate, looping.
@@ -69,6 +71,14 @@ impl SourceSpec {
             })?;
             return Ok(SourceSpec::TcpListen(addr));
         }
+        if let Some(rest) = text.strip_prefix("rtp-listen://") {
+            let addr: SocketAddr = rest.trim_end_matches('/').parse().with_context(|| {
+                format!(
+                    "source {text:?}: rtp-listen:// needs IP:PORT, e.g. rtp-listen://0.0.0.0:5004"
+                )
+            })?;
+            return Ok(SourceSpec::RtpListen(addr));
+        }
         if let Some(rest) = text.strip_prefix("tcp://") {
             let rest = rest.trim_end_matches('/');
             match rest.rsplit_once(':').map(|(_, p)| p.parse::<u16>()) {
@@ -78,7 +88,9 @@ impl SourceSpec {
             return Ok(SourceSpec::Tcp(rest.to_string()));
         }
         if let Some((scheme, _)) = text.split_once("://") {
-            let hint = if matches!(
+            let hint = if scheme == "rtp" {
+                "; to receive RTP, listen for it with rtp-listen://IP:PORT"
+            } else if matches!(
                 scheme,
                 "rtsp" | "rtsps" | "http" | "https" | "rtmp" | "srt" | "udp"
             ) {
@@ -112,6 +124,7 @@ impl SourceSpec {
             SourceSpec::Memsink { .. } => "memsink",
             SourceSpec::Tcp(_) => "tcp",
             SourceSpec::TcpListen(_) => "tcp-listen",
+            SourceSpec::RtpListen(_) => "rtp-listen",
             SourceSpec::Stdin => "stdin",
             SourceSpec::H264File(_) | SourceSpec::Recording(_) => "file",
         }
@@ -124,6 +137,7 @@ impl SourceSpec {
             SourceSpec::V4l2 { device, .. } => Some(format!("the camera {}", device.display())),
             SourceSpec::Stdin => Some("stdin".to_string()),
             SourceSpec::TcpListen(addr) => Some(format!("tcp-listen://{addr}")),
+            SourceSpec::RtpListen(addr) => Some(format!("rtp-listen://{addr}")),
             _ => None,
         }
     }
@@ -155,6 +169,7 @@ mod tests {
             ("memsink:kvmd::ustreamer::h264", "memsink"),
             ("tcp://127.0.0.1:8000", "tcp"),
             ("tcp-listen://0.0.0.0:8000", "tcp-listen"),
+            ("rtp-listen://0.0.0.0:5004", "rtp-listen"),
             ("-", "stdin"),
         ] {
             assert_eq!(parse(source).unwrap().kind(), kind, "{source}");
@@ -184,6 +199,10 @@ mod tests {
             SourceSpec::TcpListen("127.0.0.1:8000".parse().unwrap())
         );
         assert_eq!(
+            parse("rtp-listen://127.0.0.1:5004/").unwrap(),
+            SourceSpec::RtpListen("127.0.0.1:5004".parse().unwrap())
+        );
+        assert_eq!(
             parse("tcp://raspberrypi.local:8000").unwrap(),
             SourceSpec::Tcp("raspberrypi.local:8000".into())
         );
@@ -203,6 +222,8 @@ mod tests {
     fn malformed_forms_are_refused_naming_what_was_given() {
         for bad in [
             "tcp-listen://nohost",
+            "rtp-listen://nohost",
+            "rtp://127.0.0.1:5004",
             "tcp://host",
             "tcp://host:0",
             "missing.h264",

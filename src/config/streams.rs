@@ -185,11 +185,13 @@ fn resolve_one(base: &Config, table: StreamArgs) -> Result<StreamConfig> {
     Ok(stream)
 }
 
-/// `source_allow` only means something to a listening byte-stream source.
+/// `source_allow` only means something to a listening source.
 pub fn check_source_allow(s: &StreamConfig) -> Result<()> {
-    if !s.source_allow.is_empty() && !matches!(s.spec, SourceSpec::TcpListen(_)) {
+    let listening = matches!(s.spec, SourceSpec::TcpListen(_) | SourceSpec::RtpListen(_));
+    if !s.source_allow.is_empty() && !listening {
         bail!(
-            "source_allow applies to --source tcp-listen://IP:PORT only, not to {:?}",
+            "source_allow applies to --source tcp-listen://IP:PORT and rtp-listen://IP:PORT \
+             only, not to {:?}",
             s.source
         );
     }

@@ -34,6 +34,9 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     /// Failed attempts since the source was last live.
     pub failures: u64,
+    /// A source receiving RTP: who sends, and what arrived and was thrown away.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtp: Option<super::rtp_listen::RtpIngestStatus>,
 }
 
 /// `/state`'s `source`: what the source says about itself, with what the hub has seen
@@ -85,6 +88,11 @@ impl StatusHandle {
     /// Name the source by what it really uses (e.g. the port a `:0` listener got).
     pub fn set_kind(&self, kind: String) {
         self.lock().kind = kind;
+    }
+
+    /// What an RTP ingest received.
+    pub fn set_rtp(&self, rtp: super::rtp_listen::RtpIngestStatus) {
+        self.lock().rtp = Some(rtp);
     }
 
     /// Live video of this size; `fps` when the source knows its rate (a source that

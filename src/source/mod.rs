@@ -12,5 +12,6 @@ pub mod lifecycle;
 pub mod memsink;
 pub mod nosignal;
 pub mod pattern;
+pub mod rtp_listen;
 pub mod runner;
 pub mod testsrc;

@@ -128,6 +128,11 @@ impl Demand<'_> {
     pub fn describe(&self, kind: String) {
         self.status.set_kind(kind);
     }
+
+    /// What an RTP ingest received, for `/state`.
+    pub fn report_rtp(&self, rtp: super::rtp_listen::RtpIngestStatus) {
+        self.status.set_rtp(rtp);
+    }
 }
 
 /// A source of pictures. It opens, hands over pictures and closes; the runner does the
