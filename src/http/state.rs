@@ -128,6 +128,9 @@ pub struct PeregrineState {
     pub viewers: usize,
     pub rtc: RtcStats,
     pub janus: JanusCounts,
+    /// WHEP sessions (their connected viewers are in `viewers` and `viewers_by.webrtc`
+    /// like Janus viewers).
+    pub whep: crate::whep::WhepCounts,
     pub relay: serde_json::Value,
     pub mjpeg: serde_json::Value,
 }
@@ -175,6 +178,7 @@ pub struct StateReporter {
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
     pub mjpeg: Arc<Mjpeg>,
+    pub whep: crate::whep::Whep,
 }
 
 impl StateReporter {
@@ -273,6 +277,7 @@ impl StateReporter {
             viewers: rtc.connected,
             rtc,
             janus: self.janus.counts(),
+            whep: self.whep.counts(),
             relay: self.relay.stats(),
             mjpeg: self.mjpeg.stats(),
         }
