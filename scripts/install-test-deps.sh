@@ -5,7 +5,8 @@
 # camera test recordings and the JSMpeg transcoder), Debian's nginx (the reverse proxy
 # in front of a unix socket, as on PiKVM), curl (the README's Admin API examples and
 # HTTP Basic logins), Prometheus's promtool (validates /metrics), and the npm packages
-# the browser tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer).
+# the browser tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer,
+# the whip-whep player), and aiortc (the WHEP test's Python WebRTC player).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
@@ -40,6 +41,19 @@ if ! command -v promtool >/dev/null 2>&1; then
     sudo=
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
+
+# aiortc, an independent WebRTC stack in Python, plays WHEP in tests/whep.rs. pip first
+# (a current release); Debian's Python refuses a system-wide pip install without
+# --break-system-packages (PEP 668), and without pip Debian's own package does.
+if ! python3 -c "import aiortc" >/dev/null 2>&1; then
+  echo "installing aiortc (PyPI) for the WHEP test"
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install --quiet aiortc 2>/dev/null ||
+      python3 -m pip install --quiet --break-system-packages aiortc
+  else
+    apt_install python3-aiortc
   fi
 fi
 

@@ -309,3 +309,43 @@ async fn the_viewer_cap_and_the_api_secret_apply() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// aiortc, an independent WebRTC stack, as a WHEP player (`tests/whep_player.py`): it
+/// offers H.264 and Opus on payload types of its own choosing, decodes pictures of the
+/// stream's size, hears the sound, and DELETEs its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_plays_the_stream_as_a_whep_player() -> Result<()> {
+    let server = Server::start(&["--resolution", "640x360"]).await?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whep_player.py");
+    let url = format!("http://127.0.0.1:{}/whep", server.http_port);
+    let run = tokio::process::Command::new("python3")
+        .args([script, &url, "--pictures", "30"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .context("the aiortc player did not finish within 60 s")?
+        .context("run python3 (aiortc comes from scripts/install-test-deps.sh)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "aiortc player failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.lines().last().context("no output")?)?;
+    assert!(result["pictures"].as_u64() >= Some(30), "{result}");
+    assert_eq!(result["sizes"], serde_json::json!([[640, 360]]), "{result}");
+    assert!(
+        result["audio_frames"].as_u64() > Some(0),
+        "the sound plays: {result}"
+    );
+    assert_eq!(result["delete"], 200, "{result}");
+    println!(
+        "WHEP TTFF aiortc (offer made → first picture decoded): {} ms",
+        result["ttff_ms"]
+    );
+    server
+        .wait_state(Duration::from_secs(5), nothing_left)
+        .await?;
+    Ok(())
+}
