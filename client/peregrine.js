@@ -1,6 +1,7 @@
 // peregrine's bundled viewer: a small Janus API client over WebSocket speaking to the
 // ustreamer plugin (features → watch → offer → answer → start), with reconnects, 503
-// retries and live stats. No dependencies, no build step.
+// retries and live stats; with `?whep=1` a WHEP player instead (one POST of its offer).
+// No dependencies, no build step.
 "use strict";
 
 const RETRY_WATCH_MS = 500;
@@ -249,6 +250,105 @@ class Viewer {
   }
 }
 
+// ---- WHEP (`?whep=1`): our offer POSTed to /whep (or /STREAM/whep), the answer back,
+// DELETE on leaving. No session to set up first: one round trip to the first picture. ----
+
+const GATHER_WAIT_MS = 500;
+
+class WhepViewer {
+  constructor() {
+    this.pc = null;
+    this.resource = null;
+    this.timer = null;
+    this.watching = { audio: false, mic: false };
+    const stream = query.get("stream");
+    this.endpoint = stream ? `${encodeURIComponent(stream)}/whep` : "whep";
+    // The server's API secret or token, as a Bearer token.
+    const token = credentials.token || credentials.apisecret;
+    this.auth = token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  connect() {
+    viewer = this;
+    window.peregrine.mode = "whep";
+    $("mic").disabled = true;
+    $("mic").title = "no microphone over WHEP";
+    setStatus("connecting", true);
+    this.start().catch((e) => this.retry(e.message, RECONNECT_MS));
+  }
+
+  async start() {
+    window.peregrine.offers += 1;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    this.watching = { audio: wantAudio, mic: false };
+    pc.addTransceiver("video", { direction: "recvonly" });
+    if (wantAudio) pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.ontrack = (ev) => {
+      const stream = ev.streams[0] || new MediaStream([ev.track]);
+      if (video.srcObject !== stream) video.srcObject = stream;
+      if (ev.track.kind === "audio") {
+        report("audio", true);
+        sound.listen(ev.track);
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc !== this.pc) return;
+      if (pc.connectionState === "connected") setStatus(window.peregrine.signal === "no signal" ? "no signal" : "playing", false);
+      if (pc.connectionState === "failed") this.restartWatch("connection failed");
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await this.gathered(pc);
+    const r = await fetch(this.endpoint, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", ...this.auth },
+      body: pc.localDescription.sdp,
+    });
+    if (pc !== this.pc) return;
+    if (r.status !== 201) {
+      // 409: the source has no pictures yet; 503: too many viewers. Both say when to retry.
+      const after = Number(r.headers.get("Retry-After")) * 1000 || RECONNECT_MS;
+      if (r.status === 409) window.peregrine.watch503 += 1;
+      const reason = (await r.text()).trim();
+      return this.retry(r.status === 409 ? "waiting for the video source" : `${r.status} ${reason}`, after);
+    }
+    this.resource = new URL(r.headers.get("Location"), new URL(this.endpoint, location.href));
+    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+  }
+
+  /** Our candidates in the offer (the answer has the server's): wait for them, briefly. */
+  gathered(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { clearTimeout(t); resolve(); };
+      const t = setTimeout(done, GATHER_WAIT_MS);
+      pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") done(); });
+    });
+  }
+
+  retry(why, ms) {
+    setStatus(why, true);
+    this.closePeer();
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.start().catch((e) => this.retry(e.message, RECONNECT_MS)), ms);
+  }
+
+  restartWatch(why) {
+    this.retry(`reconnecting (${why})`, RECONNECT_MS);
+  }
+
+  /** End the session on the server (DELETE) and close the connection. */
+  closePeer() {
+    if (this.resource) {
+      fetch(this.resource, { method: "DELETE", headers: this.auth, keepalive: true }).catch(() => {});
+      this.resource = null;
+    }
+    if (this.pc) { this.pc.close(); this.pc = null; }
+    sound.stopListening();
+    report("audio", false);
+  }
+}
+
 // ---- stats: resolution, fps, latency from the capture time drawn into the picture ----
 
 const strip = document.createElement("canvas");
@@ -355,4 +455,10 @@ showSound();
 if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVideoFrameCallback(onFrame);
 
 let viewer = null;
-new Viewer(serverUrl).connect();
+if (query.get("whep") === "1") {
+  new WhepViewer().connect();
+  // Leaving the page ends the WHEP session at once rather than at its ICE timeout.
+  window.addEventListener("pagehide", () => viewer.closePeer());
+} else {
+  new Viewer(serverUrl).connect();
+}

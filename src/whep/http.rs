@@ -338,10 +338,6 @@ async fn patch_session(
     };
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     match patch::decide(if_match, &etag, remote_ufrag.as_deref(), &frag) {
-        Err(PatchRefusal::PreconditionRequired) => refuse(
-            StatusCode::PRECONDITION_REQUIRED,
-            "If-Match with the session's ETag is needed",
-        ),
         Err(PatchRefusal::PreconditionFailed) => refuse(
             StatusCode::PRECONDITION_FAILED,
             "If-Match does not name the session's ETag",

@@ -1,7 +1,9 @@
 //! What a PATCH to a WHEP session asks for, decided from its `If-Match`, the session's
-//! entity tag, and its fragment (RFC 9725 §4.3, which the WHEP draft follows): trickled
-//! candidates need `If-Match` with the current tag; `If-Match: *` or new ICE
-//! credentials mean an ICE restart. Pure, so every branch is tested and fuzzed.
+//! entity tag, and its fragment (RFC 9725 §4.3, which the WHEP draft follows): an
+//! `If-Match` that names another tag fails (412); `If-Match: *` or new ICE credentials
+//! mean an ICE restart. Trickle without `If-Match` is taken, as MediaMTX takes it: the
+//! `whip-whep` player (by the drafts' author) never sends one with candidates. Pure, so
+//! every branch is tested and fuzzed.
 
 use super::sdpfrag::SdpFrag;
 
@@ -18,8 +20,6 @@ pub enum PatchAction {
 /// Why a PATCH is refused, with its status.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PatchRefusal {
-    /// 428: no `If-Match`.
-    PreconditionRequired,
     /// 412: `If-Match` names another tag.
     PreconditionFailed,
 }
@@ -32,16 +32,15 @@ pub fn decide(
     remote_ufrag: Option<&str>,
     frag: &SdpFrag,
 ) -> Result<PatchAction, PatchRefusal> {
-    let Some(if_match) = if_match.map(str::trim) else {
-        return Err(PatchRefusal::PreconditionRequired);
-    };
-    if if_match == "*" {
-        return Ok(PatchAction::Restart);
-    }
-    // A list of tags (RFC 9110 §13.1.1): the current one anywhere in it matches; a weak
-    // tag never does.
-    if !if_match.split(',').map(str::trim).any(|t| t == etag) {
-        return Err(PatchRefusal::PreconditionFailed);
+    if let Some(if_match) = if_match.map(str::trim) {
+        if if_match == "*" {
+            return Ok(PatchAction::Restart);
+        }
+        // A list of tags (RFC 9110 §13.1.1): the current one anywhere in it matches; a
+        // weak tag never does.
+        if !if_match.split(',').map(str::trim).any(|t| t == etag) {
+            return Err(PatchRefusal::PreconditionFailed);
+        }
     }
     let new_credentials = frag
         .ufrag
@@ -67,7 +66,7 @@ mod tests {
     }
 
     #[test]
-    fn trickle_needs_the_current_tag() {
+    fn trickle_needs_the_current_tag_if_any() {
         let f = frag(Some("client"));
         assert_eq!(
             decide(Some(TAG), TAG, Some("client"), &f),
@@ -83,7 +82,8 @@ mod tests {
         );
         assert_eq!(
             decide(None, TAG, Some("client"), &f),
-            Err(PatchRefusal::PreconditionRequired)
+            Ok(PatchAction::Trickle),
+            "whip-whep trickles without If-Match"
         );
         assert_eq!(
             decide(Some("\"other\""), TAG, Some("client"), &f),
@@ -103,6 +103,10 @@ mod tests {
         );
         assert_eq!(
             decide(Some(TAG), TAG, Some("client"), &frag(Some("fresh"))),
+            Ok(PatchAction::Restart)
+        );
+        assert_eq!(
+            decide(None, TAG, Some("client"), &frag(Some("fresh"))),
             Ok(PatchAction::Restart)
         );
     }
