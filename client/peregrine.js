@@ -27,7 +27,9 @@ let wantMic = query.get("mic") === "1";
 
 // What a test (or a curious person in the console) can read.
 window.peregrine = {
-  state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0,
+  state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0, firstFrameMs: null,
+  // WHEP mode: when (ms since navigation) the offer was posted, answered, connected.
+  whep: null,
   audio: false, mic: false, audioLevelDb: null, micLevelDb: null, audioLatencyMs: null, avOffsetMs: null, beeps: 0,
 };
 
@@ -253,8 +255,6 @@ class Viewer {
 // ---- WHEP (`?whep=1`): our offer POSTed to /whep (or /STREAM/whep), the answer back,
 // DELETE on leaving. No session to set up first: one round trip to the first picture. ----
 
-const GATHER_WAIT_MS = 500;
-
 class WhepViewer {
   constructor() {
     this.pc = null;
@@ -294,11 +294,25 @@ class WhepViewer {
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
-      if (pc.connectionState === "connected") setStatus(window.peregrine.signal === "no signal" ? "no signal" : "playing", false);
+      if (pc.connectionState === "connected") {
+        window.peregrine.whep.connected = Math.round(performance.now());
+        setStatus(window.peregrine.signal === "no signal" ? "no signal" : "playing", false);
+      }
       if (pc.connectionState === "failed") this.restartWatch("connection failed");
     };
+    const timing = { posted: null, answered: null, connected: null };
+    window.peregrine.whep = timing;
+    // Our candidates follow in PATCHes: the server's are in its answer, and its checks
+    // answer ours as they come, so waiting for gathering would only delay the POST.
+    this.candidates = [];
+    this.etag = null;
+    pc.onicecandidate = (ev) => {
+      if (pc !== this.pc) return;
+      this.candidates.push(ev.candidate ? `a=${ev.candidate.candidate}` : "a=end-of-candidates");
+      if (this.resource) this.trickle();
+    };
     await pc.setLocalDescription(await pc.createOffer());
-    await this.gathered(pc);
+    timing.posted = Math.round(performance.now());
     const r = await fetch(this.endpoint, {
       method: "POST",
       headers: { "Content-Type": "application/sdp", ...this.auth },
@@ -312,18 +326,21 @@ class WhepViewer {
       const reason = (await r.text()).trim();
       return this.retry(r.status === 409 ? "waiting for the video source" : `${r.status} ${reason}`, after);
     }
+    timing.answered = Math.round(performance.now());
     this.resource = new URL(r.headers.get("Location"), new URL(this.endpoint, location.href));
+    this.etag = r.headers.get("ETag");
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    this.trickle();
   }
 
-  /** Our candidates in the offer (the answer has the server's): wait for them, briefly. */
-  gathered(pc) {
-    if (pc.iceGatheringState === "complete") return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => { clearTimeout(t); resolve(); };
-      const t = setTimeout(done, GATHER_WAIT_MS);
-      pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") done(); });
-    });
+  /** Send the candidates gathered so far (RFC 8840 sdpfrag, If-Match the session's ETag). */
+  trickle() {
+    if (!this.candidates.length) return;
+    const body = `${this.candidates.join("\r\n")}\r\n`;
+    this.candidates = [];
+    const headers = { "Content-Type": "application/trickle-ice-sdpfrag", ...this.auth };
+    if (this.etag) headers["If-Match"] = this.etag;
+    fetch(this.resource, { method: "PATCH", headers, body }).catch(() => {});
   }
 
   retry(why, ms) {
@@ -358,6 +375,8 @@ let framesThisSecond = 0;
 function onFrame(now, metadata) {
   framesThisSecond += 1;
   window.peregrine.frames += 1;
+  // Time to first frame: page navigation → the first picture on screen.
+  if (window.peregrine.firstFrameMs === null) window.peregrine.firstFrameMs = Math.round(now);
   const ms = readCaptureTime(video, strip, stripCtx);
   if (ms !== null) {
     // When the picture is on screen, on the same clock the sound's timing uses.

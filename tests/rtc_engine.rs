@@ -605,7 +605,7 @@ async fn a_viewer_that_offers_gets_an_answer_and_the_stream() {
         .expect("engine answers");
     assert!(answer.contains("a=sendonly"), "{answer}");
     assert!(answer.contains("a=candidate:"), "complete answer: {answer}");
-    assert!(answer.contains("a=setup:active"), "{answer}");
+    assert!(answer.contains("a=setup:passive"), "{answer}");
     assert!(answer.contains("H264/90000"), "{answer}");
     let mut peer = pending.accept(&answer).expect("answer applies");
     peer.wait_connected(Duration::from_secs(10))

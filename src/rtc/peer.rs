@@ -17,7 +17,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCDtlsTransportState, RTCIceCandidate,
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCDtlsTransportState, RTCIceCandidate,
     RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
@@ -370,7 +370,9 @@ impl Peer {
     /// on the offered Opus payload type when `setup.audio` is given (the engine gives
     /// it only when the offer takes sound and the stream has it); our host candidates
     /// in the answer, which is complete (no trickle needed). The viewer is the ICE
-    /// controlling agent and picks the DTLS role; we answer `active` to its `actpass`.
+    /// controlling agent; we answer `passive` to its `actpass`, so the viewer, as DTLS
+    /// client, starts the handshake as soon as its own connectivity check succeeds
+    /// rather than when ours learns of the nomination.
     pub fn answer(setup: PeerSetup, offer: &str, now: Instant) -> Result<(Peer, String), RtcError> {
         let local_addr = *setup
             .candidates
@@ -387,7 +389,11 @@ impl Peer {
         )?;
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(setting_engine(&setup.ufrag, &setup.pwd).build())
+            .with_setting_engine(
+                setting_engine(&setup.ufrag, &setup.pwd)
+                    .with_answering_dtls_role(RTCDtlsRole::Server)
+                    .build(),
+            )
             .with_media_engine(me)
             .with_interceptor_registry(sender_interceptors(false))
             .build(now)?;
