@@ -116,6 +116,11 @@ async fn a_player_offers_plays_trickles_and_deletes() -> Result<()> {
         .await?;
     assert_eq!(state["whep"]["sessions"], 1);
     assert_eq!(state["rtc"]["connected"], 1);
+    let metrics = text(&request(&server, "GET", "/metrics", &[], "").await?);
+    assert!(
+        metrics.contains("\nperegrine_whep_sessions 1\n"),
+        "{metrics}"
+    );
 
     // Trickle with a wrong ETag fails; `*` (an ICE restart) is refused as unsupported.
     let frag = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\na=end-of-candidates\r\n";

@@ -112,6 +112,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let mjpeg = http::mjpeg::Mjpeg::new(streams.clone(), jpeg_taps, cfg.drop_same_frames);
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
+
     let whep = crate::whep::Whep::new(
         streams.clone(),
         engine.clone(),
@@ -120,12 +121,12 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
             auth: whep_auth,
         },
     );
-
     let metrics = crate::metrics::registry(crate::metrics::Inputs {
         streams: running.clone(),
         engine: engine.clone(),
         relay: relay.clone(),
         janus: janus_status.clone(),
+        whep: whep.clone(),
     });
     let state = Arc::new(http::StateReporter {
         started,

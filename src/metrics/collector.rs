@@ -39,6 +39,7 @@ pub struct Inputs {
     pub engine: RtcEngine,
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
+    pub whep: crate::whep::Whep,
 }
 
 pub struct ServerCollector {
@@ -66,6 +67,7 @@ impl Collector for ServerCollector {
             engine,
             relay,
             janus,
+            whep,
         } = &self.inputs;
         let rtc = engine.stats();
         let relayed = relay.metrics();
@@ -108,6 +110,13 @@ impl Collector for ServerCollector {
             "peregrine_janus_handles",
             "Janus plugin handles.",
             sessions.handles as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "peregrine_whep_sessions",
+            "WHEP sessions, connected or still negotiating (their peers count in \
+             peregrine_webrtc_peers).",
+            whep.counts().sessions as u64,
         )?;
         gauge(
             &mut enc,

@@ -864,6 +864,33 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(PeerEvent::Closed { .. })));
     }
 
+    #[tokio::test]
+    async fn an_answered_offer_whose_viewer_never_connects_expires_with_an_event() {
+        let mut engine = engine();
+        let (_viewer, offer) = crate::viewer::receiver::ReceiverPeer::offer(Default::default())
+            .await
+            .expect("the viewer offers");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let (id, answer) = engine
+            .answer_offer(t0, PeerOptions::new(Hub::new(4)), &offer, tx)
+            .expect("answer");
+        assert!(answer.contains("a=candidate:"));
+        engine.settle(Instant::now());
+        engine.handle_timers(t0 + OFFER_TIMEOUT - Duration::from_secs(1));
+        assert!(
+            engine.peers.contains_key(&id),
+            "still waiting for the viewer"
+        );
+        engine.handle_timers(t0 + OFFER_TIMEOUT + Duration::from_millis(1));
+        assert!(engine.peers.is_empty() && engine.router.is_empty());
+        let closed = rx.try_recv();
+        assert!(
+            matches!(&closed, Ok(PeerEvent::Closed { reason }) if reason == "ICE timed out"),
+            "{closed:?}"
+        );
+    }
+
     #[test]
     fn a_removed_peer_leaves_no_route_stream_or_deadline() {
         let mut engine = engine();
