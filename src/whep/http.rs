@@ -17,6 +17,7 @@ use super::patch::{self, PatchAction, PatchRefusal};
 use super::sdpfrag;
 use super::sessions::Session;
 use super::{Whep, MAX_FRAG_BYTES, MAX_OFFER_BYTES};
+use crate::janus::auth::Auth;
 use crate::media::stream::{Output, Stream};
 use crate::rtc::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError};
 
@@ -121,7 +122,7 @@ fn bearer_refusal(whep: &Whep, headers: &HeaderMap) -> Option<Response> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    if token.is_some_and(|t| auth.allows(Some(t), Some(t))) {
+    if token.is_some_and(|t| bearer_allowed(auth, t)) {
         return None;
     }
     crate::rejections::count(crate::rejections::Rejection::JanusAuth);
@@ -130,6 +131,20 @@ fn bearer_refusal(whep: &Whep, headers: &HeaderMap) -> Option<Response> {
         vec![(header::WWW_AUTHENTICATE, "Bearer".to_string())],
         "a valid Authorization: Bearer token is needed\n".to_string(),
     ))
+}
+
+/// The API secret, or a token that may use the ustreamer plugin (what a Janus viewer's
+/// token must be allowed, as WHEP viewers watch the same streams).
+fn bearer_allowed(auth: &Auth, bearer: &str) -> bool {
+    if auth.allows(Some(bearer), None) {
+        return true; // the API secret
+    }
+    let mut fields = serde_json::Map::new();
+    fields.insert("token".into(), bearer.into());
+    auth.allows(None, Some(bearer))
+        && auth
+            .check_plugin(&fields, crate::janus::ustreamer::PACKAGE)
+            .is_ok()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` value (scheme in any case).
@@ -379,6 +394,27 @@ async fn delete_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_is_the_api_secret_or_a_token_for_the_ustreamer_plugin() {
+        use crate::janus::auth::{TokenStore, Tokens};
+        let store = TokenStore::new(
+            &["viewer".into(), "other".into()],
+            &[crate::janus::ustreamer::PACKAGE],
+        );
+        assert!(store.disallow("other", crate::janus::ustreamer::PACKAGE));
+        let auth = Auth {
+            api_secret: Some("secret".into()),
+            tokens: Some(Tokens::Stored(store)),
+        };
+        assert!(bearer_allowed(&auth, "secret"));
+        assert!(bearer_allowed(&auth, "viewer"));
+        assert!(
+            !bearer_allowed(&auth, "other"),
+            "a token not granted the plugin"
+        );
+        assert!(!bearer_allowed(&auth, "nobody"));
+    }
 
     #[test]
     fn bearer_tokens_are_read_in_any_case() {
