@@ -235,7 +235,9 @@ async fn offer(
                 format!("too many viewers (at most {max})\n"),
             )
         }
-        Err(e @ (RtcError::Unacceptable(_) | RtcError::InvalidSdp(_))) => {
+        // The stack refusing a step of the answer is about the offer too (a section it
+        // cannot pair, a parameter it rejects).
+        Err(e @ (RtcError::Unacceptable(_) | RtcError::InvalidSdp(_) | RtcError::Stack(_))) => {
             return refuse(StatusCode::BAD_REQUEST, e)
         }
         Err(e) => {
