@@ -1,6 +1,7 @@
 // peregrine's bundled viewer: a small Janus API client over WebSocket speaking to the
 // ustreamer plugin (features → watch → offer → answer → start), with reconnects, 503
-// retries and live stats. No dependencies, no build step.
+// retries and live stats; with `?whep=1` a WHEP player instead (one POST of its offer).
+// No dependencies, no build step.
 "use strict";
 
 const RETRY_WATCH_MS = 500;
@@ -26,7 +27,9 @@ let wantMic = query.get("mic") === "1";
 
 // What a test (or a curious person in the console) can read.
 window.peregrine = {
-  state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0,
+  state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0, firstFrameMs: null,
+  // WHEP mode: when (ms since navigation) the offer was posted, answered, connected.
+  whep: null,
   audio: false, mic: false, audioLevelDb: null, micLevelDb: null, audioLatencyMs: null, avOffsetMs: null, beeps: 0,
 };
 
@@ -249,6 +252,120 @@ class Viewer {
   }
 }
 
+// ---- WHEP (`?whep=1`): our offer POSTed to /whep (or /STREAM/whep), the answer back,
+// DELETE on leaving. No session to set up first: one round trip to the first picture. ----
+
+class WhepViewer {
+  constructor() {
+    this.pc = null;
+    this.resource = null;
+    this.timer = null;
+    this.watching = { audio: false, mic: false };
+    const stream = query.get("stream");
+    this.endpoint = stream ? `${encodeURIComponent(stream)}/whep` : "whep";
+    // The server's API secret or token, as a Bearer token.
+    const token = credentials.token || credentials.apisecret;
+    this.auth = token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  connect() {
+    viewer = this;
+    window.peregrine.mode = "whep";
+    $("mic").disabled = true;
+    $("mic").title = "no microphone over WHEP";
+    setStatus("connecting", true);
+    this.start().catch((e) => this.retry(e.message, RECONNECT_MS));
+  }
+
+  async start() {
+    window.peregrine.offers += 1;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    this.watching = { audio: wantAudio, mic: false };
+    pc.addTransceiver("video", { direction: "recvonly" });
+    if (wantAudio) pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.ontrack = (ev) => {
+      const stream = ev.streams[0] || new MediaStream([ev.track]);
+      if (video.srcObject !== stream) video.srcObject = stream;
+      if (ev.track.kind === "audio") {
+        report("audio", true);
+        sound.listen(ev.track);
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc !== this.pc) return;
+      if (pc.connectionState === "connected") {
+        window.peregrine.whep.connected = Math.round(performance.now());
+        setStatus(window.peregrine.signal === "no signal" ? "no signal" : "playing", false);
+      }
+      if (pc.connectionState === "failed") this.restartWatch("connection failed");
+    };
+    const timing = { posted: null, answered: null, connected: null };
+    window.peregrine.whep = timing;
+    // Our candidates follow in PATCHes: the server's are in its answer, and its checks
+    // answer ours as they come, so waiting for gathering would only delay the POST.
+    this.candidates = [];
+    this.etag = null;
+    pc.onicecandidate = (ev) => {
+      if (pc !== this.pc) return;
+      this.candidates.push(ev.candidate ? `a=${ev.candidate.candidate}` : "a=end-of-candidates");
+      if (this.resource) this.trickle();
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    timing.posted = Math.round(performance.now());
+    const r = await fetch(this.endpoint, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", ...this.auth },
+      body: pc.localDescription.sdp,
+    });
+    if (pc !== this.pc) return;
+    if (r.status !== 201) {
+      // 409: the source has no pictures yet; 503: too many viewers. Both say when to retry.
+      const after = Number(r.headers.get("Retry-After")) * 1000 || RECONNECT_MS;
+      if (r.status === 409) window.peregrine.watch503 += 1;
+      const reason = (await r.text()).trim();
+      return this.retry(r.status === 409 ? "waiting for the video source" : `${r.status} ${reason}`, after);
+    }
+    timing.answered = Math.round(performance.now());
+    this.resource = new URL(r.headers.get("Location"), new URL(this.endpoint, location.href));
+    this.etag = r.headers.get("ETag");
+    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    this.trickle();
+  }
+
+  /** Send the candidates gathered so far (RFC 8840 sdpfrag, If-Match the session's ETag). */
+  trickle() {
+    if (!this.candidates.length) return;
+    const body = `${this.candidates.join("\r\n")}\r\n`;
+    this.candidates = [];
+    const headers = { "Content-Type": "application/trickle-ice-sdpfrag", ...this.auth };
+    if (this.etag) headers["If-Match"] = this.etag;
+    fetch(this.resource, { method: "PATCH", headers, body }).catch(() => {});
+  }
+
+  retry(why, ms) {
+    setStatus(why, true);
+    this.closePeer();
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.start().catch((e) => this.retry(e.message, RECONNECT_MS)), ms);
+  }
+
+  restartWatch(why) {
+    this.retry(`reconnecting (${why})`, RECONNECT_MS);
+  }
+
+  /** End the session on the server (DELETE) and close the connection. */
+  closePeer() {
+    if (this.resource) {
+      fetch(this.resource, { method: "DELETE", headers: this.auth, keepalive: true }).catch(() => {});
+      this.resource = null;
+    }
+    if (this.pc) { this.pc.close(); this.pc = null; }
+    sound.stopListening();
+    report("audio", false);
+  }
+}
+
 // ---- stats: resolution, fps, latency from the capture time drawn into the picture ----
 
 const strip = document.createElement("canvas");
@@ -258,6 +375,8 @@ let framesThisSecond = 0;
 function onFrame(now, metadata) {
   framesThisSecond += 1;
   window.peregrine.frames += 1;
+  // Time to first frame: page navigation → the first picture on screen.
+  if (window.peregrine.firstFrameMs === null) window.peregrine.firstFrameMs = Math.round(now);
   const ms = readCaptureTime(video, strip, stripCtx);
   if (ms !== null) {
     // When the picture is on screen, on the same clock the sound's timing uses.
@@ -355,4 +474,10 @@ showSound();
 if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVideoFrameCallback(onFrame);
 
 let viewer = null;
-new Viewer(serverUrl).connect();
+if (query.get("whep") === "1") {
+  new WhepViewer().connect();
+  // Leaving the page ends the WHEP session at once rather than at its ICE timeout.
+  window.addEventListener("pagehide", () => viewer.closePeer());
+} else {
+  new Viewer(serverUrl).connect();
+}

@@ -6,8 +6,9 @@
 # in front of a unix socket, as on PiKVM), curl (the README's Admin API examples and
 # HTTP Basic logins), Prometheus's promtool (validates /metrics), Debian's Janus (the
 # downstream server fed by --rtp-forward, run in network namespaces made with iproute2's
-# `ip`), and the npm packages the browser tests load (janus.js, webrtc-adapter,
-# playwright-core, JSMpeg, jmuxer).
+# `ip`), aiortc (the WHEP test's Python WebRTC player), and the npm packages the browser
+# tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer, the whip-whep
+# player).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
@@ -48,8 +49,8 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 # Janus 1.1.2, a real downstream server for the scale-out tests (--rtp-forward into its
-# Streaming plugin, VideoRoom behind simple-whip-server). The tests start their own instances; the packaged service is not
-# wanted, so it is stopped and disabled again.
+# Streaming plugin, VideoRoom behind simple-whip-server). The tests start their own
+# instances; the packaged service is not wanted, so it is stopped and disabled again.
 if ! command -v janus >/dev/null 2>&1; then
   echo "installing system packages: janus"
   apt_install --no-install-recommends janus
@@ -82,6 +83,19 @@ if [ ! -f /usr/share/simple-whip-server/src/server.js ] && [ ! -f "$whip_unpacke
     sudo=
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo systemctl disable --now simple-whip-server.service >/dev/null 2>&1 || true
+  fi
+fi
+
+# aiortc, an independent WebRTC stack in Python, plays WHEP in tests/whep.rs. pip first
+# (a current release); Debian's Python refuses a system-wide pip install without
+# --break-system-packages (PEP 668), and without pip Debian's own package does.
+if ! python3 -c "import aiortc" >/dev/null 2>&1; then
+  echo "installing aiortc (PyPI) for the WHEP test"
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install --quiet aiortc 2>/dev/null ||
+      python3 -m pip install --quiet --break-system-packages aiortc
+  else
+    apt_install python3-aiortc
   fi
 fi
 

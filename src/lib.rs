@@ -25,3 +25,4 @@ pub mod source;
 pub mod sys;
 pub mod tls;
 pub mod viewer;
+pub mod whep;

@@ -584,3 +584,78 @@ async fn each_viewer_gets_its_own_stream_and_an_unwatched_stream_idles() {
     assert!(wait_until(Duration::from_secs(2), || !big_hub.has_subscribers()).await);
     engine.shutdown().await;
 }
+
+/// WHEP's direction: the viewer offers, the engine answers. The viewer gets the same
+/// stream as an offered-to viewer (starting at a keyframe with SPS, decodable, packets
+/// within the size), and the peer is an ordinary one: counted, connected, closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_offers_gets_an_answer_and_the_stream() {
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
+    let engine = RtcEngine::start(config()).await.expect("engine starts");
+
+    let (pending, offer) = ReceiverPeer::offer(Default::default())
+        .await
+        .expect("receiver offers");
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let (id, answer) = engine
+        .answer_offer(PeerOptions::new(hub.clone()), &offer, tx)
+        .await
+        .expect("engine answers");
+    assert!(answer.contains("a=sendonly"), "{answer}");
+    assert!(answer.contains("a=candidate:"), "complete answer: {answer}");
+    assert!(answer.contains("a=setup:passive"), "{answer}");
+    assert!(answer.contains("H264/90000"), "{answer}");
+    let mut peer = pending.accept(&answer).expect("answer applies");
+    peer.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connects");
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+    assert_eq!(ev.ok().flatten(), Some(PeerEvent::Connected));
+    assert!(wait_until(Duration::from_secs(2), || engine.stats().connected == 1).await);
+
+    let got = frames(&mut peer, 30, Duration::from_secs(10)).await;
+    assert!(
+        h264::nal_units(&got[0].data).any(|n| h264::nal_type(n) == Some(h264::NalType::Sps)),
+        "the viewer starts at a keyframe with SPS"
+    );
+    assert!(decode_all(&got) >= 30, "30 pictures decode");
+    check_packets(&got);
+
+    engine.close_peer(id, "test over");
+    assert!(wait_until(Duration::from_secs(2), || engine.stats().peers == 0).await);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_the_engine_cannot_answer_are_refused_and_leave_no_peer() {
+    let hub = Hub::new(30);
+    let engine = RtcEngine::start(config()).await.expect("engine starts");
+    let (_pending, offer) = ReceiverPeer::offer(Default::default())
+        .await
+        .expect("receiver offers");
+    let vp8 = offer
+        .replace("H264/90000", "VP8/90000")
+        .replace("packetization-mode=1", "x=1");
+    for (what, sdp) in [
+        ("garbage", "hello".to_string()),
+        ("no H.264", vp8),
+        ("no video", offer.replace("m=video ", "m=text ")),
+    ] {
+        let (tx, _events) = mpsc::unbounded_channel();
+        let refused = engine
+            .answer_offer(PeerOptions::new(hub.clone()), &sdp, tx)
+            .await;
+        assert!(
+            matches!(refused, Err(RtcError::Unacceptable(_))),
+            "{what}: {refused:?}"
+        );
+    }
+    assert_eq!(engine.stats().peers, 0);
+    assert!(
+        !hub.has_subscribers(),
+        "a refused offer does not start the source"
+    );
+    engine.shutdown().await;
+}

@@ -24,6 +24,7 @@ fn offered_peer(now: Instant, with_sound: bool) -> Peer {
         loopback_only: true,
         audio: with_sound.then(|| AudioSetup {
             ssrc: 0x0bad_cafe,
+            payload_type: 111,
             send: true,
             mic: Some((MicInput::channel(4).0, 1)),
         }),

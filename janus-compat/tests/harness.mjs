@@ -145,7 +145,8 @@ export function basicAuthHeaders(args) {
 }
 
 /**
- * Serve the kit's pages, janus.js and adapter.js on a loopback port of their own; over
+ * Serve the kit's pages, janus.js, adapter.js and whip-whep's WHEP player on a loopback
+ * port of their own; over
  * https:// with `tls: { cert, key }` (PEM).
  */
 export async function startPageServer({ tls = null } = {}) {
@@ -154,6 +155,8 @@ export async function startPageServer({ tls = null } = {}) {
     "/janus.js": [path.join(kitDir, "node_modules/janus-gateway/npm/src/janus.js"), "text/javascript"],
     "/adapter.js": [path.join(kitDir, "node_modules/webrtc-adapter/out/adapter.js"), "text/javascript"],
     "/kvmd-style.html": [path.join(kitDir, "tests/kvmd-style.html"), "text/html"],
+    "/whep.js": [path.join(kitDir, "node_modules/whip-whep/whep.js"), "text/javascript"],
+    "/whep-player.html": [path.join(kitDir, "tests/whep-player.html"), "text/html"],
   };
   const handler = async (req, res) => {
     const entry = files[new URL(req.url, "http://x").pathname];

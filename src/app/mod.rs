@@ -129,6 +129,8 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     }
     let forwards = Arc::new(forwards);
 
+    // WHEP checks the same secret and tokens (the stored ones shared with the Admin API).
+    let whep_auth = janus_cfg.auth.clone();
     // The error names the one listener that could not be bound.
     let janus = JanusServer::bind(streams.clone(), engine.clone(), janus_cfg).await?;
     let relay = Relay::new(
@@ -144,12 +146,21 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let janus_status = janus.status();
     let main_routes = janus.main_port_routes();
 
+    let whep = crate::whep::Whep::new(
+        streams.clone(),
+        engine.clone(),
+        crate::whep::WhepConfig {
+            ice_servers: cfg.ice_servers.clone(),
+            auth: whep_auth,
+        },
+    );
     let metrics = crate::metrics::registry(crate::metrics::Inputs {
         streams: running.clone(),
         engine: engine.clone(),
         relay: relay.clone(),
         janus: janus_status.clone(),
         forwards: forwards.clone(),
+        whep: whep.clone(),
     });
     let state = Arc::new(http::StateReporter {
         started,
@@ -167,6 +178,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         janus: janus_status.clone(),
         mjpeg: mjpeg.clone(),
         forwards,
+        whep: whep.clone(),
     });
     let addr = SocketAddr::new(cfg.host, cfg.port);
     let listener = TcpListener::bind(addr)
@@ -187,6 +199,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     let main_router = http::router(state, cfg.static_dir.clone())
         .merge(crate::metrics::routes(metrics))
         .merge(main_routes)
+        .merge(whep.routes())
         .merge(relay.routes())
         .merge(mjpeg.routes());
     // Basic auth outermost: nothing, not even an Origin refusal, without the password.

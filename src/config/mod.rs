@@ -363,7 +363,8 @@ pub struct Args {
     #[arg(long, value_name = "MS", help_heading = "Input")]
     pub testsrc_warmup_ms: Option<u64>,
 
-    /// STUN/TURN URL given to pages through `features` (repeatable).
+    /// STUN/TURN URL given to pages through `features` and to WHEP players in
+    /// `Link: <URL>; rel="ice-server"` headers (repeatable).
     #[arg(long, value_name = "URL", help_heading = "WebRTC")]
     pub ice_server: Option<Vec<String>>,
     /// Address the WebRTC media socket binds, whose addresses are offered as ICE host

@@ -130,6 +130,9 @@ pub struct PeregrineState {
     pub viewers: usize,
     pub rtc: RtcStats,
     pub janus: JanusCounts,
+    /// WHEP sessions (their connected viewers are in `viewers` and `viewers_by.webrtc`
+    /// like Janus viewers).
+    pub whep: crate::whep::WhepCounts,
     pub relay: serde_json::Value,
     pub mjpeg: serde_json::Value,
     /// Each `--rtp-forward` target: where it sends and what it was asked.
@@ -182,6 +185,7 @@ pub struct StateReporter {
     pub janus: JanusStatus,
     pub mjpeg: Arc<Mjpeg>,
     pub forwards: Arc<Forwards>,
+    pub whep: crate::whep::Whep,
 }
 
 impl StateReporter {
@@ -280,6 +284,7 @@ impl StateReporter {
             viewers: rtc.connected,
             rtc,
             janus: self.janus.counts(),
+            whep: self.whep.counts(),
             relay: self.relay.stats(),
             mjpeg: self.mjpeg.stats(),
             rtp_forwards: self.forwards.reports(),

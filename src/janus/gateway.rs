@@ -408,9 +408,9 @@ impl Gateway {
                 .apply_answer(peer, &jsep.sdp)
                 .await
                 .map_err(|e| match e {
-                    RtcError::InvalidSdp(detail) | RtcError::VideoRejected(detail) => {
-                        JanusError::invalid_sdp(detail)
-                    }
+                    RtcError::InvalidSdp(detail)
+                    | RtcError::VideoRejected(detail)
+                    | RtcError::Unacceptable(detail) => JanusError::invalid_sdp(detail),
                     RtcError::NoOffer | RtcError::NoSuchPeer => JanusError::unexpected_answer(),
                     e @ (RtcError::Stack(_)
                     | RtcError::Stopped

@@ -40,6 +40,7 @@ pub struct Inputs {
     pub relay: Arc<Relay>,
     pub janus: JanusStatus,
     pub forwards: Arc<crate::egress::Forwards>,
+    pub whep: crate::whep::Whep,
 }
 
 pub struct ServerCollector {
@@ -68,6 +69,7 @@ impl Collector for ServerCollector {
             relay,
             janus,
             forwards: _,
+            whep,
         } = &self.inputs;
         let rtc = engine.stats();
         let relayed = relay.metrics();
@@ -110,6 +112,13 @@ impl Collector for ServerCollector {
             "peregrine_janus_handles",
             "Janus plugin handles.",
             sessions.handles as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "peregrine_whep_sessions",
+            "WHEP sessions, connected or still negotiating (their peers count in \
+             peregrine_webrtc_peers).",
+            whep.counts().sessions as u64,
         )?;
         gauge(
             &mut enc,

@@ -55,6 +55,12 @@ pub enum Command {
         events: mpsc::UnboundedSender<PeerEvent>,
         reply: oneshot::Sender<Result<(PeerId, String), RtcError>>,
     },
+    AnswerOffer {
+        opts: PeerOptions,
+        offer: String,
+        events: mpsc::UnboundedSender<PeerEvent>,
+        reply: oneshot::Sender<Result<(PeerId, String), RtcError>>,
+    },
     ApplyAnswer {
         id: PeerId,
         sdp: String,
@@ -286,6 +292,18 @@ impl Engine {
                 }
                 let _ = reply.send(result);
             }
+            Command::AnswerOffer {
+                opts,
+                offer,
+                events,
+                reply,
+            } => {
+                let answered = self.answer_offer(now, opts, &offer, events);
+                if let Err(e) = &answered {
+                    tracing::info!(error = %e, "viewer's offer refused");
+                }
+                let _ = reply.send(answered);
+            }
             Command::ApplyAnswer { id, sdp, reply } => {
                 let result = match self.peers.get_mut(&id) {
                     Some(e) => e.peer.apply_answer(now, &sdp),
@@ -340,17 +358,57 @@ impl Engine {
         opts: PeerOptions,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
-        if self.peers.len() >= self.cfg.max_viewers {
-            rejections::count(Rejection::ViewerCap);
-            if let Some(times) = self.refusal_log.hit() {
-                tracing::warn!(
-                    max_viewers = self.cfg.max_viewers,
-                    times,
-                    "viewer refused: --max-viewers reached"
-                );
-            }
-            return Err(RtcError::TooManyViewers(self.cfg.max_viewers));
+        self.admit()?;
+        let (id, setup) = self.peer_setup(&opts);
+        let credentials = (setup.ufrag.clone(), setup.pwd.clone());
+        let (peer, offer) = Peer::offer(setup, now)?;
+        self.register(id, credentials, peer, &opts, events);
+        tracing::debug!(peer = id, "offer created");
+        Ok((id, offer))
+    }
+
+    fn answer_offer(
+        &mut self,
+        now: Instant,
+        opts: PeerOptions,
+        offer: &str,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(PeerId, String), RtcError> {
+        self.admit()?;
+        // A viewer that sends no microphone: the offer's audio section only takes sound.
+        let opts = PeerOptions { mic: None, ..opts };
+        let (id, setup) = self.peer_setup(&opts);
+        let credentials = (setup.ufrag.clone(), setup.pwd.clone());
+        let (peer, answer) = Peer::answer(setup, offer, now)?;
+        // Sound it did not take is not listened to.
+        let opts = PeerOptions {
+            audio: opts.audio.filter(|_| peer.sends_audio()),
+            ..opts
+        };
+        self.register(id, credentials, peer, &opts, events);
+        tracing::debug!(peer = id, "offer answered");
+        Ok((id, answer))
+    }
+
+    /// Refuse a new peer beyond `max_viewers`.
+    fn admit(&mut self) -> Result<(), RtcError> {
+        if self.peers.len() < self.cfg.max_viewers {
+            return Ok(());
         }
+        rejections::count(Rejection::ViewerCap);
+        if let Some(times) = self.refusal_log.hit() {
+            tracing::warn!(
+                max_viewers = self.cfg.max_viewers,
+                times,
+                "viewer refused: --max-viewers reached"
+            );
+        }
+        Err(RtcError::TooManyViewers(self.cfg.max_viewers))
+    }
+
+    /// A fresh id, ICE credentials, SSRCs and the rest of what a new peer of `opts` is
+    /// made with.
+    fn peer_setup(&mut self, opts: &PeerOptions) -> (PeerId, PeerSetup) {
         let profile_level_id = opts
             .stream
             .params()
@@ -369,12 +427,13 @@ impl Engine {
                     break s;
                 }
             },
+            payload_type: crate::media::audio::OPUS_PAYLOAD_TYPE,
             send: opts.audio.is_some(),
             mic: opts.mic.clone().map(|mic| (mic, id)),
         });
         let setup = PeerSetup {
-            ufrag: ufrag.clone(),
-            pwd: pwd.clone(),
+            ufrag,
+            pwd,
             ssrc,
             profile_level_id,
             candidates: self.candidates.clone(),
@@ -382,7 +441,19 @@ impl Engine {
             loopback_only: self.cfg.bind.is_loopback(),
             audio,
         };
-        let (peer, offer) = Peer::offer(setup, now)?;
+        (id, setup)
+    }
+
+    /// Take a new peer in: routed by its ICE credentials, a viewer of its stream (and
+    /// a listener of its sound), dropped if it is not in use by [`OFFER_TIMEOUT`].
+    fn register(
+        &mut self,
+        id: PeerId,
+        (ufrag, pwd): (String, String),
+        peer: Peer,
+        opts: &PeerOptions,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) {
         self.router.add(id, ufrag, pwd);
         // The stream's first viewer subscribes to it: a subscription keeps the source
         // busy, so there is one only while the stream has peers. It starts with the
@@ -411,8 +482,6 @@ impl Engine {
             },
         );
         self.dirty.insert(id);
-        tracing::debug!(peer = id, "offer created");
-        Ok((id, offer))
     }
 
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
@@ -455,7 +524,18 @@ impl Engine {
                 break;
             };
             match due.due {
-                Due::OfferExpiry => self.remove_peer(due.peer, "Offer timed out", true),
+                Due::OfferExpiry => {
+                    let unanswered = self
+                        .peers
+                        .get(&due.peer)
+                        .is_some_and(|e| e.peer.awaiting_answer());
+                    let reason = if unanswered {
+                        "Offer timed out"
+                    } else {
+                        "ICE timed out"
+                    };
+                    self.remove_peer(due.peer, reason, true)
+                }
                 Due::Timer => {
                     if let Some(e) = self.peers.get_mut(&due.peer) {
                         e.next_timeout = None;
@@ -755,7 +835,7 @@ impl Engine {
 fn deadline_holds(peers: &HashMap<PeerId, Entry>, d: &Deadline) -> bool {
     peers.get(&d.peer).is_some_and(|e| match d.due {
         Due::Timer => e.next_timeout == Some(d.at),
-        Due::OfferExpiry => e.peer.awaiting_answer(),
+        Due::OfferExpiry => e.peer.pending(),
     })
 }
 
@@ -800,6 +880,33 @@ mod tests {
         engine.handle_timers(t0 + OFFER_TIMEOUT + Duration::from_millis(1));
         assert!(engine.peers.is_empty() && engine.router.is_empty());
         assert!(matches!(rx.try_recv(), Ok(PeerEvent::Closed { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_answered_offer_whose_viewer_never_connects_expires_with_an_event() {
+        let mut engine = engine();
+        let (_viewer, offer) = crate::viewer::receiver::ReceiverPeer::offer(Default::default())
+            .await
+            .expect("the viewer offers");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let (id, answer) = engine
+            .answer_offer(t0, PeerOptions::new(Hub::new(4)), &offer, tx)
+            .expect("answer");
+        assert!(answer.contains("a=candidate:"));
+        engine.settle(Instant::now());
+        engine.handle_timers(t0 + OFFER_TIMEOUT - Duration::from_secs(1));
+        assert!(
+            engine.peers.contains_key(&id),
+            "still waiting for the viewer"
+        );
+        engine.handle_timers(t0 + OFFER_TIMEOUT + Duration::from_millis(1));
+        assert!(engine.peers.is_empty() && engine.router.is_empty());
+        let closed = rx.try_recv();
+        assert!(
+            matches!(&closed, Ok(PeerEvent::Closed { reason }) if reason == "ICE timed out"),
+            "{closed:?}"
+        );
     }
 
     #[test]

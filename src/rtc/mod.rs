@@ -166,6 +166,10 @@ pub enum RtcError {
     /// The answer declined the video (or kept none of our payload types).
     #[error("the viewer declined the video: {0}")]
     VideoRejected(String),
+    /// A viewer's offer (WHEP) we cannot answer: no video section, no H.264 we can
+    /// send, missing ICE or DTLS attributes.
+    #[error("offer not acceptable: {0}")]
+    Unacceptable(String),
     #[error("no such peer")]
     NoSuchPeer,
     #[error("unexpected answer: no offer pending")]
@@ -300,6 +304,29 @@ impl RtcEngine {
         self.command(engine::Command::CreateOffer {
             opts,
             egress: true,
+            events,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Create a peer from a viewer's SDP offer (WHEP) and answer it: sendonly H.264 on
+    /// the offered payload type that fits the stream best (see
+    /// [`sdp::read_offer`]), Opus when [`PeerOptions`] has sound and the offer takes
+    /// it, our host candidates included (the answer is complete). From there the peer
+    /// is like any other: the same fan-out, GOP start, feedback and events. A peer
+    /// that does not connect within [`OFFER_TIMEOUT`] is closed with an event.
+    pub async fn answer_offer(
+        &self,
+        opts: PeerOptions,
+        offer: &str,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(PeerId, String), RtcError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(engine::Command::AnswerOffer {
+            opts,
+            offer: offer.to_string(),
             events,
             reply,
         })

@@ -17,7 +17,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCDtlsTransportState, RTCIceCandidate,
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCDtlsTransportState, RTCIceCandidate,
     RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
@@ -52,11 +52,20 @@ pub const H264_FALLBACK_PAYLOAD_TYPE: u8 = 97;
 /// [`sdp::h264_offer_profiles`]) with keyframe-request feedback, Opus on PT 111, and the
 /// plugin's three header extensions, registered in the order that gives them ids 1-3.
 pub fn media_engine(profile_level_id: &str) -> Result<MediaEngine, RtcError> {
+    media_engine_with(h264_codecs(profile_level_id), opus_codec())
+}
+
+/// A media engine with these H.264 payload types and this Opus one, and the plugin's
+/// header extensions.
+fn media_engine_with(
+    h264: Vec<RTCRtpCodecParameters>,
+    opus: RTCRtpCodecParameters,
+) -> Result<MediaEngine, RtcError> {
     let mut me = MediaEngine::default();
-    for codec in h264_codecs(profile_level_id) {
+    for codec in h264 {
         me.register_codec(codec, RtpCodecKind::Video)?;
     }
-    me.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+    me.register_codec(opus, RtpCodecKind::Audio)?;
     for (_, uri) in extensions::OFFERED {
         me.register_header_extension(
             RTCRtpHeaderExtensionCapability {
@@ -80,6 +89,11 @@ pub fn h264_codecs(profile_level_id: &str) -> Vec<RTCRtpCodecParameters> {
 }
 
 pub fn h264_codec(profile_level_id: &str, payload_type: u8) -> RTCRtpCodecParameters {
+    h264_codec_with_fmtp(sdp::h264_fmtp(profile_level_id), payload_type)
+}
+
+/// Our H.264 codec with keyframe-request and NACK feedback, under `fmtp`.
+fn h264_codec_with_fmtp(fmtp: String, payload_type: u8) -> RTCRtpCodecParameters {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_string(),
         parameter: parameter.to_string(),
@@ -89,7 +103,7 @@ pub fn h264_codec(profile_level_id: &str, payload_type: u8) -> RTCRtpCodecParame
             mime_type: MIME_TYPE_H264.to_string(),
             clock_rate: 90_000,
             channels: 0,
-            sdp_fmtp_line: sdp::h264_fmtp(profile_level_id),
+            sdp_fmtp_line: fmtp,
             rtcp_feedback: vec![fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
         },
         payload_type,
@@ -243,6 +257,8 @@ pub struct Peer {
     /// of our advertised candidates for the agent to accept them.
     local_addr: SocketAddr,
     stage: Stage,
+    /// Made from the viewer's offer (WHEP) rather than from ours.
+    answerer: bool,
     ext: ExtensionIds,
     orientation: Option<Bytes>,
     /// The playout-delay sent instead of the frame's (render at once) while the viewer
@@ -335,17 +351,168 @@ impl Peer {
             a.set_mid(&sdp);
         }
 
-        let peer = Peer {
+        let peer = Peer::assemble(
             pc,
             sender,
-            ssrc: setup.ssrc,
+            setup.ssrc,
+            local_addr,
+            setup.orientation,
+            setup.loopback_only,
+            track_id,
+            audio,
+            now,
+        );
+        Ok((peer, sdp))
+    }
+
+    /// Build the peer connection from a viewer's offer (WHEP) and answer it: our video
+    /// on the offered H.264 payload type that fits the stream best, sendonly; our sound
+    /// on the offered Opus payload type when `setup.audio` is given (the engine gives
+    /// it only when the offer takes sound and the stream has it); our host candidates
+    /// in the answer, which is complete (no trickle needed). The viewer is the ICE
+    /// controlling agent; we answer `passive` to its `actpass`, so the viewer, as DTLS
+    /// client, starts the handshake as soon as its own connectivity check succeeds
+    /// rather than when ours learns of the nomination.
+    pub fn answer(setup: PeerSetup, offer: &str, now: Instant) -> Result<(Peer, String), RtcError> {
+        let local_addr = *setup
+            .candidates
+            .first()
+            .ok_or_else(|| RtcError::Internal("no candidate address"))?;
+        let offered =
+            sdp::read_offer(offer, &setup.profile_level_id).map_err(RtcError::Unacceptable)?;
+        let video_codec =
+            h264_codec_with_fmtp(offered.video.fmtp.clone(), offered.video.payload_type);
+        let opus_pt = offered.opus.unwrap_or(OPUS_PAYLOAD_TYPE);
+        let me = media_engine_with(
+            vec![video_codec.clone()],
+            super::peer_audio::opus_codec_on(opus_pt),
+        )?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(
+                setting_engine(&setup.ufrag, &setup.pwd)
+                    .with_answering_dtls_role(RTCDtlsRole::Server)
+                    .build(),
+            )
+            .with_media_engine(me)
+            .with_interceptor_registry(sender_interceptors(false))
+            .build(now)?;
+
+        // Our transceivers come first, so the offer's sections pair with them.
+        let track_id = "video".to_string();
+        let track = media_track(&track_id, RtpCodecKind::Video, setup.ssrc, &video_codec);
+        let transceiver = pc.add_transceiver_from_track(
+            track,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![],
+                send_encodings: vec![],
+            }),
+        )?;
+        pc.rtp_transceiver(transceiver)
+            .ok_or_else(|| RtcError::Internal("no transceiver"))?
+            .set_codec_preferences(vec![video_codec])?;
+        let sender = pc
+            .get_senders()
+            .last()
+            .ok_or_else(|| RtcError::Internal("no sender for the video transceiver"))?;
+        let audio_setup = setup
+            .audio
+            .filter(|_| offered.opus.is_some())
+            .map(|a| AudioSetup {
+                payload_type: opus_pt,
+                send: true,
+                mic: None,
+                ..a
+            });
+        let mut audio = match audio_setup {
+            Some(a) => Some(PeerAudio::add(&mut pc, a)?),
+            None => None,
+        };
+
+        let budget = MAX_REMOTE_CANDIDATES;
+        let (offer_kept, kept, dropped) =
+            candidates::filter_answer(offer, setup.loopback_only, budget);
+        if dropped > 0 {
+            tracing::debug!(kept, dropped, "offer candidates left out");
+        }
+        let desc = RTCSessionDescription::offer(offer_kept)
+            .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        pc.set_remote_description(now, desc)
+            .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        for addr in &setup.candidates {
+            pc.add_local_candidate(host_candidate(*addr)?)?;
+        }
+        pc.add_local_candidate(RTCIceCandidateInit::default())?;
+        let answer = pc.create_answer(None)?;
+        pc.set_local_description(now, answer)?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| RtcError::Internal("no local description"))?;
+        // What the answer kept of our video is what we send on.
+        let payload_type = sdp::chosen_payload_type(&sdp, &[offered.video.payload_type])
+            .map_err(RtcError::Unacceptable)?;
+        if let Some(a) = &mut audio {
+            a.set_mid(&sdp);
+            a.apply_answer(sdp::audio_answer(offer, opus_pt));
+        }
+
+        let mut peer = Peer::assemble(
+            pc,
+            sender,
+            setup.ssrc,
+            local_addr,
+            setup.orientation,
+            setup.loopback_only,
+            track_id,
+            audio,
+            now,
+        );
+        peer.stage = Stage::Answered;
+        peer.answerer = true;
+        peer.remote_candidates = kept;
+        peer.payload_type = Some(payload_type);
+        peer.take_negotiated_extensions();
+        tracing::debug!(ext = ?peer.ext, payload_type, "offer answered");
+        Ok((peer, sdp))
+    }
+
+    pub fn awaiting_answer(&self) -> bool {
+        self.stage == Stage::Offered
+    }
+
+    /// Not in use yet, and to be dropped if that lasts: an offer of ours unanswered, or
+    /// an answer of ours whose viewer never connected.
+    pub fn pending(&self) -> bool {
+        self.stage == Stage::Offered || (self.answerer && self.stage == Stage::Answered)
+    }
+
+    /// The peer around a built connection, before any answer is applied.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        pc: RTCPeerConnection,
+        sender: RTCRtpSenderId,
+        ssrc: u32,
+        local_addr: SocketAddr,
+        orientation: u16,
+        loopback_only: bool,
+        track_id: String,
+        audio: Option<PeerAudio>,
+        now: Instant,
+    ) -> Peer {
+        Peer {
+            pc,
+            sender,
+            ssrc,
             seq: rand::random(),
             local_addr,
             stage: Stage::Offered,
+            answerer: false,
             ext: ExtensionIds::default(),
-            orientation: extensions::video_orientation(setup.orientation),
+            orientation: extensions::video_orientation(orientation),
             lip_sync_delay: extensions::lip_sync_playout_delay(),
-            loopback_only: setup.loopback_only,
+            loopback_only,
             remote_candidates: 0,
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
@@ -358,12 +525,25 @@ impl Peer {
             write_errors: 0,
             keyframes_untold: 0,
             first_keyframe: FirstKeyframe::NotYet,
-        };
-        Ok((peer, sdp))
+        }
     }
 
-    pub fn awaiting_answer(&self) -> bool {
-        self.stage == Stage::Offered
+    /// The header extension ids the negotiation settled on, for stamping packets.
+    fn take_negotiated_extensions(&mut self) {
+        let params = self
+            .pc
+            .rtp_sender(self.sender)
+            .map(|mut s| s.get_parameters().rtp_parameters.clone());
+        let negotiated: Vec<(String, u16)> = params
+            .as_ref()
+            .map(|p| {
+                p.header_extensions
+                    .iter()
+                    .map(|h| (h.uri.clone(), h.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
     }
 
     pub fn apply_answer(&mut self, now: Instant, answer: &str) -> Result<(), RtcError> {
@@ -388,20 +568,7 @@ impl Peer {
         self.stage = Stage::Answered;
         self.remote_candidates += kept;
 
-        let params = self
-            .pc
-            .rtp_sender(self.sender)
-            .map(|mut s| s.get_parameters().rtp_parameters.clone());
-        let negotiated: Vec<(String, u16)> = params
-            .as_ref()
-            .map(|p| {
-                p.header_extensions
-                    .iter()
-                    .map(|h| (h.uri.clone(), h.id))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.ext = ExtensionIds::from_negotiated(negotiated.iter().map(|(u, i)| (u.as_str(), *i)));
+        self.take_negotiated_extensions();
         self.payload_type = Some(payload_type);
         if let Some(audio) = &mut self.audio {
             audio.apply_answer(audio_answer);
@@ -827,6 +994,7 @@ mod tests {
         ] {
             let audio = AudioSetup {
                 ssrc: 5678,
+                payload_type: 111,
                 send,
                 mic: mic.map(|m| (m, 1)),
             };

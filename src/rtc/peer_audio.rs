@@ -17,6 +17,11 @@ use crate::media::audio::{CHANNELS, OPUS_PAYLOAD_TYPE, SAMPLE_RATE};
 /// Opus on PT 111, 48 kHz stereo, without feedback: no NACK, PLI or REMB on audio, as
 /// the plugin offers it since 6.56.
 pub fn opus_codec() -> RTCRtpCodecParameters {
+    opus_codec_on(OPUS_PAYLOAD_TYPE)
+}
+
+/// [`opus_codec`] on another payload type: the one a viewer's offer gives Opus.
+pub fn opus_codec_on(payload_type: u8) -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_string(),
@@ -25,7 +30,7 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
             sdp_fmtp_line: sdp::OPUS_FMTP.to_string(),
             rtcp_feedback: vec![],
         },
-        payload_type: OPUS_PAYLOAD_TYPE,
+        payload_type,
     }
 }
 
@@ -34,6 +39,8 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
 pub struct AudioSetup {
     /// Our audio SSRC (announced even when only the microphone is on).
     pub ssrc: u32,
+    /// Opus's payload type: ours in an offer, the viewer's in an answer.
+    pub payload_type: u8,
     /// The stream's sound goes to the viewer.
     pub send: bool,
     /// The viewer's microphone comes in and is handed to this, as talker `talker`.
@@ -78,7 +85,7 @@ impl PeerAudio {
     /// goes out (sendonly, or sendrecv with the microphone), a bare receiving
     /// transceiver for the microphone alone (recvonly).
     pub fn add(pc: &mut RTCPeerConnection, setup: AudioSetup) -> Result<PeerAudio, RtcError> {
-        let codec = opus_codec();
+        let codec = opus_codec_on(setup.payload_type);
         let track_id = "audio".to_string();
         let init = RTCRtpTransceiverInit {
             direction: setup.direction(),

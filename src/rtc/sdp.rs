@@ -155,6 +155,121 @@ pub fn chosen_payload_type(answer: &str, ours: &[u8]) -> Result<u8, String> {
         .ok_or_else(|| format!("the answer keeps none of the offered payload types {ours:?}"))
 }
 
+/// An H.264 payload type a viewer's offer lists, with its fmtp line as offered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfferedH264 {
+    pub payload_type: u8,
+    pub fmtp: String,
+}
+
+/// What a viewer's offer (WHEP) lets us send: the H.264 payload type to send the stream
+/// under, and Opus's payload type when the offer has an audio section that takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfferedMedia {
+    pub video: OfferedH264,
+    pub opus: Option<u8>,
+}
+
+/// Read a viewer's offer: its video section must list H.264 with
+/// packetization-mode=1 (we send FU-A fragments). Of those, the one whose
+/// `profile-level-id` fits `stream_profile` best is chosen (see [`h264_fit`]), the
+/// offer's order breaking ties. An error says why nothing fits.
+pub fn read_offer(offer: &str, stream_profile: &str) -> Result<OfferedMedia, String> {
+    if !offer.trim_start().starts_with("v=0") {
+        return Err("not an SDP offer: does not start with v=0".into());
+    }
+    for key in ["a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:"] {
+        if !offer.lines().any(|l| l.trim_end().starts_with(key)) {
+            return Err(format!("the offer lacks {}", key.trim_end_matches(':')));
+        }
+    }
+    let all = sections(offer);
+    let video = all
+        .iter()
+        .find(|s| s.kind == "video" && s.port != "0")
+        .ok_or("the offer has no video section")?;
+    let h264: Vec<OfferedH264> = video
+        .formats
+        .iter()
+        .filter(|pt| rtpmap_of(video, **pt).is_some_and(|m| m.eq_ignore_ascii_case("H264/90000")))
+        .map(|&pt| OfferedH264 {
+            payload_type: pt,
+            fmtp: fmtp_of(video, pt).unwrap_or_default().to_string(),
+        })
+        .collect();
+    if h264.is_empty() {
+        return Err("the offer's video section has no H.264".into());
+    }
+    let stream_profile = stream_profile.to_ascii_lowercase();
+    let video = h264
+        .iter()
+        .filter(|c| fmtp_param(&c.fmtp, "packetization-mode") == Some("1"))
+        .enumerate()
+        .max_by_key(|(i, c)| {
+            (
+                h264_fit(&stream_profile, fmtp_param(&c.fmtp, "profile-level-id")),
+                std::cmp::Reverse(*i),
+            )
+        })
+        .map(|(_, c)| c.clone())
+        .ok_or("the offer has H.264 only without packetization-mode=1")?;
+    let opus = all
+        .iter()
+        .find(|s| s.kind == "audio" && s.port != "0")
+        .and_then(|audio| {
+            audio.formats.iter().copied().find(|pt| {
+                rtpmap_of(audio, *pt)
+                    .is_some_and(|m| m.to_ascii_lowercase().starts_with("opus/48000"))
+            })
+        });
+    Ok(OfferedMedia { video, opus })
+}
+
+/// How well an offered `profile-level-id` carries a stream of `stream`: 3 the same
+/// profile and constraints, 2 the same profile, 1 Constrained Baseline (what browsers
+/// decode any stream under, as the offer path relies on), 0 anything else. Without a
+/// `profile-level-id` the offer means Baseline (RFC 6184 §8.1: 420010).
+pub fn h264_fit(stream: &str, offered: Option<&str>) -> u8 {
+    let offered = offered.unwrap_or("42000a").to_ascii_lowercase();
+    let byte = |s: &str, i: usize| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok());
+    if byte(stream, 0).is_some() && byte(stream, 0) == byte(&offered, 0) {
+        if byte(stream, 2) == byte(&offered, 2) {
+            3
+        } else {
+            2
+        }
+    } else if is_constrained_baseline(&offered) {
+        1
+    } else {
+        0
+    }
+}
+
+/// The encoding name of `pt` in `section` (`a=rtpmap:PT NAME/RATE[/CH]`).
+fn rtpmap_of<'a>(section: &Section<'a>, pt: u8) -> Option<&'a str> {
+    attribute_of(section, "a=rtpmap:", pt)
+}
+
+/// The fmtp parameters of `pt` in `section`.
+fn fmtp_of<'a>(section: &Section<'a>, pt: u8) -> Option<&'a str> {
+    attribute_of(section, "a=fmtp:", pt)
+}
+
+fn attribute_of<'a>(section: &Section<'a>, prefix: &str, pt: u8) -> Option<&'a str> {
+    section.lines.iter().find_map(|l| {
+        let (id, value) = l.strip_prefix(prefix)?.split_once(' ')?;
+        (id.parse::<u8>().ok()? == pt).then(|| value.trim())
+    })
+}
+
+/// A `key=value` parameter of an fmtp line (keys compared without case).
+fn fmtp_param<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
+    fmtp.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case(key).then(|| v.trim())
+    })
+}
+
 /// The `a=mid` of the first `kind` section (`audio`, `video`).
 pub fn mid_of<'a>(sdp: &'a str, kind: &str) -> Option<&'a str> {
     let all = sections(sdp);
@@ -320,6 +435,62 @@ mod tests {
         assert_eq!(mid_of(&answer(m), "audio"), Some("1"));
         assert_eq!(mid_of(&answer(m), "video"), Some("0"));
         assert_eq!(mid_of(&answer(""), "audio"), None);
+    }
+
+    const CHROMIUM_LIKE_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0 1\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96 102 103 104 106 112\r\n\
+        a=mid:0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        a=fingerprint:sha-256 00:11\r\na=recvonly\r\n\
+        a=rtpmap:96 VP8/90000\r\n\
+        a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n\
+        a=rtpmap:103 H264/90000\r\na=fmtp:103 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+        a=rtpmap:104 H264/90000\r\na=fmtp:104 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
+        a=rtpmap:106 H264/90000\r\na=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+        a=rtpmap:112 H264/90000\r\na=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 63 111\r\na=mid:1\r\na=recvonly\r\n\
+        a=rtpmap:63 red/48000/2\r\na=rtpmap:111 opus/48000/2\r\n";
+
+    #[test]
+    fn the_offered_h264_that_fits_the_stream_best_is_chosen() {
+        let chosen =
+            |profile: &str| read_offer(CHROMIUM_LIKE_OFFER, profile).map(|m| m.video.payload_type);
+        // Constrained Baseline: the offer's first packetization-mode=1 42e0 entry.
+        assert_eq!(chosen("42e01f"), Ok(103));
+        assert_eq!(chosen("42c01e"), Ok(103));
+        assert_eq!(chosen("4d0028"), Ok(104), "Main under Main");
+        assert_eq!(chosen("640028"), Ok(112), "High under High");
+        assert_eq!(chosen("42001f"), Ok(106), "Baseline under Baseline");
+        // A profile the offer lacks goes under Constrained Baseline.
+        assert_eq!(chosen("f4001f"), Ok(103));
+        let media = read_offer(CHROMIUM_LIKE_OFFER, "42e01f").expect("offer");
+        assert_eq!(media.opus, Some(111));
+        assert!(media.video.fmtp.contains("profile-level-id=42e01f"));
+    }
+
+    #[test]
+    fn offers_we_cannot_send_to_are_refused_with_a_reason() {
+        assert!(read_offer("hello", "42e01f").unwrap_err().contains("v=0"));
+        let vp8_only = CHROMIUM_LIKE_OFFER
+            .lines()
+            .filter(|l| !l.contains("H264") && !l.starts_with("a=fmtp"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        assert!(read_offer(&vp8_only, "42e01f")
+            .unwrap_err()
+            .contains("no H.264"));
+        let mode0 = CHROMIUM_LIKE_OFFER.replace("packetization-mode=1", "packetization-mode=0");
+        assert!(read_offer(&mode0, "42e01f")
+            .unwrap_err()
+            .contains("packetization-mode=1"));
+        let audio_only = CHROMIUM_LIKE_OFFER.replace("m=video 9", "m=video 0");
+        assert!(read_offer(&audio_only, "42e01f")
+            .unwrap_err()
+            .contains("no video"));
+        let no_ice = CHROMIUM_LIKE_OFFER.replace("a=ice-pwd", "a=x-pwd");
+        assert!(read_offer(&no_ice, "42e01f")
+            .unwrap_err()
+            .contains("ice-pwd"));
     }
 
     #[test]

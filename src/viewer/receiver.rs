@@ -168,6 +168,49 @@ enum Command {
     Close,
 }
 
+/// A receiver that offered (see [`ReceiverPeer::offer`]), waiting for the answer.
+pub struct OfferingReceiver {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    keep_audio: bool,
+}
+
+impl OfferingReceiver {
+    /// Apply the server's answer and start receiving.
+    pub fn accept(mut self, answer_sdp: &str) -> anyhow::Result<ReceiverPeer> {
+        let answer = RTCSessionDescription::answer(answer_sdp.to_string())
+            .map_err(|e| anyhow!("answer: {e}"))?;
+        self.pc
+            .set_remote_description(Instant::now(), answer)
+            .map_err(|e| anyhow!("set answer: {e}"))?;
+        let video_receiver = self.pc.get_receivers().next();
+        Ok(ReceiverPeer::start(Started {
+            pc: self.pc,
+            socket: self.socket,
+            local_addr: self.local_addr,
+            negotiated: answer_sdp.to_string(),
+            video_receiver,
+            mic: None,
+            mic_ssrc: None,
+            keep_audio: self.keep_audio,
+        }))
+    }
+}
+
+/// A negotiated connection and what its driver needs.
+struct Started {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    /// The SDP whose extmap ids the packets carry.
+    negotiated: String,
+    video_receiver: Option<RTCRtpReceiverId>,
+    mic: Option<MicSender>,
+    mic_ssrc: Option<u32>,
+    keep_audio: bool,
+}
+
 pub struct ReceiverPeer {
     frames: mpsc::UnboundedReceiver<ReceivedFrame>,
     audio: mpsc::UnboundedReceiver<ReceivedAudio>,
@@ -254,13 +297,81 @@ impl ReceiverPeer {
             }
             _ => None,
         };
+        let peer = Self::start(Started {
+            pc,
+            socket,
+            local_addr,
+            negotiated: offer_sdp.to_string(),
+            video_receiver,
+            mic,
+            mic_ssrc,
+            keep_audio: opts.keep_audio,
+        });
+        Ok((peer, answer_sdp))
+    }
 
+    /// Offer to receive the video (WHEP: the viewer offers): a recvonly H.264 m-line
+    /// (Constrained Baseline, packetization-mode=1) with this peer's one host
+    /// candidate. The server's answer completes it ([`OfferingReceiver::accept`]).
+    pub async fn offer(opts: ReceiverOptions) -> anyhow::Result<(OfferingReceiver, String)> {
+        let socket = UdpSocket::bind(SocketAddr::new(opts.ip, 0)).await?;
+        let local_addr = socket.local_addr()?;
+        let now = Instant::now();
+        let mut me = peer::media_engine(crate::rtc::sdp::DEFAULT_PROFILE_LEVEL_ID)?;
+        let registry = interceptors(&mut me);
+        let settings = peer::setting_engine(&peer::ice_token(16), &peer::ice_token(32)).build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(me)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(|e| anyhow!("peer connection: {e}"))?;
+        let recvonly = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            streams: vec![],
+            send_encodings: vec![],
+        };
+        pc.add_transceiver_from_kind(RtpCodecKind::Video, Some(recvonly))
+            .map_err(|e| anyhow!("transceiver: {e}"))?;
+        pc.add_local_candidate(peer::host_candidate(local_addr)?)
+            .map_err(|e| anyhow!("local candidate: {e}"))?;
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(|e| anyhow!("end of candidates: {e}"))?;
+        let offer = pc.create_offer(None).map_err(|e| anyhow!("offer: {e}"))?;
+        pc.set_local_description(now, offer)
+            .map_err(|e| anyhow!("set offer: {e}"))?;
+        let offer_sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .context("no local description")?;
+        let pending = OfferingReceiver {
+            pc,
+            socket,
+            local_addr,
+            keep_audio: opts.keep_audio,
+        };
+        Ok((pending, offer_sdp))
+    }
+
+    /// Run the peer's driver on its socket.
+    fn start(started: Started) -> ReceiverPeer {
+        let Started {
+            pc,
+            socket,
+            local_addr,
+            negotiated,
+            video_receiver,
+            mic,
+            mic_ssrc,
+            keep_audio,
+        } = started;
         let (frame_tx, frames) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ReceiverState::Connecting);
-        let abs_id = extmap_id(offer_sdp, ABS_CAPTURE_TIME_URI);
-        let cvo_id = extmap_id(offer_sdp, VIDEO_ORIENTATION_URI);
+        let abs_id = extmap_id(&negotiated, ABS_CAPTURE_TIME_URI);
+        let cvo_id = extmap_id(&negotiated, VIDEO_ORIENTATION_URI);
         let driver = Driver {
             pc,
             local_addr,
@@ -273,7 +384,7 @@ impl ReceiverPeer {
             seq: SeqCounter::default(),
             audio_seq: SeqCounter::default(),
             audio_bytes: 0,
-            audio_tx: opts.keep_audio.then_some(audio_tx),
+            audio_tx: keep_audio.then_some(audio_tx),
             mic,
             mic_sent: 0,
             fir_sequence: 0,
@@ -284,17 +395,14 @@ impl ReceiverPeer {
             media_datagrams: 0,
         };
         tokio::spawn(driver.run(socket, command_rx));
-        Ok((
-            ReceiverPeer {
-                frames,
-                audio: audio_rx,
-                mic_ssrc,
-                commands,
-                state,
-                local_addr,
-            },
-            answer_sdp,
-        ))
+        ReceiverPeer {
+            frames,
+            audio: audio_rx,
+            mic_ssrc,
+            commands,
+            state,
+            local_addr,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,0 +1,41 @@
+//! What a WHEP player sends: the SDP offer it POSTs (read to choose what we send) and
+//! the sdpfrag and If-Match of its PATCHes. Anyone who reaches the port can send any
+//! bytes; reading them must never panic, and what is read must hold its bounds.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use peregrine::rtc::peer::{Peer, PeerSetup};
+use peregrine::rtc::sdp::read_offer;
+use peregrine::whep::patch::decide;
+use peregrine::whep::sdpfrag::{self, MAX_FRAG_CANDIDATES};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(media) = read_offer(text, "42e01f") {
+        // The payload type chosen is one the offer lists as H.264 with mode 1.
+        assert!(text.contains(&format!("a=rtpmap:{} ", media.video.payload_type)));
+        // Then the whole answer path, the `rtc` crate's SDP parsing included.
+        let setup = PeerSetup {
+            ufrag: "fuzzfuzzfuzzfuzz".into(),
+            pwd: "fuzzpasswordfuzzpasswordfuzzpass".into(),
+            ssrc: 0x1234_5678,
+            profile_level_id: "42e01f".into(),
+            candidates: vec![SocketAddr::from(([127, 0, 0, 1], 20000))],
+            orientation: 0,
+            loopback_only: true,
+            audio: None,
+        };
+        let _ = Peer::answer(setup, text, Instant::now());
+    }
+    let _ = read_offer(text, "640028");
+    if let Ok(frag) = sdpfrag::parse(text) {
+        assert!(frag.candidates.len() <= MAX_FRAG_CANDIDATES);
+        let (if_match, rest) = text.split_once('\n').unwrap_or((text, ""));
+        let _ = decide(Some(if_match), "\"tag\"", sdpfrag::ice_ufrag(rest), &frag);
+    }
+});

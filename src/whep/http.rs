@@ -1,0 +1,429 @@
+//! The WHEP endpoints: `POST /whep` and `/STREAM/whep` (offer in, answer out), `PATCH`
+//! and `DELETE` on `/whep/resource/ID`, and `OPTIONS` on both for CORS preflights and
+//! the ICE servers. Every response offers CORS to the page (the origin guard around the
+//! main port narrows it to allowed pages) and exposes the headers a player reads.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use tokio::sync::mpsc;
+
+use super::patch::{self, PatchAction, PatchRefusal};
+use super::sdpfrag;
+use super::sessions::Session;
+use super::{Whep, MAX_FRAG_BYTES, MAX_OFFER_BYTES};
+use crate::janus::auth::Auth;
+use crate::media::stream::{Output, Stream};
+use crate::rtc::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError};
+
+/// Where sessions live; `Location` is this plus the session's id.
+pub const RESOURCE_PREFIX: &str = "/whep/resource/";
+
+/// How long a POST waits for a stream's first pictures (its source may only start now
+/// that someone watches) before answering 409.
+const PARAMS_WAIT: Duration = Duration::from_secs(5);
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+const ALLOW_METHODS: &str = "OPTIONS, POST, PATCH, DELETE";
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, If-Match";
+const EXPOSE_HEADERS: &str = "Location, ETag, Link, Accept-Patch, Accept-Post";
+
+pub fn router(whep: Whep) -> Router {
+    Router::new()
+        .route("/whep", post(post_default).options(options))
+        .route("/{stream}/whep", post(post_named).options(options))
+        .route(
+            "/whep/resource/{id}",
+            axum::routing::patch(patch_session)
+                .delete(delete_session)
+                .options(options),
+        )
+        .with_state(whep)
+}
+
+/// A response with CORS and the exposed headers.
+fn reply(status: StatusCode, headers: Vec<(HeaderName, String)>, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE_HEADERS),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    for (name, value) in headers {
+        let Ok(value) = HeaderValue::from_str(&value) else {
+            continue;
+        };
+        // One `Link` per ICE server; every other header once.
+        if name == header::LINK {
+            h.append(name, value);
+        } else {
+            h.insert(name, value);
+        }
+    }
+    response
+}
+
+/// An error with its reason as text.
+fn refuse(status: StatusCode, reason: impl std::fmt::Display) -> Response {
+    reply(status, Vec::new(), format!("{reason}\n"))
+}
+
+/// `Link` headers for the configured ICE servers.
+fn ice_server_links(whep: &Whep) -> Vec<(HeaderName, String)> {
+    whep.inner
+        .cfg
+        .ice_servers
+        .iter()
+        .map(|url| (header::LINK, format!("<{url}>; rel=\"ice-server\"")))
+        .collect()
+}
+
+/// Preflight and discovery: what may be sent, and the ICE servers. No credentials are
+/// needed (browsers never send them on a preflight).
+async fn options(State(whep): State<Whep>) -> Response {
+    let mut headers = vec![
+        (HeaderName::from_static("accept-post"), SDP.to_string()),
+        (HeaderName::from_static("accept-patch"), SDPFRAG.to_string()),
+        (
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            ALLOW_METHODS.to_string(),
+        ),
+        (
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            ALLOW_HEADERS.to_string(),
+        ),
+    ];
+    headers.extend(ice_server_links(&whep));
+    reply(StatusCode::NO_CONTENT, headers, String::new())
+}
+
+/// With the Janus API secret or tokens configured, a request needs
+/// `Authorization: Bearer <secret or token>`: the 401 for one without.
+fn bearer_refusal(whep: &Whep, headers: &HeaderMap) -> Option<Response> {
+    let auth = &whep.inner.cfg.auth;
+    if !auth.is_enabled() {
+        return None;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    if token.is_some_and(|t| bearer_allowed(auth, t)) {
+        return None;
+    }
+    crate::rejections::count(crate::rejections::Rejection::JanusAuth);
+    Some(reply(
+        StatusCode::UNAUTHORIZED,
+        vec![(header::WWW_AUTHENTICATE, "Bearer".to_string())],
+        "a valid Authorization: Bearer token is needed\n".to_string(),
+    ))
+}
+
+/// The API secret, or a token that may use the ustreamer plugin (what a Janus viewer's
+/// token must be allowed, as WHEP viewers watch the same streams).
+fn bearer_allowed(auth: &Auth, bearer: &str) -> bool {
+    if auth.allows(Some(bearer), None) {
+        return true; // the API secret
+    }
+    let mut fields = serde_json::Map::new();
+    fields.insert("token".into(), bearer.into());
+    auth.allows(None, Some(bearer))
+        && auth
+            .check_plugin(&fields, crate::janus::ustreamer::PACKAGE)
+            .is_ok()
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value (scheme in any case).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whether the request's `Content-Type` is `want` (parameters and case aside).
+fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+/// The body as text, at most `limit` bytes; else the status and reason to refuse it.
+async fn read_text(body: Body, limit: usize) -> Result<String, (StatusCode, String)> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {limit} bytes (or was cut off)"),
+        )
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| (StatusCode::BAD_REQUEST, "the body is not UTF-8 text".into()))
+}
+
+async fn post_default(State(whep): State<Whep>, headers: HeaderMap, body: Body) -> Response {
+    let stream = whep.inner.streams.default_stream().clone();
+    offer(whep, stream, headers, body).await
+}
+
+async fn post_named(
+    State(whep): State<Whep>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let stream = match whep.inner.streams.get(Some(&name)) {
+        Ok(stream) => stream.clone(),
+        Err(e) => return refuse(StatusCode::NOT_FOUND, format!("no such stream: {e}")),
+    };
+    offer(whep, stream, headers, body).await
+}
+
+/// POST: answer the player's offer and open a session.
+async fn offer(
+    whep: Whep,
+    stream: std::sync::Arc<Stream>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = bearer_refusal(&whep, &headers) {
+        return refused;
+    }
+    if !content_type_is(&headers, SDP) {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the offer must be sent as Content-Type: application/sdp",
+        );
+    }
+    let offer = match read_text(body, MAX_OFFER_BYTES).await {
+        Ok(text) => text,
+        Err((status, reason)) => return refuse(status, reason),
+    };
+    if !wait_for_pictures(&stream).await {
+        return reply(
+            StatusCode::CONFLICT,
+            vec![(header::RETRY_AFTER, "1".to_string())],
+            "the stream has not produced pictures yet; try again\n".to_string(),
+        );
+    }
+    let opts = PeerOptions {
+        audio: stream.audio().cloned(),
+        ..PeerOptions::new(stream.hub().clone())
+    };
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let engine = &whep.inner.engine;
+    let (peer, answer) = match engine.answer_offer(opts, &offer, events_tx).await {
+        Ok(answered) => answered,
+        Err(RtcError::TooManyViewers(max)) => {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                vec![(header::RETRY_AFTER, "5".to_string())],
+                format!("too many viewers (at most {max})\n"),
+            )
+        }
+        // The stack refusing a step of the answer is about the offer too (a section it
+        // cannot pair, a parameter it rejects).
+        Err(e @ (RtcError::Unacceptable(_) | RtcError::InvalidSdp(_) | RtcError::Stack(_))) => {
+            return refuse(StatusCode::BAD_REQUEST, e)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot answer a WHEP offer");
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    };
+    let id = random_hex(16);
+    let etag = format!("\"{}\"", random_hex(8));
+    whep.inner.sessions.insert(
+        id.clone(),
+        Session {
+            peer,
+            etag: etag.clone(),
+            remote_ufrag: sdpfrag::ice_ufrag(&offer).map(str::to_string),
+            viewing: None,
+        },
+    );
+    tokio::spawn(follow_peer(whep.clone(), id.clone(), peer, stream, events));
+    tracing::info!(peer, "WHEP session opened");
+    let mut headers = vec![
+        (header::CONTENT_TYPE, SDP.to_string()),
+        (header::LOCATION, format!("{RESOURCE_PREFIX}{id}")),
+        (header::ETAG, etag),
+        (HeaderName::from_static("accept-patch"), SDPFRAG.to_string()),
+    ];
+    headers.extend(ice_server_links(&whep));
+    reply(StatusCode::CREATED, headers, answer)
+}
+
+/// `bytes` random bytes in lowercase hex: session ids (unguessable, so a resource URL
+/// is only known to its player) and entity tags.
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Whether the stream has (or gets within [`PARAMS_WAIT`]) its parameter sets, held
+/// open meanwhile so an idle source starts. A stream without signal has them: its NO
+/// SIGNAL pictures come through like any others.
+async fn wait_for_pictures(stream: &Stream) -> bool {
+    if stream.hub().params().is_some() {
+        return true;
+    }
+    let _hold = stream.hub().hold();
+    let deadline = tokio::time::Instant::now() + PARAMS_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if stream.hub().params().is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Keep a session in step with its peer: counted as a viewer of its stream while
+/// connected, gone when the peer closes (or the engine stops).
+async fn follow_peer(
+    whep: Whep,
+    id: String,
+    peer: PeerId,
+    stream: std::sync::Arc<Stream>,
+    mut events: mpsc::UnboundedReceiver<PeerEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            PeerEvent::Connected => {
+                whep.inner.sessions.with(&id, |s| {
+                    if s.peer == peer && s.viewing.is_none() {
+                        s.viewing = Some(stream.viewer(Output::WebRtc));
+                    }
+                });
+            }
+            PeerEvent::Closed { reason } => {
+                tracing::info!(peer, %reason, "WHEP session closed by its peer");
+                break;
+            }
+            PeerEvent::MicReceiving { .. } => {}
+        }
+    }
+    whep.inner.sessions.remove_peer(&id, peer);
+}
+
+/// PATCH: trickled candidates (204); an ICE restart is refused (422).
+async fn patch_session(
+    State(whep): State<Whep>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = bearer_refusal(&whep, &headers) {
+        return refused;
+    }
+    let Some((peer, etag, remote_ufrag)) = whep
+        .inner
+        .sessions
+        .with(&id, |s| (s.peer, s.etag.clone(), s.remote_ufrag.clone()))
+    else {
+        return refuse(StatusCode::NOT_FOUND, "no such WHEP session");
+    };
+    if !content_type_is(&headers, SDPFRAG) {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "PATCH bodies must be Content-Type: application/trickle-ice-sdpfrag",
+        );
+    }
+    let text = match read_text(body, MAX_FRAG_BYTES).await {
+        Ok(text) => text,
+        Err((status, reason)) => return refuse(status, reason),
+    };
+    let frag = match sdpfrag::parse(&text) {
+        Ok(frag) => frag,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("bad sdpfrag: {e}")),
+    };
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    match patch::decide(if_match, &etag, remote_ufrag.as_deref(), &frag) {
+        Err(PatchRefusal::PreconditionFailed) => refuse(
+            StatusCode::PRECONDITION_FAILED,
+            "If-Match does not name the session's ETag",
+        ),
+        Ok(PatchAction::Restart) => refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ICE restarts are not supported; trickle is: start a new session instead",
+        ),
+        Ok(PatchAction::Trickle) => {
+            let engine = &whep.inner.engine;
+            for candidate in frag.candidates {
+                engine.add_remote_candidate(peer, RemoteCandidate::Candidate(candidate));
+            }
+            if frag.end_of_candidates {
+                engine.add_remote_candidate(peer, RemoteCandidate::Completed);
+            }
+            reply(StatusCode::NO_CONTENT, Vec::new(), String::new())
+        }
+    }
+}
+
+/// DELETE: end the session (200); an unknown one (deleted already) is 404.
+async fn delete_session(
+    State(whep): State<Whep>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = bearer_refusal(&whep, &headers) {
+        return refused;
+    }
+    let Some(session) = whep.inner.sessions.remove(&id) else {
+        return refuse(StatusCode::NOT_FOUND, "no such WHEP session");
+    };
+    whep.inner.engine.close_peer(session.peer, "WHEP DELETE");
+    tracing::info!(peer = session.peer, "WHEP session deleted");
+    reply(StatusCode::OK, Vec::new(), String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_is_the_api_secret_or_a_token_for_the_ustreamer_plugin() {
+        use crate::janus::auth::{TokenStore, Tokens};
+        let store = TokenStore::new(
+            &["viewer".into(), "other".into()],
+            &[crate::janus::ustreamer::PACKAGE],
+        );
+        assert!(store.disallow("other", crate::janus::ustreamer::PACKAGE));
+        let auth = Auth {
+            api_secret: Some("secret".into()),
+            tokens: Some(Tokens::Stored(store)),
+        };
+        assert!(bearer_allowed(&auth, "secret"));
+        assert!(bearer_allowed(&auth, "viewer"));
+        assert!(
+            !bearer_allowed(&auth, "other"),
+            "a token not granted the plugin"
+        );
+        assert!(!bearer_allowed(&auth, "nobody"));
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+}
