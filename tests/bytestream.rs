@@ -5,115 +5,42 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
-use peregrine::viewer::receiver::ReceiverPeer;
+use peregrine::viewer::decoder::H264Decoder;
 use serde_json::Value;
+use support::decode::{decode_until, KilledOnDrop};
 use support::{free_port, join, Server};
 
-/// An ffmpeg encoder process; killed when dropped.
-struct Encoder(Child);
-
-impl Encoder {
-    /// ffmpeg's test source, encoded as libcamera-vid would (baseline, zero latency,
-    /// a keyframe every second), written as a raw H.264 byte stream to `url`.
-    fn start(size: &str, url: &str) -> Result<Encoder> {
-        let child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args(["-f", "lavfi", "-i", &format!("testsrc=size={size}:rate=30")])
-            .args([
-                "-pix_fmt",
-                "yuv420p",
-                "-c:v",
-                "libx264",
-                "-profile:v",
-                "baseline",
-            ])
-            .args([
-                "-tune",
-                "zerolatency",
-                "-g",
-                "30",
-                "-bsf:v",
-                "h264_mp4toannexb",
-            ])
-            .args(["-f", "h264", url])
-            .stdin(Stdio::null())
-            .spawn()
-            .context("start ffmpeg (install it with scripts/install-test-deps.sh)")?;
-        Ok(Encoder(child))
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Encoder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The NO SIGNAL picture is dark grey with light letters; ffmpeg's test source is
-/// bright and colourful. Mean luma tells them apart with a wide margin.
-fn is_no_signal(frame: &DecodedFrame) -> bool {
-    let mut sum = 0u64;
-    for row in 0..frame.height {
-        let line = &frame.y[row * frame.y_stride..row * frame.y_stride + frame.width];
-        sum += line.iter().map(|&v| u64::from(v)).sum::<u64>();
-    }
-    sum / (frame.width * frame.height) as u64 <= 70
-}
-
-/// Counts of what a viewer decoded.
-#[derive(Debug, Default)]
-struct Decoded {
-    live: usize,
-    no_signal: usize,
-    /// Live pictures of another size than asked for.
-    other_size: usize,
-}
-
-/// Decode until `live` pictures of ffmpeg's source at `size` (or `no_signal` NO SIGNAL
-/// pictures, when asked for) have been seen, for up to `timeout`.
-async fn decode_until(
-    peer: &mut ReceiverPeer,
-    decoder: &mut H264Decoder,
-    want_live: usize,
-    want_no_signal: usize,
-    size: (usize, usize),
-    timeout: Duration,
-) -> Result<Decoded> {
-    let mut got = Decoded::default();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if want_live > 0 && got.live >= want_live {
-            return Ok(got);
-        }
-        if want_no_signal > 0 && got.no_signal >= want_no_signal {
-            return Ok(got);
-        }
-        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
-            bail!("timed out: decoded {got:?}");
-        };
-        // A picture that refers to one lost in a switch may fail; the next IDR recovers.
-        let Ok(Some(picture)) = decoder.decode(&frame.data) else {
-            continue;
-        };
-        if is_no_signal(&picture) {
-            got.no_signal += 1;
-        } else if (picture.width, picture.height) == size {
-            got.live += 1;
-        } else {
-            got.other_size += 1;
-        }
-    }
+/// ffmpeg's test source, encoded as libcamera-vid would (baseline, zero latency,
+/// a keyframe every second), written as a raw H.264 byte stream to `url`.
+fn start_encoder(size: &str, url: &str) -> Result<KilledOnDrop> {
+    let child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc=size={size}:rate=30")])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+        ])
+        .args([
+            "-tune",
+            "zerolatency",
+            "-g",
+            "30",
+            "-bsf:v",
+            "h264_mp4toannexb",
+        ])
+        .args(["-f", "h264", url])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("start ffmpeg (install it with scripts/install-test-deps.sh)")?;
+    Ok(KilledOnDrop(child))
 }
 
 fn input(state: &Value) -> &Value {
@@ -137,7 +64,7 @@ async fn listening_server(extra: &[&str]) -> Result<(Server, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_stream_reaches_three_viewers_and_survives_an_encoder_restart() -> Result<()> {
     let (server, push_url) = listening_server(&["--resolution", "640x360"]).await?;
-    let encoder = Encoder::start("640x360", &push_url)?;
+    let encoder = start_encoder("640x360", &push_url)?;
 
     let (mut j1, mut p1) = join(&server).await?;
     let (_j2, mut p2) = join(&server).await?;
@@ -183,7 +110,7 @@ async fn pushed_stream_reaches_three_viewers_and_survives_an_encoder_restart() -
 
     // A restarted encoder, at another size: the same peer decodes it, no new offer.
     let restarted = Instant::now();
-    let _encoder = Encoder::start("320x240", &push_url)?;
+    let _encoder = start_encoder("320x240", &push_url)?;
     let back = decode_until(&mut p1, &mut d1, 1, 0, (320, 240), Duration::from_secs(10)).await?;
     let elapsed = restarted.elapsed();
     println!(
@@ -216,7 +143,7 @@ async fn connects_to_a_listening_encoder_and_reconnects_after_it_restarts() -> R
     let own = [server.http_port, server.ws_port, server.janus_http_port];
     assert!(!own.contains(&port), "port {port} picked twice; rerun");
     let listen_url = format!("tcp://127.0.0.1:{port}?listen=1");
-    let encoder = Encoder::start("640x360", &listen_url)?;
+    let encoder = start_encoder("640x360", &listen_url)?;
     let (_janus, mut peer) = join(&server).await?;
     let mut decoder = H264Decoder::new()?;
     let t = Duration::from_secs(30);
@@ -225,7 +152,7 @@ async fn connects_to_a_listening_encoder_and_reconnects_after_it_restarts() -> R
     encoder.kill();
     decode_until(&mut peer, &mut decoder, 0, 2, (640, 360), t).await?;
     let restarted = Instant::now();
-    let _encoder = Encoder::start("640x360", &listen_url)?;
+    let _encoder = start_encoder("640x360", &listen_url)?;
     decode_until(&mut peer, &mut decoder, 1, 0, (640, 360), t).await?;
     println!(
         "reconnected and live {} ms after the encoder restart",
@@ -310,7 +237,7 @@ async fn garbage_inputs_are_refused_and_the_server_keeps_serving() -> Result<()>
     drop(conn);
 
     // Through all of it the viewer stayed connected on NO SIGNAL, and real video plays.
-    let _encoder = Encoder::start("640x360", &push_url)?;
+    let _encoder = start_encoder("640x360", &push_url)?;
     let mut decoder = H264Decoder::new()?;
     let got = decode_until(
         &mut peer,
@@ -387,14 +314,14 @@ async fn a_stream_with_b_frames_is_reported() -> Result<()> {
 }
 
 /// Whether `encoder` has exited (ffmpeg ends when peregrine closes its connection).
-fn exited(encoder: &mut Encoder) -> Result<bool> {
+fn exited(encoder: &mut KilledOnDrop) -> Result<bool> {
     Ok(encoder.0.try_wait()?.is_some())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_encoder_cannot_take_over_a_pushed_stream() -> Result<()> {
     let (server, push_url) = listening_server(&["--resolution", "640x360"]).await?;
-    let first = Encoder::start("640x360", &push_url)?;
+    let first = start_encoder("640x360", &push_url)?;
     let (_janus, mut peer) = join(&server).await?;
     let mut decoder = H264Decoder::new()?;
     let t = Duration::from_secs(30);
@@ -402,7 +329,7 @@ async fn a_second_encoder_cannot_take_over_a_pushed_stream() -> Result<()> {
 
     // Somebody else who can reach the port pushes their own video (another size, so
     // each picture shows whose it is) while the first encoder streams.
-    let mut intruder = Encoder::start("320x240", &push_url)?;
+    let mut intruder = start_encoder("320x240", &push_url)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if exited(&mut intruder)? {
@@ -433,7 +360,7 @@ async fn a_second_encoder_cannot_take_over_a_pushed_stream() -> Result<()> {
 
     // Once the first encoder leaves, a new one takes over.
     first.kill();
-    let _next = Encoder::start("320x240", &push_url)?;
+    let _next = start_encoder("320x240", &push_url)?;
     decode_until(&mut peer, &mut decoder, 30, 0, (320, 240), t).await?;
     Ok(())
 }
@@ -443,7 +370,7 @@ async fn source_allow_closes_connections_from_other_addresses() -> Result<()> {
     // Only 127.0.0.2 may push: ffmpeg connects from 127.0.0.1 and is closed at once.
     let (server, push_url) =
         listening_server(&["--resolution", "640x360", "--source-allow", "127.0.0.2"]).await?;
-    let mut refused = Encoder::start("640x360", &push_url)?;
+    let mut refused = start_encoder("640x360", &push_url)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while !exited(&mut refused)? {
         if Instant::now() > deadline {
@@ -463,7 +390,7 @@ async fn source_allow_closes_connections_from_other_addresses() -> Result<()> {
         "127.0.0.2,127.0.0.1",
     ])
     .await?;
-    let _encoder = Encoder::start("640x360", &push_url)?;
+    let _encoder = start_encoder("640x360", &push_url)?;
     let (_janus, mut peer) = join(&server).await?;
     decode_until(
         &mut peer,
@@ -493,7 +420,7 @@ async fn a_silent_connection_left_open_does_not_keep_the_stream() -> Result<()> 
         .wait_state(Duration::from_secs(10), |s| input(s)["width"] == 160)
         .await?;
     // The restarted encoder is let in once the old connection has been silent for 2 s.
-    let _encoder = Encoder::start("640x360", &push_url)?;
+    let _encoder = start_encoder("640x360", &push_url)?;
     decode_until(
         &mut peer,
         &mut H264Decoder::new()?,

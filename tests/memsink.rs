@@ -18,8 +18,9 @@ use peregrine::memsink::layout::{FrameMeta, FORMAT_H264, FORMAT_JPEG};
 use peregrine::memsink::monotonic_s;
 use peregrine::memsink::writer::{PutOutcome, SinkConfig, SinkWriter};
 use peregrine::source::pattern::{read_code_strip, TestPattern};
-use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
+use peregrine::viewer::decoder::H264Decoder;
 use peregrine::viewer::receiver::ReceiverPeer;
+use support::decode::is_no_signal;
 use support::{join, JanusClient, Server, Transport};
 
 const WIDTH: u32 = 640;
@@ -501,16 +502,6 @@ async fn decode_viewer(
         counters.push(counter);
     }
     Ok(counters)
-}
-
-/// The NO SIGNAL picture is dark grey with light letters; the test pattern is not.
-fn is_no_signal(picture: &DecodedFrame) -> bool {
-    let mut sum = 0u64;
-    for row in 0..picture.height {
-        let line = &picture.y[row * picture.y_stride..][..picture.width];
-        sum += line.iter().map(|&v| u64::from(v)).sum::<u64>();
-    }
-    sum / (picture.width * picture.height) as u64 <= 70
 }
 
 /// Decode until the viewer shows the NO SIGNAL picture.

@@ -7,7 +7,7 @@
 mod support;
 
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,109 +16,30 @@ use anyhow::{bail, Context, Result};
 use peregrine::media::rtp::{self, RtpPacket};
 use peregrine::rtc::packetizer::packetize;
 use peregrine::source::annexb::AnnexBSplitter;
-use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
-use peregrine::viewer::receiver::ReceiverPeer;
+use peregrine::viewer::decoder::H264Decoder;
 use serde_json::Value;
+use support::decode::{decode_until, decode_while, KilledOnDrop};
 use support::{join, Server};
 
-/// An ffmpeg process sending RTP; killed when dropped.
-struct RtpSender(Child);
+/// The size of ffmpeg's pictures.
+const FFMPEG_SIZE: (usize, usize) = (640, 360);
 
-impl RtpSender {
-    /// ffmpeg's test source as a camera would encode it (baseline, zero latency, a
-    /// keyframe every second), sent as RTP in packets of at most 600 bytes.
-    fn start(port: u16) -> Result<RtpSender> {
-        let child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
-            .args(["-pix_fmt", "yuv420p", "-c:v", "libx264"])
-            .args(["-profile:v", "baseline", "-tune", "zerolatency", "-g", "30"])
-            .args(["-f", "rtp", "-pkt_size", "600"])
-            .arg(format!("rtp://127.0.0.1:{port}"))
-            // ffmpeg prints the session's SDP there.
-            .stdout(Stdio::null())
-            .stdin(Stdio::null())
-            .spawn()
-            .context("start ffmpeg (install it with scripts/install-test-deps.sh)")?;
-        Ok(RtpSender(child))
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for RtpSender {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The NO SIGNAL picture is dark grey with light letters; ffmpeg's test source is
-/// bright and colourful. Mean luma tells them apart with a wide margin.
-fn is_no_signal(frame: &DecodedFrame) -> bool {
-    let mut sum = 0u64;
-    for row in 0..frame.height {
-        let line = &frame.y[row * frame.y_stride..row * frame.y_stride + frame.width];
-        sum += line.iter().map(|&v| u64::from(v)).sum::<u64>();
-    }
-    sum / (frame.width * frame.height) as u64 <= 70
-}
-
-/// Counts of what a viewer decoded.
-#[derive(Debug, Default)]
-struct Decoded {
-    live: usize,
-    no_signal: usize,
-    /// Live pictures of another size than ffmpeg's 640x360.
-    other_size: usize,
-}
-
-/// Decode until `want_live` pictures of ffmpeg's source (or `want_no_signal` NO SIGNAL
-/// pictures) have been seen, for up to `timeout`.
-async fn decode_until(
-    peer: &mut ReceiverPeer,
-    decoder: &mut H264Decoder,
-    want_live: usize,
-    want_no_signal: usize,
-    timeout: Duration,
-) -> Result<Decoded> {
-    let done = |got: &Decoded| {
-        (want_live > 0 && got.live >= want_live)
-            || (want_no_signal > 0 && got.no_signal >= want_no_signal)
-    };
-    decode_while(peer, decoder, done, timeout).await
-}
-
-/// Decode until `done` says enough has been seen, for up to `timeout`.
-async fn decode_while(
-    peer: &mut ReceiverPeer,
-    decoder: &mut H264Decoder,
-    done: impl Fn(&Decoded) -> bool,
-    timeout: Duration,
-) -> Result<Decoded> {
-    let mut got = Decoded::default();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if done(&got) {
-            return Ok(got);
-        }
-        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, peer.next_frame()).await else {
-            bail!("timed out: decoded {got:?}");
-        };
-        let Ok(Some(picture)) = decoder.decode(&frame.data) else {
-            continue;
-        };
-        if is_no_signal(&picture) {
-            got.no_signal += 1;
-        } else if (picture.width, picture.height) == (640, 360) {
-            got.live += 1;
-        } else {
-            got.other_size += 1;
-        }
-    }
+/// ffmpeg's test source as a camera would encode it (baseline, zero latency, a
+/// keyframe every second), sent as RTP in packets of at most 600 bytes.
+fn start_rtp_sender(port: u16) -> Result<KilledOnDrop> {
+    let child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
+        .args(["-pix_fmt", "yuv420p", "-c:v", "libx264"])
+        .args(["-profile:v", "baseline", "-tune", "zerolatency", "-g", "30"])
+        .args(["-f", "rtp", "-pkt_size", "600"])
+        .arg(format!("rtp://127.0.0.1:{port}"))
+        // ffmpeg prints the session's SDP there.
+        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .context("start ffmpeg (install it with scripts/install-test-deps.sh)")?;
+    Ok(KilledOnDrop(child))
 }
 
 fn source(state: &Value) -> &Value {
@@ -151,9 +72,17 @@ async fn rtp_from_ffmpeg_plays_and_a_new_sender_takes_over_after_no_signal() -> 
     let (server, port) = listening_server().await?;
     let (_janus, mut peer) = join(&server).await?;
     let mut decoder = H264Decoder::new()?;
-    let sender = RtpSender::start(port)?;
+    let sender = start_rtp_sender(port)?;
 
-    let got = decode_until(&mut peer, &mut decoder, 60, 0, Duration::from_secs(30)).await?;
+    let got = decode_until(
+        &mut peer,
+        &mut decoder,
+        60,
+        0,
+        FFMPEG_SIZE,
+        Duration::from_secs(30),
+    )
+    .await?;
     println!("from the first sender: {got:?}");
     assert_eq!(got.other_size, 0, "{got:?}");
     let state = server
@@ -183,12 +112,28 @@ async fn rtp_from_ffmpeg_plays_and_a_new_sender_takes_over_after_no_signal() -> 
         })
         .await?;
     println!("after the sender stopped: {}", source(&state));
-    decode_until(&mut peer, &mut decoder, 0, 3, Duration::from_secs(10)).await?;
+    decode_until(
+        &mut peer,
+        &mut decoder,
+        0,
+        3,
+        FFMPEG_SIZE,
+        Duration::from_secs(10),
+    )
+    .await?;
 
     // Another sender (another source port) takes the stream; the same viewer decodes it.
     let restarted = Instant::now();
-    let _sender = RtpSender::start(port)?;
-    let back = decode_until(&mut peer, &mut decoder, 30, 0, Duration::from_secs(20)).await?;
+    let _sender = start_rtp_sender(port)?;
+    let back = decode_until(
+        &mut peer,
+        &mut decoder,
+        30,
+        0,
+        FFMPEG_SIZE,
+        Duration::from_secs(20),
+    )
+    .await?;
     println!(
         "live again {} ms after the new sender started ({back:?})",
         restarted.elapsed().as_millis()
@@ -288,11 +233,27 @@ async fn garbage_datagrams_are_counted_and_the_stream_plays_on() -> Result<()> {
     .await?;
     println!("after junk: {}", source(&state)["rtp"]);
     assert_eq!(source(&state)["state"], "no_signal", "{state}");
-    decode_until(&mut peer, &mut decoder, 0, 2, Duration::from_secs(10)).await?;
+    decode_until(
+        &mut peer,
+        &mut decoder,
+        0,
+        2,
+        FFMPEG_SIZE,
+        Duration::from_secs(10),
+    )
+    .await?;
 
     // The junk sender is silent: a real one takes over and plays.
-    let _sender = RtpSender::start(port)?;
-    decode_until(&mut peer, &mut decoder, 30, 0, Duration::from_secs(30)).await?;
+    let _sender = start_rtp_sender(port)?;
+    decode_until(
+        &mut peer,
+        &mut decoder,
+        30,
+        0,
+        FFMPEG_SIZE,
+        Duration::from_secs(30),
+    )
+    .await?;
 
     // Junk from elsewhere while it plays: ignored, the video goes on.
     let other = UdpSocket::bind("127.0.0.1:0")?;
@@ -304,7 +265,15 @@ async fn garbage_datagrams_are_counted_and_the_stream_plays_on() -> Result<()> {
         "after junk from a second address: {}",
         source(&state)["rtp"]
     );
-    let got = decode_until(&mut peer, &mut decoder, 60, 0, Duration::from_secs(30)).await?;
+    let got = decode_until(
+        &mut peer,
+        &mut decoder,
+        60,
+        0,
+        FFMPEG_SIZE,
+        Duration::from_secs(30),
+    )
+    .await?;
     assert_eq!(got.other_size, 0, "{got:?}");
     let state = server.state().await?;
     assert_eq!(source(&state)["state"], "live", "{state}");
@@ -528,12 +497,28 @@ async fn a_second_sender_reaches_nobody_until_the_first_falls_silent() -> Result
     let (server, port) = listening_server().await?;
     let (_janus, mut peer) = join(&server).await?;
     let mut decoder = H264Decoder::new()?;
-    let sender = RtpSender::start(port)?;
-    decode_until(&mut peer, &mut decoder, 30, 0, Duration::from_secs(30)).await?;
+    let sender = start_rtp_sender(port)?;
+    decode_until(
+        &mut peer,
+        &mut decoder,
+        30,
+        0,
+        FFMPEG_SIZE,
+        Duration::from_secs(30),
+    )
+    .await?;
 
     // Real video at 160x120 from a second address while ffmpeg sends 640x360.
     let intruder = Publisher::start(format!("127.0.0.1:{port}"), &long_gop_h264()?)?;
-    let during = decode_until(&mut peer, &mut decoder, 90, 0, Duration::from_secs(30)).await?;
+    let during = decode_until(
+        &mut peer,
+        &mut decoder,
+        90,
+        0,
+        FFMPEG_SIZE,
+        Duration::from_secs(30),
+    )
+    .await?;
     let state = server.state().await?;
     println!("while two send: {during:?}, {}", source(&state)["rtp"]);
     assert_eq!(
@@ -552,6 +537,7 @@ async fn a_second_sender_reaches_nobody_until_the_first_falls_silent() -> Result
     let taken = decode_while(
         &mut peer,
         &mut decoder,
+        FFMPEG_SIZE,
         |got| got.other_size >= 30,
         Duration::from_secs(20),
     )

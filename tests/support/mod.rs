@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod alsa;
+pub mod decode;
 
 use std::io::Read;
 use std::net::TcpListener as StdListener;
