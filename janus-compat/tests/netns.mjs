@@ -8,6 +8,9 @@ import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { kitDir } from "./harness.mjs";
 
 const made = new Set();
 const janusProcesses = new Set();
@@ -182,4 +185,30 @@ admin: {
     await new Promise((r) => setTimeout(r, 100));
   }
   return { url, wsUrl: `ws://${ns.nsIp}:8188`, log: () => log, stop };
+}
+
+/**
+ * Serve one test page at `pathname` with the janus.js and adapter.js it loads, on
+ * 127.0.0.1 (Chromium runs on the host; only Janus is in a namespace).
+ */
+export async function serveJanusPage(pathname, html) {
+  const files = {
+    "/janus.js": path.join(kitDir, "node_modules/janus-gateway/npm/src/janus.js"),
+    "/adapter.js": path.join(kitDir, "node_modules/webrtc-adapter/out/adapter.js"),
+  };
+  const server = createServer(async (req, res) => {
+    const p = new URL(req.url, "http://x").pathname;
+    if (p === pathname) {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end(html);
+    } else if (files[p]) {
+      res.writeHead(200, { "content-type": "text/javascript" });
+      res.end(await readFile(files[p]));
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { base: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
 }

@@ -5,11 +5,8 @@
 // each mountpoint through its Janus with the real janus.js and the Streaming plugin.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
-import path from "node:path";
-import { startPeregrine, launchChromium, waitForFrames, kitDir, sleep } from "./harness.mjs";
-import { createNamespace, startJanus } from "./netns.mjs";
+import { startPeregrine, launchChromium, waitForFrames, sleep } from "./harness.mjs";
+import { createNamespace, serveJanusPage, startJanus } from "./netns.mjs";
 
 const WIDTH = 640;
 const HEIGHT = 360;
@@ -74,28 +71,6 @@ const PAGE = `<!doctype html>
 </script>
 </body></html>`;
 
-async function startPages() {
-  const files = {
-    "/janus.js": path.join(kitDir, "node_modules/janus-gateway/npm/src/janus.js"),
-    "/adapter.js": path.join(kitDir, "node_modules/webrtc-adapter/out/adapter.js"),
-  };
-  const server = createServer(async (req, res) => {
-    const p = new URL(req.url, "http://x").pathname;
-    if (p === "/streaming.html") {
-      res.writeHead(200, { "content-type": "text/html" });
-      res.end(PAGE);
-    } else if (files[p]) {
-      res.writeHead(200, { "content-type": "text/javascript" });
-      res.end(await readFile(files[p]));
-    } else {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { base: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
-}
-
 let namespaces = [];
 let januses = [];
 let pages, browser, peregrine;
@@ -103,7 +78,7 @@ let pages, browser, peregrine;
 before(async () => {
   namespaces = [createNamespace(0), createNamespace(1)];
   januses = await Promise.all(namespaces.map((ns) => startJanus(ns, { streamingConfig: MOUNTPOINT })));
-  pages = await startPages();
+  pages = await serveJanusPage("/streaming.html", PAGE);
   browser = await launchChromium();
 });
 

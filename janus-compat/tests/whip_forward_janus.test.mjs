@@ -7,13 +7,11 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createServer } from "node:http";
 import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { startPeregrine, launchChromium, waitForFrames, kitDir, freePort, sleep } from "./harness.mjs";
-import { createNamespace, startJanus } from "./netns.mjs";
+import { createNamespace, serveJanusPage, startJanus } from "./netns.mjs";
 
 const WIDTH = 640;
 const HEIGHT = 360;
@@ -137,34 +135,12 @@ const PAGE = `<!doctype html>
 </script>
 </body></html>`;
 
-async function startPages() {
-  const files = {
-    "/janus.js": path.join(kitDir, "node_modules/janus-gateway/npm/src/janus.js"),
-    "/adapter.js": path.join(kitDir, "node_modules/webrtc-adapter/out/adapter.js"),
-  };
-  const server = createServer(async (req, res) => {
-    const p = new URL(req.url, "http://x").pathname;
-    if (p === "/videoroom.html") {
-      res.writeHead(200, { "content-type": "text/html" });
-      res.end(PAGE);
-    } else if (files[p]) {
-      res.writeHead(200, { "content-type": "text/javascript" });
-      res.end(await readFile(files[p]));
-    } else {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { base: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
-}
-
 let ns, janus, whip, pages, browser, peregrine;
 
 before(async () => {
   ns = createNamespace(2);
   janus = await startJanus(ns, { videoroomConfig: VIDEOROOM, websockets: true });
-  pages = await startPages();
+  pages = await serveJanusPage("/videoroom.html", PAGE);
   browser = await launchChromium();
 });
 
