@@ -122,7 +122,8 @@ async fn a_player_offers_plays_trickles_and_deletes() -> Result<()> {
         "{metrics}"
     );
 
-    // Trickle with a wrong ETag fails; `*` (an ICE restart) is refused as unsupported.
+    // Trickle with a wrong ETag fails; `*` (an ICE restart) without new credentials is
+    // malformed.
     let frag = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\na=end-of-candidates\r\n";
     assert_eq!(
         patch(&server, &location, frag, Some(&etag)).await?.status,
@@ -137,7 +138,7 @@ async fn a_player_offers_plays_trickles_and_deletes() -> Result<()> {
     // Without If-Match, as the whip-whep player trickles.
     assert_eq!(patch(&server, &location, frag, None).await?.status, 204);
     let restart = patch(&server, &location, frag, Some("*")).await?;
-    assert_eq!(restart.status, 422, "{}", text(&restart));
+    assert_eq!(restart.status, 400, "{}", text(&restart));
     let wrong_type = request(
         &server,
         "PATCH",
@@ -163,6 +164,85 @@ async fn a_player_offers_plays_trickles_and_deletes() -> Result<()> {
     )
     .await?;
     assert_eq!(gone.status, 404);
+    server
+        .wait_state(Duration::from_secs(5), nothing_left)
+        .await?;
+    Ok(())
+}
+
+/// The `a=ice-ufrag` and `a=ice-pwd` of an SDP or fragment.
+fn credentials(sdp: &str) -> Option<(String, String)> {
+    let value = |prefix: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim_end().strip_prefix(prefix))
+            .map(str::to_string)
+    };
+    Some((value("a=ice-ufrag:")?, value("a=ice-pwd:")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_answers_new_credentials_and_a_new_etag() -> Result<()> {
+    let server = Server::start(&["--resolution", "320x240"]).await?;
+    let (pending, offer) = ReceiverPeer::offer(Default::default()).await?;
+    let posted = request(&server, "POST", "/whep", &[("Content-Type", SDP)], &offer).await?;
+    assert_eq!(posted.status, 201, "{}", text(&posted));
+    let location = header(&posted, "location").context("Location")?.to_string();
+    let etag = header(&posted, "etag").context("ETag")?.to_string();
+    let answer = text(&posted);
+    let (ufrag, pwd) = credentials(&answer).context("answer credentials")?;
+    let mut peer = pending.accept(&answer)?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+    server
+        .wait_state(Duration::from_secs(5), |s| {
+            s["streams"]["default"]["viewers_by"]["webrtc"] == 1
+        })
+        .await?;
+
+    let fresh = "a=ice-ufrag:fReSh\r\na=ice-pwd:fresh+password/0123456789\r\n\
+        a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\na=end-of-candidates\r\n";
+    let restarted = patch(&server, &location, fresh, Some("*")).await?;
+    assert_eq!(restarted.status, 200, "{}", text(&restarted));
+    assert_eq!(header(&restarted, "content-type"), Some(SDPFRAG));
+    let new_etag = header(&restarted, "etag").context("new ETag")?.to_string();
+    assert!(new_etag.starts_with('"') && new_etag != etag, "{new_etag}");
+    let frag = text(&restarted);
+    let (new_ufrag, new_pwd) = credentials(&frag).context("restart credentials")?;
+    assert!(new_ufrag != ufrag && new_pwd != pwd, "{frag}");
+    assert!(
+        frag.contains("a=candidate:") && frag.contains("a=end-of-candidates"),
+        "{frag}"
+    );
+
+    // The old ICE session's tag no longer matches; the new one's does.
+    let trickle = "a=candidate:2 1 udp 2130706431 127.0.0.1 10 typ host\r\n";
+    assert_eq!(
+        patch(&server, &location, trickle, Some(&etag))
+            .await?
+            .status,
+        412
+    );
+    assert_eq!(
+        patch(&server, &location, trickle, Some(&new_etag))
+            .await?
+            .status,
+        204
+    );
+    // A restart without credentials, or with malformed ones, is refused.
+    for bad in [
+        "a=ice-pwd:fresh+password/0123456789\r\n",
+        "a=ice-ufrag:fReSh\r\n",
+        "a=ice-ufrag:fR\r\na=ice-pwd:fresh+password/0123456789\r\n",
+    ] {
+        let refused = patch(&server, &location, bad, Some("*")).await?;
+        assert_eq!(refused.status, 400, "{bad}: {}", text(&refused));
+    }
+    // Still the one session and peer: a restart opens nothing new.
+    let state = server.state().await?;
+    assert_eq!(state["whep"]["sessions"], 1, "{state}");
+    assert_eq!(state["rtc"]["peers"], 1, "{state}");
+
+    let deleted = request(&server, "DELETE", &location, &[], "").await?;
+    assert_eq!(deleted.status, 200);
     server
         .wait_state(Duration::from_secs(5), nothing_left)
         .await?;

@@ -20,6 +20,7 @@ use super::candidates::Refusal;
 use super::deadlines::{Deadline, Deadlines, Due};
 use super::fanout::{Datagrams, Fanout, Stamp, Start};
 use super::frame::{OutAudio, OutFrame};
+use super::ice_restart::{self, LocalIce};
 use super::packetizer;
 use super::peer::{AudioSetup, KeyframeRequest, Peer, PeerNote, PeerSetup};
 use super::router::{Router, Unrouted};
@@ -69,6 +70,13 @@ pub enum Command {
     AddCandidate {
         id: PeerId,
         candidate: RemoteCandidate,
+    },
+    /// An ICE restart of an answering peer (see [`super::ice_restart`]).
+    RestartIce {
+        id: PeerId,
+        offer: String,
+        candidates: Vec<String>,
+        reply: oneshot::Sender<Result<LocalIce, RtcError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -332,10 +340,60 @@ impl Engine {
                     }
                 }
             }
+            Command::RestartIce {
+                id,
+                offer,
+                candidates,
+                reply,
+            } => {
+                let result = self.restart_ice(now, id, &offer, candidates);
+                match &result {
+                    Ok(ice) => tracing::info!(peer = id, ufrag = %ice.ufrag, "ICE restarted"),
+                    Err(e) => tracing::info!(peer = id, error = %e, "ICE restart refused"),
+                }
+                let _ = reply.send(result);
+            }
             Command::Shutdown { .. } => {}
             #[cfg(test)]
             Command::Panic => panic!("engine panic requested by a test"),
         }
+    }
+
+    /// Restart a peer's ICE with the viewer's renegotiation offer, route it by its new
+    /// credentials, and hand it the viewer's new candidates.
+    fn restart_ice(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        offer: &str,
+        candidates: Vec<String>,
+    ) -> Result<LocalIce, RtcError> {
+        let e = self.peers.get_mut(&id).ok_or(RtcError::NoSuchPeer)?;
+        let answer = e.peer.restart_ice(now, offer)?;
+        let ice = ice_restart::local_ice(&answer)
+            .ok_or(RtcError::Internal("restart answer without ICE credentials"))?;
+        let refusals: Vec<Refusal> = candidates
+            .into_iter()
+            .filter_map(|c| {
+                e.peer
+                    .add_remote_candidate(RemoteCandidate::Candidate(c))
+                    .err()
+            })
+            .collect();
+        self.dirty.insert(id);
+        if !self
+            .router
+            .set_credentials(id, ice.ufrag.clone(), ice.pwd.clone())
+        {
+            // Only a ufrag another peer has (or a vanished route) gets here: the peer
+            // could no longer be reached, so it ends.
+            self.remove_peer(id, "ICE restart credentials unusable", true);
+            return Err(RtcError::Internal("ICE restart credentials unusable"));
+        }
+        for refusal in refusals {
+            self.candidate_refused(id, refusal);
+        }
+        Ok(ice)
     }
 
     fn candidate_refused(&mut self, id: PeerId, refusal: Refusal) {
@@ -378,8 +436,10 @@ impl Engine {
         // A viewer that sends no microphone: the offer's audio section only takes sound.
         let opts = PeerOptions { mic: None, ..opts };
         let (id, setup) = self.peer_setup(&opts);
-        let credentials = (setup.ufrag.clone(), setup.pwd.clone());
         let (peer, answer) = Peer::answer(setup, offer, now)?;
+        // The stack made the credentials (see `Peer::answer`): route by those.
+        let credentials = ice_restart::ice_credentials(&answer)
+            .ok_or(RtcError::Internal("answer without ICE credentials"))?;
         // Sound it did not take is not listened to.
         let opts = PeerOptions {
             audio: opts.audio.filter(|_| peer.sends_audio()),

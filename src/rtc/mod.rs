@@ -30,6 +30,7 @@ mod feedback;
 mod frame;
 mod gop;
 pub mod histograms;
+pub mod ice_restart;
 pub mod latency;
 pub mod packetizer;
 pub mod peer;
@@ -340,6 +341,26 @@ impl RtcEngine {
         self.command(engine::Command::ApplyAnswer {
             id,
             sdp: sdp.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Restart the ICE session of a peer that answered: `offer` is the viewer's first
+    /// offer with its new credentials ([`ice_restart::restart_offer`]), `candidates`
+    /// its new candidates. Our new credentials and candidates come back.
+    pub async fn restart_ice(
+        &self,
+        id: PeerId,
+        offer: String,
+        candidates: Vec<String>,
+    ) -> Result<ice_restart::LocalIce, RtcError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(engine::Command::RestartIce {
+            id,
+            offer,
+            candidates,
             reply,
         })
         .await?;

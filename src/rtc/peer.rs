@@ -390,7 +390,10 @@ impl Peer {
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(
-                setting_engine(&setup.ufrag, &setup.pwd)
+                // No fixed ICE credentials: the stack makes fresh ones now and at every
+                // ICE restart (fixed ones would be used again), and the router reads
+                // them from the answer.
+                setting_engine("", "")
                     .with_answering_dtls_role(RTCDtlsRole::Server)
                     .build(),
             )
@@ -585,6 +588,26 @@ impl Peer {
     }
 
     /// Take a trickled candidate, or say why not (the caller logs refusals, rate-limited).
+    /// Answer a renegotiation offer with new ICE credentials (see [`super::ice_restart`]):
+    /// the stack restarts its agent with fresh credentials, which the answer returned
+    /// carries. Only a peer that answered can: an offering one would have to offer.
+    pub fn restart_ice(&mut self, now: Instant, offer: &str) -> Result<String, RtcError> {
+        if !self.answerer {
+            return Err(RtcError::Internal("ICE restart of a peer that offered"));
+        }
+        let desc = RTCSessionDescription::offer(offer.to_string())
+            .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(now, desc)
+            .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        let answer = self.pc.create_answer(None)?;
+        self.pc.set_local_description(now, answer)?;
+        self.pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or(RtcError::Internal("no local description"))
+    }
+
     pub fn add_remote_candidate(&mut self, candidate: RemoteCandidate) -> Result<(), Refusal> {
         let RemoteCandidate::Candidate(c) = candidate else {
             return Ok(()); // end of candidates: nothing to do for a host-only agent

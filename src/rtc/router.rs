@@ -73,6 +73,24 @@ impl Router {
         );
     }
 
+    /// A peer's new ICE credentials after an ICE restart: checks must name the new
+    /// ufrag (the stack forgot the old one). Addresses bound already stay bound: they
+    /// were authenticated, and the media goes on over them. `false` (nothing changed)
+    /// for an unknown peer or a ufrag another peer has.
+    pub fn set_credentials(&mut self, id: PeerId, ufrag: String, pwd: String) -> bool {
+        if self.by_ufrag.get(&ufrag).is_some_and(|other| *other != id) {
+            return false;
+        }
+        let Some(route) = self.routes.get_mut(&id) else {
+            return false;
+        };
+        self.by_ufrag.remove(&route.ufrag);
+        self.by_ufrag.insert(ufrag.clone(), id);
+        route.ufrag = ufrag;
+        route.pwd = pwd;
+        true
+    }
+
     /// Forget a peer, its ufrag and its addresses.
     pub fn remove(&mut self, id: PeerId) {
         let Some(route) = self.routes.remove(&id) else {
@@ -211,6 +229,39 @@ mod tests {
         assert_eq!(router.peer_at(outsider), None);
         let allowed = SocketAddr::from(([127, 0, 0, 1], 50000));
         assert_eq!(router.route(allowed, &signed, &allow), Ok(3));
+    }
+
+    #[test]
+    fn after_an_ice_restart_only_the_new_credentials_bind_addresses() {
+        let (mut router, old_ufrag, old_pwd) = router_with_peer(5);
+        let (other_ufrag, other_pwd) = router.new_credentials();
+        router.add(6, other_ufrag.clone(), other_pwd);
+        let allow = IpList::default();
+        let bound = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let old =
+            demux::signed_binding_request(&format!("{old_ufrag}:r"), Some(old_pwd.as_bytes()));
+        assert_eq!(router.route(bound, &old, &allow), Ok(5));
+        assert!(!router.set_credentials(5, other_ufrag, "x".into()), "taken");
+        assert!(
+            !router.set_credentials(9, "fresh".into(), "x".into()),
+            "unknown"
+        );
+        assert!(router.set_credentials(5, "freshufrag".into(), "freshpwd".into()));
+        let elsewhere = SocketAddr::from(([127, 0, 0, 1], 40001));
+        assert_eq!(
+            router.route(elsewhere, &old, &allow),
+            Err(Unrouted::NotAuthenticated)
+        );
+        let new = demux::signed_binding_request("freshufrag:r", Some(b"freshpwd"));
+        assert_eq!(router.route(elsewhere, &new, &allow), Ok(5));
+        assert_eq!(
+            router.route(bound, &[0x80; 20], &allow),
+            Ok(5),
+            "still bound"
+        );
+        router.remove(5);
+        router.remove(6);
+        assert!(router.is_empty());
     }
 
     #[test]

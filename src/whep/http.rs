@@ -19,7 +19,7 @@ use super::sessions::Session;
 use super::{Whep, MAX_FRAG_BYTES, MAX_OFFER_BYTES};
 use crate::janus::auth::Auth;
 use crate::media::stream::{Output, Stream};
-use crate::rtc::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError};
+use crate::rtc::{ice_restart, PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError};
 
 /// Where sessions live; `Location` is this plus the session's id.
 pub const RESOURCE_PREFIX: &str = "/whep/resource/";
@@ -253,6 +253,7 @@ async fn offer(
             peer,
             etag: etag.clone(),
             remote_ufrag: sdpfrag::ice_ufrag(&offer).map(str::to_string),
+            offer,
             viewing: None,
         },
     );
@@ -322,7 +323,8 @@ async fn follow_peer(
     whep.inner.sessions.remove_peer(&id, peer);
 }
 
-/// PATCH: trickled candidates (204); an ICE restart is refused (422).
+/// PATCH: trickled candidates (204), or an ICE restart (200 with our new credentials
+/// and candidates, and a new ETag for the new ICE session).
 async fn patch_session(
     State(whep): State<Whep>,
     Path(id): Path<String>,
@@ -332,11 +334,14 @@ async fn patch_session(
     if let Some(refused) = bearer_refusal(&whep, &headers) {
         return refused;
     }
-    let Some((peer, etag, remote_ufrag)) = whep
-        .inner
-        .sessions
-        .with(&id, |s| (s.peer, s.etag.clone(), s.remote_ufrag.clone()))
-    else {
+    let Some((peer, etag, remote_ufrag, offer)) = whep.inner.sessions.with(&id, |s| {
+        (
+            s.peer,
+            s.etag.clone(),
+            s.remote_ufrag.clone(),
+            s.offer.clone(),
+        )
+    }) else {
         return refuse(StatusCode::NOT_FOUND, "no such WHEP session");
     };
     if !content_type_is(&headers, SDPFRAG) {
@@ -359,10 +364,7 @@ async fn patch_session(
             StatusCode::PRECONDITION_FAILED,
             "If-Match does not name the session's ETag",
         ),
-        Ok(PatchAction::Restart) => refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ICE restarts are not supported; trickle is: start a new session instead",
-        ),
+        Ok(PatchAction::Restart) => restart_ice(&whep, &id, peer, &offer, frag).await,
         Ok(PatchAction::Trickle) => {
             let engine = &whep.inner.engine;
             for candidate in frag.candidates {
@@ -374,6 +376,64 @@ async fn patch_session(
             reply(StatusCode::NO_CONTENT, Vec::new(), String::new())
         }
     }
+}
+
+/// An ICE restart (RFC 9725 §4.3.2): the viewer's new credentials restart the peer's
+/// ICE session; the reply carries ours and the new session's ETag.
+async fn restart_ice(
+    whep: &Whep,
+    id: &str,
+    peer: PeerId,
+    offer: &str,
+    frag: sdpfrag::SdpFrag,
+) -> Response {
+    let (Some(ufrag), Some(pwd)) = (frag.ufrag, frag.pwd) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "an ICE restart needs the new a=ice-ufrag and a=ice-pwd",
+        );
+    };
+    if !sdpfrag::credentials_valid(&ufrag, &pwd) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "a=ice-ufrag or a=ice-pwd is malformed (RFC 8839 ice-chars, 4 and 22 to 256 long)",
+        );
+    }
+    let restart_offer = ice_restart::restart_offer(offer, &ufrag, &pwd);
+    let engine = &whep.inner.engine;
+    let ice = match engine
+        .restart_ice(peer, restart_offer.clone(), frag.candidates)
+        .await
+    {
+        Ok(ice) => ice,
+        Err(RtcError::NoSuchPeer) => return refuse(StatusCode::NOT_FOUND, "no such WHEP session"),
+        Err(e @ (RtcError::InvalidSdp(_) | RtcError::Stack(_))) => {
+            return refuse(StatusCode::BAD_REQUEST, e)
+        }
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "cannot restart a WHEP session's ICE");
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    };
+    if frag.end_of_candidates {
+        engine.add_remote_candidate(peer, RemoteCandidate::Completed);
+    }
+    let etag = format!("\"{}\"", random_hex(8));
+    whep.inner.sessions.with(id, |s| {
+        if s.peer == peer {
+            s.etag = etag.clone();
+            s.remote_ufrag = Some(ufrag);
+            s.offer = restart_offer;
+        }
+    });
+    reply(
+        StatusCode::OK,
+        vec![
+            (header::CONTENT_TYPE, SDPFRAG.to_string()),
+            (header::ETAG, etag),
+        ],
+        sdpfrag::restart_frag(&ice.ufrag, &ice.pwd, &ice.candidates),
+    )
 }
 
 /// DELETE: end the session (200); an unknown one (deleted already) is 404.

@@ -12,8 +12,7 @@ use super::sdpfrag::SdpFrag;
 pub enum PatchAction {
     /// Hand the candidates (and end-of-candidates) to the peer: 204.
     Trickle,
-    /// An ICE restart was asked for. Not supported by the engine: 422, as RFC 9725
-    /// asks of a session that does trickle but not restarts.
+    /// An ICE restart was asked for: 200 with our new credentials and a new ETag.
     Restart,
 }
 

@@ -62,9 +62,28 @@ pub fn ice_ufrag(sdp: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Our ICE credentials as an answer to an ICE restart would carry them.
-pub fn credentials_frag(ufrag: &str, pwd: &str) -> String {
-    format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n")
+/// Whether ICE credentials are well formed (RFC 8839 §5.4: `ice-char`s, a ufrag of 4
+/// to 256 and a password of 22 to 256): only such go into an SDP we hand the stack.
+pub fn credentials_valid(ufrag: &str, pwd: &str) -> bool {
+    let ice_chars = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    };
+    (4..=256).contains(&ufrag.len())
+        && (22..=256).contains(&pwd.len())
+        && ice_chars(ufrag)
+        && ice_chars(pwd)
+}
+
+/// Our side of a restarted ICE session as a PATCH answers it: credentials, candidates
+/// and end-of-candidates (we gather nothing more).
+pub fn restart_frag(ufrag: &str, pwd: &str, candidates: &[String]) -> String {
+    let mut frag = format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n");
+    for candidate in candidates {
+        frag.push_str(&format!("a={candidate}\r\n"));
+    }
+    frag.push_str("a=end-of-candidates\r\n");
+    frag
 }
 
 #[cfg(test)]
@@ -92,6 +111,36 @@ mod tests {
         assert!(parse("").is_ok_and(|f| f == SdpFrag::default()));
         let flood = "a=candidate:1 1 udp 1 127.0.0.1 9 typ host\n".repeat(MAX_FRAG_CANDIDATES + 1);
         assert_eq!(parse(&flood), Err(FragError::TooManyCandidates));
+    }
+
+    #[test]
+    fn only_well_formed_credentials_are_taken() {
+        assert!(credentials_valid("EsAw", "P2uYro0UCOQ4zxjKXaWCBui1"));
+        assert!(credentials_valid("a+/b", "+/+/+/+/+/+/+/+/+/+/+/"));
+        assert!(
+            !credentials_valid("abc", "P2uYro0UCOQ4zxjKXaWCBui1"),
+            "short ufrag"
+        );
+        assert!(!credentials_valid("EsAw", "short"), "short pwd");
+        assert!(!credentials_valid("Es\r\nAw", "P2uYro0UCOQ4zxjKXaWCBui1"));
+        assert!(!credentials_valid("EsAw", "P2uYro0UCOQ4zxjKXaWCBui1 x"));
+        assert!(!credentials_valid(
+            &"a".repeat(257),
+            "P2uYro0UCOQ4zxjKXaWCBui1"
+        ));
+    }
+
+    #[test]
+    fn the_restart_answer_lists_credentials_candidates_and_the_end() {
+        let frag = restart_frag(
+            "abcd",
+            "p".repeat(22).as_str(),
+            &["candidate:1 1 udp 1 127.0.0.1 9 typ host".into()],
+        );
+        let read = parse(&frag).expect("our own fragment parses");
+        assert_eq!(read.ufrag.as_deref(), Some("abcd"));
+        assert_eq!(read.candidates.len(), 1);
+        assert!(read.end_of_candidates);
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct Session {
     /// The ICE username fragment of the viewer's offer: a PATCH with another asks for
     /// an ICE restart.
     pub remote_ufrag: Option<String>,
+    /// The viewer's offer (as last renegotiated): an ICE restart is this with the
+    /// viewer's new credentials.
+    pub offer: String,
     /// Counts the viewer in its stream's `viewers_by.webrtc` while it is connected.
     pub viewing: Option<Viewing>,
 }
