@@ -1,5 +1,5 @@
-//! What a WHEP player sends: the SDP offer it POSTs (read to choose what we send) and
-//! the sdpfrag and If-Match of its PATCHes. Anyone who reaches the port can send any
+//! What a WHEP player sends: the SDP offer it POSTs (read to choose what we send), the
+//! sdpfrag and If-Match of its PATCHes, and the ICE restart made of both. Anyone who reaches the port can send any
 //! bytes; reading them must never panic, and what is read must hold its bounds.
 #![no_main]
 
@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
+use peregrine::rtc::ice_restart::{ice_credentials, local_ice, restart_offer};
 use peregrine::rtc::peer::{Peer, PeerSetup};
 use peregrine::rtc::sdp::read_offer;
 use peregrine::whep::patch::decide;
@@ -30,12 +31,28 @@ fuzz_target!(|data: &[u8]| {
             loopback_only: true,
             audio: None,
         };
-        let _ = Peer::answer(setup, text, Instant::now());
+        if let Ok((mut peer, answer)) = Peer::answer(setup, text, Instant::now()) {
+            // The router reads our credentials from every answer.
+            assert!(local_ice(&answer).is_some());
+            // A restart of that offer is answered, with credentials, or refused.
+            let restart = restart_offer(text, "fuzzRestart", "fuzzrestartpasswordfuzz");
+            if let Ok(again) = peer.restart_ice(Instant::now(), &restart) {
+                assert!(local_ice(&again).is_some());
+            }
+        }
     }
     let _ = read_offer(text, "640028");
     if let Ok(frag) = sdpfrag::parse(text) {
         assert!(frag.candidates.len() <= MAX_FRAG_CANDIDATES);
         let (if_match, rest) = text.split_once('\n').unwrap_or((text, ""));
         let _ = decide(Some(if_match), "\"tag\"", sdpfrag::ice_ufrag(rest), &frag);
+        if let (Some(ufrag), Some(pwd)) = (&frag.ufrag, &frag.pwd) {
+            if sdpfrag::credentials_valid(ufrag, pwd) {
+                // Credentials taken go into the restart offer whole, one line each.
+                let offer = restart_offer("a=ice-ufrag:x\r\na=ice-pwd:y\r\n", ufrag, pwd);
+                assert_eq!(ice_credentials(&offer), Some((ufrag.clone(), pwd.clone())));
+                assert_eq!(offer.lines().count(), 2);
+            }
+        }
     }
 });
