@@ -29,7 +29,7 @@ let wantMic = query.get("mic") === "1";
 window.peregrine = {
   state: "connecting", offers: 0, watch503: 0, reconnects: 0, latencyMs: null, fps: 0, frames: 0, firstFrameMs: null,
   // WHEP mode: when (ms since navigation) the offer was posted, answered, connected.
-  whep: null,
+  whep: null, iceRestarts: 0,
   audio: false, mic: false, audioLevelDb: null, micLevelDb: null, audioLatencyMs: null, avOffsetMs: null, beeps: 0,
 };
 
@@ -255,6 +255,15 @@ class Viewer {
 // ---- WHEP (`?whep=1`): our offer POSTed to /whep (or /STREAM/whep), the answer back,
 // DELETE on leaving. No session to set up first: one round trip to the first picture. ----
 
+/** The first `a=ice-ufrag` and `a=ice-pwd` of an SDP or sdpfrag. */
+function iceCredentials(sdp) {
+  const value = (name) => (sdp.match(new RegExp(`^a=${name}:(.*)$`, "m")) || [])[1]?.trim();
+  const ufrag = value("ice-ufrag");
+  const pwd = value("ice-pwd");
+  if (!ufrag || !pwd) throw new Error("no ICE credentials");
+  return { ufrag, pwd };
+}
+
 class WhepViewer {
   constructor() {
     this.pc = null;
@@ -298,9 +307,13 @@ class WhepViewer {
         window.peregrine.whep.connected = Math.round(performance.now());
         setStatus(window.peregrine.signal === "no signal" ? "no signal" : "playing", false);
       }
-      if (pc.connectionState === "failed") this.restartWatch("connection failed");
+      // A lost path gets an ICE restart first (same session, DTLS and pictures); a
+      // session the server no longer has gets a new one.
+      if (pc.connectionState === "failed") {
+        this.restartIce().catch(() => this.restartWatch("connection failed"));
+      }
     };
-    const timing = { posted: null, answered: null, connected: null };
+    const timing = { posted: null, answered: null, connected: null, etag: null };
     window.peregrine.whep = timing;
     // Our candidates follow in PATCHes: the server's are in its answer, and its checks
     // answer ours as they come, so waiting for gathering would only delay the POST.
@@ -329,13 +342,67 @@ class WhepViewer {
     timing.answered = Math.round(performance.now());
     this.resource = new URL(r.headers.get("Location"), new URL(this.endpoint, location.href));
     this.etag = r.headers.get("ETag");
+    timing.etag = this.etag;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
     this.trickle();
   }
 
+  /**
+   * ICE restart (RFC 9725 §4.3.2): our new credentials PATCHed with If-Match "*"; the
+   * server's new ones and candidates come back with the new ICE session's ETag, and
+   * take the place of those of its answer.
+   */
+  async restartIce() {
+    const pc = this.pc;
+    if (!pc || !this.resource) throw new Error("no WHEP session");
+    // Candidates of the new session wait for its ETag.
+    this.restarting = true;
+    try {
+      pc.restartIce();
+      await pc.setLocalDescription(await pc.createOffer());
+      const ours = iceCredentials(pc.localDescription.sdp);
+      const r = await fetch(this.resource, {
+        method: "PATCH",
+        headers: { "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*", ...this.auth },
+        body: `a=ice-ufrag:${ours.ufrag}\r\na=ice-pwd:${ours.pwd}\r\n`,
+      });
+      if (pc !== this.pc) return;
+      if (r.status !== 200) throw new Error(`ICE restart refused: ${r.status} ${(await r.text()).trim()}`);
+      this.etag = r.headers.get("ETag");
+      const frag = await r.text();
+      const theirs = iceCredentials(frag);
+      const candidates = frag.split(/\r?\n/).filter((l) => l.startsWith("a=candidate:") || l === "a=end-of-candidates");
+      const answer = pc.remoteDescription.sdp
+        .split(/\r?\n/)
+        .filter((l) => l && !l.startsWith("a=candidate:") && l !== "a=end-of-candidates")
+        .flatMap((l) => {
+          if (l.startsWith("a=ice-ufrag:")) return [`a=ice-ufrag:${theirs.ufrag}`];
+          if (l.startsWith("a=ice-pwd:")) return [`a=ice-pwd:${theirs.pwd}`, ...candidates];
+          return [l];
+        })
+        .join("\r\n");
+      await pc.setRemoteDescription({ type: "answer", sdp: `${answer}\r\n` });
+      window.peregrine.iceRestarts += 1;
+      window.peregrine.whep.etag = this.etag;
+    } finally {
+      this.restarting = false;
+    }
+    this.trickle();
+  }
+
+  /** The ICE username fragments in use: ours and the server's (from the selected pair). */
+  async iceUfrags() {
+    const stats = await this.pc.getStats();
+    let transport = null;
+    stats.forEach((s) => { if (s.type === "transport") transport = s; });
+    const pair = transport && stats.get(transport.selectedCandidatePairId);
+    const remote = pair && stats.get(pair.remoteCandidateId);
+    return { local: transport?.iceLocalUsernameFragment ?? null, remote: remote?.usernameFragment ?? null };
+  }
+
   /** Send the candidates gathered so far (RFC 8840 sdpfrag, If-Match the session's ETag). */
   trickle() {
-    if (!this.candidates.length) return;
+    if (!this.candidates.length || this.restarting) return;
     const body = `${this.candidates.join("\r\n")}\r\n`;
     this.candidates = [];
     const headers = { "Content-Type": "application/trickle-ice-sdpfrag", ...this.auth };
@@ -476,6 +543,9 @@ if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVide
 let viewer = null;
 if (query.get("whep") === "1") {
   new WhepViewer().connect();
+  // For tests and the console: restart ICE now, and read the ufrags in use.
+  window.peregrine.restartIce = () => viewer.restartIce();
+  window.peregrine.iceUfrags = () => viewer.iceUfrags();
   // Leaving the page ends the WHEP session at once rather than at its ICE timeout.
   window.addEventListener("pagehide", () => viewer.closePeer());
 } else {

@@ -3,7 +3,7 @@
 // to first frame is printed next to the same page's over the Janus API.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startPeregrine, startPageServer, launchChromium, waitForFrames, waitUntil } from "./harness.mjs";
+import { startPeregrine, startPageServer, launchChromium, videoStats, waitForFrames, waitUntil } from "./harness.mjs";
 
 let browser;
 let pages;
@@ -89,4 +89,36 @@ test("the bundled page plays over WHEP; its time to first frame is printed next 
   } finally {
     await server.stop();
   }
+});
+
+test("the bundled page restarts ICE over WHEP and keeps playing on the server's new credentials", async () => {
+  const server = await startPeregrine(["--resolution", "640x360"]);
+  const page = await browser.newPage();
+  try {
+    const t0 = Date.now();
+    await page.goto(`${server.base}/?whep=1`);
+    await waitForFrames(page, { frames: 30, since: t0, selector: "#video" });
+    await waitUntil(page, () => window.peregrine.state === "playing", "playing");
+    const before = await page.evaluate(async () => ({ etag: window.peregrine.whep.etag, ufrags: await window.peregrine.iceUfrags() }));
+    assert.ok(before.etag && before.ufrags.remote && before.ufrags.local, JSON.stringify(before));
+    const framesBefore = (await videoStats(page, "#video")).frames;
+
+    await page.evaluate(() => window.peregrine.restartIce());
+    assert.equal(await page.evaluate(() => window.peregrine.iceRestarts), 1);
+    // Pictures keep coming, over a pair of the new ICE session.
+    await waitForFrames(page, { frames: framesBefore + 60, selector: "#video" });
+    await waitUntil(page, async () => (await window.peregrine.iceUfrags()).remote !== null, "a selected pair");
+    const after = await page.evaluate(async () => ({ etag: window.peregrine.whep.etag, ufrags: await window.peregrine.iceUfrags() }));
+    assert.notEqual(after.etag, before.etag, "a new ETag for the new ICE session");
+    assert.notEqual(after.ufrags.remote, before.ufrags.remote, "the server's new ufrag is used");
+    assert.notEqual(after.ufrags.local, before.ufrags.local, "ours changed too");
+    const s = await server.state();
+    assert.equal(s.whep.sessions, 1, "the same session");
+    assert.equal(s.rtc.peers, 1, "the same peer");
+    assert.equal(await page.evaluate(() => window.peregrine.offers), 1, "no new session was opened");
+  } finally {
+    await page.close({ runBeforeUnload: true });
+  }
+  await nothingLeft(server);
+  await server.stop();
 });
