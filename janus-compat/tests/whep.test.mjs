@@ -27,7 +27,7 @@ async function nothingLeft(server) {
   }
 }
 
-test("whip-whep's WHEP player plays 60 frames and its stop ends the session", async () => {
+test("whip-whep's WHEP player plays 60 frames, restarts ICE and keeps playing, and its stop ends the session", async () => {
   const server = await startPeregrine(["--resolution", "640x360"]);
   const page = await browser.newPage();
   try {
@@ -42,6 +42,20 @@ test("whip-whep's WHEP player plays 60 frames and its stop ends the session", as
     const s = await server.state();
     assert.equal(s.whep.sessions, 1);
     assert.equal(s.streams.default.viewers_by.webrtc, 1);
+
+    // Its ICE restart (PATCH with If-Match "*") is answered with new credentials and
+    // ETag, and the pictures go on over them.
+    // (whip-whep keeps no ETag from its POST, only the restart's.)
+    const before = await page.evaluate(async () => ({ etag: window.whepClient.etag ?? null, ufrag: await window.remoteUfrag() }));
+    assert.ok(before.ufrag, JSON.stringify(before));
+    const framesBefore = (await videoStats(page, "#video")).frames;
+    await page.evaluate(() => window.whepClient.restart());
+    await waitForFrames(page, { frames: framesBefore + 60, selector: "#video" });
+    await waitUntil(page, async () => (await window.remoteUfrag()) !== null, "a selected pair");
+    const after = await page.evaluate(async () => ({ etag: window.whepClient.etag, ufrag: await window.remoteUfrag() }));
+    assert.match(after.etag ?? "", /^"[0-9a-f]+"$/, "the new ICE session's ETag");
+    assert.notEqual(after.ufrag, before.ufrag);
+    assert.equal((await server.state()).whep.sessions, 1);
 
     await page.evaluate(() => window.stopWhep());
     await nothingLeft(server);

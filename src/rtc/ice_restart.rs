@@ -30,6 +30,9 @@ pub fn local_ice(answer: &str) -> Option<LocalIce> {
         .lines()
         .filter_map(|l| l.trim_end().strip_prefix("a="))
         .filter(|a| a.starts_with("candidate:"))
+        // RTP only: WebRTC muxes RTCP onto it (RFC 8834 §4.5), so component 2 is
+        // noise, and the whip-whep player joins more than one candidate wrongly.
+        .filter(|a| a.split(' ').nth(1) == Some("1"))
         .map(str::to_string)
         .collect();
     // Each media section repeats them (bundled on one transport).
@@ -69,7 +72,8 @@ mod tests {
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
         m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpassword\r\n\
-        a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n\
+        a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n\
+        a=candidate:1 2 udp 2130706430 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpassword\r\n";
 
     #[test]
@@ -87,7 +91,7 @@ mod tests {
     }
 
     #[test]
-    fn our_side_is_read_from_the_answer_once_per_candidate() {
+    fn our_side_is_read_from_the_answer_once_per_rtp_candidate() {
         let ice = local_ice(OFFER).expect("credentials");
         assert_eq!(
             (ice.ufrag.as_str(), ice.pwd.as_str()),
