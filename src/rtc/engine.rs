@@ -70,6 +70,10 @@ pub enum Command {
         id: PeerId,
         candidate: RemoteCandidate,
     },
+    /// Ask a WHIP publisher for a keyframe.
+    RequestKeyframe {
+        id: PeerId,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -332,6 +336,14 @@ impl Engine {
                     }
                 }
             }
+            Command::RequestKeyframe { id } => {
+                if let Some(e) = self.peers.get_mut(&id) {
+                    if e.peer.request_keyframe(now) {
+                        self.stats.plis_sent.fetch_add(1, Ordering::Relaxed);
+                        self.dirty.insert(id);
+                    }
+                }
+            }
             Command::Shutdown { .. } => {}
             #[cfg(test)]
             Command::Panic => panic!("engine panic requested by a test"),
@@ -440,6 +452,7 @@ impl Engine {
             orientation: opts.orientation,
             loopback_only: self.cfg.bind.is_loopback(),
             audio,
+            publisher: opts.publisher.clone(),
         };
         (id, setup)
     }
@@ -455,10 +468,12 @@ impl Engine {
         events: mpsc::UnboundedSender<PeerEvent>,
     ) {
         self.router.add(id, ufrag, pwd);
+        // A publisher watches nothing.
+        let watches = opts.publisher.is_none();
         // The stream's first viewer subscribes to it: a subscription keeps the source
         // busy, so there is one only while the stream has peers. It starts with the
         // hub's GOP, to have it cached for the first viewers.
-        if self.fanout.add_viewer(id, &opts.stream) {
+        if watches && self.fanout.add_viewer(id, &opts.stream) {
             self.subscriptions.subscribe(&opts.stream);
         }
         // Its sound is listened to only once it connects.
