@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A WHIP publisher built on aiortc, an independent WebRTC stack: POST an offer with an
-H.264 video track of generated pictures to a WHIP endpoint and publish until told to
+H.264 video track of generated pictures (and Opus silence) to a WHIP endpoint and publish until told to
 stop, then DELETE the session.
 
 Prints JSON lines: {"published": LOCATION} once answered (or {"refused": STATUS,
@@ -25,6 +25,7 @@ aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: ["127.0.0.
 
 import av  # noqa: E402
 from aiortc import (  # noqa: E402
+    AudioStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
@@ -95,6 +96,8 @@ async def publish(url, width, height):
         if c.mimeType == "video/H264"
     ]
     transceiver.setCodecPreferences(h264)
+    # Sound is offered as a browser would; the server answers it inactive.
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     offer = pc.localDescription.sdp.encode()
     status, headers, body = await asyncio.to_thread(

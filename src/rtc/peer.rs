@@ -448,7 +448,6 @@ impl Peer {
             Some(a) => Some(PeerAudio::add(&mut pc, a)?),
             None => None,
         };
-
         let budget = MAX_REMOTE_CANDIDATES;
         let (offer_kept, kept, dropped) =
             candidates::filter_answer(offer, setup.loopback_only, budget);
@@ -459,6 +458,19 @@ impl Peer {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         pc.set_remote_description(now, desc)
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        if setup.publisher.is_some() {
+            // A publisher's sound (and anything else it offers) is not taken: a
+            // stream's sound has a source of its own. Answered inactive, it is not sent.
+            let others: Vec<_> = pc
+                .get_transceivers()
+                .filter(|t| *t != transceiver)
+                .collect();
+            for other in others {
+                if let Some(mut t) = pc.rtp_transceiver(other) {
+                    t.set_direction(RTCRtpTransceiverDirection::Inactive);
+                }
+            }
+        }
         for addr in &setup.candidates {
             pc.add_local_candidate(host_candidate(*addr)?)?;
         }
@@ -1091,6 +1103,45 @@ mod tests {
     fn a_video_only_offer_has_no_audio_m_line() {
         let (_, offer) = Peer::offer(setup(), Instant::now()).expect("offer");
         assert!(!offer.contains("m=audio"), "{offer}");
+    }
+
+    #[test]
+    fn a_publisher_is_answered_recvonly_video() {
+        // Our own sendonly offer of video and sound is what a WHIP publisher sends.
+        let audio = AudioSetup {
+            ssrc: 5678,
+            payload_type: 111,
+            send: true,
+            mic: None,
+        };
+        let publishing = PeerSetup {
+            audio: Some(audio),
+            ..setup()
+        };
+        let (_, offer) = Peer::offer(publishing, Instant::now()).expect("offer");
+        let (tap, _feed) = crate::media::publisher::channel(Box::new(|| {}));
+        let answering = PeerSetup {
+            ufrag: "otherufrag".into(),
+            publisher: Some(tap),
+            ..setup()
+        };
+        let (peer, answer) = Peer::answer(answering, &offer, Instant::now()).expect("answer");
+        if std::env::var_os("SHOW_ANSWER").is_some() {
+            println!("{answer}");
+        }
+        let video = section(&answer, "video");
+        assert!(video.contains(&"a=recvonly"), "{video:?}");
+        let audio = section(&answer, "audio");
+        assert!(
+            audio.contains(&"a=inactive"),
+            "the sound is not taken: {audio:?}"
+        );
+        assert!(
+            !answer.contains("a=ssrc:1234"),
+            "nothing of ours is sent: {answer}"
+        );
+        assert!(!peer.sends_audio());
+        assert_eq!(peer.ingest_counts(), Some((0, 0)));
     }
 
     fn offered_peer() -> Peer {
