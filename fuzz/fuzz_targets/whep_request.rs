@@ -1,5 +1,5 @@
-//! What a WHEP player sends: the SDP offer it POSTs (read to choose what we send) and
-//! the sdpfrag and If-Match of its PATCHes. Anyone who reaches the port can send any
+//! What a WHEP player or WHIP publisher sends: the SDP offer it POSTs (read to choose
+//! what we send, or answered to receive) and the sdpfrag and If-Match of its PATCHes. Anyone who reaches the port can send any
 //! bytes; reading them must never panic, and what is read must hold its bounds.
 #![no_main]
 
@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
+use peregrine::media::publisher;
 use peregrine::rtc::peer::{Peer, PeerSetup};
 use peregrine::rtc::sdp::read_offer;
 use peregrine::whep::patch::decide;
@@ -20,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         // The payload type chosen is one the offer lists as H.264 with mode 1.
         assert!(text.contains(&format!("a=rtpmap:{} ", media.video.payload_type)));
         // Then the whole answer path, the `rtc` crate's SDP parsing included.
-        let setup = PeerSetup {
+        let setup = |publisher| PeerSetup {
             ufrag: "fuzzfuzzfuzzfuzz".into(),
             pwd: "fuzzpasswordfuzzpasswordfuzzpass".into(),
             ssrc: 0x1234_5678,
@@ -29,8 +30,12 @@ fuzz_target!(|data: &[u8]| {
             orientation: 0,
             loopback_only: true,
             audio: None,
+            publisher,
         };
-        let _ = Peer::answer(setup, text, Instant::now());
+        let _ = Peer::answer(setup(None), text, Instant::now());
+        // As a WHIP publisher's offer: video received, everything else inactive.
+        let (tap, _feed) = publisher::channel(Box::new(|| {}));
+        let _ = Peer::answer(setup(Some(tap)), text, Instant::now());
     }
     let _ = read_offer(text, "640028");
     if let Ok(frag) = sdpfrag::parse(text) {
