@@ -7,8 +7,8 @@
 # HTTP Basic logins), Prometheus's promtool (validates /metrics), Debian's Janus (the
 # downstream server fed by --rtp-forward, run in network namespaces made with iproute2's
 # `ip`), aiortc (the WHEP tests' Python WebRTC player, the WHIP tests' publisher), and
-# the npm packages the browser tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer, the whip-whep
-# player).
+# the npm packages the browser tests load (janus.js, webrtc-adapter, playwright-core,
+# JSMpeg, jmuxer, the whip-whep player).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
