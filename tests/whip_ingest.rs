@@ -57,10 +57,15 @@ struct Publisher {
 
 impl Publisher {
     async fn start(server: &Server) -> Result<Publisher> {
+        Publisher::start_with(server, &[]).await
+    }
+
+    async fn start_with(server: &Server, extra: &[&str]) -> Result<Publisher> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whip_publisher.py");
         let url = format!("http://127.0.0.1:{}/cam/whip", server.http_port);
         let mut child = tokio::process::Command::new("python3")
             .args([script, &url])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -168,6 +173,12 @@ async fn an_aiortc_publisher_is_the_stream_until_it_leaves_and_the_next_takes_ov
     assert_eq!(state["whip"]["publishers"], 1, "{state}");
     assert_eq!(state["whep"]["sessions"], 1, "the viewer alone: {state}");
     assert!(cam(&state)["rtp"]["pictures"].as_u64() > Some(0), "{state}");
+    let metrics = request(&server, "GET", "/metrics", "").await?;
+    assert!(
+        text(&metrics).contains("\nperegrine_whip_publishers 1\n"),
+        "{}",
+        text(&metrics)
+    );
 
     // Someone else may not publish meanwhile.
     let mut second = Publisher::start(&server).await?;
@@ -239,5 +250,29 @@ async fn bad_publish_requests_get_clear_errors_and_leave_nothing() -> Result<()>
     let mut publisher = Publisher::start(&server).await?;
     assert!(publisher.next().await?["published"].is_string());
     assert_eq!(publisher.delete().await?["deleted"], 200);
+    Ok(())
+}
+
+/// A publisher whose RTP carries random bytes instead of H.264: counted as malformed,
+/// no picture made, the stream stays NO SIGNAL, and nothing is left once it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_sending_garbage_makes_no_pictures_and_leaves_nothing() -> Result<()> {
+    let server = Server::start_with_config(CONFIG, &[]).await?;
+    let mut publisher = Publisher::start_with(&server, &["--garbage"]).await?;
+    assert!(publisher.next().await?["published"].is_string());
+    let state = server
+        .wait_state(Duration::from_secs(15), |s| {
+            cam(s)["rtp"]["malformed_packets"].as_u64() > Some(10)
+        })
+        .await?;
+    let rtp = &cam(&state)["rtp"];
+    assert_eq!(rtp["pictures"], 0, "{rtp}");
+    assert_eq!(cam(&state)["state"], "no_signal", "{state}");
+    assert_eq!(publisher.delete().await?["deleted"], 200);
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["whip"]["publishers"] == 0 && s["rtc"]["peers"] == 0
+        })
+        .await?;
     Ok(())
 }

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import fractions
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -32,6 +33,8 @@ from aiortc import (  # noqa: E402
     RTCSessionDescription,
     VideoStreamTrack,
 )
+from aiortc.codecs.h264 import H264Encoder  # noqa: E402
+from aiortc.mediastreams import VIDEO_TIME_BASE, convert_timebase  # noqa: E402
 from aiortc.rtcrtpsender import RtcpPsfbPacket  # noqa: E402
 
 PLIS = {"count": 0}
@@ -45,6 +48,17 @@ async def counting_handle_rtcp(self, packet):
 
 
 RTCRtpSender._handle_rtcp_packet = counting_handle_rtcp
+
+
+def send_garbage():
+    """Make the H.264 payloads random bytes behind a header with the forbidden bit set:
+    RTP that is never H.264 as RFC 6184 has it."""
+
+    def encode(self, frame, force_keyframe=False):
+        timestamp = convert_timebase(frame.pts, frame.time_base, VIDEO_TIME_BASE)
+        return [bytes([0x80 | n]) + os.urandom(899) for n in range(3)], timestamp
+
+    H264Encoder.encode = encode
 
 
 class Pictures(VideoStreamTrack):
@@ -126,7 +140,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("url", help="the WHIP endpoint, e.g. http://127.0.0.1:8080/cam/whip")
     parser.add_argument("--size", default="640x360")
+    parser.add_argument("--garbage", action="store_true", help="send random payloads")
     args = parser.parse_args()
+    if args.garbage:
+        send_garbage()
     width, height = (int(n) for n in args.size.split("x"))
     asyncio.run(publish(args.url, width, height))
 
