@@ -1,8 +1,8 @@
 //! WHIP ingest end to end with the peregrine binary: aiortc, an independent WebRTC
 //! stack, publishes H.264 to a stream whose source is `whip` (`tests/whip_publisher.py`)
 //! and a Rust WebRTC viewer of that stream decodes its pictures; a second publisher is
-//! refused while the first publishes, the stream shows NO SIGNAL once it leaves, and
-//! the next one takes over. Bad requests get clear HTTP errors and leave nothing.
+//! refused while the first publishes, the stream shows NO SIGNAL once it leaves (by
+//! DELETE or by closing its connection), and the next one takes over. Bad requests get clear HTTP errors and leave nothing.
 
 mod support;
 
@@ -88,9 +88,18 @@ impl Publisher {
     }
 
     /// DELETE its session; its report.
-    async fn delete(mut self) -> Result<Value> {
+    async fn delete(self) -> Result<Value> {
+        self.tell("delete").await
+    }
+
+    /// Close its connection without a DELETE; its report.
+    async fn close(self) -> Result<Value> {
+        self.tell("close").await
+    }
+
+    async fn tell(mut self, what: &str) -> Result<Value> {
         let stdin = self.child.stdin.as_mut().context("stdin")?;
-        stdin.write_all(b"delete\n").await?;
+        stdin.write_all(format!("{what}\n").as_bytes()).await?;
         stdin.flush().await?;
         self.next().await
     }
@@ -208,7 +217,13 @@ async fn an_aiortc_publisher_is_the_stream_until_it_leaves_and_the_next_takes_ov
         })
         .await?;
     decode(&mut peer, &mut decoder, 30).await?;
-    assert_eq!(third.delete().await?["deleted"], 200);
+    // It leaves without a DELETE: its closed connection ends its session all the same.
+    assert_eq!(third.close().await?["closed"], true);
+    server
+        .wait_state(Duration::from_secs(15), |s| {
+            cam(s)["state"] == "no_signal" && s["whip"]["publishers"] == 0
+        })
+        .await?;
     let viewer_gone = request(&server, "DELETE", &viewer_location, "").await?;
     assert_eq!(viewer_gone.status, 200);
     server

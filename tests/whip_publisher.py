@@ -5,7 +5,8 @@ stop, then DELETE the session.
 
 Prints JSON lines: {"published": LOCATION} once answered (or {"refused": STATUS,
 "reason": TEXT} and exits), then, when a line "delete" arrives on stdin, {"deleted":
-STATUS, "plis": N} with the keyframe requests (RTCP PLI/FIR) the publisher got.
+STATUS, "plis": N} with the keyframe requests (RTCP PLI/FIR) the publisher got; "close"
+instead closes the connection without a DELETE ({"closed": true}).
 
 Stays on 127.0.0.1: aiortc gathers only non-loopback host addresses, so its address
 lookup is replaced, and it is given no STUN server.
@@ -126,8 +127,13 @@ async def publish(url, width, height):
     say(published=location)
     loop = asyncio.get_running_loop()
     while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line or line.strip() == "delete":
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if line == "close":
+            # Leave without DELETE, as a publisher that crashes or loses its network.
+            await pc.close()
+            say(closed=True)
+            return
+        if line in ("", "delete"):
             break
     base = url.split("/", 3)
     resource = f"{base[0]}//{base[2]}{location}"

@@ -748,10 +748,14 @@ impl Peer {
         // Connected (ICE is still up), so look at the transport itself, as Janus does when
         // it reports a "DTLS alert" hangup.
         if matches!(self.stage, Stage::Connected | Stage::Disconnected) && !self.dtls_closed {
-            let dtls = self
-                .pc
-                .rtp_sender(self.sender)
-                .and_then(|s| s.transport().map(|t| t.state()));
+            let dtls = match &self.ingest {
+                // A publisher's transceiver only receives: it has no sender to ask.
+                Some(ingest) => ingest.dtls_state(&mut self.pc),
+                None => self
+                    .pc
+                    .rtp_sender(self.sender)
+                    .and_then(|s| s.transport().map(|t| t.state())),
+            };
             if matches!(
                 dtls,
                 Some(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
+use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
@@ -59,6 +60,12 @@ impl PeerIngest {
         } else {
             self.dropped += 1;
         }
+    }
+
+    /// The state of the DTLS transport the publisher's video comes on.
+    pub fn dtls_state(&self, pc: &mut RTCPeerConnection) -> Option<RTCDtlsTransportState> {
+        pc.rtp_receiver(self.receiver)
+            .and_then(|r| r.transport().map(|t| t.state()))
     }
 
     /// Ask the publisher for a keyframe (RTCP PLI from `our_ssrc`); `false` before its

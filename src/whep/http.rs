@@ -189,9 +189,15 @@ async fn read_text(body: Body, limit: usize) -> Result<String, (StatusCode, Stri
         .map_err(|_| (StatusCode::BAD_REQUEST, "the body is not UTF-8 text".into()))
 }
 
+/// What a POST asks to be: a viewer (WHEP) or the stream's publisher (WHIP).
+#[derive(Clone, Copy)]
+enum Role {
+    Viewer,
+    Publisher,
+}
+
 async fn post_default(State(whep): State<Whep>, headers: HeaderMap, body: Body) -> Response {
-    let stream = whep.inner.streams.default_stream().clone();
-    offer(whep, stream, headers, body).await
+    post_to(whep, None, Role::Viewer, headers, body).await
 }
 
 async fn post_named(
@@ -200,15 +206,11 @@ async fn post_named(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match named_stream(&whep, &name) {
-        Ok(stream) => offer(whep, stream, headers, body).await,
-        Err(refused) => *refused,
-    }
+    post_to(whep, Some(name), Role::Viewer, headers, body).await
 }
 
 async fn publish_default(State(whep): State<Whep>, headers: HeaderMap, body: Body) -> Response {
-    let stream = whep.inner.streams.default_stream().clone();
-    publish(whep, stream, headers, body).await
+    post_to(whep, None, Role::Publisher, headers, body).await
 }
 
 async fn publish_named(
@@ -217,20 +219,25 @@ async fn publish_named(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match named_stream(&whep, &name) {
-        Ok(stream) => publish(whep, stream, headers, body).await,
-        Err(refused) => *refused,
-    }
+    post_to(whep, Some(name), Role::Publisher, headers, body).await
 }
 
-/// The stream named in the URL, or the 404 for a name there is no stream by.
-fn named_stream(whep: &Whep, name: &str) -> Result<Arc<Stream>, Box<Response>> {
-    whep.inner.streams.get(Some(name)).cloned().map_err(|e| {
-        Box::new(refuse(
-            StatusCode::NOT_FOUND,
-            format!("no such stream: {e}"),
-        ))
-    })
+/// A POST to the stream `name` (the default stream without one; an unknown one is 404).
+async fn post_to(
+    whep: Whep,
+    name: Option<String>,
+    role: Role,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let stream = match whep.inner.streams.get(name.as_deref()) {
+        Ok(stream) => stream.clone(),
+        Err(e) => return refuse(StatusCode::NOT_FOUND, format!("no such stream: {e}")),
+    };
+    match role {
+        Role::Viewer => offer(whep, stream, headers, body).await,
+        Role::Publisher => publish(whep, stream, headers, body).await,
+    }
 }
 
 /// The offer of a POST, once its credentials and content type are checked.
@@ -345,9 +352,9 @@ async fn open_session(
         }
     };
     let etag = format!("\"{}\"", random_hex(8));
-    let prefix = match publishing {
-        Some(_) => WHIP_RESOURCE_PREFIX,
-        None => RESOURCE_PREFIX,
+    let (prefix, protocol) = match publishing {
+        Some(_) => (WHIP_RESOURCE_PREFIX, "WHIP"),
+        None => (RESOURCE_PREFIX, "WHEP"),
     };
     whep.inner.sessions.insert(
         id.clone(),
@@ -360,7 +367,7 @@ async fn open_session(
         },
     );
     tokio::spawn(follow_peer(whep.clone(), id.clone(), peer, stream, events));
-    tracing::info!(peer, "{} session opened", &prefix[1..5].to_uppercase());
+    tracing::info!(peer, "{protocol} session opened");
     let mut headers = vec![
         (header::CONTENT_TYPE, SDP.to_string()),
         (header::LOCATION, format!("{prefix}{id}")),
