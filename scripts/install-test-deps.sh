@@ -6,9 +6,9 @@
 # in front of a unix socket, as on PiKVM), curl (the README's Admin API examples and
 # HTTP Basic logins), Prometheus's promtool (validates /metrics), Debian's Janus (the
 # downstream server fed by --rtp-forward, run in network namespaces made with iproute2's
-# `ip`), aiortc (the WHEP test's Python WebRTC player), and the npm packages the browser
-# tests load (janus.js, webrtc-adapter, playwright-core, JSMpeg, jmuxer, the whip-whep
-# player).
+# `ip`), aiortc (the WHEP tests' Python WebRTC player, the WHIP tests' publisher), and
+# the npm packages the browser tests load (janus.js, webrtc-adapter, playwright-core,
+# JSMpeg, jmuxer, the whip-whep player).
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/.."
@@ -86,11 +86,12 @@ if [ ! -f /usr/share/simple-whip-server/src/server.js ] && [ ! -f "$whip_unpacke
   fi
 fi
 
-# aiortc, an independent WebRTC stack in Python, plays WHEP in tests/whep.rs. pip first
-# (a current release); Debian's Python refuses a system-wide pip install without
+# aiortc, an independent WebRTC stack in Python, plays WHEP in tests/whep.rs and publishes
+# over WHIP in tests/whip_ingest.rs and janus-compat/tests/whip.test.mjs (its PyAV encodes
+# the H.264). pip first (a current release); Debian's Python refuses a system-wide pip install without
 # --break-system-packages (PEP 668), and without pip Debian's own package does.
 if ! python3 -c "import aiortc" >/dev/null 2>&1; then
-  echo "installing aiortc (PyPI) for the WHEP test"
+  echo "installing aiortc (PyPI) for the WHEP and WHIP tests"
   if python3 -m pip --version >/dev/null 2>&1; then
     python3 -m pip install --quiet aiortc 2>/dev/null ||
       python3 -m pip install --quiet --break-system-packages aiortc

@@ -1,5 +1,6 @@
-//! What a WHEP player sends: the SDP offer it POSTs (read to choose what we send), the
-//! sdpfrag and If-Match of its PATCHes, and the ICE restart made of both. Anyone who reaches the port can send any
+//! What a WHEP player or WHIP publisher sends: the SDP offer it POSTs (read to choose
+//! what we send, or answered to receive), the sdpfrag and If-Match of its PATCHes, and
+//! the ICE restart made of both. Anyone who reaches the port can send any
 //! bytes; reading them must never panic, and what is read must hold its bounds.
 #![no_main]
 
@@ -7,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
+use peregrine::media::publisher;
 use peregrine::rtc::ice_restart::{ice_credentials, local_ice, restart_offer};
 use peregrine::rtc::peer::{Peer, PeerSetup};
 use peregrine::rtc::sdp::read_offer;
@@ -21,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         // The payload type chosen is one the offer lists as H.264 with mode 1.
         assert!(text.contains(&format!("a=rtpmap:{} ", media.video.payload_type)));
         // Then the whole answer path, the `rtc` crate's SDP parsing included.
-        let setup = PeerSetup {
+        let setup = |publisher| PeerSetup {
             ufrag: "fuzzfuzzfuzzfuzz".into(),
             pwd: "fuzzpasswordfuzzpasswordfuzzpass".into(),
             ssrc: 0x1234_5678,
@@ -30,8 +32,9 @@ fuzz_target!(|data: &[u8]| {
             orientation: 0,
             loopback_only: true,
             audio: None,
+            publisher,
         };
-        if let Ok((mut peer, answer)) = Peer::answer(setup, text, Instant::now()) {
+        if let Ok((mut peer, answer)) = Peer::answer(setup(None), text, Instant::now()) {
             // The router reads our credentials from every answer.
             assert!(local_ice(&answer).is_some());
             // A restart of that offer is answered, with credentials, or refused.
@@ -40,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(local_ice(&again).is_some());
             }
         }
+        // As a WHIP publisher's offer: video received, everything else inactive.
+        let (tap, _feed) = publisher::channel(Box::new(|| {}));
+        let _ = Peer::answer(setup(Some(tap)), text, Instant::now());
     }
     let _ = read_offer(text, "640028");
     if let Ok(frag) = sdpfrag::parse(text) {

@@ -13,6 +13,7 @@ use crate::http::state::{Resolution, StreamFacts};
 use crate::media::audio::mic::{MicInput, MIC_QUEUE};
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::jpeg_tap::{JpegTap, TapConfig};
+use crate::media::publisher::PublisherSlot;
 use crate::media::{Hub, Stream};
 use crate::memsink::jpeg_output as memsink_jpeg_output;
 use crate::memsink::output as memsink_output;
@@ -52,6 +53,7 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
     for stream_cfg in cfg.stream_configs() {
         let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
         let status = StatusHandle::new(&stream_cfg.source, "no_signal");
+        let publisher = (stream_cfg.spec == SourceSpec::Whip).then(Arc::<PublisherSlot>::default);
         // Made before the source: a JPEG camera hands its pictures to it directly.
         let jpeg_tap = JpegTap::new(
             stream_cfg.name.clone(),
@@ -68,6 +70,7 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
                 status.clone(),
                 stop.clone(),
                 &jpeg_tap,
+                publisher.clone(),
             )
             .with_context(|| format!("stream {:?}", stream_cfg.name))?,
         );
@@ -110,6 +113,9 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
         threads.push(mic_thread);
         let kind = stream_cfg.spec.kind();
         let stream = Stream::with_sound(stream_cfg.name, hub, stream_cfg.video.fps, audio_hub, mic);
+        if let Some(slot) = publisher {
+            stream.set_publisher_slot(slot);
+        }
         jpeg_taps.push((stream.clone(), jpeg_tap));
         let input = StreamInput {
             stream,
@@ -146,8 +152,9 @@ fn start_source(
     status: StatusHandle,
     stop: Arc<AtomicBool>,
     jpeg_tap: &Arc<JpegTap>,
+    publisher: Option<Arc<PublisherSlot>>,
 ) -> Result<Option<std::thread::JoinHandle<()>>> {
-    let (source, mut runner) = make_source(cfg, jpeg_tap)?;
+    let (source, mut runner) = make_source(cfg, jpeg_tap, publisher)?;
     // Only sources of raw pictures use the encoder; a missing device stops the start.
     if matches!(
         cfg.spec,
@@ -164,6 +171,7 @@ fn start_source(
 fn make_source(
     cfg: &StreamConfig,
     jpeg_tap: &Arc<JpegTap>,
+    publisher: Option<Arc<PublisherSlot>>,
 ) -> Result<(Box<dyn Source>, RunnerConfig)> {
     let camera = CameraConfig::new(cfg.video);
     let byte_stream = ByteStreamConfig {
@@ -229,6 +237,13 @@ fn make_source(
         SourceSpec::RtpListen(addr) => {
             let source = RtpListenSource::listen(*addr, &cfg.source_allow)?;
             (Box::new(source), RtpListenSource::runner(cfg.video))
+        }
+        SourceSpec::Whip => {
+            let slot = publisher.unwrap_or_default();
+            (
+                Box::new(crate::source::whip::source(slot)),
+                RtpListenSource::runner(cfg.video),
+            )
         }
         SourceSpec::Stdin => {
             let source = ByteStreamSource::new(Input::Stdin, &byte_stream)?;

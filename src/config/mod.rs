@@ -291,7 +291,7 @@ pub struct Args {
     /// Video source: `v4l2` (the camera at --device), `testsrc` (generated pattern),
     /// `tcp://HOST:PORT` (read an H.264 byte stream, reconnecting), `tcp-listen://IP:PORT`
     /// (accept a pushing encoder), `rtp-listen://IP:PORT` (receive H.264 over RTP/UDP),
-    /// `memsink:NAME` (a µStreamer sink), `-` (stdin) or a raw H.264 file (paced at
+    /// `whip` (a WHIP publisher POSTing to the stream's `/whip`), `memsink:NAME` (a µStreamer sink), `-` (stdin) or a raw H.264 file (paced at
     /// --desired-fps, looping). [default: `v4l2` when --device is given or /dev/video0
     /// exists, else `testsrc`]
     #[arg(long, value_name = "SOURCE", help_heading = "Input")]

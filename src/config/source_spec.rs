@@ -11,7 +11,7 @@ use crate::source::camera::device::PixelFormat;
 
 /// Every form `--source` takes, for error messages.
 pub const SOURCE_FORMS: &str = "v4l2 (the camera at --device), testsrc, memsink:NAME, \
-tcp://HOST:PORT, tcp-listen://IP:PORT, rtp-listen://IP:PORT, - (stdin), an H.264 file (.h264) \
+tcp://HOST:PORT, tcp-listen://IP:PORT, rtp-listen://IP:PORT, whip (a WHIP publisher), - (stdin), an H.264 file (.h264) \
 or a camera recording (.mjpeg, .yuyv, .nv12, .yuv)";
 
 /// Where a stream's pictures come from.
@@ -32,6 +32,8 @@ pub enum SourceSpec {
     TcpListen(SocketAddr),
     /// Where to receive H.264 pushed as RTP over UDP.
     RtpListen(SocketAddr),
+    /// A WHIP publisher, POSTing its offer to the stream's `/whip` URL.
+    Whip,
     /// A raw H.264 byte stream on standard input.
     Stdin,
     /// A raw H.264 file, played at the stream's frame rate, looping.
@@ -53,6 +55,7 @@ impl SourceSpec {
                 })
             }
             "-" => return Ok(SourceSpec::Stdin),
+            "whip" => return Ok(SourceSpec::Whip),
             _ => {}
         }
         if let Some(name) = text.strip_prefix("memsink:") {
@@ -125,6 +128,7 @@ impl SourceSpec {
             SourceSpec::Tcp(_) => "tcp",
             SourceSpec::TcpListen(_) => "tcp-listen",
             SourceSpec::RtpListen(_) => "rtp-listen",
+            SourceSpec::Whip => "whip",
             SourceSpec::Stdin => "stdin",
             SourceSpec::H264File(_) | SourceSpec::Recording(_) => "file",
         }

@@ -133,6 +133,7 @@ pub struct PeregrineState {
     /// WHEP sessions (their connected viewers are in `viewers` and `viewers_by.webrtc`
     /// like Janus viewers).
     pub whep: crate::whep::WhepCounts,
+    pub whip: crate::whep::WhipCounts,
     pub relay: serde_json::Value,
     pub mjpeg: serde_json::Value,
     /// Each `--rtp-forward` target: where it sends and what it was asked.
@@ -285,6 +286,7 @@ impl StateReporter {
             rtc,
             janus: self.janus.counts(),
             whep: self.whep.counts(),
+            whip: self.whep.whip_counts(),
             relay: self.relay.stats(),
             mjpeg: self.mjpeg.stats(),
             rtp_forwards: self.forwards.reports(),

@@ -14,6 +14,7 @@ pub mod jpeg_tap;
 pub mod limits;
 pub mod m2m;
 pub mod picture;
+pub mod publisher;
 pub mod refchain;
 pub mod rtp;
 pub mod signal;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::audio::mic::MicInput;
+use super::publisher::PublisherSlot;
 use super::Hub;
 
 /// The stream the command line describes, and the one a request without a name gets.
@@ -71,6 +72,8 @@ pub struct Stream {
     fps: u32,
     /// Viewers by [`Output`], in the order of [`Output::ALL`].
     viewers: [AtomicUsize; Output::ALL.len()],
+    /// Who publishes to it, when its source is a WHIP publisher.
+    publisher: std::sync::OnceLock<Arc<PublisherSlot>>,
 }
 
 impl Stream {
@@ -95,7 +98,18 @@ impl Stream {
             mic,
             fps,
             viewers: Default::default(),
+            publisher: Default::default(),
         })
+    }
+
+    /// Make the stream one WHIP publishers publish to (set once, at start).
+    pub fn set_publisher_slot(&self, slot: Arc<PublisherSlot>) {
+        let _ = self.publisher.set(slot);
+    }
+
+    /// The publisher slot, when the stream's source is `whip`.
+    pub fn publisher_slot(&self) -> Option<&Arc<PublisherSlot>> {
+        self.publisher.get()
     }
 
     pub fn name(&self) -> &str {

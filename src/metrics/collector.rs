@@ -122,6 +122,12 @@ impl Collector for ServerCollector {
         )?;
         gauge(
             &mut enc,
+            "peregrine_whip_publishers",
+            "WHIP publishers' sessions, connected or still negotiating.",
+            whep.whip_counts().publishers as u64,
+        )?;
+        gauge(
+            &mut enc,
             "peregrine_jsmpeg_uploads",
             "MPEG-TS uploads in progress (--jsmpeg-secret).",
             relayed.uploads as u64,

@@ -78,6 +78,10 @@ pub enum Command {
         candidates: Vec<String>,
         reply: oneshot::Sender<Result<LocalIce, RtcError>>,
     },
+    /// Ask a WHIP publisher for a keyframe.
+    RequestKeyframe {
+        id: PeerId,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -353,6 +357,14 @@ impl Engine {
                 }
                 let _ = reply.send(result);
             }
+            Command::RequestKeyframe { id } => {
+                if let Some(e) = self.peers.get_mut(&id) {
+                    if e.peer.request_keyframe(now) {
+                        self.stats.plis_sent.fetch_add(1, Ordering::Relaxed);
+                        self.dirty.insert(id);
+                    }
+                }
+            }
             Command::Shutdown { .. } => {}
             #[cfg(test)]
             Command::Panic => panic!("engine panic requested by a test"),
@@ -500,6 +512,7 @@ impl Engine {
             orientation: opts.orientation,
             loopback_only: self.cfg.bind.is_loopback(),
             audio,
+            publisher: opts.publisher.clone(),
         };
         (id, setup)
     }
@@ -515,10 +528,12 @@ impl Engine {
         events: mpsc::UnboundedSender<PeerEvent>,
     ) {
         self.router.add(id, ufrag, pwd);
+        // A publisher watches nothing.
+        let watches = opts.publisher.is_none();
         // The stream's first viewer subscribes to it: a subscription keeps the source
         // busy, so there is one only while the stream has peers. It starts with the
         // hub's GOP, to have it cached for the first viewers.
-        if self.fanout.add_viewer(id, &opts.stream) {
+        if watches && self.fanout.add_viewer(id, &opts.stream) {
             self.subscriptions.subscribe(&opts.stream);
         }
         // Its sound is listened to only once it connects.

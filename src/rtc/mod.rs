@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::media::audio::mic::MicInput;
+use crate::media::publisher::PublisherTap;
 use crate::media::Hub;
 use crate::rtc::histograms::WebrtcHistograms;
 
@@ -35,6 +36,7 @@ pub mod latency;
 pub mod packetizer;
 pub mod peer;
 mod peer_audio;
+mod peer_ingest;
 mod router;
 pub mod sdp;
 mod stats;
@@ -113,6 +115,9 @@ pub struct PeerOptions {
     /// The stream's microphone playback, when the viewer asked to talk and the stream
     /// has one: the audio m-line receives too (or only).
     pub mic: Option<MicInput>,
+    /// A WHIP publisher (the offer's video is received and goes here), not a viewer:
+    /// `stream` is not watched.
+    pub publisher: Option<PublisherTap>,
 }
 
 impl PeerOptions {
@@ -123,6 +128,7 @@ impl PeerOptions {
             orientation: 0,
             audio: None,
             mic: None,
+            publisher: None,
         }
     }
 }
@@ -134,6 +140,7 @@ impl std::fmt::Debug for PeerOptions {
             .field("orientation", &self.orientation)
             .field("audio", &self.audio.as_ref().map(Arc::as_ptr))
             .field("mic", &self.mic.is_some())
+            .field("publisher", &self.publisher.is_some())
             .finish()
     }
 }
@@ -214,6 +221,8 @@ pub struct RtcStats {
     pub firs_received: u64,
     /// RTCP NACK messages received, and the packets sent again for them.
     pub nacks_received: u64,
+    /// RTCP PLI sent to WHIP publishers (keyframe requests of their streams).
+    pub plis_sent: u64,
     pub retransmitted_packets: u64,
     /// Access unit taken by the engine → its last RTP packet sent (all viewers).
     pub send_delay_us: latency::HistogramSnapshot,
@@ -378,6 +387,15 @@ impl RtcEngine {
         {
             tracing::debug!(peer = id, "engine busy: remote candidate dropped");
         }
+    }
+
+    /// Ask the WHIP publisher `id` for a keyframe (RTCP PLI). Dropped when the engine's
+    /// queue is full: the source asks again.
+    pub fn request_keyframe(&self, id: PeerId) {
+        let _ = self
+            .inner
+            .commands
+            .try_send(engine::Command::RequestKeyframe { id });
     }
 
     /// Close a peer (hangup, detach, session gone); `reason` is logged. No event is

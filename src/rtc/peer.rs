@@ -26,7 +26,9 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -35,9 +37,11 @@ use super::extensions::{self, ExtensionIds};
 use super::feedback::{self, FeedbackForwarder, VideoFeedback};
 use super::frame::{OutAudio, OutFrame};
 use super::peer_audio::PeerAudio;
+use super::peer_ingest::PeerIngest;
 use super::{sdp, RemoteCandidate, RtcError};
 use crate::media::audio::mic::{MicInput, TalkerId};
 use crate::media::audio::OPUS_PAYLOAD_TYPE;
+use crate::media::publisher::PublisherTap;
 
 pub use super::feedback::KeyframeRequest;
 pub use super::peer_audio::{opus_codec, AudioSetup};
@@ -246,6 +250,8 @@ pub struct PeerSetup {
     pub loopback_only: bool,
     /// The audio m-line, when the viewer gets sound or sends its microphone.
     pub audio: Option<AudioSetup>,
+    /// A WHIP publisher's peer: its video is received, not sent, and goes here.
+    pub publisher: Option<PublisherTap>,
 }
 
 pub struct Peer {
@@ -279,6 +285,8 @@ pub struct Peer {
     payload_type: Option<u8>,
     track_id: String,
     audio: Option<PeerAudio>,
+    /// A WHIP publisher's video coming in.
+    ingest: Option<PeerIngest>,
     pub created: Instant,
     pub packets_sent: u64,
     write_errors: u64,
@@ -373,6 +381,11 @@ impl Peer {
     /// controlling agent; we answer `passive` to its `actpass`, so the viewer, as DTLS
     /// client, starts the handshake as soon as its own connectivity check succeeds
     /// rather than when ours learns of the nomination.
+    ///
+    /// With `setup.publisher` (WHIP) the video is received instead: answered
+    /// `recvonly`, its RTP handed to the publisher tap, no sound sent; receiver reports
+    /// go back to the publisher (no NACKs: a lost picture is repaired by a keyframe
+    /// request, see [`Peer::request_keyframe`]).
     pub fn answer(setup: PeerSetup, offer: &str, now: Instant) -> Result<(Peer, String), RtcError> {
         let local_addr = *setup
             .candidates
@@ -398,30 +411,36 @@ impl Peer {
                     .build(),
             )
             .with_media_engine(me)
-            .with_interceptor_registry(sender_interceptors(false))
+            .with_interceptor_registry(sender_interceptors(setup.publisher.is_some()))
             .build(now)?;
 
         // Our transceivers come first, so the offer's sections pair with them.
         let track_id = "video".to_string();
-        let track = media_track(&track_id, RtpCodecKind::Video, setup.ssrc, &video_codec);
-        let transceiver = pc.add_transceiver_from_track(
-            track,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Sendonly,
-                streams: vec![],
-                send_encodings: vec![],
-            }),
-        )?;
+        let transceiver = match &setup.publisher {
+            Some(_) => pc.add_transceiver_from_kind(
+                RtpCodecKind::Video,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )?,
+            None => pc.add_transceiver_from_track(
+                media_track(&track_id, RtpCodecKind::Video, setup.ssrc, &video_codec),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )?,
+        };
         pc.rtp_transceiver(transceiver)
             .ok_or_else(|| RtcError::Internal("no transceiver"))?
             .set_codec_preferences(vec![video_codec])?;
-        let sender = pc
-            .get_senders()
-            .last()
-            .ok_or_else(|| RtcError::Internal("no sender for the video transceiver"))?;
+        let sender = RTCRtpSenderId::from(transceiver);
         let audio_setup = setup
             .audio
-            .filter(|_| offered.opus.is_some())
+            .filter(|_| offered.opus.is_some() && setup.publisher.is_none())
             .map(|a| AudioSetup {
                 payload_type: opus_pt,
                 send: true,
@@ -432,7 +451,6 @@ impl Peer {
             Some(a) => Some(PeerAudio::add(&mut pc, a)?),
             None => None,
         };
-
         let budget = MAX_REMOTE_CANDIDATES;
         let (offer_kept, kept, dropped) =
             candidates::filter_answer(offer, setup.loopback_only, budget);
@@ -443,6 +461,19 @@ impl Peer {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         pc.set_remote_description(now, desc)
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        if setup.publisher.is_some() {
+            // A publisher's sound (and anything else it offers) is not taken: a
+            // stream's sound has a source of its own. Answered inactive, it is not sent.
+            let others: Vec<_> = pc
+                .get_transceivers()
+                .filter(|t| *t != transceiver)
+                .collect();
+            for other in others {
+                if let Some(mut t) = pc.rtp_transceiver(other) {
+                    t.set_direction(RTCRtpTransceiverDirection::Inactive);
+                }
+            }
+        }
         for addr in &setup.candidates {
             pc.add_local_candidate(host_candidate(*addr)?)?;
         }
@@ -476,6 +507,9 @@ impl Peer {
         peer.answerer = true;
         peer.remote_candidates = kept;
         peer.payload_type = Some(payload_type);
+        peer.ingest = setup
+            .publisher
+            .map(|tap| PeerIngest::new(tap, payload_type, RTCRtpReceiverId::from(transceiver)));
         peer.take_negotiated_extensions();
         tracing::debug!(ext = ?peer.ext, payload_type, "offer answered");
         Ok((peer, sdp))
@@ -523,6 +557,7 @@ impl Peer {
             payload_type: None,
             track_id,
             audio,
+            ingest: None,
             created: now,
             packets_sent: 0,
             write_errors: 0,
@@ -648,6 +683,9 @@ impl Peer {
     }
 
     fn feed(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+        if let Some(ingest) = &mut self.ingest {
+            ingest.heard_from(from);
+        }
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -689,7 +727,7 @@ impl Peer {
                         self.note_feedback(p.as_ref(), notes);
                     }
                 }
-                RTCMessage::RtpPacket(_, packet) => self.hand_on_mic(packet),
+                RTCMessage::RtpPacket(_, packet) => self.hand_on_rtp(packet),
                 _ => {}
             }
         }
@@ -733,10 +771,14 @@ impl Peer {
         // Connected (ICE is still up), so look at the transport itself, as Janus does when
         // it reports a "DTLS alert" hangup.
         if matches!(self.stage, Stage::Connected | Stage::Disconnected) && !self.dtls_closed {
-            let dtls = self
-                .pc
-                .rtp_sender(self.sender)
-                .and_then(|s| s.transport().map(|t| t.state()));
+            let dtls = match &self.ingest {
+                // A publisher's transceiver only receives: it has no sender to ask.
+                Some(ingest) => ingest.dtls_state(&mut self.pc),
+                None => self
+                    .pc
+                    .rtp_sender(self.sender)
+                    .and_then(|s| s.transport().map(|t| t.state())),
+            };
             if matches!(
                 dtls,
                 Some(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)
@@ -764,13 +806,30 @@ impl Peer {
         });
     }
 
-    /// An RTP packet from the viewer: its microphone, handed on while connected.
-    fn hand_on_mic(&mut self, packet: rtc::rtp::Packet) {
-        if self.stage == Stage::Connected {
+    /// An RTP packet from the peer: a publisher's video, or a viewer's microphone
+    /// (handed on while connected).
+    fn hand_on_rtp(&mut self, packet: rtc::rtp::Packet) {
+        if let Some(ingest) = &mut self.ingest {
+            ingest.hand_on(&packet);
+        } else if self.stage == Stage::Connected {
             if let Some(audio) = &mut self.audio {
                 audio.hand_on(packet);
             }
         }
+    }
+
+    /// Ask a publisher for a keyframe (RTCP PLI); `false` when this is no publisher or
+    /// nothing came from it yet.
+    pub fn request_keyframe(&mut self, now: Instant) -> bool {
+        match &self.ingest {
+            Some(ingest) => ingest.request_keyframe(&mut self.pc, now, self.ssrc),
+            None => false,
+        }
+    }
+
+    /// A publisher's video packets handed to its source, and dropped (queue full).
+    pub fn ingest_counts(&self) -> Option<(u64, u64)> {
+        self.ingest.as_ref().map(|i| (i.handed, i.dropped))
     }
 
     /// Whether our sound goes to this viewer (offered and taken by its answer).
@@ -993,6 +1052,7 @@ mod tests {
             orientation: 0,
             loopback_only: true,
             audio: None,
+            publisher: None,
         }
     }
 
@@ -1070,6 +1130,45 @@ mod tests {
     fn a_video_only_offer_has_no_audio_m_line() {
         let (_, offer) = Peer::offer(setup(), Instant::now()).expect("offer");
         assert!(!offer.contains("m=audio"), "{offer}");
+    }
+
+    #[test]
+    fn a_publisher_is_answered_recvonly_video() {
+        // Our own sendonly offer of video and sound is what a WHIP publisher sends.
+        let audio = AudioSetup {
+            ssrc: 5678,
+            payload_type: 111,
+            send: true,
+            mic: None,
+        };
+        let publishing = PeerSetup {
+            audio: Some(audio),
+            ..setup()
+        };
+        let (_, offer) = Peer::offer(publishing, Instant::now()).expect("offer");
+        let (tap, _feed) = crate::media::publisher::channel(Box::new(|| {}));
+        let answering = PeerSetup {
+            ufrag: "otherufrag".into(),
+            publisher: Some(tap),
+            ..setup()
+        };
+        let (peer, answer) = Peer::answer(answering, &offer, Instant::now()).expect("answer");
+        if std::env::var_os("SHOW_ANSWER").is_some() {
+            println!("{answer}");
+        }
+        let video = section(&answer, "video");
+        assert!(video.contains(&"a=recvonly"), "{video:?}");
+        let audio = section(&answer, "audio");
+        assert!(
+            audio.contains(&"a=inactive"),
+            "the sound is not taken: {audio:?}"
+        );
+        assert!(
+            !answer.contains("a=ssrc:1234"),
+            "nothing of ours is sent: {answer}"
+        );
+        assert!(!peer.sends_audio());
+        assert_eq!(peer.ingest_counts(), Some((0, 0)));
     }
 
     fn offered_peer() -> Peer {

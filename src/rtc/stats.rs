@@ -26,6 +26,8 @@ pub struct SharedStats {
     pub plis_received: AtomicU64,
     pub firs_received: AtomicU64,
     pub nacks_received: AtomicU64,
+    /// RTCP PLI written to WHIP publishers.
+    pub plis_sent: AtomicU64,
     /// Packets the NACK responder sends again (those of a NACK still in its history).
     pub retransmitted_packets: AtomicU64,
     pub histograms: WebrtcHistograms,
@@ -53,6 +55,7 @@ impl SharedStats {
             plis_received: load(&self.plis_received),
             firs_received: load(&self.firs_received),
             nacks_received: load(&self.nacks_received),
+            plis_sent: load(&self.plis_sent),
             retransmitted_packets: load(&self.retransmitted_packets),
             send_delay_us: self.send_delay.snapshot(),
             capture_to_send_us: self.capture_to_send.snapshot(),

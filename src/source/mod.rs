@@ -15,3 +15,4 @@ pub mod pattern;
 pub mod rtp_listen;
 pub mod runner;
 pub mod testsrc;
+pub mod whip;

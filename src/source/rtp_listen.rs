@@ -47,6 +47,12 @@ pub trait RtpInput: Send {
     fn recv(&mut self, buf: &mut [u8], deadline: Instant) -> Option<(usize, SocketAddr)>;
     /// Send an RTCP packet back to `to`.
     fn send_feedback(&mut self, to: SocketAddr, rtcp: &[u8]);
+    /// Whether the sender is known to have left since the last call (a WHIP
+    /// publisher's session ended), so the next may take over without waiting for
+    /// [`STALL`]. Plain RTP cannot tell: silence is all there is.
+    fn sender_left(&mut self) -> bool {
+        false
+    }
 }
 
 /// RTP on a UDP socket of our own.
@@ -223,12 +229,14 @@ impl RtpListenSource {
         }
     }
 
-    /// A sender silent for [`STALL`] has left: the next one may take over.
+    /// A sender silent for [`STALL`] (or said by the input to be gone) has left: the
+    /// next one may take over.
     fn forget_silent_sender(&mut self) {
+        let left = self.input.sender_left();
         if self
             .sender
             .as_ref()
-            .is_some_and(|s| s.last_packet.elapsed() > STALL)
+            .is_some_and(|s| left || s.last_packet.elapsed() > STALL)
         {
             if let Some(s) = self.sender.take() {
                 tracing::info!(from = %s.addr, "RTP sender fell silent");

@@ -1,8 +1,11 @@
 //! The WHEP endpoints: `POST /whep` and `/STREAM/whep` (offer in, answer out), `PATCH`
 //! and `DELETE` on `/whep/resource/ID`, and `OPTIONS` on both for CORS preflights and
-//! the ICE servers. Every response offers CORS to the page (the origin guard around the
+//! the ICE servers. The WHIP endpoints are the same on `/whip`, `/STREAM/whip` and
+//! `/whip/resource/ID`, for a publisher's offer. Every response offers CORS to the page (the origin guard around the
 //! main port narrows it to allowed pages) and exposes the headers a player reads.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,14 +18,17 @@ use tokio::sync::mpsc;
 
 use super::patch::{self, PatchAction, PatchRefusal};
 use super::sdpfrag;
-use super::sessions::Session;
+use super::sessions::{Publishing, Session};
 use super::{Whep, MAX_FRAG_BYTES, MAX_OFFER_BYTES};
 use crate::janus::auth::Auth;
+use crate::media::publisher;
 use crate::media::stream::{Output, Stream};
 use crate::rtc::{ice_restart, PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcError};
 
 /// Where sessions live; `Location` is this plus the session's id.
 pub const RESOURCE_PREFIX: &str = "/whep/resource/";
+/// Where WHIP publishers' sessions live.
+pub const WHIP_RESOURCE_PREFIX: &str = "/whip/resource/";
 
 /// How long a POST waits for a stream's first pictures (its source may only start now
 /// that someone watches) before answering 409.
@@ -38,8 +44,16 @@ pub fn router(whep: Whep) -> Router {
     Router::new()
         .route("/whep", post(post_default).options(options))
         .route("/{stream}/whep", post(post_named).options(options))
+        .route("/whip", post(publish_default).options(options))
+        .route("/{stream}/whip", post(publish_named).options(options))
         .route(
             "/whep/resource/{id}",
+            axum::routing::patch(patch_session)
+                .delete(delete_session)
+                .options(options),
+        )
+        .route(
+            "/whip/resource/{id}",
             axum::routing::patch(patch_session)
                 .delete(delete_session)
                 .options(options),
@@ -175,9 +189,15 @@ async fn read_text(body: Body, limit: usize) -> Result<String, (StatusCode, Stri
         .map_err(|_| (StatusCode::BAD_REQUEST, "the body is not UTF-8 text".into()))
 }
 
+/// What a POST asks to be: a viewer (WHEP) or the stream's publisher (WHIP).
+#[derive(Clone, Copy)]
+enum Role {
+    Viewer,
+    Publisher,
+}
+
 async fn post_default(State(whep): State<Whep>, headers: HeaderMap, body: Body) -> Response {
-    let stream = whep.inner.streams.default_stream().clone();
-    offer(whep, stream, headers, body).await
+    post_to(whep, None, Role::Viewer, headers, body).await
 }
 
 async fn post_named(
@@ -186,32 +206,105 @@ async fn post_named(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let stream = match whep.inner.streams.get(Some(&name)) {
-        Ok(stream) => stream.clone(),
-        Err(e) => return refuse(StatusCode::NOT_FOUND, format!("no such stream: {e}")),
-    };
-    offer(whep, stream, headers, body).await
+    post_to(whep, Some(name), Role::Viewer, headers, body).await
 }
 
-/// POST: answer the player's offer and open a session.
-async fn offer(
-    whep: Whep,
-    stream: std::sync::Arc<Stream>,
+async fn publish_default(State(whep): State<Whep>, headers: HeaderMap, body: Body) -> Response {
+    post_to(whep, None, Role::Publisher, headers, body).await
+}
+
+async fn publish_named(
+    State(whep): State<Whep>,
+    Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refused) = bearer_refusal(&whep, &headers) {
-        return refused;
+    post_to(whep, Some(name), Role::Publisher, headers, body).await
+}
+
+/// A POST to the stream `name` (the default stream without one; an unknown one is 404).
+async fn post_to(
+    whep: Whep,
+    name: Option<String>,
+    role: Role,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let stream = match whep.inner.streams.get(name.as_deref()) {
+        Ok(stream) => stream.clone(),
+        Err(e) => return refuse(StatusCode::NOT_FOUND, format!("no such stream: {e}")),
+    };
+    match role {
+        Role::Viewer => offer(whep, stream, headers, body).await,
+        Role::Publisher => publish(whep, stream, headers, body).await,
     }
-    if !content_type_is(&headers, SDP) {
-        return refuse(
+}
+
+/// The offer of a POST, once its credentials and content type are checked.
+async fn read_offer(whep: &Whep, headers: &HeaderMap, body: Body) -> Result<String, Response> {
+    if let Some(refused) = bearer_refusal(whep, headers) {
+        return Err(refused);
+    }
+    if !content_type_is(headers, SDP) {
+        return Err(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the offer must be sent as Content-Type: application/sdp",
-        );
+        ));
     }
-    let offer = match read_text(body, MAX_OFFER_BYTES).await {
+    read_text(body, MAX_OFFER_BYTES)
+        .await
+        .map_err(|(status, reason)| refuse(status, reason))
+}
+
+/// WHIP POST: a publisher's offer makes it the stream's source (when the stream's
+/// source is `whip` and nobody else publishes).
+async fn publish(whep: Whep, stream: Arc<Stream>, headers: HeaderMap, body: Body) -> Response {
+    let offer = match read_offer(&whep, &headers, body).await {
         Ok(text) => text,
-        Err((status, reason)) => return refuse(status, reason),
+        Err(refused) => return refused,
+    };
+    let Some(slot) = stream.publisher_slot().cloned() else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "stream {:?} takes no WHIP publisher: its source is not whip",
+                stream.name()
+            ),
+        );
+    };
+    let id = random_hex(16);
+    let Some(publishing) = Publishing::claim(&slot, &id) else {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!("stream {:?} has a publisher already", stream.name()),
+        );
+    };
+    // The peer's id is known once the offer is answered; the source may ask for a
+    // keyframe only after the publisher's first packets, which come later still.
+    let peer_cell = Arc::new(AtomicU64::new(u64::MAX));
+    let ask_keyframe = {
+        let engine = whep.inner.engine.clone();
+        let peer_cell = peer_cell.clone();
+        Box::new(move || engine.request_keyframe(peer_cell.load(Ordering::Relaxed)))
+    };
+    let (tap, feed) = publisher::channel(ask_keyframe);
+    let opts = PeerOptions {
+        publisher: Some(tap),
+        ..PeerOptions::new(stream.hub().clone())
+    };
+    let opened = open_session(&whep, stream, &offer, opts, id.clone(), Some(publishing)).await;
+    if let Some(peer) = whep.inner.sessions.with(&id, |s| s.peer) {
+        peer_cell.store(peer, Ordering::Relaxed);
+        slot.hand_over(&id, feed);
+    }
+    opened
+}
+
+/// POST: answer the player's offer and open a session.
+async fn offer(whep: Whep, stream: Arc<Stream>, headers: HeaderMap, body: Body) -> Response {
+    let offer = match read_offer(&whep, &headers, body).await {
+        Ok(text) => text,
+        Err(refused) => return refused,
     };
     if !wait_for_pictures(&stream).await {
         return reply(
@@ -224,9 +317,22 @@ async fn offer(
         audio: stream.audio().cloned(),
         ..PeerOptions::new(stream.hub().clone())
     };
+    open_session(&whep, stream, &offer, opts, random_hex(16), None).await
+}
+
+/// Answer `offer` with a peer of `opts` and open the session `id` for it: the 201 with
+/// the answer, or why not.
+async fn open_session(
+    whep: &Whep,
+    stream: Arc<Stream>,
+    offer: &str,
+    opts: PeerOptions,
+    id: String,
+    publishing: Option<Publishing>,
+) -> Response {
     let (events_tx, events) = mpsc::unbounded_channel();
     let engine = &whep.inner.engine;
-    let (peer, answer) = match engine.answer_offer(opts, &offer, events_tx).await {
+    let (peer, answer) = match engine.answer_offer(opts, offer, events_tx).await {
         Ok(answered) => answered,
         Err(RtcError::TooManyViewers(max)) => {
             return reply(
@@ -241,31 +347,35 @@ async fn offer(
             return refuse(StatusCode::BAD_REQUEST, e)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot answer a WHEP offer");
+            tracing::warn!(error = %e, "cannot answer a WHEP/WHIP offer");
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
     };
-    let id = random_hex(16);
     let etag = format!("\"{}\"", random_hex(8));
+    let (prefix, protocol) = match publishing {
+        Some(_) => (WHIP_RESOURCE_PREFIX, "WHIP"),
+        None => (RESOURCE_PREFIX, "WHEP"),
+    };
     whep.inner.sessions.insert(
         id.clone(),
         Session {
             peer,
             etag: etag.clone(),
-            remote_ufrag: sdpfrag::ice_ufrag(&offer).map(str::to_string),
-            offer,
+            remote_ufrag: sdpfrag::ice_ufrag(offer).map(str::to_string),
+            offer: offer.to_string(),
             viewing: None,
+            publishing,
         },
     );
     tokio::spawn(follow_peer(whep.clone(), id.clone(), peer, stream, events));
-    tracing::info!(peer, "WHEP session opened");
+    tracing::info!(peer, "{protocol} session opened");
     let mut headers = vec![
         (header::CONTENT_TYPE, SDP.to_string()),
-        (header::LOCATION, format!("{RESOURCE_PREFIX}{id}")),
+        (header::LOCATION, format!("{prefix}{id}")),
         (header::ETAG, etag),
         (HeaderName::from_static("accept-patch"), SDPFRAG.to_string()),
     ];
-    headers.extend(ice_server_links(&whep));
+    headers.extend(ice_server_links(whep));
     reply(StatusCode::CREATED, headers, answer)
 }
 
@@ -301,14 +411,14 @@ async fn follow_peer(
     whep: Whep,
     id: String,
     peer: PeerId,
-    stream: std::sync::Arc<Stream>,
+    stream: Arc<Stream>,
     mut events: mpsc::UnboundedReceiver<PeerEvent>,
 ) {
     while let Some(event) = events.recv().await {
         match event {
             PeerEvent::Connected => {
                 whep.inner.sessions.with(&id, |s| {
-                    if s.peer == peer && s.viewing.is_none() {
+                    if s.peer == peer && s.viewing.is_none() && s.publishing.is_none() {
                         s.viewing = Some(stream.viewer(Output::WebRtc));
                     }
                 });

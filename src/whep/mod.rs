@@ -4,6 +4,11 @@
 //! The peer behind it is an ordinary engine peer: the same fan-out, GOP start, keyframe
 //! handling and viewer cap as a Janus viewer.
 //!
+//! WHIP ingest (RFC 9725) is the same protocol the other way: a publisher POSTs to
+//! `/whip` or `/STREAM/whip` of a stream whose source is `whip`, and its video becomes
+//! the stream's pictures (see [`crate::source::whip`]). One publisher at a time: a
+//! second one gets 409 until the first leaves.
+//!
 //! * [`sdpfrag`]: PATCH bodies (`application/trickle-ice-sdpfrag`).
 //! * [`patch`]: what a PATCH asks for (`If-Match`, ICE restart).
 //! * [`sessions`]: the sessions alive.
@@ -55,6 +60,13 @@ pub struct WhepCounts {
     pub sessions: usize,
 }
 
+/// For `/state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WhipCounts {
+    /// WHIP publishers' sessions alive (connected or not yet).
+    pub publishers: usize,
+}
+
 impl Whep {
     pub fn new(streams: Arc<Streams>, engine: RtcEngine, cfg: WhepConfig) -> Whep {
         Whep {
@@ -68,12 +80,19 @@ impl Whep {
     }
 
     pub fn counts(&self) -> WhepCounts {
+        let all = self.inner.sessions.len();
         WhepCounts {
-            sessions: self.inner.sessions.len(),
+            sessions: all - self.inner.sessions.publishers().min(all),
         }
     }
 
-    /// `/whep`, `/STREAM/whep` and the sessions' resources.
+    pub fn whip_counts(&self) -> WhipCounts {
+        WhipCounts {
+            publishers: self.inner.sessions.publishers(),
+        }
+    }
+
+    /// `/whep`, `/STREAM/whep`, `/whip`, `/STREAM/whip` and the sessions' resources.
     pub fn routes(&self) -> axum::Router {
         http::router(self.clone())
     }

@@ -1,10 +1,11 @@
-//! The WHEP sessions alive: one per peer the engine holds for a WHEP viewer, found by
-//! the random id in its resource URL. A session leaves when its viewer DELETEs it, when
+//! The WHEP and WHIP sessions alive: one per peer the engine holds for a WHEP viewer or
+//! a WHIP publisher, found by the random id in its resource URL. A session leaves when its viewer DELETEs it, when
 //! its peer closes (ICE failure, timeout, DTLS alert) and when the engine stops.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::media::publisher::PublisherSlot;
 use crate::media::stream::Viewing;
 use crate::rtc::PeerId;
 
@@ -21,6 +22,31 @@ pub struct Session {
     pub offer: String,
     /// Counts the viewer in its stream's `viewers_by.webrtc` while it is connected.
     pub viewing: Option<Viewing>,
+    /// A WHIP publisher's hold on its stream, released when the session ends.
+    pub publishing: Option<Publishing>,
+}
+
+/// A WHIP session's claim on its stream's [`PublisherSlot`]; dropping it frees the
+/// stream for the next publisher.
+pub struct Publishing {
+    slot: Arc<PublisherSlot>,
+    session: String,
+}
+
+impl Publishing {
+    /// Claim `slot` for `session`; `None` when another publisher holds it.
+    pub fn claim(slot: &Arc<PublisherSlot>, session: &str) -> Option<Publishing> {
+        slot.claim(session).then(|| Publishing {
+            slot: slot.clone(),
+            session: session.to_string(),
+        })
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.slot.release(&self.session);
+    }
 }
 
 #[derive(Default)]
@@ -59,6 +85,14 @@ impl Sessions {
 
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Of them, WHIP publishers.
+    pub fn publishers(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.publishing.is_some())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
