@@ -28,6 +28,7 @@ fn offered_peer(now: Instant, with_sound: bool) -> Peer {
             send: true,
             mic: Some((MicInput::channel(4).0, 1)),
         }),
+        publisher: None,
     };
     Peer::offer(setup, now).expect("offer").0
 }
