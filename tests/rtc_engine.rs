@@ -42,6 +42,9 @@ impl Feeder {
             let (mut sps, mut pps): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
             let start = Instant::now();
             let mut n: u64 = 0;
+            // Pictures published: the encoder may skip one (rate control), and a source
+            // numbers what it publishes, so a skipped one is no gap.
+            let mut seq: u64 = 0;
             while !stop2.load(Ordering::Relaxed) {
                 let yuv = paint(n, width, height);
                 if honor2.load(Ordering::Relaxed) && hub.keyframe_wanted() {
@@ -70,8 +73,9 @@ impl Feeder {
                 }
                 au.extend_from_slice(&data);
                 if !data.is_empty() {
+                    seq += 1;
                     hub.publish(Picture {
-                        seq: n,
+                        seq,
                         ..Picture::video(
                             Bytes::from(au),
                             key,
