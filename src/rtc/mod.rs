@@ -291,15 +291,7 @@ impl RtcEngine {
         opts: PeerOptions,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(engine::Command::CreateOffer {
-            opts,
-            egress: false,
-            events,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| stopped())?
+        self.offer(opts, false, events).await
     }
 
     /// As [`RtcEngine::create_offer`], for a server the stream is forwarded to (a WHIP
@@ -310,15 +302,22 @@ impl RtcEngine {
         opts: PeerOptions,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(engine::Command::CreateOffer {
+        self.offer(opts, true, events).await
+    }
+
+    async fn offer(
+        &self,
+        opts: PeerOptions,
+        egress: bool,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(PeerId, String), RtcError> {
+        self.ask(|reply| engine::Command::CreateOffer {
             opts,
-            egress: true,
+            egress,
             events,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| stopped())?
+        .await
     }
 
     /// Create a peer from a viewer's SDP offer (WHEP) and answer it: sendonly H.264 on
@@ -333,27 +332,23 @@ impl RtcEngine {
         offer: &str,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(engine::Command::AnswerOffer {
+        self.ask(|reply| engine::Command::AnswerOffer {
             opts,
             offer: offer.to_string(),
             events,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| stopped())?
+        .await
     }
 
     /// Apply the viewer's SDP answer.
     pub async fn apply_answer(&self, id: PeerId, sdp: &str) -> Result<(), RtcError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(engine::Command::ApplyAnswer {
+        self.ask(|reply| engine::Command::ApplyAnswer {
             id,
             sdp: sdp.to_string(),
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| stopped())?
+        .await
     }
 
     /// Restart the ICE session of a peer that answered: `offer` is the viewer's first
@@ -365,15 +360,13 @@ impl RtcEngine {
         offer: String,
         candidates: Vec<String>,
     ) -> Result<ice_restart::LocalIce, RtcError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(engine::Command::RestartIce {
+        self.ask(|reply| engine::Command::RestartIce {
             id,
             offer,
             candidates,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| stopped())?
+        .await
     }
 
     /// Add a trickled remote candidate; kept until the answer arrives if it comes first.
@@ -423,6 +416,16 @@ impl RtcEngine {
         {
             let _ = rx.await;
         }
+    }
+
+    /// Queue a command that replies, and wait for its reply.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, RtcError>>) -> engine::Command,
+    ) -> Result<T, RtcError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(command(reply)).await?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Queue a command, waiting for room: back-pressure on whoever floods requests.

@@ -188,6 +188,35 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, RtcError>
         .map_err(RtcError::from)
 }
 
+/// Which description a peer makes of itself.
+#[derive(Clone, Copy)]
+enum Side {
+    Offer,
+    Answer,
+}
+
+/// Our host candidates (then end-of-candidates) into the connection, and the offer or
+/// answer that carries them set as the local description; its SDP is returned.
+fn describe_locally(
+    pc: &mut RTCPeerConnection,
+    candidates: &[SocketAddr],
+    side: Side,
+    now: Instant,
+) -> Result<String, RtcError> {
+    for addr in candidates {
+        pc.add_local_candidate(host_candidate(*addr)?)?;
+    }
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    let description = match side {
+        Side::Offer => pc.create_offer(None)?,
+        Side::Answer => pc.create_answer(None)?,
+    };
+    pc.set_local_description(now, description)?;
+    pc.local_description()
+        .map(|d| d.sdp)
+        .ok_or(RtcError::Internal("no local description"))
+}
+
 /// RTP packets written to a connection between two polls of its output: a few at a
 /// time keep the crate's per-handler queues at their smallest allocation (4 entries)
 /// while each handler still works through several packets in one go.
@@ -345,16 +374,7 @@ impl Peer {
             None => None,
         };
 
-        for addr in &setup.candidates {
-            pc.add_local_candidate(host_candidate(*addr)?)?;
-        }
-        pc.add_local_candidate(RTCIceCandidateInit::default())?;
-        let offer = pc.create_offer(None)?;
-        pc.set_local_description(now, offer)?;
-        let sdp = pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or_else(|| RtcError::Internal("no local description"))?;
+        let sdp = describe_locally(&mut pc, &setup.candidates, Side::Offer, now)?;
         if let Some(a) = &mut audio {
             a.set_mid(&sdp);
         }
@@ -474,16 +494,7 @@ impl Peer {
                 }
             }
         }
-        for addr in &setup.candidates {
-            pc.add_local_candidate(host_candidate(*addr)?)?;
-        }
-        pc.add_local_candidate(RTCIceCandidateInit::default())?;
-        let answer = pc.create_answer(None)?;
-        pc.set_local_description(now, answer)?;
-        let sdp = pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or_else(|| RtcError::Internal("no local description"))?;
+        let sdp = describe_locally(&mut pc, &setup.candidates, Side::Answer, now)?;
         // What the answer kept of our video is what we send on.
         let payload_type = sdp::chosen_payload_type(&sdp, &[offered.video.payload_type])
             .map_err(RtcError::Unacceptable)?;
