@@ -3,23 +3,30 @@
 //! answering). The endpoint first refuses (503), so the client must come back after its
 //! backoff; then it must send the offer as `application/sdp` with the Bearer token, take
 //! the 201 answer, deliver decodable pictures, and DELETE the session at shutdown.
+//! Over `https://` it trusts a private CA given with `--whip-ca`, and refuses a
+//! certificate of another CA, saying why in `/state`.
 
 mod support;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::Router;
+use hyper_util::rt::TokioIo;
 use peregrine::media::h264::{nal_type, nal_units, NalType};
 use peregrine::viewer::decoder::H264Decoder;
 use peregrine::viewer::receiver::ReceiverPeer;
 use support::Server;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 const TOKEN: &str = "s3cret-token";
 
@@ -78,10 +85,14 @@ async fn end(State(ep): State<Endpoint>, headers: HeaderMap) -> StatusCode {
     StatusCode::OK
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whip_forward_publishes_retries_and_deletes() -> Result<()> {
+/// The WHIP endpoint's routes, with what it sees and the peers it answers with.
+fn endpoint() -> (
+    Router,
+    Arc<Mutex<Seen>>,
+    mpsc::UnboundedReceiver<ReceiverPeer>,
+) {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let (peers_tx, mut peers) = mpsc::unbounded_channel();
+    let (peers_tx, peers) = mpsc::unbounded_channel();
     let app = Router::new()
         .route("/whip/endpoint/cam", post(publish))
         .route("/whip/resource/1", delete(end))
@@ -89,6 +100,12 @@ async fn whip_forward_publishes_retries_and_deletes() -> Result<()> {
             seen: seen.clone(),
             peers: peers_tx,
         });
+    (app, seen, peers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_forward_publishes_retries_and_deletes() -> Result<()> {
+    let (app, seen, mut peers) = endpoint();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/whip/endpoint/cam", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -192,6 +209,172 @@ async fn whip_forward_publishes_retries_and_deletes() -> Result<()> {
     assert_eq!(
         seen.lock().unwrap().deletes,
         [Some(format!("Bearer {TOKEN}"))]
+    );
+    Ok(())
+}
+
+/// Run `openssl` with the words of `line` (paths here have no spaces).
+fn openssl(line: &str) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(line.split_whitespace())
+        .stdin(Stdio::null())
+        .output()
+        .context("run openssl (scripts/install-test-deps.sh installs it)")?;
+    ensure!(
+        out.status.success(),
+        "openssl {line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A test CA in a folder of its own, with a certificate for 127.0.0.1 it signed.
+struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Result<TestCa> {
+        let dir = std::env::temp_dir().join(format!("peregrine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let ca = TestCa { dir };
+        let p = |f: &str| ca.path(f);
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        openssl(&format!(
+            "req -x509 {ec} -days 2 -subj /CN={name}-CA \
+             -addext basicConstraints=critical,CA:TRUE \
+             -addext keyUsage=critical,keyCertSign,cRLSign -keyout {} -out {}",
+            p("ca.key"),
+            p("ca.pem")
+        ))?;
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(&format!(
+            "req -new {ec} -subj /CN=127.0.0.1 -keyout {} -out {}",
+            p("server.key"),
+            p("server.csr")
+        ))?;
+        openssl(&format!(
+            "x509 -req -days 2 -set_serial 1 -in {} -CA {} -CAkey {} -extfile {} -out {}",
+            p("server.csr"),
+            p("ca.pem"),
+            p("ca.key"),
+            p("server.ext"),
+            p("server.pem")
+        ))?;
+        Ok(ca)
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    fn ca(&self) -> String {
+        self.path("ca.pem")
+    }
+
+    /// Serve `app` over HTTPS with the CA's server certificate; its address.
+    async fn serve(&self, app: Router) -> Result<SocketAddr> {
+        let read = |f: &str| std::fs::read(Path::new(&self.path(f)));
+        let config = peregrine::tls::server_config(&read("server.pem")?, &read("server.key")?)?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            tower_service::Service::call(&mut app.clone(), req)
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(addr)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_of_the_ca_given_are_trusted_and_others_refused() -> Result<()> {
+    let ours = TestCa::new("whip-ca")?;
+    let stranger = TestCa::new("whip-stranger")?;
+    let (app, _seen, mut peers) = endpoint();
+    let trusted = ours.serve(app).await?;
+    let (app, stranger_seen, _stranger_peers) = endpoint();
+    let untrusted = stranger.serve(app).await?;
+    let trusted_url = format!("https://{trusted}/whip/endpoint/cam");
+    let untrusted_url = format!("https://{untrusted}/whip/endpoint/cam");
+
+    let server = Server::start(&[
+        "--source",
+        "testsrc",
+        "--resolution",
+        "320x240",
+        "--whip-forward",
+        &trusted_url,
+        "--whip-forward",
+        &untrusted_url,
+        "--whip-token",
+        TOKEN,
+        "--whip-ca",
+        &ours.ca(),
+    ])
+    .await?;
+    // The endpoint refuses the first POST; the second, after the backoff, publishes.
+    let mut peer = tokio::time::timeout(Duration::from_secs(15), peers.recv())
+        .await
+        .context("no second POST over https within 15 s")?
+        .context("endpoint gone")?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+    let mut decoder = H264Decoder::new()?;
+    let mut decoded = 0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while decoded < 10 {
+        let frame = tokio::time::timeout_at(until.into(), peer.next_frame())
+            .await
+            .context("fewer than 10 pictures in 10 s")?
+            .context("receiver ended")?;
+        if decoder.decode(&frame.data)?.is_some() {
+            decoded += 1;
+        }
+    }
+
+    let state = server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["whip_forwards"][0]["state"] == "connected"
+                && s["whip_forwards"][1]["failures"].as_u64() >= Some(1)
+        })
+        .await?;
+    let refused = &state["whip_forwards"][1];
+    println!("refused: {refused}");
+    assert_eq!(refused["url"], untrusted_url.as_str(), "{state}");
+    assert_eq!(refused["sessions"], 0, "{refused}");
+    let why = refused["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("TLS") && why.contains("UnknownIssuer"),
+        "the error says the certificate is not trusted: {why}"
+    );
+    assert!(
+        stranger_seen.lock().unwrap().posts.is_empty(),
+        "nothing is sent to a server that is not trusted"
     );
     Ok(())
 }

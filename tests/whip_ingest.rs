@@ -3,6 +3,8 @@
 //! and a Rust WebRTC viewer of that stream decodes its pictures; a second publisher is
 //! refused while the first publishes, the stream shows NO SIGNAL once it leaves (by
 //! DELETE or by closing its connection), and the next one takes over. Bad requests get clear HTTP errors and leave nothing.
+//! The publisher's sound (a 1 kHz tone in Opus) is the stream's sound: a viewer that
+//! asks for sound hears the tone.
 
 mod support;
 
@@ -10,10 +12,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use peregrine::media::audio::level;
+use peregrine::media::audio::opus::FRAME_LEN;
+use peregrine::viewer::audio::{decode as decode_sound, ReceivedAudio};
 use peregrine::viewer::decoder::{DecodedFrame, H264Decoder};
-use peregrine::viewer::receiver::ReceiverPeer;
-use serde_json::Value;
-use support::{raw_request_from, Reply, Server};
+use peregrine::viewer::receiver::{ReceiverOptions, ReceiverPeer};
+use serde_json::{json, Value};
+use support::{raw_request_from, JanusClient, Reply, Server, Transport};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
@@ -229,6 +234,75 @@ async fn an_aiortc_publisher_is_the_stream_until_it_leaves_and_the_next_takes_ov
     server
         .wait_state(Duration::from_secs(10), |s| {
             s["whip"]["publishers"] == 0 && s["whep"]["sessions"] == 0 && s["rtc"]["peers"] == 0
+        })
+        .await?;
+    Ok(())
+}
+
+/// `count` sound packets of a viewer that keeps them.
+async fn sound_packets(peer: &mut ReceiverPeer, count: usize) -> Result<Vec<ReceivedAudio>> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, peer.next_audio()).await {
+            Ok(Some(packet)) => out.push(packet),
+            _ => bail!("only {} of {count} sound packets", out.len()),
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_with_sound_hears_the_publishers_tone() -> Result<()> {
+    let server = Server::start_with_config(CONFIG, &[]).await?;
+    let state = server.state().await?;
+    let sound = &state["streams"]["cam"]["audio"];
+    assert_eq!(sound["source"], "whip", "{state}");
+    assert_eq!(sound["state"], "idle", "nobody publishes yet: {state}");
+
+    let mut publisher = Publisher::start(&server).await?;
+    assert!(publisher.next().await?["published"].is_string());
+    server
+        .wait_state(Duration::from_secs(15), |s| {
+            cam(s)["state"] == "live" && s["streams"]["cam"]["audio"]["state"] == "live"
+        })
+        .await?;
+
+    // A Janus viewer asking for sound, as a page with `audio: true` does.
+    let mut janus = JanusClient::connect(&server, Transport::WebSocket).await?;
+    janus.create_and_attach().await?;
+    let offer = janus
+        .watch_with(Some("cam"), Some(json!({"audio": true})))
+        .await?;
+    assert!(offer.contains("m=audio"), "the stream has sound: {offer}");
+    let keep = ReceiverOptions {
+        keep_audio: true,
+        ..Default::default()
+    };
+    let (mut peer, answer) = ReceiverPeer::answer_with(&offer, keep).await?;
+    janus.start(&answer).await?;
+    peer.wait_connected(Duration::from_secs(10)).await?;
+
+    let packets = sound_packets(&mut peer, 100).await?;
+    let pcm = decode_sound(&packets)?;
+    // Past the decoder's first frames, the publisher's tone.
+    let tail = level::left(&pcm[FRAME_LEN * 10..]);
+    assert_eq!(level::dominant_hz(&tail, &[440.0, 1000.0, 2000.0]), 1000.0);
+    assert!(level::rms_dbfs(&tail) > -20.0, "{}", level::rms_dbfs(&tail));
+
+    let state = server.state().await?;
+    let sound = &state["streams"]["cam"]["audio"];
+    assert_eq!(
+        (sound["rate"].as_u64(), sound["channels"].as_u64()),
+        (Some(48_000), Some(2))
+    );
+    assert!(sound["frames"].as_u64() >= Some(100), "{sound}");
+    assert_eq!(sound["listeners"], 1, "{sound}");
+
+    assert_eq!(publisher.delete().await?["deleted"], 200);
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["whip"]["publishers"] == 0 && s["streams"]["cam"]["audio"]["state"] == "idle"
         })
         .await?;
     Ok(())

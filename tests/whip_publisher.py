@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A WHIP publisher built on aiortc, an independent WebRTC stack: POST an offer with an
-H.264 video track of generated pictures (and Opus silence) to a WHIP endpoint and publish until told to
-stop, then DELETE the session.
+H.264 video track of generated pictures and an Opus track of a 1 kHz tone to a WHIP
+endpoint and publish until told to stop, then DELETE the session.
 
 Prints JSON lines: {"published": LOCATION} once answered (or {"refused": STATUS,
 "reason": TEXT} and exits), then, when a line "delete" arrives on stdin, {"deleted":
@@ -16,8 +16,10 @@ import argparse
 import asyncio
 import fractions
 import json
+import math
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -28,6 +30,7 @@ aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: ["127.0.0.
 import av  # noqa: E402
 from aiortc import (  # noqa: E402
     AudioStreamTrack,
+    MediaStreamError,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
@@ -86,6 +89,39 @@ class Pictures(VideoStreamTrack):
         return frame
 
 
+TONE_RATE = 48000
+TONE_SAMPLES = 960
+# 1 kHz has exactly 48 samples per period: every 20 ms frame is the same 20 periods.
+TONE_PCM = b"".join(
+    int(16384 * math.sin(2 * math.pi * 1000 * n / TONE_RATE)).to_bytes(2, "little", signed=True)
+    for n in range(TONE_SAMPLES)
+)
+
+
+class Tone(AudioStreamTrack):
+    """A 1 kHz sine at half scale, 48 kHz mono, in 20 ms frames paced in real time."""
+
+    RATE = TONE_RATE
+    SAMPLES = TONE_SAMPLES
+    PCM = TONE_PCM
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        if hasattr(self, "_timestamp"):
+            self._timestamp += self.SAMPLES
+            await asyncio.sleep(self._start + self._timestamp / self.RATE - time.time())
+        else:
+            self._start = time.time()
+            self._timestamp = 0
+        frame = av.AudioFrame(format="s16", layout="mono", samples=self.SAMPLES)
+        frame.planes[0].update(self.PCM)
+        frame.pts = self._timestamp
+        frame.sample_rate = self.RATE
+        frame.time_base = fractions.Fraction(1, self.RATE)
+        return frame
+
+
 def http(method, url, body=None, content_type=None):
     req = urllib.request.Request(url, data=body, method=method)
     if content_type:
@@ -111,8 +147,8 @@ async def publish(url, width, height):
         if c.mimeType == "video/H264"
     ]
     transceiver.setCodecPreferences(h264)
-    # Sound is offered as a browser would; the server answers it inactive.
-    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    # Sound is offered as a browser would: Opus, on aiortc's own payload type.
+    pc.addTransceiver(Tone(), direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     offer = pc.localDescription.sdp.encode()
     status, headers, body = await asyncio.to_thread(

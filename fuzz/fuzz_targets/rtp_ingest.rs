@@ -1,5 +1,6 @@
 //! Pushed RTP (an ingest source's UDP port, a WHIP publisher) into pictures: any
-//! datagram is read as RTP, and H.264 payloads go through the ingest depacketizer.
+//! datagram is read as RTP, and H.264 payloads go through the ingest depacketizer; the
+//! same packets as a WHIP publisher's sound become bounded audio frames.
 //!
 //! Input: records of `len: u16 LE` then `len` bytes. A record that does not parse as
 //! RTP is used as a payload under a header made from its first bytes, so the
@@ -7,9 +8,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use peregrine::media::audio::published::{PublishedSound, SoundOutlet};
 use peregrine::media::depacketizer::{H264Depacketizer, MAX_AU_BYTES};
 use peregrine::media::h264::{nal_type, nal_units, NalType};
 use peregrine::media::rtp::{parse, Datagram, RtpPacket};
+use peregrine::media::Hub;
+use peregrine::source::audio::AudioStatusHandle;
 
 fn records(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
@@ -40,7 +44,14 @@ fn synthetic(record: &[u8]) -> Option<RtpPacket<'_>> {
 fuzz_target!(|data: &[u8]| {
     let mut depacketizer = H264Depacketizer::new();
     let mut out = Vec::new();
-    for record in records(data) {
+    let hub = Hub::new(4096);
+    let outlet = SoundOutlet {
+        hub: hub.clone(),
+        status: AudioStatusHandle::new("whip"),
+    };
+    let mut sound = PublishedSound::new(outlet, 111);
+    let mut packets = 0u64;
+    for (n, record) in records(data).enumerate() {
         let packet = match parse(record) {
             Datagram::Rtp(p) => p,
             Datagram::Rtcp => continue,
@@ -51,7 +62,14 @@ fuzz_target!(|data: &[u8]| {
         };
         depacketizer.push(&packet, 1, &mut out);
         let _ = depacketizer.take_keyframe_request();
+        let now_us = 1_000_000 + n as u64 * 20_000;
+        // Never panics; frames over its bound are counted dropped.
+        sound.take(packet.ssrc, packet.timestamp, packet.payload, now_us);
+        packets += 1;
     }
+    assert_eq!(sound.frames + sound.dropped, packets);
+    assert_eq!(hub.info().frames, sound.frames);
+
     let stats = depacketizer.stats();
     assert_eq!(stats.pictures, out.len() as u64);
     for picture in &out {

@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
+use peregrine::media::audio::published::SoundOutlet;
 use peregrine::media::publisher;
+use peregrine::media::Hub;
 use peregrine::rtc::ice_restart::{ice_credentials, local_ice, restart_offer};
 use peregrine::rtc::peer::{Peer, PeerSetup};
 use peregrine::rtc::sdp::read_offer;
+use peregrine::source::audio::AudioStatusHandle;
 use peregrine::whep::patch::decide;
 use peregrine::whep::sdpfrag::{self, MAX_FRAG_CANDIDATES};
 
@@ -46,6 +49,17 @@ fuzz_target!(|data: &[u8]| {
         // As a WHIP publisher's offer: video received, everything else inactive.
         let (tap, _feed) = publisher::channel(Box::new(|| {}));
         let _ = Peer::answer(setup(Some(tap)), text, Instant::now());
+        // And to a stream that takes its sound: its Opus received as well.
+        let (tap, _feed) = publisher::channel(Box::new(|| {}));
+        let outlet = SoundOutlet {
+            hub: Hub::new(4),
+            status: AudioStatusHandle::new("whip"),
+        };
+        let _ = Peer::answer(
+            setup(Some(tap.with_sound(Some(outlet)))),
+            text,
+            Instant::now(),
+        );
     }
     let _ = read_offer(text, "640028");
     if let Ok(frag) = sdpfrag::parse(text) {

@@ -108,6 +108,8 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     .context("cannot start the WebRTC engine")?;
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");
     let mut whip_tasks = Vec::new();
+    // Made for the first forward: it reads the trusted CAs.
+    let mut whip_client: Option<whip::HttpClient> = None;
     for stream_cfg in cfg.stream_configs() {
         let Ok(stream) = streams.get(Some(&stream_cfg.name)) else {
             continue;
@@ -121,8 +123,18 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
                     cfg.media_ip()
                 );
             }
-            let (stats, task) =
-                whip::spawn(engine.clone(), stream.clone(), target, shutdown.clone());
+            let client = match &whip_client {
+                Some(client) => client.clone(),
+                None => whip::HttpClient::new(cfg.whip_ca.as_deref()).context("--whip-ca")?,
+            };
+            whip_client = Some(client.clone());
+            let (stats, task) = whip::spawn(
+                engine.clone(),
+                stream.clone(),
+                target,
+                client,
+                shutdown.clone(),
+            );
             forwards.whip.push(stats);
             whip_tasks.push(task);
         }

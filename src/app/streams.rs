@@ -1,5 +1,6 @@
 //! Starts every configured stream: its hub, its JPEG tap, its source on the runner, its
-//! sound (a hub of its own and the sound source on the audio runner), its memsink
+//! sound (a hub of its own and the sound source on the audio runner, or, for a `whip`
+//! stream without one, its publishers' sound), its memsink
 //! output and its microphone playback, and gathers what the outputs and `/state` need
 //! of each.
 
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use crate::config::{usage_error, AudioSpec, Config, SourceSpec, StreamConfig};
 use crate::http::state::{Resolution, StreamFacts};
 use crate::media::audio::mic::{MicInput, MIC_QUEUE};
+use crate::media::audio::published::SoundOutlet;
 use crate::media::hub::DEFAULT_QUEUE_FRAMES;
 use crate::media::jpeg_tap::{JpegTap, TapConfig};
 use crate::media::publisher::PublisherSlot;
@@ -53,7 +55,13 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
     for stream_cfg in cfg.stream_configs() {
         let hub = Hub::new(DEFAULT_QUEUE_FRAMES);
         let status = StatusHandle::new(&stream_cfg.source, "no_signal");
-        let publisher = (stream_cfg.spec == SourceSpec::Whip).then(Arc::<PublisherSlot>::default);
+        let publisher_sound = publisher_sound(&stream_cfg);
+        let publisher = (stream_cfg.spec == SourceSpec::Whip).then(|| {
+            Arc::new(match publisher_sound.clone() {
+                Some(outlet) => PublisherSlot::with_sound(outlet),
+                None => PublisherSlot::default(),
+            })
+        });
         // Made before the source: a JPEG camera hands its pictures to it directly.
         let jpeg_tap = JpegTap::new(
             stream_cfg.name.clone(),
@@ -107,7 +115,10 @@ pub fn start_streams(cfg: &Config, stop: &Arc<AtomicBool>) -> Result<Started> {
                 threads.push(Some(thread));
                 (Some(hub), Some(status))
             }
-            None => (None, None),
+            None => match publisher_sound {
+                Some(outlet) => (Some(outlet.hub), Some(outlet.status)),
+                None => (None, None),
+            },
         };
         let (mic, mic_stats, mic_thread) = start_mic(&stream_cfg, stop)?;
         threads.push(mic_thread);
@@ -278,6 +289,16 @@ fn start_mic(stream: &StreamConfig, stop: &Arc<AtomicBool>) -> Result<Mic> {
         .context("cannot start the microphone playback thread")?;
     tracing::info!(stream = %stream.name, device = %device, "browsers' microphones play on ALSA");
     Ok((Some(input), Some(stats), Some(thread)))
+}
+
+/// Where a `whip` stream's publishers' sound goes: a stream without a sound source of
+/// its own has theirs. `/state` names the source `whip`.
+fn publisher_sound(cfg: &StreamConfig) -> Option<SoundOutlet> {
+    let takes = cfg.spec == SourceSpec::Whip && matches!(cfg.audio.spec, AudioSpec::None);
+    takes.then(|| SoundOutlet {
+        hub: Hub::new(audio::runner::QUEUE_FRAMES),
+        status: AudioStatusHandle::new("whip"),
+    })
 }
 
 /// A stream's sound, started.

@@ -401,7 +401,7 @@ pub struct Args {
     /// `video=HOST:PORT,audio=HOST:PORT` the sound goes too (Opus, payload type 111).
     #[arg(long, value_name = "HOST:PORT", help_heading = "Egress")]
     pub rtp_forward: Option<Vec<String>>,
-    /// Publish the default stream to this WHIP endpoint (http://HOST[:PORT]/PATH), e.g.
+    /// Publish the default stream to this WHIP endpoint (http:// or https://HOST[:PORT]/PATH), e.g.
     /// simple-whip-server in front of Janus VideoRoom, MediaMTX `/PATH/whip`, LiveKit
     /// `/whip/v1`; repeatable. Lost sessions start over with backoff.
     #[arg(long, value_name = "URL", help_heading = "Egress")]
@@ -409,6 +409,10 @@ pub struct Args {
     /// Bearer token sent to the --whip-forward endpoints.
     #[arg(long, value_name = "TOKEN", help_heading = "Egress")]
     pub whip_token: Option<String>,
+    /// CA certificates (PEM) trusted for https:// --whip-forward endpoints besides the
+    /// system's (/etc/ssl/certs/ca-certificates.crt), e.g. a private CA.
+    #[arg(long, value_name = "FILE", help_heading = "Egress")]
+    pub whip_ca: Option<PathBuf>,
 
     /// Accept MPEG-TS uploads at /upload/SECRET (8 characters or more) and relay them to
     /// JSMpeg viewers (/jsmpeg, or a WebSocket on /). Without it JSMpeg viewers get the
@@ -686,6 +690,8 @@ pub struct Config {
     /// WHIP endpoints the default stream is published to (`--whip-forward`).
     pub whip_forward: Vec<hyper::Uri>,
     pub whip_token: Option<String>,
+    /// CA certificates trusted for `https://` WHIP endpoints besides the system's.
+    pub whip_ca: Option<PathBuf>,
     pub source_allow: Vec<IpAddr>,
     /// `--allow-origin` entries, checked at load.
     pub allow_origin: Vec<String>,
@@ -800,6 +806,7 @@ impl Default for Config {
             rtp_forward: Vec::new(),
             whip_forward: Vec::new(),
             whip_token: None,
+            whip_ca: None,
             source_allow: Vec::new(),
             allow_origin: Vec::new(),
             unix: None,
@@ -906,6 +913,10 @@ impl Config {
         }
         streams::check_source_allow(&StreamConfig::default_of(&cfg))?;
         streams::check_whip(&cfg)?;
+        if let Some(ca) = &cfg.whip_ca {
+            // A CA file that cannot be used stops the start, as a bad certificate does.
+            whip::HttpClient::new(Some(ca)).map_err(|e| anyhow!("whip_ca: {e:#}"))?;
+        }
         cfg.streams = streams::resolve(&cfg, stream_tables)?;
         Ok(cfg)
     }
@@ -1037,6 +1048,9 @@ impl Config {
                 bail!("whip_token must be a non-empty token without spaces");
             }
             self.whip_token = Some(token);
+        }
+        if let Some(ca) = a.whip_ca {
+            self.whip_ca = Some(ca);
         }
         set!(allow_origin <- allow_origin);
         set!(device <- device);
@@ -1804,6 +1818,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--h264-m2m-device"), "{err}");
+    }
+
+    #[test]
+    fn a_whip_ca_file_that_cannot_be_used_stops_the_start() {
+        let args = Args::parse_from(["peregrine", "--whip-ca", "/nonexistent/ca.pem"]);
+        let err = Config::load(args).unwrap_err().to_string();
+        assert!(
+            err.contains("whip_ca") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -455,8 +455,8 @@ source = "testsrc"
                 "no whip_forward endpoint",
             ),
             (
-                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nwhip_forward = [\"https://x/whip\"]\n",
-                "TLS proxy",
+                "[[stream]]\nname = \"x\"\nsource = \"testsrc\"\nwhip_forward = [\"ws://x/whip\"]\n",
+                "not an http:// or https:// URL",
             ),
             (
                 "[[stream]]\nname = \"x\"\nsource = \"rtsp://cam/1\"\n",

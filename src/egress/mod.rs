@@ -3,7 +3,7 @@
 //! that subscribes to its stream's hub like any viewer; what flows back from the target
 //! is only keyframe requests, coalesced in the hub ([`crate::media::Hub::request_keyframe_for_egress`]).
 
-mod http_client;
+pub mod http_client;
 pub mod rtcp;
 pub mod rtp_forward;
 pub mod target;

@@ -17,7 +17,7 @@ use hyper::{Method, StatusCode, Uri};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use super::http_client;
+pub use super::http_client::HttpClient;
 use crate::media::Stream;
 use crate::rtc::{PeerEvent, PeerOptions, RtcEngine};
 
@@ -34,18 +34,11 @@ pub struct WhipTarget {
     pub token: Option<String>,
 }
 
-/// Parse a WHIP endpoint URL: `http://HOST[:PORT]/PATH`.
+/// Parse a WHIP endpoint URL: `http://` or `https://HOST[:PORT]/PATH`.
 pub fn parse_url(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{s:?}: https:// WHIP endpoints are not supported yet; reach it through a \
-                 local TLS proxy (e.g. nginx with proxy_pass https://...) at an http:// URL"
-            ))
-        }
-        _ => return Err(format!("{s:?} is not an http:// URL")),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{s:?} is not an http:// or https:// URL"));
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{s:?} names no host"));
@@ -178,12 +171,14 @@ impl WhipStats {
     }
 }
 
-/// Start publishing `stream` to `target` until `shutdown` turns true; the returned
-/// task ends after the session was deleted.
+/// Start publishing `stream` to `target` with `client` (which knows the CAs trusted
+/// for `https://`) until `shutdown` turns true; the returned task ends after the
+/// session was deleted.
 pub fn spawn(
     engine: RtcEngine,
     stream: Arc<Stream>,
     target: WhipTarget,
+    client: HttpClient,
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<WhipStats>, tokio::task::JoinHandle<()>) {
     let stats = Arc::new(WhipStats {
@@ -197,7 +192,13 @@ pub fn spawn(
             ..WhipState::default()
         }),
     });
-    let task = tokio::spawn(run(engine, stream, target, stats.clone(), shutdown));
+    let whip = Whip {
+        engine,
+        stream,
+        target,
+        client,
+    };
+    let task = tokio::spawn(run(whip, stats.clone(), shutdown));
     (stats, task)
 }
 
@@ -207,18 +208,21 @@ enum Ended {
     Lost(String),
 }
 
-async fn run(
+/// One forward: what is published, where, and how it is reached.
+struct Whip {
     engine: RtcEngine,
     stream: Arc<Stream>,
     target: WhipTarget,
-    stats: Arc<WhipStats>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    client: HttpClient,
+}
+
+async fn run(whip: Whip, stats: Arc<WhipStats>, mut shutdown: watch::Receiver<bool>) {
+    let Whip { stream, target, .. } = &whip;
     let mut retry = RETRY_FIRST;
     loop {
         let began = Instant::now();
         stats.set(|s| s.state = "connecting");
-        let why = match publish(&engine, &stream, &target, &stats, &mut shutdown).await {
+        let why = match publish(&whip, &stats, &mut shutdown).await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Lost(reason)) => reason,
             Err(e) => format!("{e:#}"),
@@ -256,12 +260,16 @@ fn auth_headers(target: &WhipTarget) -> Vec<(&'static str, String)> {
 
 /// One session: offer, answer, then wait until it ends or the server shuts down.
 async fn publish(
-    engine: &RtcEngine,
-    stream: &Arc<Stream>,
-    target: &WhipTarget,
+    whip: &Whip,
     stats: &WhipStats,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Ended> {
+    let Whip {
+        engine,
+        stream,
+        target,
+        client,
+    } = whip;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut opts = PeerOptions::new(stream.hub().clone());
     opts.audio = stream.audio().cloned();
@@ -271,7 +279,7 @@ async fn publish(
         .context("cannot make an offer")?;
     let headers = auth_headers(target);
     let posted = tokio::select! {
-        r = http_client::request(Method::POST, &target.url, &headers, Some(("application/sdp", offer))) => r,
+        r = client.request(Method::POST, &target.url, &headers, Some(("application/sdp", offer))) => r,
         _ = shutdown.wait_for(|s| *s) => {
             engine.close_peer(id, "shutdown");
             return Ok(Ended::Shutdown);
@@ -303,7 +311,7 @@ async fn publish(
     let answer = String::from_utf8_lossy(&reply.body).into_owned();
     if let Err(e) = engine.apply_answer(id, &answer).await {
         engine.close_peer(id, "WHIP answer refused");
-        delete(resource.as_ref(), target).await;
+        delete(client, resource.as_ref(), target).await;
         bail!("the answer was refused: {e}");
     }
     let ended = loop {
@@ -327,15 +335,18 @@ async fn publish(
             }
         }
     };
-    delete(resource.as_ref(), target).await;
+    delete(client, resource.as_ref(), target).await;
     Ok(ended)
 }
 
 /// End the session on the server; a failure only costs the server a session that times
 /// out on its own.
-async fn delete(resource: Option<&Uri>, target: &WhipTarget) {
+async fn delete(client: &HttpClient, resource: Option<&Uri>, target: &WhipTarget) {
     let Some(resource) = resource else { return };
-    match http_client::request(Method::DELETE, resource, &auth_headers(target), None).await {
+    match client
+        .request(Method::DELETE, resource, &auth_headers(target), None)
+        .await
+    {
         Ok(r) if r.status.is_success() => {}
         Ok(r) => tracing::debug!(%resource, status = %r.status, "WHIP DELETE refused"),
         Err(e) => tracing::debug!(%resource, "WHIP DELETE failed: {e:#}"),
@@ -384,11 +395,12 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_with_a_host_are_taken() {
+    fn only_http_and_https_urls_with_a_host_are_taken() {
         assert!(parse_url("http://10.0.0.2:7080/whip/endpoint/cam").is_ok());
-        assert!(parse_url("https://x/whip")
+        assert!(parse_url("https://sfu.example/whip/v1").is_ok());
+        assert!(parse_url("ftp://x/whip")
             .unwrap_err()
-            .contains("TLS proxy"));
+            .contains("not an http:// or https:// URL"));
         for bad in ["", "10.0.0.2:7080/whip", "ftp://x/y", "http:///x"] {
             assert!(parse_url(bad).is_err(), "{bad:?} accepted");
         }

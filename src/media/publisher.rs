@@ -2,13 +2,17 @@
 //! engine pushes the publisher's decrypted video RTP into a bounded queue
 //! ([`PublisherTap`]), the source reads it ([`PublisherFeed`]) and asks for keyframes
 //! back through a callback the signalling side gives it. A stream whose source is
-//! `whip` has one [`PublisherSlot`]: at most one publisher holds it at a time.
+//! `whip` has one [`PublisherSlot`]: at most one publisher holds it at a time. Its sound,
+//! when the stream takes it, goes straight from the engine into the stream's sound hub
+//! ([`SoundOutlet`]): Opus frames need no source to be made.
 
 use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
+
+use super::audio::published::SoundOutlet;
 
 /// RTP packets queued between the engine and the source: about a second of a
 /// high-bitrate stream. A full queue drops (a stalled source must not hold the engine).
@@ -18,13 +22,25 @@ pub const PUBLISHER_QUEUE_PACKETS: usize = 2048;
 /// SRTP) and the address it came from.
 pub type PublishedPacket = (Bytes, SocketAddr);
 
-/// The engine's end: where a publisher's video RTP goes.
+/// The engine's end: where a publisher's video RTP goes, and its sound.
 #[derive(Clone, Debug)]
 pub struct PublisherTap {
     packets: SyncSender<PublishedPacket>,
+    sound: Option<SoundOutlet>,
 }
 
 impl PublisherTap {
+    /// The publisher's sound goes to `sound` (a stream without a sound source of its
+    /// own); without one it is not taken.
+    pub fn with_sound(self, sound: Option<SoundOutlet>) -> PublisherTap {
+        PublisherTap { sound, ..self }
+    }
+
+    /// Where the publisher's sound goes, if the stream takes it.
+    pub fn sound(&self) -> Option<&SoundOutlet> {
+        self.sound.as_ref()
+    }
+
     /// Hand a packet on without waiting; `false` when the queue was full (or the
     /// source is gone) and it was dropped.
     pub fn hand_on(&self, packet: PublishedPacket) -> bool {
@@ -45,7 +61,10 @@ pub struct PublisherFeed {
 pub fn channel(ask_keyframe: Box<dyn Fn() + Send>) -> (PublisherTap, PublisherFeed) {
     let (tx, rx) = mpsc::sync_channel(PUBLISHER_QUEUE_PACKETS);
     (
-        PublisherTap { packets: tx },
+        PublisherTap {
+            packets: tx,
+            sound: None,
+        },
         PublisherFeed {
             packets: rx,
             ask_keyframe,
@@ -59,6 +78,8 @@ pub fn channel(ask_keyframe: Box<dyn Fn() + Send>) -> (PublisherTap, PublisherFe
 #[derive(Default)]
 pub struct PublisherSlot {
     state: Mutex<SlotState>,
+    /// Where its publishers' sound goes, when the stream has no sound source.
+    sound: Option<SoundOutlet>,
 }
 
 #[derive(Default)]
@@ -70,6 +91,19 @@ struct SlotState {
 }
 
 impl PublisherSlot {
+    /// The slot of a stream whose sound its publishers send.
+    pub fn with_sound(sound: SoundOutlet) -> PublisherSlot {
+        PublisherSlot {
+            sound: Some(sound),
+            ..PublisherSlot::default()
+        }
+    }
+
+    /// Where its publishers' sound goes, if the stream takes it.
+    pub fn sound(&self) -> Option<&SoundOutlet> {
+        self.sound.as_ref()
+    }
+
     fn lock(&self) -> MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -403,8 +403,9 @@ impl Peer {
     /// rather than when ours learns of the nomination.
     ///
     /// With `setup.publisher` (WHIP) the video is received instead: answered
-    /// `recvonly`, its RTP handed to the publisher tap, no sound sent; receiver reports
-    /// go back to the publisher (no NACKs: a lost picture is repaired by a keyframe
+    /// `recvonly`, its RTP handed to the publisher tap, no sound sent; its Opus answered
+    /// `recvonly` too when the stream takes the publisher's sound; receiver reports go
+    /// back to the publisher (no NACKs: a lost picture is repaired by a keyframe
     /// request, see [`Peer::request_keyframe`]).
     pub fn answer(setup: PeerSetup, offer: &str, now: Instant) -> Result<(Peer, String), RtcError> {
         let local_addr = *setup
@@ -481,16 +482,28 @@ impl Peer {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         pc.set_remote_description(now, desc)
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
+        // The section of a publisher's sound, when the stream takes it (it has no sound
+        // source of its own) and the offer sends Opus.
+        let sound_mid = setup
+            .publisher
+            .as_ref()
+            .filter(|tap| tap.sound().is_some() && offered.opus.is_some())
+            .and_then(|_| sdp::mid_of(offer, "audio"));
         if setup.publisher.is_some() {
-            // A publisher's sound (and anything else it offers) is not taken: a
-            // stream's sound has a source of its own. Answered inactive, it is not sent.
+            // Anything else a publisher offers is not taken: answered inactive, it is
+            // not sent.
             let others: Vec<_> = pc
                 .get_transceivers()
                 .filter(|t| *t != transceiver)
                 .collect();
             for other in others {
                 if let Some(mut t) = pc.rtp_transceiver(other) {
-                    t.set_direction(RTCRtpTransceiverDirection::Inactive);
+                    let is_sound = sound_mid.is_some() && t.mid().as_deref() == sound_mid;
+                    t.set_direction(if is_sound {
+                        RTCRtpTransceiverDirection::Recvonly
+                    } else {
+                        RTCRtpTransceiverDirection::Inactive
+                    });
                 }
             }
         }
@@ -518,11 +531,25 @@ impl Peer {
         peer.answerer = true;
         peer.remote_candidates = kept;
         peer.payload_type = Some(payload_type);
-        peer.ingest = setup
-            .publisher
-            .map(|tap| PeerIngest::new(tap, payload_type, RTCRtpReceiverId::from(transceiver)));
+        // The sound is taken when the answer kept it receiving on the offer's Opus.
+        let sound_pt = sound_mid
+            .is_some()
+            .then(|| sdp::audio_answer(&sdp, opus_pt))
+            .and_then(|answered| match answered {
+                sdp::AudioAnswer::Accepted {
+                    payload_type,
+                    receives: true,
+                    ..
+                } => Some(payload_type),
+                _ => None,
+            });
+        peer.ingest = setup.publisher.map(|tap| {
+            let receiver = RTCRtpReceiverId::from(transceiver);
+            PeerIngest::new(tap, payload_type, receiver, sound_pt)
+        });
         peer.take_negotiated_extensions();
-        tracing::debug!(ext = ?peer.ext, payload_type, "offer answered");
+        let publisher_sound = peer.ingest.as_ref().map(PeerIngest::takes_sound);
+        tracing::debug!(ext = ?peer.ext, payload_type, ?publisher_sound, "offer answered");
         Ok((peer, sdp))
     }
 
@@ -1180,6 +1207,28 @@ mod tests {
         );
         assert!(!peer.sends_audio());
         assert_eq!(peer.ingest_counts(), Some((0, 0)));
+
+        // A stream without a sound source of its own takes the publisher's.
+        let (tap, _feed) = crate::media::publisher::channel(Box::new(|| {}));
+        let outlet = crate::media::audio::published::SoundOutlet {
+            hub: crate::media::Hub::new(4),
+            status: crate::source::audio::AudioStatusHandle::new("whip"),
+        };
+        let taking = PeerSetup {
+            ufrag: "thirdufrag".into(),
+            publisher: Some(tap.with_sound(Some(outlet))),
+            ..setup()
+        };
+        let (peer, answer) = Peer::answer(taking, &offer, Instant::now()).expect("answer");
+        let audio = section(&answer, "audio");
+        assert!(audio.contains(&"a=recvonly"), "{audio:?}");
+        assert!(
+            audio.iter().any(|l| l.contains("opus/48000/2")),
+            "{audio:?}"
+        );
+        assert!(section(&answer, "video").contains(&"a=recvonly"));
+        assert!(peer.ingest.as_ref().is_some_and(PeerIngest::takes_sound));
+        assert!(!peer.sends_audio());
     }
 
     fn offered_peer() -> Peer {

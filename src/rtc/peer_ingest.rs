@@ -1,6 +1,7 @@
 //! A WHIP publisher's side of a peer: its video RTP, decrypted, handed to the stream's
 //! source without waiting ([`PublisherTap`]), and the keyframe requests the source
-//! makes written back to it as RTCP PLI.
+//! makes written back to it as RTCP PLI; its Opus, when the stream takes its sound,
+//! published as the stream's sound ([`PublishedSound`]).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -12,6 +13,8 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::shared::marshal::Marshal;
 
+use crate::media::audio::published::PublishedSound;
+use crate::media::clock;
 use crate::media::publisher::PublisherTap;
 
 pub struct PeerIngest {
@@ -24,18 +27,30 @@ pub struct PeerIngest {
     media_ssrc: Option<u32>,
     /// Where the publisher's datagrams come from, shown as the source's sender.
     remote: Option<SocketAddr>,
+    /// Its sound, when the answer took it (on the offer's Opus payload type).
+    sound: Option<PublishedSound>,
     pub handed: u64,
     pub dropped: u64,
 }
 
 impl PeerIngest {
-    pub fn new(tap: PublisherTap, payload_type: u8, receiver: RTCRtpReceiverId) -> PeerIngest {
+    /// `opus`: the Opus payload type the answer took the publisher's sound on, if any.
+    pub fn new(
+        tap: PublisherTap,
+        payload_type: u8,
+        receiver: RTCRtpReceiverId,
+        opus: Option<u8>,
+    ) -> PeerIngest {
+        let sound = opus
+            .zip(tap.sound().cloned())
+            .map(|(pt, outlet)| PublishedSound::new(outlet, pt));
         PeerIngest {
             tap,
             payload_type,
             receiver,
             media_ssrc: None,
             remote: None,
+            sound,
             handed: 0,
             dropped: 0,
         }
@@ -46,9 +61,23 @@ impl PeerIngest {
         self.remote = Some(from);
     }
 
-    /// A decrypted RTP packet of the publisher: its video goes to the source.
+    /// A decrypted RTP packet of the publisher: its video goes to the source, its sound
+    /// to the stream's sound.
     pub fn hand_on(&mut self, packet: &rtc::rtp::Packet) {
         if packet.header.payload_type != self.payload_type {
+            if let Some(sound) = self
+                .sound
+                .as_mut()
+                .filter(|s| s.payload_type() == packet.header.payload_type)
+            {
+                let header = &packet.header;
+                sound.take(
+                    header.ssrc,
+                    header.timestamp,
+                    &packet.payload,
+                    clock::monotonic_us(),
+                );
+            }
             return;
         }
         let (Some(from), Ok(bytes)) = (self.remote, packet.marshal()) else {
@@ -60,6 +89,11 @@ impl PeerIngest {
         } else {
             self.dropped += 1;
         }
+    }
+
+    /// Whether the publisher's sound is taken (the answer received it).
+    pub fn takes_sound(&self) -> bool {
+        self.sound.is_some()
     }
 
     /// The state of the DTLS transport the publisher's video comes on.

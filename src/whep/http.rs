@@ -289,7 +289,7 @@ async fn publish(whep: Whep, stream: Arc<Stream>, headers: HeaderMap, body: Body
     };
     let (tap, feed) = publisher::channel(ask_keyframe);
     let opts = PeerOptions {
-        publisher: Some(tap),
+        publisher: Some(tap.with_sound(slot.sound().cloned())),
         ..PeerOptions::new(stream.hub().clone())
     };
     let opened = open_session(&whep, stream, &offer, opts, id.clone(), Some(publishing)).await;

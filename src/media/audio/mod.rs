@@ -5,6 +5,7 @@
 pub mod level;
 pub mod mic;
 pub mod opus;
+pub mod published;
 pub mod signal;
 
 /// Samples per second of every audio frame (Opus's own rate, and WebRTC's clock for it).

@@ -8,10 +8,12 @@ use crate::media::hub::HubInfo;
 /// The sound source's own account of itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AudioStatus {
-    /// The configured source: `tone` or `alsa:DEVICE`.
+    /// The configured source: `tone` or `alsa:DEVICE`; `whip` for the sound of the
+    /// stream's WHIP publisher.
     pub source: String,
     /// `idle` while nobody listens (the device is closed), `live` while frames flow,
     /// `failing` while the device cannot be opened or was lost (retried with backoff).
+    /// The sound of a publisher is `live` from its first frame until it leaves.
     pub state: &'static str,
     /// Why it is failing, or was last lost.
     pub last_error: Option<String>,
