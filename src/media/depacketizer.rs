@@ -279,34 +279,8 @@ impl H264Depacketizer {
         };
         self.wait_for_idr = false;
         let needs_params = key && !(has(NalType::Sps) && has(NalType::Pps));
-        let extra = if needs_params {
-            sps.len() + pps.len() + 8
-        } else {
-            0
-        };
-        let mut data = Vec::with_capacity(nals.iter().map(|n| n.len() + 4).sum::<usize>() + extra);
-        let mut put = |nal: &[u8]| {
-            data.extend_from_slice(&[0, 0, 0, 1]);
-            data.extend_from_slice(nal);
-        };
-        if needs_params {
-            // The access unit delimiter stays first, as H.264 7.4.1.2.3 orders it.
-            if let Some(aud) = nals
-                .iter()
-                .find(|n| h264::nal_type(n) == Some(NalType::Aud))
-            {
-                put(aud);
-            }
-            put(sps);
-            put(pps);
-        }
-        for nal in &nals {
-            let t = h264::nal_type(nal);
-            if needs_params && matches!(t, Some(NalType::Aud | NalType::Sps | NalType::Pps)) {
-                continue;
-            }
-            put(nal);
-        }
+        let params = needs_params.then_some((sps.as_slice(), pps.as_slice()));
+        let data = h264::annex_b_access_unit(&nals, params);
         self.stats.pictures += 1;
         out.push(Picture::video(data, key, (info.width, info.height), now_us));
     }

@@ -27,6 +27,36 @@ impl NalType {
     }
 }
 
+/// An access unit in Annex-B form from its NAL units. With `params` (an IDR whose SPS and
+/// PPS came earlier) those go in band, after the access unit delimiter as H.264
+/// 7.4.1.2.3 orders it, in place of any the unit carried.
+pub fn annex_b_access_unit(nals: &[Vec<u8>], params: Option<(&[u8], &[u8])>) -> Vec<u8> {
+    let extra = params.map_or(0, |(sps, pps)| sps.len() + pps.len() + 8);
+    let mut data = Vec::with_capacity(nals.iter().map(|n| n.len() + 4).sum::<usize>() + extra);
+    let mut put = |nal: &[u8]| {
+        data.extend_from_slice(&[0, 0, 0, 1]);
+        data.extend_from_slice(nal);
+    };
+    if let Some((sps, pps)) = params {
+        if let Some(aud) = nals.iter().find(|n| nal_type(n) == Some(NalType::Aud)) {
+            put(aud);
+        }
+        put(sps);
+        put(pps);
+    }
+    for nal in nals {
+        let in_band = matches!(
+            nal_type(nal),
+            Some(NalType::Aud | NalType::Sps | NalType::Pps)
+        );
+        if params.is_some() && in_band {
+            continue;
+        }
+        put(nal);
+    }
+    data
+}
+
 /// The type of a NAL unit given without its start code.
 pub fn nal_type(nal: &[u8]) -> Option<NalType> {
     nal.first().map(|&b| NalType::from_header(b))

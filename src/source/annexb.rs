@@ -270,30 +270,9 @@ impl AuAssembler {
             return;
         }
         let has = |t| nals.iter().any(|n| h264::nal_type(n) == Some(t));
-        let mut data = Vec::with_capacity(nals.iter().map(|n| n.len() + 4).sum::<usize>() + 64);
-        let mut put = |nal: &[u8]| {
-            data.extend_from_slice(&[0, 0, 0, 1]);
-            data.extend_from_slice(nal);
-        };
         let needs_params = key && !(has(NalType::Sps) && has(NalType::Pps));
-        if needs_params {
-            // Keep the access unit delimiter first, as 7.4.1.2.3 orders it.
-            if let Some(aud) = nals
-                .iter()
-                .find(|n| h264::nal_type(n) == Some(NalType::Aud))
-            {
-                put(aud);
-            }
-            put(sps);
-            put(pps);
-        }
-        for nal in &nals {
-            let t = h264::nal_type(nal);
-            if needs_params && matches!(t, Some(NalType::Aud | NalType::Sps | NalType::Pps)) {
-                continue;
-            }
-            put(nal);
-        }
+        let params = needs_params.then_some((sps.as_slice(), pps.as_slice()));
+        let data = h264::annex_b_access_unit(&nals, params);
         stats.pictures += 1;
         // Stamped with its capture time by the source, which knows it.
         out.push(Picture::video(data, key, (info.width, info.height), 0));
