@@ -663,3 +663,68 @@ async fn offers_the_engine_cannot_answer_are_refused_and_leave_no_peer() {
     );
     engine.shutdown().await;
 }
+
+/// Reception counters of `peer` once `cond` holds for them (polled), or a panic.
+async fn stats_when(
+    peer: &ReceiverPeer,
+    within: Duration,
+    what: &str,
+    cond: impl Fn(&peregrine::viewer::receiver::ReceiverStats) -> bool,
+) -> peregrine::viewer::receiver::ReceiverStats {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = peer.stats().await.expect("receiver open");
+        if cond(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_a_viewer_loses_are_sent_again_on_its_nacks() {
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
+    let engine = RtcEngine::start(config()).await.expect("engine starts");
+    let mut v = connected_viewer(&engine, &hub).await;
+    frames(&mut v.peer, 5, Duration::from_secs(10)).await;
+
+    // Every 10th video datagram is lost on the way in, for 400 packets.
+    let before = v.peer.stats().await.expect("stats");
+    v.peer.drop_media(10);
+    let during = stats_when(&v.peer, Duration::from_secs(30), "400 packets", |s| {
+        s.packets_expected >= before.packets_expected + 400
+    })
+    .await;
+    v.peer.drop_media(0);
+    let dropped = (during.packets_expected - before.packets_expected) / 10;
+    // The NACKs for the last losses are answered too once nothing is dropped.
+    let after = stats_when(&v.peer, Duration::from_secs(30), "losses repaired", |s| {
+        s.packets_expected >= during.packets_expected + 100
+            && s.packets_lost() <= before.packets_lost() + dropped / 10
+    })
+    .await;
+    assert!(after.nacks_sent > before.nacks_sent, "{after:?}");
+    let resent = engine.stats().retransmitted_packets;
+    assert!(
+        resent >= dropped * 8 / 10,
+        "{resent} packets sent again for {dropped} lost"
+    );
+    // From the next keyframe on, the pictures decode.
+    v.peer.send_pli();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let frame = frames(&mut v.peer, 1, Duration::from_secs(10))
+            .await
+            .remove(0);
+        let key =
+            h264::nal_units(&frame.data).any(|n| h264::nal_type(n) == Some(h264::NalType::Sps));
+        if key || !got.is_empty() {
+            got.push(frame);
+        }
+    }
+    assert_eq!(decode_all(&got), 10, "pictures decode after the losses");
+    engine.shutdown().await;
+}

@@ -125,7 +125,13 @@ struct PeerTable<'a> {
 }
 
 impl Stamp for PeerTable<'_> {
-    fn stamp(&mut self, id: PeerId, now: Instant, frame: &OutFrame, out: &mut Datagrams) -> u64 {
+    fn stamp(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        frame: &Arc<OutFrame>,
+        out: &mut Datagrams,
+    ) -> u64 {
         let Some(e) = self.peers.get_mut(&id) else {
             return 0;
         };

@@ -31,7 +31,13 @@ pub type Datagrams = Vec<(SocketAddr, BytesMut)>;
 pub trait Stamp {
     /// Stamp `frame` for the viewer `id` and queue its datagrams in `out`; returns the
     /// packets queued.
-    fn stamp(&mut self, id: PeerId, now: Instant, frame: &OutFrame, out: &mut Datagrams) -> u64;
+    fn stamp(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        frame: &Arc<OutFrame>,
+        out: &mut Datagrams,
+    ) -> u64;
 }
 
 /// How a viewer that has just connected starts.
@@ -309,7 +315,13 @@ mod tests {
     struct Sends(Vec<(PeerId, Instant, u32, usize)>);
 
     impl Stamp for Sends {
-        fn stamp(&mut self, id: PeerId, now: Instant, frame: &OutFrame, _: &mut Datagrams) -> u64 {
+        fn stamp(
+            &mut self,
+            id: PeerId,
+            now: Instant,
+            frame: &Arc<OutFrame>,
+            _: &mut Datagrams,
+        ) -> u64 {
             self.0
                 .push((id, now, frame.timestamp, frame.payloads.len()));
             frame.payloads.len() as u64

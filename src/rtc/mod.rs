@@ -22,6 +22,7 @@ use crate::rtc::histograms::WebrtcHistograms;
 
 mod audio_fanout;
 pub mod candidates;
+pub mod certificate;
 mod deadlines;
 pub mod demux;
 mod engine;
@@ -37,6 +38,7 @@ pub mod packetizer;
 pub mod peer;
 mod peer_audio;
 mod peer_ingest;
+mod resend;
 mod router;
 pub mod sdp;
 mod stats;

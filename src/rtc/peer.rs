@@ -3,15 +3,13 @@
 //! sound) to stamp, and the viewer's microphone handed on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::interceptor::{
-    NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
-};
+use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -21,7 +19,6 @@ use rtc::peer_connection::transport::{
     RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -38,6 +35,7 @@ use super::feedback::{self, FeedbackForwarder, VideoFeedback};
 use super::frame::{OutAudio, OutFrame};
 use super::peer_audio::PeerAudio;
 use super::peer_ingest::PeerIngest;
+use super::resend::SentHistory;
 use super::{sdp, RemoteCandidate, RtcError};
 use crate::media::audio::mic::{MicInput, TalkerId};
 use crate::media::audio::OPUS_PAYLOAD_TYPE;
@@ -114,24 +112,14 @@ fn h264_codec_with_fmtp(fmtp: String, payload_type: u8) -> RTCRtpCodecParameters
     }
 }
 
-/// Packets kept per viewer for retransmission on NACK. 256 is about a second of a
-/// 2 Mbit/s stream, several round trips; the crate's default (1024) costs each viewer
-/// about 100 KiB more for packets no NACK arrives in time to use.
-const NACK_HISTORY_PACKETS: u16 = 256;
-
-/// Interceptors of the sending end (the server): NACK responder, sender reports (for
-/// the video and the sound alike: a browser lines the two up by them), and our
-/// feedback forwarder; with `receives` (a viewer's microphone comes in) receiver
-/// reports about it too. Nothing else comes in, and every interceptor in the chain
-/// costs on every packet sent.
+/// Interceptors of the sending end (the server): sender reports (for the video and the
+/// sound alike: a browser lines the two up by them) and our feedback forwarder; with
+/// `receives` (a viewer's microphone comes in) receiver reports about it too. NACKs are
+/// answered by the peer itself from [`SentHistory`], not by the stack's responder, which
+/// would copy every packet's header into a history of its own. Nothing else comes in,
+/// and every interceptor in the chain costs on every packet sent.
 pub fn sender_interceptors(receives: bool) -> Registry {
     let registry = Registry::new()
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new()
-                .with_size(NACK_HISTORY_PACKETS)
-                .build(),
-        )
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
         .with(Slot::from(feedback::SLOT), FeedbackForwarder::default());
     if receives {
@@ -312,7 +300,12 @@ pub struct Peer {
     /// The H.264 payload type the answer kept (the first of ours it lists); packets go
     /// straight into the connection with it (see [`Peer::write_packet`]).
     payload_type: Option<u8>,
-    track_id: String,
+    /// The pictures sent lately, to answer NACKs from.
+    history: SentHistory,
+    /// NACKs read since the peer was last driven, answered before its writes are drained.
+    nacks: Vec<u16>,
+    /// The time of the last datagram or frame, for resends made while reading notes.
+    last_now: Instant,
     audio: Option<PeerAudio>,
     /// A WHIP publisher's video coming in.
     ingest: Option<PeerIngest>,
@@ -343,15 +336,14 @@ impl Peer {
         let receives = setup.audio.as_ref().is_some_and(|a| a.mic.is_some());
         let registry = sender_interceptors(receives);
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(super::certificate::configuration())
             .with_setting_engine(setting_engine(&setup.ufrag, &setup.pwd).build())
             .with_media_engine(me)
             .with_interceptor_registry(registry)
             .build(now)?;
 
         let codec = h264_codec(&setup.profile_level_id, H264_PAYLOAD_TYPE);
-        let track_id = "video".to_string();
-        let track = media_track(&track_id, RtpCodecKind::Video, setup.ssrc, &codec);
+        let track = media_track("video", RtpCodecKind::Video, setup.ssrc, &codec);
         let transceiver = pc.add_transceiver_from_track(
             track,
             Some(RTCRtpTransceiverInit {
@@ -386,7 +378,6 @@ impl Peer {
             local_addr,
             setup.orientation,
             setup.loopback_only,
-            track_id,
             audio,
             now,
         );
@@ -422,7 +413,7 @@ impl Peer {
             super::peer_audio::opus_codec_on(opus_pt),
         )?;
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(super::certificate::configuration())
             .with_setting_engine(
                 // No fixed ICE credentials: the stack makes fresh ones now and at every
                 // ICE restart (fixed ones would be used again), and the router reads
@@ -436,7 +427,6 @@ impl Peer {
             .build(now)?;
 
         // Our transceivers come first, so the offer's sections pair with them.
-        let track_id = "video".to_string();
         let transceiver = match &setup.publisher {
             Some(_) => pc.add_transceiver_from_kind(
                 RtpCodecKind::Video,
@@ -447,7 +437,7 @@ impl Peer {
                 }),
             )?,
             None => pc.add_transceiver_from_track(
-                media_track(&track_id, RtpCodecKind::Video, setup.ssrc, &video_codec),
+                media_track("video", RtpCodecKind::Video, setup.ssrc, &video_codec),
                 Some(RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Sendonly,
                     streams: vec![],
@@ -523,7 +513,6 @@ impl Peer {
             local_addr,
             setup.orientation,
             setup.loopback_only,
-            track_id,
             audio,
             now,
         );
@@ -572,7 +561,6 @@ impl Peer {
         local_addr: SocketAddr,
         orientation: u16,
         loopback_only: bool,
-        track_id: String,
         audio: Option<PeerAudio>,
         now: Instant,
     ) -> Peer {
@@ -593,7 +581,6 @@ impl Peer {
             early_datagrams: Vec::new(),
             dtls_closed: false,
             payload_type: None,
-            track_id,
             audio,
             ingest: None,
             created: now,
@@ -601,6 +588,9 @@ impl Peer {
             write_errors: 0,
             keyframes_untold: 0,
             first_keyframe: FirstKeyframe::NotYet,
+            history: SentHistory::default(),
+            nacks: Vec::new(),
+            last_now: now,
         }
     }
 
@@ -711,6 +701,7 @@ impl Peer {
     }
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.last_now = now;
         if self.stage == Stage::Offered {
             if self.early_datagrams.len() < MAX_EARLY_DATAGRAMS {
                 self.early_datagrams.push((from, BytesMut::from(data)));
@@ -768,6 +759,9 @@ impl Peer {
                 RTCMessage::RtpPacket(_, packet) => self.hand_on_rtp(packet),
                 _ => {}
             }
+        }
+        if !self.nacks.is_empty() {
+            self.resend_nacked();
         }
         if let Some(note) = self.audio.as_mut().and_then(PeerAudio::take_note) {
             notes.push(note);
@@ -828,14 +822,19 @@ impl Peer {
     }
 
     /// Feedback about our video, told apart from feedback about our sound by media
-    /// SSRC (see [`feedback::classify`]).
-    fn note_feedback(&self, packet: &dyn rtc::rtcp::Packet, notes: &mut Vec<PeerNote>) {
+    /// SSRC (see [`feedback::classify`]). The packets a NACK names are queued for
+    /// [`Peer::resend_nacked`].
+    fn note_feedback(&mut self, packet: &dyn rtc::rtcp::Packet, notes: &mut Vec<PeerNote>) {
+        let (history, nacks, now) = (&mut self.history, &mut self.nacks, self.last_now);
         feedback::classify(packet, self.ssrc, |f| {
             notes.push(match f {
                 VideoFeedback::KeyframeRequest(kind) => PeerNote::KeyframeRequest(kind),
-                VideoFeedback::Nack(nack) => PeerNote::Nack {
-                    resent: resendable(nack, self.seq, self.packets_sent, NACK_HISTORY_PACKETS),
-                },
+                VideoFeedback::Nack(nack) => {
+                    let seqs = history.to_resend(now, nack);
+                    let resent = seqs.len() as u64;
+                    nacks.extend(seqs);
+                    PeerNote::Nack { resent }
+                }
                 VideoFeedback::Report(report) => PeerNote::ReceiverReport {
                     fraction_lost: report.fraction_lost,
                     jitter: report.jitter,
@@ -915,9 +914,9 @@ impl Peer {
         }
     }
 
-    /// Stamp one shared frame with this viewer's SSRC, sequence numbers and header
-    /// extensions and hand it to the connection (SRTP); the datagrams go to `out`.
-    /// Returns the packets queued. The engine's fan-out decides which frames and when.
+    /// Stamp a shared picture with this viewer's SSRC and sequence numbers and hand its
+    /// packets to the connection; keep it for NACKs. Returns the packets queued. The
+    /// engine's fan-out decides which frames and when.
     ///
     /// Packets are taken out of the connection every [`PACKETS_PER_POLL`]: the crate
     /// moves queued writes through its handlers one handler at a time, so a whole
@@ -926,64 +925,28 @@ impl Peer {
     pub fn write_frame(
         &mut self,
         now: Instant,
-        frame: &OutFrame,
+        frame: &Arc<OutFrame>,
         out: &mut Vec<(SocketAddr, BytesMut)>,
     ) -> u64 {
         // Frames are sent only once connected, which takes an applied answer.
         let Some(payload_type) = self.payload_type else {
             return 0;
         };
-        let last = frame.payloads.len().saturating_sub(1);
+        self.last_now = now;
+        let first_seq = self.seq;
         let mut sent = 0;
-        for (i, p) in frame.payloads.iter().enumerate() {
-            let mut header = rtc::rtp::Header {
-                version: 2,
-                marker: p.marker,
-                payload_type,
-                sequence_number: self.seq,
-                timestamp: frame.timestamp,
-                ssrc: self.ssrc,
-                ..Default::default()
-            };
-            if i == 0 {
-                if let Some(id) = self.ext.playout_delay {
-                    let delay = if self.sends_audio() {
-                        &self.lip_sync_delay
-                    } else {
-                        &frame.playout_delay
-                    };
-                    let _ = header.set_extension(id, delay.clone());
-                }
-                if let Some(id) = self.ext.abs_capture_time {
-                    let _ = header.set_extension(id, frame.abs_capture_time.clone());
-                }
-            }
-            if i == last {
-                if let (Some(id), Some(cvo)) = (self.ext.video_orientation, &self.orientation) {
-                    let _ = header.set_extension(id, cvo.clone());
-                }
-            }
+        for i in 0..frame.payloads.len() {
+            let packet = self.rtp_packet(payload_type, frame, i, self.seq);
             self.seq = self.seq.wrapping_add(1);
-            let packet = rtc::rtp::Packet {
-                header,
-                payload: p.payload.clone(),
-            };
-            match self.write_packet(now, packet) {
-                Ok(()) => {
-                    sent += 1;
-                    if sent % PACKETS_PER_POLL == 0 {
-                        self.drain_writes(out);
-                    }
-                }
-                Err(e) => {
-                    self.write_errors += 1;
-                    if self.write_errors == 1 {
-                        tracing::warn!(error = %e, "RTP write refused");
-                    }
+            if self.write_packet(now, packet) {
+                sent += 1;
+                if sent % PACKETS_PER_POLL == 0 {
+                    self.drain_writes(out);
                 }
             }
         }
         self.drain_writes(out);
+        self.history.record(first_seq, frame);
         self.packets_sent += sent;
         if frame.key && sent > 0 {
             self.keyframes_untold += 1;
@@ -994,19 +957,91 @@ impl Peer {
         sent
     }
 
-    /// Hand one RTP packet to the connection. `RTCRtpSender::write_rtp` rebuilds the
-    /// sender's parameters (codec list, extension URIs) for every packet only to check
-    /// that its SSRC, payload type and extension ids were negotiated; ours are so by
-    /// construction (our SSRC, the payload type checked once in the answer, extension ids
-    /// taken from it), so the packet goes straight to the connection's write path,
-    /// which is where `write_rtp` would put it after the checks.
-    fn write_packet(&mut self, now: Instant, packet: rtc::rtp::Packet) -> Result<(), String> {
-        self.pc
-            .handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(self.track_id.clone(), packet),
-            })
-            .map_err(|e| e.to_string())
+    /// Packet `i` of `frame` as this viewer gets it under sequence number `seq`: the
+    /// same bytes the first time and when a NACK has it sent again.
+    fn rtp_packet(
+        &self,
+        payload_type: u8,
+        frame: &OutFrame,
+        i: usize,
+        seq: u16,
+    ) -> rtc::rtp::Packet {
+        let p = &frame.payloads[i];
+        let mut header = rtc::rtp::Header {
+            version: 2,
+            marker: p.marker,
+            payload_type,
+            sequence_number: seq,
+            timestamp: frame.timestamp,
+            ssrc: self.ssrc,
+            ..Default::default()
+        };
+        if i == 0 {
+            if let Some(id) = self.ext.playout_delay {
+                let delay = if self.sends_audio() {
+                    &self.lip_sync_delay
+                } else {
+                    &frame.playout_delay
+                };
+                let _ = header.set_extension(id, delay.clone());
+            }
+            if let Some(id) = self.ext.abs_capture_time {
+                let _ = header.set_extension(id, frame.abs_capture_time.clone());
+            }
+        }
+        if i + 1 == frame.payloads.len() {
+            if let (Some(id), Some(cvo)) = (self.ext.video_orientation, &self.orientation) {
+                let _ = header.set_extension(id, cvo.clone());
+            }
+        }
+        rtc::rtp::Packet {
+            header,
+            payload: p.payload.clone(),
+        }
+    }
+
+    /// Send again the packets the viewer's NACKs named that are still kept; returns how
+    /// many went.
+    fn resend_nacked(&mut self) -> u64 {
+        let Some(payload_type) = self.payload_type else {
+            self.nacks.clear();
+            return 0;
+        };
+        let now = self.last_now;
+        let mut resent = 0;
+        for seq in std::mem::take(&mut self.nacks) {
+            let Some((frame, i)) = self.history.find(seq) else {
+                continue;
+            };
+            let packet = self.rtp_packet(payload_type, frame, i, seq);
+            if self.write_packet(now, packet) {
+                resent += 1;
+            }
+        }
+        resent
+    }
+
+    /// Hand one RTP packet to the connection; `false` (logged once) when it refuses.
+    /// `RTCRtpSender::write_rtp` rebuilds the sender's parameters (codec list, extension
+    /// URIs) for every packet only to check that its SSRC, payload type and extension ids
+    /// were negotiated; ours are so by construction (our SSRC, the payload type checked
+    /// once in the answer, extension ids taken from it), so the packet goes straight to
+    /// the connection's write path, which is where `write_rtp` would put it after the
+    /// checks. The write path does not read the track id, so none is allocated for it.
+    fn write_packet(&mut self, now: Instant, packet: rtc::rtp::Packet) -> bool {
+        match self.pc.handle_write(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket(String::new(), packet),
+        }) {
+            Ok(()) => true,
+            Err(e) => {
+                self.write_errors += 1;
+                if self.write_errors == 1 {
+                    tracing::warn!(error = %e, "RTP write refused");
+                }
+                false
+            }
+        }
     }
 
     /// Start closing (DTLS close_notify is queued; drain writes afterwards).
@@ -1042,43 +1077,9 @@ pub(super) fn media_track(
     )
 }
 
-/// How many packets a NACK makes the NACK responder send again: those it names that
-/// are still in its history of the last `history` packets sent (sequence numbers up to
-/// `next_seq - 1`, `sent` of them so far), as its send buffer finds them.
-fn resendable(nack: &TransportLayerNack, next_seq: u16, sent: u64, history: u16) -> u64 {
-    let held = sent.min(u64::from(history));
-    let last = next_seq.wrapping_sub(1);
-    let in_history = |seq: u16| u64::from(last.wrapping_sub(seq)) < held;
-    nack.nacks
-        .iter()
-        .flat_map(|pair| {
-            let following = (0..16u16)
-                .filter(move |i| pair.lost_packets & (1 << i) != 0)
-                .map(move |i| pair.packet_id.wrapping_add(i + 1));
-            std::iter::once(pair.packet_id).chain(following)
-        })
-        .filter(|seq| in_history(*seq))
-        .count() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
-
-    fn nack(pairs: &[(u16, u16)]) -> TransportLayerNack {
-        TransportLayerNack {
-            sender_ssrc: 1,
-            media_ssrc: 2,
-            nacks: pairs
-                .iter()
-                .map(|&(packet_id, lost_packets)| NackPair {
-                    packet_id,
-                    lost_packets,
-                })
-                .collect(),
-        }
-    }
 
     fn setup() -> PeerSetup {
         PeerSetup {
@@ -1267,32 +1268,5 @@ mod tests {
         }
         assert_eq!(peer.early_candidates.len(), MAX_REMOTE_CANDIDATES);
         assert_eq!(refused, 200 - MAX_REMOTE_CANDIDATES);
-    }
-
-    #[test]
-    fn resent_packets_are_those_still_in_the_history() {
-        // 1000 packets sent, 0..=999: the last 256 (744..=999) are held.
-        let sent = 1000;
-        assert_eq!(resendable(&nack(&[(999, 0)]), 1000, sent, 256), 1);
-        assert_eq!(resendable(&nack(&[(744, 0)]), 1000, sent, 256), 1);
-        assert_eq!(
-            resendable(&nack(&[(743, 0)]), 1000, sent, 256),
-            0,
-            "too old"
-        );
-        assert_eq!(
-            resendable(&nack(&[(1000, 0)]), 1000, sent, 256),
-            0,
-            "not sent yet"
-        );
-        // A bitmask names up to 16 more: 990 + 991, 993 and 1002 (not sent yet).
-        assert_eq!(
-            resendable(&nack(&[(990, 0b1000_0000_0101)]), 1000, sent, 256),
-            3
-        );
-        // Across the sequence number wrap, and early on with fewer packets than the history.
-        assert_eq!(resendable(&nack(&[(65530, 0b11)]), 3, 1000, 256), 3);
-        assert_eq!(resendable(&nack(&[(0, 0)]), 10, 10, 256), 1);
-        assert_eq!(resendable(&nack(&[(65535, 0)]), 10, 10, 256), 0);
     }
 }
