@@ -830,7 +830,7 @@ impl Peer {
             notes.push(match f {
                 VideoFeedback::KeyframeRequest(kind) => PeerNote::KeyframeRequest(kind),
                 VideoFeedback::Nack(nack) => {
-                    let seqs = history.to_resend(now, nack);
+                    let seqs = history.take_resends(now, nack);
                     let resent = seqs.len() as u64;
                     nacks.extend(seqs);
                     PeerNote::Nack { resent }

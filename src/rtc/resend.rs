@@ -76,7 +76,7 @@ impl SentHistory {
 
     /// The sequence numbers `nack` names that are kept and within the resend allowance
     /// at `now`, each once, oldest first as named.
-    pub fn to_resend(&mut self, now: Instant, nack: &TransportLayerNack) -> Vec<u16> {
+    pub fn take_resends(&mut self, now: Instant, nack: &TransportLayerNack) -> Vec<u16> {
         self.refill(now);
         let mut seqs: Vec<u16> = Vec::new();
         for seq in named(nack) {
@@ -198,17 +198,17 @@ mod tests {
         history.record(100, &frame(20)); // 100..=119
         let now = Instant::now();
         // 118 and its following 119, 120 (never sent), 121; 100 twice; 99 never sent.
-        let seqs = history.to_resend(now, &nack(&[(118, 0b111), (100, 0), (100, 0), (99, 0)]));
+        let seqs = history.take_resends(now, &nack(&[(118, 0b111), (100, 0), (100, 0), (99, 0)]));
         assert_eq!(seqs, vec![118, 119, 100]);
 
         // A flood of NACKs gets no more than the allowance per second.
         let mut total = seqs.len();
         for _ in 0..100 {
-            total += history.to_resend(now, &nack(&[(100, 0xffff)])).len();
+            total += history.take_resends(now, &nack(&[(100, 0xffff)])).len();
         }
         assert_eq!(total, RESENDS_PER_SECOND as usize);
         assert!(history
-            .to_resend(now + Duration::from_millis(100), &nack(&[(100, 0)]))
+            .take_resends(now + Duration::from_millis(100), &nack(&[(100, 0)]))
             .contains(&100));
     }
 }
