@@ -107,6 +107,10 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
     .await
     .context("cannot start the WebRTC engine")?;
     tracing::info!(udp = %engine.local_addr(), "WebRTC media");
+    tokio::spawn(crate::rtc::memory_return::give_back_after_departures(
+        engine.clone(),
+        shutdown.clone(),
+    ));
     let mut whip_tasks = Vec::new();
     // Made for the first forward: it reads the trusted CAs.
     let mut whip_client: Option<whip::HttpClient> = None;

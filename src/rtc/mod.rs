@@ -34,6 +34,7 @@ mod gop;
 pub mod histograms;
 pub mod ice_restart;
 pub mod latency;
+pub mod memory_return;
 pub mod packetizer;
 pub mod peer;
 mod peer_audio;

@@ -19,6 +19,8 @@
 //!   benchmark then.
 //! * [`ifaddrs`]: interface addresses (`nix::ifaddrs`).
 //! * [`clock`]: `clock_gettime(CLOCK_MONOTONIC)` (`nix`).
+//! * [`memory`]: `malloc_trim` (`libc`; glibc's own call, wrapped by no crate), to
+//!   give the heap back after viewers leave.
 //! * [`process`]: resource limits, `sysconf`, the effective uid (`nix`).
 //! * [`openh264_log`]: openh264's log callback, a C function pointer handed through its
 //!   raw API; the openh264 crate offers only "log to stderr or not".
@@ -28,6 +30,7 @@
 
 pub mod clock;
 pub mod ifaddrs;
+pub mod memory;
 pub mod openh264_log;
 pub mod process;
 pub mod shm;
