@@ -395,6 +395,12 @@ pub struct Args {
     /// error 429. [default: 1000]
     #[arg(long, value_name = "N", help_heading = "WebRTC")]
     pub max_viewers: Option<usize>,
+    /// SRTP ciphers a viewer may choose: `aead` (AES-GCM only: every current browser
+    /// offers it, and it costs a fraction of AES-CM + HMAC-SHA1's CPU per packet, which
+    /// browsers would otherwise pick) or `all` (AES-CM too, for older clients). WHIP
+    /// publishers and forwards accept both always. [default: aead]
+    #[arg(long, value_name = "WHICH", help_heading = "WebRTC")]
+    pub srtp_ciphers: Option<String>,
     /// Send the default stream as plain RTP (H.264 on payload type 96) to HOST:PORT, e.g.
     /// a Janus Streaming `rtp` mountpoint; repeatable. Sender reports go to the next port
     /// (`rtcp=PORT` to change it), whose keyframe requests come back. With
@@ -685,6 +691,8 @@ pub struct Config {
     pub ice_loopback: bool,
     pub rtp_packet_size: usize,
     pub max_viewers: usize,
+    /// Viewers' SRTP is AES-GCM only (`--srtp-ciphers aead`).
+    pub srtp_aead_only: bool,
     /// Where the default stream is sent as plain RTP (`--rtp-forward`).
     pub rtp_forward: Vec<RtpForwardTarget>,
     /// WHIP endpoints the default stream is published to (`--whip-forward`).
@@ -803,6 +811,7 @@ impl Default for Config {
             ice_loopback: false,
             rtp_packet_size: 1150,
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
+            srtp_aead_only: true,
             rtp_forward: Vec::new(),
             whip_forward: Vec::new(),
             whip_token: None,
@@ -1070,6 +1079,13 @@ impl Config {
         set!(ice_loopback <- ice_loopback);
         set!(rtp_packet_size <- rtp_packet_size);
         set!(max_viewers <- max_viewers);
+        if let Some(which) = a.srtp_ciphers {
+            self.srtp_aead_only = match which.to_ascii_lowercase().as_str() {
+                "aead" => true,
+                "all" => false,
+                _ => bail!("srtp_ciphers must be aead or all, got {which:?}"),
+            };
+        }
         set!(jsmpeg_header <- jsmpeg_header);
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);

@@ -302,7 +302,7 @@ impl Engine {
                 events,
                 reply,
             } => {
-                let result = self.create_offer(now, opts, events);
+                let result = self.create_offer_to(now, opts, egress, events);
                 if let (true, Ok((id, _))) = (egress, &result) {
                     if let Some(e) = self.peers.get_mut(id) {
                         e.egress = true;
@@ -428,14 +428,28 @@ impl Engine {
         }
     }
 
+    #[cfg(test)]
     fn create_offer(
         &mut self,
         now: Instant,
         opts: PeerOptions,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
+        self.create_offer_to(now, opts, false, events)
+    }
+
+    /// An offer to a viewer, or with `egress` to a server the stream is forwarded to.
+    fn create_offer_to(
+        &mut self,
+        now: Instant,
+        opts: PeerOptions,
+        egress: bool,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(PeerId, String), RtcError> {
         self.admit()?;
-        let (id, setup) = self.peer_setup(&opts);
+        let (id, mut setup) = self.peer_setup(&opts);
+        // The server we forward to picks from what we offer; whatever it can do is fine.
+        setup.aead_only &= !egress;
         let credentials = (setup.ufrag.clone(), setup.pwd.clone());
         let (peer, offer) = Peer::offer(setup, now)?;
         self.register(id, credentials, peer, &opts, events);
@@ -519,6 +533,8 @@ impl Engine {
             loopback_only: self.cfg.bind.is_loopback(),
             audio,
             publisher: opts.publisher.clone(),
+            // A publisher (OBS, GStreamer, ffmpeg) may lack AES-GCM; its packets are few.
+            aead_only: self.cfg.srtp_aead_only && opts.publisher.is_none(),
         };
         (id, setup)
     }

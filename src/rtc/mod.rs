@@ -85,6 +85,8 @@ pub struct RtcConfig {
     /// Addresses whose connectivity checks are answered (`--allow-ip`); others are
     /// dropped before their check is verified.
     pub allow_ip: crate::access::IpList,
+    /// Viewers' SRTP is AES-GCM only (`--srtp-ciphers aead`), see [`peer::srtp_profiles`].
+    pub srtp_aead_only: bool,
 }
 
 impl RtcConfig {
@@ -100,6 +102,7 @@ impl RtcConfig {
             rtp_packet_size: 1150,
             max_viewers,
             allow_ip: Default::default(),
+            srtp_aead_only: true,
         }
     }
 }
