@@ -44,7 +44,7 @@ try {
   // (the server's received, or ours made), answer (ours made, or the server's received),
   // ICE connected, DTLS done, first picture; then the first live picture's p50/p90/max
   // and the age of the first picture shown (median).
-  const header = ["html", "pc", "signal", "offer", "answer", "ice", "dtls", "frame", "LIVE p50", "p90", "max", "1st age"];
+  const header = ["html", "pc", "signal", "offer", "answer", "ice", "dtls", "frame", "live50", "p90", "max", "1st age"];
   console.log(`${"".padEnd(32)}${header.map((h) => pad(h, 8)).join("")}`);
   for (const [name, url] of pagesUnderTest) {
     const runs = await firstLivePictures(browser, server, url, { loads: LOADS, gapMs: GAP_MS, random: seededRandom(Number(env.SEED || 1)) });
