@@ -20,7 +20,7 @@ const env = process.env;
 const LOADS = Number(env.LOADS || 20);
 const GAP_MS = (env.GAP_MS || "200-3000").split("-").map(Number);
 const SECONDS = Number(env.SECONDS || 10);
-const VIEWERS = (env.VIEWERS || "1,10,100").split(",").map(Number);
+const VIEWERS = (env.VIEWERS || "1,10,100").split(",").map(Number).filter((n) => n > 0); // "none": (a) only
 const RESOLUTION = env.RESOLUTION || "1280x720";
 const loadBinary = env.PEREGRINE_LOAD || path.join(repoDir, "target/release/peregrine-load");
 
