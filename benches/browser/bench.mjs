@@ -8,7 +8,9 @@
 //      server's capture → send and send delay.
 // Settings from the environment: LOADS (20), GAP_MS ("200-3000"), SECONDS (10),
 // VIEWERS ("1,10,100"), RESOLUTION (1280x720), SEED (1), PEREGRINE_BIN, PEREGRINE_LOAD,
-// PEREGRINE_ARGS (more server arguments, e.g. "--static DIR" to measure other pages).
+// PEREGRINE_ARGS (more server arguments, e.g. "--static DIR" to measure other pages),
+// EXTRA=load (the extra viewers of the 10-viewer step from the load generator too, when
+// nine more decoding pages would make the browser's CPU the figure).
 import path from "node:path";
 import { existsSync } from "node:fs";
 import { startPeregrine, startPageServer, launchChromium } from "../../janus-compat/tests/harness.mjs";
@@ -61,7 +63,7 @@ try {
     let generator = null;
     const startExtra = async () => {
       if (viewers <= 1) return [];
-      if (viewers <= 10) return extraPages(browser, measuredUrl, viewers - 1);
+      if (viewers <= 10 && env.EXTRA !== "load") return extraPages(browser, measuredUrl, viewers - 1);
       if (!existsSync(loadBinary)) throw new Error(`${loadBinary} not found; cargo build --release --bins`);
       generator = startLoadGenerator(loadBinary, server, viewers - 1, SECONDS + 120);
       return [{ close: () => generator.stop() }];
