@@ -59,6 +59,16 @@ function setStatus(text, showOverlay) {
   overlay.classList.toggle("hidden", !showOverlay);
 }
 
+/**
+ * What index.html's first script started for `mode` ("whep" or "janus"), taken once: a
+ * retry or reconnect starts afresh.
+ */
+function takeEarlyStart(mode) {
+  const early = window.peregrineEarly;
+  window.peregrineEarly = null;
+  return early && early.mode === mode ? early : null;
+}
+
 function randomTransaction() {
   return Math.random().toString(36).slice(2, 14);
 }
@@ -83,12 +93,17 @@ class Viewer {
   connect() {
     viewer = this;
     setStatus("connecting", true);
-    const ws = new WebSocket(this.url, "janus-protocol");
+    // The socket the page opened while loading, if it is still good.
+    const early = takeEarlyStart("janus");
+    const reuse = early && early.url === this.url && early.ws.readyState <= WebSocket.OPEN;
+    const ws = reuse ? early.ws : new WebSocket(this.url, "janus-protocol");
+    if (early && !reuse) early.ws.close();
     this.ws = ws;
     ws.onopen = () => this.start().catch((e) => this.fail(e));
     ws.onmessage = (ev) => this.onMessage(JSON.parse(ev.data));
     ws.onclose = () => this.fail(new Error("connection closed"));
     ws.onerror = () => {};
+    if (ws.readyState === WebSocket.OPEN) ws.onopen();
   }
 
   async start() {
@@ -288,11 +303,16 @@ class WhepViewer {
 
   async start() {
     window.peregrine.offers += 1;
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    // The first time, the page has posted the offer already (index.html), maybe even
+    // connected: take over its peer connection, its tracks and its candidates.
+    const early = takeEarlyStart("whep");
+    const pc = early ? early.pc : new RTCPeerConnection({ iceServers: [] });
     this.pc = pc;
-    this.watching = { audio: wantAudio, mic: false };
-    pc.addTransceiver("video", { direction: "recvonly" });
-    if (wantAudio) pc.addTransceiver("audio", { direction: "recvonly" });
+    this.watching = { audio: early ? early.audio : wantAudio, mic: false };
+    if (!early) {
+      pc.addTransceiver("video", { direction: "recvonly" });
+      if (wantAudio) pc.addTransceiver("audio", { direction: "recvonly" });
+    }
     pc.ontrack = (ev) => {
       const stream = ev.streams[0] || new MediaStream([ev.track]);
       if (video.srcObject !== stream) video.srcObject = stream;
@@ -301,6 +321,49 @@ class WhepViewer {
         sound.listen(ev.track);
       }
     };
+    for (const ev of early ? early.tracks : []) pc.ontrack(ev);
+    const timing = { posted: null, answered: null, connected: null, etag: null };
+    window.peregrine.whep = timing;
+    // Our candidates follow in PATCHes: the server's are in its answer, and its checks
+    // answer ours as they come, so waiting for gathering would only delay the POST.
+    this.etag = null;
+    const candidateLine = (c) => (c ? `a=${c.candidate}` : "a=end-of-candidates");
+    this.candidates = early ? early.candidates.map(candidateLine) : [];
+    pc.onicecandidate = (ev) => {
+      if (pc !== this.pc) return;
+      this.candidates.push(candidateLine(ev.candidate));
+      if (this.resource) this.trickle();
+    };
+    let r, answer;
+    if (early) {
+      ({ response: r, body: answer } = await early.reply);
+      timing.posted = Math.round(early.posted);
+      timing.answered = Math.round(early.answered);
+    } else {
+      // Posted as made, while the browser applies it (as index.html does).
+      const offer = await pc.createOffer();
+      const applied = pc.setLocalDescription(offer);
+      timing.posted = Math.round(performance.now());
+      r = await fetch(this.endpoint, {
+        method: "POST",
+        headers: { "Content-Type": "application/sdp", ...this.auth },
+        body: offer.sdp,
+      });
+      answer = await r.text();
+      await applied;
+      timing.answered = Math.round(performance.now());
+    }
+    if (pc !== this.pc) return;
+    if (r.status !== 201) {
+      // 409: the source has no pictures yet; 503: too many viewers. Both say when to retry.
+      const after = Number(r.headers.get("Retry-After")) * 1000 || RECONNECT_MS;
+      if (r.status === 409) window.peregrine.watch503 += 1;
+      return this.retry(r.status === 409 ? "waiting for the video source" : `${r.status} ${answer.trim()}`, after);
+    }
+    this.resource = new URL(r.headers.get("Location"), new URL(this.endpoint, location.href));
+    this.etag = r.headers.get("ETag");
+    timing.etag = this.etag;
+    if (!early) await pc.setRemoteDescription({ type: "answer", sdp: answer });
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
       if (pc.connectionState === "connected") {
@@ -313,37 +376,8 @@ class WhepViewer {
         this.restartIce().catch(() => this.restartWatch("connection failed"));
       }
     };
-    const timing = { posted: null, answered: null, connected: null, etag: null };
-    window.peregrine.whep = timing;
-    // Our candidates follow in PATCHes: the server's are in its answer, and its checks
-    // answer ours as they come, so waiting for gathering would only delay the POST.
-    this.candidates = [];
-    this.etag = null;
-    pc.onicecandidate = (ev) => {
-      if (pc !== this.pc) return;
-      this.candidates.push(ev.candidate ? `a=${ev.candidate.candidate}` : "a=end-of-candidates");
-      if (this.resource) this.trickle();
-    };
-    await pc.setLocalDescription(await pc.createOffer());
-    timing.posted = Math.round(performance.now());
-    const r = await fetch(this.endpoint, {
-      method: "POST",
-      headers: { "Content-Type": "application/sdp", ...this.auth },
-      body: pc.localDescription.sdp,
-    });
-    if (pc !== this.pc) return;
-    if (r.status !== 201) {
-      // 409: the source has no pictures yet; 503: too many viewers. Both say when to retry.
-      const after = Number(r.headers.get("Retry-After")) * 1000 || RECONNECT_MS;
-      if (r.status === 409) window.peregrine.watch503 += 1;
-      const reason = (await r.text()).trim();
-      return this.retry(r.status === 409 ? "waiting for the video source" : `${r.status} ${reason}`, after);
-    }
-    timing.answered = Math.round(performance.now());
-    this.resource = new URL(r.headers.get("Location"), new URL(this.endpoint, location.href));
-    this.etag = r.headers.get("ETag");
-    timing.etag = this.etag;
-    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    // An early start may have connected before this script ran.
+    if (pc.connectionState !== "new" && pc.connectionState !== "connecting") pc.onconnectionstatechange();
     this.trickle();
   }
 
