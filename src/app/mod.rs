@@ -103,6 +103,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         rtp_packet_size: cfg.rtp_packet_size,
         max_viewers: cfg.max_viewers,
         allow_ip: cfg.allow_ip.clone(),
+        shards: cfg.rtc_threads,
     })
     .await
     .context("cannot start the WebRTC engine")?;
