@@ -10,9 +10,12 @@ use super::frame::OutFrame;
 use super::subscriptions::StreamKey;
 use crate::media::Picture;
 
+/// A picture (weakly held, to know it again) and its packets.
+type Packetized = (Weak<Picture>, Arc<OutFrame>);
+
 #[derive(Default)]
 pub struct FrameCache {
-    latest: Mutex<HashMap<StreamKey, (Weak<Picture>, Arc<OutFrame>)>>,
+    latest: Mutex<HashMap<StreamKey, Packetized>>,
 }
 
 impl FrameCache {
