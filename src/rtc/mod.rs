@@ -606,6 +606,9 @@ impl Supervisor {
                     let lost = counters.peers.swap(0, Ordering::Relaxed);
                     counters.connected.store(0, Ordering::Relaxed);
                     engine::release_seats(&self.stats, lost);
+                    if let Some(steering) = &self.shard.steering {
+                        steering.forget_shard(index);
+                    }
                     tracing::error!(
                         shard = index,
                         viewers_lost = lost,
@@ -714,6 +717,42 @@ mod tests {
         assert!(offer.contains("a=candidate:"));
         peers_become(&engine, 1).await;
         assert_eq!(engine.local_addr().ip(), loopback);
+        engine.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_shard_restarts_alone() {
+        let engine = RtcEngine::start(RtcConfig {
+            shards: 2,
+            ..RtcConfig::loopback(10)
+        })
+        .await
+        .expect("engine");
+        let hub = Hub::new(4);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (tx, events) = mpsc::unbounded_channel();
+            let (id, _) = engine
+                .create_offer(PeerOptions::new(hub.clone()), tx)
+                .await
+                .expect("offer");
+            held.push((id, events));
+        }
+        let shards: Vec<usize> = held.iter().map(|(id, _)| shard::shard_of(*id)).collect();
+        assert_eq!(shards, [0, 1], "one peer on each shard");
+
+        engine.panic_engine().await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), held[0].1.recv()).await;
+        assert!(
+            matches!(ended, Ok(None)),
+            "shard 0's peer is gone: {ended:?}"
+        );
+        peers_become(&engine, 1).await;
+        assert_eq!(engine.stats().shards[1].peers, 1, "shard 1 kept its peer");
+        assert!(held[1]
+            .1
+            .try_recv()
+            .is_err_and(|e| e == mpsc::error::TryRecvError::Empty));
         engine.shutdown().await;
     }
 }

@@ -66,6 +66,17 @@ impl Steering {
         }
     }
 
+    /// Forget everything `shard` claimed: it restarted without its peers, and their
+    /// addresses must not keep pulling datagrams to it.
+    pub fn forget_shard(&self, shard: usize) {
+        if let Ok(mut map) = self.ufrags.lock() {
+            map.retain(|_, s| *s != shard);
+        }
+        if let Ok(mut map) = self.addrs.write() {
+            map.retain(|_, s| *s != shard);
+        }
+    }
+
     /// The shard a datagram from `from` goes to.
     pub fn shard_for(&self, from: SocketAddr, data: &[u8]) -> usize {
         if let Some(shard) = self.addrs.read().ok().and_then(|m| m.get(&from).copied()) {
@@ -138,6 +149,11 @@ mod tests {
         assert_eq!(steering.shard_for(from, &[0x16; 40]), 2);
         steering.forget_addr(from, 2);
         steering.remove_ufrag("abcd", 2);
+        assert_eq!(steering.shard_for(from, &check), 0);
+        // A shard that restarted claims nothing any more.
+        steering.add_ufrag("abcd", 1);
+        steering.bind_addr(from, 1);
+        steering.forget_shard(1);
         assert_eq!(steering.shard_for(from, &check), 0);
     }
 }
