@@ -729,3 +729,86 @@ async fn packets_a_viewer_loses_are_sent_again_on_its_nacks() {
     assert_eq!(decode_all(&got), 10, "pictures decode after the losses");
     engine.shutdown().await;
 }
+
+/// The UDP ports of the host candidates in an SDP.
+fn candidate_ports(sdp: &str) -> Vec<u16> {
+    sdp.lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .filter_map(|l| l.split(' ').nth(5)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_spread_over_shards_on_one_port_and_all_get_pictures() {
+    let hub = Hub::new(30);
+    let _feeder = Feeder::start(hub.clone());
+    assert!(wait_until(Duration::from_secs(5), || hub.params().is_some()).await);
+    let engine = RtcEngine::start(RtcConfig {
+        shards: 3,
+        ..config()
+    })
+    .await
+    .expect("engine starts");
+    let port = engine.local_addr().port();
+
+    // Viewers the engine offers to (Janus) and viewers that offer (WHEP, whose ICE
+    // credentials the stack makes), in turns.
+    let mut viewers = Vec::new();
+    for i in 0..9 {
+        let (tx, events) = mpsc::unbounded_channel();
+        let (id, peer, ours) = if i % 3 == 2 {
+            let (pending, offer) = ReceiverPeer::offer(Default::default())
+                .await
+                .expect("viewer offers");
+            let (id, answer) = engine
+                .answer_offer(PeerOptions::new(hub.clone()), &offer, tx)
+                .await
+                .expect("engine answers");
+            (id, pending.accept(&answer).expect("answer applies"), answer)
+        } else {
+            let (id, offer) = engine
+                .create_offer(PeerOptions::new(hub.clone()), tx)
+                .await
+                .expect("offer");
+            let (peer, answer) = ReceiverPeer::answer(&offer).await.expect("answers");
+            engine.apply_answer(id, &answer).await.expect("applies");
+            (id, peer, offer)
+        };
+        let ports = candidate_ports(&ours);
+        assert!(
+            !ports.is_empty() && ports.iter().all(|&p| p == port),
+            "every peer is on the engine's one port {port}: {ports:?}"
+        );
+        viewers.push(Viewer { id, peer, events });
+    }
+    for v in &mut viewers {
+        v.peer
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .expect("connects");
+    }
+    assert!(wait_until(Duration::from_secs(5), || engine.stats().connected == 9).await);
+    let shards = engine.stats().shards;
+    assert_eq!(shards.len(), 3);
+    assert!(
+        shards.iter().all(|s| s.peers > 0 && s.connected == s.peers),
+        "every shard holds connected viewers: {shards:?}"
+    );
+
+    for v in &mut viewers {
+        let got = frames(&mut v.peer, 20, Duration::from_secs(10)).await;
+        assert!(
+            decode_all(&got) >= 20,
+            "viewer {} decodes its pictures",
+            v.id
+        );
+        check_packets(&got);
+    }
+
+    // Commands find the viewer's shard: a closed viewer leaves its shard.
+    let closed = viewers.remove(0);
+    engine.close_peer(closed.id, "test");
+    assert!(wait_until(Duration::from_secs(3), || engine.stats().peers == 8).await);
+    engine.shutdown().await;
+    assert_eq!(engine.stats().peers, 0);
+}

@@ -374,3 +374,50 @@ async fn garbage_datagrams_are_dropped_quietly() -> Result<()> {
     ensure!(dropped.len() <= 3, "{} lines: {dropped:#?}", dropped.len());
     Ok(())
 }
+
+/// With `--rtc-threads 3`, Janus viewers spread over the three engine shards (as
+/// `/state` shows), each plays, and `--max-viewers` caps them all together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_viewers_caps_the_shards_together() -> Result<()> {
+    let server = Server::start(&[
+        "--resolution",
+        "320x240",
+        "--rtc-threads",
+        "3",
+        "--max-viewers",
+        "6",
+    ])
+    .await?;
+    let mut viewers = Vec::new();
+    for _ in 0..6 {
+        viewers.push(support::join(&server).await?);
+    }
+    for (_, peer) in &mut viewers {
+        let frame = tokio::time::timeout(Duration::from_secs(10), peer.next_frame()).await;
+        ensure!(matches!(frame, Ok(Some(_))), "a viewer gets pictures");
+    }
+    let mut extra = JanusClient::connect(&server, Transport::WebSocket).await?;
+    extra.create_and_attach().await?;
+    extra.send(json!({"janus": "message", "body": {"request": "watch"}}));
+    let event = extra
+        .wait_for(Duration::from_secs(10), |m| m["janus"] == "event")
+        .await?;
+    ensure!(
+        event["plugindata"]["data"]["error_code"] == 429,
+        "the seventh viewer is refused: {event}"
+    );
+    let state = server.state().await?;
+    let shards = state["rtc"]["shards"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(shards.len() == 3, "{state}");
+    ensure!(
+        shards
+            .iter()
+            .all(|s| s["peers"] == 2 && s["connected"] == 2),
+        "two viewers on each shard: {shards:?}"
+    );
+    ensure!(state["rtc"]["peers"] == 6, "{state}");
+    Ok(())
+}

@@ -104,6 +104,7 @@ pub async fn run_until(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Resu
         max_viewers: cfg.max_viewers,
         allow_ip: cfg.allow_ip.clone(),
         srtp_aead_only: cfg.srtp_aead_only,
+        shards: cfg.rtc_threads,
     })
     .await
     .context("cannot start the WebRTC engine")?;

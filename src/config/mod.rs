@@ -401,6 +401,10 @@ pub struct Args {
     /// publishers and forwards accept both always. [default: aead]
     #[arg(long, value_name = "WHICH", help_heading = "WebRTC")]
     pub srtp_ciphers: Option<String>,
+    /// WebRTC engine threads: viewers are spread over N engines, one thread each, all on
+    /// the one UDP port; 1 runs a single engine. [default: the number of CPUs]
+    #[arg(long, value_name = "N", help_heading = "WebRTC")]
+    pub rtc_threads: Option<usize>,
     /// Send the default stream as plain RTP (H.264 on payload type 96) to HOST:PORT, e.g.
     /// a Janus Streaming `rtp` mountpoint; repeatable. Sender reports go to the next port
     /// (`rtcp=PORT` to change it), whose keyframe requests come back. With
@@ -693,6 +697,8 @@ pub struct Config {
     pub max_viewers: usize,
     /// Viewers' SRTP is AES-GCM only (`--srtp-ciphers aead`).
     pub srtp_aead_only: bool,
+    /// WebRTC engine shards, each on a thread of its own (`--rtc-threads`).
+    pub rtc_threads: usize,
     /// Where the default stream is sent as plain RTP (`--rtp-forward`).
     pub rtp_forward: Vec<RtpForwardTarget>,
     /// WHIP endpoints the default stream is published to (`--whip-forward`).
@@ -812,6 +818,7 @@ impl Default for Config {
             rtp_packet_size: 1150,
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
             srtp_aead_only: true,
+            rtc_threads: crate::rtc::default_shards(),
             rtp_forward: Vec::new(),
             whip_forward: Vec::new(),
             whip_token: None,
@@ -1086,6 +1093,7 @@ impl Config {
                 _ => bail!("srtp_ciphers must be aead or all, got {which:?}"),
             };
         }
+        set!(rtc_threads <- rtc_threads);
         set!(jsmpeg_header <- jsmpeg_header);
         set!(jsmpeg_ffmpeg <- jsmpeg_ffmpeg);
         set!(jsmpeg_bitrate_kbps <- jsmpeg_bitrate);
@@ -1188,6 +1196,13 @@ impl Config {
         self.video.check().map_err(|e| anyhow!(e))?;
         if self.max_viewers == 0 {
             bail!("max_viewers must be at least 1");
+        }
+        if !(1..=crate::rtc::MAX_SHARDS).contains(&self.rtc_threads) {
+            bail!(
+                "rtc_threads must be 1..={}, got {}",
+                crate::rtc::MAX_SHARDS,
+                self.rtc_threads
+            );
         }
         if !(200..=1500).contains(&self.rtp_packet_size) {
             bail!(
@@ -1809,6 +1824,19 @@ mod tests {
             (c.video.width, c.video.height, c.video.fps),
             (1280, 720, 30)
         );
+    }
+
+    #[test]
+    fn rtc_threads_default_to_the_cpus_and_are_bounded() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let c = Config::load(Args::default()).unwrap();
+        assert_eq!(c.rtc_threads, cpus.min(crate::rtc::MAX_SHARDS));
+        let threads = |n: &str| Config::load(Args::parse_from(["peregrine", "--rtc-threads", n]));
+        assert_eq!(threads("3").unwrap().rtc_threads, 3);
+        for bad in ["0", "257"] {
+            let err = threads(bad).unwrap_err().to_string();
+            assert!(err.contains("rtc_threads"), "{err}");
+        }
     }
 
     #[test]

@@ -101,6 +101,16 @@ impl Collector for ServerCollector {
             "WebRTC peers, connected or still negotiating (what --max-viewers caps).",
             rtc.peers as u64,
         )?;
+        gauges(
+            &mut enc,
+            "peregrine_webrtc_shard_peers",
+            "WebRTC peers of each engine shard (--rtc-threads), connected or still \
+             negotiating.",
+            rtc.shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ([("shard", i.to_string())], s.peers as u64)),
+        )?;
         gauge(
             &mut enc,
             "peregrine_janus_sessions",

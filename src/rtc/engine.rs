@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,9 @@ use super::ice_restart::{self, LocalIce};
 use super::packetizer;
 use super::peer::{AudioSetup, KeyframeRequest, Peer, PeerNote, PeerSetup};
 use super::router::{Router, Unrouted};
+use super::shard::Shard;
 use super::stats::SharedStats;
+use super::steering::Incoming;
 use super::subscriptions::{StreamKey, Subscriptions};
 use super::{sdp, udp};
 use super::{PeerEvent, PeerId, PeerOptions, RemoteCandidate, RtcConfig, RtcError};
@@ -101,6 +103,9 @@ pub struct Close {
 pub struct Inbox {
     pub commands: mpsc::Receiver<Command>,
     pub closes: mpsc::UnboundedReceiver<Close>,
+    /// The shard's datagrams, steered to it from the shared socket; `None` for a
+    /// single shard, which reads the socket itself.
+    pub datagrams: Option<mpsc::Receiver<Incoming>>,
 }
 
 struct Entry {
@@ -155,8 +160,9 @@ pub struct Engine {
     audio_receivers: Vec<PeerId>,
     subscriptions: Subscriptions,
     deadlines: Deadlines,
-    /// Shared with the supervisor, so ids stay unique across restarts.
-    next_id: Arc<AtomicU64>,
+    /// Which shard this engine is, and what it shares with the others. Its ids are
+    /// shared with the supervisor, so they stay unique across restarts.
+    shard: Shard,
     /// Peers touched since the last [`Engine::settle`]: only they are read again.
     dirty: HashSet<PeerId>,
     outgoing: Datagrams,
@@ -182,22 +188,26 @@ impl Engine {
         cfg: RtcConfig,
         stats: Arc<SharedStats>,
         candidates: Vec<SocketAddr>,
-        next_id: Arc<AtomicU64>,
+        shard: Shard,
     ) -> Engine {
         let fanout = Fanout::new(cfg.rtp_packet_size);
+        let router = match &shard.steering {
+            Some(steering) => Router::steered(steering.clone(), shard.index),
+            None => Router::default(),
+        };
         Engine {
             cfg,
             stats,
             candidates,
             peers: HashMap::new(),
             connected: 0,
-            router: Router::default(),
+            router,
             fanout,
             audio_fanout: AudioFanout::default(),
             audio_receivers: Vec::new(),
             subscriptions: Subscriptions::default(),
             deadlines: Deadlines::default(),
-            next_id,
+            shard,
             dirty: HashSet::new(),
             outgoing: Vec::new(),
             notes: Vec::new(),
@@ -210,7 +220,11 @@ impl Engine {
     pub async fn run(mut self, socket: Arc<UdpSocket>, inbox: Arc<Mutex<Inbox>>) {
         // Held for the loop's life; a panic releases it for the next loop.
         let mut inbox = inbox.lock_owned().await;
-        let Inbox { commands, closes } = &mut *inbox;
+        let Inbox {
+            commands,
+            closes,
+            datagrams,
+        } = &mut *inbox;
         let mut buf = vec![0u8; RECV_BUFFER];
         // The access unit whose packets the next send puts on the wire: (taken, captured).
         let mut in_flight: Option<(Instant, u64)> = None;
@@ -234,7 +248,7 @@ impl Engine {
             let wake = tokio::select! {
                 cmd = commands.recv() => Wake::Command(cmd),
                 close = closes.recv() => Wake::Close(close),
-                res = socket.recv_from(&mut buf) => Wake::Datagram(res),
+                res = next_datagram(&socket, datagrams, &mut buf) => Wake::Datagram(res),
                 au = self.subscriptions.next() => Wake::Frame(au),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
@@ -260,7 +274,11 @@ impl Engine {
                     self.send_audio(now, sound, &frame, &socket).await;
                 }
                 Wake::Frame(Some((stream, au))) => {
-                    if let Some(frame) = self.fanout.prepare(now, stream, &au) {
+                    let frame = match &self.shard.frames {
+                        Some(shared) => self.fanout.prepare_shared(now, stream, &au, shared),
+                        None => self.fanout.prepare(now, stream, &au),
+                    };
+                    if let Some(frame) = frame {
                         if self.fan_out(now, stream, &frame, &socket).await > 0 {
                             in_flight = Some((now, au.capture_us));
                         }
@@ -275,10 +293,9 @@ impl Engine {
     }
 
     fn publish_stats(&self) {
-        self.stats.peers.store(self.peers.len(), Ordering::Relaxed);
-        self.stats
-            .connected
-            .store(self.connected, Ordering::Relaxed);
+        let counters = self.stats.shard(self.shard.index);
+        counters.peers.store(self.peers.len(), Ordering::Relaxed);
+        counters.connected.store(self.connected, Ordering::Relaxed);
     }
 
     /// When the loop must wake at the latest: the next catch-up step or peer deadline,
@@ -451,7 +468,7 @@ impl Engine {
         // The server we forward to picks from what we offer; whatever it can do is fine.
         setup.aead_only &= !egress;
         let credentials = (setup.ufrag.clone(), setup.pwd.clone());
-        let (peer, offer) = Peer::offer(setup, now)?;
+        let (peer, offer) = Peer::offer(setup, now).inspect_err(|_| self.release_seat())?;
         self.register(id, credentials, peer, &opts, events);
         tracing::debug!(peer = id, "offer created");
         Ok((id, offer))
@@ -468,10 +485,13 @@ impl Engine {
         // A viewer that sends no microphone: the offer's audio section only takes sound.
         let opts = PeerOptions { mic: None, ..opts };
         let (id, setup) = self.peer_setup(&opts);
-        let (peer, answer) = Peer::answer(setup, offer, now)?;
-        // The stack made the credentials (see `Peer::answer`): route by those.
-        let credentials = ice_restart::ice_credentials(&answer)
-            .ok_or(RtcError::Internal("answer without ICE credentials"))?;
+        let made = Peer::answer(setup, offer, now).and_then(|(peer, answer)| {
+            // The stack made the credentials (see `Peer::answer`): route by those.
+            let credentials = ice_restart::ice_credentials(&answer)
+                .ok_or(RtcError::Internal("answer without ICE credentials"))?;
+            Ok((peer, answer, credentials))
+        });
+        let (peer, answer, credentials) = made.inspect_err(|_| self.release_seat())?;
         // Sound it did not take is not listened to.
         let opts = PeerOptions {
             audio: opts.audio.filter(|_| peer.sends_audio()),
@@ -482,9 +502,17 @@ impl Engine {
         Ok((id, answer))
     }
 
-    /// Refuse a new peer beyond `max_viewers`.
+    /// Take a seat for a new peer, or refuse it beyond `max_viewers` (all shards
+    /// together).
     fn admit(&mut self) -> Result<(), RtcError> {
-        if self.peers.len() < self.cfg.max_viewers {
+        let max = self.cfg.max_viewers;
+        let seated = self
+            .stats
+            .seats
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if seated.is_ok() {
             return Ok(());
         }
         rejections::count(Rejection::ViewerCap);
@@ -498,6 +526,11 @@ impl Engine {
         Err(RtcError::TooManyViewers(self.cfg.max_viewers))
     }
 
+    /// Give back the seat of a peer gone or never made.
+    fn release_seat(&self) {
+        release_seats(&self.stats, 1);
+    }
+
     /// A fresh id, ICE credentials, SSRCs and the rest of what a new peer of `opts` is
     /// made with.
     fn peer_setup(&mut self, opts: &PeerOptions) -> (PeerId, PeerSetup) {
@@ -509,7 +542,7 @@ impl Engine {
         let (ufrag, pwd) = self.router.new_credentials();
         // Taken before the peer is made: it names the viewer as a talker too. An id lost
         // to a failed offer is simply never used.
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.shard.next_id();
         let ssrc = rand::rng().random_range(1..=u32::MAX);
         let audio = (opts.audio.is_some() || opts.mic.is_some()).then(|| AudioSetup {
             // Its own SSRC, never the video's: feedback is told apart by it.
@@ -579,6 +612,7 @@ impl Engine {
             },
         );
         self.dirty.insert(id);
+        self.publish_stats();
     }
 
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
@@ -894,6 +928,7 @@ impl Engine {
             return;
         };
         tracing::info!(peer = id, %reason, "viewer gone");
+        self.release_seat();
         e.peer.close();
         e.peer.drain_writes(&mut self.outgoing);
         self.router.remove(id);
@@ -901,6 +936,8 @@ impl Engine {
         if e.connected {
             self.connected -= 1;
         }
+        // Counted off now: the supervisor gives back this many seats if the loop dies.
+        self.publish_stats();
         // The stream's last viewer ends the subscription, so its source idles; the last
         // listener of its sound closes the capture the same way.
         if let Some(stream) = self.fanout.remove_viewer(id) {
@@ -936,6 +973,35 @@ fn deadline_holds(peers: &HashMap<PeerId, Entry>, d: &Deadline) -> bool {
     })
 }
 
+/// Give back `n` seats (see [`SharedStats::seats`]).
+pub fn release_seats(stats: &SharedStats, n: usize) {
+    let _ = stats
+        .seats
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |seats| {
+            Some(seats.saturating_sub(n))
+        });
+}
+
+/// The next datagram for this shard: from its queue when datagrams are steered to it,
+/// otherwise read off the socket. A closed queue (the server stopping) never yields.
+async fn next_datagram(
+    socket: &UdpSocket,
+    queue: &mut Option<mpsc::Receiver<Incoming>>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    let Some(queue) = queue else {
+        return socket.recv_from(buf).await;
+    };
+    match queue.recv().await {
+        Some((from, data)) => {
+            let len = data.len().min(buf.len());
+            buf[..len].copy_from_slice(&data[..len]);
+            Ok((len, from))
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Put queued datagrams on the wire and count them. All sends go through here; they
 /// leave in sendmmsg batches (see [`udp`]).
 async fn send_datagrams(socket: &UdpSocket, out: &mut Datagrams, stats: &SharedStats) {
@@ -958,7 +1024,7 @@ mod tests {
     fn engine() -> Engine {
         let cfg = RtcConfig::loopback(2);
         let candidates = vec![SocketAddr::from(([127, 0, 0, 1], 40000))];
-        Engine::new(cfg, Arc::default(), candidates, Arc::default())
+        Engine::new(cfg, Arc::default(), candidates, Shard::single())
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::frame::OutFrame;
+use super::frame_cache::FrameCache;
 use super::gop::GopCache;
 use super::subscriptions::{stream_key, StreamKey};
 use super::PeerId;
@@ -210,9 +211,38 @@ impl Fanout {
     /// in the stream's GOP cache. `None` for a stream nobody watches any more or a
     /// picture with nothing to send.
     pub fn prepare(&mut self, now: Instant, key: StreamKey, au: &Picture) -> Option<Arc<OutFrame>> {
+        let size = self.rtp_packet_size;
+        self.keep(now, key, au.seq, || {
+            OutFrame::packetize(au, size).map(Arc::new)
+        })
+    }
+
+    /// As [`Fanout::prepare`], the packets shared with the other engine shards through
+    /// `cache`: whichever shard takes the picture first packetizes it.
+    pub fn prepare_shared(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        au: &Arc<Picture>,
+        cache: &FrameCache,
+    ) -> Option<Arc<OutFrame>> {
+        let size = self.rtp_packet_size;
+        self.keep(now, key, au.seq, || {
+            cache.get_or_make(key, au, || OutFrame::packetize(au, size))
+        })
+    }
+
+    /// Keep the picture `seq` of the stream `key`, made by `make`, in the stream's GOP.
+    fn keep(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        seq: u64,
+        make: impl FnOnce() -> Option<Arc<OutFrame>>,
+    ) -> Option<Arc<OutFrame>> {
         let stream = self.streams.get_mut(&key)?;
-        let frame = Arc::new(OutFrame::packetize(au, self.rtp_packet_size)?);
-        stream.gop.push(now, au.seq, &frame);
+        let frame = make()?;
+        stream.gop.push(now, seq, &frame);
         Some(frame)
     }
 

@@ -4,11 +4,15 @@
 //! its stream; only SSRC, sequence and SRTP are per peer. A viewer's microphone goes
 //! the other way, to its stream's playback.
 //!
+//! The peers are spread over engine shards, one thread each (see [`shard`]): each shard
+//! sends on the shared socket itself, and with more than one a single task reads the
+//! socket and steers each datagram to its shard (see [`steering`]).
+//!
 //! This file is the engine's public face; the rest of the program uses nothing else
 //! from `rtc::`, so the engine choice stays local to this module.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ pub mod extensions;
 mod fanout;
 mod feedback;
 mod frame;
+mod frame_cache;
 mod gop;
 pub mod histograms;
 pub mod ice_restart;
@@ -42,12 +47,15 @@ mod peer_ingest;
 mod resend;
 mod router;
 pub mod sdp;
+mod shard;
 mod stats;
+mod steering;
 mod subscriptions;
 mod udp;
 
 pub use candidates::MAX_REMOTE_CANDIDATES;
 pub use engine::OFFER_TIMEOUT;
+pub use shard::MAX_SHARDS;
 
 /// Default for `--max-viewers`: far above what one machine streams to (the benchmark
 /// saturates two cores at a few hundred), low enough that a flood of `watch` cannot
@@ -87,6 +95,15 @@ pub struct RtcConfig {
     pub allow_ip: crate::access::IpList,
     /// Viewers' SRTP is AES-GCM only (`--srtp-ciphers aead`), see [`peer::srtp_profiles`].
     pub srtp_aead_only: bool,
+    /// Engine shards (`--rtc-threads`), each on a thread of its own, 1..=[`MAX_SHARDS`].
+    pub shards: usize,
+}
+
+/// Engine shards by default: one per CPU the process may use.
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_SHARDS)
 }
 
 impl RtcConfig {
@@ -103,6 +120,7 @@ impl RtcConfig {
             max_viewers,
             allow_ip: Default::default(),
             srtp_aead_only: true,
+            shards: 1,
         }
     }
 }
@@ -203,11 +221,21 @@ pub enum RtcError {
     Internal(&'static str),
 }
 
+/// Peers of one engine shard, in [`RtcStats::shards`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShardStats {
+    pub peers: usize,
+    pub connected: usize,
+}
+
 /// Counters for `/state` and `/metrics`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RtcStats {
+    /// Peers of all shards, and of those the connected ones.
     pub peers: usize,
     pub connected: usize,
+    /// The same per engine shard, in shard order.
+    pub shards: Vec<ShardStats>,
     /// RTP packets sent, video and audio.
     pub rtp_packets_sent: u64,
     /// Of those, audio (one Opus frame each).
@@ -243,40 +271,73 @@ pub struct RtcEngine {
 }
 
 struct Inner {
-    commands: mpsc::Sender<engine::Command>,
-    /// Closes go apart from the bounded queue so that one is never lost or waited for:
-    /// there are never more of them than peers made.
-    closes: mpsc::UnboundedSender<engine::Close>,
+    shards: Vec<ShardHandle>,
     local_addr: SocketAddr,
     stats: Arc<stats::SharedStats>,
 }
 
+/// The queues into one shard.
+struct ShardHandle {
+    commands: mpsc::Sender<engine::Command>,
+    /// Closes go apart from the bounded queue so that one is never lost or waited for:
+    /// there are never more of them than peers made.
+    closes: mpsc::UnboundedSender<engine::Close>,
+    /// New peers asked of this shard and not yet answered: counted with its peers when
+    /// the least busy shard is chosen, so a burst of viewers spreads at once.
+    joining: AtomicUsize,
+}
+
 impl RtcEngine {
-    /// Bind the UDP socket and start the engine loop. It serves any number of streams:
-    /// each peer names the hub it watches ([`PeerOptions::stream`]). The loop is
-    /// supervised: a panic in it is logged and the engine starts afresh (every peer
-    /// closed, their owners told) on the same socket and queues.
+    /// Bind the UDP socket and start the engine: `cfg.shards` loops, each on a thread
+    /// named `rtc-shard-N`. It serves any number of streams: each peer names the hub it
+    /// watches ([`PeerOptions::stream`]). Each loop is supervised: a panic in it is
+    /// logged and that shard starts afresh (its peers closed, their owners told) on the
+    /// same socket and queues; the other shards go on.
     pub async fn start(cfg: RtcConfig) -> anyhow::Result<RtcEngine> {
-        let socket = bind_socket(cfg.bind, cfg.udp_ports).await?;
+        let count = cfg.shards.clamp(1, MAX_SHARDS);
+        let socket = bind_socket(cfg.bind, cfg.udp_ports)?;
         let local_addr = socket.local_addr()?;
         let candidates = advertised_candidates(&cfg, local_addr.port())?;
-        tracing::info!(%local_addr, ?candidates, "WebRTC media socket ready");
-        let stats = Arc::new(stats::SharedStats::default());
-        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
-        let (close_tx, closes) = mpsc::unbounded_channel();
-        let supervisor = Supervisor {
-            cfg,
-            stats: stats.clone(),
-            candidates,
-            socket: Arc::new(socket),
-            inbox: Arc::new(Mutex::new(engine::Inbox { commands, closes })),
-            next_id: Arc::new(AtomicU64::new(1)),
-        };
-        tokio::spawn(supervisor.run());
-        Ok(RtcEngine {
-            inner: Arc::new(Inner {
+        tracing::info!(%local_addr, ?candidates, shards = count, "WebRTC media socket ready");
+        let stats = Arc::new(stats::SharedStats::new(count));
+        // One shard reads the socket itself, as a lone engine would.
+        let steering = (count > 1).then(Arc::<steering::Steering>::default);
+        let frames = (count > 1).then(Arc::<frame_cache::FrameCache>::default);
+        let mut shards = Vec::with_capacity(count);
+        let mut queues = Vec::with_capacity(count);
+        for index in 0..count {
+            let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+            let (close_tx, closes) = mpsc::unbounded_channel();
+            let datagrams = steering.as_ref().map(|_| {
+                let (queue, datagrams) = mpsc::channel(steering::SHARD_QUEUE);
+                queues.push(queue);
+                datagrams
+            });
+            let supervisor = Supervisor {
+                cfg: cfg.clone(),
+                stats: stats.clone(),
+                candidates: candidates.clone(),
+                inbox: Arc::new(Mutex::new(engine::Inbox {
+                    commands,
+                    closes,
+                    datagrams,
+                })),
+                shard: shard::Shard::new(index, steering.clone(), frames.clone()),
+            };
+            supervisor.spawn_thread(socket.try_clone()?)?;
+            shards.push(ShardHandle {
                 commands: tx,
                 closes: close_tx,
+                joining: AtomicUsize::new(0),
+            });
+        }
+        if let Some(steering) = steering {
+            let socket = UdpSocket::from_std(socket)?;
+            tokio::spawn(steering::steer(socket, steering, queues));
+        }
+        Ok(RtcEngine {
+            inner: Arc::new(Inner {
+                shards,
                 local_addr,
                 stats,
             }),
@@ -317,7 +378,7 @@ impl RtcEngine {
         egress: bool,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
-        self.ask(|reply| engine::Command::CreateOffer {
+        self.ask_new_peer(|reply| engine::Command::CreateOffer {
             opts,
             egress,
             events,
@@ -338,7 +399,7 @@ impl RtcEngine {
         offer: &str,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(PeerId, String), RtcError> {
-        self.ask(|reply| engine::Command::AnswerOffer {
+        self.ask_new_peer(|reply| engine::Command::AnswerOffer {
             opts,
             offer: offer.to_string(),
             events,
@@ -349,7 +410,7 @@ impl RtcEngine {
 
     /// Apply the viewer's SDP answer.
     pub async fn apply_answer(&self, id: PeerId, sdp: &str) -> Result<(), RtcError> {
-        self.ask(|reply| engine::Command::ApplyAnswer {
+        self.ask(id, |reply| engine::Command::ApplyAnswer {
             id,
             sdp: sdp.to_string(),
             reply,
@@ -366,7 +427,7 @@ impl RtcEngine {
         offer: String,
         candidates: Vec<String>,
     ) -> Result<ice_restart::LocalIce, RtcError> {
-        self.ask(|reply| engine::Command::RestartIce {
+        self.ask(id, |reply| engine::Command::RestartIce {
             id,
             offer,
             candidates,
@@ -379,8 +440,10 @@ impl RtcEngine {
     /// Dropped when the engine's queue is full: a flood of candidates must not hold up
     /// offers, and ICE gets by with the candidates it has (peer-reflexive ones included).
     pub fn add_remote_candidate(&self, id: PeerId, candidate: RemoteCandidate) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self
-            .inner
+        let Some(shard) = self.shard_of(id) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = shard
             .commands
             .try_send(engine::Command::AddCandidate { id, candidate })
         {
@@ -391,16 +454,19 @@ impl RtcEngine {
     /// Ask the WHIP publisher `id` for a keyframe (RTCP PLI). Dropped when the engine's
     /// queue is full: the source asks again.
     pub fn request_keyframe(&self, id: PeerId) {
-        let _ = self
-            .inner
-            .commands
-            .try_send(engine::Command::RequestKeyframe { id });
+        if let Some(shard) = self.shard_of(id) {
+            let _ = shard
+                .commands
+                .try_send(engine::Command::RequestKeyframe { id });
+        }
     }
 
     /// Close a peer (hangup, detach, session gone); `reason` is logged. No event is
     /// sent for it.
     pub fn close_peer(&self, id: PeerId, reason: &'static str) {
-        let _ = self.inner.closes.send(engine::Close { id, reason });
+        if let Some(shard) = self.shard_of(id) {
+            let _ = shard.closes.send(engine::Close { id, reason });
+        }
     }
 
     pub fn stats(&self) -> RtcStats {
@@ -412,70 +478,145 @@ impl RtcEngine {
         self.inner.stats.histograms.clone()
     }
 
-    /// Close every peer and stop the loop.
+    /// Close every peer and stop the loops.
     pub async fn shutdown(&self) {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .command(engine::Command::Shutdown { reply })
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+        let stops = self.inner.shards.iter().map(|shard| async move {
+            let (reply, rx) = oneshot::channel();
+            if command(shard, engine::Command::Shutdown { reply })
+                .await
+                .is_ok()
+            {
+                let _ = rx.await;
+            }
+        });
+        futures_util::future::join_all(stops).await;
     }
 
-    /// Queue a command that replies, and wait for its reply.
+    /// The shard holding the peer `id`.
+    fn shard_of(&self, id: PeerId) -> Option<&ShardHandle> {
+        self.inner.shards.get(shard::shard_of(id))
+    }
+
+    /// Queue a command about the peer `id` on its shard, and wait for the reply.
     async fn ask<T>(
+        &self,
+        id: PeerId,
+        command: impl FnOnce(oneshot::Sender<Result<T, RtcError>>) -> engine::Command,
+    ) -> Result<T, RtcError> {
+        let shard = self.shard_of(id).ok_or(RtcError::NoSuchPeer)?;
+        ask(shard, command).await
+    }
+
+    /// Queue a command making a peer on the shard with the fewest peers (those joining
+    /// it included), and wait for the reply.
+    async fn ask_new_peer<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, RtcError>>) -> engine::Command,
     ) -> Result<T, RtcError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(command(reply)).await?;
-        rx.await.map_err(|_| stopped())?
+        let stats = &self.inner.stats;
+        let (index, shard) = self
+            .inner
+            .shards
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, s)| {
+                stats.shard(*i).peers.load(Ordering::Relaxed) + s.joining.load(Ordering::Relaxed)
+            })
+            .ok_or_else(stopped)?;
+        tracing::trace!(shard = index, "new peer");
+        shard.joining.fetch_add(1, Ordering::Relaxed);
+        // Counted off however the wait ends (a caller giving up included).
+        let _joined = Joined(&shard.joining);
+        ask(shard, command).await
     }
 
-    /// Queue a command, waiting for room: back-pressure on whoever floods requests.
-    async fn command(&self, cmd: engine::Command) -> Result<(), RtcError> {
-        self.inner.commands.send(cmd).await.map_err(|_| stopped())
-    }
-
-    /// Make the engine panic, to test its supervision.
+    /// Make shard 0 panic, to test its supervision.
     #[cfg(test)]
     async fn panic_engine(&self) {
-        let _ = self.command(engine::Command::Panic).await;
+        let _ = command(&self.inner.shards[0], engine::Command::Panic).await;
     }
 }
 
-/// Runs the engine loop and starts a fresh one when it panics. The socket, the queues
-/// and the peer ids outlive each loop: callers keep their handle, and an id is never
-/// given twice (a late close for an old peer must not hit a new one).
+/// Counts a new peer off its shard's `joining` when dropped.
+struct Joined<'a>(&'a AtomicUsize);
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Queue a command that replies on `shard`, and wait for its reply.
+async fn ask<T>(
+    shard: &ShardHandle,
+    command_with: impl FnOnce(oneshot::Sender<Result<T, RtcError>>) -> engine::Command,
+) -> Result<T, RtcError> {
+    let (reply, rx) = oneshot::channel();
+    command(shard, command_with(reply)).await?;
+    rx.await.map_err(|_| stopped())?
+}
+
+/// Queue a command, waiting for room: back-pressure on whoever floods requests.
+async fn command(shard: &ShardHandle, cmd: engine::Command) -> Result<(), RtcError> {
+    shard.commands.send(cmd).await.map_err(|_| stopped())
+}
+
+/// Runs one shard's engine loop and starts a fresh one when it panics. The socket, the
+/// queues and the peer ids outlive each loop: callers keep their handle, and an id is
+/// never given twice (a late close for an old peer must not hit a new one).
 struct Supervisor {
     cfg: RtcConfig,
     stats: Arc<stats::SharedStats>,
     candidates: Vec<SocketAddr>,
-    socket: Arc<UdpSocket>,
     inbox: Arc<Mutex<engine::Inbox>>,
-    next_id: Arc<AtomicU64>,
+    shard: shard::Shard,
 }
 
 impl Supervisor {
-    async fn run(self) {
+    /// Run the shard on a thread of its own, `rtc-shard-N`, with its own single-threaded
+    /// runtime: its timers, sends and queue wake-ups never wait for another shard's.
+    fn spawn_thread(self, socket: std::net::UdpSocket) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("rtc-shard-{}", self.shard.index))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Registered with this thread's runtime: sends wait on its reactor.
+                    match UdpSocket::from_std(socket) {
+                        Ok(socket) => self.run(Arc::new(socket)).await,
+                        Err(e) => tracing::error!(error = %e, "WebRTC shard has no socket"),
+                    }
+                })
+            })?;
+        Ok(())
+    }
+
+    async fn run(self, socket: Arc<UdpSocket>) {
+        let index = self.shard.index;
         loop {
             let engine = engine::Engine::new(
                 self.cfg.clone(),
                 self.stats.clone(),
                 self.candidates.clone(),
-                self.next_id.clone(),
+                self.shard.clone(),
             );
-            let task = tokio::spawn(engine.run(self.socket.clone(), self.inbox.clone()));
+            let task = tokio::spawn(engine.run(socket.clone(), self.inbox.clone()));
             match task.await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
                     // Dropping the engine closed every peer's event channel: their
                     // Janus handles get a hangup.
-                    let lost = self.stats.peers.swap(0, Ordering::Relaxed);
-                    self.stats.connected.store(0, Ordering::Relaxed);
+                    let counters = self.stats.shard(index);
+                    let lost = counters.peers.swap(0, Ordering::Relaxed);
+                    counters.connected.store(0, Ordering::Relaxed);
+                    engine::release_seats(&self.stats, lost);
+                    if let Some(steering) = &self.shard.steering {
+                        steering.forget_shard(index);
+                    }
                     tracing::error!(
+                        shard = index,
                         viewers_lost = lost,
                         "WebRTC engine panicked; restarting it with no viewers"
                     );
@@ -491,13 +632,17 @@ fn stopped() -> RtcError {
     RtcError::Stopped
 }
 
-/// Bind the first free port of `ports` ((0, 0) = any free port).
-async fn bind_socket(ip: IpAddr, ports: (u16, u16)) -> anyhow::Result<UdpSocket> {
+/// Bind the first free port of `ports` ((0, 0) = any free port), non-blocking, for the
+/// shards' runtimes to take up.
+fn bind_socket(ip: IpAddr, ports: (u16, u16)) -> anyhow::Result<std::net::UdpSocket> {
     let (first, last) = ports;
     let mut last_err = None;
     for port in first..=last {
-        match UdpSocket::bind(SocketAddr::new(ip, port)).await {
-            Ok(s) => return Ok(s),
+        match std::net::UdpSocket::bind(SocketAddr::new(ip, port)) {
+            Ok(s) => {
+                s.set_nonblocking(true)?;
+                return Ok(s);
+            }
             Err(e) => last_err = Some(e),
         }
     }
@@ -578,6 +723,42 @@ mod tests {
         assert!(offer.contains("a=candidate:"));
         peers_become(&engine, 1).await;
         assert_eq!(engine.local_addr().ip(), loopback);
+        engine.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_shard_restarts_alone() {
+        let engine = RtcEngine::start(RtcConfig {
+            shards: 2,
+            ..RtcConfig::loopback(10)
+        })
+        .await
+        .expect("engine");
+        let hub = Hub::new(4);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (tx, events) = mpsc::unbounded_channel();
+            let (id, _) = engine
+                .create_offer(PeerOptions::new(hub.clone()), tx)
+                .await
+                .expect("offer");
+            held.push((id, events));
+        }
+        let shards: Vec<usize> = held.iter().map(|(id, _)| shard::shard_of(*id)).collect();
+        assert_eq!(shards, [0, 1], "one peer on each shard");
+
+        engine.panic_engine().await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), held[0].1.recv()).await;
+        assert!(
+            matches!(ended, Ok(None)),
+            "shard 0's peer is gone: {ended:?}"
+        );
+        peers_become(&engine, 1).await;
+        assert_eq!(engine.stats().shards[1].peers, 1, "shard 1 kept its peer");
+        assert!(held[1]
+            .1
+            .try_recv()
+            .is_err_and(|e| e == mpsc::error::TryRecvError::Empty));
         engine.shutdown().await;
     }
 }

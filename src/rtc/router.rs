@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use super::steering::Steering;
 use super::{demux, peer, PeerId};
 use crate::access::IpList;
 
@@ -49,9 +51,21 @@ pub struct Router {
     routes: HashMap<PeerId, Route>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
+    /// With several engine shards: the steering table told of every ufrag and address
+    /// this router (shard number `.1`) takes or drops.
+    steering: Option<(Arc<Steering>, usize)>,
 }
 
 impl Router {
+    /// The router of one of several shards: what it routes, it also claims in
+    /// `steering` for the shard `shard`.
+    pub fn steered(steering: Arc<Steering>, shard: usize) -> Router {
+        Router {
+            steering: Some((steering, shard)),
+            ..Router::default()
+        }
+    }
+
     /// Fresh ICE credentials for a new peer: a ufrag no current peer has, and a password.
     pub fn new_credentials(&self) -> (String, String) {
         let mut ufrag = peer::ice_token(16);
@@ -62,6 +76,9 @@ impl Router {
     }
 
     pub fn add(&mut self, id: PeerId, ufrag: String, pwd: String) {
+        if let Some((steering, shard)) = &self.steering {
+            steering.add_ufrag(&ufrag, *shard);
+        }
         self.by_ufrag.insert(ufrag.clone(), id);
         self.routes.insert(
             id,
@@ -86,6 +103,10 @@ impl Router {
         };
         self.by_ufrag.remove(&route.ufrag);
         self.by_ufrag.insert(ufrag.clone(), id);
+        if let Some((steering, shard)) = &self.steering {
+            steering.remove_ufrag(&route.ufrag, *shard);
+            steering.add_ufrag(&ufrag, *shard);
+        }
         route.ufrag = ufrag;
         route.pwd = pwd;
         true
@@ -100,6 +121,12 @@ impl Router {
         for addr in &route.addrs {
             if self.by_addr.get(addr) == Some(&id) {
                 self.by_addr.remove(addr);
+            }
+        }
+        if let Some((steering, shard)) = &self.steering {
+            steering.remove_ufrag(&route.ufrag, *shard);
+            for addr in &route.addrs {
+                steering.forget_addr(*addr, *shard);
             }
         }
     }
@@ -129,6 +156,9 @@ impl Router {
                 }
                 route.addrs.push(from);
                 self.by_addr.insert(from, id);
+                if let Some((steering, shard)) = &self.steering {
+                    steering.bind_addr(from, *shard);
+                }
                 id
             }
         };
