@@ -111,6 +111,7 @@ impl ServerProcess {
         Ok(Sample {
             at: Instant::now(),
             server_ms: procstat::cpu_ms(self.child.id())?,
+            server_threads: procstat::threads(self.child.id())?,
             load_ms: procstat::cpu_ms(std::process::id())?,
             machine_busy_ms: busy,
             state: self.state().await?,
@@ -137,6 +138,8 @@ pub struct Sample {
     pub at: Instant,
     /// CPU time of the server so far, ms.
     pub server_ms: f64,
+    /// The same, thread by thread.
+    pub server_threads: Vec<procstat::ThreadCpu>,
     /// CPU time of this process (the load) so far, ms.
     pub load_ms: f64,
     /// Busy CPU time of the machine so far, ms.
