@@ -57,6 +57,7 @@ pub fn recv_batch(socket: BorrowedFd<'_>, batch: &mut RecvBatch) -> io::Result<u
     let slots = batch.lens.len().min(MAX_SLOTS);
     // SAFETY: all-zero is a valid value of these plain C structures.
     let mut iovs: [libc::iovec; MAX_SLOTS] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut headers: [libc::mmsghdr; MAX_SLOTS] = unsafe { std::mem::zeroed() };
     let chunks = batch.storage.chunks_exact_mut(SLOT);
     for (((chunk, iov), msg), addr) in chunks

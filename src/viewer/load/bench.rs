@@ -94,6 +94,10 @@ pub struct BenchRow {
     /// RTP packets the server sent in the window, and its CPU per packet (µs).
     pub server_packets: u64,
     pub server_us_per_packet: f64,
+    /// The load generator's CPU per RTP packet the server sent (µs) and per viewer per
+    /// second (ms).
+    pub load_us_per_packet: f64,
+    pub load_ms_per_viewer_s: f64,
     /// Server RSS once every viewer of the step has left.
     pub rss_after_kib: u64,
     /// Server CPU by thread name (engine shards apart), in % of one core.
@@ -365,6 +369,12 @@ async fn run_step(
         } else {
             0.0
         },
+        load_us_per_packet: if packets > 0 {
+            cpu.load_pct * 10.0 * cpu.secs * 1000.0 / packets as f64
+        } else {
+            0.0
+        },
+        load_ms_per_viewer_s: cpu.load_pct * 10.0 / summary.viewers_receiving.max(1) as f64,
         rss_after_kib: rss_after,
         server_threads: threads,
         saturated,
@@ -436,13 +446,15 @@ pub(super) fn opt(v: Option<f64>) -> String {
 fn print_row_live(row: &BenchRow) {
     eprint!("{}", row.summary.describe());
     eprintln!(
-        "server CPU {:.1} % ({:.2} ms/viewer/s, {:.2} µs/packet), RSS {} KiB ({} KiB after they left); load generator CPU {:.1} %; machine {:.1} %; {}",
+        "server CPU {:.1} % ({:.2} ms/viewer/s, {:.2} µs/packet), RSS {} KiB ({} KiB after they left); load generator CPU {:.1} % ({:.2} ms/viewer/s, {:.2} µs/packet); machine {:.1} %; {}",
         row.server_cpu_pct,
         row.server_ms_per_viewer_s,
         row.server_us_per_packet,
         row.server_rss_kib,
         row.rss_after_kib,
         row.load_cpu_pct,
+        row.load_ms_per_viewer_s,
+        row.load_us_per_packet,
         row.machine_cpu_pct,
         row.note
     );
@@ -483,20 +495,20 @@ pub fn print_table(report: &BenchReport, rows: &[BenchRow]) {
     );
     let _ = writeln!(
         out,
-        "held = viewers receiving with < 0.5 % loss; CPU in % of one core (user+sys from /proc); µs/pkt = server CPU per RTP packet sent; \
+        "held = viewers receiving with < 0.5 % loss; CPU in % of one core (user+sys from /proc); µs/pkt = server (ld: load generator) CPU per RTP packet sent; \
          RSS left = server RSS after the step's viewers left; TTFF = watch -> first whole keyframe at the load generator (ms); \
          srv = capture -> last RTP packet sent, eng = engine send delay (µs, server histograms)"
     );
     let _ = writeln!(
         out,
-        "{:>7} {:>5} {:>5} {:>7} {:>8} {:>6} {:>9} {:>8} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  note",
-        "viewers", "recv", "held", "loss %", "srv CPU", "µs/pkt", "ms/view/s", "load CPU", "RSS MiB",
+        "{:>7} {:>5} {:>5} {:>7} {:>8} {:>6} {:>9} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  note",
+        "viewers", "recv", "held", "loss %", "srv CPU", "µs/pkt", "ms/view/s", "load CPU", "ld µs/pkt", "RSS MiB",
         "KiB/view", "RSS left", "fps", "TTFF50", "TTFF99", "srv50 µs", "srv99 µs", "eng99 µs", "e2e50", "e2e99"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>7} {:>5} {:>5} {:>7.3} {:>7.1}% {:>6.2} {:>9.3} {:>7.1}% {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  {}",
+            "{:>7} {:>5} {:>5} {:>7.3} {:>7.1}% {:>6.2} {:>9.3} {:>7.1}% {:>9.2} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  {}",
             r.viewers,
             r.receiving,
             r.held,
@@ -505,6 +517,7 @@ pub fn print_table(report: &BenchReport, rows: &[BenchRow]) {
             r.server_us_per_packet,
             r.server_ms_per_viewer_s,
             r.load_cpu_pct,
+            r.load_us_per_packet,
             r.server_rss_kib as f64 / 1024.0,
             r.rss_per_viewer_kib,
             r.rss_after_kib as f64 / 1024.0,

@@ -179,13 +179,13 @@ pub fn cpu_notes(cpu: &CpuUse, cores: usize) -> Vec<String> {
     let mut notes = Vec::new();
     if cpu.machine_pct >= 0.9 * capacity {
         let others = (cpu.machine_pct - cpu.server_pct - cpu.load_pct).max(0.0);
-        if cpu.load_pct > cpu.server_pct {
+        if others > 0.2 * capacity {
+            // Then neither measured process had the machine: the figures are not theirs.
+            notes.push(format!("CPU saturated: other processes used {others:.0} %"));
+        } else if cpu.load_pct > cpu.server_pct {
             notes.push("load generator was the bottleneck".to_string());
         } else {
             notes.push("CPU saturated".to_string());
-        }
-        if others > 0.2 * capacity {
-            notes.push(format!("other processes used {others:.0} %"));
         }
     }
     notes
