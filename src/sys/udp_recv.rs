@@ -51,10 +51,11 @@ impl RecvBatch {
     }
 }
 
-/// Receive what is waiting on `socket` without blocking, up to the batch's room; the
-/// count (0 never: nothing waiting is `WouldBlock`). Longer datagrams are cut at [`SLOT`].
-pub fn recv_batch(socket: BorrowedFd<'_>, batch: &mut RecvBatch) -> io::Result<usize> {
-    let slots = batch.lens.len().min(MAX_SLOTS);
+/// Receive what is waiting on `socket` without blocking, up to `max` datagrams and the
+/// batch's room; the count (0 never: nothing waiting is `WouldBlock`). Longer datagrams
+/// are cut at [`SLOT`].
+pub fn recv_batch(socket: BorrowedFd<'_>, batch: &mut RecvBatch, max: usize) -> io::Result<usize> {
+    let slots = batch.lens.len().min(MAX_SLOTS).min(max.max(1));
     // SAFETY: all-zero is a valid value of these plain C structures.
     let mut iovs: [libc::iovec; MAX_SLOTS] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -137,7 +138,7 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut batch = RecvBatch::new(4);
-        let empty = recv_batch(rx.as_fd(), &mut batch).unwrap_err();
+        let empty = recv_batch(rx.as_fd(), &mut batch, 4).unwrap_err();
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
         for n in 1..=3u8 {
             tx.send_to(&vec![n; usize::from(n) * 100], rx.local_addr().unwrap())
@@ -145,7 +146,7 @@ mod tests {
         }
         let mut got = Vec::new();
         while got.len() < 3 {
-            match recv_batch(rx.as_fd(), &mut batch) {
+            match recv_batch(rx.as_fd(), &mut batch, 4) {
                 Ok(n) => got.extend((0..n).map(|i| {
                     let (data, from) = batch.get(i);
                     (data.to_vec(), from)

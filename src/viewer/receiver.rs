@@ -617,7 +617,7 @@ impl Driver {
                 },
                 ready = socket.readable() => {
                     if ready.is_ok() {
-                        self.receive_waiting(&socket);
+                        self.receive_waiting(&socket, connected);
                     }
                 }
                 () = &mut timer => {
@@ -634,10 +634,15 @@ impl Driver {
         let _ = self.state_tx.send(ReceiverState::Closed);
     }
 
-    /// Hand the stack one batch of the datagrams waiting on the socket.
-    fn receive_waiting(&mut self, socket: &UdpSocket) {
+    /// Hand the stack one batch of the datagrams waiting on the socket; one at a time
+    /// until connected, as the stack sets up SRTP between datagrams of the handshake
+    /// (media right behind its last flight would be dropped).
+    fn receive_waiting(&mut self, socket: &UdpSocket, connected: bool) {
+        let max = if connected { RECV_BATCH } else { 1 };
         RECV_BUFFERS.with_borrow_mut(|batch| {
-            let got = socket.try_io(Interest::READABLE, || recv_batch(socket.as_fd(), batch));
+            let got = socket.try_io(Interest::READABLE, || {
+                recv_batch(socket.as_fd(), batch, max)
+            });
             if got.is_err() {
                 return;
             }

@@ -154,10 +154,16 @@ mod tests {
     #[test]
     fn threads_are_read_by_name_and_grouped() {
         let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
         let probe = std::thread::Builder::new()
             .name("procstat-probe".into())
-            .spawn(move || wait.recv())
+            .spawn(move || {
+                // The thread names itself once running.
+                let _ = started.send(());
+                wait.recv()
+            })
             .unwrap();
+        running.recv().unwrap();
         let before = threads(std::process::id()).unwrap();
         let _ = stop.send(());
         let _ = probe.join();
