@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The fan-out benchmark: release build, a pre-encoded 1280x720 30 fps ~2 Mbit/s H.264
 # file (so H.264 encoding is not in the figures), then peregrine-load --bench, which
-# starts peregrine on it and prints a table for WebRTC viewers, one for MJPEG /stream
-# clients (the server decodes the H.264 and encodes JPEG once per picture for all of
-# them), and both side by side. Extra arguments go to peregrine-load (e.g. --steps
-# 1,10 --duration 5 --json out.json, or --transport webrtc for WebRTC only).
+# starts peregrine on it and prints a table for WebRTC viewers (100, 300, 600, 1000 and
+# on while they are held: viewers held, loss, server CPU per packet and per
+# viewer-second, load generator CPU and which process saturated, RSS per viewer and
+# after they left, TTFF, the server's capture-to-send delay, server CPU per thread),
+# one for MJPEG /stream clients (the server decodes the H.264 and encodes JPEG once per
+# picture for all of them), and both side by side. Extra arguments go to
+# peregrine-load (e.g. --steps 1,10 --duration 5 --json out.json, --transport webrtc
+# for WebRTC only, --decode-sample N for how many viewers decode their pictures).
 # GOP=frames sets the keyframe interval (default 60 = 2 s); a file source cannot make
 # keyframes on request, so a new viewer starts from the cached GOP, which the first
 # pictures it gets replay.

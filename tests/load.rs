@@ -144,6 +144,65 @@ async fn load_against(url: &str, name: &str) -> Result<Value> {
     Ok(serde_json::from_slice(&std::fs::read(&json)?)?)
 }
 
+/// Most viewers only count (SRTP still authenticated and decrypted), a sample decodes:
+/// all of them must see the same stream whole, from the address given to --bind.
+#[tokio::test]
+async fn counting_viewers_and_the_decoded_sample_see_every_picture() -> Result<()> {
+    let server = Server::start(&["--resolution", "320x240", "--h264-gop", "15"]).await?;
+    let json = temp_dir("light").join("load.json");
+    let mut cmd = load_bin();
+    cmd.args(["--server", &server.ws_url(), "--viewers", "4"])
+        .args(["--decode-sample", "1", "--bind", "127.0.0.2"])
+        .args(["--duration", "3", "--quiet", "--json"])
+        .arg(&json);
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await??;
+    ensure!(out.status.success(), "peregrine-load failed");
+    let summary: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    ensure!(summary["viewers_receiving"] == 4, "{summary}");
+    ensure!(summary["viewers_held"] == 4, "{summary}");
+    ensure!(summary["viewers_decoding"] == 1, "{summary}");
+    ensure!(summary["decode_errors"] == 0, "{summary}");
+    let viewers = summary["viewers"].as_array().context("no viewers")?;
+    for v in viewers {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        ensure!(
+            n("frames") > 20 && n("keyframes") >= 1,
+            "pictures not counted: {v}"
+        );
+        ensure!(
+            n("packets_received") > n("frames"),
+            "packets not counted: {v}"
+        );
+        ensure!(n("packets_lost") == 0, "loss on the loopback: {v}");
+        ensure!(
+            v["media_addr"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("127.0.0.2:"),
+            "--bind not used: {v}"
+        );
+        let decoded = n("pictures_decoded");
+        if v["decoded"] == true {
+            ensure!(
+                decoded + 2 >= n("frames"),
+                "the sample did not decode its pictures: {v}"
+            );
+        } else {
+            ensure!(decoded == 0, "a counting viewer decoded: {v}");
+        }
+    }
+    // Its candidate is the address the server sends to: a wildcard is refused.
+    let mut cmd = load_bin();
+    cmd.args(["--server", &server.ws_url(), "--bind", "0.0.0.0"]);
+    let out = run(cmd)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("--bind needs a specific address"),
+        "wildcard --bind accepted: {err}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn both_janus_transports_carry_viewers() -> Result<()> {
     let server = Server::start(&["--resolution", "320x240", "--h264-gop", "15"]).await?;

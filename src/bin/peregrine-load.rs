@@ -2,6 +2,7 @@
 //! MJPEG `/stream` clients against any µStreamer-style server), or (with --bench) the
 //! fan-out benchmark against a peregrine it starts itself.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -81,6 +82,25 @@ struct Args {
         help_heading = "Load"
     )]
     audio: String,
+    /// The local address the viewers' media (UDP) sockets bind to, e.g. this end's
+    /// address in a network namespace the server is reached from.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1",
+        help_heading = "Load"
+    )]
+    bind: IpAddr,
+    /// How many viewers put their pictures together and decode them (H.264), as a
+    /// player does; the others authenticate and decrypt every packet and count
+    /// packets, losses and pictures, but skip the decoding, so that one core drives
+    /// many more of them.
+    #[arg(long, value_name = "N", default_value_t = 2, help_heading = "Load")]
+    decode_sample: usize,
+    /// Threads the viewers run on. One (the default) keeps the generator on one core,
+    /// and it costs less per packet than several: no wake-ups across threads.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Load")]
+    threads: usize,
     /// Benchmark mode: start peregrine on this pre-encoded H.264 file and measure each
     /// step of --steps.
     #[arg(long, value_name = "FILE.h264", help_heading = "Benchmark")]
@@ -97,15 +117,15 @@ struct Args {
         help_heading = "Benchmark"
     )]
     peregrine_arg: Vec<String>,
-    /// Viewer counts for --bench, comma-separated (MJPEG always measures 1 first: the
-    /// fixed cost of making the pictures).
-    #[arg(
-        long,
-        value_name = "N,N,...",
-        default_value = "1,10,50,100,200",
-        help_heading = "Benchmark"
-    )]
-    steps: String,
+    /// Viewer counts for --bench, comma-separated [default: 100,300,600,1000 for WebRTC,
+    /// 1,10,50,100,200 for MJPEG] (MJPEG always measures 1 first: the fixed cost of
+    /// making the pictures).
+    #[arg(long, value_name = "N,N,...", help_heading = "Benchmark")]
+    steps: Option<String>,
+    /// MJPEG client counts for --bench [default: --steps when given, else
+    /// 1,10,50,100,200].
+    #[arg(long, value_name = "N,N,...", help_heading = "Benchmark")]
+    mjpeg_steps: Option<String>,
     /// With --bench: only the listed steps, not more until loss (WebRTC) or dropped
     /// pictures (MJPEG) exceed 1 %.
     #[arg(long, help_heading = "Benchmark")]
@@ -139,10 +159,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = if args.threads > 1 {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("peregrine-load: cannot start the runtime: {e}");
@@ -158,7 +182,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The benchmark's steps unless told otherwise: WebRTC up to a thousand viewers; MJPEG
+/// clients, each costing the server far more, fewer.
+const WEBRTC_STEPS: &str = "100,300,600,1000";
+const MJPEG_STEPS: &str = "1,10,50,100,200";
+
 async fn run(args: Args) -> Result<()> {
+    if args.bind.is_unspecified() {
+        bail!("--bind needs a specific address: it is the candidate the server sends to");
+    }
     if args.duration <= 0.0 || !args.duration.is_finite() {
         bail!("--duration must be above 0");
     }
@@ -194,6 +226,8 @@ async fn run_webrtc(args: &Args, audio: bool) -> Result<()> {
         viewers: args.viewers,
         ramp_per_s: args.ramp,
         audio,
+        bind: args.bind,
+        decode_sample: args.decode_sample,
     });
     let ramp = Duration::from_secs_f64(args.viewers as f64 / args.ramp);
     run.watch_for(ramp, !args.quiet).await;
@@ -277,7 +311,15 @@ async fn run_bench(
         input,
         fps: args.fps,
         transports,
-        steps: bench::parse_steps(&args.steps)?,
+        steps: bench::parse_steps(args.steps.as_deref().unwrap_or(WEBRTC_STEPS))?,
+        mjpeg_steps: bench::parse_steps(
+            args.mjpeg_steps
+                .as_deref()
+                .or(args.steps.as_deref())
+                .unwrap_or(MJPEG_STEPS),
+        )?,
+        bind: args.bind,
+        decode_sample: args.decode_sample,
         extend: !args.no_extend,
         window: Duration::from_secs_f64(args.duration),
         ramp_per_s: args.ramp,

@@ -17,6 +17,8 @@
 //!   socket, whose receive side reads one datagram per `recv_from`: adopting it means
 //!   adopting its receive path in the engine too. Worth measuring with the fan-out
 //!   benchmark then.
+//! * [`udp_recv`]: `recvmmsg` into reused buffers (`libc`; `nix::recvmmsg` ties its
+//!   buffers' lifetime to its headers, which a receive loop keeping both cannot do).
 //! * [`ifaddrs`]: interface addresses (`nix::ifaddrs`).
 //! * [`clock`]: `clock_gettime(CLOCK_MONOTONIC)` (`nix`).
 //! * [`memory`]: `malloc_trim` (`libc`; glibc's own call, wrapped by no crate), to
@@ -36,4 +38,6 @@ pub mod process;
 pub mod shm;
 #[cfg(target_os = "linux")]
 pub mod udp;
+#[cfg(target_os = "linux")]
+pub mod udp_recv;
 pub mod v4l2_m2m;

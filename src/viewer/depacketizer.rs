@@ -7,8 +7,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// One access unit as received.
 #[derive(Clone, Debug)]
 pub struct ReceivedFrame {
-    /// Annex-B bytes (4-byte start codes) of every NAL unit of the picture.
+    /// Annex-B bytes (4-byte start codes) of every NAL unit of the picture; empty when
+    /// the receiver only counts pictures ([`FrameCounter`]).
     pub data: Bytes,
+    /// It holds an IDR slice.
+    pub keyframe: bool,
     pub rtp_timestamp: u32,
     /// abs-capture-time (NTP 32.32) of the picture, when the sender wrote it.
     pub abs_capture_time: Option<u64>,
@@ -90,6 +93,7 @@ impl Assembler {
             return None;
         }
         Some(ReceivedFrame {
+            keyframe: crate::media::h264::access_unit_is_key(&p.data),
             data: p.data.freeze(),
             rtp_timestamp: p.timestamp,
             abs_capture_time: p.abs,
@@ -97,6 +101,93 @@ impl Assembler {
             packet_sizes: p.sizes,
             markers: p.markers,
         })
+    }
+}
+
+/// Counts access units without putting them together, for viewers that only measure
+/// (a load generator's many): the packets of one timestamp up to the marker, in
+/// sequence, are one picture, a key one when a payload carries an IDR slice. The
+/// pictures it returns have no data and no per-packet lists.
+#[derive(Default)]
+pub struct FrameCounter {
+    current: Option<Counted>,
+}
+
+struct Counted {
+    timestamp: u32,
+    next_seq: u16,
+    broken: bool,
+    key: bool,
+    abs: Option<u64>,
+    cvo: Option<u8>,
+}
+
+impl FrameCounter {
+    /// Add one packet; returns the picture when its last packet completes it whole.
+    pub fn push(
+        &mut self,
+        header: &rtc::rtp::header::Header,
+        payload: &[u8],
+        ext: PacketExtensions,
+    ) -> Option<ReceivedFrame> {
+        let continues = self
+            .current
+            .as_ref()
+            .is_some_and(|p| p.timestamp == header.timestamp);
+        if !continues {
+            self.current = Some(Counted {
+                timestamp: header.timestamp,
+                next_seq: header.sequence_number,
+                broken: false,
+                key: false,
+                abs: None,
+                cvo: None,
+            });
+        }
+        let p = self.current.as_mut()?;
+        p.broken |= header.sequence_number != p.next_seq || payload.is_empty();
+        p.next_seq = header.sequence_number.wrapping_add(1);
+        p.key |= payload_starts_idr(payload);
+        p.abs = p.abs.or(ext.abs_capture_time);
+        p.cvo = ext.video_orientation;
+        if !header.marker {
+            return None;
+        }
+        let p = self.current.take()?;
+        (!p.broken).then(|| ReceivedFrame {
+            data: Bytes::new(),
+            keyframe: p.key,
+            rtp_timestamp: p.timestamp,
+            abs_capture_time: p.abs,
+            video_orientation: p.cvo,
+            packet_sizes: Vec::new(),
+            markers: Vec::new(),
+        })
+    }
+}
+
+/// The H.264 RTP payload is, or begins (FU-A) or holds (STAP-A), an IDR slice.
+fn payload_starts_idr(payload: &[u8]) -> bool {
+    const IDR: u8 = 5;
+    let Some(&header) = payload.first() else {
+        return false;
+    };
+    match header & 0x1f {
+        24 => {
+            let mut rest = &payload[1..];
+            while rest.len() >= 3 {
+                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                if rest[2] & 0x1f == IDR {
+                    return true;
+                }
+                rest = rest.get(2 + len..).unwrap_or_default();
+            }
+            false
+        }
+        28 => payload
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == IDR),
+        t => t == IDR,
     }
 }
 
@@ -159,6 +250,48 @@ mod tests {
         );
         assert!(depacketize(&[], &mut out).is_err());
         assert!(depacketize(&[0x18, 0, 9, 1], &mut out).is_err());
+    }
+
+    fn header(seq: u16, timestamp: u32, marker: bool) -> rtc::rtp::header::Header {
+        rtc::rtp::header::Header {
+            sequence_number: seq,
+            timestamp,
+            marker,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counter_counts_whole_pictures_and_tells_key_ones() {
+        let mut c = FrameCounter::default();
+        let none = PacketExtensions::default();
+        // A keyframe: SPS+PPS in a STAP-A, then an IDR in two FU-A fragments.
+        assert!(c
+            .push(
+                &header(1, 100, false),
+                &[0x18, 0, 1, 0x67, 0, 1, 0x68],
+                none
+            )
+            .is_none());
+        assert!(c
+            .push(&header(2, 100, false), &[0x7c, 0x85, 1], none)
+            .is_none());
+        let key = c
+            .push(&header(3, 100, true), &[0x7c, 0x45, 2], none)
+            .unwrap();
+        assert!(key.keyframe && key.data.is_empty());
+        // A delta picture in one packet.
+        let delta = c.push(&header(4, 200, true), &[0x41, 9], none).unwrap();
+        assert!(!delta.keyframe);
+        assert_eq!(delta.rtp_timestamp, 200);
+        // A picture missing a packet is not counted; the next whole one is.
+        assert!(c
+            .push(&header(5, 300, false), &[0x7c, 0x81, 1], none)
+            .is_none());
+        assert!(c
+            .push(&header(7, 300, true), &[0x7c, 0x41, 1], none)
+            .is_none());
+        assert!(c.push(&header(8, 400, true), &[0x41, 9], none).is_some());
     }
 
     #[test]

@@ -92,7 +92,7 @@ mod tests {
             server_delay_p99_us: 0,
             engine_send_p99_us: 0,
             note: String::new(),
-            summary: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use super::bench_server::{cpu_notes, CpuUse, ServerProcess};
+use super::procstat::{thread_groups, ThreadGroup};
 use super::{audio_cost, compare, mjpeg_bench, LoadConfig, LoadRun, LoadSummary};
 use crate::rtc::latency::HistogramSnapshot;
 
@@ -51,6 +52,12 @@ pub struct BenchConfig {
     /// Run one after the other, each on a freshly started server.
     pub transports: Vec<Transport>,
     pub steps: Vec<usize>,
+    /// The MJPEG steps.
+    pub mjpeg_steps: Vec<usize>,
+    /// The address the viewers' media sockets bind to.
+    pub bind: std::net::IpAddr,
+    /// Viewers that decode their pictures; the others only count them.
+    pub decode_sample: usize,
     /// Keep adding steps (×1.5) after the listed ones until loss (WebRTC) or dropped
     /// pictures (MJPEG) exceed 1 %.
     pub extend: bool,
@@ -78,10 +85,29 @@ pub fn parse_audio(s: &str) -> Result<Vec<bool>> {
 }
 
 /// One line of the table.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BenchRow {
     pub viewers: usize,
     pub receiving: usize,
+    /// Receiving viewers that lost less than 0.5 % of their packets.
+    pub held: usize,
+    /// RTP packets the server sent in the window, and its CPU per packet (µs).
+    pub server_packets: u64,
+    pub server_us_per_packet: f64,
+    /// The load generator's CPU per RTP packet the server sent (µs) and per viewer per
+    /// second (ms).
+    pub load_us_per_packet: f64,
+    pub load_ms_per_viewer_s: f64,
+    /// Server RSS once every viewer of the step has left.
+    pub rss_after_kib: u64,
+    /// Server CPU by thread name (engine shards apart), in % of one core.
+    pub server_threads: Vec<ThreadGroup>,
+    /// Which process ran out of CPU, if one did.
+    pub saturated: Option<String>,
+    pub ttff_p99_ms: Option<f64>,
+    /// Viewers that decoded their pictures, and the pictures decoded.
+    pub decoding: usize,
+    pub pictures_decoded: u64,
     /// Viewers asked for sound, and got an offer with it.
     pub audio_asked: bool,
     pub with_audio: usize,
@@ -260,6 +286,29 @@ async fn run_webrtc(
     Ok((rows, baseline_rss))
 }
 
+fn counter(state: &Value, name: &str) -> u64 {
+    state["rtc"][name].as_u64().unwrap_or(0)
+}
+
+/// Past 90 % of what it can use, a process limits the step: the load generator of one
+/// core, the server of its cores, or one of its engine threads of itself.
+fn saturation(cpu: &CpuUse, threads: &[ThreadGroup], cores: usize) -> Option<String> {
+    if cpu.load_pct > 90.0 {
+        return Some(format!("load generator ({:.0} % CPU)", cpu.load_pct));
+    }
+    if cpu.server_pct > 90.0 * cores as f64 {
+        return Some(format!("server ({:.0} % CPU)", cpu.server_pct));
+    }
+    let busiest = threads
+        .iter()
+        .filter(|g| g.busiest_pct > 90.0)
+        .max_by(|a, b| a.busiest_pct.total_cmp(&b.busiest_pct))?;
+    Some(format!(
+        "server (a {} thread at {:.0} %)",
+        busiest.name, busiest.busiest_pct
+    ))
+}
+
 fn histogram(state: &Value, name: &str) -> HistogramSnapshot {
     serde_json::from_value(state["rtc"][name].clone()).unwrap_or_default()
 }
@@ -282,6 +331,8 @@ async fn run_step(
         viewers: n,
         ramp_per_s: cfg.ramp_per_s,
         audio,
+        bind: cfg.bind,
+        decode_sample: cfg.decode_sample,
     });
     let ramp = Duration::from_secs_f64(n as f64 / cfg.ramp_per_s);
     run.wait_ramped(ramp + Duration::from_secs(20)).await;
@@ -291,19 +342,45 @@ async fn run_step(
     let a = server.sample().await?;
     run.watch_for(cfg.window, cfg.show_progress).await;
     let b = server.sample().await?;
+    let cpu = CpuUse::between(&a, &b);
     let rss = server.rss_kib()?;
     let summary = run.finish().await;
     server
         .wait_until_none("WebRTC peers", |s| s["rtc"]["peers"].as_u64().unwrap_or(1))
         .await;
+    // What the allocator hands back to the system, it does so when the peers go.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = server.rss_kib()?;
+    let threads = thread_groups(&a.server_threads, &b.server_threads, cpu.secs);
+    let packets =
+        counter(&b.state, "rtp_packets_sent").saturating_sub(counter(&a.state, "rtp_packets_sent"));
+    let saturated = saturation(&cpu, &threads, cores);
 
-    let cpu = CpuUse::between(&a, &b);
     let delay =
         histogram(&b.state, "capture_to_send_us").since(&histogram(&a.state, "capture_to_send_us"));
     let engine = histogram(&b.state, "send_delay_us").since(&histogram(&a.state, "send_delay_us"));
     let mut row = BenchRow {
         viewers: n,
         receiving: summary.viewers_receiving,
+        held: summary.viewers_held,
+        server_packets: packets,
+        server_us_per_packet: if packets > 0 {
+            cpu.server_pct * 10.0 * cpu.secs * 1000.0 / packets as f64
+        } else {
+            0.0
+        },
+        load_us_per_packet: if packets > 0 {
+            cpu.load_pct * 10.0 * cpu.secs * 1000.0 / packets as f64
+        } else {
+            0.0
+        },
+        load_ms_per_viewer_s: cpu.load_pct * 10.0 / summary.viewers_receiving.max(1) as f64,
+        rss_after_kib: rss_after,
+        server_threads: threads,
+        saturated,
+        ttff_p99_ms: summary.ttff_ms.p99,
+        decoding: summary.viewers_decoding,
+        pictures_decoded: summary.pictures_decoded,
         audio_asked: audio,
         with_audio: summary.viewers_with_audio,
         audio_loss_pct: summary.audio_loss_pct,
@@ -334,6 +411,9 @@ async fn run_step(
 /// Say who ran out of CPU when the figures are not the server's alone.
 fn bottleneck_note(row: &BenchRow, cpu: &CpuUse, cores: usize, fps: f64) -> String {
     let mut notes = cpu_notes(cpu, cores);
+    if let Some(who) = &row.saturated {
+        notes.insert(0, format!("saturated: {who}"));
+    }
     if row.receiving < row.viewers {
         notes.push(format!(
             "{} viewers got no video",
@@ -366,14 +446,40 @@ pub(super) fn opt(v: Option<f64>) -> String {
 fn print_row_live(row: &BenchRow) {
     eprint!("{}", row.summary.describe());
     eprintln!(
-        "server CPU {:.1} % ({:.2} ms/viewer/s), RSS {} KiB; load generator CPU {:.1} %; machine {:.1} %; {}",
+        "server CPU {:.1} % ({:.2} ms/viewer/s, {:.2} µs/packet), RSS {} KiB ({} KiB after they left); load generator CPU {:.1} % ({:.2} ms/viewer/s, {:.2} µs/packet); machine {:.1} %; {}",
         row.server_cpu_pct,
         row.server_ms_per_viewer_s,
+        row.server_us_per_packet,
         row.server_rss_kib,
+        row.rss_after_kib,
         row.load_cpu_pct,
+        row.load_ms_per_viewer_s,
+        row.load_us_per_packet,
         row.machine_cpu_pct,
         row.note
     );
+    eprintln!("server threads: {}", threads_line(&row.server_threads));
+}
+
+/// `name N %` per thread name, `(×k)` for a pool of k threads, busiest first.
+fn threads_line(groups: &[ThreadGroup]) -> String {
+    let shown: Vec<String> = groups
+        .iter()
+        .filter(|g| g.cpu_pct >= 0.5)
+        .map(|g| {
+            let pool = if g.threads > 1 {
+                format!(" (×{})", g.threads)
+            } else {
+                String::new()
+            };
+            format!("{} {:.1} %{pool}", g.name, g.cpu_pct)
+        })
+        .collect();
+    if shown.is_empty() {
+        "all under 0.5 %".into()
+    } else {
+        shown.join(", ")
+    }
 }
 
 pub fn print_table(report: &BenchReport, rows: &[BenchRow]) {
@@ -389,40 +495,57 @@ pub fn print_table(report: &BenchReport, rows: &[BenchRow]) {
     );
     let _ = writeln!(
         out,
-        "CPU in % of one core (user+sys from /proc); server delay = access unit arrival -> last RTP packet sent (server histogram)"
+        "held = viewers receiving with < 0.5 % loss; CPU in % of one core (user+sys from /proc); µs/pkt = server (ld: load generator) CPU per RTP packet sent; \
+         RSS left = server RSS after the step's viewers left; TTFF = watch -> first whole keyframe at the load generator (ms); \
+         srv = capture -> last RTP packet sent, eng = engine send delay (µs, server histograms)"
     );
     let _ = writeln!(
         out,
-        "{:>7} {:>5} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}  note",
-        "viewers", "recv", "srv CPU", "ms/view/s", "RSS MiB", "KiB/view", "load CPU", "machine",
-        "fps", "loss %", "TTFF50", "TTFF95", "e2e50", "e2e99", "srv50 µs", "srv99 µs"
+        "{:>7} {:>5} {:>5} {:>7} {:>8} {:>6} {:>9} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  note",
+        "viewers", "recv", "held", "loss %", "srv CPU", "µs/pkt", "ms/view/s", "load CPU", "ld µs/pkt", "RSS MiB",
+        "KiB/view", "RSS left", "fps", "TTFF50", "TTFF99", "srv50 µs", "srv99 µs", "eng99 µs", "e2e50", "e2e99"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>7} {:>5} {:>7.1}% {:>9.3} {:>8.1} {:>9.0} {:>7.1}% {:>7.1}% {:>6.1} {:>7.3} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}  {}",
+            "{:>7} {:>5} {:>5} {:>7.3} {:>7.1}% {:>6.2} {:>9.3} {:>7.1}% {:>9.2} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  {}",
             r.viewers,
             r.receiving,
+            r.held,
+            r.loss_pct,
             r.server_cpu_pct,
+            r.server_us_per_packet,
             r.server_ms_per_viewer_s,
+            r.load_cpu_pct,
+            r.load_us_per_packet,
             r.server_rss_kib as f64 / 1024.0,
             r.rss_per_viewer_kib,
-            r.load_cpu_pct,
-            r.machine_cpu_pct,
+            r.rss_after_kib as f64 / 1024.0,
             r.fps_per_viewer,
-            r.loss_pct,
             opt(r.ttff_p50_ms),
-            opt(r.ttff_p95_ms),
-            opt(r.e2e_p50_ms),
-            opt(r.e2e_p99_ms),
+            opt(r.ttff_p99_ms),
             r.server_delay_p50_us,
             r.server_delay_p99_us,
+            r.engine_send_p99_us,
+            opt(r.e2e_p50_ms),
+            opt(r.e2e_p99_ms),
             r.note
+        );
+    }
+    let _ = writeln!(out, "server CPU by thread (% of one core):");
+    for r in rows {
+        let _ = writeln!(out, "{:>7}  {}", r.viewers, threads_line(&r.server_threads));
+    }
+    if let Some(r) = rows.iter().find(|r| r.decoding > 0) {
+        let _ = writeln!(
+            out,
+            "{} viewers per step decoded their pictures ({} pictures at {} viewers); the others counted pictures and packets only.",
+            r.decoding, r.pictures_decoded, r.viewers
         );
     }
     let _ = writeln!(
         out,
-        "TTFF and e2e in ms. A new viewer starts from the server's cached GOP, so e2e p99 includes the replayed (older) pictures of each viewer's first GOP."
+        "e2e in ms. A new viewer starts from the server's cached GOP, so e2e p99 includes the replayed (older) pictures of each viewer's first GOP."
     );
 }
 

@@ -111,6 +111,7 @@ impl ServerProcess {
         Ok(Sample {
             at: Instant::now(),
             server_ms: procstat::cpu_ms(self.child.id())?,
+            server_threads: procstat::threads(self.child.id())?,
             load_ms: procstat::cpu_ms(std::process::id())?,
             machine_busy_ms: busy,
             state: self.state().await?,
@@ -137,6 +138,8 @@ pub struct Sample {
     pub at: Instant,
     /// CPU time of the server so far, ms.
     pub server_ms: f64,
+    /// The same, thread by thread.
+    pub server_threads: Vec<procstat::ThreadCpu>,
     /// CPU time of this process (the load) so far, ms.
     pub load_ms: f64,
     /// Busy CPU time of the machine so far, ms.
@@ -176,13 +179,13 @@ pub fn cpu_notes(cpu: &CpuUse, cores: usize) -> Vec<String> {
     let mut notes = Vec::new();
     if cpu.machine_pct >= 0.9 * capacity {
         let others = (cpu.machine_pct - cpu.server_pct - cpu.load_pct).max(0.0);
-        if cpu.load_pct > cpu.server_pct {
+        if others > 0.2 * capacity {
+            // Then neither measured process had the machine: the figures are not theirs.
+            notes.push(format!("CPU saturated: other processes used {others:.0} %"));
+        } else if cpu.load_pct > cpu.server_pct {
             notes.push("load generator was the bottleneck".to_string());
         } else {
             notes.push("CPU saturated".to_string());
-        }
-        if others > 0.2 * capacity {
-            notes.push(format!("other processes used {others:.0} %"));
         }
     }
     notes

@@ -102,7 +102,7 @@ pub async fn run(cfg: &BenchConfig, cores: usize) -> Result<MjpegBenchReport> {
         idle.server_pct,
     );
     // The 1-client step first: the fixed cost the marginal figures are taken against.
-    let mut steps = cfg.steps.clone();
+    let mut steps = cfg.mjpeg_steps.clone();
     if steps.first() != Some(&1) {
         steps.retain(|&n| n != 1);
         steps.insert(0, 1);

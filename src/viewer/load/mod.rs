@@ -25,6 +25,7 @@ pub mod procstat;
 pub mod summary;
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +49,11 @@ pub struct LoadConfig {
     pub ramp_per_s: f64,
     /// Viewers watch with `audio: true` and count the sound they get.
     pub audio: bool,
+    /// The address the viewers' media sockets bind to.
+    pub bind: IpAddr,
+    /// How many viewers (the first ones) put their pictures together and decode them;
+    /// the others only count pictures and packets, which costs far less.
+    pub decode_sample: usize,
 }
 
 /// Counters as of the last progress line.
@@ -107,6 +113,8 @@ impl LoadRun {
                         endpoint: cfg.endpoint.clone(),
                         stream: cfg.stream.clone(),
                         audio: cfg.audio,
+                        bind: cfg.bind,
+                        decode: id < cfg.decode_sample,
                     };
                     viewers.push(tokio::spawn(one_viewer::run(
                         id,

@@ -1,6 +1,7 @@
 //! One simulated viewer: joins through the Janus API as janus.js does, receives the
 //! stream over a real WebRTC peer, and measures what a viewer would notice.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,10 +10,11 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::media::{clock, h264};
+use crate::media::clock;
+use crate::viewer::decoder::H264Decoder;
 use crate::viewer::depacketizer::ReceivedFrame;
 use crate::viewer::janus_client::{Endpoint, JanusClient};
-use crate::viewer::receiver::ReceiverPeer;
+use crate::viewer::receiver::{ReceiverOptions, ReceiverPeer};
 
 use super::catchup::CatchUp;
 
@@ -37,6 +39,8 @@ pub struct Progress {
 pub struct ViewerReport {
     pub id: usize,
     pub error: Option<String>,
+    /// The viewer's media socket (`--bind` and the port it got).
+    pub media_addr: Option<String>,
     /// `watch` sent → ICE and DTLS done.
     pub connect_ms: Option<f64>,
     /// `watch` sent → first complete keyframe.
@@ -59,6 +63,12 @@ pub struct ViewerReport {
     pub audio_packets_received: u64,
     pub audio_packets_expected: u64,
     pub audio_bytes: u64,
+    /// This viewer put its pictures together and decoded them (one of the decoded
+    /// sample); the others only count pictures and packets.
+    pub decoded: bool,
+    /// Pictures the decoder gave back, and access units it refused.
+    pub pictures_decoded: u64,
+    pub decode_errors: u64,
     /// End-to-end delay of each picture (abs-capture-time → complete here), ms.
     #[serde(skip)]
     pub delays_ms: Vec<f32>,
@@ -72,6 +82,11 @@ pub struct Watch {
     pub stream: Option<String>,
     /// Ask for the sound (`watch {audio: true}`).
     pub audio: bool,
+    /// The address the media socket binds to.
+    pub bind: IpAddr,
+    /// Put pictures together and decode them, as a player would; otherwise only count
+    /// them (SRTP is still authenticated and decrypted, sequence numbers counted).
+    pub decode: bool,
 }
 
 /// Run one viewer until `stop` turns true.
@@ -106,7 +121,13 @@ async fn watch_stream(
     let params = what.audio.then(|| json!({"audio": true}));
     let offer = janus.watch_with(what.stream.as_deref(), params).await?;
     report.audio_offered = offer.lines().any(|l| l.starts_with("m=audio "));
-    let (mut peer, answer) = ReceiverPeer::answer(&offer).await?;
+    let opts = ReceiverOptions {
+        ip: what.bind,
+        assemble: what.decode,
+        ..Default::default()
+    };
+    let (mut peer, answer) = ReceiverPeer::answer_with(&offer, opts).await?;
+    report.media_addr = Some(peer.local_addr().to_string());
     janus.start(&answer).await?;
     peer.wait_connected(CONNECT_TIMEOUT)
         .await
@@ -115,6 +136,8 @@ async fn watch_stream(
     progress.connected.fetch_add(1, Ordering::Relaxed);
 
     let mut first_key: Option<Instant> = None;
+    let decoder = what.decode.then(DecoderThread::start).transpose()?;
+    report.decoded = decoder.is_some();
     let mut catch_up = CatchUp::default();
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -143,6 +166,9 @@ async fn watch_stream(
                 if let Some(d) = end_to_end_ms(&frame) {
                     report.delays_ms.push(d);
                 }
+                if let Some(decoder) = &decoder {
+                    decoder.decode(frame);
+                }
             }
             _ = keepalive.tick() => janus.keepalive(),
             _ = stop.wait_for(|s| *s) => break Ok(()),
@@ -162,6 +188,11 @@ async fn watch_stream(
         report.audio_packets_expected = s.audio_packets_expected;
         report.audio_bytes = s.audio_bytes_received;
     }
+    if let Some(decoder) = decoder {
+        let (decoded, errors) = decoder.finish().await;
+        report.pictures_decoded = decoded;
+        report.decode_errors = errors;
+    }
     peer.close();
     janus.destroy();
     // Give the destroy a moment to leave before the client is dropped.
@@ -174,7 +205,47 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn is_keyframe(frame: &ReceivedFrame) -> bool {
-    h264::access_unit_is_key(&frame.data)
+    frame.keyframe
+}
+
+/// A decoder on a thread of its own, so that decoding pictures does not hold up the
+/// runtime the other viewers' packets arrive on.
+struct DecoderThread {
+    frames: std::sync::mpsc::Sender<ReceivedFrame>,
+    done: tokio::sync::oneshot::Receiver<(u64, u64)>,
+}
+
+impl DecoderThread {
+    fn start() -> Result<DecoderThread> {
+        let mut decoder = H264Decoder::new()?;
+        let (frames, rx) = std::sync::mpsc::channel::<ReceivedFrame>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("load-decoder".into())
+            .spawn(move || {
+                let (mut decoded, mut errors) = (0, 0);
+                for frame in rx {
+                    match decoder.decode(&frame.data) {
+                        Ok(Some(_)) => decoded += 1,
+                        Ok(None) => {}
+                        Err(_) => errors += 1,
+                    }
+                }
+                let _ = done_tx.send((decoded, errors));
+            })
+            .context("start a decoder thread")?;
+        Ok(DecoderThread { frames, done })
+    }
+
+    fn decode(&self, frame: ReceivedFrame) {
+        let _ = self.frames.send(frame);
+    }
+
+    /// Pictures decoded and access units refused, once the queued ones are done.
+    async fn finish(self) -> (u64, u64) {
+        drop(self.frames);
+        self.done.await.unwrap_or_default()
+    }
 }
 
 /// Delay from the picture's capture time (abs-capture-time, NTP 32.32 against the wall

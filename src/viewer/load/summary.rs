@@ -40,6 +40,13 @@ pub struct LoadSummary {
     /// Viewers that connected and received at least one keyframe.
     pub viewers_receiving: usize,
     pub viewers_failed: usize,
+    /// Receiving viewers that lost less than 0.5 % of their packets.
+    pub viewers_held: usize,
+    /// Viewers that decoded their pictures (the sample), the pictures they decoded and
+    /// the access units their decoders refused.
+    pub viewers_decoding: usize,
+    pub pictures_decoded: u64,
+    pub decode_errors: u64,
     pub duration_s: f64,
     pub frames: u64,
     /// Pictures per second per receiving viewer, from its first keyframe on.
@@ -99,6 +106,13 @@ impl LoadSummary {
             viewers_requested: requested,
             viewers_receiving: receiving.len(),
             viewers_failed: viewers.iter().filter(|v| v.error.is_some()).count(),
+            viewers_held: receiving
+                .iter()
+                .filter(|v| v.packets_lost * 1000 < v.packets_expected.max(1) * 5)
+                .count(),
+            viewers_decoding: viewers.iter().filter(|v| v.decoded).count(),
+            pictures_decoded: viewers.iter().map(|v| v.pictures_decoded).sum(),
+            decode_errors: viewers.iter().map(|v| v.decode_errors).sum(),
             duration_s: duration.as_secs_f64(),
             frames,
             fps_per_viewer: if fps.is_empty() {
@@ -140,14 +154,15 @@ impl LoadSummary {
     pub fn describe(&self) -> String {
         let q = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let mut s = format!(
-            "{}: {}/{} viewers received video ({} failed) over {:.1} s\n\
+            "{}: {}/{} viewers received video ({} failed, {} held under 0.5 % loss) over {:.1} s\n\
              frames {} ({:.1} fps per viewer), packets lost {}/{} ({:.3} %), NACKs {}, PLIs {}\n\
-             connect ms p50 {} p95 {}; time to first frame ms p50 {} p95 {} max {}\n\
+             connect ms p50 {} p95 {}; time to first frame ms p50 {} p95 {} p99 {} max {}\n\
              end-to-end delay ms p50 {} p99 {} max {} ({} pictures)\n",
             self.server,
             self.viewers_receiving,
             self.viewers_requested,
             self.viewers_failed,
+            self.viewers_held,
             self.duration_s,
             self.frames,
             self.fps_per_viewer,
@@ -160,12 +175,19 @@ impl LoadSummary {
             q(self.connect_ms.p95),
             q(self.ttff_ms.p50),
             q(self.ttff_ms.p95),
+            q(self.ttff_ms.p99),
             q(self.ttff_ms.max),
             q(self.end_to_end_ms.p50),
             q(self.end_to_end_ms.p99),
             q(self.end_to_end_ms.max),
             self.end_to_end_ms.samples,
         );
+        if self.viewers_decoding > 0 {
+            s += &format!(
+                "decoded sample: {} viewers, {} pictures decoded, {} refused by the decoder\n",
+                self.viewers_decoding, self.pictures_decoded, self.decode_errors
+            );
+        }
         if self.viewers_with_audio > 0 {
             s += &format!(
                 "audio: {} viewers offered sound, packets {} ({:.1} per viewer-second), lost {} ({:.3} %)\n",
@@ -215,6 +237,7 @@ mod tests {
             LoadSummary::from_reports("x", 3, Duration::from_secs(10), vec![ok, bad.clone(), bad]);
         assert_eq!(s.viewers_receiving, 1);
         assert_eq!(s.viewers_failed, 2);
+        assert_eq!(s.viewers_held, 0, "1 % loss is not held");
         assert!((s.loss_pct - 1.0).abs() < 1e-9);
         assert!((s.fps_per_viewer - 30.0).abs() < 1e-9);
         assert_eq!(s.errors, vec![("refused".to_string(), 2)]);
