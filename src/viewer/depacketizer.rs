@@ -147,7 +147,7 @@ impl FrameCounter {
         let p = self.current.as_mut()?;
         p.broken |= header.sequence_number != p.next_seq || payload.is_empty();
         p.next_seq = header.sequence_number.wrapping_add(1);
-        p.key |= payload_starts_idr(payload);
+        p.key |= payload_starts_keyframe(payload);
         p.abs = p.abs.or(ext.abs_capture_time);
         p.cvo = ext.video_orientation;
         if !header.marker {
@@ -166,9 +166,26 @@ impl FrameCounter {
     }
 }
 
-/// The H.264 RTP payload is, or begins (FU-A) or holds (STAP-A), an IDR slice.
-fn payload_starts_idr(payload: &[u8]) -> bool {
+impl FrameCounter {
+    /// Add a packet whose payload was not read (it is still encrypted): it continues a
+    /// picture, so it neither starts a keyframe nor breaks one by being empty.
+    pub fn push_unread(
+        &mut self,
+        header: &rtc::rtp::header::Header,
+        ext: PacketExtensions,
+    ) -> Option<ReceivedFrame> {
+        const FU_A_MIDDLE: [u8; 2] = [28, 0];
+        self.push(header, &FU_A_MIDDLE, ext)
+    }
+}
+
+/// The H.264 RTP payload is, or begins (FU-A) or holds (STAP-A), an IDR slice or a
+/// sequence parameter set: senders put the SPS in front of every IDR (an SDP without
+/// `sprop-parameter-sets` needs it in band), so a picture's first packet tells.
+fn payload_starts_keyframe(payload: &[u8]) -> bool {
     const IDR: u8 = 5;
+    const SPS: u8 = 7;
+    let starts = |nal_type: u8| nal_type == IDR || nal_type == SPS;
     let Some(&header) = payload.first() else {
         return false;
     };
@@ -177,7 +194,7 @@ fn payload_starts_idr(payload: &[u8]) -> bool {
             let mut rest = &payload[1..];
             while rest.len() >= 3 {
                 let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                if rest[2] & 0x1f == IDR {
+                if starts(rest[2] & 0x1f) {
                     return true;
                 }
                 rest = rest.get(2 + len..).unwrap_or_default();
@@ -186,8 +203,8 @@ fn payload_starts_idr(payload: &[u8]) -> bool {
         }
         28 => payload
             .get(1)
-            .is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == IDR),
-        t => t == IDR,
+            .is_some_and(|fu| fu & 0x80 != 0 && starts(fu & 0x1f)),
+        t => starts(t),
     }
 }
 

@@ -18,7 +18,6 @@ use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -264,12 +263,12 @@ impl ReceiverPeer {
 
         let profile = fmtp_profile(offer_sdp).unwrap_or("42e01f");
         let mut me = peer::media_engine(profile)?;
-        let registry = interceptors(&mut me);
+        let registry = interceptors(&mut me, !opts.assemble);
         let settings = peer::setting_engine(&peer::ice_token(16), &peer::ice_token(32))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(crate::rtc::certificate::configuration())
             .with_setting_engine(settings)
             .with_media_engine(me)
             .with_interceptor_registry(registry)
@@ -332,10 +331,10 @@ impl ReceiverPeer {
         let local_addr = socket.local_addr()?;
         let now = Instant::now();
         let mut me = peer::media_engine(crate::rtc::sdp::DEFAULT_PROFILE_LEVEL_ID)?;
-        let registry = interceptors(&mut me);
+        let registry = interceptors(&mut me, !opts.assemble);
         let settings = peer::setting_engine(&peer::ice_token(16), &peer::ice_token(32)).build();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(crate::rtc::certificate::configuration())
             .with_setting_engine(settings)
             .with_media_engine(me)
             .with_interceptor_registry(registry)
@@ -413,6 +412,8 @@ impl ReceiverPeer {
             state_tx,
             drop_every: 0,
             media_datagrams: 0,
+            keyframe_seen: false,
+            last_video_timestamp: None,
             datagram_pool: BytesMut::new(),
         };
         tokio::spawn(driver.run(socket, command_rx));
@@ -570,6 +571,10 @@ struct Driver {
     /// See [`ReceiverPeer::drop_media`].
     drop_every: u32,
     media_datagrams: u64,
+    /// A keyframe was counted: from then on a counting viewer hands the stack only each
+    /// picture's first packet (see [`Driver::count_unread`]).
+    keyframe_seen: bool,
+    last_video_timestamp: Option<u32>,
 }
 
 impl Driver {
@@ -650,7 +655,7 @@ impl Driver {
             for i in 0..batch.len() {
                 let (datagram, from) = batch.get(i);
                 let Some(from) = from else { continue };
-                if self.drops(datagram) {
+                if self.drops(datagram) || (connected && self.count_unread(datagram)) {
                     continue;
                 }
                 if self.datagram_pool.capacity() < datagram.len() {
@@ -670,6 +675,8 @@ impl Driver {
                 if let Err(e) = self.pc.handle_read(msg) {
                     tracing::debug!(error = %e, "receiver: datagram rejected");
                 }
+                // Before the next datagram, which may be counted unread and must come after.
+                self.drain_reads();
             }
         });
     }
@@ -678,6 +685,26 @@ impl Driver {
     /// when the connection is over.
     fn poll(&mut self) -> Option<bool> {
         let mut connected = false;
+        self.drain_reads();
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        connected = true;
+                        let _ = self.state_tx.send(ReceiverState::Connected);
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        return None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(connected)
+    }
+
+    /// Count or put together the media the stack has decrypted, and count sender reports.
+    fn drain_reads(&mut self) {
         while let Some(msg) = self.pc.poll_read() {
             if let RTCMessage::RtcpPacket(_, packets) = &msg.message {
                 for sr in packets
@@ -693,6 +720,7 @@ impl Driver {
                     continue;
                 }
                 self.video_ssrc = Some(packet.header.ssrc);
+                self.last_video_timestamp = Some(packet.header.timestamp);
                 self.seq.push(packet.header.sequence_number);
                 let abs = self
                     .abs_id
@@ -713,26 +741,52 @@ impl Driver {
                     }
                     Pictures::Count(counter) => counter.push(&packet.header, &packet.payload, ext),
                 };
-                if let Some(frame) = frame {
-                    let _ = self.frame_tx.send(frame);
-                }
+                self.note_frame(frame);
             }
         }
-        while let Some(event) = self.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                match state {
-                    RTCPeerConnectionState::Connected => {
-                        connected = true;
-                        let _ = self.state_tx.send(ReceiverState::Connected);
-                    }
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        return None;
-                    }
-                    _ => {}
-                }
-            }
+    }
+
+    fn note_frame(&mut self, frame: Option<ReceivedFrame>) {
+        if let Some(frame) = frame {
+            self.keyframe_seen |= frame.keyframe;
+            let _ = self.frame_tx.send(frame);
         }
-        Some(connected)
+    }
+
+    /// A counting viewer's video packet counted from its header alone, unless it starts
+    /// a picture (see [`Driver::receive_waiting`]); `false` when the stack is to have it.
+    fn count_unread(&mut self, datagram: &[u8]) -> bool {
+        let Pictures::Count(counter) = &mut self.pictures else {
+            return false;
+        };
+        if !self.keyframe_seen || !is_rtp(datagram) {
+            return false;
+        }
+        let Ok(header) =
+            <rtc::rtp::Header as rtc::shared::marshal::Unmarshal>::unmarshal(&mut &datagram[..])
+        else {
+            return false;
+        };
+        if Some(header.ssrc) != self.video_ssrc || header.payload_type == OPUS_PAYLOAD_TYPE {
+            return false;
+        }
+        if self.last_video_timestamp != Some(header.timestamp) {
+            // A picture's first packet says whether it is a keyframe, and goes through
+            // the stack: it is authenticated and decrypted there.
+            self.last_video_timestamp = Some(header.timestamp);
+            return false;
+        }
+        self.seq.push(header.sequence_number);
+        let ext = PacketExtensions {
+            abs_capture_time: None,
+            video_orientation: self
+                .cvo_id
+                .and_then(|id| header.get_extension(id))
+                .and_then(|b| b.first().copied()),
+        };
+        let frame = counter.push_unread(&header, ext);
+        self.note_frame(frame);
+        true
     }
 
     fn receive_audio(&mut self, packet: rtc::rtp::Packet) {
@@ -924,9 +978,17 @@ fn is_rtp(datagram: &[u8]) -> bool {
 }
 
 /// Interceptors of a receiving end: the crate's NACK generator and responder and its
-/// sender/receiver reports, and a tap letting the sender's reports up to be counted.
-fn interceptors(me: &mut MediaEngine) -> Registry {
-    configure_rtcp_reports(configure_nack(Registry::new(), me)).with(
+/// sender/receiver reports, and a tap letting the sender's reports up to be counted. A
+/// `counting` viewer hands the stack only some of its packets (see
+/// [`Driver::count_unread`]), so it keeps just the tap: the NACK generator would ask
+/// for every packet it did not see, and receiver reports would report them lost.
+fn interceptors(me: &mut MediaEngine, counting: bool) -> Registry {
+    let registry = if counting {
+        Registry::new()
+    } else {
+        configure_rtcp_reports(configure_nack(Registry::new(), me))
+    };
+    registry.with(
         Slot::from(sender_reports::SLOT),
         sender_reports::SenderReportTap::default(),
     )
