@@ -11,7 +11,7 @@ use crate::sys;
 
 /// How often the peer count is looked at. Trimming walks the heap (about a millisecond
 /// per 100 MB), so it is done at most this often, and only after departures.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Until `shutdown` turns true: whenever fewer peers exist than at the last look, give
 /// the freed heap back.

@@ -348,8 +348,9 @@ async fn run_step(
     server
         .wait_until_none("WebRTC peers", |s| s["rtc"]["peers"].as_u64().unwrap_or(1))
         .await;
-    // What the allocator hands back to the system, it does so when the peers go.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The server gives freed memory back at its next check after peers leave (every
+    // second); the RSS read after two has seen it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = server.rss_kib()?;
     let threads = thread_groups(&a.server_threads, &b.server_threads, cpu.secs);
     let packets =
