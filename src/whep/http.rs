@@ -306,6 +306,8 @@ async fn offer(whep: Whep, stream: Arc<Stream>, headers: HeaderMap, body: Body) 
         Ok(text) => text,
         Err(refused) => return refused,
     };
+    // Held until the peer watches: the source must not idle in between.
+    let _hold = stream.hub().hold();
     if !wait_for_pictures(&stream).await {
         return reply(
             StatusCode::CONFLICT,
@@ -387,22 +389,26 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
-/// Whether the stream has (or gets within [`PARAMS_WAIT`]) its parameter sets, held
-/// open meanwhile so an idle source starts. A stream without signal has them: its NO
-/// SIGNAL pictures come through like any others.
+/// Whether the stream has (or gets within [`PARAMS_WAIT`]) its parameter sets. An idle
+/// source starts for the subscription made meanwhile, and its first picture (a
+/// keyframe, with them) ends the wait the moment it is published: the answer goes out
+/// then, not at the next poll. A stream without signal has them: its NO SIGNAL pictures
+/// come through like any others.
 async fn wait_for_pictures(stream: &Stream) -> bool {
-    if stream.hub().params().is_some() {
+    let hub = stream.hub();
+    if hub.params().is_some() {
         return true;
     }
-    let _hold = stream.hub().hold();
-    let deadline = tokio::time::Instant::now() + PARAMS_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if stream.hub().params().is_some() {
-            return true;
+    let mut pictures = hub.subscribe(crate::media::StartAt::NextKeyframe);
+    let waited = tokio::time::timeout(PARAMS_WAIT, async {
+        while hub.params().is_none() {
+            if pictures.recv().await.is_none() {
+                return;
+            }
         }
-    }
-    false
+    })
+    .await;
+    waited.is_ok() && hub.params().is_some()
 }
 
 /// Keep a session in step with its peer: counted as a viewer of its stream while
