@@ -53,3 +53,14 @@ fi
 
 "$target/release/peregrine-load" --bench "$tmp/input.h264" \
     --peregrine "$target/release/peregrine" --transport both "${sound_args[@]}" "$@"
+
+# The browser half (BROWSER=0 leaves it out): time to first live picture after navigation
+# and glass-to-glass per picture in Chromium, at 1, 10 and 100 viewers.
+if [[ "${BROWSER:-1}" != 0 ]]; then
+    if command -v node >/dev/null && [[ -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
+        echo
+        scripts/bench-browser.sh
+    else
+        echo "browser figures left out: they need node and chromium (scripts/install-test-deps.sh)" >&2
+    fi
+fi
