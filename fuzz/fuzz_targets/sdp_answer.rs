@@ -29,6 +29,7 @@ fn offered_peer(now: Instant, with_sound: bool) -> Peer {
             mic: Some((MicInput::channel(4).0, 1)),
         }),
         publisher: None,
+        aead_only: true,
     };
     Peer::offer(setup, now).expect("offer").0
 }

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
             loopback_only: true,
             audio: None,
             publisher,
+            aead_only: true,
         };
         if let Ok((mut peer, answer)) = Peer::answer(setup(None), text, Instant::now()) {
             // The router reads our credentials from every answer.
