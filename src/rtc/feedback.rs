@@ -3,9 +3,9 @@
 //!
 //! The chain's terminus drops inbound RTCP unless an interceptor marks it
 //! `DeliverToApplication`; without this interceptor a viewer's keyframe request would be
-//! silently lost. NACKs and receiver reports are used inside the chain (the NACK
-//! responder resends, the report interceptors read them) and are let out as well, to be
-//! counted; anything else stays in.
+//! silently lost. NACKs are let out for the peer to resend from its history (see
+//! `resend`), receiver reports are read inside the chain by the report interceptors and
+//! let out as well, to be counted; anything else stays in.
 //!
 //! After the chain, the connection hands a message to the application under the track
 //! its first packet's *media* SSRC names (`destination_ssrc`: a PLI's media SSRC, a

@@ -31,7 +31,7 @@ pub struct SharedStats {
     pub nacks_received: AtomicU64,
     /// RTCP PLI written to WHIP publishers.
     pub plis_sent: AtomicU64,
-    /// Packets the NACK responder sends again (those of a NACK still in its history).
+    /// Packets sent again for NACKs (those still in the viewer's history).
     pub retransmitted_packets: AtomicU64,
     pub histograms: WebrtcHistograms,
     /// Access unit taken from the hub → its last RTP packet handed to the kernel.
