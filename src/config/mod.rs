@@ -402,8 +402,8 @@ pub struct Args {
     #[arg(long, value_name = "WHICH", help_heading = "WebRTC")]
     pub srtp_ciphers: Option<String>,
     /// WebRTC engine threads: viewers are spread over N engines, one thread each, all on
-    /// the one UDP port; 0 = one per CPU. [default: 1, a single engine reading the
-    /// socket itself]
+    /// the one UDP port; 1 runs a single engine reading the socket itself. [default: 0,
+    /// one per CPU]
     #[arg(long, value_name = "N", help_heading = "WebRTC")]
     pub rtc_threads: Option<usize>,
     /// Send the default stream as plain RTP (H.264 on payload type 96) to HOST:PORT, e.g.
@@ -819,7 +819,7 @@ impl Default for Config {
             rtp_packet_size: 1150,
             max_viewers: crate::rtc::DEFAULT_MAX_VIEWERS,
             srtp_aead_only: true,
-            rtc_threads: 1,
+            rtc_threads: crate::rtc::default_shards(),
             rtp_forward: Vec::new(),
             whip_forward: Vec::new(),
             whip_token: None,
@@ -1831,10 +1831,10 @@ mod tests {
     }
 
     #[test]
-    fn rtc_threads_are_one_by_default_zero_means_the_cpus_and_bounded() {
+    fn rtc_threads_default_to_the_cpus_as_zero_does_and_are_bounded() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let c = Config::load(Args::default()).unwrap();
-        assert_eq!(c.rtc_threads, 1);
+        assert_eq!(c.rtc_threads, cpus.min(crate::rtc::MAX_SHARDS));
         let threads = |n: &str| Config::load(Args::parse_from(["peregrine", "--rtc-threads", n]));
         assert_eq!(threads("3").unwrap().rtc_threads, 3);
         assert_eq!(

@@ -43,6 +43,9 @@ pub struct JitterBuffer {
     next_seq: u16,
     /// Past the start-up cushion: every turn now plays or conceals one packet.
     playing: bool,
+    /// The sequence number of the last packet played, to tell a late packet that was
+    /// never heard from a copy of one that was.
+    last_played: Option<u16>,
     last_arrival: Instant,
 }
 
@@ -53,6 +56,7 @@ impl JitterBuffer {
             slots: VecDeque::with_capacity(CAPACITY),
             next_seq: seq,
             playing: false,
+            last_played: None,
             last_arrival: now,
         };
         buffer.slots.push_back(Some(payload));
@@ -66,7 +70,7 @@ impl JitterBuffer {
         let ahead = seq.wrapping_sub(self.next_seq);
         if ahead >= 0x8000 {
             let behind = ahead.wrapping_neg();
-            if behind > RESTART_DISTANCE {
+            if behind > RESTART_DISTANCE || self.fell_behind(seq) {
                 return self.restart(seq, payload);
             }
             // Its turn has passed (or it was played already).
@@ -107,7 +111,10 @@ impl JitterBuffer {
         // An empty buffer still advances: the sender's clock and ours keep step, so
         // its next packets keep the cushion they had, and the late ones are dropped.
         let turn = match self.slots.pop_front().flatten() {
-            Some(packet) => Turn::Packet(packet),
+            Some(packet) => {
+                self.last_played = Some(self.next_seq);
+                Turn::Packet(packet)
+            }
             None => Turn::Missing,
         };
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -126,6 +133,17 @@ impl JitterBuffer {
     /// Nothing came for [`IDLE_TIMEOUT`]: the talker stopped sending.
     pub fn idle(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_arrival) >= IDLE_TIMEOUT
+    }
+
+    /// A packet whose turn has passed while nothing newer waits, and that was not
+    /// played: the sender's packets now take longer to come (a slower path, a busy
+    /// sender). Dropping it would drop every packet after it too, each one turn
+    /// late, so the play point moves back to it instead, with the cushion again.
+    fn fell_behind(&self, seq: u16) -> bool {
+        self.slots.is_empty()
+            && self
+                .last_played
+                .is_none_or(|played| seq.wrapping_sub(played).wrapping_sub(1) < 0x8000)
     }
 
     /// Drop the `n` oldest slots (at most all of them); returns the packets dropped.
@@ -229,6 +247,31 @@ mod tests {
         assert_eq!(play(&mut b, 2), [Some(900), Some(901)]);
         assert_eq!(b.push(30_000, packet(30_000), t), 0);
         assert_eq!(b.turn().0, Turn::Waiting);
+    }
+
+    #[test]
+    fn a_sender_whose_packets_come_later_is_followed_not_dropped() {
+        let t = Instant::now();
+        let mut b = start(0, t);
+        b.push(1, packet(1), t);
+        assert_eq!(play(&mut b, 2), [Some(0), Some(1)]);
+        // The path got slower: two turns pass with nothing, then every packet comes
+        // a turn or two after its time.
+        assert_eq!(play(&mut b, 2), [None, None]);
+        assert_eq!(b.push(2, packet(2), t), 0, "late, but never heard: kept");
+        assert_eq!(b.turn().0, Turn::Waiting, "the cushion again");
+        for seq in 3..20u16 {
+            assert_eq!(b.push(seq, packet(seq), t), 0);
+            assert_eq!(play(&mut b, 1), [Some(seq - 1)]);
+        }
+        // A copy of a packet heard already is still dropped, and so is a straggler
+        // whose turn passed while newer packets wait.
+        assert_eq!(play(&mut b, 1), [Some(19)]);
+        assert_eq!(b.push(18, packet(18), t), 1, "heard already");
+        b.push(21, packet(21), t);
+        assert_eq!(play(&mut b, 1), [None]);
+        b.push(22, packet(22), t);
+        assert_eq!(b.push(20, packet(20), t), 1, "newer packets wait");
     }
 
     #[test]
