@@ -173,6 +173,9 @@ test("two browsers' microphones are mixed into the ALSA playback", async () => {
     await pageB.goto(`${server.base}/?mic=1`);
     await waitUntil(pageB, () => window.peregrine.mic === true, "the bundled page to send its microphone");
     await waitFor(server, (s) => micOf(s).talkers === 2, "two talkers");
+    // The page shows what its microphone hears (a half-scale sine: about -9 dBFS).
+    await waitUntil(pageB, () => window.peregrine.micLevelDb > -20, "the microphone on the level meter");
+    assert.notEqual(await pageB.evaluate(() => document.getElementById("mic-meter").style.width), "0");
 
     // Three seconds of both, then only the first once the second has gone.
     const mark = await grown(out, 0, 0, "playback");
