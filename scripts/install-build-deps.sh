@@ -2,8 +2,8 @@
 # Installs what building peregrine needs beyond a Rust toolchain: a C/C++ compiler
 # (openh264 is built from source), libclang (the V4L2 bindings are generated from the
 # kernel headers at build time), pkg-config with libopus and ALSA's library (the Opus
-# codec and sound capture/playback link against the system's). Uses apt-get for
-# whatever is missing.
+# codec and sound capture/playback link against the system's), and nasm on x86 (openh264's
+# SIMD code). Uses apt-get for whatever is missing.
 set -euo pipefail
 . "$(dirname "$0")/lib/apt.sh"
 
@@ -24,6 +24,11 @@ has_libclang || need_apt+=(libclang-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need_apt+=(libopus-dev)
 pkg-config --exists alsa 2>/dev/null || need_apt+=(libasound2-dev)
+# openh264's SIMD code on x86 is assembled by nasm; without it the build silently falls
+# back to plain C, and encoding the test pattern or a raw camera costs about twice the CPU.
+case "$(uname -m)" in
+  x86_64 | i?86) command -v nasm >/dev/null 2>&1 || need_apt+=(nasm) ;;
+esac
 
 if ((${#need_apt[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then

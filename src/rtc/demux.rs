@@ -45,7 +45,7 @@ pub fn stun_request_authentic(datagram: &[u8], pwd: &[u8]) -> bool {
 
 /// The attributes of a STUN message as (type, offset of the attribute, value), as far
 /// as they are whole.
-fn attributes(datagram: &[u8]) -> impl Iterator<Item = (u16, usize, &[u8])> {
+pub(super) fn attributes(datagram: &[u8]) -> impl Iterator<Item = (u16, usize, &[u8])> {
     let declared = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
     let end = (STUN_HEADER_LEN + declared).min(datagram.len());
     let mut pos = STUN_HEADER_LEN;

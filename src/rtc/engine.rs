@@ -619,7 +619,8 @@ impl Engine {
         match self.router.route(from, data, &self.cfg.allow_ip) {
             Ok(id) => {
                 if let Some(e) = self.peers.get_mut(&id) {
-                    e.peer.handle_datagram(now, from, data);
+                    e.peer
+                        .handle_datagram(now, from, data, self.router.ice_pwd(id));
                     self.dirty.insert(id);
                 }
             }

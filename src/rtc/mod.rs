@@ -40,6 +40,7 @@ pub mod histograms;
 pub mod ice_restart;
 pub mod latency;
 pub mod memory_return;
+pub mod nomination;
 pub mod packetizer;
 pub mod peer;
 mod peer_audio;

@@ -14,7 +14,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCDtlsTransportState, RTCIceCandidate,
     RTCIceCandidateInit,
@@ -34,6 +34,7 @@ use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
 use super::extensions::{self, ExtensionIds};
 use super::feedback::{self, FeedbackForwarder, VideoFeedback};
 use super::frame::{OutAudio, OutFrame};
+use super::nomination::{EarlyNomination, Feed};
 use super::peer_audio::PeerAudio;
 use super::peer_ingest::PeerIngest;
 use super::resend::SentHistory;
@@ -323,6 +324,11 @@ pub struct Peer {
     /// answer; replayed once it is applied so they are answered at once instead of
     /// after the browser's retransmission backoff.
     early_datagrams: Vec<(SocketAddr, BytesMut)>,
+    /// An answering peer's first nominating check, until the stack can take it (see
+    /// [`super::nomination`]).
+    nomination: EarlyNomination,
+    /// ICE has a selected pair (as the stack last said).
+    ice_connected: bool,
     dtls_closed: bool,
     /// The H.264 payload type the answer kept (the first of ours it lists); packets go
     /// straight into the connection with it (see [`Peer::write_packet`]).
@@ -608,6 +614,8 @@ impl Peer {
             remote_candidates: 0,
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
+            nomination: EarlyNomination::default(),
+            ice_connected: false,
             dtls_closed: false,
             payload_type: None,
             audio,
@@ -679,7 +687,6 @@ impl Peer {
         Ok(())
     }
 
-    /// Take a trickled candidate, or say why not (the caller logs refusals, rate-limited).
     /// Answer a renegotiation offer with new ICE credentials (see [`super::ice_restart`]):
     /// the stack restarts its agent with fresh credentials, which the answer returned
     /// carries. Only a peer that answered can: an offering one would have to offer.
@@ -694,12 +701,15 @@ impl Peer {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         let answer = self.pc.create_answer(None)?;
         self.pc.set_local_description(now, answer)?;
+        // The new ICE session's first nominating check gets the same help.
+        self.nomination = EarlyNomination::default();
         self.pc
             .local_description()
             .map(|d| d.sdp)
             .ok_or(RtcError::Internal("no local description"))
     }
 
+    /// Take a trickled candidate, or say why not (the caller logs refusals, rate-limited).
     pub fn add_remote_candidate(&mut self, candidate: RemoteCandidate) -> Result<(), Refusal> {
         let RemoteCandidate::Candidate(c) = candidate else {
             return Ok(()); // end of candidates: nothing to do for a host-only agent
@@ -729,7 +739,15 @@ impl Peer {
         }
     }
 
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    /// Take in a datagram from `from`; `ice_pwd` is the peer's local ICE password, as
+    /// routed by.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        ice_pwd: Option<&str>,
+    ) {
         self.last_now = now;
         if self.stage == Stage::Offered {
             if self.early_datagrams.len() < MAX_EARLY_DATAGRAMS {
@@ -737,7 +755,24 @@ impl Peer {
             }
             return;
         }
-        self.feed(now, from, BytesMut::from(data));
+        // Only an answering peer's agent is the controlled one.
+        let feed = match ice_pwd {
+            Some(pwd) if self.answerer && !self.ice_connected => {
+                self.nomination.inbound(from, data, pwd)
+            }
+            _ => Feed::AsIs,
+        };
+        match feed {
+            Feed::AsIs => self.feed(now, from, BytesMut::from(data)),
+            Feed::Instead(check) => self.feed(now, from, BytesMut::from(&check[..])),
+            Feed::Kept => {}
+            Feed::AndThen(after) => {
+                self.feed(now, from, BytesMut::from(data));
+                for datagram in after {
+                    self.feed(now, from, BytesMut::from(&datagram[..]));
+                }
+            }
+        }
     }
 
     fn feed(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
@@ -809,6 +844,13 @@ impl Peer {
             });
         }
         while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) = event {
+                self.ice_connected = matches!(
+                    state,
+                    RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+                );
+                continue;
+            }
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 tracing::debug!(%state, "peer connection state");
                 match state {
@@ -1274,7 +1316,7 @@ mod tests {
         let from: SocketAddr = "127.0.0.1:50000".parse().unwrap();
         let junk = vec![0u8; 1200];
         for _ in 0..10_000 {
-            peer.handle_datagram(Instant::now(), from, &junk);
+            peer.handle_datagram(Instant::now(), from, &junk, None);
         }
         assert_eq!(peer.early_datagrams.len(), MAX_EARLY_DATAGRAMS);
         let held: usize = peer.early_datagrams.iter().map(|(_, d)| d.len()).sum();

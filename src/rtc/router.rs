@@ -176,6 +176,11 @@ impl Router {
         demux::stun_request_authentic(data, route.pwd.as_bytes()).then_some(id)
     }
 
+    /// The peer's local ICE password (the current one, after an ICE restart).
+    pub fn ice_pwd(&self, id: PeerId) -> Option<&str> {
+        self.routes.get(&id).map(|r| r.pwd.as_str())
+    }
+
     /// The peer bound to `addr`, if any.
     #[cfg(test)]
     pub fn peer_at(&self, addr: SocketAddr) -> Option<PeerId> {

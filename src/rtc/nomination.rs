@@ -1,0 +1,277 @@
+//! A browser's first connectivity check, when it already nominates, answered at once.
+//!
+//! When the browser offers (WHEP, WHIP) our ICE agent is the controlled one. The WebRTC
+//! stack's controlled agent (`rtc-ice` 0.21) neither answers a check carrying
+//! USE-CANDIDATE on a pair it has not checked itself yet, nor nominates such a pair once
+//! its own check of it succeeds, though RFC 8445 §7.3.1.4 and §7.3.1.5 ask for both.
+//! Chromium nominates with its very first check, so that check went unanswered and
+//! every start waited for Chromium's next one, about 50 ms later.
+//!
+//! Until the stack does this itself, the peer hands it that first check without
+//! USE-CANDIDATE (signed again with our ICE password), which it answers and checks back
+//! at once, and keeps the original. When the browser answers the stack's own check, the
+//! pair has succeeded, and the original is handed over too: the stack nominates the
+//! pair then (and answers the check a second time, which the browser ignores).
+//!
+//! Answered at once, the browser starts DTLS at once too, and its first flight can come
+//! before its answer to our check. The stack drops anything but STUN until a pair is
+//! nominated, so those datagrams are kept (a few, bounded) and handed over after the
+//! nomination, instead of waiting for the browser to send them again.
+
+use std::net::SocketAddr;
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
+use super::demux;
+
+const ATTR_USE_CANDIDATE: u16 = 0x0025;
+const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+const ATTR_FINGERPRINT: u16 = 0x8028;
+const BINDING_SUCCESS: u16 = 0x0101;
+const FINGERPRINT_XOR: u32 = 0x5354_554e;
+const HEADER_LEN: usize = 20;
+const INTEGRITY_LEN: usize = 20;
+/// Datagrams kept from the browser until its nomination is handed over: a DTLS first
+/// flight, in a few fragments.
+pub const MAX_KEPT: usize = 8;
+
+/// What to hand the stack for one datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// The datagram as it came.
+    AsIs,
+    /// This instead: the browser's nominating check without its nomination.
+    Instead(Vec<u8>),
+    /// Nothing yet: the datagram is kept.
+    Kept,
+    /// The datagram, then these: the nominating check kept until now, and what came
+    /// after it.
+    AndThen(Vec<Vec<u8>>),
+}
+
+/// One peer's kept nominating check, until its pair has succeeded.
+#[derive(Debug, Default)]
+pub struct EarlyNomination {
+    held: Option<(SocketAddr, Vec<u8>)>,
+    kept: Vec<Vec<u8>>,
+    /// Handed over once: from then on the stack's own rules apply (until an ICE restart
+    /// makes a new one of these).
+    done: bool,
+}
+
+impl EarlyNomination {
+    /// What to hand the stack for `data` from `from`, for a peer whose local ICE
+    /// password is `pwd`.
+    pub fn inbound(&mut self, from: SocketAddr, data: &[u8], pwd: &str) -> Feed {
+        if self.done {
+            return Feed::AsIs;
+        }
+        let from_held = self.held.as_ref().is_some_and(|(at, _)| *at == from);
+        if !demux::is_stun(data) {
+            // Beyond the bound it is dropped, as the stack would have dropped it.
+            return match from_held {
+                true if self.kept.len() < MAX_KEPT => {
+                    self.kept.push(data.to_vec());
+                    Feed::Kept
+                }
+                true => Feed::Kept,
+                false => Feed::AsIs,
+            };
+        }
+        if is_binding_success(data) {
+            return match self.held.take_if(|_| from_held) {
+                Some((_, check)) => {
+                    self.done = true;
+                    let mut after = vec![check];
+                    after.append(&mut self.kept);
+                    Feed::AndThen(after)
+                }
+                None => Feed::AsIs,
+            };
+        }
+        let nominates = demux::attributes(data).any(|(kind, _, _)| kind == ATTR_USE_CANDIDATE);
+        if !nominates || !demux::stun_request_authentic(data, pwd.as_bytes()) {
+            return Feed::AsIs;
+        }
+        match without_nomination(data, pwd.as_bytes()) {
+            Some(check) => {
+                if !from_held {
+                    self.kept.clear();
+                }
+                self.held = Some((from, data.to_vec()));
+                Feed::Instead(check)
+            }
+            None => Feed::AsIs,
+        }
+    }
+}
+
+fn is_binding_success(data: &[u8]) -> bool {
+    u16::from_be_bytes([data[0], data[1]]) == BINDING_SUCCESS
+}
+
+/// `request` without USE-CANDIDATE, with MESSAGE-INTEGRITY (keyed with `pwd`) and
+/// FINGERPRINT made again; the transaction id and every other attribute are kept.
+fn without_nomination(request: &[u8], pwd: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(request.len());
+    out.extend_from_slice(request.get(..HEADER_LEN)?);
+    for (kind, at, value) in demux::attributes(request) {
+        match kind {
+            ATTR_USE_CANDIDATE => continue,
+            // Nothing after these counts (RFC 5389 §15.4, §15.5).
+            ATTR_MESSAGE_INTEGRITY | ATTR_FINGERPRINT => break,
+            _ => out.extend_from_slice(request.get(at..at + 4 + value.len().div_ceil(4) * 4)?),
+        }
+    }
+    signed(out, pwd)
+}
+
+/// `message` (a header and attributes) with MESSAGE-INTEGRITY keyed with `pwd` and
+/// FINGERPRINT after them.
+fn signed(mut out: Vec<u8>, pwd: &[u8]) -> Option<Vec<u8>> {
+    set_length(&mut out, 4 + INTEGRITY_LEN);
+    let mut hmac = Hmac::<Sha1>::new_from_slice(pwd).ok()?;
+    hmac.update(&out);
+    let mac = hmac.finalize().into_bytes();
+    out.extend_from_slice(&ATTR_MESSAGE_INTEGRITY.to_be_bytes());
+    out.extend_from_slice(&(INTEGRITY_LEN as u16).to_be_bytes());
+    out.extend_from_slice(&mac);
+    set_length(&mut out, 8);
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&out) ^ FINGERPRINT_XOR;
+    out.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+    out.extend_from_slice(&4u16.to_be_bytes());
+    out.extend_from_slice(&crc.to_be_bytes());
+    Some(out)
+}
+
+/// Set the header's length to the attributes so far plus `more` bytes to come.
+fn set_length(message: &mut [u8], more: usize) {
+    let length = (message.len() - HEADER_LEN + more) as u16;
+    message[2..4].copy_from_slice(&length.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PWD: &str = "localpasswordlocalpassword";
+
+    /// A binding request as Chromium sends it, nominating when `nominate`.
+    fn check(nominate: bool, pwd: &str) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        let mut attr = |kind: u16, value: &[u8]| {
+            attrs.extend_from_slice(&kind.to_be_bytes());
+            attrs.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            attrs.extend_from_slice(value);
+            attrs.resize(attrs.len().div_ceil(4) * 4, 0);
+        };
+        attr(0x0006, b"localufrag:remote"); // USERNAME, padded
+        attr(0xc057, &[0, 1, 0, 10]); // GOOG-NETWORK-INFO
+        attr(0x802a, &[7; 8]); // ICE-CONTROLLING
+        if nominate {
+            attr(ATTR_USE_CANDIDATE, &[]);
+        }
+        attr(0x0024, &[0x6e, 0x7f, 0x1e, 0xff]); // PRIORITY
+        let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        m.extend_from_slice(&[5; 12]);
+        m.extend_from_slice(&attrs);
+        signed(m, pwd.as_bytes()).unwrap()
+    }
+
+    fn attribute_kinds(m: &[u8]) -> Vec<u16> {
+        demux::attributes(m).map(|(kind, _, _)| kind).collect()
+    }
+
+    fn fingerprint_holds(m: &[u8]) -> bool {
+        let at = m.len() - 8;
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&m[..at]) ^ FINGERPRINT_XOR;
+        m[at..at + 4] == [0x80, 0x28, 0, 4] && m[at + 4..] == crc.to_be_bytes()
+    }
+
+    #[test]
+    fn the_rewritten_check_is_the_same_check_without_the_nomination() {
+        // USE-CANDIDATE between other attributes, as Chromium places it.
+        let nominating = check(true, PWD);
+        assert!(attribute_kinds(&nominating).contains(&ATTR_USE_CANDIDATE));
+        let rewritten = without_nomination(&nominating, PWD.as_bytes()).unwrap();
+        assert_eq!(rewritten, check(false, PWD));
+        assert_eq!(&rewritten[4..20], &nominating[4..20], "same transaction");
+        assert_eq!(
+            attribute_kinds(&rewritten),
+            [
+                0x0006,
+                0xc057,
+                0x802a,
+                0x0024,
+                ATTR_MESSAGE_INTEGRITY,
+                ATTR_FINGERPRINT
+            ]
+        );
+        assert!(demux::stun_request_authentic(&rewritten, PWD.as_bytes()));
+        assert!(fingerprint_holds(&rewritten));
+        assert_eq!(
+            usize::from(u16::from_be_bytes([rewritten[2], rewritten[3]])),
+            rewritten.len() - HEADER_LEN
+        );
+    }
+
+    #[test]
+    fn the_nomination_is_kept_until_the_browser_answers_our_check() {
+        let browser: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:50001".parse().unwrap();
+        let mut n = EarlyNomination::default();
+        // Checks that do not nominate, or are not signed with our password, pass.
+        assert_eq!(n.inbound(browser, &check(false, PWD), PWD), Feed::AsIs);
+        assert_eq!(n.inbound(browser, &check(true, "guessed"), PWD), Feed::AsIs);
+        assert_eq!(n.inbound(browser, &[0x16, 0xfe, 0xfd], PWD), Feed::AsIs);
+        let nominating = check(true, PWD);
+        assert_eq!(
+            n.inbound(browser, &nominating, PWD),
+            Feed::Instead(check(false, PWD))
+        );
+        // An answer from elsewhere is not the browser's.
+        let mut success = vec![0x01, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        success.extend_from_slice(&[9; 12]);
+        assert_eq!(n.inbound(other, &success, PWD), Feed::AsIs);
+        // The browser's DTLS, come before its answer to our check, waits (a bounded
+        // amount of it); anybody else's passes.
+        let hello = [0x16, 0xfe, 0xfd, 0, 1];
+        assert_eq!(n.inbound(other, &hello, PWD), Feed::AsIs);
+        for _ in 0..MAX_KEPT + 5 {
+            assert_eq!(n.inbound(browser, &hello, PWD), Feed::Kept);
+        }
+        let mut after = vec![nominating.clone()];
+        after.extend(std::iter::repeat_n(hello.to_vec(), MAX_KEPT));
+        assert_eq!(n.inbound(browser, &success, PWD), Feed::AndThen(after));
+        // Once handed over, the stack's own rules apply.
+        assert_eq!(n.inbound(browser, &nominating, PWD), Feed::AsIs);
+        assert_eq!(n.inbound(browser, &success, PWD), Feed::AsIs);
+        assert_eq!(n.inbound(browser, &hello, PWD), Feed::AsIs);
+    }
+
+    #[test]
+    fn a_cut_check_passes_as_it_is_unless_it_is_still_signed() {
+        let from: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let full = check(true, PWD);
+        let mut rewritten = 0;
+        for len in 0..full.len() {
+            let cut = &full[..len];
+            match EarlyNomination::default().inbound(from, cut, PWD) {
+                Feed::AsIs => assert!(
+                    !demux::stun_request_authentic(cut, PWD.as_bytes()),
+                    "cut at {len}"
+                ),
+                // Only the FINGERPRINT cut off (or part of it) leaves a signed check.
+                Feed::Instead(check) => {
+                    assert!(len >= full.len() - 8, "cut at {len}");
+                    assert!(!attribute_kinds(&check).contains(&ATTR_USE_CANDIDATE));
+                    assert!(demux::stun_request_authentic(&check, PWD.as_bytes()));
+                    rewritten += 1;
+                }
+                Feed::AndThen(_) | Feed::Kept => panic!("nothing was held"),
+            }
+        }
+        assert_eq!(rewritten, 8);
+    }
+}
