@@ -128,8 +128,11 @@ fn without_nomination(request: &[u8], pwd: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `message` (a header and attributes) with MESSAGE-INTEGRITY keyed with `pwd` and
-/// FINGERPRINT after them.
-fn signed(mut out: Vec<u8>, pwd: &[u8]) -> Option<Vec<u8>> {
+/// FINGERPRINT after them (`None` only for a message shorter than its header).
+pub fn signed(mut out: Vec<u8>, pwd: &[u8]) -> Option<Vec<u8>> {
+    if out.len() < HEADER_LEN {
+        return None;
+    }
     set_length(&mut out, 4 + INTEGRITY_LEN);
     let mut hmac = Hmac::<Sha1>::new_from_slice(pwd).ok()?;
     hmac.update(&out);
@@ -151,6 +154,27 @@ fn set_length(message: &mut [u8], more: usize) {
     message[2..4].copy_from_slice(&length.to_be_bytes());
 }
 
+/// A STUN message of `kind` with `attributes` (type, value), signed with `pwd` and
+/// fingerprinted, for tests that play the browser.
+#[cfg(test)]
+pub(super) fn stun_message(
+    kind: u16,
+    transaction: [u8; 12],
+    attributes: &[(u16, &[u8])],
+    pwd: &str,
+) -> Vec<u8> {
+    let mut m = kind.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0, 0, 0x21, 0x12, 0xa4, 0x42]);
+    m.extend_from_slice(&transaction);
+    for (kind, value) in attributes {
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        m.extend_from_slice(value);
+        m.resize(m.len().div_ceil(4) * 4, 0);
+    }
+    signed(m, pwd.as_bytes()).expect("an HMAC takes any key")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,24 +183,16 @@ mod tests {
 
     /// A binding request as Chromium sends it, nominating when `nominate`.
     fn check(nominate: bool, pwd: &str) -> Vec<u8> {
-        let mut attrs = Vec::new();
-        let mut attr = |kind: u16, value: &[u8]| {
-            attrs.extend_from_slice(&kind.to_be_bytes());
-            attrs.extend_from_slice(&(value.len() as u16).to_be_bytes());
-            attrs.extend_from_slice(value);
-            attrs.resize(attrs.len().div_ceil(4) * 4, 0);
-        };
-        attr(0x0006, b"localufrag:remote"); // USERNAME, padded
-        attr(0xc057, &[0, 1, 0, 10]); // GOOG-NETWORK-INFO
-        attr(0x802a, &[7; 8]); // ICE-CONTROLLING
+        let mut attrs: Vec<(u16, &[u8])> = vec![
+            (0x0006, b"localufrag:remote"), // USERNAME, padded
+            (0xc057, &[0, 1, 0, 10]),       // GOOG-NETWORK-INFO
+            (0x802a, &[7; 8]),              // ICE-CONTROLLING
+        ];
         if nominate {
-            attr(ATTR_USE_CANDIDATE, &[]);
+            attrs.push((ATTR_USE_CANDIDATE, &[]));
         }
-        attr(0x0024, &[0x6e, 0x7f, 0x1e, 0xff]); // PRIORITY
-        let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
-        m.extend_from_slice(&[5; 12]);
-        m.extend_from_slice(&attrs);
-        signed(m, pwd.as_bytes()).unwrap()
+        attrs.push((0x0024, &[0x6e, 0x7f, 0x1e, 0xff])); // PRIORITY
+        stun_message(0x0001, [5; 12], &attrs, pwd)
     }
 
     fn attribute_kinds(m: &[u8]) -> Vec<u16> {

@@ -1323,6 +1323,75 @@ mod tests {
         assert_eq!(held, MAX_EARLY_DATAGRAMS * junk.len());
     }
 
+    /// Play a browser that offered and nominates with its first check (as Chromium
+    /// does): the check is answered at once, and the pair is nominated as soon as the
+    /// browser answers our own check, not at its next check.
+    #[test]
+    fn a_browser_nominating_with_its_first_check_is_answered_and_nominated_at_once() {
+        use super::super::ice_restart;
+        use super::super::nomination::stun_message;
+        let now = Instant::now();
+        // The browser's side: our own offer carries ufrag and password like a browser's.
+        let (_, offer) = Peer::offer(setup(), now).expect("offer");
+        let (browser_ufrag, browser_pwd) = ice_restart::ice_credentials(&offer).unwrap();
+        let answering = PeerSetup {
+            ufrag: "otherufrag".into(),
+            ..setup()
+        };
+        let (mut peer, answer) = Peer::answer(answering, &offer, now).expect("answer");
+        let (ufrag, pwd) = ice_restart::ice_credentials(&answer).unwrap();
+        let browser: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let username = format!("{ufrag}:{browser_ufrag}");
+        let priority = 0x6e7f_1effu32.to_be_bytes();
+        let request = stun_message(
+            0x0001,
+            [3; 12],
+            &[
+                (0x0006, username.as_bytes()),
+                (0x802a, &[7; 8]), // ICE-CONTROLLING
+                (0x0025, &[]),     // USE-CANDIDATE
+                (0x0024, &priority),
+            ],
+            &pwd,
+        );
+        peer.handle_datagram(now, browser, &request, Some(&pwd));
+        let mut out = Vec::new();
+        peer.drain_writes(&mut out);
+        let stun = |kind: u16| {
+            out.iter()
+                .filter(|(to, m)| *to == browser && m.len() >= 20 && m[..2] == kind.to_be_bytes())
+                .map(|(_, m)| m.to_vec())
+                .collect::<Vec<_>>()
+        };
+        let answered = stun(0x0101);
+        assert_eq!(answered.len(), 1, "the nominating check is answered");
+        assert_eq!(answered[0][8..20], [3; 12], "under its own transaction");
+        let ours = stun(0x0001);
+        assert!(!ours.is_empty(), "and checked back");
+        assert!(
+            !ice_connected(&mut peer),
+            "not nominated before our check succeeds"
+        );
+
+        // The browser answers our check: the pair is nominated.
+        let transaction: [u8; 12] = ours[0][8..20].try_into().unwrap();
+        let mut mapped = vec![0, 1];
+        mapped.extend_from_slice(&(50000u16 ^ 0x2112).to_be_bytes());
+        mapped.extend_from_slice(&(u32::from_be_bytes([127, 0, 0, 1]) ^ 0x2112_a442).to_be_bytes());
+        let success = stun_message(0x0101, transaction, &[(0x0020, &mapped)], &browser_pwd);
+        peer.handle_datagram(now, browser, &success, Some(&pwd));
+        assert!(
+            ice_connected(&mut peer),
+            "nominated once our check succeeded"
+        );
+    }
+
+    fn ice_connected(peer: &mut Peer) -> bool {
+        let mut notes = Vec::new();
+        peer.poll_notes(&mut notes);
+        peer.ice_connected
+    }
+
     #[test]
     fn trickled_candidates_before_the_answer_are_capped() {
         let mut peer = offered_peer();
