@@ -1,22 +1,26 @@
-//! A browser's first connectivity check, when it already nominates, answered at once.
+//! A pair nominated as soon as both sides' first checks have succeeded, not one check
+//! interval or one browser retransmission later.
 //!
-//! When the browser offers (WHEP, WHIP) our ICE agent is the controlled one. The WebRTC
-//! stack's controlled agent (`rtc-ice` 0.21) neither answers a check carrying
-//! USE-CANDIDATE on a pair it has not checked itself yet, nor nominates such a pair once
-//! its own check of it succeeds, though RFC 8445 §7.3.1.4 and §7.3.1.5 ask for both.
-//! Chromium nominates with its very first check, so that check went unanswered and
-//! every start waited for Chromium's next one, about 50 ms later.
+//! The WebRTC stack's agent (`rtc-ice` 0.21) waits in both roles:
+//! - **Controlled** (the browser offered: WHEP, WHIP): it neither answers a check that
+//!   carries USE-CANDIDATE on a pair it has not checked itself yet, nor nominates such a
+//!   pair once its own check succeeds, though RFC 8445 §7.3.1.4 and §7.3.1.5 ask for
+//!   both. Chromium nominates with its very first check, which therefore went
+//!   unanswered: every start waited for Chromium's next check, about 50 ms later.
+//! - **Controlling** (we offered: the Janus API): it nominates when a check of the
+//!   browser's arrives on a pair that has succeeded, or at its next check interval
+//!   (50 ms here). The browser checks first, so its check always found the pair not yet
+//!   succeeded.
 //!
-//! Until the stack does this itself, the peer hands it that first check without
-//! USE-CANDIDATE (signed again with our ICE password), which it answers and checks back
-//! at once, and keeps the original. When the browser answers the stack's own check, the
-//! pair has succeeded, and the original is handed over too: the stack nominates the
-//! pair then (and answers the check a second time, which the browser ignores).
+//! So the peer keeps the browser's latest check until the browser answers the stack's
+//! own check, and then hands it to the stack again: the pair has succeeded by then, and
+//! the stack nominates it at once (it also answers the check a second time, which the
+//! browser ignores). As the controlled side, the check is first handed over without
+//! USE-CANDIDATE (signed again with our ICE password), which the stack answers and
+//! checks back at once.
 //!
-//! Answered at once, the browser starts DTLS at once too, and its first flight can come
-//! before its answer to our check. The stack drops anything but STUN until a pair is
-//! nominated, so those datagrams are kept (a few, bounded) and handed over after the
-//! nomination, instead of waiting for the browser to send them again.
+//! Until it was proposed and taken upstream, this is the smallest change that gets the
+//! stack there from the outside.
 
 use std::net::SocketAddr;
 
@@ -32,9 +36,6 @@ const BINDING_SUCCESS: u16 = 0x0101;
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
 const HEADER_LEN: usize = 20;
 const INTEGRITY_LEN: usize = 20;
-/// Datagrams kept from the browser until its nomination is handed over: a DTLS first
-/// flight, in a few fragments.
-pub const MAX_KEPT: usize = 8;
 
 /// What to hand the stack for one datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,67 +44,64 @@ pub enum Feed {
     AsIs,
     /// This instead: the browser's nominating check without its nomination.
     Instead(Vec<u8>),
-    /// Nothing yet: the datagram is kept.
-    Kept,
-    /// The datagram, then these: the nominating check kept until now, and what came
-    /// after it.
-    AndThen(Vec<Vec<u8>>),
+    /// The datagram, then this: the browser's check kept until now.
+    AndThen(Vec<u8>),
 }
 
-/// One peer's kept nominating check, until its pair has succeeded.
-#[derive(Debug, Default)]
+/// Which ICE role the stack plays for the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Controlling,
+    Controlled,
+}
+
+/// One peer's browser check, kept until the stack's own check has succeeded.
+#[derive(Debug)]
 pub struct EarlyNomination {
+    role: Role,
     held: Option<(SocketAddr, Vec<u8>)>,
-    kept: Vec<Vec<u8>>,
     /// Handed over once: from then on the stack's own rules apply (until an ICE restart
     /// makes a new one of these).
     done: bool,
 }
 
 impl EarlyNomination {
+    pub fn new(role: Role) -> EarlyNomination {
+        EarlyNomination {
+            role,
+            held: None,
+            done: false,
+        }
+    }
+
     /// What to hand the stack for `data` from `from`, for a peer whose local ICE
     /// password is `pwd`.
     pub fn inbound(&mut self, from: SocketAddr, data: &[u8], pwd: &str) -> Feed {
-        if self.done {
+        if self.done || !demux::is_stun(data) {
             return Feed::AsIs;
         }
-        let from_held = self.held.as_ref().is_some_and(|(at, _)| *at == from);
-        if !demux::is_stun(data) {
-            // Beyond the bound it is dropped, as the stack would have dropped it.
-            return match from_held {
-                true if self.kept.len() < MAX_KEPT => {
-                    self.kept.push(data.to_vec());
-                    Feed::Kept
-                }
-                true => Feed::Kept,
-                false => Feed::AsIs,
-            };
-        }
         if is_binding_success(data) {
-            return match self.held.take_if(|_| from_held) {
+            return match self.held.take_if(|(at, _)| *at == from) {
                 Some((_, check)) => {
                     self.done = true;
-                    let mut after = vec![check];
-                    after.append(&mut self.kept);
-                    Feed::AndThen(after)
+                    Feed::AndThen(check)
                 }
                 None => Feed::AsIs,
             };
         }
-        let nominates = demux::attributes(data).any(|(kind, _, _)| kind == ATTR_USE_CANDIDATE);
-        if !nominates || !demux::stun_request_authentic(data, pwd.as_bytes()) {
+        if !demux::stun_request_authentic(data, pwd.as_bytes()) {
             return Feed::AsIs;
         }
-        match without_nomination(data, pwd.as_bytes()) {
-            Some(check) => {
-                if !from_held {
-                    self.kept.clear();
-                }
-                self.held = Some((from, data.to_vec()));
-                Feed::Instead(check)
-            }
-            None => Feed::AsIs,
-        }
+        let nominates = demux::attributes(data).any(|(kind, _, _)| kind == ATTR_USE_CANDIDATE);
+        let feed = match (self.role, nominates) {
+            (Role::Controlled, true) => match without_nomination(data, pwd.as_bytes()) {
+                Some(check) => Feed::Instead(check),
+                None => return Feed::AsIs,
+            },
+            _ => Feed::AsIs,
+        };
+        self.held = Some((from, data.to_vec()));
+        feed
     }
 }
 
@@ -232,38 +230,57 @@ mod tests {
         );
     }
 
+    fn success() -> Vec<u8> {
+        let mut m = vec![0x01, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        m.extend_from_slice(&[9; 12]);
+        m
+    }
+
     #[test]
-    fn the_nomination_is_kept_until_the_browser_answers_our_check() {
+    fn as_controlled_the_nomination_waits_for_the_browsers_answer_to_our_check() {
         let browser: SocketAddr = "127.0.0.1:50000".parse().unwrap();
         let other: SocketAddr = "127.0.0.1:50001".parse().unwrap();
-        let mut n = EarlyNomination::default();
-        // Checks that do not nominate, or are not signed with our password, pass.
-        assert_eq!(n.inbound(browser, &check(false, PWD), PWD), Feed::AsIs);
+        let mut n = EarlyNomination::new(Role::Controlled);
+        // Checks not signed with our password, and anything but STUN, pass.
         assert_eq!(n.inbound(browser, &check(true, "guessed"), PWD), Feed::AsIs);
         assert_eq!(n.inbound(browser, &[0x16, 0xfe, 0xfd], PWD), Feed::AsIs);
+        assert_eq!(
+            n.inbound(browser, &success(), PWD),
+            Feed::AsIs,
+            "nothing kept"
+        );
         let nominating = check(true, PWD);
         assert_eq!(
             n.inbound(browser, &nominating, PWD),
             Feed::Instead(check(false, PWD))
         );
         // An answer from elsewhere is not the browser's.
-        let mut success = vec![0x01, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
-        success.extend_from_slice(&[9; 12]);
-        assert_eq!(n.inbound(other, &success, PWD), Feed::AsIs);
-        // The browser's DTLS, come before its answer to our check, waits (a bounded
-        // amount of it); anybody else's passes.
-        let hello = [0x16, 0xfe, 0xfd, 0, 1];
-        assert_eq!(n.inbound(other, &hello, PWD), Feed::AsIs);
-        for _ in 0..MAX_KEPT + 5 {
-            assert_eq!(n.inbound(browser, &hello, PWD), Feed::Kept);
-        }
-        let mut after = vec![nominating.clone()];
-        after.extend(std::iter::repeat_n(hello.to_vec(), MAX_KEPT));
-        assert_eq!(n.inbound(browser, &success, PWD), Feed::AndThen(after));
+        assert_eq!(n.inbound(other, &success(), PWD), Feed::AsIs);
+        assert_eq!(
+            n.inbound(browser, &success(), PWD),
+            Feed::AndThen(nominating.clone())
+        );
         // Once handed over, the stack's own rules apply.
         assert_eq!(n.inbound(browser, &nominating, PWD), Feed::AsIs);
-        assert_eq!(n.inbound(browser, &success, PWD), Feed::AsIs);
-        assert_eq!(n.inbound(browser, &hello, PWD), Feed::AsIs);
+        assert_eq!(n.inbound(browser, &success(), PWD), Feed::AsIs);
+    }
+
+    #[test]
+    fn as_controlling_the_browsers_check_comes_again_after_our_check_succeeds() {
+        let browser: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let mut n = EarlyNomination::new(Role::Controlling);
+        let plain = check(false, PWD);
+        assert_eq!(n.inbound(browser, &plain, PWD), Feed::AsIs);
+        // The latest check is the one handed over again.
+        let later = check(true, PWD);
+        assert_eq!(
+            n.inbound(browser, &later, PWD),
+            Feed::AsIs,
+            "never rewritten"
+        );
+        assert_eq!(n.inbound(browser, &success(), PWD), Feed::AndThen(later));
+        assert_eq!(n.inbound(browser, &plain, PWD), Feed::AsIs);
+        assert_eq!(n.inbound(browser, &success(), PWD), Feed::AsIs);
     }
 
     #[test]
@@ -273,7 +290,7 @@ mod tests {
         let mut rewritten = 0;
         for len in 0..full.len() {
             let cut = &full[..len];
-            match EarlyNomination::default().inbound(from, cut, PWD) {
+            match EarlyNomination::new(Role::Controlled).inbound(from, cut, PWD) {
                 Feed::AsIs => assert!(
                     !demux::stun_request_authentic(cut, PWD.as_bytes()),
                     "cut at {len}"
@@ -285,7 +302,7 @@ mod tests {
                     assert!(demux::stun_request_authentic(&check, PWD.as_bytes()));
                     rewritten += 1;
                 }
-                Feed::AndThen(_) | Feed::Kept => panic!("nothing was held"),
+                Feed::AndThen(_) => panic!("nothing was held"),
             }
         }
         assert_eq!(rewritten, 8);

@@ -2,6 +2,7 @@
 //! datagrams in, datagrams out, timers, state changes, shared frames (pictures and
 //! sound) to stamp, and the viewer's microphone handed on.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,10 +32,11 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
+use super::demux;
 use super::extensions::{self, ExtensionIds};
 use super::feedback::{self, FeedbackForwarder, VideoFeedback};
 use super::frame::{OutAudio, OutFrame};
-use super::nomination::{EarlyNomination, Feed};
+use super::nomination::{EarlyNomination, Feed, Role};
 use super::peer_audio::PeerAudio;
 use super::peer_ingest::PeerIngest;
 use super::resend::SentHistory;
@@ -280,6 +282,9 @@ enum Stage {
 /// Datagrams kept per peer while its answer is pending (a browser sends a few checks per
 /// candidate pair in that time; anything beyond is retransmitted anyway).
 const MAX_EARLY_DATAGRAMS: usize = 16;
+/// Datagrams other than STUN kept per peer until ICE connects: a DTLS first flight, in a
+/// few fragments, perhaps sent twice.
+const MAX_BEFORE_ICE: usize = 8;
 
 pub struct PeerSetup {
     pub ufrag: String,
@@ -324,11 +329,17 @@ pub struct Peer {
     /// answer; replayed once it is applied so they are answered at once instead of
     /// after the browser's retransmission backoff.
     early_datagrams: Vec<(SocketAddr, BytesMut)>,
-    /// An answering peer's first nominating check, until the stack can take it (see
+    /// The browser's check, kept until the stack's own check succeeds (see
     /// [`super::nomination`]).
     nomination: EarlyNomination,
-    /// ICE has a selected pair (as the stack last said).
+    /// ICE has connected (once; it stays set through later disconnections).
     ice_connected: bool,
+    /// Datagrams other than STUN that came before ICE connected, handed over once it
+    /// has (see [`Peer::take_in`]).
+    before_ice: Vec<(SocketAddr, BytesMut)>,
+    /// Events taken from the stack early (see [`Peer::take_events`]), for
+    /// [`Peer::poll_notes`].
+    taken_events: VecDeque<RTCPeerConnectionEvent>,
     dtls_closed: bool,
     /// The H.264 payload type the answer kept (the first of ours it lists); packets go
     /// straight into the connection with it (see [`Peer::write_packet`]).
@@ -553,6 +564,7 @@ impl Peer {
         );
         peer.stage = Stage::Answered;
         peer.answerer = true;
+        peer.nomination = EarlyNomination::new(Role::Controlled);
         peer.remote_candidates = kept;
         peer.payload_type = Some(payload_type);
         // The sound is taken when the answer kept it receiving on the offer's Opus.
@@ -614,8 +626,10 @@ impl Peer {
             remote_candidates: 0,
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
-            nomination: EarlyNomination::default(),
+            nomination: EarlyNomination::new(Role::Controlling),
             ice_connected: false,
+            before_ice: Vec::new(),
+            taken_events: VecDeque::new(),
             dtls_closed: false,
             payload_type: None,
             audio,
@@ -701,8 +715,8 @@ impl Peer {
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         let answer = self.pc.create_answer(None)?;
         self.pc.set_local_description(now, answer)?;
-        // The new ICE session's first nominating check gets the same help.
-        self.nomination = EarlyNomination::default();
+        // The new ICE session's first checks get the same help.
+        self.nomination = EarlyNomination::new(Role::Controlled);
         self.pc
             .local_description()
             .map(|d| d.sdp)
@@ -755,23 +769,56 @@ impl Peer {
             }
             return;
         }
-        // Only an answering peer's agent is the controlled one.
         let feed = match ice_pwd {
-            Some(pwd) if self.answerer && !self.ice_connected => {
-                self.nomination.inbound(from, data, pwd)
-            }
-            _ => Feed::AsIs,
+            Some(pwd) => self.nomination.inbound(from, data, pwd),
+            None => Feed::AsIs,
         };
         match feed {
-            Feed::AsIs => self.feed(now, from, BytesMut::from(data)),
-            Feed::Instead(check) => self.feed(now, from, BytesMut::from(&check[..])),
-            Feed::Kept => {}
-            Feed::AndThen(after) => {
-                self.feed(now, from, BytesMut::from(data));
-                for datagram in after {
-                    self.feed(now, from, BytesMut::from(&datagram[..]));
+            Feed::AsIs => self.take_in(now, from, data),
+            Feed::Instead(check) => self.take_in(now, from, &check),
+            Feed::AndThen(check) => {
+                self.take_in(now, from, data);
+                self.take_in(now, from, &check);
+            }
+        }
+    }
+
+    /// Hand a datagram to the stack, or keep it while the stack would drop it.
+    ///
+    /// The stack drops everything but STUN until ICE has connected, but a browser starts
+    /// DTLS as soon as its own check is answered, which is often before that; dropped,
+    /// its first flight comes again only 50 to 100 ms later. So a few such datagrams are
+    /// kept and handed over the moment ICE connects.
+    fn take_in(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let stun = demux::is_stun(data);
+        if !stun && !self.ice_connected {
+            if self.before_ice.len() < MAX_BEFORE_ICE {
+                self.before_ice.push((from, BytesMut::from(data)));
+            }
+            return;
+        }
+        self.feed(now, from, BytesMut::from(data));
+        if stun && !self.ice_connected {
+            self.take_events();
+            if self.ice_connected {
+                for (from, datagram) in std::mem::take(&mut self.before_ice) {
+                    self.feed(now, from, datagram);
                 }
             }
+        }
+    }
+
+    /// Take the stack's events now, noting when ICE connects; [`Peer::poll_notes`] acts
+    /// on them.
+    fn take_events(&mut self) {
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Connected | RTCIceConnectionState::Completed,
+            ) = event
+            {
+                self.ice_connected = true;
+            }
+            self.taken_events.push_back(event);
         }
     }
 
@@ -843,14 +890,8 @@ impl Peer {
                 time_to_first,
             });
         }
-        while let Some(event) = self.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) = event {
-                self.ice_connected = matches!(
-                    state,
-                    RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
-                );
-                continue;
-            }
+        self.take_events();
+        while let Some(event) = self.taken_events.pop_front() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 tracing::debug!(%state, "peer connection state");
                 match state {
@@ -1384,6 +1425,90 @@ mod tests {
             ice_connected(&mut peer),
             "nominated once our check succeeded"
         );
+    }
+
+    /// Play a browser answering our offer (the Janus API): its check comes first, and
+    /// once it answers ours the pair is nominated at once rather than at the stack's
+    /// next check interval; DTLS sent before that is kept and handed over on connect.
+    #[test]
+    fn an_offering_peer_nominates_as_soon_as_both_checks_succeeded() {
+        use super::super::ice_restart;
+        use super::super::nomination::stun_message;
+        let now = Instant::now();
+        let (mut peer, offer) = Peer::offer(setup(), now).expect("offer");
+        let (ufrag, pwd) = ice_restart::ice_credentials(&offer).unwrap();
+        // The browser's answer: another peer answering ours has the shape of one.
+        let answering = PeerSetup {
+            ufrag: "otherufrag".into(),
+            ..setup()
+        };
+        let (_, answer) = Peer::answer(answering, &offer, now).expect("answer");
+        let (browser_ufrag, browser_pwd) = ice_restart::ice_credentials(&answer).unwrap();
+        peer.apply_answer(now, &answer).expect("answer applied");
+        // The address of the candidate in its answer.
+        let browser: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let username = format!("{ufrag}:{browser_ufrag}");
+        let priority = 0x6e7f_1effu32.to_be_bytes();
+        let request = stun_message(
+            0x0001,
+            [4; 12],
+            &[
+                (0x0006, username.as_bytes()),
+                (0x8029, &[7; 8]), // ICE-CONTROLLED
+                (0x0024, &priority),
+            ],
+            &pwd,
+        );
+        let mut out = Vec::new();
+        peer.drain_writes(&mut out);
+        out.clear();
+        // A few milliseconds on, as on the wire (the stack nominates only after its start).
+        let now = now + Duration::from_millis(5);
+        peer.handle_datagram(now, browser, &request, Some(&pwd));
+        // DTLS from the browser, its check answered: the stack would drop it now.
+        let hello = [0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        peer.handle_datagram(now, browser, &hello, Some(&pwd));
+        assert_eq!(peer.before_ice.len(), 1, "kept until ICE connects");
+        // The stack checks a new address back on its timer, due at once.
+        if let Some(at) = peer.poll_timeout() {
+            peer.handle_timeout(at.max(now));
+        }
+        peer.drain_writes(&mut out);
+        let checks = |out: &[(SocketAddr, BytesMut)]| {
+            out.iter()
+                .filter(|(to, m)| *to == browser && m.len() >= 20 && m[..2] == [0, 1])
+                .map(|(_, m)| m.to_vec())
+                .collect::<Vec<_>>()
+        };
+        let nominates = |m: &[u8]| {
+            demux::attributes(m).any(|(kind, _, _)| kind == 0x0025 /* USE-CANDIDATE */)
+        };
+        let ours = checks(&out);
+        assert!(!ours.is_empty(), "the browser's address is checked back");
+        assert!(!ours.iter().any(|m| nominates(m)), "nothing nominated yet");
+
+        // The browser answers our check: the nomination goes out now, no timer needed.
+        let answer_to = |check: &[u8]| {
+            let transaction: [u8; 12] = check[8..20].try_into().unwrap();
+            let mut mapped = vec![0, 1];
+            mapped.extend_from_slice(&(40000u16 ^ 0x2112).to_be_bytes());
+            mapped.extend_from_slice(
+                &(u32::from_be_bytes([127, 0, 0, 1]) ^ 0x2112_a442).to_be_bytes(),
+            );
+            stun_message(0x0101, transaction, &[(0x0020, &mapped)], &browser_pwd)
+        };
+        out.clear();
+        peer.handle_datagram(now, browser, &answer_to(&ours[0]), Some(&pwd));
+        peer.drain_writes(&mut out);
+        let nomination: Vec<Vec<u8>> = checks(&out).into_iter().filter(|m| nominates(m)).collect();
+        assert_eq!(nomination.len(), 1, "nominated at once");
+        assert!(!ice_connected(&mut peer));
+        peer.handle_datagram(now, browser, &answer_to(&nomination[0]), Some(&pwd));
+        assert!(
+            ice_connected(&mut peer),
+            "connected on the nomination's answer"
+        );
+        assert!(peer.before_ice.is_empty(), "the kept DTLS handed over");
     }
 
     fn ice_connected(peer: &mut Peer) -> bool {
