@@ -514,6 +514,8 @@ impl Peer {
         if dropped > 0 {
             tracing::debug!(kept, dropped, "offer candidates left out");
         }
+        // Only what the answer can keep: the stack reads every offered codec many times.
+        let offer_kept = sdp::offer_cut_to(&offer_kept, offered.video.payload_type, offered.opus);
         let desc = RTCSessionDescription::offer(offer_kept)
             .map_err(|e| RtcError::InvalidSdp(e.to_string()))?;
         pc.set_remote_description(now, desc)
