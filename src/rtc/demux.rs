@@ -7,10 +7,11 @@ use sha1::Sha1;
 
 const STUN_MAGIC_COOKIE: u32 = 0x2112_A442;
 const ATTR_USERNAME: u16 = 0x0006;
-const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
-const STUN_HEADER_LEN: usize = 20;
+pub(super) const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+pub(super) const STUN_HEADER_LEN: usize = 20;
 const BINDING_REQUEST: u16 = 0x0001;
-const INTEGRITY_LEN: usize = 20;
+/// The length of a MESSAGE-INTEGRITY value: an HMAC-SHA1.
+pub(super) const INTEGRITY_LEN: usize = 20;
 
 /// Whether the first byte says STUN, DTLS or RTP/RTCP (RFC 7983 §7): anything else on
 /// the media port is not for a peer.

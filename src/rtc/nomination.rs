@@ -27,15 +27,12 @@ use std::net::SocketAddr;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
-use super::demux;
+use super::demux::{self, ATTR_MESSAGE_INTEGRITY, INTEGRITY_LEN, STUN_HEADER_LEN as HEADER_LEN};
 
 const ATTR_USE_CANDIDATE: u16 = 0x0025;
-const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 const ATTR_FINGERPRINT: u16 = 0x8028;
 const BINDING_SUCCESS: u16 = 0x0101;
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
-const HEADER_LEN: usize = 20;
-const INTEGRITY_LEN: usize = 20;
 
 /// What to hand the stack for one datagram.
 #[derive(Debug, PartialEq, Eq)]

@@ -1372,7 +1372,6 @@ mod tests {
     #[test]
     fn a_browser_nominating_with_its_first_check_is_answered_and_nominated_at_once() {
         use super::super::ice_restart;
-        use super::super::nomination::stun_message;
         let now = Instant::now();
         // The browser's side: our own offer carries ufrag and password like a browser's.
         let (_, offer) = Peer::offer(setup(), now).expect("offer");
@@ -1385,18 +1384,7 @@ mod tests {
         let (ufrag, pwd) = ice_restart::ice_credentials(&answer).unwrap();
         let browser: SocketAddr = "127.0.0.1:50000".parse().unwrap();
         let username = format!("{ufrag}:{browser_ufrag}");
-        let priority = 0x6e7f_1effu32.to_be_bytes();
-        let request = stun_message(
-            0x0001,
-            [3; 12],
-            &[
-                (0x0006, username.as_bytes()),
-                (0x802a, &[7; 8]), // ICE-CONTROLLING
-                (0x0025, &[]),     // USE-CANDIDATE
-                (0x0024, &priority),
-            ],
-            &pwd,
-        );
+        let request = browser_check(&username, ICE_CONTROLLING, true, &pwd);
         peer.handle_datagram(now, browser, &request, Some(&pwd));
         let mut out = Vec::new();
         peer.drain_writes(&mut out);
@@ -1417,11 +1405,7 @@ mod tests {
         );
 
         // The browser answers our check: the pair is nominated.
-        let transaction: [u8; 12] = ours[0][8..20].try_into().unwrap();
-        let mut mapped = vec![0, 1];
-        mapped.extend_from_slice(&(50000u16 ^ 0x2112).to_be_bytes());
-        mapped.extend_from_slice(&(u32::from_be_bytes([127, 0, 0, 1]) ^ 0x2112_a442).to_be_bytes());
-        let success = stun_message(0x0101, transaction, &[(0x0020, &mapped)], &browser_pwd);
+        let success = browser_answer(&ours[0], browser, &browser_pwd);
         peer.handle_datagram(now, browser, &success, Some(&pwd));
         assert!(
             ice_connected(&mut peer),
@@ -1435,7 +1419,6 @@ mod tests {
     #[test]
     fn an_offering_peer_nominates_as_soon_as_both_checks_succeeded() {
         use super::super::ice_restart;
-        use super::super::nomination::stun_message;
         let now = Instant::now();
         let (mut peer, offer) = Peer::offer(setup(), now).expect("offer");
         let (ufrag, pwd) = ice_restart::ice_credentials(&offer).unwrap();
@@ -1450,17 +1433,7 @@ mod tests {
         // The address of the candidate in its answer.
         let browser: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let username = format!("{ufrag}:{browser_ufrag}");
-        let priority = 0x6e7f_1effu32.to_be_bytes();
-        let request = stun_message(
-            0x0001,
-            [4; 12],
-            &[
-                (0x0006, username.as_bytes()),
-                (0x8029, &[7; 8]), // ICE-CONTROLLED
-                (0x0024, &priority),
-            ],
-            &pwd,
-        );
+        let request = browser_check(&username, ICE_CONTROLLED, false, &pwd);
         let mut out = Vec::new();
         peer.drain_writes(&mut out);
         out.clear();
@@ -1490,27 +1463,54 @@ mod tests {
         assert!(!ours.iter().any(|m| nominates(m)), "nothing nominated yet");
 
         // The browser answers our check: the nomination goes out now, no timer needed.
-        let answer_to = |check: &[u8]| {
-            let transaction: [u8; 12] = check[8..20].try_into().unwrap();
-            let mut mapped = vec![0, 1];
-            mapped.extend_from_slice(&(40000u16 ^ 0x2112).to_be_bytes());
-            mapped.extend_from_slice(
-                &(u32::from_be_bytes([127, 0, 0, 1]) ^ 0x2112_a442).to_be_bytes(),
-            );
-            stun_message(0x0101, transaction, &[(0x0020, &mapped)], &browser_pwd)
-        };
         out.clear();
-        peer.handle_datagram(now, browser, &answer_to(&ours[0]), Some(&pwd));
+        peer.handle_datagram(
+            now,
+            browser,
+            &browser_answer(&ours[0], browser, &browser_pwd),
+            Some(&pwd),
+        );
         peer.drain_writes(&mut out);
         let nomination: Vec<Vec<u8>> = checks(&out).into_iter().filter(|m| nominates(m)).collect();
         assert_eq!(nomination.len(), 1, "nominated at once");
         assert!(!ice_connected(&mut peer));
-        peer.handle_datagram(now, browser, &answer_to(&nomination[0]), Some(&pwd));
+        peer.handle_datagram(
+            now,
+            browser,
+            &browser_answer(&nomination[0], browser, &browser_pwd),
+            Some(&pwd),
+        );
         assert!(
             ice_connected(&mut peer),
             "connected on the nomination's answer"
         );
         assert!(peer.before_ice.is_empty(), "the kept DTLS handed over");
+    }
+
+    const ICE_CONTROLLING: u16 = 0x802a;
+    const ICE_CONTROLLED: u16 = 0x8029;
+
+    /// A connectivity check as Chromium sends it, in `role`, nominating when `nominate`.
+    fn browser_check(username: &str, role: u16, nominate: bool, pwd: &str) -> Vec<u8> {
+        let priority = 0x6e7f_1effu32.to_be_bytes();
+        let mut attributes = vec![(0x0006, username.as_bytes()), (role, &[7; 8][..])];
+        if nominate {
+            attributes.push((0x0025, &[])); // USE-CANDIDATE
+        }
+        attributes.push((0x0024, &priority[..]));
+        super::super::nomination::stun_message(0x0001, [3; 12], &attributes, pwd)
+    }
+
+    /// The browser's success response to our `check`, seen from `browser`.
+    fn browser_answer(check: &[u8], browser: SocketAddr, pwd: &str) -> Vec<u8> {
+        let transaction: [u8; 12] = check[8..20].try_into().unwrap();
+        let SocketAddr::V4(v4) = browser else {
+            panic!("IPv4 here")
+        };
+        let mut mapped = vec![0, 1];
+        mapped.extend_from_slice(&(v4.port() ^ 0x2112).to_be_bytes());
+        mapped.extend_from_slice(&(u32::from(*v4.ip()) ^ 0x2112_a442).to_be_bytes());
+        super::super::nomination::stun_message(0x0101, transaction, &[(0x0020, &mapped)], pwd)
     }
 
     fn ice_connected(peer: &mut Peer) -> bool {
