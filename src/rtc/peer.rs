@@ -329,6 +329,8 @@ pub struct Peer {
     /// answer; replayed once it is applied so they are answered at once instead of
     /// after the browser's retransmission backoff.
     early_datagrams: Vec<(SocketAddr, BytesMut)>,
+    /// The ICE password those datagrams were routed by, for their replay.
+    early_pwd: Option<String>,
     /// The browser's check, kept until the stack's own check succeeds (see
     /// [`super::nomination`]).
     nomination: EarlyNomination,
@@ -628,6 +630,7 @@ impl Peer {
             remote_candidates: 0,
             early_candidates: Vec::new(),
             early_datagrams: Vec::new(),
+            early_pwd: None,
             nomination: EarlyNomination::new(Role::Controlling),
             ice_connected: false,
             before_ice: Vec::new(),
@@ -697,8 +700,9 @@ impl Peer {
         for c in std::mem::take(&mut self.early_candidates) {
             self.add_candidate_now(&c);
         }
+        let pwd = self.early_pwd.take();
         for (from, data) in std::mem::take(&mut self.early_datagrams) {
-            self.feed(now, from, data);
+            self.handle_datagram(now, from, &data, pwd.as_deref());
         }
         Ok(())
     }
@@ -768,6 +772,7 @@ impl Peer {
         if self.stage == Stage::Offered {
             if self.early_datagrams.len() < MAX_EARLY_DATAGRAMS {
                 self.early_datagrams.push((from, BytesMut::from(data)));
+                self.early_pwd = self.early_pwd.take().or(ice_pwd.map(str::to_owned));
             }
             return;
         }
@@ -1429,17 +1434,22 @@ mod tests {
         };
         let (_, answer) = Peer::answer(answering, &offer, now).expect("answer");
         let (browser_ufrag, browser_pwd) = ice_restart::ice_credentials(&answer).unwrap();
-        peer.apply_answer(now, &answer).expect("answer applied");
         // The address of the candidate in its answer.
         let browser: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let username = format!("{ufrag}:{browser_ufrag}");
         let request = browser_check(&username, ICE_CONTROLLED, false, &pwd);
+        // On the loopback its first check often comes before its answer is applied.
+        peer.handle_datagram(now, browser, &request, Some(&pwd));
+        peer.apply_answer(now, &answer).expect("answer applied");
         let mut out = Vec::new();
         peer.drain_writes(&mut out);
+        assert!(
+            out.iter().any(|(to, m)| *to == browser && m[..2] == [1, 1]),
+            "the early check answered once the answer is applied"
+        );
         out.clear();
         // A few milliseconds on, as on the wire (the stack nominates only after its start).
         let now = now + Duration::from_millis(5);
-        peer.handle_datagram(now, browser, &request, Some(&pwd));
         // DTLS from the browser, its check answered: the stack would drop it now.
         let hello = [0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         peer.handle_datagram(now, browser, &hello, Some(&pwd));
