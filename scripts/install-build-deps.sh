@@ -32,7 +32,7 @@ esac
 
 if ((${#need_apt[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "please install: a C/C++ compiler, libclang, the Linux kernel headers, pkg-config, libopus and ALSA headers (${need_apt[*]} on Debian)" >&2
+    echo "please install: a C/C++ compiler, libclang, the Linux kernel headers, pkg-config, libopus and ALSA headers, and nasm on x86 (${need_apt[*]} on Debian)" >&2
     exit 1
   fi
   echo "installing build prerequisites: ${need_apt[*]}"
