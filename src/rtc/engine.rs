@@ -125,7 +125,7 @@ struct Entry {
 /// The peers as the fan-out stamps frames through them; a peer stamped is read again
 /// (its notes, its timer) before the loop next waits.
 struct PeerTable<'a> {
-    peers: &'a mut HashMap<PeerId, Entry>,
+    peers: &'a mut HashMap<PeerId, Box<Entry>>,
     dirty: &'a mut HashSet<PeerId>,
 }
 
@@ -150,7 +150,7 @@ pub struct Engine {
     stats: Arc<SharedStats>,
     /// Advertised host candidates (NAT substitution applied).
     candidates: Vec<SocketAddr>,
-    peers: HashMap<PeerId, Entry>,
+    peers: HashMap<PeerId, Box<Entry>>,
     /// Peers in the `Connected` state, kept as they change rather than counted.
     connected: usize,
     router: Router,
@@ -600,16 +600,18 @@ impl Engine {
             peer: id,
             due: Due::OfferExpiry,
         });
+        // Boxed: a peer's state is kilobytes, and the table's spare buckets and its
+        // doubling when it grows would otherwise hold that much for absent peers too.
         self.peers.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 peer,
                 events,
                 next_timeout: None,
                 connected: false,
                 announced: false,
                 egress: false,
-            },
+            }),
         );
         self.dirty.insert(id);
         self.publish_stats();
@@ -967,7 +969,7 @@ impl Engine {
 
 /// Whether a deadline still stands: its peer is there, and its timer has not moved
 /// (or fired) since, or its offer is still unanswered.
-fn deadline_holds(peers: &HashMap<PeerId, Entry>, d: &Deadline) -> bool {
+fn deadline_holds(peers: &HashMap<PeerId, Box<Entry>>, d: &Deadline) -> bool {
     peers.get(&d.peer).is_some_and(|e| match d.due {
         Due::Timer => e.next_timeout == Some(d.at),
         Due::OfferExpiry => e.peer.pending(),
