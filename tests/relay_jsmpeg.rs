@@ -454,3 +454,72 @@ async fn random_bytes_after_a_valid_stream_never_reach_viewers() -> Result<()> {
     );
     Ok(())
 }
+
+/// The children of process `pid` (all its threads'), from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether process `pid` still runs (a zombie nobody reaped has ended).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// A server killed outright (a crash, SIGKILL: no clean-up runs) takes its transcoder
+/// with it, even one that would not notice its input closing, as ffmpeg waiting to open
+/// the sound's FIFO does not.
+#[tokio::test]
+async fn a_killed_server_leaves_no_transcoder_behind() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("peregrine-stand-in-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let stand_in = dir.join("ffmpeg");
+    std::fs::write(&stand_in, "#!/bin/sh\nexec sleep 300\n")?;
+    std::fs::set_permissions(
+        &stand_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut server = Server::start(&["--jsmpeg-ffmpeg", stand_in.to_str().unwrap()]).await?;
+    let url = format!("ws://127.0.0.1:{}/jsmpeg", server.http_port);
+    let (_viewer, _) = tokio_tungstenite::connect_async(url).await?;
+    server
+        .wait_state(Duration::from_secs(10), |s| {
+            s["relay"]["transcoder"]["ffmpeg_running"] == 1
+        })
+        .await?;
+    let helpers = children_of(server.pid());
+    assert_eq!(helpers.len(), 1, "one transcoder: {helpers:?}");
+    let helper = helpers[0];
+    assert!(running(helper));
+
+    server.kill_outright();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(helper) {
+        if Instant::now() > deadline {
+            // Not left for the rest of the run either way.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(helper as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            bail!("the transcoder {helper} outlived the killed server");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -158,6 +158,7 @@ impl Transcoder {
             None => None,
         };
         let mut command = Command::new(program);
+        crate::sys::process::end_with_this_process(&mut command);
         command
             .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
             .args(["-fflags", "nobuffer", "-flags", "low_delay"])

@@ -54,3 +54,31 @@ pub fn stop_with_parent() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Have the kernel kill the child `command` starts when this process ends, however it
+/// ends: a crash or SIGKILL skips every clean-up, and a helper such as ffmpeg blocked on
+/// a pipe would otherwise outlive the server for good.
+///
+/// The signal follows the thread that started the child; the runtime's worker threads
+/// live as long as the server.
+#[cfg(target_os = "linux")]
+pub fn end_with_this_process(command: &mut tokio::process::Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // This process may have ended between the fork and the request.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the server ended while starting it"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn end_with_this_process(_command: &mut tokio::process::Command) {}

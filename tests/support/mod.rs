@@ -254,6 +254,13 @@ impl Server {
         self.child.id()
     }
 
+    /// SIGKILL, as a crash: no clean-up of the server's runs.
+    #[allow(dead_code)]
+    pub fn kill_outright(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The process's resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
