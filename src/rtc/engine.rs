@@ -505,14 +505,7 @@ impl Engine {
     /// Take a seat for a new peer, or refuse it beyond `max_viewers` (all shards
     /// together).
     fn admit(&mut self) -> Result<(), RtcError> {
-        let max = self.cfg.max_viewers;
-        let seated = self
-            .stats
-            .seats
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
-        if seated.is_ok() {
+        if self.stats.take_seat(self.shard.index, self.cfg.max_viewers) {
             return Ok(());
         }
         rejections::count(Rejection::ViewerCap);
@@ -528,7 +521,7 @@ impl Engine {
 
     /// Give back the seat of a peer gone or never made.
     fn release_seat(&self) {
-        release_seats(&self.stats, 1);
+        self.stats.release_seat(self.shard.index);
     }
 
     /// A fresh id, ICE credentials, SSRCs and the rest of what a new peer of `opts` is
@@ -939,7 +932,7 @@ impl Engine {
         if e.connected {
             self.connected -= 1;
         }
-        // Counted off now: the supervisor gives back this many seats if the loop dies.
+        // Counted off now, so `/state` never shows a peer whose seat is free.
         self.publish_stats();
         // The stream's last viewer ends the subscription, so its source idles; the last
         // listener of its sound closes the capture the same way.
@@ -974,15 +967,6 @@ fn deadline_holds(peers: &HashMap<PeerId, Box<Entry>>, d: &Deadline) -> bool {
         Due::Timer => e.next_timeout == Some(d.at),
         Due::OfferExpiry => e.peer.pending(),
     })
-}
-
-/// Give back `n` seats (see [`SharedStats::seats`]).
-pub fn release_seats(stats: &SharedStats, n: usize) {
-    let _ = stats
-        .seats
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |seats| {
-            Some(seats.saturating_sub(n))
-        });
 }
 
 /// The next datagram for this shard: from its queue when datagrams are steered to it,

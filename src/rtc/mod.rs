@@ -609,10 +609,7 @@ impl Supervisor {
                 Err(e) if e.is_panic() => {
                     // Dropping the engine closed every peer's event channel: their
                     // Janus handles get a hangup.
-                    let counters = self.stats.shard(index);
-                    let lost = counters.peers.swap(0, Ordering::Relaxed);
-                    counters.connected.store(0, Ordering::Relaxed);
-                    engine::release_seats(&self.stats, lost);
+                    let lost = self.stats.reclaim_shard(index);
                     if let Some(steering) = &self.shard.steering {
                         steering.forget_shard(index);
                     }

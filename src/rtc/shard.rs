@@ -25,6 +25,9 @@ pub fn shard_of(id: PeerId) -> usize {
 pub struct ShardCounters {
     pub peers: AtomicUsize,
     pub connected: AtomicUsize,
+    /// Seats this shard holds: its peers and those it is making. Given back all at once
+    /// if the shard's loop dies, even for a peer that died half made.
+    pub seats: AtomicUsize,
 }
 
 /// One shard's place among the others: its number and what it shares with them.

@@ -77,6 +77,46 @@ impl SharedStats {
         &self.shards[index]
     }
 
+    /// Take a seat for shard `index` unless `max` are taken by all shards together.
+    pub fn take_seat(&self, index: usize, max: usize) -> bool {
+        let seated = self
+            .seats
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if seated {
+            self.shards[index].seats.fetch_add(1, Ordering::AcqRel);
+        }
+        seated
+    }
+
+    /// Give back a seat of shard `index`: a peer gone or never made.
+    pub fn release_seat(&self, index: usize) {
+        let held = &self.shards[index].seats;
+        if held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.seats.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Shard `index`'s loop died: zero its gauges and give back every seat it held.
+    /// Returns the peers it had.
+    pub fn reclaim_shard(&self, index: usize) -> usize {
+        let counters = &self.shards[index];
+        let lost = counters.peers.swap(0, Ordering::AcqRel);
+        counters.connected.store(0, Ordering::Relaxed);
+        let held = counters.seats.swap(0, Ordering::AcqRel);
+        let _ = self
+            .seats
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(held))
+            });
+        lost
+    }
+
     pub fn snapshot(&self) -> RtcStats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let shards: Vec<ShardStats> = self
@@ -107,5 +147,48 @@ impl SharedStats {
             send_delay_us: self.send_delay.snapshot(),
             capture_to_send_us: self.capture_to_send.snapshot(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seats_are_capped_across_shards_and_given_back_once() {
+        let stats = SharedStats::new(2);
+        assert!(stats.take_seat(0, 3));
+        assert!(stats.take_seat(1, 3));
+        assert!(stats.take_seat(1, 3));
+        assert!(
+            !stats.take_seat(0, 3),
+            "three seats for all shards together"
+        );
+        stats.release_seat(1);
+        assert!(stats.take_seat(0, 3), "a seat given back is free again");
+        // A shard gives back only what it holds.
+        stats.release_seat(1);
+        stats.release_seat(1);
+        assert_eq!(stats.seats.load(Ordering::Acquire), 2);
+        assert_eq!(stats.shard(0).seats.load(Ordering::Acquire), 2);
+    }
+
+    /// A loop that dies while making a peer has taken its seat but not yet counted the
+    /// peer: the seat still comes back, or each such death would lower the cap for good.
+    #[test]
+    fn a_dead_shard_gives_back_the_seats_of_peers_half_made() {
+        let stats = SharedStats::new(2);
+        assert!(stats.take_seat(0, 2));
+        stats.shard(0).peers.store(1, Ordering::Release);
+        stats.shard(0).connected.store(1, Ordering::Release);
+        assert!(stats.take_seat(0, 2), "taken for a peer being made");
+        assert!(!stats.take_seat(1, 2));
+        assert_eq!(stats.reclaim_shard(0), 1, "one peer lost");
+        assert_eq!(stats.seats.load(Ordering::Acquire), 0);
+        assert_eq!(stats.shard(0).connected.load(Ordering::Acquire), 0);
+        assert!(
+            stats.take_seat(1, 2) && stats.take_seat(0, 2),
+            "both seats free"
+        );
     }
 }
