@@ -932,7 +932,7 @@ impl Engine {
         if e.connected {
             self.connected -= 1;
         }
-        // Counted off now, so `/state` never shows a peer whose seat is free.
+        // Counted off at once in `/state` and `/metrics`.
         self.publish_stats();
         // The stream's last viewer ends the subscription, so its source idles; the last
         // listener of its sound closes the capture the same way.

@@ -63,17 +63,15 @@ pub fn stop_with_parent() -> anyhow::Result<()> {
 /// live as long as the server.
 #[cfg(target_os = "linux")]
 pub fn end_with_this_process(command: &mut tokio::process::Command) {
-    let parent = std::process::id();
+    let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (prctl, getppid); it allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // This process may have ended between the fork and the request.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("the server ended while starting it"));
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
             }
             Ok(())
         });
