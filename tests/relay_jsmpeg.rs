@@ -471,16 +471,6 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Whether process `pid` still runs (a zombie nobody reaped has ended).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        })
-        .unwrap_or(false)
-}
-
 /// A server killed outright (a crash, SIGKILL: no clean-up runs) takes its transcoder
 /// with it, even one that would not notice its input closing, as ffmpeg waiting to open
 /// the sound's FIFO does not.
@@ -505,11 +495,11 @@ async fn a_killed_server_leaves_no_transcoder_behind() -> Result<()> {
     let helpers = children_of(server.pid());
     assert_eq!(helpers.len(), 1, "one transcoder: {helpers:?}");
     let helper = helpers[0];
-    assert!(running(helper));
+    assert!(!support::process_ended(helper));
 
     server.kill_outright();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while running(helper) {
+    while !support::process_ended(helper) {
         if Instant::now() > deadline {
             // Not left for the rest of the run either way.
             let _ = nix::sys::signal::kill(

@@ -279,16 +279,6 @@ fn ustreamer_flags_peregrine_cannot_honour_are_refused_by_name() -> Result<()> {
     Ok(())
 }
 
-/// Whether process `pid` has ended (gone, or a zombie nobody reaped).
-fn ended(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-    }
-}
-
 #[tokio::test]
 async fn exit_on_parent_death_stops_with_the_parent() -> Result<()> {
     let port = free_port();
@@ -328,7 +318,7 @@ async fn exit_on_parent_death_stops_with_the_parent() -> Result<()> {
     let pid: u32 = line.trim().parse().context("no pid from the shell")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while http_request(port, "GET", "/state", None).await.is_err() {
-        if Instant::now() > deadline || ended(pid) {
+        if Instant::now() > deadline || support::process_ended(pid) {
             let _ = parent.kill();
             bail!("peregrine never answered on {port}");
         }
@@ -337,7 +327,7 @@ async fn exit_on_parent_death_stops_with_the_parent() -> Result<()> {
     parent.kill()?;
     parent.wait()?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ended(pid) {
+    while !support::process_ended(pid) {
         if Instant::now() > deadline {
             let _ = nix_kill(pid);
             bail!("peregrine {pid} still runs after its parent ended");

@@ -255,7 +255,6 @@ impl Server {
     }
 
     /// SIGKILL, as a crash: no clean-up of the server's runs.
-    #[allow(dead_code)]
     pub fn kill_outright(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -317,8 +316,18 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_outright();
+    }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped).
+#[allow(dead_code)]
+pub fn process_ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
     }
 }
 
