@@ -269,6 +269,31 @@ async fn viewers_receive_decodable_video() {
         );
     }
     assert!(engine.stats().rtp_packets_sent > 180);
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.direct_srtp_streams, stats.direct_srtp_refused),
+        (3, 0),
+        "each viewer's video is encrypted by the engine itself once connected"
+    );
+
+    // The sender reports map the RTP clock to the wall clock as the pictures were
+    // captured: a picture's RTP timestamp, through the latest report, gives back the
+    // capture time its abs-capture-time extension carries.
+    for v in &mut viewers {
+        let got = frames(&mut v.peer, 5, Duration::from_secs(5)).await;
+        let stats = v.peer.stats().await.expect("receiver stats");
+        let (sr_ntp, sr_rtp) = stats.video_sender_report.expect("a sender report");
+        for f in &got {
+            let abs = f.abs_capture_time.expect("abs-capture-time") as i128;
+            let ticks = i128::from(f.rtp_timestamp.wrapping_sub(sr_rtp) as i32);
+            let mapped = i128::from(sr_ntp) + (ticks << 32) / 90_000;
+            let off_us = ((mapped - abs) * 1_000_000) >> 32;
+            assert!(
+                off_us.abs() < 2_000,
+                "the report maps a picture {off_us} µs away from its capture time"
+            );
+        }
+    }
 
     // A malformed answer is refused and harms no one.
     let (tx, _bad_events) = mpsc::unbounded_channel();

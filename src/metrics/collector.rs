@@ -200,6 +200,18 @@ impl Collector for ServerCollector {
             "RTP packets sent again in answer to NACKs.",
             rtc.retransmitted_packets,
         )?;
+        counter(
+            &mut enc,
+            "peregrine_webrtc_direct_srtp_streams",
+            "Viewer streams whose RTP the engine encrypts itself once connected, past the WebRTC stack's write pipeline.",
+            rtc.direct_srtp_streams,
+        )?;
+        counter(
+            &mut enc,
+            "peregrine_webrtc_direct_srtp_refused",
+            "Viewer streams left to the WebRTC stack: the engine's encryption of their first packet differed from the stack's.",
+            rtc.direct_srtp_refused,
+        )?;
 
         let sources: Vec<_> = streams
             .iter()

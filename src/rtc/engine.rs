@@ -864,6 +864,14 @@ impl Engine {
                     }
                 }
             }
+            PeerNote::DirectSrtp { taken_over } => {
+                let counter = if taken_over {
+                    &self.stats.direct_srtp_streams
+                } else {
+                    &self.stats.direct_srtp_refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             PeerNote::Nack { resent } => {
                 self.stats.nacks_received.fetch_add(1, Ordering::Relaxed);
                 self.stats

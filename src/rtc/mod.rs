@@ -29,6 +29,7 @@ pub mod candidates;
 pub mod certificate;
 mod deadlines;
 pub mod demux;
+mod direct_srtp;
 mod engine;
 pub mod extensions;
 mod fanout;
@@ -38,6 +39,7 @@ mod frame_cache;
 mod gop;
 pub mod histograms;
 pub mod ice_restart;
+mod keying_tap;
 pub mod latency;
 pub mod memory_return;
 pub mod nomination;
@@ -45,6 +47,7 @@ pub mod packetizer;
 pub mod peer;
 mod peer_audio;
 mod peer_ingest;
+mod reports;
 pub mod resend;
 mod router;
 pub mod sdp;
@@ -259,6 +262,11 @@ pub struct RtcStats {
     /// RTCP PLI sent to WHIP publishers (keyframe requests of their streams).
     pub plis_sent: u64,
     pub retransmitted_packets: u64,
+    /// Streams (a viewer's video, its sound) whose RTP the engine encrypts and sends
+    /// itself once connected, and those left to the WebRTC stack because our
+    /// encryption of their first packet did not match the stack's.
+    pub direct_srtp_streams: u64,
+    pub direct_srtp_refused: u64,
     /// Access unit taken by the engine → its last RTP packet sent (all viewers).
     pub send_delay_us: latency::HistogramSnapshot,
     /// Access unit captured/arrived at the server → its last RTP packet sent.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
+use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot};
 use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
@@ -33,12 +33,15 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::candidates::{self, Refusal, MAX_REMOTE_CANDIDATES};
 use super::demux;
+use super::direct_srtp::{DirectSrtp, Probe};
 use super::extensions::{self, ExtensionIds};
 use super::feedback::{self, FeedbackForwarder, VideoFeedback};
 use super::frame::{OutAudio, OutFrame};
+use super::keying_tap::{self, KeyingTap};
 use super::nomination::{EarlyNomination, Feed, Role};
 use super::peer_audio::PeerAudio;
 use super::peer_ingest::PeerIngest;
+use super::reports::{Clock, SenderReports};
 use super::resend::SentHistory;
 use super::{sdp, RemoteCandidate, RtcError};
 use crate::media::audio::mic::{MicInput, TalkerId};
@@ -116,16 +119,14 @@ fn h264_codec_with_fmtp(fmtp: String, payload_type: u8) -> RTCRtpCodecParameters
     }
 }
 
-/// Interceptors of the sending end (the server): sender reports (for the video and the
-/// sound alike: a browser lines the two up by them) and our feedback forwarder; with
-/// `receives` (a viewer's microphone comes in) receiver reports about it too. NACKs are
-/// answered by the peer itself from [`SentHistory`], not by the stack's responder, which
-/// would copy every packet's header into a history of its own. Nothing else comes in,
-/// and every interceptor in the chain costs on every packet sent.
+/// Interceptors of the sending end (the server): our feedback forwarder; with
+/// `receives` (a viewer's microphone comes in) receiver reports about it too. Sender
+/// reports are our own ([`SenderReports`]), as NACKs are answered by the peer itself
+/// from [`SentHistory`], not by the stack's responder, which would copy every packet's
+/// header into a history of its own. Every interceptor in the chain costs on every
+/// packet that goes through the stack.
 pub fn sender_interceptors(receives: bool) -> Registry {
-    let registry = Registry::new()
-        .with(Slot::SenderReport, SenderReportBuilder::new().build())
-        .with(Slot::from(feedback::SLOT), FeedbackForwarder::default());
+    let registry = Registry::new().with(Slot::from(feedback::SLOT), FeedbackForwarder::default());
     if receives {
         registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
     } else {
@@ -269,6 +270,11 @@ pub enum PeerNote {
         dropped: u64,
         started: bool,
     },
+    /// A stream's probe decided whether its packets are encrypted here from now on
+    /// (see [`super::direct_srtp`]).
+    DirectSrtp {
+        taken_over: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,6 +312,15 @@ pub struct PeerSetup {
 
 pub struct Peer {
     pc: RTCPeerConnection,
+    /// The connection's DTLS-SRTP keys as the stack derives them, for `direct`.
+    keying: Arc<KeyingTap>,
+    /// Our RTP past the stack once connected (see [`super::direct_srtp`]).
+    direct: DirectSrtp,
+    reports: SenderReports,
+    /// NACKed packets sent again while reading notes, until the writes are drained.
+    resends: Vec<(SocketAddr, BytesMut)>,
+    /// Probes decided and not yet told in a [`PeerNote::DirectSrtp`].
+    probes_untold: Vec<bool>,
     sender: RTCRtpSenderId,
     ssrc: u32,
     seq: u16,
@@ -381,10 +396,13 @@ impl Peer {
         let me = media_engine(&setup.profile_level_id)?;
         let receives = setup.audio.as_ref().is_some_and(|a| a.mic.is_some());
         let registry = sender_interceptors(receives);
+        let keying = Arc::new(KeyingTap::default());
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(super::certificate::configuration())
             .with_setting_engine(
-                with_srtp(setting_engine(&setup.ufrag, &setup.pwd), setup.aead_only).build(),
+                with_srtp(setting_engine(&setup.ufrag, &setup.pwd), setup.aead_only)
+                    .with_crypto_provider(keying_tap::tapped_provider(keying.clone())?)
+                    .build(),
             )
             .with_media_engine(me)
             .with_interceptor_registry(registry)
@@ -421,6 +439,7 @@ impl Peer {
 
         let peer = Peer::assemble(
             pc,
+            keying,
             sender,
             setup.ssrc,
             local_addr,
@@ -460,6 +479,7 @@ impl Peer {
             vec![video_codec.clone()],
             super::peer_audio::opus_codec_on(opus_pt),
         )?;
+        let keying = Arc::new(KeyingTap::default());
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(super::certificate::configuration())
             .with_setting_engine(
@@ -468,6 +488,7 @@ impl Peer {
                 // them from the answer.
                 with_srtp(setting_engine("", ""), setup.aead_only)
                     .with_answering_dtls_role(RTCDtlsRole::Server)
+                    .with_crypto_provider(keying_tap::tapped_provider(keying.clone())?)
                     .build(),
             )
             .with_media_engine(me)
@@ -558,6 +579,7 @@ impl Peer {
 
         let mut peer = Peer::assemble(
             pc,
+            keying,
             sender,
             setup.ssrc,
             local_addr,
@@ -607,6 +629,7 @@ impl Peer {
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         pc: RTCPeerConnection,
+        keying: Arc<KeyingTap>,
         sender: RTCRtpSenderId,
         ssrc: u32,
         local_addr: SocketAddr,
@@ -617,6 +640,11 @@ impl Peer {
     ) -> Peer {
         Peer {
             pc,
+            keying,
+            direct: DirectSrtp::default(),
+            reports: SenderReports::default(),
+            resends: Vec::new(),
+            probes_untold: Vec::new(),
             sender,
             ssrc,
             seq: rand::random(),
@@ -824,6 +852,9 @@ impl Peer {
             ) = event
             {
                 self.ice_connected = true;
+                // Reconnected, perhaps on another pair: the reports go at once, and the
+                // direct path learns the pair from them.
+                self.reports.hurry(self.last_now);
             }
             self.taken_events.push_back(event);
         }
@@ -852,15 +883,43 @@ impl Peer {
         if let Err(e) = self.pc.handle_timeout(now) {
             tracing::debug!(error = %e, "peer timer");
         }
+        self.send_reports(now);
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+        let stack = self.pc.poll_timeout();
+        match (stack, self.reports.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Our sender reports, when due, each in an RTCP packet of its own; through the
+    /// connection, whose SRTCP context is its own.
+    fn send_reports(&mut self, now: Instant) {
+        let Some(reports) = self.reports.take_due(now) else {
+            return;
+        };
+        if self.dtls_closed {
+            return;
+        }
+        for report in reports {
+            if let Err(e) = self.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(report)]),
+            }) {
+                tracing::debug!(error = %e, "sender report refused");
+            }
+        }
     }
 
     /// Move queued datagrams into `out`.
     pub fn drain_writes(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) {
+        if !self.resends.is_empty() {
+            out.extend(std::mem::take(&mut self.resends));
+        }
         while let Some(msg) = self.pc.poll_write() {
+            self.direct.saw(msg.transport.peer_addr, &msg.message);
             out.push((msg.transport.peer_addr, msg.message));
         }
     }
@@ -884,6 +943,11 @@ impl Peer {
         if let Some(note) = self.audio.as_mut().and_then(PeerAudio::take_note) {
             notes.push(note);
         }
+        notes.extend(
+            self.probes_untold
+                .drain(..)
+                .map(|taken_over| PeerNote::DirectSrtp { taken_over }),
+        );
         if self.keyframes_untold > 0 {
             let time_to_first = match self.first_keyframe {
                 FirstKeyframe::Sent(at) => {
@@ -1013,24 +1077,12 @@ impl Peer {
         frame: &OutAudio,
         out: &mut Vec<(SocketAddr, BytesMut)>,
     ) -> u64 {
-        let Some((track_id, packet)) = self.audio.as_mut().and_then(|a| a.stamp(frame)) else {
+        let Some(packet) = self.audio.as_mut().and_then(|a| a.stamp(frame)) else {
             return 0;
         };
-        let written = self.pc.handle_write(TaggedRTCMessage {
-            now,
-            message: RTCMessage::RtpPacket(track_id, packet),
-        });
+        let sent = self.write_packet(now, packet, Clock::Audio48k, out);
         self.drain_writes(out);
-        match written {
-            Ok(()) => 1,
-            Err(e) => {
-                self.write_errors += 1;
-                if self.write_errors == 1 {
-                    tracing::warn!(error = %e, "RTP write refused");
-                }
-                0
-            }
-        }
+        u64::from(sent)
     }
 
     /// Stamp a shared picture with this viewer's SSRC and sequence numbers and hand its
@@ -1057,7 +1109,7 @@ impl Peer {
         for i in 0..frame.payloads.len() {
             let packet = self.rtp_packet(payload_type, frame, i, self.seq);
             self.seq = self.seq.wrapping_add(1);
-            if self.write_packet(now, packet) {
+            if self.write_packet(now, packet, Clock::Video90k, out) {
                 sent += 1;
                 if sent % PACKETS_PER_POLL == 0 {
                     self.drain_writes(out);
@@ -1128,16 +1180,79 @@ impl Peer {
         };
         let now = self.last_now;
         let mut resent = 0;
+        let mut out = std::mem::take(&mut self.resends);
         for seq in std::mem::take(&mut self.nacks) {
             let Some((frame, i)) = self.history.find(seq) else {
                 continue;
             };
             let packet = self.rtp_packet(payload_type, frame, i, seq);
-            if self.write_packet(now, packet) {
+            if self.write_packet(now, packet, Clock::Video90k, &mut out) {
                 resent += 1;
             }
         }
+        self.resends = out;
         resent
+    }
+
+    /// Send one RTP packet: encrypted here into `out` once its stream is ours (see
+    /// [`super::direct_srtp`]), else through the connection, whose datagrams `out` gets
+    /// when drained. `false` (logged once) when it could not go.
+    fn write_packet(
+        &mut self,
+        now: Instant,
+        packet: rtc::rtp::Packet,
+        clock: Clock,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> bool {
+        let ssrc = packet.header.ssrc;
+        let payload_len = packet.payload.len();
+        let sent = if self.direct.owns(ssrc) {
+            match self.direct.seal(&packet) {
+                Some(datagram) if !self.dtls_closed => {
+                    out.push(datagram);
+                    true
+                }
+                _ => false,
+            }
+        } else if self.stage == Stage::Connected && self.direct.wants_probe(ssrc) {
+            self.probe_with(now, packet, out)
+        } else {
+            self.write_through_stack(now, packet)
+        };
+        if sent {
+            self.reports.sent(now, ssrc, clock, payload_len);
+        }
+        sent
+    }
+
+    /// Send `packet` through the connection, and offer what it sent as the probe of its
+    /// stream.
+    fn probe_with(
+        &mut self,
+        now: Instant,
+        packet: rtc::rtp::Packet,
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> bool {
+        if !self.write_through_stack(now, packet.clone()) {
+            return false;
+        }
+        let start = out.len();
+        self.drain_writes(out);
+        let Ok(provider) = keying_tap::base() else {
+            return true;
+        };
+        let keying = &self.keying;
+        let outcome = self.direct.probe(
+            &packet,
+            &out[start..],
+            || keying.keying_material(),
+            provider.crypto(),
+        );
+        if outcome != Probe::NotYet {
+            tracing::debug!(ssrc = packet.header.ssrc, ?outcome, "direct SRTP probe");
+            self.probes_untold.push(outcome == Probe::TakenOver);
+        }
+        true
     }
 
     /// Hand one RTP packet to the connection; `false` (logged once) when it refuses.
@@ -1147,7 +1262,7 @@ impl Peer {
     /// once in the answer, extension ids taken from it), so the packet goes straight to
     /// the connection's write path, which is where `write_rtp` would put it after the
     /// checks. The write path does not read the track id, so none is allocated for it.
-    fn write_packet(&mut self, now: Instant, packet: rtc::rtp::Packet) -> bool {
+    fn write_through_stack(&mut self, now: Instant, packet: rtc::rtp::Packet) -> bool {
         match self.pc.handle_write(TaggedRTCMessage {
             now,
             message: RTCMessage::RtpPacket(String::new(), packet),

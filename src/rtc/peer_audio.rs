@@ -64,7 +64,6 @@ pub struct PeerAudio {
     ssrc: u32,
     seq: u16,
     offered_send: bool,
-    track_id: String,
     /// Set once the answer takes our sound: the payload type it kept.
     payload_type: Option<u8>,
     /// The playback and our talker id, once the answer says the viewer sends.
@@ -86,14 +85,13 @@ impl PeerAudio {
     /// transceiver for the microphone alone (recvonly).
     pub fn add(pc: &mut RTCPeerConnection, setup: AudioSetup) -> Result<PeerAudio, RtcError> {
         let codec = opus_codec_on(setup.payload_type);
-        let track_id = "audio".to_string();
         let init = RTCRtpTransceiverInit {
             direction: setup.direction(),
             streams: vec![],
             send_encodings: vec![],
         };
         let transceiver = if setup.send {
-            let track = media_track(&track_id, RtpCodecKind::Audio, setup.ssrc, &codec);
+            let track = media_track("audio", RtpCodecKind::Audio, setup.ssrc, &codec);
             pc.add_transceiver_from_track(track, Some(init))?
         } else {
             pc.add_transceiver_from_kind(RtpCodecKind::Audio, Some(init))?
@@ -105,7 +103,6 @@ impl PeerAudio {
             ssrc: setup.ssrc,
             seq: rand::random(),
             offered_send: setup.send,
-            track_id,
             payload_type: None,
             mic: None,
             mic_offered: setup.mic,
@@ -159,9 +156,9 @@ impl PeerAudio {
     }
 
     /// One Opus frame stamped for this viewer: its audio SSRC, its next sequence
-    /// number, the payload type its answer kept, no marker; with the track to write it
-    /// on. `None` when our sound does not go to it.
-    pub fn stamp(&mut self, frame: &OutAudio) -> Option<(String, rtc::rtp::Packet)> {
+    /// number, the payload type its answer kept, no marker. `None` when our sound does
+    /// not go to it.
+    pub fn stamp(&mut self, frame: &OutAudio) -> Option<rtc::rtp::Packet> {
         let payload_type = self.payload_type?;
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {
@@ -176,7 +173,7 @@ impl PeerAudio {
             payload: frame.payload.clone(),
         };
         self.seq = self.seq.wrapping_add(1);
-        Some((self.track_id.clone(), packet))
+        Some(packet)
     }
 
     /// An RTP packet from the viewer (connected): its microphone, handed to the
@@ -240,7 +237,6 @@ mod tests {
             ssrc: 42,
             seq: 65535,
             offered_send: send,
-            track_id: "audio".into(),
             payload_type: None,
             mic: None,
             mic_offered: mic.map(|m| (m, 7)),
@@ -265,8 +261,8 @@ mod tests {
             receives: true,
             sends: false,
         });
-        let (_, first) = a.stamp(&frame).expect("stamped");
-        let (_, second) = a.stamp(&frame).expect("stamped");
+        let first = a.stamp(&frame).expect("stamped");
+        let second = a.stamp(&frame).expect("stamped");
         assert_eq!((first.header.ssrc, first.header.payload_type), (42, 111));
         assert!(!first.header.marker);
         assert_eq!(first.header.timestamp, 1234);

@@ -33,6 +33,10 @@ pub struct SharedStats {
     pub plis_sent: AtomicU64,
     /// Packets sent again for NACKs (those still in the viewer's history).
     pub retransmitted_packets: AtomicU64,
+    /// Streams whose RTP is encrypted by the engine itself, and streams whose probe
+    /// did not match (see `direct_srtp`).
+    pub direct_srtp_streams: AtomicU64,
+    pub direct_srtp_refused: AtomicU64,
     pub histograms: WebrtcHistograms,
     /// Access unit taken from the hub → its last RTP packet handed to the kernel.
     pub send_delay: Histogram,
@@ -66,6 +70,8 @@ impl SharedStats {
             nacks_received: AtomicU64::default(),
             plis_sent: AtomicU64::default(),
             retransmitted_packets: AtomicU64::default(),
+            direct_srtp_streams: AtomicU64::default(),
+            direct_srtp_refused: AtomicU64::default(),
             histograms: WebrtcHistograms::default(),
             send_delay: Histogram::default(),
             capture_to_send: Histogram::default(),
@@ -144,6 +150,8 @@ impl SharedStats {
             nacks_received: load(&self.nacks_received),
             plis_sent: load(&self.plis_sent),
             retransmitted_packets: load(&self.retransmitted_packets),
+            direct_srtp_streams: load(&self.direct_srtp_streams),
+            direct_srtp_refused: load(&self.direct_srtp_refused),
             send_delay_us: self.send_delay.snapshot(),
             capture_to_send_us: self.capture_to_send.snapshot(),
         }

@@ -81,6 +81,9 @@ pub struct ReceiverStats {
     /// syncs the two by them).
     pub video_sender_reports: u64,
     pub audio_sender_reports: u64,
+    /// The latest sender report about the video: its NTP time and the RTP timestamp
+    /// that maps to it.
+    pub video_sender_report: Option<(u64, u32)>,
 }
 
 impl ReceiverStats {
@@ -565,7 +568,8 @@ struct Driver {
     mic_sent: u64,
     fir_sequence: u8,
     /// Sender reports received, by the SSRC they report on.
-    sender_reports: HashMap<u32, u64>,
+    /// Sender reports per SSRC: how many, and the latest's NTP and RTP times.
+    sender_reports: HashMap<u32, (u64, (u64, u32))>,
     frame_tx: mpsc::UnboundedSender<ReceivedFrame>,
     state_tx: watch::Sender<ReceiverState>,
     /// See [`ReceiverPeer::drop_media`].
@@ -711,7 +715,9 @@ impl Driver {
                     .iter()
                     .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
                 {
-                    *self.sender_reports.entry(sr.ssrc).or_default() += 1;
+                    let (count, latest) = self.sender_reports.entry(sr.ssrc).or_default();
+                    *count += 1;
+                    *latest = (sr.ntp_time, sr.rtp_time);
                 }
             }
             if let RTCMessage::RtpPacket(_, packet) = msg.message {
@@ -833,6 +839,7 @@ impl Driver {
         });
         let sender_reports =
             |ssrc: Option<u32>| ssrc.and_then(|s| self.sender_reports.get(&s).copied());
+        let count = |ssrc| sender_reports(ssrc).map_or(0, |(n, _)| n);
         ReceiverStats {
             packets_received: self.seq.received,
             packets_expected: self.seq.expected(),
@@ -842,8 +849,9 @@ impl Driver {
             audio_bytes_received: self.audio_bytes,
             audio_packets_expected: self.audio_seq.expected(),
             mic_packets_sent: self.mic_sent,
-            video_sender_reports: sender_reports(self.video_ssrc).unwrap_or(0),
-            audio_sender_reports: sender_reports(self.audio_ssrc).unwrap_or(0),
+            video_sender_reports: count(self.video_ssrc),
+            audio_sender_reports: count(self.audio_ssrc),
+            video_sender_report: sender_reports(self.video_ssrc).map(|(_, latest)| latest),
         }
     }
 
