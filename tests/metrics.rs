@@ -30,6 +30,8 @@ const SEND_DELAY_COUNT: &str = "peregrine_webrtc_send_delay_seconds_count";
 const PLIS: &str = r#"peregrine_webrtc_keyframe_requests_total{type="pli"}"#;
 const NACKS: &str = "peregrine_webrtc_nacks_received_total";
 const RETRANSMITTED: &str = "peregrine_webrtc_retransmitted_packets_total";
+const DIRECT_SRTP: &str = "peregrine_webrtc_direct_srtp_streams_total";
+const DIRECT_SRTP_REFUSED: &str = "peregrine_webrtc_direct_srtp_refused_total";
 const LOSS_COUNT: &str = "peregrine_webrtc_receiver_loss_ratio_count";
 const JITTER_COUNT: &str = "peregrine_webrtc_receiver_jitter_seconds_count";
 const PEERS: &str = "peregrine_webrtc_peers";
@@ -230,8 +232,10 @@ async fn metrics_follow_viewers_traffic_feedback_and_refusals() -> Result<()> {
             && m.get(TTFF_COUNT) == 1.0
             && m.get(KEYFRAMES) >= 1.0
             && m.get(SEND_DELAY_COUNT) >= 1.0
+            && m.get(DIRECT_SRTP) == 1.0
     })
     .await?;
+    assert_eq!(watching.get(DIRECT_SRTP_REFUSED), 0.0);
     assert_eq!(watching.get(SESSIONS), 1.0);
     assert_eq!(watching.get(HANDLES), 1.0);
     let ttff = watching.get(TTFF_SUM);
