@@ -83,11 +83,22 @@ class Viewer {
     this.iceServers = [];
     this.pending = new Map();
     this.timers = new Set();
+    // One watch at a time: a second one would bring a second offer, and the answer to
+    // the first could then be taken for the second's.
+    this.watchTimer = null;
+    this.awaitingOffer = false;
   }
 
   later(fn, ms) {
     const t = setTimeout(() => { this.timers.delete(t); fn(); }, ms);
     this.timers.add(t);
+    return t;
+  }
+
+  /** Watch after `ms`, instead of any watch already waiting. */
+  scheduleWatch(ms) {
+    if (this.watchTimer !== null) { clearTimeout(this.watchTimer); this.timers.delete(this.watchTimer); }
+    this.watchTimer = this.later(() => this.watch(), ms);
   }
 
   connect() {
@@ -145,7 +156,8 @@ class Viewer {
       case "event": return this.onPluginEvent(msg.plugindata && msg.plugindata.data, msg.jsep);
       // While the source is gone the picture itself says NO SIGNAL: no overlay on top.
       case "webrtcup": return setStatus(window.peregrine.signal === "no signal" ? "no signal" : "playing", false);
-      case "hangup": return this.restartWatch(`hangup: ${msg.reason || ""}`);
+      // While a new watch is on its way, a hangup is about the peer the page left.
+      case "hangup": return this.awaitingOffer || this.watchTimer !== null ? undefined : this.restartWatch(`hangup: ${msg.reason || ""}`);
       case "timeout": return this.fail(new Error("session timed out"));
       default: return undefined;
     }
@@ -156,12 +168,13 @@ class Viewer {
     if (data.error_code === 503) {
       window.peregrine.watch503 += 1;
       setStatus("waiting for the video source", true);
-      this.later(() => this.watch(), RETRY_WATCH_MS);
+      this.scheduleWatch(RETRY_WATCH_MS);
       return;
     }
     if (data.error_code) {
       setStatus(`error ${data.error_code}: ${data.error}`, true);
-      this.later(() => this.restartWatch("error"), 2000);
+      this.closePeer();
+      this.scheduleWatch(2000);
       return;
     }
     const result = data.result || {};
@@ -174,11 +187,14 @@ class Viewer {
       $("mic").title = features.mic ? "talk: send this computer's microphone" : "the server plays no microphone";
       this.watch();
     } else if (jsep && jsep.type === "offer") {
+      this.awaitingOffer = false;
       this.answer(jsep).catch((e) => this.fail(e));
     }
   }
 
   watch() {
+    this.watchTimer = null;
+    this.awaitingOffer = true;
     const features = this.features || {};
     const audio = wantAudio && features.audio === true;
     const mic = wantMic && features.mic === true;
@@ -211,10 +227,14 @@ class Viewer {
     pc.onconnectionstatechange = () => {
       if (pc === this.pc && pc.connectionState === "failed") this.restartWatch("connection failed");
     };
+    // A newer offer replaces this one at any of the waits: its answer is never sent.
     await pc.setRemoteDescription(offer);
+    if (pc !== this.pc) return;
     if (this.watching.mic) await this.sendMic(pc);
+    if (pc !== this.pc) return;
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
+    if (pc !== this.pc) return;
     this.message({ request: "start" }, { type: answer.type, sdp: answer.sdp });
   }
 
@@ -237,10 +257,10 @@ class Viewer {
     }
   }
 
-  restartWatch(why) {
+  restartWatch(why, ms = RECONNECT_MS) {
     setStatus(`reconnecting (${why})`, true);
     this.closePeer();
-    this.later(() => this.watch(), RECONNECT_MS);
+    this.scheduleWatch(ms);
   }
 
   closePeer() {
@@ -451,8 +471,8 @@ class WhepViewer {
     this.timer = setTimeout(() => this.start().catch((e) => this.retry(e.message, RECONNECT_MS)), ms);
   }
 
-  restartWatch(why) {
-    this.retry(`reconnecting (${why})`, RECONNECT_MS);
+  restartWatch(why, ms = RECONNECT_MS) {
+    this.retry(`reconnecting (${why})`, ms);
   }
 
   /** End the session on the server (DELETE) and close the connection. */
@@ -562,13 +582,14 @@ $("sound-toggle").addEventListener("click", () => {
   video.muted = !wantAudio;
   sound.resume();
   showSound();
-  if (viewer) viewer.restartWatch(wantAudio ? "sound on" : "sound off");
+  // At once: the server replaces the peer; nothing failed that a pause would help.
+  if (viewer) viewer.restartWatch(wantAudio ? "sound on" : "sound off", 0);
 });
 $("mic").addEventListener("click", () => {
   wantMic = !wantMic;
   sound.resume();
   showSound();
-  if (viewer) viewer.restartWatch(wantMic ? "microphone on" : "microphone off");
+  if (viewer) viewer.restartWatch(wantMic ? "microphone on" : "microphone off", 0);
 });
 showSound();
 

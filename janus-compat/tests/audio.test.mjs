@@ -128,10 +128,14 @@ test("the bundled page shows the sound's level and an audio-video offset within 
     await waitUntil(page, () => window.peregrine.frames > 10, "pictures");
     assert.equal(await page.evaluate(() => window.peregrine.audio), false);
     // The sound button turns it on, as a person would.
+    const offersBefore = await page.evaluate(() => window.peregrine.offers);
     const t0 = Date.now();
     await page.click("#sound-toggle");
     await waitUntil(page, () => window.peregrine.audio === true, "the sound track");
     await waitUntil(page, () => window.peregrine.beeps >= 4, "four beeps heard", { timeoutMs: 20_000 });
+    // One new offer for the click: the hangup of the peer the page left starts no second
+    // watch (two raced, and the answer to one could be taken for the other's).
+    assert.equal(await page.evaluate(() => window.peregrine.offers), offersBefore + 1, "one watch for one click");
     await waitUntil(page, () => window.peregrine.audioLevelDb > -30, "a beep on the level meter");
     await waitUntil(page, () => typeof window.peregrine.avOffsetMs === "number", "an A/V offset");
     const first = await page.evaluate(() => window.peregrine.avOffsetMs);
