@@ -179,7 +179,14 @@ async fn the_tone_reaches_jsmpeg_viewers_as_mp2_beeps() -> Result<()> {
         assert_eq!(level::dominant_hz(window, &CANDIDATES), 1000.0);
         assert!(*db < -8.0, "louder than the beep: {db} dBFS");
     }
-    let loudest = loud.iter().map(|(_, db)| *db).fold(f64::MIN, f64::max);
+    // A beep split across two of those windows is quieter in each (-12 dB for halves):
+    // its level is read from the 100 ms that hold it best, in steps of 10 ms.
+    let loudest = pcm
+        .windows(4800)
+        .step_by(480)
+        .map(level::rms_dbfs)
+        .fold(f64::MIN, f64::max);
+    println!("the loudest 100 ms: {loudest:.1} dBFS");
     assert!(loudest > -12.0, "the beep at half scale is {loudest} dBFS");
     let quiet = windows(&pcm).iter().filter(|(_, db)| *db < -50.0).count();
     assert!(
