@@ -87,7 +87,7 @@ for shards in $SHARDS; do
         http_port=$((18400 + shards)) ws_port=$((18500 + shards))
         "$target/peregrine" --host "$host_ip" --port "$http_port" --janus-ws-port "$ws_port" \
             --janus-http-port "$((18600 + shards))" --udp-port-range 0 --source "$tmp/input.h264" --desired-fps 30 \
-            --max-connections-per-ip 0 --max-viewers 100000 --rtc-threads "$shards" \
+            --max-connections-per-ip 0 --max-sessions 0 --max-viewers 100000 --rtc-threads "$shards" \
             >"$tmp/server.log" 2>&1 &
         server=$!
         for _ in $(seq 100); do rtc_state "$host_ip:$http_port" >/dev/null 2>&1 && break; sleep 0.1; done

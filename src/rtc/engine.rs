@@ -5,7 +5,6 @@
 //! [`AudioFanout`]'s, and what is due next the [`Deadlines`]'. Everything that touches
 //! a peer connection happens here, so no locks are needed.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use super::frame::{OutAudio, OutFrame};
 use super::ice_restart::{self, LocalIce};
 use super::packetizer;
 use super::peer::{AudioSetup, KeyframeRequest, Peer, PeerNote, PeerSetup};
+use super::peer_map::{PeerMap, PeerSet};
 use super::router::{Router, Unrouted};
 use super::shard::Shard;
 use super::stats::SharedStats;
@@ -125,8 +125,9 @@ struct Entry {
 /// The peers as the fan-out stamps frames through them; a peer stamped is read again
 /// (its notes, its timer) before the loop next waits.
 struct PeerTable<'a> {
-    peers: &'a mut HashMap<PeerId, Box<Entry>>,
-    dirty: &'a mut HashSet<PeerId>,
+    peers: &'a mut PeerMap<Box<Entry>>,
+    dirty: &'a mut PeerSet,
+    quiet: &'a mut Vec<PeerId>,
 }
 
 impl Stamp for PeerTable<'_> {
@@ -140,8 +141,13 @@ impl Stamp for PeerTable<'_> {
         let Some(e) = self.peers.get_mut(&id) else {
             return 0;
         };
-        self.dirty.insert(id);
-        e.peer.write_frame(now, frame, out)
+        let sent = e.peer.write_frame(now, frame, out);
+        if e.peer.take_stack_touched() {
+            self.dirty.insert(id);
+        } else {
+            self.quiet.push(id);
+        }
+        sent
     }
 }
 
@@ -150,7 +156,7 @@ pub struct Engine {
     stats: Arc<SharedStats>,
     /// Advertised host candidates (NAT substitution applied).
     candidates: Vec<SocketAddr>,
-    peers: HashMap<PeerId, Box<Entry>>,
+    peers: PeerMap<Box<Entry>>,
     /// Peers in the `Connected` state, kept as they change rather than counted.
     connected: usize,
     router: Router,
@@ -164,7 +170,10 @@ pub struct Engine {
     /// shared with the supervisor, so they stay unique across restarts.
     shard: Shard,
     /// Peers touched since the last [`Engine::settle`]: only they are read again.
-    dirty: HashSet<PeerId>,
+    dirty: PeerSet,
+    /// Peers that got only direct packets since the last [`Engine::settle`]: their
+    /// stack has nothing new, so only our side of them is read again.
+    quiet: Vec<PeerId>,
     outgoing: Datagrams,
     /// What peers told in [`Engine::settle`], emptied each time.
     notes: Vec<PeerNote>,
@@ -199,7 +208,7 @@ impl Engine {
             cfg,
             stats,
             candidates,
-            peers: HashMap::new(),
+            peers: PeerMap::default(),
             connected: 0,
             router,
             fanout,
@@ -208,7 +217,8 @@ impl Engine {
             subscriptions: Subscriptions::default(),
             deadlines: Deadlines::default(),
             shard,
-            dirty: HashSet::new(),
+            dirty: PeerSet::default(),
+            quiet: Vec::new(),
             outgoing: Vec::new(),
             notes: Vec::new(),
             garbage_log: RateLimited::new(PERIOD),
@@ -640,6 +650,7 @@ impl Engine {
         let mut table = PeerTable {
             peers: &mut self.peers,
             dirty: &mut self.dirty,
+            quiet: &mut self.quiet,
         };
         let sent = self.fanout.catch_up(now, &mut table, &mut self.outgoing);
         self.stats
@@ -689,6 +700,7 @@ impl Engine {
             let mut table = PeerTable {
                 peers: &mut self.peers,
                 dirty: &mut self.dirty,
+                quiet: &mut self.quiet,
             };
             let progress = self.fanout.send_picture(
                 now,
@@ -737,7 +749,11 @@ impl Engine {
             for &id in group {
                 if let Some(e) = self.peers.get_mut(&id) {
                     sent += e.peer.write_audio(now, &out, &mut self.outgoing);
-                    self.dirty.insert(id);
+                    if e.peer.take_stack_touched() {
+                        self.dirty.insert(id);
+                    } else {
+                        self.quiet.push(id);
+                    }
                 }
             }
             self.stats
@@ -775,17 +791,25 @@ impl Engine {
             };
             e.peer.drain_writes(&mut self.outgoing);
             let timeout = e.peer.poll_timeout();
-            if timeout != e.next_timeout {
-                e.next_timeout = timeout;
-                if let Some(at) = timeout {
-                    self.deadlines.push(Deadline {
-                        at,
-                        peer: id,
-                        due: Due::Timer,
-                    });
-                }
+            schedule(&mut self.deadlines, id, e, timeout);
+        }
+        // Read after the others: one also touched otherwise was read in full above, and
+        // reading our side again finds nothing new.
+        let mut quiet = std::mem::take(&mut self.quiet);
+        for id in quiet.drain(..) {
+            let Some(e) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            e.peer.own_notes(&mut notes);
+            let timeout = e.peer.poll_timeout_untouched();
+            schedule(&mut self.deadlines, id, e, timeout);
+            for note in notes.drain(..) {
+                self.handle_note(now, id, note);
             }
         }
+        // Notes acted on may have stamped peers again: they wait for the next turn.
+        quiet.append(&mut self.quiet);
+        self.quiet = quiet;
         self.notes = notes;
         for (id, reason) in gone {
             self.remove_peer(id, &reason, true);
@@ -799,6 +823,7 @@ impl Engine {
                 let mut table = PeerTable {
                     peers: &mut self.peers,
                     dirty: &mut self.dirty,
+                    quiet: &mut self.quiet,
                 };
                 match self
                     .fanout
@@ -970,7 +995,21 @@ impl Engine {
 
 /// Whether a deadline still stands: its peer is there, and its timer has not moved
 /// (or fired) since, or its offer is still unanswered.
-fn deadline_holds(peers: &HashMap<PeerId, Box<Entry>>, d: &Deadline) -> bool {
+/// Set the peer's timer to `timeout`, if it moved.
+fn schedule(deadlines: &mut Deadlines, id: PeerId, e: &mut Entry, timeout: Option<Instant>) {
+    if timeout != e.next_timeout {
+        e.next_timeout = timeout;
+        if let Some(at) = timeout {
+            deadlines.push(Deadline {
+                at,
+                peer: id,
+                due: Due::Timer,
+            });
+        }
+    }
+}
+
+fn deadline_holds(peers: &PeerMap<Box<Entry>>, d: &Deadline) -> bool {
     peers.get(&d.peer).is_some_and(|e| match d.due {
         Due::Timer => e.next_timeout == Some(d.at),
         Due::OfferExpiry => e.peer.pending(),

@@ -47,6 +47,7 @@ pub mod packetizer;
 pub mod peer;
 mod peer_audio;
 mod peer_ingest;
+mod peer_map;
 mod reports;
 pub mod resend;
 mod router;

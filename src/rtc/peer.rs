@@ -321,6 +321,14 @@ pub struct Peer {
     resends: Vec<(SocketAddr, BytesMut)>,
     /// Probes decided and not yet told in a [`PeerNote::DirectSrtp`].
     probes_untold: Vec<bool>,
+    /// Something was handed to the stack by a write since the engine last asked: until
+    /// then a peer that only got direct packets has nothing new in the stack to read
+    /// (see [`Peer::take_stack_touched`]).
+    stack_touched: bool,
+    /// The stack holds writes not yet drained.
+    writes_queued: bool,
+    /// The stack's own timer as last read; it changes only when the stack is driven.
+    stack_timeout: Option<Instant>,
     sender: RTCRtpSenderId,
     ssrc: u32,
     seq: u16,
@@ -645,6 +653,9 @@ impl Peer {
             reports: SenderReports::default(),
             resends: Vec::new(),
             probes_untold: Vec::new(),
+            stack_touched: false,
+            writes_queued: false,
+            stack_timeout: None,
             sender,
             ssrc,
             seq: rand::random(),
@@ -887,11 +898,24 @@ impl Peer {
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let stack = self.pc.poll_timeout();
-        match (stack, self.reports.due()) {
+        self.stack_timeout = self.pc.poll_timeout();
+        self.poll_timeout_untouched()
+    }
+
+    /// [`Peer::poll_timeout`] for a peer whose stack was not driven since it was last
+    /// asked: its timer is the one read then, and only ours can have moved.
+    pub fn poll_timeout_untouched(&self) -> Option<Instant> {
+        match (self.stack_timeout, self.reports.due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether a write handed anything to the stack since the last call: if not, the
+    /// engine reads only [`Peer::own_notes`] and [`Peer::poll_timeout_untouched`], not
+    /// the stack's queues, which walking costs more than the packets' encryption.
+    pub fn take_stack_touched(&mut self) -> bool {
+        std::mem::take(&mut self.stack_touched)
     }
 
     /// Our sender reports, when due, each in an RTCP packet of its own; through the
@@ -903,6 +927,8 @@ impl Peer {
         if self.dtls_closed {
             return;
         }
+        self.stack_touched = true;
+        self.writes_queued = true;
         for report in reports {
             if let Err(e) = self.pc.handle_write(TaggedRTCMessage {
                 now,
@@ -918,6 +944,7 @@ impl Peer {
         if !self.resends.is_empty() {
             out.extend(std::mem::take(&mut self.resends));
         }
+        self.writes_queued = false;
         while let Some(msg) = self.pc.poll_write() {
             self.direct.saw(msg.transport.peer_addr, &msg.message);
             out.push((msg.transport.peer_addr, msg.message));
@@ -940,27 +967,7 @@ impl Peer {
         if !self.nacks.is_empty() {
             self.resend_nacked();
         }
-        if let Some(note) = self.audio.as_mut().and_then(PeerAudio::take_note) {
-            notes.push(note);
-        }
-        notes.extend(
-            self.probes_untold
-                .drain(..)
-                .map(|taken_over| PeerNote::DirectSrtp { taken_over }),
-        );
-        if self.keyframes_untold > 0 {
-            let time_to_first = match self.first_keyframe {
-                FirstKeyframe::Sent(at) => {
-                    self.first_keyframe = FirstKeyframe::Told;
-                    Some(at.saturating_duration_since(self.created))
-                }
-                _ => None,
-            };
-            notes.push(PeerNote::KeyframesSent {
-                count: std::mem::take(&mut self.keyframes_untold),
-                time_to_first,
-            });
-        }
+        self.own_notes(notes);
         self.take_events();
         while let Some(event) = self.taken_events.pop_front() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
@@ -1001,6 +1008,32 @@ impl Peer {
                 self.dtls_closed = true;
                 notes.push(PeerNote::Gone("DTLS alert".into()));
             }
+        }
+    }
+
+    /// The notes of our own making, not the stack's: the sound's, the probes', the
+    /// keyframes sent.
+    pub fn own_notes(&mut self, notes: &mut Vec<PeerNote>) {
+        if let Some(note) = self.audio.as_mut().and_then(PeerAudio::take_note) {
+            notes.push(note);
+        }
+        notes.extend(
+            self.probes_untold
+                .drain(..)
+                .map(|taken_over| PeerNote::DirectSrtp { taken_over }),
+        );
+        if self.keyframes_untold > 0 {
+            let time_to_first = match self.first_keyframe {
+                FirstKeyframe::Sent(at) => {
+                    self.first_keyframe = FirstKeyframe::Told;
+                    Some(at.saturating_duration_since(self.created))
+                }
+                _ => None,
+            };
+            notes.push(PeerNote::KeyframesSent {
+                count: std::mem::take(&mut self.keyframes_untold),
+                time_to_first,
+            });
         }
     }
 
@@ -1081,7 +1114,9 @@ impl Peer {
             return 0;
         };
         let sent = self.write_packet(now, packet, Clock::Audio48k, out);
-        self.drain_writes(out);
+        if self.writes_queued {
+            self.drain_writes(out);
+        }
         u64::from(sent)
     }
 
@@ -1111,12 +1146,14 @@ impl Peer {
             self.seq = self.seq.wrapping_add(1);
             if self.write_packet(now, packet, Clock::Video90k, out) {
                 sent += 1;
-                if sent % PACKETS_PER_POLL == 0 {
+                if self.writes_queued && sent % PACKETS_PER_POLL == 0 {
                     self.drain_writes(out);
                 }
             }
         }
-        self.drain_writes(out);
+        if self.writes_queued {
+            self.drain_writes(out);
+        }
         self.history.record(first_seq, frame);
         self.packets_sent += sent;
         if frame.key && sent > 0 {
@@ -1263,6 +1300,8 @@ impl Peer {
     /// the connection's write path, which is where `write_rtp` would put it after the
     /// checks. The write path does not read the track id, so none is allocated for it.
     fn write_through_stack(&mut self, now: Instant, packet: rtc::rtp::Packet) -> bool {
+        self.stack_touched = true;
+        self.writes_queued = true;
         match self.pc.handle_write(TaggedRTCMessage {
             now,
             message: RTCMessage::RtpPacket(String::new(), packet),

@@ -54,6 +54,9 @@ impl ServerProcess {
             // Every client of the benchmark comes from 127.0.0.1: the per-address cap
             // that guards a real server would end the steps, not the server's capacity.
             .args(["--max-connections-per-ip", "0"])
+            // Each viewer is a Janus session: the default cap (1000) would end the
+            // steps at 1000 viewers, whatever the server could hold.
+            .args(["--max-sessions", "0"])
             .args(extra)
             .env(
                 "RUST_LOG",
