@@ -993,8 +993,6 @@ impl Engine {
     }
 }
 
-/// Whether a deadline still stands: its peer is there, and its timer has not moved
-/// (or fired) since, or its offer is still unanswered.
 /// Set the peer's timer to `timeout`, if it moved.
 fn schedule(deadlines: &mut Deadlines, id: PeerId, e: &mut Entry, timeout: Option<Instant>) {
     if timeout != e.next_timeout {
@@ -1009,6 +1007,8 @@ fn schedule(deadlines: &mut Deadlines, id: PeerId, e: &mut Entry, timeout: Optio
     }
 }
 
+/// Whether a deadline still stands: its peer is there, and its timer has not moved
+/// (or fired) since, or its offer is still unanswered.
 fn deadline_holds(peers: &PeerMap<Box<Entry>>, d: &Deadline) -> bool {
     peers.get(&d.peer).is_some_and(|e| match d.due {
         Due::Timer => e.next_timeout == Some(d.at),
