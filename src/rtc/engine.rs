@@ -142,11 +142,7 @@ impl Stamp for PeerTable<'_> {
             return 0;
         };
         let sent = e.peer.write_frame(now, frame, out);
-        if e.peer.take_stack_touched() {
-            self.dirty.insert(id);
-        } else {
-            self.quiet.push(id);
-        }
+        to_read_again(id, &mut e.peer, self.dirty, self.quiet);
         sent
     }
 }
@@ -749,11 +745,7 @@ impl Engine {
             for &id in group {
                 if let Some(e) = self.peers.get_mut(&id) {
                     sent += e.peer.write_audio(now, &out, &mut self.outgoing);
-                    if e.peer.take_stack_touched() {
-                        self.dirty.insert(id);
-                    } else {
-                        self.quiet.push(id);
-                    }
+                    to_read_again(id, &mut e.peer, &mut self.dirty, &mut self.quiet);
                 }
             }
             self.stats
@@ -990,6 +982,16 @@ impl Engine {
         for id in ids {
             self.remove_peer(id, "server shutting down", false);
         }
+    }
+}
+
+/// Queue a peer just written to for [`Engine::settle`]: in full if its stack was
+/// handed anything, else only our side of it.
+fn to_read_again(id: PeerId, peer: &mut Peer, dirty: &mut PeerSet, quiet: &mut Vec<PeerId>) {
+    if peer.take_stack_touched() {
+        dirty.insert(id);
+    } else {
+        quiet.push(id);
     }
 }
 
