@@ -87,6 +87,9 @@ class Viewer {
     // the first could then be taken for the second's.
     this.watchTimer = null;
     this.awaitingOffer = false;
+    // The ICE servers the features name are needed for the answer.
+    this.features = null;
+    this.featuresReady = new Promise((resolve) => { this.featuresKnown = resolve; });
   }
 
   later(fn, ms) {
@@ -104,26 +107,63 @@ class Viewer {
   connect() {
     viewer = this;
     setStatus("connecting", true);
-    // The socket the page opened while loading, if it is still good.
+    // What the page started while loading (session, handle, watch), if still good.
     const early = takeEarlyStart("janus");
     const reuse = early && early.url === this.url && early.ws.readyState <= WebSocket.OPEN;
-    const ws = reuse ? early.ws : new WebSocket(this.url, "janus-protocol");
     if (early && !reuse) early.ws.close();
+    if (reuse) {
+      this.ws = early.ws;
+      early.ready.then((started) => this.takeOver(early, started), (e) => this.fail(e));
+      return;
+    }
+    const ws = new WebSocket(this.url, "janus-protocol");
     this.ws = ws;
+    this.listen();
     ws.onopen = () => this.start().catch((e) => this.fail(e));
-    ws.onmessage = (ev) => this.onMessage(JSON.parse(ev.data));
-    ws.onclose = () => this.fail(new Error("connection closed"));
-    ws.onerror = () => {};
-    if (ws.readyState === WebSocket.OPEN) ws.onopen();
+  }
+
+  listen() {
+    this.ws.onmessage = (ev) => this.onMessage(JSON.parse(ev.data));
+    this.ws.onclose = () => this.fail(new Error("connection closed"));
+    this.ws.onerror = () => {};
   }
 
   async start() {
     const created = await this.request({ janus: "create" });
-    this.session = created.data.id;
-    this.keepalive = setInterval(() => this.send({ janus: "keepalive", session_id: this.session }), KEEPALIVE_MS);
+    this.began(created.data.id);
     const attached = await this.request({ janus: "attach", session_id: this.session, plugin: "janus.plugin.ustreamer" });
     this.handle = attached.data.id;
     this.message({ request: "features" });
+    // Without sound or microphone the watch does not depend on the features: both go
+    // at once, a round trip less before the offer.
+    this.watchedEarly = !wantAudio && !wantMic;
+    // A watch asked for before the handle was made is this one (or the features' one).
+    this.watchPending = false;
+    if (this.watchedEarly) this.watch();
+  }
+
+  /** Go on from what index.html started: its session and handle, maybe its watch. */
+  takeOver(early, { session, handle, watched }) {
+    if (this.closed) return;
+    this.listen();
+    if (this.ws.readyState !== WebSocket.OPEN) return this.fail(new Error("connection closed"));
+    this.began(session);
+    this.handle = handle;
+    this.watchedEarly = watched;
+    if (watched) {
+      this.awaitingOffer = true;
+      this.watching = { audio: false, mic: false };
+    }
+    for (const msg of early.messages) this.onMessage(msg);
+    // A click (sound, microphone) meanwhile wants other settings than the early watch's;
+    // without an early watch, the features' one has them.
+    if (this.watchPending && watched) this.watch();
+    this.watchPending = false;
+  }
+
+  began(session) {
+    this.session = session;
+    this.keepalive = setInterval(() => this.send({ janus: "keepalive", session_id: this.session }), KEEPALIVE_MS);
   }
 
   send(msg) {
@@ -183,9 +223,10 @@ class Viewer {
       const url = features.ice && features.ice.url;
       this.iceServers = url ? [{ urls: url }] : [];
       this.features = features;
+      this.featuresKnown();
       $("mic").disabled = !features.mic;
       $("mic").title = features.mic ? "talk: send this computer's microphone" : "the server plays no microphone";
-      this.watch();
+      if (!this.watchedEarly) this.watch();
     } else if (jsep && jsep.type === "offer") {
       this.awaitingOffer = false;
       this.answer(jsep).catch((e) => this.fail(e));
@@ -194,6 +235,11 @@ class Viewer {
 
   watch() {
     this.watchTimer = null;
+    // Asked for (the sound button) before there is a handle to watch with.
+    if (this.handle === null) {
+      this.watchPending = true;
+      return;
+    }
     this.awaitingOffer = true;
     const features = this.features || {};
     const audio = wantAudio && features.audio === true;
@@ -208,6 +254,9 @@ class Viewer {
   async answer(offer) {
     window.peregrine.offers += 1;
     this.closePeer();
+    const offers = window.peregrine.offers;
+    await this.featuresReady;
+    if (offers !== window.peregrine.offers) return;
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     this.pc = pc;
     pc.ontrack = (ev) => {
@@ -359,6 +408,8 @@ class WhepViewer {
       ({ response: r, body: answer } = await early.reply);
       timing.posted = Math.round(early.posted);
       timing.answered = Math.round(early.answered);
+      // Shown before this script ran.
+      if (early.firstFrameMs !== undefined) window.peregrine.firstFrameMs ??= Math.round(early.firstFrameMs);
     } else {
       // Posted as made, while the browser applies it (as index.html does).
       const offer = await pc.createOffer();

@@ -532,7 +532,9 @@ async fn ws_plugin_requests_without_stream() {
         json!({"ustreamer":"event","result":{"status":"started"}})
     );
 
-    // key_required only asks the source for a keyframe: success, no event.
+    // key_required only asks the source for a keyframe: success, no event. (The 503
+    // watch above asked for one too, waiting for the first; this keyframe answers it.)
+    publish_keyframe(&srv.hub);
     assert!(!srv.hub.keyframe_wanted());
     let r = ws
         .call(json!({"janus":"message","session_id":s,"handle_id":h,"body":{"request":"key_required"}}))
@@ -583,6 +585,38 @@ async fn a_trickle_message_hands_the_engine_at_most_a_viewers_budget() {
     assert_eq!(
         backend.candidates.load(Ordering::Relaxed),
         MAX_REMOTE_CANDIDATES
+    );
+}
+
+/// A watch that finds the source only starting (nothing published yet) waits for its
+/// first keyframe and gets its offer, instead of a 503 the page would retry only after
+/// its back-off. The source here starts as a real one does: once asked for a keyframe.
+#[tokio::test]
+async fn a_watch_of_a_starting_source_gets_its_offer_not_a_503() {
+    let srv = start_with(Arc::new(CountingPeers::default()), |_| {}).await;
+    let hub = srv.hub.clone();
+    let source = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = hub.demand().seen();
+            if hub.keyframe_wanted() {
+                publish_keyframe(&hub);
+                return true;
+            }
+            if !hub.demand().wait(seen, deadline) && std::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
+    });
+    let mut ws = ws_connect(srv.ws).await;
+    let s = ws.create().await;
+    let h = ws.attach(s).await;
+    assert!(srv.hub.params().is_none(), "no picture before the watch");
+    let offer = ws.watch(s, h, json!({})).await;
+    assert_eq!(offer, "v=0\r\n");
+    assert!(
+        source.join().unwrap(),
+        "the source was asked for a keyframe"
     );
 }
 

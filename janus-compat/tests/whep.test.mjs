@@ -136,3 +136,25 @@ test("the bundled page restarts ICE over WHEP and keeps playing on the server's 
   await nothingLeft(server);
   await server.stop();
 });
+
+test("over WHEP the page's first script plays on its own, and leaving then ends the session at once", async () => {
+  const server = await startPeregrine(["--resolution", "640x360"]);
+  const page = await browser.newPage();
+  try {
+    // The page's other scripts load only after the first picture; here they never do.
+    await page.route(/\/(peregrine|sound|codestrip)\.js$/, (route) => route.abort());
+    const t0 = Date.now();
+    await page.goto(`${server.base}/?whep=1`);
+    const played = await waitForFrames(page, { frames: 30, since: t0, selector: "#video" });
+    assert.equal(played.width, 640);
+    assert.equal(await page.evaluate(() => typeof window.peregrine), "undefined", "peregrine.js never ran");
+    assert.ok(await page.evaluate(() => document.getElementById("overlay").classList.contains("hidden")), "no \"connecting…\" over the picture");
+    assert.equal((await server.state()).whep.sessions, 1);
+  } finally {
+    await page.close({ runBeforeUnload: true });
+  }
+  // The first script's pagehide ends the session (without it the peer would stay until
+  // its ICE timeout).
+  await nothingLeft(server);
+  await server.stop();
+});

@@ -27,6 +27,8 @@ pub const VERSION_STRING: &str = "6.62";
 /// clients have understood as "retry shortly" since the first plugin versions.
 pub const NO_PARAMS_CODE: u16 = 503;
 pub const NO_PARAMS_REASON: &str = "Haven't received SPS/PPS from memsink yet";
+/// How long `watch` waits for a stream's first parameter sets before that answer.
+const FIRST_PARAMS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `watch` answers this when `--max-viewers` peers exist already.
 pub const TOO_MANY_VIEWERS_CODE: u16 = 429;
@@ -215,7 +217,9 @@ impl Ustreamer {
         if chosen.is_none() {
             return; // the handle went away meanwhile
         }
-        if stream.hub().params().is_none() {
+        // A source only starting now (the first watch of an idle stream) gets a moment
+        // for its first keyframe: the page would retry a 503 only after its back-off.
+        if !stream.hub().wait_for_params(FIRST_PARAMS_WAIT).await {
             return error(NO_PARAMS_CODE, NO_PARAMS_REASON);
         }
         // As the plugin: each flag counts only when the stream can honour it.

@@ -298,6 +298,26 @@ impl Hub {
         self.state().params.clone()
     }
 
+    /// Whether the stream has its parameter sets, or gets them within `limit`. An idle
+    /// source starts for the subscription made meanwhile, and its first picture (a
+    /// keyframe, with them) ends the wait the moment it is published. A stream without
+    /// signal has them: its NO SIGNAL pictures come through like any others.
+    pub async fn wait_for_params(self: &Arc<Self>, limit: std::time::Duration) -> bool {
+        if self.params().is_some() {
+            return true;
+        }
+        let mut pictures = self.subscribe(StartAt::NextKeyframe);
+        let waited = tokio::time::timeout(limit, async {
+            while self.params().is_none() {
+                if pictures.recv().await.is_none() {
+                    return;
+                }
+            }
+        })
+        .await;
+        waited.is_ok() && self.params().is_some()
+    }
+
     /// Mark the source offline (it stopped producing); from then on each picture
     /// published says whether it is the source's own.
     pub fn set_offline(&self) {

@@ -308,7 +308,7 @@ async fn offer(whep: Whep, stream: Arc<Stream>, headers: HeaderMap, body: Body) 
     };
     // Held until the peer watches: the source must not idle in between.
     let _hold = stream.hub().hold();
-    if !wait_for_pictures(&stream).await {
+    if !stream.hub().wait_for_params(PARAMS_WAIT).await {
         return reply(
             StatusCode::CONFLICT,
             vec![(header::RETRY_AFTER, "1".to_string())],
@@ -387,28 +387,6 @@ fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
-}
-
-/// Whether the stream has (or gets within [`PARAMS_WAIT`]) its parameter sets. An idle
-/// source starts for the subscription made meanwhile, and its first picture (a
-/// keyframe, with them) ends the wait the moment it is published: the answer goes out
-/// then, not at the next poll. A stream without signal has them: its NO SIGNAL pictures
-/// come through like any others.
-async fn wait_for_pictures(stream: &Stream) -> bool {
-    let hub = stream.hub();
-    if hub.params().is_some() {
-        return true;
-    }
-    let mut pictures = hub.subscribe(crate::media::StartAt::NextKeyframe);
-    let waited = tokio::time::timeout(PARAMS_WAIT, async {
-        while hub.params().is_none() {
-            if pictures.recv().await.is_none() {
-                return;
-            }
-        }
-    })
-    .await;
-    waited.is_ok() && hub.params().is_some()
 }
 
 /// Keep a session in step with its peer: counted as a viewer of its stream while
