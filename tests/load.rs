@@ -86,7 +86,14 @@ fn benchmark_smoke_run_with_five_viewers() -> Result<()> {
         .arg(&input)
         .arg("--peregrine")
         .arg(peregrine_bin())
-        .args(["--steps", "5", "--duration", "10", "--no-extend", "--quiet"])
+        .args([
+            "--steps",
+            "5,8",
+            "--duration",
+            "6",
+            "--no-extend",
+            "--quiet",
+        ])
         .arg("--json")
         .arg(&json);
     let out = run(cmd)?;
@@ -111,6 +118,13 @@ fn benchmark_smoke_run_with_five_viewers() -> Result<()> {
     );
     ensure!(num("load_cpu_pct") > 0.0, "odd load CPU: {row}");
     ensure!(num("server_rss_kib") > 1000.0, "odd RSS: {row}");
+    // What one more viewer costs is read between steps: none for the first.
+    ensure!(row["rss_added_per_viewer_kib"].is_null(), "{row}");
+    let second = &report["rows"][1];
+    ensure!(
+        second["viewers"] == 8 && second["rss_added_per_viewer_kib"].is_f64(),
+        "no RSS per added viewer at the second step: {second}"
+    );
     ensure!((0.0..50.0).contains(&num("loss_pct")), "odd loss: {row}");
     let ttff = num("ttff_p50_ms");
     ensure!(

@@ -17,7 +17,9 @@ pub struct Queued {
 
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Queued>,
+    /// Boxed: the channel's first block has room for 32 messages, in every
+    /// connection, and a pointer is a fifth of a message's size.
+    tx: mpsc::UnboundedSender<Box<Queued>>,
     room: Arc<Semaphore>,
     max_bytes: usize,
     overflowed: Arc<Notify>,
@@ -33,7 +35,7 @@ impl fmt::Debug for Outbox {
 
 /// An outbox holding at most `max_bytes` (a larger message takes the whole budget),
 /// and the queue the writer drains.
-pub fn channel(max_bytes: usize) -> (Outbox, mpsc::UnboundedReceiver<Queued>) {
+pub fn channel(max_bytes: usize) -> (Outbox, mpsc::UnboundedReceiver<Box<Queued>>) {
     let max_bytes = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
     let (tx, rx) = mpsc::unbounded_channel();
     let outbox = Outbox {
@@ -57,7 +59,7 @@ impl Outbox {
         let Ok(room) = self.room.clone().acquire_many_owned(self.cost(&text)).await else {
             return false;
         };
-        self.tx.send(Queued { text, _room: room }).is_ok()
+        self.tx.send(Box::new(Queued { text, _room: room })).is_ok()
     }
 
     /// Queue an event without waiting; with no room the connection is marked too slow.
@@ -65,7 +67,7 @@ impl Outbox {
         let text = value.to_string();
         match self.room.clone().try_acquire_many_owned(self.cost(&text)) {
             Ok(room) => {
-                let _ = self.tx.send(Queued { text, _room: room });
+                let _ = self.tx.send(Box::new(Queued { text, _room: room }));
             }
             Err(_) => self.overflowed.notify_one(),
         }

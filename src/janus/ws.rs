@@ -26,10 +26,11 @@ static SLOW_CLIENT: RateLimited = RateLimited::new(PERIOD);
 /// (requests here are Janus API requests: the Admin API has listeners of its own).
 const SUBPROTOCOLS: [&str; 2] = ["janus-protocol", "janus-admin-protocol"];
 
-/// Bytes read from the socket at a time. Janus requests are a few hundred bytes, and
-/// the 128 KiB default is allocated up front for every connection, i.e. every viewer;
-/// larger messages still arrive whole (up to the message size limit).
-pub(super) const READ_BUFFER_BYTES: usize = 4096;
+/// Bytes read from the socket at a time. Janus requests are a few hundred bytes (an
+/// SDP answer a few KiB), and the 128 KiB default is allocated up front for every
+/// connection, i.e. every viewer; larger messages still arrive whole (the buffer grows
+/// to the frame, up to the message size limit).
+pub(super) const READ_BUFFER_BYTES: usize = 1024;
 
 /// Bounds of one WebSocket connection.
 #[derive(Clone, Copy, Debug)]
@@ -119,7 +120,7 @@ async fn serve_socket(gateway: Arc<Gateway>, socket: WebSocket, limits: WsLimits
         }
     };
     // A client that does not read gets no more time than any other write.
-    let _ = tokio::time::timeout(limits.send_timeout, last_words).await;
+    let _ = tokio::time::timeout(limits.send_timeout, Box::pin(last_words)).await;
     tracing::debug!(conn, "Janus WebSocket closed");
 }
 
@@ -134,10 +135,14 @@ async fn read_requests(
     loop {
         let ok = match stream.next().await {
             None | Some(Ok(Message::Close(_))) => return End::Gone,
+            // Boxed: the request's future (the whole gateway path) lives only while it
+            // is handled, not in every idle connection's task.
             Some(Ok(Message::Text(text))) => {
-                handle_frame(gateway, owner, outbox, text.as_bytes()).await
+                Box::pin(handle_frame(gateway, owner, outbox, text.as_bytes())).await
             }
-            Some(Ok(Message::Binary(data))) => handle_frame(gateway, owner, outbox, &data).await,
+            Some(Ok(Message::Binary(data))) => {
+                Box::pin(handle_frame(gateway, owner, outbox, &data)).await
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
             Some(Err(e)) => return End::Refused(e.to_string()),
         };
@@ -150,13 +155,14 @@ async fn read_requests(
 /// Send queued messages, each within `timeout`.
 async fn write_queue(
     sink: &mut SplitSink<WebSocket, Message>,
-    queue: &mut mpsc::UnboundedReceiver<Queued>,
+    queue: &mut mpsc::UnboundedReceiver<Box<Queued>>,
     timeout: Duration,
 ) -> End {
     while let Some(queued) = queue.recv().await {
         // The message's room in the outbox is given back once it is on the wire.
         let message = Message::text(queued.text.as_str());
-        match tokio::time::timeout(timeout, sink.send(message)).await {
+        // Boxed, as a request's handling: an idle connection's task does not carry it.
+        match Box::pin(tokio::time::timeout(timeout, sink.send(message))).await {
             Ok(Ok(())) => drop(queued),
             Ok(Err(_)) => return End::Gone,
             Err(_) => return End::TooSlow,

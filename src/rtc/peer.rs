@@ -969,7 +969,9 @@ impl Peer {
         }
         self.own_notes(notes);
         self.take_events();
-        while let Some(event) = self.taken_events.pop_front() {
+        // Taken whole: events come in a few bursts (connecting, leaving), and the room
+        // they needed is not kept for the rest of the viewer's life.
+        for event in std::mem::take(&mut self.taken_events) {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 tracing::debug!(%state, "peer connection state");
                 match state {

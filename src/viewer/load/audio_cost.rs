@@ -79,6 +79,7 @@ mod tests {
             server_ms_per_viewer_s: ms,
             server_rss_kib: 0,
             rss_per_viewer_kib: 0.0,
+            rss_added_per_viewer_kib: None,
             load_cpu_pct: 0.0,
             machine_cpu_pct: 0.0,
             fps_per_viewer: 30.0,

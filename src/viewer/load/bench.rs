@@ -119,6 +119,10 @@ pub struct BenchRow {
     pub server_ms_per_viewer_s: f64,
     pub server_rss_kib: u64,
     pub rss_per_viewer_kib: f64,
+    /// RSS added per viewer since the previous step (none for the first): what one
+    /// more viewer costs, without what the first ones start once (the source, the
+    /// picture caches, code paged in).
+    pub rss_added_per_viewer_kib: Option<f64>,
     /// CPU of this process (the viewers) in % of one core.
     pub load_cpu_pct: f64,
     /// Busy CPU of the whole machine in % of one core (others included).
@@ -274,7 +278,14 @@ async fn run_webrtc(
     let mut plan = StepPlan::new(steps, extend, cfg.budget);
     while let Some(n) = plan.next_step() {
         let step_start = Instant::now();
-        let row = run_step(cfg, &server, n, baseline_rss, cores, audio).await?;
+        let mut row = run_step(cfg, &server, n, baseline_rss, cores, audio).await?;
+        row.rss_added_per_viewer_kib = rows
+            .last()
+            .filter(|before: &&BenchRow| n > before.viewers)
+            .map(|before| {
+                (row.server_rss_kib as f64 - before.server_rss_kib as f64)
+                    / (n - before.viewers) as f64
+            });
         print_row_live(&row);
         let clean = row.loss_pct <= 1.0 && row.receiving >= n;
         rows.push(row);
@@ -390,6 +401,7 @@ async fn run_step(
         server_ms_per_viewer_s: cpu.server_ms_per_client_s(n),
         server_rss_kib: rss,
         rss_per_viewer_kib: rss.saturating_sub(baseline_rss) as f64 / n as f64,
+        rss_added_per_viewer_kib: None,
         load_cpu_pct: cpu.load_pct,
         machine_cpu_pct: cpu.machine_pct,
         fps_per_viewer: summary.fps_per_viewer,
@@ -497,19 +509,19 @@ pub fn print_table(report: &BenchReport, rows: &[BenchRow]) {
     let _ = writeln!(
         out,
         "held = viewers receiving with < 0.5 % loss; CPU in % of one core (user+sys from /proc); µs/pkt = server (ld: load generator) CPU per RTP packet sent; \
-         RSS left = server RSS after the step's viewers left; TTFF = watch -> first whole keyframe at the load generator (ms); \
+         KiB/view = (RSS - RSS before any viewer) / viewers, +KiB/view = RSS added per viewer since the step before; RSS left = server RSS after the step's viewers left; TTFF = watch -> first whole keyframe at the load generator (ms); \
          srv = capture -> last RTP packet sent, eng = engine send delay (µs, server histograms)"
     );
     let _ = writeln!(
         out,
-        "{:>7} {:>5} {:>5} {:>7} {:>8} {:>6} {:>9} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  note",
+        "{:>7} {:>5} {:>5} {:>7} {:>8} {:>6} {:>9} {:>8} {:>9} {:>7} {:>8} {:>9} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  note",
         "viewers", "recv", "held", "loss %", "srv CPU", "µs/pkt", "ms/view/s", "load CPU", "ld µs/pkt", "RSS MiB",
-        "KiB/view", "RSS left", "fps", "TTFF50", "TTFF99", "srv50 µs", "srv99 µs", "eng99 µs", "e2e50", "e2e99"
+        "KiB/view", "+KiB/view", "RSS left", "fps", "TTFF50", "TTFF99", "srv50 µs", "srv99 µs", "eng99 µs", "e2e50", "e2e99"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>7} {:>5} {:>5} {:>7.3} {:>7.1}% {:>6.2} {:>9.3} {:>7.1}% {:>9.2} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  {}",
+            "{:>7} {:>5} {:>5} {:>7.3} {:>7.1}% {:>6.2} {:>9.3} {:>7.1}% {:>9.2} {:>7.1} {:>8.0} {:>9} {:>7.1} {:>7.1} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7}  {}",
             r.viewers,
             r.receiving,
             r.held,
@@ -521,6 +533,7 @@ pub fn print_table(report: &BenchReport, rows: &[BenchRow]) {
             r.load_us_per_packet,
             r.server_rss_kib as f64 / 1024.0,
             r.rss_per_viewer_kib,
+            r.rss_added_per_viewer_kib.map_or("–".to_string(), |k| format!("{k:.0}")),
             r.rss_after_kib as f64 / 1024.0,
             r.fps_per_viewer,
             opt(r.ttff_p50_ms),

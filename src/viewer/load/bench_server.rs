@@ -57,6 +57,8 @@ impl ServerProcess {
             // Each viewer is a Janus session: the default cap (1000) would end the
             // steps at 1000 viewers, whatever the server could hold.
             .args(["--max-sessions", "0"])
+            // Nor may the viewer cap (1000 by default): the steps go on until loss.
+            .args(["--max-viewers", "1000000"])
             .args(extra)
             .env(
                 "RUST_LOG",
