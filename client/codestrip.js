@@ -49,6 +49,16 @@ function readCodeStrip(video, canvas, ctx) {
   return { frame, ms };
 }
 
+/**
+ * A time on the page's performance clock (performance.now(), rVFC, audio timestamps) as
+ * ms since the epoch, read against the wall clock now rather than at page load:
+ * performance.timeOrigin is fixed when the page opens, so after the system clock is set
+ * (NTP at boot, a suspend) it would be off by the step for as long as the page stays open.
+ */
+function wallClockOf(perfMs) {
+  return Date.now() + (perfMs - performance.now());
+}
+
 /** Capture time in ms since the epoch of the picture on screen, or null. */
 function readCaptureTime(video, canvas, ctx) {
   const code = readCodeStrip(video, canvas, ctx);

@@ -552,7 +552,7 @@ function onFrame(now, metadata) {
   const ms = readCaptureTime(video, strip, stripCtx);
   if (ms !== null) {
     // When the picture is on screen, on the same clock the sound's timing uses.
-    const shown = performance.timeOrigin + (metadata ? metadata.expectedDisplayTime : performance.now());
+    const shown = wallClockOf(metadata ? metadata.expectedDisplayTime : performance.now());
     window.peregrine.latencyMs = Math.round(shown - ms);
     $("latency").textContent = `${window.peregrine.latencyMs} ms`;
     sound.onPicture(ms, shown);

@@ -123,7 +123,7 @@ class Sound {
   onBeep(t) {
     const ts = this.ctx.getOutputTimestamp();
     if (!ts.performanceTime) return;
-    const heard = performance.timeOrigin + ts.performanceTime + (t - ts.contextTime) * 1000;
+    const heard = wallClockOf(ts.performanceTime + (t - ts.contextTime) * 1000);
     const latency = ((heard % 1000) + 1000) % 1000;
     if (latency > MAX_AUDIO_LATENCY_MS) return;
     this.audioLatencies.push(latency);

@@ -92,7 +92,8 @@ function instrument(liveAgeMs) {
       if (!code) {
         b.unreadable += 1;
       } else {
-        const age = performance.timeOrigin + metadata.expectedDisplayTime - code.ms;
+        // Against the wall clock now: timeOrigin would carry any clock step since load.
+        const age = Date.now() + (metadata.expectedDisplayTime - performance.now()) - code.ms;
         if (b.firstAge === null) b.firstAge = age;
         if (b.firstLive === null && age <= liveAgeMs) b.firstLive = metadata.expectedDisplayTime;
         if (b.collect) b.ages.push(age);

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, writeFile, readFile, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { startPeregrine, startPageServer, launchChromium, waitForFrames, waitUntil, sleep } from "./harness.mjs";
+import { startPeregrine, startPageServer, launchChromium, waitForFrames, waitUntil, sleep, clockSetForwardSinceLoad } from "./harness.mjs";
 
 const RATE = 48000;
 const TONE_HZ = 1000;
@@ -122,6 +122,8 @@ test("the bundled page shows the sound's level and an audio-video offset within 
   const server = await startPeregrine();
   const browser = await launchChromium();
   const page = await browser.newPage();
+  // Picture and sound are timed on the wall clock as it is now, not as it was at load.
+  await clockSetForwardSinceLoad(page, 24_000);
   try {
     // Without sound the page asks for none, and pictures show at once.
     await page.goto(`${server.base}/`);

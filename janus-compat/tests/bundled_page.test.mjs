@@ -2,7 +2,7 @@
 // from the picture, and comes back by itself when the server restarts.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startPeregrine, launchChromium, waitForFrames, waitUntil } from "./harness.mjs";
+import { startPeregrine, launchChromium, waitForFrames, waitUntil, clockSetForwardSinceLoad } from "./harness.mjs";
 
 let browser;
 before(async () => { browser = await launchChromium(); });
@@ -11,6 +11,8 @@ after(async () => { await browser?.close(); });
 test("bundled page plays, shows latency, and survives a server restart", async () => {
   let server = await startPeregrine();
   const page = await browser.newPage();
+  // The latency reading holds after the system clock is set (24 s, as NTP does at boot).
+  await clockSetForwardSinceLoad(page, 24_000);
   try {
     const t0 = Date.now();
     await page.goto(`${server.base}/`);

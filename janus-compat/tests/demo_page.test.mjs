@@ -83,10 +83,24 @@ test("four demo pages play at once", async () => {
   }
 });
 
-test("page opened before the first keyframe retries on 503 and then plays", async () => {
+test("a watch in the source's first second waits for its first keyframe: no 503", async () => {
   // The source warms up for a second after the first viewer appears (as a camera
-  // does), so the page's first watch lands before any SPS/PPS exists.
+  // does): the page's watch lands before any SPS/PPS exists, and is answered with the
+  // offer once they come rather than with a 503 to retry after a back-off.
   const server = await startPeregrine(["--testsrc-warmup-ms", "1000"]);
+  try {
+    const { demos } = await playDemo(server, server.wsUrl, 1);
+    assert.equal(demos[0].watch503, 0, "503 replies while the source warmed up");
+    assert.equal(demos[0].offers, 1, "one offer");
+  } finally {
+    await server.stop();
+  }
+});
+
+test("page opened long before the first keyframe retries on 503 and then plays", async () => {
+  // Three seconds of warm-up outlast the server's wait for a keyframe (2 s): the watch
+  // is answered with a 503, and the page's retry finds the stream.
+  const server = await startPeregrine(["--testsrc-warmup-ms", "3000"]);
   try {
     const { demos } = await playDemo(server, server.wsUrl, 1);
     assert.ok(demos[0].watch503 >= 1, `page saw ${demos[0].watch503} 503 replies`);

@@ -185,6 +185,18 @@ export async function launchChromium(extraArgs = []) {
   });
 }
 
+/**
+ * Makes the page see the system clock as set forward by `ms` since it opened:
+ * performance.timeOrigin stays where it was at load (as Chromium keeps it when NTP steps
+ * the clock, or after a suspend) while Date.now() and the server's clock move on.
+ */
+export async function clockSetForwardSinceLoad(page, ms) {
+  await page.addInitScript((step) => {
+    const origin = performance.timeOrigin - step;
+    Object.defineProperty(performance, "timeOrigin", { get: () => origin });
+  }, ms);
+}
+
 /** Frames decoded by the page's <video> and its size. */
 export async function videoStats(page, selector = "video") {
   return page.evaluate((sel) => {
