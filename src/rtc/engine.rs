@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::audio_fanout::AudioFanout;
 use super::candidates::Refusal;
 use super::deadlines::{Deadline, Deadlines, Due};
+use super::engine_socket::EngineSocket;
 use super::fanout::{Datagrams, Fanout, Stamp, Start};
 use super::frame::{OutAudio, OutFrame};
 use super::ice_restart::{self, LocalIce};
@@ -223,7 +223,7 @@ impl Engine {
         }
     }
 
-    pub async fn run(mut self, socket: Arc<UdpSocket>, inbox: Arc<Mutex<Inbox>>) {
+    pub async fn run(mut self, socket: Arc<EngineSocket>, inbox: Arc<Mutex<Inbox>>) {
         // Held for the loop's life; a panic releases it for the next loop.
         let mut inbox = inbox.lock_owned().await;
         let Inbox {
@@ -688,7 +688,7 @@ impl Engine {
         now: Instant,
         key: StreamKey,
         frame: &Arc<OutFrame>,
-        socket: &UdpSocket,
+        socket: &EngineSocket,
     ) -> u64 {
         let mut sent = 0;
         let mut from = Some(0);
@@ -724,7 +724,7 @@ impl Engine {
         now: Instant,
         key: StreamKey,
         frame: &Picture,
-        socket: &UdpSocket,
+        socket: &EngineSocket,
     ) {
         let Some(out) = OutAudio::from_frame(frame, self.cfg.rtp_packet_size) else {
             if let Some(times) = self.garbage_log.hit() {
@@ -1021,7 +1021,7 @@ fn deadline_holds(peers: &PeerMap<Box<Entry>>, d: &Deadline) -> bool {
 /// The next datagram for this shard: from its queue when datagrams are steered to it,
 /// otherwise read off the socket. A closed queue (the server stopping) never yields.
 async fn next_datagram(
-    socket: &UdpSocket,
+    socket: &EngineSocket,
     queue: &mut Option<mpsc::Receiver<Incoming>>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, SocketAddr)> {
@@ -1040,7 +1040,7 @@ async fn next_datagram(
 
 /// Put queued datagrams on the wire and count them. All sends go through here; they
 /// leave in sendmmsg batches (see [`udp`]).
-async fn send_datagrams(socket: &UdpSocket, out: &mut Datagrams, stats: &SharedStats) {
+async fn send_datagrams(socket: &EngineSocket, out: &mut Datagrams, stats: &SharedStats) {
     if out.is_empty() {
         return;
     }

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::media::audio::mic::MicInput;
 use crate::media::publisher::PublisherTap;
 use crate::media::Hub;
 use crate::rtc::histograms::WebrtcHistograms;
+use engine_socket::EngineSocket;
 
 mod audio_fanout;
 pub mod candidates;
@@ -31,6 +31,7 @@ mod deadlines;
 pub mod demux;
 mod direct_srtp;
 mod engine;
+mod engine_socket;
 pub mod extensions;
 mod fanout;
 mod feedback;
@@ -342,7 +343,6 @@ impl RtcEngine {
             });
         }
         if let Some(steering) = steering {
-            let socket = UdpSocket::from_std(socket)?;
             tokio::spawn(steering::steer(socket, steering, queues));
         }
         Ok(RtcEngine {
@@ -593,8 +593,13 @@ impl Supervisor {
             .name(format!("rtc-shard-{}", self.shard.index))
             .spawn(move || {
                 runtime.block_on(async move {
-                    // Registered with this thread's runtime: sends wait on its reactor.
-                    match UdpSocket::from_std(socket) {
+                    // A shard without steering reads the socket itself, registered
+                    // with this thread's runtime; one with steering only sends on it.
+                    let socket = match self.shard.steering {
+                        None => EngineSocket::reading(socket),
+                        Some(_) => EngineSocket::sending(socket),
+                    };
+                    match socket {
                         Ok(socket) => self.run(Arc::new(socket)).await,
                         Err(e) => tracing::error!(error = %e, "WebRTC shard has no socket"),
                     }
@@ -603,7 +608,7 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn run(self, socket: Arc<UdpSocket>) {
+    async fn run(self, socket: Arc<EngineSocket>) {
         let index = self.shard.index;
         loop {
             let engine = engine::Engine::new(

@@ -12,18 +12,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::os::fd::AsFd;
+
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::demux;
+use crate::sys::udp_recv::{recv_batch, RecvBatch, MAX_SLOTS};
+use crate::sys::udp_registration::register;
 
 /// Datagrams waiting for one shard; beyond that they are dropped (the viewer sends its
 /// checks and reports again).
 pub const SHARD_QUEUE: usize = 1024;
-
-/// Largest datagram read; longer is not WebRTC traffic we use.
-const RECV_BUFFER: usize = 2048;
 
 /// A datagram handed to a shard: where it came from and its bytes.
 pub type Incoming = (SocketAddr, Bytes);
@@ -88,30 +88,70 @@ impl Steering {
     }
 }
 
+/// Batches read in a row before the task yields to the runtime's other tasks.
+const BATCHES_PER_TURN: usize = 8;
+
 /// Read `socket` and hand each datagram to its shard's queue, until the shards are gone.
+///
+/// The socket is registered for reading only. The shards send on the same socket, and
+/// every datagram the kernel releases makes it writable again: registered for that too
+/// (as `tokio::net::UdpSocket` always is), this task's runtime would wake once per
+/// send for nothing. What is waiting is read in batches (`recvmmsg`) until none is left.
 pub async fn steer(
-    socket: UdpSocket,
+    socket: std::net::UdpSocket,
     steering: Arc<Steering>,
     shards: Vec<mpsc::Sender<Incoming>>,
 ) {
     let Some(first) = shards.first().cloned() else {
         return;
     };
-    let mut buf = vec![0u8; RECV_BUFFER];
+    let socket = match register(socket, tokio::io::Interest::READABLE) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!(error = %e, "WebRTC datagram steering has no socket");
+            return;
+        }
+    };
+    let mut batch = RecvBatch::new(MAX_SLOTS);
     loop {
-        let (len, from) = tokio::select! {
-            res = socket.recv_from(&mut buf) => match res {
-                Ok(got) => got,
+        let mut ready = tokio::select! {
+            ready = socket.readable() => match ready {
+                Ok(ready) => ready,
                 Err(e) => {
-                    // ICMP errors (a viewer went away) surface here; not fatal.
-                    tracing::debug!(error = %e, "UDP receive");
-                    continue;
+                    tracing::error!(error = %e, "WebRTC datagram steering stopped");
+                    return;
                 }
             },
             // The shards stop together (shutdown, or every handle dropped).
             _ = first.closed() => break,
         };
-        let data = &buf[..len];
+        let mut drained = false;
+        for _ in 0..BATCHES_PER_TURN {
+            match ready.try_io(|fd| recv_batch(fd.as_fd(), &mut batch, MAX_SLOTS)) {
+                Ok(Ok(_)) => hand_out(&batch, &steering, &shards),
+                // ICMP errors (a viewer went away) surface here; not fatal.
+                Ok(Err(e)) => tracing::debug!(error = %e, "UDP receive"),
+                Err(_would_block) => {
+                    drained = true; // and the readiness cleared
+                    break;
+                }
+            }
+        }
+        drop(ready);
+        if !drained {
+            tokio::task::yield_now().await; // more waiting: let the other tasks run first
+        }
+    }
+    tracing::debug!("WebRTC datagram steering stopped");
+}
+
+/// Each datagram of `batch` to its shard's queue; dropped when that queue is full.
+fn hand_out(batch: &RecvBatch, steering: &Steering, shards: &[mpsc::Sender<Incoming>]) {
+    for i in 0..batch.len() {
+        let (data, from) = batch.get(i);
+        let Some(from) = from else {
+            continue;
+        };
         let shard = steering.shard_for(from, data);
         let Some(queue) = shards.get(shard) else {
             continue;
@@ -123,7 +163,6 @@ pub async fn steer(
             tracing::debug!(shard, %from, "shard busy: datagram dropped");
         }
     }
-    tracing::debug!("WebRTC datagram steering stopped");
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 #[cfg(target_os = "linux")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::engine_socket::EngineSocket;
 use bytes::BytesMut;
-use tokio::net::UdpSocket;
 
 #[cfg(target_os = "linux")]
 use crate::sys;
@@ -27,7 +27,7 @@ pub struct Sent {
 
 /// Put every queued datagram on the wire, waiting while the socket buffer is full.
 /// A datagram the kernel refuses (unreachable address, too big) is logged and dropped.
-pub async fn send_all(socket: &UdpSocket, out: &mut Vec<(SocketAddr, BytesMut)>) -> Sent {
+pub async fn send_all(socket: &EngineSocket, out: &mut Vec<(SocketAddr, BytesMut)>) -> Sent {
     let mut next = 0;
     let mut total = Sent::default();
     while next < out.len() {
@@ -95,7 +95,7 @@ fn gso_run(batch: &[(SocketAddr, BytesMut)]) -> usize {
 }
 
 #[cfg(target_os = "linux")]
-fn try_send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> io::Result<usize> {
+fn try_send_batch(socket: &EngineSocket, batch: &[(SocketAddr, BytesMut)]) -> io::Result<usize> {
     use std::os::fd::AsFd;
 
     use sys::udp::{MAX_DATAGRAMS, MAX_MESSAGES};
@@ -114,9 +114,7 @@ fn try_send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> io::R
         n += 1;
     }
     let (batch, runs) = (&batch[..used], &runs[..n]);
-    let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
-        sys::udp::sendmmsg(socket.as_fd(), batch, runs)
-    });
+    let result = sys::udp::sendmmsg(socket.as_fd(), batch, runs);
     match result {
         Ok(sent) => Ok(runs[..sent.min(n)].iter().sum()),
         Err(e) if runs[0] > 1 && sys::udp::gso_refused(&e) => {
@@ -129,21 +127,30 @@ fn try_send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> io::R
 }
 
 #[cfg(not(target_os = "linux"))]
-fn try_send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> io::Result<usize> {
+fn try_send_batch(socket: &EngineSocket, batch: &[(SocketAddr, BytesMut)]) -> io::Result<usize> {
     let (to, data) = &batch[0];
     socket.try_send_to(data, *to).map(|_| 1)
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::net::UdpSocket;
+
     use super::*;
+
+    /// An engine's sending socket on `addr`, and that address.
+    fn engine_sender(addr: &str) -> std::io::Result<(EngineSocket, SocketAddr)> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let local = socket.local_addr()?;
+        Ok((EngineSocket::sending(socket)?, local))
+    }
 
     #[tokio::test]
     async fn batches_reach_every_address_in_order() {
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (sender, sender_addr) = engine_sender("127.0.0.1:0").unwrap();
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("[::1]:0").await;
-        let sender6 = UdpSocket::bind("[::1]:0").await;
+        let sender6 = engine_sender("[::1]:0");
         let mut out = Vec::new();
         for i in 0..150u8 {
             out.push((a.local_addr().unwrap(), BytesMut::from(&[i, 1, 2][..])));
@@ -160,13 +167,10 @@ mod tests {
         let mut buf = [0u8; 16];
         for i in 0..150u8 {
             let (n, from) = a.recv_from(&mut buf).await.unwrap();
-            assert_eq!(
-                (&buf[..n], from),
-                (&[i, 1, 2][..], sender.local_addr().unwrap())
-            );
+            assert_eq!((&buf[..n], from), (&[i, 1, 2][..], sender_addr));
         }
         // IPv6 too, where the machine has it.
-        if let (Ok(b), Ok(sender6)) = (b, sender6) {
+        if let (Ok(b), Ok((sender6, _))) = (b, sender6) {
             let mut out = vec![(b.local_addr().unwrap(), BytesMut::from(&b"v6"[..]))];
             send_all(&sender6, &mut out).await;
             let (n, _) = b.recv_from(&mut buf).await.unwrap();
@@ -177,7 +181,7 @@ mod tests {
     #[tokio::test]
     async fn long_runs_to_many_addresses_arrive_whole_and_in_order() {
         // 3 × 40 datagrams: more than one call's worth of datagrams, runs never split.
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (sender, _) = engine_sender("127.0.0.1:0").unwrap();
         let mut receivers = Vec::new();
         for _ in 0..3 {
             receivers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
@@ -204,7 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_of_mixed_sizes_and_addresses_arrive_as_sent() {
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (sender, _) = engine_sender("127.0.0.1:0").unwrap();
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());

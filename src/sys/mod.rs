@@ -19,6 +19,8 @@
 //!   benchmark then.
 //! * [`udp_recv`]: `recvmmsg` into reused buffers (`libc`; `nix::recvmmsg` ties its
 //!   buffers' lifetime to its headers, which a receive loop keeping both cannot do).
+//! * [`udp_registration`]: a UDP socket registered with tokio for reading or writing
+//!   only (`AsyncFd::register_with_interest`, whose safety promise is kept here).
 //! * [`ifaddrs`]: interface addresses (`nix::ifaddrs`).
 //! * [`clock`]: `clock_gettime(CLOCK_MONOTONIC)` (`nix`).
 //! * [`memory`]: `malloc_trim` (`libc`; glibc's own call, wrapped by no crate), to
@@ -40,4 +42,5 @@ pub mod shm;
 pub mod udp;
 #[cfg(target_os = "linux")]
 pub mod udp_recv;
+pub mod udp_registration;
 pub mod v4l2_m2m;
