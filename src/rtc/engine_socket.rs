@@ -24,6 +24,7 @@ pub struct EngineSocket {
 impl EngineSocket {
     /// A shard that reads `socket` itself, as well as sending on it. On a runtime.
     pub fn reading(socket: UdpSocket) -> io::Result<EngineSocket> {
+        socket.set_nonblocking(true)?;
         let reader = register(socket.try_clone()?, Interest::READABLE)?;
         Ok(EngineSocket {
             socket,
