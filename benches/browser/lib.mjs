@@ -17,10 +17,11 @@ import { kitDir, sleep } from "../../janus-compat/tests/harness.mjs";
 
 export const LIVE_AGE_MS = 250;
 
-// The bundled page's strip reader, for any page (the init script is function-scoped).
+// The bundled page's strip reader and clock, for any page (the init script is
+// function-scoped).
 const codestrip =
   readFileSync(path.resolve(kitDir, "../client/codestrip.js"), "utf8") +
-  "\nwindow.__benchReadStrip = readCodeStrip;\n";
+  "\nwindow.__benchReadStrip = readCodeStrip;\nwindow.__benchWallClockOf = wallClockOf;\n";
 
 /**
  * Runs in the page before its own scripts: timestamps (ms since navigation) of the
@@ -92,8 +93,7 @@ function instrument(liveAgeMs) {
       if (!code) {
         b.unreadable += 1;
       } else {
-        // Against the wall clock now: timeOrigin would carry any clock step since load.
-        const age = Date.now() + (metadata.expectedDisplayTime - performance.now()) - code.ms;
+        const age = window.__benchWallClockOf(metadata.expectedDisplayTime) - code.ms;
         if (b.firstAge === null) b.firstAge = age;
         if (b.firstLive === null && age <= liveAgeMs) b.firstLive = metadata.expectedDisplayTime;
         if (b.collect) b.ages.push(age);
