@@ -27,6 +27,8 @@ use rtc::srtp::config::Config;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
+use super::srtp_gcm::GcmSealer;
+
 /// The profiles the stack can negotiate (its DTLS `use_srtp` list).
 const PROFILES: [ProtectionProfile; 4] = [
     ProtectionProfile::AeadAes128Gcm,
@@ -53,6 +55,10 @@ pub enum Probe {
 #[derive(Default)]
 pub struct DirectSrtp {
     context: Option<Context>,
+    /// With an AES-GCM profile: the same keys, sealing into the shared send buffer
+    /// (see [`srtp_gcm`](super::srtp_gcm)); used instead of `context` once it, too,
+    /// has made the stack's bytes.
+    gcm: Option<GcmSealer>,
     /// No context could be made that matches the stack's output, or none was to be
     /// had in [`MAX_ATTEMPTS`].
     unusable: bool,
@@ -115,24 +121,38 @@ impl DirectSrtp {
             self.unusable = self.attempts >= MAX_ATTEMPTS;
             return Probe::NotYet;
         };
-        let outcome = match &mut self.context {
-            Some(context) => with_marshalled(packet, |plain| {
+        let outcome = match (&mut self.context, &mut self.gcm) {
+            (Some(_), Some(gcm)) => gcm
+                .seal(&packet.header, &packet.payload)
+                .is_some_and(|ours| ours[..] == theirs[..]),
+            (Some(context), None) => with_marshalled(packet, |plain| {
                 let ours = context.encrypt_rtp_with_header(plain, &packet.header);
                 ours.is_ok_and(|ours| ours[..] == theirs[..])
             })
             .unwrap_or(false),
-            None => {
+            (None, _) => {
                 let Some(keying) = keying() else {
                     self.attempts += 1;
                     self.unusable = self.attempts >= MAX_ATTEMPTS;
                     return Probe::NotYet;
                 };
-                self.context = with_marshalled(packet, |plain| {
+                let Some((context, gcm)) = with_marshalled(packet, |plain| {
                     matching_context(&keying, plain, packet, theirs, crypto)
                 })
-                .flatten();
-                self.unusable = self.context.is_none();
-                self.context.is_some()
+                .flatten() else {
+                    self.unusable = true;
+                    self.refused.push(ssrc);
+                    return Probe::Refused;
+                };
+                self.context = Some(context);
+                // The sealer must make the stack's bytes too, or the crate's context
+                // does the work.
+                self.gcm = gcm.and_then(|mut gcm| {
+                    gcm.seal(&packet.header, &packet.payload)
+                        .is_some_and(|ours| ours[..] == theirs[..])
+                        .then_some(gcm)
+                });
+                true
             }
         };
         if outcome {
@@ -149,6 +169,9 @@ impl DirectSrtp {
     /// destination is known or if encryption fails.
     pub fn seal(&mut self, packet: &rtc::rtp::Packet) -> Option<(SocketAddr, BytesMut)> {
         let to = self.destination?;
+        if let Some(gcm) = &mut self.gcm {
+            return Some((to, gcm.seal(&packet.header, &packet.payload)?));
+        }
         let context = self.context.as_mut()?;
         let sealed = with_marshalled(packet, |plain| {
             context.encrypt_rtp_with_header(plain, &packet.header)
@@ -169,14 +192,14 @@ fn is_rtp_of(datagram: &[u8], ssrc: u32, seq: u16) -> bool {
 }
 
 /// The context, of any profile and either DTLS role, that encrypts `plain` (the
-/// marshalled `packet`) to `theirs`.
+/// marshalled `packet`) to `theirs`, and for an AES-GCM profile a sealer with its keys.
 fn matching_context(
     keying: &SecretVec,
     plain: &[u8],
     packet: &rtc::rtp::Packet,
     theirs: &[u8],
     crypto: &dyn RTCCrypto,
-) -> Option<Context> {
+) -> Option<(Context, Option<GcmSealer>)> {
     for profile in PROFILES {
         let mut config = Config {
             profile,
@@ -205,7 +228,13 @@ fn matching_context(
             };
             let ours = context.encrypt_rtp_with_header(plain, &packet.header);
             if ours.is_ok_and(|ours| ours[..] == theirs[..]) {
-                return Some(context);
+                let gcm = GcmSealer::new(
+                    profile,
+                    &config.keys.local_master_key,
+                    &config.keys.local_master_salt,
+                    crypto,
+                );
+                return Some((context, gcm));
             }
         }
     }
@@ -279,6 +308,13 @@ mod tests {
             let outcome = direct.probe(&first, &sent, || Some(keys), provider.crypto());
             assert_eq!(outcome, Probe::TakenOver, "{profile:?}");
             assert!(direct.owns(0xabc));
+            // AES-GCM streams are sealed into the shared send buffer, the others by
+            // the crate's context.
+            let gcm = matches!(
+                profile,
+                ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm
+            );
+            assert_eq!(direct.gcm.is_some(), gcm, "{profile:?}");
             // Across the sequence number's wrap: the rollover counter carries on.
             for seq in [65_535, 0, 1] {
                 let p = packet(0xabc, seq);

@@ -25,6 +25,7 @@ use super::peer::{AudioSetup, KeyframeRequest, Peer, PeerNote, PeerSetup};
 use super::peer_map::{PeerMap, PeerSet};
 use super::router::{Router, Unrouted};
 use super::shard::Shard;
+use super::srtp_gcm;
 use super::stats::SharedStats;
 use super::steering::Incoming;
 use super::subscriptions::{StreamKey, Subscriptions};
@@ -40,11 +41,13 @@ pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest datagram we accept; anything longer is not WebRTC traffic we can use.
 const RECV_BUFFER: usize = 2048;
 
-/// A picture goes out to this many viewers at a time, their datagrams handed to the
-/// kernel before the next ones are encrypted: the datagrams waiting in memory stay
-/// bounded by this instead of growing with the audience (a keyframe is tens of
-/// packets per viewer), and the first viewers' packets leave sooner.
-const FAN_OUT_PEERS: usize = 32;
+/// A picture goes out to viewers in groups of about this many packets, each group's
+/// datagrams handed to the kernel before the next ones are encrypted: the datagrams
+/// waiting in memory stay bounded (~300 KiB) instead of growing with the audience and
+/// the picture's size, and the first viewers' packets leave sooner. A group of viewers
+/// rather than of packets held a keyframe of tens of packets for each of them, and the
+/// engine's heap kept that high-water mark.
+const FAN_OUT_PACKETS: u64 = 256;
 
 /// An audio frame is one packet per viewer: it goes out to this many at a time.
 const AUDIO_FAN_OUT_PEERS: usize = 128;
@@ -681,7 +684,7 @@ impl Engine {
         }
     }
 
-    /// Send `frame` to the receivers of the stream `key`, [`FAN_OUT_PEERS`] at a time;
+    /// Send `frame` to the receivers of the stream `key`, in groups of [`FAN_OUT_PACKETS`] packets;
     /// returns packets sent.
     async fn fan_out(
         &mut self,
@@ -702,7 +705,7 @@ impl Engine {
                 now,
                 key,
                 frame,
-                (start, FAN_OUT_PEERS),
+                (start, FAN_OUT_PACKETS),
                 &mut table,
                 &mut self.outgoing,
             );
@@ -1045,6 +1048,7 @@ async fn send_datagrams(socket: &EngineSocket, out: &mut Datagrams, stats: &Shar
         return;
     }
     let sent = udp::send_all(socket, out).await;
+    srtp_gcm::reuse_send_buffer();
     stats
         .datagrams_sent
         .fetch_add(sent.datagrams, Ordering::Relaxed);

@@ -246,16 +246,17 @@ impl Fanout {
         Some(frame)
     }
 
-    /// Send `frame` to at most `count` receivers of the stream `key`, starting with
-    /// the `from`th, so the caller can put each group's datagrams on the wire before
-    /// the next group's are made. A viewer waiting for a keyframe skips other frames;
-    /// one still catching up queues the frame behind its catch-up.
+    /// Send `frame` to the receivers of the stream `key` from the `from`th on, until
+    /// `budget` packets are queued (at least one viewer's, however many that is), so
+    /// the caller can put each group's datagrams on the wire before the next group's
+    /// are made. A viewer waiting for a keyframe skips other frames; one still catching
+    /// up queues the frame behind its catch-up.
     pub fn send_picture(
         &mut self,
         now: Instant,
         key: StreamKey,
         frame: &Arc<OutFrame>,
-        (from, count): (usize, usize),
+        (from, budget): (usize, u64),
         stamp: &mut impl Stamp,
         out: &mut Datagrams,
     ) -> Progress {
@@ -265,9 +266,9 @@ impl Fanout {
                 next: None,
             };
         };
-        let end = from.saturating_add(count).min(stream.receivers.len());
+        let receivers = stream.receivers.get(from..).unwrap_or_default();
         let mut packets = 0;
-        for &id in stream.receivers.get(from..end).unwrap_or_default() {
+        for (i, &id) in receivers.iter().enumerate() {
             let Some(viewer) = self.viewers.get_mut(&id) else {
                 continue;
             };
@@ -280,10 +281,16 @@ impl Fanout {
                 continue;
             }
             packets += stamp.stamp(id, now, frame, out);
+            if packets >= budget && i + 1 < receivers.len() {
+                return Progress {
+                    packets,
+                    next: Some(from + i + 1),
+                };
+            }
         }
         Progress {
             packets,
-            next: (end < stream.receivers.len()).then_some(end),
+            next: None,
         }
     }
 
@@ -390,7 +397,7 @@ mod tests {
     ) -> Arc<OutFrame> {
         let frame = fanout.prepare(now, key, au).expect("a picture");
         let mut out = Vec::new();
-        let progress = fanout.send_picture(now, key, &frame, (0, usize::MAX), sends, &mut out);
+        let progress = fanout.send_picture(now, key, &frame, (0, u64::MAX), sends, &mut out);
         assert_eq!(progress.next, None);
         frame
     }
@@ -553,14 +560,26 @@ mod tests {
         let frame = fanout
             .prepare(t0, key, &picture(0, true, 0))
             .expect("frame");
+        let per_viewer = frame.payloads.len() as u64;
         let mut from = Some(0);
+        let mut groups = Vec::new();
         while let Some(start) = from {
-            from = fanout
-                .send_picture(t0, key, &frame, (start, 3), &mut sends, &mut out)
-                .next;
+            let progress = fanout.send_picture(
+                t0,
+                key,
+                &frame,
+                (start, 3 * per_viewer),
+                &mut sends,
+                &mut out,
+            );
+            groups.push(progress.packets / per_viewer);
+            from = progress.next;
         }
         let mut got: Vec<PeerId> = sends.0.iter().map(|s| s.0).collect();
         got.sort_unstable();
         assert_eq!(got, vec![1, 2, 4, 5, 6, 7, 8, 9]);
+        // Each group stops once it holds the budget's packets; disconnected viewers
+        // take none of it.
+        assert_eq!(groups, vec![3, 3, 2]);
     }
 }

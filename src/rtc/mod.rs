@@ -54,6 +54,7 @@ pub mod resend;
 mod router;
 pub mod sdp;
 mod shard;
+mod srtp_gcm;
 mod stats;
 mod steering;
 mod subscriptions;
