@@ -44,9 +44,8 @@ const RECV_BUFFER: usize = 2048;
 /// A picture goes out to viewers in groups of about this many packets, each group's
 /// datagrams handed to the kernel before the next ones are encrypted: the datagrams
 /// waiting in memory stay bounded (~300 KiB) instead of growing with the audience and
-/// the picture's size, and the first viewers' packets leave sooner. A group of viewers
-/// rather than of packets held a keyframe of tens of packets for each of them, and the
-/// engine's heap kept that high-water mark.
+/// the picture's size (groups of 32 viewers held a keyframe of tens of packets for each,
+/// over a megabyte), and the first viewers' packets leave sooner.
 const FAN_OUT_PACKETS: u64 = 256;
 
 /// An audio frame is one packet per viewer: it goes out to this many at a time.
@@ -684,8 +683,8 @@ impl Engine {
         }
     }
 
-    /// Send `frame` to the receivers of the stream `key`, in groups of [`FAN_OUT_PACKETS`] packets;
-    /// returns packets sent.
+    /// Send `frame` to the receivers of the stream `key`, in groups of about
+    /// [`FAN_OUT_PACKETS`] packets; returns packets sent.
     async fn fan_out(
         &mut self,
         now: Instant,
