@@ -125,6 +125,7 @@ impl GcmSealer {
 
     /// `header` and `payload` as one SRTP packet, split off the engine thread's send
     /// buffer. The stream's rollover count starts at 0 with its first packet here.
+    /// `None` for a packet with padding, which the engine never makes.
     pub fn seal(&mut self, header: &rtc::rtp::Header, payload: &[u8]) -> Option<BytesMut> {
         if header.padding {
             return None;
