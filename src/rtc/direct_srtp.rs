@@ -54,11 +54,7 @@ pub enum Probe {
 
 #[derive(Default)]
 pub struct DirectSrtp {
-    context: Option<Context>,
-    /// With an AES-GCM profile: the same keys, sealing into the shared send buffer
-    /// (see [`srtp_gcm`](super::srtp_gcm)); used instead of `context` once it, too,
-    /// has made the stack's bytes.
-    gcm: Option<GcmSealer>,
+    sealer: Option<Sealer>,
     /// No context could be made that matches the stack's output, or none was to be
     /// had in [`MAX_ATTEMPTS`].
     unusable: bool,
@@ -67,6 +63,32 @@ pub struct DirectSrtp {
     ours: Vec<u32>,
     refused: Vec<u32>,
     destination: Option<SocketAddr>,
+}
+
+/// What encrypts the streams taken over, made from the keys the probe proved.
+enum Sealer {
+    /// AES-GCM, sealed into the shared send buffer (see [`srtp_gcm`](super::srtp_gcm)),
+    /// once it, too, has made the stack's bytes.
+    Gcm(GcmSealer),
+    /// The crate's context: any other profile.
+    Crate(Context),
+}
+
+impl Sealer {
+    fn seal(&mut self, packet: &rtc::rtp::Packet) -> Option<BytesMut> {
+        match self {
+            Sealer::Gcm(gcm) => gcm.seal(&packet.header, &packet.payload),
+            Sealer::Crate(context) => with_marshalled(packet, |plain| {
+                context.encrypt_rtp_with_header(plain, &packet.header).ok()
+            })
+            .flatten(),
+        }
+    }
+
+    /// Whether `packet` comes out as `theirs`.
+    fn makes(&mut self, packet: &rtc::rtp::Packet, theirs: &[u8]) -> bool {
+        self.seal(packet).is_some_and(|ours| ours[..] == theirs[..])
+    }
 }
 
 thread_local! {
@@ -121,16 +143,9 @@ impl DirectSrtp {
             self.unusable = self.attempts >= MAX_ATTEMPTS;
             return Probe::NotYet;
         };
-        let outcome = match (&mut self.context, &mut self.gcm) {
-            (Some(_), Some(gcm)) => gcm
-                .seal(&packet.header, &packet.payload)
-                .is_some_and(|ours| ours[..] == theirs[..]),
-            (Some(context), None) => with_marshalled(packet, |plain| {
-                let ours = context.encrypt_rtp_with_header(plain, &packet.header);
-                ours.is_ok_and(|ours| ours[..] == theirs[..])
-            })
-            .unwrap_or(false),
-            (None, _) => {
+        let outcome = match &mut self.sealer {
+            Some(sealer) => sealer.makes(packet, theirs),
+            None => {
                 let Some(keying) = keying() else {
                     self.attempts += 1;
                     self.unusable = self.attempts >= MAX_ATTEMPTS;
@@ -144,14 +159,12 @@ impl DirectSrtp {
                     self.refused.push(ssrc);
                     return Probe::Refused;
                 };
-                self.context = Some(context);
-                // The sealer must make the stack's bytes too, or the crate's context
-                // does the work.
-                self.gcm = gcm.and_then(|mut gcm| {
-                    gcm.seal(&packet.header, &packet.payload)
-                        .is_some_and(|ours| ours[..] == theirs[..])
-                        .then_some(gcm)
-                });
+                // The GCM sealer must make the stack's bytes too, or the crate's
+                // context does the work.
+                let gcm = gcm
+                    .map(Sealer::Gcm)
+                    .and_then(|mut gcm| gcm.makes(packet, theirs).then_some(gcm));
+                self.sealer = Some(gcm.unwrap_or(Sealer::Crate(context)));
                 true
             }
         };
@@ -169,14 +182,7 @@ impl DirectSrtp {
     /// destination is known or if encryption fails.
     pub fn seal(&mut self, packet: &rtc::rtp::Packet) -> Option<(SocketAddr, BytesMut)> {
         let to = self.destination?;
-        if let Some(gcm) = &mut self.gcm {
-            return Some((to, gcm.seal(&packet.header, &packet.payload)?));
-        }
-        let context = self.context.as_mut()?;
-        let sealed = with_marshalled(packet, |plain| {
-            context.encrypt_rtp_with_header(plain, &packet.header)
-        })?;
-        Some((to, sealed.ok()?))
+        Some((to, self.sealer.as_mut()?.seal(packet)?))
     }
 }
 
@@ -314,7 +320,11 @@ mod tests {
                 profile,
                 ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm
             );
-            assert_eq!(direct.gcm.is_some(), gcm, "{profile:?}");
+            assert_eq!(
+                matches!(direct.sealer, Some(Sealer::Gcm(_))),
+                gcm,
+                "{profile:?}"
+            );
             // Across the sequence number's wrap: the rollover counter carries on.
             for seq in [65_535, 0, 1] {
                 let p = packet(0xabc, seq);
